@@ -1,0 +1,17 @@
+//! lora-train: LoRA and QLoRA fine-tuning of Llama and Gemma chat models on Candle.
+//!
+//! The crate is a library with a thin `lora-train` binary. The modules follow the
+//! pipeline: a [`model`] is resolved and loaded (HF folder, hub cache or GGUF), its
+//! tokenizer and chat template live in [`data`], [`eval`] scores datasets, and
+//! [`generate`] samples from the model with a KV cache.
+
+pub mod cli;
+pub mod config;
+pub mod data;
+pub mod error;
+pub mod eval;
+pub mod generate;
+pub mod lora;
+pub mod model;
+
+pub use error::{Error, Result};
