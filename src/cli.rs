@@ -1,1 +1,271 @@
-//! Command-line interface.
+//! The `lora-train` command line: argument definitions (clap derive) and the commands.
+//!
+//! Output shapes of `--json` are fixed because other tools read them.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand};
+
+use crate::data::dataset::{parse_messages_json, read_jsonl};
+use crate::data::mask::{format_inspect, tokenize_conversation};
+use crate::data::{LossOn, Message, Role, TokenizedExample};
+use crate::device::{parse_device, parse_dtype};
+use crate::eval::score_examples;
+use crate::generate::{generate_timed, GenerateOptions};
+use crate::lora::load_peft_adapter;
+use crate::model::{load, LoadOptions, LoadedModel};
+
+/// Fine-tune Llama and Gemma chat models with LoRA and QLoRA, natively in Rust.
+#[derive(Debug, Parser)]
+#[command(name = "lora-train", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+
+    /// Log more (repeat for debug output); RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Generate a reply from a prompt or a conversation.
+    Generate(GenerateArgs),
+    /// Masked cross-entropy of a chat dataset (validation loss).
+    Score(ScoreArgs),
+    /// Show how a conversation is rendered and tokenized, and which tokens are targets.
+    Inspect(InspectArgs),
+}
+
+/// Which model to load, and how.
+#[derive(Debug, Args)]
+pub struct ModelArgs {
+    /// A Hugging Face folder, a hub id in the local cache (org/name), or a .gguf file.
+    #[arg(long, value_name = "M")]
+    pub model: String,
+
+    /// A PEFT LoRA adapter folder to apply.
+    #[arg(long, value_name = "DIR")]
+    pub adapter: Option<PathBuf>,
+
+    /// Compute dtype: f32, bf16 or f16.
+    #[arg(long, default_value = "f32")]
+    pub dtype: String,
+
+    /// Device: auto, cpu, cuda:N or metal.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+}
+
+#[derive(Debug, Args)]
+pub struct GenerateArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+
+    /// A user message; it is rendered through the chat template.
+    #[arg(long, conflicts_with = "messages", required_unless_present = "messages")]
+    pub prompt: Option<String>,
+
+    /// A JSON file with a list of messages, or {"messages": [...]}.
+    #[arg(long, value_name = "FILE.json")]
+    pub messages: Option<PathBuf>,
+
+    #[arg(long, default_value_t = 256)]
+    pub max_new_tokens: usize,
+
+    /// 0 is greedy.
+    #[arg(long, default_value_t = 0.0)]
+    pub temperature: f64,
+
+    #[arg(long, default_value_t = 1.0)]
+    pub top_p: f64,
+
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+
+    /// Print {"text", "token_ids", "prompt_tokens", "tokens_per_second"}.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ScoreArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+
+    /// An OpenAI `messages` JSONL file.
+    #[arg(long, value_name = "FILE.jsonl")]
+    pub data: PathBuf,
+
+    /// Which tokens count: the last assistant turn, every assistant turn, or all tokens.
+    #[arg(long, value_enum, default_value_t = LossOn::LastAssistant)]
+    pub loss_on: LossOn,
+
+    /// Print {"mean_loss", "target_tokens", "examples", "per_example"}.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct InspectArgs {
+    /// A Hugging Face folder, a hub id in the local cache, or a .gguf file.
+    #[arg(long, value_name = "M")]
+    pub model: String,
+
+    #[arg(long, value_name = "FILE.jsonl")]
+    pub data: PathBuf,
+
+    /// Which conversation (0-based).
+    #[arg(long, default_value_t = 0)]
+    pub index: usize,
+
+    #[arg(long, value_enum, default_value_t = LossOn::LastAssistant)]
+    pub loss_on: LossOn,
+}
+
+/// Runs a parsed command line.
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Generate(a) => cmd_generate(a),
+        Command::Score(a) => cmd_score(a),
+        Command::Inspect(a) => cmd_inspect(a),
+    }
+}
+
+fn load_model(args: &ModelArgs) -> anyhow::Result<LoadedModel> {
+    let opts = LoadOptions {
+        dtype: parse_dtype(&args.dtype)?,
+        device: parse_device(&args.device)?,
+    };
+    let mut m = load(&args.model, &opts)?;
+    if let Some(dir) = &args.adapter {
+        let n = load_peft_adapter(m.model.as_mut(), dir, opts.dtype, &opts.device)?;
+        tracing::info!("adapter {}: {n} layers adapted", dir.display());
+    }
+    Ok(m)
+}
+
+/// The ids that end a generated turn: eos ids and the template's end-of-turn token.
+pub fn stop_ids(m: &LoadedModel) -> Vec<u32> {
+    let mut ids = m.tokenizer.eos_token_ids.clone();
+    if let Some(eot) = m.template.end_of_turn_token() {
+        if let Some(id) = m.tokenizer.token_to_id(&eot) {
+            ids.push(id);
+        }
+    }
+    ids.sort_unstable();
+    ids.dedup();
+    ids
+}
+
+fn cmd_generate(a: GenerateArgs) -> anyhow::Result<()> {
+    let messages = match (&a.prompt, &a.messages) {
+        (Some(p), _) => vec![Message::new(Role::User, p.clone())],
+        (None, Some(f)) => parse_messages_json(f)?,
+        (None, None) => bail!("give --prompt or --messages"),
+    };
+    if !(0.0..=1.0).contains(&a.top_p) || a.top_p == 0.0 {
+        bail!("--top-p must be in (0, 1]");
+    }
+    if a.temperature < 0.0 {
+        bail!("--temperature must be >= 0");
+    }
+    let m = load_model(&a.model)?;
+    let prompt = m.template.render(&messages, true)?;
+    let prompt_ids = m.tokenizer.encode(&prompt, false)?;
+    let opts = GenerateOptions {
+        max_new_tokens: a.max_new_tokens,
+        temperature: a.temperature,
+        top_p: a.top_p,
+        seed: a.seed,
+        stop_ids: stop_ids(&m),
+    };
+    // Stream text as it decodes: print the growing decode's new suffix.
+    let mut shown = String::new();
+    let mut sofar: Vec<u32> = Vec::new();
+    let stream = !a.json;
+    let mut stdout = std::io::stdout();
+    let mut gen = generate_timed(m.model.as_ref(), &prompt_ids, &opts, |id| {
+        if !stream {
+            return;
+        }
+        sofar.push(id);
+        if let Ok(text) = m.tokenizer.decode(&sofar, true) {
+            if text.len() > shown.len() && text.starts_with(&shown) && !text.ends_with('\u{fffd}') {
+                let _ = write!(stdout, "{}", &text[shown.len()..]);
+                let _ = stdout.flush();
+                shown = text;
+            }
+        }
+    })?;
+    gen.text = m.tokenizer.decode(&gen.token_ids, true)?;
+    if a.json {
+        println!("{}", serde_json::to_string(&gen)?);
+    } else {
+        if gen.text.len() > shown.len() && gen.text.starts_with(&shown) {
+            print!("{}", &gen.text[shown.len()..]);
+        }
+        println!();
+        tracing::info!(
+            "{} prompt tokens, {} new tokens, {:.1} tokens/s",
+            gen.prompt_tokens,
+            gen.token_ids.len(),
+            gen.tokens_per_second
+        );
+    }
+    Ok(())
+}
+
+/// Reads and tokenizes a dataset; errors name the conversation.
+pub fn tokenize_dataset(
+    m: &LoadedModel,
+    path: &std::path::Path,
+    loss_on: LossOn,
+) -> anyhow::Result<Vec<TokenizedExample>> {
+    let convs = read_jsonl(path)?;
+    convs
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            tokenize_conversation(c, &m.template, &m.tokenizer, loss_on)
+                .with_context(|| format!("{}: conversation {}", path.display(), i + 1))
+        })
+        .collect()
+}
+
+fn cmd_score(a: ScoreArgs) -> anyhow::Result<()> {
+    let m = load_model(&a.model)?;
+    let examples = tokenize_dataset(&m, &a.data, a.loss_on)?;
+    let report = score_examples(m.model.as_ref(), &examples, !a.json)?;
+    if a.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!(
+            "mean_loss {:.6}  perplexity {:.3}  target_tokens {}  examples {}",
+            report.mean_loss,
+            report.perplexity(),
+            report.target_tokens,
+            report.examples
+        );
+    }
+    Ok(())
+}
+
+fn cmd_inspect(a: InspectArgs) -> anyhow::Result<()> {
+    let opts = LoadOptions::default();
+    let m = load(&a.model, &opts)?;
+    let convs = read_jsonl(&a.data)?;
+    let Some(conv) = convs.get(a.index) else {
+        bail!(
+            "{}: --index {} is out of range ({} conversations)",
+            a.data.display(),
+            a.index,
+            convs.len()
+        );
+    };
+    let ex = tokenize_conversation(conv, &m.template, &m.tokenizer, a.loss_on)?;
+    print!("{}", format_inspect(&ex, &m.tokenizer)?);
+    Ok(())
+}

@@ -1,1 +1,161 @@
-//! Generation.
+//! Text generation with a KV cache: greedy at temperature 0, otherwise temperature and
+//! top-p (nucleus) sampling from a seeded RNG. Stops at the chat template's end-of-turn token
+//! or at eos.
+
+use std::time::Instant;
+
+use candle_core::{DType, Tensor};
+use rand::{Rng, SeedableRng};
+use serde::Serialize;
+
+use crate::model::CausalLm;
+use crate::Result;
+
+/// Sampling settings.
+#[derive(Debug, Clone)]
+pub struct GenerateOptions {
+    pub max_new_tokens: usize,
+    /// 0 means greedy.
+    pub temperature: f64,
+    pub top_p: f64,
+    pub seed: u64,
+    /// Token ids that end generation (the stop token is kept in the output ids).
+    pub stop_ids: Vec<u32>,
+}
+
+impl Default for GenerateOptions {
+    fn default() -> Self {
+        Self {
+            max_new_tokens: 128,
+            temperature: 0.0,
+            top_p: 1.0,
+            seed: 0,
+            stop_ids: Vec::new(),
+        }
+    }
+}
+
+/// What `generate --json` prints (with `text` filled in by the caller).
+#[derive(Debug, Clone, Serialize)]
+pub struct Generation {
+    pub text: String,
+    pub token_ids: Vec<u32>,
+    pub prompt_tokens: usize,
+    pub tokens_per_second: f64,
+}
+
+/// Generates up to `max_new_tokens` after `prompt_ids`; `on_token` sees each new id.
+pub fn generate(
+    model: &dyn CausalLm,
+    prompt_ids: &[u32],
+    opts: &GenerateOptions,
+    mut on_token: impl FnMut(u32),
+) -> Result<Vec<u32>> {
+    if prompt_ids.is_empty() {
+        return Err(crate::Error::Msg("generate: the prompt is empty".into()));
+    }
+    let mut rng = rand::rngs::StdRng::seed_from_u64(opts.seed);
+    let mut cache = model.new_cache();
+    let device = model.device();
+    let mut out = Vec::with_capacity(opts.max_new_tokens);
+    let mut input = Tensor::new(prompt_ids, device)?.unsqueeze(0)?;
+    for _ in 0..opts.max_new_tokens {
+        let logits = model
+            .forward_cached(&input, &mut cache)?
+            .squeeze(0)?
+            .to_dtype(DType::F32)?
+            .to_vec1::<f32>()?;
+        let next = if opts.temperature <= 0.0 {
+            argmax(&logits)
+        } else {
+            sample_top_p(&logits, opts.temperature, opts.top_p, &mut rng)
+        };
+        out.push(next);
+        on_token(next);
+        if opts.stop_ids.contains(&next) {
+            break;
+        }
+        input = Tensor::new(&[next], device)?.unsqueeze(0)?;
+    }
+    Ok(out)
+}
+
+/// Runs [`generate`] and measures decode speed.
+pub fn generate_timed(
+    model: &dyn CausalLm,
+    prompt_ids: &[u32],
+    opts: &GenerateOptions,
+    on_token: impl FnMut(u32),
+) -> Result<Generation> {
+    let start = Instant::now();
+    let token_ids = generate(model, prompt_ids, opts, on_token)?;
+    let secs = start.elapsed().as_secs_f64();
+    Ok(Generation {
+        text: String::new(),
+        tokens_per_second: if secs > 0.0 { token_ids.len() as f64 / secs } else { 0.0 },
+        prompt_tokens: prompt_ids.len(),
+        token_ids,
+    })
+}
+
+/// The first index of the largest value (ties go to the lower id, as `torch.argmax`).
+pub fn argmax(logits: &[f32]) -> u32 {
+    let mut best = 0usize;
+    for (i, v) in logits.iter().enumerate() {
+        if *v > logits[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+fn sample_top_p(logits: &[f32], temperature: f64, top_p: f64, rng: &mut impl Rng) -> u32 {
+    let max = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let mut probs: Vec<(usize, f64)> = logits
+        .iter()
+        .enumerate()
+        .map(|(i, l)| (i, ((*l as f64 - max) / temperature).exp()))
+        .collect();
+    let z: f64 = probs.iter().map(|p| p.1).sum();
+    probs.iter_mut().for_each(|p| p.1 /= z);
+    probs.sort_by(|a, b| b.1.total_cmp(&a.1));
+    // Keep the smallest prefix whose mass reaches top_p (at least one token).
+    let mut kept = 0;
+    let mut mass = 0.0;
+    for p in &probs {
+        kept += 1;
+        mass += p.1;
+        if mass >= top_p {
+            break;
+        }
+    }
+    let probs = &probs[..kept];
+    let mut r = rng.random::<f64>() * mass;
+    for (i, p) in probs {
+        if r < *p {
+            return *i as u32;
+        }
+        r -= p;
+    }
+    probs[probs.len() - 1].0 as u32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn top_p_keeps_only_the_nucleus() {
+        let logits = [10.0f32, 9.0, -5.0, -6.0];
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        for _ in 0..200 {
+            let t = sample_top_p(&logits, 1.0, 0.9, &mut rng);
+            assert!(t < 2, "sampled {t} outside the nucleus");
+        }
+    }
+
+    #[test]
+    fn argmax_prefers_first_of_ties() {
+        assert_eq!(argmax(&[1.0, 3.0, 3.0]), 1);
+    }
+}

@@ -1,1 +1,7 @@
-//! TODO
+//! Configuration files: Hugging Face `config.json` for the architectures we implement.
+//!
+//! Job TOML and PEFT `adapter_config.json` live beside these as the trainer grows.
+
+pub mod hf;
+
+pub use hf::{Gemma3Config, LlamaConfig, ModelConfig, RopeScaling, SUPPORTED_ARCHITECTURES};

@@ -1,1 +1,8 @@
-//! TODO
+//! Evaluation: masked cross-entropy of chat datasets (the `score` command), and later
+//! perplexity, judges and ratings.
+
+pub mod loss;
+pub mod score;
+
+pub use loss::target_nll;
+pub use score::{score_examples, ExampleScore, ScoreReport};

@@ -1,1 +1,11 @@
-//! TODO
+//! LoRA: the adaptable linear layer (frozen base plus optional low-rank A/B) and PEFT adapters.
+//!
+//! Model files build every projection as a [`Linear`]; adapters attach to those layers by
+//! their HF module path, so no model file is forked to add LoRA (Hu et al. 2021, and PEFT's
+//! `peft/tuners/lora/layer.py` for scaling and naming).
+
+pub mod linear;
+pub mod peft;
+
+pub use linear::{Linear, LoraWeights};
+pub use peft::{load_peft_adapter, PeftAdapterConfig};

@@ -1,0 +1,260 @@
+//! Hugging Face `config.json` for Llama and Gemma 3, deserialized as transformers writes it.
+//!
+//! Field names and defaults follow `LlamaConfig` and `Gemma3TextConfig` in transformers.
+
+use std::path::Path;
+
+use serde::Deserialize;
+
+use crate::{Error, Result};
+
+/// The architectures this crate implements, as `architectures[0]` names them.
+pub const SUPPORTED_ARCHITECTURES: &[&str] = &["LlamaForCausalLM", "Gemma3ForCausalLM"];
+
+/// `rope_scaling` as transformers writes it (`rope_type` or the older `type`).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+pub struct RopeScaling {
+    #[serde(alias = "type")]
+    pub rope_type: String,
+    #[serde(default)]
+    pub factor: Option<f64>,
+    #[serde(default)]
+    pub low_freq_factor: Option<f64>,
+    #[serde(default)]
+    pub high_freq_factor: Option<f64>,
+    #[serde(default)]
+    pub original_max_position_embeddings: Option<usize>,
+}
+
+fn default_rope_theta() -> f64 {
+    10_000.0
+}
+fn default_rms_eps() -> f64 {
+    1e-6
+}
+fn default_max_pos() -> usize {
+    2048
+}
+fn default_hidden_act() -> String {
+    "silu".into()
+}
+
+/// `LlamaForCausalLM` (Llama 2/3/3.1/3.2, SmolLM2).
+#[derive(Debug, Clone, Deserialize)]
+pub struct LlamaConfig {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    #[serde(default)]
+    pub num_key_value_heads: Option<usize>,
+    #[serde(default)]
+    pub head_dim: Option<usize>,
+    #[serde(default = "default_rms_eps")]
+    pub rms_norm_eps: f64,
+    #[serde(default = "default_rope_theta")]
+    pub rope_theta: f64,
+    #[serde(default)]
+    pub rope_scaling: Option<RopeScaling>,
+    #[serde(default = "default_max_pos")]
+    pub max_position_embeddings: usize,
+    #[serde(default)]
+    pub tie_word_embeddings: bool,
+    #[serde(default)]
+    pub attention_bias: bool,
+    #[serde(default)]
+    pub mlp_bias: bool,
+    #[serde(default = "default_hidden_act")]
+    pub hidden_act: String,
+}
+
+impl LlamaConfig {
+    pub fn num_kv_heads(&self) -> usize {
+        self.num_key_value_heads.unwrap_or(self.num_attention_heads)
+    }
+    pub fn head_dim(&self) -> usize {
+        self.head_dim
+            .unwrap_or(self.hidden_size / self.num_attention_heads)
+    }
+}
+
+fn default_gemma_act() -> String {
+    "gelu_pytorch_tanh".into()
+}
+fn default_rope_local() -> f64 {
+    10_000.0
+}
+fn default_sliding_window() -> usize {
+    4096
+}
+fn default_gemma_qpas() -> f64 {
+    256.0
+}
+fn default_true() -> bool {
+    true
+}
+fn default_gemma_theta() -> f64 {
+    1_000_000.0
+}
+
+/// `Gemma3ForCausalLM` (text), `model_type` "gemma3_text".
+#[derive(Debug, Clone, Deserialize)]
+pub struct Gemma3Config {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub num_key_value_heads: usize,
+    pub head_dim: usize,
+    #[serde(default = "default_rms_eps")]
+    pub rms_norm_eps: f64,
+    #[serde(default = "default_gemma_theta")]
+    pub rope_theta: f64,
+    #[serde(default = "default_rope_local")]
+    pub rope_local_base_freq: f64,
+    #[serde(default)]
+    pub rope_scaling: Option<RopeScaling>,
+    #[serde(default = "default_sliding_window")]
+    pub sliding_window: usize,
+    /// Older configs: every `sliding_window_pattern`-th layer is global.
+    #[serde(default)]
+    pub sliding_window_pattern: Option<usize>,
+    /// Newer configs: "sliding_attention" or "full_attention" per layer.
+    #[serde(default)]
+    pub layer_types: Option<Vec<String>>,
+    #[serde(default = "default_gemma_qpas")]
+    pub query_pre_attn_scalar: f64,
+    #[serde(default)]
+    pub final_logit_softcapping: Option<f64>,
+    #[serde(default)]
+    pub attn_logit_softcapping: Option<f64>,
+    #[serde(default = "default_max_pos")]
+    pub max_position_embeddings: usize,
+    #[serde(default = "default_true")]
+    pub tie_word_embeddings: bool,
+    #[serde(default)]
+    pub attention_bias: bool,
+    #[serde(default = "default_gemma_act", alias = "hidden_act")]
+    pub hidden_activation: String,
+}
+
+impl Gemma3Config {
+    /// Whether layer `i` uses sliding-window attention (and the local rope base).
+    pub fn is_sliding(&self, i: usize) -> bool {
+        if let Some(types) = &self.layer_types {
+            return types.get(i).map(|t| t == "sliding_attention").unwrap_or(false);
+        }
+        let pattern = self.sliding_window_pattern.unwrap_or(6);
+        pattern == 0 || (i + 1) % pattern != 0
+    }
+}
+
+/// A model configuration, tagged by architecture.
+#[derive(Debug, Clone)]
+pub enum ModelConfig {
+    Llama(LlamaConfig),
+    Gemma3(Gemma3Config),
+}
+
+impl ModelConfig {
+    /// Reads `config.json`, dispatching on `architectures` / `model_type`.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        Self::from_json_str(&text, path)
+    }
+
+    /// Parses config JSON; `path` is used in error messages.
+    pub fn from_json_str(text: &str, path: &Path) -> Result<Self> {
+        let value: serde_json::Value = serde_json::from_str(text)
+            .map_err(|e| Error::model(path, format!("not valid JSON: {e}")))?;
+        let arch = value
+            .get("architectures")
+            .and_then(|a| a.get(0))
+            .and_then(|a| a.as_str())
+            .map(str::to_string);
+        let model_type = value.get("model_type").and_then(|m| m.as_str()).unwrap_or("");
+        let arch = match (arch.as_deref(), model_type) {
+            (Some(a), _) => a.to_string(),
+            (None, "llama") => "LlamaForCausalLM".into(),
+            (None, "gemma3_text") => "Gemma3ForCausalLM".into(),
+            (None, other) => {
+                return Err(Error::model(
+                    path,
+                    format!("no `architectures` and unknown model_type `{other}`"),
+                ))
+            }
+        };
+        let parse_err = |e: serde_json::Error| Error::model(path, format!("{arch}: {e}"));
+        match arch.as_str() {
+            "LlamaForCausalLM" => Ok(ModelConfig::Llama(
+                serde_json::from_value(value).map_err(parse_err)?,
+            )),
+            "Gemma3ForCausalLM" => {
+                // A multimodal Gemma 3 config nests the text model under `text_config`.
+                let v = value.get("text_config").cloned().unwrap_or(value);
+                Ok(ModelConfig::Gemma3(
+                    serde_json::from_value(v).map_err(parse_err)?,
+                ))
+            }
+            other => Err(Error::UnsupportedArchitecture {
+                path: path.to_path_buf(),
+                arch: other.to_string(),
+                supported: SUPPORTED_ARCHITECTURES.join(", "),
+            }),
+        }
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        match self {
+            ModelConfig::Llama(c) => c.vocab_size,
+            ModelConfig::Gemma3(c) => c.vocab_size,
+        }
+    }
+
+    /// The HF architecture name.
+    pub fn architecture(&self) -> &'static str {
+        match self {
+            ModelConfig::Llama(_) => "LlamaForCausalLM",
+            ModelConfig::Gemma3(_) => "Gemma3ForCausalLM",
+        }
+    }
+
+    /// The short family name used to pick a built-in chat template.
+    pub fn family(&self) -> &'static str {
+        match self {
+            ModelConfig::Llama(_) => "llama",
+            ModelConfig::Gemma3(_) => "gemma",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unsupported_architecture_is_named() {
+        let err = ModelConfig::from_json_str(
+            r#"{"architectures":["MistralForCausalLM"],"vocab_size":1}"#,
+            Path::new("x/config.json"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("MistralForCausalLM"), "{err}");
+        assert!(err.contains("LlamaForCausalLM"), "{err}");
+        assert!(err.starts_with("x/config.json"), "{err}");
+    }
+
+    #[test]
+    fn gemma_layer_pattern() {
+        let c: Gemma3Config = serde_json::from_str(
+            r#"{"vocab_size":8,"hidden_size":8,"intermediate_size":8,"num_hidden_layers":12,
+                "num_attention_heads":1,"num_key_value_heads":1,"head_dim":8,"sliding_window_pattern":6}"#,
+        )
+        .unwrap();
+        let globals: Vec<usize> = (0..12).filter(|&i| !c.is_sliding(i)).collect();
+        assert_eq!(globals, vec![5, 11]);
+    }
+}

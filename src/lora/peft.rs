@@ -1,0 +1,163 @@
+//! PEFT LoRA adapters: `adapter_config.json` and `adapter_model.safetensors`, named as PEFT
+//! saves them (`base_model.model.<module>.lora_A.weight`, no adapter-name segment), which is
+//! also what vLLM loads (`vllm/lora/peft_helper.py`, `vllm/lora/utils.py`).
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+
+use candle_core::{DType, Device};
+use serde::{Deserialize, Serialize};
+
+use super::LoraWeights;
+use crate::model::CausalLm;
+use crate::{Error, Result};
+
+/// `target_modules` is either a list of names or a single string (`"all-linear"` or a regex).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum TargetModules {
+    List(Vec<String>),
+    One(String),
+}
+
+/// PEFT's `LoraConfig` as written to `adapter_config.json` (the fields we read or write).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PeftAdapterConfig {
+    #[serde(default)]
+    pub peft_type: Option<String>,
+    #[serde(default)]
+    pub task_type: Option<String>,
+    pub r: usize,
+    pub lora_alpha: f64,
+    #[serde(default)]
+    pub lora_dropout: f64,
+    pub target_modules: TargetModules,
+    #[serde(default)]
+    pub use_rslora: bool,
+    #[serde(default)]
+    pub use_dora: bool,
+    #[serde(default)]
+    pub bias: Option<String>,
+    #[serde(default)]
+    pub modules_to_save: Option<Vec<String>>,
+    #[serde(default)]
+    pub base_model_name_or_path: Option<String>,
+    #[serde(default)]
+    pub fan_in_fan_out: bool,
+    #[serde(default)]
+    pub rank_pattern: HashMap<String, serde_json::Value>,
+    #[serde(default)]
+    pub alpha_pattern: HashMap<String, serde_json::Value>,
+}
+
+impl PeftAdapterConfig {
+    /// The LoRA scale: `alpha / r`, or `alpha / sqrt(r)` with rsLoRA.
+    pub fn scale(&self) -> f64 {
+        if self.use_rslora {
+            self.lora_alpha / (self.r as f64).sqrt()
+        } else {
+            self.lora_alpha / self.r as f64
+        }
+    }
+
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let cfg: Self = serde_json::from_str(&text)
+            .map_err(|e| Error::model(path, format!("invalid adapter config: {e}")))?;
+        let unsupported = |what: &str| Err(Error::model(path, format!("{what} is not supported")));
+        if let Some(t) = &cfg.peft_type {
+            if t != "LORA" {
+                return unsupported(&format!("peft_type `{t}` (only LORA)"));
+            }
+        }
+        if cfg.r == 0 {
+            return Err(Error::model(path, "`r` must be at least 1"));
+        }
+        if cfg.use_dora {
+            return unsupported("use_dora");
+        }
+        if cfg.fan_in_fan_out {
+            return unsupported("fan_in_fan_out");
+        }
+        if !cfg.rank_pattern.is_empty() || !cfg.alpha_pattern.is_empty() {
+            return unsupported("rank_pattern/alpha_pattern");
+        }
+        if cfg.modules_to_save.as_ref().is_some_and(|m| !m.is_empty()) {
+            return unsupported("modules_to_save");
+        }
+        if cfg.bias.as_deref().is_some_and(|b| b != "none") {
+            return unsupported("bias other than \"none\"");
+        }
+        Ok(cfg)
+    }
+}
+
+/// Loads a PEFT adapter folder onto `model`'s projections; returns how many were adapted.
+pub fn load_peft_adapter(
+    model: &mut dyn CausalLm,
+    dir: &Path,
+    dtype: DType,
+    device: &Device,
+) -> Result<usize> {
+    let cfg = PeftAdapterConfig::from_file(&dir.join("adapter_config.json"))?;
+    let st_path = dir.join("adapter_model.safetensors");
+    if !st_path.is_file() {
+        return Err(Error::model(
+            dir,
+            "no adapter_model.safetensors (adapter_model.bin is not supported)",
+        ));
+    }
+    let tensors = candle_core::safetensors::load(&st_path, device)
+        .map_err(|e| Error::model(&st_path, format!("not a valid safetensors file: {e}")))?;
+    // Older PEFT versions wrote `.lora_A.default.weight`.
+    let tensors: HashMap<String, candle_core::Tensor> = tensors
+        .into_iter()
+        .map(|(k, v)| (k.replace(".default.weight", ".weight"), v))
+        .collect();
+    let mut used = HashSet::new();
+    let scale = cfg.scale();
+    let mut adapted = 0;
+    for (path, linear) in model.linears_mut() {
+        let ka = format!("base_model.model.{path}.lora_A.weight");
+        let kb = format!("base_model.model.{path}.lora_B.weight");
+        let (Some(a), Some(b)) = (tensors.get(&ka), tensors.get(&kb)) else {
+            continue;
+        };
+        let (out, inp) = linear.shape();
+        if a.dims() != [cfg.r, inp] || b.dims() != [out, cfg.r] {
+            return Err(Error::model(
+                &st_path,
+                format!(
+                    "`{path}`: lora_A {:?} / lora_B {:?} do not fit a [{out}, {inp}] layer with r={}",
+                    a.dims(),
+                    b.dims(),
+                    cfg.r
+                ),
+            ));
+        }
+        linear.set_lora(Some(LoraWeights {
+            a: a.to_dtype(dtype)?,
+            b: b.to_dtype(dtype)?,
+            scale,
+        }));
+        used.insert(ka);
+        used.insert(kb);
+        adapted += 1;
+    }
+    let mut unused: Vec<&String> = tensors.keys().filter(|k| !used.contains(*k)).collect();
+    if !unused.is_empty() {
+        unused.sort();
+        return Err(Error::model(
+            &st_path,
+            format!(
+                "{} tensors match no layer of this model (first: `{}`); was the adapter trained on another base?",
+                unused.len(),
+                unused[0]
+            ),
+        ));
+    }
+    if adapted == 0 {
+        return Err(Error::model(&st_path, "the adapter holds no LoRA weights"));
+    }
+    Ok(adapted)
+}

@@ -1,0 +1,276 @@
+//! `Gemma3ForCausalLM` (text): q/k norms, sliding-window and global layers with their own
+//! rope bases, scaled embeddings, four norms per layer, `query_pre_attn_scalar`, and
+//! attention/final logit softcapping. Follows transformers' `models/gemma3/modeling_gemma3.py`.
+
+use candle_core::Tensor;
+
+use super::layers::{
+    apply_rotary, attention, attention_mask, padding_rows, repeat_kv, KvCache, LayerCache,
+    RmsNorm, Rotary,
+};
+use super::weights::Weights;
+use super::CausalLm;
+use crate::config::Gemma3Config;
+use crate::lora::Linear;
+use crate::Result;
+
+struct Attention {
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
+    o_proj: Linear,
+    q_norm: RmsNorm,
+    k_norm: RmsNorm,
+    n_head: usize,
+    n_kv_head: usize,
+    head_dim: usize,
+    scale: f64,
+    softcap: Option<f64>,
+}
+
+struct Mlp {
+    gate_proj: Linear,
+    up_proj: Linear,
+    down_proj: Linear,
+}
+
+struct Layer {
+    input_layernorm: RmsNorm,
+    self_attn: Attention,
+    post_attention_layernorm: RmsNorm,
+    pre_feedforward_layernorm: RmsNorm,
+    mlp: Mlp,
+    post_feedforward_layernorm: RmsNorm,
+    sliding: bool,
+}
+
+/// A Gemma 3 text decoder with its tied head.
+pub struct Gemma3 {
+    cfg: Gemma3Config,
+    embed_tokens: Tensor,
+    layers: Vec<Layer>,
+    norm: RmsNorm,
+    lm_head: Option<Linear>,
+    rotary_global: Rotary,
+    rotary_local: Rotary,
+}
+
+impl Gemma3 {
+    pub fn load(cfg: Gemma3Config, w: &Weights) -> Result<Self> {
+        let h = cfg.hidden_size;
+        let hd = cfg.head_dim;
+        let (nh, nkv) = (cfg.num_attention_heads, cfg.num_key_value_heads);
+        let eps = cfg.rms_norm_eps;
+        let norm = |name: &str, n: usize| -> Result<RmsNorm> {
+            Ok(RmsNorm::new(w.get(name, &[n])?, eps, true))
+        };
+        let embed_tokens = w.get("model.embed_tokens.weight", &[cfg.vocab_size, h])?;
+        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+        for i in 0..cfg.num_hidden_layers {
+            let p = format!("model.layers.{i}");
+            let ab = cfg.attention_bias;
+            let im = cfg.intermediate_size;
+            layers.push(Layer {
+                input_layernorm: norm(&format!("{p}.input_layernorm.weight"), h)?,
+                self_attn: Attention {
+                    q_proj: w.linear(&format!("{p}.self_attn.q_proj"), nh * hd, h, ab)?,
+                    k_proj: w.linear(&format!("{p}.self_attn.k_proj"), nkv * hd, h, ab)?,
+                    v_proj: w.linear(&format!("{p}.self_attn.v_proj"), nkv * hd, h, ab)?,
+                    o_proj: w.linear(&format!("{p}.self_attn.o_proj"), h, nh * hd, ab)?,
+                    q_norm: norm(&format!("{p}.self_attn.q_norm.weight"), hd)?,
+                    k_norm: norm(&format!("{p}.self_attn.k_norm.weight"), hd)?,
+                    n_head: nh,
+                    n_kv_head: nkv,
+                    head_dim: hd,
+                    scale: 1.0 / cfg.query_pre_attn_scalar.sqrt(),
+                    softcap: cfg.attn_logit_softcapping,
+                },
+                post_attention_layernorm: norm(&format!("{p}.post_attention_layernorm.weight"), h)?,
+                pre_feedforward_layernorm: norm(&format!("{p}.pre_feedforward_layernorm.weight"), h)?,
+                mlp: Mlp {
+                    gate_proj: w.linear(&format!("{p}.mlp.gate_proj"), im, h, false)?,
+                    up_proj: w.linear(&format!("{p}.mlp.up_proj"), im, h, false)?,
+                    down_proj: w.linear(&format!("{p}.mlp.down_proj"), h, im, false)?,
+                },
+                post_feedforward_layernorm: norm(
+                    &format!("{p}.post_feedforward_layernorm.weight"),
+                    h,
+                )?,
+                sliding: cfg.is_sliding(i),
+            });
+        }
+        let final_norm = norm("model.norm.weight", h)?;
+        let lm_head = if !cfg.tie_word_embeddings && w.contains("lm_head.weight") {
+            Some(w.linear("lm_head", cfg.vocab_size, h, false)?)
+        } else {
+            None
+        };
+        let rotary_global = Rotary::new(hd, cfg.rope_theta, cfg.rope_scaling.as_ref());
+        let rotary_local = Rotary::new(hd, cfg.rope_local_base_freq, None);
+        Ok(Self {
+            cfg,
+            embed_tokens,
+            layers,
+            norm: final_norm,
+            lm_head,
+            rotary_global,
+            rotary_local,
+        })
+    }
+
+    pub fn config(&self) -> &Gemma3Config {
+        &self.cfg
+    }
+
+    fn decode(
+        &self,
+        input_ids: &Tensor,
+        attention_mask_01: Option<&Tensor>,
+        mut cache: Option<&mut KvCache>,
+    ) -> Result<Tensor> {
+        let (b, t) = input_ids.dims2()?;
+        let offset = cache.as_ref().map(|c| c.seq_len).unwrap_or(0);
+        let dtype = self.embed_tokens.dtype();
+        let device = self.embed_tokens.device();
+        let h = self.cfg.hidden_size;
+        let emb = self
+            .embed_tokens
+            .embedding(&input_ids.flatten_all()?)?
+            .reshape((b, t, h))?;
+        // transformers casts the scale to the embedding dtype before multiplying.
+        let scale = Tensor::new(&[(h as f32).sqrt()], device)?.to_dtype(dtype)?;
+        let mut x = emb.broadcast_mul(&scale)?;
+        let pad = attention_mask_01.map(padding_rows).transpose()?;
+        let global_mask = attention_mask(b, t, offset, pad.as_deref(), None, dtype, device)?;
+        let local_mask = attention_mask(
+            b,
+            t,
+            offset,
+            pad.as_deref(),
+            Some(self.cfg.sliding_window),
+            dtype,
+            device,
+        )?;
+        let global_rope = self.rotary_global.cos_sin(offset, t, dtype, device)?;
+        let local_rope = self.rotary_local.cos_sin(offset, t, dtype, device)?;
+        for (i, layer) in self.layers.iter().enumerate() {
+            let (mask, (cos, sin)) = if layer.sliding {
+                (&local_mask, &local_rope)
+            } else {
+                (&global_mask, &global_rope)
+            };
+            let residual = x.clone();
+            let hs = layer.input_layernorm.forward(&x)?;
+            let layer_cache = cache.as_deref_mut().map(|c| &mut c.layers[i]);
+            let a = layer.self_attn.forward(&hs, cos, sin, mask, layer_cache)?;
+            let a = layer.post_attention_layernorm.forward(&a)?;
+            x = (residual + a)?;
+            let residual = x.clone();
+            let hs = layer.pre_feedforward_layernorm.forward(&x)?;
+            let m = layer.mlp.forward(&hs)?;
+            let m = layer.post_feedforward_layernorm.forward(&m)?;
+            x = (residual + m)?;
+        }
+        if let Some(c) = cache {
+            c.seq_len += t;
+        }
+        self.norm.forward(&x)
+    }
+}
+
+impl Attention {
+    fn forward(
+        &self,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        mask: &Tensor,
+        cache: Option<&mut LayerCache>,
+    ) -> Result<Tensor> {
+        let (b, t, _) = x.dims3()?;
+        let heads = |l: &Linear, n: usize| -> Result<Tensor> {
+            Ok(l.forward(x)?.reshape((b, t, n, self.head_dim))?.transpose(1, 2)?.contiguous()?)
+        };
+        let q = self.q_norm.forward(&heads(&self.q_proj, self.n_head)?)?;
+        let k = self.k_norm.forward(&heads(&self.k_proj, self.n_kv_head)?)?;
+        let v = heads(&self.v_proj, self.n_kv_head)?;
+        let q = apply_rotary(&q, cos, sin)?;
+        let k = apply_rotary(&k, cos, sin)?;
+        let (k, v) = match cache {
+            Some(c) => c.append(&k, &v)?,
+            None => (k, v),
+        };
+        let n_rep = self.n_head / self.n_kv_head;
+        let k = repeat_kv(&k, n_rep)?;
+        let v = repeat_kv(&v, n_rep)?;
+        let o = attention(&q, &k, &v, self.scale, self.softcap, mask)?;
+        let o = o.transpose(1, 2)?.reshape((b, t, self.n_head * self.head_dim))?;
+        self.o_proj.forward(&o)
+    }
+}
+
+impl Mlp {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        // gelu_pytorch_tanh; Candle's `gelu` is the tanh approximation.
+        let g = self.gate_proj.forward(x)?.gelu()?;
+        let u = self.up_proj.forward(x)?;
+        self.down_proj.forward(&(g * u)?)
+    }
+}
+
+impl CausalLm for Gemma3 {
+    fn forward_hidden(&self, input_ids: &Tensor, attention_mask: Option<&Tensor>) -> Result<Tensor> {
+        self.decode(input_ids, attention_mask, None)
+    }
+
+    fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
+        let logits = match &self.lm_head {
+            Some(head) => head.forward(hidden)?,
+            None => {
+                let (b, t, h) = hidden.dims3()?;
+                hidden
+                    .reshape((b * t, h))?
+                    .matmul(&self.embed_tokens.t()?)?
+                    .reshape((b, t, self.cfg.vocab_size))?
+            }
+        };
+        match self.cfg.final_logit_softcapping {
+            Some(cap) => Ok(((logits / cap)?.tanh()? * cap)?),
+            None => Ok(logits),
+        }
+    }
+
+    fn forward_cached(&self, input_ids: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
+        let h = self.decode(input_ids, None, Some(cache))?;
+        let last = h.narrow(1, h.dim(1)? - 1, 1)?;
+        Ok(self.logits(&last)?.squeeze(1)?)
+    }
+
+    fn new_cache(&self) -> KvCache {
+        KvCache::new(self.layers.len())
+    }
+
+    fn vocab_size(&self) -> usize {
+        self.cfg.vocab_size
+    }
+
+    fn device(&self) -> &candle_core::Device {
+        self.embed_tokens.device()
+    }
+
+    fn linears_mut(&mut self) -> Vec<(String, &mut Linear)> {
+        let mut out = Vec::new();
+        for (i, l) in self.layers.iter_mut().enumerate() {
+            let p = format!("model.layers.{i}");
+            out.push((format!("{p}.self_attn.q_proj"), &mut l.self_attn.q_proj));
+            out.push((format!("{p}.self_attn.k_proj"), &mut l.self_attn.k_proj));
+            out.push((format!("{p}.self_attn.v_proj"), &mut l.self_attn.v_proj));
+            out.push((format!("{p}.self_attn.o_proj"), &mut l.self_attn.o_proj));
+            out.push((format!("{p}.mlp.gate_proj"), &mut l.mlp.gate_proj));
+            out.push((format!("{p}.mlp.up_proj"), &mut l.mlp.up_proj));
+            out.push((format!("{p}.mlp.down_proj"), &mut l.mlp.down_proj));
+        }
+        out
+    }
+}
+

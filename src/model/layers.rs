@@ -1,0 +1,287 @@
+//! Layers shared by the architectures, written only with ops whose backward Candle
+//! implements (see `shared/reference/candle-0.11.md`: the fused `rms_norm`, `rope*` and
+//! `softmax_last_dim` pass no gradient, so none of them is used here).
+
+use candle_core::{DType, Device, Tensor, D};
+
+use crate::config::RopeScaling;
+use crate::Result;
+
+/// RMSNorm computed in f32, as transformers does: `x / sqrt(mean(x²) + eps) * w`.
+///
+/// With `unit_offset` the scale is `(1 + w)` (Gemma's `Gemma3RMSNorm`).
+#[derive(Debug, Clone)]
+pub struct RmsNorm {
+    weight: Tensor,
+    eps: f64,
+    unit_offset: bool,
+}
+
+impl RmsNorm {
+    pub fn new(weight: Tensor, eps: f64, unit_offset: bool) -> Self {
+        Self {
+            weight,
+            eps,
+            unit_offset,
+        }
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let dtype = x.dtype();
+        let xf = x.to_dtype(DType::F32)?;
+        let var = xf.sqr()?.mean_keepdim(D::Minus1)?;
+        let normed = xf.broadcast_div(&(var + self.eps)?.sqrt()?)?;
+        if self.unit_offset {
+            // Gemma multiplies in f32 and casts afterwards.
+            let w = (self.weight.to_dtype(DType::F32)? + 1.0)?;
+            Ok(normed.broadcast_mul(&w)?.to_dtype(dtype)?)
+        } else {
+            // Llama casts back to the input dtype before the weight multiply.
+            Ok(normed.to_dtype(dtype)?.broadcast_mul(&self.weight)?)
+        }
+    }
+}
+
+/// Inverse frequencies of rotary embeddings, with optional `llama3` or `linear` scaling.
+pub fn rope_inv_freq(head_dim: usize, theta: f64, scaling: Option<&RopeScaling>) -> Vec<f64> {
+    let mut inv: Vec<f64> = (0..head_dim / 2)
+        .map(|i| 1.0 / theta.powf((2 * i) as f64 / head_dim as f64))
+        .collect();
+    if let Some(s) = scaling {
+        match s.rope_type.as_str() {
+            // transformers `_compute_llama3_parameters`.
+            "llama3" => {
+                let factor = s.factor.unwrap_or(8.0);
+                let low = s.low_freq_factor.unwrap_or(1.0);
+                let high = s.high_freq_factor.unwrap_or(4.0);
+                let old_ctx = s.original_max_position_embeddings.unwrap_or(8192) as f64;
+                let low_wavelen = old_ctx / low;
+                let high_wavelen = old_ctx / high;
+                for f in inv.iter_mut() {
+                    let wavelen = 2.0 * std::f64::consts::PI / *f;
+                    if wavelen > low_wavelen {
+                        *f /= factor;
+                    } else if wavelen >= high_wavelen {
+                        let smooth = (old_ctx / wavelen - low) / (high - low);
+                        *f = (1.0 - smooth) * *f / factor + smooth * *f;
+                    }
+                }
+            }
+            "linear" => {
+                let factor = s.factor.unwrap_or(1.0);
+                for f in inv.iter_mut() {
+                    *f /= factor;
+                }
+            }
+            _ => {}
+        }
+    }
+    inv
+}
+
+/// Rotary position embedding in the HF half-split layout (`rotate_half`).
+#[derive(Debug, Clone)]
+pub struct Rotary {
+    inv_freq: Vec<f64>,
+    head_dim: usize,
+}
+
+impl Rotary {
+    pub fn new(head_dim: usize, theta: f64, scaling: Option<&RopeScaling>) -> Self {
+        Self {
+            inv_freq: rope_inv_freq(head_dim, theta, scaling),
+            head_dim,
+        }
+    }
+
+    /// Divides each inverse frequency by a factor, as llama.cpp's `rope_freqs.weight` stores
+    /// llama3 rope scaling in GGUF files.
+    pub fn with_freq_factors(mut self, factors: &[f32]) -> Result<Self> {
+        if factors.len() != self.inv_freq.len() {
+            return Err(crate::Error::Msg(format!(
+                "rope_freqs has {} factors, expected {}",
+                factors.len(),
+                self.inv_freq.len()
+            )));
+        }
+        for (f, k) in self.inv_freq.iter_mut().zip(factors) {
+            *f /= *k as f64;
+        }
+        Ok(self)
+    }
+
+    /// `(cos, sin)`, each `[T, head_dim]`, for positions `start..start+len`.
+    pub fn cos_sin(
+        &self,
+        start: usize,
+        len: usize,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<(Tensor, Tensor)> {
+        let half = self.head_dim / 2;
+        let mut cos = Vec::with_capacity(len * self.head_dim);
+        let mut sin = Vec::with_capacity(len * self.head_dim);
+        for p in start..start + len {
+            // Computed in f32 like transformers, so positions far out round the same way.
+            let freqs: Vec<f32> = self
+                .inv_freq
+                .iter()
+                .map(|f| (p as f32) * (*f as f32))
+                .collect();
+            for k in 0..self.head_dim {
+                let a = freqs[k % half];
+                cos.push(a.cos());
+                sin.push(a.sin());
+            }
+        }
+        let cos = Tensor::from_vec(cos, (len, self.head_dim), device)?.to_dtype(dtype)?;
+        let sin = Tensor::from_vec(sin, (len, self.head_dim), device)?.to_dtype(dtype)?;
+        Ok((cos, sin))
+    }
+}
+
+/// Applies rotary embeddings to `x: [B, H, T, D]` with `cos, sin: [T, D]`.
+pub fn apply_rotary(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    let d = x.dim(D::Minus1)?;
+    let x1 = x.narrow(D::Minus1, 0, d / 2)?;
+    let x2 = x.narrow(D::Minus1, d / 2, d / 2)?;
+    let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
+    Ok((x.broadcast_mul(cos)? + rotated.broadcast_mul(sin)?)?)
+}
+
+/// Repeats key/value heads for grouped-query attention: `[B, kv, T, D] -> [B, kv*n, T, D]`.
+pub fn repeat_kv(x: &Tensor, n_rep: usize) -> Result<Tensor> {
+    if n_rep == 1 {
+        return Ok(x.clone());
+    }
+    let (b, kv, t, d) = x.dims4()?;
+    Ok(x.unsqueeze(2)?
+        .broadcast_as((b, kv, n_rep, t, d))?
+        .reshape((b, kv * n_rep, t, d))?)
+}
+
+/// An additive attention mask `[B, 1, Tq, Tk]` (0 where allowed, -inf where not).
+///
+/// Query `i` sits at absolute position `offset + i`; key `j` at position `j`. A key is allowed
+/// when it is not in the future, inside the sliding window if there is one
+/// (`pos_q - pos_k < window`, as transformers' `sliding_window_overlay`), and not padding.
+pub fn attention_mask(
+    batch: usize,
+    q_len: usize,
+    offset: usize,
+    key_padding: Option<&[Vec<bool>]>,
+    sliding_window: Option<usize>,
+    dtype: DType,
+    device: &Device,
+) -> Result<Tensor> {
+    let k_len = offset + q_len;
+    let mut data = vec![0f32; batch * q_len * k_len];
+    for b in 0..batch {
+        for i in 0..q_len {
+            let qpos = offset + i;
+            for j in 0..k_len {
+                let mut allowed = j <= qpos;
+                if let Some(w) = sliding_window {
+                    allowed &= qpos - j.min(qpos) < w;
+                }
+                if let Some(pad) = key_padding {
+                    allowed &= pad[b].get(j).copied().unwrap_or(false);
+                }
+                if !allowed {
+                    data[(b * q_len + i) * k_len + j] = f32::NEG_INFINITY;
+                }
+            }
+        }
+    }
+    Ok(Tensor::from_vec(data, (batch, 1, q_len, k_len), device)?.to_dtype(dtype)?)
+}
+
+/// Reads a `[B, T]` 0/1 attention mask into per-row booleans.
+pub fn padding_rows(attention_mask: &Tensor) -> Result<Vec<Vec<bool>>> {
+    let rows = attention_mask.to_dtype(DType::U32)?.to_vec2::<u32>()?;
+    Ok(rows
+        .into_iter()
+        .map(|r| r.into_iter().map(|v| v != 0).collect())
+        .collect())
+}
+
+/// `softmax(q kᵀ · scale [softcapped] + mask) v` for `q: [B, H, Tq, D]`, `k, v: [B, H, Tk, D]`.
+pub fn attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    scale: f64,
+    softcap: Option<f64>,
+    mask: &Tensor,
+) -> Result<Tensor> {
+    let mut scores = (q.matmul(&k.t()?)? * scale)?;
+    if let Some(cap) = softcap {
+        scores = ((scores / cap)?.tanh()? * cap)?;
+    }
+    let scores = scores.broadcast_add(mask)?;
+    // Softmax in f32 as transformers' eager attention does, then back to the value dtype.
+    let probs = candle_nn::ops::softmax(&scores.to_dtype(DType::F32)?, D::Minus1)?
+        .to_dtype(v.dtype())?;
+    Ok(probs.matmul(v)?)
+}
+
+/// Key/value cache of one layer, `[B, kv_heads, T, D]`.
+#[derive(Debug, Clone, Default)]
+pub struct LayerCache {
+    pub k: Option<Tensor>,
+    pub v: Option<Tensor>,
+}
+
+impl LayerCache {
+    /// Appends new keys/values and returns the full ones.
+    pub fn append(&mut self, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
+        let (k, v) = match (&self.k, &self.v) {
+            (Some(pk), Some(pv)) => (Tensor::cat(&[pk, k], 2)?, Tensor::cat(&[pv, v], 2)?),
+            _ => (k.clone(), v.clone()),
+        };
+        self.k = Some(k.clone());
+        self.v = Some(v.clone());
+        Ok((k, v))
+    }
+}
+
+/// The KV cache of a whole model, for generation.
+#[derive(Debug, Clone, Default)]
+pub struct KvCache {
+    pub layers: Vec<LayerCache>,
+    /// Number of positions already in the cache.
+    pub seq_len: usize,
+}
+
+impl KvCache {
+    pub fn new(num_layers: usize) -> Self {
+        Self {
+            layers: vec![LayerCache::default(); num_layers],
+            seq_len: 0,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mask_sliding_window_matches_transformers() {
+        let m = attention_mask(1, 5, 0, None, Some(2), DType::F32, &Device::Cpu).unwrap();
+        let rows = m.squeeze(0).unwrap().squeeze(0).unwrap().to_vec2::<f32>().unwrap();
+        // query 3 sees keys 2 and 3 only.
+        let allowed: Vec<bool> = rows[3].iter().map(|v| v.is_finite()).collect();
+        assert_eq!(allowed, vec![false, false, true, true, false]);
+    }
+
+    #[test]
+    fn rotary_half_split_rotates_pairs() {
+        let rot = Rotary::new(4, 10_000.0, None);
+        let (cos, sin) = rot.cos_sin(1, 1, DType::F32, &Device::Cpu).unwrap();
+        let x = Tensor::new(&[[[[1f32, 0., 0., 0.]]]], &Device::Cpu).unwrap();
+        let y = apply_rotary(&x, &cos, &sin).unwrap().flatten_all().unwrap();
+        let y = y.to_vec1::<f32>().unwrap();
+        assert!((y[0] - 1f32.cos()).abs() < 1e-6 && (y[2] - 1f32.sin()).abs() < 1e-6);
+    }
+}

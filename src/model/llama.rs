@@ -1,0 +1,230 @@
+//! `LlamaForCausalLM` (Llama 2/3/3.1/3.2, SmolLM2): grouped-query attention, llama3 rope
+//! scaling, tied or untied head. Follows transformers' `models/llama/modeling_llama.py`.
+
+use candle_core::Tensor;
+
+use super::layers::{
+    apply_rotary, attention, attention_mask, padding_rows, repeat_kv, KvCache, RmsNorm, Rotary,
+};
+use super::weights::Weights;
+use super::CausalLm;
+use crate::config::LlamaConfig;
+use crate::lora::Linear;
+use crate::Result;
+
+struct Attention {
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
+    o_proj: Linear,
+    n_head: usize,
+    n_kv_head: usize,
+    head_dim: usize,
+}
+
+struct Mlp {
+    gate_proj: Linear,
+    up_proj: Linear,
+    down_proj: Linear,
+}
+
+struct Layer {
+    input_layernorm: RmsNorm,
+    self_attn: Attention,
+    post_attention_layernorm: RmsNorm,
+    mlp: Mlp,
+}
+
+/// A Llama decoder with a causal-LM head.
+pub struct Llama {
+    cfg: LlamaConfig,
+    embed_tokens: Tensor,
+    layers: Vec<Layer>,
+    norm: RmsNorm,
+    /// `None` when the head is tied to the embeddings.
+    lm_head: Option<Linear>,
+    rotary: Rotary,
+}
+
+impl Llama {
+    pub fn load(cfg: LlamaConfig, w: &Weights, rope_freq_factors: Option<Vec<f32>>) -> Result<Self> {
+        let h = cfg.hidden_size;
+        let hd = cfg.head_dim();
+        let (nh, nkv) = (cfg.num_attention_heads, cfg.num_kv_heads());
+        let embed_tokens = w.get("model.embed_tokens.weight", &[cfg.vocab_size, h])?;
+        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+        for i in 0..cfg.num_hidden_layers {
+            let p = format!("model.layers.{i}");
+            let ab = cfg.attention_bias;
+            let mb = cfg.mlp_bias;
+            layers.push(Layer {
+                input_layernorm: RmsNorm::new(
+                    w.get(&format!("{p}.input_layernorm.weight"), &[h])?,
+                    cfg.rms_norm_eps,
+                    false,
+                ),
+                self_attn: Attention {
+                    q_proj: w.linear(&format!("{p}.self_attn.q_proj"), nh * hd, h, ab)?,
+                    k_proj: w.linear(&format!("{p}.self_attn.k_proj"), nkv * hd, h, ab)?,
+                    v_proj: w.linear(&format!("{p}.self_attn.v_proj"), nkv * hd, h, ab)?,
+                    o_proj: w.linear(&format!("{p}.self_attn.o_proj"), h, nh * hd, ab)?,
+                    n_head: nh,
+                    n_kv_head: nkv,
+                    head_dim: hd,
+                },
+                post_attention_layernorm: RmsNorm::new(
+                    w.get(&format!("{p}.post_attention_layernorm.weight"), &[h])?,
+                    cfg.rms_norm_eps,
+                    false,
+                ),
+                mlp: Mlp {
+                    gate_proj: w.linear(&format!("{p}.mlp.gate_proj"), cfg.intermediate_size, h, mb)?,
+                    up_proj: w.linear(&format!("{p}.mlp.up_proj"), cfg.intermediate_size, h, mb)?,
+                    down_proj: w.linear(&format!("{p}.mlp.down_proj"), h, cfg.intermediate_size, mb)?,
+                },
+            });
+        }
+        let norm = RmsNorm::new(w.get("model.norm.weight", &[h])?, cfg.rms_norm_eps, false);
+        let lm_head = if !cfg.tie_word_embeddings && w.contains("lm_head.weight") {
+            Some(w.linear("lm_head", cfg.vocab_size, h, false)?)
+        } else {
+            None
+        };
+        let mut rotary = Rotary::new(hd, cfg.rope_theta, cfg.rope_scaling.as_ref());
+        if let Some(f) = rope_freq_factors {
+            rotary = rotary.with_freq_factors(&f)?;
+        }
+        Ok(Self {
+            cfg,
+            embed_tokens,
+            layers,
+            norm,
+            lm_head,
+            rotary,
+        })
+    }
+
+    pub fn config(&self) -> &LlamaConfig {
+        &self.cfg
+    }
+
+    /// Runs the decoder; `offset` is the absolute position of the first token.
+    fn decode(
+        &self,
+        input_ids: &Tensor,
+        attention_mask_01: Option<&Tensor>,
+        mut cache: Option<&mut KvCache>,
+    ) -> Result<Tensor> {
+        let (b, t) = input_ids.dims2()?;
+        let offset = cache.as_ref().map(|c| c.seq_len).unwrap_or(0);
+        let dtype = self.embed_tokens.dtype();
+        let device = self.embed_tokens.device();
+        let mut x = self.embed_tokens.embedding(&input_ids.flatten_all()?)?.reshape((b, t, self.cfg.hidden_size))?;
+        let pad = attention_mask_01.map(padding_rows).transpose()?;
+        let mask = attention_mask(b, t, offset, pad.as_deref(), None, dtype, device)?;
+        let (cos, sin) = self.rotary.cos_sin(offset, t, dtype, device)?;
+        for (i, layer) in self.layers.iter().enumerate() {
+            let residual = x.clone();
+            let h = layer.input_layernorm.forward(&x)?;
+            let layer_cache = cache.as_deref_mut().map(|c| &mut c.layers[i]);
+            let a = layer.self_attn.forward(&h, &cos, &sin, &mask, layer_cache)?;
+            x = (residual + a)?;
+            let residual = x.clone();
+            let h = layer.post_attention_layernorm.forward(&x)?;
+            let m = layer.mlp.forward(&h)?;
+            x = (residual + m)?;
+        }
+        if let Some(c) = cache {
+            c.seq_len += t;
+        }
+        self.norm.forward(&x)
+    }
+}
+
+impl Attention {
+    fn forward(
+        &self,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        mask: &Tensor,
+        cache: Option<&mut super::layers::LayerCache>,
+    ) -> Result<Tensor> {
+        let (b, t, _) = x.dims3()?;
+        let q = self.q_proj.forward(x)?.reshape((b, t, self.n_head, self.head_dim))?.transpose(1, 2)?;
+        let k = self.k_proj.forward(x)?.reshape((b, t, self.n_kv_head, self.head_dim))?.transpose(1, 2)?;
+        let v = self.v_proj.forward(x)?.reshape((b, t, self.n_kv_head, self.head_dim))?.transpose(1, 2)?;
+        let q = apply_rotary(&q.contiguous()?, cos, sin)?;
+        let k = apply_rotary(&k.contiguous()?, cos, sin)?;
+        let v = v.contiguous()?;
+        let (k, v) = match cache {
+            Some(c) => c.append(&k, &v)?,
+            None => (k, v),
+        };
+        let n_rep = self.n_head / self.n_kv_head;
+        let k = repeat_kv(&k, n_rep)?;
+        let v = repeat_kv(&v, n_rep)?;
+        let scale = 1.0 / (self.head_dim as f64).sqrt();
+        let o = attention(&q, &k, &v, scale, None, mask)?;
+        let o = o.transpose(1, 2)?.reshape((b, t, self.n_head * self.head_dim))?;
+        self.o_proj.forward(&o)
+    }
+}
+
+impl Mlp {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let g = candle_nn::ops::silu(&self.gate_proj.forward(x)?)?;
+        let u = self.up_proj.forward(x)?;
+        self.down_proj.forward(&(g * u)?)
+    }
+}
+
+impl CausalLm for Llama {
+    fn forward_hidden(&self, input_ids: &Tensor, attention_mask: Option<&Tensor>) -> Result<Tensor> {
+        self.decode(input_ids, attention_mask, None)
+    }
+
+    fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
+        match &self.lm_head {
+            Some(head) => head.forward(hidden),
+            None => {
+                let (b, t, h) = hidden.dims3()?;
+                let l = hidden.reshape((b * t, h))?.matmul(&self.embed_tokens.t()?)?;
+                Ok(l.reshape((b, t, self.cfg.vocab_size))?)
+            }
+        }
+    }
+
+    fn forward_cached(&self, input_ids: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
+        let h = self.decode(input_ids, None, Some(cache))?;
+        let last = h.narrow(1, h.dim(1)? - 1, 1)?;
+        Ok(self.logits(&last)?.squeeze(1)?)
+    }
+
+    fn new_cache(&self) -> KvCache {
+        KvCache::new(self.layers.len())
+    }
+
+    fn vocab_size(&self) -> usize {
+        self.cfg.vocab_size
+    }
+
+    fn device(&self) -> &candle_core::Device {
+        self.embed_tokens.device()
+    }
+
+    fn linears_mut(&mut self) -> Vec<(String, &mut Linear)> {
+        let mut out = Vec::new();
+        for (i, l) in self.layers.iter_mut().enumerate() {
+            let p = format!("model.layers.{i}");
+            out.push((format!("{p}.self_attn.q_proj"), &mut l.self_attn.q_proj));
+            out.push((format!("{p}.self_attn.k_proj"), &mut l.self_attn.k_proj));
+            out.push((format!("{p}.self_attn.v_proj"), &mut l.self_attn.v_proj));
+            out.push((format!("{p}.self_attn.o_proj"), &mut l.self_attn.o_proj));
+            out.push((format!("{p}.mlp.gate_proj"), &mut l.mlp.gate_proj));
+            out.push((format!("{p}.mlp.up_proj"), &mut l.mlp.up_proj));
+            out.push((format!("{p}.mlp.down_proj"), &mut l.mlp.down_proj));
+        }
+        out
+    }
+}

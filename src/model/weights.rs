@@ -1,0 +1,352 @@
+//! Frozen weights by their Hugging Face names, from safetensors or from a GGUF file.
+//!
+//! GGUF tensors are dequantized and converted to the HF layout at load: llama.cpp permutes
+//! Llama's q/k rows for interleaved rope (`convert_hf_to_gguf.py`, `LlamaModel.permute`) and
+//! stores Gemma's norm weights with the `+1` folded in. Undoing both here means the model
+//! code, and every adapter trained on it, sees one layout: the one PEFT and vLLM expect.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use candle_core::quantized::gguf_file;
+use candle_core::safetensors::MmapedSafetensors;
+use candle_core::{DType, Device, Tensor};
+
+use crate::lora::Linear;
+use crate::{Error, Result};
+
+/// How GGUF tensor names and layouts map to HF ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GgufFlavor {
+    /// `llama`: q/k permuted, `ffn_norm` is `post_attention_layernorm`.
+    Llama { n_head: usize, n_kv_head: usize },
+    /// `gemma3`: norms stored as `1 + w`, four norms per layer.
+    Gemma3,
+}
+
+enum Backend {
+    Safetensors(MmapedSafetensors),
+    Gguf {
+        content: gguf_file::Content,
+        file: Mutex<File>,
+        flavor: GgufFlavor,
+    },
+}
+
+/// A set of frozen weights addressed by HF tensor names.
+pub struct Weights {
+    backend: Backend,
+    path: PathBuf,
+    dtype: DType,
+    device: Device,
+}
+
+impl Weights {
+    /// Memory-maps `model.safetensors` or the shards listed in `model.safetensors.index.json`.
+    pub fn from_hf_dir(dir: &Path, dtype: DType, device: &Device) -> Result<Self> {
+        let single = dir.join("model.safetensors");
+        let index = dir.join("model.safetensors.index.json");
+        let (files, shown) = if single.is_file() {
+            (vec![single.clone()], single)
+        } else if index.is_file() {
+            (shard_files(&index)?, index)
+        } else {
+            return Err(Error::model(
+                dir,
+                "no model.safetensors or model.safetensors.index.json",
+            ));
+        };
+        for f in &files {
+            if !f.is_file() {
+                return Err(Error::model(f, "safetensors shard is missing"));
+            }
+        }
+        // SAFETY: the files are memory-mapped read-only; like every mmap-based loader we
+        // assume nobody truncates them while the model is loaded.
+        let st = unsafe { MmapedSafetensors::multi(&files) }
+            .map_err(|e| Error::model(&shown, format!("not a valid safetensors file: {e}")))?;
+        Ok(Self {
+            backend: Backend::Safetensors(st),
+            path: shown,
+            dtype,
+            device: device.clone(),
+        })
+    }
+
+    /// Wraps an already-parsed GGUF file.
+    pub fn from_gguf(
+        content: gguf_file::Content,
+        file: File,
+        path: &Path,
+        flavor: GgufFlavor,
+        dtype: DType,
+        device: &Device,
+    ) -> Self {
+        Self {
+            backend: Backend::Gguf {
+                content,
+                file: Mutex::new(file),
+                flavor,
+            },
+            path: path.to_path_buf(),
+            dtype,
+            device: device.clone(),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Whether a tensor with this HF name exists.
+    pub fn contains(&self, name: &str) -> bool {
+        match &self.backend {
+            Backend::Safetensors(st) => st.get(name).is_ok(),
+            Backend::Gguf {
+                content, flavor, ..
+            } => gguf_name(name, *flavor)
+                .map(|g| content.tensor_infos.contains_key(&g))
+                .unwrap_or(false),
+        }
+    }
+
+    /// Loads a tensor by HF name, checks its shape, and converts it to the model dtype.
+    pub fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        let t = self.get_raw(name)?;
+        if t.dims() != shape {
+            return Err(Error::model(
+                &self.path,
+                format!(
+                    "tensor `{name}` has shape {:?}, the config implies {:?}",
+                    t.dims(),
+                    shape
+                ),
+            ));
+        }
+        Ok(t.to_dtype(self.dtype)?)
+    }
+
+    /// A frozen [`Linear`] from `{prefix}.weight` (`[out, inp]`) and optionally `{prefix}.bias`.
+    pub fn linear(&self, prefix: &str, out: usize, inp: usize, bias: bool) -> Result<Linear> {
+        let weight = self.get(&format!("{prefix}.weight"), &[out, inp])?;
+        let bias = if bias {
+            Some(self.get(&format!("{prefix}.bias"), &[out])?)
+        } else {
+            None
+        };
+        Ok(Linear::new(weight, bias))
+    }
+
+    /// Loads a tensor by HF name in f32 (or its stored dtype for safetensors), unchecked.
+    pub fn get_raw(&self, name: &str) -> Result<Tensor> {
+        match &self.backend {
+            Backend::Safetensors(st) => {
+                let view = st.get(name).map_err(|_| {
+                    Error::model(&self.path, format!("tensor `{name}` is missing"))
+                })?;
+                let t = candle_core::safetensors::Load::load(&view, &self.device).map_err(|e| {
+                    Error::model(&self.path, format!("tensor `{name}` cannot be read: {e}"))
+                })?;
+                Ok(t)
+            }
+            Backend::Gguf {
+                content,
+                file,
+                flavor,
+            } => {
+                let gname = gguf_name(name, *flavor).ok_or_else(|| {
+                    Error::model(&self.path, format!("no GGUF tensor corresponds to `{name}`"))
+                })?;
+                if !content.tensor_infos.contains_key(&gname) {
+                    return Err(Error::model(
+                        &self.path,
+                        format!("tensor `{gname}` (HF `{name}`) is missing"),
+                    ));
+                }
+                let q = {
+                    let mut f = file
+                        .lock()
+                        .map_err(|_| Error::model(&self.path, "file lock poisoned"))?;
+                    content.tensor(&mut *f, &gname, &self.device).map_err(|e| {
+                        Error::model(&self.path, format!("tensor `{gname}` cannot be read: {e}"))
+                    })?
+                };
+                let t = q.dequantize(&self.device)?;
+                to_hf_layout(name, t, *flavor)
+            }
+        }
+    }
+}
+
+fn shard_files(index: &Path) -> Result<Vec<PathBuf>> {
+    let text = std::fs::read_to_string(index).map_err(|e| Error::io(index, e))?;
+    let v: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| Error::model(index, format!("not valid JSON: {e}")))?;
+    let map = v
+        .get("weight_map")
+        .and_then(|m| m.as_object())
+        .ok_or_else(|| Error::model(index, "missing `weight_map`"))?;
+    let dir = index.parent().unwrap_or(Path::new("."));
+    let mut files: Vec<String> = map
+        .values()
+        .filter_map(|f| f.as_str().map(str::to_string))
+        .collect();
+    files.sort();
+    files.dedup();
+    Ok(files.into_iter().map(|f| dir.join(f)).collect())
+}
+
+/// The GGUF tensor name for an HF tensor name.
+pub fn gguf_name(hf: &str, flavor: GgufFlavor) -> Option<String> {
+    let fixed: HashMap<&str, &str> = [
+        ("model.embed_tokens.weight", "token_embd.weight"),
+        ("model.norm.weight", "output_norm.weight"),
+        ("lm_head.weight", "output.weight"),
+        ("rope_freqs.weight", "rope_freqs.weight"),
+    ]
+    .into_iter()
+    .collect();
+    if let Some(g) = fixed.get(hf) {
+        return Some(g.to_string());
+    }
+    let rest = hf.strip_prefix("model.layers.")?;
+    let (layer, module) = rest.split_once('.')?;
+    let layer: usize = layer.parse().ok()?;
+    let (module, suffix) = module.rsplit_once('.')?;
+    let g = match (module, flavor) {
+        ("self_attn.q_proj", _) => "attn_q",
+        ("self_attn.k_proj", _) => "attn_k",
+        ("self_attn.v_proj", _) => "attn_v",
+        ("self_attn.o_proj", _) => "attn_output",
+        ("self_attn.q_norm", _) => "attn_q_norm",
+        ("self_attn.k_norm", _) => "attn_k_norm",
+        ("mlp.gate_proj", _) => "ffn_gate",
+        ("mlp.up_proj", _) => "ffn_up",
+        ("mlp.down_proj", _) => "ffn_down",
+        ("input_layernorm", _) => "attn_norm",
+        ("post_attention_layernorm", GgufFlavor::Llama { .. }) => "ffn_norm",
+        ("post_attention_layernorm", GgufFlavor::Gemma3) => "post_attention_norm",
+        ("pre_feedforward_layernorm", GgufFlavor::Gemma3) => "ffn_norm",
+        ("post_feedforward_layernorm", GgufFlavor::Gemma3) => "post_ffw_norm",
+        _ => return None,
+    };
+    Some(format!("blk.{layer}.{g}.{suffix}"))
+}
+
+/// Undoes llama.cpp's conversions so the tensor is in HF layout.
+fn to_hf_layout(hf: &str, t: Tensor, flavor: GgufFlavor) -> Result<Tensor> {
+    match flavor {
+        GgufFlavor::Llama { n_head, n_kv_head } => {
+            if hf.ends_with("self_attn.q_proj.weight") || hf.ends_with("self_attn.q_proj.bias") {
+                unpermute_rope_rows(&t, n_head)
+            } else if hf.ends_with("self_attn.k_proj.weight")
+                || hf.ends_with("self_attn.k_proj.bias")
+            {
+                unpermute_rope_rows(&t, n_kv_head)
+            } else {
+                Ok(t)
+            }
+        }
+        GgufFlavor::Gemma3 => {
+            if hf.ends_with("norm.weight") {
+                Ok((t - 1.0)?)
+            } else {
+                Ok(t)
+            }
+        }
+    }
+}
+
+/// Inverse of llama.cpp's `permute`: rows `[h, d/2, 2]` back to `[h, 2, d/2]`.
+pub fn unpermute_rope_rows(t: &Tensor, n_head: usize) -> Result<Tensor> {
+    let dims = t.dims().to_vec();
+    let out = dims[0];
+    if n_head == 0 || out % (n_head * 2) != 0 {
+        return Err(Error::Msg(format!(
+            "cannot undo the rope permutation: {out} rows for {n_head} heads"
+        )));
+    }
+    let head_dim = out / n_head;
+    let rest: usize = dims[1..].iter().product();
+    let r = t
+        .reshape((n_head, head_dim / 2, 2, rest))?
+        .transpose(1, 2)?
+        .contiguous()?
+        .reshape(dims)?;
+    Ok(r)
+}
+
+/// Reads a GGUF file's header and tensor directory; errors name the file.
+pub fn read_gguf(path: &Path) -> Result<(gguf_file::Content, File)> {
+    let mut file = File::open(path).map_err(|e| Error::io(path, e))?;
+    let content = gguf_file::Content::read(&mut file)
+        .map_err(|e| Error::model(path, format!("not a valid GGUF file: {e}")))?;
+    // A truncated file has a valid header but tensor data past its end.
+    let len = file.metadata().map_err(|e| Error::io(path, e))?.len() as usize;
+    for (name, info) in &content.tensor_infos {
+        let elems = info.shape.elem_count();
+        let block = info.ggml_dtype.block_size();
+        let bytes = elems / block * info.ggml_dtype.type_size();
+        if content.tensor_data_offset as usize + info.offset as usize + bytes > len {
+            return Err(Error::model(
+                path,
+                format!("truncated: tensor `{name}` runs past the end of the file"),
+            ));
+        }
+    }
+    Ok((content, file))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unpermute_inverts_llama_cpp_permute() {
+        // llama.cpp: w.reshape(h, 2, d/2, in).swapaxes(1, 2).reshape(out, in)
+        let (h, d, inp) = (2usize, 4usize, 3usize);
+        let hf = Tensor::arange(0f32, (h * d * inp) as f32, &Device::Cpu)
+            .unwrap()
+            .reshape((h * d, inp))
+            .unwrap();
+        let permuted = hf
+            .reshape((h, 2, d / 2, inp))
+            .unwrap()
+            .transpose(1, 2)
+            .unwrap()
+            .contiguous()
+            .unwrap()
+            .reshape((h * d, inp))
+            .unwrap();
+        let back = unpermute_rope_rows(&permuted, h).unwrap();
+        let diff = (back - &hf).unwrap().abs().unwrap().sum_all().unwrap();
+        assert_eq!(diff.to_scalar::<f32>().unwrap(), 0.0);
+    }
+
+    #[test]
+    fn gguf_names() {
+        let l = GgufFlavor::Llama {
+            n_head: 9,
+            n_kv_head: 3,
+        };
+        assert_eq!(
+            gguf_name("model.layers.3.post_attention_layernorm.weight", l).as_deref(),
+            Some("blk.3.ffn_norm.weight")
+        );
+        assert_eq!(
+            gguf_name("model.layers.3.pre_feedforward_layernorm.weight", GgufFlavor::Gemma3)
+                .as_deref(),
+            Some("blk.3.ffn_norm.weight")
+        );
+    }
+}
