@@ -67,9 +67,35 @@ pub struct LlamaConfig {
     pub mlp_bias: bool,
     #[serde(default = "default_hidden_act")]
     pub hidden_act: String,
+    /// transformers v5 writes rope settings here (`rope_theta`, `rope_type`, factors).
+    #[serde(default)]
+    pub rope_parameters: Option<serde_json::Value>,
+}
+
+/// Reads a transformers-v5 `rope_parameters` entry: its theta and any non-default scaling.
+fn rope_from_parameters(v: &serde_json::Value) -> (Option<f64>, Option<RopeScaling>) {
+    let theta = v.get("rope_theta").and_then(|t| t.as_f64());
+    let scaling = serde_json::from_value::<RopeScaling>(v.clone())
+        .ok()
+        .filter(|s| s.rope_type != "default");
+    (theta, scaling)
 }
 
 impl LlamaConfig {
+    /// Folds `rope_parameters` into `rope_theta` / `rope_scaling`.
+    fn normalize(mut self) -> Self {
+        if let Some(p) = &self.rope_parameters {
+            let (theta, scaling) = rope_from_parameters(p);
+            if let Some(t) = theta {
+                self.rope_theta = t;
+            }
+            if self.rope_scaling.is_none() {
+                self.rope_scaling = scaling;
+            }
+        }
+        self
+    }
+
     pub fn num_kv_heads(&self) -> usize {
         self.num_key_value_heads.unwrap_or(self.num_attention_heads)
     }
@@ -138,9 +164,35 @@ pub struct Gemma3Config {
     pub attention_bias: bool,
     #[serde(default = "default_gemma_act", alias = "hidden_act")]
     pub hidden_activation: String,
+    /// transformers v5: `{"full_attention": {...}, "sliding_attention": {...}}`.
+    #[serde(default)]
+    pub rope_parameters: Option<serde_json::Value>,
 }
 
 impl Gemma3Config {
+    /// Folds `rope_parameters` into the global and local rope settings.
+    fn normalize(mut self) -> Self {
+        if let Some(p) = &self.rope_parameters {
+            if let Some(full) = p.get("full_attention") {
+                let (theta, scaling) = rope_from_parameters(full);
+                if let Some(t) = theta {
+                    self.rope_theta = t;
+                }
+                if self.rope_scaling.is_none() {
+                    self.rope_scaling = scaling;
+                }
+            }
+            if let Some(t) = p
+                .get("sliding_attention")
+                .and_then(|s| s.get("rope_theta"))
+                .and_then(|t| t.as_f64())
+            {
+                self.rope_local_base_freq = t;
+            }
+        }
+        self
+    }
+
     /// Whether layer `i` uses sliding-window attention (and the local rope base).
     pub fn is_sliding(&self, i: usize) -> bool {
         if let Some(types) = &self.layer_types {
@@ -189,13 +241,17 @@ impl ModelConfig {
         let parse_err = |e: serde_json::Error| Error::model(path, format!("{arch}: {e}"));
         match arch.as_str() {
             "LlamaForCausalLM" => Ok(ModelConfig::Llama(
-                serde_json::from_value(value).map_err(parse_err)?,
+                serde_json::from_value::<LlamaConfig>(value)
+                    .map_err(parse_err)?
+                    .normalize(),
             )),
             "Gemma3ForCausalLM" => {
                 // A multimodal Gemma 3 config nests the text model under `text_config`.
                 let v = value.get("text_config").cloned().unwrap_or(value);
                 Ok(ModelConfig::Gemma3(
-                    serde_json::from_value(v).map_err(parse_err)?,
+                    serde_json::from_value::<Gemma3Config>(v)
+                        .map_err(parse_err)?
+                        .normalize(),
                 ))
             }
             other => Err(Error::UnsupportedArchitecture {

@@ -245,6 +245,7 @@ impl GgufMeta<'_> {
             attention_bias: self.content.tensor_infos.contains_key("blk.0.attn_q.bias"),
             mlp_bias: false,
             hidden_act: "silu".into(),
+            rope_parameters: None,
         })
     }
 
@@ -290,6 +291,7 @@ impl GgufMeta<'_> {
             tie_word_embeddings: !self.content.tensor_infos.contains_key("output.weight"),
             attention_bias: false,
             hidden_activation: "gelu_pytorch_tanh".into(),
+            rope_parameters: None,
         })
     }
 }

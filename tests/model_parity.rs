@@ -1,0 +1,75 @@
+//! The forward pass against transformers (fixtures from scripts/make_fixtures.py):
+//! full-sequence logits of the tiny random Llama and Gemma 3 models, with padding.
+
+mod common;
+
+use candle_core::{DType, Device, Tensor};
+use lora_train::model::{load, LoadOptions};
+
+fn check_tiny_logits(name: &str) {
+    let dir = common::fixtures().join(name);
+    let m = load(dir.to_str().unwrap(), &LoadOptions::default()).unwrap();
+    let expected = candle_core::safetensors::load(dir.join("expected.safetensors"), &Device::Cpu)
+        .unwrap();
+    let ids = expected["input_ids"].to_dtype(DType::U32).unwrap();
+    let mask = &expected["attention_mask"];
+    let want = &expected["logits"];
+    let got = m.model.forward(&ids, Some(mask)).unwrap();
+    assert_eq!(got.dims(), want.dims());
+    let mask_rows = mask.to_dtype(DType::U32).unwrap().to_vec2::<u32>().unwrap();
+    let got = got.to_vec3::<f32>().unwrap();
+    let want = want.to_vec3::<f32>().unwrap();
+    let mut max_diff = 0f32;
+    let mut compared = 0;
+    for (b, row) in mask_rows.iter().enumerate() {
+        for (t, m) in row.iter().enumerate() {
+            if *m == 0 {
+                continue;
+            }
+            compared += 1;
+            for (g, w) in got[b][t].iter().zip(&want[b][t]) {
+                max_diff = max_diff.max((g - w).abs());
+            }
+        }
+    }
+    assert!(compared > 16, "the fixture should have real tokens in both rows");
+    assert!(max_diff < 1e-4, "{name}: max abs logit diff {max_diff}");
+}
+
+#[test]
+fn tiny_llama_logits_match_transformers() {
+    check_tiny_logits("tiny-llama");
+}
+
+#[test]
+fn tiny_gemma3_logits_match_transformers() {
+    check_tiny_logits("tiny-gemma3");
+}
+
+#[test]
+fn kv_cache_matches_full_forward() {
+    for name in ["tiny-llama", "tiny-gemma3"] {
+        let dir = common::fixtures().join(name);
+        let m = load(dir.to_str().unwrap(), &LoadOptions::default()).unwrap();
+        let ids: Vec<u32> = (3..15).collect();
+        let full = m
+            .model
+            .forward(&Tensor::new(ids.as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap(), None)
+            .unwrap()
+            .squeeze(0)
+            .unwrap();
+        let mut cache = m.model.new_cache();
+        // A 5-token prefill, then one token at a time (past the tiny Gemma's 4-token window).
+        let first = Tensor::new(&ids[..5], &Device::Cpu).unwrap().unsqueeze(0).unwrap();
+        let mut last = m.model.forward_cached(&first, &mut cache).unwrap();
+        let mut worst = 0f32;
+        for (i, id) in ids.iter().enumerate().skip(5) {
+            let want = full.get(i - 1).unwrap();
+            let d = (last.squeeze(0).unwrap() - want).unwrap().abs().unwrap().max_all().unwrap();
+            worst = worst.max(d.to_scalar::<f32>().unwrap());
+            let step = Tensor::new(&[*id], &Device::Cpu).unwrap().unsqueeze(0).unwrap();
+            last = m.model.forward_cached(&step, &mut cache).unwrap();
+        }
+        assert!(worst < 1e-4, "{name}: cached logits differ by {worst}");
+    }
+}
