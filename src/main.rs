@@ -5,6 +5,7 @@ use lora_train::cli::{run, Cli};
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    let cli_verbose = cli.verbose;
     let default = match cli.verbose {
         0 => "warn,lora_train=info",
         1 => "info",
@@ -21,8 +22,15 @@ fn main() -> std::process::ExitCode {
     match run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            let chain: Vec<String> = e.chain().map(|c| c.to_string()).collect();
+            // One line: Candle appends a backtrace to its messages when RUST_BACKTRACE is set.
+            let chain: Vec<String> = e
+                .chain()
+                .map(|c| c.to_string().lines().next().unwrap_or("").trim_end().to_string())
+                .collect();
             eprintln!("error: {}", chain.join(": "));
+            if cli_verbose > 0 {
+                eprintln!("{e:?}");
+            }
             std::process::ExitCode::FAILURE
         }
     }
