@@ -14,5 +14,6 @@ pub mod eval;
 pub mod generate;
 pub mod lora;
 pub mod model;
+pub mod providers;
 
 pub use error::{Error, Result};
