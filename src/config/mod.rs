@@ -3,5 +3,7 @@
 //! Job TOML and PEFT `adapter_config.json` live beside these as the trainer grows.
 
 pub mod hf;
+pub mod job;
 
 pub use hf::{Gemma3Config, LlamaConfig, ModelConfig, RopeScaling, SUPPORTED_ARCHITECTURES};
+pub use job::JobConfig;
