@@ -18,11 +18,34 @@ use crate::lora::load_peft_adapter;
 use crate::model::{load, LoadOptions, LoadedModel};
 
 /// Fine-tune Llama and Gemma chat models with LoRA and QLoRA, natively in Rust.
+///
+/// Train:    lora-train --config job.toml [--set train.lr=1e-4] [--resume]
+/// Use:      lora-train generate --model M --adapter runs/x/adapter --prompt "Hi"
 #[derive(Debug, Parser)]
-#[command(name = "lora-train", version, about, long_about = None)]
+#[command(name = "lora-train", version, about, long_about = None, args_conflicts_with_subcommands = true)]
 pub struct Cli {
     #[command(subcommand)]
-    pub command: Command,
+    pub command: Option<Command>,
+
+    /// Train a LoRA adapter as this job file says (see configs/README.md).
+    #[arg(long, value_name = "job.toml")]
+    pub config: Option<PathBuf>,
+
+    /// Override one job key, e.g. --set train.lr=1e-4 (repeatable).
+    #[arg(long = "set", value_name = "SECTION.KEY=VALUE", requires = "config")]
+    pub set: Vec<String>,
+
+    /// Continue from the newest checkpoint in the job's output folder.
+    #[arg(long, requires = "config")]
+    pub resume: bool,
+
+    /// Stop after this many steps of this invocation, saving a checkpoint (as Ctrl-C does).
+    #[arg(long, requires = "config", hide = true)]
+    pub stop_after: Option<usize>,
+
+    /// Skip the before/after behaviour report at the end of training.
+    #[arg(long, requires = "config")]
+    pub no_report: bool,
 
     /// Log more (repeat for debug output); RUST_LOG overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
@@ -37,6 +60,31 @@ pub enum Command {
     Score(ScoreArgs),
     /// Show how a conversation is rendered and tokenized, and which tokens are targets.
     Inspect(InspectArgs),
+    /// Export a checkpoint's adapter (PEFT format), or merge it into full HF weights.
+    Export(ExportArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// A checkpoint folder (or any PEFT adapter folder).
+    #[arg(long, value_name = "DIR")]
+    pub checkpoint: PathBuf,
+
+    /// Where to write the adapter (or the merged model).
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+
+    /// Write full HF safetensors of base + scale·BA instead of the adapter.
+    #[arg(long)]
+    pub merge: bool,
+
+    /// Tensor dtype of the output: bf16, f16 or f32.
+    #[arg(long, default_value = "f32")]
+    pub dtype: String,
+
+    /// The base model, when it is not where the adapter's base_model_name_or_path says.
+    #[arg(long, value_name = "M")]
+    pub model: Option<String>,
 }
 
 /// Which model to load, and how.
@@ -128,10 +176,78 @@ pub struct InspectArgs {
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Generate(a) => cmd_generate(a),
-        Command::Score(a) => cmd_score(a),
-        Command::Inspect(a) => cmd_inspect(a),
+        Some(Command::Generate(a)) => cmd_generate(a),
+        Some(Command::Score(a)) => cmd_score(a),
+        Some(Command::Inspect(a)) => cmd_inspect(a),
+        Some(Command::Export(a)) => crate::export::cmd::run_export(&a),
+        None => match &cli.config {
+            Some(path) => cmd_train(path, &cli),
+            None => bail!("nothing to do: give --config job.toml, or a command (see --help)"),
+        },
     }
+}
+
+fn cmd_train(path: &std::path::Path, cli: &Cli) -> anyhow::Result<()> {
+    let job = crate::config::JobConfig::load(path, &cli.set)?;
+    job.check_files()?;
+    let mut trainer = crate::train::Trainer::new(job)?;
+    eprintln!(
+        "training {} on {} examples ({} validation): {} steps, {} LoRA parameters",
+        trainer.model.name_or_path,
+        trainer.train.len(),
+        trainer.validation.len(),
+        trainer.plan.total_steps,
+        trainer.params.num_parameters()
+    );
+    let stop = crate::train::install_ctrlc();
+    let opts = crate::train::RunOptions {
+        resume: cli.resume,
+        progress: true,
+        stop_after: cli.stop_after,
+    };
+    let summary = trainer.run(&opts, stop)?;
+    print_summary(&summary);
+    if !summary.interrupted && !cli.no_report {
+        if let Some(report) = crate::train::report::behaviour_report(&mut trainer, &summary)? {
+            println!("{}", report.render());
+        }
+    }
+    if summary.interrupted {
+        eprintln!(
+            "stopped at step {}/{}; continue with: lora-train --config {} --resume",
+            summary.steps,
+            summary.total_steps,
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+fn print_summary(s: &crate::train::TrainSummary) {
+    let f = |v: Option<f64>| v.map(|x| format!("{x:.4}")).unwrap_or_else(|| "-".into());
+    println!("== training summary ==");
+    println!(
+        "steps {}/{}  tokens {}  time {:.1}s  ({:.0} tokens/s)",
+        s.steps,
+        s.total_steps,
+        s.tokens,
+        s.elapsed_s,
+        s.tokens as f64 / s.elapsed_s.max(1e-9)
+    );
+    println!(
+        "examples: {} train, {} validation; {} truncated, {} dropped (max_seq_len)",
+        s.train_examples, s.validation_examples, s.fit.truncated, s.fit.dropped
+    );
+    println!("train loss: first {}  last {}", f(s.first_loss), f(s.last_loss));
+    println!("validation loss: before {}  after {}", f(s.val_loss_before), f(s.val_loss_after));
+    if let Some(a) = &s.adapter_dir {
+        println!("adapter: {}", a.display());
+    }
+    println!(
+        "metrics: {}  plot: {}",
+        s.output_dir.join("metrics.jsonl").display(),
+        s.output_dir.join("loss.svg").display()
+    );
 }
 
 fn load_model(args: &ModelArgs) -> anyhow::Result<LoadedModel> {

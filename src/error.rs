@@ -50,6 +50,10 @@ pub enum Error {
     #[error("{0}")]
     Config(String),
 
+    /// Training produced a NaN or infinite loss or gradient.
+    #[error("non-finite value: {0}")]
+    NonFinite(String),
+
     /// Anything else, with its message.
     #[error("{0}")]
     Msg(String),

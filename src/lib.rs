@@ -11,9 +11,12 @@ pub mod data;
 pub mod device;
 pub mod error;
 pub mod eval;
+pub mod export;
+pub mod fsutil;
 pub mod generate;
 pub mod lora;
 pub mod model;
+pub mod train;
 pub mod providers;
 
 pub use error::{Error, Result};

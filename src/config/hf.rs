@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::{Error, Result};
 
@@ -12,7 +12,7 @@ use crate::{Error, Result};
 pub const SUPPORTED_ARCHITECTURES: &[&str] = &["LlamaForCausalLM", "Gemma3ForCausalLM"];
 
 /// `rope_scaling` as transformers writes it (`rope_type` or the older `type`).
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct RopeScaling {
     #[serde(alias = "type")]
     pub rope_type: String,
@@ -40,7 +40,7 @@ fn default_hidden_act() -> String {
 }
 
 /// `LlamaForCausalLM` (Llama 2/3/3.1/3.2, SmolLM2).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LlamaConfig {
     pub vocab_size: usize,
     pub hidden_size: usize,
@@ -125,7 +125,7 @@ fn default_gemma_theta() -> f64 {
 }
 
 /// `Gemma3ForCausalLM` (text), `model_type` "gemma3_text".
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Gemma3Config {
     pub vocab_size: usize,
     pub hidden_size: usize,
@@ -275,6 +275,30 @@ impl ModelConfig {
             ModelConfig::Llama(_) => "LlamaForCausalLM",
             ModelConfig::Gemma3(_) => "Gemma3ForCausalLM",
         }
+    }
+
+    /// `config.json` as transformers writes it, for merged exports.
+    pub fn to_hf_json(&self, torch_dtype: &str) -> serde_json::Value {
+        let (mut v, model_type) = match self {
+            ModelConfig::Llama(c) => (serde_json::to_value(c).unwrap_or_default(), "llama"),
+            ModelConfig::Gemma3(c) => {
+                let mut c = c.clone();
+                // Spell out every layer's attention type; transformers v4 and v5 both read it.
+                c.layer_types = Some(
+                    (0..c.num_hidden_layers)
+                        .map(|i| if c.is_sliding(i) { "sliding_attention" } else { "full_attention" }.to_string())
+                        .collect(),
+                );
+                (serde_json::to_value(&c).unwrap_or_default(), "gemma3_text")
+            }
+        };
+        if let Some(obj) = v.as_object_mut() {
+            obj.retain(|_, val| !val.is_null());
+            obj.insert("architectures".into(), serde_json::json!([self.architecture()]));
+            obj.insert("model_type".into(), model_type.into());
+            obj.insert("torch_dtype".into(), torch_dtype.into());
+        }
+        v
     }
 
     /// The short family name used to pick a built-in chat template.

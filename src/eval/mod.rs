@@ -4,5 +4,5 @@
 pub mod loss;
 pub mod score;
 
-pub use loss::target_nll;
+pub use loss::{nll_rows, target_nll, target_rows};
 pub use score::{score_examples, ExampleScore, ScoreReport};

@@ -1,6 +1,10 @@
 //! A frozen linear layer with an optional LoRA path: `y = x Wᵀ + b + scale · (x Aᵀ) Bᵀ`.
 
-use candle_core::{Module, Tensor};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use candle_core::{DType, Module, Tensor};
+use rand::{Rng, SeedableRng};
 
 use crate::Result;
 
@@ -13,6 +17,45 @@ pub struct LoraWeights {
     pub b: Tensor,
     /// `alpha / r`, or `alpha / sqrt(r)` with rsLoRA.
     pub scale: f64,
+    /// Dropout on the LoRA input; applied only while a dropout seed is set (training).
+    pub dropout: f64,
+    /// Shared seed set by the trainer per micro-batch; 0 means evaluation (no dropout).
+    pub dropout_seed: Option<Arc<AtomicU64>>,
+    /// The dtype the LoRA path runs in (A and B are kept in f32 and cast to this).
+    pub compute_dtype: DType,
+}
+
+impl LoraWeights {
+    /// Inference-only weights (no dropout), e.g. from a loaded adapter.
+    pub fn frozen(a: Tensor, b: Tensor, scale: f64) -> Self {
+        let compute_dtype = a.dtype();
+        Self {
+            a,
+            b,
+            scale,
+            dropout: 0.0,
+            dropout_seed: None,
+            compute_dtype,
+        }
+    }
+
+    /// Applies inverted dropout with a mask drawn from the shared seed, or nothing.
+    fn dropout(&self, x: &Tensor, salt: u64) -> crate::Result<Tensor> {
+        let seed = match &self.dropout_seed {
+            Some(s) if self.dropout > 0.0 => s.load(Ordering::Relaxed),
+            _ => 0,
+        };
+        if seed == 0 {
+            return Ok(x.clone());
+        }
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ salt.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let keep = 1.0 - self.dropout;
+        let mask: Vec<f32> = (0..x.elem_count())
+            .map(|_| if rng.random::<f64>() < keep { (1.0 / keep) as f32 } else { 0.0 })
+            .collect();
+        let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
+        Ok((x * mask)?)
+    }
 }
 
 /// A frozen projection, held as plain tensors so that no gradient is kept for it.
@@ -21,6 +64,8 @@ pub struct Linear {
     weight: Tensor,
     bias: Option<Tensor>,
     lora: Option<LoraWeights>,
+    /// Distinguishes this layer's dropout masks from other layers'.
+    salt: u64,
 }
 
 impl Linear {
@@ -30,7 +75,13 @@ impl Linear {
             weight,
             bias,
             lora: None,
+            salt: 0,
         }
+    }
+
+    /// Sets the per-layer salt for dropout masks (the model assigns a unique one per layer).
+    pub fn set_salt(&mut self, salt: u64) {
+        self.salt = salt;
     }
 
     pub fn weight(&self) -> &Tensor {
@@ -56,6 +107,19 @@ impl Linear {
         self.lora = lora;
     }
 
+    /// `W + scale · B A` (or `W` without an adapter), for merged exports.
+    pub fn merged_weight(&self) -> Result<Tensor> {
+        match &self.lora {
+            None => Ok(self.weight.clone()),
+            Some(l) => {
+                let dtype = self.weight.dtype();
+                let ba = l.b.to_dtype(DType::F32)?.matmul(&l.a.to_dtype(DType::F32)?)?;
+                let w = (self.weight.to_dtype(DType::F32)? + (ba * l.scale)?)?;
+                Ok(w.to_dtype(dtype)?)
+            }
+        }
+    }
+
     /// The frozen part alone: `x Wᵀ + b`.
     pub fn forward_base(&self, x: &Tensor) -> Result<Tensor> {
         let (out, inp) = self.shape();
@@ -77,8 +141,11 @@ impl Linear {
             Some(l) => {
                 let (_, n) = leading_dims(x)?;
                 let x2 = x.reshape((n, self.shape().1))?;
-                let delta = x2.matmul(&l.a.t()?)?.matmul(&l.b.t()?)?;
-                let delta = (delta * l.scale)?.reshape(y.shape())?;
+                let x2 = l.dropout(&x2, self.salt)?;
+                let a = l.a.to_dtype(l.compute_dtype)?;
+                let b = l.b.to_dtype(l.compute_dtype)?;
+                let delta = x2.to_dtype(l.compute_dtype)?.matmul(&a.t()?)?.matmul(&b.t()?)?;
+                let delta = (delta * l.scale)?.to_dtype(y.dtype())?.reshape(y.shape())?;
                 Ok((y + delta)?)
             }
         }

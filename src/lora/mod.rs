@@ -5,7 +5,9 @@
 //! `peft/tuners/lora/layer.py` for scaling and naming).
 
 pub mod linear;
+pub mod params;
 pub mod peft;
 
 pub use linear::{Linear, LoraWeights};
+pub use params::{LoraParam, LoraParams, LoraSpec, PROJECTIONS};
 pub use peft::{load_peft_adapter, PeftAdapterConfig};

@@ -135,11 +135,11 @@ pub fn load_peft_adapter(
                 ),
             ));
         }
-        linear.set_lora(Some(LoraWeights {
-            a: a.to_dtype(dtype)?,
-            b: b.to_dtype(dtype)?,
+        linear.set_lora(Some(LoraWeights::frozen(
+            a.to_dtype(dtype)?,
+            b.to_dtype(dtype)?,
             scale,
-        }));
+        )));
         used.insert(ka);
         used.insert(kb);
         adapted += 1;

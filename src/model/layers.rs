@@ -26,6 +26,11 @@ impl RmsNorm {
         }
     }
 
+    /// The stored weight (HF convention: Gemma's is the offset from 1).
+    pub fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let dtype = x.dtype();
         let xf = x.to_dtype(DType::F32)?;

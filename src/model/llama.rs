@@ -213,6 +213,37 @@ impl CausalLm for Llama {
         self.embed_tokens.device()
     }
 
+    fn merged_state_dict(&self) -> Result<Vec<(String, Tensor)>> {
+        let mut out = vec![
+            ("model.embed_tokens.weight".to_string(), self.embed_tokens.clone()),
+            ("model.norm.weight".to_string(), self.norm.weight().clone()),
+        ];
+        if let Some(h) = &self.lm_head {
+            out.push(("lm_head.weight".into(), h.merged_weight()?));
+        }
+        for (i, l) in self.layers.iter().enumerate() {
+            let p = format!("model.layers.{i}");
+            out.push((format!("{p}.input_layernorm.weight"), l.input_layernorm.weight().clone()));
+            out.push((format!("{p}.post_attention_layernorm.weight"), l.post_attention_layernorm.weight().clone()));
+            let lin = [
+                ("self_attn.q_proj", &l.self_attn.q_proj),
+                ("self_attn.k_proj", &l.self_attn.k_proj),
+                ("self_attn.v_proj", &l.self_attn.v_proj),
+                ("self_attn.o_proj", &l.self_attn.o_proj),
+                ("mlp.gate_proj", &l.mlp.gate_proj),
+                ("mlp.up_proj", &l.mlp.up_proj),
+                ("mlp.down_proj", &l.mlp.down_proj),
+            ];
+            for (name, linear) in lin {
+                out.push((format!("{p}.{name}.weight"), linear.merged_weight()?));
+                if let Some(b) = linear.bias() {
+                    out.push((format!("{p}.{name}.bias"), b.clone()));
+                }
+            }
+        }
+        Ok(out)
+    }
+
     fn linears_mut(&mut self) -> Vec<(String, &mut Linear)> {
         let mut out = Vec::new();
         for (i, l) in self.layers.iter_mut().enumerate() {

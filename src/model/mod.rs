@@ -49,6 +49,9 @@ pub trait CausalLm: Send + Sync {
     /// The device the weights live on.
     fn device(&self) -> &Device;
 
+    /// Every weight with its HF name; projections carry their merged LoRA delta.
+    fn merged_state_dict(&self) -> Result<Vec<(String, Tensor)>>;
+
     /// Every adaptable projection with its HF module path (`model.layers.0.self_attn.q_proj`).
     fn linears_mut(&mut self) -> Vec<(String, &mut Linear)>;
 }

@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# The default job on a fresh machine: fetch SmolLM2-135M-Instruct, build, fine-tune a LoRA
+# adapter on the bundled persona dataset (CPU), export it in PEFT format, and print the
+# before/after report. Extra arguments go to lora-train (e.g. --set train.max_steps=10).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/fetch-models.sh
+cargo build --release --locked
+./target/release/lora-train --config configs/quickstart.toml "$@"

@@ -1,0 +1,214 @@
+//! Trainable LoRA parameters: one `(A, B)` pair of Vars per adapted projection.
+//!
+//! A is initialised as PEFT does (`kaiming_uniform_(a=sqrt(5))`, i.e. U(-1/√in, 1/√in)) and B
+//! with zeros, so training starts from the base model's outputs.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use candle_core::{DType, Device, Tensor, Var};
+use rand::{Rng, SeedableRng};
+
+use super::peft::{PeftAdapterConfig, TargetModules};
+use super::LoraWeights;
+use crate::model::CausalLm;
+use crate::{Error, Result};
+
+/// The seven projections LoRA can adapt, in PEFT's naming.
+pub const PROJECTIONS: [&str; 7] = [
+    "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
+];
+
+/// Hyper-parameters of an adapter.
+#[derive(Debug, Clone)]
+pub struct LoraSpec {
+    pub r: usize,
+    pub alpha: f64,
+    pub dropout: f64,
+    pub use_rslora: bool,
+    /// Projection names (`q_proj`, ...).
+    pub targets: Vec<String>,
+}
+
+impl LoraSpec {
+    pub fn scale(&self) -> f64 {
+        if self.use_rslora {
+            self.alpha / (self.r as f64).sqrt()
+        } else {
+            self.alpha / self.r as f64
+        }
+    }
+}
+
+/// One adapted projection.
+#[derive(Debug, Clone)]
+pub struct LoraParam {
+    /// HF module path, e.g. `model.layers.0.self_attn.q_proj`.
+    pub module: String,
+    pub a: Var,
+    pub b: Var,
+}
+
+/// All trainable parameters of an adapter, plus the shared dropout seed.
+#[derive(Debug, Clone)]
+pub struct LoraParams {
+    pub spec: LoraSpec,
+    pub params: Vec<LoraParam>,
+    /// Changed by the trainer before each micro-batch so dropout masks are reproducible.
+    pub dropout_seed: Arc<AtomicU64>,
+}
+
+fn module_matches(module: &str, targets: &[String]) -> bool {
+    let last = module.rsplit('.').next().unwrap_or("");
+    targets.iter().any(|t| t == last)
+}
+
+impl LoraParams {
+    /// Fresh parameters (A kaiming-uniform from `seed`, B zero) in f32 on `device`.
+    pub fn init(model: &mut dyn CausalLm, spec: LoraSpec, seed: u64, device: &Device) -> Result<Self> {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let mut params = Vec::new();
+        for (module, linear) in model.linears_mut() {
+            if !module_matches(&module, &spec.targets) {
+                continue;
+            }
+            let (out, inp) = linear.shape();
+            let bound = 1.0 / (inp as f64).sqrt();
+            let a: Vec<f32> = (0..spec.r * inp)
+                .map(|_| rng.random_range(-bound..bound) as f32)
+                .collect();
+            let a = Var::from_tensor(&Tensor::from_vec(a, (spec.r, inp), device)?)?;
+            let b = Var::zeros((out, spec.r), DType::F32, device)?;
+            params.push(LoraParam { module, a, b });
+        }
+        if params.is_empty() {
+            return Err(Error::Config(format!(
+                "lora.target_modules {:?} match no layer of this model",
+                spec.targets
+            )));
+        }
+        Ok(Self {
+            spec,
+            params,
+            dropout_seed: Arc::new(AtomicU64::new(0)),
+        })
+    }
+
+    /// Parameters from a PEFT adapter folder (for `init_adapter` and resume).
+    pub fn from_peft(model: &mut dyn CausalLm, dir: &Path, dropout: f64, device: &Device) -> Result<Self> {
+        let cfg = PeftAdapterConfig::from_file(&dir.join("adapter_config.json"))?;
+        let st = dir.join("adapter_model.safetensors");
+        let tensors = candle_core::safetensors::load(&st, device)
+            .map_err(|e| Error::model(&st, format!("not a valid safetensors file: {e}")))?;
+        let targets = match &cfg.target_modules {
+            TargetModules::List(l) => l.clone(),
+            TargetModules::One(s) if s == "all-linear" => {
+                PROJECTIONS.iter().map(|s| s.to_string()).collect()
+            }
+            TargetModules::One(s) => vec![s.clone()],
+        };
+        let spec = LoraSpec {
+            r: cfg.r,
+            alpha: cfg.lora_alpha,
+            dropout,
+            use_rslora: cfg.use_rslora,
+            targets,
+        };
+        let mut params = Vec::new();
+        for (module, linear) in model.linears_mut() {
+            let ka = format!("base_model.model.{module}.lora_A.weight");
+            let kb = format!("base_model.model.{module}.lora_B.weight");
+            let (Some(a), Some(b)) = (tensors.get(&ka), tensors.get(&kb)) else {
+                continue;
+            };
+            let (out, inp) = linear.shape();
+            if a.dims() != [cfg.r, inp] || b.dims() != [out, cfg.r] {
+                return Err(Error::model(
+                    &st,
+                    format!("`{module}`: lora_A {:?} / lora_B {:?} do not fit [{out}, {inp}]", a.dims(), b.dims()),
+                ));
+            }
+            params.push(LoraParam {
+                module,
+                a: Var::from_tensor(&a.to_dtype(DType::F32)?)?,
+                b: Var::from_tensor(&b.to_dtype(DType::F32)?)?,
+            });
+        }
+        if params.is_empty() {
+            return Err(Error::model(&st, "no LoRA weights match this model's layers"));
+        }
+        Ok(Self {
+            spec,
+            params,
+            dropout_seed: Arc::new(AtomicU64::new(0)),
+        })
+    }
+
+    /// Attaches the parameters to the model's projections (sharing storage with the Vars).
+    pub fn attach(&self, model: &mut dyn CausalLm, compute_dtype: DType) -> Result<()> {
+        let by_module: HashMap<&str, &LoraParam> =
+            self.params.iter().map(|p| (p.module.as_str(), p)).collect();
+        let scale = self.spec.scale();
+        for (i, (module, linear)) in model.linears_mut().into_iter().enumerate() {
+            if let Some(p) = by_module.get(module.as_str()) {
+                linear.set_salt(i as u64 + 1);
+                linear.set_lora(Some(LoraWeights {
+                    a: p.a.as_tensor().clone(),
+                    b: p.b.as_tensor().clone(),
+                    scale,
+                    dropout: self.spec.dropout,
+                    dropout_seed: Some(self.dropout_seed.clone()),
+                    compute_dtype,
+                }));
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes the adapter off the model's projections (the Vars are kept).
+    pub fn detach(&self, model: &mut dyn CausalLm) {
+        let names: std::collections::HashSet<&str> =
+            self.params.iter().map(|p| p.module.as_str()).collect();
+        for (module, linear) in model.linears_mut() {
+            if names.contains(module.as_str()) {
+                linear.set_lora(None);
+            }
+        }
+    }
+
+    /// Removes dropout from the attached layers' view (evaluation) or restores it.
+    pub fn set_dropout_seed(&self, seed: u64) {
+        self.dropout_seed.store(seed, Ordering::Relaxed);
+    }
+
+    /// All trainable Vars, A then B per module.
+    pub fn vars(&self) -> Vec<&Var> {
+        self.params.iter().flat_map(|p| [&p.a, &p.b]).collect()
+    }
+
+    /// Number of trainable scalars.
+    pub fn num_parameters(&self) -> usize {
+        self.params
+            .iter()
+            .map(|p| p.a.elem_count() + p.b.elem_count())
+            .sum()
+    }
+
+    /// Tensors named as PEFT saves them.
+    pub fn peft_tensors(&self) -> Result<HashMap<String, Tensor>> {
+        let mut out = HashMap::new();
+        for p in &self.params {
+            out.insert(
+                format!("base_model.model.{}.lora_A.weight", p.module),
+                p.a.as_tensor().to_dtype(DType::F32)?.to_device(&Device::Cpu)?,
+            );
+            out.insert(
+                format!("base_model.model.{}.lora_B.weight", p.module),
+                p.b.as_tensor().to_dtype(DType::F32)?.to_device(&Device::Cpu)?,
+            );
+        }
+        Ok(out)
+    }
+}

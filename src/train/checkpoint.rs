@@ -1,0 +1,89 @@
+//! Checkpoints: `<out>/checkpoints/step-NNNNNN/` with the adapter (PEFT format), the optimizer
+//! state and `trainer_state.json`, each written whole into a temp folder and renamed, so the
+//! newest complete checkpoint survives Ctrl-C and crashes. `keep_last` prunes older ones.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::optimizer::AdamW;
+use crate::export::{write_adapter_files, AdapterExport};
+use crate::fsutil::atomic_dir;
+use crate::lora::LoraParams;
+use crate::{Error, Result};
+
+/// What a checkpoint records besides tensors.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TrainerState {
+    /// Optimizer steps completed.
+    pub step: usize,
+    pub total_steps: usize,
+    pub epoch: f64,
+    pub seed: u64,
+    /// Hash of the job settings that determine the run, to refuse resuming another job.
+    pub job_fingerprint: String,
+    pub elapsed_s: f64,
+}
+
+/// The folder of the checkpoint after `step` optimizer steps.
+pub fn checkpoint_dir(out: &Path, step: usize) -> PathBuf {
+    out.join("checkpoints").join(format!("step-{step:06}"))
+}
+
+/// Writes a checkpoint atomically, then prunes to `keep_last` (0 keeps all).
+pub fn save_checkpoint(
+    out: &Path,
+    state: &TrainerState,
+    params: &LoraParams,
+    opt: &AdamW,
+    export: &AdapterExport,
+    keep_last: usize,
+) -> Result<PathBuf> {
+    let dir = checkpoint_dir(out, state.step);
+    std::fs::create_dir_all(out.join("checkpoints")).map_err(|e| Error::io(out, e))?;
+    atomic_dir(&dir, |tmp| {
+        write_adapter_files(params, tmp, export)?;
+        opt.save(&tmp.join("optimizer.safetensors"))?;
+        let text = serde_json::to_string_pretty(state).map_err(|e| Error::Msg(e.to_string()))?;
+        std::fs::write(tmp.join("trainer_state.json"), text)
+            .map_err(|e| Error::io(tmp.join("trainer_state.json"), e))
+    })?;
+    if keep_last > 0 {
+        let all = list_checkpoints(out)?;
+        if all.len() > keep_last {
+            for (_, old) in &all[..all.len() - keep_last] {
+                std::fs::remove_dir_all(old).map_err(|e| Error::io(old, e))?;
+            }
+        }
+    }
+    Ok(dir)
+}
+
+/// Complete checkpoints, oldest first.
+pub fn list_checkpoints(out: &Path) -> Result<Vec<(usize, PathBuf)>> {
+    let root = out.join("checkpoints");
+    let rd = match std::fs::read_dir(&root) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(Error::io(&root, e)),
+    };
+    let mut found = Vec::new();
+    for e in rd {
+        let e = e.map_err(|e| Error::io(&root, e))?;
+        let name = e.file_name().to_string_lossy().into_owned();
+        if let Some(n) = name.strip_prefix("step-").and_then(|s| s.parse::<usize>().ok()) {
+            if e.path().join("trainer_state.json").is_file() {
+                found.push((n, e.path()));
+            }
+        }
+    }
+    found.sort();
+    Ok(found)
+}
+
+/// Reads a checkpoint's `trainer_state.json`.
+pub fn read_state(dir: &Path) -> Result<TrainerState> {
+    let p = dir.join("trainer_state.json");
+    let text = std::fs::read_to_string(&p).map_err(|e| Error::io(&p, e))?;
+    serde_json::from_str(&text).map_err(|e| Error::model(&p, format!("invalid trainer state: {e}")))
+}

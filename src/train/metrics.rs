@@ -1,0 +1,198 @@
+//! `metrics.jsonl` (one JSON object per step, plus validation lines) and the loss-curve plot.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::fsutil::write_atomic;
+use crate::{Error, Result};
+
+/// One training step's line.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct StepMetrics {
+    pub step: usize,
+    pub epoch: f64,
+    pub loss: f64,
+    pub lr: f64,
+    pub grad_norm: f64,
+    pub tokens: usize,
+    pub tokens_per_second: f64,
+    pub elapsed_s: f64,
+}
+
+/// One validation line.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct EvalMetrics {
+    pub step: usize,
+    pub epoch: f64,
+    pub val_loss: f64,
+    pub val_tokens: usize,
+}
+
+/// A line of `metrics.jsonl`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum MetricsLine {
+    Eval(EvalMetrics),
+    Step(StepMetrics),
+}
+
+impl MetricsLine {
+    pub fn step(&self) -> usize {
+        match self {
+            MetricsLine::Eval(e) => e.step,
+            MetricsLine::Step(s) => s.step,
+        }
+    }
+}
+
+/// Appends lines to `metrics.jsonl`, flushing each.
+pub struct MetricsLog {
+    path: PathBuf,
+}
+
+impl MetricsLog {
+    pub fn new(path: PathBuf) -> Self {
+        Self { path }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn append(&self, line: &MetricsLine) -> Result<()> {
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)
+            .map_err(|e| Error::io(&self.path, e))?;
+        let text = serde_json::to_string(line).map_err(|e| Error::Msg(e.to_string()))?;
+        writeln!(f, "{text}").map_err(|e| Error::io(&self.path, e))
+    }
+
+    /// Every parsable line (a torn last line after a crash is skipped).
+    pub fn read(&self) -> Result<Vec<MetricsLine>> {
+        let text = match std::fs::read_to_string(&self.path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(Error::io(&self.path, e)),
+        };
+        Ok(text
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect())
+    }
+
+    /// Keeps only lines up to `step` (on resume, the steps after the checkpoint are redone).
+    pub fn truncate_after(&self, step: usize) -> Result<()> {
+        let kept: Vec<String> = self
+            .read()?
+            .into_iter()
+            .filter(|l| l.step() <= step)
+            .filter_map(|l| serde_json::to_string(&l).ok())
+            .collect();
+        let mut text = kept.join("\n");
+        if !text.is_empty() {
+            text.push('\n');
+        }
+        write_atomic(&self.path, text.as_bytes())
+    }
+}
+
+/// Draws train and validation loss against step as an SVG file.
+pub fn write_loss_plot(lines: &[MetricsLine], path: &Path, title: &str) -> Result<()> {
+    let train: Vec<(f64, f64)> = lines
+        .iter()
+        .filter_map(|l| match l {
+            MetricsLine::Step(s) => Some((s.step as f64, s.loss)),
+            _ => None,
+        })
+        .collect();
+    let val: Vec<(f64, f64)> = lines
+        .iter()
+        .filter_map(|l| match l {
+            MetricsLine::Eval(e) => Some((e.step as f64, e.val_loss)),
+            _ => None,
+        })
+        .collect();
+    let all: Vec<&(f64, f64)> = train.iter().chain(val.iter()).collect();
+    if all.is_empty() {
+        return Ok(());
+    }
+    let (w, h, ml, mr, mt, mb) = (800.0, 480.0, 70.0, 20.0, 40.0, 50.0);
+    let xmax = all.iter().map(|p| p.0).fold(1.0, f64::max);
+    let ymin = all.iter().map(|p| p.1).fold(f64::INFINITY, f64::min).min(0.0f64.max(0.0));
+    let ymax = all.iter().map(|p| p.1).fold(f64::NEG_INFINITY, f64::max) * 1.05;
+    let ymax = if ymax > ymin { ymax } else { ymin + 1.0 };
+    let sx = |x: f64| ml + (x / xmax) * (w - ml - mr);
+    let sy = |y: f64| mt + (1.0 - (y - ymin) / (ymax - ymin)) * (h - mt - mb);
+    let mut svg = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n\
+         <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
+         <text x=\"{}\" y=\"22\" text-anchor=\"middle\" font-size=\"15\">{}</text>\n",
+        w / 2.0,
+        xml_escape(title)
+    );
+    // Axes, ticks and grid.
+    for i in 0..=5 {
+        let y = ymin + (ymax - ymin) * i as f64 / 5.0;
+        svg += &format!(
+            "<line x1=\"{ml}\" x2=\"{}\" y1=\"{py:.1}\" y2=\"{py:.1}\" stroke=\"#ddd\"/><text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{y:.3}</text>\n",
+            w - mr,
+            ml - 6.0,
+            sy(y) + 4.0,
+            py = sy(y)
+        );
+        let x = xmax * i as f64 / 5.0;
+        svg += &format!(
+            "<text x=\"{:.1}\" y=\"{}\" text-anchor=\"middle\">{}</text>\n",
+            sx(x),
+            h - mb + 18.0,
+            x.round()
+        );
+    }
+    svg += &format!(
+        "<line x1=\"{ml}\" x2=\"{ml}\" y1=\"{mt}\" y2=\"{}\" stroke=\"black\"/><line x1=\"{ml}\" x2=\"{}\" y1=\"{}\" y2=\"{}\" stroke=\"black\"/>\n\
+         <text x=\"{}\" y=\"{}\" text-anchor=\"middle\">optimizer step</text>\n\
+         <text x=\"16\" y=\"{}\" text-anchor=\"middle\" transform=\"rotate(-90 16 {})\">loss</text>\n",
+        h - mb,
+        w - mr,
+        h - mb,
+        h - mb,
+        (w + ml) / 2.0,
+        h - 10.0,
+        h / 2.0,
+        h / 2.0
+    );
+    if !train.is_empty() {
+        let pts: Vec<String> = train.iter().map(|(x, y)| format!("{:.1},{:.1}", sx(*x), sy(*y))).collect();
+        svg += &format!(
+            "<polyline fill=\"none\" stroke=\"#1f77b4\" stroke-width=\"1.5\" points=\"{}\"/>\n",
+            pts.join(" ")
+        );
+    }
+    if !val.is_empty() {
+        let pts: Vec<String> = val.iter().map(|(x, y)| format!("{:.1},{:.1}", sx(*x), sy(*y))).collect();
+        svg += &format!(
+            "<polyline fill=\"none\" stroke=\"#d62728\" stroke-width=\"2\" points=\"{}\"/>\n",
+            pts.join(" ")
+        );
+        for (x, y) in &val {
+            svg += &format!("<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"3.5\" fill=\"#d62728\"/>\n", sx(*x), sy(*y));
+        }
+    }
+    svg += &format!(
+        "<rect x=\"{}\" y=\"{}\" width=\"150\" height=\"44\" fill=\"white\" stroke=\"#999\"/>\n\
+         <line x1=\"{}\" x2=\"{}\" y1=\"{}\" y2=\"{}\" stroke=\"#1f77b4\" stroke-width=\"2\"/><text x=\"{}\" y=\"{}\">train loss</text>\n\
+         <line x1=\"{}\" x2=\"{}\" y1=\"{}\" y2=\"{}\" stroke=\"#d62728\" stroke-width=\"2\"/><text x=\"{}\" y=\"{}\">validation loss</text>\n</svg>\n",
+        w - mr - 160.0, mt + 6.0,
+        w - mr - 150.0, w - mr - 125.0, mt + 20.0, mt + 20.0, w - mr - 118.0, mt + 24.0,
+        w - mr - 150.0, w - mr - 125.0, mt + 38.0, mt + 38.0, w - mr - 118.0, mt + 42.0,
+    );
+    write_atomic(path, svg.as_bytes())
+}
+
+fn xml_escape(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+}

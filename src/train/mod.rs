@@ -1,0 +1,15 @@
+//! Supervised LoRA fine-tuning: batching, the masked loss, AdamW with our own state, learning
+//! rate schedules, checkpoints, metrics, and the trainer loop.
+
+pub mod batch;
+pub mod checkpoint;
+pub mod loss;
+pub mod metrics;
+pub mod optimizer;
+pub mod report;
+pub mod schedule;
+pub mod step;
+pub mod trainer;
+
+pub use step::{train_step, StepOutcome};
+pub use trainer::{install_ctrlc, RunOptions, TrainSummary, Trainer};

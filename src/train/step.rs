@@ -1,0 +1,94 @@
+//! One optimizer step over a list of micro-batches (gradient accumulation).
+
+use candle_core::Tensor;
+
+use super::batch::MicroBatch;
+use super::loss::micro_batch_nll_sum;
+use super::optimizer::{clip_grad_norm, AdamW};
+use crate::lora::LoraParams;
+use crate::model::CausalLm;
+use crate::{Error, Result};
+
+/// What one optimizer step did.
+#[derive(Debug, Clone, Copy)]
+pub struct StepOutcome {
+    /// Mean NLL over every target token of the step.
+    pub loss: f64,
+    pub target_tokens: usize,
+    /// Real (non-pad) tokens processed.
+    pub tokens: usize,
+    /// Global gradient norm before clipping.
+    pub grad_norm: f64,
+    pub lr: f64,
+}
+
+/// Forward, backward and update over `micro_batches`, normalising the loss by the total
+/// number of target tokens of the whole step. `dropout_seed` (non-zero) seeds the LoRA
+/// dropout masks of this step. A non-finite loss or gradient returns an error before any
+/// parameter changes.
+pub fn train_step(
+    model: &dyn CausalLm,
+    params: &LoraParams,
+    opt: &mut AdamW,
+    micro_batches: &[MicroBatch],
+    lr: f64,
+    max_grad_norm: f64,
+    dropout_seed: u64,
+) -> Result<StepOutcome> {
+    let total_targets: usize = micro_batches.iter().map(|m| m.num_targets()).sum();
+    if total_targets == 0 {
+        return Err(Error::Msg("a training step has no target tokens".into()));
+    }
+    let vars = params.vars();
+    let mut grads: Vec<Option<Tensor>> = vec![None; vars.len()];
+    let mut loss_sum = 0f64;
+    let mut tokens = 0;
+    for (i, mb) in micro_batches.iter().enumerate() {
+        params.set_dropout_seed(if dropout_seed == 0 {
+            0
+        } else {
+            dropout_seed.wrapping_mul(1_000_003).wrapping_add(i as u64 + 1)
+        });
+        let nll = micro_batch_nll_sum(model, mb)?;
+        loss_sum += nll.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
+        tokens += mb.tokens;
+        let scaled = (nll / total_targets as f64)?;
+        let store = scaled.backward()?;
+        for (slot, var) in grads.iter_mut().zip(&vars) {
+            if let Some(g) = store.get(var.as_tensor()) {
+                *slot = Some(match slot.take() {
+                    Some(acc) => (acc + g)?,
+                    None => g.clone(),
+                });
+            }
+        }
+    }
+    params.set_dropout_seed(0);
+    let loss = loss_sum / total_targets as f64;
+    if !loss.is_finite() {
+        return Err(Error::NonFinite(format!("loss is {loss}")));
+    }
+    let mut grads: Vec<Tensor> = grads
+        .into_iter()
+        .zip(&vars)
+        .map(|(g, v)| match g {
+            Some(g) => Ok(g),
+            None => Err(Error::Msg(format!(
+                "no gradient reached a LoRA parameter of shape {:?}: the graph is cut",
+                v.dims()
+            ))),
+        })
+        .collect::<Result<_>>()?;
+    let grad_norm = clip_grad_norm(&mut grads, max_grad_norm)?;
+    if !grad_norm.is_finite() {
+        return Err(Error::NonFinite(format!("gradient norm is {grad_norm}")));
+    }
+    opt.step(&grads, lr)?;
+    Ok(StepOutcome {
+        loss,
+        target_tokens: total_targets,
+        tokens,
+        grad_norm,
+        lr,
+    })
+}

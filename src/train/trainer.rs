@@ -1,0 +1,550 @@
+//! The supervised fine-tuning run behind `lora-train --config job.toml`: data preparation,
+//! the step loop with gradient accumulation, validation, checkpoints, resume, Ctrl-C, and the
+//! final adapter export.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use candle_core::Device;
+use indicatif::{ProgressBar, ProgressStyle};
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use serde::Serialize;
+
+use super::batch::{collate, fit_to_length, Fit, MicroBatch};
+use super::checkpoint::{list_checkpoints, read_state, save_checkpoint, TrainerState};
+use super::metrics::{write_loss_plot, EvalMetrics, MetricsLine, MetricsLog, StepMetrics};
+use super::optimizer::{AdamW, AdamWConfig};
+use super::schedule::Schedule;
+use super::step::train_step;
+use crate::config::job::{JobConfig, TrainLength, ValidationSpec};
+use crate::data::dataset::read_jsonl;
+use crate::data::mask::tokenize_conversation;
+use crate::data::{Conversation, TokenizedExample};
+use crate::device::{parse_device, parse_dtype};
+use crate::eval::score_examples;
+use crate::export::{write_adapter, AdapterExport};
+use crate::fsutil::write_atomic;
+use crate::lora::{LoraParams, LoraSpec};
+use crate::model::{load, LoadOptions, LoadedModel};
+use crate::{Error, Result};
+
+/// Counts from fitting examples into `max_seq_len`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct FitReport {
+    pub kept: usize,
+    pub truncated: usize,
+    pub dropped: usize,
+}
+
+/// Tokenizes conversations and fits them to `max_len`; errors name the file and line.
+pub fn prepare_examples(
+    m: &LoadedModel,
+    convs: &[(usize, Conversation)],
+    path: &Path,
+    job: &JobConfig,
+) -> Result<(Vec<TokenizedExample>, FitReport)> {
+    let mut out = Vec::with_capacity(convs.len());
+    let mut report = FitReport::default();
+    for (line, c) in convs {
+        let ex = tokenize_conversation(c, &m.template, &m.tokenizer, job.data.loss_on).map_err(|e| {
+            Error::Dataset {
+                path: path.to_path_buf(),
+                line: *line,
+                msg: e.to_string(),
+            }
+        })?;
+        match fit_to_length(&ex, job.data.max_seq_len) {
+            Fit::Kept(e) => {
+                report.kept += 1;
+                out.push(e)
+            }
+            Fit::Truncated(e) => {
+                report.truncated += 1;
+                out.push(e)
+            }
+            Fit::Dropped => report.dropped += 1,
+        }
+    }
+    Ok((out, report))
+}
+
+/// The 1-based line of each conversation (blank lines are skipped by the reader).
+fn with_lines(path: &Path, convs: Vec<Conversation>) -> Result<Vec<(usize, Conversation)>> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let lines: Vec<usize> = text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, _)| i + 1)
+        .collect();
+    Ok(convs
+        .into_iter()
+        .enumerate()
+        .map(|(i, c)| (lines.get(i).copied().unwrap_or(i + 1), c))
+        .collect())
+}
+
+/// The order of examples in `epoch`: a seeded shuffle, or file order.
+pub fn epoch_order(n: usize, epoch: usize, seed: u64, shuffle: bool) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..n).collect();
+    if shuffle {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed.wrapping_add(epoch as u64 * 7919));
+        order.shuffle(&mut rng);
+    }
+    order
+}
+
+/// How examples map to optimizer steps.
+#[derive(Debug, Clone, Copy)]
+pub struct StepPlan {
+    pub examples: usize,
+    pub micro_batch_size: usize,
+    pub grad_accum: usize,
+    pub steps_per_epoch: usize,
+    pub total_steps: usize,
+}
+
+impl StepPlan {
+    pub fn new(job: &JobConfig, examples: usize) -> Result<Self> {
+        if examples == 0 {
+            return Err(Error::Config(format!(
+                "{}: no training example is left after fitting to data.max_seq_len = {}",
+                job.data.train.display(),
+                job.data.max_seq_len
+            )));
+        }
+        let mbs = job.train.micro_batch_size;
+        let ga = job.train.grad_accum;
+        let micro = examples.div_ceil(mbs);
+        let steps_per_epoch = micro.div_ceil(ga);
+        let total_steps = match job.train.length() {
+            TrainLength::Steps(s) => s,
+            TrainLength::Epochs(e) => ((e * steps_per_epoch as f64).ceil() as usize).max(1),
+        };
+        Ok(Self {
+            examples,
+            micro_batch_size: mbs,
+            grad_accum: ga,
+            steps_per_epoch,
+            total_steps,
+        })
+    }
+
+    /// Example indices of each micro-batch of 0-based optimizer step `step`.
+    pub fn step_batches(&self, step: usize, seed: u64, shuffle: bool) -> Vec<Vec<usize>> {
+        let epoch = step / self.steps_per_epoch;
+        let k = step % self.steps_per_epoch;
+        let order = epoch_order(self.examples, epoch, seed, shuffle);
+        let micro: Vec<&[usize]> = order.chunks(self.micro_batch_size).collect();
+        let from = k * self.grad_accum;
+        let to = (from + self.grad_accum).min(micro.len());
+        micro[from..to].iter().map(|c| c.to_vec()).collect()
+    }
+
+    pub fn epoch_of(&self, step: usize) -> f64 {
+        step as f64 / self.steps_per_epoch as f64
+    }
+}
+
+/// What a finished (or interrupted) run reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct TrainSummary {
+    pub steps: usize,
+    pub total_steps: usize,
+    pub interrupted: bool,
+    pub train_examples: usize,
+    pub validation_examples: usize,
+    pub fit: FitReport,
+    pub first_loss: Option<f64>,
+    pub last_loss: Option<f64>,
+    pub val_loss_before: Option<f64>,
+    pub val_loss_after: Option<f64>,
+    pub tokens: usize,
+    pub elapsed_s: f64,
+    pub adapter_dir: Option<PathBuf>,
+    pub output_dir: PathBuf,
+}
+
+/// A stop flag set by Ctrl-C.
+pub fn install_ctrlc() -> Arc<AtomicBool> {
+    let flag = Arc::new(AtomicBool::new(false));
+    let f = flag.clone();
+    // A second handler cannot be installed; the first one's flag keeps working in tests.
+    let _ = ctrlc::set_handler(move || {
+        f.store(true, Ordering::SeqCst);
+    });
+    flag
+}
+
+fn fingerprint(job: &JobConfig) -> String {
+    // Only what changes the trajectory; output paths and eval/save cadence do not.
+    let key = serde_json::json!({
+        "model": job.model.source, "dtype": job.model.dtype,
+        "lora": job.lora, "data": {"train": job.data.train, "validation": job.data.validation,
+        "shuffle": job.data.shuffle, "max_seq_len": job.data.max_seq_len, "loss_on": job.data.loss_on},
+        "train": {"mbs": job.train.micro_batch_size, "ga": job.train.grad_accum, "lr": job.train.lr,
+        "scheduler": job.train.scheduler, "warmup_steps": job.train.warmup_steps,
+        "warmup_ratio": job.train.warmup_ratio, "min_lr_ratio": job.train.min_lr_ratio,
+        "wd": job.train.weight_decay, "clip": job.train.max_grad_norm, "seed": job.train.seed,
+        "epochs": job.train.epochs, "max_steps": job.train.max_steps}
+    });
+    let text = key.to_string();
+    // FNV-1a: stable across runs and platforms.
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in text.bytes() {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    format!("{h:016x}")
+}
+
+/// Options of a run that are not part of the job file.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    pub resume: bool,
+    /// Show a progress bar.
+    pub progress: bool,
+    /// Stop (with a checkpoint, as on Ctrl-C) after this many steps of this invocation.
+    pub stop_after: Option<usize>,
+}
+
+/// A loaded job: model, adapter parameters and prepared data.
+pub struct Trainer {
+    pub job: JobConfig,
+    pub model: LoadedModel,
+    pub params: LoraParams,
+    pub train: Vec<TokenizedExample>,
+    pub validation: Vec<TokenizedExample>,
+    pub fit: FitReport,
+    pub plan: StepPlan,
+    pub schedule: Schedule,
+    pub device: Device,
+    /// `[report]` of the job, if any.
+    pub report: Option<super::report::ReportSection>,
+    pad_id: u32,
+    dtype: candle_core::DType,
+}
+
+impl Trainer {
+    /// Loads the model, attaches fresh (or `init_adapter`) LoRA weights, and prepares data.
+    pub fn new(job: JobConfig) -> Result<Self> {
+        let device = parse_device(&job.model.device)?;
+        tracing::info!("device: {}", crate::device::device_name(&device));
+        let dtype = parse_dtype(&job.model.dtype)?;
+        let mut model = load(&job.model.source, &LoadOptions { dtype, device: device.clone() })?;
+        let train_path = job.data.train.clone();
+        let mut convs = with_lines(&train_path, read_jsonl(&train_path)?)?;
+        let mut val_convs: Vec<(usize, Conversation)> = Vec::new();
+        let mut val_path = train_path.clone();
+        match &job.data.validation {
+            Some(ValidationSpec::File(p)) => {
+                val_path = p.clone();
+                val_convs = with_lines(p, read_jsonl(p)?)?;
+            }
+            Some(ValidationSpec::Fraction(f)) => {
+                let mut rng = rand::rngs::StdRng::seed_from_u64(job.train.seed ^ 0x5eed);
+                convs.shuffle(&mut rng);
+                let n_val = ((convs.len() as f64) * f).round().max(1.0) as usize;
+                val_convs = convs.split_off(convs.len().saturating_sub(n_val));
+                convs.sort_by_key(|(line, _)| *line);
+                val_convs.sort_by_key(|(line, _)| *line);
+            }
+            None => {}
+        }
+        let (train, fit) = prepare_examples(&model, &convs, &train_path, &job)?;
+        let (validation, _) = prepare_examples(&model, &val_convs, &val_path, &job)?;
+        if fit.truncated + fit.dropped > 0 {
+            tracing::warn!(
+                "data.max_seq_len = {}: {} conversations truncated from the left, {} dropped (their last assistant turn does not fit)",
+                job.data.max_seq_len,
+                fit.truncated,
+                fit.dropped
+            );
+        }
+        let spec = LoraSpec {
+            r: job.lora.r,
+            alpha: job.lora.alpha,
+            dropout: job.lora.dropout,
+            use_rslora: job.lora.use_rslora,
+            targets: job.target_module_names(),
+        };
+        let params = match &job.lora.init_adapter {
+            Some(dir) => LoraParams::from_peft(model.model.as_mut(), dir, job.lora.dropout, &device)?,
+            None => LoraParams::init(model.model.as_mut(), spec, job.train.seed, &device)?,
+        };
+        params.attach(model.model.as_mut(), dtype)?;
+        let plan = StepPlan::new(&job, train.len())?;
+        let schedule = Schedule {
+            kind: job.train.scheduler,
+            lr: job.train.lr,
+            warmup_steps: job.train.warmup_steps_for(plan.total_steps),
+            total_steps: plan.total_steps,
+            min_lr_ratio: job.train.min_lr_ratio,
+        };
+        let pad_id = model
+            .tokenizer
+            .eos_token_ids
+            .first()
+            .copied()
+            .unwrap_or(0);
+        let job_report = job.report.clone();
+        Ok(Self {
+            job,
+            model,
+            params,
+            train,
+            validation,
+            fit,
+            plan,
+            schedule,
+            device,
+            report: job_report,
+            pad_id,
+            dtype,
+        })
+    }
+
+    /// The dtype the model computes in.
+    pub fn compute_dtype(&self) -> candle_core::DType {
+        self.dtype
+    }
+
+    fn export_info(&self) -> AdapterExport {
+        AdapterExport {
+            base_model_name_or_path: self.model.name_or_path.clone(),
+            dtype: candle_core::DType::F32,
+        }
+    }
+
+    /// The micro-batches of optimizer step `step`.
+    pub fn step_micro_batches(&self, step: usize) -> Result<Vec<MicroBatch>> {
+        self.plan
+            .step_batches(step, self.job.train.seed, self.job.data.shuffle)
+            .iter()
+            .map(|idx| {
+                let exs: Vec<&TokenizedExample> = idx.iter().map(|i| &self.train[*i]).collect();
+                collate(&exs, self.pad_id, &self.device)
+            })
+            .collect()
+    }
+
+    /// Token-weighted validation loss (no dropout), or None without validation data.
+    pub fn validation_loss(&self) -> Result<Option<(f64, usize)>> {
+        if self.validation.is_empty() {
+            return Ok(None);
+        }
+        self.params.set_dropout_seed(0);
+        let r = score_examples(self.model.model.as_ref(), &self.validation, false)?;
+        Ok(Some((r.mean_loss, r.target_tokens)))
+    }
+
+    fn optimizer(&self) -> Result<AdamW> {
+        AdamW::new(
+            self.params.vars().into_iter().cloned().collect(),
+            AdamWConfig {
+                weight_decay: self.job.train.weight_decay,
+                ..Default::default()
+            },
+        )
+    }
+
+    /// Runs (or resumes) training to the end, or until interrupted.
+    pub fn run(&mut self, opts: &RunOptions, stop: Arc<AtomicBool>) -> Result<TrainSummary> {
+        let out = self.job.output.dir.clone();
+        std::fs::create_dir_all(&out).map_err(|e| Error::io(&out, e))?;
+        let metrics = MetricsLog::new(out.join("metrics.jsonl"));
+        let fp = fingerprint(&self.job);
+        let mut opt = self.optimizer()?;
+        let mut start = 0usize;
+        let mut elapsed_before = 0f64;
+        if opts.resume {
+            let Some((_, dir)) = list_checkpoints(&out)?.pop() else {
+                return Err(Error::Config(format!(
+                    "--resume: no checkpoint in {}",
+                    out.join("checkpoints").display()
+                )));
+            };
+            let state = read_state(&dir)?;
+            if state.job_fingerprint != fp {
+                return Err(Error::Config(format!(
+                    "--resume: {} was written by a different job (model, data or hyper-parameters changed)",
+                    dir.display()
+                )));
+            }
+            let saved = LoraParams::from_peft(self.model.model.as_mut(), &dir, self.job.lora.dropout, &self.device)?;
+            for (p, s) in self.params.params.iter().zip(&saved.params) {
+                p.a.set(s.a.as_tensor())?;
+                p.b.set(s.b.as_tensor())?;
+            }
+            opt.load(&dir.join("optimizer.safetensors"))?;
+            start = state.step;
+            elapsed_before = state.elapsed_s;
+            metrics.truncate_after(start)?;
+            tracing::info!("resuming from {} (step {start})", dir.display());
+        } else {
+            // A fresh run replaces the previous run's metrics.
+            write_atomic(metrics.path(), b"")?;
+        }
+        let mut val_before = None;
+        if start == 0 {
+            if let Some((loss, n)) = self.validation_loss()? {
+                val_before = Some(loss);
+                metrics.append(&MetricsLine::Eval(EvalMetrics {
+                    step: 0,
+                    epoch: 0.0,
+                    val_loss: loss,
+                    val_tokens: n,
+                }))?;
+            }
+        } else {
+            val_before = metrics.read()?.iter().find_map(|l| match l {
+                MetricsLine::Eval(e) if e.step == 0 => Some(e.val_loss),
+                _ => None,
+            });
+        }
+        let total = self.plan.total_steps;
+        let bar = if opts.progress {
+            let b = ProgressBar::new(total as u64);
+            b.set_style(
+                ProgressStyle::with_template(
+                    "{bar:30} {pos}/{len} steps  {msg}  [{elapsed_precise}<{eta_precise}]",
+                )
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            );
+            b.set_position(start as u64);
+            b
+        } else {
+            ProgressBar::hidden()
+        };
+        let t0 = Instant::now();
+        let mut tokens_total = 0usize;
+        let mut last_saved = start;
+        let mut interrupted = false;
+        let state_at = |step: usize, elapsed: f64| TrainerState {
+            step,
+            total_steps: total,
+            epoch: self.plan.epoch_of(step),
+            seed: self.job.train.seed,
+            job_fingerprint: fp.clone(),
+            elapsed_s: elapsed,
+        };
+        let mut step = start;
+        while step < total {
+            let ts = Instant::now();
+
+            let batches = self.step_micro_batches(step)?;
+            let lr = self.schedule.lr_at(step);
+            let seed = self.job.train.seed.wrapping_mul(1_000_000_007).wrapping_add(step as u64 + 1);
+            let outcome = match train_step(
+                self.model.model.as_ref(),
+                &self.params,
+                &mut opt,
+                &batches,
+                lr,
+                self.job.train.max_grad_norm,
+                if self.job.lora.dropout > 0.0 { seed } else { 0 },
+            ) {
+                Ok(o) => o,
+                Err(Error::NonFinite(what)) => {
+                    bar.abandon();
+                    return Err(Error::NonFinite(format!(
+                        "{what} at step {}; stopped, the last good checkpoint (step {last_saved}) in {} is kept",
+                        step + 1,
+                        out.join("checkpoints").display()
+                    )));
+                }
+                Err(e) => return Err(e),
+            };
+            step += 1;
+            tokens_total += outcome.tokens;
+            let elapsed = elapsed_before + t0.elapsed().as_secs_f64();
+            let tps = outcome.tokens as f64 / ts.elapsed().as_secs_f64().max(1e-9);
+            metrics.append(&MetricsLine::Step(StepMetrics {
+                step,
+                epoch: self.plan.epoch_of(step),
+                loss: outcome.loss,
+                lr,
+                grad_norm: outcome.grad_norm,
+                tokens: outcome.tokens,
+                tokens_per_second: tps,
+                elapsed_s: elapsed,
+            }))?;
+            bar.set_message(format!("loss {:.4}  lr {:.2e}  {:.0} tok/s", outcome.loss, lr, tps));
+            bar.set_position(step as u64);
+            let ev = self.job.train.eval_every;
+            if ev > 0 && step % ev == 0 && step < total {
+                if let Some((loss, n)) = self.validation_loss()? {
+                    metrics.append(&MetricsLine::Eval(EvalMetrics {
+                        step,
+                        epoch: self.plan.epoch_of(step),
+                        val_loss: loss,
+                        val_tokens: n,
+                    }))?;
+                    bar.println(format!("step {step}: validation loss {loss:.4}"));
+                }
+            }
+            let sv = self.job.train.save_every;
+            let stop_now = stop.load(Ordering::SeqCst)
+                || opts.stop_after.is_some_and(|n| step - start >= n);
+            if (sv > 0 && step % sv == 0) || stop_now || step == total {
+                save_checkpoint(&out, &state_at(step, elapsed), &self.params, &opt, &self.export_info(), self.job.train.keep_last)?;
+                last_saved = step;
+            }
+            if stop_now && step < total {
+                interrupted = true;
+                break;
+            }
+        }
+        bar.finish_and_clear();
+        let mut val_after = None;
+        if !interrupted {
+            if let Some((loss, n)) = self.validation_loss()? {
+                val_after = Some(loss);
+                metrics.append(&MetricsLine::Eval(EvalMetrics {
+                    step,
+                    epoch: self.plan.epoch_of(step),
+                    val_loss: loss,
+                    val_tokens: n,
+                }))?;
+            }
+        }
+        let lines = metrics.read()?;
+        write_loss_plot(&lines, &out.join("loss.svg"), &format!("{} — LoRA r={}", self.model.name_or_path, self.params.spec.r))?;
+        let adapter_dir = if interrupted {
+            None
+        } else {
+            let dir = out.join("adapter");
+            write_adapter(&self.params, &dir, &self.export_info())?;
+            Some(dir)
+        };
+        let losses: Vec<f64> = lines
+            .iter()
+            .filter_map(|l| match l {
+                MetricsLine::Step(s) => Some(s.loss),
+                _ => None,
+            })
+            .collect();
+        let summary = TrainSummary {
+            steps: step,
+            total_steps: total,
+            interrupted,
+            train_examples: self.train.len(),
+            validation_examples: self.validation.len(),
+            fit: self.fit.clone(),
+            first_loss: losses.first().copied(),
+            last_loss: losses.last().copied(),
+            val_loss_before: val_before,
+            val_loss_after: val_after,
+            tokens: tokens_total,
+            elapsed_s: elapsed_before + t0.elapsed().as_secs_f64(),
+            adapter_dir,
+            output_dir: out.clone(),
+        };
+        let text = serde_json::to_string_pretty(&summary).map_err(|e| Error::Msg(e.to_string()))?;
+        write_atomic(&out.join("summary.json"), text.as_bytes())?;
+        Ok(summary)
+    }
+}
