@@ -98,9 +98,17 @@ pub fn plan_job(cfg: &HostedConfig, spec: &HostedJobSpec) -> Result<JobPlan> {
         "non-negative",
     );
     c.range("lr", spec.lr, |v| v > 0.0, "positive");
-    if spec.epochs == Some(0) {
-        c.error("`epochs` must be at least 1");
-    }
+    let epochs = match spec.epochs {
+        None => None,
+        Some(e) if e >= 1.0 && e.fract() == 0.0 && e <= f64::from(u32::MAX) => Some(e as u64),
+        Some(e) => {
+            c.error(format!(
+                "epochs = {e}: {} takes a whole number of epochs, at least 1",
+                cfg.provider
+            ));
+            None
+        }
+    };
     if spec.micro_batch_size == Some(0) || spec.grad_accum == Some(0) {
         c.error("`micro_batch_size` and `grad_accum` must be at least 1");
     }
@@ -109,7 +117,7 @@ pub fn plan_job(cfg: &HostedConfig, spec: &HostedJobSpec) -> Result<JobPlan> {
     }
     let batch_size = match (spec.micro_batch_size, spec.grad_accum) {
         (None, None) => None,
-        (micro, accum) => Some(u64::from(micro.unwrap_or(1)) * u64::from(accum.unwrap_or(1))),
+        (micro, accum) => Some(micro.unwrap_or(1).saturating_mul(accum.unwrap_or(1))),
     };
     let suffix = cfg.suffix.clone().or_else(|| spec.suffix.clone());
     if let Some(name) = spec.optimizer.as_deref() {
@@ -126,6 +134,45 @@ pub fn plan_job(cfg: &HostedConfig, spec: &HostedJobSpec) -> Result<JobPlan> {
             cfg.provider
         ));
     }
+    if spec.validation_fraction.is_some() {
+        c.error("data.validation is a fraction: a hosted job needs a validation file (split the data first)");
+    }
+    if let Some(adapter) = &spec.init_adapter {
+        c.error(format!(
+            "lora.init_adapter = {}: a hosted job cannot start from a local adapter",
+            adapter.display()
+        ));
+    }
+    if spec.use_rslora == Some(true) {
+        c.warn(format!(
+            "use_rslora = true is not honoured: {} scales adapters by alpha/r",
+            cfg.provider
+        ));
+    }
+    if let Some(dtype) = &spec.dtype {
+        c.warn(format!(
+            "dtype = \"{dtype}\" is not honoured: {} picks the training precision",
+            cfg.provider
+        ));
+    }
+    if spec.shuffle == Some(false) {
+        c.warn(format!(
+            "shuffle = false is not honoured: {} shuffles the training data",
+            cfg.provider
+        ));
+    }
+    if let Some(n) = spec.eval_every.filter(|&n| n > 0) {
+        c.warn(match cfg.provider {
+            HostedProvider::Together => format!("eval_every = {n} is not honoured: Together takes a number of evaluations (`n_evals` in [hosted])"),
+            HostedProvider::OpenAi => format!("eval_every = {n} is not honoured: OpenAI evaluates on its own schedule"),
+        });
+    }
+    if let Some(n) = spec.save_every.filter(|&n| n > 0) {
+        c.warn(match cfg.provider {
+            HostedProvider::Together => format!("save_every = {n} is not honoured: Together takes a number of checkpoints (`n_checkpoints` in [hosted])"),
+            HostedProvider::OpenAi => format!("save_every = {n} is not honoured: OpenAI keeps the last checkpoints of each epoch"),
+        });
+    }
     if spec.max_steps.is_some() {
         c.warn(format!(
             "max_steps = {} is not honoured: {} trains whole epochs (set `epochs` instead)",
@@ -135,12 +182,24 @@ pub fn plan_job(cfg: &HostedConfig, spec: &HostedJobSpec) -> Result<JobPlan> {
     }
 
     let body = match cfg.provider {
-        HostedProvider::Together => {
-            together_body(cfg, spec, &model, batch_size, suffix.as_deref(), &mut c)
-        }
-        HostedProvider::OpenAi => {
-            openai_body(cfg, spec, &model, batch_size, suffix.as_deref(), &mut c)
-        }
+        HostedProvider::Together => together_body(
+            cfg,
+            spec,
+            &model,
+            epochs,
+            batch_size,
+            suffix.as_deref(),
+            &mut c,
+        ),
+        HostedProvider::OpenAi => openai_body(
+            cfg,
+            spec,
+            &model,
+            epochs,
+            batch_size,
+            suffix.as_deref(),
+            &mut c,
+        ),
     };
     if !c.errors.is_empty() {
         return Err(ProviderError::Mapping {
@@ -160,6 +219,7 @@ fn together_body(
     cfg: &HostedConfig,
     spec: &HostedJobSpec,
     model: &str,
+    epochs: Option<u64>,
     batch_size: Option<u64>,
     suffix: Option<&str>,
     c: &mut Collector,
@@ -169,7 +229,7 @@ fn together_body(
     if cfg.learning_rate_multiplier.is_some() {
         c.error("`learning_rate_multiplier` is an OpenAI setting; Together takes the learning rate `lr` from [train]");
     }
-    if let Some(n) = spec.epochs {
+    if let Some(n) = epochs {
         body.insert("n_epochs".into(), json!(n));
     }
     if let Some(n) = cfg.n_checkpoints {
@@ -266,7 +326,7 @@ fn together_body(
     match spec.lora_r {
         Some(r) => {
             let alpha = match spec.lora_alpha {
-                None => u64::from(r) * 2,
+                None => r.saturating_mul(2),
                 Some(a) if a.fract() == 0.0 && a > 0.0 => a as u64,
                 Some(a) => {
                     c.error(format!("lora_alpha = {a}: Together takes an integer alpha"));
@@ -309,7 +369,7 @@ fn together_body(
         Some(LossTarget::All) => {
             method.insert("train_on_inputs".into(), json!(true));
         }
-        Some(LossTarget::Assistant) => {
+        Some(LossTarget::AllAssistant) => {
             method.insert("train_on_inputs".into(), json!(false));
         }
         Some(LossTarget::LastAssistant) => {
@@ -325,6 +385,7 @@ fn openai_body(
     cfg: &HostedConfig,
     spec: &HostedJobSpec,
     model: &str,
+    epochs: Option<u64>,
     batch_size: Option<u64>,
     suffix: Option<&str>,
     c: &mut Collector,
@@ -335,7 +396,7 @@ fn openai_body(
         c.error("`n_checkpoints` and `n_evals` are Together settings; OpenAI does not take them");
     }
     let mut hyper = Map::new();
-    if let Some(n) = spec.epochs {
+    if let Some(n) = epochs {
         hyper.insert("n_epochs".into(), json!(n));
     }
     if let Some(b) = batch_size {
@@ -400,7 +461,7 @@ fn openai_body(
         ));
     }
     match spec.loss_on {
-        None | Some(LossTarget::Assistant) => {}
+        None | Some(LossTarget::AllAssistant) => {}
         Some(LossTarget::All) => c.warn(
             "loss_on = \"all\" is not honoured: OpenAI trains on assistant messages only",
         ),
@@ -439,7 +500,7 @@ mod tests {
             lora_alpha: Some(32.0),
             lora_dropout: Some(0.05),
             target_modules: Some(vec!["q_proj".into(), "v_proj".into()]),
-            epochs: Some(3),
+            epochs: Some(3.0),
             lr: Some(1e-4),
             scheduler: Some("cosine".into()),
             warmup_ratio: Some(0.05),
@@ -448,7 +509,7 @@ mod tests {
             max_grad_norm: Some(1.0),
             micro_batch_size: Some(4),
             grad_accum: Some(2),
-            loss_on: Some(LossTarget::Assistant),
+            loss_on: Some(LossTarget::AllAssistant),
             seed: Some(42),
             suffix: Some("bot".into()),
             ..HostedJobSpec::default()

@@ -1,8 +1,8 @@
 //! Hosted fine-tuning: the same job file trains on Together's or OpenAI's cluster.
 //!
-//! - [`HostedConfig`] is the `[hosted]` section; [`HostedJobSpec`] carries the shared
-//!   `[model]`/`[lora]`/`[data]`/`[train]` values, and [`mapping`] turns both into the
-//!   provider's create-job body, refusing what it cannot honour.
+//! - [`HostedConfig`] is the `[hosted]` section; [`spec::HostedJobSpec`] carries the keys the
+//!   user wrote in `[model]`/`[lora]`/`[data]`/`[train]`, and [`mapping`] turns both into
+//!   the provider's create-job body, refusing what it cannot honour.
 //! - [`validate`] checks a dataset against the provider's own rules before upload.
 //! - [`together`] and [`openai`] speak the two APIs behind [`FineTuneApi`].
 //! - [`record`] keeps a local JSON record per job; [`jobs::HostedJobs`] is the
@@ -15,6 +15,7 @@ pub mod jobs;
 pub mod mapping;
 pub mod openai;
 pub mod record;
+pub mod spec;
 pub mod together;
 pub mod validate;
 
@@ -32,6 +33,7 @@ use super::retry::RetryPolicy;
 pub use jobs::{HostedJobs, SubmitOptions, WatchOptions, WatchUpdate};
 pub use mapping::{plan_job, JobPlan};
 pub use record::{JobRecord, JobStore};
+pub use spec::{HostedJobSpec, LossTarget};
 pub use validate::{check_dataset, ValidationReport};
 
 /// A hosted fine-tuning provider.
@@ -165,6 +167,13 @@ impl HostedConfig {
         }
     }
 
+    /// Parses the raw `[hosted]` table of a job file.
+    pub fn from_value(value: toml::Value) -> Result<Self> {
+        value.try_into().map_err(|e: toml::de::Error| {
+            ProviderError::Config(format!("[hosted]: {}", e.message()))
+        })
+    }
+
     /// Timeouts and retries from this section.
     pub fn http_settings(&self) -> Result<HttpSettings> {
         let mut settings = HttpSettings {
@@ -195,59 +204,6 @@ impl HostedConfig {
             ))),
         }
     }
-}
-
-/// Which tokens the loss is computed on, as the local trainer understands it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum LossTarget {
-    /// Every token, prompts included.
-    All,
-    /// Every assistant turn.
-    Assistant,
-    /// Only the last assistant turn.
-    LastAssistant,
-}
-
-/// The job file's shared sections, as the hosted mapping needs them.
-///
-/// Each `Option` is `Some` only when the user wrote the key: a value the provider
-/// cannot honour becomes a warning, so defaults must not be filled in here.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct HostedJobSpec {
-    /// `[model]`: the base model (overridden by `[hosted] model`).
-    pub model: Option<String>,
-    /// `[data]`: the training JSONL.
-    pub train_file: PathBuf,
-    /// `[data]`: the validation JSONL.
-    pub validation_file: Option<PathBuf>,
-    /// `[lora]`
-    pub lora_r: Option<u32>,
-    pub lora_alpha: Option<f64>,
-    pub lora_dropout: Option<f64>,
-    pub target_modules: Option<Vec<String>>,
-    /// `[train]`
-    pub epochs: Option<u32>,
-    pub max_steps: Option<u64>,
-    pub lr: Option<f64>,
-    /// `linear`, `cosine` or `constant`.
-    pub scheduler: Option<String>,
-    pub warmup_ratio: Option<f64>,
-    pub warmup_steps: Option<u64>,
-    pub min_lr_ratio: Option<f64>,
-    pub weight_decay: Option<f64>,
-    pub max_grad_norm: Option<f64>,
-    pub micro_batch_size: Option<u32>,
-    pub grad_accum: Option<u32>,
-    pub loss_on: Option<LossTarget>,
-    pub seed: Option<u64>,
-    pub suffix: Option<String>,
-    pub max_seq_len: Option<u32>,
-    pub packing: Option<bool>,
-    /// `adamw` is what both providers use.
-    pub optimizer: Option<String>,
-    /// A quantized base (QLoRA), e.g. `nf4`; providers train in their own precision.
-    pub base_quantization: Option<String>,
 }
 
 /// Our view of a job's state, mapped from each provider's status names.
