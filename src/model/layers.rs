@@ -165,7 +165,10 @@ pub fn repeat_kv(x: &Tensor, n_rep: usize) -> Result<Tensor> {
         .reshape((b, kv * n_rep, t, d))?)
 }
 
-/// An additive attention mask `[B, 1, Tq, Tk]` (0 where allowed, -inf where not).
+/// An additive attention mask `[B, 1, Tq, Tk]`: 0 where allowed, the dtype's lowest finite
+/// value where not (as transformers does), so that a padding query whose whole window is
+/// padding gets uniform weights instead of NaN — NaN there would reach real rows through
+/// `0 · NaN` in the value matmul and its backward.
 ///
 /// Query `i` sits at absolute position `offset + i`; key `j` at position `j`. A key is allowed
 /// when it is not in the future, inside the sliding window if there is one
@@ -180,6 +183,11 @@ pub fn attention_mask(
     device: &Device,
 ) -> Result<Tensor> {
     let k_len = offset + q_len;
+    let blocked = match dtype {
+        DType::F16 => -65504f32,
+        DType::BF16 => -3.38e38f32,
+        _ => f32::MIN,
+    };
     let mut data = vec![0f32; batch * q_len * k_len];
     for b in 0..batch {
         for i in 0..q_len {
@@ -193,7 +201,7 @@ pub fn attention_mask(
                     allowed &= pad[b].get(j).copied().unwrap_or(false);
                 }
                 if !allowed {
-                    data[(b * q_len + i) * k_len + j] = f32::NEG_INFINITY;
+                    data[(b * q_len + i) * k_len + j] = blocked;
                 }
             }
         }
@@ -276,7 +284,7 @@ mod tests {
         let m = attention_mask(1, 5, 0, None, Some(2), DType::F32, &Device::Cpu).unwrap();
         let rows = m.squeeze(0).unwrap().squeeze(0).unwrap().to_vec2::<f32>().unwrap();
         // query 3 sees keys 2 and 3 only.
-        let allowed: Vec<bool> = rows[3].iter().map(|v| v.is_finite()).collect();
+        let allowed: Vec<bool> = rows[3].iter().map(|v| *v == 0.0).collect();
         assert_eq!(allowed, vec![false, false, true, true, false]);
     }
 

@@ -1,0 +1,232 @@
+//! The LoRA trainer on the tiny models: every LoRA parameter gets a gradient, gradient
+//! accumulation normalises by the step's target tokens, resume reproduces the uninterrupted
+//! run exactly, a NaN stops the run with the last checkpoint intact, and exported adapters
+//! load back with the same loss.
+
+mod common;
+
+use std::path::Path;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use candle_core::{DType, Device, Tensor};
+use lora_train::config::JobConfig;
+use lora_train::train::batch::collate;
+use lora_train::train::loss::micro_batch_nll_sum;
+use lora_train::train::metrics::{MetricsLine, MetricsLog};
+use lora_train::train::{RunOptions, Trainer};
+
+fn job(model: &str, out: &Path, extra: &str) -> JobConfig {
+    let text = format!(
+        r#"
+[model]
+source = "{model}"
+device = "cpu"
+[lora]
+r = 4
+alpha = 8
+target_modules = "all-linear"
+[data]
+train = "{chats}"
+validation = 0.25
+max_seq_len = 128
+[train]
+max_steps = 8
+micro_batch_size = 2
+grad_accum = 2
+lr = 1e-2
+save_every = 2
+eval_every = 4
+{extra}
+[output]
+dir = "{out}"
+"#,
+        model = common::fixtures().join(model).display(),
+        chats = common::fixtures().join("chats.jsonl").display(),
+        out = out.display(),
+    );
+    JobConfig::load_str(&text, &out.join("job.toml"), &[]).unwrap()
+}
+
+fn no_stop() -> Arc<AtomicBool> {
+    Arc::new(AtomicBool::new(false))
+}
+
+#[test]
+fn every_lora_parameter_gets_a_gradient() {
+    for model in ["tiny-llama", "tiny-gemma3"] {
+        let tmp = tempfile::tempdir().unwrap();
+        let t = Trainer::new(job(model, tmp.path(), "")).unwrap();
+        // B starts at zero, which zeroes A's gradient: give B values first.
+        for p in &t.params.params {
+            let r = Tensor::randn(0f32, 0.1, p.b.dims(), &Device::Cpu).unwrap();
+            p.b.set(&r).unwrap();
+        }
+        let batches = t.step_micro_batches(0).unwrap();
+        let loss = micro_batch_nll_sum(t.model.model.as_ref(), &batches[0]).unwrap();
+        let grads = loss.backward().unwrap();
+        for p in &t.params.params {
+            for (name, var) in [("A", &p.a), ("B", &p.b)] {
+                let g = grads
+                    .get(var.as_tensor())
+                    .unwrap_or_else(|| panic!("{model}: {} lora_{name} got no gradient", p.module));
+                let n = g.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
+                assert!(n > 0.0, "{model}: {} lora_{name} gradient is zero", p.module);
+            }
+        }
+    }
+}
+
+#[test]
+fn grad_accum_normalises_by_step_targets() {
+    // Two micro-batches of one example must give the same loss and gradients as one
+    // micro-batch of both (loss = sum of token NLLs / all target tokens of the step).
+    let tmp = tempfile::tempdir().unwrap();
+    let t = Trainer::new(job("tiny-llama", tmp.path(), "")).unwrap();
+    let (a, b) = (&t.train[0], &t.train[1]);
+    assert_ne!(a.num_targets(), b.num_targets(), "pick examples of different lengths");
+    let m = t.model.model.as_ref();
+    let pad = 2;
+    let both = collate(&[a, b], pad, &Device::Cpu).unwrap();
+    let n = (a.num_targets() + b.num_targets()) as f64;
+    let joint = (micro_batch_nll_sum(m, &both).unwrap() / n).unwrap();
+    let sa = micro_batch_nll_sum(m, &collate(&[a], pad, &Device::Cpu).unwrap()).unwrap();
+    let sb = micro_batch_nll_sum(m, &collate(&[b], pad, &Device::Cpu).unwrap()).unwrap();
+    let split = ((sa / n).unwrap() + (sb / n).unwrap()).unwrap();
+    let (j, s) = (joint.to_scalar::<f32>().unwrap(), split.to_scalar::<f32>().unwrap());
+    assert!((j - s).abs() / j < 1e-5, "joint {j} vs accumulated {s}");
+    let gj = joint.backward().unwrap();
+    let gs = split.backward().unwrap();
+    let v = t.params.params[0].b.as_tensor();
+    let d = (gj.get(v).unwrap() - gs.get(v).unwrap())
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert!(d < 1e-5, "gradients differ by {d}");
+}
+
+fn step_losses(out: &Path) -> Vec<(usize, f64)> {
+    MetricsLog::new(out.join("metrics.jsonl"))
+        .read()
+        .unwrap()
+        .into_iter()
+        .map(|l| match l {
+            MetricsLine::Step(s) => (s.step, s.loss),
+            MetricsLine::Eval(e) => (e.step, e.val_loss),
+        })
+        .collect()
+}
+
+#[test]
+fn resume_reproduces_the_uninterrupted_run() {
+    for model in ["tiny-llama", "tiny-gemma3"] {
+        let full = tempfile::tempdir().unwrap();
+        let extra = "[lora]\n";
+        let _ = extra;
+        let mut t = Trainer::new(job(model, full.path(), "")).unwrap();
+        let s = t.run(&RunOptions::default(), no_stop()).unwrap();
+        assert_eq!(s.steps, 8);
+        let want = step_losses(full.path());
+
+        let part = tempfile::tempdir().unwrap();
+        let mut t = Trainer::new(job(model, part.path(), "")).unwrap();
+        let s = t
+            .run(
+                &RunOptions {
+                    stop_after: Some(3),
+                    ..Default::default()
+                },
+                no_stop(),
+            )
+            .unwrap();
+        assert!(s.interrupted && s.steps == 3);
+        assert!(!part.path().join("adapter").exists(), "no final adapter after a stop");
+        let mut t = Trainer::new(job(model, part.path(), "")).unwrap();
+        t.run(
+            &RunOptions {
+                resume: true,
+                ..Default::default()
+            },
+            no_stop(),
+        )
+        .unwrap();
+        let got = step_losses(part.path());
+        assert_eq!(got, want, "{model}: resumed curve differs");
+        // The final adapters are identical too.
+        let a = std::fs::read(full.path().join("adapter/adapter_model.safetensors")).unwrap();
+        let b = std::fs::read(part.path().join("adapter/adapter_model.safetensors")).unwrap();
+        assert!(a == b, "{model}: final adapters differ");
+    }
+}
+
+#[test]
+fn dropout_runs_resume_exactly_too() {
+    let full = tempfile::tempdir().unwrap();
+    let mut j = job("tiny-llama", full.path(), "");
+    j.lora.dropout = 0.1;
+    Trainer::new(j.clone()).unwrap().run(&RunOptions::default(), no_stop()).unwrap();
+    let part = tempfile::tempdir().unwrap();
+    let mut jp = j.clone();
+    jp.output.dir = part.path().to_path_buf();
+    let stop3 = RunOptions {
+        stop_after: Some(3),
+        ..Default::default()
+    };
+    Trainer::new(jp.clone()).unwrap().run(&stop3, no_stop()).unwrap();
+    let resume = RunOptions {
+        resume: true,
+        ..Default::default()
+    };
+    Trainer::new(jp).unwrap().run(&resume, no_stop()).unwrap();
+    assert_eq!(step_losses(part.path()), step_losses(full.path()));
+}
+
+#[test]
+fn non_finite_loss_stops_and_keeps_the_last_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut j = job("tiny-llama", tmp.path(), "");
+    j.train.lr = 1e30;
+    j.train.max_grad_norm = 0.0;
+    j.train.save_every = 1;
+    j.train.scheduler = lora_train::config::job::SchedulerKind::Constant;
+    let mut t = Trainer::new(j).unwrap();
+    let err = t.run(&RunOptions::default(), no_stop()).unwrap_err().to_string();
+    assert!(err.contains("non-finite") && err.contains("last good checkpoint"), "{err}");
+    let ckpts = lora_train::train::checkpoint::list_checkpoints(tmp.path()).unwrap();
+    let (_, last) = ckpts.last().expect("a checkpoint before the NaN");
+    // The kept checkpoint is complete and loadable.
+    let st = candle_core::safetensors::load(last.join("adapter_model.safetensors"), &Device::Cpu).unwrap();
+    assert!(!st.is_empty());
+    lora_train::train::checkpoint::read_state(last).unwrap();
+}
+
+#[test]
+fn exported_adapter_scores_like_the_trained_model() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut t = Trainer::new(job("tiny-gemma3", tmp.path(), "")).unwrap();
+    let s = t.run(&RunOptions::default(), no_stop()).unwrap();
+    let val_after = s.val_loss_after.unwrap();
+    // Load the base fresh, apply the exported adapter, score the same validation examples.
+    let dir = common::fixtures().join("tiny-gemma3");
+    let mut m = lora_train::model::load(dir.to_str().unwrap(), &Default::default()).unwrap();
+    let adapter = tmp.path().join("adapter");
+    lora_train::lora::load_peft_adapter(m.model.as_mut(), &adapter, DType::F32, &Device::Cpu).unwrap();
+    let r = lora_train::eval::score_examples(m.model.as_ref(), &t.validation, false).unwrap();
+    assert!((r.mean_loss - val_after).abs() / val_after < 1e-6, "{} vs {val_after}", r.mean_loss);
+    // PEFT names and shapes.
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(adapter.join("adapter_config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["peft_type"], "LORA");
+    assert_eq!(cfg["task_type"], "CAUSAL_LM");
+    assert_eq!(cfg["bias"], "none");
+    assert!(cfg["modules_to_save"].is_null());
+    let st = candle_core::safetensors::load(adapter.join("adapter_model.safetensors"), &Device::Cpu).unwrap();
+    let a = &st["base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"];
+    let b = &st["base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight"];
+    assert_eq!(a.dims(), &[4, 64]);
+    assert_eq!(b.dims(), &[64, 4]);
+}
