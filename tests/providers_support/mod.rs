@@ -5,6 +5,8 @@
 //! it received, and stops when dropped.
 #![allow(dead_code)]
 
+pub mod apis;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
