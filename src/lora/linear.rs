@@ -3,7 +3,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use candle_core::{DType, Module, Tensor};
+use candle_core::{CpuStorage, CustomOp2, DType, Layout, Module, Shape, Tensor};
 use rand::{Rng, SeedableRng};
 
 use crate::Result;
@@ -124,7 +124,7 @@ impl Linear {
     pub fn forward_base(&self, x: &Tensor) -> Result<Tensor> {
         let (out, inp) = self.shape();
         let (lead, n) = leading_dims(x)?;
-        let y = x.reshape((n, inp))?.matmul(&self.weight.t()?)?;
+        let y = frozen_matmul_t(&x.reshape((n, inp))?, &self.weight)?;
         let y = match &self.bias {
             Some(b) => y.broadcast_add(b)?,
             None => y,
@@ -149,6 +149,64 @@ impl Linear {
                 Ok((y + delta)?)
             }
         }
+    }
+}
+
+/// `x Wᵀ` for a frozen `w: [out, in]` and `x: [n, in]`, whose backward computes only the
+/// input gradient (`grad · W`). Candle's matmul backward always computes and stores a
+/// gradient for both operands (`backprop.rs`, `Op::Matmul`), which for a frozen base is
+/// a wasted `[out, in]` matmul and buffer per layer.
+pub fn frozen_matmul_t(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    let y = x.detach().matmul(&w.t()?)?;
+    if !x.track_op() {
+        return Ok(y);
+    }
+    Ok(x.apply_op2(&y.contiguous()?, FrozenMatmulGrad { w: w.clone() })?)
+}
+
+/// Passes the precomputed product through and routes the gradient to the input only.
+struct FrozenMatmulGrad {
+    w: Tensor,
+}
+
+impl CustomOp2 for FrozenMatmulGrad {
+    fn name(&self) -> &'static str {
+        "frozen-matmul"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _x: &CpuStorage,
+        _lx: &Layout,
+        y: &CpuStorage,
+        ly: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        match ly.contiguous_offsets() {
+            Some((0, end)) if end == ly.shape().elem_count() => Ok((y.clone(), ly.shape().clone())),
+            _ => candle_core::bail!("frozen-matmul: product is not contiguous"),
+        }
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        _x: &candle_core::CudaStorage,
+        _lx: &Layout,
+        y: &candle_core::CudaStorage,
+        ly: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        use candle_core::backend::BackendStorage;
+        Ok((y.try_clone(ly)?, ly.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        _x: &Tensor,
+        _y: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        Ok((Some(grad.matmul(&self.w)?), None))
     }
 }
 

@@ -11,6 +11,7 @@ use super::layers::{
 use super::weights::Weights;
 use super::CausalLm;
 use crate::config::Gemma3Config;
+use crate::lora::linear::frozen_matmul_t;
 use crate::lora::Linear;
 use crate::Result;
 
@@ -228,9 +229,7 @@ impl CausalLm for Gemma3 {
             Some(head) => head.forward(hidden)?,
             None => {
                 let (b, t, h) = hidden.dims3()?;
-                hidden
-                    .reshape((b * t, h))?
-                    .matmul(&self.embed_tokens.t()?)?
+                frozen_matmul_t(&hidden.reshape((b * t, h))?, &self.embed_tokens)?
                     .reshape((b, t, self.cfg.vocab_size))?
             }
         };

@@ -9,6 +9,7 @@ use super::layers::{
 use super::weights::Weights;
 use super::CausalLm;
 use crate::config::LlamaConfig;
+use crate::lora::linear::frozen_matmul_t;
 use crate::lora::Linear;
 use crate::Result;
 
@@ -189,7 +190,7 @@ impl CausalLm for Llama {
             Some(head) => head.forward(hidden),
             None => {
                 let (b, t, h) = hidden.dims3()?;
-                let l = hidden.reshape((b * t, h))?.matmul(&self.embed_tokens.t()?)?;
+                let l = frozen_matmul_t(&hidden.reshape((b * t, h))?, &self.embed_tokens)?;
                 Ok(l.reshape((b, t, self.cfg.vocab_size))?)
             }
         }
