@@ -179,13 +179,20 @@ pub(crate) fn form_encode(pairs: &[(&str, &str)]) -> String {
 /// OpenAI/Together `{"error":{message,type,param,code}}`, Anthropic
 /// `{"type":"error","error":{type,message}}`, OpenRouter with a numeric `code`.
 pub(crate) fn parse_api_error(body: &[u8]) -> (Option<String>, Option<String>, Option<String>) {
-    let Ok(value) = serde_json::from_slice::<serde_json::Value>(body) else {
-        return (None, None, None);
-    };
+    match serde_json::from_slice::<serde_json::Value>(body) {
+        Ok(value) => parse_api_error_value(&value),
+        Err(_) => (None, None, None),
+    }
+}
+
+/// [`parse_api_error`] on a parsed body: (type, code, message).
+pub(crate) fn parse_api_error_value(
+    value: &serde_json::Value,
+) -> (Option<String>, Option<String>, Option<String>) {
     let error = match value.get("error") {
         Some(e) if e.is_object() => e,
         Some(serde_json::Value::String(message)) => return (None, None, Some(message.clone())),
-        _ => &value,
+        _ => value,
     };
     let text = |field: &str| match error.get(field) {
         Some(serde_json::Value::String(s)) => Some(s.clone()),
@@ -193,6 +200,21 @@ pub(crate) fn parse_api_error(body: &[u8]) -> (Option<String>, Option<String>, O
         _ => None,
     };
     (text("type"), text("code"), text("message"))
+}
+
+/// An error reported inside an HTTP 200 reply (OpenRouter, or a Messages body of
+/// `type: error`). The request reached the model's provider and failed there; it is
+/// not retried.
+pub(crate) fn error_in_ok_reply(provider: &str, value: &serde_json::Value) -> ProviderError {
+    let (kind, code, message) = parse_api_error_value(value);
+    ProviderError::Api {
+        provider: provider.to_string(),
+        status: 200,
+        kind,
+        code,
+        message: message.unwrap_or_else(|| "error reported inside a 200 reply".to_string()),
+        retryable: false,
+    }
 }
 
 /// The transport of one provider.

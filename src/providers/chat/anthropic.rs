@@ -12,6 +12,7 @@ use serde_json::{json, Map, Value};
 use super::openai::{Options, ParsedReply};
 use super::{ChatMessage, FinishReason, Role};
 use crate::providers::error::{ProviderError, Result};
+use crate::providers::http::error_in_ok_reply;
 
 pub(crate) const PATH: &str = "/v1/messages";
 pub(crate) const VERSION: &str = "2023-06-01";
@@ -108,15 +109,7 @@ pub(crate) fn parse_reply(provider: &str, body: &[u8]) -> Result<ParsedReply> {
     let value: Value =
         serde_json::from_slice(body).map_err(|e| decode(format!("malformed JSON: {e}")))?;
     if value.get("type").and_then(Value::as_str) == Some("error") {
-        let (kind, code, message) = crate::providers::http::parse_api_error(body);
-        return Err(ProviderError::Api {
-            provider: provider.to_string(),
-            status: 200,
-            kind,
-            code,
-            message: message.unwrap_or_else(|| "error reported inside a 200 reply".to_string()),
-            retryable: false,
-        });
+        return Err(error_in_ok_reply(provider, &value));
     }
     let message: Message = serde_json::from_value(value).map_err(|e| decode(e.to_string()))?;
     let content = message

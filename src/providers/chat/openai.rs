@@ -11,6 +11,7 @@ use serde_json::{json, Map, Value};
 
 use super::{ChatMessage, FinishReason, Role};
 use crate::providers::error::{ProviderError, Result};
+use crate::providers::http::error_in_ok_reply;
 
 /// Effective options of one request (the request's, else the provider's).
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -109,20 +110,6 @@ pub(crate) fn finish_reason(name: &str) -> FinishReason {
     }
 }
 
-fn error_in_body(provider: &str, error: &Value) -> ProviderError {
-    let (kind, code, message) = crate::providers::http::parse_api_error(
-        &serde_json::to_vec(&json!({"error": error})).unwrap_or_default(),
-    );
-    ProviderError::Api {
-        provider: provider.to_string(),
-        status: 200,
-        kind,
-        code,
-        message: message.unwrap_or_else(|| "error reported inside a 200 reply".to_string()),
-        retryable: false,
-    }
-}
-
 /// Parses a 200 reply. `provider` names the client in errors.
 pub(crate) fn parse_reply(provider: &str, body: &[u8]) -> Result<ParsedReply> {
     let decode = |message: String| ProviderError::Decode {
@@ -132,8 +119,8 @@ pub(crate) fn parse_reply(provider: &str, body: &[u8]) -> Result<ParsedReply> {
     };
     let value: Value =
         serde_json::from_slice(body).map_err(|e| decode(format!("malformed JSON: {e}")))?;
-    if let Some(error) = value.get("error").filter(|e| !e.is_null()) {
-        return Err(error_in_body(provider, error));
+    if value.get("error").is_some_and(|e| !e.is_null()) {
+        return Err(error_in_ok_reply(provider, &value));
     }
     let completion: Completion =
         serde_json::from_value(value).map_err(|e| decode(e.to_string()))?;
@@ -143,7 +130,7 @@ pub(crate) fn parse_reply(provider: &str, body: &[u8]) -> Result<ParsedReply> {
         .next()
         .ok_or_else(|| decode("no choices in the reply".to_string()))?;
     if let Some(error) = choice.error.filter(|e| !e.is_null()) {
-        return Err(error_in_body(provider, &error));
+        return Err(error_in_ok_reply(provider, &json!({ "error": error })));
     }
     let usage = completion.usage.unwrap_or(CompletionUsage {
         prompt_tokens: 0,

@@ -430,35 +430,25 @@ fn openai_body(
             lora.join(", ")
         ));
     }
-    let mut unsupported = Vec::new();
-    if let Some(s) = &spec.scheduler {
-        unsupported.push(format!("scheduler = \"{s}\""));
-    }
-    if let Some(v) = spec.warmup_ratio {
-        unsupported.push(format!("warmup_ratio = {v}"));
-    }
-    if let Some(v) = spec.warmup_steps {
-        unsupported.push(format!("warmup_steps = {v}"));
-    }
-    if let Some(v) = spec.min_lr_ratio {
-        unsupported.push(format!("min_lr_ratio = {v}"));
-    }
-    if let Some(v) = spec.weight_decay {
-        unsupported.push(format!("weight_decay = {v}"));
-    }
-    if let Some(v) = spec.max_grad_norm {
-        unsupported.push(format!("max_grad_norm = {v}"));
-    }
-    if let Some(v) = spec.max_seq_len {
-        unsupported.push(format!("max_seq_len = {v}"));
-    }
-    if let Some(v) = spec.packing {
-        unsupported.push(format!("packing = {v}"));
-    }
-    for setting in unsupported {
-        c.warn(format!(
-            "{setting} is not honoured: OpenAI's supervised method does not take it"
-        ));
+    let unsupported = [
+        (
+            "scheduler",
+            spec.scheduler.as_ref().map(|s| format!("\"{s}\"")),
+        ),
+        ("warmup_ratio", spec.warmup_ratio.map(|v| v.to_string())),
+        ("warmup_steps", spec.warmup_steps.map(|v| v.to_string())),
+        ("min_lr_ratio", spec.min_lr_ratio.map(|v| v.to_string())),
+        ("weight_decay", spec.weight_decay.map(|v| v.to_string())),
+        ("max_grad_norm", spec.max_grad_norm.map(|v| v.to_string())),
+        ("max_seq_len", spec.max_seq_len.map(|v| v.to_string())),
+        ("packing", spec.packing.map(|v| v.to_string())),
+    ];
+    for (name, value) in unsupported {
+        if let Some(value) = value {
+            c.warn(format!(
+                "{name} = {value} is not honoured: OpenAI's supervised method does not take it"
+            ));
+        }
     }
     match spec.loss_on {
         None | Some(LossTarget::AllAssistant) => {}
@@ -605,6 +595,32 @@ mod tests {
             plan.body["lr_scheduler"],
             json!({"lr_scheduler_type": "linear", "lr_scheduler_args": {"min_lr_ratio": 1.0}})
         );
+    }
+
+    #[test]
+    fn local_only_settings_are_errors_or_warnings() {
+        let mut s = spec();
+        s.validation_fraction = Some(0.1);
+        s.init_adapter = Some(PathBuf::from("runs/a/adapter"));
+        s.epochs = Some(1.5);
+        match plan_job(&HostedConfig::new(HostedProvider::Together), &s) {
+            Err(ProviderError::Mapping { errors, .. }) => assert_eq!(errors.len(), 3, "{errors:?}"),
+            other => panic!("{other:?}"),
+        }
+        let mut s = spec();
+        s.dtype = Some("bf16".into());
+        s.shuffle = Some(false);
+        s.use_rslora = Some(true);
+        s.eval_every = Some(50);
+        s.save_every = Some(100);
+        s.shuffle = Some(false);
+        let plan = plan_job(&HostedConfig::new(HostedProvider::Together), &s).unwrap();
+        assert_eq!(plan.warnings.len(), 5, "{:?}", plan.warnings);
+        assert!(plan.warnings.iter().any(|w| w.contains("n_evals")));
+        s.shuffle = Some(true);
+        s.eval_every = Some(0);
+        let plan = plan_job(&HostedConfig::new(HostedProvider::Together), &s).unwrap();
+        assert_eq!(plan.warnings.len(), 3, "{:?}", plan.warnings);
     }
 
     #[test]

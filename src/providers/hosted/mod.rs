@@ -380,6 +380,20 @@ pub fn fine_tune_client(
     })
 }
 
+/// A string field of a JSON reply (numbers are given as text).
+pub(crate) fn json_str(value: &serde_json::Value, key: &str) -> Option<String> {
+    match value.get(key)? {
+        serde_json::Value::String(s) => Some(s.clone()),
+        serde_json::Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+/// A non-negative integer field of a JSON reply.
+pub(crate) fn json_u64(value: &serde_json::Value, key: &str) -> Option<u64> {
+    value.get(key).and_then(serde_json::Value::as_u64)
+}
+
 /// A file name made of safe characters only.
 pub(crate) fn safe_file_name(name: &str) -> String {
     let cleaned: String = name

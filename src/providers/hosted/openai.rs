@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 
 use super::{
-    Checkpoint, DownloadKind, EventLevel, FineTuneApi, HostedProvider, JobEvent, JobStatus,
-    RemoteJob,
+    json_str, Checkpoint, DownloadKind, EventLevel, FineTuneApi, HostedProvider, JobEvent,
+    JobStatus, RemoteJob,
 };
 use crate::providers::error::{ProviderError, Result};
 use crate::providers::http::{
@@ -36,14 +36,6 @@ pub fn map_status(status: &str) -> JobStatus {
 pub struct OpenAiFineTune {
     base_url: String,
     transport: Transport,
-}
-
-fn string(value: &Value, key: &str) -> Option<String> {
-    match value.get(key)? {
-        Value::String(s) => Some(s.clone()),
-        Value::Number(n) => Some(n.to_string()),
-        _ => None,
-    }
 }
 
 /// A multipart body with text fields and one file; returns (body, content type).
@@ -89,15 +81,15 @@ impl OpenAiFineTune {
     }
 
     fn job(&self, path: &str, value: &Value) -> Result<RemoteJob> {
-        let id = string(value, "id").ok_or_else(|| ProviderError::Decode {
+        let id = json_str(value, "id").ok_or_else(|| ProviderError::Decode {
             provider: "openai".to_string(),
             path: display_path(path),
             message: "a fine-tuning job without `id`".to_string(),
         })?;
-        let provider_status = string(value, "status").unwrap_or_default();
+        let provider_status = json_str(value, "status").unwrap_or_default();
         let error = value.get("error").filter(|e| e.is_object()).map(|e| {
-            let message = string(e, "message").unwrap_or_else(|| "no message".to_string());
-            match string(e, "code") {
+            let message = json_str(e, "message").unwrap_or_else(|| "no message".to_string());
+            match json_str(e, "code") {
                 Some(code) if !code.is_empty() => format!("{message} ({code})"),
                 _ => message,
             }
@@ -106,9 +98,9 @@ impl OpenAiFineTune {
             id,
             status: Some(map_status(&provider_status)),
             provider_status,
-            model: string(value, "model"),
-            output_model: string(value, "fine_tuned_model"),
-            created_at: string(value, "created_at"),
+            model: json_str(value, "model"),
+            output_model: json_str(value, "fine_tuned_model"),
+            created_at: json_str(value, "created_at"),
             error: error.map(|e| self.transport.scrub(&e)),
             steps_completed: None,
             total_steps: None,
@@ -124,12 +116,12 @@ impl OpenAiFineTune {
 
 fn event(value: &Value, index: usize) -> JobEvent {
     let data = value.get("data").cloned().unwrap_or(Value::Null);
-    let message = string(value, "message").unwrap_or_default();
+    let message = json_str(value, "message").unwrap_or_default();
     JobEvent {
-        id: string(value, "id").unwrap_or_else(|| format!("{index}|{message}")),
-        created_at: string(value, "created_at"),
+        id: json_str(value, "id").unwrap_or_else(|| format!("{index}|{message}")),
+        created_at: json_str(value, "created_at"),
         level: EventLevel::parse(value.get("level").and_then(Value::as_str)),
-        kind: string(value, "type").map(|t| t.to_ascii_lowercase()),
+        kind: json_str(value, "type").map(|t| t.to_ascii_lowercase()),
         message,
         step: data.get("step").and_then(Value::as_u64),
         total_steps: data.get("total_steps").and_then(Value::as_u64),
@@ -163,7 +155,7 @@ impl FineTuneApi for OpenAiFineTune {
             with_auth: true,
         };
         let value: Value = self.transport.send_json(&request)?;
-        string(&value, "id").ok_or_else(|| ProviderError::Decode {
+        json_str(&value, "id").ok_or_else(|| ProviderError::Decode {
             provider: "openai".to_string(),
             path: "/files".to_string(),
             message: "a file object without `id`".to_string(),
@@ -254,12 +246,12 @@ impl FineTuneApi for OpenAiFineTune {
                     .map(|c| {
                         let metrics = c.get("metrics").cloned().unwrap_or(Value::Null);
                         Checkpoint {
-                            name: string(c, "fine_tuned_model_checkpoint")
-                                .or_else(|| string(c, "id"))
+                            name: json_str(c, "fine_tuned_model_checkpoint")
+                                .or_else(|| json_str(c, "id"))
                                 .unwrap_or_default(),
                             step: c.get("step_number").and_then(Value::as_u64),
-                            created_at: string(c, "created_at"),
-                            kind: string(c, "object"),
+                            created_at: json_str(c, "created_at"),
+                            kind: json_str(c, "object"),
                             train_loss: metrics.get("train_loss").and_then(Value::as_f64),
                             valid_loss: metrics.get("valid_loss").and_then(Value::as_f64),
                         }

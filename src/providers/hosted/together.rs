@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 
 use super::{
-    safe_file_name, Checkpoint, DownloadKind, EventLevel, FineTuneApi, HostedProvider, JobEvent,
-    JobStatus, RemoteJob,
+    json_str, json_u64, safe_file_name, Checkpoint, DownloadKind, EventLevel, FineTuneApi,
+    HostedProvider, JobEvent, JobStatus, RemoteJob,
 };
 use crate::providers::atomic::temp_path_for;
 use crate::providers::error::{ProviderError, Result};
@@ -42,18 +42,6 @@ pub struct TogetherFineTune {
     transport: Transport,
 }
 
-fn string(value: &Value, key: &str) -> Option<String> {
-    match value.get(key)? {
-        Value::String(s) => Some(s.clone()),
-        Value::Number(n) => Some(n.to_string()),
-        _ => None,
-    }
-}
-
-fn count(value: &Value, key: &str) -> Option<u64> {
-    value.get(key).and_then(Value::as_u64)
-}
-
 impl TogetherFineTune {
     pub fn new(base_url: String, key: ApiKey, settings: HttpSettings) -> Self {
         TogetherFineTune {
@@ -75,9 +63,9 @@ impl TogetherFineTune {
     }
 
     fn job(&self, path: &str, value: &Value) -> Result<RemoteJob> {
-        let id = string(value, "id")
+        let id = json_str(value, "id")
             .ok_or_else(|| self.decode_error(path, "a fine-tune without `id`"))?;
-        let provider_status = string(value, "status").unwrap_or_default();
+        let provider_status = json_str(value, "status").unwrap_or_default();
         let error = match value.get("error") {
             Some(Value::String(s)) => Some(s.clone()),
             Some(Value::Object(o)) => o.get("message").and_then(Value::as_str).map(str::to_string),
@@ -87,15 +75,15 @@ impl TogetherFineTune {
             id,
             status: Some(map_status(&provider_status)),
             provider_status,
-            model: string(value, "model"),
-            output_model: string(value, "model_output_name")
-                .or_else(|| string(value, "output_name")),
-            created_at: string(value, "created_at"),
+            model: json_str(value, "model"),
+            output_model: json_str(value, "model_output_name")
+                .or_else(|| json_str(value, "output_name")),
+            created_at: json_str(value, "created_at"),
             error: error.map(|e| self.transport.scrub(&e)),
-            steps_completed: count(value, "steps_completed"),
-            total_steps: count(value, "total_steps"),
-            epochs_completed: count(value, "epochs_completed"),
-            trained_tokens: count(value, "token_count"),
+            steps_completed: json_u64(value, "steps_completed"),
+            total_steps: json_u64(value, "total_steps"),
+            epochs_completed: json_u64(value, "epochs_completed"),
+            trained_tokens: json_u64(value, "token_count"),
         })
     }
 
@@ -105,10 +93,10 @@ impl TogetherFineTune {
 }
 
 fn event(value: &Value, index: usize) -> JobEvent {
-    let message = string(value, "message").unwrap_or_default();
-    let created_at = string(value, "created_at");
-    let kind = string(value, "type").map(|t| t.to_ascii_lowercase());
-    let id = string(value, "hash")
+    let message = json_str(value, "message").unwrap_or_default();
+    let created_at = json_str(value, "created_at");
+    let kind = json_str(value, "type").map(|t| t.to_ascii_lowercase());
+    let id = json_str(value, "hash")
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| {
             format!(
@@ -124,8 +112,8 @@ fn event(value: &Value, index: usize) -> JobEvent {
         level: EventLevel::parse(value.get("level").and_then(Value::as_str)),
         kind,
         message,
-        step: count(value, "step"),
-        total_steps: count(value, "total_steps"),
+        step: json_u64(value, "step"),
+        total_steps: json_u64(value, "total_steps"),
         train_loss: value.get("train_loss").and_then(Value::as_f64),
     }
 }
@@ -207,7 +195,7 @@ impl FineTuneApi for TogetherFineTune {
         let processed: Value = self.transport.send_json(&HttpRequest::post_empty(
             self.url(&format!("/files/{file_id}/preprocess")),
         ))?;
-        Ok(string(&processed, "id").unwrap_or(file_id))
+        Ok(json_str(&processed, "id").unwrap_or(file_id))
     }
 
     fn create(&self, body: &Value) -> Result<RemoteJob> {
@@ -269,8 +257,8 @@ impl FineTuneApi for TogetherFineTune {
             .map(|list| {
                 list.iter()
                     .map(|c| {
-                        let step = count(c, "step");
-                        let kind = string(c, "checkpoint_type");
+                        let step = json_u64(c, "step");
+                        let kind = json_str(c, "checkpoint_type");
                         // together-python `_parse_raw_checkpoints`: intermediate ones are `{id}:{step}`.
                         let intermediate = kind
                             .as_deref()
@@ -281,7 +269,7 @@ impl FineTuneApi for TogetherFineTune {
                                 _ => id.to_string(),
                             },
                             step,
-                            created_at: string(c, "created_at"),
+                            created_at: json_str(c, "created_at"),
                             kind,
                             train_loss: c.get("train_loss").and_then(Value::as_f64),
                             valid_loss: c.get("valid_loss").and_then(Value::as_f64),
