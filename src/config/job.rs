@@ -513,6 +513,45 @@ impl JobConfig {
         Ok(job)
     }
 
+    /// The job file as a raw table after `--set` overrides, checked as [`JobConfig::load`] checks
+    /// it, for readers that must tell written keys from defaults (the `[hosted]` mapping). Paths
+    /// in the table stay relative to the job file's folder, except those set with `--set`, which
+    /// are made absolute against the current directory as `load` reads them.
+    pub fn load_table(path: &Path, overrides: &[String]) -> Result<toml::Table> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        Self::load_str(&text, path, overrides)?;
+        let mut doc = Document::parse(&text, path)?;
+        for raw in overrides {
+            doc.apply_override(raw)?;
+        }
+        let cwd = std::env::current_dir().map_err(|e| Error::io(".", e))?;
+        let path_keys = [
+            ("data", "train"),
+            ("data", "validation"),
+            ("lora", "init_adapter"),
+            ("output", "dir"),
+            ("report", "prompts"),
+            ("model", "source"),
+        ];
+        for (section, name) in path_keys {
+            if !doc.overridden.contains_key(&format!("{section}.{name}")) {
+                continue;
+            }
+            let Some(toml::Value::Table(keys)) = doc.table.get_mut(section) else {
+                continue;
+            };
+            if let Some(toml::Value::String(value)) = keys.get_mut(name) {
+                let relative = Path::new(value.as_str());
+                // A hub id such as `org/name` is also a relative path: only rewrite names that exist.
+                let is_path = name != "source" || cwd.join(relative).exists();
+                if relative.is_relative() && !value.is_empty() && is_path {
+                    *value = cwd.join(relative).to_string_lossy().into_owned();
+                }
+            }
+        }
+        Ok(doc.table)
+    }
+
     /// Checks every value rule; each error names its key. [`JobConfig::load`] already runs this.
     pub fn validate(&self) -> Result<()> {
         self.check().map_err(|bad| Error::Config(bad.msg))
