@@ -62,6 +62,9 @@ pub enum Command {
     Inspect(InspectArgs),
     /// Export a checkpoint's adapter (PEFT format), or merge it into full HF weights.
     Export(ExportArgs),
+    /// Hosted fine-tuning jobs (Together, OpenAI): submit, status, watch, cancel, list, download.
+    #[command(subcommand)]
+    Hosted(crate::providers::cli::HostedCommand),
 }
 
 #[derive(Debug, Args)]
@@ -180,6 +183,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Some(Command::Score(a)) => cmd_score(a),
         Some(Command::Inspect(a)) => cmd_inspect(a),
         Some(Command::Export(a)) => crate::export::cmd::run_export(&a),
+        Some(Command::Hosted(c)) => crate::providers::cli::run(c),
         None => match &cli.config {
             Some(path) => cmd_train(path, &cli),
             None => bail!("nothing to do: give --config job.toml, or a command (see --help)"),
@@ -189,6 +193,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
 
 fn cmd_train(path: &std::path::Path, cli: &Cli) -> anyhow::Result<()> {
     let job = crate::config::JobConfig::load(path, &cli.set)?;
+    if job.hosted.is_some() {
+        // A `[hosted]` job trains on the provider's cluster instead of here.
+        return crate::providers::cli::submit_job_file(path, &cli.set, false);
+    }
     job.check_files()?;
     let mut trainer = crate::train::Trainer::new(job)?;
     eprintln!(
