@@ -10,10 +10,17 @@ use lora_train::train::optimizer::{AdamW, AdamWConfig};
 use lora_train::train::{train_step, Trainer};
 
 fn main() {
-    let steps: usize = std::env::var("BENCH_STEPS").ok().and_then(|s| s.parse().ok()).unwrap_or(8);
+    let steps: usize = std::env::var("BENCH_STEPS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(8);
     let job = JobConfig::load(std::path::Path::new("configs/quickstart.toml"), &[]).expect("job");
     let t = Trainer::new(job).expect("trainer");
-    let mut opt = AdamW::new(t.params.vars().into_iter().cloned().collect(), AdamWConfig::default()).expect("opt");
+    let mut opt = AdamW::new(
+        t.params.vars().into_iter().cloned().collect(),
+        AdamWConfig::default(),
+    )
+    .expect("opt");
     let mut dump = Vec::new();
     let mut batches = Vec::new();
     for s in 0..=steps {
@@ -36,11 +43,21 @@ fn main() {
         std::fs::write(&path, serde_json::to_string(&dump).expect("json")).expect("write batches");
     }
     // Step 0 warms up allocations; the rest are timed.
-    train_step(t.model.model.as_ref(), &t.params, &mut opt, &batches[0], 1e-4, 1.0, 0).expect("step");
+    train_step(
+        t.model.model.as_ref(),
+        &t.params,
+        &mut opt,
+        &batches[0],
+        1e-4,
+        1.0,
+        0,
+    )
+    .expect("step");
     let start = Instant::now();
     let mut tokens = 0;
     for b in &batches[1..] {
-        let o = train_step(t.model.model.as_ref(), &t.params, &mut opt, b, 1e-4, 1.0, 0).expect("step");
+        let o =
+            train_step(t.model.model.as_ref(), &t.params, &mut opt, b, 1e-4, 1.0, 0).expect("step");
         tokens += o.tokens;
     }
     let secs = start.elapsed().as_secs_f64();

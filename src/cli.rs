@@ -116,7 +116,11 @@ pub struct GenerateArgs {
     pub model: ModelArgs,
 
     /// A user message; it is rendered through the chat template.
-    #[arg(long, conflicts_with = "messages", required_unless_present = "messages")]
+    #[arg(
+        long,
+        conflicts_with = "messages",
+        required_unless_present = "messages"
+    )]
     pub prompt: Option<String>,
 
     /// A JSON file with a list of messages, or {"messages": [...]}.
@@ -246,8 +250,16 @@ fn print_summary(s: &crate::train::TrainSummary) {
         "examples: {} train, {} validation; {} truncated, {} dropped (max_seq_len)",
         s.train_examples, s.validation_examples, s.fit.truncated, s.fit.dropped
     );
-    println!("train loss: first {}  last {}", f(s.first_loss), f(s.last_loss));
-    println!("validation loss: before {}  after {}", f(s.val_loss_before), f(s.val_loss_after));
+    println!(
+        "train loss: first {}  last {}",
+        f(s.first_loss),
+        f(s.last_loss)
+    );
+    println!(
+        "validation loss: before {}  after {}",
+        f(s.val_loss_before),
+        f(s.val_loss_after)
+    );
     if let Some(a) = &s.adapter_dir {
         println!("adapter: {}", a.display());
     }

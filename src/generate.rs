@@ -92,7 +92,11 @@ pub fn generate_timed(
     let secs = start.elapsed().as_secs_f64();
     Ok(Generation {
         text: String::new(),
-        tokens_per_second: if secs > 0.0 { token_ids.len() as f64 / secs } else { 0.0 },
+        tokens_per_second: if secs > 0.0 {
+            token_ids.len() as f64 / secs
+        } else {
+            0.0
+        },
         prompt_tokens: prompt_ids.len(),
         token_ids,
     })

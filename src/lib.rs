@@ -16,7 +16,7 @@ pub mod fsutil;
 pub mod generate;
 pub mod lora;
 pub mod model;
-pub mod train;
 pub mod providers;
+pub mod train;
 
 pub use error::{Error, Result};

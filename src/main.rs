@@ -25,7 +25,14 @@ fn main() -> std::process::ExitCode {
             // One line: Candle appends a backtrace to its messages when RUST_BACKTRACE is set.
             let chain: Vec<String> = e
                 .chain()
-                .map(|c| c.to_string().lines().next().unwrap_or("").trim_end().to_string())
+                .map(|c| {
+                    c.to_string()
+                        .lines()
+                        .next()
+                        .unwrap_or("")
+                        .trim_end()
+                        .to_string()
+                })
                 .collect();
             eprintln!("error: {}", chain.join(": "));
             if cli_verbose > 0 {

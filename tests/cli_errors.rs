@@ -15,7 +15,11 @@ fn fails(args: &[&str]) -> String {
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr).to_string();
-    assert_eq!(out.status.code(), Some(1), "expected exit 1, stderr: {stderr}");
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "expected exit 1, stderr: {stderr}"
+    );
     assert!(!stderr.contains("panicked"), "panic: {stderr}");
     let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
     assert_eq!(lines.len(), 1, "expected one line, got: {stderr}");
@@ -43,7 +47,10 @@ fn score_args(model: &Path) -> Vec<String> {
         "--model".into(),
         model.to_string_lossy().into(),
         "--data".into(),
-        common::fixtures().join("chats.jsonl").to_string_lossy().into(),
+        common::fixtures()
+            .join("chats.jsonl")
+            .to_string_lossy()
+            .into(),
     ]
 }
 
@@ -58,7 +65,10 @@ fn missing_safetensors() {
     let dir = tiny_copy(tmp.path());
     std::fs::remove_file(dir.join("model.safetensors")).unwrap();
     let e = run_score(&dir);
-    assert!(e.contains("tiny") && e.contains("no model.safetensors"), "{e}");
+    assert!(
+        e.contains("tiny") && e.contains("no model.safetensors"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -67,7 +77,10 @@ fn corrupt_safetensors() {
     let dir = tiny_copy(tmp.path());
     std::fs::write(dir.join("model.safetensors"), b"this is not safetensors").unwrap();
     let e = run_score(&dir);
-    assert!(e.contains("model.safetensors") && e.contains("not a valid safetensors"), "{e}");
+    assert!(
+        e.contains("model.safetensors") && e.contains("not a valid safetensors"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -81,7 +94,10 @@ fn missing_shard() {
     )
     .unwrap();
     let e = run_score(&dir);
-    assert!(e.contains("model-00001-of-00002.safetensors") && e.contains("missing"), "{e}");
+    assert!(
+        e.contains("model-00001-of-00002.safetensors") && e.contains("missing"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -97,7 +113,10 @@ fn unsupported_architecture() {
     let e = run_score(&dir);
     assert!(e.contains("config.json"), "{e}");
     assert!(e.contains("MistralForCausalLM"), "{e}");
-    assert!(e.contains("LlamaForCausalLM") && e.contains("Gemma3ForCausalLM"), "{e}");
+    assert!(
+        e.contains("LlamaForCausalLM") && e.contains("Gemma3ForCausalLM"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -120,7 +139,10 @@ fn corrupt_and_truncated_gguf() {
     let bad = tmp.path().join("bad.gguf");
     std::fs::write(&bad, b"GGUF but not really").unwrap();
     let e = run_score(&bad);
-    assert!(e.contains("bad.gguf") && e.contains("not a valid GGUF"), "{e}");
+    assert!(
+        e.contains("bad.gguf") && e.contains("not a valid GGUF"),
+        "{e}"
+    );
 
     // The first 2 MB of a real file: a valid header, but tensor data is cut off.
     let real = std::fs::read(common::real_model(common::SMOLLM2)).unwrap();
@@ -133,7 +155,10 @@ fn corrupt_and_truncated_gguf() {
 #[test]
 fn missing_model_path() {
     let e = run_score(Path::new("./no/such/model.gguf"));
-    assert!(e.contains("no/such/model.gguf") && e.contains("no such file"), "{e}");
+    assert!(
+        e.contains("no/such/model.gguf") && e.contains("no such file"),
+        "{e}"
+    );
 }
 
 #[test]

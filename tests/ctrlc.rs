@@ -35,24 +35,43 @@ fn sigint_checkpoints_and_resumes() {
     let metrics = out.join("metrics.jsonl");
     let start = Instant::now();
     loop {
-        let n = std::fs::read_to_string(&metrics).map(|t| t.lines().count()).unwrap_or(0);
+        let n = std::fs::read_to_string(&metrics)
+            .map(|t| t.lines().count())
+            .unwrap_or(0);
         if n >= 3 {
             break;
         }
-        assert!(start.elapsed() < Duration::from_secs(120), "training did not start");
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "training did not start"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
-    let status = Command::new("kill").arg("-INT").arg(child.id().to_string()).status().unwrap();
+    let status = Command::new("kill")
+        .arg("-INT")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
     assert!(status.success());
     let code = child.wait().unwrap();
     let mut stderr = String::new();
-    child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
     assert!(code.success(), "exit {code:?}: {stderr}");
     assert!(stderr.contains("--resume"), "{stderr}");
     let ckpts = lora_train::train::checkpoint::list_checkpoints(&out).unwrap();
     let (step, dir) = ckpts.last().expect("a checkpoint on Ctrl-C").clone();
     assert!(step >= 3);
-    assert_eq!(lora_train::train::checkpoint::read_state(&dir).unwrap().step, step);
+    assert_eq!(
+        lora_train::train::checkpoint::read_state(&dir)
+            .unwrap()
+            .step,
+        step
+    );
     // Resume and do one more step.
     let resumed = Command::new(&bin)
         .arg("--config")
@@ -60,7 +79,11 @@ fn sigint_checkpoints_and_resumes() {
         .args(["--resume", "--stop-after", "1"])
         .output()
         .unwrap();
-    assert!(resumed.status.success(), "{}", String::from_utf8_lossy(&resumed.stderr));
+    assert!(
+        resumed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&resumed.stderr)
+    );
     let ckpts = lora_train::train::checkpoint::list_checkpoints(&out).unwrap();
     assert_eq!(ckpts.last().unwrap().0, step + 1);
 }

@@ -25,7 +25,8 @@ fn export_copies_the_adapter_in_bf16() {
         .args(["--dtype", "bf16"])
         .assert()
         .success();
-    let st = candle_core::safetensors::load(out.join("adapter_model.safetensors"), &Device::Cpu).unwrap();
+    let st = candle_core::safetensors::load(out.join("adapter_model.safetensors"), &Device::Cpu)
+        .unwrap();
     let a = &st["base_model.model.model.layers.1.mlp.down_proj.lora_A.weight"];
     assert_eq!(a.dtype(), DType::BF16);
     assert!(out.join("adapter_config.json").is_file());
@@ -35,7 +36,10 @@ fn export_copies_the_adapter_in_bf16() {
 fn merged_export_equals_base_plus_adapter() {
     for (model, adapter) in [
         ("tiny-llama", adapter_dir()),
-        ("tiny-gemma3", common::fixtures().join("peft-train/tiny-gemma3/final_adapter")),
+        (
+            "tiny-gemma3",
+            common::fixtures().join("peft-train/tiny-gemma3/final_adapter"),
+        ),
     ] {
         let tmp = tempfile::tempdir().unwrap();
         let out = tmp.path().join("merged");
@@ -50,16 +54,34 @@ fn merged_export_equals_base_plus_adapter() {
             .arg(&base)
             .assert()
             .success();
-        for f in ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"] {
+        for f in [
+            "config.json",
+            "model.safetensors",
+            "tokenizer.json",
+            "tokenizer_config.json",
+        ] {
             assert!(out.join(f).is_file(), "{model}: {f} missing");
         }
         let ids = Tensor::new(&[[1u32, 5, 9, 33, 70, 2, 100, 7]], &Device::Cpu).unwrap();
         let mut with_adapter = load(base.to_str().unwrap(), &LoadOptions::default()).unwrap();
-        load_peft_adapter(with_adapter.model.as_mut(), &adapter, DType::F32, &Device::Cpu).unwrap();
+        load_peft_adapter(
+            with_adapter.model.as_mut(),
+            &adapter,
+            DType::F32,
+            &Device::Cpu,
+        )
+        .unwrap();
         let want = with_adapter.model.forward(&ids, None).unwrap();
         let merged = load(out.to_str().unwrap(), &LoadOptions::default()).unwrap();
         let got = merged.model.forward(&ids, None).unwrap();
-        let d = (got - &want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        let d = (got - &want)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
         assert!(d < 1e-4, "{model}: merged logits differ by {d}");
         let plain = load(base.to_str().unwrap(), &LoadOptions::default()).unwrap();
         let d0 = (plain.model.forward(&ids, None).unwrap() - &want)

@@ -9,8 +9,8 @@ use lora_train::model::{load, LoadOptions};
 fn check_tiny_logits(name: &str) {
     let dir = common::fixtures().join(name);
     let m = load(dir.to_str().unwrap(), &LoadOptions::default()).unwrap();
-    let expected = candle_core::safetensors::load(dir.join("expected.safetensors"), &Device::Cpu)
-        .unwrap();
+    let expected =
+        candle_core::safetensors::load(dir.join("expected.safetensors"), &Device::Cpu).unwrap();
     let ids = expected["input_ids"].to_dtype(DType::U32).unwrap();
     let mask = &expected["attention_mask"];
     let want = &expected["logits"];
@@ -32,7 +32,10 @@ fn check_tiny_logits(name: &str) {
             }
         }
     }
-    assert!(compared > 16, "the fixture should have real tokens in both rows");
+    assert!(
+        compared > 16,
+        "the fixture should have real tokens in both rows"
+    );
     assert!(max_diff < 1e-4, "{name}: max abs logit diff {max_diff}");
 }
 
@@ -54,20 +57,37 @@ fn kv_cache_matches_full_forward() {
         let ids: Vec<u32> = (3..15).collect();
         let full = m
             .model
-            .forward(&Tensor::new(ids.as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap(), None)
+            .forward(
+                &Tensor::new(ids.as_slice(), &Device::Cpu)
+                    .unwrap()
+                    .unsqueeze(0)
+                    .unwrap(),
+                None,
+            )
             .unwrap()
             .squeeze(0)
             .unwrap();
         let mut cache = m.model.new_cache();
         // A 5-token prefill, then one token at a time (past the tiny Gemma's 4-token window).
-        let first = Tensor::new(&ids[..5], &Device::Cpu).unwrap().unsqueeze(0).unwrap();
+        let first = Tensor::new(&ids[..5], &Device::Cpu)
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap();
         let mut last = m.model.forward_cached(&first, &mut cache).unwrap();
         let mut worst = 0f32;
         for (i, id) in ids.iter().enumerate().skip(5) {
             let want = full.get(i - 1).unwrap();
-            let d = (last.squeeze(0).unwrap() - want).unwrap().abs().unwrap().max_all().unwrap();
+            let d = (last.squeeze(0).unwrap() - want)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap();
             worst = worst.max(d.to_scalar::<f32>().unwrap());
-            let step = Tensor::new(&[*id], &Device::Cpu).unwrap().unsqueeze(0).unwrap();
+            let step = Tensor::new(&[*id], &Device::Cpu)
+                .unwrap()
+                .unsqueeze(0)
+                .unwrap();
             last = m.model.forward_cached(&step, &mut cache).unwrap();
         }
         assert!(worst < 1e-4, "{name}: cached logits differ by {worst}");

@@ -16,9 +16,22 @@ use lora_train::train::train_step;
 use serde_json::Value;
 
 fn example(v: &Value) -> TokenizedExample {
-    let ids: Vec<u32> = v["input_ids"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect();
-    let targets = v["labels"].as_array().unwrap().iter().map(|x| x.as_i64().unwrap() != -100).collect();
-    TokenizedExample { input_ids: ids, targets }
+    let ids: Vec<u32> = v["input_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect();
+    let targets = v["labels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_i64().unwrap() != -100)
+        .collect();
+    TokenizedExample {
+        input_ids: ids,
+        targets,
+    }
 }
 
 fn check_parity(name: &str) {
@@ -28,8 +41,18 @@ fn check_parity(name: &str) {
     let hp = &exp["hyperparameters"];
     let base = common::fixtures().join(name);
     let mut m = load(base.to_str().unwrap(), &LoadOptions::default()).unwrap();
-    let params = LoraParams::from_peft(m.model.as_mut(), &dir.join("init_adapter"), 0.0, &Device::Cpu).unwrap();
-    assert_eq!(params.params.len(), m.model.linears_mut().len(), "every projection adapted");
+    let params = LoraParams::from_peft(
+        m.model.as_mut(),
+        &dir.join("init_adapter"),
+        0.0,
+        &Device::Cpu,
+    )
+    .unwrap();
+    assert_eq!(
+        params.params.len(),
+        m.model.linears_mut().len(),
+        "every projection adapted"
+    );
     params.attach(m.model.as_mut(), DType::F32).unwrap();
     let betas = hp["betas"].as_array().unwrap();
     let mut opt = AdamW::new(
@@ -58,28 +81,75 @@ fn check_parity(name: &str) {
             .unwrap()
             .iter()
             .map(|mb| {
-                let exs: Vec<TokenizedExample> = mb.as_array().unwrap().iter().map(example).collect();
+                let exs: Vec<TokenizedExample> =
+                    mb.as_array().unwrap().iter().map(example).collect();
                 let refs: Vec<&TokenizedExample> = exs.iter().collect();
                 collate(&refs, pad, &Device::Cpu).unwrap()
             })
             .collect();
         let lr = sched.lr_at(s);
-        assert!((lr - want["lr"].as_f64().unwrap()).abs() < 1e-12, "{name} step {}: lr", s + 1);
-        let out = train_step(m.model.as_ref(), &params, &mut opt, &micro, lr, hp["max_grad_norm"].as_f64().unwrap(), 0).unwrap();
+        assert!(
+            (lr - want["lr"].as_f64().unwrap()).abs() < 1e-12,
+            "{name} step {}: lr",
+            s + 1
+        );
+        let out = train_step(
+            m.model.as_ref(),
+            &params,
+            &mut opt,
+            &micro,
+            lr,
+            hp["max_grad_norm"].as_f64().unwrap(),
+            0,
+        )
+        .unwrap();
         let wl = want["loss"].as_f64().unwrap();
         let rel = (out.loss - wl).abs() / wl;
-        assert!(rel < 1e-4, "{name} step {}: loss {} vs PEFT {wl} (rel {rel:.1e})", s + 1, out.loss);
-        assert_eq!(out.target_tokens as u64, want["target_tokens"].as_u64().unwrap());
+        assert!(
+            rel < 1e-4,
+            "{name} step {}: loss {} vs PEFT {wl} (rel {rel:.1e})",
+            s + 1,
+            out.loss
+        );
+        assert_eq!(
+            out.target_tokens as u64,
+            want["target_tokens"].as_u64().unwrap()
+        );
         let wg = want["grad_norm"].as_f64().unwrap();
-        assert!((out.grad_norm - wg).abs() / wg < 1e-4, "{name} step {}: grad norm {} vs {wg}", s + 1, out.grad_norm);
+        assert!(
+            (out.grad_norm - wg).abs() / wg < 1e-4,
+            "{name} step {}: grad norm {} vs {wg}",
+            s + 1,
+            out.grad_norm
+        );
     }
     // Final weights, relative to each tensor's largest value (catches a missing weight decay).
-    let final_st = candle_core::safetensors::load(dir.join("final_adapter/adapter_model.safetensors"), &Device::Cpu).unwrap();
+    let final_st = candle_core::safetensors::load(
+        dir.join("final_adapter/adapter_model.safetensors"),
+        &Device::Cpu,
+    )
+    .unwrap();
     for (k, ours) in params.peft_tensors().unwrap() {
         let theirs = &final_st[&k];
-        let scale = theirs.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
-        let d = (&ours - theirs).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
-        assert!(d / scale < 1e-5, "{name} {k}: final weights differ by {d} (max {scale})");
+        let scale = theirs
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        let d = (&ours - theirs)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(
+            d / scale < 1e-5,
+            "{name} {k}: final weights differ by {d} (max {scale})"
+        );
     }
 }
 
@@ -98,19 +168,42 @@ fn tiny_gemma3_training_matches_peft() {
 fn peft_saved_adapters_score_the_same() {
     for name in ["tiny-llama", "tiny-gemma3"] {
         let dir = common::fixtures().join("peft-train").join(name);
-        for (adapter, score) in [("init_adapter", "score_init.json"), ("final_adapter", "score_final.json")] {
+        for (adapter, score) in [
+            ("init_adapter", "score_init.json"),
+            ("final_adapter", "score_final.json"),
+        ] {
             let want = common::read_json(&dir.join(score));
             let base = common::fixtures().join(name);
             let mut m = load(base.to_str().unwrap(), &LoadOptions::default()).unwrap();
-            load_peft_adapter(m.model.as_mut(), &dir.join(adapter), DType::F32, &Device::Cpu).unwrap();
-            let convs = lora_train::data::dataset::read_jsonl(common::fixtures().join("chats.jsonl")).unwrap();
+            load_peft_adapter(
+                m.model.as_mut(),
+                &dir.join(adapter),
+                DType::F32,
+                &Device::Cpu,
+            )
+            .unwrap();
+            let convs =
+                lora_train::data::dataset::read_jsonl(common::fixtures().join("chats.jsonl"))
+                    .unwrap();
             let exs: Vec<_> = convs
                 .iter()
-                .map(|c| lora_train::data::mask::tokenize_conversation(c, &m.template, &m.tokenizer, Default::default()).unwrap())
+                .map(|c| {
+                    lora_train::data::mask::tokenize_conversation(
+                        c,
+                        &m.template,
+                        &m.tokenizer,
+                        Default::default(),
+                    )
+                    .unwrap()
+                })
                 .collect();
             let got = lora_train::eval::score_examples(m.model.as_ref(), &exs, false).unwrap();
             let w = want["mean_loss"].as_f64().unwrap();
-            assert!((got.mean_loss - w).abs() / w < 1e-4, "{name} {adapter}: {} vs PEFT {w}", got.mean_loss);
+            assert!(
+                (got.mean_loss - w).abs() / w < 1e-4,
+                "{name} {adapter}: {} vs PEFT {w}",
+                got.mean_loss
+            );
         }
     }
 }

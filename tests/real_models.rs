@@ -17,7 +17,11 @@ use serde_json::Value;
 fn model(file: &'static str) -> &'static LoadedModel {
     static SMOL: OnceLock<LoadedModel> = OnceLock::new();
     static GEMMA: OnceLock<LoadedModel> = OnceLock::new();
-    let cell = if file == common::SMOLLM2 { &SMOL } else { &GEMMA };
+    let cell = if file == common::SMOLLM2 {
+        &SMOL
+    } else {
+        &GEMMA
+    };
     cell.get_or_init(|| load(&common::real_model(file), &LoadOptions::default()).unwrap())
 }
 
@@ -44,10 +48,22 @@ fn check_template_ids(file: &'static str, name: &str) {
         let k = case["k"].as_u64().unwrap() as usize;
         let msgs = &convs[i].messages;
         let full = m.template.render(msgs, false).unwrap();
-        assert_eq!(full, case["full_text"].as_str().unwrap(), "{name} chat {i}: rendered text");
-        assert_eq!(m.tokenizer.encode(&full, false).unwrap(), ids(&case["full_ids"]), "{name} chat {i}: full ids");
+        assert_eq!(
+            full,
+            case["full_text"].as_str().unwrap(),
+            "{name} chat {i}: rendered text"
+        );
+        assert_eq!(
+            m.tokenizer.encode(&full, false).unwrap(),
+            ids(&case["full_ids"]),
+            "{name} chat {i}: full ids"
+        );
         let prompt = m.template.render(&msgs[..k], true).unwrap();
-        assert_eq!(m.tokenizer.encode(&prompt, false).unwrap(), ids(&case["prompt_ids"]), "{name} chat {i}: prompt ids");
+        assert_eq!(
+            m.tokenizer.encode(&prompt, false).unwrap(),
+            ids(&case["prompt_ids"]),
+            "{name} chat {i}: prompt ids"
+        );
     }
 }
 
@@ -62,14 +78,31 @@ fn check_score(file: &'static str, name: &str) {
             .map(|c| tokenize_conversation(c, &m.template, &m.tokenizer, loss_on).unwrap())
             .collect();
         let got = score_examples(m.model.as_ref(), &examples, false).unwrap();
-        assert_eq!(got.target_tokens as u64, want["target_tokens"].as_u64().unwrap(), "{name} {loss_on}");
+        assert_eq!(
+            got.target_tokens as u64,
+            want["target_tokens"].as_u64().unwrap(),
+            "{name} {loss_on}"
+        );
         let w = want["mean_loss"].as_f64().unwrap();
         let rel = (got.mean_loss - w).abs() / w;
-        assert!(rel < 1e-3, "{name} {loss_on}: mean_loss {} vs {w} (rel {rel:.2e})", got.mean_loss);
-        for (g, e) in got.per_example.iter().zip(want["per_example"].as_array().unwrap()) {
+        assert!(
+            rel < 1e-3,
+            "{name} {loss_on}: mean_loss {} vs {w} (rel {rel:.2e})",
+            got.mean_loss
+        );
+        for (g, e) in got
+            .per_example
+            .iter()
+            .zip(want["per_example"].as_array().unwrap())
+        {
             let w = e["loss"].as_f64().unwrap();
             let rel = (g.loss - w).abs() / w;
-            assert!(rel < 1e-3, "{name} {loss_on} example {}: {} vs {w}", g.index, g.loss);
+            assert!(
+                rel < 1e-3,
+                "{name} {loss_on} example {}: {} vs {w}",
+                g.index,
+                g.loss
+            );
         }
     }
 }

@@ -18,9 +18,16 @@ fn check(name: &str, model: String) {
         .arg("--json")
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let got: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let (g, w) = (got["mean_loss"].as_f64().unwrap(), want["mean_loss"].as_f64().unwrap());
+    let (g, w) = (
+        got["mean_loss"].as_f64().unwrap(),
+        want["mean_loss"].as_f64().unwrap(),
+    );
     assert_eq!(got["target_tokens"], want["target_tokens"]);
     assert!((g - w).abs() / w < 1e-4, "{name}: ours {g} vs PEFT {w}");
     // The adapter must matter, or this test could not catch a layout error.
@@ -32,12 +39,21 @@ fn check(name: &str, model: String) {
         .unwrap();
     let base: serde_json::Value = serde_json::from_slice(&base.stdout).unwrap();
     let b = base["mean_loss"].as_f64().unwrap();
-    assert!((b - w).abs() / w > 1e-2, "{name}: the adapter barely changes the loss ({b} vs {w})");
+    assert!(
+        (b - w).abs() / w > 1e-2,
+        "{name}: the adapter barely changes the loss ({b} vs {w})"
+    );
 }
 
 #[test]
 fn tiny_gemma3_adapter_round_trips_through_peft() {
-    check("tiny-gemma3", common::fixtures().join("tiny-gemma3").to_string_lossy().into_owned());
+    check(
+        "tiny-gemma3",
+        common::fixtures()
+            .join("tiny-gemma3")
+            .to_string_lossy()
+            .into_owned(),
+    );
 }
 
 #[test]

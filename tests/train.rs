@@ -70,8 +70,18 @@ fn every_lora_parameter_gets_a_gradient() {
                 let g = grads
                     .get(var.as_tensor())
                     .unwrap_or_else(|| panic!("{model}: {} lora_{name} got no gradient", p.module));
-                let n = g.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
-                assert!(n > 0.0, "{model}: {} lora_{name} gradient is zero", p.module);
+                let n = g
+                    .sqr()
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap();
+                assert!(
+                    n > 0.0,
+                    "{model}: {} lora_{name} gradient is zero",
+                    p.module
+                );
             }
         }
     }
@@ -84,7 +94,11 @@ fn grad_accum_normalises_by_step_targets() {
     let tmp = tempfile::tempdir().unwrap();
     let t = Trainer::new(job("tiny-llama", tmp.path(), "")).unwrap();
     let (a, b) = (&t.train[0], &t.train[1]);
-    assert_ne!(a.num_targets(), b.num_targets(), "pick examples of different lengths");
+    assert_ne!(
+        a.num_targets(),
+        b.num_targets(),
+        "pick examples of different lengths"
+    );
     let m = t.model.model.as_ref();
     let pad = 2;
     let both = collate(&[a, b], pad, &Device::Cpu).unwrap();
@@ -93,7 +107,10 @@ fn grad_accum_normalises_by_step_targets() {
     let sa = micro_batch_nll_sum(m, &collate(&[a], pad, &Device::Cpu).unwrap()).unwrap();
     let sb = micro_batch_nll_sum(m, &collate(&[b], pad, &Device::Cpu).unwrap()).unwrap();
     let split = ((sa / n).unwrap() + (sb / n).unwrap()).unwrap();
-    let (j, s) = (joint.to_scalar::<f32>().unwrap(), split.to_scalar::<f32>().unwrap());
+    let (j, s) = (
+        joint.to_scalar::<f32>().unwrap(),
+        split.to_scalar::<f32>().unwrap(),
+    );
     assert!((j - s).abs() / j < 1e-5, "joint {j} vs accumulated {s}");
     let gj = joint.backward().unwrap();
     let gs = split.backward().unwrap();
@@ -144,7 +161,10 @@ fn resume_reproduces_the_uninterrupted_run() {
             )
             .unwrap();
         assert!(s.interrupted && s.steps == 3);
-        assert!(!part.path().join("adapter").exists(), "no final adapter after a stop");
+        assert!(
+            !part.path().join("adapter").exists(),
+            "no final adapter after a stop"
+        );
         let mut t = Trainer::new(job(model, part.path(), "")).unwrap();
         t.run(
             &RunOptions {
@@ -168,7 +188,10 @@ fn dropout_runs_resume_exactly_too() {
     let full = tempfile::tempdir().unwrap();
     let mut j = job("tiny-llama", full.path(), "");
     j.lora.dropout = 0.1;
-    Trainer::new(j.clone()).unwrap().run(&RunOptions::default(), no_stop()).unwrap();
+    Trainer::new(j.clone())
+        .unwrap()
+        .run(&RunOptions::default(), no_stop())
+        .unwrap();
     let part = tempfile::tempdir().unwrap();
     let mut jp = j.clone();
     jp.output.dir = part.path().to_path_buf();
@@ -176,7 +199,10 @@ fn dropout_runs_resume_exactly_too() {
         stop_after: Some(3),
         ..Default::default()
     };
-    Trainer::new(jp.clone()).unwrap().run(&stop3, no_stop()).unwrap();
+    Trainer::new(jp.clone())
+        .unwrap()
+        .run(&stop3, no_stop())
+        .unwrap();
     let resume = RunOptions {
         resume: true,
         ..Default::default()
@@ -194,12 +220,19 @@ fn non_finite_loss_stops_and_keeps_the_last_checkpoint() {
     j.train.save_every = 1;
     j.train.scheduler = lora_train::config::job::SchedulerKind::Constant;
     let mut t = Trainer::new(j).unwrap();
-    let err = t.run(&RunOptions::default(), no_stop()).unwrap_err().to_string();
-    assert!(err.contains("non-finite") && err.contains("last good checkpoint"), "{err}");
+    let err = t
+        .run(&RunOptions::default(), no_stop())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("non-finite") && err.contains("last good checkpoint"),
+        "{err}"
+    );
     let ckpts = lora_train::train::checkpoint::list_checkpoints(tmp.path()).unwrap();
     let (_, last) = ckpts.last().expect("a checkpoint before the NaN");
     // The kept checkpoint is complete and loadable.
-    let st = candle_core::safetensors::load(last.join("adapter_model.safetensors"), &Device::Cpu).unwrap();
+    let st = candle_core::safetensors::load(last.join("adapter_model.safetensors"), &Device::Cpu)
+        .unwrap();
     assert!(!st.is_empty());
     lora_train::train::checkpoint::read_state(last).unwrap();
 }
@@ -214,17 +247,26 @@ fn exported_adapter_scores_like_the_trained_model() {
     let dir = common::fixtures().join("tiny-gemma3");
     let mut m = lora_train::model::load(dir.to_str().unwrap(), &Default::default()).unwrap();
     let adapter = tmp.path().join("adapter");
-    lora_train::lora::load_peft_adapter(m.model.as_mut(), &adapter, DType::F32, &Device::Cpu).unwrap();
+    lora_train::lora::load_peft_adapter(m.model.as_mut(), &adapter, DType::F32, &Device::Cpu)
+        .unwrap();
     let r = lora_train::eval::score_examples(m.model.as_ref(), &t.validation, false).unwrap();
-    assert!((r.mean_loss - val_after).abs() / val_after < 1e-6, "{} vs {val_after}", r.mean_loss);
+    assert!(
+        (r.mean_loss - val_after).abs() / val_after < 1e-6,
+        "{} vs {val_after}",
+        r.mean_loss
+    );
     // PEFT names and shapes.
-    let cfg: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(adapter.join("adapter_config.json")).unwrap()).unwrap();
+    let cfg: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(adapter.join("adapter_config.json")).unwrap(),
+    )
+    .unwrap();
     assert_eq!(cfg["peft_type"], "LORA");
     assert_eq!(cfg["task_type"], "CAUSAL_LM");
     assert_eq!(cfg["bias"], "none");
     assert!(cfg["modules_to_save"].is_null());
-    let st = candle_core::safetensors::load(adapter.join("adapter_model.safetensors"), &Device::Cpu).unwrap();
+    let st =
+        candle_core::safetensors::load(adapter.join("adapter_model.safetensors"), &Device::Cpu)
+            .unwrap();
     let a = &st["base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"];
     let b = &st["base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight"];
     assert_eq!(a.dims(), &[4, 64]);

@@ -196,7 +196,10 @@ impl Gemma3Config {
     /// Whether layer `i` uses sliding-window attention (and the local rope base).
     pub fn is_sliding(&self, i: usize) -> bool {
         if let Some(types) = &self.layer_types {
-            return types.get(i).map(|t| t == "sliding_attention").unwrap_or(false);
+            return types
+                .get(i)
+                .map(|t| t == "sliding_attention")
+                .unwrap_or(false);
         }
         let pattern = self.sliding_window_pattern.unwrap_or(6);
         pattern == 0 || (i + 1) % pattern != 0
@@ -226,7 +229,10 @@ impl ModelConfig {
             .and_then(|a| a.get(0))
             .and_then(|a| a.as_str())
             .map(str::to_string);
-        let model_type = value.get("model_type").and_then(|m| m.as_str()).unwrap_or("");
+        let model_type = value
+            .get("model_type")
+            .and_then(|m| m.as_str())
+            .unwrap_or("");
         let arch = match (arch.as_deref(), model_type) {
             (Some(a), _) => a.to_string(),
             (None, "llama") => "LlamaForCausalLM".into(),
@@ -286,7 +292,14 @@ impl ModelConfig {
                 // Spell out every layer's attention type; transformers v4 and v5 both read it.
                 c.layer_types = Some(
                     (0..c.num_hidden_layers)
-                        .map(|i| if c.is_sliding(i) { "sliding_attention" } else { "full_attention" }.to_string())
+                        .map(|i| {
+                            if c.is_sliding(i) {
+                                "sliding_attention"
+                            } else {
+                                "full_attention"
+                            }
+                            .to_string()
+                        })
                         .collect(),
                 );
                 (serde_json::to_value(&c).unwrap_or_default(), "gemma3_text")
@@ -294,7 +307,10 @@ impl ModelConfig {
         };
         if let Some(obj) = v.as_object_mut() {
             obj.retain(|_, val| !val.is_null());
-            obj.insert("architectures".into(), serde_json::json!([self.architecture()]));
+            obj.insert(
+                "architectures".into(),
+                serde_json::json!([self.architecture()]),
+            );
             obj.insert("model_type".into(), model_type.into());
             obj.insert("torch_dtype".into(), torch_dtype.into());
         }

@@ -41,8 +41,10 @@ pub fn score_examples(
     let bar = if progress {
         let b = ProgressBar::new(examples.len() as u64);
         b.set_style(
-            ProgressStyle::with_template("scoring {bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}]")
-                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            ProgressStyle::with_template(
+                "scoring {bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}]",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
         );
         b
     } else {
@@ -66,7 +68,11 @@ pub fn score_examples(
     }
     bar.finish_and_clear();
     Ok(ScoreReport {
-        mean_loss: if count > 0 { total / count as f64 } else { f64::NAN },
+        mean_loss: if count > 0 {
+            total / count as f64
+        } else {
+            f64::NAN
+        },
         target_tokens: count,
         examples: examples.len(),
         per_example,

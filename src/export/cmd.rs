@@ -24,7 +24,12 @@ pub fn run_export(a: &ExportArgs) -> anyhow::Result<()> {
             .model
             .clone()
             .or_else(|| cfg.base_model_name_or_path.clone())
-            .with_context(|| format!("{}: no base_model_name_or_path; give --model", cfg_path.display()))?;
+            .with_context(|| {
+                format!(
+                    "{}: no base_model_name_or_path; give --model",
+                    cfg_path.display()
+                )
+            })?;
         merge_to_hf(&base, &a.checkpoint, &a.out, dtype)?;
         println!("merged model written to {}", a.out.display());
     } else {
@@ -49,7 +54,8 @@ pub fn copy_adapter(from: &Path, to: &Path, dtype: DType) -> Result<()> {
         std::fs::write(tmp.join("adapter_config.json"), &cfg)
             .map_err(|e| Error::io(tmp.join("adapter_config.json"), e))?;
         let out = tmp.join("adapter_model.safetensors");
-        candle_core::safetensors::save(&tensors, &out).map_err(|e| Error::model(&out, e.to_string()))
+        candle_core::safetensors::save(&tensors, &out)
+            .map_err(|e| Error::model(&out, e.to_string()))
     })
 }
 
@@ -106,7 +112,11 @@ pub fn merge_to_hf(base: &str, adapter: &Path, out: &Path, dtype: DType) -> Resu
     })
 }
 
-fn save_with_metadata(tensors: &HashMap<String, Tensor>, path: &Path, meta: HashMap<String, String>) -> Result<()> {
+fn save_with_metadata(
+    tensors: &HashMap<String, Tensor>,
+    path: &Path,
+    meta: HashMap<String, String>,
+) -> Result<()> {
     // candle's `save` writes no metadata; transformers wants {"format": "pt"}.
     let mut views = Vec::new();
     let mut names: Vec<&String> = tensors.keys().collect();
@@ -123,7 +133,11 @@ fn save_with_metadata(tensors: &HashMap<String, Tensor>, path: &Path, meta: Hash
                 DType::F16 => safetensors::Dtype::F16,
                 _ => safetensors::Dtype::F32,
             };
-            let t = if matches!(t.dtype(), DType::BF16 | DType::F16) { t } else { t.to_dtype(DType::F32)? };
+            let t = if matches!(t.dtype(), DType::BF16 | DType::F16) {
+                t
+            } else {
+                t.to_dtype(DType::F32)?
+            };
             let bytes = tensor_bytes(&t)?;
             Ok((n, bytes, dt, t.dims().to_vec()))
         })
@@ -136,13 +150,29 @@ fn save_with_metadata(tensors: &HashMap<String, Tensor>, path: &Path, meta: Hash
                 .map_err(|e| Error::Msg(e.to_string()))
         })
         .collect::<Result<_>>()?;
-    safetensors::serialize_to_file(views, Some(meta), path).map_err(|e| Error::model(path, e.to_string()))
+    safetensors::serialize_to_file(views, Some(meta), path)
+        .map_err(|e| Error::model(path, e.to_string()))
 }
 
 fn tensor_bytes(t: &Tensor) -> Result<Vec<u8>> {
     Ok(match t.dtype() {
-        DType::BF16 => t.flatten_all()?.to_vec1::<half::bf16>()?.iter().flat_map(|v| v.to_le_bytes()).collect(),
-        DType::F16 => t.flatten_all()?.to_vec1::<half::f16>()?.iter().flat_map(|v| v.to_le_bytes()).collect(),
-        _ => t.flatten_all()?.to_vec1::<f32>()?.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        DType::BF16 => t
+            .flatten_all()?
+            .to_vec1::<half::bf16>()?
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect(),
+        DType::F16 => t
+            .flatten_all()?
+            .to_vec1::<half::f16>()?
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect(),
+        _ => t
+            .flatten_all()?
+            .to_vec1::<f32>()?
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect(),
     })
 }

@@ -48,10 +48,17 @@ impl LoraWeights {
         if seed == 0 {
             return Ok(x.clone());
         }
-        let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ salt.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let mut rng =
+            rand::rngs::StdRng::seed_from_u64(seed ^ salt.wrapping_mul(0x9E37_79B9_7F4A_7C15));
         let keep = 1.0 - self.dropout;
         let mask: Vec<f32> = (0..x.elem_count())
-            .map(|_| if rng.random::<f64>() < keep { (1.0 / keep) as f32 } else { 0.0 })
+            .map(|_| {
+                if rng.random::<f64>() < keep {
+                    (1.0 / keep) as f32
+                } else {
+                    0.0
+                }
+            })
             .collect();
         let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
         Ok((x * mask)?)
@@ -113,7 +120,9 @@ impl Linear {
             None => Ok(self.weight.clone()),
             Some(l) => {
                 let dtype = self.weight.dtype();
-                let ba = l.b.to_dtype(DType::F32)?.matmul(&l.a.to_dtype(DType::F32)?)?;
+                let ba =
+                    l.b.to_dtype(DType::F32)?
+                        .matmul(&l.a.to_dtype(DType::F32)?)?;
                 let w = (self.weight.to_dtype(DType::F32)? + (ba * l.scale)?)?;
                 Ok(w.to_dtype(dtype)?)
             }
@@ -144,7 +153,10 @@ impl Linear {
                 let x2 = l.dropout(&x2, self.salt)?;
                 let a = l.a.to_dtype(l.compute_dtype)?;
                 let b = l.b.to_dtype(l.compute_dtype)?;
-                let delta = x2.to_dtype(l.compute_dtype)?.matmul(&a.t()?)?.matmul(&b.t()?)?;
+                let delta = x2
+                    .to_dtype(l.compute_dtype)?
+                    .matmul(&a.t()?)?
+                    .matmul(&b.t()?)?;
                 let delta = (delta * l.scale)?.to_dtype(y.dtype())?.reshape(y.shape())?;
                 Ok((y + delta)?)
             }

@@ -18,7 +18,13 @@ use crate::{Error, Result};
 
 /// The seven projections LoRA can adapt, in PEFT's naming.
 pub const PROJECTIONS: [&str; 7] = [
-    "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
+    "q_proj",
+    "k_proj",
+    "v_proj",
+    "o_proj",
+    "gate_proj",
+    "up_proj",
+    "down_proj",
 ];
 
 /// Hyper-parameters of an adapter.
@@ -67,7 +73,12 @@ fn module_matches(module: &str, targets: &[String]) -> bool {
 
 impl LoraParams {
     /// Fresh parameters (A kaiming-uniform from `seed`, B zero) in f32 on `device`.
-    pub fn init(model: &mut dyn CausalLm, spec: LoraSpec, seed: u64, device: &Device) -> Result<Self> {
+    pub fn init(
+        model: &mut dyn CausalLm,
+        spec: LoraSpec,
+        seed: u64,
+        device: &Device,
+    ) -> Result<Self> {
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
         let mut params = Vec::new();
         for (module, linear) in model.linears_mut() {
@@ -97,7 +108,12 @@ impl LoraParams {
     }
 
     /// Parameters from a PEFT adapter folder (for `init_adapter` and resume).
-    pub fn from_peft(model: &mut dyn CausalLm, dir: &Path, dropout: f64, device: &Device) -> Result<Self> {
+    pub fn from_peft(
+        model: &mut dyn CausalLm,
+        dir: &Path,
+        dropout: f64,
+        device: &Device,
+    ) -> Result<Self> {
         let cfg = PeftAdapterConfig::from_file(&dir.join("adapter_config.json"))?;
         let st = dir.join("adapter_model.safetensors");
         let tensors = candle_core::safetensors::load(&st, device)
@@ -127,7 +143,11 @@ impl LoraParams {
             if a.dims() != [cfg.r, inp] || b.dims() != [out, cfg.r] {
                 return Err(Error::model(
                     &st,
-                    format!("`{module}`: lora_A {:?} / lora_B {:?} do not fit [{out}, {inp}]", a.dims(), b.dims()),
+                    format!(
+                        "`{module}`: lora_A {:?} / lora_B {:?} do not fit [{out}, {inp}]",
+                        a.dims(),
+                        b.dims()
+                    ),
                 ));
             }
             params.push(LoraParam {
@@ -137,7 +157,10 @@ impl LoraParams {
             });
         }
         if params.is_empty() {
-            return Err(Error::model(&st, "no LoRA weights match this model's layers"));
+            return Err(Error::model(
+                &st,
+                "no LoRA weights match this model's layers",
+            ));
         }
         Ok(Self {
             spec,
@@ -202,11 +225,15 @@ impl LoraParams {
         for p in &self.params {
             out.insert(
                 format!("base_model.model.{}.lora_A.weight", p.module),
-                p.a.as_tensor().to_dtype(DType::F32)?.to_device(&Device::Cpu)?,
+                p.a.as_tensor()
+                    .to_dtype(DType::F32)?
+                    .to_device(&Device::Cpu)?,
             );
             out.insert(
                 format!("base_model.model.{}.lora_B.weight", p.module),
-                p.b.as_tensor().to_dtype(DType::F32)?.to_device(&Device::Cpu)?,
+                p.b.as_tensor()
+                    .to_dtype(DType::F32)?
+                    .to_device(&Device::Cpu)?,
             );
         }
         Ok(out)

@@ -5,8 +5,8 @@
 use candle_core::Tensor;
 
 use super::layers::{
-    apply_rotary, attention, attention_mask, padding_rows, repeat_kv, KvCache, LayerCache,
-    RmsNorm, Rotary,
+    apply_rotary, attention, attention_mask, padding_rows, repeat_kv, KvCache, LayerCache, RmsNorm,
+    Rotary,
 };
 use super::weights::Weights;
 use super::CausalLm;
@@ -87,7 +87,10 @@ impl Gemma3 {
                     softcap: cfg.attn_logit_softcapping,
                 },
                 post_attention_layernorm: norm(&format!("{p}.post_attention_layernorm.weight"), h)?,
-                pre_feedforward_layernorm: norm(&format!("{p}.pre_feedforward_layernorm.weight"), h)?,
+                pre_feedforward_layernorm: norm(
+                    &format!("{p}.pre_feedforward_layernorm.weight"),
+                    h,
+                )?,
                 mlp: Mlp {
                     gate_proj: w.linear(&format!("{p}.mlp.gate_proj"), im, h, false)?,
                     up_proj: w.linear(&format!("{p}.mlp.up_proj"), im, h, false)?,
@@ -190,7 +193,10 @@ impl Attention {
     ) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
         let heads = |l: &Linear, n: usize| -> Result<Tensor> {
-            Ok(l.forward(x)?.reshape((b, t, n, self.head_dim))?.transpose(1, 2)?.contiguous()?)
+            Ok(l.forward(x)?
+                .reshape((b, t, n, self.head_dim))?
+                .transpose(1, 2)?
+                .contiguous()?)
         };
         let q = self.q_norm.forward(&heads(&self.q_proj, self.n_head)?)?;
         let k = self.k_norm.forward(&heads(&self.k_proj, self.n_kv_head)?)?;
@@ -205,7 +211,9 @@ impl Attention {
         let k = repeat_kv(&k, n_rep)?;
         let v = repeat_kv(&v, n_rep)?;
         let o = attention(&q, &k, &v, self.scale, self.softcap, mask)?;
-        let o = o.transpose(1, 2)?.reshape((b, t, self.n_head * self.head_dim))?;
+        let o = o
+            .transpose(1, 2)?
+            .reshape((b, t, self.n_head * self.head_dim))?;
         self.o_proj.forward(&o)
     }
 }
@@ -220,7 +228,11 @@ impl Mlp {
 }
 
 impl CausalLm for Gemma3 {
-    fn forward_hidden(&self, input_ids: &Tensor, attention_mask: Option<&Tensor>) -> Result<Tensor> {
+    fn forward_hidden(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: Option<&Tensor>,
+    ) -> Result<Tensor> {
         self.decode(input_ids, attention_mask, None)
     }
 
@@ -229,8 +241,11 @@ impl CausalLm for Gemma3 {
             Some(head) => head.forward(hidden)?,
             None => {
                 let (b, t, h) = hidden.dims3()?;
-                frozen_matmul_t(&hidden.reshape((b * t, h))?, &self.embed_tokens)?
-                    .reshape((b, t, self.cfg.vocab_size))?
+                frozen_matmul_t(&hidden.reshape((b * t, h))?, &self.embed_tokens)?.reshape((
+                    b,
+                    t,
+                    self.cfg.vocab_size,
+                ))?
             }
         };
         match self.cfg.final_logit_softcapping {
@@ -259,7 +274,10 @@ impl CausalLm for Gemma3 {
 
     fn merged_state_dict(&self) -> Result<Vec<(String, Tensor)>> {
         let mut out = vec![
-            ("model.embed_tokens.weight".to_string(), self.embed_tokens.clone()),
+            (
+                "model.embed_tokens.weight".to_string(),
+                self.embed_tokens.clone(),
+            ),
             ("model.norm.weight".to_string(), self.norm.weight().clone()),
         ];
         if let Some(h) = &self.lm_head {
@@ -267,12 +285,30 @@ impl CausalLm for Gemma3 {
         }
         for (i, l) in self.layers.iter().enumerate() {
             let p = format!("model.layers.{i}");
-            out.push((format!("{p}.input_layernorm.weight"), l.input_layernorm.weight().clone()));
-            out.push((format!("{p}.post_attention_layernorm.weight"), l.post_attention_layernorm.weight().clone()));
-            out.push((format!("{p}.pre_feedforward_layernorm.weight"), l.pre_feedforward_layernorm.weight().clone()));
-            out.push((format!("{p}.post_feedforward_layernorm.weight"), l.post_feedforward_layernorm.weight().clone()));
-            out.push((format!("{p}.self_attn.q_norm.weight"), l.self_attn.q_norm.weight().clone()));
-            out.push((format!("{p}.self_attn.k_norm.weight"), l.self_attn.k_norm.weight().clone()));
+            out.push((
+                format!("{p}.input_layernorm.weight"),
+                l.input_layernorm.weight().clone(),
+            ));
+            out.push((
+                format!("{p}.post_attention_layernorm.weight"),
+                l.post_attention_layernorm.weight().clone(),
+            ));
+            out.push((
+                format!("{p}.pre_feedforward_layernorm.weight"),
+                l.pre_feedforward_layernorm.weight().clone(),
+            ));
+            out.push((
+                format!("{p}.post_feedforward_layernorm.weight"),
+                l.post_feedforward_layernorm.weight().clone(),
+            ));
+            out.push((
+                format!("{p}.self_attn.q_norm.weight"),
+                l.self_attn.q_norm.weight().clone(),
+            ));
+            out.push((
+                format!("{p}.self_attn.k_norm.weight"),
+                l.self_attn.k_norm.weight().clone(),
+            ));
             let lin = [
                 ("self_attn.q_proj", &l.self_attn.q_proj),
                 ("self_attn.k_proj", &l.self_attn.k_proj),
@@ -307,4 +343,3 @@ impl CausalLm for Gemma3 {
         out
     }
 }
-

@@ -233,8 +233,8 @@ pub fn attention(
     }
     let scores = scores.broadcast_add(mask)?;
     // Softmax in f32 as transformers' eager attention does, then back to the value dtype.
-    let probs = candle_nn::ops::softmax(&scores.to_dtype(DType::F32)?, D::Minus1)?
-        .to_dtype(v.dtype())?;
+    let probs =
+        candle_nn::ops::softmax(&scores.to_dtype(DType::F32)?, D::Minus1)?.to_dtype(v.dtype())?;
     Ok(probs.matmul(v)?)
 }
 
@@ -282,7 +282,13 @@ mod tests {
     #[test]
     fn mask_sliding_window_matches_transformers() {
         let m = attention_mask(1, 5, 0, None, Some(2), DType::F32, &Device::Cpu).unwrap();
-        let rows = m.squeeze(0).unwrap().squeeze(0).unwrap().to_vec2::<f32>().unwrap();
+        let rows = m
+            .squeeze(0)
+            .unwrap()
+            .squeeze(0)
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap();
         // query 3 sees keys 2 and 3 only.
         let allowed: Vec<bool> = rows[3].iter().map(|v| *v == 0.0).collect();
         assert_eq!(allowed, vec![false, false, true, true, false]);

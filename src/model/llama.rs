@@ -48,7 +48,11 @@ pub struct Llama {
 }
 
 impl Llama {
-    pub fn load(cfg: LlamaConfig, w: &Weights, rope_freq_factors: Option<Vec<f32>>) -> Result<Self> {
+    pub fn load(
+        cfg: LlamaConfig,
+        w: &Weights,
+        rope_freq_factors: Option<Vec<f32>>,
+    ) -> Result<Self> {
         let h = cfg.hidden_size;
         let hd = cfg.head_dim();
         let (nh, nkv) = (cfg.num_attention_heads, cfg.num_kv_heads());
@@ -79,9 +83,19 @@ impl Llama {
                     false,
                 ),
                 mlp: Mlp {
-                    gate_proj: w.linear(&format!("{p}.mlp.gate_proj"), cfg.intermediate_size, h, mb)?,
+                    gate_proj: w.linear(
+                        &format!("{p}.mlp.gate_proj"),
+                        cfg.intermediate_size,
+                        h,
+                        mb,
+                    )?,
                     up_proj: w.linear(&format!("{p}.mlp.up_proj"), cfg.intermediate_size, h, mb)?,
-                    down_proj: w.linear(&format!("{p}.mlp.down_proj"), h, cfg.intermediate_size, mb)?,
+                    down_proj: w.linear(
+                        &format!("{p}.mlp.down_proj"),
+                        h,
+                        cfg.intermediate_size,
+                        mb,
+                    )?,
                 },
             });
         }
@@ -120,7 +134,10 @@ impl Llama {
         let offset = cache.as_ref().map(|c| c.seq_len).unwrap_or(0);
         let dtype = self.embed_tokens.dtype();
         let device = self.embed_tokens.device();
-        let mut x = self.embed_tokens.embedding(&input_ids.flatten_all()?)?.reshape((b, t, self.cfg.hidden_size))?;
+        let mut x = self
+            .embed_tokens
+            .embedding(&input_ids.flatten_all()?)?
+            .reshape((b, t, self.cfg.hidden_size))?;
         let pad = attention_mask_01.map(padding_rows).transpose()?;
         let mask = attention_mask(b, t, offset, pad.as_deref(), None, dtype, device)?;
         let (cos, sin) = self.rotary.cos_sin(offset, t, dtype, device)?;
@@ -128,7 +145,9 @@ impl Llama {
             let residual = x.clone();
             let h = layer.input_layernorm.forward(&x)?;
             let layer_cache = cache.as_deref_mut().map(|c| &mut c.layers[i]);
-            let a = layer.self_attn.forward(&h, &cos, &sin, &mask, layer_cache)?;
+            let a = layer
+                .self_attn
+                .forward(&h, &cos, &sin, &mask, layer_cache)?;
             x = (residual + a)?;
             let residual = x.clone();
             let h = layer.post_attention_layernorm.forward(&x)?;
@@ -152,9 +171,21 @@ impl Attention {
         cache: Option<&mut super::layers::LayerCache>,
     ) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
-        let q = self.q_proj.forward(x)?.reshape((b, t, self.n_head, self.head_dim))?.transpose(1, 2)?;
-        let k = self.k_proj.forward(x)?.reshape((b, t, self.n_kv_head, self.head_dim))?.transpose(1, 2)?;
-        let v = self.v_proj.forward(x)?.reshape((b, t, self.n_kv_head, self.head_dim))?.transpose(1, 2)?;
+        let q = self
+            .q_proj
+            .forward(x)?
+            .reshape((b, t, self.n_head, self.head_dim))?
+            .transpose(1, 2)?;
+        let k = self
+            .k_proj
+            .forward(x)?
+            .reshape((b, t, self.n_kv_head, self.head_dim))?
+            .transpose(1, 2)?;
+        let v = self
+            .v_proj
+            .forward(x)?
+            .reshape((b, t, self.n_kv_head, self.head_dim))?
+            .transpose(1, 2)?;
         let q = apply_rotary(&q.contiguous()?, cos, sin)?;
         let k = apply_rotary(&k.contiguous()?, cos, sin)?;
         let v = v.contiguous()?;
@@ -167,7 +198,9 @@ impl Attention {
         let v = repeat_kv(&v, n_rep)?;
         let scale = 1.0 / (self.head_dim as f64).sqrt();
         let o = attention(&q, &k, &v, scale, None, mask)?;
-        let o = o.transpose(1, 2)?.reshape((b, t, self.n_head * self.head_dim))?;
+        let o = o
+            .transpose(1, 2)?
+            .reshape((b, t, self.n_head * self.head_dim))?;
         self.o_proj.forward(&o)
     }
 }
@@ -181,7 +214,11 @@ impl Mlp {
 }
 
 impl CausalLm for Llama {
-    fn forward_hidden(&self, input_ids: &Tensor, attention_mask: Option<&Tensor>) -> Result<Tensor> {
+    fn forward_hidden(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: Option<&Tensor>,
+    ) -> Result<Tensor> {
         self.decode(input_ids, attention_mask, None)
     }
 
@@ -216,7 +253,10 @@ impl CausalLm for Llama {
 
     fn merged_state_dict(&self) -> Result<Vec<(String, Tensor)>> {
         let mut out = vec![
-            ("model.embed_tokens.weight".to_string(), self.embed_tokens.clone()),
+            (
+                "model.embed_tokens.weight".to_string(),
+                self.embed_tokens.clone(),
+            ),
             ("model.norm.weight".to_string(), self.norm.weight().clone()),
         ];
         if let Some(h) = &self.lm_head {
@@ -224,8 +264,14 @@ impl CausalLm for Llama {
         }
         for (i, l) in self.layers.iter().enumerate() {
             let p = format!("model.layers.{i}");
-            out.push((format!("{p}.input_layernorm.weight"), l.input_layernorm.weight().clone()));
-            out.push((format!("{p}.post_attention_layernorm.weight"), l.post_attention_layernorm.weight().clone()));
+            out.push((
+                format!("{p}.input_layernorm.weight"),
+                l.input_layernorm.weight().clone(),
+            ));
+            out.push((
+                format!("{p}.post_attention_layernorm.weight"),
+                l.post_attention_layernorm.weight().clone(),
+            ));
             let lin = [
                 ("self_attn.q_proj", &l.self_attn.q_proj),
                 ("self_attn.k_proj", &l.self_attn.k_proj),

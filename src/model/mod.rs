@@ -27,7 +27,8 @@ use weights::{read_gguf, GgufFlavor, Weights};
 pub trait CausalLm: Send + Sync {
     /// Final hidden states `[B, T, H]` (after the last norm) for `input_ids: [B, T]`, with an
     /// optional 0/1 `attention_mask: [B, T]` for right padding.
-    fn forward_hidden(&self, input_ids: &Tensor, attention_mask: Option<&Tensor>) -> Result<Tensor>;
+    fn forward_hidden(&self, input_ids: &Tensor, attention_mask: Option<&Tensor>)
+        -> Result<Tensor>;
 
     /// Logits `[B, T, V]` from hidden states `[B, T, H]` (head, then any softcapping).
     fn logits(&self, hidden: &Tensor) -> Result<Tensor>;
@@ -131,7 +132,11 @@ fn load_hf_dir(dir: &Path, opts: &LoadOptions) -> Result<Parts> {
     Ok((model, config, tokenizer))
 }
 
-fn build(config: &ModelConfig, w: &Weights, rope_factors: Option<Vec<f32>>) -> Result<Box<dyn CausalLm>> {
+fn build(
+    config: &ModelConfig,
+    w: &Weights,
+    rope_factors: Option<Vec<f32>>,
+) -> Result<Box<dyn CausalLm>> {
     Ok(match config {
         ModelConfig::Llama(c) => Box::new(llama::Llama::load(c.clone(), w, rope_factors)?),
         ModelConfig::Gemma3(c) => Box::new(gemma3::Gemma3::load(c.clone(), w)?),
@@ -163,12 +168,18 @@ fn load_gguf(path: &Path, opts: &LoadOptions) -> Result<Parts> {
             };
             (ModelConfig::Llama(c), flavor)
         }
-        "gemma3" => (ModelConfig::Gemma3(meta.gemma3_config(vocab)?), GgufFlavor::Gemma3),
+        "gemma3" => (
+            ModelConfig::Gemma3(meta.gemma3_config(vocab)?),
+            GgufFlavor::Gemma3,
+        ),
         other => {
             return Err(Error::UnsupportedArchitecture {
                 path: path.to_path_buf(),
                 arch: format!("{other} (GGUF general.architecture)"),
-                supported: format!("{} (GGUF: llama, gemma3)", SUPPORTED_ARCHITECTURES.join(", ")),
+                supported: format!(
+                    "{} (GGUF: llama, gemma3)",
+                    SUPPORTED_ARCHITECTURES.join(", ")
+                ),
             })
         }
     };
@@ -176,7 +187,11 @@ fn load_gguf(path: &Path, opts: &LoadOptions) -> Result<Parts> {
     let has_rope_freqs = content.tensor_infos.contains_key("rope_freqs.weight");
     let w = Weights::from_gguf(content, file, path, flavor, opts.dtype, &opts.device);
     let rope_factors = if has_rope_freqs {
-        Some(w.get_raw("rope_freqs.weight")?.to_dtype(DType::F32)?.to_vec1::<f32>()?)
+        Some(
+            w.get_raw("rope_freqs.weight")?
+                .to_dtype(DType::F32)?
+                .to_vec1::<f32>()?,
+        )
     } else {
         None
     };
@@ -216,10 +231,7 @@ impl GgufMeta<'_> {
     }
     fn opt_f64(&self, key: &str) -> Option<f64> {
         let v = self.content.metadata.get(key)?;
-        v.to_f32()
-            .map(|x| x as f64)
-            .or_else(|_| v.to_f64())
-            .ok()
+        v.to_f32().map(|x| x as f64).or_else(|_| v.to_f64()).ok()
     }
 
     fn llama_config(&self, vocab: usize) -> Result<LlamaConfig> {
@@ -237,9 +249,13 @@ impl GgufMeta<'_> {
             intermediate_size: self.u32("llama.feed_forward_length")?,
             num_hidden_layers: self.u32("llama.block_count")?,
             num_attention_heads: heads,
-            num_key_value_heads: self.opt_u32("llama.attention.head_count_kv").map(|x| x as usize),
+            num_key_value_heads: self
+                .opt_u32("llama.attention.head_count_kv")
+                .map(|x| x as usize),
             head_dim: Some(head_dim),
-            rms_norm_eps: self.opt_f64("llama.attention.layer_norm_rms_epsilon").unwrap_or(1e-5),
+            rms_norm_eps: self
+                .opt_f64("llama.attention.layer_norm_rms_epsilon")
+                .unwrap_or(1e-5),
             rope_theta: self.opt_f64("llama.rope.freq_base").unwrap_or(10_000.0),
             // llama3 scaling comes as the `rope_freqs.weight` tensor; linear as metadata.
             rope_scaling: self.linear_rope_scaling("llama"),
@@ -278,19 +294,24 @@ impl GgufMeta<'_> {
             num_attention_heads: self.u32("gemma3.attention.head_count")?,
             num_key_value_heads: self.u32("gemma3.attention.head_count_kv")?,
             head_dim,
-            rms_norm_eps: self.opt_f64("gemma3.attention.layer_norm_rms_epsilon").unwrap_or(1e-6),
+            rms_norm_eps: self
+                .opt_f64("gemma3.attention.layer_norm_rms_epsilon")
+                .unwrap_or(1e-6),
             rope_theta: self.opt_f64("gemma3.rope.freq_base").unwrap_or(1_000_000.0),
             // llama.cpp fixes the local base at 10k for Gemma 3.
             rope_local_base_freq: 10_000.0,
             rope_scaling: self.linear_rope_scaling("gemma3"),
-            sliding_window: self.opt_u32("gemma3.attention.sliding_window").unwrap_or(512) as usize,
+            sliding_window: self
+                .opt_u32("gemma3.attention.sliding_window")
+                .unwrap_or(512) as usize,
             sliding_window_pattern: Some(6),
             layer_types: None,
             // Every Gemma 3 size but 27B scales by head_dim (llama.cpp `f_attention_scale`).
             query_pre_attn_scalar: head_dim as f64,
             final_logit_softcapping: self.opt_f64("gemma3.final_logit_softcapping"),
             attn_logit_softcapping: self.opt_f64("gemma3.attn_logit_softcapping"),
-            max_position_embeddings: self.opt_u32("gemma3.context_length").unwrap_or(32768) as usize,
+            max_position_embeddings: self.opt_u32("gemma3.context_length").unwrap_or(32768)
+                as usize,
             tie_word_embeddings: !self.content.tensor_infos.contains_key("output.weight"),
             attention_bias: false,
             hidden_activation: "gelu_pytorch_tanh".into(),

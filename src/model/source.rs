@@ -31,7 +31,10 @@ impl ModelSource {
                 "a model file must be a .gguf; for safetensors give the folder that holds config.json",
             ));
         }
-        if spec.to_ascii_lowercase().ends_with(".gguf") || spec.starts_with('.') || spec.starts_with('/') {
+        if spec.to_ascii_lowercase().ends_with(".gguf")
+            || spec.starts_with('.')
+            || spec.starts_with('/')
+        {
             return Err(Error::model(path, "no such file or folder"));
         }
         if looks_like_hub_id(spec) {
@@ -108,7 +111,9 @@ mod tests {
         std::fs::write(repo.join("snapshots/abc/config.json"), "{}").unwrap();
         let p = resolve_hub_id("org/tiny", tmp.path()).unwrap();
         assert_eq!(p, repo.join("snapshots/abc"));
-        let err = resolve_hub_id("org/other", tmp.path()).unwrap_err().to_string();
+        let err = resolve_hub_id("org/other", tmp.path())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("not in the local Hugging Face cache"), "{err}");
     }
 }

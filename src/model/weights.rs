@@ -151,9 +151,9 @@ impl Weights {
     pub fn get_raw(&self, name: &str) -> Result<Tensor> {
         match &self.backend {
             Backend::Safetensors(st) => {
-                let view = st.get(name).map_err(|_| {
-                    Error::model(&self.path, format!("tensor `{name}` is missing"))
-                })?;
+                let view = st
+                    .get(name)
+                    .map_err(|_| Error::model(&self.path, format!("tensor `{name}` is missing")))?;
                 let t = candle_core::safetensors::Load::load(&view, &self.device).map_err(|e| {
                     Error::model(&self.path, format!("tensor `{name}` cannot be read: {e}"))
                 })?;
@@ -165,7 +165,10 @@ impl Weights {
                 flavor,
             } => {
                 let gname = gguf_name(name, *flavor).ok_or_else(|| {
-                    Error::model(&self.path, format!("no GGUF tensor corresponds to `{name}`"))
+                    Error::model(
+                        &self.path,
+                        format!("no GGUF tensor corresponds to `{name}`"),
+                    )
                 })?;
                 if !content.tensor_infos.contains_key(&gname) {
                     return Err(Error::model(
@@ -344,8 +347,11 @@ mod tests {
             Some("blk.3.ffn_norm.weight")
         );
         assert_eq!(
-            gguf_name("model.layers.3.pre_feedforward_layernorm.weight", GgufFlavor::Gemma3)
-                .as_deref(),
+            gguf_name(
+                "model.layers.3.pre_feedforward_layernorm.weight",
+                GgufFlavor::Gemma3
+            )
+            .as_deref(),
             Some("blk.3.ffn_norm.weight")
         );
     }

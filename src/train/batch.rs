@@ -67,7 +67,11 @@ impl MicroBatch {
 
 /// Collates examples into one right-padded micro-batch.
 pub fn collate(examples: &[&TokenizedExample], pad_id: u32, device: &Device) -> Result<MicroBatch> {
-    let t = examples.iter().map(|e| e.input_ids.len()).max().unwrap_or(0);
+    let t = examples
+        .iter()
+        .map(|e| e.input_ids.len())
+        .max()
+        .unwrap_or(0);
     let b = examples.len();
     let mut ids = vec![pad_id; b * t];
     let mut mask = vec![0u32; b * t];
@@ -130,7 +134,10 @@ mod tests {
         let a = ex(3, 2..3);
         let b = ex(2, 1..2);
         let mb = collate(&[&a, &b], 99, &Device::Cpu).unwrap();
-        assert_eq!(mb.input_ids.to_vec2::<u32>().unwrap(), vec![vec![0, 1, 2], vec![0, 1, 99]]);
+        assert_eq!(
+            mb.input_ids.to_vec2::<u32>().unwrap(),
+            vec![vec![0, 1, 2], vec![0, 1, 99]]
+        );
         assert_eq!(mb.pred_rows, vec![1, 3]);
         assert_eq!(mb.target_ids, vec![2, 1]);
         assert!(mb.attention_mask.is_some());

@@ -71,7 +71,10 @@ pub fn list_checkpoints(out: &Path) -> Result<Vec<(usize, PathBuf)>> {
     for e in rd {
         let e = e.map_err(|e| Error::io(&root, e))?;
         let name = e.file_name().to_string_lossy().into_owned();
-        if let Some(n) = name.strip_prefix("step-").and_then(|s| s.parse::<usize>().ok()) {
+        if let Some(n) = name
+            .strip_prefix("step-")
+            .and_then(|s| s.parse::<usize>().ok())
+        {
             if e.path().join("trainer_state.json").is_file() {
                 found.push((n, e.path()));
             }

@@ -122,7 +122,11 @@ pub fn write_loss_plot(lines: &[MetricsLine], path: &Path, title: &str) -> Resul
     }
     let (w, h, ml, mr, mt, mb) = (800.0, 480.0, 70.0, 20.0, 40.0, 50.0);
     let xmax = all.iter().map(|p| p.0).fold(1.0, f64::max);
-    let ymin = all.iter().map(|p| p.1).fold(f64::INFINITY, f64::min).min(0.0f64.max(0.0));
+    let ymin = all
+        .iter()
+        .map(|p| p.1)
+        .fold(f64::INFINITY, f64::min)
+        .min(0.0f64.max(0.0));
     let ymax = all.iter().map(|p| p.1).fold(f64::NEG_INFINITY, f64::max) * 1.05;
     let ymax = if ymax > ymin { ymax } else { ymin + 1.0 };
     let sx = |x: f64| ml + (x / xmax) * (w - ml - mr);
@@ -166,20 +170,30 @@ pub fn write_loss_plot(lines: &[MetricsLine], path: &Path, title: &str) -> Resul
         h / 2.0
     );
     if !train.is_empty() {
-        let pts: Vec<String> = train.iter().map(|(x, y)| format!("{:.1},{:.1}", sx(*x), sy(*y))).collect();
+        let pts: Vec<String> = train
+            .iter()
+            .map(|(x, y)| format!("{:.1},{:.1}", sx(*x), sy(*y)))
+            .collect();
         svg += &format!(
             "<polyline fill=\"none\" stroke=\"#1f77b4\" stroke-width=\"1.5\" points=\"{}\"/>\n",
             pts.join(" ")
         );
     }
     if !val.is_empty() {
-        let pts: Vec<String> = val.iter().map(|(x, y)| format!("{:.1},{:.1}", sx(*x), sy(*y))).collect();
+        let pts: Vec<String> = val
+            .iter()
+            .map(|(x, y)| format!("{:.1},{:.1}", sx(*x), sy(*y)))
+            .collect();
         svg += &format!(
             "<polyline fill=\"none\" stroke=\"#d62728\" stroke-width=\"2\" points=\"{}\"/>\n",
             pts.join(" ")
         );
         for (x, y) in &val {
-            svg += &format!("<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"3.5\" fill=\"#d62728\"/>\n", sx(*x), sy(*y));
+            svg += &format!(
+                "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"3.5\" fill=\"#d62728\"/>\n",
+                sx(*x),
+                sy(*y)
+            );
         }
     }
     svg += &format!(
@@ -194,5 +208,7 @@ pub fn write_loss_plot(lines: &[MetricsLine], path: &Path, title: &str) -> Resul
 }
 
 fn xml_escape(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
 }

@@ -96,7 +96,11 @@ impl AdamW {
 
     /// Restores moments and step saved by [`AdamW::save`].
     pub fn load(&mut self, path: &Path) -> Result<()> {
-        let device = self.vars.first().map(|v| v.device().clone()).unwrap_or(Device::Cpu);
+        let device = self
+            .vars
+            .first()
+            .map(|v| v.device().clone())
+            .unwrap_or(Device::Cpu);
         let t = candle_core::safetensors::load(path, &device)
             .map_err(|e| Error::model(path, format!("cannot read optimizer state: {e}")))?;
         let get = |k: &str| {
@@ -108,7 +112,10 @@ impl AdamW {
             let m = get(&format!("m.{i}"))?;
             let v = get(&format!("v.{i}"))?;
             if m.dims() != self.vars[i].dims() || v.dims() != self.vars[i].dims() {
-                return Err(Error::model(path, format!("optimizer state {i} has the wrong shape")));
+                return Err(Error::model(
+                    path,
+                    format!("optimizer state {i} has the wrong shape"),
+                ));
             }
             self.m[i] = m.to_dtype(DType::F32)?;
             self.v[i] = v.to_dtype(DType::F32)?;
@@ -122,7 +129,11 @@ impl AdamW {
 pub fn global_norm(grads: &[Tensor]) -> Result<f64> {
     let mut sq = 0f64;
     for g in grads {
-        sq += g.sqr()?.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        sq += g
+            .sqr()?
+            .sum_all()?
+            .to_dtype(DType::F64)?
+            .to_scalar::<f64>()?;
     }
     Ok(sq.sqrt())
 }

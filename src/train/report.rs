@@ -88,7 +88,11 @@ impl BehaviourReport {
         let mut s = String::new();
         s += "## Before / after\n\n";
         s += "| | base model | with adapter |\n|---|---|---|\n";
-        s += &format!("| validation loss | {} | {} |\n", f(self.val_loss_before), f(self.val_loss_after));
+        s += &format!(
+            "| validation loss | {} | {} |\n",
+            f(self.val_loss_before),
+            f(self.val_loss_after)
+        );
         s += &format!(
             "| behaviour rate ({} held-out prompts) | {:.0}% | {:.0}% |\n\n",
             self.prompts,
@@ -109,7 +113,10 @@ impl BehaviourReport {
 }
 
 /// Generates replies with and without the adapter; None when the job has no `[report]`.
-pub fn behaviour_report(trainer: &mut Trainer, summary: &TrainSummary) -> Result<Option<BehaviourReport>> {
+pub fn behaviour_report(
+    trainer: &mut Trainer,
+    summary: &TrainSummary,
+) -> Result<Option<BehaviourReport>> {
     let Some(section) = trainer.report.clone() else {
         return Ok(None);
     };
@@ -143,8 +150,10 @@ pub fn behaviour_report(trainer: &mut Trainer, summary: &TrainSummary) -> Result
     }
     let bar = indicatif::ProgressBar::new(2 * prompts.len() as u64);
     bar.set_style(
-        indicatif::ProgressStyle::with_template("report: generating {bar:30} {pos}/{len} [{eta_precise}]")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        indicatif::ProgressStyle::with_template(
+            "report: generating {bar:30} {pos}/{len} [{eta_precise}]",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     let run = |trainer: &Trainer| -> Result<Vec<String>> {
         prompts

@@ -47,7 +47,9 @@ pub fn train_step(
         params.set_dropout_seed(if dropout_seed == 0 {
             0
         } else {
-            dropout_seed.wrapping_mul(1_000_003).wrapping_add(i as u64 + 1)
+            dropout_seed
+                .wrapping_mul(1_000_003)
+                .wrapping_add(i as u64 + 1)
         });
         let nll = micro_batch_nll_sum(model, mb)?;
         loss_sum += nll.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;

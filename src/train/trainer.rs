@@ -49,13 +49,14 @@ pub fn prepare_examples(
     let mut out = Vec::with_capacity(convs.len());
     let mut report = FitReport::default();
     for (line, c) in convs {
-        let ex = tokenize_conversation(c, &m.template, &m.tokenizer, job.data.loss_on).map_err(|e| {
-            Error::Dataset {
-                path: path.to_path_buf(),
-                line: *line,
-                msg: e.to_string(),
-            }
-        })?;
+        let ex =
+            tokenize_conversation(c, &m.template, &m.tokenizer, job.data.loss_on).map_err(|e| {
+                Error::Dataset {
+                    path: path.to_path_buf(),
+                    line: *line,
+                    msg: e.to_string(),
+                }
+            })?;
         match fit_to_length(&ex, job.data.max_seq_len) {
             Fit::Kept(e) => {
                 report.kept += 1;
@@ -234,7 +235,13 @@ impl Trainer {
         let device = parse_device(&job.model.device)?;
         tracing::info!("device: {}", crate::device::device_name(&device));
         let dtype = parse_dtype(&job.model.dtype)?;
-        let mut model = load(&job.model.source, &LoadOptions { dtype, device: device.clone() })?;
+        let mut model = load(
+            &job.model.source,
+            &LoadOptions {
+                dtype,
+                device: device.clone(),
+            },
+        )?;
         let train_path = job.data.train.clone();
         let mut convs = with_lines(&train_path, read_jsonl(&train_path)?)?;
         let mut val_convs: Vec<(usize, Conversation)> = Vec::new();
@@ -272,7 +279,9 @@ impl Trainer {
             targets: job.target_module_names(),
         };
         let params = match &job.lora.init_adapter {
-            Some(dir) => LoraParams::from_peft(model.model.as_mut(), dir, job.lora.dropout, &device)?,
+            Some(dir) => {
+                LoraParams::from_peft(model.model.as_mut(), dir, job.lora.dropout, &device)?
+            }
             None => LoraParams::init(model.model.as_mut(), spec, job.train.seed, &device)?,
         };
         params.attach(model.model.as_mut(), dtype)?;
@@ -284,12 +293,7 @@ impl Trainer {
             total_steps: plan.total_steps,
             min_lr_ratio: job.train.min_lr_ratio,
         };
-        let pad_id = model
-            .tokenizer
-            .eos_token_ids
-            .first()
-            .copied()
-            .unwrap_or(0);
+        let pad_id = model.tokenizer.eos_token_ids.first().copied().unwrap_or(0);
         let job_report = job.report.clone();
         Ok(Self {
             job,
@@ -374,7 +378,12 @@ impl Trainer {
                     dir.display()
                 )));
             }
-            let saved = LoraParams::from_peft(self.model.model.as_mut(), &dir, self.job.lora.dropout, &self.device)?;
+            let saved = LoraParams::from_peft(
+                self.model.model.as_mut(),
+                &dir,
+                self.job.lora.dropout,
+                &self.device,
+            )?;
             for (p, s) in self.params.params.iter().zip(&saved.params) {
                 p.a.set(s.a.as_tensor())?;
                 p.b.set(s.b.as_tensor())?;
@@ -437,7 +446,12 @@ impl Trainer {
 
             let batches = self.step_micro_batches(step)?;
             let lr = self.schedule.lr_at(step);
-            let seed = self.job.train.seed.wrapping_mul(1_000_000_007).wrapping_add(step as u64 + 1);
+            let seed = self
+                .job
+                .train
+                .seed
+                .wrapping_mul(1_000_000_007)
+                .wrapping_add(step as u64 + 1);
             let outcome = match train_step(
                 self.model.model.as_ref(),
                 &self.params,
@@ -472,7 +486,10 @@ impl Trainer {
                 tokens_per_second: tps,
                 elapsed_s: elapsed,
             }))?;
-            bar.set_message(format!("loss {:.4}  lr {:.2e}  {:.0} tok/s", outcome.loss, lr, tps));
+            bar.set_message(format!(
+                "loss {:.4}  lr {:.2e}  {:.0} tok/s",
+                outcome.loss, lr, tps
+            ));
             bar.set_position(step as u64);
             let ev = self.job.train.eval_every;
             if ev > 0 && step % ev == 0 && step < total {
@@ -487,10 +504,17 @@ impl Trainer {
                 }
             }
             let sv = self.job.train.save_every;
-            let stop_now = stop.load(Ordering::SeqCst)
-                || opts.stop_after.is_some_and(|n| step - start >= n);
+            let stop_now =
+                stop.load(Ordering::SeqCst) || opts.stop_after.is_some_and(|n| step - start >= n);
             if (sv > 0 && step % sv == 0) || stop_now || step == total {
-                save_checkpoint(&out, &state_at(step, elapsed), &self.params, &opt, &self.export_info(), self.job.train.keep_last)?;
+                save_checkpoint(
+                    &out,
+                    &state_at(step, elapsed),
+                    &self.params,
+                    &opt,
+                    &self.export_info(),
+                    self.job.train.keep_last,
+                )?;
                 last_saved = step;
             }
             if stop_now && step < total {
@@ -512,7 +536,14 @@ impl Trainer {
             }
         }
         let lines = metrics.read()?;
-        write_loss_plot(&lines, &out.join("loss.svg"), &format!("{} — LoRA r={}", self.model.name_or_path, self.params.spec.r))?;
+        write_loss_plot(
+            &lines,
+            &out.join("loss.svg"),
+            &format!(
+                "{} — LoRA r={}",
+                self.model.name_or_path, self.params.spec.r
+            ),
+        )?;
         let adapter_dir = if interrupted {
             None
         } else {

@@ -26,7 +26,6 @@ pub const SMOLLM2: &str = "smollm2-135m-instruct.Q4_1.gguf";
 pub const GEMMA3: &str = "gemma-3-270m.Q4_K_M.gguf";
 
 pub fn read_json(path: &std::path::Path) -> serde_json::Value {
-    let text = std::fs::read_to_string(path)
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
