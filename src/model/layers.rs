@@ -47,6 +47,45 @@ impl RmsNorm {
     }
 }
 
+/// HF paths of a decoder layer's seven projections, in PEFT's order.
+pub const PROJECTION_PATHS: [&str; 7] = [
+    "self_attn.q_proj",
+    "self_attn.k_proj",
+    "self_attn.v_proj",
+    "self_attn.o_proj",
+    "mlp.gate_proj",
+    "mlp.up_proj",
+    "mlp.down_proj",
+];
+
+/// Names each layer's projections `model.layers.{i}.{path}`.
+pub fn name_projections<T>(layers: impl IntoIterator<Item = [T; 7]>) -> Vec<(String, T)> {
+    layers
+        .into_iter()
+        .enumerate()
+        .flat_map(|(i, ps)| {
+            PROJECTION_PATHS
+                .iter()
+                .zip(ps)
+                .map(move |(p, l)| (format!("model.layers.{i}.{p}"), l))
+        })
+        .collect()
+}
+
+/// `{name}.weight` (with any LoRA merged in) and `{name}.bias` of each projection.
+pub fn merged_projection_tensors(
+    named: Vec<(String, &crate::lora::Linear)>,
+) -> Result<Vec<(String, Tensor)>> {
+    let mut out = Vec::with_capacity(named.len() * 2);
+    for (name, linear) in named {
+        out.push((format!("{name}.weight"), linear.merged_weight()?));
+        if let Some(b) = linear.bias() {
+            out.push((format!("{name}.bias"), b.clone()));
+        }
+    }
+    Ok(out)
+}
+
 /// Inverse frequencies of rotary embeddings, with optional `llama3` or `linear` scaling.
 pub fn rope_inv_freq(head_dim: usize, theta: f64, scaling: Option<&RopeScaling>) -> Vec<f64> {
     let mut inv: Vec<f64> = (0..head_dim / 2)

@@ -4,7 +4,8 @@
 use candle_core::Tensor;
 
 use super::layers::{
-    apply_rotary, attention, attention_mask, padding_rows, repeat_kv, KvCache, RmsNorm, Rotary,
+    apply_rotary, attention, attention_mask, merged_projection_tensors, name_projections,
+    padding_rows, repeat_kv, KvCache, RmsNorm, Rotary,
 };
 use super::weights::Weights;
 use super::CausalLm;
@@ -161,6 +162,34 @@ impl Llama {
     }
 }
 
+impl Layer {
+    fn projections(&self) -> [&Linear; 7] {
+        let (a, m) = (&self.self_attn, &self.mlp);
+        [
+            &a.q_proj,
+            &a.k_proj,
+            &a.v_proj,
+            &a.o_proj,
+            &m.gate_proj,
+            &m.up_proj,
+            &m.down_proj,
+        ]
+    }
+
+    fn projections_mut(&mut self) -> [&mut Linear; 7] {
+        let (a, m) = (&mut self.self_attn, &mut self.mlp);
+        [
+            &mut a.q_proj,
+            &mut a.k_proj,
+            &mut a.v_proj,
+            &mut a.o_proj,
+            &mut m.gate_proj,
+            &mut m.up_proj,
+            &mut m.down_proj,
+        ]
+    }
+}
+
 impl Attention {
     fn forward(
         &self,
@@ -272,37 +301,14 @@ impl CausalLm for Llama {
                 format!("{p}.post_attention_layernorm.weight"),
                 l.post_attention_layernorm.weight().clone(),
             ));
-            let lin = [
-                ("self_attn.q_proj", &l.self_attn.q_proj),
-                ("self_attn.k_proj", &l.self_attn.k_proj),
-                ("self_attn.v_proj", &l.self_attn.v_proj),
-                ("self_attn.o_proj", &l.self_attn.o_proj),
-                ("mlp.gate_proj", &l.mlp.gate_proj),
-                ("mlp.up_proj", &l.mlp.up_proj),
-                ("mlp.down_proj", &l.mlp.down_proj),
-            ];
-            for (name, linear) in lin {
-                out.push((format!("{p}.{name}.weight"), linear.merged_weight()?));
-                if let Some(b) = linear.bias() {
-                    out.push((format!("{p}.{name}.bias"), b.clone()));
-                }
-            }
         }
+        out.extend(merged_projection_tensors(name_projections(
+            self.layers.iter().map(Layer::projections),
+        ))?);
         Ok(out)
     }
 
     fn linears_mut(&mut self) -> Vec<(String, &mut Linear)> {
-        let mut out = Vec::new();
-        for (i, l) in self.layers.iter_mut().enumerate() {
-            let p = format!("model.layers.{i}");
-            out.push((format!("{p}.self_attn.q_proj"), &mut l.self_attn.q_proj));
-            out.push((format!("{p}.self_attn.k_proj"), &mut l.self_attn.k_proj));
-            out.push((format!("{p}.self_attn.v_proj"), &mut l.self_attn.v_proj));
-            out.push((format!("{p}.self_attn.o_proj"), &mut l.self_attn.o_proj));
-            out.push((format!("{p}.mlp.gate_proj"), &mut l.mlp.gate_proj));
-            out.push((format!("{p}.mlp.up_proj"), &mut l.mlp.up_proj));
-            out.push((format!("{p}.mlp.down_proj"), &mut l.mlp.down_proj));
-        }
-        out
+        name_projections(self.layers.iter_mut().map(Layer::projections_mut))
     }
 }
