@@ -202,7 +202,7 @@ impl Gemma3Config {
                 .unwrap_or(false);
         }
         let pattern = self.sliding_window_pattern.unwrap_or(6);
-        pattern == 0 || (i + 1) % pattern != 0
+        pattern == 0 || !(i + 1).is_multiple_of(pattern)
     }
 }
 

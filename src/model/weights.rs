@@ -274,7 +274,7 @@ fn to_hf_layout(hf: &str, t: Tensor, flavor: GgufFlavor) -> Result<Tensor> {
 pub fn unpermute_rope_rows(t: &Tensor, n_head: usize) -> Result<Tensor> {
     let dims = t.dims().to_vec();
     let out = dims[0];
-    if n_head == 0 || out % (n_head * 2) != 0 {
+    if n_head == 0 || !out.is_multiple_of(n_head * 2) {
         return Err(Error::Msg(format!(
             "cannot undo the rope permutation: {out} rows for {n_head} heads"
         )));

@@ -492,7 +492,7 @@ impl Trainer {
             ));
             bar.set_position(step as u64);
             let ev = self.job.train.eval_every;
-            if ev > 0 && step % ev == 0 && step < total {
+            if ev > 0 && step.is_multiple_of(ev) && step < total {
                 if let Some((loss, n)) = self.validation_loss()? {
                     metrics.append(&MetricsLine::Eval(EvalMetrics {
                         step,
@@ -506,7 +506,7 @@ impl Trainer {
             let sv = self.job.train.save_every;
             let stop_now =
                 stop.load(Ordering::SeqCst) || opts.stop_after.is_some_and(|n| step - start >= n);
-            if (sv > 0 && step % sv == 0) || stop_now || step == total {
+            if (sv > 0 && step.is_multiple_of(sv)) || stop_now || step == total {
                 save_checkpoint(
                     &out,
                     &state_at(step, elapsed),

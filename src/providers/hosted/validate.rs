@@ -549,7 +549,7 @@ mod tests {
 
     #[test]
     fn openai_needs_ten_examples_and_valid_messages() {
-        let nine = vec![GOOD; 9].join("\n");
+        let nine = [GOOD; 9].join("\n");
         let (_dir, path) = write("t.jsonl", &nine);
         let report = check_dataset(HostedProvider::OpenAi, &path).unwrap();
         assert_eq!(report.failures.len(), 1);
