@@ -74,24 +74,10 @@ fn merged_export_equals_base_plus_adapter() {
         let want = with_adapter.model.forward(&ids, None).unwrap();
         let merged = load(out.to_str().unwrap(), &LoadOptions::default()).unwrap();
         let got = merged.model.forward(&ids, None).unwrap();
-        let d = (got - &want)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let d = common::max_abs_diff(&got, &want);
         assert!(d < 1e-4, "{model}: merged logits differ by {d}");
         let plain = load(base.to_str().unwrap(), &LoadOptions::default()).unwrap();
-        let d0 = (plain.model.forward(&ids, None).unwrap() - &want)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let d0 = common::max_abs_diff(&plain.model.forward(&ids, None).unwrap(), &want);
         assert!(d0 > 1e-3, "{model}: the adapter should change the logits");
     }
 }

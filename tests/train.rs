@@ -115,14 +115,7 @@ fn grad_accum_normalises_by_step_targets() {
     let gj = joint.backward().unwrap();
     let gs = split.backward().unwrap();
     let v = t.params.params[0].b.as_tensor();
-    let d = (gj.get(v).unwrap() - gs.get(v).unwrap())
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
+    let d = common::max_abs_diff(gj.get(v).unwrap(), gs.get(v).unwrap());
     assert!(d < 1e-5, "gradients differ by {d}");
 }
 
