@@ -138,7 +138,7 @@ fn check_parity(name: &str) {
             .unwrap()
             .to_scalar::<f32>()
             .unwrap();
-        let d = common::max_abs_diff(&ours, &theirs);
+        let d = common::max_abs_diff(&ours, theirs);
         assert!(
             d / scale < 1e-5,
             "{name} {k}: final weights differ by {d} (max {scale})"

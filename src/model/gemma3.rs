@@ -5,8 +5,9 @@
 use candle_core::Tensor;
 
 use super::layers::{
-    apply_rotary, attention, attention_mask, merged_projection_tensors, name_projections,
-    padding_rows, repeat_kv, KvCache, LayerCache, RmsNorm, Rotary,
+    apply_rotary, attention, attention_mask, layer_projections, layer_projections_mut,
+    merged_projection_tensors, name_projections, padding_rows, repeat_kv, AttnProjections,
+    GatedMlp, KvCache, LayerCache, MlpActivation, RmsNorm, Rotary,
 };
 use super::weights::Weights;
 use super::CausalLm;
@@ -16,10 +17,7 @@ use crate::lora::Linear;
 use crate::Result;
 
 struct Attention {
-    q_proj: Linear,
-    k_proj: Linear,
-    v_proj: Linear,
-    o_proj: Linear,
+    proj: AttnProjections,
     q_norm: RmsNorm,
     k_norm: RmsNorm,
     n_head: usize,
@@ -29,18 +27,12 @@ struct Attention {
     softcap: Option<f64>,
 }
 
-struct Mlp {
-    gate_proj: Linear,
-    up_proj: Linear,
-    down_proj: Linear,
-}
-
 struct Layer {
     input_layernorm: RmsNorm,
     self_attn: Attention,
     post_attention_layernorm: RmsNorm,
     pre_feedforward_layernorm: RmsNorm,
-    mlp: Mlp,
+    mlp: GatedMlp,
     post_feedforward_layernorm: RmsNorm,
     sliding: bool,
 }
@@ -74,10 +66,13 @@ impl Gemma3 {
             layers.push(Layer {
                 input_layernorm: norm(&format!("{p}.input_layernorm.weight"), h)?,
                 self_attn: Attention {
-                    q_proj: w.linear(&format!("{p}.self_attn.q_proj"), nh * hd, h, ab)?,
-                    k_proj: w.linear(&format!("{p}.self_attn.k_proj"), nkv * hd, h, ab)?,
-                    v_proj: w.linear(&format!("{p}.self_attn.v_proj"), nkv * hd, h, ab)?,
-                    o_proj: w.linear(&format!("{p}.self_attn.o_proj"), h, nh * hd, ab)?,
+                    proj: AttnProjections::load(
+                        w,
+                        &format!("{p}.self_attn"),
+                        h,
+                        (nh, nkv, hd),
+                        ab,
+                    )?,
                     q_norm: norm(&format!("{p}.self_attn.q_norm.weight"), hd)?,
                     k_norm: norm(&format!("{p}.self_attn.k_norm.weight"), hd)?,
                     n_head: nh,
@@ -91,11 +86,14 @@ impl Gemma3 {
                     &format!("{p}.pre_feedforward_layernorm.weight"),
                     h,
                 )?,
-                mlp: Mlp {
-                    gate_proj: w.linear(&format!("{p}.mlp.gate_proj"), im, h, false)?,
-                    up_proj: w.linear(&format!("{p}.mlp.up_proj"), im, h, false)?,
-                    down_proj: w.linear(&format!("{p}.mlp.down_proj"), h, im, false)?,
-                },
+                mlp: GatedMlp::load(
+                    w,
+                    &format!("{p}.mlp"),
+                    h,
+                    im,
+                    false,
+                    MlpActivation::GeluTanh,
+                )?,
                 post_feedforward_layernorm: norm(
                     &format!("{p}.post_feedforward_layernorm.weight"),
                     h,
@@ -184,29 +182,11 @@ impl Gemma3 {
 
 impl Layer {
     fn projections(&self) -> [&Linear; 7] {
-        let (a, m) = (&self.self_attn, &self.mlp);
-        [
-            &a.q_proj,
-            &a.k_proj,
-            &a.v_proj,
-            &a.o_proj,
-            &m.gate_proj,
-            &m.up_proj,
-            &m.down_proj,
-        ]
+        layer_projections(&self.self_attn.proj, &self.mlp)
     }
 
     fn projections_mut(&mut self) -> [&mut Linear; 7] {
-        let (a, m) = (&mut self.self_attn, &mut self.mlp);
-        [
-            &mut a.q_proj,
-            &mut a.k_proj,
-            &mut a.v_proj,
-            &mut a.o_proj,
-            &mut m.gate_proj,
-            &mut m.up_proj,
-            &mut m.down_proj,
-        ]
+        layer_projections_mut(&mut self.self_attn.proj, &mut self.mlp)
     }
 }
 
@@ -226,9 +206,13 @@ impl Attention {
                 .transpose(1, 2)?
                 .contiguous()?)
         };
-        let q = self.q_norm.forward(&heads(&self.q_proj, self.n_head)?)?;
-        let k = self.k_norm.forward(&heads(&self.k_proj, self.n_kv_head)?)?;
-        let v = heads(&self.v_proj, self.n_kv_head)?;
+        let q = self
+            .q_norm
+            .forward(&heads(&self.proj.q_proj, self.n_head)?)?;
+        let k = self
+            .k_norm
+            .forward(&heads(&self.proj.k_proj, self.n_kv_head)?)?;
+        let v = heads(&self.proj.v_proj, self.n_kv_head)?;
         let q = apply_rotary(&q, cos, sin)?;
         let k = apply_rotary(&k, cos, sin)?;
         let (k, v) = match cache {
@@ -242,16 +226,7 @@ impl Attention {
         let o = o
             .transpose(1, 2)?
             .reshape((b, t, self.n_head * self.head_dim))?;
-        self.o_proj.forward(&o)
-    }
-}
-
-impl Mlp {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        // gelu_pytorch_tanh; Candle's `gelu` is the tanh approximation.
-        let g = self.gate_proj.forward(x)?.gelu()?;
-        let u = self.up_proj.forward(x)?;
-        self.down_proj.forward(&(g * u)?)
+        self.proj.o_proj.forward(&o)
     }
 }
 

@@ -4,7 +4,9 @@
 
 use candle_core::{DType, Device, Tensor, D};
 
+use super::weights::Weights;
 use crate::config::RopeScaling;
+use crate::lora::Linear;
 use crate::Result;
 
 /// RMSNorm computed in f32, as transformers does: `x / sqrt(mean(x²) + eps) * w`.
@@ -58,6 +60,110 @@ pub const PROJECTION_PATHS: [&str; 7] = [
     "mlp.down_proj",
 ];
 
+/// The attention projections of a decoder layer.
+#[derive(Debug, Clone)]
+pub struct AttnProjections {
+    pub q_proj: Linear,
+    pub k_proj: Linear,
+    pub v_proj: Linear,
+    pub o_proj: Linear,
+}
+
+impl AttnProjections {
+    /// Loads `{prefix}.{q,k,v,o}_proj` for `n_head`/`n_kv_head` heads of `head_dim`.
+    pub fn load(
+        w: &Weights,
+        prefix: &str,
+        hidden: usize,
+        (n_head, n_kv_head, head_dim): (usize, usize, usize),
+        bias: bool,
+    ) -> Result<Self> {
+        let (q, kv) = (n_head * head_dim, n_kv_head * head_dim);
+        Ok(Self {
+            q_proj: w.linear(&format!("{prefix}.q_proj"), q, hidden, bias)?,
+            k_proj: w.linear(&format!("{prefix}.k_proj"), kv, hidden, bias)?,
+            v_proj: w.linear(&format!("{prefix}.v_proj"), kv, hidden, bias)?,
+            o_proj: w.linear(&format!("{prefix}.o_proj"), hidden, q, bias)?,
+        })
+    }
+}
+
+/// The activation of a gated MLP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MlpActivation {
+    /// Llama's SwiGLU.
+    Silu,
+    /// Gemma's GeGLU with `gelu_pytorch_tanh` (Candle's `gelu` is the tanh approximation).
+    GeluTanh,
+}
+
+/// `down(act(gate(x)) * up(x))`.
+#[derive(Debug, Clone)]
+pub struct GatedMlp {
+    pub gate_proj: Linear,
+    pub up_proj: Linear,
+    pub down_proj: Linear,
+    pub act: MlpActivation,
+}
+
+impl GatedMlp {
+    /// Loads `{prefix}.{gate,up,down}_proj`.
+    pub fn load(
+        w: &Weights,
+        prefix: &str,
+        hidden: usize,
+        intermediate: usize,
+        bias: bool,
+        act: MlpActivation,
+    ) -> Result<Self> {
+        Ok(Self {
+            gate_proj: w.linear(&format!("{prefix}.gate_proj"), intermediate, hidden, bias)?,
+            up_proj: w.linear(&format!("{prefix}.up_proj"), intermediate, hidden, bias)?,
+            down_proj: w.linear(&format!("{prefix}.down_proj"), hidden, intermediate, bias)?,
+            act,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let g = self.gate_proj.forward(x)?;
+        let g = match self.act {
+            MlpActivation::Silu => candle_nn::ops::silu(&g)?,
+            MlpActivation::GeluTanh => g.gelu()?,
+        };
+        let u = self.up_proj.forward(x)?;
+        self.down_proj.forward(&(g * u)?)
+    }
+}
+
+/// A layer's seven projections in [`PROJECTION_PATHS`] order.
+pub fn layer_projections<'a>(a: &'a AttnProjections, m: &'a GatedMlp) -> [&'a Linear; 7] {
+    [
+        &a.q_proj,
+        &a.k_proj,
+        &a.v_proj,
+        &a.o_proj,
+        &m.gate_proj,
+        &m.up_proj,
+        &m.down_proj,
+    ]
+}
+
+/// Mutable [`layer_projections`].
+pub fn layer_projections_mut<'a>(
+    a: &'a mut AttnProjections,
+    m: &'a mut GatedMlp,
+) -> [&'a mut Linear; 7] {
+    [
+        &mut a.q_proj,
+        &mut a.k_proj,
+        &mut a.v_proj,
+        &mut a.o_proj,
+        &mut m.gate_proj,
+        &mut m.up_proj,
+        &mut m.down_proj,
+    ]
+}
+
 /// Names each layer's projections `model.layers.{i}.{path}`.
 pub fn name_projections<T>(layers: impl IntoIterator<Item = [T; 7]>) -> Vec<(String, T)> {
     layers
@@ -73,9 +179,7 @@ pub fn name_projections<T>(layers: impl IntoIterator<Item = [T; 7]>) -> Vec<(Str
 }
 
 /// `{name}.weight` (with any LoRA merged in) and `{name}.bias` of each projection.
-pub fn merged_projection_tensors(
-    named: Vec<(String, &crate::lora::Linear)>,
-) -> Result<Vec<(String, Tensor)>> {
+pub fn merged_projection_tensors(named: Vec<(String, &Linear)>) -> Result<Vec<(String, Tensor)>> {
     let mut out = Vec::with_capacity(named.len() * 2);
     for (name, linear) in named {
         out.push((format!("{name}.weight"), linear.merged_weight()?));

@@ -4,8 +4,9 @@
 use candle_core::Tensor;
 
 use super::layers::{
-    apply_rotary, attention, attention_mask, merged_projection_tensors, name_projections,
-    padding_rows, repeat_kv, KvCache, RmsNorm, Rotary,
+    apply_rotary, attention, attention_mask, layer_projections, layer_projections_mut,
+    merged_projection_tensors, name_projections, padding_rows, repeat_kv, AttnProjections,
+    GatedMlp, KvCache, MlpActivation, RmsNorm, Rotary,
 };
 use super::weights::Weights;
 use super::CausalLm;
@@ -15,26 +16,17 @@ use crate::lora::Linear;
 use crate::Result;
 
 struct Attention {
-    q_proj: Linear,
-    k_proj: Linear,
-    v_proj: Linear,
-    o_proj: Linear,
+    proj: AttnProjections,
     n_head: usize,
     n_kv_head: usize,
     head_dim: usize,
-}
-
-struct Mlp {
-    gate_proj: Linear,
-    up_proj: Linear,
-    down_proj: Linear,
 }
 
 struct Layer {
     input_layernorm: RmsNorm,
     self_attn: Attention,
     post_attention_layernorm: RmsNorm,
-    mlp: Mlp,
+    mlp: GatedMlp,
 }
 
 /// A Llama decoder with a causal-LM head.
@@ -70,10 +62,13 @@ impl Llama {
                     false,
                 ),
                 self_attn: Attention {
-                    q_proj: w.linear(&format!("{p}.self_attn.q_proj"), nh * hd, h, ab)?,
-                    k_proj: w.linear(&format!("{p}.self_attn.k_proj"), nkv * hd, h, ab)?,
-                    v_proj: w.linear(&format!("{p}.self_attn.v_proj"), nkv * hd, h, ab)?,
-                    o_proj: w.linear(&format!("{p}.self_attn.o_proj"), h, nh * hd, ab)?,
+                    proj: AttnProjections::load(
+                        w,
+                        &format!("{p}.self_attn"),
+                        h,
+                        (nh, nkv, hd),
+                        ab,
+                    )?,
                     n_head: nh,
                     n_kv_head: nkv,
                     head_dim: hd,
@@ -83,21 +78,14 @@ impl Llama {
                     cfg.rms_norm_eps,
                     false,
                 ),
-                mlp: Mlp {
-                    gate_proj: w.linear(
-                        &format!("{p}.mlp.gate_proj"),
-                        cfg.intermediate_size,
-                        h,
-                        mb,
-                    )?,
-                    up_proj: w.linear(&format!("{p}.mlp.up_proj"), cfg.intermediate_size, h, mb)?,
-                    down_proj: w.linear(
-                        &format!("{p}.mlp.down_proj"),
-                        h,
-                        cfg.intermediate_size,
-                        mb,
-                    )?,
-                },
+                mlp: GatedMlp::load(
+                    w,
+                    &format!("{p}.mlp"),
+                    h,
+                    cfg.intermediate_size,
+                    mb,
+                    MlpActivation::Silu,
+                )?,
             });
         }
         let norm = RmsNorm::new(w.get("model.norm.weight", &[h])?, cfg.rms_norm_eps, false);
@@ -164,29 +152,11 @@ impl Llama {
 
 impl Layer {
     fn projections(&self) -> [&Linear; 7] {
-        let (a, m) = (&self.self_attn, &self.mlp);
-        [
-            &a.q_proj,
-            &a.k_proj,
-            &a.v_proj,
-            &a.o_proj,
-            &m.gate_proj,
-            &m.up_proj,
-            &m.down_proj,
-        ]
+        layer_projections(&self.self_attn.proj, &self.mlp)
     }
 
     fn projections_mut(&mut self) -> [&mut Linear; 7] {
-        let (a, m) = (&mut self.self_attn, &mut self.mlp);
-        [
-            &mut a.q_proj,
-            &mut a.k_proj,
-            &mut a.v_proj,
-            &mut a.o_proj,
-            &mut m.gate_proj,
-            &mut m.up_proj,
-            &mut m.down_proj,
-        ]
+        layer_projections_mut(&mut self.self_attn.proj, &mut self.mlp)
     }
 }
 
@@ -201,16 +171,19 @@ impl Attention {
     ) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
         let q = self
+            .proj
             .q_proj
             .forward(x)?
             .reshape((b, t, self.n_head, self.head_dim))?
             .transpose(1, 2)?;
         let k = self
+            .proj
             .k_proj
             .forward(x)?
             .reshape((b, t, self.n_kv_head, self.head_dim))?
             .transpose(1, 2)?;
         let v = self
+            .proj
             .v_proj
             .forward(x)?
             .reshape((b, t, self.n_kv_head, self.head_dim))?
@@ -230,15 +203,7 @@ impl Attention {
         let o = o
             .transpose(1, 2)?
             .reshape((b, t, self.n_head * self.head_dim))?;
-        self.o_proj.forward(&o)
-    }
-}
-
-impl Mlp {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let g = candle_nn::ops::silu(&self.gate_proj.forward(x)?)?;
-        let u = self.up_proj.forward(x)?;
-        self.down_proj.forward(&(g * u)?)
+        self.proj.o_proj.forward(&o)
     }
 }
 
