@@ -1,0 +1,200 @@
+//! The commands' output shapes (other tools read them), and the other ways of loading a
+//! model: sharded safetensors, the hub cache, and bf16.
+
+mod common;
+
+use assert_cmd::Command;
+use candle_core::{DType, Device, Tensor};
+use lora_train::model::{load, LoadOptions};
+
+fn tiny() -> String {
+    common::fixtures()
+        .join("tiny-llama")
+        .to_string_lossy()
+        .into_owned()
+}
+
+fn run_json(args: &[&str]) -> serde_json::Value {
+    let out = Command::cargo_bin("lora-train")
+        .unwrap()
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn generate_json_shape() {
+    let v = run_json(&[
+        "generate",
+        "--model",
+        &tiny(),
+        "--prompt",
+        "Hello",
+        "--max-new-tokens",
+        "5",
+        "--json",
+    ]);
+    let ids = v["token_ids"].as_array().unwrap();
+    assert!(!ids.is_empty() && ids.len() <= 5);
+    assert!(v["text"].is_string());
+    assert!(v["prompt_tokens"].as_u64().unwrap() > 1);
+    assert!(v["tokens_per_second"].as_f64().unwrap() > 0.0);
+    // Greedy is deterministic.
+    let again = run_json(&[
+        "generate",
+        "--model",
+        &tiny(),
+        "--prompt",
+        "Hello",
+        "--max-new-tokens",
+        "5",
+        "--json",
+    ]);
+    assert_eq!(v["token_ids"], again["token_ids"]);
+}
+
+#[test]
+fn score_json_shape() {
+    let data = common::fixtures().join("chats.jsonl");
+    let v = run_json(&[
+        "score",
+        "--model",
+        &tiny(),
+        "--data",
+        data.to_str().unwrap(),
+        "--loss-on",
+        "all_assistant",
+        "--json",
+    ]);
+    let per = v["per_example"].as_array().unwrap();
+    assert_eq!(v["examples"].as_u64().unwrap() as usize, per.len());
+    let total: u64 = per
+        .iter()
+        .map(|e| e["target_tokens"].as_u64().unwrap())
+        .sum();
+    assert_eq!(total, v["target_tokens"].as_u64().unwrap());
+    let weighted: f64 = per
+        .iter()
+        .map(|e| e["loss"].as_f64().unwrap() * e["target_tokens"].as_f64().unwrap())
+        .sum::<f64>()
+        / total as f64;
+    assert!(
+        (weighted - v["mean_loss"].as_f64().unwrap()).abs() < 1e-9,
+        "mean_loss is token-weighted"
+    );
+    let want = common::read_json(&common::fixtures().join("tiny-llama/score.json"));
+    let w = want["all_assistant"]["mean_loss"].as_f64().unwrap();
+    assert!((v["mean_loss"].as_f64().unwrap() - w).abs() / w < 1e-4);
+}
+
+#[test]
+fn inspect_shows_the_mask() {
+    let data = common::fixtures().join("chats.jsonl");
+    let out = Command::cargo_bin("lora-train")
+        .unwrap()
+        .args([
+            "inspect",
+            "--model",
+            &tiny(),
+            "--data",
+            data.to_str().unwrap(),
+            "--index",
+            "1",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("<|im_start|>assistant"), "{text}");
+    assert!(
+        text.lines().any(|l| l.contains('>')),
+        "no target marker: {text}"
+    );
+}
+
+fn logits(model: &str, dtype: DType) -> Tensor {
+    let m = load(
+        model,
+        &LoadOptions {
+            dtype,
+            device: Device::Cpu,
+        },
+    )
+    .unwrap();
+    let ids = Tensor::new(&[[1u32, 40, 41, 42, 43, 44, 45, 2]], &Device::Cpu).unwrap();
+    m.model
+        .forward(&ids, None)
+        .unwrap()
+        .to_dtype(DType::F32)
+        .unwrap()
+}
+
+#[test]
+fn sharded_safetensors_and_hub_cache_load_the_same_model() {
+    let want = logits(&tiny(), DType::F32);
+    let tmp = tempfile::tempdir().unwrap();
+    // Split the weights into two shards with an index, as transformers saves large models.
+    let snap = tmp.path().join("models--org--tiny/snapshots/abc123");
+    std::fs::create_dir_all(&snap).unwrap();
+    std::fs::create_dir_all(tmp.path().join("models--org--tiny/refs")).unwrap();
+    std::fs::write(tmp.path().join("models--org--tiny/refs/main"), "abc123").unwrap();
+    let src = common::fixtures().join("tiny-llama");
+    for f in [
+        "config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "generation_config.json",
+    ] {
+        std::fs::copy(src.join(f), snap.join(f)).unwrap();
+    }
+    let all = candle_core::safetensors::load(src.join("model.safetensors"), &Device::Cpu).unwrap();
+    let mut names: Vec<&String> = all.keys().collect();
+    names.sort();
+    let (a, b) = names.split_at(names.len() / 2);
+    let mut map = serde_json::Map::new();
+    for (part, file) in [
+        (a, "model-00001-of-00002.safetensors"),
+        (b, "model-00002-of-00002.safetensors"),
+    ] {
+        let shard: std::collections::HashMap<String, Tensor> = part
+            .iter()
+            .map(|n| ((*n).clone(), all[*n].clone()))
+            .collect();
+        candle_core::safetensors::save(&shard, snap.join(file)).unwrap();
+        for n in part {
+            map.insert((*n).clone(), file.into());
+        }
+    }
+    std::fs::write(
+        snap.join("model.safetensors.index.json"),
+        serde_json::json!({"metadata": {}, "weight_map": map}).to_string(),
+    )
+    .unwrap();
+    let dir = lora_train::model::source::resolve_hub_id("org/tiny", tmp.path()).unwrap();
+    assert_eq!(dir, snap);
+    let got = logits(dir.to_str().unwrap(), DType::F32);
+    assert_eq!(common::max_abs_diff(&got, &want), 0.0);
+}
+
+#[test]
+fn bf16_and_f16_forward_stay_close_to_f32() {
+    let want = logits(&tiny(), DType::F32);
+    for dtype in [DType::BF16, DType::F16] {
+        let got = logits(&tiny(), dtype);
+        let scale = want
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        let d = common::max_abs_diff(&got, &want);
+        assert!(d / scale < 0.05, "{dtype:?}: max diff {d} (scale {scale})");
+    }
+}
