@@ -265,3 +265,15 @@ fn exported_adapter_scores_like_the_trained_model() {
     assert_eq!(a.dims(), &[4, 64]);
     assert_eq!(b.dims(), &[64, 4]);
 }
+
+#[test]
+fn packing_is_refused_until_implemented() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut j = job("tiny-llama", tmp.path(), "");
+    j.data.packing = true;
+    let err = Trainer::new(j)
+        .err()
+        .expect("packing must be refused")
+        .to_string();
+    assert!(err.contains("data.packing"), "{err}");
+}

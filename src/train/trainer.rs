@@ -232,6 +232,12 @@ pub struct Trainer {
 impl Trainer {
     /// Loads the model, attaches fresh (or `init_adapter`) LoRA weights, and prepares data.
     pub fn new(job: JobConfig) -> Result<Self> {
+        if job.data.packing {
+            return Err(Error::Config(
+                "data.packing = true is not implemented yet; set it to false (each conversation is its own row)"
+                    .into(),
+            ));
+        }
         let device = parse_device(&job.model.device)?;
         tracing::info!("device: {}", crate::device::device_name(&device));
         let dtype = parse_dtype(&job.model.dtype)?;
