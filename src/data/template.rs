@@ -202,8 +202,8 @@ pub fn builtin_template_name(arch: &str, tokenizer: &ChatTokenizer) -> Result<&'
     }
     Err(Error::Template(format!(
         "the model has no chat template, and its vocabulary ({arch}) matches no built-in one \
-         (Llama 3 needs <|start_header_id|>, ChatML needs <|im_start|>); give a Jinja chat \
-         template file with the `chat_template` option"
+         (Llama 3 needs <|start_header_id|>, ChatML needs <|im_start|>); for an HF folder, \
+         put a Jinja template in chat_template.jinja beside tokenizer.json"
     )))
 }
 
