@@ -547,7 +547,11 @@ impl Trainer {
             &out.join("loss.svg"),
             &format!(
                 "{} — LoRA r={}",
-                self.model.name_or_path, self.params.spec.r
+                Path::new(&self.model.name_or_path)
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_else(|| self.model.name_or_path.clone()),
+                self.params.spec.r
             ),
         )?;
         let adapter_dir = if interrupted {
