@@ -235,15 +235,7 @@ impl Default for TrainSection {
 
 /// The linear layers of a Llama / Gemma 3 decoder block that can carry an adapter,
 /// in the order `"all-linear"` expands to.
-pub const LORA_TARGET_MODULES: [&str; 7] = [
-    "q_proj",
-    "k_proj",
-    "v_proj",
-    "o_proj",
-    "gate_proj",
-    "up_proj",
-    "down_proj",
-];
+pub use crate::lora::PROJECTIONS as LORA_TARGET_MODULES;
 
 /// The `target_modules` value that selects every name in [`LORA_TARGET_MODULES`] (PEFT's spelling).
 pub const ALL_LINEAR: &str = "all-linear";
