@@ -123,7 +123,59 @@ impl Gemma3 {
     pub fn config(&self) -> &Gemma3Config {
         &self.cfg
     }
+}
 
+impl Layer {
+    fn projections(&self) -> [&Linear; 7] {
+        layer_projections(&self.self_attn.proj, &self.mlp)
+    }
+
+    fn projections_mut(&mut self) -> [&mut Linear; 7] {
+        layer_projections_mut(&mut self.self_attn.proj, &mut self.mlp)
+    }
+}
+
+impl Attention {
+    fn forward(
+        &self,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        mask: &Tensor,
+        cache: Option<&mut LayerCache>,
+    ) -> Result<Tensor> {
+        let (b, t, _) = x.dims3()?;
+        let heads = |l: &Linear, n: usize| -> Result<Tensor> {
+            Ok(l.forward(x)?
+                .reshape((b, t, n, self.head_dim))?
+                .transpose(1, 2)?
+                .contiguous()?)
+        };
+        let q = self
+            .q_norm
+            .forward(&heads(&self.proj.q_proj, self.n_head)?)?;
+        let k = self
+            .k_norm
+            .forward(&heads(&self.proj.k_proj, self.n_kv_head)?)?;
+        let v = heads(&self.proj.v_proj, self.n_kv_head)?;
+        let q = apply_rotary(&q, cos, sin)?;
+        let k = apply_rotary(&k, cos, sin)?;
+        let (k, v) = match cache {
+            Some(c) => c.append(&k, &v)?,
+            None => (k, v),
+        };
+        let n_rep = self.n_head / self.n_kv_head;
+        let k = repeat_kv(&k, n_rep)?;
+        let v = repeat_kv(&v, n_rep)?;
+        let o = attention(&q, &k, &v, self.scale, self.softcap, mask)?;
+        let o = o
+            .transpose(1, 2)?
+            .reshape((b, t, self.n_head * self.head_dim))?;
+        self.proj.o_proj.forward(&o)
+    }
+}
+
+impl CausalLm for Gemma3 {
     fn decode(
         &self,
         input_ids: &Tensor,
@@ -178,66 +230,6 @@ impl Gemma3 {
         }
         self.norm.forward(&x)
     }
-}
-
-impl Layer {
-    fn projections(&self) -> [&Linear; 7] {
-        layer_projections(&self.self_attn.proj, &self.mlp)
-    }
-
-    fn projections_mut(&mut self) -> [&mut Linear; 7] {
-        layer_projections_mut(&mut self.self_attn.proj, &mut self.mlp)
-    }
-}
-
-impl Attention {
-    fn forward(
-        &self,
-        x: &Tensor,
-        cos: &Tensor,
-        sin: &Tensor,
-        mask: &Tensor,
-        cache: Option<&mut LayerCache>,
-    ) -> Result<Tensor> {
-        let (b, t, _) = x.dims3()?;
-        let heads = |l: &Linear, n: usize| -> Result<Tensor> {
-            Ok(l.forward(x)?
-                .reshape((b, t, n, self.head_dim))?
-                .transpose(1, 2)?
-                .contiguous()?)
-        };
-        let q = self
-            .q_norm
-            .forward(&heads(&self.proj.q_proj, self.n_head)?)?;
-        let k = self
-            .k_norm
-            .forward(&heads(&self.proj.k_proj, self.n_kv_head)?)?;
-        let v = heads(&self.proj.v_proj, self.n_kv_head)?;
-        let q = apply_rotary(&q, cos, sin)?;
-        let k = apply_rotary(&k, cos, sin)?;
-        let (k, v) = match cache {
-            Some(c) => c.append(&k, &v)?,
-            None => (k, v),
-        };
-        let n_rep = self.n_head / self.n_kv_head;
-        let k = repeat_kv(&k, n_rep)?;
-        let v = repeat_kv(&v, n_rep)?;
-        let o = attention(&q, &k, &v, self.scale, self.softcap, mask)?;
-        let o = o
-            .transpose(1, 2)?
-            .reshape((b, t, self.n_head * self.head_dim))?;
-        self.proj.o_proj.forward(&o)
-    }
-}
-
-impl CausalLm for Gemma3 {
-    fn forward_hidden(
-        &self,
-        input_ids: &Tensor,
-        attention_mask: Option<&Tensor>,
-    ) -> Result<Tensor> {
-        self.decode(input_ids, attention_mask, None)
-    }
 
     fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
         let logits = match &self.lm_head {
@@ -255,12 +247,6 @@ impl CausalLm for Gemma3 {
             Some(cap) => Ok(((logits / cap)?.tanh()? * cap)?),
             None => Ok(logits),
         }
-    }
-
-    fn forward_cached(&self, input_ids: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
-        let h = self.decode(input_ids, None, Some(cache))?;
-        let last = h.narrow(1, h.dim(1)? - 1, 1)?;
-        Ok(self.logits(&last)?.squeeze(1)?)
     }
 
     fn new_cache(&self) -> KvCache {

@@ -111,43 +111,6 @@ impl Llama {
     pub fn config(&self) -> &LlamaConfig {
         &self.cfg
     }
-
-    /// Runs the decoder; `offset` is the absolute position of the first token.
-    fn decode(
-        &self,
-        input_ids: &Tensor,
-        attention_mask_01: Option<&Tensor>,
-        mut cache: Option<&mut KvCache>,
-    ) -> Result<Tensor> {
-        let (b, t) = input_ids.dims2()?;
-        let offset = cache.as_ref().map(|c| c.seq_len).unwrap_or(0);
-        let dtype = self.embed_tokens.dtype();
-        let device = self.embed_tokens.device();
-        let mut x = self
-            .embed_tokens
-            .embedding(&input_ids.flatten_all()?)?
-            .reshape((b, t, self.cfg.hidden_size))?;
-        let pad = attention_mask_01.map(padding_rows).transpose()?;
-        let mask = attention_mask(b, t, offset, pad.as_deref(), None, dtype, device)?;
-        let (cos, sin) = self.rotary.cos_sin(offset, t, dtype, device)?;
-        for (i, layer) in self.layers.iter().enumerate() {
-            let residual = x.clone();
-            let h = layer.input_layernorm.forward(&x)?;
-            let layer_cache = cache.as_deref_mut().map(|c| &mut c.layers[i]);
-            let a = layer
-                .self_attn
-                .forward(&h, &cos, &sin, &mask, layer_cache)?;
-            x = (residual + a)?;
-            let residual = x.clone();
-            let h = layer.post_attention_layernorm.forward(&x)?;
-            let m = layer.mlp.forward(&h)?;
-            x = (residual + m)?;
-        }
-        if let Some(c) = cache {
-            c.seq_len += t;
-        }
-        self.norm.forward(&x)
-    }
 }
 
 impl Layer {
@@ -208,12 +171,40 @@ impl Attention {
 }
 
 impl CausalLm for Llama {
-    fn forward_hidden(
+    fn decode(
         &self,
         input_ids: &Tensor,
-        attention_mask: Option<&Tensor>,
+        attention_mask_01: Option<&Tensor>,
+        mut cache: Option<&mut KvCache>,
     ) -> Result<Tensor> {
-        self.decode(input_ids, attention_mask, None)
+        let (b, t) = input_ids.dims2()?;
+        let offset = cache.as_ref().map(|c| c.seq_len).unwrap_or(0);
+        let dtype = self.embed_tokens.dtype();
+        let device = self.embed_tokens.device();
+        let mut x = self
+            .embed_tokens
+            .embedding(&input_ids.flatten_all()?)?
+            .reshape((b, t, self.cfg.hidden_size))?;
+        let pad = attention_mask_01.map(padding_rows).transpose()?;
+        let mask = attention_mask(b, t, offset, pad.as_deref(), None, dtype, device)?;
+        let (cos, sin) = self.rotary.cos_sin(offset, t, dtype, device)?;
+        for (i, layer) in self.layers.iter().enumerate() {
+            let residual = x.clone();
+            let h = layer.input_layernorm.forward(&x)?;
+            let layer_cache = cache.as_deref_mut().map(|c| &mut c.layers[i]);
+            let a = layer
+                .self_attn
+                .forward(&h, &cos, &sin, &mask, layer_cache)?;
+            x = (residual + a)?;
+            let residual = x.clone();
+            let h = layer.post_attention_layernorm.forward(&x)?;
+            let m = layer.mlp.forward(&h)?;
+            x = (residual + m)?;
+        }
+        if let Some(c) = cache {
+            c.seq_len += t;
+        }
+        self.norm.forward(&x)
     }
 
     fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
@@ -225,12 +216,6 @@ impl CausalLm for Llama {
                 Ok(l.reshape((b, t, self.cfg.vocab_size))?)
             }
         }
-    }
-
-    fn forward_cached(&self, input_ids: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
-        let h = self.decode(input_ids, None, Some(cache))?;
-        let last = h.narrow(1, h.dim(1)? - 1, 1)?;
-        Ok(self.logits(&last)?.squeeze(1)?)
     }
 
     fn new_cache(&self) -> KvCache {

@@ -25,10 +25,24 @@ use weights::{read_gguf, GgufFlavor, Weights};
 
 /// A decoder-only language model with a trainable forward pass.
 pub trait CausalLm: Send + Sync {
-    /// Final hidden states `[B, T, H]` (after the last norm) for `input_ids: [B, T]`, with an
-    /// optional 0/1 `attention_mask: [B, T]` for right padding.
-    fn forward_hidden(&self, input_ids: &Tensor, attention_mask: Option<&Tensor>)
-        -> Result<Tensor>;
+    /// Runs the decoder: final hidden states `[B, T, H]` (after the last norm) for
+    /// `input_ids: [B, T]`, with an optional 0/1 `attention_mask: [B, T]` for right padding.
+    /// With a cache, the tokens continue the cached sequence and are appended to it.
+    fn decode(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: Option<&Tensor>,
+        cache: Option<&mut KvCache>,
+    ) -> Result<Tensor>;
+
+    /// Final hidden states of a whole sequence, without a cache.
+    fn forward_hidden(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        self.decode(input_ids, attention_mask, None)
+    }
 
     /// Logits `[B, T, V]` from hidden states `[B, T, H]` (head, then any softcapping).
     fn logits(&self, hidden: &Tensor) -> Result<Tensor>;
@@ -40,7 +54,11 @@ pub trait CausalLm: Send + Sync {
     }
 
     /// Appends `input_ids: [B, T]` to the cache and returns the logits of the last position `[B, V]`.
-    fn forward_cached(&self, input_ids: &Tensor, cache: &mut KvCache) -> Result<Tensor>;
+    fn forward_cached(&self, input_ids: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
+        let h = self.decode(input_ids, None, Some(cache))?;
+        let last = h.narrow(1, h.dim(1)? - 1, 1)?;
+        Ok(self.logits(&last)?.squeeze(1)?)
+    }
 
     /// An empty KV cache for this model.
     fn new_cache(&self) -> KvCache;

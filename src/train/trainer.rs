@@ -351,6 +351,20 @@ impl Trainer {
         Ok(Some((r.mean_loss, r.target_tokens)))
     }
 
+    /// Validates and appends the result to `metrics`; None without validation data.
+    fn evaluate_and_log(&self, metrics: &MetricsLog, step: usize) -> Result<Option<f64>> {
+        let Some((loss, n)) = self.validation_loss()? else {
+            return Ok(None);
+        };
+        metrics.append(&MetricsLine::Eval(EvalMetrics {
+            step,
+            epoch: self.plan.epoch_of(step),
+            val_loss: loss,
+            val_tokens: n,
+        }))?;
+        Ok(Some(loss))
+    }
+
     fn optimizer(&self) -> Result<AdamW> {
         AdamW::new(
             self.params.vars().into_iter().cloned().collect(),
@@ -403,23 +417,14 @@ impl Trainer {
             // A fresh run replaces the previous run's metrics.
             write_atomic(metrics.path(), b"")?;
         }
-        let mut val_before = None;
-        if start == 0 {
-            if let Some((loss, n)) = self.validation_loss()? {
-                val_before = Some(loss);
-                metrics.append(&MetricsLine::Eval(EvalMetrics {
-                    step: 0,
-                    epoch: 0.0,
-                    val_loss: loss,
-                    val_tokens: n,
-                }))?;
-            }
+        let val_before = if start == 0 {
+            self.evaluate_and_log(&metrics, 0)?
         } else {
-            val_before = metrics.read()?.iter().find_map(|l| match l {
+            metrics.read()?.iter().find_map(|l| match l {
                 MetricsLine::Eval(e) if e.step == 0 => Some(e.val_loss),
                 _ => None,
-            });
-        }
+            })
+        };
         let total = self.plan.total_steps;
         let bar = if opts.progress {
             let b = ProgressBar::new(total as u64);
@@ -499,13 +504,7 @@ impl Trainer {
             bar.set_position(step as u64);
             let ev = self.job.train.eval_every;
             if ev > 0 && step.is_multiple_of(ev) && step < total {
-                if let Some((loss, n)) = self.validation_loss()? {
-                    metrics.append(&MetricsLine::Eval(EvalMetrics {
-                        step,
-                        epoch: self.plan.epoch_of(step),
-                        val_loss: loss,
-                        val_tokens: n,
-                    }))?;
+                if let Some(loss) = self.evaluate_and_log(&metrics, step)? {
                     bar.println(format!("step {step}: validation loss {loss:.4}"));
                 }
             }
@@ -529,18 +528,11 @@ impl Trainer {
             }
         }
         bar.finish_and_clear();
-        let mut val_after = None;
-        if !interrupted {
-            if let Some((loss, n)) = self.validation_loss()? {
-                val_after = Some(loss);
-                metrics.append(&MetricsLine::Eval(EvalMetrics {
-                    step,
-                    epoch: self.plan.epoch_of(step),
-                    val_loss: loss,
-                    val_tokens: n,
-                }))?;
-            }
-        }
+        let val_after = if interrupted {
+            None
+        } else {
+            self.evaluate_and_log(&metrics, step)?
+        };
         let lines = metrics.read()?;
         write_loss_plot(
             &lines,

@@ -41,3 +41,13 @@ pub fn max_abs_diff(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f32 {
         .to_scalar::<f32>()
         .unwrap()
 }
+
+/// Largest absolute value of a tensor.
+pub fn max_abs(t: &candle_core::Tensor) -> f32 {
+    t.abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
