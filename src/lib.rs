@@ -17,6 +17,7 @@ pub mod generate;
 pub mod lora;
 pub mod model;
 pub mod providers;
+pub mod quant;
 pub mod train;
 
 pub use error::{Error, Result};

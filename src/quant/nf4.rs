@@ -1,0 +1,1 @@
+//! NF4 with double quantization, bit-compatible with bitsandbytes (helper fills this in).
