@@ -274,6 +274,7 @@ fn load_model(args: &ModelArgs) -> anyhow::Result<LoadedModel> {
     let opts = LoadOptions {
         dtype: parse_dtype(&args.dtype)?,
         device: parse_device(&args.device)?,
+        ..Default::default()
     };
     let mut m = load(&args.model, &opts)?;
     if let Some(dir) = &args.adapter {

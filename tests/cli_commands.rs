@@ -124,6 +124,7 @@ fn logits(model: &str, dtype: DType) -> Tensor {
         &LoadOptions {
             dtype,
             device: Device::Cpu,
+            ..Default::default()
         },
     )
     .unwrap();

@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::data::LossOn;
+use crate::quant::Quantize;
 use crate::train::report::ReportSection;
 use crate::{Error, Result};
 
@@ -49,6 +50,9 @@ pub struct ModelSection {
     /// `auto`, `cpu`, `cuda:N` or `metal`.
     #[serde(default = "default_device")]
     pub device: String,
+    /// How the frozen projections are stored: dense, or quantized (QLoRA).
+    #[serde(default)]
+    pub quantize: Quantize,
 }
 
 /// `target_modules`: a list of names, or `"all-linear"`.
@@ -148,6 +152,12 @@ pub struct TrainSection {
     /// How many step checkpoints to keep (0 keeps all).
     #[serde(default = "default_keep_last")]
     pub keep_last: usize,
+    /// Recompute each decoder layer in backward instead of keeping its activations.
+    #[serde(default)]
+    pub gradient_checkpointing: bool,
+    /// Refuse to start a run whose estimated peak memory exceeds what the device has.
+    #[serde(default = "default_true")]
+    pub memory_check: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -229,6 +239,8 @@ impl Default for TrainSection {
             eval_every: 0,
             save_every: 0,
             keep_last: default_keep_last(),
+            gradient_checkpointing: false,
+            memory_check: true,
         }
     }
 }
@@ -320,6 +332,7 @@ pub const SCHEMA: &[SectionSchema] = &[
             ("source", KeyKind::Str),
             ("dtype", KeyKind::Str),
             ("device", KeyKind::Str),
+            ("quantize", KeyKind::Choice(Quantize::NAMES)),
         ],
         required_keys: &["source"],
     },
@@ -374,6 +387,8 @@ pub const SCHEMA: &[SectionSchema] = &[
             ("eval_every", KeyKind::Count),
             ("save_every", KeyKind::Count),
             ("keep_last", KeyKind::Count),
+            ("gradient_checkpointing", KeyKind::Bool),
+            ("memory_check", KeyKind::Bool),
         ],
         required_keys: &[],
     },

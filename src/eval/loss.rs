@@ -4,16 +4,19 @@
 //! `[T, vocab]` logits tensor we gather the hidden states that predict a target
 //! (position `t - 1` for target `t`) and run the head on those rows alone, in chunks. That
 //! is the same loss as transformers' shifted, `-100`-masked cross-entropy, and for Gemma's
-//! 262k vocabulary the full `[tokens × vocab]` logits are never built.
+//! 262k vocabulary the full `[tokens × vocab]` logits are never built: the head runs over
+//! blocks of the vocabulary, forward and backward (see [`head_nll`]).
 
-use candle_core::{DType, Tensor, D};
+use candle_core::{DType, Tensor};
 
+use crate::autograd::with_backward;
 use crate::data::TokenizedExample;
-use crate::model::CausalLm;
-use crate::Result;
+use crate::model::{CausalLm, LmHead};
+use crate::quant::FrozenWeight;
+use crate::{Error, Result};
 
-/// Rows of hidden states sent through the head at once.
-pub const LOSS_CHUNK_ROWS: usize = 1024;
+/// f32 logits alive at once (per vocabulary block): 8 Mi (32 MiB).
+const BLOCK_LOGITS: usize = 8 << 20;
 
 /// Per-target NLLs `[n]` (f32) of `target_ids` given hidden rows `flat[pred_rows]`.
 pub fn nll_rows(
@@ -23,23 +26,126 @@ pub fn nll_rows(
     target_ids: &[u32],
 ) -> Result<Tensor> {
     let device = flat.device();
-    let mut parts = Vec::new();
-    for (rows, ids) in pred_rows
-        .chunks(LOSS_CHUNK_ROWS)
-        .zip(target_ids.chunks(LOSS_CHUNK_ROWS))
-    {
-        let idx = Tensor::new(rows, device)?;
-        let sel = flat.index_select(&idx, 0)?.unsqueeze(0)?;
-        let logits = model.logits(&sel)?.squeeze(0)?.to_dtype(DType::F32)?;
-        let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
-        let tid = Tensor::new(ids, device)?.unsqueeze(1)?;
-        parts.push(logp.gather(&tid, 1)?.squeeze(1)?.neg()?);
+    if pred_rows.is_empty() {
+        return Ok(Tensor::zeros(0, DType::F32, device)?);
     }
-    match parts.len() {
-        0 => Ok(Tensor::zeros(0, DType::F32, device)?),
-        1 => Ok(parts.remove(0)),
-        _ => Ok(Tensor::cat(&parts, 0)?),
+    let sel = flat.index_select(&Tensor::new(pred_rows, device)?, 0)?;
+    head_nll(&sel, &model.lm_head(), target_ids)
+}
+
+/// `-log softmax(head(h))[target]` for each row of `h: [n, H]`, computed over blocks of the
+/// vocabulary with an online log-sum-exp, so that only one `[n, block]` slice of logits
+/// exists at a time, in the forward pass and (recomputed) in the backward pass, as
+/// Liger-Kernel's fused linear cross-entropy does. The head weight gets no gradient.
+pub fn head_nll(h: &Tensor, head: &LmHead, target_ids: &[u32]) -> Result<Tensor> {
+    let (n, _) = h.dims2()?;
+    if target_ids.len() != n {
+        return Err(Error::Msg(format!(
+            "{} targets for {n} hidden rows",
+            target_ids.len()
+        )));
     }
+    let (vocab, _) = head.weight.shape()?;
+    if let Some(bad) = target_ids.iter().find(|&&t| t as usize >= vocab) {
+        return Err(Error::Msg(format!(
+            "target token {bad} is outside the vocabulary of {vocab}"
+        )));
+    }
+    let hd = h.detach().to_dtype(head.weight.dtype())?;
+    let targets = Tensor::new(target_ids, h.device())?.unsqueeze(1)?;
+    let mut max: Option<Tensor> = None;
+    let mut sum: Option<Tensor> = None;
+    let mut target_logit = Tensor::zeros((n, 1), DType::F32, h.device())?;
+    for_each_vocab_block(&head.weight, n, |start, w| {
+        let logits = softcapped(&hd.matmul(&w.t()?)?.to_dtype(DType::F32)?, head.softcap)?;
+        let onehot = block_onehot(&targets, start, logits.dim(1)?)?;
+        target_logit = (&target_logit + (&logits * &onehot)?.sum_keepdim(1)?)?;
+        let m = logits.max_keepdim(1)?;
+        let s = logits.broadcast_sub(&m)?.exp()?.sum_keepdim(1)?;
+        (max, sum) = match (max.take(), sum.take()) {
+            (Some(m0), Some(s0)) => {
+                let m1 = m0.maximum(&m)?;
+                let s1 = ((s0 * (m0 - &m1)?.exp()?)? + (s * (m - &m1)?.exp()?)?)?;
+                (Some(m1), Some(s1))
+            }
+            _ => (Some(m), Some(s)),
+        };
+        Ok(())
+    })?;
+    let (max, sum) = match (max, sum) {
+        (Some(m), Some(s)) => (m, s),
+        _ => return Err(Error::Msg("the output head has no rows".into())),
+    };
+    let lse = (max + sum.log()?)?;
+    let nll = (&lse - target_logit)?.squeeze(1)?;
+    let head = head.clone();
+    with_backward("head-cross-entropy", nll, &[h], move |inputs, grad| {
+        head_nll_backward(inputs[0], &head, &targets, &lse, grad)
+            .map(|g| vec![Some(g)])
+            .map_err(|e| candle_core::Error::Msg(e.to_string()))
+    })
+}
+
+/// `d nll / d h`: `Σ_blocks ((softmax − onehot) · cap') · grad` times the block's weight rows.
+fn head_nll_backward(
+    h: &Tensor,
+    head: &LmHead,
+    targets: &Tensor,
+    lse: &Tensor,
+    grad: &Tensor,
+) -> Result<Tensor> {
+    let n = h.dim(0)?;
+    let hd = h.detach().to_dtype(head.weight.dtype())?;
+    let grad = grad.to_dtype(DType::F32)?.unsqueeze(1)?;
+    let mut gh: Option<Tensor> = None;
+    for_each_vocab_block(&head.weight, n, |start, w| {
+        let logits = softcapped(&hd.matmul(&w.t()?)?.to_dtype(DType::F32)?, head.softcap)?;
+        let onehot = block_onehot(targets, start, logits.dim(1)?)?;
+        let p = logits.broadcast_sub(lse)?.exp()?;
+        let mut dl = (p - onehot)?.broadcast_mul(&grad)?;
+        if let Some(cap) = head.softcap {
+            dl = (dl * (1.0 - (logits / cap)?.sqr()?)?)?;
+        }
+        let part = dl.to_dtype(w.dtype())?.matmul(&w)?;
+        gh = Some(match gh.take() {
+            Some(a) => (a + part)?,
+            None => part,
+        });
+        Ok(())
+    })?;
+    let gh = gh.ok_or_else(|| Error::Msg("the output head has no rows".into()))?;
+    Ok(gh.to_dtype(h.dtype())?)
+}
+
+/// Calls `f(first_row, rows)` for consecutive blocks of `weight`'s rows, each small
+/// enough that `[n, block]` logits stay within [`BLOCK_LOGITS`].
+fn for_each_vocab_block(
+    weight: &FrozenWeight,
+    n: usize,
+    mut f: impl FnMut(usize, Tensor) -> Result<()>,
+) -> Result<()> {
+    let step = (BLOCK_LOGITS / n.max(1)).max(256);
+    for (i, range) in weight.block_ranges()?.into_iter().enumerate() {
+        let block = weight.block(i, range)?;
+        for off in (0..range.1).step_by(step) {
+            let len = step.min(range.1 - off);
+            f(range.0 + off, block.narrow(0, off, len)?)?;
+        }
+    }
+    Ok(())
+}
+
+fn softcapped(logits: &Tensor, softcap: Option<f64>) -> Result<Tensor> {
+    Ok(match softcap {
+        Some(cap) => ((logits / cap)?.tanh()? * cap)?,
+        None => logits.clone(),
+    })
+}
+
+/// `[n, len]` f32: 1 where row `i`'s target is vocabulary entry `start + j`.
+fn block_onehot(targets: &Tensor, start: usize, len: usize) -> Result<Tensor> {
+    let ids = Tensor::arange(start as u32, (start + len) as u32, targets.device())?.unsqueeze(0)?;
+    Ok(targets.broadcast_eq(&ids)?.to_dtype(DType::F32)?)
 }
 
 /// The rows that predict each target of `example`, and the target ids.

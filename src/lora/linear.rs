@@ -3,9 +3,10 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use candle_core::{CpuStorage, CustomOp2, DType, Layout, Module, Shape, Tensor};
+use candle_core::{DType, Module, Tensor};
 use rand::{Rng, SeedableRng};
 
+use crate::quant::FrozenWeight;
 use crate::Result;
 
 /// The trainable low-rank part of a [`Linear`].
@@ -65,10 +66,10 @@ impl LoraWeights {
     }
 }
 
-/// A frozen projection, held as plain tensors so that no gradient is kept for it.
+/// A frozen projection (dense or quantized; never given a gradient) with an optional LoRA path.
 #[derive(Debug, Clone)]
 pub struct Linear {
-    weight: Tensor,
+    weight: FrozenWeight,
     bias: Option<Tensor>,
     lora: Option<LoraWeights>,
     /// Distinguishes this layer's dropout masks from other layers'.
@@ -78,6 +79,11 @@ pub struct Linear {
 impl Linear {
     /// `weight` is `[out, in]` as in HF checkpoints.
     pub fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
+        Self::from_frozen(FrozenWeight::Dense(weight), bias)
+    }
+
+    /// A projection over an already-built frozen weight (e.g. a quantized one).
+    pub fn from_frozen(weight: FrozenWeight, bias: Option<Tensor>) -> Self {
         Self {
             weight,
             bias,
@@ -91,7 +97,7 @@ impl Linear {
         self.salt = salt;
     }
 
-    pub fn weight(&self) -> &Tensor {
+    pub fn weight(&self) -> &FrozenWeight {
         &self.weight
     }
 
@@ -101,8 +107,8 @@ impl Linear {
 
     /// `(out_features, in_features)`.
     pub fn shape(&self) -> (usize, usize) {
-        let d = self.weight.dims();
-        (d[0], d[1])
+        // A FrozenWeight is always built from a 2-D weight.
+        self.weight.shape().unwrap_or((0, 0))
     }
 
     pub fn lora(&self) -> Option<&LoraWeights> {
@@ -116,14 +122,15 @@ impl Linear {
 
     /// `W + scale · B A` (or `W` without an adapter), for merged exports.
     pub fn merged_weight(&self) -> Result<Tensor> {
+        let weight = self.weight.to_dense()?;
         match &self.lora {
-            None => Ok(self.weight.clone()),
+            None => Ok(weight),
             Some(l) => {
-                let dtype = self.weight.dtype();
+                let dtype = weight.dtype();
                 let ba =
                     l.b.to_dtype(DType::F32)?
                         .matmul(&l.a.to_dtype(DType::F32)?)?;
-                let w = (self.weight.to_dtype(DType::F32)? + (ba * l.scale)?)?;
+                let w = (weight.to_dtype(DType::F32)? + (ba * l.scale)?)?;
                 Ok(w.to_dtype(dtype)?)
             }
         }
@@ -133,7 +140,7 @@ impl Linear {
     pub fn forward_base(&self, x: &Tensor) -> Result<Tensor> {
         let (out, inp) = self.shape();
         let (lead, n) = leading_dims(x)?;
-        let y = frozen_matmul_t(&x.reshape((n, inp))?, &self.weight)?;
+        let y = self.weight.matmul_t(&x.reshape((n, inp))?)?;
         let y = match &self.bias {
             Some(b) => y.broadcast_add(b)?,
             None => y,
@@ -161,64 +168,6 @@ impl Linear {
                 Ok((y + delta)?)
             }
         }
-    }
-}
-
-/// `x Wᵀ` for a frozen `w: [out, in]` and `x: [n, in]`, whose backward computes only the
-/// input gradient (`grad · W`). Candle's matmul backward always computes and stores a
-/// gradient for both operands (`backprop.rs`, `Op::Matmul`), which for a frozen base is
-/// a wasted `[out, in]` matmul and buffer per layer.
-pub fn frozen_matmul_t(x: &Tensor, w: &Tensor) -> Result<Tensor> {
-    let y = x.detach().matmul(&w.t()?)?;
-    if !x.track_op() {
-        return Ok(y);
-    }
-    Ok(x.apply_op2(&y.contiguous()?, FrozenMatmulGrad { w: w.clone() })?)
-}
-
-/// Passes the precomputed product through and routes the gradient to the input only.
-struct FrozenMatmulGrad {
-    w: Tensor,
-}
-
-impl CustomOp2 for FrozenMatmulGrad {
-    fn name(&self) -> &'static str {
-        "frozen-matmul"
-    }
-
-    fn cpu_fwd(
-        &self,
-        _x: &CpuStorage,
-        _lx: &Layout,
-        y: &CpuStorage,
-        ly: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        match ly.contiguous_offsets() {
-            Some((0, end)) if end == ly.shape().elem_count() => Ok((y.clone(), ly.shape().clone())),
-            _ => candle_core::bail!("frozen-matmul: product is not contiguous"),
-        }
-    }
-
-    #[cfg(feature = "cuda")]
-    fn cuda_fwd(
-        &self,
-        _x: &candle_core::CudaStorage,
-        _lx: &Layout,
-        y: &candle_core::CudaStorage,
-        ly: &Layout,
-    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
-        use candle_core::backend::BackendStorage;
-        Ok((y.try_clone(ly)?, ly.shape().clone()))
-    }
-
-    fn bwd(
-        &self,
-        _x: &Tensor,
-        _y: &Tensor,
-        _res: &Tensor,
-        grad: &Tensor,
-    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
-        Ok((Some(grad.matmul(&self.w)?), None))
     }
 }
 

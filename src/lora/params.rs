@@ -13,6 +13,7 @@ use rand::{Rng, SeedableRng};
 
 use super::peft::{PeftAdapterConfig, TargetModules};
 use super::LoraWeights;
+use crate::autograd::GradSink;
 use crate::model::CausalLm;
 use crate::{Error, Result};
 
@@ -64,6 +65,8 @@ pub struct LoraParams {
     pub params: Vec<LoraParam>,
     /// Changed by the trainer before each micro-batch so dropout masks are reproducible.
     pub dropout_seed: Arc<AtomicU64>,
+    /// Where checkpointed layers leave their gradients, while checkpointing is on.
+    pub grad_sink: Option<Arc<GradSink>>,
 }
 
 fn module_matches(module: &str, targets: &[String]) -> bool {
@@ -104,6 +107,7 @@ impl LoraParams {
             spec,
             params,
             dropout_seed: Arc::new(AtomicU64::new(0)),
+            grad_sink: None,
         })
     }
 
@@ -166,6 +170,7 @@ impl LoraParams {
             spec,
             params,
             dropout_seed: Arc::new(AtomicU64::new(0)),
+            grad_sink: None,
         })
     }
 
@@ -202,6 +207,15 @@ impl LoraParams {
     }
 
     /// Removes dropout from the attached layers' view (evaluation) or restores it.
+    /// Turns per-decoder-layer gradient checkpointing on or off for `model`.
+    pub fn set_gradient_checkpointing(&mut self, model: &mut dyn CausalLm, on: bool) {
+        let sink = on.then(|| {
+            GradSink::new(self.vars().iter().map(|v| v.as_tensor().clone()).collect())
+        });
+        model.set_gradient_checkpointing(sink.clone());
+        self.grad_sink = sink;
+    }
+
     pub fn set_dropout_seed(&self, seed: u64) {
         self.dropout_seed.store(seed, Ordering::Relaxed);
     }

@@ -2,20 +2,25 @@
 //! rope bases, scaled embeddings, four norms per layer, `query_pre_attn_scalar`, and
 //! attention/final logit softcapping. Follows transformers' `models/gemma3/modeling_gemma3.py`.
 
+use std::sync::Arc;
+
 use candle_core::Tensor;
 
+use super::attention::attention;
 use super::layers::{
-    apply_rotary, attention, attention_mask, layer_projections, layer_projections_mut,
+    apply_rotary, attention_mask, layer_projections, layer_projections_mut,
     merged_projection_tensors, name_projections, padding_rows, repeat_kv, AttnProjections,
     GatedMlp, KvCache, LayerCache, MlpActivation, RmsNorm, Rotary,
 };
 use super::weights::Weights;
-use super::CausalLm;
+use super::{CausalLm, LmHead};
 use crate::config::Gemma3Config;
-use crate::lora::linear::frozen_matmul_t;
+use crate::autograd::{checkpoint, GradSink};
 use crate::lora::Linear;
+use crate::quant::FrozenWeight;
 use crate::Result;
 
+#[derive(Clone)]
 struct Attention {
     proj: AttnProjections,
     q_norm: RmsNorm,
@@ -27,6 +32,7 @@ struct Attention {
     softcap: Option<f64>,
 }
 
+#[derive(Clone)]
 struct Layer {
     input_layernorm: RmsNorm,
     self_attn: Attention,
@@ -46,6 +52,7 @@ pub struct Gemma3 {
     lm_head: Option<Linear>,
     rotary_global: Rotary,
     rotary_local: Rotary,
+    checkpointing: Option<Arc<GradSink>>,
 }
 
 impl Gemma3 {
@@ -117,6 +124,7 @@ impl Gemma3 {
             lm_head,
             rotary_global,
             rotary_local,
+            checkpointing: None,
         })
     }
 
@@ -132,6 +140,23 @@ impl Layer {
 
     fn projections_mut(&mut self) -> [&mut Linear; 7] {
         layer_projections_mut(&mut self.self_attn.proj, &mut self.mlp)
+    }
+
+    fn forward(
+        &self,
+        x: &Tensor,
+        rope: &(Tensor, Tensor),
+        mask: &Tensor,
+        cache: Option<&mut LayerCache>,
+    ) -> Result<Tensor> {
+        let hs = self.input_layernorm.forward(x)?;
+        let a = self.self_attn.forward(&hs, &rope.0, &rope.1, mask, cache)?;
+        let a = self.post_attention_layernorm.forward(&a)?;
+        let x = (x + a)?;
+        let hs = self.pre_feedforward_layernorm.forward(&x)?;
+        let m = self.mlp.forward(&hs)?;
+        let m = self.post_feedforward_layernorm.forward(&m)?;
+        Ok((x + m)?)
     }
 }
 
@@ -208,22 +233,18 @@ impl CausalLm for Gemma3 {
         let global_rope = self.rotary_global.cos_sin(offset, t, dtype, device)?;
         let local_rope = self.rotary_local.cos_sin(offset, t, dtype, device)?;
         for (i, layer) in self.layers.iter().enumerate() {
-            let (mask, (cos, sin)) = if layer.sliding {
+            let (mask, rope) = if layer.sliding {
                 (&local_mask, &local_rope)
             } else {
                 (&global_mask, &global_rope)
             };
-            let residual = x.clone();
-            let hs = layer.input_layernorm.forward(&x)?;
-            let layer_cache = cache.as_deref_mut().map(|c| &mut c.layers[i]);
-            let a = layer.self_attn.forward(&hs, cos, sin, mask, layer_cache)?;
-            let a = layer.post_attention_layernorm.forward(&a)?;
-            x = (residual + a)?;
-            let residual = x.clone();
-            let hs = layer.pre_feedforward_layernorm.forward(&x)?;
-            let m = layer.mlp.forward(&hs)?;
-            let m = layer.post_feedforward_layernorm.forward(&m)?;
-            x = (residual + m)?;
+            x = match (&self.checkpointing, cache.as_deref_mut()) {
+                (Some(sink), None) => {
+                    let (layer, rope, mask) = (layer.clone(), rope.clone(), mask.clone());
+                    checkpoint(&x, sink, move |x| layer.forward(x, &rope, &mask, None))?
+                }
+                (_, c) => layer.forward(&x, rope, mask, c.map(|c| &mut c.layers[i]))?,
+            };
         }
         if let Some(c) = cache {
             c.seq_len += t;
@@ -231,22 +252,18 @@ impl CausalLm for Gemma3 {
         self.norm.forward(&x)
     }
 
-    fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
-        let logits = match &self.lm_head {
-            Some(head) => head.forward(hidden)?,
-            None => {
-                let (b, t, h) = hidden.dims3()?;
-                frozen_matmul_t(&hidden.reshape((b * t, h))?, &self.embed_tokens)?.reshape((
-                    b,
-                    t,
-                    self.cfg.vocab_size,
-                ))?
-            }
-        };
-        match self.cfg.final_logit_softcapping {
-            Some(cap) => Ok(((logits / cap)?.tanh()? * cap)?),
-            None => Ok(logits),
+    fn lm_head(&self) -> LmHead {
+        LmHead {
+            weight: match &self.lm_head {
+                Some(head) => head.weight().clone(),
+                None => FrozenWeight::Dense(self.embed_tokens.clone()),
+            },
+            softcap: self.cfg.final_logit_softcapping,
         }
+    }
+
+    fn set_gradient_checkpointing(&mut self, sink: Option<Arc<GradSink>>) {
+        self.checkpointing = sink;
     }
 
     fn new_cache(&self) -> KvCache {

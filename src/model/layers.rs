@@ -361,26 +361,6 @@ pub fn padding_rows(attention_mask: &Tensor) -> Result<Vec<Vec<bool>>> {
         .collect())
 }
 
-/// `softmax(q kᵀ · scale [softcapped] + mask) v` for `q: [B, H, Tq, D]`, `k, v: [B, H, Tk, D]`.
-pub fn attention(
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    scale: f64,
-    softcap: Option<f64>,
-    mask: &Tensor,
-) -> Result<Tensor> {
-    let mut scores = (q.matmul(&k.t()?)? * scale)?;
-    if let Some(cap) = softcap {
-        scores = ((scores / cap)?.tanh()? * cap)?;
-    }
-    let scores = scores.broadcast_add(mask)?;
-    // Softmax in f32 as transformers' eager attention does, then back to the value dtype.
-    let probs =
-        candle_nn::ops::softmax(&scores.to_dtype(DType::F32)?, D::Minus1)?.to_dtype(v.dtype())?;
-    Ok(probs.matmul(v)?)
-}
-
 /// Key/value cache of one layer, `[B, kv_heads, T, D]`.
 #[derive(Debug, Clone, Default)]
 pub struct LayerCache {

@@ -1,20 +1,25 @@
 //! `LlamaForCausalLM` (Llama 2/3/3.1/3.2, SmolLM2): grouped-query attention, llama3 rope
 //! scaling, tied or untied head. Follows transformers' `models/llama/modeling_llama.py`.
 
+use std::sync::Arc;
+
 use candle_core::Tensor;
 
+use super::attention::attention;
 use super::layers::{
-    apply_rotary, attention, attention_mask, layer_projections, layer_projections_mut,
+    apply_rotary, attention_mask, layer_projections, layer_projections_mut,
     merged_projection_tensors, name_projections, padding_rows, repeat_kv, AttnProjections,
-    GatedMlp, KvCache, MlpActivation, RmsNorm, Rotary,
+    GatedMlp, KvCache, LayerCache, MlpActivation, RmsNorm, Rotary,
 };
 use super::weights::Weights;
-use super::CausalLm;
+use super::{CausalLm, LmHead};
 use crate::config::LlamaConfig;
-use crate::lora::linear::frozen_matmul_t;
+use crate::autograd::{checkpoint, GradSink};
+use crate::quant::FrozenWeight;
 use crate::lora::Linear;
 use crate::Result;
 
+#[derive(Clone)]
 struct Attention {
     proj: AttnProjections,
     n_head: usize,
@@ -22,6 +27,7 @@ struct Attention {
     head_dim: usize,
 }
 
+#[derive(Clone)]
 struct Layer {
     input_layernorm: RmsNorm,
     self_attn: Attention,
@@ -38,6 +44,7 @@ pub struct Llama {
     /// `None` when the head is tied to the embeddings.
     lm_head: Option<Linear>,
     rotary: Rotary,
+    checkpointing: Option<Arc<GradSink>>,
 }
 
 impl Llama {
@@ -105,6 +112,7 @@ impl Llama {
             norm,
             lm_head,
             rotary,
+            checkpointing: None,
         })
     }
 
@@ -120,6 +128,21 @@ impl Layer {
 
     fn projections_mut(&mut self) -> [&mut Linear; 7] {
         layer_projections_mut(&mut self.self_attn.proj, &mut self.mlp)
+    }
+
+    fn forward(
+        &self,
+        x: &Tensor,
+        rope: &(Tensor, Tensor),
+        mask: &Tensor,
+        cache: Option<&mut LayerCache>,
+    ) -> Result<Tensor> {
+        let h = self.input_layernorm.forward(x)?;
+        let a = self.self_attn.forward(&h, &rope.0, &rope.1, mask, cache)?;
+        let x = (x + a)?;
+        let h = self.post_attention_layernorm.forward(&x)?;
+        let m = self.mlp.forward(&h)?;
+        Ok((x + m)?)
     }
 }
 
@@ -187,19 +210,15 @@ impl CausalLm for Llama {
             .reshape((b, t, self.cfg.hidden_size))?;
         let pad = attention_mask_01.map(padding_rows).transpose()?;
         let mask = attention_mask(b, t, offset, pad.as_deref(), None, dtype, device)?;
-        let (cos, sin) = self.rotary.cos_sin(offset, t, dtype, device)?;
+        let rope = self.rotary.cos_sin(offset, t, dtype, device)?;
         for (i, layer) in self.layers.iter().enumerate() {
-            let residual = x.clone();
-            let h = layer.input_layernorm.forward(&x)?;
-            let layer_cache = cache.as_deref_mut().map(|c| &mut c.layers[i]);
-            let a = layer
-                .self_attn
-                .forward(&h, &cos, &sin, &mask, layer_cache)?;
-            x = (residual + a)?;
-            let residual = x.clone();
-            let h = layer.post_attention_layernorm.forward(&x)?;
-            let m = layer.mlp.forward(&h)?;
-            x = (residual + m)?;
+            x = match (&self.checkpointing, cache.as_deref_mut()) {
+                (Some(sink), None) => {
+                    let (layer, rope, mask) = (layer.clone(), rope.clone(), mask.clone());
+                    checkpoint(&x, sink, move |x| layer.forward(x, &rope, &mask, None))?
+                }
+                (_, c) => layer.forward(&x, &rope, &mask, c.map(|c| &mut c.layers[i]))?,
+            };
         }
         if let Some(c) = cache {
             c.seq_len += t;
@@ -207,15 +226,18 @@ impl CausalLm for Llama {
         self.norm.forward(&x)
     }
 
-    fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
-        match &self.lm_head {
-            Some(head) => head.forward(hidden),
-            None => {
-                let (b, t, h) = hidden.dims3()?;
-                let l = frozen_matmul_t(&hidden.reshape((b * t, h))?, &self.embed_tokens)?;
-                Ok(l.reshape((b, t, self.cfg.vocab_size))?)
-            }
+    fn lm_head(&self) -> LmHead {
+        LmHead {
+            weight: match &self.lm_head {
+                Some(head) => head.weight().clone(),
+                None => FrozenWeight::Dense(self.embed_tokens.clone()),
+            },
+            softcap: None,
         }
+    }
+
+    fn set_gradient_checkpointing(&mut self, sink: Option<Arc<GradSink>>) {
+        self.checkpointing = sink;
     }
 
     fn new_cache(&self) -> KvCache {

@@ -4,6 +4,7 @@
 //! One file per architecture ([`llama`], [`gemma3`]) over the shared [`layers`]. Every
 //! projection is a [`crate::lora::Linear`], so adapters attach without forking model files.
 
+pub mod attention;
 pub mod gemma3;
 pub mod layers;
 pub mod llama;
@@ -11,6 +12,7 @@ pub mod source;
 pub mod weights;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
 
@@ -19,7 +21,9 @@ pub use source::ModelSource;
 
 use crate::config::{Gemma3Config, LlamaConfig, ModelConfig, SUPPORTED_ARCHITECTURES};
 use crate::data::{ChatTemplate, ChatTokenizer};
+use crate::autograd::GradSink;
 use crate::lora::Linear;
+use crate::quant::{FrozenWeight, Quantize};
 use crate::{Error, Result};
 use weights::{read_gguf, GgufFlavor, Weights};
 
@@ -44,8 +48,24 @@ pub trait CausalLm: Send + Sync {
         self.decode(input_ids, attention_mask, None)
     }
 
+    /// The output projection and its logit soft-capping.
+    fn lm_head(&self) -> LmHead;
+
     /// Logits `[B, T, V]` from hidden states `[B, T, H]` (head, then any softcapping).
-    fn logits(&self, hidden: &Tensor) -> Result<Tensor>;
+    fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
+        let head = self.lm_head();
+        let (b, t, h) = hidden.dims3()?;
+        let l = head.weight.matmul_t(&hidden.reshape((b * t, h))?)?;
+        let l = l.reshape((b, t, l.dim(1)?))?;
+        match head.softcap {
+            Some(cap) => Ok(((l / cap)?.tanh()? * cap)?),
+            None => Ok(l),
+        }
+    }
+
+    /// Turns per-layer gradient checkpointing on (with the sink that collects the
+    /// recomputed layers' LoRA gradients) or off.
+    fn set_gradient_checkpointing(&mut self, sink: Option<Arc<GradSink>>);
 
     /// Full-sequence logits `[B, T, V]`.
     fn forward(&self, input_ids: &Tensor, attention_mask: Option<&Tensor>) -> Result<Tensor> {
@@ -75,11 +95,21 @@ pub trait CausalLm: Send + Sync {
     fn linears_mut(&mut self) -> Vec<(String, &mut Linear)>;
 }
 
+/// The output projection `[vocab, hidden]` (the embeddings when tied) and the
+/// `tanh` soft-cap applied to its logits, if any.
+#[derive(Debug, Clone)]
+pub struct LmHead {
+    pub weight: FrozenWeight,
+    pub softcap: Option<f64>,
+}
+
 /// How to load a model.
 #[derive(Debug, Clone)]
 pub struct LoadOptions {
     pub dtype: DType,
     pub device: Device,
+    /// How the decoder's projections are stored (the embeddings and head stay dense).
+    pub quantize: Quantize,
 }
 
 impl Default for LoadOptions {
@@ -87,6 +117,7 @@ impl Default for LoadOptions {
         Self {
             dtype: DType::F32,
             device: Device::Cpu,
+            quantize: Quantize::None,
         }
     }
 }
@@ -145,7 +176,14 @@ fn load_hf_dir(dir: &Path, opts: &LoadOptions) -> Result<Parts> {
     let config = ModelConfig::from_file(&cfg_path)?;
     let tokenizer = ChatTokenizer::from_hf_dir(dir)?;
     check_vocab(&tokenizer, &config, dir)?;
-    let w = Weights::from_hf_dir(dir, opts.dtype, &opts.device)?;
+    if opts.quantize == Quantize::Gguf {
+        return Err(Error::model(
+            dir,
+            "quantize = \"gguf\" keeps a GGUF file's own blocks, but this is a safetensors folder; \
+             use nf4, q4_0, q4k or q8_0 to quantize it at load",
+        ));
+    }
+    let w = Weights::from_hf_dir(dir, opts.dtype, &opts.device)?.with_quantize(opts.quantize);
     let model = build(&config, &w, None)?;
     Ok((model, config, tokenizer))
 }
@@ -203,7 +241,8 @@ fn load_gguf(path: &Path, opts: &LoadOptions) -> Result<Parts> {
     };
     check_vocab(&tokenizer, &config, path)?;
     let has_rope_freqs = content.tensor_infos.contains_key("rope_freqs.weight");
-    let w = Weights::from_gguf(content, file, path, flavor, opts.dtype, &opts.device);
+    let w = Weights::from_gguf(content, file, path, flavor, opts.dtype, &opts.device)
+        .with_quantize(opts.quantize);
     let rope_factors = if has_rope_freqs {
         Some(
             w.get_raw("rope_freqs.weight")?

@@ -10,11 +10,14 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use candle_core::quantized::gguf_file;
+use std::sync::Arc;
+
+use candle_core::quantized::{gguf_file, GgmlDType};
 use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Tensor};
 
-use crate::lora::Linear;
+use crate::lora::{Linear, PROJECTIONS};
+use crate::quant::{FrozenWeight, QuantWeight, Quantize};
 use crate::{Error, Result};
 
 /// How GGUF tensor names and layouts map to HF ones.
@@ -41,6 +44,7 @@ pub struct Weights {
     path: PathBuf,
     dtype: DType,
     device: Device,
+    quantize: Quantize,
 }
 
 impl Weights {
@@ -72,6 +76,7 @@ impl Weights {
             path: shown,
             dtype,
             device: device.clone(),
+            quantize: Quantize::None,
         })
     }
 
@@ -93,7 +98,14 @@ impl Weights {
             path: path.to_path_buf(),
             dtype,
             device: device.clone(),
+            quantize: Quantize::None,
         }
+    }
+
+    /// Stores the decoder's projections (not embeddings, norms or head) as `quantize` says.
+    pub fn with_quantize(mut self, quantize: Quantize) -> Self {
+        self.quantize = quantize;
+        self
     }
 
     pub fn path(&self) -> &Path {
@@ -123,6 +135,85 @@ impl Weights {
     /// Loads a tensor by HF name, checks its shape, and converts it to the model dtype.
     pub fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
         let t = self.get_raw(name)?;
+        self.check_shape(name, &t, shape)?;
+        Ok(t.to_dtype(self.dtype)?)
+    }
+
+    /// A frozen [`Linear`] from `{prefix}.weight` (`[out, inp]`) and optionally `{prefix}.bias`.
+    pub fn linear(&self, prefix: &str, out: usize, inp: usize, bias: bool) -> Result<Linear> {
+        let name = format!("{prefix}.weight");
+        let is_projection = prefix.starts_with("model.layers.")
+            && PROJECTIONS.contains(&prefix.rsplit('.').next().unwrap_or(""));
+        let weight = match self.quantize {
+            Quantize::None => FrozenWeight::Dense(self.get(&name, &[out, inp])?),
+            _ if !is_projection => FrozenWeight::Dense(self.get(&name, &[out, inp])?),
+            Quantize::Gguf => self.gguf_blocks(&name, &[out, inp])?,
+            q => {
+                let w = self.get_raw(&name)?;
+                self.check_shape(&name, &w, &[out, inp])?;
+                FrozenWeight::Quant(Arc::new(QuantWeight::quantize(&name, &w, q, self.dtype)?))
+            }
+        };
+        let bias = if bias {
+            Some(self.get(&format!("{prefix}.bias"), &[out])?)
+        } else {
+            None
+        };
+        Ok(Linear::from_frozen(weight, bias))
+    }
+
+    /// A GGUF tensor kept in its file's blocks (rows moved to HF order), or dense when the
+    /// file stores it unquantized.
+    fn gguf_blocks(&self, name: &str, shape: &[usize]) -> Result<FrozenWeight> {
+        let Backend::Gguf {
+            content,
+            file,
+            flavor,
+        } = &self.backend
+        else {
+            return Err(Error::model(
+                &self.path,
+                "quantize = \"gguf\" needs a GGUF model file",
+            ));
+        };
+        let gname = gguf_name(name, *flavor)
+            .filter(|g| content.tensor_infos.contains_key(g))
+            .ok_or_else(|| Error::model(&self.path, format!("tensor `{name}` is missing")))?;
+        let q = {
+            let mut f = file
+                .lock()
+                .map_err(|_| Error::model(&self.path, "file lock poisoned"))?;
+            // Read on the CPU: the rows are regrouped into blocks before they go to the device.
+            content.tensor(&mut *f, &gname, &Device::Cpu).map_err(|e| {
+                Error::model(&self.path, format!("tensor `{gname}` cannot be read: {e}"))
+            })?
+        };
+        let dims = q.shape().dims().to_vec();
+        if dims != shape {
+            return Err(Error::model(
+                &self.path,
+                format!("tensor `{name}` has shape {dims:?}, the config implies {shape:?}"),
+            ));
+        }
+        if matches!(q.dtype(), GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16) {
+            return Ok(FrozenWeight::Dense(self.get(name, shape)?));
+        }
+        let heads = match flavor {
+            GgufFlavor::Llama { n_head, .. } if name.ends_with("self_attn.q_proj.weight") => {
+                Some(*n_head)
+            }
+            GgufFlavor::Llama { n_kv_head, .. } if name.ends_with("self_attn.k_proj.weight") => {
+                Some(*n_kv_head)
+            }
+            _ => None,
+        };
+        let order = heads.map(|h| unpermute_row_order(shape[0], h)).transpose()?;
+        let w = QuantWeight::from_qtensor(&q, order.as_deref(), self.dtype, &self.device)
+            .map_err(|e| Error::model(&self.path, format!("tensor `{gname}`: {e}")))?;
+        Ok(FrozenWeight::Quant(Arc::new(w)))
+    }
+
+    fn check_shape(&self, name: &str, t: &Tensor, shape: &[usize]) -> Result<()> {
         if t.dims() != shape {
             return Err(Error::model(
                 &self.path,
@@ -133,18 +224,7 @@ impl Weights {
                 ),
             ));
         }
-        Ok(t.to_dtype(self.dtype)?)
-    }
-
-    /// A frozen [`Linear`] from `{prefix}.weight` (`[out, inp]`) and optionally `{prefix}.bias`.
-    pub fn linear(&self, prefix: &str, out: usize, inp: usize, bias: bool) -> Result<Linear> {
-        let weight = self.get(&format!("{prefix}.weight"), &[out, inp])?;
-        let bias = if bias {
-            Some(self.get(&format!("{prefix}.bias"), &[out])?)
-        } else {
-            None
-        };
-        Ok(Linear::new(weight, bias))
+        Ok(())
     }
 
     /// Loads a tensor by HF name in f32 (or its stored dtype for safetensors), unchecked.
@@ -289,6 +369,26 @@ pub fn unpermute_rope_rows(t: &Tensor, n_head: usize) -> Result<Tensor> {
     Ok(r)
 }
 
+/// `order[i]`: the llama.cpp row that holds HF row `i` of a q/k projection with `n_head`
+/// heads (the row form of [`unpermute_rope_rows`]).
+pub fn unpermute_row_order(rows: usize, n_head: usize) -> Result<Vec<usize>> {
+    if n_head == 0 || !rows.is_multiple_of(n_head * 2) {
+        return Err(Error::Msg(format!(
+            "cannot undo the rope permutation: {rows} rows for {n_head} heads"
+        )));
+    }
+    let hd = rows / n_head;
+    let mut order = Vec::with_capacity(rows);
+    for h in 0..n_head {
+        for j in 0..2 {
+            for i in 0..hd / 2 {
+                order.push(h * hd + 2 * i + j);
+            }
+        }
+    }
+    Ok(order)
+}
+
 /// Reads a GGUF file's header and tensor directory; errors name the file.
 pub fn read_gguf(path: &Path) -> Result<(gguf_file::Content, File)> {
     let mut file = File::open(path).map_err(|e| Error::io(path, e))?;
@@ -334,6 +434,26 @@ mod tests {
         let back = unpermute_rope_rows(&permuted, h).unwrap();
         let diff = (back - &hf).unwrap().abs().unwrap().sum_all().unwrap();
         assert_eq!(diff.to_scalar::<f32>().unwrap(), 0.0);
+    }
+
+    #[test]
+    fn row_order_moves_rows_like_unpermute() {
+        let (h, d, inp) = (3usize, 8usize, 2usize);
+        let t = Tensor::arange(0f32, (h * d * inp) as f32, &Device::Cpu)
+            .unwrap()
+            .reshape((h * d, inp))
+            .unwrap();
+        let by_tensor = unpermute_rope_rows(&t, h).unwrap();
+        let order: Vec<u32> = unpermute_row_order(h * d, h)
+            .unwrap()
+            .into_iter()
+            .map(|r| r as u32)
+            .collect();
+        let idx = Tensor::new(order.as_slice(), &Device::Cpu).unwrap();
+        let by_rows = t.index_select(&idx, 0).unwrap();
+        let diff = (by_rows - by_tensor).unwrap().abs().unwrap().sum_all().unwrap();
+        assert_eq!(diff.to_scalar::<f32>().unwrap(), 0.0);
+        assert!(unpermute_row_order(10, 3).is_err());
     }
 
     #[test]

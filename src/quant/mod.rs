@@ -3,4 +3,11 @@
 //! `nf4` is bitsandbytes' 4-bit NormalFloat with double quantization (Dettmers et al., 2023,
 //! "QLoRA"); the GGML formats come from candle's `quantized` module.
 
+pub mod format;
+pub mod frozen;
 pub mod nf4;
+pub mod weight;
+
+pub use format::Quantize;
+pub use frozen::{frozen_matmul_t, FrozenWeight};
+pub use weight::QuantWeight;

@@ -1,1 +1,554 @@
-//! NF4 with double quantization, bit-compatible with bitsandbytes (helper fills this in).
+//! NF4 ("4-bit NormalFloat") with double quantization, as bitsandbytes stores QLoRA base weights
+//! (Dettmers et al., 2023, "QLoRA", section 3).
+//!
+//! Bit-compatible with `bitsandbytes.functional.quantize_4bit(w, blocksize=64, quant_type="nf4",
+//! compress_statistics=True)` and `dequantize_4bit` in bitsandbytes 0.50.2 on its CPU backend:
+//! - each 64-element block is scaled by its absmax and every value rounded to the nearest of the 16
+//!   NF4 levels (`backends/default/ops.py`: `torch.bucketize` on the level midpoints, so a tie goes to
+//!   the lower level); two codes per byte, the first element of a pair in the high nibble;
+//! - the block absmaxes, minus their mean, are quantized again to 8 bits in blocks of 256 with the
+//!   signed dynamic map (`create_dynamic_map(signed=True)`), keeping one f32 scale per 256 absmaxes and
+//!   the f32 mean. The CPU kernel (`csrc/cpu_ops.cpp`, `quantize_cpu_impl`) picks that 8-bit code
+//!   through a 65536-bin lookup table rather than an exact nearest search, and we reproduce that table;
+//! - the mean is torch's f32 `mean()`: its cascade sum with 8-lane AVX2 accumulators, then a division.
+//!   That equals torch bit for bit up to 32767 absmaxes (about 2M weights); above that torch splits the
+//!   sum across threads, so its own result moves by an ulp from machine to machine.
+//!
+//! Blocks never span rows (`cols % 64 == 0`), so any row range dequantizes on its own.
+
+use std::sync::OnceLock;
+
+use crate::{Error, Result};
+
+/// Elements per absmax block.
+pub const NF4_BLOCK: usize = 64;
+/// Absmax values per second-level (double-quantization) block.
+pub const NF4_ABSMAX_BLOCK: usize = 256;
+
+/// bitsandbytes' NF4 levels (`get_4bit_type("nf4")`), index = 4-bit code.
+const NF4_LEVELS: [f32; 16] = [
+    -1.0,
+    -0.6961928,
+    -0.52507305,
+    -0.3949175,
+    -0.28444138,
+    -0.18477343,
+    -0.091050036,
+    0.0,
+    0.0795803,
+    0.1609302,
+    0.2461123,
+    0.33791524,
+    0.44070983,
+    0.562617,
+    0.72295684,
+    1.0,
+];
+
+/// `create_dynamic_map(signed=True)` as bitsandbytes builds it with torch (f32 linspace), sorted.
+/// Written out because torch's vectorized linspace rounds differently from the textbook formula.
+#[rustfmt::skip]
+const DYNAMIC_MAP: [f32; 256] = [
+    -0.99296874, -0.9789063, -0.96484375, -0.9507812, -0.93671876, -0.92265624, -0.9085938, -0.89453125,
+    -0.8804687, -0.86640626, -0.85234374, -0.8382813, -0.82421875, -0.8101562, -0.79609376, -0.78203124,
+    -0.7679688, -0.75390625, -0.7398437, -0.72578126, -0.7117188, -0.6976563, -0.68359375, -0.6695312,
+    -0.65546876, -0.6414063, -0.6273438, -0.61328125, -0.5992187, -0.58515626, -0.5710938, -0.5570313,
+    -0.54296875, -0.5289062, -0.5148437, -0.50078124, -0.4867187, -0.47265625, -0.45859373, -0.44453126,
+    -0.43046874, -0.41640624, -0.40234375, -0.38828123, -0.37421876, -0.36015624, -0.34609374, -0.33203125,
+    -0.31796873, -0.30390626, -0.28984374, -0.27578127, -0.26171875, -0.24765624, -0.23359375, -0.21953125,
+    -0.20546874, -0.19140625, -0.17734376, -0.16328125, -0.14921875, -0.13515624, -0.12109375, -0.107031256,
+    -0.09859375, -0.09578126, -0.092968754, -0.09015625, -0.08734375, -0.08453125, -0.08171876, -0.07890625,
+    -0.07609375, -0.07328125, -0.070468746, -0.067656256, -0.06484375, -0.06203125, -0.059218753, -0.05640625,
+    -0.05359375, -0.05078125, -0.04796875, -0.04515625, -0.042343747, -0.03953125, -0.036718752, -0.03390625,
+    -0.03109375, -0.028281251, -0.02546875, -0.02265625, -0.019843752, -0.01703125, -0.01421875, -0.01140625,
+    -0.00971875, -0.009156249, -0.00859375, -0.00803125, -0.00746875, -0.00690625, -0.00634375, -0.00578125,
+    -0.0052187503, -0.0046562497, -0.00409375, -0.0035312497, -0.00296875, -0.00240625, -0.00184375, -0.0012812499,
+    -0.0009437501, -0.00083125, -0.00071875006, -0.0006062501, -0.00049375003, -0.00038125002, -0.00026875004, -0.00015625001,
+    -8.875e-05, -6.625e-05, -4.375e-05, -2.1249998e-05, -7.75e-06, -3.2500002e-06, -5.5000004e-07, 0.0,
+    5.5000004e-07, 3.2500002e-06, 7.75e-06, 2.1249998e-05, 4.375e-05, 6.625e-05, 8.875e-05, 0.00015625001,
+    0.00026875004, 0.00038125002, 0.00049375003, 0.0006062501, 0.00071875006, 0.00083125, 0.0009437501, 0.0012812499,
+    0.00184375, 0.00240625, 0.00296875, 0.0035312497, 0.00409375, 0.0046562497, 0.0052187503, 0.00578125,
+    0.00634375, 0.00690625, 0.00746875, 0.00803125, 0.00859375, 0.009156249, 0.00971875, 0.01140625,
+    0.01421875, 0.01703125, 0.019843752, 0.02265625, 0.02546875, 0.028281251, 0.03109375, 0.03390625,
+    0.036718752, 0.03953125, 0.042343747, 0.04515625, 0.04796875, 0.05078125, 0.05359375, 0.05640625,
+    0.059218753, 0.06203125, 0.06484375, 0.067656256, 0.070468746, 0.07328125, 0.07609375, 0.07890625,
+    0.08171876, 0.08453125, 0.08734375, 0.09015625, 0.092968754, 0.09578126, 0.09859375, 0.107031256,
+    0.12109375, 0.13515624, 0.14921875, 0.16328125, 0.17734376, 0.19140625, 0.20546874, 0.21953125,
+    0.23359375, 0.24765624, 0.26171875, 0.27578127, 0.28984374, 0.30390626, 0.31796873, 0.33203125,
+    0.34609374, 0.36015624, 0.37421876, 0.38828123, 0.40234375, 0.41640624, 0.43046874, 0.44453126,
+    0.45859373, 0.47265625, 0.4867187, 0.50078124, 0.5148437, 0.5289062, 0.54296875, 0.5570313,
+    0.5710938, 0.58515626, 0.5992187, 0.61328125, 0.6273438, 0.6414063, 0.65546876, 0.6695312,
+    0.68359375, 0.6976563, 0.7117188, 0.72578126, 0.7398437, 0.75390625, 0.7679688, 0.78203124,
+    0.79609376, 0.8101562, 0.82421875, 0.8382813, 0.85234374, 0.86640626, 0.8804687, 0.89453125,
+    0.9085938, 0.92265624, 0.93671876, 0.9507812, 0.96484375, 0.9789063, 0.99296874, 1.0,
+];
+
+/// Size of the CPU kernel's value -> 8-bit code table (`kLUTSize` in `csrc/cpu_ops.cpp`).
+const DYNAMIC_LUT_SIZE: usize = 65536;
+
+/// A matrix quantized to NF4 with double-quantized absmax, in bitsandbytes' layout.
+#[derive(Debug, Clone)]
+pub struct Nf4Matrix {
+    rows: usize,
+    cols: usize,
+    /// Two 4-bit codes per byte, row-major; element `2k` in the high nibble of byte `k`.
+    codes: Vec<u8>,
+    /// One 8-bit `DYNAMIC_MAP` index per 64-element block.
+    absmax_codes: Vec<u8>,
+    /// One f32 scale per `NF4_ABSMAX_BLOCK` absmax codes.
+    absmax_scales: Vec<f32>,
+    /// Mean of the absmaxes, subtracted before their 8-bit quantization.
+    absmax_offset: f32,
+}
+
+impl Nf4Matrix {
+    /// Quantizes a row-major `[rows, cols]` f32 matrix; `cols` must be a multiple of 64.
+    pub fn quantize(data: &[f32], rows: usize, cols: usize) -> Result<Self> {
+        if cols % NF4_BLOCK != 0 {
+            return Err(Error::Msg(format!(
+                "NF4: the number of columns ({cols}) must be a multiple of the block size {NF4_BLOCK}"
+            )));
+        }
+        let numel = rows
+            .checked_mul(cols)
+            .filter(|&n| n == data.len())
+            .ok_or_else(|| {
+                Error::Msg(format!(
+                    "NF4: a [{rows}, {cols}] matrix needs {rows}x{cols} values, got {}",
+                    data.len()
+                ))
+            })?;
+        if numel == 0 {
+            return Err(Error::Msg(format!(
+                "NF4: cannot quantize an empty [{rows}, {cols}] matrix"
+            )));
+        }
+        if let Some(i) = data.iter().position(|x| !x.is_finite()) {
+            return Err(Error::Msg(format!(
+                "NF4: non-finite value {} at row {}, column {}",
+                data[i],
+                i / cols,
+                i % cols
+            )));
+        }
+
+        let bounds = nf4_midpoints();
+        let mut codes = Vec::with_capacity(numel / 2);
+        let mut absmax = Vec::with_capacity(numel / NF4_BLOCK);
+        for block in data.chunks_exact(NF4_BLOCK) {
+            let amax = block.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+            absmax.push(amax);
+            // torch: `A * (1.0 / absmax.clamp(min=1e-38))`, so an all-zero block maps to level 0.0.
+            let inv = 1.0 / amax.max(1e-38);
+            let level = |x: f32| -> u8 {
+                let v = (x * inv).clamp(-1.0, 1.0);
+                bounds.iter().map(|&b| u8::from(b < v)).sum()
+            };
+            codes.extend(
+                block
+                    .chunks_exact(2)
+                    .map(|p| (level(p[0]) << 4) | level(p[1])),
+            );
+        }
+
+        let absmax_offset = torch_mean(&absmax);
+        let (absmax_codes, absmax_scales) = quantize_absmax(&absmax, absmax_offset);
+        Ok(Self {
+            rows,
+            cols,
+            codes,
+            absmax_codes,
+            absmax_scales,
+            absmax_offset,
+        })
+    }
+
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// The packed 4-bit codes, bitsandbytes' `quantize_4bit` output flattened.
+    pub fn packed_codes(&self) -> &[u8] {
+        &self.codes
+    }
+
+    /// The 8-bit absmax codes (bitsandbytes' `QuantState.absmax` when nested).
+    pub fn absmax_codes(&self) -> &[u8] {
+        &self.absmax_codes
+    }
+
+    /// The per-256 absmax scales (`QuantState.state2.absmax`).
+    pub fn absmax_scales(&self) -> &[f32] {
+        &self.absmax_scales
+    }
+
+    /// The mean subtracted from the absmaxes (`QuantState.offset`).
+    pub fn absmax_offset(&self) -> f32 {
+        self.absmax_offset
+    }
+
+    /// Dequantizes rows `r0..r1` into `out`, which must hold `(r1 - r0) * cols` values.
+    pub fn dequantize_rows_into(&self, r0: usize, r1: usize, out: &mut [f32]) -> Result<()> {
+        if r0 > r1 || r1 > self.rows {
+            return Err(Error::Msg(format!(
+                "NF4: row range {r0}..{r1} is out of bounds for a matrix of {} rows",
+                self.rows
+            )));
+        }
+        if out.len() != (r1 - r0) * self.cols {
+            return Err(Error::Msg(format!(
+                "NF4: rows {r0}..{r1} of {} columns need an output of {} values, got {}",
+                self.cols,
+                (r1 - r0) * self.cols,
+                out.len()
+            )));
+        }
+        self.fill_blocks(r0 * (self.cols / NF4_BLOCK), out);
+        Ok(())
+    }
+
+    /// The whole matrix, row-major.
+    pub fn dequantize(&self) -> Vec<f32> {
+        let mut out = vec![0.0; self.rows * self.cols];
+        self.fill_blocks(0, &mut out);
+        out
+    }
+
+    /// Bytes held (codes + absmax codes + scales + offset): what the format costs in memory.
+    pub fn size_in_bytes(&self) -> usize {
+        self.codes.len()
+            + self.absmax_codes.len()
+            + self.absmax_scales.len() * std::mem::size_of::<f32>()
+            + std::mem::size_of::<f32>()
+    }
+
+    /// Dequantizes whole blocks from `first_block` on into `out` (a multiple of `NF4_BLOCK` long).
+    fn fill_blocks(&self, first_block: usize, out: &mut [f32]) {
+        let codes = &self.codes[first_block * NF4_BLOCK / 2..];
+        for (i, (block_out, block_codes)) in out
+            .chunks_exact_mut(NF4_BLOCK)
+            .zip(codes.chunks_exact(NF4_BLOCK / 2))
+            .enumerate()
+        {
+            // Scaling the 16 levels once per block gives the same products as bnb's per-element
+            // `level * absmax`, and leaves the inner loop two table reads per byte.
+            let scale = self.block_absmax(first_block + i);
+            let levels = NF4_LEVELS.map(|l| l * scale);
+            for (pair, &byte) in block_out.chunks_exact_mut(2).zip(block_codes) {
+                pair[0] = levels[usize::from(byte >> 4)];
+                pair[1] = levels[usize::from(byte & 0x0f)];
+            }
+        }
+    }
+
+    /// Absmax of block `b` as `dequantize_blockwise(...) + offset` computes it (two f32 roundings).
+    fn block_absmax(&self, b: usize) -> f32 {
+        DYNAMIC_MAP[usize::from(self.absmax_codes[b])] * self.absmax_scales[b / NF4_ABSMAX_BLOCK]
+            + self.absmax_offset
+    }
+}
+
+/// Decision boundaries between consecutive NF4 levels, `(code[i] + code[i + 1]) / 2` in f32.
+fn nf4_midpoints() -> [f32; 15] {
+    std::array::from_fn(|i| (NF4_LEVELS[i] + NF4_LEVELS[i + 1]) / 2.0)
+}
+
+/// The CPU kernel's table from a value bin in [-1, 1] to the `DYNAMIC_MAP` index whose midpoint
+/// interval holds the bin's left edge (`build_quantize_lut` in `csrc/cpu_ops.cpp`).
+fn dynamic_lut() -> &'static [u8] {
+    static LUT: OnceLock<Vec<u8>> = OnceLock::new();
+    LUT.get_or_init(|| {
+        let mid: [f32; 255] = std::array::from_fn(|i| 0.5 * (DYNAMIC_MAP[i] + DYNAMIC_MAP[i + 1]));
+        let mut code = 0usize;
+        (0..DYNAMIC_LUT_SIZE)
+            .map(|i| {
+                let val = -1.0 + (2.0 * i as f32) / (DYNAMIC_LUT_SIZE - 1) as f32;
+                while code < mid.len() && mid[code] < val {
+                    code += 1;
+                }
+                code as u8
+            })
+            .collect()
+    })
+}
+
+/// `norm_to_lut_index` in `csrc/cpu_ops.cpp`: truncation, after adding one half.
+fn dynamic_lut_index(v: f32) -> usize {
+    let v = v.clamp(-1.0, 1.0);
+    ((v + 1.0) * 0.5 * (DYNAMIC_LUT_SIZE - 1) as f32 + 0.5) as usize
+}
+
+/// Second level: `quantize_blockwise(absmax - offset, blocksize=256)` on bnb's CPU kernel.
+/// Returns one `DYNAMIC_MAP` index per absmax and one f32 scale per 256 absmaxes.
+fn quantize_absmax(absmax: &[f32], offset: f32) -> (Vec<u8>, Vec<f32>) {
+    let lut = dynamic_lut();
+    let mut codes = Vec::with_capacity(absmax.len());
+    let mut scales = Vec::with_capacity(absmax.len().div_ceil(NF4_ABSMAX_BLOCK));
+    for block in absmax.chunks(NF4_ABSMAX_BLOCK) {
+        let amax = block.iter().fold(0.0f32, |m, a| m.max((a - offset).abs()));
+        scales.push(amax);
+        if amax == 0.0 {
+            // The kernel writes code 0 here; the scale of 0 makes its value irrelevant.
+            codes.extend(std::iter::repeat_n(0u8, block.len()));
+            continue;
+        }
+        let inv = 1.0 / amax;
+        codes.extend(
+            block
+                .iter()
+                .map(|a| lut[dynamic_lut_index((a - offset) * inv)]),
+        );
+    }
+    (codes, scales)
+}
+
+/// torch's CPU `Tensor.mean()` of a contiguous f32 vector: `sum / n` in f32.
+fn torch_mean(x: &[f32]) -> f32 {
+    torch_sum(x) / x.len() as f32
+}
+
+/// Lanes of torch's `Vectorized<float>` on an AVX2 CPU.
+const TORCH_LANES: usize = 8;
+
+/// torch's single-threaded CPU f32 sum (`aten/src/ATen/native/cpu/SumKernel.cpp`,
+/// `vectorized_inner_sum`): a cascade sum over 8-lane vectors, then the scalar tail, then the lanes.
+fn torch_sum(x: &[f32]) -> f32 {
+    if x.len() < TORCH_LANES {
+        return cascade_row_sum(x.len(), |i| x[i]);
+    }
+    let vectors = x.len() / TORCH_LANES;
+    let lanes = cascade_row_sum(vectors, |i| {
+        Lanes(std::array::from_fn(|l| x[i * TORCH_LANES + l]))
+    });
+    let mut acc = 0.0f32;
+    for &v in &x[vectors * TORCH_LANES..] {
+        acc += v;
+    }
+    for v in lanes.0 {
+        acc += v;
+    }
+    acc
+}
+
+/// An accumulator of torch's cascade sum: an f32 or a vector of f32 lanes.
+trait SumAcc: Copy {
+    const ZERO: Self;
+    fn add(self, other: Self) -> Self;
+}
+
+impl SumAcc for f32 {
+    const ZERO: Self = 0.0;
+    fn add(self, other: Self) -> Self {
+        self + other
+    }
+}
+
+#[derive(Clone, Copy)]
+struct Lanes([f32; TORCH_LANES]);
+
+impl SumAcc for Lanes {
+    const ZERO: Self = Lanes([0.0; TORCH_LANES]);
+    fn add(self, other: Self) -> Self {
+        Lanes(std::array::from_fn(|l| self.0[l] + other.0[l]))
+    }
+}
+
+/// `row_sum` in SumKernel.cpp: four interleaved partial sums (`ilp_factor`), each a 4-level cascade.
+fn cascade_row_sum<T: SumAcc>(size: usize, item: impl Fn(usize) -> T) -> T {
+    const ILP: usize = 4;
+    const LEVELS: usize = 4;
+    let rows = size / ILP;
+    let ceil_log2 = if rows <= 2 {
+        1
+    } else {
+        usize::BITS - (rows - 1).leading_zeros()
+    } as usize;
+    let level_power = (ceil_log2 / LEVELS).max(4);
+    let level_step = 1usize << level_power;
+    let level_mask = level_step - 1;
+
+    let mut acc = [[T::ZERO; ILP]; LEVELS];
+    let mut i = 0;
+    while i + level_step <= rows {
+        for _ in 0..level_step {
+            for (k, a) in acc[0].iter_mut().enumerate() {
+                *a = a.add(item(i * ILP + k));
+            }
+            i += 1;
+        }
+        for j in 1..LEVELS {
+            for k in 0..ILP {
+                acc[j][k] = acc[j][k].add(acc[j - 1][k]);
+                acc[j - 1][k] = T::ZERO;
+            }
+            if i & (level_mask << (j * level_power)) != 0 {
+                break;
+            }
+        }
+    }
+    for i in i..rows {
+        for (k, a) in acc[0].iter_mut().enumerate() {
+            *a = a.add(item(i * ILP + k));
+        }
+    }
+    for j in 1..LEVELS {
+        for k in 0..ILP {
+            acc[0][k] = acc[0][k].add(acc[j][k]);
+        }
+    }
+    let mut partial = acc[0];
+    for i in rows * ILP..size {
+        partial[0] = partial[0].add(item(i));
+    }
+    let mut total = partial[0];
+    for p in &partial[1..] {
+        total = total.add(*p);
+    }
+    total
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{rngs::StdRng, Rng, SeedableRng};
+
+    fn gaussian(n: usize, seed: u64) -> Vec<f32> {
+        let mut rng = StdRng::seed_from_u64(seed);
+        (0..n)
+            .map(|_| {
+                // Box-Muller; 1 - u keeps the logarithm finite.
+                let u: f32 = 1.0 - rng.random::<f32>();
+                let v: f32 = rng.random();
+                (-2.0 * u.ln()).sqrt() * (std::f32::consts::TAU * v).cos()
+            })
+            .collect()
+    }
+
+    fn fixture_bits(key: &str) -> Vec<u32> {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/nf4/tables.json"
+        );
+        let text = std::fs::read_to_string(path).unwrap();
+        let doc: serde_json::Value = serde_json::from_str(&text).unwrap();
+        doc[key]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as u32)
+            .collect()
+    }
+
+    #[test]
+    fn tables_equal_bitsandbytes() {
+        let nf4: Vec<u32> = NF4_LEVELS.iter().map(|x| x.to_bits()).collect();
+        assert_eq!(nf4, fixture_bits("nf4_bits"));
+        let dynamic: Vec<u32> = DYNAMIC_MAP.iter().map(|x| x.to_bits()).collect();
+        assert_eq!(dynamic, fixture_bits("dynamic_signed_bits"));
+    }
+
+    #[test]
+    fn dynamic_lut_is_monotone_and_spans_the_map() {
+        let lut = dynamic_lut();
+        assert_eq!(lut.len(), DYNAMIC_LUT_SIZE);
+        assert!(lut.windows(2).all(|w| w[0] <= w[1]));
+        assert_eq!((lut[0], lut[DYNAMIC_LUT_SIZE - 1]), (0, 255));
+        assert_eq!(DYNAMIC_MAP[usize::from(lut[dynamic_lut_index(0.0)])], 0.0);
+        assert_eq!(DYNAMIC_MAP[usize::from(lut[dynamic_lut_index(1.0)])], 1.0);
+    }
+
+    #[test]
+    fn torch_sum_adds_every_element_once() {
+        // Small integers sum exactly in any order, so a dropped or doubled element shows.
+        for n in [1, 5, 8, 31, 32, 33, 515, 2048, 2049, 40_000] {
+            let x: Vec<f32> = (0..n).map(|i| (i % 97) as f32).collect();
+            let exact: u64 = (0..n as u64).map(|i| i % 97).sum();
+            assert_eq!(torch_sum(&x), exact as f32, "n = {n}");
+        }
+    }
+
+    #[test]
+    fn round_trip_error_is_bounded() {
+        let (rows, cols) = (48, 320);
+        let x = gaussian(rows * cols, 7);
+        let q = Nf4Matrix::quantize(&x, rows, cols).unwrap();
+        let y = q.dequantize();
+        let err2: f32 = x.iter().zip(&y).map(|(a, b)| (a - b) * (a - b)).sum();
+        let ref2: f32 = x.iter().map(|a| a * a).sum();
+        let rel_rmse = (err2 / ref2).sqrt();
+        assert!(rel_rmse < 0.12, "relative RMSE {rel_rmse}");
+        assert!(
+            rel_rmse > 0.05,
+            "relative RMSE {rel_rmse} is too good for 4 bits"
+        );
+        for (b, (xb, yb)) in x.chunks(NF4_BLOCK).zip(y.chunks(NF4_BLOCK)).enumerate() {
+            let amax = xb.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+            let amax_err = (q.block_absmax(b) - amax).abs();
+            // Half the widest NF4 gap (0.7229..1.0), plus what the 8-bit absmax lost.
+            let bound = 0.139 * amax + amax_err + 1e-6;
+            for (a, c) in xb.iter().zip(yb) {
+                assert!(
+                    (a - c).abs() <= bound,
+                    "block {b}: {a} -> {c}, bound {bound}"
+                );
+            }
+            assert!(
+                amax_err <= 0.01 * amax,
+                "block {b}: absmax {amax} -> {}",
+                q.block_absmax(b)
+            );
+        }
+    }
+
+    #[test]
+    fn zero_rows_stay_zero_and_levels_round_trip() {
+        let cols = 64;
+        let mut x = vec![0.0f32; 3 * cols];
+        for (i, v) in x[cols..2 * cols].iter_mut().enumerate() {
+            *v = NF4_LEVELS[i % 16] * 2.5;
+        }
+        let q = Nf4Matrix::quantize(&x, 3, cols).unwrap();
+        let y = q.dequantize();
+        assert!(y[..cols].iter().chain(&y[2 * cols..]).all(|&v| v == 0.0));
+        assert!(
+            q.packed_codes()[..cols / 2].iter().all(|&b| b == 0x77),
+            "0.0 is NF4 code 7"
+        );
+        for (i, v) in y[cols..2 * cols].iter().enumerate() {
+            assert_eq!(
+                q.packed_codes()[cols / 2 + i / 2] >> (4 * (1 - i % 2)) & 0x0f,
+                (i % 16) as u8
+            );
+            assert!(
+                (v - x[cols + i]).abs() <= 0.01 * 2.5,
+                "{i}: {} -> {v}",
+                x[cols + i]
+            );
+        }
+    }
+
+    #[test]
+    fn bad_input_is_an_error() {
+        assert!(Nf4Matrix::quantize(&[0.0; 96], 1, 96).is_err());
+        assert!(Nf4Matrix::quantize(&[0.0; 64], 2, 64).is_err());
+        assert!(Nf4Matrix::quantize(&[], 0, 64).is_err());
+        let mut x = vec![1.0f32; 128];
+        x[70] = f32::NAN;
+        let msg = Nf4Matrix::quantize(&x, 2, 64).unwrap_err().to_string();
+        assert!(msg.contains("row 1, column 6"), "{msg}");
+    }
+
+    #[test]
+    fn size_is_about_4_127_bits_per_weight() {
+        let q = Nf4Matrix::quantize(&gaussian(1536 * 576, 1), 1536, 576).unwrap();
+        let blocks = 1536 * 576 / 64;
+        assert_eq!(
+            q.size_in_bytes(),
+            1536 * 576 / 2 + blocks + 4 * blocks.div_ceil(256) + 4
+        );
+    }
+}

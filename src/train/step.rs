@@ -40,6 +40,10 @@ pub fn train_step(
         return Err(Error::Msg("a training step has no target tokens".into()));
     }
     let vars = params.vars();
+    if let Some(sink) = &params.grad_sink {
+        // Left over from a step that failed halfway.
+        sink.clear()?;
+    }
     let mut grads: Vec<Option<Tensor>> = vec![None; vars.len()];
     let mut loss_sum = 0f64;
     let mut tokens = 0;
@@ -56,11 +60,17 @@ pub fn train_step(
         tokens += mb.tokens;
         let scaled = (nll / total_targets as f64)?;
         let store = scaled.backward()?;
+        drop(scaled);
         for (slot, var) in grads.iter_mut().zip(&vars) {
-            if let Some(g) = store.get(var.as_tensor()) {
+            let outer = store.get(var.as_tensor()).cloned();
+            let inner = match &params.grad_sink {
+                Some(sink) => sink.take(var.as_tensor())?,
+                None => None,
+            };
+            for g in [outer, inner].into_iter().flatten() {
                 *slot = Some(match slot.take() {
                     Some(acc) => (acc + g)?,
-                    None => g.clone(),
+                    None => g,
                 });
             }
         }

@@ -182,7 +182,7 @@ pub fn install_ctrlc() -> Arc<AtomicBool> {
 
 fn fingerprint(job: &JobConfig) -> String {
     // Only what changes the trajectory; output paths and eval/save cadence do not.
-    let key = serde_json::json!({
+    let mut key = serde_json::json!({
         "model": job.model.source, "dtype": job.model.dtype,
         "lora": job.lora, "data": {"train": job.data.train, "validation": job.data.validation,
         "shuffle": job.data.shuffle, "max_seq_len": job.data.max_seq_len, "loss_on": job.data.loss_on},
@@ -192,6 +192,10 @@ fn fingerprint(job: &JobConfig) -> String {
         "wd": job.train.weight_decay, "clip": job.train.max_grad_norm, "seed": job.train.seed,
         "epochs": job.train.epochs, "max_steps": job.train.max_steps}
     });
+    if job.model.quantize.is_quantized() {
+        // Added only when set, so fingerprints of dense runs did not change with the key.
+        key["quantize"] = job.model.quantize.name().into();
+    }
     let text = key.to_string();
     // FNV-1a: stable across runs and platforms.
     let mut h: u64 = 0xcbf29ce484222325;
@@ -246,6 +250,7 @@ impl Trainer {
             &LoadOptions {
                 dtype,
                 device: device.clone(),
+                quantize: job.model.quantize,
             },
         )?;
         let train_path = job.data.train.clone();
@@ -284,13 +289,14 @@ impl Trainer {
             use_rslora: job.lora.use_rslora,
             targets: job.target_module_names(),
         };
-        let params = match &job.lora.init_adapter {
+        let mut params = match &job.lora.init_adapter {
             Some(dir) => {
                 LoraParams::from_peft(model.model.as_mut(), dir, job.lora.dropout, &device)?
             }
             None => LoraParams::init(model.model.as_mut(), spec, job.train.seed, &device)?,
         };
         params.attach(model.model.as_mut(), dtype)?;
+        params.set_gradient_checkpointing(model.model.as_mut(), job.train.gradient_checkpointing);
         let plan = StepPlan::new(&job, train.len())?;
         let schedule = Schedule {
             kind: job.train.scheduler,

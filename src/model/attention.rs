@@ -1,0 +1,256 @@
+//! Scaled dot-product attention that never keeps the `[B, H, T, T]` probabilities: the
+//! forward pass runs over blocks of queries and keeps only each row's log-sum-exp, and the
+//! backward pass recomputes one block of probabilities at a time (the FlashAttention-2
+//! recurrences, Dao 2023, §3.1, written with tensor ops). Eager attention under candle's
+//! autograd keeps several `[B, H, T, T]` tensors per layer until backward, which at a
+//! sequence of 1024 is most of a training step's memory.
+
+use candle_core::{DType, Tensor, D};
+
+use crate::autograd::with_backward;
+use crate::Result;
+
+/// f32 elements of one block of scores: 8 Mi (32 MiB).
+const BLOCK_SCORES: usize = 8 << 20;
+
+/// Queries per block for `[b, h, _, tk]` scores.
+fn query_block(b: usize, h: usize, tk: usize) -> usize {
+    (BLOCK_SCORES / (b * h * tk).max(1)).max(1)
+}
+
+/// The scores of one block of queries after scaling, soft-capping and masking, in f32,
+/// and the soft-capped scores before masking when soft-capping is on (for its derivative).
+fn block_scores(
+    q: &Tensor,
+    k: &Tensor,
+    scale: f64,
+    softcap: Option<f64>,
+    mask: &Tensor,
+) -> Result<(Tensor, Option<Tensor>)> {
+    let mut s = (q.matmul(&k.t()?)? * scale)?;
+    let mut capped = None;
+    if let Some(cap) = softcap {
+        s = ((s / cap)?.tanh()? * cap)?;
+        capped = Some(s.to_dtype(DType::F32)?);
+    }
+    let s = s.broadcast_add(mask)?.to_dtype(DType::F32)?;
+    Ok((s, capped))
+}
+
+/// `softmax(q kᵀ · scale (+ softcap) + mask) v` for `q: [B, H, Tq, D]`, `k, v: [B, H, Tk, D]`
+/// and an additive `mask: [B | 1, 1, Tq, Tk]`. The softmax runs in f32, as transformers'
+/// eager attention does; the result has `v`'s dtype.
+pub fn attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    scale: f64,
+    softcap: Option<f64>,
+    mask: &Tensor,
+) -> Result<Tensor> {
+    let (b, h, _, _) = q.dims4()?;
+    let block = query_block(b, h, k.dim(2)?);
+    attention_in_blocks(q, k, v, scale, softcap, mask, block)
+}
+
+fn attention_in_blocks(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    scale: f64,
+    softcap: Option<f64>,
+    mask: &Tensor,
+    block: usize,
+) -> Result<Tensor> {
+    let tq = q.dim(2)?;
+    let (qd, kd, vd) = (q.detach(), k.detach(), v.detach());
+    let mut outs = Vec::new();
+    let mut lses = Vec::new(); // [.., 2]: row max and sum of exp
+    for start in (0..tq).step_by(block) {
+        let n = block.min(tq - start);
+        let (s, _) = block_scores(
+            &qd.narrow(2, start, n)?,
+            &kd,
+            scale,
+            softcap,
+            &mask.narrow(2, start, n)?,
+        )?;
+        let max = s.max_keepdim(D::Minus1)?;
+        let e = s.broadcast_sub(&max)?.exp()?;
+        let z = e.sum_keepdim(D::Minus1)?;
+        let p = e.broadcast_div(&z)?;
+        // Kept apart: for a row whose keys are all masked, `max` is near f32::MIN and
+        // `max + log z` would round back to `max`.
+        lses.push(Tensor::cat(&[&max, &z], D::Minus1)?);
+        outs.push(p.to_dtype(vd.dtype())?.matmul(&vd)?);
+    }
+    let out = if outs.len() == 1 {
+        outs.remove(0)
+    } else {
+        Tensor::cat(&outs, 2)?
+    };
+    let lse = if lses.len() == 1 {
+        lses.remove(0)
+    } else {
+        Tensor::cat(&lses, 2)?
+    };
+    let mask = mask.clone();
+    with_backward("attention", out, &[q, k, v], move |inputs, grad| {
+        attention_backward(inputs, grad, &lse, &mask, scale, softcap, block)
+            .map_err(|e| candle_core::Error::Msg(e.to_string()))
+    })
+}
+
+fn attention_backward(
+    inputs: &[&Tensor],
+    grad: &Tensor,
+    lse: &Tensor,
+    mask: &Tensor,
+    scale: f64,
+    softcap: Option<f64>,
+    block: usize,
+) -> Result<Vec<Option<Tensor>>> {
+    let (q, k, v) = (inputs[0].detach(), inputs[1].detach(), inputs[2].detach());
+    let tq = q.dim(2)?;
+    let kf = k.to_dtype(DType::F32)?;
+    let vf = v.to_dtype(DType::F32)?;
+    let grad = grad.to_dtype(DType::F32)?;
+    let mut dq = Vec::new();
+    let mut dk: Option<Tensor> = None;
+    let mut dv: Option<Tensor> = None;
+    for start in (0..tq).step_by(block) {
+        let n = block.min(tq - start);
+        let qc = q.narrow(2, start, n)?;
+        let (s, capped) = block_scores(&qc, &k, scale, softcap, &mask.narrow(2, start, n)?)?;
+        let stats = lse.narrow(2, start, n)?;
+        let (max, z) = (stats.narrow(3, 0, 1)?, stats.narrow(3, 1, 1)?);
+        let p = s.broadcast_sub(&max)?.exp()?.broadcast_div(&z)?;
+        let go = grad.narrow(2, start, n)?;
+        let dp = go.matmul(&vf.t()?)?;
+        let rowdot = (&p * &dp)?.sum_keepdim(D::Minus1)?;
+        let mut ds = (&p * dp.broadcast_sub(&rowdot)?)?;
+        if let (Some(cap), Some(t)) = (softcap, capped) {
+            let tanh = (t / cap)?;
+            ds = (ds * (1.0 - tanh.sqr()?)?)?;
+        }
+        let ds = (ds * scale)?;
+        dq.push(ds.matmul(&kf)?);
+        let qf = qc.to_dtype(DType::F32)?;
+        let dk_c = ds.t()?.matmul(&qf)?;
+        let dv_c = p.t()?.matmul(&go)?;
+        dk = Some(match dk {
+            Some(a) => (a + dk_c)?,
+            None => dk_c,
+        });
+        dv = Some(match dv {
+            Some(a) => (a + dv_c)?,
+            None => dv_c,
+        });
+    }
+    let dq = if dq.len() == 1 {
+        dq.remove(0)
+    } else {
+        Tensor::cat(&dq, 2)?
+    };
+    let back = |t: Option<Tensor>, like: &Tensor| -> Result<Option<Tensor>> {
+        t.map(|t| Ok(t.to_dtype(like.dtype())?)).transpose()
+    };
+    Ok(vec![
+        Some(dq.to_dtype(q.dtype())?),
+        back(dk, &k)?,
+        back(dv, &v)?,
+    ])
+}
+
+/// Plain attention under candle's autograd, for tests and as the reference.
+pub fn attention_eager(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    scale: f64,
+    softcap: Option<f64>,
+    mask: &Tensor,
+) -> Result<Tensor> {
+    let mut scores = (q.matmul(&k.t()?)? * scale)?;
+    if let Some(cap) = softcap {
+        scores = ((scores / cap)?.tanh()? * cap)?;
+    }
+    let scores = scores.broadcast_add(mask)?;
+    let probs =
+        candle_nn::ops::softmax(&scores.to_dtype(DType::F32)?, D::Minus1)?.to_dtype(v.dtype())?;
+    Ok(probs.matmul(v)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::layers::attention_mask;
+    use candle_core::{Device, Var};
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> Result<f32> {
+        Ok((a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?)
+    }
+
+    fn check(softcap: Option<f64>, block: Option<usize>) -> Result<()> {
+        let dev = Device::Cpu;
+        let (b, h, t, d) = (2, 3, 7, 4);
+        let pad = vec![vec![true; t], {
+            let mut r = vec![false; 2];
+            r.extend(vec![true; t - 2]);
+            r
+        }];
+        let mask = attention_mask(b, t, 0, Some(&pad), Some(4), DType::F32, &dev)?;
+        let mk = || -> Result<Var> { Ok(Var::from_tensor(&Tensor::randn(0f32, 1., (b, h, t, d), &dev)?)?) };
+        let (q, k, v) = (mk()?, mk()?, mk()?);
+        let w = Tensor::randn(0f32, 1., (b, h, t, d), &dev)?;
+        let run = |f: &dyn Fn() -> Result<Tensor>| -> Result<(Tensor, Vec<Tensor>)> {
+            let o = f()?;
+            let g = (&o * &w)?.sum_all()?.backward()?;
+            let grads = [&q, &k, &v]
+                .iter()
+                .map(|x| g.get(x.as_tensor()).cloned().ok_or(crate::Error::Msg("no grad".into())))
+                .collect::<Result<Vec<_>>>()?;
+            Ok((o, grads))
+        };
+        let (oe, ge) = run(&|| attention_eager(q.as_tensor(), k.as_tensor(), v.as_tensor(), 0.5, softcap, &mask))?;
+        let (of, gf) = run(&|| match block {
+            None => attention(q.as_tensor(), k.as_tensor(), v.as_tensor(), 0.5, softcap, &mask),
+            Some(n) => attention_in_blocks(
+                q.as_tensor(),
+                k.as_tensor(),
+                v.as_tensor(),
+                0.5,
+                softcap,
+                &mask,
+                n,
+            ),
+        })?;
+        assert!(max_diff(&oe, &of)? < 1e-5, "outputs differ");
+        for (a, b) in ge.iter().zip(&gf) {
+            let diff = max_diff(a, b)?;
+            assert!(diff < 1e-5, "gradients differ by {diff}");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn blocked_attention_matches_eager_values_and_gradients() -> Result<()> {
+        check(None, None)
+    }
+
+    #[test]
+    fn blocked_attention_matches_eager_with_softcap() -> Result<()> {
+        check(Some(2.0), Some(2))
+    }
+
+    #[test]
+    fn uneven_query_blocks_match_eager() -> Result<()> {
+        check(None, Some(3))
+    }
+
+    #[test]
+    fn query_blocks_cover_long_sequences() {
+        assert_eq!(query_block(4, 9, 1024), 227);
+        assert_eq!(query_block(1, 1, 1 << 30), 1);
+    }
+}

@@ -1,0 +1,108 @@
+//! A frozen weight the layers multiply by without caring how it is stored: dense in the
+//! model dtype, or quantized (see [`QuantWeight`]). Either way the backward pass computes
+//! only the input gradient; a frozen weight never gets a gradient buffer.
+
+use std::sync::Arc;
+
+use candle_core::{DType, Tensor};
+
+use super::QuantWeight;
+use crate::autograd::with_backward;
+use crate::Result;
+
+/// Rows of a dense weight handled at once where a caller walks the weight in blocks.
+const DENSE_BLOCK_ROWS: usize = 32768;
+
+#[derive(Debug, Clone)]
+pub enum FrozenWeight {
+    Dense(Tensor),
+    Quant(Arc<QuantWeight>),
+}
+
+impl FrozenWeight {
+    /// `(out, in)`.
+    pub fn shape(&self) -> Result<(usize, usize)> {
+        match self {
+            Self::Dense(w) => Ok(w.dims2()?),
+            Self::Quant(q) => Ok(q.shape()),
+        }
+    }
+
+    /// The dtype products come out in.
+    pub fn dtype(&self) -> DType {
+        match self {
+            Self::Dense(w) => w.dtype(),
+            Self::Quant(q) => q.dtype(),
+        }
+    }
+
+    pub fn is_quantized(&self) -> bool {
+        matches!(self, Self::Quant(_))
+    }
+
+    /// The full weight in the compute dtype (dequantized if needed).
+    pub fn to_dense(&self) -> Result<Tensor> {
+        match self {
+            Self::Dense(w) => Ok(w.clone()),
+            Self::Quant(q) => q.dequantize(),
+        }
+    }
+
+    /// Bytes the stored weight occupies.
+    pub fn size_in_bytes(&self) -> usize {
+        match self {
+            Self::Dense(w) => w.elem_count() * w.dtype().size_in_bytes(),
+            Self::Quant(q) => q.size_in_bytes(),
+        }
+    }
+
+    /// Row ranges `(start, len)` in which the weight is best walked.
+    pub fn block_ranges(&self) -> Result<Vec<(usize, usize)>> {
+        match self {
+            Self::Dense(w) => {
+                let rows = w.dims2()?.0;
+                Ok((0..rows)
+                    .step_by(DENSE_BLOCK_ROWS)
+                    .map(|r0| (r0, DENSE_BLOCK_ROWS.min(rows - r0)))
+                    .collect())
+            }
+            Self::Quant(q) => Ok(q.block_ranges()),
+        }
+    }
+
+    /// Rows of block `index` (see [`Self::block_ranges`]) in the compute dtype.
+    pub fn block(&self, index: usize, range: (usize, usize)) -> Result<Tensor> {
+        match self {
+            Self::Dense(w) => Ok(w.narrow(0, range.0, range.1)?),
+            Self::Quant(q) => q.dequantize_block(index),
+        }
+    }
+
+    /// `x Wᵀ` for `x: [n, in]`; backward computes `grad · W` for `x` only (blockwise for a
+    /// quantized weight).
+    pub fn matmul_t(&self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Self::Dense(w) => frozen_matmul_t(x, w),
+            Self::Quant(q) => {
+                let y = q.matmul_t(&x.detach())?;
+                let q = Arc::clone(q);
+                with_backward("quant-matmul", y, &[x], move |_, g| {
+                    let gx = q
+                        .grad_input(g)
+                        .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+                    Ok(vec![Some(gx)])
+                })
+            }
+        }
+    }
+}
+
+/// `x Wᵀ` for a frozen dense `w: [out, in]` and `x: [n, in]`, whose backward computes only
+/// the input gradient (`grad · W`). Candle's matmul backward always computes a gradient
+/// for both operands (`backprop.rs`, `Op::Matmul`), which for a frozen base is a wasted
+/// `[out, in]` product and buffer per layer.
+pub fn frozen_matmul_t(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    let y = x.detach().matmul(&w.t()?)?;
+    let w = w.clone();
+    with_backward("frozen-matmul", y, &[x], move |_, g| Ok(vec![Some(g.matmul(&w)?)]))
+}
