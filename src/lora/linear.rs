@@ -6,6 +6,7 @@ use std::sync::Arc;
 use candle_core::{DType, Module, Tensor};
 use rand::{Rng, SeedableRng};
 
+use crate::autograd::with_backward;
 use crate::quant::FrozenWeight;
 use crate::Result;
 
@@ -40,14 +41,15 @@ impl LoraWeights {
         }
     }
 
-    /// Applies inverted dropout with a mask drawn from the shared seed, or nothing.
-    fn dropout(&self, x: &Tensor, salt: u64) -> crate::Result<Tensor> {
+    /// The inverted-dropout mask (`0` or `1 / keep`) drawn from the shared seed for an
+    /// input shaped like `x`, or `None` when dropout is off.
+    fn dropout_mask(&self, x: &Tensor, salt: u64) -> crate::Result<Option<Tensor>> {
         let seed = match &self.dropout_seed {
             Some(s) if self.dropout > 0.0 => s.load(Ordering::Relaxed),
             _ => 0,
         };
         if seed == 0 {
-            return Ok(x.clone());
+            return Ok(None);
         }
         let mut rng =
             rand::rngs::StdRng::seed_from_u64(seed ^ salt.wrapping_mul(0x9E37_79B9_7F4A_7C15));
@@ -61,8 +63,9 @@ impl LoraWeights {
                 }
             })
             .collect();
-        let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
-        Ok((x * mask)?)
+        Ok(Some(
+            Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?,
+        ))
     }
 }
 
@@ -150,24 +153,60 @@ impl Linear {
         Ok(y.reshape(out_dims)?)
     }
 
+    /// `x Wᵀ + b + scale · (dropout(x) Aᵀ) Bᵀ` as one op with its own backward, which keeps
+    /// only `x` and the rank-`r` product `dropout(x) Aᵀ` (plus the dropout mask, if any) for
+    /// the backward pass; autograd over the same expression would keep four `[n, out]`
+    /// tensors per projection.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = self.forward_base(x)?;
-        match &self.lora {
-            None => Ok(y),
-            Some(l) => {
-                let (_, n) = leading_dims(x)?;
-                let x2 = x.reshape((n, self.shape().1))?;
-                let x2 = l.dropout(&x2, self.salt)?;
-                let a = l.a.to_dtype(l.compute_dtype)?;
-                let b = l.b.to_dtype(l.compute_dtype)?;
-                let delta = x2
-                    .to_dtype(l.compute_dtype)?
-                    .matmul(&a.t()?)?
-                    .matmul(&b.t()?)?;
-                let delta = (delta * l.scale)?.to_dtype(y.dtype())?.reshape(y.shape())?;
-                Ok((y + delta)?)
+        let Some(l) = &self.lora else {
+            return self.forward_base(x);
+        };
+        let (out, inp) = self.shape();
+        let (lead, n) = leading_dims(x)?;
+        let x2 = x.reshape((n, inp))?;
+        let xd = x2.detach();
+        let cd = l.compute_dtype;
+        let mask = l.dropout_mask(&xd, self.salt)?;
+        let x_lora = match &mask {
+            Some(m) => (&xd * m)?.to_dtype(cd)?,
+            None => xd.to_dtype(cd)?,
+        };
+        let a = l.a.detach().to_dtype(cd)?;
+        let b = l.b.detach().to_dtype(cd)?;
+        let u = x_lora.matmul(&a.t()?)?;
+        let base = self.weight.product_t(&xd)?;
+        let delta = (u.matmul(&b.t()?)? * l.scale)?.to_dtype(base.dtype())?;
+        let y = (base + delta)?;
+        let weight = self.weight.clone();
+        let scale = l.scale;
+        let y = with_backward("lora-linear", y, &[&x2, &l.a, &l.b], move |inputs, g| {
+            let (x, a_var, b_var) = (inputs[0], inputs[1], inputs[2]);
+            let gc = g.to_dtype(cd)?;
+            let grad_b = (gc.t()?.matmul(&u)? * scale)?.to_dtype(b_var.dtype())?;
+            let grad_u = (gc.matmul(&b)? * scale)?;
+            let x_lora = match &mask {
+                Some(m) => (x.detach() * m)?.to_dtype(cd)?,
+                None => x.detach().to_dtype(cd)?,
+            };
+            let grad_a = grad_u.t()?.matmul(&x_lora)?.to_dtype(a_var.dtype())?;
+            let mut grad_x_lora = grad_u.matmul(&a)?;
+            if let Some(m) = &mask {
+                grad_x_lora = (grad_x_lora * m.to_dtype(cd)?)?;
             }
-        }
+            let grad_x = weight
+                .grad_input(g)
+                .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+            let grad_x_lora = grad_x_lora.to_dtype(grad_x.dtype())?;
+            let grad_x = (grad_x + grad_x_lora)?;
+            Ok(vec![Some(grad_x.to_dtype(x.dtype())?), Some(grad_a), Some(grad_b)])
+        })?;
+        let y = match &self.bias {
+            Some(bias) => y.broadcast_add(bias)?,
+            None => y,
+        };
+        let mut out_dims = lead;
+        out_dims.push(out);
+        Ok(y.reshape(out_dims)?)
     }
 }
 

@@ -78,6 +78,22 @@ impl FrozenWeight {
         }
     }
 
+    /// `x Wᵀ` outside the graph (no backward).
+    pub fn product_t(&self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Self::Dense(w) => Ok(x.detach().matmul(&w.t()?)?),
+            Self::Quant(q) => q.matmul_t(&x.detach()),
+        }
+    }
+
+    /// `g W`: the input gradient of `x Wᵀ` for an output gradient `g: [n, out]`.
+    pub fn grad_input(&self, g: &Tensor) -> Result<Tensor> {
+        match self {
+            Self::Dense(w) => Ok(g.to_dtype(w.dtype())?.matmul(w)?),
+            Self::Quant(q) => q.grad_input(g),
+        }
+    }
+
     /// `x Wᵀ` for `x: [n, in]`; backward computes `grad · W` for `x` only (blockwise for a
     /// quantized weight).
     pub fn matmul_t(&self, x: &Tensor) -> Result<Tensor> {
