@@ -5,6 +5,7 @@
 use candle_core::{DType, Device, Tensor, D};
 
 use super::weights::Weights;
+use crate::autograd::with_backward;
 use crate::config::RopeScaling;
 use crate::lora::Linear;
 use crate::Result;
@@ -33,7 +34,25 @@ impl RmsNorm {
         &self.weight
     }
 
+    /// The norm as one op whose backward keeps only `x` (and recomputes the row scale):
+    /// `dx = r·h − x·r³·mean(h∘x)` with `h = g∘w` and `r = 1/sqrt(mean(x²) + eps)`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let y = self.values(&x.detach())?;
+        let w = self.weight.to_dtype(DType::F32)?;
+        let w = if self.unit_offset { (w + 1.0)? } else { w };
+        let eps = self.eps;
+        with_backward("rms-norm", y, &[x], move |inputs, g| {
+            let x = inputs[0].detach().to_dtype(DType::F32)?;
+            let h = g.to_dtype(DType::F32)?.broadcast_mul(&w)?;
+            let r = (x.sqr()?.mean_keepdim(D::Minus1)? + eps)?.sqrt()?.recip()?;
+            let mean_hx = ((&h * &x)?.sum_keepdim(D::Minus1)? / x.dim(D::Minus1)? as f64)?;
+            let gx = (h.broadcast_mul(&r)? - x.broadcast_mul(&(r.powf(3.0)? * mean_hx)?)?)?;
+            Ok(vec![Some(gx.to_dtype(inputs[0].dtype())?)])
+        })
+    }
+
+    /// The forward values, as transformers computes them.
+    fn values(&self, x: &Tensor) -> Result<Tensor> {
         let dtype = x.dtype();
         let xf = x.to_dtype(DType::F32)?;
         let var = xf.sqr()?.mean_keepdim(D::Minus1)?;
@@ -415,6 +434,27 @@ mod tests {
         // query 3 sees keys 2 and 3 only.
         let allowed: Vec<bool> = rows[3].iter().map(|v| *v == 0.0).collect();
         assert_eq!(allowed, vec![false, false, true, true, false]);
+    }
+
+    #[test]
+    fn rms_norm_backward_matches_autograd() -> crate::Result<()> {
+        use candle_core::Var;
+        let dev = Device::Cpu;
+        for unit_offset in [false, true] {
+            let w = Tensor::randn(0f32, 1., 6, &dev)?;
+            let norm = RmsNorm::new(w, 1e-6, unit_offset);
+            let x = Var::from_tensor(&Tensor::randn(0f32, 1., (3, 6), &dev)?)?;
+            let g = Tensor::randn(0f32, 1., (3, 6), &dev)?;
+            let fused = (norm.forward(x.as_tensor())? * &g)?.sum_all()?.backward()?;
+            let plain = (norm.values(x.as_tensor())? * &g)?.sum_all()?.backward()?;
+            let (a, b) = (fused.get(x.as_tensor()), plain.get(x.as_tensor()));
+            let (Some(a), Some(b)) = (a, b) else {
+                panic!("no gradient");
+            };
+            let diff = (a - b)?.abs()?.max_all()?.to_scalar::<f32>()?;
+            assert!(diff < 1e-5, "rms-norm gradient differs by {diff}");
+        }
+        Ok(())
     }
 
     #[test]
