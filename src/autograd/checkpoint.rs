@@ -124,9 +124,16 @@ mod tests {
         let y = checkpoint(&h, &sink, move |x| layer(x, &b))?;
         let outer = loss(&y)?.backward()?;
         for w in [&w1, &w2] {
-            assert!(outer.get(w.as_tensor()).is_none(), "the outer graph bypassed the checkpoint");
-            let got = sink.take(w.as_tensor())?.ok_or(Error::Msg("no gradient".into()))?;
-            let want = plain.get(w.as_tensor()).ok_or(Error::Msg("no reference".into()))?;
+            assert!(
+                outer.get(w.as_tensor()).is_none(),
+                "the outer graph bypassed the checkpoint"
+            );
+            let got = sink
+                .take(w.as_tensor())?
+                .ok_or(Error::Msg("no gradient".into()))?;
+            let want = plain
+                .get(w.as_tensor())
+                .ok_or(Error::Msg("no reference".into()))?;
             let diff = (got - want)?.abs()?.max_all()?.to_scalar::<f32>()?;
             assert!(diff < 1e-6, "checkpointed gradient differs by {diff}");
         }

@@ -38,6 +38,16 @@ pub fn nll_rows(
 /// exists at a time, in the forward pass and (recomputed) in the backward pass, as
 /// Liger-Kernel's fused linear cross-entropy does. The head weight gets no gradient.
 pub fn head_nll(h: &Tensor, head: &LmHead, target_ids: &[u32]) -> Result<Tensor> {
+    head_nll_blocked(h, head, target_ids, BLOCK_LOGITS)
+}
+
+/// [`head_nll`] with at most `block_logits` f32 logits per block (at least 256 columns).
+pub fn head_nll_blocked(
+    h: &Tensor,
+    head: &LmHead,
+    target_ids: &[u32],
+    block_logits: usize,
+) -> Result<Tensor> {
     let (n, _) = h.dims2()?;
     if target_ids.len() != n {
         return Err(Error::Msg(format!(
@@ -56,7 +66,7 @@ pub fn head_nll(h: &Tensor, head: &LmHead, target_ids: &[u32]) -> Result<Tensor>
     let mut max: Option<Tensor> = None;
     let mut sum: Option<Tensor> = None;
     let mut target_logit = Tensor::zeros((n, 1), DType::F32, h.device())?;
-    for_each_vocab_block(&head.weight, n, |start, w| {
+    for_each_vocab_block(&head.weight, n, block_logits, |start, w| {
         let logits = softcapped(&hd.matmul(&w.t()?)?.to_dtype(DType::F32)?, head.softcap)?;
         let onehot = block_onehot(&targets, start, logits.dim(1)?)?;
         target_logit = (&target_logit + (&logits * &onehot)?.sum_keepdim(1)?)?;
@@ -80,7 +90,7 @@ pub fn head_nll(h: &Tensor, head: &LmHead, target_ids: &[u32]) -> Result<Tensor>
     let nll = (&lse - target_logit)?.squeeze(1)?;
     let head = head.clone();
     with_backward("head-cross-entropy", nll, &[h], move |inputs, grad| {
-        head_nll_backward(inputs[0], &head, &targets, &lse, grad)
+        head_nll_backward(inputs[0], &head, &targets, &lse, grad, block_logits)
             .map(|g| vec![Some(g)])
             .map_err(|e| candle_core::Error::Msg(e.to_string()))
     })
@@ -93,12 +103,13 @@ fn head_nll_backward(
     targets: &Tensor,
     lse: &Tensor,
     grad: &Tensor,
+    block_logits: usize,
 ) -> Result<Tensor> {
     let n = h.dim(0)?;
     let hd = h.detach().to_dtype(head.weight.dtype())?;
     let grad = grad.to_dtype(DType::F32)?.unsqueeze(1)?;
     let mut gh: Option<Tensor> = None;
-    for_each_vocab_block(&head.weight, n, |start, w| {
+    for_each_vocab_block(&head.weight, n, block_logits, |start, w| {
         let logits = softcapped(&hd.matmul(&w.t()?)?.to_dtype(DType::F32)?, head.softcap)?;
         let onehot = block_onehot(targets, start, logits.dim(1)?)?;
         let p = logits.broadcast_sub(lse)?.exp()?;
@@ -122,9 +133,10 @@ fn head_nll_backward(
 fn for_each_vocab_block(
     weight: &FrozenWeight,
     n: usize,
+    block_logits: usize,
     mut f: impl FnMut(usize, Tensor) -> Result<()>,
 ) -> Result<()> {
-    let step = (BLOCK_LOGITS / n.max(1)).max(256);
+    let step = (block_logits / n.max(1)).max(256);
     for (i, range) in weight.block_ranges()?.into_iter().enumerate() {
         let block = weight.block(i, range)?;
         for off in (0..range.1).step_by(step) {

@@ -198,7 +198,11 @@ impl Linear {
                 .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
             let grad_x_lora = grad_x_lora.to_dtype(grad_x.dtype())?;
             let grad_x = (grad_x + grad_x_lora)?;
-            Ok(vec![Some(grad_x.to_dtype(x.dtype())?), Some(grad_a), Some(grad_b)])
+            Ok(vec![
+                Some(grad_x.to_dtype(x.dtype())?),
+                Some(grad_a),
+                Some(grad_b),
+            ])
         })?;
         let y = match &self.bias {
             Some(bias) => y.broadcast_add(bias)?,

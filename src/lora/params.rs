@@ -209,9 +209,8 @@ impl LoraParams {
     /// Removes dropout from the attached layers' view (evaluation) or restores it.
     /// Turns per-decoder-layer gradient checkpointing on or off for `model`.
     pub fn set_gradient_checkpointing(&mut self, model: &mut dyn CausalLm, on: bool) {
-        let sink = on.then(|| {
-            GradSink::new(self.vars().iter().map(|v| v.as_tensor().clone()).collect())
-        });
+        let sink =
+            on.then(|| GradSink::new(self.vars().iter().map(|v| v.as_tensor().clone()).collect()));
         model.set_gradient_checkpointing(sink.clone());
         self.grad_sink = sink;
     }

@@ -200,7 +200,14 @@ mod tests {
             r
         }];
         let mask = attention_mask(b, t, 0, Some(&pad), Some(4), DType::F32, &dev)?;
-        let mk = || -> Result<Var> { Ok(Var::from_tensor(&Tensor::randn(0f32, 1., (b, h, t, d), &dev)?)?) };
+        let mk = || -> Result<Var> {
+            Ok(Var::from_tensor(&Tensor::randn(
+                0f32,
+                1.,
+                (b, h, t, d),
+                &dev,
+            )?)?)
+        };
         let (q, k, v) = (mk()?, mk()?, mk()?);
         let w = Tensor::randn(0f32, 1., (b, h, t, d), &dev)?;
         let run = |f: &dyn Fn() -> Result<Tensor>| -> Result<(Tensor, Vec<Tensor>)> {
@@ -208,13 +215,33 @@ mod tests {
             let g = (&o * &w)?.sum_all()?.backward()?;
             let grads = [&q, &k, &v]
                 .iter()
-                .map(|x| g.get(x.as_tensor()).cloned().ok_or(crate::Error::Msg("no grad".into())))
+                .map(|x| {
+                    g.get(x.as_tensor())
+                        .cloned()
+                        .ok_or(crate::Error::Msg("no grad".into()))
+                })
                 .collect::<Result<Vec<_>>>()?;
             Ok((o, grads))
         };
-        let (oe, ge) = run(&|| attention_eager(q.as_tensor(), k.as_tensor(), v.as_tensor(), 0.5, softcap, &mask))?;
+        let (oe, ge) = run(&|| {
+            attention_eager(
+                q.as_tensor(),
+                k.as_tensor(),
+                v.as_tensor(),
+                0.5,
+                softcap,
+                &mask,
+            )
+        })?;
         let (of, gf) = run(&|| match block {
-            None => attention(q.as_tensor(), k.as_tensor(), v.as_tensor(), 0.5, softcap, &mask),
+            None => attention(
+                q.as_tensor(),
+                k.as_tensor(),
+                v.as_tensor(),
+                0.5,
+                softcap,
+                &mask,
+            ),
             Some(n) => attention_in_blocks(
                 q.as_tensor(),
                 k.as_tensor(),

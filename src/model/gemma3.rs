@@ -14,8 +14,8 @@ use super::layers::{
 };
 use super::weights::Weights;
 use super::{CausalLm, LmHead};
-use crate::config::Gemma3Config;
 use crate::autograd::{checkpoint, GradSink};
+use crate::config::Gemma3Config;
 use crate::lora::Linear;
 use crate::quant::FrozenWeight;
 use crate::Result;

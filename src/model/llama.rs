@@ -13,10 +13,10 @@ use super::layers::{
 };
 use super::weights::Weights;
 use super::{CausalLm, LmHead};
-use crate::config::LlamaConfig;
 use crate::autograd::{checkpoint, GradSink};
-use crate::quant::FrozenWeight;
+use crate::config::LlamaConfig;
 use crate::lora::Linear;
+use crate::quant::FrozenWeight;
 use crate::Result;
 
 #[derive(Clone)]

@@ -19,9 +19,9 @@ use candle_core::{DType, Device, Tensor};
 pub use layers::KvCache;
 pub use source::ModelSource;
 
+use crate::autograd::GradSink;
 use crate::config::{Gemma3Config, LlamaConfig, ModelConfig, SUPPORTED_ARCHITECTURES};
 use crate::data::{ChatTemplate, ChatTokenizer};
-use crate::autograd::GradSink;
 use crate::lora::Linear;
 use crate::quant::{FrozenWeight, Quantize};
 use crate::{Error, Result};

@@ -207,7 +207,9 @@ impl Weights {
             }
             _ => None,
         };
-        let order = heads.map(|h| unpermute_row_order(shape[0], h)).transpose()?;
+        let order = heads
+            .map(|h| unpermute_row_order(shape[0], h))
+            .transpose()?;
         let w = QuantWeight::from_qtensor(&q, order.as_deref(), self.dtype, &self.device)
             .map_err(|e| Error::model(&self.path, format!("tensor `{gname}`: {e}")))?;
         Ok(FrozenWeight::Quant(Arc::new(w)))
@@ -451,7 +453,12 @@ mod tests {
             .collect();
         let idx = Tensor::new(order.as_slice(), &Device::Cpu).unwrap();
         let by_rows = t.index_select(&idx, 0).unwrap();
-        let diff = (by_rows - by_tensor).unwrap().abs().unwrap().sum_all().unwrap();
+        let diff = (by_rows - by_tensor)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .sum_all()
+            .unwrap();
         assert_eq!(diff.to_scalar::<f32>().unwrap(), 0.0);
         assert!(unpermute_row_order(10, 3).is_err());
     }

@@ -120,5 +120,7 @@ impl FrozenWeight {
 pub fn frozen_matmul_t(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     let y = x.detach().matmul(&w.t()?)?;
     let w = w.clone();
-    with_backward("frozen-matmul", y, &[x], move |_, g| Ok(vec![Some(g.matmul(&w)?)]))
+    with_backward("frozen-matmul", y, &[x], move |_, g| {
+        Ok(vec![Some(g.matmul(&w)?)])
+    })
 }

@@ -38,7 +38,11 @@ pub struct QuantWeight {
 
 impl std::fmt::Debug for QuantWeight {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "QuantWeight({} [{}, {}])", self.label, self.rows, self.cols)
+        write!(
+            f,
+            "QuantWeight({} [{}, {}])",
+            self.label, self.rows, self.cols
+        )
     }
 }
 
@@ -49,7 +53,20 @@ fn block_rows_for(cols: usize) -> usize {
 impl QuantWeight {
     /// Quantizes a dense `[out, in]` weight (`name` is used in errors).
     pub fn quantize(name: &str, w: &Tensor, format: Quantize, dtype: DType) -> Result<Self> {
+        let cols = w.dims2()?.1;
+        Self::quantize_in_blocks(name, w, format, dtype, block_rows_for(cols))
+    }
+
+    /// [`Self::quantize`] with `block_rows` rows per dequantization block.
+    pub fn quantize_in_blocks(
+        name: &str,
+        w: &Tensor,
+        format: Quantize,
+        dtype: DType,
+        block_rows: usize,
+    ) -> Result<Self> {
         let (rows, cols) = w.dims2()?;
+        let block_rows = block_rows.max(1);
         let multiple = format.row_multiple();
         if !cols.is_multiple_of(multiple) {
             return Err(Error::Msg(format!(
@@ -58,7 +75,6 @@ impl QuantWeight {
             )));
         }
         let device = w.device().clone();
-        let block_rows = block_rows_for(cols);
         let blocks = match format {
             Quantize::Nf4 => {
                 let data = w.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
@@ -71,7 +87,14 @@ impl QuantWeight {
                 let mut blocks = Vec::new();
                 for r0 in (0..rows).step_by(block_rows) {
                     let n = block_rows.min(rows - r0);
-                    let part = w.narrow(0, r0, n)?.to_dtype(DType::F32)?.contiguous()?;
+                    // A fresh offset-0 buffer: candle's quantizer reads the whole storage of
+                    // its source, ignoring a view's offset.
+                    let rows_f32 = w.narrow(0, r0, n)?.to_dtype(DType::F32)?;
+                    let part = Tensor::from_vec(
+                        rows_f32.flatten_all()?.to_vec1::<f32>()?,
+                        (n, cols),
+                        &Device::Cpu,
+                    )?;
                     blocks.push(QTensor::quantize_onto(&part, g, &device)?);
                 }
                 Blocks::Ggml(blocks)

@@ -4,6 +4,7 @@
 pub mod batch;
 pub mod checkpoint;
 pub mod loss;
+pub mod memory;
 pub mod metrics;
 pub mod optimizer;
 pub mod report;

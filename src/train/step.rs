@@ -9,6 +9,33 @@ use crate::lora::LoraParams;
 use crate::model::CausalLm;
 use crate::{Error, Result};
 
+/// The summed target NLL of `mb` and the gradient of `nll / divisor` for each LoRA
+/// parameter (in [`LoraParams::vars`] order; `None` where none reached it), including
+/// what checkpointed layers left in the parameters' gradient sink.
+pub fn micro_batch_grads(
+    model: &dyn CausalLm,
+    params: &LoraParams,
+    mb: &MicroBatch,
+    divisor: usize,
+) -> Result<(f64, Vec<Option<Tensor>>)> {
+    let nll = micro_batch_nll_sum(model, mb)?;
+    let nll_sum = nll.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
+    let store = (nll / divisor as f64)?.backward()?;
+    let mut grads = Vec::new();
+    for var in params.vars() {
+        let outer = store.get(var.as_tensor()).cloned();
+        let inner = match &params.grad_sink {
+            Some(sink) => sink.take(var.as_tensor())?,
+            None => None,
+        };
+        grads.push(match (outer, inner) {
+            (Some(a), Some(b)) => Some((a + b)?),
+            (a, b) => a.or(b),
+        });
+    }
+    Ok((nll_sum, grads))
+}
+
 /// What one optimizer step did.
 #[derive(Debug, Clone, Copy)]
 pub struct StepOutcome {
@@ -55,19 +82,11 @@ pub fn train_step(
                 .wrapping_mul(1_000_003)
                 .wrapping_add(i as u64 + 1)
         });
-        let nll = micro_batch_nll_sum(model, mb)?;
-        loss_sum += nll.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
+        let (nll_sum, mb_grads) = micro_batch_grads(model, params, mb, total_targets)?;
+        loss_sum += nll_sum;
         tokens += mb.tokens;
-        let scaled = (nll / total_targets as f64)?;
-        let store = scaled.backward()?;
-        drop(scaled);
-        for (slot, var) in grads.iter_mut().zip(&vars) {
-            let outer = store.get(var.as_tensor()).cloned();
-            let inner = match &params.grad_sink {
-                Some(sink) => sink.take(var.as_tensor())?,
-                None => None,
-            };
-            for g in [outer, inner].into_iter().flatten() {
+        for (slot, g) in grads.iter_mut().zip(mb_grads) {
+            if let Some(g) = g {
                 *slot = Some(match slot.take() {
                     Some(acc) => (acc + g)?,
                     None => g,

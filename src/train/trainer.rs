@@ -15,6 +15,7 @@ use serde::Serialize;
 
 use super::batch::{collate, fit_to_length, Fit, MicroBatch};
 use super::checkpoint::{list_checkpoints, read_state, save_checkpoint, TrainerState};
+use super::memory;
 use super::metrics::{write_loss_plot, EvalMetrics, MetricsLine, MetricsLog, StepMetrics};
 use super::optimizer::{AdamW, AdamWConfig};
 use super::schedule::Schedule;
@@ -206,6 +207,34 @@ fn fingerprint(job: &JobConfig) -> String {
     format!("{h:016x}")
 }
 
+/// Fails before the first step when the run's estimated peak exceeds the memory left.
+fn check_memory(
+    model: &LoadedModel,
+    params: &LoraParams,
+    train: &[TokenizedExample],
+    job: &JobConfig,
+    dtype: candle_core::DType,
+) -> Result<()> {
+    let Some(available) = memory::available_bytes()? else {
+        return Ok(());
+    };
+    let shape = memory::RunShape {
+        dtype_bytes: dtype.size_in_bytes(),
+        quantize: job.model.quantize,
+        checkpointing: job.train.gradient_checkpointing,
+        micro_batch_size: job.train.micro_batch_size.min(train.len().max(1)),
+        seq_len: train.iter().map(|e| e.input_ids.len()).max().unwrap_or(0),
+        lora_params: params.num_parameters(),
+    };
+    let est = memory::check_fits(&memory::ModelDims::of(&model.config), &shape, available)?;
+    tracing::info!(
+        "estimated peak memory {:.1} GiB of {:.1} GiB available",
+        est.total() / (1u64 << 30) as f64,
+        available / (1u64 << 30) as f64
+    );
+    Ok(())
+}
+
 /// Options of a run that are not part of the job file.
 #[derive(Debug, Clone, Default)]
 pub struct RunOptions {
@@ -297,6 +326,9 @@ impl Trainer {
         };
         params.attach(model.model.as_mut(), dtype)?;
         params.set_gradient_checkpointing(model.model.as_mut(), job.train.gradient_checkpointing);
+        if job.train.memory_check && device.is_cpu() {
+            check_memory(&model, &params, &train, &job, dtype)?;
+        }
         let plan = StepPlan::new(&job, train.len())?;
         let schedule = Schedule {
             kind: job.train.scheduler,

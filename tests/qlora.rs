@@ -1,0 +1,440 @@
+//! Issue 4: quantized frozen weights with a backward pass, gradient checkpointing, and
+//! the memory rules (no gradients for frozen tensors, vocabulary-blocked loss).
+
+mod common;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use candle_core::{DType, Device, Tensor, Var, D};
+use lora_train::data::TokenizedExample;
+use lora_train::eval::loss::head_nll_blocked;
+use lora_train::lora::{Linear, LoraParams, LoraSpec, LoraWeights, PROJECTIONS};
+use lora_train::model::{load, LmHead, LoadOptions, LoadedModel};
+use lora_train::quant::{FrozenWeight, QuantWeight, Quantize};
+use lora_train::train::batch::{collate, MicroBatch};
+use lora_train::train::step::micro_batch_grads;
+
+fn randn(shape: (usize, usize), seed: u64) -> Tensor {
+    // Deterministic pseudo-normal values (sum of uniforms) without depending on candle's RNG.
+    let mut state = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    let mut next = || {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((state >> 33) as f64) / (1u64 << 31) as f64
+    };
+    let v: Vec<f32> = (0..shape.0 * shape.1)
+        .map(|_| ((0..4).map(|_| next()).sum::<f64>() - 2.0) as f32)
+        .collect();
+    Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+}
+
+/// Gradient of `sum(f(x) * g)` with respect to `x`.
+fn input_grad(f: impl Fn(&Tensor) -> Tensor, x: &Tensor, g: &Tensor) -> (Tensor, Tensor) {
+    let v = Var::from_tensor(x).unwrap();
+    let y = f(v.as_tensor());
+    let store = (&y * g).unwrap().sum_all().unwrap().backward().unwrap();
+    (
+        y,
+        store.get(v.as_tensor()).expect("no input gradient").clone(),
+    )
+}
+
+#[test]
+fn quantized_linear_gradient_equals_dequantize_then_matmul() {
+    let w = randn((40, 256), 1);
+    let x = randn((5, 256), 2);
+    let g = randn((5, 40), 3);
+    for format in [Quantize::Nf4, Quantize::Q4_0, Quantize::Q4K, Quantize::Q8_0] {
+        // 7 rows per block: the 40 rows span six blocks, the last one short.
+        let q = QuantWeight::quantize_in_blocks("w", &w, format, DType::F32, 7).unwrap();
+        assert_eq!(q.block_ranges().len(), 6);
+        let dense = q.dequantize().unwrap();
+        let rel = common::max_abs_diff(&dense, &w) / common::max_abs(&w);
+        assert!(rel < 0.2, "{format}: dequantized weight is off by {rel}");
+        let frozen = FrozenWeight::Quant(Arc::new(q));
+        let (y, gx) = input_grad(|x| frozen.matmul_t(x).unwrap(), &x, &g);
+        let y_ref = x.matmul(&dense.t().unwrap()).unwrap();
+        let gx_ref = g.matmul(&dense).unwrap();
+        assert!(common::max_abs_diff(&y, &y_ref) < 1e-4, "{format}: forward");
+        assert!(
+            common::max_abs_diff(&gx, &gx_ref) < 1e-4,
+            "{format}: input gradient"
+        );
+    }
+}
+
+#[test]
+fn lora_over_a_quantized_base_trains_like_over_its_dequantized_weight() {
+    let w = randn((24, 64), 4);
+    let q = QuantWeight::quantize_in_blocks("w", &w, Quantize::Nf4, DType::F32, 10).unwrap();
+    let dense = q.dequantize().unwrap();
+    let a = Var::from_tensor(&(randn((4, 64), 5) * 0.1).unwrap()).unwrap();
+    let b = Var::from_tensor(&(randn((24, 4), 6) * 0.1).unwrap()).unwrap();
+    let x = randn((3, 64), 7);
+    let g = randn((3, 24), 8);
+    let grads = |weight: FrozenWeight| {
+        let mut lin = Linear::from_frozen(weight, None);
+        lin.set_lora(Some(LoraWeights::frozen(
+            a.as_tensor().clone(),
+            b.as_tensor().clone(),
+            2.0,
+        )));
+        let xv = Var::from_tensor(&x).unwrap();
+        let y = lin.forward(xv.as_tensor()).unwrap();
+        let s = (&y * &g).unwrap().sum_all().unwrap().backward().unwrap();
+        [xv.as_tensor(), a.as_tensor(), b.as_tensor()].map(|t| s.get(t).unwrap().clone())
+    };
+    let quant = grads(FrozenWeight::Quant(Arc::new(q)));
+    let reference = grads(FrozenWeight::Dense(dense));
+    for (name, (a, b)) in ["x", "A", "B"].iter().zip(quant.iter().zip(&reference)) {
+        let d = common::max_abs_diff(a, b);
+        assert!(d < 1e-4, "gradient of {name} differs by {d}");
+    }
+}
+
+#[test]
+fn frozen_weights_get_no_gradient() {
+    let w = randn((6, 8), 9);
+    let x = randn((2, 8), 10);
+    let g = randn((2, 6), 11);
+    let frozen = FrozenWeight::Dense(w.clone());
+    let xv = Var::from_tensor(&x).unwrap();
+    let y = frozen.matmul_t(xv.as_tensor()).unwrap();
+    let store = (&y * &g).unwrap().sum_all().unwrap().backward().unwrap();
+    assert!(store.get(xv.as_tensor()).is_some());
+    assert!(
+        store.get(&w).is_none(),
+        "a frozen weight got a gradient buffer"
+    );
+}
+
+fn tiny(name: &str) -> LoadedModel {
+    let dir = common::fixtures().join(name);
+    load(dir.to_str().unwrap(), &LoadOptions::default()).unwrap()
+}
+
+/// Fresh LoRA on every projection with a non-zero B (PEFT's zero B would zero A's gradient).
+fn adapter(m: &mut LoadedModel, dropout: f64) -> LoraParams {
+    let spec = LoraSpec {
+        r: 4,
+        alpha: 8.0,
+        dropout,
+        use_rslora: false,
+        targets: PROJECTIONS.iter().map(|s| s.to_string()).collect(),
+    };
+    let params = LoraParams::init(m.model.as_mut(), spec, 7, &Device::Cpu).unwrap();
+    for (i, p) in params.params.iter().enumerate() {
+        let (o, r) = p.b.dims2().unwrap();
+        p.b.set(&(randn((o, r), 100 + i as u64) * 0.05).unwrap())
+            .unwrap();
+    }
+    params.attach(m.model.as_mut(), DType::F32).unwrap();
+    params
+}
+
+fn batch(vocab: u32) -> MicroBatch {
+    let examples: Vec<TokenizedExample> = [(0u32, 23usize), (5, 17)]
+        .iter()
+        .map(|&(off, len)| TokenizedExample {
+            input_ids: (0..len as u32).map(|t| (t * 7 + off + 3) % vocab).collect(),
+            targets: (0..len).map(|t| t >= 4).collect(),
+        })
+        .collect();
+    let refs: Vec<&TokenizedExample> = examples.iter().collect();
+    collate(&refs, 0, &Device::Cpu).unwrap()
+}
+
+fn check_checkpointing(name: &str) {
+    for dropout in [0.0, 0.1] {
+        let mut m = tiny(name);
+        let vocab = m.model.vocab_size() as u32;
+        let mut params = adapter(&mut m, dropout);
+        let mb = batch(vocab);
+        params.set_dropout_seed(if dropout > 0.0 { 99 } else { 0 });
+        let (loss_plain, plain) = micro_batch_grads(m.model.as_ref(), &params, &mb, 10).unwrap();
+        params.set_gradient_checkpointing(m.model.as_mut(), true);
+        let (loss_ckpt, ckpt) = micro_batch_grads(m.model.as_ref(), &params, &mb, 10).unwrap();
+        assert!((loss_plain - loss_ckpt).abs() < 1e-9 * loss_plain.abs().max(1.0));
+        let mut worst = 0f32;
+        for (i, (a, b)) in plain.iter().zip(&ckpt).enumerate() {
+            let (a, b) = (
+                a.as_ref().unwrap(),
+                b.as_ref().unwrap_or_else(|| {
+                    panic!("{name}: parameter {i} got no gradient with checkpointing")
+                }),
+            );
+            let scale = common::max_abs(a).max(1e-12);
+            assert!(scale > 1e-9, "{name}: parameter {i} has a zero gradient");
+            worst = worst.max(common::max_abs_diff(a, b) / scale);
+        }
+        assert!(
+            worst < 1e-5,
+            "{name} (dropout {dropout}): checkpointed gradients differ by {worst:e} (relative)"
+        );
+    }
+}
+
+#[test]
+fn checkpointed_llama_gradients_equal_plain_ones() {
+    check_checkpointing("tiny-llama");
+}
+
+#[test]
+fn checkpointed_gemma3_gradients_equal_plain_ones() {
+    check_checkpointing("tiny-gemma3");
+}
+
+#[test]
+fn training_backward_leaves_no_gradient_on_frozen_tensors() {
+    for name in ["tiny-llama", "tiny-gemma3"] {
+        for ckpt in [false, true] {
+            let mut m = tiny(name);
+            let vocab = m.model.vocab_size() as u32;
+            let mut params = adapter(&mut m, 0.0);
+            params.set_gradient_checkpointing(m.model.as_mut(), ckpt);
+            let mut frozen: Vec<Tensor> = m
+                .model
+                .merged_state_dict()
+                .unwrap()
+                .into_iter()
+                .filter(|(k, _)| !PROJECTIONS.iter().any(|p| k.contains(p)))
+                .map(|(_, t)| t)
+                .collect();
+            for (_, lin) in m.model.linears_mut() {
+                if let FrozenWeight::Dense(w) = lin.weight() {
+                    frozen.push(w.clone());
+                }
+            }
+            let trainable: HashSet<_> = params.vars().iter().map(|v| v.as_tensor().id()).collect();
+            let mb = batch(vocab);
+            let nll = lora_train::train::loss::micro_batch_nll_sum(m.model.as_ref(), &mb).unwrap();
+            let store = nll.backward().unwrap();
+            for t in &frozen {
+                assert!(
+                    store.get(t).is_none(),
+                    "{name} (checkpointing {ckpt}): a frozen {:?} tensor got a gradient",
+                    t.dims()
+                );
+            }
+            if !ckpt {
+                // Without checkpointing every LoRA gradient is in the outer store.
+                for id in &trainable {
+                    assert!(store.get_ids().any(|g| g == id));
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn blocked_cross_entropy_equals_full_log_softmax() {
+    let (n, hidden, vocab) = (6, 16, 1000);
+    let w = randn((vocab, hidden), 12);
+    let h = randn((n, hidden), 13);
+    let targets: Vec<u32> = vec![0, 999, 256, 255, 511, 7];
+    for softcap in [None, Some(3.0)] {
+        let head = LmHead {
+            weight: FrozenWeight::Dense(w.clone()),
+            softcap,
+        };
+        let g = randn((1, n), 14).squeeze(0).unwrap();
+        // 300 logits per block: blocks of 256 vocabulary rows (the minimum), four of them.
+        let (nll, gh) = input_grad(
+            |h| head_nll_blocked(h, &head, &targets, 300).unwrap(),
+            &h,
+            &g,
+        );
+        let (nll_ref, gh_ref) = input_grad(
+            |h| {
+                let mut logits = h.matmul(&w.t().unwrap()).unwrap();
+                if let Some(cap) = softcap {
+                    logits = ((logits / cap).unwrap().tanh().unwrap() * cap).unwrap();
+                }
+                let logp = candle_nn::ops::log_softmax(&logits, D::Minus1).unwrap();
+                let idx = Tensor::new(targets.as_slice(), &Device::Cpu)
+                    .unwrap()
+                    .unsqueeze(1)
+                    .unwrap();
+                logp.gather(&idx, 1)
+                    .unwrap()
+                    .squeeze(1)
+                    .unwrap()
+                    .neg()
+                    .unwrap()
+            },
+            &h,
+            &g,
+        );
+        assert!(
+            common::max_abs_diff(&nll, &nll_ref) < 1e-4,
+            "nll ({softcap:?})"
+        );
+        assert!(
+            common::max_abs_diff(&gh, &gh_ref) < 1e-4,
+            "gradient ({softcap:?})"
+        );
+    }
+    let head = LmHead {
+        weight: FrozenWeight::Dense(w),
+        softcap: None,
+    };
+    assert!(head_nll_blocked(&h, &head, &[0, 1, 2, 3, 4, 1000], 300).is_err());
+}
+
+#[test]
+fn gguf_blocks_give_the_dequantized_model() {
+    let path = common::real_model(common::SMOLLM2);
+    let logits = |quantize| {
+        let m = load(
+            &path,
+            &LoadOptions {
+                quantize,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let ids = Tensor::new(&[[1u32, 9690, 28, 1072, 359, 346, 47, 2]], &Device::Cpu).unwrap();
+        m.model.forward(&ids, None).unwrap()
+    };
+    let dense = logits(Quantize::None);
+    let blocks = logits(Quantize::Gguf);
+    // Same blocks, dequantized once at load or block by block at each product (q/k rows
+    // moved to HF order as whole quantized rows): equal up to summation order.
+    let d = common::max_abs_diff(&dense, &blocks);
+    assert!(
+        d < 1e-3,
+        "GGUF blocks differ from the dequantized model by {d}"
+    );
+    for q in [Quantize::Q8_0, Quantize::Q4_0, Quantize::Nf4] {
+        let l = logits(q);
+        let mean = (&dense - &l)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .mean_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        eprintln!(
+            "{q}: mean |logit diff| {mean}, max {}",
+            common::max_abs_diff(&dense, &l)
+        );
+        // Re-quantizing a Q4_1 model: 8-bit is nearly lossless, 4-bit grids move logits by a
+        // few units on average (measured: q8_0 0.20, q4_0 3.4, nf4 3.7).
+        let bound = if q == Quantize::Q8_0 { 0.5 } else { 6.0 };
+        assert!(mean > 1e-3 && mean < bound, "{q}: mean logit change {mean}");
+    }
+    let err = load(
+        &path,
+        &LoadOptions {
+            quantize: Quantize::Q4K,
+            ..Default::default()
+        },
+    )
+    .err()
+    .expect("576 is not a multiple of 256");
+    assert!(err.to_string().contains("multiple of 256"), "{err}");
+}
+
+fn tiny_job(out: &std::path::Path, overrides: &[&str]) -> lora_train::config::JobConfig {
+    let text = format!(
+        r#"
+[model]
+source = "{model}"
+device = "cpu"
+[lora]
+r = 4
+alpha = 8
+target_modules = "all-linear"
+[data]
+train = "{chats}"
+max_seq_len = 128
+[train]
+max_steps = 6
+micro_batch_size = 2
+lr = 1e-2
+[output]
+dir = "{out}"
+"#,
+        model = common::fixtures().join("tiny-llama").display(),
+        chats = common::fixtures().join("chats.jsonl").display(),
+        out = out.display(),
+    );
+    let overrides: Vec<String> = overrides.iter().map(|s| s.to_string()).collect();
+    lora_train::config::JobConfig::load_str(&text, &out.join("job.toml"), &overrides).unwrap()
+}
+
+#[test]
+fn qlora_with_checkpointing_trains_and_exports_the_same_adapter_layout() {
+    use lora_train::train::{RunOptions, Trainer};
+    let stop = || Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let dense_dir = tempfile::tempdir().unwrap();
+    let quant_dir = tempfile::tempdir().unwrap();
+    let mut dense = Trainer::new(tiny_job(dense_dir.path(), &[])).unwrap();
+    let d = dense.run(&RunOptions::default(), stop()).unwrap();
+    let mut quant = Trainer::new(tiny_job(
+        quant_dir.path(),
+        &["model.quantize=nf4", "train.gradient_checkpointing=true"],
+    ))
+    .unwrap();
+    let q = quant.run(&RunOptions::default(), stop()).unwrap();
+    let (qf, ql) = (q.first_loss.unwrap(), q.last_loss.unwrap());
+    let df = d.first_loss.unwrap();
+    assert!(ql < qf, "QLoRA did not learn: {qf} -> {ql}");
+    assert!(
+        (qf - df).abs() < 0.05 * df,
+        "4-bit base starts far from the dense one: {qf} vs {df}"
+    );
+    let read = |dir: &std::path::Path| {
+        let st = candle_core::safetensors::load(
+            dir.join("adapter/adapter_model.safetensors"),
+            &Device::Cpu,
+        )
+        .unwrap();
+        let mut keys: Vec<(String, Vec<usize>)> = st
+            .into_iter()
+            .map(|(k, v)| (k, v.dims().to_vec()))
+            .collect();
+        keys.sort();
+        let cfg = common::read_json(&dir.join("adapter/adapter_config.json"));
+        (
+            keys,
+            cfg["base_model_name_or_path"].clone(),
+            cfg["target_modules"].clone(),
+        )
+    };
+    assert_eq!(read(dense_dir.path()), read(quant_dir.path()));
+}
+
+#[test]
+fn a_run_that_cannot_fit_fails_before_training() {
+    let tmp = tempfile::tempdir().unwrap();
+    let job = tmp.path().join("job.toml");
+    let text = format!(
+        "[model]\nsource = \"{}\"\n[data]\ntrain = \"{}\"\n[output]\ndir = \"{}\"\n",
+        common::fixtures().join("tiny-llama").display(),
+        common::fixtures().join("chats.jsonl").display(),
+        tmp.path().join("out").display()
+    );
+    std::fs::write(&job, text).unwrap();
+    let out = assert_cmd::Command::cargo_bin("lora-train")
+        .unwrap()
+        .args(["--config", job.to_str().unwrap(), "--no-report"])
+        .env("RUST_LOG", "off")
+        .env("LORA_TRAIN_MEMORY_LIMIT", "50MiB")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("needs about"), "{stderr}");
+    assert!(stderr.contains("0.0 GiB is available"), "{stderr}");
+    assert!(stderr.contains("memory_check = false"), "{stderr}");
+    assert!(
+        !tmp.path().join("out/checkpoints").exists(),
+        "it started training"
+    );
+}
