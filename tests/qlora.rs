@@ -100,15 +100,21 @@ fn lora_over_a_quantized_base_trains_like_over_its_dequantized_weight() {
 fn frozen_weights_get_no_gradient() {
     let w = randn((6, 8), 9);
     let x = randn((2, 8), 10);
-    let g = randn((2, 6), 11);
     let frozen = FrozenWeight::Dense(w.clone());
     let xv = Var::from_tensor(&x).unwrap();
     let y = frozen.matmul_t(xv.as_tensor()).unwrap();
-    let store = (&y * &g).unwrap().sum_all().unwrap().backward().unwrap();
+    // `sqr`, not a product with a constant: candle would store a gradient for the constant.
+    let store = y.sqr().unwrap().sum_all().unwrap().backward().unwrap();
     assert!(store.get(xv.as_tensor()).is_some());
     assert!(
         store.get(&w).is_none(),
         "a frozen weight got a gradient buffer"
+    );
+    // Candle's own matmul would also store `[out, in]` for the `wᵀ` view.
+    assert_eq!(
+        store.get_ids().count(),
+        1,
+        "a gradient buffer besides the input's"
     );
 }
 
@@ -220,6 +226,21 @@ fn training_backward_leaves_no_gradient_on_frozen_tensors() {
                     t.dims()
                 );
             }
+            // Nothing else either: no buffer for a constant (rotary tables, masks) or for an
+            // activation that leads to nothing trainable. One exception without checkpointing:
+            // candle's add stores a gradient for the untracked embedding output that the first
+            // layer's residual adds (one [B, T, H] tensor).
+            let extra: Vec<_> = store
+                .get_ids()
+                .filter(|id| !trainable.contains(id))
+                .filter_map(|id| store.get_id(*id).map(|t| t.dims().to_vec()))
+                .collect();
+            let hidden = vec![2, 23, m.model.lm_head().weight.shape().unwrap().1];
+            let allowed: Vec<Vec<usize>> = if ckpt { vec![] } else { vec![hidden] };
+            assert_eq!(
+                extra, allowed,
+                "{name} (checkpointing {ckpt}): gradient buffers besides LoRA's"
+            );
             if !ckpt {
                 // Without checkpointing every LoRA gradient is in the outer store.
                 for id in &trainable {

@@ -39,11 +39,11 @@ impl GradSink {
             .map_err(|_| candle_core::Error::Msg("gradient sink poisoned".into()))?;
         for p in &self.params {
             if let Some(g) = store.get(p) {
-                let sum = match grads.remove(&p.id()) {
-                    Some(acc) => (acc + g)?,
-                    None => g.clone(),
-                };
-                grads.insert(p.id(), sum);
+                let mut sum = grads.remove(&p.id());
+                super::accumulate(&mut sum, g.clone())?;
+                if let Some(sum) = sum {
+                    grads.insert(p.id(), sum);
+                }
             }
         }
         Ok(())
@@ -81,7 +81,8 @@ where
     }
     // The first segment's input does not track gradients (the embedding is frozen), but
     // the op must still be on the graph so that backward reaches the segment's weights.
-    let input = if x.track_op() {
+    let needs_grad = x.track_op();
+    let input = if needs_grad {
         x.clone()
     } else {
         Var::from_tensor(x)?.as_tensor().clone()
@@ -92,7 +93,11 @@ where
         let y = segment(leaf.as_tensor()).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
         let store = (y * grad.detach())?.sum_all()?.backward()?;
         sink.absorb(&store)?;
-        Ok(vec![store.get(leaf.as_tensor()).cloned()])
+        // The stand-in leaf of an untracked input needs no gradient.
+        Ok(vec![store
+            .get(leaf.as_tensor())
+            .filter(|_| needs_grad)
+            .cloned()])
     })
 }
 

@@ -106,7 +106,12 @@ impl PassThrough {
                 inputs.len()
             );
         }
-        Ok(g)
+        // Candle stores whatever gradient an op returns, also for an input that leads to
+        // nothing trainable, and keeps it until the store is dropped: hand back none.
+        Ok(g.into_iter()
+            .zip(inputs)
+            .map(|(g, x)| g.filter(|_| x.track_op()))
+            .collect())
     }
 }
 

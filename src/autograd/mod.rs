@@ -6,3 +6,14 @@ pub mod custom;
 
 pub use checkpoint::{checkpoint, GradSink};
 pub use custom::with_backward;
+
+use candle_core::Tensor;
+
+/// Adds `g` to a running gradient sum (which starts as `None`).
+pub fn accumulate(sum: &mut Option<Tensor>, g: Tensor) -> candle_core::Result<()> {
+    *sum = Some(match sum.take() {
+        Some(acc) => (acc + g)?,
+        None => g,
+    });
+    Ok(())
+}

@@ -9,7 +9,7 @@
 
 use candle_core::{DType, Tensor};
 
-use crate::autograd::with_backward;
+use crate::autograd::{accumulate, with_backward};
 use crate::data::TokenizedExample;
 use crate::model::{CausalLm, LmHead};
 use crate::quant::FrozenWeight;
@@ -67,7 +67,7 @@ pub fn head_nll_blocked(
     let mut sum: Option<Tensor> = None;
     let mut target_logit = Tensor::zeros((n, 1), DType::F32, h.device())?;
     for_each_vocab_block(&head.weight, n, block_logits, |start, w| {
-        let logits = softcapped(&hd.matmul(&w.t()?)?.to_dtype(DType::F32)?, head.softcap)?;
+        let logits = head_logits(&hd, &w, head.softcap)?;
         let onehot = block_onehot(&targets, start, logits.dim(1)?)?;
         target_logit = (&target_logit + (&logits * &onehot)?.sum_keepdim(1)?)?;
         let m = logits.max_keepdim(1)?;
@@ -110,7 +110,7 @@ fn head_nll_backward(
     let grad = grad.to_dtype(DType::F32)?.unsqueeze(1)?;
     let mut gh: Option<Tensor> = None;
     for_each_vocab_block(&head.weight, n, block_logits, |start, w| {
-        let logits = softcapped(&hd.matmul(&w.t()?)?.to_dtype(DType::F32)?, head.softcap)?;
+        let logits = head_logits(&hd, &w, head.softcap)?;
         let onehot = block_onehot(targets, start, logits.dim(1)?)?;
         let p = logits.broadcast_sub(lse)?.exp()?;
         let mut dl = (p - onehot)?.broadcast_mul(&grad)?;
@@ -118,10 +118,7 @@ fn head_nll_backward(
             dl = (dl * (1.0 - (logits / cap)?.sqr()?)?)?;
         }
         let part = dl.to_dtype(w.dtype())?.matmul(&w)?;
-        gh = Some(match gh.take() {
-            Some(a) => (a + part)?,
-            None => part,
-        });
+        accumulate(&mut gh, part)?;
         Ok(())
     })?;
     let gh = gh.ok_or_else(|| Error::Msg("the output head has no rows".into()))?;
@@ -147,10 +144,12 @@ fn for_each_vocab_block(
     Ok(())
 }
 
-fn softcapped(logits: &Tensor, softcap: Option<f64>) -> Result<Tensor> {
+/// `softcap(h wᵀ)` in f32 for one block `w` of the head.
+fn head_logits(h: &Tensor, w: &Tensor, softcap: Option<f64>) -> Result<Tensor> {
+    let logits = h.matmul(&w.t()?)?.to_dtype(DType::F32)?;
     Ok(match softcap {
         Some(cap) => ((logits / cap)?.tanh()? * cap)?,
-        None => logits.clone(),
+        None => logits,
     })
 }
 

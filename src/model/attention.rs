@@ -7,7 +7,7 @@
 
 use candle_core::{DType, Tensor, D};
 
-use crate::autograd::with_backward;
+use crate::autograd::{accumulate, with_backward};
 use crate::Result;
 
 /// f32 elements of one block of scores: 8 Mi (32 MiB).
@@ -84,16 +84,8 @@ fn attention_in_blocks(
         lses.push(Tensor::cat(&[&max, &z], D::Minus1)?);
         outs.push(p.to_dtype(vd.dtype())?.matmul(&vd)?);
     }
-    let out = if outs.len() == 1 {
-        outs.remove(0)
-    } else {
-        Tensor::cat(&outs, 2)?
-    };
-    let lse = if lses.len() == 1 {
-        lses.remove(0)
-    } else {
-        Tensor::cat(&lses, 2)?
-    };
+    let out = Tensor::cat(&outs, 2)?;
+    let lse = Tensor::cat(&lses, 2)?;
     let mask = mask.clone();
     with_backward("attention", out, &[q, k, v], move |inputs, grad| {
         attention_backward(inputs, grad, &lse, &mask, scale, softcap, block)
@@ -138,20 +130,10 @@ fn attention_backward(
         let qf = qc.to_dtype(DType::F32)?;
         let dk_c = ds.t()?.matmul(&qf)?;
         let dv_c = p.t()?.matmul(&go)?;
-        dk = Some(match dk {
-            Some(a) => (a + dk_c)?,
-            None => dk_c,
-        });
-        dv = Some(match dv {
-            Some(a) => (a + dv_c)?,
-            None => dv_c,
-        });
+        accumulate(&mut dk, dk_c)?;
+        accumulate(&mut dv, dv_c)?;
     }
-    let dq = if dq.len() == 1 {
-        dq.remove(0)
-    } else {
-        Tensor::cat(&dq, 2)?
-    };
+    let dq = Tensor::cat(&dq, 2)?;
     let back = |t: Option<Tensor>, like: &Tensor| -> Result<Option<Tensor>> {
         t.map(|t| Ok(t.to_dtype(like.dtype())?)).transpose()
     };
@@ -233,24 +215,17 @@ mod tests {
                 &mask,
             )
         })?;
-        let (of, gf) = run(&|| match block {
-            None => attention(
+        let block = block.unwrap_or(query_block(b, h, t));
+        let (of, gf) = run(&|| {
+            attention_in_blocks(
                 q.as_tensor(),
                 k.as_tensor(),
                 v.as_tensor(),
                 0.5,
                 softcap,
                 &mask,
-            ),
-            Some(n) => attention_in_blocks(
-                q.as_tensor(),
-                k.as_tensor(),
-                v.as_tensor(),
-                0.5,
-                softcap,
-                &mask,
-                n,
-            ),
+                block,
+            )
         })?;
         assert!(max_diff(&oe, &of)? < 1e-5, "outputs differ");
         for (a, b) in ge.iter().zip(&gf) {

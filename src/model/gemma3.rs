@@ -8,16 +8,15 @@ use candle_core::Tensor;
 
 use super::attention::attention;
 use super::layers::{
-    apply_rotary, attention_mask, layer_projections, layer_projections_mut,
-    merged_projection_tensors, name_projections, padding_rows, repeat_kv, AttnProjections,
-    GatedMlp, KvCache, LayerCache, MlpActivation, RmsNorm, Rotary,
+    apply_rotary, attention_mask, head_or_tied, layer_projections, layer_projections_mut,
+    merged_projection_tensors, name_projections, padding_rows, repeat_kv, run_layer,
+    AttnProjections, DecoderLayer, GatedMlp, KvCache, LayerCache, MlpActivation, RmsNorm, Rotary,
 };
 use super::weights::Weights;
 use super::{CausalLm, LmHead};
-use crate::autograd::{checkpoint, GradSink};
+use crate::autograd::GradSink;
 use crate::config::Gemma3Config;
 use crate::lora::Linear;
-use crate::quant::FrozenWeight;
 use crate::Result;
 
 #[derive(Clone)]
@@ -141,7 +140,9 @@ impl Layer {
     fn projections_mut(&mut self) -> [&mut Linear; 7] {
         layer_projections_mut(&mut self.self_attn.proj, &mut self.mlp)
     }
+}
 
+impl DecoderLayer for Layer {
     fn forward(
         &self,
         x: &Tensor,
@@ -238,13 +239,15 @@ impl CausalLm for Gemma3 {
             } else {
                 (&global_mask, &global_rope)
             };
-            x = match (&self.checkpointing, cache.as_deref_mut()) {
-                (Some(sink), None) => {
-                    let (layer, rope, mask) = (layer.clone(), rope.clone(), mask.clone());
-                    checkpoint(&x, sink, move |x| layer.forward(x, &rope, &mask, None))?
-                }
-                (_, c) => layer.forward(&x, rope, mask, c.map(|c| &mut c.layers[i]))?,
-            };
+            let layer_cache = cache.as_deref_mut().map(|c| &mut c.layers[i]);
+            x = run_layer(
+                layer,
+                &x,
+                rope,
+                mask,
+                self.checkpointing.as_ref(),
+                layer_cache,
+            )?;
         }
         if let Some(c) = cache {
             c.seq_len += t;
@@ -253,13 +256,11 @@ impl CausalLm for Gemma3 {
     }
 
     fn lm_head(&self) -> LmHead {
-        LmHead {
-            weight: match &self.lm_head {
-                Some(head) => head.weight().clone(),
-                None => FrozenWeight::Dense(self.embed_tokens.clone()),
-            },
-            softcap: self.cfg.final_logit_softcapping,
-        }
+        head_or_tied(
+            self.lm_head.as_ref(),
+            &self.embed_tokens,
+            self.cfg.final_logit_softcapping,
+        )
     }
 
     fn set_gradient_checkpointing(&mut self, sink: Option<Arc<GradSink>>) {

@@ -4,10 +4,14 @@
 
 use candle_core::{DType, Device, Tensor, D};
 
+use std::sync::Arc;
+
 use super::weights::Weights;
-use crate::autograd::with_backward;
+use super::LmHead;
+use crate::autograd::{checkpoint, with_backward, GradSink};
 use crate::config::RopeScaling;
 use crate::lora::Linear;
+use crate::quant::FrozenWeight;
 use crate::Result;
 
 /// RMSNorm computed in f32, as transformers does: `x / sqrt(mean(x²) + eps) * w`.
@@ -65,6 +69,51 @@ impl RmsNorm {
             // Llama casts back to the input dtype before the weight multiply.
             Ok(normed.to_dtype(dtype)?.broadcast_mul(&self.weight)?)
         }
+    }
+}
+
+/// A decoder block, as the shared layer loop runs it.
+pub trait DecoderLayer: Clone + Send + Sync + 'static {
+    /// `x: [B, T, H]` through the block, with `rope = (cos, sin)` and an additive mask.
+    fn forward(
+        &self,
+        x: &Tensor,
+        rope: &(Tensor, Tensor),
+        mask: &Tensor,
+        cache: Option<&mut LayerCache>,
+    ) -> Result<Tensor>;
+}
+
+/// Runs `layer`, checkpointed when `sink` is set and there is no KV cache (training).
+pub fn run_layer<L: DecoderLayer>(
+    layer: &L,
+    x: &Tensor,
+    rope: &(Tensor, Tensor),
+    mask: &Tensor,
+    sink: Option<&Arc<GradSink>>,
+    cache: Option<&mut LayerCache>,
+) -> Result<Tensor> {
+    match (sink, cache) {
+        (Some(sink), None) => {
+            let (layer, rope, mask) = (layer.clone(), rope.clone(), mask.clone());
+            checkpoint(x, sink, move |x| layer.forward(x, &rope, &mask, None))
+        }
+        (_, cache) => layer.forward(x, rope, mask, cache),
+    }
+}
+
+/// The head of a model whose `lm_head` is `None` when tied to `embed_tokens`.
+pub fn head_or_tied(
+    lm_head: Option<&Linear>,
+    embed_tokens: &Tensor,
+    softcap: Option<f64>,
+) -> LmHead {
+    LmHead {
+        weight: match lm_head {
+            Some(head) => head.weight().clone(),
+            None => FrozenWeight::Dense(embed_tokens.clone()),
+        },
+        softcap,
     }
 }
 
@@ -307,8 +356,26 @@ impl Rotary {
     }
 }
 
-/// Applies rotary embeddings to `x: [B, H, T, D]` with `cos, sin: [T, D]`.
+/// Applies rotary embeddings to `x: [B, H, T, D]` with `cos, sin: [T, D]`, as one op:
+/// `y = x·cos + rot(x)·sin` with `rot(x) = [-x₂, x₁]`, so `dx = g·cos + rotᵀ(g·sin)` with
+/// `rotᵀ(u) = [u₂, -u₁]`. Under autograd the broadcasts of `cos` and `sin` would each get
+/// an activation-sized gradient buffer.
 pub fn apply_rotary(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    let y = rotary_values(&x.detach(), cos, sin)?;
+    let (cos, sin) = (cos.clone(), sin.clone());
+    with_backward("rotary", y, &[x], move |_, g| {
+        let gs = g.broadcast_mul(&sin)?;
+        let d = gs.dim(D::Minus1)?;
+        let (u1, u2) = (
+            gs.narrow(D::Minus1, 0, d / 2)?,
+            gs.narrow(D::Minus1, d / 2, d / 2)?,
+        );
+        let back = Tensor::cat(&[&u2, &u1.neg()?], D::Minus1)?;
+        Ok(vec![Some((g.broadcast_mul(&cos)? + back)?)])
+    })
+}
+
+fn rotary_values(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     let d = x.dim(D::Minus1)?;
     let x1 = x.narrow(D::Minus1, 0, d / 2)?;
     let x2 = x.narrow(D::Minus1, d / 2, d / 2)?;
@@ -454,6 +521,27 @@ mod tests {
             let diff = (a - b)?.abs()?.max_all()?.to_scalar::<f32>()?;
             assert!(diff < 1e-5, "rms-norm gradient differs by {diff}");
         }
+        Ok(())
+    }
+
+    #[test]
+    fn rotary_backward_matches_autograd() -> crate::Result<()> {
+        use candle_core::Var;
+        let dev = Device::Cpu;
+        let (cos, sin) = Rotary::new(8, 10000.0, None).cos_sin(2, 5, DType::F32, &dev)?;
+        let x = Var::from_tensor(&Tensor::randn(0f32, 1., (2, 3, 5, 8), &dev)?)?;
+        let g = Tensor::randn(0f32, 1., (2, 3, 5, 8), &dev)?;
+        let fused = (apply_rotary(x.as_tensor(), &cos, &sin)? * &g)?
+            .sum_all()?
+            .backward()?;
+        let plain = (rotary_values(x.as_tensor(), &cos, &sin)? * &g)?
+            .sum_all()?
+            .backward()?;
+        let (Some(a), Some(b)) = (fused.get(x.as_tensor()), plain.get(x.as_tensor())) else {
+            panic!("no gradient");
+        };
+        let diff = (a - b)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        assert!(diff < 1e-5, "rotary gradient differs by {diff}");
         Ok(())
     }
 

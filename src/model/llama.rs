@@ -7,16 +7,15 @@ use candle_core::Tensor;
 
 use super::attention::attention;
 use super::layers::{
-    apply_rotary, attention_mask, layer_projections, layer_projections_mut,
-    merged_projection_tensors, name_projections, padding_rows, repeat_kv, AttnProjections,
-    GatedMlp, KvCache, LayerCache, MlpActivation, RmsNorm, Rotary,
+    apply_rotary, attention_mask, head_or_tied, layer_projections, layer_projections_mut,
+    merged_projection_tensors, name_projections, padding_rows, repeat_kv, run_layer,
+    AttnProjections, DecoderLayer, GatedMlp, KvCache, LayerCache, MlpActivation, RmsNorm, Rotary,
 };
 use super::weights::Weights;
 use super::{CausalLm, LmHead};
-use crate::autograd::{checkpoint, GradSink};
+use crate::autograd::GradSink;
 use crate::config::LlamaConfig;
 use crate::lora::Linear;
-use crate::quant::FrozenWeight;
 use crate::Result;
 
 #[derive(Clone)]
@@ -129,7 +128,9 @@ impl Layer {
     fn projections_mut(&mut self) -> [&mut Linear; 7] {
         layer_projections_mut(&mut self.self_attn.proj, &mut self.mlp)
     }
+}
 
+impl DecoderLayer for Layer {
     fn forward(
         &self,
         x: &Tensor,
@@ -212,13 +213,15 @@ impl CausalLm for Llama {
         let mask = attention_mask(b, t, offset, pad.as_deref(), None, dtype, device)?;
         let rope = self.rotary.cos_sin(offset, t, dtype, device)?;
         for (i, layer) in self.layers.iter().enumerate() {
-            x = match (&self.checkpointing, cache.as_deref_mut()) {
-                (Some(sink), None) => {
-                    let (layer, rope, mask) = (layer.clone(), rope.clone(), mask.clone());
-                    checkpoint(&x, sink, move |x| layer.forward(x, &rope, &mask, None))?
-                }
-                (_, c) => layer.forward(&x, &rope, &mask, c.map(|c| &mut c.layers[i]))?,
-            };
+            let layer_cache = cache.as_deref_mut().map(|c| &mut c.layers[i]);
+            x = run_layer(
+                layer,
+                &x,
+                &rope,
+                &mask,
+                self.checkpointing.as_ref(),
+                layer_cache,
+            )?;
         }
         if let Some(c) = cache {
             c.seq_len += t;
@@ -227,13 +230,7 @@ impl CausalLm for Llama {
     }
 
     fn lm_head(&self) -> LmHead {
-        LmHead {
-            weight: match &self.lm_head {
-                Some(head) => head.weight().clone(),
-                None => FrozenWeight::Dense(self.embed_tokens.clone()),
-            },
-            softcap: None,
-        }
+        head_or_tied(self.lm_head.as_ref(), &self.embed_tokens, None)
     }
 
     fn set_gradient_checkpointing(&mut self, sink: Option<Arc<GradSink>>) {

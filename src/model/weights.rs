@@ -12,7 +12,7 @@ use std::sync::Mutex;
 
 use std::sync::Arc;
 
-use candle_core::quantized::{gguf_file, GgmlDType};
+use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
 use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Tensor};
 
@@ -135,7 +135,7 @@ impl Weights {
     /// Loads a tensor by HF name, checks its shape, and converts it to the model dtype.
     pub fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
         let t = self.get_raw(name)?;
-        self.check_shape(name, &t, shape)?;
+        self.check_shape(name, t.dims(), shape)?;
         Ok(t.to_dtype(self.dtype)?)
     }
 
@@ -146,11 +146,12 @@ impl Weights {
             && PROJECTIONS.contains(&prefix.rsplit('.').next().unwrap_or(""));
         let weight = match self.quantize {
             Quantize::None => FrozenWeight::Dense(self.get(&name, &[out, inp])?),
+            // Embeddings, norms and the head stay dense.
             _ if !is_projection => FrozenWeight::Dense(self.get(&name, &[out, inp])?),
             Quantize::Gguf => self.gguf_blocks(&name, &[out, inp])?,
             q => {
                 let w = self.get_raw(&name)?;
-                self.check_shape(&name, &w, &[out, inp])?;
+                self.check_shape(&name, w.dims(), &[out, inp])?;
                 FrozenWeight::Quant(Arc::new(QuantWeight::quantize(&name, &w, q, self.dtype)?))
             }
         };
@@ -162,9 +163,8 @@ impl Weights {
         Ok(Linear::from_frozen(weight, bias))
     }
 
-    /// A GGUF tensor kept in its file's blocks (rows moved to HF order), or dense when the
-    /// file stores it unquantized.
-    fn gguf_blocks(&self, name: &str, shape: &[usize]) -> Result<FrozenWeight> {
+    /// The GGUF tensor for HF name `name`, read onto `device` as stored, with the file's flavor.
+    fn gguf_tensor(&self, name: &str, device: &Device) -> Result<(QTensor, GgufFlavor)> {
         let Backend::Gguf {
             content,
             file,
@@ -173,37 +173,45 @@ impl Weights {
         else {
             return Err(Error::model(
                 &self.path,
-                "quantize = \"gguf\" needs a GGUF model file",
+                format!("`{name}`: quantize = \"gguf\" needs a GGUF model file"),
             ));
         };
-        let gname = gguf_name(name, *flavor)
-            .filter(|g| content.tensor_infos.contains_key(g))
-            .ok_or_else(|| Error::model(&self.path, format!("tensor `{name}` is missing")))?;
-        let q = {
-            let mut f = file
-                .lock()
-                .map_err(|_| Error::model(&self.path, "file lock poisoned"))?;
-            // Read on the CPU: the rows are regrouped into blocks before they go to the device.
-            content.tensor(&mut *f, &gname, &Device::Cpu).map_err(|e| {
-                Error::model(&self.path, format!("tensor `{gname}` cannot be read: {e}"))
-            })?
-        };
-        let dims = q.shape().dims().to_vec();
-        if dims != shape {
+        let gname = gguf_name(name, *flavor).ok_or_else(|| {
+            Error::model(
+                &self.path,
+                format!("no GGUF tensor corresponds to `{name}`"),
+            )
+        })?;
+        if !content.tensor_infos.contains_key(&gname) {
             return Err(Error::model(
                 &self.path,
-                format!("tensor `{name}` has shape {dims:?}, the config implies {shape:?}"),
+                format!("tensor `{gname}` (HF `{name}`) is missing"),
             ));
         }
+        let mut f = file
+            .lock()
+            .map_err(|_| Error::model(&self.path, "file lock poisoned"))?;
+        let q = content.tensor(&mut *f, &gname, device).map_err(|e| {
+            Error::model(&self.path, format!("tensor `{gname}` cannot be read: {e}"))
+        })?;
+        Ok((q, *flavor))
+    }
+
+    /// A GGUF tensor kept in its file's blocks (rows moved to HF order), or dense when the
+    /// file stores it unquantized.
+    fn gguf_blocks(&self, name: &str, shape: &[usize]) -> Result<FrozenWeight> {
+        // Read on the CPU: the rows are regrouped into blocks before they go to the device.
+        let (q, flavor) = self.gguf_tensor(name, &Device::Cpu)?;
+        self.check_shape(name, q.shape().dims(), shape)?;
         if matches!(q.dtype(), GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16) {
             return Ok(FrozenWeight::Dense(self.get(name, shape)?));
         }
         let heads = match flavor {
             GgufFlavor::Llama { n_head, .. } if name.ends_with("self_attn.q_proj.weight") => {
-                Some(*n_head)
+                Some(n_head)
             }
             GgufFlavor::Llama { n_kv_head, .. } if name.ends_with("self_attn.k_proj.weight") => {
-                Some(*n_kv_head)
+                Some(n_kv_head)
             }
             _ => None,
         };
@@ -211,19 +219,15 @@ impl Weights {
             .map(|h| unpermute_row_order(shape[0], h))
             .transpose()?;
         let w = QuantWeight::from_qtensor(&q, order.as_deref(), self.dtype, &self.device)
-            .map_err(|e| Error::model(&self.path, format!("tensor `{gname}`: {e}")))?;
+            .map_err(|e| Error::model(&self.path, format!("tensor `{name}`: {e}")))?;
         Ok(FrozenWeight::Quant(Arc::new(w)))
     }
 
-    fn check_shape(&self, name: &str, t: &Tensor, shape: &[usize]) -> Result<()> {
-        if t.dims() != shape {
+    fn check_shape(&self, name: &str, dims: &[usize], shape: &[usize]) -> Result<()> {
+        if dims != shape {
             return Err(Error::model(
                 &self.path,
-                format!(
-                    "tensor `{name}` has shape {:?}, the config implies {:?}",
-                    t.dims(),
-                    shape
-                ),
+                format!("tensor `{name}` has shape {dims:?}, the config implies {shape:?}"),
             ));
         }
         Ok(())
@@ -241,33 +245,9 @@ impl Weights {
                 })?;
                 Ok(t)
             }
-            Backend::Gguf {
-                content,
-                file,
-                flavor,
-            } => {
-                let gname = gguf_name(name, *flavor).ok_or_else(|| {
-                    Error::model(
-                        &self.path,
-                        format!("no GGUF tensor corresponds to `{name}`"),
-                    )
-                })?;
-                if !content.tensor_infos.contains_key(&gname) {
-                    return Err(Error::model(
-                        &self.path,
-                        format!("tensor `{gname}` (HF `{name}`) is missing"),
-                    ));
-                }
-                let q = {
-                    let mut f = file
-                        .lock()
-                        .map_err(|_| Error::model(&self.path, "file lock poisoned"))?;
-                    content.tensor(&mut *f, &gname, &self.device).map_err(|e| {
-                        Error::model(&self.path, format!("tensor `{gname}` cannot be read: {e}"))
-                    })?
-                };
-                let t = q.dequantize(&self.device)?;
-                to_hf_layout(name, t, *flavor)
+            Backend::Gguf { .. } => {
+                let (q, flavor) = self.gguf_tensor(name, &self.device)?;
+                to_hf_layout(name, q.dequantize(&self.device)?, flavor)
             }
         }
     }

@@ -94,33 +94,18 @@ impl FrozenWeight {
         }
     }
 
-    /// `x Wᵀ` for `x: [n, in]`; backward computes `grad · W` for `x` only (blockwise for a
-    /// quantized weight).
+    /// `x Wᵀ` for `x: [n, in]`, whose backward computes only the input gradient `grad · W`
+    /// (block by block for a quantized weight). Candle's matmul backward always computes a
+    /// gradient for both operands (`backprop.rs`, `Op::Matmul`), which for a frozen base is
+    /// a wasted `[out, in]` product and buffer per layer.
     pub fn matmul_t(&self, x: &Tensor) -> Result<Tensor> {
-        match self {
-            Self::Dense(w) => frozen_matmul_t(x, w),
-            Self::Quant(q) => {
-                let y = q.matmul_t(&x.detach())?;
-                let q = Arc::clone(q);
-                with_backward("quant-matmul", y, &[x], move |_, g| {
-                    let gx = q
-                        .grad_input(g)
-                        .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
-                    Ok(vec![Some(gx)])
-                })
-            }
-        }
+        let y = self.product_t(x)?;
+        let w = self.clone();
+        with_backward("frozen-matmul", y, &[x], move |_, g| {
+            let gx = w
+                .grad_input(g)
+                .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+            Ok(vec![Some(gx)])
+        })
     }
-}
-
-/// `x Wᵀ` for a frozen dense `w: [out, in]` and `x: [n, in]`, whose backward computes only
-/// the input gradient (`grad · W`). Candle's matmul backward always computes a gradient
-/// for both operands (`backprop.rs`, `Op::Matmul`), which for a frozen base is a wasted
-/// `[out, in]` product and buffer per layer.
-pub fn frozen_matmul_t(x: &Tensor, w: &Tensor) -> Result<Tensor> {
-    let y = x.detach().matmul(&w.t()?)?;
-    let w = w.clone();
-    with_backward("frozen-matmul", y, &[x], move |_, g| {
-        Ok(vec![Some(g.matmul(&w)?)])
-    })
 }

@@ -9,5 +9,5 @@ pub mod nf4;
 pub mod weight;
 
 pub use format::Quantize;
-pub use frozen::{frozen_matmul_t, FrozenWeight};
+pub use frozen::FrozenWeight;
 pub use weight::QuantWeight;

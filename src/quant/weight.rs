@@ -13,6 +13,7 @@ use candle_core::{DType, Device, Tensor};
 
 use super::nf4::Nf4Matrix;
 use super::Quantize;
+use crate::autograd::accumulate;
 use crate::{Error, Result};
 
 /// Elements dequantized at once: 4 Mi (16 MiB in f32).
@@ -181,6 +182,11 @@ impl QuantWeight {
         &self.label
     }
 
+    /// How many row blocks the weight is stored in.
+    pub fn block_count(&self) -> usize {
+        self.rows.div_ceil(self.block_rows)
+    }
+
     /// Row ranges `(start, len)` of the blocks.
     pub fn block_ranges(&self) -> Vec<(usize, usize)> {
         (0..self.rows)
@@ -191,11 +197,11 @@ impl QuantWeight {
 
     /// Rows `start..start + len` of one block, dequantized to the compute dtype.
     pub fn dequantize_block(&self, index: usize) -> Result<Tensor> {
-        let (r0, n) = self
-            .block_ranges()
-            .get(index)
-            .copied()
-            .ok_or_else(|| Error::Msg(format!("no weight block {index}")))?;
+        if index >= self.block_count() {
+            return Err(Error::Msg(format!("no weight block {index}")));
+        }
+        let r0 = index * self.block_rows;
+        let n = self.block_rows.min(self.rows - r0);
         let t = match &self.blocks {
             Blocks::Ggml(b) => b[index].dequantize(&self.device)?,
             Blocks::Nf4(m) => {
@@ -209,7 +215,7 @@ impl QuantWeight {
 
     /// The whole weight, dequantized (for merged exports and tests).
     pub fn dequantize(&self) -> Result<Tensor> {
-        let parts = (0..self.block_ranges().len())
+        let parts = (0..self.block_count())
             .map(|i| self.dequantize_block(i))
             .collect::<Result<Vec<_>>>()?;
         Ok(Tensor::cat(&parts, 0)?)
@@ -227,14 +233,11 @@ impl QuantWeight {
     pub fn matmul_t(&self, x: &Tensor) -> Result<Tensor> {
         let x = x.to_dtype(self.dtype)?;
         let mut parts = Vec::new();
-        for i in 0..self.block_ranges().len() {
+        for i in 0..self.block_count() {
             let w = self.dequantize_block(i)?;
             parts.push(x.matmul(&w.t()?)?);
         }
-        Ok(match parts.len() {
-            1 => parts.remove(0),
-            _ => Tensor::cat(&parts, 1)?,
-        })
+        Ok(Tensor::cat(&parts, 1)?)
     }
 
     /// `g W` for `g: [n, out]`: the input gradient of `x Wᵀ`, block by block.
@@ -243,11 +246,7 @@ impl QuantWeight {
         let mut acc: Option<Tensor> = None;
         for (i, (r0, n)) in self.block_ranges().into_iter().enumerate() {
             let w = self.dequantize_block(i)?;
-            let part = g.narrow(1, r0, n)?.matmul(&w)?;
-            acc = Some(match acc {
-                Some(a) => (a + part)?,
-                None => part,
-            });
+            accumulate(&mut acc, g.narrow(1, r0, n)?.matmul(&w)?)?;
         }
         acc.ok_or_else(|| Error::Msg("an empty quantized weight".into()))
     }

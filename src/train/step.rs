@@ -5,6 +5,7 @@ use candle_core::Tensor;
 use super::batch::MicroBatch;
 use super::loss::micro_batch_nll_sum;
 use super::optimizer::{clip_grad_norm, AdamW};
+use crate::autograd::accumulate;
 use crate::lora::LoraParams;
 use crate::model::CausalLm;
 use crate::{Error, Result};
@@ -28,10 +29,11 @@ pub fn micro_batch_grads(
             Some(sink) => sink.take(var.as_tensor())?,
             None => None,
         };
-        grads.push(match (outer, inner) {
-            (Some(a), Some(b)) => Some((a + b)?),
-            (a, b) => a.or(b),
-        });
+        let mut sum = None;
+        for g in [outer, inner].into_iter().flatten() {
+            accumulate(&mut sum, g)?;
+        }
+        grads.push(sum);
     }
     Ok((nll_sum, grads))
 }
@@ -87,10 +89,7 @@ pub fn train_step(
         tokens += mb.tokens;
         for (slot, g) in grads.iter_mut().zip(mb_grads) {
             if let Some(g) = g {
-                *slot = Some(match slot.take() {
-                    Some(acc) => (acc + g)?,
-                    None => g,
-                });
+                accumulate(slot, g)?;
             }
         }
     }
