@@ -1,0 +1,121 @@
+#!/usr/bin/env bash
+# Builds the CUDA release binary on a machine with no GPU and no system CUDA (issue 5).
+#
+#   scripts/build-cuda.sh            # -> dist/lora-train-cuda (stripped) and dist/lora-train-cuda.xz
+#   scripts/build-cuda.sh --root     # only makes the CUDA root and prints the environment to use it
+#
+# The CUDA toolkit comes from NVIDIA's CUDA 13.0 pip wheels (nvcc, headers, cuBLAS, cuRAND,
+# NVRTC, the runtime), unpacked into a CUDA root once. Linking needs libcuda.so, which only a
+# driver installs, so the root gets a stub library that defines every driver symbol cudarc
+# declares; the real driver's libcuda.so.1 is loaded on the GPU host.
+#
+# Environment (defaults in brackets):
+#   CUDA_COMPUTE_CAP     the GPU's compute capability, e.g. 90 for H100/H200, 80 for A100 [90]
+#   LORA_TRAIN_CUDA_ROOT where the CUDA root is made [~/.cache/lora-train/cuda-13.0]
+#   PYTHON               a python with pip, to download the wheels [python3]
+#   CUDA_TARGET_DIR      cargo's target directory for this build [target/cuda]
+#
+# Do not move to nvcc >= 13.1: its PTX needs a newer driver than the 580 series on our GPU hosts.
+# On the GPU host the binary needs libcublas.so.13, libcublasLt.so.13, libcudart.so.13 and
+# libcurand.so.10 on LD_LIBRARY_PATH (PyTorch's site-packages/nvidia/cu13/lib has them).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+CAP="${CUDA_COMPUTE_CAP:-90}"
+ROOT="${LORA_TRAIN_CUDA_ROOT:-$HOME/.cache/lora-train/cuda-13.0}"
+PY="${PYTHON:-python3}"
+TARGET="${CUDA_TARGET_DIR:-target/cuda}"
+LIMIT_MIB=64
+
+# Pinned wheels: 13.0.x (see shared/reference/candle-0.11.md and DEVELOPERS.md).
+WHEELS=(
+    nvidia-cuda-nvcc==13.0.88
+    nvidia-cuda-crt==13.0.88
+    nvidia-nvvm==13.0.88
+    nvidia-cuda-runtime==13.0.96
+    nvidia-cuda-cccl==13.0.85
+    nvidia-cublas==13.0.2.14
+    nvidia-cuda-nvrtc==13.0.88
+    nvidia-curand==10.4.0.35
+)
+
+die() { echo "build-cuda.sh: $*" >&2; exit 1; }
+
+# The cudarc source cargo uses, for the list of driver symbols the stub must define.
+cudarc_src() {
+    cargo fetch --locked >&2 || die "cargo fetch failed"
+    local v
+    v="$(awk '/^name = "cudarc"$/ {getline; gsub(/[^0-9.]/, "", $0); print; exit}' Cargo.lock)"
+    [ -n "$v" ] || die "cudarc is not in Cargo.lock"
+    local d
+    for d in "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/cudarc-"$v"; do
+        [ -f "$d/src/driver/sys/mod.rs" ] && { echo "$d"; return; }
+    done
+    die "cudarc $v sources not found under ${CARGO_HOME:-$HOME/.cargo}/registry/src"
+}
+
+make_root() {
+    local stage="$ROOT.partial"
+    rm -rf "$stage"
+    mkdir -p "$stage/wheels" "$stage/site"
+    echo "build-cuda.sh: downloading the CUDA 13.0 wheels into $stage" >&2
+    "$PY" -m pip download --quiet --no-deps --only-binary=:all: \
+        -d "$stage/wheels" "${WHEELS[@]}" || die "pip download of the CUDA wheels failed"
+    local w
+    for w in "$stage"/wheels/*.whl; do
+        unzip -q -o "$w" -d "$stage/site" || die "cannot unpack $w"
+    done
+    local cu="$stage/site/nvidia/cu13"
+    [ -x "$cu/bin/nvcc" ] || die "no nvcc in the unpacked wheels ($cu/bin)"
+    mkdir -p "$stage/lib/stubs"
+    ln -s site/nvidia/cu13/bin "$stage/bin"
+    ln -s site/nvidia/cu13/include "$stage/include"
+    ln -s site/nvidia/cu13/nvvm "$stage/nvvm"
+    local lib
+    for lib in cublas cublasLt cudart nvrtc; do
+        ln -s "../site/nvidia/cu13/lib/lib$lib.so.13" "$stage/lib/lib$lib.so"
+    done
+    ln -s ../site/nvidia/cu13/lib/libcurand.so.10 "$stage/lib/libcurand.so"
+    # The stub: one definition per cu* function of cudarc's driver bindings.
+    local src
+    src="$(cudarc_src)"
+    grep -o '^ *fn cu[A-Za-z0-9_]*(' "$src/src/driver/sys/mod.rs" | tr -d ' (' | sed 's/^fn//' | sort -u |
+        awk '{print "int " $1 "(void) { return 100; /* CUDA_ERROR_NO_DEVICE */ }"}' >"$stage/lib/stubs/cuda_stub.c"
+    [ -s "$stage/lib/stubs/cuda_stub.c" ] || die "no driver symbols found in $src"
+    cc -shared -fPIC -Wl,-soname,libcuda.so.1 -o "$stage/lib/stubs/libcuda.so" "$stage/lib/stubs/cuda_stub.c" ||
+        die "cannot build the libcuda stub"
+    ln -s stubs/libcuda.so "$stage/lib/libcuda.so"
+    rm -rf "$stage/wheels" "$ROOT"
+    mv "$stage" "$ROOT"
+}
+
+if [ ! -x "$ROOT/bin/nvcc" ] || [ ! -f "$ROOT/lib/stubs/libcuda.so" ]; then
+    make_root
+fi
+"$ROOT/bin/nvcc" --version | grep -q "release 13.0" || die "$ROOT/bin/nvcc is not CUDA 13.0"
+if [ "${1:-}" = --root ]; then
+    echo "export CUDA_ROOT=$ROOT CUDA_HOME=$ROOT PATH=$ROOT/bin:\$PATH CUDA_COMPUTE_CAP=$CAP CUDARC_CUDA_VERSION=13000"
+    exit 0
+fi
+
+export CUDA_ROOT="$ROOT" CUDA_HOME="$ROOT" CUDA_PATH="$ROOT" PATH="$ROOT/bin:$PATH"
+export CUDA_COMPUTE_CAP="$CAP" CUDARC_CUDA_VERSION=13000
+export LIBRARY_PATH="$ROOT/lib:$ROOT/lib/stubs${LIBRARY_PATH:+:$LIBRARY_PATH}"
+export RUSTFLAGS="${RUSTFLAGS:-} -L native=$ROOT/lib -L native=$ROOT/lib/stubs"
+echo "build-cuda.sh: cargo build --release --features cuda (CUDA_COMPUTE_CAP=$CAP, target dir $TARGET)" >&2
+CARGO_TARGET_DIR="$TARGET" cargo build --release --locked --features cuda --bin lora-train ||
+    die "cargo build --features cuda failed"
+
+mkdir -p dist
+BIN="$TARGET/release/lora-train"
+cp "$BIN" dist/lora-train-cuda.tmp
+strip dist/lora-train-cuda.tmp 2>/dev/null || true
+mv dist/lora-train-cuda.tmp dist/lora-train-cuda
+xz -T0 -6 -c dist/lora-train-cuda >dist/lora-train-cuda.xz.tmp
+mv dist/lora-train-cuda.xz.tmp dist/lora-train-cuda.xz
+size=$(stat -c %s dist/lora-train-cuda)
+packed=$(stat -c %s dist/lora-train-cuda.xz)
+echo "build-cuda.sh: dist/lora-train-cuda $((size >> 20)) MiB, dist/lora-train-cuda.xz $((packed >> 20)) MiB (compute capability $CAP)"
+if [ "$packed" -ge $((LIMIT_MIB << 20)) ]; then
+    die "the compressed binary is over $LIMIT_MIB MiB and will not travel to the GPU host"
+fi
