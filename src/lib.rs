@@ -15,6 +15,7 @@ pub mod eval;
 pub mod export;
 pub mod fsutil;
 pub mod generate;
+pub mod kernels;
 pub mod lora;
 pub mod model;
 pub mod providers;

@@ -11,6 +11,7 @@ use candle_core::{DType, Tensor};
 
 use crate::autograd::{accumulate, with_backward};
 use crate::data::TokenizedExample;
+use crate::kernels::{self, Kernel};
 use crate::model::{CausalLm, LmHead};
 use crate::quant::FrozenWeight;
 use crate::{Error, Result};
@@ -61,6 +62,22 @@ pub fn head_nll_blocked(
             "target token {bad} is outside the vocabulary of {vocab}"
         )));
     }
+    if kernels::use_fused(Kernel::CrossEntropy, h.device()) {
+        head_nll_fused(h, head, target_ids, block_logits)
+    } else {
+        head_nll_unfused(h, head, target_ids, block_logits)
+    }
+}
+
+/// [`head_nll_blocked`] with tensor ops (the CPU path and the kernel's reference). The caller
+/// checks the targets against the vocabulary.
+pub fn head_nll_unfused(
+    h: &Tensor,
+    head: &LmHead,
+    target_ids: &[u32],
+    block_logits: usize,
+) -> Result<Tensor> {
+    let n = h.dim(0)?;
     let hd = h.detach().to_dtype(head.weight.dtype())?;
     let targets = Tensor::new(target_ids, h.device())?.unsqueeze(1)?;
     let mut max: Option<Tensor> = None;
@@ -91,6 +108,55 @@ pub fn head_nll_blocked(
     let head = head.clone();
     with_backward("head-cross-entropy", nll, &[h], move |inputs, grad| {
         head_nll_backward(inputs[0], &head, &targets, &lse, grad, block_logits)
+            .map(|g| vec![Some(g)])
+            .map_err(|e| candle_core::Error::Msg(e.to_string()))
+    })
+}
+
+/// [`head_nll_blocked`] with the fused per-block kernels of [`crate::kernels::cross_entropy`]:
+/// the logits of a block stay in the head's dtype and are read once forward and once backward.
+/// The caller checks the targets against the vocabulary.
+pub fn head_nll_fused(
+    h: &Tensor,
+    head: &LmHead,
+    target_ids: &[u32],
+    block_logits: usize,
+) -> Result<Tensor> {
+    let n = h.dim(0)?;
+    let hd = h.detach().to_dtype(head.weight.dtype())?;
+    let targets = Tensor::new(target_ids, h.device())?;
+    let mut stats = kernels::cross_entropy::initial_stats(n, h.device())?;
+    for_each_vocab_block(&head.weight, n, block_logits, |start, w| {
+        let logits = hd.matmul(&w.t()?)?;
+        stats =
+            kernels::cross_entropy::block_stats(&stats, &logits, &targets, start, head.softcap)?;
+        Ok(())
+    })?;
+    let lse = (stats.narrow(1, 0, 1)? + stats.narrow(1, 1, 1)?.log()?)?;
+    let nll = (&lse - stats.narrow(1, 2, 1)?)?.squeeze(1)?;
+    let head = head.clone();
+    with_backward("head-cross-entropy", nll, &[h], move |inputs, grad| {
+        let run = || -> Result<Tensor> {
+            let hd = inputs[0].detach().to_dtype(head.weight.dtype())?;
+            let lse_grad = Tensor::cat(&[&lse, &grad.to_dtype(DType::F32)?.unsqueeze(1)?], 1)?;
+            let mut gh: Option<Tensor> = None;
+            for_each_vocab_block(&head.weight, n, block_logits, |start, w| {
+                let logits = hd.matmul(&w.t()?)?;
+                let dl = kernels::cross_entropy::block_grad(
+                    &logits,
+                    &targets,
+                    &lse_grad,
+                    start,
+                    head.softcap,
+                )?;
+                // Summed over blocks in f32: a 262k vocabulary is many bf16 roundings otherwise.
+                accumulate(&mut gh, dl.matmul(&w)?.to_dtype(DType::F32)?)?;
+                Ok(())
+            })?;
+            let gh = gh.ok_or_else(|| Error::Msg("the output head has no rows".into()))?;
+            Ok(gh.to_dtype(inputs[0].dtype())?)
+        };
+        run()
             .map(|g| vec![Some(g)])
             .map_err(|e| candle_core::Error::Msg(e.to_string()))
     })

@@ -10,6 +10,7 @@ use super::weights::Weights;
 use super::LmHead;
 use crate::autograd::{checkpoint, with_backward, GradSink};
 use crate::config::RopeScaling;
+use crate::kernels::{self, Kernel};
 use crate::lora::Linear;
 use crate::quant::FrozenWeight;
 use crate::Result;
@@ -41,6 +42,15 @@ impl RmsNorm {
     /// The norm as one op whose backward keeps only `x` (and recomputes the row scale):
     /// `dx = r·h − x·r³·mean(h∘x)` with `h = g∘w` and `r = 1/sqrt(mean(x²) + eps)`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if kernels::use_fused(Kernel::RmsNorm, x.device()) {
+            self.forward_fused(x)
+        } else {
+            self.forward_unfused(x)
+        }
+    }
+
+    /// [`Self::forward`] with tensor ops (the CPU path and the kernels' reference).
+    pub fn forward_unfused(&self, x: &Tensor) -> Result<Tensor> {
         let y = self.values(&x.detach())?;
         let w = self.weight.to_dtype(DType::F32)?;
         let w = if self.unit_offset { (w + 1.0)? } else { w };
@@ -52,6 +62,17 @@ impl RmsNorm {
             let mean_hx = ((&h * &x)?.sum_keepdim(D::Minus1)? / x.dim(D::Minus1)? as f64)?;
             let gx = (h.broadcast_mul(&r)? - x.broadcast_mul(&(r.powf(3.0)? * mean_hx)?)?)?;
             Ok(vec![Some(gx.to_dtype(inputs[0].dtype())?)])
+        })
+    }
+
+    /// [`Self::forward`] with the fused kernels of [`crate::kernels::rms_norm`].
+    pub fn forward_fused(&self, x: &Tensor) -> Result<Tensor> {
+        let y = kernels::rms_norm::forward(x, &self.weight, self.eps, self.unit_offset)?;
+        let (w, eps, unit_offset) = (self.weight.clone(), self.eps, self.unit_offset);
+        with_backward("rms-norm", y, &[x], move |inputs, g| {
+            let gx = kernels::rms_norm::backward(inputs[0], &w, g, eps, unit_offset)
+                .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+            Ok(vec![Some(gx)])
         })
     }
 
@@ -194,13 +215,34 @@ impl GatedMlp {
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let g = self.gate_proj.forward(x)?;
-        let g = match self.act {
-            MlpActivation::Silu => candle_nn::ops::silu(&g)?,
-            MlpActivation::GeluTanh => g.gelu()?,
-        };
         let u = self.up_proj.forward(x)?;
-        self.down_proj.forward(&(g * u)?)
+        let h = if kernels::use_fused(Kernel::Glu, x.device()) {
+            gated_fused(&g, &u, self.act)?
+        } else {
+            gated_unfused(&g, &u, self.act)?
+        };
+        self.down_proj.forward(&h)
     }
+}
+
+/// `act(g)·u` with tensor ops under candle's autograd (the CPU path and the kernel's reference).
+pub fn gated_unfused(g: &Tensor, u: &Tensor, act: MlpActivation) -> Result<Tensor> {
+    let a = match act {
+        MlpActivation::Silu => candle_nn::ops::silu(g)?,
+        MlpActivation::GeluTanh => g.gelu()?,
+    };
+    Ok((a * u)?)
+}
+
+/// `act(g)·u` as one op with the fused kernels of [`crate::kernels::glu`]; its backward keeps
+/// `g` and `u` only.
+pub fn gated_fused(g: &Tensor, u: &Tensor, act: MlpActivation) -> Result<Tensor> {
+    let y = kernels::glu::forward(g, u, act)?;
+    with_backward("glu", y, &[g, u], move |inputs, dy| {
+        let (dg, du) = kernels::glu::backward(inputs[0], inputs[1], dy, act)
+            .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        Ok(vec![Some(dg), Some(du)])
+    })
 }
 
 /// A layer's seven projections in [`PROJECTION_PATHS`] order.
@@ -361,6 +403,15 @@ impl Rotary {
 /// `rotᵀ(u) = [u₂, -u₁]`. Under autograd the broadcasts of `cos` and `sin` would each get
 /// an activation-sized gradient buffer.
 pub fn apply_rotary(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    if kernels::use_fused(Kernel::Rope, x.device()) {
+        apply_rotary_fused(x, cos, sin)
+    } else {
+        apply_rotary_unfused(x, cos, sin)
+    }
+}
+
+/// [`apply_rotary`] with tensor ops (the CPU path and the kernel's reference).
+pub fn apply_rotary_unfused(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     let y = rotary_values(&x.detach(), cos, sin)?;
     let (cos, sin) = (cos.clone(), sin.clone());
     with_backward("rotary", y, &[x], move |_, g| {
@@ -372,6 +423,17 @@ pub fn apply_rotary(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
         );
         let back = Tensor::cat(&[&u2, &u1.neg()?], D::Minus1)?;
         Ok(vec![Some((g.broadcast_mul(&cos)? + back)?)])
+    })
+}
+
+/// [`apply_rotary`] with the fused kernels of [`crate::kernels::rope`].
+pub fn apply_rotary_fused(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    let y = kernels::rope::forward(x, cos, sin)?;
+    let (cos, sin) = (cos.clone(), sin.clone());
+    with_backward("rotary", y, &[x], move |_, g| {
+        let gx = kernels::rope::backward(g, &cos, &sin)
+            .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        Ok(vec![Some(gx)])
     })
 }
 

@@ -241,6 +241,16 @@ impl Nf4Matrix {
     }
 }
 
+/// The 16 NF4 levels followed by the 256 values of the absmax map, as the dequantize kernel
+/// (`kernels/nf4.cu`) reads them.
+pub fn dequant_tables() -> Vec<f32> {
+    NF4_LEVELS
+        .iter()
+        .chain(DYNAMIC_MAP.iter())
+        .copied()
+        .collect()
+}
+
 /// Decision boundaries between consecutive NF4 levels, `(code[i] + code[i + 1]) / 2` in f32.
 fn nf4_midpoints() -> [f32; 15] {
     std::array::from_fn(|i| (NF4_LEVELS[i] + NF4_LEVELS[i + 1]) / 2.0)

@@ -14,6 +14,8 @@ use candle_core::{DType, Device, Tensor};
 use super::nf4::Nf4Matrix;
 use super::Quantize;
 use crate::autograd::accumulate;
+use crate::kernels::nf4::Nf4Device;
+use crate::kernels::{self, Kernel};
 use crate::{Error, Result};
 
 /// Elements dequantized at once: 4 Mi (16 MiB in f32).
@@ -21,7 +23,9 @@ pub const BLOCK_ELEMS: usize = 4 << 20;
 
 enum Blocks {
     Ggml(Vec<QTensor>),
-    Nf4(Nf4Matrix),
+    /// Kept on the host; on a CUDA device also as device arrays that the NF4 kernel
+    /// dequantizes in place of the host loop and upload.
+    Nf4(Nf4Matrix, Option<Nf4Device>),
 }
 
 /// A quantized frozen weight.
@@ -79,7 +83,12 @@ impl QuantWeight {
         let blocks = match format {
             Quantize::Nf4 => {
                 let data = w.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-                Blocks::Nf4(Nf4Matrix::quantize(&data, rows, cols)?)
+                let m = Nf4Matrix::quantize(&data, rows, cols)?;
+                let on_device = device
+                    .is_cuda()
+                    .then(|| Nf4Device::new(&m, &device))
+                    .transpose()?;
+                Blocks::Nf4(m, on_device)
             }
             _ => {
                 let g = format.ggml().ok_or_else(|| {
@@ -204,7 +213,10 @@ impl QuantWeight {
         let n = self.block_rows.min(self.rows - r0);
         let t = match &self.blocks {
             Blocks::Ggml(b) => b[index].dequantize(&self.device)?,
-            Blocks::Nf4(m) => {
+            Blocks::Nf4(_, Some(d)) if kernels::enabled(Kernel::Nf4) => {
+                return d.dequantize_rows(r0, n, self.dtype);
+            }
+            Blocks::Nf4(m, _) => {
                 let mut out = vec![0f32; n * self.cols];
                 m.dequantize_rows_into(r0, r0 + n, &mut out)?;
                 Tensor::from_vec(out, (n, self.cols), &self.device)?
@@ -225,7 +237,7 @@ impl QuantWeight {
     pub fn size_in_bytes(&self) -> usize {
         match &self.blocks {
             Blocks::Ggml(b) => b.iter().map(QTensor::storage_size_in_bytes).sum(),
-            Blocks::Nf4(m) => m.size_in_bytes(),
+            Blocks::Nf4(m, _) => m.size_in_bytes(),
         }
     }
 

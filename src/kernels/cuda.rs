@@ -1,0 +1,113 @@
+//! Loading and launching the PTX kernels of `kernels/*.cu` on candle's CUDA device.
+
+use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView, LaunchConfig};
+use candle_core::cuda_backend::{CudaFunc, CudaStorageSlice};
+use candle_core::{CudaDevice, CudaStorage, DType, Layout};
+
+/// The PTX of each `kernels/*.cu`, one `&str` per file (`RMS_NORM`, `ROPE`, ...).
+pub mod ptx {
+    include!(concat!(env!("OUT_DIR"), "/kernels_ptx.rs"));
+}
+
+/// Loads `name` from the PTX module `module` (cached by the device after the first call).
+pub fn load_func(
+    dev: &CudaDevice,
+    module: &'static str,
+    ptx: &'static str,
+    name: &str,
+) -> candle_core::Result<CudaFunc> {
+    dev.get_or_load_custom_func(name, module, ptx)
+}
+
+/// The suffix of a kernel's entry point for `dtype` (`rms_norm_fwd_bf16`).
+pub fn suffix(dtype: DType) -> candle_core::Result<&'static str> {
+    Ok(match dtype {
+        DType::F32 => "f32",
+        DType::BF16 => "bf16",
+        DType::F16 => "f16",
+        other => candle_core::bail!("no CUDA kernel for {other:?}"),
+    })
+}
+
+/// The contiguous view of a slice under `layout`.
+pub fn view<'a, T>(
+    s: &'a CudaSlice<T>,
+    layout: &Layout,
+    op: &str,
+) -> candle_core::Result<CudaView<'a, T>> {
+    match layout.contiguous_offsets() {
+        Some((a, b)) => Ok(s.slice(a..b)),
+        None => candle_core::bail!("{op}: the input is not contiguous"),
+    }
+}
+
+/// One block of `threads` per row.
+pub fn rows_config(rows: usize, threads: u32) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (rows as u32, 1, 1),
+        block_dim: (threads, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+/// A grid-stride launch over `n` elements.
+pub fn elems_config(n: usize) -> LaunchConfig {
+    let threads = 256u32;
+    let blocks = n.div_ceil(threads as usize).clamp(1, 65535 * 8) as u32;
+    LaunchConfig {
+        grid_dim: (blocks, 1, 1),
+        block_dim: (threads, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+/// Threads per row for a row-reduction kernel over `cols` columns.
+pub fn row_threads(cols: usize) -> u32 {
+    match cols {
+        0..=256 => 64,
+        257..=1024 => 128,
+        1025..=4096 => 256,
+        _ => 512,
+    }
+}
+
+/// Wraps a result slice as candle storage.
+pub fn storage(slice: CudaStorageSlice, dev: &CudaDevice) -> CudaStorage {
+    CudaStorage {
+        slice,
+        device: dev.clone(),
+    }
+}
+
+/// Runs `$body` with `$s` bound to the typed slice of a float CUDA storage and `$T` to its
+/// element type; `$wrap` rebuilds a `CudaStorageSlice` of that type.
+macro_rules! cuda_float_dispatch {
+    ($st:expr, $op:expr, |$s:ident : $T:ident, $wrap:ident| $body:expr) => {
+        match &$st.slice {
+            candle_core::cuda_backend::CudaStorageSlice::F32($s) => {
+                type $T = f32;
+                let $wrap = candle_core::cuda_backend::CudaStorageSlice::F32;
+                $body
+            }
+            candle_core::cuda_backend::CudaStorageSlice::BF16($s) => {
+                type $T = half::bf16;
+                let $wrap = candle_core::cuda_backend::CudaStorageSlice::BF16;
+                $body
+            }
+            candle_core::cuda_backend::CudaStorageSlice::F16($s) => {
+                type $T = half::f16;
+                let $wrap = candle_core::cuda_backend::CudaStorageSlice::F16;
+                $body
+            }
+            _ => candle_core::bail!("{}: CUDA kernels take f32, bf16 or f16", $op),
+        }
+    };
+}
+pub(crate) use cuda_float_dispatch;
+
+/// The typed slice of a storage that must hold `T`.
+pub fn slice_of<'a, T: candle_core::cuda_backend::CudaDType>(
+    st: &'a CudaStorage,
+) -> candle_core::Result<&'a CudaSlice<T>> {
+    st.as_cuda_slice::<T>()
+}
