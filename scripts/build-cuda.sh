@@ -3,6 +3,8 @@
 #
 #   scripts/build-cuda.sh            # -> dist/lora-train-cuda (stripped) and dist/lora-train-cuda.xz
 #   scripts/build-cuda.sh --root     # only makes the CUDA root and prints the environment to use it
+#   scripts/build-cuda.sh --tests    # also builds the GPU test binaries scripts/gpu-check.sh runs
+#                                    # (dist/test-kernels.xz, dist/test-model_parity.xz)
 #
 # The CUDA toolkit comes from NVIDIA's CUDA 13.0 pip wheels (nvcc, headers, cuBLAS, cuRAND,
 # NVRTC, the runtime), unpacked into a CUDA root once. Linking needs libcuda.so, which only a
@@ -116,6 +118,23 @@ mv dist/lora-train-cuda.xz.tmp dist/lora-train-cuda.xz
 size=$(stat -c %s dist/lora-train-cuda)
 packed=$(stat -c %s dist/lora-train-cuda.xz)
 echo "build-cuda.sh: dist/lora-train-cuda $((size >> 20)) MiB, dist/lora-train-cuda.xz $((packed >> 20)) MiB (compute capability $CAP)"
+if [ "${1:-}" = --tests ]; then
+    echo "build-cuda.sh: building the GPU test binaries" >&2
+    CARGO_TARGET_DIR="$TARGET" cargo test --release --locked --features cuda --no-run \
+        --test kernels --test model_parity --message-format=json >"$TARGET/test-build.json" ||
+        die "cargo test --no-run --features cuda failed"
+    for t in kernels model_parity; do
+        exe="$(grep -o '"executable":"[^"]*/'"$t"'-[0-9a-f]*"' "$TARGET/test-build.json" | tail -n 1 | cut -d'"' -f4)"
+        [ -x "$exe" ] || die "no test executable for $t"
+        cp "$exe" "dist/test-$t.tmp"
+        strip "dist/test-$t.tmp" 2>/dev/null || true
+        xz -T0 -6 -c "dist/test-$t.tmp" >"dist/test-$t.xz.tmp"
+        mv "dist/test-$t.xz.tmp" "dist/test-$t.xz"
+        rm -f "dist/test-$t.tmp"
+        packed=$((packed + $(stat -c %s "dist/test-$t.xz")))
+    done
+    echo "build-cuda.sh: dist/*.xz together $((packed >> 20)) MiB"
+fi
 if [ "$packed" -ge $((LIMIT_MIB << 20)) ]; then
-    die "the compressed binary is over $LIMIT_MIB MiB and will not travel to the GPU host"
+    die "the compressed binaries are over $LIMIT_MIB MiB together and will not travel to the GPU host"
 fi

@@ -9,6 +9,7 @@
 //! all off, and a comma list names kernels to turn on (`rms_norm,rope`) or, with a leading `-`,
 //! off (`-attention`). Names: `rms_norm`, `rope`, `glu`, `cross_entropy`, `attention`, `nf4`.
 
+pub mod attention;
 pub mod cross_entropy;
 #[cfg(feature = "cuda")]
 pub mod cuda;

@@ -7,7 +7,10 @@
 
 use candle_core::{DType, Tensor, D};
 
+use super::layers::{repeat_kv, AttnMask};
 use crate::autograd::{accumulate, with_backward};
+use crate::kernels::attention as flash;
+use crate::kernels::{self, Kernel};
 use crate::Result;
 
 /// f32 elements of one block of scores: 8 Mi (32 MiB).
@@ -35,6 +38,68 @@ fn block_scores(
     }
     let s = s.broadcast_add(mask)?.to_dtype(DType::F32)?;
     Ok((s, capped))
+}
+
+/// Attention for `q: [B, H, Tq, D]` and not yet repeated `k, v: [B, KVH, Tk, D]`: the
+/// flash-attention kernel on CUDA when it handles the inputs (bf16/f16, head dim 64/128/256,
+/// no soft-capping) and its switch is on, else [`attention`] over repeated key/value heads.
+pub fn attend(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    scale: f64,
+    softcap: Option<f64>,
+    mask: &AttnMask,
+) -> Result<Tensor> {
+    if softcap.is_none()
+        && kernels::use_fused(Kernel::Attention, q.device())
+        && flash::supported(q, k)
+    {
+        return flash_attention(q, k, v, scale, mask);
+    }
+    let n_rep = q.dim(1)? / k.dim(1)?.max(1);
+    let k = repeat_kv(k, n_rep)?;
+    let v = repeat_kv(v, n_rep)?;
+    attention(q, &k, &v, scale, softcap, &mask.additive)
+}
+
+/// The flash-attention kernels as one op: the backward pass gets `o` and the log-sum-exp.
+fn flash_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    scale: f64,
+    mask: &AttnMask,
+) -> Result<Tensor> {
+    let p = flash::FlashParams {
+        scale: scale as f32,
+        offset: mask.offset,
+        window: mask.window,
+    };
+    let (q, k, v) = (q.contiguous()?, k.contiguous()?, v.contiguous()?);
+    let key_valid = mask.key_valid.clone();
+    let (o, lse) = flash::flash_fwd(
+        &q.detach(),
+        &k.detach(),
+        &v.detach(),
+        key_valid.as_ref(),
+        &p,
+    )?;
+    let out = o.clone();
+    with_backward("flash-attention", out, &[&q, &k, &v], move |inputs, g| {
+        let (dq, dk, dv) = flash::flash_bwd(
+            &inputs[0].detach(),
+            &inputs[1].detach(),
+            &inputs[2].detach(),
+            &o,
+            &lse,
+            &g.to_dtype(o.dtype())?.contiguous()?,
+            key_valid.as_ref(),
+            &p,
+        )
+        .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        Ok(vec![Some(dq), Some(dk), Some(dv)])
+    })
 }
 
 /// `softmax(q kᵀ · scale (+ softcap) + mask) v` for `q: [B, H, Tq, D]`, `k, v: [B, H, Tk, D]`

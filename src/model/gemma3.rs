@@ -6,10 +6,10 @@ use std::sync::Arc;
 
 use candle_core::Tensor;
 
-use super::attention::attention;
+use super::attention::attend;
 use super::layers::{
-    apply_rotary, attention_mask, head_or_tied, layer_projections, layer_projections_mut,
-    merged_projection_tensors, name_projections, padding_rows, repeat_kv, run_layer,
+    apply_rotary, head_or_tied, layer_projections, layer_projections_mut,
+    merged_projection_tensors, name_projections, padding_rows, run_layer, AttnMask,
     AttnProjections, DecoderLayer, GatedMlp, KvCache, LayerCache, MlpActivation, RmsNorm, Rotary,
 };
 use super::weights::Weights;
@@ -147,7 +147,7 @@ impl DecoderLayer for Layer {
         &self,
         x: &Tensor,
         rope: &(Tensor, Tensor),
-        mask: &Tensor,
+        mask: &AttnMask,
         cache: Option<&mut LayerCache>,
     ) -> Result<Tensor> {
         let hs = self.input_layernorm.forward(x)?;
@@ -167,7 +167,7 @@ impl Attention {
         x: &Tensor,
         cos: &Tensor,
         sin: &Tensor,
-        mask: &Tensor,
+        mask: &AttnMask,
         cache: Option<&mut LayerCache>,
     ) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
@@ -190,10 +190,7 @@ impl Attention {
             Some(c) => c.append(&k, &v)?,
             None => (k, v),
         };
-        let n_rep = self.n_head / self.n_kv_head;
-        let k = repeat_kv(&k, n_rep)?;
-        let v = repeat_kv(&v, n_rep)?;
-        let o = attention(&q, &k, &v, self.scale, self.softcap, mask)?;
+        let o = attend(&q, &k, &v, self.scale, self.softcap, mask)?;
         let o = o
             .transpose(1, 2)?
             .reshape((b, t, self.n_head * self.head_dim))?;
@@ -221,8 +218,8 @@ impl CausalLm for Gemma3 {
         let scale = Tensor::new(&[(h as f32).sqrt()], device)?.to_dtype(dtype)?;
         let mut x = emb.broadcast_mul(&scale)?;
         let pad = attention_mask_01.map(padding_rows).transpose()?;
-        let global_mask = attention_mask(b, t, offset, pad.as_deref(), None, dtype, device)?;
-        let local_mask = attention_mask(
+        let global_mask = AttnMask::new(b, t, offset, pad.as_deref(), None, dtype, device)?;
+        let local_mask = AttnMask::new(
             b,
             t,
             offset,

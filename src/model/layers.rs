@@ -100,7 +100,7 @@ pub trait DecoderLayer: Clone + Send + Sync + 'static {
         &self,
         x: &Tensor,
         rope: &(Tensor, Tensor),
-        mask: &Tensor,
+        mask: &AttnMask,
         cache: Option<&mut LayerCache>,
     ) -> Result<Tensor>;
 }
@@ -110,7 +110,7 @@ pub fn run_layer<L: DecoderLayer>(
     layer: &L,
     x: &Tensor,
     rope: &(Tensor, Tensor),
-    mask: &Tensor,
+    mask: &AttnMask,
     sink: Option<&Arc<GradSink>>,
     cache: Option<&mut LayerCache>,
 ) -> Result<Tensor> {
@@ -498,6 +498,61 @@ pub fn attention_mask(
         }
     }
     Ok(Tensor::from_vec(data, (batch, 1, q_len, k_len), device)?.to_dtype(dtype)?)
+}
+
+/// The attention mask of a forward pass in two forms: the additive `[B | 1, 1, Tq, Tk]` tensor
+/// of [`attention_mask`] for the tensor-op attention, and its structure (query offset, window,
+/// per-key validity) for the flash-attention kernel, which masks without reading a tensor.
+#[derive(Debug, Clone)]
+pub struct AttnMask {
+    pub additive: Tensor,
+    pub offset: usize,
+    pub window: Option<usize>,
+    /// u8 `[B, Tk]`, 1 for a real key; `None` when there is no padding.
+    pub key_valid: Option<Tensor>,
+}
+
+impl AttnMask {
+    /// See [`attention_mask`] for the arguments.
+    pub fn new(
+        batch: usize,
+        q_len: usize,
+        offset: usize,
+        key_padding: Option<&[Vec<bool>]>,
+        sliding_window: Option<usize>,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
+        let additive = attention_mask(
+            batch,
+            q_len,
+            offset,
+            key_padding,
+            sliding_window,
+            dtype,
+            device,
+        )?;
+        // As `attention_mask` reads it: row `b`'s key `j` is real when `pad[b][j]` is true.
+        let k_len = offset + q_len;
+        let valid: Option<Vec<u8>> = key_padding.map(|rows| {
+            (0..batch)
+                .flat_map(|b| (0..k_len).map(move |j| (b, j)))
+                .map(|(b, j)| {
+                    u8::from(rows.get(b).and_then(|r| r.get(j)).copied().unwrap_or(false))
+                })
+                .collect()
+        });
+        let key_valid = match valid {
+            Some(v) if v.contains(&0) => Some(Tensor::from_vec(v, (batch, k_len), device)?),
+            _ => None,
+        };
+        Ok(Self {
+            additive,
+            offset,
+            window: sliding_window,
+            key_valid,
+        })
+    }
 }
 
 /// Reads a `[B, T]` 0/1 attention mask into per-row booleans.

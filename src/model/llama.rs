@@ -5,10 +5,10 @@ use std::sync::Arc;
 
 use candle_core::Tensor;
 
-use super::attention::attention;
+use super::attention::attend;
 use super::layers::{
-    apply_rotary, attention_mask, head_or_tied, layer_projections, layer_projections_mut,
-    merged_projection_tensors, name_projections, padding_rows, repeat_kv, run_layer,
+    apply_rotary, head_or_tied, layer_projections, layer_projections_mut,
+    merged_projection_tensors, name_projections, padding_rows, run_layer, AttnMask,
     AttnProjections, DecoderLayer, GatedMlp, KvCache, LayerCache, MlpActivation, RmsNorm, Rotary,
 };
 use super::weights::Weights;
@@ -135,7 +135,7 @@ impl DecoderLayer for Layer {
         &self,
         x: &Tensor,
         rope: &(Tensor, Tensor),
-        mask: &Tensor,
+        mask: &AttnMask,
         cache: Option<&mut LayerCache>,
     ) -> Result<Tensor> {
         let h = self.input_layernorm.forward(x)?;
@@ -153,7 +153,7 @@ impl Attention {
         x: &Tensor,
         cos: &Tensor,
         sin: &Tensor,
-        mask: &Tensor,
+        mask: &AttnMask,
         cache: Option<&mut super::layers::LayerCache>,
     ) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
@@ -182,11 +182,8 @@ impl Attention {
             Some(c) => c.append(&k, &v)?,
             None => (k, v),
         };
-        let n_rep = self.n_head / self.n_kv_head;
-        let k = repeat_kv(&k, n_rep)?;
-        let v = repeat_kv(&v, n_rep)?;
         let scale = 1.0 / (self.head_dim as f64).sqrt();
-        let o = attention(&q, &k, &v, scale, None, mask)?;
+        let o = attend(&q, &k, &v, scale, None, mask)?;
         let o = o
             .transpose(1, 2)?
             .reshape((b, t, self.n_head * self.head_dim))?;
@@ -210,7 +207,7 @@ impl CausalLm for Llama {
             .embedding(&input_ids.flatten_all()?)?
             .reshape((b, t, self.cfg.hidden_size))?;
         let pad = attention_mask_01.map(padding_rows).transpose()?;
-        let mask = attention_mask(b, t, offset, pad.as_deref(), None, dtype, device)?;
+        let mask = AttnMask::new(b, t, offset, pad.as_deref(), None, dtype, device)?;
         let rope = self.rotary.cos_sin(offset, t, dtype, device)?;
         for (i, layer) in self.layers.iter().enumerate() {
             let layer_cache = cache.as_deref_mut().map(|c| &mut c.layers[i]);

@@ -3,8 +3,15 @@
 
 use std::path::PathBuf;
 
+/// `tests/fixtures` of the source tree, or of the working directory when the test binary
+/// runs on another machine (scripts/gpu-check.sh runs it from the repository root there).
 pub fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+    let built = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    if built.is_dir() {
+        built
+    } else {
+        PathBuf::from("tests/fixtures")
+    }
 }
 
 /// A real model fetched by `scripts/fetch-models.sh`; panics with instructions if missing,

@@ -1,0 +1,134 @@
+#!/usr/bin/env bash
+# GPU checks of issue 5, run on a GPU host from the repository root (through the device tool):
+#   1. the kernel tests: every fused op against its unfused path, on the GPU (tests/kernels.rs);
+#   2. the parity tests on the GPU: tiny Llama / Gemma 3 logits against transformers' fixtures,
+#      f32 and bf16 (tests/model_parity.rs, `*_on_the_test_device`);
+#   3. a short training run of the tiny models: CPU f32 vs CUDA f32 vs CUDA bf16, kernels on and
+#      off, and 4-bit; the step losses side by side.
+# Everything goes to $OUT/gpu-check.txt (or bench-results/gpu-check.txt without $OUT).
+#
+# Needs the binaries from scripts/build-cuda.sh --tests, carried to the host:
+#   run(command="scripts/gpu-check.sh", carry=["dist"])
+# Environment: LORA_TRAIN_CUDA_LIBS  a folder with libcublas.so.13, libcudart.so.13, libcurand.so.10
+#              (default: the host PyTorch's site-packages/nvidia/cu13/lib)
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+OUTDIR="${OUT:-bench-results}"
+mkdir -p "$OUTDIR"
+REPORT="$OUTDIR/gpu-check.txt"
+exec > >(tee "$REPORT") 2>&1
+
+fail=0
+note() { echo; echo "== $*"; }
+
+unpack() {  # name -> path of the executable
+    local f="dist/$1"
+    if [ ! -x "$f" ] && [ -f "$f.xz" ]; then
+        xz -dkf "$f.xz" && chmod +x "$f"
+    fi
+    [ -x "$f" ] || { echo "gpu-check.sh: no $f (run scripts/build-cuda.sh --tests here and carry dist/)"; exit 1; }
+    echo "$f"
+}
+
+libs="${LORA_TRAIN_CUDA_LIBS:-}"
+if [ -z "$libs" ]; then
+    libs="$(python3 -c 'import os, torch; print(os.path.join(os.path.dirname(os.path.dirname(torch.__file__)), "nvidia", "cu13", "lib"))' 2>/dev/null)"
+fi
+[ -d "$libs" ] || { echo "gpu-check.sh: no CUDA 13 libraries found (set LORA_TRAIN_CUDA_LIBS)"; exit 1; }
+export LD_LIBRARY_PATH="$libs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+
+BIN="$(unpack lora-train-cuda)" || exit 1
+KTEST="$(unpack test-kernels)" || exit 1
+PTEST="$(unpack test-model_parity)" || exit 1
+
+note "host"
+date -u
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 || true
+git rev-parse --short HEAD 2>/dev/null || true
+
+note "1. kernel tests on cuda:0 (fused vs unfused, f32 and bf16)"
+LORA_TRAIN_TEST_DEVICE=cuda:0 "$KTEST" --test-threads=1 || fail=1
+
+note "2. parity tests on cuda:0 (logits against transformers, f32 and bf16)"
+LORA_TRAIN_TEST_DEVICE=cuda:0 "$PTEST" --test-threads=1 on_the_test_device || fail=1
+
+note "3. short training runs of the tiny models"
+RUNS="$(mktemp -d)"
+job() {  # model -> job file
+    cat >"$RUNS/$1.toml" <<EOF
+[model]
+source = "$PWD/tests/fixtures/$1"
+device = "cpu"
+[lora]
+r = 8
+alpha = 16
+target_modules = "all-linear"
+[data]
+train = "$PWD/tests/fixtures/chats.jsonl"
+max_seq_len = 128
+shuffle = false
+[train]
+max_steps = 12
+micro_batch_size = 3
+grad_accum = 1
+lr = 5e-3
+seed = 7
+eval_every = 0
+save_every = 0
+[output]
+dir = "$RUNS/$1"
+EOF
+    echo "$RUNS/$1.toml"
+}
+for model in tiny-llama tiny-gemma3; do
+    cfg="$(job "$model")"
+    for row in "cpu f32 none on" "cuda:0 f32 none on" "cuda:0 f32 none off" "cuda:0 bf16 none on" \
+               "cuda:0 bf16 none off" "cuda:0 bf16 nf4 on" "cuda:0 bf16 nf4+ckpt on"; do
+        set -- $row
+        dev=$1 dtype=$2 quant=$3 kern=$4
+        name="$model-${dev/:/}-$dtype-$quant-kernels-$kern"
+        args=(--config "$cfg" --set "model.device=$dev" --set "model.dtype=$dtype" --set "output.dir=$RUNS/$name" --no-report)
+        case "$quant" in
+            nf4) args+=(--set model.quantize=nf4) ;;
+            nf4+ckpt) args+=(--set model.quantize=nf4 --set train.gradient_checkpointing=true) ;;
+        esac
+        if LORA_TRAIN_KERNELS="$kern" "$BIN" "${args[@]}" >"$RUNS/$name.log" 2>&1; then
+            losses="$(python3 -c 'import json,sys; print(" ".join("%.4f" % json.loads(l)["loss"] for l in open(sys.argv[1]) if "tokens_per_second" in l))' "$RUNS/$name/metrics.jsonl" 2>&1)"
+            printf '%-48s %s\n' "$name" "$losses"
+        else
+            fail=1
+            printf '%-48s FAILED: %s\n' "$name" "$(tail -n 3 "$RUNS/$name.log" | tr '\n' ' ')"
+        fi
+    done
+done
+python3 - "$RUNS" <<'PYEOF' || fail=1
+# CUDA f32 must follow the CPU f32 run closely; bf16 and 4-bit runs within looser bounds.
+import glob, json, os, sys
+runs = sys.argv[1]
+def losses(name):
+    p = os.path.join(runs, name, "metrics.jsonl")
+    if not os.path.exists(p):
+        return None
+    return [json.loads(l)["loss"] for l in open(p) if "tokens_per_second" in l]
+bad = 0
+for model in ["tiny-llama", "tiny-gemma3"]:
+    ref = losses(f"{model}-cpu-f32-none-kernels-on")
+    if not ref:
+        print(f"{model}: no CPU reference run"); bad = 1; continue
+    for name, tol in [("cuda0-f32-none-kernels-on", 2e-3), ("cuda0-f32-none-kernels-off", 2e-3),
+                      ("cuda0-bf16-none-kernels-on", 5e-2), ("cuda0-bf16-none-kernels-off", 5e-2),
+                      ("cuda0-bf16-nf4-kernels-on", 1.5e-1), ("cuda0-bf16-nf4+ckpt-kernels-on", 1.5e-1)]:
+        got = losses(f"{model}-{name}")
+        if not got:
+            print(f"{model} {name}: no run"); bad = 1; continue
+        worst = max(abs(a - b) / max(abs(b), 1e-6) for a, b in zip(got, ref))
+        ok = worst <= tol and len(got) == len(ref)
+        bad |= not ok
+        print(f"{model} {name}: worst relative loss difference vs CPU f32 {worst:.2e} (bound {tol:g}) {'ok' if ok else 'FAIL'}")
+sys.exit(bad)
+PYEOF
+
+note "result"
+if [ "$fail" = 0 ]; then echo "gpu-check: all passed"; else echo "gpu-check: FAILURES above"; fi
+exit $fail

@@ -1,0 +1,756 @@
+//! FlashAttention-2 forward and backward on CUDA (`kernels/attention.cu`; Dao 2023,
+//! Algorithms 1 and 2) for training: causal attention with an optional sliding window and key
+//! padding, grouped-query heads read in place, bf16/f16 inputs with f32 accumulation on tensor
+//! cores, head dims 64, 128 and 256. Nothing `[T, T]`-sized reaches global memory: the forward
+//! pass keeps each row's log-sum-exp and the backward pass recomputes the probabilities tile by
+//! tile. Same semantics as [`crate::model::attention::attention`] with the mask of
+//! [`crate::model::layers::attention_mask`], for rows that have at least one allowed key; a row
+//! with none gets a zero output, `lse = +inf` and zero gradients. No soft-capping.
+
+use candle_core::{DType, Tensor};
+
+use crate::{Error, Result};
+
+/// The attention's score scale, the absolute position of the first query (keys sit at
+/// `0..offset + Tq`) and the sliding window (`pos_q - pos_k < window`) if any.
+#[derive(Debug, Clone, Copy)]
+pub struct FlashParams {
+    pub scale: f32,
+    pub offset: usize,
+    pub window: Option<usize>,
+}
+
+/// The head dims the kernels are built for.
+pub const HEAD_DIMS: [usize; 3] = [64, 128, 256];
+
+/// Whether the kernel handles these inputs: CUDA device, bf16/f16, head dim 64/128/256,
+/// H % KVH == 0.
+pub fn supported(q: &Tensor, k: &Tensor) -> bool {
+    cfg!(feature = "cuda")
+        && q.device().is_cuda()
+        && k.device().same_device(q.device())
+        && matches!(q.dtype(), DType::BF16 | DType::F16)
+        && k.dtype() == q.dtype()
+        && match (q.dims4(), k.dims4()) {
+            (Ok((b, h, _, d)), Ok((kb, kvh, _, kd))) => {
+                b == kb && d == kd && HEAD_DIMS.contains(&d) && kvh > 0 && h % kvh == 0
+            }
+            _ => false,
+        }
+}
+
+/// `(o [B,H,Tq,D], lse [B,H,Tq] f32)`. `key_valid`: optional u8 `[B, Tk]`, 1 = real token.
+pub fn flash_fwd(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    key_valid: Option<&Tensor>,
+    p: &FlashParams,
+) -> Result<(Tensor, Tensor)> {
+    let dims = Dims::check(q, k, v, key_valid, p)?;
+    #[cfg(feature = "cuda")]
+    {
+        imp::forward(q, k, v, key_valid, p, &dims)
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        let _ = dims;
+        Err(Error::Msg("flash attention needs the cuda feature".into()))
+    }
+}
+
+/// `(dq, dk, dv)` shaped like `q, k, v`, for the output `o`, its log-sum-exp `lse` and the
+/// output gradient `grad_o`.
+#[allow(clippy::too_many_arguments)]
+pub fn flash_bwd(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    o: &Tensor,
+    lse: &Tensor,
+    grad_o: &Tensor,
+    key_valid: Option<&Tensor>,
+    p: &FlashParams,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    let dims = Dims::check(q, k, v, key_valid, p)?;
+    for (name, t) in [("o", o), ("grad_o", grad_o)] {
+        if t.dims() != q.dims() || t.dtype() != q.dtype() {
+            return Err(Error::Msg(format!(
+                "flash attention backward: {name} is {:?} {:?}, expected q's {:?} {:?}",
+                t.dims(),
+                t.dtype(),
+                q.dims(),
+                q.dtype()
+            )));
+        }
+    }
+    if lse.dims() != [dims.b, dims.h, dims.tq] || lse.dtype() != DType::F32 {
+        return Err(Error::Msg(format!(
+            "flash attention backward: lse is {:?} {:?}, expected f32 [{}, {}, {}]",
+            lse.dims(),
+            lse.dtype(),
+            dims.b,
+            dims.h,
+            dims.tq
+        )));
+    }
+    #[cfg(feature = "cuda")]
+    {
+        imp::backward(q, k, v, o, lse, grad_o, key_valid, p, &dims)
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        let _ = dims;
+        Err(Error::Msg("flash attention needs the cuda feature".into()))
+    }
+}
+
+/// Checked sizes of one call; `window` is 0 when no window can mask anything.
+#[derive(Debug, Clone, Copy)]
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+struct Dims {
+    b: usize,
+    h: usize,
+    kvh: usize,
+    tq: usize,
+    tk: usize,
+    d: usize,
+    window: usize,
+}
+
+impl Dims {
+    fn check(
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        key_valid: Option<&Tensor>,
+        p: &FlashParams,
+    ) -> Result<Dims> {
+        let err = |m: String| Error::Msg(format!("flash attention: {m}"));
+        let (b, h, tq, d) = q
+            .dims4()
+            .map_err(|_| err(format!("q must be [B, H, T, D], got {:?}", q.dims())))?;
+        let (kb, kvh, tk, kd) = k
+            .dims4()
+            .map_err(|_| err(format!("k must be [B, KVH, T, D], got {:?}", k.dims())))?;
+        if v.dims() != k.dims() {
+            return Err(err(format!("v is {:?} but k is {:?}", v.dims(), k.dims())));
+        }
+        if kb != b || kd != d {
+            return Err(err(format!(
+                "q {:?} and k {:?} disagree on batch or head dim",
+                q.dims(),
+                k.dims()
+            )));
+        }
+        if !HEAD_DIMS.contains(&d) {
+            return Err(err(format!("head dim {d} is not one of {HEAD_DIMS:?}")));
+        }
+        if kvh == 0 || h % kvh != 0 {
+            return Err(err(format!(
+                "{h} query heads do not group over {kvh} kv heads"
+            )));
+        }
+        for (name, t) in [("k", k), ("v", v)] {
+            if t.dtype() != q.dtype() {
+                return Err(err(format!(
+                    "{name} is {:?} but q is {:?}",
+                    t.dtype(),
+                    q.dtype()
+                )));
+            }
+        }
+        if !matches!(q.dtype(), DType::BF16 | DType::F16) {
+            return Err(err(format!(
+                "needs bf16 or f16 inputs, got {:?}",
+                q.dtype()
+            )));
+        }
+        if p.offset + tq != tk {
+            return Err(err(format!(
+                "{} keys for {tq} queries at offset {}",
+                tk, p.offset
+            )));
+        }
+        if let Some(kv) = key_valid {
+            if kv.dims() != [b, tk] || kv.dtype() != DType::U8 {
+                return Err(err(format!(
+                    "key_valid is {:?} {:?}, expected u8 [{b}, {tk}]",
+                    kv.dims(),
+                    kv.dtype()
+                )));
+            }
+        }
+        let window = match p.window {
+            Some(0) => return Err(err("a sliding window must be positive".into())),
+            // pos_q - pos_k <= tk - 1 always: such a window never masks.
+            Some(w) if w < tk => w,
+            _ => 0,
+        };
+        let fits = |n: usize| i32::try_from(n).is_ok();
+        // Grid rows: query tiles of 64 and key tiles of 32 stay under CUDA's 65535.
+        if !fits(b * h * tq)
+            || !fits(b * kvh * tk)
+            || tq.div_ceil(64) > 65535
+            || tk.div_ceil(32) > 65535
+        {
+            return Err(err(format!(
+                "sizes {:?} {:?} are too large for the kernel",
+                q.dims(),
+                k.dims()
+            )));
+        }
+        Ok(Dims {
+            b,
+            h,
+            kvh,
+            tq,
+            tk,
+            d,
+            window,
+        })
+    }
+}
+
+#[cfg(feature = "cuda")]
+mod imp {
+    use candle_core::cuda_backend::cudarc::driver::sys::CUfunction_attribute;
+    use candle_core::cuda_backend::cudarc::driver::{
+        CudaSlice, CudaView, DeviceRepr, LaunchConfig, PushKernelArg, ValidAsZeroBits,
+    };
+    use candle_core::cuda_backend::{CudaDType, CudaFunc, WrapErr};
+    use candle_core::op::BackpropOp;
+    use candle_core::{CudaDevice, CudaStorage, DType, Device, Layout, Storage, Tensor};
+
+    use super::{Dims, FlashParams};
+    use crate::kernels::cuda::{load_func, ptx, suffix, view};
+    use crate::{Error, Result};
+
+    const OP: &str = "flash attention";
+    const THREADS: u32 = 128;
+    /// Dynamic shared memory a launch may use without opting in.
+    const DEFAULT_SMEM: usize = 48 * 1024;
+
+    /// Forward tiles (query rows, keys) per head dim, as `FwdCfg` in the kernel.
+    fn fwd_tiles(d: usize) -> (usize, usize) {
+        if d == 256 {
+            (64, 32)
+        } else {
+            (64, 64)
+        }
+    }
+
+    /// Backward tiles (query rows, keys) per head dim, as `BwdCfg` in the kernel.
+    fn bwd_tiles(d: usize) -> (usize, usize) {
+        match d {
+            64 => (64, 64),
+            128 => (32, 64),
+            _ => (32, 32),
+        }
+    }
+
+    /// The kernels' shared memory (bytes): bf16/f16 tiles with rows padded by 8 elements.
+    fn fwd_smem(d: usize) -> usize {
+        let (br, bc) = fwd_tiles(d);
+        (br + 2 * bc) * (d + 8) * 2 + bc
+    }
+
+    fn bwd_smem(d: usize) -> usize {
+        let (br, bc) = bwd_tiles(d);
+        (2 * bc + 2 * br) * (d + 8) * 2 + bc * (br + 8) * 2 + 2 * br * 4 + bc
+    }
+
+    fn cuda_device(t: &Tensor) -> Result<CudaDevice> {
+        match t.device() {
+            Device::Cuda(d) => Ok(d.clone()),
+            other => Err(Error::Msg(format!(
+                "{OP}: tensors must be on a CUDA device, got {other:?}"
+            ))),
+        }
+    }
+
+    /// Contiguous, starting on a 16-byte boundary (the kernels load rows 16 bytes at a time).
+    fn aligned(t: &Tensor) -> Result<Tensor> {
+        let t = t.contiguous()?;
+        Ok(if t.layout().start_offset() % 8 == 0 {
+            t
+        } else {
+            t.force_contiguous()?
+        })
+    }
+
+    fn cuda_view<'a, T: CudaDType>(s: &'a Storage, l: &Layout) -> Result<CudaView<'a, T>> {
+        match s {
+            Storage::Cuda(c) => Ok(view(c.as_cuda_slice::<T>()?, l, OP)?),
+            _ => Err(Error::Msg(format!(
+                "{OP}: tensors must be on a CUDA device"
+            ))),
+        }
+    }
+
+    fn to_tensor<T: CudaDType>(s: CudaSlice<T>, dev: &CudaDevice, shape: &[usize]) -> Tensor {
+        let storage = Storage::Cuda(CudaStorage::wrap_cuda_slice(s, dev.clone()));
+        Tensor::from_storage(storage, shape, BackpropOp::none(), false)
+    }
+
+    fn config(
+        func: &CudaFunc,
+        dev: &CudaDevice,
+        grid: (usize, usize),
+        smem: usize,
+    ) -> Result<LaunchConfig> {
+        if smem > DEFAULT_SMEM {
+            dev.cuda_stream().context().bind_to_thread().w()?;
+            func.set_attribute(
+                CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                smem as i32,
+            )
+            .w()?;
+        }
+        Ok(LaunchConfig {
+            grid_dim: (grid.0 as u32, grid.1 as u32, 1),
+            block_dim: (THREADS, 1, 1),
+            shared_mem_bytes: smem as u32,
+        })
+    }
+
+    pub(super) fn forward(
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        key_valid: Option<&Tensor>,
+        p: &FlashParams,
+        dims: &Dims,
+    ) -> Result<(Tensor, Tensor)> {
+        let (q, k, v) = (aligned(q)?, aligned(k)?, aligned(v)?);
+        let key_valid = key_valid.map(|t| t.contiguous()).transpose()?;
+        match q.dtype() {
+            DType::BF16 => forward_typed::<half::bf16>(&q, &k, &v, key_valid.as_ref(), p, dims),
+            DType::F16 => forward_typed::<half::f16>(&q, &k, &v, key_valid.as_ref(), p, dims),
+            other => Err(Error::Msg(format!(
+                "{OP}: needs bf16 or f16 inputs, got {other:?}"
+            ))),
+        }
+    }
+
+    fn forward_typed<T: CudaDType + DeviceRepr + ValidAsZeroBits>(
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        key_valid: Option<&Tensor>,
+        p: &FlashParams,
+        dims: &Dims,
+    ) -> Result<(Tensor, Tensor)> {
+        let dev = cuda_device(q)?;
+        let &Dims {
+            b,
+            h,
+            kvh,
+            tq,
+            tk,
+            d,
+            window,
+        } = dims;
+        let rows = b * h * tq;
+        let mut o = dev.alloc_zeros::<T>(rows * d)?;
+        let mut lse = dev.alloc_zeros::<f32>(rows)?;
+        if rows > 0 {
+            let (qs, ql) = q.storage_and_layout();
+            let (ks, kl) = k.storage_and_layout();
+            let (vs, vl) = v.storage_and_layout();
+            let qv = cuda_view::<T>(&qs, ql)?;
+            let kv = cuda_view::<T>(&ks, kl)?;
+            let vv = cuda_view::<T>(&vs, vl)?;
+            let valid = key_valid.map(|t| t.storage_and_layout());
+            let valid_view = match &valid {
+                Some((s, l)) => Some(cuda_view::<u8>(s, l)?),
+                None => None,
+            };
+            let name = format!("flash_fwd_{d}_{}", suffix(q.dtype())?);
+            let func = load_func(&dev, "attention", ptx::ATTENTION, &name)?;
+            let (br, _) = fwd_tiles(d);
+            let cfg = config(&func, &dev, (b * h, tq.div_ceil(br)), fwd_smem(d))?;
+            let null = 0u64;
+            let ints = [h, kvh, tq, tk, p.offset, window].map(|n| n as i32);
+            let mut builder = func.builder();
+            builder.arg(&qv);
+            builder.arg(&kv);
+            builder.arg(&vv);
+            match &valid_view {
+                Some(view) => builder.arg(view),
+                None => builder.arg(&null),
+            };
+            builder.arg(&mut o);
+            builder.arg(&mut lse);
+            for n in &ints {
+                builder.arg(n);
+            }
+            builder.arg(&p.scale);
+            // SAFETY: the arguments match `flash_fwd_*`'s signature, every buffer holds the
+            // [B, H|KVH, T, D] elements the checked dims say, and the dynamic shared memory is
+            // the kernel's own formula (it traps if given less).
+            unsafe { builder.launch(cfg) }.w()?;
+        }
+        Ok((
+            to_tensor(o, &dev, &[b, h, tq, d]),
+            to_tensor(lse, &dev, &[b, h, tq]),
+        ))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn backward(
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        o: &Tensor,
+        lse: &Tensor,
+        grad_o: &Tensor,
+        key_valid: Option<&Tensor>,
+        p: &FlashParams,
+        dims: &Dims,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
+        let (q, k, v, g) = (aligned(q)?, aligned(k)?, aligned(v)?, aligned(grad_o)?);
+        let (o, lse) = (o.contiguous()?, lse.contiguous()?);
+        let key_valid = key_valid.map(|t| t.contiguous()).transpose()?;
+        let args = (&q, &k, &v, &o, &lse, &g, key_valid.as_ref());
+        let (dq, dk, dv) = match q.dtype() {
+            DType::BF16 => backward_typed::<half::bf16>(args, p, dims)?,
+            DType::F16 => backward_typed::<half::f16>(args, p, dims)?,
+            other => {
+                return Err(Error::Msg(format!(
+                    "{OP}: needs bf16 or f16 inputs, got {other:?}"
+                )))
+            }
+        };
+        Ok((
+            dq.to_dtype(q.dtype())?,
+            dk.to_dtype(q.dtype())?,
+            dv.to_dtype(q.dtype())?,
+        ))
+    }
+
+    type BwdArgs<'a> = (
+        &'a Tensor,
+        &'a Tensor,
+        &'a Tensor,
+        &'a Tensor,
+        &'a Tensor,
+        &'a Tensor,
+        Option<&'a Tensor>,
+    );
+
+    /// The f32 sums `(dq, dk, dv)`.
+    fn backward_typed<T: CudaDType + DeviceRepr>(
+        (q, k, v, o, lse, g, key_valid): BwdArgs<'_>,
+        p: &FlashParams,
+        dims: &Dims,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
+        let dev = cuda_device(q)?;
+        let &Dims {
+            b,
+            h,
+            kvh,
+            tq,
+            tk,
+            d,
+            window,
+        } = dims;
+        let rows = b * h * tq;
+        let mut dq = dev.alloc_zeros::<f32>(rows * d)?;
+        let mut dk = dev.alloc_zeros::<f32>(b * kvh * tk * d)?;
+        let mut dv = dev.alloc_zeros::<f32>(b * kvh * tk * d)?;
+        if rows > 0 {
+            let sfx = suffix(q.dtype())?;
+            let (qs, ql) = q.storage_and_layout();
+            let (ks, kl) = k.storage_and_layout();
+            let (vs, vl) = v.storage_and_layout();
+            let (os, ol) = o.storage_and_layout();
+            let (gs, gl) = g.storage_and_layout();
+            let (ls, ll) = lse.storage_and_layout();
+            let qv = cuda_view::<T>(&qs, ql)?;
+            let kv = cuda_view::<T>(&ks, kl)?;
+            let vv = cuda_view::<T>(&vs, vl)?;
+            let ov = cuda_view::<T>(&os, ol)?;
+            let gv = cuda_view::<T>(&gs, gl)?;
+            let lv = cuda_view::<f32>(&ls, ll)?;
+            let valid = key_valid.map(|t| t.storage_and_layout());
+            let valid_view = match &valid {
+                Some((s, l)) => Some(cuda_view::<u8>(s, l)?),
+                None => None,
+            };
+
+            // delta = rowsum(dO ∘ O), one warp per row.
+            // SAFETY: every row is written by its warp before the backward kernel reads it.
+            let mut delta = unsafe { dev.alloc::<f32>(rows)? };
+            let func = load_func(
+                &dev,
+                "attention",
+                ptx::ATTENTION,
+                &format!("flash_bwd_delta_{sfx}"),
+            )?;
+            let cfg = LaunchConfig {
+                grid_dim: (rows.div_ceil(4) as u32, 1, 1),
+                block_dim: (THREADS, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            let (rows_i, cols_i) = (rows as i32, d as i32);
+            let mut builder = func.builder();
+            builder.arg(&ov);
+            builder.arg(&gv);
+            builder.arg(&mut delta);
+            builder.arg(&rows_i);
+            builder.arg(&cols_i);
+            // SAFETY: the arguments match `flash_bwd_delta_*`; o and dO hold rows × D elements.
+            unsafe { builder.launch(cfg) }.w()?;
+
+            let func = load_func(
+                &dev,
+                "attention",
+                ptx::ATTENTION,
+                &format!("flash_bwd_{d}_{sfx}"),
+            )?;
+            let (_, bc) = bwd_tiles(d);
+            let cfg = config(&func, &dev, (b * h, tk.div_ceil(bc)), bwd_smem(d))?;
+            let null = 0u64;
+            let ints = [h, kvh, tq, tk, p.offset, window].map(|n| n as i32);
+            let mut builder = func.builder();
+            builder.arg(&qv);
+            builder.arg(&kv);
+            builder.arg(&vv);
+            builder.arg(&gv);
+            builder.arg(&lv);
+            builder.arg(&delta);
+            match &valid_view {
+                Some(view) => builder.arg(view),
+                None => builder.arg(&null),
+            };
+            builder.arg(&mut dq);
+            builder.arg(&mut dk);
+            builder.arg(&mut dv);
+            for n in &ints {
+                builder.arg(n);
+            }
+            builder.arg(&p.scale);
+            // SAFETY: as for the forward launch; dq, dk and dv are zeroed f32 buffers of q's
+            // and k's element counts that the kernel adds into.
+            unsafe { builder.launch(cfg) }.w()?;
+        }
+        Ok((
+            to_tensor(dq, &dev, &[b, h, tq, d]),
+            to_tensor(dk, &dev, &[b, kvh, tk, d]),
+            to_tensor(dv, &dev, &[b, kvh, tk, d]),
+        ))
+    }
+}
+
+#[cfg(all(test, feature = "cuda"))]
+mod tests {
+    use super::*;
+    use crate::model::attention::attention_eager;
+    use crate::model::layers::{attention_mask, repeat_kv};
+    use candle_core::{Device, Var};
+
+    struct Case {
+        d: usize,
+        tq: usize,
+        offset: usize,
+        window: Option<usize>,
+        /// Left padding keys of batch row 1.
+        pad: usize,
+        dtype: DType,
+    }
+
+    fn host(t: &Tensor) -> Result<Vec<f32>> {
+        Ok(t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?)
+    }
+
+    /// max |a - b| over the entries where `keep`, relative to max |b| there.
+    fn rel_err(a: &[f32], b: &[f32], keep: impl Fn(usize) -> bool) -> f32 {
+        let (mut err, mut top) = (0f32, 0f32);
+        for i in (0..a.len()).filter(|&i| keep(i)) {
+            err = err.max((a[i] - b[i]).abs());
+            top = top.max(b[i].abs());
+        }
+        err / top.max(1e-6)
+    }
+
+    fn check(dev: &Device, c: &Case) -> Result<()> {
+        let (b, h, kvh, d) = (2, 4, 2, c.d);
+        let tk = c.offset + c.tq;
+        let p = FlashParams {
+            scale: 1.0 / (d as f32).sqrt(),
+            offset: c.offset,
+            window: c.window,
+        };
+        let pad: Vec<Vec<bool>> = (0..b)
+            .map(|bi| (0..tk).map(|j| bi == 0 || j >= c.pad).collect())
+            .collect();
+        let valid: Vec<u8> = pad.iter().flatten().map(|&x| x as u8).collect();
+        let key_valid = Tensor::from_vec(valid, (b, tk), dev)?;
+        // Rows with at least one allowed key; the others are compared only for o = 0 and lse = inf.
+        let has_key: Vec<bool> = (0..b * h * c.tq)
+            .map(|r| {
+                let (bi, i) = (r / (h * c.tq), r % c.tq);
+                let pos = c.offset + i;
+                (0..=pos).any(|j| pad[bi][j] && c.window.is_none_or(|w| pos - j < w))
+            })
+            .collect();
+        let row_mask: Vec<f32> = has_key.iter().map(|&x| x as u8 as f32).collect();
+        let row_mask = Tensor::from_vec(row_mask, (b, h, c.tq, 1), dev)?;
+
+        // Inputs rounded to the kernel dtype; the reference runs in f32 on the same values.
+        let rnd = |shape: (usize, usize, usize, usize)| -> Result<Tensor> {
+            Ok(Tensor::randn(0f32, 1., shape, dev)?.to_dtype(c.dtype)?)
+        };
+        let (q, k, v) = (
+            rnd((b, h, c.tq, d))?,
+            rnd((b, kvh, tk, d))?,
+            rnd((b, kvh, tk, d))?,
+        );
+        let grad_o = rnd((b, h, c.tq, d))?.broadcast_mul(&row_mask.to_dtype(c.dtype)?)?;
+
+        let (qf, kf, vf) = (
+            Var::from_tensor(&q.to_dtype(DType::F32)?)?,
+            Var::from_tensor(&k.to_dtype(DType::F32)?)?,
+            Var::from_tensor(&v.to_dtype(DType::F32)?)?,
+        );
+        let mask = attention_mask(b, c.tq, c.offset, Some(&pad), c.window, DType::F32, dev)?;
+        let o_ref = attention_eager(
+            qf.as_tensor(),
+            &repeat_kv(kf.as_tensor(), h / kvh)?,
+            &repeat_kv(vf.as_tensor(), h / kvh)?,
+            p.scale as f64,
+            None,
+            &mask,
+        )?;
+        let grads = (&o_ref * grad_o.to_dtype(DType::F32)?)?
+            .sum_all()?
+            .backward()?;
+        let grad = |x: &Var| -> Result<Vec<f32>> {
+            host(
+                grads
+                    .get(x.as_tensor())
+                    .ok_or(Error::Msg("no gradient".into()))?,
+            )
+        };
+        let scores = (qf
+            .as_tensor()
+            .matmul(&repeat_kv(kf.as_tensor(), h / kvh)?.t()?)?
+            * p.scale as f64)?
+            .broadcast_add(&mask)?;
+        let lse_ref = host(&scores.exp()?.sum(3)?.log()?)?;
+
+        let (o, lse) = flash_fwd(&q, &k, &v, Some(&key_valid), &p)?;
+        let (dq, dk, dv) = flash_bwd(&q, &k, &v, &o, &lse, &grad_o, Some(&key_valid), &p)?;
+        assert_eq!(dq.dims(), q.dims());
+        assert_eq!(dk.dims(), k.dims());
+        assert_eq!(dv.dims(), v.dims());
+
+        let what = format!(
+            "d={d} tq={} offset={} window={:?} {:?}",
+            c.tq, c.offset, c.window, c.dtype
+        );
+        let tol = 2e-2;
+        let (o, o_ref) = (host(&o)?, host(&o_ref)?);
+        let e = rel_err(&o, &o_ref, |i| has_key[i / d]);
+        assert!(e < tol, "{what}: output differs by {e}");
+        let lse = host(&lse)?;
+        for (r, &has) in has_key.iter().enumerate() {
+            if has {
+                assert!(
+                    (lse[r] - lse_ref[r]).abs() < 1e-2,
+                    "{what}: lse row {r}: {} vs {}",
+                    lse[r],
+                    lse_ref[r]
+                );
+            } else {
+                assert!(
+                    lse[r] == f32::INFINITY,
+                    "{what}: row {r} has no key but lse {}",
+                    lse[r]
+                );
+                assert!(
+                    o[r * d..(r + 1) * d].iter().all(|&x| x == 0.0),
+                    "{what}: row {r} output not zero"
+                );
+            }
+        }
+        for (name, got, want) in [
+            ("dq", host(&dq)?, grad(&qf)?),
+            ("dk", host(&dk)?, grad(&kf)?),
+            ("dv", host(&dv)?, grad(&vf)?),
+        ] {
+            let e = rel_err(&got, &want, |_| true);
+            assert!(e < tol, "{what}: {name} differs by {e}");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn flash_attention_matches_eager_values_and_gradients() -> Result<()> {
+        let dev = match Device::new_cuda(0) {
+            Ok(d) => d,
+            Err(e) => {
+                eprintln!("no CUDA device ({e}); flash attention test skipped");
+                return Ok(());
+            }
+        };
+        for d in HEAD_DIMS {
+            for (tq, offset, window, pad) in [
+                (96, 0, None, 5),
+                (5, 91, Some(16), 3),
+                (70, 30, Some(40), 37),
+            ] {
+                check(
+                    &dev,
+                    &Case {
+                        d,
+                        tq,
+                        offset,
+                        window,
+                        pad,
+                        dtype: DType::BF16,
+                    },
+                )?;
+            }
+        }
+        check(
+            &dev,
+            &Case {
+                d: 128,
+                tq: 96,
+                offset: 0,
+                window: None,
+                pad: 5,
+                dtype: DType::F16,
+            },
+        )
+    }
+
+    #[test]
+    fn unsupported_inputs_are_refused() -> Result<()> {
+        let dev = match Device::new_cuda(0) {
+            Ok(d) => d,
+            Err(e) => {
+                eprintln!("no CUDA device ({e}); flash attention test skipped");
+                return Ok(());
+            }
+        };
+        let q = Tensor::zeros((1, 4, 8, 64), DType::BF16, &dev)?;
+        let k = Tensor::zeros((1, 3, 8, 64), DType::BF16, &dev)?;
+        assert!(!supported(&q, &k));
+        assert!(supported(&q, &q));
+        assert!(!supported(
+            &q.to_dtype(DType::F32)?,
+            &q.to_dtype(DType::F32)?
+        ));
+        let p = FlashParams {
+            scale: 1.0,
+            offset: 1,
+            window: None,
+        };
+        let err = flash_fwd(&q, &q, &q, None, &p).unwrap_err().to_string();
+        assert!(err.contains("8 keys for 8 queries at offset 1"), "{err}");
+        Ok(())
+    }
+}
