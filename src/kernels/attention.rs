@@ -218,7 +218,7 @@ mod imp {
     use candle_core::cuda_backend::cudarc::driver::{
         CudaSlice, CudaView, DeviceRepr, LaunchConfig, PushKernelArg, ValidAsZeroBits,
     };
-    use candle_core::cuda_backend::{CudaDType, CudaFunc, WrapErr};
+    use candle_core::cuda_backend::{CudaDType, WrapErr};
     use candle_core::op::BackpropOp;
     use candle_core::{CudaDevice, CudaStorage, DType, Device, Layout, Storage, Tensor};
 
@@ -294,12 +294,15 @@ mod imp {
     }
 
     fn config(
-        func: &CudaFunc,
         dev: &CudaDevice,
+        name: &str,
         grid: (usize, usize),
         smem: usize,
     ) -> Result<LaunchConfig> {
         if smem > DEFAULT_SMEM {
+            // The attribute belongs to the function handle, which the device caches per module,
+            // so it holds for the launches through `load_func` too.
+            let func = dev.get_or_load_custom_func(name, "attention", ptx::ATTENTION)?;
             dev.cuda_stream().context().bind_to_thread().w()?;
             func.set_attribute(
                 CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
@@ -369,7 +372,7 @@ mod imp {
             let name = format!("flash_fwd_{d}_{}", suffix(q.dtype())?);
             let func = load_func(&dev, "attention", ptx::ATTENTION, &name)?;
             let (br, _) = fwd_tiles(d);
-            let cfg = config(&func, &dev, (b * h, tq.div_ceil(br)), fwd_smem(d))?;
+            let cfg = config(&dev, &name, (b * h, tq.div_ceil(br)), fwd_smem(d))?;
             let null = 0u64;
             let ints = [h, kvh, tq, tk, p.offset, window].map(|n| n as i32);
             let mut builder = func.builder();
@@ -503,14 +506,10 @@ mod imp {
             // SAFETY: the arguments match `flash_bwd_delta_*`; o and dO hold rows × D elements.
             unsafe { builder.launch(cfg) }.w()?;
 
-            let func = load_func(
-                &dev,
-                "attention",
-                ptx::ATTENTION,
-                &format!("flash_bwd_{d}_{sfx}"),
-            )?;
+            let name = format!("flash_bwd_{d}_{sfx}");
+            let func = load_func(&dev, "attention", ptx::ATTENTION, &name)?;
             let (_, bc) = bwd_tiles(d);
-            let cfg = config(&func, &dev, (b * h, tk.div_ceil(bc)), bwd_smem(d))?;
+            let cfg = config(&dev, &name, (b * h, tk.div_ceil(bc)), bwd_smem(d))?;
             let null = 0u64;
             let ints = [h, kvh, tq, tk, p.offset, window].map(|n| n as i32);
             let mut builder = func.builder();
