@@ -1,12 +1,30 @@
 //! Loading and launching the PTX kernels of `kernels/*.cu` on candle's CUDA device.
 
-use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView, LaunchConfig};
-use candle_core::cuda_backend::{CudaFunc, CudaStorageSlice};
+use std::sync::Arc;
+
+use candle_core::cuda_backend::cudarc::driver::{
+    CudaFunction, CudaSlice, CudaStream, CudaView, LaunchArgs, LaunchConfig,
+};
+use candle_core::cuda_backend::CudaStorageSlice;
 use candle_core::{CudaDevice, CudaStorage, DType, Layout};
 
 /// The PTX of each `kernels/*.cu`, one `&str` per file (`RMS_NORM`, `ROPE`, ...).
 pub mod ptx {
     include!(concat!(env!("OUT_DIR"), "/kernels_ptx.rs"));
+}
+
+/// A loaded kernel and the device's stream it launches on (candle's own `CudaFunc` is not
+/// exported).
+pub struct KernelFn {
+    func: CudaFunction,
+    stream: Arc<CudaStream>,
+}
+
+impl KernelFn {
+    /// A launch builder on the device's stream.
+    pub fn builder(&self) -> LaunchArgs<'_> {
+        self.stream.launch_builder(&self.func)
+    }
 }
 
 /// Loads `name` from the PTX module `module` (cached by the device after the first call).
@@ -15,8 +33,12 @@ pub fn load_func(
     module: &'static str,
     ptx: &'static str,
     name: &str,
-) -> candle_core::Result<CudaFunc> {
-    dev.get_or_load_custom_func(name, module, ptx)
+) -> candle_core::Result<KernelFn> {
+    let func = dev.get_or_load_custom_func(name, module, ptx)?;
+    Ok(KernelFn {
+        func: func.into_cuda_function(),
+        stream: dev.cuda_stream(),
+    })
 }
 
 /// The suffix of a kernel's entry point for `dtype` (`rms_norm_fwd_bf16`).
