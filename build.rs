@@ -13,7 +13,13 @@ fn main() {
         return;
     }
     println!("cargo::rerun-if-changed=kernels");
-    for var in ["CUDA_COMPUTE_CAP", "CUDA_ROOT", "CUDA_HOME", "CUDA_PATH", "NVCC"] {
+    for var in [
+        "CUDA_COMPUTE_CAP",
+        "CUDA_ROOT",
+        "CUDA_HOME",
+        "CUDA_PATH",
+        "NVCC",
+    ] {
         println!("cargo::rerun-if-env-changed={var}");
     }
     let out = PathBuf::from(env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
