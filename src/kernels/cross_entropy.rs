@@ -133,10 +133,10 @@ impl CustomOp3 for Stats {
         l3: &Layout,
     ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
         use super::cuda::{
-            cuda_float_dispatch, load_func, ptx, row_threads, rows_config, storage, suffix, view,
+            cuda_float_dispatch, launch, load_func, ptx, row_threads, rows_config, storage, suffix,
+            view,
         };
-        use candle_core::cuda_backend::cudarc::driver::PushKernelArg;
-        use candle_core::cuda_backend::{CudaStorageSlice, WrapErr};
+        use candle_core::cuda_backend::CudaStorageSlice;
         let (n, len) = rows_cols(l2, self.name())?;
         let dev = s1.device();
         let name = format!("ce_block_fwd_{}", suffix(s2.dtype())?);
@@ -148,16 +148,11 @@ impl CustomOp3 for Stats {
         let (len_i, start_i, cap) = (len as i32, self.start as i32, self.cap);
         cuda_float_dispatch!(s2, self.name(), |ls: _T, _wrap| {
             let logits = view(ls, l2, self.name())?;
-            let mut b = func.builder();
-            b.arg(&stats);
-            b.arg(&logits);
-            b.arg(&targets);
-            b.arg(&out);
-            b.arg(&len_i);
-            b.arg(&start_i);
-            b.arg(&cap);
-            // SAFETY: argument types and sizes match the kernel's signature.
-            unsafe { b.launch(rows_config(n, row_threads(len))) }.w()?;
+            launch!(
+                func,
+                rows_config(n, row_threads(len)),
+                [stats, logits, targets, out, len_i, start_i, cap]
+            )?;
         });
         Ok((storage(CudaStorageSlice::F32(out), dev), l1.shape().clone()))
     }
@@ -214,10 +209,8 @@ impl CustomOp3 for Grad {
         l3: &Layout,
     ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
         use super::cuda::{
-            cuda_float_dispatch, elems_config, load_func, ptx, storage, suffix, view,
+            cuda_float_dispatch, elems_config, launch, load_func, ptx, storage, suffix, view,
         };
-        use candle_core::cuda_backend::cudarc::driver::PushKernelArg;
-        use candle_core::cuda_backend::WrapErr;
         let (n, len) = rows_cols(l1, self.name())?;
         let dev = s1.device();
         let name = format!("ce_block_bwd_{}", suffix(s1.dtype())?);
@@ -229,17 +222,11 @@ impl CustomOp3 for Grad {
             // SAFETY: every element is written by the kernel.
             let out = unsafe { dev.alloc::<T>(n * len)? };
             let (n_i, len_i, start_i, cap) = (n as i32, len as i32, self.start as i32, self.cap);
-            let mut b = func.builder();
-            b.arg(&logits);
-            b.arg(&targets);
-            b.arg(&lg);
-            b.arg(&out);
-            b.arg(&n_i);
-            b.arg(&len_i);
-            b.arg(&start_i);
-            b.arg(&cap);
-            // SAFETY: argument types and sizes match the kernel's signature.
-            unsafe { b.launch(elems_config(n * len)) }.w()?;
+            launch!(
+                func,
+                elems_config(n * len),
+                [logits, targets, lg, out, n_i, len_i, start_i, cap]
+            )?;
             Ok((storage(wrap(out), dev), l1.shape().clone()))
         })
     }

@@ -127,9 +127,17 @@ macro_rules! cuda_float_dispatch {
 }
 pub(crate) use cuda_float_dispatch;
 
-/// The typed slice of a storage that must hold `T`.
-pub fn slice_of<'a, T: candle_core::cuda_backend::CudaDType>(
-    st: &'a CudaStorage,
-) -> candle_core::Result<&'a CudaSlice<T>> {
-    st.as_cuda_slice::<T>()
+/// Launches `func` with `cfg` and the arguments in order, each a variable (device views and
+/// slices, or scalars bound beforehand) borrowed for the launch.
+macro_rules! launch {
+    ($func:expr, $cfg:expr, [$($arg:ident),+ $(,)?]) => {{
+        use candle_core::cuda_backend::cudarc::driver::PushKernelArg;
+        use candle_core::cuda_backend::WrapErr;
+        let mut b = $func.builder();
+        $(b.arg(&$arg);)+
+        // SAFETY: each caller passes its kernel's arguments in the order and with the types of
+        // the kernel's signature in `kernels/*.cu`, and buffers of the sizes the kernel reads.
+        unsafe { b.launch($cfg) }.w()
+    }};
 }
+pub(crate) use launch;

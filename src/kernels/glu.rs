@@ -102,10 +102,8 @@ impl CustomOp2 for Glu {
         l2: &Layout,
     ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
         use super::cuda::{
-            cuda_float_dispatch, elems_config, load_func, ptx, storage, suffix, view,
+            cuda_float_dispatch, elems_config, launch, load_func, ptx, storage, suffix, view,
         };
-        use candle_core::cuda_backend::cudarc::driver::PushKernelArg;
-        use candle_core::cuda_backend::WrapErr;
         same_shape(l1, l2, self.name())?;
         let dev = s1.device();
         let n = l1.shape().elem_count();
@@ -117,14 +115,7 @@ impl CustomOp2 for Glu {
             // SAFETY: every element is written by the kernel.
             let y = unsafe { dev.alloc::<T>(n)? };
             let act = act_code(self.act);
-            let mut b = func.builder();
-            b.arg(&g);
-            b.arg(&u);
-            b.arg(&y);
-            b.arg(&n);
-            b.arg(&act);
-            // SAFETY: argument types and sizes match the kernel's signature.
-            unsafe { b.launch(elems_config(n)) }.w()?;
+            launch!(func, elems_config(n), [g, u, y, n, act])?;
             Ok((storage(wrap(y), dev), l1.shape().clone()))
         })
     }
@@ -180,10 +171,8 @@ impl CustomOp3 for GluBwd {
         l3: &Layout,
     ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
         use super::cuda::{
-            cuda_float_dispatch, elems_config, load_func, ptx, storage, suffix, view,
+            cuda_float_dispatch, elems_config, launch, load_func, ptx, storage, suffix, view,
         };
-        use candle_core::cuda_backend::cudarc::driver::PushKernelArg;
-        use candle_core::cuda_backend::WrapErr;
         same_shape(l1, l2, self.name())?;
         same_shape(l1, l3, self.name())?;
         let dev = s1.device();
@@ -197,15 +186,7 @@ impl CustomOp3 for GluBwd {
             // SAFETY: every element is written by the kernel.
             let out = unsafe { dev.alloc::<T>(2 * n)? };
             let act = act_code(self.act);
-            let mut b = func.builder();
-            b.arg(&g);
-            b.arg(&u);
-            b.arg(&dy);
-            b.arg(&out);
-            b.arg(&n);
-            b.arg(&act);
-            // SAFETY: argument types and sizes match the kernel's signature.
-            unsafe { b.launch(elems_config(n)) }.w()?;
+            launch!(func, elems_config(n), [g, u, dy, out, n, act])?;
             Ok((storage(wrap(out), dev), stacked(l1)))
         })
     }

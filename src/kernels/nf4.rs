@@ -117,10 +117,9 @@ impl CustomOp3 for Dequant {
         s3: &candle_core::CudaStorage,
         l3: &Layout,
     ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
-        use super::cuda::{elems_config, load_func, ptx, storage, suffix, view};
+        use super::cuda::{elems_config, launch, load_func, ptx, storage, suffix, view};
         use candle_core::backend::BackendStorage;
-        use candle_core::cuda_backend::cudarc::driver::PushKernelArg;
-        use candle_core::cuda_backend::{CudaStorageSlice, WrapErr};
+        use candle_core::cuda_backend::CudaStorageSlice;
         let dev = s1.device();
         let codes = view(s1.as_cuda_slice::<u8>()?, l1, self.name())?;
         let absmax = view(s2.as_cuda_slice::<u8>()?, l2, self.name())?;
@@ -131,28 +130,22 @@ impl CustomOp3 for Dequant {
         let func = load_func(dev, "nf4", ptx::NF4, &name)?;
         let n = 2 * self.n_bytes;
         let (offset, first, n_bytes) = (self.offset, self.first_block, self.n_bytes);
-        macro_rules! launch {
+        macro_rules! dequant_into {
             ($T:ty, $wrap:path) => {{
                 // SAFETY: every element is written by the kernel.
                 let out = unsafe { dev.alloc::<$T>(n)? };
-                let mut b = func.builder();
-                b.arg(&codes);
-                b.arg(&absmax);
-                b.arg(&scales);
-                b.arg(&lut);
-                b.arg(&offset);
-                b.arg(&first);
-                b.arg(&n_bytes);
-                b.arg(&out);
-                // SAFETY: argument types and sizes match the kernel's signature.
-                unsafe { b.launch(elems_config(n_bytes)) }.w()?;
+                launch!(
+                    func,
+                    elems_config(n_bytes),
+                    [codes, absmax, scales, lut, offset, first, n_bytes, out]
+                )?;
                 $wrap(out)
             }};
         }
         let slice = match self.dtype {
-            DType::F32 => launch!(f32, CudaStorageSlice::F32),
-            DType::BF16 => launch!(half::bf16, CudaStorageSlice::BF16),
-            DType::F16 => launch!(half::f16, CudaStorageSlice::F16),
+            DType::F32 => dequant_into!(f32, CudaStorageSlice::F32),
+            DType::BF16 => dequant_into!(half::bf16, CudaStorageSlice::BF16),
+            DType::F16 => dequant_into!(half::f16, CudaStorageSlice::F16),
             other => candle_core::bail!("{}: no kernel for {other:?}", self.name()),
         };
         Ok((storage(slice, dev), Shape::from(n)))

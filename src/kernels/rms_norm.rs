@@ -131,10 +131,9 @@ impl CustomOp2 for Fwd {
         l2: &Layout,
     ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
         use super::cuda::{
-            cuda_float_dispatch, load_func, ptx, row_threads, rows_config, storage, suffix, view,
+            cuda_float_dispatch, launch, load_func, ptx, row_threads, rows_config, storage, suffix,
+            view,
         };
-        use candle_core::cuda_backend::cudarc::driver::PushKernelArg;
-        use candle_core::cuda_backend::WrapErr;
         let dev = s1.device();
         let cols = cols_of(l1)?;
         let rows = l1.shape().elem_count() / cols;
@@ -146,15 +145,11 @@ impl CustomOp2 for Fwd {
             // SAFETY: every element is written by the kernel.
             let y = unsafe { dev.alloc::<T>(rows * cols)? };
             let (cols_i, eps, unit) = (cols as i32, self.eps, self.unit_offset as i32);
-            let mut b = func.builder();
-            b.arg(&x);
-            b.arg(&w);
-            b.arg(&y);
-            b.arg(&cols_i);
-            b.arg(&eps);
-            b.arg(&unit);
-            // SAFETY: argument types and sizes match the kernel's signature.
-            unsafe { b.launch(rows_config(rows, row_threads(cols))) }.w()?;
+            launch!(
+                func,
+                rows_config(rows, row_threads(cols)),
+                [x, w, y, cols_i, eps, unit]
+            )?;
             Ok((storage(wrap(y), dev), l1.shape().clone()))
         })
     }
@@ -195,10 +190,9 @@ impl CustomOp3 for Bwd {
         l3: &Layout,
     ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
         use super::cuda::{
-            cuda_float_dispatch, load_func, ptx, row_threads, rows_config, storage, suffix, view,
+            cuda_float_dispatch, launch, load_func, ptx, row_threads, rows_config, storage, suffix,
+            view,
         };
-        use candle_core::cuda_backend::cudarc::driver::PushKernelArg;
-        use candle_core::cuda_backend::WrapErr;
         let dev = s1.device();
         let cols = cols_of(l1)?;
         let rows = l1.shape().elem_count() / cols;
@@ -211,16 +205,11 @@ impl CustomOp3 for Bwd {
             // SAFETY: every element is written by the kernel.
             let dx = unsafe { dev.alloc::<T>(rows * cols)? };
             let (cols_i, eps, unit) = (cols as i32, self.eps, self.unit_offset as i32);
-            let mut b = func.builder();
-            b.arg(&x);
-            b.arg(&w);
-            b.arg(&g);
-            b.arg(&dx);
-            b.arg(&cols_i);
-            b.arg(&eps);
-            b.arg(&unit);
-            // SAFETY: argument types and sizes match the kernel's signature.
-            unsafe { b.launch(rows_config(rows, row_threads(cols))) }.w()?;
+            launch!(
+                func,
+                rows_config(rows, row_threads(cols)),
+                [x, w, g, dx, cols_i, eps, unit]
+            )?;
             Ok((storage(wrap(dx), dev), l1.shape().clone()))
         })
     }

@@ -118,10 +118,8 @@ impl CustomOp3 for Rope {
         l3: &Layout,
     ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
         use super::cuda::{
-            cuda_float_dispatch, elems_config, load_func, ptx, storage, suffix, view,
+            cuda_float_dispatch, elems_config, launch, load_func, ptx, storage, suffix, view,
         };
-        use candle_core::cuda_backend::cudarc::driver::PushKernelArg;
-        use candle_core::cuda_backend::WrapErr;
         let (dims, st, start) = geometry(l1)?;
         if l2.dims() != [dims[2], dims[3]] || l3.dims() != [dims[2], dims[3]] {
             candle_core::bail!(
@@ -144,22 +142,11 @@ impl CustomOp3 for Rope {
             let (nh, nt, nd) = (dims[1] as i32, dims[2] as i32, dims[3] as i32);
             let [a0, a1, a2, a3] = st.map(|s| s as i64);
             let (n_u, bwd) = (n, self.backward as i32);
-            let mut b = func.builder();
-            b.arg(&x);
-            b.arg(&cos);
-            b.arg(&sin);
-            b.arg(&y);
-            b.arg(&nh);
-            b.arg(&nt);
-            b.arg(&nd);
-            b.arg(&a0);
-            b.arg(&a1);
-            b.arg(&a2);
-            b.arg(&a3);
-            b.arg(&n_u);
-            b.arg(&bwd);
-            // SAFETY: argument types and sizes match the kernel's signature.
-            unsafe { b.launch(elems_config(n)) }.w()?;
+            launch!(
+                func,
+                elems_config(n),
+                [x, cos, sin, y, nh, nt, nd, a0, a1, a2, a3, n_u, bwd]
+            )?;
             Ok((storage(wrap(y), dev), Shape::from(dims.to_vec())))
         })
     }
