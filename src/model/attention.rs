@@ -60,7 +60,7 @@ pub fn attend(
     let n_rep = q.dim(1)? / k.dim(1)?.max(1);
     let k = repeat_kv(k, n_rep)?;
     let v = repeat_kv(v, n_rep)?;
-    attention(q, &k, &v, scale, softcap, &mask.additive)
+    attention(q, &k, &v, scale, softcap, mask.additive()?)
 }
 
 /// The flash-attention kernels as one op: the backward pass gets `o` and the log-sum-exp.

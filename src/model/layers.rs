@@ -4,7 +4,7 @@
 
 use candle_core::{DType, Device, Tensor, D};
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use super::weights::Weights;
 use super::LmHead;
@@ -501,15 +501,21 @@ pub fn attention_mask(
 }
 
 /// The attention mask of a forward pass in two forms: the additive `[B | 1, 1, Tq, Tk]` tensor
-/// of [`attention_mask`] for the tensor-op attention, and its structure (query offset, window,
-/// per-key validity) for the flash-attention kernel, which masks without reading a tensor.
+/// of [`attention_mask`] for the tensor-op attention, built on first use (the flash-attention
+/// kernel never needs it), and its structure (query offset, window, per-key validity), which
+/// the kernel masks with without reading a tensor.
 #[derive(Debug, Clone)]
 pub struct AttnMask {
-    pub additive: Tensor,
     pub offset: usize,
     pub window: Option<usize>,
     /// u8 `[B, Tk]`, 1 for a real key; `None` when there is no padding.
     pub key_valid: Option<Tensor>,
+    batch: usize,
+    q_len: usize,
+    key_padding: Option<Arc<Vec<Vec<bool>>>>,
+    dtype: DType,
+    device: Device,
+    additive: Arc<OnceLock<Tensor>>,
 }
 
 impl AttnMask {
@@ -523,15 +529,6 @@ impl AttnMask {
         dtype: DType,
         device: &Device,
     ) -> Result<Self> {
-        let additive = attention_mask(
-            batch,
-            q_len,
-            offset,
-            key_padding,
-            sliding_window,
-            dtype,
-            device,
-        )?;
         // As `attention_mask` reads it: row `b`'s key `j` is real when `pad[b][j]` is true.
         let k_len = offset + q_len;
         let valid: Option<Vec<u8>> = key_padding.map(|rows| {
@@ -547,11 +544,33 @@ impl AttnMask {
             _ => None,
         };
         Ok(Self {
-            additive,
             offset,
             window: sliding_window,
             key_valid,
+            batch,
+            q_len,
+            key_padding: key_padding.map(|p| Arc::new(p.to_vec())),
+            dtype,
+            device: device.clone(),
+            additive: Arc::new(OnceLock::new()),
         })
+    }
+
+    /// The additive mask tensor, built once per forward pass on first use.
+    pub fn additive(&self) -> Result<&Tensor> {
+        if let Some(t) = self.additive.get() {
+            return Ok(t);
+        }
+        let t = attention_mask(
+            self.batch,
+            self.q_len,
+            self.offset,
+            self.key_padding.as_deref().map(Vec::as_slice),
+            self.window,
+            self.dtype,
+            &self.device,
+        )?;
+        Ok(self.additive.get_or_init(|| t))
     }
 }
 
