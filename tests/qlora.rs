@@ -154,15 +154,17 @@ fn batch(vocab: u32) -> MicroBatch {
     collate(&refs, 0, &Device::Cpu).unwrap()
 }
 
+/// Both checkpointing modes (attention output kept for the replay, or recomputed) give the
+/// plain run's loss and gradients, with and without dropout.
 fn check_checkpointing(name: &str) {
-    for dropout in [0.0, 0.1] {
+    for (dropout, recompute_attention) in [(0.0, false), (0.1, false), (0.0, true), (0.1, true)] {
         let mut m = tiny(name);
         let vocab = m.model.vocab_size() as u32;
         let mut params = adapter(&mut m, dropout);
         let mb = batch(vocab);
         params.set_dropout_seed(if dropout > 0.0 { 99 } else { 0 });
         let (loss_plain, plain) = micro_batch_grads(m.model.as_ref(), &params, &mb, 10).unwrap();
-        params.set_gradient_checkpointing(m.model.as_mut(), true);
+        params.set_gradient_checkpointing(m.model.as_mut(), true, recompute_attention);
         let (loss_ckpt, ckpt) = micro_batch_grads(m.model.as_ref(), &params, &mb, 10).unwrap();
         assert!((loss_plain - loss_ckpt).abs() < 1e-9 * loss_plain.abs().max(1.0));
         let mut worst = 0f32;
@@ -179,7 +181,8 @@ fn check_checkpointing(name: &str) {
         }
         assert!(
             worst < 1e-5,
-            "{name} (dropout {dropout}): checkpointed gradients differ by {worst:e} (relative)"
+            "{name} (dropout {dropout}, recompute_attention {recompute_attention}): \
+             checkpointed gradients differ by {worst:e} (relative)"
         );
     }
 }
@@ -201,7 +204,7 @@ fn training_backward_leaves_no_gradient_on_frozen_tensors() {
             let mut m = tiny(name);
             let vocab = m.model.vocab_size() as u32;
             let mut params = adapter(&mut m, 0.0);
-            params.set_gradient_checkpointing(m.model.as_mut(), ckpt);
+            params.set_gradient_checkpointing(m.model.as_mut(), ckpt, false);
             let mut frozen: Vec<Tensor> = m
                 .model
                 .merged_state_dict()
@@ -429,6 +432,29 @@ fn qlora_with_checkpointing_trains_and_exports_the_same_adapter_layout() {
         )
     };
     assert_eq!(read(dense_dir.path()), read(quant_dir.path()));
+}
+
+/// `model.name` is what the adapter names as its base, whatever the weights were loaded from.
+#[test]
+fn model_name_sets_the_exported_base_model_name() {
+    use lora_train::train::{RunOptions, Trainer};
+    let dir = tempfile::tempdir().unwrap();
+    let mut t = Trainer::new(tiny_job(
+        dir.path(),
+        &[
+            "train.max_steps=1",
+            "model.quantize=q8_0",
+            "model.name=example-org/tiny-llama",
+        ],
+    ))
+    .unwrap();
+    t.run(
+        &RunOptions::default(),
+        Arc::new(std::sync::atomic::AtomicBool::new(false)),
+    )
+    .unwrap();
+    let cfg = common::read_json(&dir.path().join("adapter/adapter_config.json"));
+    assert_eq!(cfg["base_model_name_or_path"], "example-org/tiny-llama");
 }
 
 #[test]

@@ -6,6 +6,13 @@
 //! cannot travel through the outer graph, whose only edge into the segment is its input,
 //! so they are collected in a [`GradSink`] that the training step adds to the outer
 //! gradients.
+//!
+//! A segment may also keep a few of its own results aside in a [`Stash`] during the first
+//! run and take them back during the replay instead of computing them again: a decoder
+//! layer keeps its attention output and log-sum-exp (which the attention backward needs
+//! anyway), so the replay skips the attention forward. The replay knows that the segment's
+//! output value itself is never read (only gradients flow through it), so a last product
+//! whose value only feeds that output can be left uncomputed ([`Phase::Replay`]).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -68,13 +75,99 @@ impl GradSink {
     }
 }
 
-/// `segment(x)`, keeping only `x` for backward and running `segment` again there.
+/// Gradient checkpointing as a model runs it.
+#[derive(Debug, Clone)]
+pub struct Checkpointing {
+    /// Where the replays leave the trainable tensors' gradients.
+    pub sink: Arc<GradSink>,
+    /// Let each segment keep its stash (a layer's attention output and log-sum-exp);
+    /// `false` keeps only the segment inputs and recomputes everything.
+    pub stash: bool,
+}
+
+/// Results a checkpointed segment keeps from its first run for its replay, in order.
+#[derive(Debug, Clone, Default)]
+pub struct Stash {
+    items: Vec<Tensor>,
+    cursor: usize,
+    enabled: bool,
+    /// Set for the replay: `take` reads, `keep` does nothing.
+    replay: bool,
+}
+
+impl Stash {
+    /// A stash that keeps what it is given (`enabled`), or one that keeps nothing, so that
+    /// the replay recomputes everything.
+    pub fn new(enabled: bool) -> Self {
+        Self {
+            items: Vec::new(),
+            cursor: 0,
+            enabled,
+            replay: false,
+        }
+    }
+
+    /// Keeps `tensors` (detached) for the replay, when this stash keeps anything.
+    pub fn keep(&mut self, tensors: &[&Tensor]) {
+        if self.enabled && !self.replay {
+            self.items.extend(tensors.iter().map(|t| t.detach()));
+        }
+    }
+
+    /// During the replay, the next `n` kept tensors in the order they were kept; `None`
+    /// during the first run, or when there are not that many (the stash kept nothing).
+    pub fn take(&mut self, n: usize) -> Option<Vec<Tensor>> {
+        let end = self.cursor + n;
+        if !self.replay || end > self.items.len() {
+            return None;
+        }
+        let out = self.items[self.cursor..end].to_vec();
+        self.cursor = end;
+        Some(out)
+    }
+
+    /// The same kept tensors, for the replay to read from the start.
+    fn rewound(&self) -> Self {
+        Self {
+            cursor: 0,
+            replay: true,
+            ..self.clone()
+        }
+    }
+}
+
+/// Which run of a checkpointed segment this is.
+#[derive(Debug)]
+pub enum Phase<'a> {
+    /// The forward pass: the segment may keep results in the stash.
+    Record(&'a mut Stash),
+    /// The recomputation in backward: kept results come back from the stash, and the
+    /// segment's output value is not read (only the graph behind it is), so a product that
+    /// only feeds the output may return any value of the right shape.
+    Replay(&'a mut Stash),
+}
+
+impl Phase<'_> {
+    pub fn stash(&mut self) -> &mut Stash {
+        match self {
+            Phase::Record(s) | Phase::Replay(s) => s,
+        }
+    }
+
+    pub fn is_replay(&self) -> bool {
+        matches!(self, Phase::Replay(_))
+    }
+}
+
+/// `segment(x)`, keeping only `x` (and what the segment stashes, when `stash` is on) for
+/// backward and running `segment` again there.
 /// `segment` must be deterministic (dropout masks are seeded per micro-batch, so they are).
-pub fn checkpoint<F>(x: &Tensor, sink: &Arc<GradSink>, segment: F) -> Result<Tensor>
+pub fn checkpoint<F>(x: &Tensor, sink: &Arc<GradSink>, stash: bool, segment: F) -> Result<Tensor>
 where
-    F: Fn(&Tensor) -> Result<Tensor> + Send + Sync + 'static,
+    F: Fn(&Tensor, Phase<'_>) -> Result<Tensor> + Send + Sync + 'static,
 {
-    let y = segment(&x.detach())?;
+    let mut kept = Stash::new(stash);
+    let y = segment(&x.detach(), Phase::Record(&mut kept))?;
     if !y.track_op() {
         // Nothing trainable inside: nothing to recompute for.
         return Ok(y);
@@ -90,7 +183,9 @@ where
     let sink = Arc::clone(sink);
     with_backward("checkpoint", y, &[&input], move |inputs, grad| {
         let leaf = Var::from_tensor(&inputs[0].detach())?;
-        let y = segment(leaf.as_tensor()).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        let mut replay = kept.rewound();
+        let y = segment(leaf.as_tensor(), Phase::Replay(&mut replay))
+            .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
         let store = (y * grad.detach())?.sum_all()?.backward()?;
         sink.absorb(&store)?;
         // The stand-in leaf of an untracked input needs no gradient.
@@ -125,8 +220,8 @@ mod tests {
 
         let sink = GradSink::new(vec![w1.as_tensor().clone(), w2.as_tensor().clone()]);
         let (a, b) = (w1.as_tensor().clone(), w2.as_tensor().clone());
-        let h = checkpoint(&x, &sink, move |x| layer(x, &a))?;
-        let y = checkpoint(&h, &sink, move |x| layer(x, &b))?;
+        let h = checkpoint(&x, &sink, false, move |x, _| layer(x, &a))?;
+        let y = checkpoint(&h, &sink, false, move |x, _| layer(x, &b))?;
         let outer = loss(&y)?.backward()?;
         for w in [&w1, &w2] {
             assert!(
@@ -141,6 +236,61 @@ mod tests {
                 .ok_or(Error::Msg("no reference".into()))?;
             let diff = (got - want)?.abs()?.max_all()?.to_scalar::<f32>()?;
             assert!(diff < 1e-6, "checkpointed gradient differs by {diff}");
+        }
+        Ok(())
+    }
+
+    /// A segment that stashes an intermediate: the replay takes it instead of computing it
+    /// again, the first run's value of its last product is not needed, and the gradients
+    /// equal the plain ones.
+    #[test]
+    fn stashed_results_replace_the_recomputation() -> Result<()> {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let dev = Device::Cpu;
+        let x = Tensor::randn(0f32, 1., (2, 3, 4), &dev)?;
+        let w = Var::from_tensor(&Tensor::randn(0f32, 1., (4, 4), &dev)?)?;
+        let target = Tensor::randn(0f32, 1., (2, 3, 4), &dev)?;
+        let loss = |y: &Tensor| -> Result<Tensor> { Ok((y - &target)?.sqr()?.sum_all()?) };
+        let plain = loss(&layer(&x, w.as_tensor())?)?.backward()?;
+        let want = plain
+            .get(w.as_tensor())
+            .ok_or(Error::Msg("no reference".into()))?;
+
+        for stash in [false, true] {
+            let calls = Arc::new(AtomicUsize::new(0));
+            let (wt, count) = (w.as_tensor().clone(), Arc::clone(&calls));
+            let sink = GradSink::new(vec![w.as_tensor().clone()]);
+            // `softmax(tanh(x w))` with `tanh(x w)` as the stashed intermediate: its value
+            // is computed under autograd once per run that does not find it in the stash.
+            let y = checkpoint(&x, &sink, stash, move |x, mut phase| {
+                let h = match phase.stash().take(1) {
+                    Some(kept) => {
+                        // Re-attach the kept value to the graph: `h = kept + (x w - x w)` has
+                        // the value of `kept` and the derivative of `x w` (tanh' is folded in
+                        // below through the kept value).
+                        let xw = x.broadcast_matmul(&wt)?;
+                        let t = kept[0].clone();
+                        let dt = (1.0 - t.sqr()?)?;
+                        ((xw.clone() - xw.detach())? * dt)?.add(&t)?
+                    }
+                    None => {
+                        count.fetch_add(1, Ordering::SeqCst);
+                        let h = x.broadcast_matmul(&wt)?.tanh()?;
+                        phase.stash().keep(&[&h]);
+                        h
+                    }
+                };
+                Ok(candle_nn::ops::softmax(&h, D::Minus1)?)
+            })?;
+            let outer = loss(&y)?.backward()?;
+            assert!(outer.get(w.as_tensor()).is_none());
+            let got = sink
+                .take(w.as_tensor())?
+                .ok_or(Error::Msg("no gradient".into()))?;
+            let diff = (got - want)?.abs()?.max_all()?.to_scalar::<f32>()?;
+            assert!(diff < 1e-5, "stash {stash}: gradient differs by {diff}");
+            let runs = calls.load(Ordering::SeqCst);
+            assert_eq!(runs, if stash { 1 } else { 2 }, "stash {stash}");
         }
         Ok(())
     }

@@ -4,7 +4,7 @@
 pub mod checkpoint;
 pub mod custom;
 
-pub use checkpoint::{checkpoint, GradSink};
+pub use checkpoint::{checkpoint, Checkpointing, GradSink, Phase, Stash};
 pub use custom::with_backward;
 
 use candle_core::Tensor;

@@ -53,6 +53,10 @@ pub struct ModelSection {
     /// How the frozen projections are stored: dense, or quantized (QLoRA).
     #[serde(default)]
     pub quantize: Quantize,
+    /// What exported adapters give as `base_model_name_or_path` (e.g. the hub id of a model
+    /// loaded from a local GGUF); default: `source` as written.
+    #[serde(default)]
+    pub name: Option<String>,
 }
 
 /// `target_modules`: a list of names, or `"all-linear"`.
@@ -155,6 +159,10 @@ pub struct TrainSection {
     /// Recompute each decoder layer in backward instead of keeping its activations.
     #[serde(default)]
     pub gradient_checkpointing: bool,
+    /// With checkpointing, keep only each layer's input and run attention's forward again in
+    /// backward, instead of also keeping the attention output and its log-sum-exp.
+    #[serde(default)]
+    pub recompute_attention: bool,
     /// Refuse to start a run whose estimated peak memory exceeds what the device has.
     #[serde(default = "default_true")]
     pub memory_check: bool,
@@ -240,6 +248,7 @@ impl Default for TrainSection {
             save_every: 0,
             keep_last: default_keep_last(),
             gradient_checkpointing: false,
+            recompute_attention: false,
             memory_check: true,
         }
     }
@@ -333,6 +342,7 @@ pub const SCHEMA: &[SectionSchema] = &[
             ("dtype", KeyKind::Str),
             ("device", KeyKind::Str),
             ("quantize", KeyKind::Choice(Quantize::NAMES)),
+            ("name", KeyKind::Str),
         ],
         required_keys: &["source"],
     },
@@ -388,6 +398,7 @@ pub const SCHEMA: &[SectionSchema] = &[
             ("save_every", KeyKind::Count),
             ("keep_last", KeyKind::Count),
             ("gradient_checkpointing", KeyKind::Bool),
+            ("recompute_attention", KeyKind::Bool),
             ("memory_check", KeyKind::Bool),
         ],
         required_keys: &[],

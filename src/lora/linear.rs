@@ -141,9 +141,18 @@ impl Linear {
 
     /// The frozen part alone: `x Wᵀ + b`.
     pub fn forward_base(&self, x: &Tensor) -> Result<Tensor> {
+        self.base(x, true)
+    }
+
+    fn base(&self, x: &Tensor, value: bool) -> Result<Tensor> {
         let (out, inp) = self.shape();
         let (lead, n) = leading_dims(x)?;
-        let y = self.weight.matmul_t(&x.reshape((n, inp))?)?;
+        let x2 = x.reshape((n, inp))?;
+        let y = if value {
+            self.weight.matmul_t(&x2)?
+        } else {
+            self.weight.matmul_t_graph_only(&x2)?
+        };
         let y = match &self.bias {
             Some(b) => y.broadcast_add(b)?,
             None => y,
@@ -158,8 +167,19 @@ impl Linear {
     /// the backward pass; autograd over the same expression would keep four `[n, out]`
     /// tensors per projection.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.apply(x, true)
+    }
+
+    /// [`Linear::forward`]'s backward graph with a zero output value: neither `x Wᵀ` nor
+    /// the LoRA product is computed (only the rank-`r` `x Aᵀ` that B's gradient needs). For a
+    /// checkpoint replay, where the output's value is never read.
+    pub fn forward_graph_only(&self, x: &Tensor) -> Result<Tensor> {
+        self.apply(x, false)
+    }
+
+    fn apply(&self, x: &Tensor, value: bool) -> Result<Tensor> {
         let Some(l) = &self.lora else {
-            return self.forward_base(x);
+            return self.base(x, value);
         };
         let (out, inp) = self.shape();
         let (lead, n) = leading_dims(x)?;
@@ -174,9 +194,13 @@ impl Linear {
         let a = l.a.detach().to_dtype(cd)?;
         let b = l.b.detach().to_dtype(cd)?;
         let u = x_lora.matmul(&a.t()?)?;
-        let base = self.weight.product_t(&xd)?;
-        let delta = (u.matmul(&b.t()?)? * l.scale)?.to_dtype(base.dtype())?;
-        let y = (base + delta)?;
+        let y = if value {
+            let base = self.weight.product_t(&xd)?;
+            let delta = (u.matmul(&b.t()?)? * l.scale)?.to_dtype(base.dtype())?;
+            (base + delta)?
+        } else {
+            Tensor::zeros((n, out), self.weight.dtype(), x.device())?
+        };
         let weight = self.weight.clone();
         let scale = l.scale;
         let y = with_backward("lora-linear", y, &[&x2, &l.a, &l.b], move |inputs, g| {

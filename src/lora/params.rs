@@ -13,7 +13,7 @@ use rand::{Rng, SeedableRng};
 
 use super::peft::{PeftAdapterConfig, TargetModules};
 use super::LoraWeights;
-use crate::autograd::GradSink;
+use crate::autograd::{Checkpointing, GradSink};
 use crate::model::CausalLm;
 use crate::{Error, Result};
 
@@ -207,11 +207,21 @@ impl LoraParams {
     }
 
     /// Removes dropout from the attached layers' view (evaluation) or restores it.
-    /// Turns per-decoder-layer gradient checkpointing on or off for `model`.
-    pub fn set_gradient_checkpointing(&mut self, model: &mut dyn CausalLm, on: bool) {
+    /// Turns per-decoder-layer gradient checkpointing on or off for `model`. With
+    /// `recompute_attention`, a layer keeps only its input and its replay runs attention's
+    /// forward again; without, it also keeps its attention output and log-sum-exp.
+    pub fn set_gradient_checkpointing(
+        &mut self,
+        model: &mut dyn CausalLm,
+        on: bool,
+        recompute_attention: bool,
+    ) {
         let sink =
             on.then(|| GradSink::new(self.vars().iter().map(|v| v.as_tensor().clone()).collect()));
-        model.set_gradient_checkpointing(sink.clone());
+        model.set_gradient_checkpointing(sink.clone().map(|sink| Checkpointing {
+            sink,
+            stash: !recompute_attention,
+        }));
         self.grad_sink = sink;
     }
 

@@ -8,7 +8,7 @@
 use candle_core::{DType, Tensor, D};
 
 use super::layers::{repeat_kv, AttnMask};
-use crate::autograd::{accumulate, with_backward};
+use crate::autograd::{accumulate, with_backward, Stash};
 use crate::kernels::attention as flash;
 use crate::kernels::{self, Kernel};
 use crate::Result;
@@ -43,6 +43,10 @@ fn block_scores(
 /// Attention for `q: [B, H, Tq, D]` and not yet repeated `k, v: [B, KVH, Tk, D]`: the
 /// flash-attention kernel on CUDA when it handles the inputs (bf16/f16, head dim 64/128/256,
 /// no soft-capping) and its switch is on, else [`attention`] over repeated key/value heads.
+///
+/// With a checkpoint `stash`, the first run keeps the output and its log-sum-exp, and the
+/// replay takes them back instead of running the forward again: the backward pass, which
+/// recomputes the probabilities block by block from the log-sum-exp, is the same either way.
 pub fn attend(
     q: &Tensor,
     k: &Tensor,
@@ -50,43 +54,85 @@ pub fn attend(
     scale: f64,
     softcap: Option<f64>,
     mask: &AttnMask,
+    mut stash: Option<&mut Stash>,
 ) -> Result<Tensor> {
+    let kept = stash.as_deref_mut().and_then(|s| s.take(2));
+    let keep = |stash: Option<&mut Stash>, o: &Tensor, lse: &Tensor| {
+        if let Some(s) = stash {
+            s.keep(&[o, lse]);
+        }
+    };
     if softcap.is_none()
         && kernels::use_fused(Kernel::Attention, q.device())
         && flash::supported(q, k)
     {
-        return flash_attention(q, k, v, scale, mask);
+        let (q, k, v) = (q.contiguous()?, k.contiguous()?, v.contiguous()?);
+        let (o, lse) = match kept {
+            Some(t) => (t[0].clone(), t[1].clone()),
+            None => {
+                let (o, lse) = flash_forward(&q, &k, &v, scale, mask)?;
+                keep(stash, &o, &lse);
+                (o, lse)
+            }
+        };
+        return flash_op(o, lse, &q, &k, &v, scale, mask);
     }
     let n_rep = q.dim(1)? / k.dim(1)?.max(1);
     let k = repeat_kv(k, n_rep)?;
     let v = repeat_kv(v, n_rep)?;
-    attention(q, &k, &v, scale, softcap, mask.additive()?)
+    let additive = mask.additive()?;
+    let (b, h, _, _) = q.dims4()?;
+    let block = query_block(b, h, k.dim(2)?);
+    let (o, lse) = match kept {
+        Some(t) => (t[0].clone(), t[1].clone()),
+        None => {
+            let (o, lse) = blocked_forward(q, &k, &v, scale, softcap, additive, block)?;
+            keep(stash, &o, &lse);
+            (o, lse)
+        }
+    };
+    blocked_op(o, lse, q, &k, &v, scale, softcap, additive, block)
 }
 
-/// The flash-attention kernels as one op: the backward pass gets `o` and the log-sum-exp.
-fn flash_attention(
+fn flash_params(scale: f64, mask: &AttnMask) -> flash::FlashParams {
+    flash::FlashParams {
+        scale: scale as f32,
+        offset: mask.offset,
+        window: mask.window,
+    }
+}
+
+/// The flash-attention forward kernel: the output and each row's log-sum-exp.
+fn flash_forward(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    scale: f64,
+    mask: &AttnMask,
+) -> Result<(Tensor, Tensor)> {
+    flash::flash_fwd(
+        &q.detach(),
+        &k.detach(),
+        &v.detach(),
+        mask.key_valid.as_ref(),
+        &flash_params(scale, mask),
+    )
+}
+
+/// `o` as the result of the flash-attention kernels' op: backward gets `o` and the log-sum-exp.
+fn flash_op(
+    o: Tensor,
+    lse: Tensor,
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
     scale: f64,
     mask: &AttnMask,
 ) -> Result<Tensor> {
-    let p = flash::FlashParams {
-        scale: scale as f32,
-        offset: mask.offset,
-        window: mask.window,
-    };
-    let (q, k, v) = (q.contiguous()?, k.contiguous()?, v.contiguous()?);
+    let p = flash_params(scale, mask);
     let key_valid = mask.key_valid.clone();
-    let (o, lse) = flash::flash_fwd(
-        &q.detach(),
-        &k.detach(),
-        &v.detach(),
-        key_valid.as_ref(),
-        &p,
-    )?;
     let out = o.clone();
-    with_backward("flash-attention", out, &[&q, &k, &v], move |inputs, g| {
+    with_backward("flash-attention", out, &[q, k, v], move |inputs, g| {
         let (dq, dk, dv) = flash::flash_bwd(
             &inputs[0].detach(),
             &inputs[1].detach(),
@@ -127,10 +173,25 @@ fn attention_in_blocks(
     mask: &Tensor,
     block: usize,
 ) -> Result<Tensor> {
+    let (o, lse) = blocked_forward(q, k, v, scale, softcap, mask, block)?;
+    blocked_op(o, lse, q, k, v, scale, softcap, mask, block)
+}
+
+/// The output over blocks of `block` queries, and each row's softmax statistics
+/// `[.., 2]` (row max and sum of exp).
+fn blocked_forward(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    scale: f64,
+    softcap: Option<f64>,
+    mask: &Tensor,
+    block: usize,
+) -> Result<(Tensor, Tensor)> {
     let tq = q.dim(2)?;
     let (qd, kd, vd) = (q.detach(), k.detach(), v.detach());
     let mut outs = Vec::new();
-    let mut lses = Vec::new(); // [.., 2]: row max and sum of exp
+    let mut lses = Vec::new();
     for start in (0..tq).step_by(block) {
         let n = block.min(tq - start);
         let (s, _) = block_scores(
@@ -149,10 +210,25 @@ fn attention_in_blocks(
         lses.push(Tensor::cat(&[&max, &z], D::Minus1)?);
         outs.push(p.to_dtype(vd.dtype())?.matmul(&vd)?);
     }
-    let out = Tensor::cat(&outs, 2)?;
-    let lse = Tensor::cat(&lses, 2)?;
+    Ok((Tensor::cat(&outs, 2)?, Tensor::cat(&lses, 2)?))
+}
+
+/// `o` as the result of the blocked attention op, whose backward recomputes the
+/// probabilities block by block from the statistics `lse`.
+#[allow(clippy::too_many_arguments)]
+fn blocked_op(
+    o: Tensor,
+    lse: Tensor,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    scale: f64,
+    softcap: Option<f64>,
+    mask: &Tensor,
+    block: usize,
+) -> Result<Tensor> {
     let mask = mask.clone();
-    with_backward("attention", out, &[q, k, v], move |inputs, grad| {
+    with_backward("attention", o, &[q, k, v], move |inputs, grad| {
         attention_backward(inputs, grad, &lse, &mask, scale, softcap, block)
             .map_err(|e| candle_core::Error::Msg(e.to_string()))
     })

@@ -2,19 +2,17 @@
 //! rope bases, scaled embeddings, four norms per layer, `query_pre_attn_scalar`, and
 //! attention/final logit softcapping. Follows transformers' `models/gemma3/modeling_gemma3.py`.
 
-use std::sync::Arc;
-
 use candle_core::Tensor;
 
 use super::attention::attend;
 use super::layers::{
     apply_rotary, head_or_tied, layer_projections, layer_projections_mut,
     merged_projection_tensors, name_projections, padding_rows, run_layer, AttnMask,
-    AttnProjections, DecoderLayer, GatedMlp, KvCache, LayerCache, MlpActivation, RmsNorm, Rotary,
+    AttnProjections, DecoderLayer, GatedMlp, KvCache, MlpActivation, Pass, RmsNorm, Rotary,
 };
 use super::weights::Weights;
 use super::{CausalLm, LmHead};
-use crate::autograd::GradSink;
+use crate::autograd::Checkpointing;
 use crate::config::Gemma3Config;
 use crate::lora::Linear;
 use crate::Result;
@@ -51,7 +49,7 @@ pub struct Gemma3 {
     lm_head: Option<Linear>,
     rotary_global: Rotary,
     rotary_local: Rotary,
-    checkpointing: Option<Arc<GradSink>>,
+    checkpointing: Option<Checkpointing>,
 }
 
 impl Gemma3 {
@@ -148,10 +146,10 @@ impl DecoderLayer for Layer {
         x: &Tensor,
         rope: &(Tensor, Tensor),
         mask: &AttnMask,
-        cache: Option<&mut LayerCache>,
+        pass: Pass<'_>,
     ) -> Result<Tensor> {
         let hs = self.input_layernorm.forward(x)?;
-        let a = self.self_attn.forward(&hs, &rope.0, &rope.1, mask, cache)?;
+        let a = self.self_attn.forward(&hs, &rope.0, &rope.1, mask, pass)?;
         let a = self.post_attention_layernorm.forward(&a)?;
         let x = (x + a)?;
         let hs = self.pre_feedforward_layernorm.forward(&x)?;
@@ -168,7 +166,7 @@ impl Attention {
         cos: &Tensor,
         sin: &Tensor,
         mask: &AttnMask,
-        cache: Option<&mut LayerCache>,
+        pass: Pass<'_>,
     ) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
         let heads = |l: &Linear, n: usize| -> Result<Tensor> {
@@ -186,11 +184,12 @@ impl Attention {
         let v = heads(&self.proj.v_proj, self.n_kv_head)?;
         let q = apply_rotary(&q, cos, sin)?;
         let k = apply_rotary(&k, cos, sin)?;
+        let (cache, stash) = pass.parts();
         let (k, v) = match cache {
             Some(c) => c.append(&k, &v)?,
             None => (k, v),
         };
-        let o = attend(&q, &k, &v, self.scale, self.softcap, mask)?;
+        let o = attend(&q, &k, &v, self.scale, self.softcap, mask, stash)?;
         let o = o
             .transpose(1, 2)?
             .reshape((b, t, self.n_head * self.head_dim))?;
@@ -260,8 +259,8 @@ impl CausalLm for Gemma3 {
         )
     }
 
-    fn set_gradient_checkpointing(&mut self, sink: Option<Arc<GradSink>>) {
-        self.checkpointing = sink;
+    fn set_gradient_checkpointing(&mut self, checkpointing: Option<Checkpointing>) {
+        self.checkpointing = checkpointing;
     }
 
     fn new_cache(&self) -> KvCache {

@@ -8,7 +8,7 @@ use std::sync::{Arc, OnceLock};
 
 use super::weights::Weights;
 use super::LmHead;
-use crate::autograd::{checkpoint, with_backward, GradSink};
+use crate::autograd::{checkpoint, with_backward, Checkpointing, Phase, Stash};
 use crate::config::RopeScaling;
 use crate::kernels::{self, Kernel};
 use crate::lora::Linear;
@@ -93,6 +93,34 @@ impl RmsNorm {
     }
 }
 
+/// How a decoder layer runs this time.
+#[derive(Debug)]
+pub enum Pass<'a> {
+    /// A plain forward pass (training without checkpointing, evaluation, scoring).
+    Plain,
+    /// Generation: the new keys and values are appended to the layer's cache.
+    Cached(&'a mut LayerCache),
+    /// A run of a checkpointed layer: attention keeps its output for the replay, and the
+    /// replay reads it back and may skip products whose value only feeds the layer output.
+    Checkpointed(Phase<'a>),
+}
+
+impl<'a> Pass<'a> {
+    /// Whether this is a checkpoint replay, whose output value is never read.
+    pub fn is_replay(&self) -> bool {
+        matches!(self, Pass::Checkpointed(p) if p.is_replay())
+    }
+
+    /// The KV cache and the checkpoint stash, whichever this pass has.
+    pub fn parts(self) -> (Option<&'a mut LayerCache>, Option<&'a mut Stash>) {
+        match self {
+            Pass::Plain => (None, None),
+            Pass::Cached(c) => (Some(c), None),
+            Pass::Checkpointed(Phase::Record(s) | Phase::Replay(s)) => (None, Some(s)),
+        }
+    }
+}
+
 /// A decoder block, as the shared layer loop runs it.
 pub trait DecoderLayer: Clone + Send + Sync + 'static {
     /// `x: [B, T, H]` through the block, with `rope = (cos, sin)` and an additive mask.
@@ -101,25 +129,28 @@ pub trait DecoderLayer: Clone + Send + Sync + 'static {
         x: &Tensor,
         rope: &(Tensor, Tensor),
         mask: &AttnMask,
-        cache: Option<&mut LayerCache>,
+        pass: Pass<'_>,
     ) -> Result<Tensor>;
 }
 
-/// Runs `layer`, checkpointed when `sink` is set and there is no KV cache (training).
+/// Runs `layer`, checkpointed when `checkpointing` is set and there is no KV cache (training).
 pub fn run_layer<L: DecoderLayer>(
     layer: &L,
     x: &Tensor,
     rope: &(Tensor, Tensor),
     mask: &AttnMask,
-    sink: Option<&Arc<GradSink>>,
+    checkpointing: Option<&Checkpointing>,
     cache: Option<&mut LayerCache>,
 ) -> Result<Tensor> {
-    match (sink, cache) {
-        (Some(sink), None) => {
+    match (checkpointing, cache) {
+        (_, Some(cache)) => layer.forward(x, rope, mask, Pass::Cached(cache)),
+        (Some(c), None) => {
             let (layer, rope, mask) = (layer.clone(), rope.clone(), mask.clone());
-            checkpoint(x, sink, move |x| layer.forward(x, &rope, &mask, None))
+            checkpoint(x, &c.sink, c.stash, move |x, phase| {
+                layer.forward(x, &rope, &mask, Pass::Checkpointed(phase))
+            })
         }
-        (_, cache) => layer.forward(x, rope, mask, cache),
+        (None, None) => layer.forward(x, rope, mask, Pass::Plain),
     }
 }
 
@@ -214,14 +245,25 @@ impl GatedMlp {
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.down_proj.forward(&self.gated(x)?)
+    }
+
+    /// [`GatedMlp::forward`] with the same backward graph but an unspecified (zero) output
+    /// value: for a checkpoint replay whose MLP output only feeds the layer output, the
+    /// `down_proj` product is never computed (its backward needs only its input).
+    pub fn forward_graph_only(&self, x: &Tensor) -> Result<Tensor> {
+        self.down_proj.forward_graph_only(&self.gated(x)?)
+    }
+
+    /// `act(gate(x)) · up(x)`.
+    fn gated(&self, x: &Tensor) -> Result<Tensor> {
         let g = self.gate_proj.forward(x)?;
         let u = self.up_proj.forward(x)?;
-        let h = if kernels::use_fused(Kernel::Glu, x.device()) {
-            gated_fused(&g, &u, self.act)?
+        if kernels::use_fused(Kernel::Glu, x.device()) {
+            gated_fused(&g, &u, self.act)
         } else {
-            gated_unfused(&g, &u, self.act)?
-        };
-        self.down_proj.forward(&h)
+            gated_unfused(&g, &u, self.act)
+        }
     }
 }
 

@@ -1,19 +1,17 @@
 //! `LlamaForCausalLM` (Llama 2/3/3.1/3.2, SmolLM2): grouped-query attention, llama3 rope
 //! scaling, tied or untied head. Follows transformers' `models/llama/modeling_llama.py`.
 
-use std::sync::Arc;
-
 use candle_core::Tensor;
 
 use super::attention::attend;
 use super::layers::{
     apply_rotary, head_or_tied, layer_projections, layer_projections_mut,
     merged_projection_tensors, name_projections, padding_rows, run_layer, AttnMask,
-    AttnProjections, DecoderLayer, GatedMlp, KvCache, LayerCache, MlpActivation, RmsNorm, Rotary,
+    AttnProjections, DecoderLayer, GatedMlp, KvCache, MlpActivation, Pass, RmsNorm, Rotary,
 };
 use super::weights::Weights;
 use super::{CausalLm, LmHead};
-use crate::autograd::GradSink;
+use crate::autograd::Checkpointing;
 use crate::config::LlamaConfig;
 use crate::lora::Linear;
 use crate::Result;
@@ -43,7 +41,7 @@ pub struct Llama {
     /// `None` when the head is tied to the embeddings.
     lm_head: Option<Linear>,
     rotary: Rotary,
-    checkpointing: Option<Arc<GradSink>>,
+    checkpointing: Option<Checkpointing>,
 }
 
 impl Llama {
@@ -136,13 +134,19 @@ impl DecoderLayer for Layer {
         x: &Tensor,
         rope: &(Tensor, Tensor),
         mask: &AttnMask,
-        cache: Option<&mut LayerCache>,
+        pass: Pass<'_>,
     ) -> Result<Tensor> {
         let h = self.input_layernorm.forward(x)?;
-        let a = self.self_attn.forward(&h, &rope.0, &rope.1, mask, cache)?;
+        let replay = pass.is_replay();
+        let a = self.self_attn.forward(&h, &rope.0, &rope.1, mask, pass)?;
         let x = (x + a)?;
         let h = self.post_attention_layernorm.forward(&x)?;
-        let m = self.mlp.forward(&h)?;
+        let m = if replay {
+            // Only the residual sum reads the MLP output.
+            self.mlp.forward_graph_only(&h)?
+        } else {
+            self.mlp.forward(&h)?
+        };
         Ok((x + m)?)
     }
 }
@@ -154,7 +158,7 @@ impl Attention {
         cos: &Tensor,
         sin: &Tensor,
         mask: &AttnMask,
-        cache: Option<&mut super::layers::LayerCache>,
+        pass: Pass<'_>,
     ) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
         let q = self
@@ -178,12 +182,13 @@ impl Attention {
         let q = apply_rotary(&q.contiguous()?, cos, sin)?;
         let k = apply_rotary(&k.contiguous()?, cos, sin)?;
         let v = v.contiguous()?;
+        let (cache, stash) = pass.parts();
         let (k, v) = match cache {
             Some(c) => c.append(&k, &v)?,
             None => (k, v),
         };
         let scale = 1.0 / (self.head_dim as f64).sqrt();
-        let o = attend(&q, &k, &v, scale, None, mask)?;
+        let o = attend(&q, &k, &v, scale, None, mask, stash)?;
         let o = o
             .transpose(1, 2)?
             .reshape((b, t, self.n_head * self.head_dim))?;
@@ -230,8 +235,8 @@ impl CausalLm for Llama {
         head_or_tied(self.lm_head.as_ref(), &self.embed_tokens, None)
     }
 
-    fn set_gradient_checkpointing(&mut self, sink: Option<Arc<GradSink>>) {
-        self.checkpointing = sink;
+    fn set_gradient_checkpointing(&mut self, checkpointing: Option<Checkpointing>) {
+        self.checkpointing = checkpointing;
     }
 
     fn new_cache(&self) -> KvCache {

@@ -12,14 +12,13 @@ pub mod source;
 pub mod weights;
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
 
 pub use layers::KvCache;
 pub use source::ModelSource;
 
-use crate::autograd::GradSink;
+use crate::autograd::Checkpointing;
 use crate::config::{Gemma3Config, LlamaConfig, ModelConfig, SUPPORTED_ARCHITECTURES};
 use crate::data::{ChatTemplate, ChatTokenizer};
 use crate::lora::Linear;
@@ -65,7 +64,7 @@ pub trait CausalLm: Send + Sync {
 
     /// Turns per-layer gradient checkpointing on (with the sink that collects the
     /// recomputed layers' LoRA gradients) or off.
-    fn set_gradient_checkpointing(&mut self, sink: Option<Arc<GradSink>>);
+    fn set_gradient_checkpointing(&mut self, checkpointing: Option<Checkpointing>);
 
     /// Full-sequence logits `[B, T, V]`.
     fn forward(&self, input_ids: &Tensor, attention_mask: Option<&Tensor>) -> Result<Tensor> {

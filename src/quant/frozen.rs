@@ -99,7 +99,19 @@ impl FrozenWeight {
     /// gradient for both operands (`backprop.rs`, `Op::Matmul`), which for a frozen base is
     /// a wasted `[out, in]` product and buffer per layer.
     pub fn matmul_t(&self, x: &Tensor) -> Result<Tensor> {
-        let y = self.product_t(x)?;
+        self.with_input_grad(x, self.product_t(x)?)
+    }
+
+    /// [`FrozenWeight::matmul_t`]'s backward with a zero value (the product is not computed),
+    /// for a checkpoint replay whose output value is never read.
+    pub fn matmul_t_graph_only(&self, x: &Tensor) -> Result<Tensor> {
+        let (out, _) = self.shape()?;
+        let y = Tensor::zeros((x.dim(0)?, out), self.dtype(), x.device())?;
+        self.with_input_grad(x, y)
+    }
+
+    /// `y` as the value of an op over `x` whose backward is the input gradient `grad · W`.
+    fn with_input_grad(&self, x: &Tensor, y: Tensor) -> Result<Tensor> {
         let w = self.clone();
         with_backward("frozen-matmul", y, &[x], move |_, g| {
             let gx = w

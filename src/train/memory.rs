@@ -73,6 +73,8 @@ pub struct RunShape {
     pub dtype_bytes: usize,
     pub quantize: Quantize,
     pub checkpointing: bool,
+    /// With checkpointing: keep only layer inputs (no attention outputs).
+    pub recompute_attention: bool,
     pub micro_batch_size: usize,
     /// The longest sequence a micro-batch will hold.
     pub seq_len: usize,
@@ -118,8 +120,14 @@ pub fn estimate(dims: &ModelDims, run: &RunShape) -> MemoryEstimate {
     let tokens = (run.micro_batch_size * run.seq_len) as f64;
     let per_token_layer = ACTIVATION_FACTOR * (4.0 * h + 3.0 * i + 2.0 * heads_width) * b;
     let activations = if run.checkpointing {
-        // Each layer's input, plus one layer rebuilt (and its backward) at a time.
-        tokens * dims.layers as f64 * h * b + 2.0 * tokens * per_token_layer
+        // Each layer's input (and attention output with its two f32 statistics per head,
+        // unless attention is recomputed), plus one layer rebuilt (and its backward) at a time.
+        let kept = if run.recompute_attention {
+            h * b
+        } else {
+            (h + heads_width) * b + dims.heads as f64 * 8.0
+        };
+        tokens * dims.layers as f64 * kept + 2.0 * tokens * per_token_layer
     } else {
         tokens * dims.layers as f64 * per_token_layer
     };
@@ -288,6 +296,7 @@ mod tests {
             dtype_bytes: 4,
             quantize: Quantize::None,
             checkpointing: false,
+            recompute_attention: false,
             micro_batch_size: 4,
             seq_len: 1024,
             lora_params: 4_884_480,

@@ -222,6 +222,7 @@ fn check_memory(
         dtype_bytes: dtype.size_in_bytes(),
         quantize: job.model.quantize,
         checkpointing: job.train.gradient_checkpointing,
+        recompute_attention: job.train.recompute_attention,
         micro_batch_size: job.train.micro_batch_size.min(train.len().max(1)),
         seq_len: train.iter().map(|e| e.input_ids.len()).max().unwrap_or(0),
         lora_params: params.num_parameters(),
@@ -282,6 +283,9 @@ impl Trainer {
                 quantize: job.model.quantize,
             },
         )?;
+        if let Some(name) = &job.model.name {
+            model.name_or_path = name.clone();
+        }
         let train_path = job.data.train.clone();
         let mut convs = with_lines(&train_path, read_jsonl(&train_path)?)?;
         let mut val_convs: Vec<(usize, Conversation)> = Vec::new();
@@ -325,7 +329,11 @@ impl Trainer {
             None => LoraParams::init(model.model.as_mut(), spec, job.train.seed, &device)?,
         };
         params.attach(model.model.as_mut(), dtype)?;
-        params.set_gradient_checkpointing(model.model.as_mut(), job.train.gradient_checkpointing);
+        params.set_gradient_checkpointing(
+            model.model.as_mut(),
+            job.train.gradient_checkpointing,
+            job.train.recompute_attention,
+        );
         if job.train.memory_check && device.is_cpu() {
             check_memory(&model, &params, &train, &job, dtype)?;
         }
