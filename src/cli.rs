@@ -5,10 +5,10 @@
 use std::io::Write;
 use std::path::PathBuf;
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use clap::{Args, Parser, Subcommand};
 
-use crate::data::dataset::{parse_messages_json, read_jsonl};
+use crate::data::dataset::{parse_messages_json, read_jsonl, read_jsonl_numbered};
 use crate::data::mask::{format_inspect, tokenize_conversation};
 use crate::data::{LossOn, Message, Role, TokenizedExample};
 use crate::device::{parse_device, parse_dtype};
@@ -361,13 +361,17 @@ pub fn tokenize_dataset(
     path: &std::path::Path,
     loss_on: LossOn,
 ) -> anyhow::Result<Vec<TokenizedExample>> {
-    let convs = read_jsonl(path)?;
-    convs
+    read_jsonl_numbered(path)?
         .iter()
-        .enumerate()
-        .map(|(i, c)| {
-            tokenize_conversation(c, &m.template, &m.tokenizer, loss_on)
-                .with_context(|| format!("{}: conversation {}", path.display(), i + 1))
+        .map(|(line, c)| {
+            tokenize_conversation(c, &m.template, &m.tokenizer, loss_on).map_err(|e| {
+                crate::Error::Dataset {
+                    path: path.to_path_buf(),
+                    line: *line,
+                    msg: e.to_string(),
+                }
+                .into()
+            })
         })
         .collect()
 }

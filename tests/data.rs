@@ -6,7 +6,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
-use lora_train::data::dataset::{parse_messages_json, read_jsonl};
+use lora_train::data::dataset::{parse_messages_json, read_jsonl, read_jsonl_numbered};
 use lora_train::data::mask::{format_inspect, tokenize_conversation};
 use lora_train::data::template::builtin_template_name;
 use lora_train::data::{ChatTemplate, ChatTokenizer, Conversation, LossOn, Message, Role};
@@ -270,6 +270,13 @@ fn dataset_reads_valid_lines() {
     ));
     let convs = read_jsonl(file.path()).unwrap();
     assert_eq!(convs.len(), 2);
+    // Blank lines are skipped but still counted: the second conversation is on line 4.
+    let lines: Vec<usize> = read_jsonl_numbered(file.path())
+        .unwrap()
+        .iter()
+        .map(|(l, _)| *l)
+        .collect();
+    assert_eq!(lines, [1, 4]);
     assert_eq!(
         convs[0].messages,
         vec![msg(Role::User, "hi"), msg(Role::Assistant, "hello")]

@@ -365,31 +365,7 @@ fn gguf_blocks_give_the_dequantized_model() {
 }
 
 fn tiny_job(out: &std::path::Path, overrides: &[&str]) -> lora_train::config::JobConfig {
-    let text = format!(
-        r#"
-[model]
-source = "{model}"
-device = "cpu"
-[lora]
-r = 4
-alpha = 8
-target_modules = "all-linear"
-[data]
-train = "{chats}"
-max_seq_len = 128
-[train]
-max_steps = 6
-micro_batch_size = 2
-lr = 1e-2
-[output]
-dir = "{out}"
-"#,
-        model = common::fixtures().join("tiny-llama").display(),
-        chats = common::fixtures().join("chats.jsonl").display(),
-        out = out.display(),
-    );
-    let overrides: Vec<String> = overrides.iter().map(|s| s.to_string()).collect();
-    lora_train::config::JobConfig::load_str(&text, &out.join("job.toml"), &overrides).unwrap()
+    common::tiny_job("tiny-llama", out, overrides)
 }
 
 #[test]

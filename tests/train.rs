@@ -16,36 +16,8 @@ use lora_train::train::loss::micro_batch_nll_sum;
 use lora_train::train::metrics::{MetricsLine, MetricsLog};
 use lora_train::train::{RunOptions, Trainer};
 
-fn job(model: &str, out: &Path, extra: &str) -> JobConfig {
-    let text = format!(
-        r#"
-[model]
-source = "{model}"
-device = "cpu"
-[lora]
-r = 4
-alpha = 8
-target_modules = "all-linear"
-[data]
-train = "{chats}"
-validation = 0.25
-max_seq_len = 128
-[train]
-max_steps = 8
-micro_batch_size = 2
-grad_accum = 2
-lr = 1e-2
-save_every = 2
-eval_every = 4
-{extra}
-[output]
-dir = "{out}"
-"#,
-        model = common::fixtures().join(model).display(),
-        chats = common::fixtures().join("chats.jsonl").display(),
-        out = out.display(),
-    );
-    JobConfig::load_str(&text, &out.join("job.toml"), &[]).unwrap()
+fn job(model: &str, out: &Path) -> JobConfig {
+    common::tiny_job(model, out, &[])
 }
 
 fn no_stop() -> Arc<AtomicBool> {
@@ -56,7 +28,7 @@ fn no_stop() -> Arc<AtomicBool> {
 fn every_lora_parameter_gets_a_gradient() {
     for model in ["tiny-llama", "tiny-gemma3"] {
         let tmp = tempfile::tempdir().unwrap();
-        let t = Trainer::new(job(model, tmp.path(), "")).unwrap();
+        let t = Trainer::new(job(model, tmp.path())).unwrap();
         // B starts at zero, which zeroes A's gradient: give B values first.
         for p in &t.params.params {
             let r = Tensor::randn(0f32, 0.1, p.b.dims(), &Device::Cpu).unwrap();
@@ -92,7 +64,7 @@ fn grad_accum_normalises_by_step_targets() {
     // Two micro-batches of one example must give the same loss and gradients as one
     // micro-batch of both (loss = sum of token NLLs / all target tokens of the step).
     let tmp = tempfile::tempdir().unwrap();
-    let t = Trainer::new(job("tiny-llama", tmp.path(), "")).unwrap();
+    let t = Trainer::new(job("tiny-llama", tmp.path())).unwrap();
     let (a, b) = (&t.train[0], &t.train[1]);
     assert_ne!(
         a.num_targets(),
@@ -137,13 +109,13 @@ fn resume_reproduces_the_uninterrupted_run() {
         let full = tempfile::tempdir().unwrap();
         let extra = "[lora]\n";
         let _ = extra;
-        let mut t = Trainer::new(job(model, full.path(), "")).unwrap();
+        let mut t = Trainer::new(job(model, full.path())).unwrap();
         let s = t.run(&RunOptions::default(), no_stop()).unwrap();
         assert_eq!(s.steps, 8);
         let want = step_losses(full.path());
 
         let part = tempfile::tempdir().unwrap();
-        let mut t = Trainer::new(job(model, part.path(), "")).unwrap();
+        let mut t = Trainer::new(job(model, part.path())).unwrap();
         let s = t
             .run(
                 &RunOptions {
@@ -158,7 +130,7 @@ fn resume_reproduces_the_uninterrupted_run() {
             !part.path().join("adapter").exists(),
             "no final adapter after a stop"
         );
-        let mut t = Trainer::new(job(model, part.path(), "")).unwrap();
+        let mut t = Trainer::new(job(model, part.path())).unwrap();
         t.run(
             &RunOptions {
                 resume: true,
@@ -179,7 +151,7 @@ fn resume_reproduces_the_uninterrupted_run() {
 #[test]
 fn dropout_runs_resume_exactly_too() {
     let full = tempfile::tempdir().unwrap();
-    let mut j = job("tiny-llama", full.path(), "");
+    let mut j = job("tiny-llama", full.path());
     j.lora.dropout = 0.1;
     Trainer::new(j.clone())
         .unwrap()
@@ -207,7 +179,7 @@ fn dropout_runs_resume_exactly_too() {
 #[test]
 fn non_finite_loss_stops_and_keeps_the_last_checkpoint() {
     let tmp = tempfile::tempdir().unwrap();
-    let mut j = job("tiny-llama", tmp.path(), "");
+    let mut j = job("tiny-llama", tmp.path());
     j.train.lr = 1e30;
     j.train.max_grad_norm = 0.0;
     j.train.save_every = 1;
@@ -233,7 +205,7 @@ fn non_finite_loss_stops_and_keeps_the_last_checkpoint() {
 #[test]
 fn exported_adapter_scores_like_the_trained_model() {
     let tmp = tempfile::tempdir().unwrap();
-    let mut t = Trainer::new(job("tiny-gemma3", tmp.path(), "")).unwrap();
+    let mut t = Trainer::new(job("tiny-gemma3", tmp.path())).unwrap();
     let s = t.run(&RunOptions::default(), no_stop()).unwrap();
     let val_after = s.val_loss_after.unwrap();
     // Load the base fresh, apply the exported adapter, score the same validation examples.
@@ -269,7 +241,7 @@ fn exported_adapter_scores_like_the_trained_model() {
 #[test]
 fn packing_is_refused_until_implemented() {
     let tmp = tempfile::tempdir().unwrap();
-    let mut j = job("tiny-llama", tmp.path(), "");
+    let mut j = job("tiny-llama", tmp.path());
     j.data.packing = true;
     let err = Trainer::new(j)
         .err()

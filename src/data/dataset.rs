@@ -82,6 +82,14 @@ pub struct Conversation {
 
 /// Reads and validates a JSONL dataset. Blank lines are skipped; an empty file is an error.
 pub fn read_jsonl(path: impl AsRef<Path>) -> Result<Vec<Conversation>> {
+    Ok(read_jsonl_numbered(path)?
+        .into_iter()
+        .map(|(_, c)| c)
+        .collect())
+}
+
+/// [`read_jsonl`] with each conversation's 1-based line in the file, for errors that name it.
+pub fn read_jsonl_numbered(path: impl AsRef<Path>) -> Result<Vec<(usize, Conversation)>> {
     let path = path.as_ref();
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     let mut conversations = Vec::new();
@@ -117,7 +125,7 @@ pub fn read_jsonl(path: impl AsRef<Path>) -> Result<Vec<Conversation>> {
         if !messages.iter().any(|m| m.role == Role::Assistant) {
             return Err(err("no assistant turn".to_string()));
         }
-        conversations.push(Conversation { messages });
+        conversations.push((line_no, Conversation { messages }));
     }
     if conversations.is_empty() {
         return Err(Error::Dataset {

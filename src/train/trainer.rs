@@ -21,7 +21,7 @@ use super::optimizer::{AdamW, AdamWConfig};
 use super::schedule::Schedule;
 use super::step::train_step;
 use crate::config::job::{JobConfig, TrainLength, ValidationSpec};
-use crate::data::dataset::read_jsonl;
+use crate::data::dataset::read_jsonl_numbered;
 use crate::data::mask::tokenize_conversation;
 use crate::data::{Conversation, TokenizedExample};
 use crate::device::{parse_device, parse_dtype};
@@ -71,22 +71,6 @@ pub fn prepare_examples(
         }
     }
     Ok((out, report))
-}
-
-/// The 1-based line of each conversation (blank lines are skipped by the reader).
-fn with_lines(path: &Path, convs: Vec<Conversation>) -> Result<Vec<(usize, Conversation)>> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    let lines: Vec<usize> = text
-        .lines()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
-        .map(|(i, _)| i + 1)
-        .collect();
-    Ok(convs
-        .into_iter()
-        .enumerate()
-        .map(|(i, c)| (lines.get(i).copied().unwrap_or(i + 1), c))
-        .collect())
 }
 
 /// The order of examples in `epoch`: a seeded shuffle, or file order.
@@ -287,13 +271,13 @@ impl Trainer {
             model.name_or_path = name.clone();
         }
         let train_path = job.data.train.clone();
-        let mut convs = with_lines(&train_path, read_jsonl(&train_path)?)?;
+        let mut convs = read_jsonl_numbered(&train_path)?;
         let mut val_convs: Vec<(usize, Conversation)> = Vec::new();
         let mut val_path = train_path.clone();
         match &job.data.validation {
             Some(ValidationSpec::File(p)) => {
                 val_path = p.clone();
-                val_convs = with_lines(p, read_jsonl(p)?)?;
+                val_convs = read_jsonl_numbered(p)?;
             }
             Some(ValidationSpec::Fraction(f)) => {
                 let mut rng = rand::rngs::StdRng::seed_from_u64(job.train.seed ^ 0x5eed);

@@ -58,3 +58,43 @@ pub fn max_abs(t: &candle_core::Tensor) -> f32 {
         .to_scalar::<f32>()
         .unwrap()
 }
+
+/// A small training job on a tiny fixture model (`tiny-llama`, `tiny-gemma3`) over
+/// `fixtures/chats.jsonl`, writing to `out`, with `--set`-style `overrides`
+/// (`"train.max_steps=1"`): all seven projections at r=4, 8 steps of 2 x 2 examples,
+/// a checkpoint every 2 steps, validation on a quarter of the chats every 4.
+pub fn tiny_job(
+    model: &str,
+    out: &std::path::Path,
+    overrides: &[&str],
+) -> lora_train::config::JobConfig {
+    let text = format!(
+        r#"
+[model]
+source = "{model}"
+device = "cpu"
+[lora]
+r = 4
+alpha = 8
+target_modules = "all-linear"
+[data]
+train = "{chats}"
+validation = 0.25
+max_seq_len = 128
+[train]
+max_steps = 8
+micro_batch_size = 2
+grad_accum = 2
+lr = 1e-2
+save_every = 2
+eval_every = 4
+[output]
+dir = "{out}"
+"#,
+        model = fixtures().join(model).display(),
+        chats = fixtures().join("chats.jsonl").display(),
+        out = out.display(),
+    );
+    let overrides: Vec<String> = overrides.iter().map(|s| s.to_string()).collect();
+    lora_train::config::JobConfig::load_str(&text, &out.join("job.toml"), &overrides).unwrap()
+}
