@@ -154,6 +154,28 @@ fn batch(vocab: u32) -> MicroBatch {
     collate(&refs, 0, &Device::Cpu).unwrap()
 }
 
+/// The largest difference between the parameter gradients `want` and `got`, relative to each
+/// parameter's largest `want` gradient; every parameter must have a non-zero gradient in both.
+fn worst_relative_diff(
+    name: &str,
+    what: &str,
+    want: &[Option<Tensor>],
+    got: &[Option<Tensor>],
+) -> f32 {
+    assert_eq!(want.len(), got.len());
+    let mut worst = 0f32;
+    for (i, (a, b)) in want.iter().zip(got).enumerate() {
+        let a = a.as_ref().unwrap();
+        let b = b
+            .as_ref()
+            .unwrap_or_else(|| panic!("{name}: parameter {i} got no gradient with {what}"));
+        let scale = common::max_abs(a).max(1e-12);
+        assert!(scale > 1e-9, "{name}: parameter {i} has a zero gradient");
+        worst = worst.max(common::max_abs_diff(a, b) / scale);
+    }
+    worst
+}
+
 /// Both checkpointing modes (attention output kept for the replay, or recomputed) give the
 /// plain run's loss and gradients, with and without dropout.
 fn check_checkpointing(name: &str) {
@@ -167,18 +189,7 @@ fn check_checkpointing(name: &str) {
         params.set_gradient_checkpointing(m.model.as_mut(), true, recompute_attention);
         let (loss_ckpt, ckpt) = micro_batch_grads(m.model.as_ref(), &params, &mb, 10).unwrap();
         assert!((loss_plain - loss_ckpt).abs() < 1e-9 * loss_plain.abs().max(1.0));
-        let mut worst = 0f32;
-        for (i, (a, b)) in plain.iter().zip(&ckpt).enumerate() {
-            let (a, b) = (
-                a.as_ref().unwrap(),
-                b.as_ref().unwrap_or_else(|| {
-                    panic!("{name}: parameter {i} got no gradient with checkpointing")
-                }),
-            );
-            let scale = common::max_abs(a).max(1e-12);
-            assert!(scale > 1e-9, "{name}: parameter {i} has a zero gradient");
-            worst = worst.max(common::max_abs_diff(a, b) / scale);
-        }
+        let worst = worst_relative_diff(name, "checkpointing", &plain, &ckpt);
         assert!(
             worst < 1e-5,
             "{name} (dropout {dropout}, recompute_attention {recompute_attention}): \
@@ -195,6 +206,42 @@ fn checkpointed_llama_gradients_equal_plain_ones() {
 #[test]
 fn checkpointed_gemma3_gradients_equal_plain_ones() {
     check_checkpointing("tiny-gemma3");
+}
+
+/// The model's fused paths (RMSNorm, RoPE, GLU and the vocabulary-blocked cross-entropy as
+/// one op each, run by their CPU implementations) give the unfused loss and LoRA gradients,
+/// plain and checkpointed: on a GPU the same wiring runs the CUDA kernels.
+fn check_fused_paths(name: &str) {
+    for checkpointing in [false, true] {
+        let mut m = tiny(name);
+        let vocab = m.model.vocab_size() as u32;
+        let mut params = adapter(&mut m, 0.0);
+        params.set_gradient_checkpointing(m.model.as_mut(), checkpointing, false);
+        let mb = batch(vocab);
+        let (loss_ref, want) = micro_batch_grads(m.model.as_ref(), &params, &mb, 10).unwrap();
+        let (loss, got) = lora_train::kernels::with_fused_on_cpu(|| {
+            micro_batch_grads(m.model.as_ref(), &params, &mb, 10).unwrap()
+        });
+        assert!(
+            (loss - loss_ref).abs() < 1e-5 * loss_ref.abs().max(1.0),
+            "{name}: fused loss {loss} vs unfused {loss_ref}"
+        );
+        let worst = worst_relative_diff(name, "the fused path", &want, &got);
+        assert!(
+            worst < 1e-4,
+            "{name} (checkpointing {checkpointing}): fused gradients differ by {worst:e} (relative)"
+        );
+    }
+}
+
+#[test]
+fn fused_llama_paths_give_the_unfused_gradients() {
+    check_fused_paths("tiny-llama");
+}
+
+#[test]
+fn fused_gemma3_paths_give_the_unfused_gradients() {
+    check_fused_paths("tiny-gemma3");
 }
 
 #[test]

@@ -4,7 +4,8 @@
 //! against the unfused tensor-op path it replaces.
 //!
 //! The model uses a fused op only on a CUDA device and only while its switch is on; on the CPU
-//! (and Metal) it runs the unfused path, which is also the reference. The switches come from
+//! (and Metal) it runs the unfused path, which is also the reference. Tests run the model's
+//! fused paths on the CPU too, inside [`with_fused_on_cpu`]. The switches come from
 //! `LORA_TRAIN_KERNELS`: unset, `on` or `all` turns every kernel on, `off` or `none` turns them
 //! all off, and a comma list names kernels to turn on (`rms_norm,rope`) or, with a leading `-`,
 //! off (`-attention`). Names: `rms_norm`, `rope`, `glu`, `cross_entropy`, `attention`, `nf4`.
@@ -120,9 +121,31 @@ pub fn enabled(kernel: Kernel) -> bool {
     switches() & kernel.bit() != 0
 }
 
-/// Whether the model should run `kernel` on `device`: on CUDA with its switch on.
+thread_local! {
+    static FUSED_ON_CPU: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` with the fused ops' CPU implementations standing in for the kernels on the CPU
+/// (on this thread only), so that the model's fused paths (their wiring, their gradients,
+/// checkpoint replays through them) are tested without a GPU. The flash-attention kernel has no
+/// CPU implementation: attention stays unfused.
+pub fn with_fused_on_cpu<R>(f: impl FnOnce() -> R) -> R {
+    struct Reset(bool);
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            FUSED_ON_CPU.with(|c| c.set(self.0));
+        }
+    }
+    let _reset = Reset(FUSED_ON_CPU.with(|c| c.replace(true)));
+    f()
+}
+
+/// Whether the model should run `kernel` on `device`: on CUDA with its switch on (or on the
+/// CPU inside [`with_fused_on_cpu`]).
 pub fn use_fused(kernel: Kernel, device: &Device) -> bool {
-    cfg!(feature = "cuda") && device.is_cuda() && enabled(kernel)
+    let on_device = (cfg!(feature = "cuda") && device.is_cuda())
+        || (device.is_cpu() && FUSED_ON_CPU.with(|c| c.get()));
+    on_device && enabled(kernel)
 }
 
 /// The kernels that are on, for logs: `rms_norm, rope, ...` or `none`.
