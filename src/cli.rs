@@ -9,7 +9,7 @@ use anyhow::bail;
 use clap::{Args, Parser, Subcommand};
 
 use crate::data::dataset::{parse_messages_json, read_jsonl, read_jsonl_numbered};
-use crate::data::mask::{format_inspect, tokenize_conversation};
+use crate::data::mask::{format_inspect, tokenize_conversation, tokenize_line};
 use crate::data::{LossOn, Message, Role, TokenizedExample};
 use crate::device::{parse_device, parse_dtype};
 use crate::eval::score_examples;
@@ -355,7 +355,7 @@ fn cmd_generate(a: GenerateArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Reads and tokenizes a dataset; errors name the conversation.
+/// Reads and tokenizes a dataset; errors name the file and line.
 pub fn tokenize_dataset(
     m: &LoadedModel,
     path: &std::path::Path,
@@ -364,14 +364,14 @@ pub fn tokenize_dataset(
     read_jsonl_numbered(path)?
         .iter()
         .map(|(line, c)| {
-            tokenize_conversation(c, &m.template, &m.tokenizer, loss_on).map_err(|e| {
-                crate::Error::Dataset {
-                    path: path.to_path_buf(),
-                    line: *line,
-                    msg: e.to_string(),
-                }
-                .into()
-            })
+            Ok(tokenize_line(
+                c,
+                path,
+                *line,
+                &m.template,
+                &m.tokenizer,
+                loss_on,
+            )?)
         })
         .collect()
 }

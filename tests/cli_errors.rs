@@ -169,6 +169,8 @@ fn bad_dataset_lines_are_named() {
         ("{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}, {\"role\": \"assistant\", \"content\": \"yo\"}]}\n{not json\n", 2, "not valid JSON"),
         ("\n{\"messages\": [{\"role\": \"bot\", \"content\": \"hi\"}]}\n", 2, "role"),
         ("{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}]}\n", 1, "no assistant turn"),
+        // Valid JSON that fails in tokenization: the line still comes from the reader.
+        ("\n\n{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}, {\"role\": \"assistant\", \"content\": \"yo\", \"weight\": 0}]}\n", 3, "weight 0"),
     ];
     for (i, (text, line, what)) in cases.iter().enumerate() {
         let data = tmp.path().join(format!("bad{i}.jsonl"));

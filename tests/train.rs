@@ -107,8 +107,6 @@ fn step_losses(out: &Path) -> Vec<(usize, f64)> {
 fn resume_reproduces_the_uninterrupted_run() {
     for model in ["tiny-llama", "tiny-gemma3"] {
         let full = tempfile::tempdir().unwrap();
-        let extra = "[lora]\n";
-        let _ = extra;
         let mut t = Trainer::new(job(model, full.path())).unwrap();
         let s = t.run(&RunOptions::default(), no_stop()).unwrap();
         assert_eq!(s.steps, 8);

@@ -93,6 +93,23 @@ impl TokenizedExample {
 
 static PREFIX_MISMATCH_WARNING: Once = Once::new();
 
+/// [`tokenize_conversation`] for the conversation on 1-based `line` of the dataset `path` (as
+/// [`crate::data::dataset::read_jsonl_numbered`] gives them): an error names the file and line.
+pub fn tokenize_line(
+    conv: &Conversation,
+    path: &std::path::Path,
+    line: usize,
+    template: &ChatTemplate,
+    tokenizer: &ChatTokenizer,
+    loss_on: LossOn,
+) -> Result<TokenizedExample> {
+    tokenize_conversation(conv, template, tokenizer, loss_on).map_err(|e| Error::Dataset {
+        path: path.to_path_buf(),
+        line,
+        msg: e.to_string(),
+    })
+}
+
 /// Renders and tokenizes a conversation up to its last trained assistant turn, and marks the
 /// loss targets chosen by `loss_on`.
 pub fn tokenize_conversation(

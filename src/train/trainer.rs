@@ -22,7 +22,7 @@ use super::schedule::Schedule;
 use super::step::train_step;
 use crate::config::job::{JobConfig, TrainLength, ValidationSpec};
 use crate::data::dataset::read_jsonl_numbered;
-use crate::data::mask::tokenize_conversation;
+use crate::data::mask::tokenize_line;
 use crate::data::{Conversation, TokenizedExample};
 use crate::device::{parse_device, parse_dtype};
 use crate::eval::score_examples;
@@ -50,14 +50,7 @@ pub fn prepare_examples(
     let mut out = Vec::with_capacity(convs.len());
     let mut report = FitReport::default();
     for (line, c) in convs {
-        let ex =
-            tokenize_conversation(c, &m.template, &m.tokenizer, job.data.loss_on).map_err(|e| {
-                Error::Dataset {
-                    path: path.to_path_buf(),
-                    line: *line,
-                    msg: e.to_string(),
-                }
-            })?;
+        let ex = tokenize_line(c, path, *line, &m.template, &m.tokenizer, job.data.loss_on)?;
         match fit_to_length(&ex, job.data.max_seq_len) {
             Fit::Kept(e) => {
                 report.kept += 1;
