@@ -14,6 +14,8 @@
 #   BENCH_QUANT_DTYPE  model.dtype (compute dtype) of the 4-bit rows [f32]
 #   BENCH_ROWS         which rows ["f32 f32+ckpt bf16 bf16+ckpt q4 q4+ckpt peft"]
 #   BENCH_SEQ, BENCH_MICRO_BATCH   data.max_seq_len and train.micro_batch_size [1024, 4]
+#   BENCH_SET          extra "key=value ..." --set overrides for our runs, e.g.
+#                      "train.recompute_attention=true" (inputs-only checkpointing) []
 #   LORA_TRAIN         the binary [target/release/lora-train, built by cargo build --release]
 #   PYTHON             the Python for the PEFT row and the summaries [python3]
 # Appends one JSON line per row to bench-results/memory.jsonl, and prints a markdown table (also
@@ -29,6 +31,7 @@ QDTYPE="${BENCH_QUANT_DTYPE:-f32}"
 ROWS="${BENCH_ROWS:-f32 f32+ckpt bf16 bf16+ckpt q4 q4+ckpt peft}"
 SEQ="${BENCH_SEQ:-1024}"
 MBS="${BENCH_MICRO_BATCH:-4}"
+EXTRA_SET="${BENCH_SET:-}"
 PY="${PYTHON:-python3}"
 RES=bench-results
 RUN="$(date -u +%Y%m%dT%H%M%SZ)"
@@ -38,6 +41,7 @@ CMDLINE="BENCH_MODELS=\"$MODELS\" BENCH_STEPS=$STEPS BENCH_QUANT=$QUANT"
 [ "$QDTYPE" != f32 ] && CMDLINE+=" BENCH_QUANT_DTYPE=$QDTYPE"
 [ "$ROWS" != "f32 f32+ckpt bf16 bf16+ckpt q4 q4+ckpt peft" ] && CMDLINE+=" BENCH_ROWS=\"$ROWS\""
 [ "$SEQ" != 1024 ] && CMDLINE+=" BENCH_SEQ=$SEQ"
+[ -n "$EXTRA_SET" ] && CMDLINE+=" BENCH_SET=\"$EXTRA_SET\""
 [ "$MBS" != 4 ] && CMDLINE+=" BENCH_MICRO_BATCH=$MBS"
 [ -n "${LORA_TRAIN:-}" ] && CMDLINE+=" LORA_TRAIN=$LORA_TRAIN"
 CMDLINE+=" PYTHON=$PY scripts/bench_memory.sh"
@@ -125,6 +129,7 @@ run_ours() {  # model config row dtype quantize checkpointing
     # The new keys only where they differ from their defaults (no quantization, no checkpointing).
     [ "$quant" != none ] && args+=(--set "model.quantize=$quant")
     [ "$ckpt" = true ] && args+=(--set "train.gradient_checkpointing=true")
+    for kv in $EXTRA_SET; do args+=(--set "$kv"); done
     args+=(--no-report)
     rm -rf "$dir" "$dir.rss" "$dir.log"
     echo "$(date -u +%T) $model $row: $BIN ${args[*]}" >&2
