@@ -26,7 +26,11 @@
 #define FLASH_THREADS 128
 #define FLASH_WARPS 4
 
+#ifdef LORA_TRAIN_EMU
+#define flash_smem (::emu::S.smem)  // kernels/emu/cuda_emu.h
+#else
 extern __shared__ __align__(16) unsigned char flash_smem[];
+#endif
 
 namespace {
 
@@ -41,9 +45,13 @@ template <> struct Mma<__nv_bfloat16> {
         return *reinterpret_cast<uint32_t*>(&v);
     }
     static __device__ __forceinline__ void run(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+#ifdef LORA_TRAIN_EMU
+        ::emu::mma_m16n8k16(c, a, b0, b1, true);
+#else
         asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
             : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
             : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#endif
     }
 };
 
@@ -53,9 +61,13 @@ template <> struct Mma<__half> {
         return *reinterpret_cast<uint32_t*>(&v);
     }
     static __device__ __forceinline__ void run(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+#ifdef LORA_TRAIN_EMU
+        ::emu::mma_m16n8k16(c, a, b0, b1, false);
+#else
         asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
             : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
             : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#endif
     }
 };
 
@@ -65,11 +77,15 @@ template <typename T> __device__ __forceinline__ uint32_t lds32(const T* p) {
 
 // volatile + memory: the tile under a fixed address changes between loop iterations.
 __device__ __forceinline__ void ldsm_x4_trans(uint32_t (&r)[4], const void* p) {
+#ifdef LORA_TRAIN_EMU
+    ::emu::ldsm_x4_trans(r, p);
+#else
     const uint32_t a = static_cast<uint32_t>(__cvta_generic_to_shared(p));
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                  : "r"(a)
                  : "memory");
+#endif
 }
 
 // A fragment of rows row0..row0+15, columns col0..col0+15 of a row-major [m][k] tile.
@@ -131,7 +147,11 @@ __device__ __forceinline__ bool allowed(int pos, int j, int window) {
 // Stops the kernel when the launch gave less dynamic shared memory than the tiles need.
 __device__ __forceinline__ void check_smem(unsigned need) {
     unsigned have;
+#ifdef LORA_TRAIN_EMU
+    have = (unsigned)::emu::S.smem_size;
+#else
     asm("mov.u32 %0, %%dynamic_smem_size;" : "=r"(have));
+#endif
     if (have < need) __trap();
 }
 

@@ -223,42 +223,13 @@ mod imp {
     use candle_core::{CudaDevice, CudaStorage, DType, Device, Layout, Storage, Tensor};
 
     use super::{Dims, FlashParams};
-    use crate::kernels::cuda::{load_func, ptx, suffix, view};
+    use crate::kernels::cuda::{self, load_func, ptx, suffix, view};
+    use crate::kernels::launch::{self, Geometry};
     use crate::{Error, Result};
 
     const OP: &str = "flash attention";
-    const THREADS: u32 = 128;
     /// Dynamic shared memory a launch may use without opting in.
     const DEFAULT_SMEM: usize = 48 * 1024;
-
-    /// Forward tiles (query rows, keys) per head dim, as `FwdCfg` in the kernel.
-    fn fwd_tiles(d: usize) -> (usize, usize) {
-        if d == 256 {
-            (64, 32)
-        } else {
-            (64, 64)
-        }
-    }
-
-    /// Backward tiles (query rows, keys) per head dim, as `BwdCfg` in the kernel.
-    fn bwd_tiles(d: usize) -> (usize, usize) {
-        match d {
-            64 => (64, 64),
-            128 => (32, 64),
-            _ => (32, 32),
-        }
-    }
-
-    /// The kernels' shared memory (bytes): bf16/f16 tiles with rows padded by 8 elements.
-    fn fwd_smem(d: usize) -> usize {
-        let (br, bc) = fwd_tiles(d);
-        (br + 2 * bc) * (d + 8) * 2 + bc
-    }
-
-    fn bwd_smem(d: usize) -> usize {
-        let (br, bc) = bwd_tiles(d);
-        (2 * bc + 2 * br) * (d + 8) * 2 + bc * (br + 8) * 2 + 2 * br * 4 + bc
-    }
 
     fn cuda_device(t: &Tensor) -> Result<CudaDevice> {
         match t.device() {
@@ -293,28 +264,19 @@ mod imp {
         Tensor::from_storage(storage, shape, BackpropOp::none(), false)
     }
 
-    fn config(
-        dev: &CudaDevice,
-        name: &str,
-        grid: (usize, usize),
-        smem: usize,
-    ) -> Result<LaunchConfig> {
-        if smem > DEFAULT_SMEM {
+    fn config(dev: &CudaDevice, name: &str, g: Geometry) -> Result<LaunchConfig> {
+        if g.smem as usize > DEFAULT_SMEM {
             // The attribute belongs to the function handle, which the device caches per module,
             // so it holds for the launches through `load_func` too.
             let func = dev.get_or_load_custom_func(name, "attention", ptx::ATTENTION)?;
             dev.cuda_stream().context().bind_to_thread().w()?;
             func.set_attribute(
                 CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                smem as i32,
+                g.smem as i32,
             )
             .w()?;
         }
-        Ok(LaunchConfig {
-            grid_dim: (grid.0 as u32, grid.1 as u32, 1),
-            block_dim: (THREADS, 1, 1),
-            shared_mem_bytes: smem as u32,
-        })
+        Ok(cuda::config(g))
     }
 
     pub(super) fn forward(
@@ -371,8 +333,7 @@ mod imp {
             };
             let name = format!("flash_fwd_{d}_{}", suffix(q.dtype())?);
             let func = load_func(&dev, "attention", ptx::ATTENTION, &name)?;
-            let (br, _) = fwd_tiles(d);
-            let cfg = config(&dev, &name, (b * h, tq.div_ceil(br)), fwd_smem(d))?;
+            let cfg = config(&dev, &name, launch::flash_fwd(b, h, tq, d))?;
             let null = 0u64;
             let ints = [h, kvh, tq, tk, p.offset, window].map(|n| n as i32);
             let mut builder = func.builder();
@@ -491,11 +452,7 @@ mod imp {
                 ptx::ATTENTION,
                 &format!("flash_bwd_delta_{sfx}"),
             )?;
-            let cfg = LaunchConfig {
-                grid_dim: (rows.div_ceil(4) as u32, 1, 1),
-                block_dim: (THREADS, 1, 1),
-                shared_mem_bytes: 0,
-            };
+            let cfg = cuda::config(launch::flash_bwd_delta(rows));
             let (rows_i, cols_i) = (rows as i32, d as i32);
             let mut builder = func.builder();
             builder.arg(&ov);
@@ -508,8 +465,7 @@ mod imp {
 
             let name = format!("flash_bwd_{d}_{sfx}");
             let func = load_func(&dev, "attention", ptx::ATTENTION, &name)?;
-            let (_, bc) = bwd_tiles(d);
-            let cfg = config(&dev, &name, (b * h, tk.div_ceil(bc)), bwd_smem(d))?;
+            let cfg = config(&dev, &name, launch::flash_bwd(b, h, tk, d))?;
             let null = 0u64;
             let ints = [h, kvh, tq, tk, p.offset, window].map(|n| n as i32);
             let mut builder = func.builder();

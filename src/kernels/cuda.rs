@@ -8,6 +8,8 @@ use candle_core::cuda_backend::cudarc::driver::{
 use candle_core::cuda_backend::CudaStorageSlice;
 use candle_core::{CudaDevice, CudaStorage, DType, Layout};
 
+use super::launch::Geometry;
+
 /// The PTX of each `kernels/*.cu`, one `&str` per file (`RMS_NORM`, `ROPE`, ...).
 pub mod ptx {
     include!(concat!(env!("OUT_DIR"), "/kernels_ptx.rs"));
@@ -65,31 +67,22 @@ pub fn view<'a, T>(
 
 /// One block of `threads` per row.
 pub fn rows_config(rows: usize, threads: u32) -> LaunchConfig {
-    LaunchConfig {
-        grid_dim: (rows as u32, 1, 1),
-        block_dim: (threads, 1, 1),
-        shared_mem_bytes: 0,
-    }
+    config(super::launch::rows(rows, threads))
 }
 
 /// A grid-stride launch over `n` elements.
 pub fn elems_config(n: usize) -> LaunchConfig {
-    let threads = 256u32;
-    let blocks = n.div_ceil(threads as usize).clamp(1, 65535 * 8) as u32;
-    LaunchConfig {
-        grid_dim: (blocks, 1, 1),
-        block_dim: (threads, 1, 1),
-        shared_mem_bytes: 0,
-    }
+    config(super::launch::elems(n))
 }
 
-/// Threads per row for a row-reduction kernel over `cols` columns.
-pub fn row_threads(cols: usize) -> u32 {
-    match cols {
-        0..=256 => 64,
-        257..=1024 => 128,
-        1025..=4096 => 256,
-        _ => 512,
+pub use super::launch::row_threads;
+
+/// The launch configuration of a [`Geometry`].
+pub fn config(g: Geometry) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: g.grid,
+        block_dim: g.block,
+        shared_mem_bytes: g.smem,
     }
 }
 

@@ -15,6 +15,7 @@ pub mod cross_entropy;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 pub mod glu;
+pub mod launch;
 pub mod nf4;
 pub mod rms_norm;
 pub mod rope;

@@ -1,0 +1,823 @@
+//! The CUDA kernels themselves (`kernels/*.cu`), run on the CPU: `kernels/emu/harness.cpp`
+//! compiles them with the host C++ compiler against a CUDA emulator (`kernels/emu/cuda_emu.h`:
+//! fibers for threads, barriers, warp shuffles, `mma.sync` and `ldmatrix` from their PTX
+//! register layouts), and each test launches a kernel with the geometry a GPU launch gets
+//! (`lora_train::kernels::launch`) and the arguments in the order `src/kernels/*.rs` passes
+//! them, then compares it with the op's CPU implementation (or, for attention, with eager
+//! attention and its autograd gradients, as the GPU test in `src/kernels/attention.rs` does).
+//! No GPU and no CUDA files are needed: a C++17 compiler (`$CXX`, else `c++`).
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+use candle_core::{DType, Device, Tensor, Var};
+use lora_train::kernels::launch::{self, Geometry};
+use lora_train::kernels::{cross_entropy, glu, rms_norm, rope};
+use lora_train::model::attention::attention_eager;
+use lora_train::model::layers::{attention_mask, repeat_kv, MlpActivation};
+use lora_train::quant::nf4::{dequant_tables, Nf4Matrix};
+
+type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
+
+/// The emulator harness, compiled once per source state (cached under the target dir).
+fn harness() -> &'static Path {
+    static EXE: OnceLock<PathBuf> = OnceLock::new();
+    EXE.get_or_init(|| {
+        let kernels = Path::new(env!("CARGO_MANIFEST_DIR")).join("kernels");
+        let mut sources: Vec<PathBuf> = Vec::new();
+        for dir in [kernels.clone(), kernels.join("emu"), kernels.join("emu/include")] {
+            for e in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
+                let p = e.expect("a directory entry").path();
+                if p.is_file() && p.extension().is_some_and(|x| x == "cu" || x == "cuh" || x == "h" || x == "cpp") {
+                    sources.push(p);
+                }
+            }
+        }
+        sources.sort();
+        let cxx = std::env::var("CXX").unwrap_or_else(|_| "c++".into());
+        // Extra flags, e.g. "-fsanitize=undefined" while working on a kernel.
+        let extra = std::env::var("LORA_TRAIN_EMU_CXXFLAGS").unwrap_or_default();
+        // FNV-1a over the sources, the compiler and the flags: a changed kernel is rebuilt.
+        let mut hash: u64 = 0xcbf29ce484222325;
+        for p in &sources {
+            let bytes = std::fs::read(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+            for b in p.to_string_lossy().bytes().chain(bytes).chain(cxx.bytes()).chain(extra.bytes()) {
+                hash = (hash ^ u64::from(b)).wrapping_mul(0x100000001b3);
+            }
+        }
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("kernel-emu");
+        std::fs::create_dir_all(&dir).expect("create the kernel-emu dir");
+        let exe = dir.join(format!("harness-{hash:016x}"));
+        if exe.is_file() {
+            return exe;
+        }
+        let tmp = dir.join(format!("harness-{hash:016x}.{}.tmp", std::process::id()));
+        let out = Command::new(&cxx)
+            .args(["-std=c++17", "-O2", "-fno-strict-aliasing", "-w"])
+            .args(extra.split_whitespace())
+            .arg(format!("-I{}", kernels.join("emu/include").display()))
+            .arg(format!("-I{}", kernels.join("emu").display()))
+            .arg(kernels.join("emu/harness.cpp"))
+            .arg("-o")
+            .arg(&tmp)
+            .output()
+            .unwrap_or_else(|e| {
+                panic!("cannot run the C++ compiler `{cxx}` ({e}); the kernel emulator tests need one (set CXX)")
+            });
+        assert!(
+            out.status.success(),
+            "compiling kernels/emu/harness.cpp failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::fs::rename(&tmp, &exe).expect("move the harness into place");
+        exe
+    })
+}
+
+/// One kernel argument, in the harness's notation.
+enum A<'a> {
+    Buf(&'a str),
+    Null,
+    I32(i32),
+    I64(i64),
+    U64(u64),
+    F32(f32),
+}
+
+/// A batch of buffers and launches for one harness run.
+struct Emu {
+    dir: tempfile::TempDir,
+    cmds: String,
+    outs: Vec<String>,
+}
+
+fn raw(t: &Tensor) -> Result<Vec<u8>> {
+    let t = t.flatten_all()?;
+    Ok(match t.dtype() {
+        DType::F32 => t
+            .to_vec1::<f32>()?
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect(),
+        DType::BF16 => t
+            .to_vec1::<half::bf16>()?
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect(),
+        DType::F16 => t
+            .to_vec1::<half::f16>()?
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect(),
+        DType::U32 => t
+            .to_vec1::<u32>()?
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect(),
+        DType::U8 => t.to_vec1::<u8>()?,
+        other => return Err(format!("no raw form for {other:?}").into()),
+    })
+}
+
+impl Emu {
+    fn new() -> Result<Self> {
+        Ok(Self {
+            dir: tempfile::tempdir()?,
+            cmds: String::new(),
+            outs: Vec::new(),
+        })
+    }
+
+    fn bytes(&mut self, name: &str, data: &[u8]) -> Result<()> {
+        let path = self.dir.path().join(format!("{name}.in"));
+        std::fs::write(&path, data)?;
+        writeln!(self.cmds, "buf {name} {} {}", data.len(), path.display())?;
+        Ok(())
+    }
+
+    fn tensor(&mut self, name: &str, t: &Tensor) -> Result<()> {
+        self.bytes(name, &raw(t)?)
+    }
+
+    /// An output buffer of `elems` elements of `dtype`, zeroed, saved after the run.
+    fn out(&mut self, name: &str, elems: usize, dtype: DType) -> Result<()> {
+        writeln!(self.cmds, "buf {name} {} -", elems * dtype.size_in_bytes())?;
+        self.outs.push(name.to_string());
+        Ok(())
+    }
+
+    fn launch(&mut self, kernel: &str, g: Geometry, args: &[A]) -> Result<()> {
+        write!(
+            self.cmds,
+            "launch {kernel} {} {} {} {} {} {} {}",
+            g.grid.0, g.grid.1, g.grid.2, g.block.0, g.block.1, g.block.2, g.smem
+        )?;
+        for a in args {
+            match a {
+                A::Buf(n) => write!(self.cmds, " @{n}")?,
+                A::Null => write!(self.cmds, " null")?,
+                A::I32(v) => write!(self.cmds, " i32:{v}")?,
+                A::I64(v) => write!(self.cmds, " i64:{v}")?,
+                A::U64(v) => write!(self.cmds, " u64:{v}")?,
+                // Debug prints the shortest text that reads back to the same f32.
+                A::F32(v) => write!(self.cmds, " f32:{v:?}")?,
+            }
+        }
+        self.cmds.push('\n');
+        Ok(())
+    }
+
+    /// Runs the batch; `Err` carries the harness's message.
+    fn try_run(mut self) -> std::result::Result<Outputs, String> {
+        for name in &self.outs {
+            let path = self.dir.path().join(format!("{name}.out"));
+            writeln!(self.cmds, "save {name} {}", path.display()).expect("write to a String");
+        }
+        let cmd_path = self.dir.path().join("commands");
+        std::fs::write(&cmd_path, &self.cmds).map_err(|e| e.to_string())?;
+        let out = Command::new(harness())
+            .arg(&cmd_path)
+            .output()
+            .map_err(|e| e.to_string())?;
+        if !out.status.success() {
+            return Err(format!(
+                "{} ({})",
+                String::from_utf8_lossy(&out.stderr).trim(),
+                out.status
+            ));
+        }
+        Ok(Outputs { emu: self })
+    }
+
+    fn run(self) -> Result<Outputs> {
+        Ok(self.try_run()?)
+    }
+}
+
+struct Outputs {
+    emu: Emu,
+}
+
+impl Outputs {
+    fn get(&self, name: &str, dtype: DType, shape: &[usize]) -> Result<Tensor> {
+        let data = std::fs::read(self.emu.dir.path().join(format!("{name}.out")))?;
+        Ok(Tensor::from_raw_buffer(&data, dtype, shape, &Device::Cpu)?)
+    }
+}
+
+fn sfx(dtype: DType) -> &'static str {
+    match dtype {
+        DType::F32 => "f32",
+        DType::BF16 => "bf16",
+        _ => "f16",
+    }
+}
+
+fn host(t: &Tensor) -> Result<Vec<f32>> {
+    Ok(t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?)
+}
+
+/// max |a − b| over the entries where `keep`, relative to max |b| there.
+fn rel_err(a: &[f32], b: &[f32], keep: impl Fn(usize) -> bool) -> f32 {
+    assert_eq!(a.len(), b.len());
+    let (mut err, mut top) = (0f32, 0f32);
+    for i in (0..a.len()).filter(|&i| keep(i)) {
+        err = err.max((a[i] - b[i]).abs());
+        top = top.max(b[i].abs());
+    }
+    err / top.max(1e-6)
+}
+
+/// The kernel's result against the CPU implementation's: the same arithmetic, so they agree to
+/// a unit or two in the last place of the dtype (summation order differs).
+fn assert_same(what: &str, got: &Tensor, want: &Tensor) -> Result<()> {
+    assert_eq!(got.dims(), want.dims(), "{what}: shape");
+    let tol = match want.dtype() {
+        DType::F32 => 1e-5,
+        DType::F16 => 2e-3,
+        _ => 1e-2,
+    };
+    let e = rel_err(&host(got)?, &host(want)?, |_| true);
+    assert!(
+        e <= tol,
+        "{what}: the kernel differs from the CPU implementation by {e} (> {tol})"
+    );
+    Ok(())
+}
+
+const FLOATS: [DType; 3] = [DType::F32, DType::BF16, DType::F16];
+
+#[test]
+fn rms_norm_kernels_match_the_cpu_implementation() -> Result<()> {
+    let dev = Device::Cpu;
+    for dtype in FLOATS {
+        for (rows, cols) in [(3, 64), (2, 1000), (2, 4500)] {
+            for unit_offset in [false, true] {
+                let what = format!("rms_norm {dtype:?} {rows}x{cols} unit_offset={unit_offset}");
+                let x = (Tensor::randn(0f32, 1., (rows, cols), &dev)? * 3.)?.to_dtype(dtype)?;
+                let w = Tensor::randn(0f32, 1., cols, &dev)?.to_dtype(dtype)?;
+                let g = Tensor::randn(0f32, 1., (rows, cols), &dev)?.to_dtype(dtype)?;
+                let eps = 1e-6f32;
+                let geom = launch::rows(rows, launch::row_threads(cols));
+                let (cols_i, unit) = (cols as i32, unit_offset as i32);
+                let mut emu = Emu::new()?;
+                emu.tensor("x", &x)?;
+                emu.tensor("w", &w)?;
+                emu.tensor("g", &g)?;
+                emu.out("y", rows * cols, dtype)?;
+                emu.out("dx", rows * cols, dtype)?;
+                let s = sfx(dtype);
+                emu.launch(
+                    &format!("rms_norm_fwd_{s}"),
+                    geom,
+                    &[
+                        A::Buf("x"),
+                        A::Buf("w"),
+                        A::Buf("y"),
+                        A::I32(cols_i),
+                        A::F32(eps),
+                        A::I32(unit),
+                    ],
+                )?;
+                emu.launch(
+                    &format!("rms_norm_bwd_{s}"),
+                    geom,
+                    &[
+                        A::Buf("x"),
+                        A::Buf("w"),
+                        A::Buf("g"),
+                        A::Buf("dx"),
+                        A::I32(cols_i),
+                        A::F32(eps),
+                        A::I32(unit),
+                    ],
+                )?;
+                let out = emu.run()?;
+                let y = rms_norm::forward(&x, &w, eps as f64, unit_offset)?;
+                let dx = rms_norm::backward(&x, &w, &g, eps as f64, unit_offset)?;
+                assert_same(
+                    &format!("{what} forward"),
+                    &out.get("y", dtype, &[rows, cols])?,
+                    &y,
+                )?;
+                assert_same(
+                    &format!("{what} backward"),
+                    &out.get("dx", dtype, &[rows, cols])?,
+                    &dx,
+                )?;
+            }
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn rope_kernel_matches_the_cpu_implementation_on_a_strided_view() -> Result<()> {
+    let dev = Device::Cpu;
+    let (b, h, t, d) = (2, 3, 5, 64);
+    for dtype in FLOATS {
+        // [B, T, H, D] storage seen as [B, H, T, D], as the attention's transposed view is.
+        let base = Tensor::randn(0f32, 1., (b, t, h, d), &dev)?.to_dtype(dtype)?;
+        let x = base.transpose(1, 2)?;
+        let angles = Tensor::rand(0f32, 6.3, (t, d), &dev)?;
+        let (cos, sin) = (
+            angles.cos()?.to_dtype(dtype)?,
+            angles.sin()?.to_dtype(dtype)?,
+        );
+        let strides = x.layout().stride().to_vec();
+        let n = b * h * t * d;
+        let mut emu = Emu::new()?;
+        emu.tensor("x", &base)?;
+        emu.tensor("cos", &cos)?;
+        emu.tensor("sin", &sin)?;
+        emu.out("y", n, dtype)?;
+        emu.out("dx", n, dtype)?;
+        for (out, bwd) in [("y", 0), ("dx", 1)] {
+            let mut args = vec![
+                A::Buf("x"),
+                A::Buf("cos"),
+                A::Buf("sin"),
+                A::Buf(out),
+                A::I32(h as i32),
+                A::I32(t as i32),
+                A::I32(d as i32),
+            ];
+            args.extend(strides.iter().map(|&s| A::I64(s as i64)));
+            args.extend([A::U64(n as u64), A::I32(bwd)]);
+            emu.launch(&format!("rope_{}", sfx(dtype)), launch::elems(n), &args)?;
+        }
+        let out = emu.run()?;
+        let shape = [b, h, t, d];
+        assert_same(
+            &format!("rope {dtype:?} forward"),
+            &out.get("y", dtype, &shape)?,
+            &rope::forward(&x, &cos, &sin)?,
+        )?;
+        assert_same(
+            &format!("rope {dtype:?} backward"),
+            &out.get("dx", dtype, &shape)?,
+            &rope::backward(&x, &cos, &sin)?,
+        )?;
+    }
+    Ok(())
+}
+
+#[test]
+fn glu_kernels_match_the_cpu_implementation() -> Result<()> {
+    let dev = Device::Cpu;
+    let n = 1000;
+    for dtype in FLOATS {
+        for (act, code) in [(MlpActivation::Silu, 0), (MlpActivation::GeluTanh, 1)] {
+            let what = format!("glu {dtype:?} {act:?}");
+            let g = (Tensor::randn(0f32, 1., n, &dev)? * 3.)?.to_dtype(dtype)?;
+            let u = Tensor::randn(0f32, 1., n, &dev)?.to_dtype(dtype)?;
+            let dy = Tensor::randn(0f32, 1., n, &dev)?.to_dtype(dtype)?;
+            let mut emu = Emu::new()?;
+            emu.tensor("g", &g)?;
+            emu.tensor("u", &u)?;
+            emu.tensor("dy", &dy)?;
+            emu.out("y", n, dtype)?;
+            emu.out("both", 2 * n, dtype)?;
+            let s = sfx(dtype);
+            emu.launch(
+                &format!("glu_fwd_{s}"),
+                launch::elems(n),
+                &[
+                    A::Buf("g"),
+                    A::Buf("u"),
+                    A::Buf("y"),
+                    A::U64(n as u64),
+                    A::I32(code),
+                ],
+            )?;
+            emu.launch(
+                &format!("glu_bwd_{s}"),
+                launch::elems(n),
+                &[
+                    A::Buf("g"),
+                    A::Buf("u"),
+                    A::Buf("dy"),
+                    A::Buf("both"),
+                    A::U64(n as u64),
+                    A::I32(code),
+                ],
+            )?;
+            let out = emu.run()?;
+            assert_same(
+                &format!("{what} forward"),
+                &out.get("y", dtype, &[n])?,
+                &glu::forward(&g, &u, act)?,
+            )?;
+            let (dg, du) = glu::backward(&g, &u, &dy, act)?;
+            let both = out.get("both", dtype, &[2, n])?;
+            assert_same(&format!("{what} dg"), &both.get(0)?, &dg)?;
+            assert_same(&format!("{what} du"), &both.get(1)?, &du)?;
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn cross_entropy_kernels_match_the_cpu_implementation() -> Result<()> {
+    let dev = Device::Cpu;
+    let (n, len, start) = (4, 1500, 3000);
+    for dtype in FLOATS {
+        for cap in [None, Some(30.0)] {
+            let what = format!("cross-entropy {dtype:?} softcap {cap:?}");
+            let logits = (Tensor::randn(0f32, 1., (n, len), &dev)? * 8.)?.to_dtype(dtype)?;
+            // Rows 0 and 2 have their target in this block, rows 1 and 3 before and after it.
+            let targets = Tensor::new(&[3007u32, 12, 4499, 9000], &dev)?;
+            // Statistics of an earlier block, to fold into.
+            let earlier = (Tensor::randn(0f32, 1., (n, 500), &dev)? * 8.)?.to_dtype(dtype)?;
+            let stats0 = cross_entropy::block_stats(
+                &cross_entropy::initial_stats(n, &dev)?,
+                &earlier,
+                &targets,
+                0,
+                cap,
+            )?;
+            let lse_grad = Tensor::new(
+                &[[9.5f32, 0.25], [10.0, -1.0], [8.75, 0.5], [11.0, 2.0]],
+                &dev,
+            )?;
+            let cap_f = cap.unwrap_or(0.0) as f32;
+            let mut emu = Emu::new()?;
+            emu.tensor("stats", &stats0)?;
+            emu.tensor("logits", &logits)?;
+            emu.tensor("targets", &targets)?;
+            emu.tensor("lg", &lse_grad)?;
+            emu.out("stats_out", n * 3, DType::F32)?;
+            emu.out("dl", n * len, dtype)?;
+            let s = sfx(dtype);
+            let (n_i, len_i, start_i) = (n as i32, len as i32, start as i32);
+            emu.launch(
+                &format!("ce_block_fwd_{s}"),
+                launch::rows(n, launch::row_threads(len)),
+                &[
+                    A::Buf("stats"),
+                    A::Buf("logits"),
+                    A::Buf("targets"),
+                    A::Buf("stats_out"),
+                    A::I32(len_i),
+                    A::I32(start_i),
+                    A::F32(cap_f),
+                ],
+            )?;
+            emu.launch(
+                &format!("ce_block_bwd_{s}"),
+                launch::elems(n * len),
+                &[
+                    A::Buf("logits"),
+                    A::Buf("targets"),
+                    A::Buf("lg"),
+                    A::Buf("dl"),
+                    A::I32(n_i),
+                    A::I32(len_i),
+                    A::I32(start_i),
+                    A::F32(cap_f),
+                ],
+            )?;
+            let out = emu.run()?;
+            let stats = cross_entropy::block_stats(&stats0, &logits, &targets, start, cap)?;
+            let dl = cross_entropy::block_grad(&logits, &targets, &lse_grad, start, cap)?;
+            // The statistics are f32 in both; the block's exp-sum order differs.
+            let got = host(&out.get("stats_out", DType::F32, &[n, 3])?)?;
+            let e = rel_err(&got, &host(&stats)?, |_| true);
+            assert!(e < 1e-5, "{what}: statistics differ by {e}");
+            assert_same(
+                &format!("{what} gradient"),
+                &out.get("dl", dtype, &[n, len])?,
+                &dl,
+            )?;
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn nf4_dequantize_kernel_matches_the_cpu_implementation() -> Result<()> {
+    let dev = Device::Cpu;
+    let (rows, cols) = (40, 512);
+    let data: Vec<f32> = Tensor::randn(0f32, 0.02, rows * cols, &dev)?.to_vec1()?;
+    let m = Nf4Matrix::quantize(&data, rows, cols)?;
+    let on_cpu = lora_train::kernels::nf4::Nf4Device::new(&m, &dev)?;
+    for dtype in FLOATS {
+        // Rows 7..33: a block range that starts and ends inside a 256-block absmax group.
+        let (r0, n) = (7, 26);
+        let (first, n_bytes) = (r0 * cols / 64, n * cols / 2);
+        let mut emu = Emu::new()?;
+        emu.bytes("codes", m.packed_codes())?;
+        emu.bytes("absmax", m.absmax_codes())?;
+        emu.bytes(
+            "scales",
+            &m.absmax_scales()
+                .iter()
+                .flat_map(|v| v.to_le_bytes())
+                .collect::<Vec<u8>>(),
+        )?;
+        emu.bytes(
+            "lut",
+            &dequant_tables()
+                .iter()
+                .flat_map(|v| v.to_le_bytes())
+                .collect::<Vec<u8>>(),
+        )?;
+        emu.out("w", n * cols, dtype)?;
+        emu.launch(
+            &format!("nf4_dequant_{}", sfx(dtype)),
+            launch::elems(n_bytes),
+            &[
+                A::Buf("codes"),
+                A::Buf("absmax"),
+                A::Buf("scales"),
+                A::Buf("lut"),
+                A::F32(m.absmax_offset()),
+                A::U64(first as u64),
+                A::U64(n_bytes as u64),
+                A::Buf("w"),
+            ],
+        )?;
+        let got = emu.run()?.get("w", dtype, &[n, cols])?;
+        let want = on_cpu.dequantize_rows(r0, n, dtype)?;
+        // Same products in f32, rounded once: bit for bit.
+        assert_eq!(
+            raw(&got)?,
+            raw(&want)?,
+            "nf4 {dtype:?}: the kernel's rows differ"
+        );
+    }
+    Ok(())
+}
+
+struct Case {
+    d: usize,
+    tq: usize,
+    offset: usize,
+    window: Option<usize>,
+    /// Left padding keys of batch row 1.
+    pad: usize,
+    dtype: DType,
+}
+
+/// The flash-attention kernels (delta, forward and backward, launched as
+/// `src/kernels/attention.rs` launches them) against eager attention in f32 and its autograd
+/// gradients, on the same bf16/f16-rounded inputs, with the GPU test's tolerance.
+fn check_flash(c: &Case) -> Result<()> {
+    let dev = Device::Cpu;
+    let (b, h, kvh, d) = (2, 4, 2, c.d);
+    let tk = c.offset + c.tq;
+    let scale = 1.0 / (d as f32).sqrt();
+    let pad: Vec<Vec<bool>> = (0..b)
+        .map(|bi| (0..tk).map(|j| bi == 0 || j >= c.pad).collect())
+        .collect();
+    let valid: Vec<u8> = pad.iter().flatten().map(|&x| x as u8).collect();
+    let key_valid = Tensor::from_vec(valid, (b, tk), &dev)?;
+    let has_key: Vec<bool> = (0..b * h * c.tq)
+        .map(|r| {
+            let (bi, i) = (r / (h * c.tq), r % c.tq);
+            let pos = c.offset + i;
+            (0..=pos).any(|j| pad[bi][j] && c.window.is_none_or(|w| pos - j < w))
+        })
+        .collect();
+    let row_mask: Vec<f32> = has_key.iter().map(|&x| x as u8 as f32).collect();
+    let row_mask = Tensor::from_vec(row_mask, (b, h, c.tq, 1), &dev)?;
+    let rnd = |shape: (usize, usize, usize, usize)| -> Result<Tensor> {
+        Ok(Tensor::randn(0f32, 1., shape, &dev)?.to_dtype(c.dtype)?)
+    };
+    let (q, k, v) = (
+        rnd((b, h, c.tq, d))?,
+        rnd((b, kvh, tk, d))?,
+        rnd((b, kvh, tk, d))?,
+    );
+    let grad_o = rnd((b, h, c.tq, d))?.broadcast_mul(&row_mask.to_dtype(c.dtype)?)?;
+
+    // Reference: eager attention in f32 on the same rounded values.
+    let (qf, kf, vf) = (
+        Var::from_tensor(&q.to_dtype(DType::F32)?)?,
+        Var::from_tensor(&k.to_dtype(DType::F32)?)?,
+        Var::from_tensor(&v.to_dtype(DType::F32)?)?,
+    );
+    let mask = attention_mask(b, c.tq, c.offset, Some(&pad), c.window, DType::F32, &dev)?;
+    let (kr, vr) = (
+        repeat_kv(kf.as_tensor(), h / kvh)?,
+        repeat_kv(vf.as_tensor(), h / kvh)?,
+    );
+    let o_ref = attention_eager(qf.as_tensor(), &kr, &vr, scale as f64, None, &mask)?;
+    let grads = (&o_ref * grad_o.to_dtype(DType::F32)?)?
+        .sum_all()?
+        .backward()?;
+    let grad =
+        |x: &Var| -> Result<Vec<f32>> { host(grads.get(x.as_tensor()).ok_or("no gradient")?) };
+    let scores = (qf.as_tensor().matmul(&kr.t()?)? * scale as f64)?.broadcast_add(&mask)?;
+    let lse_ref = host(&scores.exp()?.sum(3)?.log()?)?;
+
+    // The kernels: forward, then delta and backward on the forward's own o and lse.
+    let s = sfx(c.dtype);
+    let rows = b * h * c.tq;
+    let window = match c.window {
+        Some(w) if w < tk => w as i32,
+        _ => 0,
+    };
+    let mut emu = Emu::new()?;
+    for (name, t) in [
+        ("q", &q),
+        ("k", &k),
+        ("v", &v),
+        ("g", &grad_o),
+        ("valid", &key_valid),
+    ] {
+        emu.tensor(name, t)?;
+    }
+    emu.out("o", rows * d, c.dtype)?;
+    emu.out("lse", rows, DType::F32)?;
+    emu.out("delta", rows, DType::F32)?;
+    emu.out("dq", rows * d, DType::F32)?;
+    emu.out("dk", b * kvh * tk * d, DType::F32)?;
+    emu.out("dv", b * kvh * tk * d, DType::F32)?;
+    let mut fwd_args = vec![
+        A::Buf("q"),
+        A::Buf("k"),
+        A::Buf("v"),
+        A::Buf("valid"),
+        A::Buf("o"),
+        A::Buf("lse"),
+    ];
+    let tail = |args: &mut Vec<A>| {
+        args.extend([h, kvh, c.tq, tk, c.offset].map(|n| A::I32(n as i32)));
+        args.extend([A::I32(window), A::F32(scale)]);
+    };
+    tail(&mut fwd_args);
+    emu.launch(
+        &format!("flash_fwd_{d}_{s}"),
+        launch::flash_fwd(b, h, c.tq, d),
+        &fwd_args,
+    )?;
+    emu.launch(
+        &format!("flash_bwd_delta_{s}"),
+        launch::flash_bwd_delta(rows),
+        &[
+            A::Buf("o"),
+            A::Buf("g"),
+            A::Buf("delta"),
+            A::I32(rows as i32),
+            A::I32(d as i32),
+        ],
+    )?;
+    let mut bwd_args = vec![
+        A::Buf("q"),
+        A::Buf("k"),
+        A::Buf("v"),
+        A::Buf("g"),
+        A::Buf("lse"),
+        A::Buf("delta"),
+        A::Buf("valid"),
+        A::Buf("dq"),
+        A::Buf("dk"),
+        A::Buf("dv"),
+    ];
+    tail(&mut bwd_args);
+    emu.launch(
+        &format!("flash_bwd_{d}_{s}"),
+        launch::flash_bwd(b, h, tk, d),
+        &bwd_args,
+    )?;
+    let out = emu.run()?;
+
+    let what = format!(
+        "d={d} tq={} offset={} window={:?} {:?}",
+        c.tq, c.offset, c.window, c.dtype
+    );
+    let tol = 2e-2;
+    let o = host(&out.get("o", c.dtype, &[b, h, c.tq, d])?)?;
+    let e = rel_err(&o, &host(&o_ref)?, |i| has_key[i / d]);
+    assert!(e < tol, "{what}: output differs by {e}");
+    let lse = host(&out.get("lse", DType::F32, &[b, h, c.tq])?)?;
+    for (r, &has) in has_key.iter().enumerate() {
+        if has {
+            assert!(
+                (lse[r] - lse_ref[r]).abs() < 1e-2,
+                "{what}: lse row {r}: {} vs {}",
+                lse[r],
+                lse_ref[r]
+            );
+        } else {
+            assert!(
+                lse[r] == f32::INFINITY,
+                "{what}: row {r} has no key but lse {}",
+                lse[r]
+            );
+            assert!(
+                o[r * d..(r + 1) * d].iter().all(|&x| x == 0.0),
+                "{what}: row {r} output not zero"
+            );
+        }
+    }
+    for (name, shape, want) in [
+        ("dq", [b, h, c.tq, d], grad(&qf)?),
+        ("dk", [b, kvh, tk, d], grad(&kf)?),
+        ("dv", [b, kvh, tk, d], grad(&vf)?),
+    ] {
+        let got = host(&out.get(name, DType::F32, &shape)?)?;
+        let e = rel_err(&got, &want, |_| true);
+        assert!(e < tol, "{what}: {name} differs by {e}");
+    }
+    Ok(())
+}
+
+#[test]
+fn flash_attention_kernels_match_eager_attention_and_its_gradients() -> Result<()> {
+    for d in [64, 128, 256] {
+        for (tq, offset, window, pad) in [
+            (96, 0, None, 5),
+            (5, 91, Some(16), 3),
+            (70, 30, Some(40), 37),
+        ] {
+            check_flash(&Case {
+                d,
+                tq,
+                offset,
+                window,
+                pad,
+                dtype: DType::BF16,
+            })?;
+        }
+    }
+    check_flash(&Case {
+        d: 128,
+        tq: 96,
+        offset: 0,
+        window: None,
+        pad: 5,
+        dtype: DType::F16,
+    })
+}
+
+/// The emulator's own checks fire: a launch with less shared memory than the kernel needs
+/// traps (`check_smem`), and an argument of the wrong type is refused.
+#[test]
+fn the_emulator_reports_kernel_faults() -> Result<()> {
+    let (b, h, tq, d) = (1, 1, 16, 64);
+    let q = Tensor::zeros((b, h, tq, d), DType::BF16, &Device::Cpu)?;
+    let build = |smem_cut: u32, scale: A<'static>| -> Result<Emu> {
+        let mut emu = Emu::new()?;
+        for name in ["q", "k", "v"] {
+            emu.tensor(name, &q)?;
+        }
+        emu.out("o", b * h * tq * d, DType::BF16)?;
+        emu.out("lse", b * h * tq, DType::F32)?;
+        let mut g = launch::flash_fwd(b, h, tq, d);
+        g.smem -= smem_cut;
+        let mut args = vec![
+            A::Buf("q"),
+            A::Buf("k"),
+            A::Buf("v"),
+            A::Null,
+            A::Buf("o"),
+            A::Buf("lse"),
+        ];
+        args.extend([1, 1, tq as i32, tq as i32, 0, 0].map(A::I32));
+        args.push(scale);
+        emu.launch(&format!("flash_fwd_{d}_bf16"), g, &args)?;
+        Ok(emu)
+    };
+    build(0, A::F32(0.125))?.run()?;
+    let err = build(16, A::F32(0.125))?
+        .try_run()
+        .err()
+        .ok_or("a launch short of shared memory ran")?;
+    assert!(err.contains("__trap()"), "{err}");
+    let err = build(0, A::I32(1))?
+        .try_run()
+        .err()
+        .ok_or("a wrongly typed argument was taken")?;
+    assert!(
+        err.contains("argument 12") && err.contains("takes f32"),
+        "{err}"
+    );
+
+    // Two rows of 64 read from a buffer of one row: the read past its end faults.
+    let mut emu = Emu::new()?;
+    emu.bytes("x", &[0u8; 64 * 4])?;
+    emu.bytes("w", &[0u8; 64 * 4])?;
+    emu.out("y", 2 * 64, DType::F32)?;
+    emu.launch(
+        "rms_norm_fwd_f32",
+        launch::rows(2, launch::row_threads(64)),
+        &[
+            A::Buf("x"),
+            A::Buf("w"),
+            A::Buf("y"),
+            A::I32(64),
+            A::F32(1e-6),
+            A::I32(0),
+        ],
+    )?;
+    let err = emu
+        .try_run()
+        .err()
+        .ok_or("a read past a buffer went unnoticed")?;
+    assert!(err.contains("segmentation fault"), "{err}");
+    Ok(())
+}
