@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # GPU checks of issue 5, run on a GPU host from the repository root (through the device tool):
-#   1. the kernel tests: every fused op against its unfused path, on the GPU (tests/kernels.rs);
+#   1. the kernel tests: every fused op against its unfused path, and flash attention against
+#      eager attention with its gradients, on the GPU (tests/kernels.rs);
 #   2. the parity tests on the GPU: tiny Llama / Gemma 3 logits against transformers' fixtures,
 #      f32 and bf16 (tests/model_parity.rs, `*_on_the_test_device`);
 #   3. a short training run of the tiny models: CPU f32 vs CUDA f32 vs CUDA bf16, kernels on and
@@ -47,7 +48,7 @@ date -u
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 || true
 git rev-parse --short HEAD 2>/dev/null || true
 
-note "1. kernel tests on cuda:0 (fused vs unfused, f32 and bf16)"
+note "1. kernel tests on cuda:0 (fused vs unfused, f32 and bf16; flash attention vs eager)"
 LORA_TRAIN_TEST_DEVICE=cuda:0 "$KTEST" --test-threads=1 || fail=1
 
 note "2. parity tests on cuda:0 (logits against transformers, f32 and bf16)"

@@ -1,7 +1,12 @@
 //! Each fused kernel op (issue 5) against the unfused tensor-op path it replaces: forward values
 //! and input gradients, f32 and bf16. On the CPU this checks the fused ops' CPU implementations
 //! (the same arithmetic as `kernels/*.cu`); `LORA_TRAIN_TEST_DEVICE=cuda:0` on a `--features cuda`
-//! build runs the same comparisons with the CUDA kernels (scripts/gpu-check.sh does).
+//! build runs the same comparisons with the CUDA kernels (scripts/gpu-check.sh does). Flash
+//! attention has no CPU implementation: its device test runs on CUDA only, and
+//! `tests/kernel_emu.rs` runs the same check on the CPU with the kernel under an emulator.
+
+#[path = "common/flash.rs"]
+mod flash;
 
 use candle_core::{DType, Device, Tensor, Var};
 use lora_train::eval::loss::{head_nll_fused, head_nll_unfused};
@@ -227,5 +232,78 @@ fn a_fused_op_rejects_what_it_cannot_run() -> Result<()> {
         err.contains("unsupported dtype") || err.contains("f32, bf16 or f16"),
         "{err}"
     );
+    Ok(())
+}
+
+#[test]
+fn flash_attention_matches_eager_values_and_gradients() -> flash::Result<()> {
+    let dev = device()?;
+    if !dev.is_cuda() {
+        eprintln!(
+            "flash attention runs on CUDA only (LORA_TRAIN_TEST_DEVICE=cuda:0); tests/kernel_emu.rs checks the kernel on the CPU"
+        );
+        return Ok(());
+    }
+    for c in flash::cases() {
+        flash::check(&dev, &c, |x| {
+            let p = kernels::attention::FlashParams {
+                scale: x.scale,
+                offset: c.offset,
+                window: c.window,
+            };
+            let (o, lse) = kernels::attention::flash_fwd(&x.q, &x.k, &x.v, Some(&x.key_valid), &p)?;
+            let (dq, dk, dv) = kernels::attention::flash_bwd(
+                &x.q,
+                &x.k,
+                &x.v,
+                &o,
+                &lse,
+                &x.grad_o,
+                Some(&x.key_valid),
+                &p,
+            )?;
+            Ok(flash::Outputs { o, lse, dq, dk, dv })
+        })?;
+    }
+    Ok(())
+}
+
+/// Shapes the kernel cannot take are refused with the reason, on any device (the checks come
+/// before the launch); `supported` says yes only on CUDA, for bf16/f16 and grouped heads.
+#[test]
+fn flash_attention_refuses_what_it_cannot_run() -> Result<()> {
+    let dev = device()?;
+    let q = Tensor::zeros((1, 4, 8, 64), DType::BF16, &dev)?;
+    let k3 = Tensor::zeros((1, 3, 8, 64), DType::BF16, &dev)?;
+    let p = kernels::attention::FlashParams {
+        scale: 1.0,
+        offset: 1,
+        window: None,
+    };
+    let err = kernels::attention::flash_fwd(&q, &q, &q, None, &p)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("8 keys for 8 queries at offset 1"), "{err}");
+    let p = kernels::attention::FlashParams { offset: 0, ..p };
+    let err = kernels::attention::flash_fwd(&q, &k3, &k3, None, &p)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("4 query heads do not group over 3 kv heads"),
+        "{err}"
+    );
+    let q48 = Tensor::zeros((1, 4, 8, 48), DType::BF16, &dev)?;
+    let err = kernels::attention::flash_fwd(&q48, &q48, &q48, None, &p)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("head dim 48"), "{err}");
+    let f = q.to_dtype(DType::F32)?;
+    let err = kernels::attention::flash_fwd(&f, &f, &f, None, &p)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("bf16 or f16"), "{err}");
+    assert!(!kernels::attention::supported(&q, &k3));
+    assert!(!kernels::attention::supported(&f, &f));
+    assert_eq!(kernels::attention::supported(&q, &q), dev.is_cuda());
     Ok(())
 }

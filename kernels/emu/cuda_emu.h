@@ -286,11 +286,9 @@ inline void thread_exit() {
         ++S.block_gen;
     }
     Warp& w = warp();
+    // A full-mask collective needs every lane: leaving while others wait in one is a bug.
+    if (w.arrived > 0) fail("a lane returned while %d lanes of its warp wait in a collective", w.arrived);
     --w.live;
-    if (w.arrived > 0 && w.arrived == w.live) {
-        w.arrived = 0;
-        ++w.gen;
-    }
 }
 
 inline void entry() {
