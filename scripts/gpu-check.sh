@@ -4,8 +4,10 @@
 #      eager attention with its gradients, on the GPU (tests/kernels.rs);
 #   2. the parity tests on the GPU: tiny Llama / Gemma 3 logits against transformers' fixtures,
 #      f32 and bf16 (tests/model_parity.rs, `*_on_the_test_device`);
-#   3. a short training run of the tiny models: CPU f32 vs CUDA f32 vs CUDA bf16, kernels on and
-#      off, and 4-bit; the step losses side by side.
+#   3. short training runs of the tiny models (CPU f32 vs CUDA f32 vs CUDA bf16, kernels on and
+#      off, and 4-bit) and of a small random Llama with head_dim 64, whose bf16 runs go through the
+#      flash-attention kernel (scripts/make_random_llama.py --shape small; needs torch, as the host
+#      has); the step losses side by side, each CUDA run bounded against its CPU f32 run.
 # Everything goes to $OUT/gpu-check.txt (or bench-results/gpu-check.txt without $OUT).
 #
 # Needs the binaries from scripts/build-cuda.sh --tests, carried to the host:
@@ -54,12 +56,12 @@ LORA_TRAIN_TEST_DEVICE=cuda:0 "$KTEST" --test-threads=1 || fail=1
 note "2. parity tests on cuda:0 (logits against transformers, f32 and bf16)"
 LORA_TRAIN_TEST_DEVICE=cuda:0 "$PTEST" --test-threads=1 on_the_test_device || fail=1
 
-note "3. short training runs of the tiny models"
+note "3. short training runs: tiny models (head_dim 16, unfused attention) and a small Llama (head_dim 64, flash attention)"
 RUNS="$(mktemp -d)"
-job() {  # model -> job file
+job() {  # name source -> job file
     cat >"$RUNS/$1.toml" <<EOF
 [model]
-source = "$PWD/tests/fixtures/$1"
+source = "$2"
 device = "cpu"
 [lora]
 r = 8
@@ -82,30 +84,50 @@ dir = "$RUNS/$1"
 EOF
     echo "$RUNS/$1.toml"
 }
-for model in tiny-llama tiny-gemma3; do
-    cfg="$(job "$model")"
-    for row in "cpu f32 none on" "cuda:0 f32 none on" "cuda:0 f32 none off" "cuda:0 bf16 none on" \
-               "cuda:0 bf16 none off" "cuda:0 bf16 nf4 on" "cuda:0 bf16 nf4+ckpt on"; do
-        set -- $row
-        dev=$1 dtype=$2 quant=$3 kern=$4
-        name="$model-${dev/:/}-$dtype-$quant-kernels-$kern"
+# Rows "device dtype variant kernels bound": the bound is the largest relative loss difference from
+# the model's CPU f32 run allowed over the 12 steps.
+TINY_ROWS=("cpu f32 none on 0" "cuda:0 f32 none on 2e-3" "cuda:0 f32 none off 2e-3"
+           "cuda:0 bf16 none on 5e-2" "cuda:0 bf16 none off 5e-2" "cuda:0 bf16 nf4 on 1.5e-1"
+           "cuda:0 bf16 nf4+ckpt on 1.5e-1")
+# The small model: bf16 on CUDA runs the flash-attention kernel inside the model, plain and under
+# checkpointing (whose replay reuses the stashed attention output and log-sum-exp).
+SMALL_ROWS=("cpu f32 none on 0" "cuda:0 bf16 none on 5e-2" "cuda:0 bf16 none off 5e-2"
+            "cuda:0 bf16 ckpt on 5e-2" "cuda:0 bf16 nf4+ckpt on 1.5e-1")
+SMALL="$RUNS/small-llama"
+if ! python3 scripts/make_random_llama.py --shape small --out "$SMALL" >"$RUNS/make-small.log" 2>&1; then
+    fail=1
+    echo "make_random_llama.py --shape small failed: $(tail -n 3 "$RUNS/make-small.log" | tr '\n' ' ')"
+fi
+: >"$RUNS/expected.txt"
+train_rows() {  # model source row...
+    local model="$1" src="$2" cfg row dev dtype variant kern bound name
+    shift 2
+    cfg="$(job "$model" "$src")"
+    for row in "$@"; do
+        read -r dev dtype variant kern bound <<<"$row"
+        name="$model-${dev/:/}-$dtype-$variant-kernels-$kern"
+        [ "$dev" = cpu ] || echo "$model $name $bound" >>"$RUNS/expected.txt"
         args=(--config "$cfg" --set "model.device=$dev" --set "model.dtype=$dtype" --set "output.dir=$RUNS/$name" --no-report)
-        case "$quant" in
+        case "$variant" in
             nf4) args+=(--set model.quantize=nf4) ;;
+            ckpt) args+=(--set train.gradient_checkpointing=true) ;;
             nf4+ckpt) args+=(--set model.quantize=nf4 --set train.gradient_checkpointing=true) ;;
         esac
         if LORA_TRAIN_KERNELS="$kern" "$BIN" "${args[@]}" >"$RUNS/$name.log" 2>&1; then
             losses="$(python3 -c 'import json,sys; print(" ".join("%.4f" % json.loads(l)["loss"] for l in open(sys.argv[1]) if "tokens_per_second" in l))' "$RUNS/$name/metrics.jsonl" 2>&1)"
-            printf '%-48s %s\n' "$name" "$losses"
+            printf '%-52s %s\n' "$name" "$losses"
         else
             fail=1
-            printf '%-48s FAILED: %s\n' "$name" "$(tail -n 3 "$RUNS/$name.log" | tr '\n' ' ')"
+            printf '%-52s FAILED: %s\n' "$name" "$(tail -n 3 "$RUNS/$name.log" | tr '\n' ' ')"
         fi
     done
-done
+}
+train_rows tiny-llama "$PWD/tests/fixtures/tiny-llama" "${TINY_ROWS[@]}"
+train_rows tiny-gemma3 "$PWD/tests/fixtures/tiny-gemma3" "${TINY_ROWS[@]}"
+train_rows small-llama "$SMALL" "${SMALL_ROWS[@]}"
 python3 - "$RUNS" <<'PYEOF' || fail=1
-# CUDA f32 must follow the CPU f32 run closely; bf16 and 4-bit runs within looser bounds.
-import glob, json, os, sys
+# Every CUDA run must follow its model's CPU f32 run within its bound.
+import json, os, sys
 runs = sys.argv[1]
 def losses(name):
     p = os.path.join(runs, name, "metrics.jsonl")
@@ -113,20 +135,17 @@ def losses(name):
         return None
     return [json.loads(l)["loss"] for l in open(p) if "tokens_per_second" in l]
 bad = 0
-for model in ["tiny-llama", "tiny-gemma3"]:
+for line in open(os.path.join(runs, "expected.txt")):
+    model, name, bound = line.split()
+    tol = float(bound)
     ref = losses(f"{model}-cpu-f32-none-kernels-on")
-    if not ref:
-        print(f"{model}: no CPU reference run"); bad = 1; continue
-    for name, tol in [("cuda0-f32-none-kernels-on", 2e-3), ("cuda0-f32-none-kernels-off", 2e-3),
-                      ("cuda0-bf16-none-kernels-on", 5e-2), ("cuda0-bf16-none-kernels-off", 5e-2),
-                      ("cuda0-bf16-nf4-kernels-on", 1.5e-1), ("cuda0-bf16-nf4+ckpt-kernels-on", 1.5e-1)]:
-        got = losses(f"{model}-{name}")
-        if not got:
-            print(f"{model} {name}: no run"); bad = 1; continue
-        worst = max(abs(a - b) / max(abs(b), 1e-6) for a, b in zip(got, ref))
-        ok = worst <= tol and len(got) == len(ref)
-        bad |= not ok
-        print(f"{model} {name}: worst relative loss difference vs CPU f32 {worst:.2e} (bound {tol:g}) {'ok' if ok else 'FAIL'}")
+    got = losses(name)
+    if not ref or not got:
+        print(f"{name}: {'no CPU reference run' if not ref else 'no run'}"); bad = 1; continue
+    worst = max(abs(a - b) / max(abs(b), 1e-6) for a, b in zip(got, ref))
+    ok = worst <= tol and len(got) == len(ref)
+    bad |= not ok
+    print(f"{name}: worst relative loss difference vs CPU f32 {worst:.2e} (bound {tol:g}) {'ok' if ok else 'FAIL'}")
 sys.exit(bad)
 PYEOF
 

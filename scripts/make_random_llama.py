@@ -1,6 +1,6 @@
 """Random-weight Llama models in Hugging Face layout for the GPU benchmark (scripts/bench-gpu.sh).
 
-`make_random_llama.py --shape 1b|8b|tiny --out DIR` writes DIR/config.json, the weights as bf16
+`make_random_llama.py --shape 1b|8b|tiny|small --out DIR` writes DIR/config.json, the weights as bf16
 safetensors (one `model.safetensors`, or shards of at most 5 GB named and indexed as
 transformers' `save_pretrained` names them), and the tokenizer of tests/fixtures/tiny-llama
 (tokenizer.json, tokenizer_config.json with its ChatML template): no hub access is needed.
@@ -9,7 +9,9 @@ Shapes are those of the real configs: `1b` is Llama-3.2-1B (hidden 2048, interme
 layers, 32 heads, 8 kv heads, head_dim 64, tied embeddings, llama3 rope scaling factor 32) and `8b`
 is Llama-3.1-8B (hidden 4096, intermediate 14336, 32 layers, 32 heads, 8 kv heads, head_dim 128,
 untied head, factor 8); both have vocab 128256, rope theta 500000 and rms eps 1e-5. `tiny`
-(hidden 64, 2 layers, vocab 512) is for testing the scripts on CPU. The tokenizer only uses the
+(hidden 64, 2 layers, vocab 512) is for testing the scripts on CPU; `small` (hidden 256, 2 layers,
+head_dim 64, vocab 512) is the smallest model whose attention the flash kernel takes, for the short
+training runs of scripts/gpu-check.sh. The tokenizer only uses the
 first ids of the vocabulary; a config vocab larger than the tokenizer's is what transformers and
 lora-train allow, and the embedding and head keep their full benchmark size.
 
@@ -44,6 +46,9 @@ SHAPES = {
     "tiny": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
              "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16,
              "tie_word_embeddings": False, "vocab_size": 512, "rope_factor": 8.0},
+    "small": {"hidden_size": 256, "intermediate_size": 512, "num_hidden_layers": 2,
+              "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 64,
+              "tie_word_embeddings": False, "vocab_size": 512, "rope_factor": 8.0},
 }
 
 
