@@ -164,28 +164,25 @@ inline Warp& warp() { return S.warps[S.cur->linear / WARP]; }
 
 inline void yield() { swapcontext(&S.cur->ctx, &S.sched); }
 
-inline void block_barrier() {
-    const uint64_t gen = S.block_gen;
+// Arrives at a barrier of `live` threads and waits until the last one arrives (or, for a block
+// barrier, until the others return: thread_exit releases it then).
+inline void wait_all(int& arrived, int live, uint64_t& gen) {
+    const uint64_t g = gen;
     ++S.progress;
-    if (++S.block_arrived == S.block_live) {
-        S.block_arrived = 0;
-        ++S.block_gen;
+    if (++arrived == live) {
+        arrived = 0;
+        ++gen;
         return;
     }
-    while (S.block_gen == gen) yield();
+    while (gen == g) yield();
 }
+
+inline void block_barrier() { wait_all(S.block_arrived, S.block_live, S.block_gen); }
 
 inline void warp_barrier() {
     Warp& w = warp();
     if (w.live != WARP) fail("a warp collective with %d of %d lanes live", w.live, WARP);
-    const uint64_t gen = w.gen;
-    ++S.progress;
-    if (++w.arrived == w.live) {
-        w.arrived = 0;
-        ++w.gen;
-        return;
-    }
-    while (w.gen == gen) yield();
+    wait_all(w.arrived, w.live, w.gen);
 }
 
 // Phase one of a collective: leave this lane's operands, wait for the whole warp, and check that
