@@ -4,7 +4,8 @@
 //! register layouts), and each test launches a kernel with the geometry a GPU launch gets
 //! (`lora_train::kernels::launch`) and the arguments in the order `src/kernels/*.rs` passes
 //! them, then compares it with the op's CPU implementation (or, for attention, with eager
-//! attention and its autograd gradients, as the GPU test in `src/kernels/attention.rs` does).
+//! attention and its autograd gradients through `common/flash.rs`, the check the CUDA device test
+//! in `tests/kernels.rs` runs).
 //! No GPU and no CUDA files are needed: a C++17 compiler (`$CXX`, else `c++`).
 
 use std::fmt::Write as _;
