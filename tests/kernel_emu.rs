@@ -545,10 +545,7 @@ fn flash_on_the_emulator(c: &flash::Case, x: &flash::Inputs) -> Result<flash::Ou
     let (b, h, kvh, tk, d, tq) = (x.b, x.h, x.kvh, x.tk, c.d, c.tq);
     let s = sfx(c.dtype);
     let rows = b * h * tq;
-    let window = match c.window {
-        Some(w) if w < tk => w as i32,
-        _ => 0,
-    };
+    let window = lora_train::kernels::attention::kernel_window(c.window, tk) as i32;
     let mut emu = Emu::new()?;
     for (name, t) in [
         ("q", &x.q),

@@ -105,6 +105,15 @@ pub fn flash_bwd(
     }
 }
 
+/// The kernels' `window` argument for `tk` keys: the window, or 0 where none is set or it can
+/// mask nothing (`pos_q - pos_k <= tk - 1` always).
+pub fn kernel_window(window: Option<usize>, tk: usize) -> usize {
+    match window {
+        Some(w) if w < tk => w,
+        _ => 0,
+    }
+}
+
 /// Checked sizes of one call; `window` is 0 when no window can mask anything.
 #[derive(Debug, Clone, Copy)]
 #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
@@ -181,12 +190,10 @@ impl Dims {
                 )));
             }
         }
-        let window = match p.window {
-            Some(0) => return Err(err("a sliding window must be positive".into())),
-            // pos_q - pos_k <= tk - 1 always: such a window never masks.
-            Some(w) if w < tk => w,
-            _ => 0,
-        };
+        if p.window == Some(0) {
+            return Err(err("a sliding window must be positive".into()));
+        }
+        let window = kernel_window(p.window, tk);
         let fits = |n: usize| i32::try_from(n).is_ok();
         // Grid rows: query tiles of 64 and key tiles of 32 stay under CUDA's 65535.
         if !fits(b * h * tq)

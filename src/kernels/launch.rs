@@ -44,7 +44,7 @@ pub fn row_threads(cols: usize) -> u32 {
 pub const FLASH_THREADS: u32 = 128;
 
 /// Forward tiles (query rows, keys) per head dim, as `FwdCfg` in the kernel.
-pub fn flash_fwd_tiles(d: usize) -> (usize, usize) {
+fn flash_fwd_tiles(d: usize) -> (usize, usize) {
     if d == 256 {
         (64, 32)
     } else {
@@ -53,7 +53,7 @@ pub fn flash_fwd_tiles(d: usize) -> (usize, usize) {
 }
 
 /// Backward tiles (query rows, keys) per head dim, as `BwdCfg` in the kernel.
-pub fn flash_bwd_tiles(d: usize) -> (usize, usize) {
+fn flash_bwd_tiles(d: usize) -> (usize, usize) {
     match d {
         64 => (64, 64),
         128 => (32, 64),
