@@ -1,9 +1,9 @@
 //! The CUDA kernels themselves (`kernels/*.cu`), run on the CPU: `kernels/emu/harness.cpp`
 //! compiles them with the host C++ compiler against a CUDA emulator (`kernels/emu/cuda_emu.h`:
 //! fibers for threads, barriers, warp shuffles, `mma.sync` and `ldmatrix` from their PTX
-//! register layouts), and each test launches a kernel with the geometry a GPU launch gets
-//! (`lora_train::kernels::launch`) and the arguments in the order `src/kernels/*.rs` passes
-//! them, then compares it with the op's CPU implementation (or, for attention, with eager
+//! register layouts), and each test runs the launch description the CUDA path launches (each
+//! op's `*_launch` function: entry point, geometry, arguments with buffers by name), then
+//! compares the result with the op's CPU implementation (or, for attention, with eager
 //! attention and its autograd gradients through `common/flash.rs`, the check the CUDA device test
 //! in `tests/kernels.rs` runs).
 //! No GPU and no CUDA files are needed: a C++17 compiler (`$CXX`, else `c++`).
@@ -14,8 +14,9 @@ use std::process::Command;
 use std::sync::OnceLock;
 
 use candle_core::{DType, Device, Tensor};
-use lora_train::kernels::launch::{self, Geometry};
-use lora_train::kernels::{cross_entropy, glu, rms_norm, rope};
+use lora_train::kernels::attention::{self, Dims, FlashParams};
+use lora_train::kernels::launch::{Arg, Launch};
+use lora_train::kernels::{cross_entropy, glu, nf4, rms_norm, rope};
 use lora_train::model::layers::MlpActivation;
 use lora_train::quant::nf4::{dequant_tables, Nf4Matrix};
 
@@ -77,16 +78,6 @@ fn harness() -> &'static Path {
         std::fs::rename(&tmp, &exe).expect("move the harness into place");
         exe
     })
-}
-
-/// One kernel argument, in the harness's notation.
-enum A<'a> {
-    Buf(&'a str),
-    Null,
-    I32(i32),
-    I64(i64),
-    U64(u64),
-    F32(f32),
 }
 
 /// A batch of buffers and launches for one harness run.
@@ -151,21 +142,23 @@ impl Emu {
         Ok(())
     }
 
-    fn launch(&mut self, kernel: &str, g: Geometry, args: &[A]) -> Result<()> {
+    /// Queues `l` as the CUDA path would launch it, its buffers by the names it gives them.
+    fn launch(&mut self, l: &Launch) -> Result<()> {
+        let g = l.geometry;
         write!(
             self.cmds,
-            "launch {kernel} {} {} {} {} {} {} {}",
-            g.grid.0, g.grid.1, g.grid.2, g.block.0, g.block.1, g.block.2, g.smem
+            "launch {} {} {} {} {} {} {} {}",
+            l.kernel, g.grid.0, g.grid.1, g.grid.2, g.block.0, g.block.1, g.block.2, g.smem
         )?;
-        for a in args {
+        for a in &l.args {
             match a {
-                A::Buf(n) => write!(self.cmds, " @{n}")?,
-                A::Null => write!(self.cmds, " null")?,
-                A::I32(v) => write!(self.cmds, " i32:{v}")?,
-                A::I64(v) => write!(self.cmds, " i64:{v}")?,
-                A::U64(v) => write!(self.cmds, " u64:{v}")?,
+                Arg::Buf(n) => write!(self.cmds, " @{n}")?,
+                Arg::Null => write!(self.cmds, " null")?,
+                Arg::I32(v) => write!(self.cmds, " i32:{v}")?,
+                Arg::I64(v) => write!(self.cmds, " i64:{v}")?,
+                Arg::U64(v) => write!(self.cmds, " u64:{v}")?,
                 // Debug prints the shortest text that reads back to the same f32.
-                A::F32(v) => write!(self.cmds, " f32:{v:?}")?,
+                Arg::F32(v) => write!(self.cmds, " f32:{v:?}")?,
             }
         }
         self.cmds.push('\n');
@@ -210,14 +203,6 @@ impl Outputs {
     }
 }
 
-fn sfx(dtype: DType) -> &'static str {
-    match dtype {
-        DType::F32 => "f32",
-        DType::BF16 => "bf16",
-        _ => "f16",
-    }
-}
-
 /// The kernel's result against the CPU implementation's: the same arithmetic, so they agree to
 /// a unit or two in the last place of the dtype (summation order differs).
 fn assert_same(what: &str, got: &Tensor, want: &Tensor) -> Result<()> {
@@ -248,40 +233,14 @@ fn rms_norm_kernels_match_the_cpu_implementation() -> Result<()> {
                 let w = Tensor::randn(0f32, 1., cols, &dev)?.to_dtype(dtype)?;
                 let g = Tensor::randn(0f32, 1., (rows, cols), &dev)?.to_dtype(dtype)?;
                 let eps = 1e-6f32;
-                let geom = launch::rows(rows, launch::row_threads(cols));
-                let (cols_i, unit) = (cols as i32, unit_offset as i32);
                 let mut emu = Emu::new()?;
                 emu.tensor("x", &x)?;
                 emu.tensor("w", &w)?;
                 emu.tensor("g", &g)?;
                 emu.out("y", rows * cols, dtype)?;
                 emu.out("dx", rows * cols, dtype)?;
-                let s = sfx(dtype);
-                emu.launch(
-                    &format!("rms_norm_fwd_{s}"),
-                    geom,
-                    &[
-                        A::Buf("x"),
-                        A::Buf("w"),
-                        A::Buf("y"),
-                        A::I32(cols_i),
-                        A::F32(eps),
-                        A::I32(unit),
-                    ],
-                )?;
-                emu.launch(
-                    &format!("rms_norm_bwd_{s}"),
-                    geom,
-                    &[
-                        A::Buf("x"),
-                        A::Buf("w"),
-                        A::Buf("g"),
-                        A::Buf("dx"),
-                        A::I32(cols_i),
-                        A::F32(eps),
-                        A::I32(unit),
-                    ],
-                )?;
+                emu.launch(&rms_norm::fwd_launch(dtype, rows, cols, eps, unit_offset)?)?;
+                emu.launch(&rms_norm::bwd_launch(dtype, rows, cols, eps, unit_offset)?)?;
                 let out = emu.run()?;
                 let y = rms_norm::forward(&x, &w, eps as f64, unit_offset)?;
                 let dx = rms_norm::backward(&x, &w, &g, eps as f64, unit_offset)?;
@@ -314,38 +273,26 @@ fn rope_kernel_matches_the_cpu_implementation_on_a_strided_view() -> Result<()> 
             angles.cos()?.to_dtype(dtype)?,
             angles.sin()?.to_dtype(dtype)?,
         );
-        let strides = x.layout().stride().to_vec();
-        let n = b * h * t * d;
-        let mut emu = Emu::new()?;
-        emu.tensor("x", &base)?;
-        emu.tensor("cos", &cos)?;
-        emu.tensor("sin", &sin)?;
-        emu.out("y", n, dtype)?;
-        emu.out("dx", n, dtype)?;
-        for (out, bwd) in [("y", 0), ("dx", 1)] {
-            let mut args = vec![
-                A::Buf("x"),
-                A::Buf("cos"),
-                A::Buf("sin"),
-                A::Buf(out),
-                A::I32(h as i32),
-                A::I32(t as i32),
-                A::I32(d as i32),
-            ];
-            args.extend(strides.iter().map(|&s| A::I64(s as i64)));
-            args.extend([A::U64(n as u64), A::I32(bwd)]);
-            emu.launch(&format!("rope_{}", sfx(dtype)), launch::elems(n), &args)?;
-        }
-        let out = emu.run()?;
-        let shape = [b, h, t, d];
+        let dims = [b, h, t, d];
+        let strides: [usize; 4] = x.layout().stride().try_into()?;
+        // The forward and backward launches both write `y`: one batch each.
+        let run = |backward: bool| -> Result<Tensor> {
+            let mut emu = Emu::new()?;
+            emu.tensor("x", &base)?;
+            emu.tensor("cos", &cos)?;
+            emu.tensor("sin", &sin)?;
+            emu.out("y", b * h * t * d, dtype)?;
+            emu.launch(&rope::kernel_launch(dtype, dims, strides, backward)?)?;
+            emu.run()?.get("y", dtype, &dims)
+        };
         assert_same(
             &format!("rope {dtype:?} forward"),
-            &out.get("y", dtype, &shape)?,
+            &run(false)?,
             &rope::forward(&x, &cos, &sin)?,
         )?;
         assert_same(
             &format!("rope {dtype:?} backward"),
-            &out.get("dx", dtype, &shape)?,
+            &run(true)?,
             &rope::backward(&x, &cos, &sin)?,
         )?;
     }
@@ -357,7 +304,7 @@ fn glu_kernels_match_the_cpu_implementation() -> Result<()> {
     let dev = Device::Cpu;
     let n = 1000;
     for dtype in FLOATS {
-        for (act, code) in [(MlpActivation::Silu, 0), (MlpActivation::GeluTanh, 1)] {
+        for act in [MlpActivation::Silu, MlpActivation::GeluTanh] {
             let what = format!("glu {dtype:?} {act:?}");
             let g = (Tensor::randn(0f32, 1., n, &dev)? * 3.)?.to_dtype(dtype)?;
             let u = Tensor::randn(0f32, 1., n, &dev)?.to_dtype(dtype)?;
@@ -367,31 +314,9 @@ fn glu_kernels_match_the_cpu_implementation() -> Result<()> {
             emu.tensor("u", &u)?;
             emu.tensor("dy", &dy)?;
             emu.out("y", n, dtype)?;
-            emu.out("both", 2 * n, dtype)?;
-            let s = sfx(dtype);
-            emu.launch(
-                &format!("glu_fwd_{s}"),
-                launch::elems(n),
-                &[
-                    A::Buf("g"),
-                    A::Buf("u"),
-                    A::Buf("y"),
-                    A::U64(n as u64),
-                    A::I32(code),
-                ],
-            )?;
-            emu.launch(
-                &format!("glu_bwd_{s}"),
-                launch::elems(n),
-                &[
-                    A::Buf("g"),
-                    A::Buf("u"),
-                    A::Buf("dy"),
-                    A::Buf("both"),
-                    A::U64(n as u64),
-                    A::I32(code),
-                ],
-            )?;
+            emu.out("dg_du", 2 * n, dtype)?;
+            emu.launch(&glu::fwd_launch(dtype, n, act)?)?;
+            emu.launch(&glu::bwd_launch(dtype, n, act)?)?;
             let out = emu.run()?;
             assert_same(
                 &format!("{what} forward"),
@@ -399,7 +324,7 @@ fn glu_kernels_match_the_cpu_implementation() -> Result<()> {
                 &glu::forward(&g, &u, act)?,
             )?;
             let (dg, du) = glu::backward(&g, &u, &dy, act)?;
-            let both = out.get("both", dtype, &[2, n])?;
+            let both = out.get("dg_du", dtype, &[2, n])?;
             assert_same(&format!("{what} dg"), &both.get(0)?, &dg)?;
             assert_same(&format!("{what} du"), &both.get(1)?, &du)?;
         }
@@ -435,38 +360,11 @@ fn cross_entropy_kernels_match_the_cpu_implementation() -> Result<()> {
             emu.tensor("stats", &stats0)?;
             emu.tensor("logits", &logits)?;
             emu.tensor("targets", &targets)?;
-            emu.tensor("lg", &lse_grad)?;
+            emu.tensor("lse_grad", &lse_grad)?;
             emu.out("stats_out", n * 3, DType::F32)?;
             emu.out("dl", n * len, dtype)?;
-            let s = sfx(dtype);
-            let (n_i, len_i, start_i) = (n as i32, len as i32, start as i32);
-            emu.launch(
-                &format!("ce_block_fwd_{s}"),
-                launch::rows(n, launch::row_threads(len)),
-                &[
-                    A::Buf("stats"),
-                    A::Buf("logits"),
-                    A::Buf("targets"),
-                    A::Buf("stats_out"),
-                    A::I32(len_i),
-                    A::I32(start_i),
-                    A::F32(cap_f),
-                ],
-            )?;
-            emu.launch(
-                &format!("ce_block_bwd_{s}"),
-                launch::elems(n * len),
-                &[
-                    A::Buf("logits"),
-                    A::Buf("targets"),
-                    A::Buf("lg"),
-                    A::Buf("dl"),
-                    A::I32(n_i),
-                    A::I32(len_i),
-                    A::I32(start_i),
-                    A::F32(cap_f),
-                ],
-            )?;
+            emu.launch(&cross_entropy::stats_launch(dtype, n, len, start, cap_f)?)?;
+            emu.launch(&cross_entropy::grad_launch(dtype, n, len, start, cap_f)?)?;
             let out = emu.run()?;
             let stats = cross_entropy::block_stats(&stats0, &logits, &targets, start, cap)?;
             let dl = cross_entropy::block_grad(&logits, &targets, &lse_grad, start, cap)?;
@@ -490,7 +388,7 @@ fn nf4_dequantize_kernel_matches_the_cpu_implementation() -> Result<()> {
     let (rows, cols) = (40, 512);
     let data: Vec<f32> = Tensor::randn(0f32, 0.02, rows * cols, &dev)?.to_vec1()?;
     let m = Nf4Matrix::quantize(&data, rows, cols)?;
-    let on_cpu = lora_train::kernels::nf4::Nf4Device::new(&m, &dev)?;
+    let on_cpu = nf4::Nf4Device::new(&m, &dev)?;
     for dtype in FLOATS {
         // Rows 7..33: a block range that starts and ends inside a 256-block absmax group.
         let (r0, n) = (7, 26);
@@ -512,22 +410,14 @@ fn nf4_dequantize_kernel_matches_the_cpu_implementation() -> Result<()> {
                 .flat_map(|v| v.to_le_bytes())
                 .collect::<Vec<u8>>(),
         )?;
-        emu.out("w", n * cols, dtype)?;
-        emu.launch(
-            &format!("nf4_dequant_{}", sfx(dtype)),
-            launch::elems(n_bytes),
-            &[
-                A::Buf("codes"),
-                A::Buf("absmax"),
-                A::Buf("scales"),
-                A::Buf("lut"),
-                A::F32(m.absmax_offset()),
-                A::U64(first as u64),
-                A::U64(n_bytes as u64),
-                A::Buf("w"),
-            ],
-        )?;
-        let got = emu.run()?.get("w", dtype, &[n, cols])?;
+        emu.out("out", n * cols, dtype)?;
+        emu.launch(&nf4::dequant_launch(
+            dtype,
+            first,
+            n_bytes,
+            m.absmax_offset(),
+        )?)?;
+        let got = emu.run()?.get("out", dtype, &[n, cols])?;
         let want = on_cpu.dequantize_rows(r0, n, dtype)?;
         // Same products in f32, rounded once: bit for bit.
         assert_eq!(
@@ -542,73 +432,33 @@ fn nf4_dequantize_kernel_matches_the_cpu_implementation() -> Result<()> {
 /// The flash-attention kernels (forward, then delta and backward on the forward's own o and lse,
 /// launched as `src/kernels/attention.rs` launches them) in the shared check of `common/flash.rs`.
 fn flash_on_the_emulator(c: &flash::Case, x: &flash::Inputs) -> Result<flash::Outputs> {
-    let (b, h, kvh, tk, d, tq) = (x.b, x.h, x.kvh, x.tk, c.d, c.tq);
-    let s = sfx(c.dtype);
+    let p = FlashParams {
+        scale: x.scale,
+        offset: c.offset,
+        window: c.window,
+    };
+    let dims = Dims::check(&x.q, &x.k, &x.v, Some(&x.key_valid), &p)?;
+    let Dims { b, h, tq, d, .. } = dims;
     let rows = b * h * tq;
-    let window = lora_train::kernels::attention::kernel_window(c.window, tk) as i32;
     let mut emu = Emu::new()?;
     for (name, t) in [
         ("q", &x.q),
         ("k", &x.k),
         ("v", &x.v),
         ("g", &x.grad_o),
-        ("valid", &x.key_valid),
+        ("key_valid", &x.key_valid),
     ] {
         emu.tensor(name, t)?;
     }
     emu.out("o", rows * d, c.dtype)?;
     emu.out("lse", rows, DType::F32)?;
     emu.out("delta", rows, DType::F32)?;
-    emu.out("dq", rows * d, DType::F32)?;
-    emu.out("dk", b * kvh * tk * d, DType::F32)?;
-    emu.out("dv", b * kvh * tk * d, DType::F32)?;
-    let tail = |args: &mut Vec<A>| {
-        args.extend([h, kvh, tq, tk, c.offset].map(|n| A::I32(n as i32)));
-        args.extend([A::I32(window), A::F32(x.scale)]);
-    };
-    let mut fwd_args = vec![
-        A::Buf("q"),
-        A::Buf("k"),
-        A::Buf("v"),
-        A::Buf("valid"),
-        A::Buf("o"),
-        A::Buf("lse"),
-    ];
-    tail(&mut fwd_args);
-    emu.launch(
-        &format!("flash_fwd_{d}_{s}"),
-        launch::flash_fwd(b, h, tq, d),
-        &fwd_args,
-    )?;
-    emu.launch(
-        &format!("flash_bwd_delta_{s}"),
-        launch::flash_bwd_delta(rows),
-        &[
-            A::Buf("o"),
-            A::Buf("g"),
-            A::Buf("delta"),
-            A::I32(rows as i32),
-            A::I32(d as i32),
-        ],
-    )?;
-    let mut bwd_args = vec![
-        A::Buf("q"),
-        A::Buf("k"),
-        A::Buf("v"),
-        A::Buf("g"),
-        A::Buf("lse"),
-        A::Buf("delta"),
-        A::Buf("valid"),
-        A::Buf("dq"),
-        A::Buf("dk"),
-        A::Buf("dv"),
-    ];
-    tail(&mut bwd_args);
-    emu.launch(
-        &format!("flash_bwd_{d}_{s}"),
-        launch::flash_bwd(b, h, tk, d),
-        &bwd_args,
-    )?;
+    emu.out("dq", x.q.elem_count(), DType::F32)?;
+    emu.out("dk", x.k.elem_count(), DType::F32)?;
+    emu.out("dv", x.v.elem_count(), DType::F32)?;
+    emu.launch(&attention::fwd_launch(c.dtype, &dims, &p, true)?)?;
+    emu.launch(&attention::delta_launch(c.dtype, &dims)?)?;
+    emu.launch(&attention::bwd_launch(c.dtype, &dims, &p, true)?)?;
     let out = emu.run()?;
     Ok(flash::Outputs {
         o: out.get("o", c.dtype, x.q.dims())?,
@@ -633,35 +483,34 @@ fn flash_attention_kernels_match_eager_attention_and_its_gradients() -> Result<(
 fn the_emulator_reports_kernel_faults() -> Result<()> {
     let (b, h, tq, d) = (1, 1, 16, 64);
     let q = Tensor::zeros((b, h, tq, d), DType::BF16, &Device::Cpu)?;
-    let build = |smem_cut: u32, scale: A<'static>| -> Result<Emu> {
+    let p = FlashParams {
+        scale: 0.125,
+        offset: 0,
+        window: None,
+    };
+    let dims = Dims::check(&q, &q, &q, None, &p)?;
+    // The forward launch, with its shared memory cut by `smem_cut` bytes and its last argument
+    // (the f32 scale) replaced by `last`.
+    let build = |smem_cut: u32, last: Arg| -> Result<Emu> {
         let mut emu = Emu::new()?;
         for name in ["q", "k", "v"] {
             emu.tensor(name, &q)?;
         }
         emu.out("o", b * h * tq * d, DType::BF16)?;
         emu.out("lse", b * h * tq, DType::F32)?;
-        let mut g = launch::flash_fwd(b, h, tq, d);
-        g.smem -= smem_cut;
-        let mut args = vec![
-            A::Buf("q"),
-            A::Buf("k"),
-            A::Buf("v"),
-            A::Null,
-            A::Buf("o"),
-            A::Buf("lse"),
-        ];
-        args.extend([1, 1, tq as i32, tq as i32, 0, 0].map(A::I32));
-        args.push(scale);
-        emu.launch(&format!("flash_fwd_{d}_bf16"), g, &args)?;
+        let mut l = attention::fwd_launch(DType::BF16, &dims, &p, false)?;
+        l.geometry.smem -= smem_cut;
+        *l.args.last_mut().ok_or("no arguments")? = last;
+        emu.launch(&l)?;
         Ok(emu)
     };
-    build(0, A::F32(0.125))?.run()?;
-    let err = build(16, A::F32(0.125))?
+    build(0, Arg::F32(0.125))?.run()?;
+    let err = build(16, Arg::F32(0.125))?
         .try_run()
         .err()
         .ok_or("a launch short of shared memory ran")?;
     assert!(err.contains("__trap()"), "{err}");
-    let err = build(0, A::I32(1))?
+    let err = build(0, Arg::I32(1))?
         .try_run()
         .err()
         .ok_or("a wrongly typed argument was taken")?;
@@ -675,18 +524,7 @@ fn the_emulator_reports_kernel_faults() -> Result<()> {
     emu.bytes("x", &[0u8; 64 * 4])?;
     emu.bytes("w", &[0u8; 64 * 4])?;
     emu.out("y", 2 * 64, DType::F32)?;
-    emu.launch(
-        "rms_norm_fwd_f32",
-        launch::rows(2, launch::row_threads(64)),
-        &[
-            A::Buf("x"),
-            A::Buf("w"),
-            A::Buf("y"),
-            A::I32(64),
-            A::F32(1e-6),
-            A::I32(0),
-        ],
-    )?;
+    emu.launch(&rms_norm::fwd_launch(DType::F32, 2, 64, 1e-6, false)?)?;
     let err = emu
         .try_run()
         .err()

@@ -9,6 +9,7 @@
 
 use candle_core::{DType, Tensor};
 
+use super::launch::{self, i32_arg, Arg, Launch};
 use crate::{Error, Result};
 
 /// The attention's score scale, the absolute position of the first query (keys sit at
@@ -116,19 +117,91 @@ pub fn kernel_window(window: Option<usize>, tk: usize) -> usize {
 
 /// Checked sizes of one call; `window` is 0 when no window can mask anything.
 #[derive(Debug, Clone, Copy)]
-#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
-struct Dims {
-    b: usize,
-    h: usize,
-    kvh: usize,
-    tq: usize,
-    tk: usize,
-    d: usize,
-    window: usize,
+pub struct Dims {
+    pub b: usize,
+    pub h: usize,
+    pub kvh: usize,
+    pub tq: usize,
+    pub tk: usize,
+    pub d: usize,
+    pub window: usize,
+}
+
+/// The kernels' shared trailing arguments: head counts, lengths, offset, window and scale.
+fn tail_args(dims: &Dims, p: &FlashParams) -> impl Iterator<Item = Arg> {
+    [dims.h, dims.kvh, dims.tq, dims.tk, p.offset, dims.window]
+        .map(i32_arg)
+        .into_iter()
+        .chain([Arg::F32(p.scale)])
+}
+
+/// The buffer `key_valid`, or a null pointer without key padding.
+fn key_valid_arg(key_valid: bool) -> Arg {
+    if key_valid {
+        Arg::Buf("key_valid")
+    } else {
+        Arg::Null
+    }
+}
+
+/// `flash_fwd_{d}_*`: buffers `q`, `k`, `v`, `key_valid` when `key_valid` (read) and `o`
+/// (`[B, H, Tq, D]` of `dtype`), `lse` (`[B, H, Tq]` f32; written).
+pub fn fwd_launch(
+    dtype: DType,
+    dims: &Dims,
+    p: &FlashParams,
+    key_valid: bool,
+) -> candle_core::Result<Launch> {
+    let mut args = vec![Arg::Buf("q"), Arg::Buf("k"), Arg::Buf("v")];
+    args.extend([key_valid_arg(key_valid), Arg::Buf("o"), Arg::Buf("lse")]);
+    args.extend(tail_args(dims, p));
+    Ok(Launch {
+        kernel: format!("flash_fwd_{}_{}", dims.d, launch::suffix(dtype)?),
+        geometry: launch::flash_fwd(dims.b, dims.h, dims.tq, dims.d),
+        args,
+    })
+}
+
+/// `flash_bwd_delta_*`, `delta = rowsum(dO ∘ O)` over the `B·H·Tq` rows: buffers `o`, `g`
+/// (read) and `delta` (written, f32).
+pub fn delta_launch(dtype: DType, dims: &Dims) -> candle_core::Result<Launch> {
+    let rows = dims.b * dims.h * dims.tq;
+    Ok(Launch {
+        kernel: format!("flash_bwd_delta_{}", launch::suffix(dtype)?),
+        geometry: launch::flash_bwd_delta(rows),
+        args: vec![
+            Arg::Buf("o"),
+            Arg::Buf("g"),
+            Arg::Buf("delta"),
+            i32_arg(rows),
+            i32_arg(dims.d),
+        ],
+    })
+}
+
+/// `flash_bwd_{d}_*`: buffers `q`, `k`, `v`, `g` (dO), `lse`, `delta`, `key_valid` when
+/// `key_valid` (read) and `dq`, `dk`, `dv` (zeroed f32 shaped like q, k, v, added into).
+pub fn bwd_launch(
+    dtype: DType,
+    dims: &Dims,
+    p: &FlashParams,
+    key_valid: bool,
+) -> candle_core::Result<Launch> {
+    let mut args = ["q", "k", "v", "g", "lse", "delta"].map(Arg::Buf).to_vec();
+    args.push(key_valid_arg(key_valid));
+    args.extend(["dq", "dk", "dv"].map(Arg::Buf));
+    args.extend(tail_args(dims, p));
+    Ok(Launch {
+        kernel: format!("flash_bwd_{}_{}", dims.d, launch::suffix(dtype)?),
+        geometry: launch::flash_bwd(dims.b, dims.h, dims.tk, dims.d),
+        args,
+    })
 }
 
 impl Dims {
-    fn check(
+    /// The sizes of `q [B, H, Tq, D]`, `k`, `v [B, KVH, Tk, D]` and `key_valid [B, Tk]`, or an
+    /// error naming what the kernels cannot take.
+    pub fn check(
         q: &Tensor,
         k: &Tensor,
         v: &Tensor,
@@ -223,15 +296,15 @@ impl Dims {
 mod imp {
     use candle_core::cuda_backend::cudarc::driver::sys::CUfunction_attribute;
     use candle_core::cuda_backend::cudarc::driver::{
-        CudaSlice, CudaView, DeviceRepr, LaunchConfig, PushKernelArg, ValidAsZeroBits,
+        CudaSlice, CudaView, DeviceRepr, ValidAsZeroBits,
     };
     use candle_core::cuda_backend::{CudaDType, WrapErr};
     use candle_core::op::BackpropOp;
     use candle_core::{CudaDevice, CudaStorage, DType, Device, Layout, Storage, Tensor};
 
-    use super::{Dims, FlashParams};
-    use crate::kernels::cuda::{self, load_func, ptx, suffix, view};
-    use crate::kernels::launch::{self, Geometry};
+    use super::{bwd_launch, delta_launch, fwd_launch, Dims, FlashParams};
+    use crate::kernels::cuda::{load, ptx, view, Bufs, KernelFn};
+    use crate::kernels::launch::Launch;
     use crate::{Error, Result};
 
     const OP: &str = "flash attention";
@@ -271,19 +344,21 @@ mod imp {
         Tensor::from_storage(storage, shape, BackpropOp::none(), false)
     }
 
-    fn config(dev: &CudaDevice, name: &str, g: Geometry) -> Result<LaunchConfig> {
-        if g.smem as usize > DEFAULT_SMEM {
+    /// Loads `plan`'s kernel, letting it use the dynamic shared memory its geometry asks for.
+    fn load_flash(dev: &CudaDevice, plan: &Launch) -> Result<KernelFn> {
+        let smem = plan.geometry.smem;
+        if smem as usize > DEFAULT_SMEM {
             // The attribute belongs to the function handle, which the device caches per module,
-            // so it holds for the launches through `load_func` too.
-            let func = dev.get_or_load_custom_func(name, "attention", ptx::ATTENTION)?;
+            // so it holds for the launches through `load` too.
+            let func = dev.get_or_load_custom_func(&plan.kernel, "attention", ptx::ATTENTION)?;
             dev.cuda_stream().context().bind_to_thread().w()?;
             func.set_attribute(
                 CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                g.smem as i32,
+                smem as i32,
             )
             .w()?;
         }
-        Ok(cuda::config(g))
+        Ok(load(dev, "attention", ptx::ATTENTION, plan)?)
     }
 
     pub(super) fn forward(
@@ -314,15 +389,7 @@ mod imp {
         dims: &Dims,
     ) -> Result<(Tensor, Tensor)> {
         let dev = cuda_device(q)?;
-        let &Dims {
-            b,
-            h,
-            kvh,
-            tq,
-            tk,
-            d,
-            window,
-        } = dims;
+        let &Dims { b, h, tq, d, .. } = dims;
         let rows = b * h * tq;
         let mut o = dev.alloc_zeros::<T>(rows * d)?;
         let mut lse = dev.alloc_zeros::<f32>(rows)?;
@@ -338,29 +405,17 @@ mod imp {
                 Some((s, l)) => Some(cuda_view::<u8>(s, l)?),
                 None => None,
             };
-            let name = format!("flash_fwd_{d}_{}", suffix(q.dtype())?);
-            let func = load_func(&dev, "attention", ptx::ATTENTION, &name)?;
-            let cfg = config(&dev, &name, launch::flash_fwd(b, h, tq, d))?;
-            let null = 0u64;
-            let ints = [h, kvh, tq, tk, p.offset, window].map(|n| n as i32);
-            let mut builder = func.builder();
-            builder.arg(&qv);
-            builder.arg(&kv);
-            builder.arg(&vv);
-            match &valid_view {
-                Some(view) => builder.arg(view),
-                None => builder.arg(&null),
-            };
-            builder.arg(&mut o);
-            builder.arg(&mut lse);
-            for n in &ints {
-                builder.arg(n);
+            let plan = fwd_launch(q.dtype(), dims, p, valid_view.is_some())?;
+            let func = load_flash(&dev, &plan)?;
+            let mut bufs = Bufs::new(&func);
+            bufs.read("q", &qv).read("k", &kv).read("v", &vv);
+            if let Some(kv) = &valid_view {
+                bufs.read("key_valid", kv);
             }
-            builder.arg(&p.scale);
-            // SAFETY: the arguments match `flash_fwd_*`'s signature, every buffer holds the
-            // [B, H|KVH, T, D] elements the checked dims say, and the dynamic shared memory is
-            // the kernel's own formula (it traps if given less).
-            unsafe { builder.launch(cfg) }.w()?;
+            bufs.write("o", &mut o).write("lse", &mut lse);
+            // Every buffer holds the [B, H|KVH, T, D] elements the checked dims say, and the
+            // dynamic shared memory is the kernel's own formula (it traps if given less).
+            bufs.launch(&plan)?;
         }
         Ok((
             to_tensor(o, &dev, &[b, h, tq, d]),
@@ -424,14 +479,13 @@ mod imp {
             tq,
             tk,
             d,
-            window,
+            ..
         } = dims;
         let rows = b * h * tq;
         let mut dq = dev.alloc_zeros::<f32>(rows * d)?;
         let mut dk = dev.alloc_zeros::<f32>(b * kvh * tk * d)?;
         let mut dv = dev.alloc_zeros::<f32>(b * kvh * tk * d)?;
         if rows > 0 {
-            let sfx = suffix(q.dtype())?;
             let (qs, ql) = q.storage_and_layout();
             let (ks, kl) = k.storage_and_layout();
             let (vs, vl) = v.storage_and_layout();
@@ -450,52 +504,33 @@ mod imp {
                 None => None,
             };
 
-            // delta = rowsum(dO ∘ O), one warp per row.
             // SAFETY: every row is written by its warp before the backward kernel reads it.
             let mut delta = unsafe { dev.alloc::<f32>(rows)? };
-            let func = load_func(
-                &dev,
-                "attention",
-                ptx::ATTENTION,
-                &format!("flash_bwd_delta_{sfx}"),
-            )?;
-            let cfg = cuda::config(launch::flash_bwd_delta(rows));
-            let (rows_i, cols_i) = (rows as i32, d as i32);
-            let mut builder = func.builder();
-            builder.arg(&ov);
-            builder.arg(&gv);
-            builder.arg(&mut delta);
-            builder.arg(&rows_i);
-            builder.arg(&cols_i);
-            // SAFETY: the arguments match `flash_bwd_delta_*`; o and dO hold rows × D elements.
-            unsafe { builder.launch(cfg) }.w()?;
+            let plan = delta_launch(q.dtype(), dims)?;
+            let func = load(&dev, "attention", ptx::ATTENTION, &plan)?;
+            let mut bufs = Bufs::new(&func);
+            bufs.read("o", &ov)
+                .read("g", &gv)
+                .write("delta", &mut delta);
+            bufs.launch(&plan)?;
 
-            let name = format!("flash_bwd_{d}_{sfx}");
-            let func = load_func(&dev, "attention", ptx::ATTENTION, &name)?;
-            let cfg = config(&dev, &name, launch::flash_bwd(b, h, tk, d))?;
-            let null = 0u64;
-            let ints = [h, kvh, tq, tk, p.offset, window].map(|n| n as i32);
-            let mut builder = func.builder();
-            builder.arg(&qv);
-            builder.arg(&kv);
-            builder.arg(&vv);
-            builder.arg(&gv);
-            builder.arg(&lv);
-            builder.arg(&delta);
-            match &valid_view {
-                Some(view) => builder.arg(view),
-                None => builder.arg(&null),
-            };
-            builder.arg(&mut dq);
-            builder.arg(&mut dk);
-            builder.arg(&mut dv);
-            for n in &ints {
-                builder.arg(n);
+            let plan = bwd_launch(q.dtype(), dims, p, valid_view.is_some())?;
+            let func = load_flash(&dev, &plan)?;
+            let mut bufs = Bufs::new(&func);
+            bufs.read("q", &qv)
+                .read("k", &kv)
+                .read("v", &vv)
+                .read("g", &gv);
+            bufs.read("lse", &lv).read("delta", &delta);
+            if let Some(kv) = &valid_view {
+                bufs.read("key_valid", kv);
             }
-            builder.arg(&p.scale);
-            // SAFETY: as for the forward launch; dq, dk and dv are zeroed f32 buffers of q's
-            // and k's element counts that the kernel adds into.
-            unsafe { builder.launch(cfg) }.w()?;
+            // dq, dk and dv are zeroed f32 buffers of q's and k's element counts that the kernel
+            // adds into.
+            bufs.write("dq", &mut dq)
+                .write("dk", &mut dk)
+                .write("dv", &mut dv);
+            bufs.launch(&plan)?;
         }
         Ok((
             to_tensor(dq, &dev, &[b, h, tq, d]),

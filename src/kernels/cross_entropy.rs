@@ -7,8 +7,59 @@
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Tensor, WithDType};
 
+use super::launch::{self, i32_arg, Arg, Launch};
 use super::{cpu_float_dispatch, cpu_view, Float};
 use crate::Result;
+
+/// `ce_block_fwd_*` for `n` rows of a block of `len` logits of `dtype` starting at vocabulary
+/// id `start`, soft-capped at `cap` (0: none): buffers `stats`, `logits`, `targets` (read) and
+/// `stats_out` (written, `[n, 3]` f32).
+pub fn stats_launch(
+    dtype: DType,
+    n: usize,
+    len: usize,
+    start: usize,
+    cap: f32,
+) -> candle_core::Result<Launch> {
+    Ok(Launch {
+        kernel: format!("ce_block_fwd_{}", launch::suffix(dtype)?),
+        geometry: launch::rows(n, launch::row_threads(len)),
+        args: vec![
+            Arg::Buf("stats"),
+            Arg::Buf("logits"),
+            Arg::Buf("targets"),
+            Arg::Buf("stats_out"),
+            i32_arg(len),
+            i32_arg(start),
+            Arg::F32(cap),
+        ],
+    })
+}
+
+/// `ce_block_bwd_*`: buffers `logits`, `targets`, `lse_grad` (read) and `dl` (written, the
+/// block's `[n, len]` gradient in `dtype`).
+pub fn grad_launch(
+    dtype: DType,
+    n: usize,
+    len: usize,
+    start: usize,
+    cap: f32,
+) -> candle_core::Result<Launch> {
+    Ok(Launch {
+        kernel: format!("ce_block_bwd_{}", launch::suffix(dtype)?),
+        geometry: launch::elems(n * len),
+        args: vec![
+            Arg::Buf("logits"),
+            Arg::Buf("targets"),
+            Arg::Buf("lse_grad"),
+            Arg::Buf("dl"),
+            i32_arg(n),
+            i32_arg(len),
+            i32_arg(start),
+            Arg::F32(cap),
+        ],
+    })
+}
 
 /// Running statistics `[n, 3]` (f32) before any block: max −∞, sum 0, target logit 0.
 pub fn initial_stats(n: usize, device: &candle_core::Device) -> Result<Tensor> {
@@ -132,27 +183,24 @@ impl CustomOp3 for Stats {
         s3: &candle_core::CudaStorage,
         l3: &Layout,
     ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
-        use super::cuda::{
-            cuda_float_dispatch, launch, load_func, ptx, row_threads, rows_config, storage, suffix,
-            view,
-        };
+        use super::cuda::{cuda_float_dispatch, load, ptx, storage, view, Bufs};
         use candle_core::cuda_backend::CudaStorageSlice;
         let (n, len) = rows_cols(l2, self.name())?;
         let dev = s1.device();
-        let name = format!("ce_block_fwd_{}", suffix(s2.dtype())?);
-        let func = load_func(dev, "cross_entropy", ptx::CROSS_ENTROPY, &name)?;
+        let plan = stats_launch(s2.dtype(), n, len, self.start, self.cap)?;
+        let func = load(dev, "cross_entropy", ptx::CROSS_ENTROPY, &plan)?;
         let stats = view(s1.as_cuda_slice::<f32>()?, l1, self.name())?;
         let targets = view(s3.as_cuda_slice::<u32>()?, l3, self.name())?;
         // SAFETY: every element is written by the kernel.
-        let out = unsafe { dev.alloc::<f32>(n * 3)? };
-        let (len_i, start_i, cap) = (len as i32, self.start as i32, self.cap);
+        let mut out = unsafe { dev.alloc::<f32>(n * 3)? };
         cuda_float_dispatch!(s2, self.name(), |ls: _T, _wrap| {
             let logits = view(ls, l2, self.name())?;
-            launch!(
-                func,
-                rows_config(n, row_threads(len)),
-                [stats, logits, targets, out, len_i, start_i, cap]
-            )?;
+            let mut bufs = Bufs::new(&func);
+            bufs.read("stats", &stats)
+                .read("logits", &logits)
+                .read("targets", &targets)
+                .write("stats_out", &mut out);
+            bufs.launch(&plan)?;
         });
         Ok((storage(CudaStorageSlice::F32(out), dev), l1.shape().clone()))
     }
@@ -208,25 +256,23 @@ impl CustomOp3 for Grad {
         s3: &candle_core::CudaStorage,
         l3: &Layout,
     ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
-        use super::cuda::{
-            cuda_float_dispatch, elems_config, launch, load_func, ptx, storage, suffix, view,
-        };
+        use super::cuda::{cuda_float_dispatch, load, ptx, storage, view, Bufs};
         let (n, len) = rows_cols(l1, self.name())?;
         let dev = s1.device();
-        let name = format!("ce_block_bwd_{}", suffix(s1.dtype())?);
-        let func = load_func(dev, "cross_entropy", ptx::CROSS_ENTROPY, &name)?;
+        let plan = grad_launch(s1.dtype(), n, len, self.start, self.cap)?;
+        let func = load(dev, "cross_entropy", ptx::CROSS_ENTROPY, &plan)?;
         let targets = view(s2.as_cuda_slice::<u32>()?, l2, self.name())?;
         let lg = view(s3.as_cuda_slice::<f32>()?, l3, self.name())?;
         cuda_float_dispatch!(s1, self.name(), |ls: T, wrap| {
             let logits = view(ls, l1, self.name())?;
             // SAFETY: every element is written by the kernel.
-            let out = unsafe { dev.alloc::<T>(n * len)? };
-            let (n_i, len_i, start_i, cap) = (n as i32, len as i32, self.start as i32, self.cap);
-            launch!(
-                func,
-                elems_config(n * len),
-                [logits, targets, lg, out, n_i, len_i, start_i, cap]
-            )?;
+            let mut out = unsafe { dev.alloc::<T>(n * len)? };
+            let mut bufs = Bufs::new(&func);
+            bufs.read("logits", &logits)
+                .read("targets", &targets)
+                .read("lse_grad", &lg)
+                .write("dl", &mut out);
+            bufs.launch(&plan)?;
             Ok((storage(wrap(out), dev), l1.shape().clone()))
         })
     }

@@ -3,12 +3,14 @@
 use std::sync::Arc;
 
 use candle_core::cuda_backend::cudarc::driver::{
-    CudaFunction, CudaSlice, CudaStream, CudaView, LaunchArgs, LaunchConfig,
+    CudaFunction, CudaSlice, CudaStream, CudaView, DevicePtr, DevicePtrMut, LaunchArgs,
+    LaunchConfig, PushKernelArg, SyncOnDrop,
 };
 use candle_core::cuda_backend::CudaStorageSlice;
-use candle_core::{CudaDevice, CudaStorage, DType, Layout};
+use candle_core::cuda_backend::WrapErr;
+use candle_core::{CudaDevice, CudaStorage, Layout};
 
-use super::launch::Geometry;
+use super::launch::{Arg, Geometry, Launch};
 
 /// The PTX of each `kernels/*.cu`, one `&str` per file (`RMS_NORM`, `ROPE`, ...).
 pub mod ptx {
@@ -24,32 +26,23 @@ pub struct KernelFn {
 
 impl KernelFn {
     /// A launch builder on the device's stream.
-    pub fn builder(&self) -> LaunchArgs<'_> {
+    fn builder(&self) -> LaunchArgs<'_> {
         self.stream.launch_builder(&self.func)
     }
 }
 
-/// Loads `name` from the PTX module `module` (cached by the device after the first call).
-pub fn load_func(
+/// Loads `launch.kernel` from the PTX module `module` (cached by the device after the first
+/// call).
+pub fn load(
     dev: &CudaDevice,
     module: &'static str,
     ptx: &'static str,
-    name: &str,
+    launch: &Launch,
 ) -> candle_core::Result<KernelFn> {
-    let func = dev.get_or_load_custom_func(name, module, ptx)?;
+    let func = dev.get_or_load_custom_func(&launch.kernel, module, ptx)?;
     Ok(KernelFn {
         func: func.into_cuda_function(),
         stream: dev.cuda_stream(),
-    })
-}
-
-/// The suffix of a kernel's entry point for `dtype` (`rms_norm_fwd_bf16`).
-pub fn suffix(dtype: DType) -> candle_core::Result<&'static str> {
-    Ok(match dtype {
-        DType::F32 => "f32",
-        DType::BF16 => "bf16",
-        DType::F16 => "f16",
-        other => candle_core::bail!("no CUDA kernel for {other:?}"),
     })
 }
 
@@ -65,20 +58,8 @@ pub fn view<'a, T>(
     }
 }
 
-/// One block of `threads` per row.
-pub fn rows_config(rows: usize, threads: u32) -> LaunchConfig {
-    config(super::launch::rows(rows, threads))
-}
-
-/// A grid-stride launch over `n` elements.
-pub fn elems_config(n: usize) -> LaunchConfig {
-    config(super::launch::elems(n))
-}
-
-pub use super::launch::row_threads;
-
 /// The launch configuration of a [`Geometry`].
-pub fn config(g: Geometry) -> LaunchConfig {
+fn config(g: Geometry) -> LaunchConfig {
     LaunchConfig {
         grid_dim: g.grid,
         block_dim: g.block,
@@ -120,17 +101,67 @@ macro_rules! cuda_float_dispatch {
 }
 pub(crate) use cuda_float_dispatch;
 
-/// Launches `func` with `cfg` and the arguments in order, each a variable (device views and
-/// slices, or scalars bound beforehand) borrowed for the launch.
-macro_rules! launch {
-    ($func:expr, $cfg:expr, [$($arg:ident),+ $(,)?]) => {{
-        use candle_core::cuda_backend::cudarc::driver::PushKernelArg;
-        use candle_core::cuda_backend::WrapErr;
-        let mut b = $func.builder();
-        $(b.arg(&$arg);)+
-        // SAFETY: each caller passes its kernel's arguments in the order and with the types of
-        // the kernel's signature in `kernels/*.cu`, and buffers of the sizes the kernel reads.
-        unsafe { b.launch($cfg) }.w()
-    }};
+/// A null device pointer argument.
+static NULL_PTR: u64 = 0;
+
+/// The buffers of one launch: each name of the [`Launch`] bound to a device slice or view,
+/// with cudarc's stream-ordering guards, which live until the launch is queued.
+pub struct Bufs<'a> {
+    func: &'a KernelFn,
+    ptrs: Vec<(&'static str, u64)>,
+    guards: Vec<SyncOnDrop<'a>>,
 }
-pub(crate) use launch;
+
+impl<'a> Bufs<'a> {
+    pub fn new(func: &'a KernelFn) -> Self {
+        Self {
+            func,
+            ptrs: Vec::new(),
+            guards: Vec::new(),
+        }
+    }
+
+    /// A buffer the kernel only reads.
+    pub fn read<T, B: DevicePtr<T>>(&mut self, name: &'static str, buf: &'a B) -> &mut Self {
+        let (ptr, guard) = buf.device_ptr(&self.func.stream);
+        self.ptrs.push((name, ptr));
+        self.guards.push(guard);
+        self
+    }
+
+    /// A buffer the kernel writes (and may read).
+    pub fn write<T, B: DevicePtrMut<T>>(
+        &mut self,
+        name: &'static str,
+        buf: &'a mut B,
+    ) -> &mut Self {
+        let (ptr, guard) = buf.device_ptr_mut(&self.func.stream);
+        self.ptrs.push((name, ptr));
+        self.guards.push(guard);
+        self
+    }
+
+    /// Launches the kernel as `launch` describes, with these buffers.
+    pub fn launch(self, launch: &Launch) -> candle_core::Result<()> {
+        let args = launch.bind(&self.ptrs).map_err(candle_core::Error::Msg)?;
+        let mut b = self.func.builder();
+        for a in &args {
+            match a {
+                Arg::Buf(p) => b.arg(p),
+                Arg::Null => b.arg(&NULL_PTR),
+                Arg::I32(v) => b.arg(v),
+                Arg::I64(v) => b.arg(v),
+                Arg::U64(v) => b.arg(v),
+                Arg::F32(v) => b.arg(v),
+            };
+        }
+        // SAFETY: `launch` comes from the op's `*_launch` function, whose arguments follow the
+        // kernel's signature in `kernels/*.cu` (the emulator tests run the same descriptions
+        // against the kernels' parameter types), and each caller binds buffers of the sizes the
+        // kernel reads and writes.
+        unsafe { b.launch(config(launch.geometry)) }.w()?;
+        // The guards record the buffers' use on the stream now that the launch is queued.
+        drop(self.guards);
+        Ok(())
+    }
+}

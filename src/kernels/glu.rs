@@ -3,11 +3,44 @@
 //! keeps `g`, `act(g)` and `u` for the backward pass; this keeps `g` and `u`.
 
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor, WithDType};
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor, WithDType};
 
+use super::launch::{self, u64_arg, Arg, Launch};
 use super::{cpu_float_dispatch, cpu_view, round_to, Float};
 use crate::model::layers::MlpActivation;
 use crate::Result;
+
+/// `glu_fwd_*` over `n` elements: buffers `g`, `u` (read) and `y` (written).
+pub fn fwd_launch(dtype: DType, n: usize, act: MlpActivation) -> candle_core::Result<Launch> {
+    Ok(Launch {
+        kernel: format!("glu_fwd_{}", launch::suffix(dtype)?),
+        geometry: launch::elems(n),
+        args: vec![
+            Arg::Buf("g"),
+            Arg::Buf("u"),
+            Arg::Buf("y"),
+            u64_arg(n),
+            Arg::I32(act_code(act)),
+        ],
+    })
+}
+
+/// `glu_bwd_*`: buffers `g`, `u`, `dy` (read) and `dg_du` (written: `2n` elements, `dg` then
+/// `du`).
+pub fn bwd_launch(dtype: DType, n: usize, act: MlpActivation) -> candle_core::Result<Launch> {
+    Ok(Launch {
+        kernel: format!("glu_bwd_{}", launch::suffix(dtype)?),
+        geometry: launch::elems(n),
+        args: vec![
+            Arg::Buf("g"),
+            Arg::Buf("u"),
+            Arg::Buf("dy"),
+            Arg::Buf("dg_du"),
+            u64_arg(n),
+            Arg::I32(act_code(act)),
+        ],
+    })
+}
 
 /// `act(g)·u` for contiguous `g` and `u` of one shape (no autograd).
 pub fn forward(g: &Tensor, u: &Tensor, act: MlpActivation) -> Result<Tensor> {
@@ -36,7 +69,6 @@ struct GluBwd {
     act: MlpActivation,
 }
 
-#[cfg(feature = "cuda")]
 fn act_code(act: MlpActivation) -> i32 {
     match act {
         MlpActivation::Silu => 0,
@@ -101,21 +133,20 @@ impl CustomOp2 for Glu {
         s2: &candle_core::CudaStorage,
         l2: &Layout,
     ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
-        use super::cuda::{
-            cuda_float_dispatch, elems_config, launch, load_func, ptx, storage, suffix, view,
-        };
+        use super::cuda::{cuda_float_dispatch, load, ptx, storage, view, Bufs};
         same_shape(l1, l2, self.name())?;
         let dev = s1.device();
         let n = l1.shape().elem_count();
-        let name = format!("glu_fwd_{}", suffix(s1.dtype())?);
-        let func = load_func(dev, "glu", ptx::GLU, &name)?;
+        let plan = fwd_launch(s1.dtype(), n, self.act)?;
+        let func = load(dev, "glu", ptx::GLU, &plan)?;
         cuda_float_dispatch!(s1, self.name(), |gs: T, wrap| {
             let g = view(gs, l1, self.name())?;
             let u = view(s2.as_cuda_slice::<T>()?, l2, self.name())?;
             // SAFETY: every element is written by the kernel.
-            let y = unsafe { dev.alloc::<T>(n)? };
-            let act = act_code(self.act);
-            launch!(func, elems_config(n), [g, u, y, n, act])?;
+            let mut y = unsafe { dev.alloc::<T>(n)? };
+            let mut bufs = Bufs::new(&func);
+            bufs.read("g", &g).read("u", &u).write("y", &mut y);
+            bufs.launch(&plan)?;
             Ok((storage(wrap(y), dev), l1.shape().clone()))
         })
     }
@@ -170,23 +201,25 @@ impl CustomOp3 for GluBwd {
         s3: &candle_core::CudaStorage,
         l3: &Layout,
     ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
-        use super::cuda::{
-            cuda_float_dispatch, elems_config, launch, load_func, ptx, storage, suffix, view,
-        };
+        use super::cuda::{cuda_float_dispatch, load, ptx, storage, view, Bufs};
         same_shape(l1, l2, self.name())?;
         same_shape(l1, l3, self.name())?;
         let dev = s1.device();
         let n = l1.shape().elem_count();
-        let name = format!("glu_bwd_{}", suffix(s1.dtype())?);
-        let func = load_func(dev, "glu", ptx::GLU, &name)?;
+        let plan = bwd_launch(s1.dtype(), n, self.act)?;
+        let func = load(dev, "glu", ptx::GLU, &plan)?;
         cuda_float_dispatch!(s1, self.name(), |gs: T, wrap| {
             let g = view(gs, l1, self.name())?;
             let u = view(s2.as_cuda_slice::<T>()?, l2, self.name())?;
             let dy = view(s3.as_cuda_slice::<T>()?, l3, self.name())?;
             // SAFETY: every element is written by the kernel.
-            let out = unsafe { dev.alloc::<T>(2 * n)? };
-            let act = act_code(self.act);
-            launch!(func, elems_config(n), [g, u, dy, out, n, act])?;
+            let mut out = unsafe { dev.alloc::<T>(2 * n)? };
+            let mut bufs = Bufs::new(&func);
+            bufs.read("g", &g)
+                .read("u", &u)
+                .read("dy", &dy)
+                .write("dg_du", &mut out);
+            bufs.launch(&plan)?;
             Ok((storage(wrap(out), dev), stacked(l1)))
         })
     }

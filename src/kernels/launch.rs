@@ -1,6 +1,82 @@
-//! Launch geometry of the kernels (grid, block, dynamic shared memory), shared by the CUDA
-//! launches and the kernel emulator tests (`tests/kernel_emu.rs`, which run `kernels/*.cu` on
-//! the CPU with the geometry a GPU would get). Plain numbers: no CUDA types.
+//! Kernel launches described without CUDA types: the entry point, the geometry (grid, block,
+//! dynamic shared memory) and the arguments in the order of the kernel's parameters, with
+//! buffers by name. Each op builds its [`Launch`] with a plain function (`rms_norm::fwd_launch`,
+//! ...) that the CUDA path launches through `kernels::cuda::Bufs` and the kernel emulator tests
+//! (`tests/kernel_emu.rs`, `kernels/*.cu` on the CPU) run as they are, so the emulator checks the
+//! Rust side's entry points, argument order, scalar values and geometry along with the kernels.
+
+use candle_core::DType;
+
+/// One kernel argument: a buffer (`B` is its name in a [`Launch`], its device pointer once
+/// bound), a null pointer, or a scalar of the kernel parameter's type.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Arg<B = &'static str> {
+    Buf(B),
+    Null,
+    I32(i32),
+    I64(i64),
+    U64(u64),
+    F32(f32),
+}
+
+/// One kernel launch.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Launch {
+    /// The entry point (`rms_norm_fwd_bf16`).
+    pub kernel: String,
+    pub geometry: Geometry,
+    /// In the order of the kernel's parameters.
+    pub args: Vec<Arg>,
+}
+
+impl Launch {
+    /// The arguments with each named buffer replaced by its entry in `bufs`. Every buffer the
+    /// launch names must be given, and every given buffer must be named by the launch.
+    pub fn bind<P: Copy>(&self, bufs: &[(&str, P)]) -> Result<Vec<Arg<P>>, String> {
+        if let Some((unused, _)) = bufs
+            .iter()
+            .find(|(n, _)| !self.args.contains(&Arg::Buf(*n)))
+        {
+            return Err(format!("{}: takes no buffer named {unused:?}", self.kernel));
+        }
+        self.args
+            .iter()
+            .map(|a| {
+                Ok(match *a {
+                    Arg::Buf(name) => match bufs.iter().find(|(n, _)| *n == name) {
+                        Some(&(_, p)) => Arg::Buf(p),
+                        None => return Err(format!("{}: no buffer {name:?} given", self.kernel)),
+                    },
+                    Arg::Null => Arg::Null,
+                    Arg::I32(v) => Arg::I32(v),
+                    Arg::I64(v) => Arg::I64(v),
+                    Arg::U64(v) => Arg::U64(v),
+                    Arg::F32(v) => Arg::F32(v),
+                })
+            })
+            .collect()
+    }
+}
+
+/// The suffix of a kernel's entry point for `dtype` (`rms_norm_fwd_bf16`).
+pub fn suffix(dtype: DType) -> candle_core::Result<&'static str> {
+    Ok(match dtype {
+        DType::F32 => "f32",
+        DType::BF16 => "bf16",
+        DType::F16 => "f16",
+        other => candle_core::bail!("no CUDA kernel for {other:?}"),
+    })
+}
+
+/// An `i32` kernel argument from a size that the op has checked fits.
+pub fn i32_arg(n: usize) -> Arg {
+    Arg::I32(n as i32)
+}
+
+/// A `size_t` kernel argument.
+pub fn u64_arg(n: usize) -> Arg {
+    Arg::U64(n as u64)
+}
 
 /// One kernel launch's grid and block (x, y, z) and dynamic shared memory in bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,5 +164,57 @@ pub fn flash_bwd(b: usize, h: usize, tk: usize, d: usize) -> Geometry {
         grid: ((b * h) as u32, tk.div_ceil(bc) as u32, 1),
         block: (FLASH_THREADS, 1, 1),
         smem: ((2 * bc + 2 * br) * (d + 8) * 2 + bc * (br + 8) * 2 + 2 * br * 4 + bc) as u32,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Launch {
+        Launch {
+            kernel: "k".into(),
+            geometry: elems(10),
+            args: vec![
+                Arg::Buf("x"),
+                Arg::Null,
+                Arg::I32(3),
+                Arg::Buf("y"),
+                Arg::F32(0.5),
+            ],
+        }
+    }
+
+    #[test]
+    fn bind_puts_each_buffer_in_its_place() {
+        let got = sample().bind(&[("y", 20u64), ("x", 10)]).unwrap();
+        assert_eq!(
+            got,
+            vec![
+                Arg::Buf(10),
+                Arg::Null,
+                Arg::I32(3),
+                Arg::Buf(20),
+                Arg::F32(0.5)
+            ]
+        );
+    }
+
+    #[test]
+    fn bind_refuses_missing_and_unknown_buffers() {
+        let err = sample().bind(&[("x", 1u64)]).unwrap_err();
+        assert!(err.contains("no buffer \"y\""), "{err}");
+        let err = sample()
+            .bind(&[("x", 1u64), ("y", 2), ("z", 3)])
+            .unwrap_err();
+        assert!(err.contains("no buffer named \"z\""), "{err}");
+    }
+
+    #[test]
+    fn suffixes_name_the_float_types_only() {
+        assert_eq!(suffix(DType::BF16).unwrap(), "bf16");
+        assert_eq!(suffix(DType::F16).unwrap(), "f16");
+        assert_eq!(suffix(DType::F32).unwrap(), "f32");
+        assert!(suffix(DType::U8).is_err());
     }
 }

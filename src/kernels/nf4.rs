@@ -5,8 +5,35 @@
 use candle_core::{CpuStorage, CustomOp3, DType, Device, Layout, Shape, Tensor};
 
 use super::cpu_view;
+use super::launch::{self, u64_arg, Arg, Launch};
 use crate::quant::nf4::{dequant_tables, Nf4Matrix, NF4_ABSMAX_BLOCK, NF4_BLOCK};
 use crate::Result;
+
+/// `nf4_dequant_*`: `n_bytes` packed bytes from 64-value block `first_block` on, to `2·n_bytes`
+/// values of `dtype`, with absmax codes mapped through `offset`: buffers `codes`, `absmax`,
+/// `scales` (one per 256 absmax codes), `lut` (16 levels then the 256-entry absmax map; read)
+/// and `out` (written).
+pub fn dequant_launch(
+    dtype: DType,
+    first_block: usize,
+    n_bytes: usize,
+    offset: f32,
+) -> candle_core::Result<Launch> {
+    Ok(Launch {
+        kernel: format!("nf4_dequant_{}", launch::suffix(dtype)?),
+        geometry: launch::elems(n_bytes),
+        args: vec![
+            Arg::Buf("codes"),
+            Arg::Buf("absmax"),
+            Arg::Buf("scales"),
+            Arg::Buf("lut"),
+            Arg::F32(offset),
+            u64_arg(first_block),
+            u64_arg(n_bytes),
+            Arg::Buf("out"),
+        ],
+    })
+}
 
 /// An NF4 matrix's arrays as device tensors.
 #[derive(Debug, Clone)]
@@ -117,7 +144,7 @@ impl CustomOp3 for Dequant {
         s3: &candle_core::CudaStorage,
         l3: &Layout,
     ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
-        use super::cuda::{elems_config, launch, load_func, ptx, storage, suffix, view};
+        use super::cuda::{load, ptx, storage, view, Bufs};
         use candle_core::backend::BackendStorage;
         use candle_core::cuda_backend::CudaStorageSlice;
         let dev = s1.device();
@@ -126,19 +153,20 @@ impl CustomOp3 for Dequant {
         let tables = view(s3.as_cuda_slice::<f32>()?, l3, self.name())?;
         self.check(codes.len(), absmax.len(), tables.len())?;
         let (lut, scales) = (tables.slice(0..TABLES), tables.slice(TABLES..));
-        let name = format!("nf4_dequant_{}", suffix(self.dtype)?);
-        let func = load_func(dev, "nf4", ptx::NF4, &name)?;
+        let plan = dequant_launch(self.dtype, self.first_block, self.n_bytes, self.offset)?;
+        let func = load(dev, "nf4", ptx::NF4, &plan)?;
         let n = 2 * self.n_bytes;
-        let (offset, first, n_bytes) = (self.offset, self.first_block, self.n_bytes);
         macro_rules! dequant_into {
             ($T:ty, $wrap:path) => {{
                 // SAFETY: every element is written by the kernel.
-                let out = unsafe { dev.alloc::<$T>(n)? };
-                launch!(
-                    func,
-                    elems_config(n_bytes),
-                    [codes, absmax, scales, lut, offset, first, n_bytes, out]
-                )?;
+                let mut out = unsafe { dev.alloc::<$T>(n)? };
+                let mut bufs = Bufs::new(&func);
+                bufs.read("codes", &codes)
+                    .read("absmax", &absmax)
+                    .read("scales", &scales)
+                    .read("lut", &lut)
+                    .write("out", &mut out);
+                bufs.launch(&plan)?;
                 $wrap(out)
             }};
         }

@@ -4,10 +4,56 @@
 //! dtype before the weight multiply, Gemma (`unit_offset`) scales by `1 + w` in f32.
 
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor, WithDType};
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor, WithDType};
 
+use super::launch::{self, i32_arg, Arg, Launch};
 use super::{cpu_float_dispatch, cpu_view, round_to, Float};
 use crate::Result;
+
+/// `rms_norm_fwd_*` over `rows` rows of `cols`: buffers `x`, `w` (read) and `y` (written).
+pub fn fwd_launch(
+    dtype: DType,
+    rows: usize,
+    cols: usize,
+    eps: f32,
+    unit_offset: bool,
+) -> candle_core::Result<Launch> {
+    Ok(Launch {
+        kernel: format!("rms_norm_fwd_{}", launch::suffix(dtype)?),
+        geometry: launch::rows(rows, launch::row_threads(cols)),
+        args: vec![
+            Arg::Buf("x"),
+            Arg::Buf("w"),
+            Arg::Buf("y"),
+            i32_arg(cols),
+            Arg::F32(eps),
+            Arg::I32(unit_offset as i32),
+        ],
+    })
+}
+
+/// `rms_norm_bwd_*`: buffers `x`, `w`, `g` (the output gradient; read) and `dx` (written).
+pub fn bwd_launch(
+    dtype: DType,
+    rows: usize,
+    cols: usize,
+    eps: f32,
+    unit_offset: bool,
+) -> candle_core::Result<Launch> {
+    Ok(Launch {
+        kernel: format!("rms_norm_bwd_{}", launch::suffix(dtype)?),
+        geometry: launch::rows(rows, launch::row_threads(cols)),
+        args: vec![
+            Arg::Buf("x"),
+            Arg::Buf("w"),
+            Arg::Buf("g"),
+            Arg::Buf("dx"),
+            i32_arg(cols),
+            Arg::F32(eps),
+            Arg::I32(unit_offset as i32),
+        ],
+    })
+}
 
 /// `RMSNorm(x) ∘ w` over the last dimension of a contiguous `x` (no autograd).
 pub fn forward(x: &Tensor, w: &Tensor, eps: f64, unit_offset: bool) -> Result<Tensor> {
@@ -130,26 +176,20 @@ impl CustomOp2 for Fwd {
         s2: &candle_core::CudaStorage,
         l2: &Layout,
     ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
-        use super::cuda::{
-            cuda_float_dispatch, launch, load_func, ptx, row_threads, rows_config, storage, suffix,
-            view,
-        };
+        use super::cuda::{cuda_float_dispatch, load, ptx, storage, view, Bufs};
         let dev = s1.device();
         let cols = cols_of(l1)?;
         let rows = l1.shape().elem_count() / cols;
-        let name = format!("rms_norm_fwd_{}", suffix(s1.dtype())?);
-        let func = load_func(dev, "rms_norm", ptx::RMS_NORM, &name)?;
+        let plan = fwd_launch(s1.dtype(), rows, cols, self.eps, self.unit_offset)?;
+        let func = load(dev, "rms_norm", ptx::RMS_NORM, &plan)?;
         cuda_float_dispatch!(s1, self.name(), |xs: T, wrap| {
             let x = view(xs, l1, self.name())?;
             let w = view(s2.as_cuda_slice::<T>()?, l2, self.name())?;
             // SAFETY: every element is written by the kernel.
-            let y = unsafe { dev.alloc::<T>(rows * cols)? };
-            let (cols_i, eps, unit) = (cols as i32, self.eps, self.unit_offset as i32);
-            launch!(
-                func,
-                rows_config(rows, row_threads(cols)),
-                [x, w, y, cols_i, eps, unit]
-            )?;
+            let mut y = unsafe { dev.alloc::<T>(rows * cols)? };
+            let mut bufs = Bufs::new(&func);
+            bufs.read("x", &x).read("w", &w).write("y", &mut y);
+            bufs.launch(&plan)?;
             Ok((storage(wrap(y), dev), l1.shape().clone()))
         })
     }
@@ -189,27 +229,24 @@ impl CustomOp3 for Bwd {
         s3: &candle_core::CudaStorage,
         l3: &Layout,
     ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
-        use super::cuda::{
-            cuda_float_dispatch, launch, load_func, ptx, row_threads, rows_config, storage, suffix,
-            view,
-        };
+        use super::cuda::{cuda_float_dispatch, load, ptx, storage, view, Bufs};
         let dev = s1.device();
         let cols = cols_of(l1)?;
         let rows = l1.shape().elem_count() / cols;
-        let name = format!("rms_norm_bwd_{}", suffix(s1.dtype())?);
-        let func = load_func(dev, "rms_norm", ptx::RMS_NORM, &name)?;
+        let plan = bwd_launch(s1.dtype(), rows, cols, self.eps, self.unit_offset)?;
+        let func = load(dev, "rms_norm", ptx::RMS_NORM, &plan)?;
         cuda_float_dispatch!(s1, self.name(), |xs: T, wrap| {
             let x = view(xs, l1, self.name())?;
             let w = view(s2.as_cuda_slice::<T>()?, l2, self.name())?;
             let g = view(s3.as_cuda_slice::<T>()?, l3, self.name())?;
             // SAFETY: every element is written by the kernel.
-            let dx = unsafe { dev.alloc::<T>(rows * cols)? };
-            let (cols_i, eps, unit) = (cols as i32, self.eps, self.unit_offset as i32);
-            launch!(
-                func,
-                rows_config(rows, row_threads(cols)),
-                [x, w, g, dx, cols_i, eps, unit]
-            )?;
+            let mut dx = unsafe { dev.alloc::<T>(rows * cols)? };
+            let mut bufs = Bufs::new(&func);
+            bufs.read("x", &x)
+                .read("w", &w)
+                .read("g", &g)
+                .write("dx", &mut dx);
+            bufs.launch(&plan)?;
             Ok((storage(wrap(dx), dev), l1.shape().clone()))
         })
     }

@@ -4,10 +4,36 @@
 //! as [`crate::model::layers::apply_rotary`], with each product summed in f32 and rounded once.
 
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor, WithDType};
+use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Tensor, WithDType};
 
+use super::launch::{self, i32_arg, u64_arg, Arg, Launch};
 use super::{cpu_float_dispatch, cpu_view, Float};
 use crate::Result;
+
+/// `rope_*` over `x` of `dims` `[B, H, T, D]` read through `strides` (in elements, from the
+/// buffer's start): buffers `x`, `cos`, `sin` (read) and `y` (written, contiguous).
+pub fn kernel_launch(
+    dtype: DType,
+    dims: [usize; 4],
+    strides: [usize; 4],
+    backward: bool,
+) -> candle_core::Result<Launch> {
+    let n: usize = dims.iter().product();
+    let mut args = vec![
+        Arg::Buf("x"),
+        Arg::Buf("cos"),
+        Arg::Buf("sin"),
+        Arg::Buf("y"),
+    ];
+    args.extend(dims[1..].iter().map(|&d| i32_arg(d)));
+    args.extend(strides.map(|s| Arg::I64(s as i64)));
+    args.extend([u64_arg(n), Arg::I32(backward as i32)]);
+    Ok(Launch {
+        kernel: format!("rope_{}", launch::suffix(dtype)?),
+        geometry: launch::elems(n),
+        args,
+    })
+}
 
 /// `x·cos + rot(x)·sin` (no autograd).
 pub fn forward(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
@@ -117,9 +143,7 @@ impl CustomOp3 for Rope {
         s3: &candle_core::CudaStorage,
         l3: &Layout,
     ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
-        use super::cuda::{
-            cuda_float_dispatch, elems_config, launch, load_func, ptx, storage, suffix, view,
-        };
+        use super::cuda::{cuda_float_dispatch, load, ptx, storage, view, Bufs};
         let (dims, st, start) = geometry(l1)?;
         if l2.dims() != [dims[2], dims[3]] || l3.dims() != [dims[2], dims[3]] {
             candle_core::bail!(
@@ -131,22 +155,20 @@ impl CustomOp3 for Rope {
         }
         let dev = s1.device();
         let n: usize = dims.iter().product();
-        let name = format!("rope_{}", suffix(s1.dtype())?);
-        let func = load_func(dev, "rope", ptx::ROPE, &name)?;
+        let plan = kernel_launch(s1.dtype(), dims, st, self.backward)?;
+        let func = load(dev, "rope", ptx::ROPE, &plan)?;
         cuda_float_dispatch!(s1, self.name(), |xs: T, wrap| {
             let x = xs.slice(start..);
             let cos = view(s2.as_cuda_slice::<T>()?, l2, self.name())?;
             let sin = view(s3.as_cuda_slice::<T>()?, l3, self.name())?;
             // SAFETY: every element is written by the kernel.
-            let y = unsafe { dev.alloc::<T>(n)? };
-            let (nh, nt, nd) = (dims[1] as i32, dims[2] as i32, dims[3] as i32);
-            let [a0, a1, a2, a3] = st.map(|s| s as i64);
-            let (n_u, bwd) = (n, self.backward as i32);
-            launch!(
-                func,
-                elems_config(n),
-                [x, cos, sin, y, nh, nt, nd, a0, a1, a2, a3, n_u, bwd]
-            )?;
+            let mut y = unsafe { dev.alloc::<T>(n)? };
+            let mut bufs = Bufs::new(&func);
+            bufs.read("x", &x)
+                .read("cos", &cos)
+                .read("sin", &sin)
+                .write("y", &mut y);
+            bufs.launch(&plan)?;
             Ok((storage(wrap(y), dev), Shape::from(dims.to_vec())))
         })
     }
