@@ -8,6 +8,7 @@
 //! in `tests/kernels.rs` runs).
 //! No GPU and no CUDA files are needed: a C++17 compiler (`$CXX`, else `c++`).
 
+use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -81,10 +82,21 @@ fn harness() -> &'static Path {
 }
 
 /// A batch of buffers and launches for one harness run.
+///
+/// A buffer reaches the harness when a launch first names it, holding exactly the bytes that
+/// launch declares it may touch (an input cut to that size), so the guard page after it faults
+/// any access past the declared size: the tests check the launch descriptions' sizes, which the
+/// CUDA path checks its buffers against.
 struct Emu {
     dir: tempfile::TempDir,
     cmds: String,
     outs: Vec<String>,
+    /// Inputs no launch has named yet.
+    inputs: HashMap<String, Vec<u8>>,
+    /// Outputs no launch has named yet, with the bytes the test reads back.
+    outputs: HashMap<String, usize>,
+    /// Buffers given to the harness, with their bytes.
+    made: HashMap<String, usize>,
 }
 
 fn raw(t: &Tensor) -> Result<Vec<u8>> {
@@ -121,13 +133,14 @@ impl Emu {
             dir: tempfile::tempdir()?,
             cmds: String::new(),
             outs: Vec::new(),
+            inputs: HashMap::new(),
+            outputs: HashMap::new(),
+            made: HashMap::new(),
         })
     }
 
     fn bytes(&mut self, name: &str, data: &[u8]) -> Result<()> {
-        let path = self.dir.path().join(format!("{name}.in"));
-        std::fs::write(&path, data)?;
-        writeln!(self.cmds, "buf {name} {} {}", data.len(), path.display())?;
+        self.inputs.insert(name.to_string(), data.to_vec());
         Ok(())
     }
 
@@ -137,13 +150,53 @@ impl Emu {
 
     /// An output buffer of `elems` elements of `dtype`, zeroed, saved after the run.
     fn out(&mut self, name: &str, elems: usize, dtype: DType) -> Result<()> {
-        writeln!(self.cmds, "buf {name} {} -", elems * dtype.size_in_bytes())?;
+        self.outputs
+            .insert(name.to_string(), elems * dtype.size_in_bytes());
         self.outs.push(name.to_string());
+        Ok(())
+    }
+
+    /// Hands buffer `name` to the harness with the `need` bytes a launch declares, or checks
+    /// that the one already handed over holds them.
+    fn make(&mut self, kernel: &str, name: &str, need: usize) -> Result<()> {
+        if let Some(&have) = self.made.get(name) {
+            if need > have {
+                return Err(format!(
+                    "{kernel}: reaches {need} bytes of {name}, which holds {have}"
+                )
+                .into());
+            }
+        } else if let Some(data) = self.inputs.remove(name) {
+            if data.len() < need {
+                return Err(format!(
+                    "{kernel}: reaches {need} bytes of input {name}, which has {}",
+                    data.len()
+                )
+                .into());
+            }
+            let path = self.dir.path().join(format!("{name}.in"));
+            std::fs::write(&path, &data[..need])?;
+            writeln!(self.cmds, "buf {name} {need} {}", path.display())?;
+        } else if let Some(bytes) = self.outputs.remove(name) {
+            if bytes != need {
+                return Err(format!(
+                    "{kernel}: declares {need} bytes of output {name}, the test reads {bytes}"
+                )
+                .into());
+            }
+            writeln!(self.cmds, "buf {name} {need} -")?;
+        } else {
+            return Err(format!("{kernel}: the test has no buffer {name}").into());
+        }
+        self.made.entry(name.to_string()).or_insert(need);
         Ok(())
     }
 
     /// Queues `l` as the CUDA path would launch it, its buffers by the names it gives them.
     fn launch(&mut self, l: &Launch) -> Result<()> {
+        for &(name, need) in &l.sizes {
+            self.make(&l.kernel, name, need)?;
+        }
         let g = l.geometry;
         write!(
             self.cmds,
@@ -167,6 +220,11 @@ impl Emu {
 
     /// Runs the batch; `Err` carries the harness's message.
     fn try_run(mut self) -> std::result::Result<Outputs, String> {
+        let mut unused: Vec<&String> = self.inputs.keys().chain(self.outputs.keys()).collect();
+        if !unused.is_empty() {
+            unused.sort();
+            return Err(format!("no launch uses the buffers {unused:?}"));
+        }
         for name in &self.outs {
             let path = self.dir.path().join(format!("{name}.out"));
             writeln!(self.cmds, "save {name} {}", path.display()).expect("write to a String");
@@ -420,11 +478,14 @@ fn nf4_dequantize_kernel_matches_the_cpu_implementation() -> Result<()> {
         let got = emu.run()?.get("out", dtype, &[n, cols])?;
         let want = on_cpu.dequantize_rows(r0, n, dtype)?;
         // Same products in f32, rounded once: bit for bit.
-        assert_eq!(
-            raw(&got)?,
-            raw(&want)?,
-            "nf4 {dtype:?}: the kernel's rows differ"
-        );
+        let (got, want) = (raw(&got)?, raw(&want)?);
+        assert_eq!(got.len(), want.len(), "nf4 {dtype:?}: size");
+        if let Some(i) = got.iter().zip(&want).position(|(a, b)| a != b) {
+            panic!(
+                "nf4 {dtype:?}: the kernel's rows differ from byte {i} on (of {})",
+                got.len()
+            );
+        }
     }
     Ok(())
 }
@@ -524,7 +585,10 @@ fn the_emulator_reports_kernel_faults() -> Result<()> {
     emu.bytes("x", &[0u8; 64 * 4])?;
     emu.bytes("w", &[0u8; 64 * 4])?;
     emu.out("y", 2 * 64, DType::F32)?;
-    emu.launch(&rms_norm::fwd_launch(DType::F32, 2, 64, 1e-6, false)?)?;
+    // Declared as one row (the CUDA path would refuse it before the launch).
+    let mut l = rms_norm::fwd_launch(DType::F32, 2, 64, 1e-6, false)?;
+    l.sizes[0].1 = 64 * 4;
+    emu.launch(&l)?;
     let err = emu
         .try_run()
         .err()

@@ -9,7 +9,7 @@
 
 use candle_core::{DType, Tensor};
 
-use super::launch::{self, i32_arg, Arg, Launch};
+use super::launch::{self, Launch};
 use crate::{Error, Result};
 
 /// The attention's score scale, the absolute position of the first query (keys sit at
@@ -128,55 +128,44 @@ pub struct Dims {
 }
 
 /// The kernels' shared trailing arguments: head counts, lengths, offset, window and scale.
-fn tail_args(dims: &Dims, p: &FlashParams) -> impl Iterator<Item = Arg> {
-    [dims.h, dims.kvh, dims.tq, dims.tk, p.offset, dims.window]
-        .map(i32_arg)
-        .into_iter()
-        .chain([Arg::F32(p.scale)])
+fn tail_args(l: Launch, dims: &Dims, p: &FlashParams) -> Launch {
+    let ints = [dims.h, dims.kvh, dims.tq, dims.tk, p.offset, dims.window];
+    ints.into_iter()
+        .fold(l, |l, n| l.i32(n as i32))
+        .f32(p.scale)
 }
 
-/// The buffer `key_valid`, or a null pointer without key padding.
-fn key_valid_arg(key_valid: bool) -> Arg {
-    if key_valid {
-        Arg::Buf("key_valid")
-    } else {
-        Arg::Null
-    }
-}
-
-/// `flash_fwd_{d}_*`: buffers `q`, `k`, `v`, `key_valid` when `key_valid` (read) and `o`
-/// (`[B, H, Tq, D]` of `dtype`), `lse` (`[B, H, Tq]` f32; written).
+/// `flash_fwd_{d}_*`: buffers `q`, `k`, `v`, `key_valid` (`[B, Tk]` u8) when `key_valid`
+/// (read) and `o` (`[B, H, Tq, D]` of `dtype`), `lse` (`[B, H, Tq]` f32; written).
 pub fn fwd_launch(
     dtype: DType,
     dims: &Dims,
     p: &FlashParams,
     key_valid: bool,
 ) -> candle_core::Result<Launch> {
-    let mut args = vec![Arg::Buf("q"), Arg::Buf("k"), Arg::Buf("v")];
-    args.extend([key_valid_arg(key_valid), Arg::Buf("o"), Arg::Buf("lse")]);
-    args.extend(tail_args(dims, p));
-    Ok(Launch {
-        kernel: format!("flash_fwd_{}_{}", dims.d, launch::suffix(dtype)?),
-        geometry: launch::flash_fwd(dims.b, dims.h, dims.tq, dims.d),
-        args,
-    })
+    let es = dtype.size_in_bytes();
+    let kernel = format!("flash_fwd_{}_{}", dims.d, launch::suffix(dtype)?);
+    let l = Launch::new(kernel, launch::flash_fwd(dims.b, dims.h, dims.tq, dims.d))
+        .buf("q", dims.q_bytes(es))
+        .buf("k", dims.kv_bytes(es))
+        .buf("v", dims.kv_bytes(es))
+        .buf_or_null("key_valid", key_valid.then_some(dims.b * dims.tk))
+        .buf("o", dims.q_bytes(es))
+        .buf("lse", dims.rows() * 4);
+    Ok(tail_args(l, dims, p))
 }
 
 /// `flash_bwd_delta_*`, `delta = rowsum(dO ∘ O)` over the `B·H·Tq` rows: buffers `o`, `g`
 /// (read) and `delta` (written, f32).
 pub fn delta_launch(dtype: DType, dims: &Dims) -> candle_core::Result<Launch> {
-    let rows = dims.b * dims.h * dims.tq;
-    Ok(Launch {
-        kernel: format!("flash_bwd_delta_{}", launch::suffix(dtype)?),
-        geometry: launch::flash_bwd_delta(rows),
-        args: vec![
-            Arg::Buf("o"),
-            Arg::Buf("g"),
-            Arg::Buf("delta"),
-            i32_arg(rows),
-            i32_arg(dims.d),
-        ],
-    })
+    let es = dtype.size_in_bytes();
+    let kernel = format!("flash_bwd_delta_{}", launch::suffix(dtype)?);
+    Ok(Launch::new(kernel, launch::flash_bwd_delta(dims.rows()))
+        .buf("o", dims.q_bytes(es))
+        .buf("g", dims.q_bytes(es))
+        .buf("delta", dims.rows() * 4)
+        .i32(dims.rows() as i32)
+        .i32(dims.d as i32))
 }
 
 /// `flash_bwd_{d}_*`: buffers `q`, `k`, `v`, `g` (dO), `lse`, `delta`, `key_valid` when
@@ -187,15 +176,20 @@ pub fn bwd_launch(
     p: &FlashParams,
     key_valid: bool,
 ) -> candle_core::Result<Launch> {
-    let mut args = ["q", "k", "v", "g", "lse", "delta"].map(Arg::Buf).to_vec();
-    args.push(key_valid_arg(key_valid));
-    args.extend(["dq", "dk", "dv"].map(Arg::Buf));
-    args.extend(tail_args(dims, p));
-    Ok(Launch {
-        kernel: format!("flash_bwd_{}_{}", dims.d, launch::suffix(dtype)?),
-        geometry: launch::flash_bwd(dims.b, dims.h, dims.tk, dims.d),
-        args,
-    })
+    let es = dtype.size_in_bytes();
+    let kernel = format!("flash_bwd_{}_{}", dims.d, launch::suffix(dtype)?);
+    let l = Launch::new(kernel, launch::flash_bwd(dims.b, dims.h, dims.tk, dims.d))
+        .buf("q", dims.q_bytes(es))
+        .buf("k", dims.kv_bytes(es))
+        .buf("v", dims.kv_bytes(es))
+        .buf("g", dims.q_bytes(es))
+        .buf("lse", dims.rows() * 4)
+        .buf("delta", dims.rows() * 4)
+        .buf_or_null("key_valid", key_valid.then_some(dims.b * dims.tk))
+        .buf("dq", dims.q_bytes(4))
+        .buf("dk", dims.kv_bytes(4))
+        .buf("dv", dims.kv_bytes(4));
+    Ok(tail_args(l, dims, p))
 }
 
 impl Dims {
@@ -289,6 +283,21 @@ impl Dims {
             d,
             window,
         })
+    }
+
+    /// Bytes of a `[B, H, Tq, D]` tensor of `es`-byte elements (q, o, dO).
+    fn q_bytes(&self, es: usize) -> usize {
+        self.b * self.h * self.tq * self.d * es
+    }
+
+    /// Bytes of a `[B, KVH, Tk, D]` tensor of `es`-byte elements (k, v).
+    fn kv_bytes(&self, es: usize) -> usize {
+        self.b * self.kvh * self.tk * self.d * es
+    }
+
+    /// Rows of queries, `B · H · Tq`.
+    fn rows(&self) -> usize {
+        self.b * self.h * self.tq
     }
 }
 

@@ -7,7 +7,7 @@
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Tensor, WithDType};
 
-use super::launch::{self, i32_arg, Arg, Launch};
+use super::launch::{self, Launch};
 use super::{cpu_float_dispatch, cpu_view, Float};
 use crate::Result;
 
@@ -21,23 +21,21 @@ pub fn stats_launch(
     start: usize,
     cap: f32,
 ) -> candle_core::Result<Launch> {
-    Ok(Launch {
-        kernel: format!("ce_block_fwd_{}", launch::suffix(dtype)?),
-        geometry: launch::rows(n, launch::row_threads(len)),
-        args: vec![
-            Arg::Buf("stats"),
-            Arg::Buf("logits"),
-            Arg::Buf("targets"),
-            Arg::Buf("stats_out"),
-            i32_arg(len),
-            i32_arg(start),
-            Arg::F32(cap),
-        ],
-    })
+    let geometry = launch::rows(n, launch::row_threads(len));
+    Ok(
+        Launch::new(format!("ce_block_fwd_{}", launch::suffix(dtype)?), geometry)
+            .buf("stats", n * 3 * 4)
+            .buf("logits", n * len * dtype.size_in_bytes())
+            .buf("targets", n * 4)
+            .buf("stats_out", n * 3 * 4)
+            .i32(len as i32)
+            .i32(start as i32)
+            .f32(cap),
+    )
 }
 
-/// `ce_block_bwd_*`: buffers `logits`, `targets`, `lse_grad` (read) and `dl` (written, the
-/// block's `[n, len]` gradient in `dtype`).
+/// `ce_block_bwd_*`: buffers `logits`, `targets`, `lse_grad` (`[n, 2]` f32; read) and `dl`
+/// (written, the block's `[n, len]` gradient in `dtype`).
 pub fn grad_launch(
     dtype: DType,
     n: usize,
@@ -45,20 +43,19 @@ pub fn grad_launch(
     start: usize,
     cap: f32,
 ) -> candle_core::Result<Launch> {
-    Ok(Launch {
-        kernel: format!("ce_block_bwd_{}", launch::suffix(dtype)?),
-        geometry: launch::elems(n * len),
-        args: vec![
-            Arg::Buf("logits"),
-            Arg::Buf("targets"),
-            Arg::Buf("lse_grad"),
-            Arg::Buf("dl"),
-            i32_arg(n),
-            i32_arg(len),
-            i32_arg(start),
-            Arg::F32(cap),
-        ],
-    })
+    let bytes = n * len * dtype.size_in_bytes();
+    Ok(Launch::new(
+        format!("ce_block_bwd_{}", launch::suffix(dtype)?),
+        launch::elems(n * len),
+    )
+    .buf("logits", bytes)
+    .buf("targets", n * 4)
+    .buf("lse_grad", n * 2 * 4)
+    .buf("dl", bytes)
+    .i32(n as i32)
+    .i32(len as i32)
+    .i32(start as i32)
+    .f32(cap))
 }
 
 /// Running statistics `[n, 3]` (f32) before any block: max −∞, sum 0, target logit 0.

@@ -108,7 +108,8 @@ static NULL_PTR: u64 = 0;
 /// with cudarc's stream-ordering guards, which live until the launch is queued.
 pub struct Bufs<'a> {
     func: &'a KernelFn,
-    ptrs: Vec<(&'static str, u64)>,
+    /// Name, device pointer, bytes from the pointer on.
+    ptrs: Vec<(&'static str, u64, usize)>,
     guards: Vec<SyncOnDrop<'a>>,
 }
 
@@ -123,8 +124,9 @@ impl<'a> Bufs<'a> {
 
     /// A buffer the kernel only reads.
     pub fn read<T, B: DevicePtr<T>>(&mut self, name: &'static str, buf: &'a B) -> &mut Self {
+        let bytes = buf.len() * std::mem::size_of::<T>();
         let (ptr, guard) = buf.device_ptr(&self.func.stream);
-        self.ptrs.push((name, ptr));
+        self.ptrs.push((name, ptr, bytes));
         self.guards.push(guard);
         self
     }
@@ -135,8 +137,9 @@ impl<'a> Bufs<'a> {
         name: &'static str,
         buf: &'a mut B,
     ) -> &mut Self {
+        let bytes = buf.len() * std::mem::size_of::<T>();
         let (ptr, guard) = buf.device_ptr_mut(&self.func.stream);
-        self.ptrs.push((name, ptr));
+        self.ptrs.push((name, ptr, bytes));
         self.guards.push(guard);
         self
     }

@@ -5,41 +5,39 @@
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor, WithDType};
 
-use super::launch::{self, u64_arg, Arg, Launch};
+use super::launch::{self, Launch};
 use super::{cpu_float_dispatch, cpu_view, round_to, Float};
 use crate::model::layers::MlpActivation;
 use crate::Result;
 
 /// `glu_fwd_*` over `n` elements: buffers `g`, `u` (read) and `y` (written).
 pub fn fwd_launch(dtype: DType, n: usize, act: MlpActivation) -> candle_core::Result<Launch> {
-    Ok(Launch {
-        kernel: format!("glu_fwd_{}", launch::suffix(dtype)?),
-        geometry: launch::elems(n),
-        args: vec![
-            Arg::Buf("g"),
-            Arg::Buf("u"),
-            Arg::Buf("y"),
-            u64_arg(n),
-            Arg::I32(act_code(act)),
-        ],
-    })
+    let bytes = n * dtype.size_in_bytes();
+    Ok(Launch::new(
+        format!("glu_fwd_{}", launch::suffix(dtype)?),
+        launch::elems(n),
+    )
+    .buf("g", bytes)
+    .buf("u", bytes)
+    .buf("y", bytes)
+    .u64(n)
+    .i32(act_code(act)))
 }
 
 /// `glu_bwd_*`: buffers `g`, `u`, `dy` (read) and `dg_du` (written: `2n` elements, `dg` then
 /// `du`).
 pub fn bwd_launch(dtype: DType, n: usize, act: MlpActivation) -> candle_core::Result<Launch> {
-    Ok(Launch {
-        kernel: format!("glu_bwd_{}", launch::suffix(dtype)?),
-        geometry: launch::elems(n),
-        args: vec![
-            Arg::Buf("g"),
-            Arg::Buf("u"),
-            Arg::Buf("dy"),
-            Arg::Buf("dg_du"),
-            u64_arg(n),
-            Arg::I32(act_code(act)),
-        ],
-    })
+    let bytes = n * dtype.size_in_bytes();
+    Ok(Launch::new(
+        format!("glu_bwd_{}", launch::suffix(dtype)?),
+        launch::elems(n),
+    )
+    .buf("g", bytes)
+    .buf("u", bytes)
+    .buf("dy", bytes)
+    .buf("dg_du", 2 * bytes)
+    .u64(n)
+    .i32(act_code(act)))
 }
 
 /// `act(g)·u` for contiguous `g` and `u` of one shape (no autograd).

@@ -27,24 +27,88 @@ pub struct Launch {
     pub geometry: Geometry,
     /// In the order of the kernel's parameters.
     pub args: Vec<Arg>,
+    /// The bytes each named buffer must hold: all the kernel may touch from the pointer on.
+    pub sizes: Vec<(&'static str, usize)>,
 }
 
 impl Launch {
-    /// The arguments with each named buffer replaced by its entry in `bufs`. Every buffer the
-    /// launch names must be given, and every given buffer must be named by the launch.
-    pub fn bind<P: Copy>(&self, bufs: &[(&str, P)]) -> Result<Vec<Arg<P>>, String> {
-        if let Some((unused, _)) = bufs
-            .iter()
-            .find(|(n, _)| !self.args.contains(&Arg::Buf(*n)))
-        {
-            return Err(format!("{}: takes no buffer named {unused:?}", self.kernel));
+    /// A launch of `kernel` with no arguments yet; add them in order with [`Launch::buf`] and
+    /// the scalar methods.
+    pub fn new(kernel: String, geometry: Geometry) -> Self {
+        Self {
+            kernel,
+            geometry,
+            args: Vec::new(),
+            sizes: Vec::new(),
+        }
+    }
+
+    /// A buffer argument the kernel may touch `bytes` of.
+    pub fn buf(mut self, name: &'static str, bytes: usize) -> Self {
+        self.args.push(Arg::Buf(name));
+        self.sizes.push((name, bytes));
+        self
+    }
+
+    /// A buffer argument when `bytes` is given, else a null pointer.
+    pub fn buf_or_null(self, name: &'static str, bytes: Option<usize>) -> Self {
+        match bytes {
+            Some(b) => self.buf(name, b),
+            None => self.arg(Arg::Null),
+        }
+    }
+
+    pub fn arg(mut self, a: Arg) -> Self {
+        self.args.push(a);
+        self
+    }
+
+    /// An `int` argument.
+    pub fn i32(self, v: i32) -> Self {
+        self.arg(Arg::I32(v))
+    }
+
+    /// A `size_t` argument.
+    pub fn u64(self, n: usize) -> Self {
+        self.arg(Arg::U64(n as u64))
+    }
+
+    /// A `long long` argument.
+    pub fn i64(self, v: i64) -> Self {
+        self.arg(Arg::I64(v))
+    }
+
+    pub fn f32(self, v: f32) -> Self {
+        self.arg(Arg::F32(v))
+    }
+
+    /// The bytes buffer `name` must hold.
+    pub fn size_of(&self, name: &str) -> Option<usize> {
+        self.sizes.iter().find(|(n, _)| *n == name).map(|&(_, b)| b)
+    }
+
+    /// The arguments with each named buffer replaced by its pointer in `bufs` (name, pointer,
+    /// bytes it holds). Every buffer the launch names must be given, with at least the bytes
+    /// the launch needs, and every given buffer must be named by the launch.
+    pub fn bind<P: Copy>(&self, bufs: &[(&str, P, usize)]) -> Result<Vec<Arg<P>>, String> {
+        for &(name, _, bytes) in bufs {
+            match self.size_of(name) {
+                None => return Err(format!("{}: takes no buffer named {name:?}", self.kernel)),
+                Some(need) if bytes < need => {
+                    return Err(format!(
+                        "{}: buffer {name:?} holds {bytes} bytes, the launch reaches {need}",
+                        self.kernel
+                    ))
+                }
+                Some(_) => {}
+            }
         }
         self.args
             .iter()
             .map(|a| {
                 Ok(match *a {
-                    Arg::Buf(name) => match bufs.iter().find(|(n, _)| *n == name) {
-                        Some(&(_, p)) => Arg::Buf(p),
+                    Arg::Buf(name) => match bufs.iter().find(|(n, _, _)| *n == name) {
+                        Some(&(_, p, _)) => Arg::Buf(p),
                         None => return Err(format!("{}: no buffer {name:?} given", self.kernel)),
                     },
                     Arg::Null => Arg::Null,
@@ -66,16 +130,6 @@ pub fn suffix(dtype: DType) -> candle_core::Result<&'static str> {
         DType::F16 => "f16",
         other => candle_core::bail!("no CUDA kernel for {other:?}"),
     })
-}
-
-/// An `i32` kernel argument from a size that the op has checked fits.
-pub fn i32_arg(n: usize) -> Arg {
-    Arg::I32(n as i32)
-}
-
-/// A `size_t` kernel argument.
-pub fn u64_arg(n: usize) -> Arg {
-    Arg::U64(n as u64)
 }
 
 /// One kernel launch's grid and block (x, y, z) and dynamic shared memory in bytes.
@@ -172,22 +226,17 @@ mod tests {
     use super::*;
 
     fn sample() -> Launch {
-        Launch {
-            kernel: "k".into(),
-            geometry: elems(10),
-            args: vec![
-                Arg::Buf("x"),
-                Arg::Null,
-                Arg::I32(3),
-                Arg::Buf("y"),
-                Arg::F32(0.5),
-            ],
-        }
+        Launch::new("k".into(), elems(10))
+            .buf("x", 40)
+            .arg(Arg::Null)
+            .i32(3)
+            .buf("y", 8)
+            .f32(0.5)
     }
 
     #[test]
     fn bind_puts_each_buffer_in_its_place() {
-        let got = sample().bind(&[("y", 20u64), ("x", 10)]).unwrap();
+        let got = sample().bind(&[("y", 20u64, 8), ("x", 10, 64)]).unwrap();
         assert_eq!(
             got,
             vec![
@@ -201,13 +250,18 @@ mod tests {
     }
 
     #[test]
-    fn bind_refuses_missing_and_unknown_buffers() {
-        let err = sample().bind(&[("x", 1u64)]).unwrap_err();
+    fn bind_refuses_missing_unknown_and_short_buffers() {
+        let err = sample().bind(&[("x", 1u64, 40)]).unwrap_err();
         assert!(err.contains("no buffer \"y\""), "{err}");
         let err = sample()
-            .bind(&[("x", 1u64), ("y", 2), ("z", 3)])
+            .bind(&[("x", 1u64, 40), ("y", 2, 8), ("z", 3, 8)])
             .unwrap_err();
         assert!(err.contains("no buffer named \"z\""), "{err}");
+        let err = sample().bind(&[("x", 1u64, 39), ("y", 2, 8)]).unwrap_err();
+        assert!(
+            err.contains("\"x\" holds 39 bytes, the launch reaches 40"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -5,34 +5,40 @@
 use candle_core::{CpuStorage, CustomOp3, DType, Device, Layout, Shape, Tensor};
 
 use super::cpu_view;
-use super::launch::{self, u64_arg, Arg, Launch};
+use super::launch::{self, Launch};
 use crate::quant::nf4::{dequant_tables, Nf4Matrix, NF4_ABSMAX_BLOCK, NF4_BLOCK};
 use crate::Result;
 
 /// `nf4_dequant_*`: `n_bytes` packed bytes from 64-value block `first_block` on, to `2·n_bytes`
 /// values of `dtype`, with absmax codes mapped through `offset`: buffers `codes`, `absmax`,
-/// `scales` (one per 256 absmax codes), `lut` (16 levels then the 256-entry absmax map; read)
-/// and `out` (written).
+/// `scales` (one f32 per 256 absmax codes), `lut` (f32: 16 levels then the 256-entry absmax
+/// map; read) and `out` (written). Each buffer starts at the matrix's start.
 pub fn dequant_launch(
     dtype: DType,
     first_block: usize,
     n_bytes: usize,
     offset: f32,
 ) -> candle_core::Result<Launch> {
-    Ok(Launch {
-        kernel: format!("nf4_dequant_{}", launch::suffix(dtype)?),
-        geometry: launch::elems(n_bytes),
-        args: vec![
-            Arg::Buf("codes"),
-            Arg::Buf("absmax"),
-            Arg::Buf("scales"),
-            Arg::Buf("lut"),
-            Arg::F32(offset),
-            u64_arg(first_block),
-            u64_arg(n_bytes),
-            Arg::Buf("out"),
-        ],
-    })
+    // One past the last 64-value block the range touches.
+    let end_block = first_block + (2 * n_bytes).div_ceil(NF4_BLOCK);
+    let (codes, absmax, scales) = if n_bytes == 0 {
+        (0, 0, 0)
+    } else {
+        let scales = (end_block - 1) / NF4_ABSMAX_BLOCK + 1;
+        (first_block * NF4_BLOCK / 2 + n_bytes, end_block, 4 * scales)
+    };
+    Ok(Launch::new(
+        format!("nf4_dequant_{}", launch::suffix(dtype)?),
+        launch::elems(n_bytes),
+    )
+    .buf("codes", codes)
+    .buf("absmax", absmax)
+    .buf("scales", scales)
+    .buf("lut", 4 * TABLES)
+    .f32(offset)
+    .u64(first_block)
+    .u64(n_bytes)
+    .buf("out", 2 * n_bytes * dtype.size_in_bytes()))
 }
 
 /// An NF4 matrix's arrays as device tensors.
@@ -87,13 +93,20 @@ struct Dequant {
 }
 
 impl Dequant {
+    /// Whether arrays of these lengths hold the block range: the sizes of the launch, which
+    /// the CUDA path checks its buffers against when it binds them.
     fn check(&self, codes: usize, absmax: usize, tables: usize) -> candle_core::Result<()> {
-        let last_block = self.first_block + (2 * self.n_bytes).div_ceil(NF4_BLOCK);
-        if self.first_block * NF4_BLOCK / 2 + self.n_bytes > codes
-            || last_block > absmax
-            || TABLES + absmax.div_ceil(NF4_ABSMAX_BLOCK) > tables
-        {
-            candle_core::bail!("nf4-dequantize: block range outside the matrix");
+        let l = dequant_launch(self.dtype, self.first_block, self.n_bytes, self.offset)?;
+        let have = [
+            ("codes", codes),
+            ("absmax", absmax),
+            ("scales", 4 * tables.saturating_sub(TABLES)),
+            ("lut", 4 * tables.min(TABLES)),
+        ];
+        for (name, bytes) in have {
+            if l.size_of(name).is_some_and(|need| need > bytes) {
+                candle_core::bail!("nf4-dequantize: block range outside the matrix ({name})");
+            }
         }
         Ok(())
     }
@@ -151,7 +164,7 @@ impl CustomOp3 for Dequant {
         let codes = view(s1.as_cuda_slice::<u8>()?, l1, self.name())?;
         let absmax = view(s2.as_cuda_slice::<u8>()?, l2, self.name())?;
         let tables = view(s3.as_cuda_slice::<f32>()?, l3, self.name())?;
-        self.check(codes.len(), absmax.len(), tables.len())?;
+        // The launch checks the buffers against its sizes when it binds them.
         let (lut, scales) = (tables.slice(0..TABLES), tables.slice(TABLES..));
         let plan = dequant_launch(self.dtype, self.first_block, self.n_bytes, self.offset)?;
         let func = load(dev, "nf4", ptx::NF4, &plan)?;

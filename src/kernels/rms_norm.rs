@@ -6,7 +6,7 @@
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor, WithDType};
 
-use super::launch::{self, i32_arg, Arg, Launch};
+use super::launch::{self, Launch};
 use super::{cpu_float_dispatch, cpu_view, round_to, Float};
 use crate::Result;
 
@@ -18,18 +18,15 @@ pub fn fwd_launch(
     eps: f32,
     unit_offset: bool,
 ) -> candle_core::Result<Launch> {
-    Ok(Launch {
-        kernel: format!("rms_norm_fwd_{}", launch::suffix(dtype)?),
-        geometry: launch::rows(rows, launch::row_threads(cols)),
-        args: vec![
-            Arg::Buf("x"),
-            Arg::Buf("w"),
-            Arg::Buf("y"),
-            i32_arg(cols),
-            Arg::F32(eps),
-            Arg::I32(unit_offset as i32),
-        ],
-    })
+    let es = dtype.size_in_bytes();
+    let kernel = format!("rms_norm_fwd_{}", launch::suffix(dtype)?);
+    Ok(Launch::new(kernel, geometry(rows, cols))
+        .buf("x", rows * cols * es)
+        .buf("w", cols * es)
+        .buf("y", rows * cols * es)
+        .i32(cols as i32)
+        .f32(eps)
+        .i32(unit_offset as i32))
 }
 
 /// `rms_norm_bwd_*`: buffers `x`, `w`, `g` (the output gradient; read) and `dx` (written).
@@ -40,19 +37,21 @@ pub fn bwd_launch(
     eps: f32,
     unit_offset: bool,
 ) -> candle_core::Result<Launch> {
-    Ok(Launch {
-        kernel: format!("rms_norm_bwd_{}", launch::suffix(dtype)?),
-        geometry: launch::rows(rows, launch::row_threads(cols)),
-        args: vec![
-            Arg::Buf("x"),
-            Arg::Buf("w"),
-            Arg::Buf("g"),
-            Arg::Buf("dx"),
-            i32_arg(cols),
-            Arg::F32(eps),
-            Arg::I32(unit_offset as i32),
-        ],
-    })
+    let es = dtype.size_in_bytes();
+    let kernel = format!("rms_norm_bwd_{}", launch::suffix(dtype)?);
+    Ok(Launch::new(kernel, geometry(rows, cols))
+        .buf("x", rows * cols * es)
+        .buf("w", cols * es)
+        .buf("g", rows * cols * es)
+        .buf("dx", rows * cols * es)
+        .i32(cols as i32)
+        .f32(eps)
+        .i32(unit_offset as i32))
+}
+
+/// A block per row.
+fn geometry(rows: usize, cols: usize) -> launch::Geometry {
+    launch::rows(rows, launch::row_threads(cols))
 }
 
 /// `RMSNorm(x) ∘ w` over the last dimension of a contiguous `x` (no autograd).

@@ -6,33 +6,43 @@
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Tensor, WithDType};
 
-use super::launch::{self, i32_arg, u64_arg, Arg, Launch};
+use super::launch::{self, Launch};
 use super::{cpu_float_dispatch, cpu_view, Float};
 use crate::Result;
 
 /// `rope_*` over `x` of `dims` `[B, H, T, D]` read through `strides` (in elements, from the
-/// buffer's start): buffers `x`, `cos`, `sin` (read) and `y` (written, contiguous).
+/// buffer's start): buffers `x`, `cos`, `sin` (`[T, D]`; read) and `y` (written, contiguous).
 pub fn kernel_launch(
     dtype: DType,
     dims: [usize; 4],
     strides: [usize; 4],
     backward: bool,
 ) -> candle_core::Result<Launch> {
+    let es = dtype.size_in_bytes();
     let n: usize = dims.iter().product();
-    let mut args = vec![
-        Arg::Buf("x"),
-        Arg::Buf("cos"),
-        Arg::Buf("sin"),
-        Arg::Buf("y"),
-    ];
-    args.extend(dims[1..].iter().map(|&d| i32_arg(d)));
-    args.extend(strides.map(|s| Arg::I64(s as i64)));
-    args.extend([u64_arg(n), Arg::I32(backward as i32)]);
-    Ok(Launch {
-        kernel: format!("rope_{}", launch::suffix(dtype)?),
-        geometry: launch::elems(n),
-        args,
-    })
+    // One past the farthest element the strides reach.
+    let extent = if n == 0 {
+        0
+    } else {
+        1 + dims
+            .iter()
+            .zip(strides)
+            .map(|(d, s)| (d - 1) * s)
+            .sum::<usize>()
+    };
+    let [_, h, t, d] = dims;
+    let mut l = Launch::new(format!("rope_{}", launch::suffix(dtype)?), launch::elems(n))
+        .buf("x", extent * es)
+        .buf("cos", t * d * es)
+        .buf("sin", t * d * es)
+        .buf("y", n * es)
+        .i32(h as i32)
+        .i32(t as i32)
+        .i32(d as i32);
+    for s in strides {
+        l = l.i64(s as i64);
+    }
+    Ok(l.u64(n).i32(backward as i32))
 }
 
 /// `x·cos + rot(x)·sin` (no autograd).
