@@ -14,6 +14,7 @@ pub mod error;
 pub mod eval;
 pub mod export;
 pub mod fsutil;
+pub mod gemm;
 pub mod generate;
 pub mod kernels;
 pub mod lora;

@@ -11,6 +11,7 @@ use candle_core::{DType, Tensor};
 
 use crate::autograd::{accumulate, with_backward};
 use crate::data::TokenizedExample;
+use crate::gemm;
 use crate::kernels::{self, Kernel};
 use crate::model::{CausalLm, LmHead};
 use crate::quant::FrozenWeight;
@@ -127,7 +128,7 @@ pub fn head_nll_fused(
     let targets = Tensor::new(target_ids, h.device())?;
     let mut stats = kernels::cross_entropy::initial_stats(n, h.device())?;
     for_each_vocab_block(&head.weight, n, block_logits, |start, w| {
-        let logits = hd.matmul(&w.t()?)?;
+        let logits = gemm::matmul(&hd, &w.t()?)?;
         stats =
             kernels::cross_entropy::block_stats(&stats, &logits, &targets, start, head.softcap)?;
         Ok(())
@@ -141,7 +142,7 @@ pub fn head_nll_fused(
             let lse_grad = Tensor::cat(&[&lse, &grad.to_dtype(DType::F32)?.unsqueeze(1)?], 1)?;
             let mut gh: Option<Tensor> = None;
             for_each_vocab_block(&head.weight, n, block_logits, |start, w| {
-                let logits = hd.matmul(&w.t()?)?;
+                let logits = gemm::matmul(&hd, &w.t()?)?;
                 let dl = kernels::cross_entropy::block_grad(
                     &logits,
                     &targets,
@@ -150,7 +151,7 @@ pub fn head_nll_fused(
                     head.softcap,
                 )?;
                 // Summed over blocks in f32: a 262k vocabulary is many bf16 roundings otherwise.
-                accumulate(&mut gh, dl.matmul(&w)?.to_dtype(DType::F32)?)?;
+                accumulate(&mut gh, gemm::matmul(&dl, &w)?.to_dtype(DType::F32)?)?;
                 Ok(())
             })?;
             let gh = gh.ok_or_else(|| Error::Msg("the output head has no rows".into()))?;
@@ -183,7 +184,7 @@ fn head_nll_backward(
         if let Some(cap) = head.softcap {
             dl = (dl * (1.0 - (logits / cap)?.sqr()?)?)?;
         }
-        let part = dl.to_dtype(w.dtype())?.matmul(&w)?;
+        let part = gemm::matmul(&dl.to_dtype(w.dtype())?, &w)?;
         accumulate(&mut gh, part)?;
         Ok(())
     })?;
@@ -212,7 +213,7 @@ fn for_each_vocab_block(
 
 /// `softcap(h wᵀ)` in f32 for one block `w` of the head.
 fn head_logits(h: &Tensor, w: &Tensor, softcap: Option<f64>) -> Result<Tensor> {
-    let logits = h.matmul(&w.t()?)?.to_dtype(DType::F32)?;
+    let logits = gemm::matmul(h, &w.t()?)?.to_dtype(DType::F32)?;
     Ok(match softcap {
         Some(cap) => ((logits / cap)?.tanh()? * cap)?,
         None => logits,

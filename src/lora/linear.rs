@@ -7,6 +7,7 @@ use candle_core::{DType, Module, Tensor};
 use rand::{Rng, SeedableRng};
 
 use crate::autograd::with_backward;
+use crate::gemm;
 use crate::quant::FrozenWeight;
 use crate::Result;
 
@@ -130,9 +131,7 @@ impl Linear {
             None => Ok(weight),
             Some(l) => {
                 let dtype = weight.dtype();
-                let ba =
-                    l.b.to_dtype(DType::F32)?
-                        .matmul(&l.a.to_dtype(DType::F32)?)?;
+                let ba = gemm::matmul(&l.b.to_dtype(DType::F32)?, &l.a.to_dtype(DType::F32)?)?;
                 let w = (weight.to_dtype(DType::F32)? + (ba * l.scale)?)?;
                 Ok(w.to_dtype(dtype)?)
             }
@@ -193,10 +192,10 @@ impl Linear {
         };
         let a = l.a.detach().to_dtype(cd)?;
         let b = l.b.detach().to_dtype(cd)?;
-        let u = x_lora.matmul(&a.t()?)?;
+        let u = gemm::matmul(&x_lora, &a.t()?)?;
         let y = if value {
             let base = self.weight.product_t(&xd)?;
-            let delta = (u.matmul(&b.t()?)? * l.scale)?.to_dtype(base.dtype())?;
+            let delta = (gemm::matmul(&u, &b.t()?)? * l.scale)?.to_dtype(base.dtype())?;
             (base + delta)?
         } else {
             Tensor::zeros((n, out), self.weight.dtype(), x.device())?
@@ -206,14 +205,14 @@ impl Linear {
         let y = with_backward("lora-linear", y, &[&x2, &l.a, &l.b], move |inputs, g| {
             let (x, a_var, b_var) = (inputs[0], inputs[1], inputs[2]);
             let gc = g.to_dtype(cd)?;
-            let grad_b = (gc.t()?.matmul(&u)? * scale)?.to_dtype(b_var.dtype())?;
-            let grad_u = (gc.matmul(&b)? * scale)?;
+            let grad_b = (gemm::matmul(&gc.t()?, &u)? * scale)?.to_dtype(b_var.dtype())?;
+            let grad_u = (gemm::matmul(&gc, &b)? * scale)?;
             let x_lora = match &mask {
                 Some(m) => (x.detach() * m)?.to_dtype(cd)?,
                 None => x.detach().to_dtype(cd)?,
             };
-            let grad_a = grad_u.t()?.matmul(&x_lora)?.to_dtype(a_var.dtype())?;
-            let mut grad_x_lora = grad_u.matmul(&a)?;
+            let grad_a = gemm::matmul(&grad_u.t()?, &x_lora)?.to_dtype(a_var.dtype())?;
+            let mut grad_x_lora = gemm::matmul(&grad_u, &a)?;
             if let Some(m) = &mask {
                 grad_x_lora = (grad_x_lora * m.to_dtype(cd)?)?;
             }

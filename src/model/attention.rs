@@ -9,6 +9,7 @@ use candle_core::{DType, Tensor, D};
 
 use super::layers::{repeat_kv, AttnMask};
 use crate::autograd::{accumulate, with_backward, Stash};
+use crate::gemm;
 use crate::kernels::attention as flash;
 use crate::kernels::{self, Kernel};
 use crate::Result;
@@ -30,7 +31,7 @@ fn block_scores(
     softcap: Option<f64>,
     mask: &Tensor,
 ) -> Result<(Tensor, Option<Tensor>)> {
-    let mut s = (q.matmul(&k.t()?)? * scale)?;
+    let mut s = (gemm::matmul(q, &k.t()?)? * scale)?;
     let mut capped = None;
     if let Some(cap) = softcap {
         s = ((s / cap)?.tanh()? * cap)?;
@@ -208,7 +209,7 @@ fn blocked_forward(
         // Kept apart: for a row whose keys are all masked, `max` is near f32::MIN and
         // `max + log z` would round back to `max`.
         lses.push(Tensor::cat(&[&max, &z], D::Minus1)?);
-        outs.push(p.to_dtype(vd.dtype())?.matmul(&vd)?);
+        outs.push(gemm::matmul(&p.to_dtype(vd.dtype())?, &vd)?);
     }
     Ok((Tensor::cat(&outs, 2)?, Tensor::cat(&lses, 2)?))
 }
@@ -259,7 +260,7 @@ fn attention_backward(
         let (max, z) = (stats.narrow(3, 0, 1)?, stats.narrow(3, 1, 1)?);
         let p = s.broadcast_sub(&max)?.exp()?.broadcast_div(&z)?;
         let go = grad.narrow(2, start, n)?;
-        let dp = go.matmul(&vf.t()?)?;
+        let dp = gemm::matmul(&go, &vf.t()?)?;
         let rowdot = (&p * &dp)?.sum_keepdim(D::Minus1)?;
         let mut ds = (&p * dp.broadcast_sub(&rowdot)?)?;
         if let (Some(cap), Some(t)) = (softcap, capped) {
@@ -267,10 +268,10 @@ fn attention_backward(
             ds = (ds * (1.0 - tanh.sqr()?)?)?;
         }
         let ds = (ds * scale)?;
-        dq.push(ds.matmul(&kf)?);
+        dq.push(gemm::matmul(&ds, &kf)?);
         let qf = qc.to_dtype(DType::F32)?;
-        let dk_c = ds.t()?.matmul(&qf)?;
-        let dv_c = p.t()?.matmul(&go)?;
+        let dk_c = gemm::matmul(&ds.t()?, &qf)?;
+        let dv_c = gemm::matmul(&p.t()?, &go)?;
         accumulate(&mut dk, dk_c)?;
         accumulate(&mut dv, dv_c)?;
     }
@@ -294,14 +295,14 @@ pub fn attention_eager(
     softcap: Option<f64>,
     mask: &Tensor,
 ) -> Result<Tensor> {
-    let mut scores = (q.matmul(&k.t()?)? * scale)?;
+    let mut scores = (gemm::matmul(q, &k.t()?)? * scale)?;
     if let Some(cap) = softcap {
         scores = ((scores / cap)?.tanh()? * cap)?;
     }
     let scores = scores.broadcast_add(mask)?;
     let probs =
         candle_nn::ops::softmax(&scores.to_dtype(DType::F32)?, D::Minus1)?.to_dtype(v.dtype())?;
-    Ok(probs.matmul(v)?)
+    Ok(gemm::matmul(&probs, v)?)
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@ use candle_core::{DType, Tensor};
 
 use super::QuantWeight;
 use crate::autograd::with_backward;
+use crate::gemm;
 use crate::Result;
 
 /// Rows of a dense weight handled at once where a caller walks the weight in blocks.
@@ -81,7 +82,7 @@ impl FrozenWeight {
     /// `x Wᵀ` outside the graph (no backward).
     pub fn product_t(&self, x: &Tensor) -> Result<Tensor> {
         match self {
-            Self::Dense(w) => Ok(x.detach().matmul(&w.t()?)?),
+            Self::Dense(w) => Ok(gemm::matmul(&x.detach(), &w.t()?)?),
             Self::Quant(q) => q.matmul_t(&x.detach()),
         }
     }
@@ -89,7 +90,7 @@ impl FrozenWeight {
     /// `g W`: the input gradient of `x Wᵀ` for an output gradient `g: [n, out]`.
     pub fn grad_input(&self, g: &Tensor) -> Result<Tensor> {
         match self {
-            Self::Dense(w) => Ok(g.to_dtype(w.dtype())?.matmul(w)?),
+            Self::Dense(w) => Ok(gemm::matmul(&g.to_dtype(w.dtype())?, w)?),
             Self::Quant(q) => q.grad_input(g),
         }
     }

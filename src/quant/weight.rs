@@ -14,12 +14,19 @@ use candle_core::{DType, Device, Tensor};
 use super::nf4::Nf4Matrix;
 use super::Quantize;
 use crate::autograd::accumulate;
+use crate::gemm;
 use crate::kernels::nf4::Nf4Device;
 use crate::kernels::{self, Kernel};
 use crate::{Error, Result};
 
-/// Elements dequantized at once: 4 Mi (16 MiB in f32).
+/// Elements dequantized at once on the CPU: 4 Mi (16 MiB in f32).
 pub const BLOCK_ELEMS: usize = 4 << 20;
+
+/// Elements dequantized at once on a GPU: 64 Mi (128 MiB in bf16), so that every weight of an
+/// 8B Llama (the largest, 14336 × 4096, is 56 Mi) is one block and its products are one GEMM
+/// each way, as bitsandbytes does. Several blocks cost a copy of each column range of the
+/// output gradient (candle's CUDA matmul takes no strided column range) and an add per block.
+pub const GPU_BLOCK_ELEMS: usize = 64 << 20;
 
 enum Blocks {
     Ggml(Vec<QTensor>),
@@ -51,15 +58,21 @@ impl std::fmt::Debug for QuantWeight {
     }
 }
 
-fn block_rows_for(cols: usize) -> usize {
-    (BLOCK_ELEMS / cols.max(1)).max(1)
+/// Rows per dequantization block for rows of `cols` values on `device`.
+fn block_rows_for(cols: usize, device: &Device) -> usize {
+    let elems = if device.is_cpu() {
+        BLOCK_ELEMS
+    } else {
+        GPU_BLOCK_ELEMS
+    };
+    (elems / cols.max(1)).max(1)
 }
 
 impl QuantWeight {
     /// Quantizes a dense `[out, in]` weight (`name` is used in errors).
     pub fn quantize(name: &str, w: &Tensor, format: Quantize, dtype: DType) -> Result<Self> {
         let cols = w.dims2()?.1;
-        Self::quantize_in_blocks(name, w, format, dtype, block_rows_for(cols))
+        Self::quantize_in_blocks(name, w, format, dtype, block_rows_for(cols, w.device()))
     }
 
     /// [`Self::quantize`] with `block_rows` rows per dequantization block.
@@ -159,7 +172,7 @@ impl QuantWeight {
                 Cow::Owned(out)
             }
         };
-        let block_rows = block_rows_for(cols);
+        let block_rows = block_rows_for(cols, device);
         let mut blocks = Vec::new();
         for r0 in (0..rows).step_by(block_rows) {
             let n = block_rows.min(rows - r0);
@@ -247,7 +260,7 @@ impl QuantWeight {
         let mut parts = Vec::new();
         for i in 0..self.block_count() {
             let w = self.dequantize_block(i)?;
-            parts.push(x.matmul(&w.t()?)?);
+            parts.push(gemm::matmul(&x, &w.t()?)?);
         }
         Ok(Tensor::cat(&parts, 1)?)
     }
@@ -258,7 +271,14 @@ impl QuantWeight {
         let mut acc: Option<Tensor> = None;
         for (i, (r0, n)) in self.block_ranges().into_iter().enumerate() {
             let w = self.dequantize_block(i)?;
-            accumulate(&mut acc, g.narrow(1, r0, n)?.matmul(&w)?)?;
+            // A column range of `g` is a layout CUDA's GEMM refuses: copy it (one block, the
+            // usual case on a GPU, is all of `g`).
+            let part = if n == self.rows {
+                g.clone()
+            } else {
+                g.narrow(1, r0, n)?.contiguous()?
+            };
+            accumulate(&mut acc, gemm::matmul(&part, &w)?)?;
         }
         acc.ok_or_else(|| Error::Msg("an empty quantized weight".into()))
     }
