@@ -195,7 +195,8 @@ impl Linear {
         let u = gemm::matmul(&x_lora, &a.t()?)?;
         let y = if value {
             let base = self.weight.product_t(&xd)?;
-            let delta = (gemm::matmul(&u, &b.t()?)? * l.scale)?.to_dtype(base.dtype())?;
+            // The scale goes on the rank-r `u`, not on the [n, out] product.
+            let delta = gemm::matmul(&(&u * l.scale)?, &b.t()?)?.to_dtype(base.dtype())?;
             (base + delta)?
         } else {
             Tensor::zeros((n, out), self.weight.dtype(), x.device())?

@@ -123,16 +123,21 @@ impl AdamW {
     }
 }
 
-/// The global L2 norm of `grads`.
+/// The global L2 norm of `grads`: each tensor's sum of squares on its device, then one
+/// transfer of those sums (a single synchronization per step, and no f64 on the device).
 pub fn global_norm(grads: &[Tensor]) -> Result<f64> {
-    let mut sq = 0f64;
-    for g in grads {
-        sq += g
-            .sqr()?
-            .sum_all()?
-            .to_dtype(DType::F64)?
-            .to_scalar::<f64>()?;
+    if grads.is_empty() {
+        return Ok(0.0);
     }
+    let sums = grads
+        .iter()
+        .map(|g| g.to_dtype(DType::F32)?.sqr()?.sum_all())
+        .collect::<candle_core::Result<Vec<_>>>()?;
+    let sq = Tensor::stack(&sums, 0)?
+        .to_device(&candle_core::Device::Cpu)?
+        .to_dtype(DType::F64)?
+        .sum_all()?
+        .to_scalar::<f64>()?;
     Ok(sq.sqrt())
 }
 

@@ -20,8 +20,13 @@ pub fn micro_batch_grads(
     divisor: usize,
 ) -> Result<(f64, Vec<Option<Tensor>>)> {
     let nll = micro_batch_nll_sum(model, mb)?;
-    let nll_sum = nll.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
-    let store = (nll / divisor as f64)?.backward()?;
+    let store = (&nll / divisor as f64)?.backward()?;
+    // Read after the backward pass is queued, so the device does not drain in between; on the
+    // host, as Metal has no f64.
+    let nll_sum = nll
+        .to_device(&candle_core::Device::Cpu)?
+        .to_dtype(candle_core::DType::F64)?
+        .to_scalar::<f64>()?;
     let mut grads = Vec::new();
     for var in params.vars() {
         let outer = store.get(var.as_tensor()).cloned();
