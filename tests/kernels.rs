@@ -220,6 +220,34 @@ fn nf4_dequantize_matches_the_host() -> Result<()> {
     Ok(())
 }
 
+/// A 4-bit weight of several dequantization blocks (the CPU's block size; on a GPU one block
+/// usually covers a weight) multiplies on the device like its dequantized matrix, both ways:
+/// the input gradient takes a column range of the output gradient per block, which CUDA's GEMM
+/// only takes as a copy.
+#[test]
+fn a_multi_block_4bit_weight_multiplies_like_its_dequantized_matrix() -> Result<()> {
+    use lora_train::quant::{QuantWeight, Quantize};
+    use std::sync::Arc;
+    let dev = device()?;
+    for dtype in [DType::F32, DType::BF16] {
+        let w = (randn(&[40, 256], DType::F32, &dev)? * 0.05)?;
+        // 7 rows per block: six blocks, the last one short.
+        let q = QuantWeight::quantize_in_blocks("w", &w, Quantize::Nf4, dtype, 7)?;
+        assert_eq!(q.block_ranges().len(), 6);
+        let dense = q.dequantize()?.to_dtype(dtype)?;
+        let x = randn(&[5, 256], dtype, &dev)?;
+        let g = randn(&[5, 40], dtype, &dev)?;
+        let frozen = FrozenWeight::Quant(Arc::new(q));
+        // Strict: on the CPU too, a product in a layout CUDA refuses is an error.
+        let (y, gx) = lora_train::gemm::with_strict_gemm(|| -> Result<_> {
+            Ok((frozen.product_t(&x)?, frozen.grad_input(&g)?))
+        })?;
+        assert_close("4-bit forward", &y, &x.matmul(&dense.t()?)?, dtype)?;
+        assert_close("4-bit input gradient", &gx, &g.matmul(&dense)?, dtype)?;
+    }
+    Ok(())
+}
+
 #[test]
 fn a_fused_op_rejects_what_it_cannot_run() -> Result<()> {
     let dev = device()?;
