@@ -10,7 +10,7 @@ pub fn parse_device(name: &str) -> Result<Device> {
         "cpu" => Ok(Device::Cpu),
         "auto" => {
             if let Ok(d) = Device::new_cuda(0) {
-                return Ok(d);
+                return Ok(single_stream(d));
             }
             if let Ok(d) = Device::new_metal(0) {
                 return Ok(d);
@@ -29,13 +29,28 @@ pub fn parse_device(name: &str) -> Result<Device> {
                         "unknown device `{other}` (expected auto, cpu, cuda:N or metal)"
                     ))
                 })?;
-            Device::new_cuda(idx).map_err(|e| {
+            Device::new_cuda(idx).map(single_stream).map_err(|e| {
                 Error::Config(format!(
                     "device `{other}` is not available (is this a --features cuda build on a GPU host?): {e}"
                 ))
             })
         }
     }
+}
+
+/// A CUDA device without cudarc's cross-stream event tracking. cudarc creates two CUDA events
+/// with every allocation (thousands per training step) but waits on or records them only in
+/// its multi-stream mode, which candle's device never enters (it launches on the per-thread
+/// default stream, which does not count as a stream of its own): they cost host time and do
+/// nothing.
+fn single_stream(d: Device) -> Device {
+    #[cfg(feature = "cuda")]
+    if let Device::Cuda(c) = &d {
+        // SAFETY: the events order work across cudarc streams only in multi-stream mode, which
+        // no code here enters (nothing calls `new_stream`), so synchronization is unchanged.
+        unsafe { c.disable_event_tracking() };
+    }
+    d
 }
 
 /// A short name for messages: `cpu`, `cuda:0`, `metal`.
