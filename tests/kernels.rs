@@ -248,6 +248,47 @@ fn a_multi_block_4bit_weight_multiplies_like_its_dequantized_matrix() -> Result<
     Ok(())
 }
 
+/// The fused AdamW update (the kernel on CUDA; its CPU implementation on the CPU) against the
+/// unfused tensor-op update, over three clipped steps with weight decay.
+#[test]
+fn adamw_matches_unfused() -> Result<()> {
+    use lora_train::train::optimizer::{clip_coefficient, global_norm, AdamW, AdamWConfig};
+    let dev = device()?;
+    let init = [
+        randn(&[16, 64], DType::F32, &dev)?,
+        randn(&[300], DType::F32, &dev)?,
+    ];
+    let grads: Vec<Vec<Tensor>> = (0..3)
+        .map(|_| {
+            init.iter()
+                .map(|t| randn(t.dims(), DType::F32, &dev))
+                .collect()
+        })
+        .collect::<Result<_>>()?;
+    let cfg = AdamWConfig {
+        weight_decay: 0.05,
+        ..Default::default()
+    };
+    let run = |fused: bool| -> Result<Vec<Tensor>> {
+        let vars = init
+            .iter()
+            .map(Var::from_tensor)
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        let mut opt = AdamW::new(vars.clone(), cfg)?;
+        opt.force_fused(fused);
+        for g in &grads {
+            let coef = clip_coefficient(global_norm(g)?, 20.0);
+            opt.step_clipped(g, 1e-2, coef)?;
+        }
+        Ok(vars.iter().map(|v| v.as_tensor().clone()).collect())
+    };
+    let (fused, unfused) = (run(true)?, run(false)?);
+    for (f, u) in fused.iter().zip(&unfused) {
+        assert_close("AdamW update", f, u, DType::F32)?;
+    }
+    Ok(())
+}
+
 #[test]
 fn a_fused_op_rejects_what_it_cannot_run() -> Result<()> {
     let dev = device()?;

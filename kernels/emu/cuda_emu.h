@@ -388,3 +388,8 @@ inline float atomicAdd(float* p, float v) {
 }
 [[noreturn]] inline void __trap() { emu::fail("__trap()"); }
 inline float rsqrtf(float x) { return 1.f / sqrtf(x); }
+// IEEE round-to-nearest arithmetic (no contraction into fused multiply-adds).
+inline float __fmul_rn(float a, float b) { return a * b; }
+inline float __fadd_rn(float a, float b) { return a + b; }
+inline float __fsub_rn(float a, float b) { return a - b; }
+inline float __fdiv_rn(float a, float b) { return a / b; }

@@ -8,8 +8,10 @@
 //! fused paths on the CPU too, inside [`with_fused_on_cpu`]. The switches come from
 //! `LORA_TRAIN_KERNELS`: unset, `on` or `all` turns every kernel on, `off` or `none` turns them
 //! all off, and a comma list names kernels to turn on (`rms_norm,rope`) or, with a leading `-`,
-//! off (`-attention`). Names: `rms_norm`, `rope`, `glu`, `cross_entropy`, `attention`, `nf4`.
+//! off (`-attention`). Names: `rms_norm`, `rope`, `glu`, `cross_entropy`, `attention`, `nf4`,
+//! `adamw`.
 
+pub mod adamw;
 pub mod attention;
 pub mod cross_entropy;
 #[cfg(feature = "cuda")]
@@ -35,16 +37,18 @@ pub enum Kernel {
     CrossEntropy,
     Attention,
     Nf4,
+    Adamw,
 }
 
 impl Kernel {
-    pub const ALL: [Kernel; 6] = [
+    pub const ALL: [Kernel; 7] = [
         Kernel::RmsNorm,
         Kernel::Rope,
         Kernel::Glu,
         Kernel::CrossEntropy,
         Kernel::Attention,
         Kernel::Nf4,
+        Kernel::Adamw,
     ];
 
     pub fn name(self) -> &'static str {
@@ -55,6 +59,7 @@ impl Kernel {
             Kernel::CrossEntropy => "cross_entropy",
             Kernel::Attention => "attention",
             Kernel::Nf4 => "nf4",
+            Kernel::Adamw => "adamw",
         }
     }
 
@@ -243,7 +248,7 @@ mod tests {
     #[test]
     fn switches_parse() -> Result<()> {
         let all = parse_switches("on")?;
-        assert_eq!(all.count_ones(), 6);
+        assert_eq!(all.count_ones(), 7);
         assert_eq!(parse_switches("off")?, 0);
         assert_eq!(parse_switches("")?, all);
         assert_eq!(

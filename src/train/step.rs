@@ -4,7 +4,7 @@ use candle_core::Tensor;
 
 use super::batch::MicroBatch;
 use super::loss::micro_batch_nll_sum;
-use super::optimizer::{clip_grad_norm, AdamW};
+use super::optimizer::{clip_coefficient, global_norm, AdamW};
 use crate::autograd::accumulate;
 use crate::lora::LoraParams;
 use crate::model::CausalLm;
@@ -103,7 +103,7 @@ pub fn train_step(
     if !loss.is_finite() {
         return Err(Error::NonFinite(format!("loss is {loss}")));
     }
-    let mut grads: Vec<Tensor> = grads
+    let grads: Vec<Tensor> = grads
         .into_iter()
         .zip(&vars)
         .map(|(g, v)| match g {
@@ -114,11 +114,12 @@ pub fn train_step(
             ))),
         })
         .collect::<Result<_>>()?;
-    let grad_norm = clip_grad_norm(&mut grads, max_grad_norm)?;
+    let grad_norm = global_norm(&grads)?;
     if !grad_norm.is_finite() {
         return Err(Error::NonFinite(format!("gradient norm is {grad_norm}")));
     }
-    opt.step(&grads, lr)?;
+    // The clipping factor goes into the update (one op per parameter when fused).
+    opt.step_clipped(&grads, lr, clip_coefficient(grad_norm, max_grad_norm))?;
     Ok(StepOutcome {
         loss,
         target_tokens: total_targets,
