@@ -18,15 +18,7 @@ pub fn fwd_launch(
     eps: f32,
     unit_offset: bool,
 ) -> candle_core::Result<Launch> {
-    let es = dtype.size_in_bytes();
-    let kernel = format!("rms_norm_fwd_{}", launch::suffix(dtype)?);
-    Ok(Launch::new(kernel, geometry(rows, cols))
-        .buf("x", rows * cols * es)
-        .buf("w", cols * es)
-        .buf("y", rows * cols * es)
-        .i32(cols as i32)
-        .f32(eps)
-        .i32(unit_offset as i32))
+    row_launch("fwd", &["x", "w", "y"], dtype, rows, cols, eps, unit_offset)
 }
 
 /// `rms_norm_bwd_*`: buffers `x`, `w`, `g` (the output gradient; read) and `dx` (written).
@@ -37,21 +29,36 @@ pub fn bwd_launch(
     eps: f32,
     unit_offset: bool,
 ) -> candle_core::Result<Launch> {
-    let es = dtype.size_in_bytes();
-    let kernel = format!("rms_norm_bwd_{}", launch::suffix(dtype)?);
-    Ok(Launch::new(kernel, geometry(rows, cols))
-        .buf("x", rows * cols * es)
-        .buf("w", cols * es)
-        .buf("g", rows * cols * es)
-        .buf("dx", rows * cols * es)
-        .i32(cols as i32)
-        .f32(eps)
-        .i32(unit_offset as i32))
+    row_launch(
+        "bwd",
+        &["x", "w", "g", "dx"],
+        dtype,
+        rows,
+        cols,
+        eps,
+        unit_offset,
+    )
 }
 
-/// A block per row.
-fn geometry(rows: usize, cols: usize) -> launch::Geometry {
-    launch::rows(rows, launch::row_threads(cols))
+/// A block per row; the buffers `bufs` (each `rows × cols`, but the weight `w` of `cols`),
+/// then the kernels' common scalars.
+fn row_launch(
+    pass: &str,
+    bufs: &[&'static str],
+    dtype: DType,
+    rows: usize,
+    cols: usize,
+    eps: f32,
+    unit_offset: bool,
+) -> candle_core::Result<Launch> {
+    let es = dtype.size_in_bytes();
+    let kernel = format!("rms_norm_{pass}_{}", launch::suffix(dtype)?);
+    let mut l = Launch::new(kernel, launch::rows(rows, launch::row_threads(cols)));
+    for &name in bufs {
+        let elems = if name == "w" { cols } else { rows * cols };
+        l = l.buf(name, elems * es);
+    }
+    Ok(l.i32(cols as i32).f32(eps).i32(unit_offset as i32))
 }
 
 /// `RMSNorm(x) ∘ w` over the last dimension of a contiguous `x` (no autograd).
