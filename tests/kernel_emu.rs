@@ -17,7 +17,7 @@ use std::sync::OnceLock;
 use candle_core::{DType, Device, Tensor};
 use lora_train::kernels::attention::{self, Dims, FlashParams};
 use lora_train::kernels::launch::{Arg, Launch};
-use lora_train::kernels::{adamw, cross_entropy, glu, nf4, rms_norm, rope};
+use lora_train::kernels::{adamw, cross_entropy, dropout, glu, nf4, rms_norm, rope};
 use lora_train::model::layers::MlpActivation;
 use lora_train::quant::nf4::{dequant_tables, Nf4Matrix};
 
@@ -532,6 +532,45 @@ fn adamw_kernel_matches_the_cpu_implementation() -> Result<()> {
         bits(&got)? == bits(&want)?,
         "the AdamW kernel's update differs"
     );
+    Ok(())
+}
+
+#[test]
+fn dropout_kernel_matches_the_cpu_implementation() -> Result<()> {
+    let dev = Device::Cpu;
+    // Not a multiple of the block size; a key with high bits set (64-bit arguments).
+    let (n, key, keep) = (5000, 0xDEAD_BEEF_0123_4567u64, 0.85);
+    for dtype in FLOATS {
+        let x = Tensor::randn(0f32, 1., n, &dev)?.to_dtype(dtype)?;
+        let mut emu = Emu::new()?;
+        emu.tensor("x", &x)?;
+        emu.out("y", n, dtype)?;
+        let scale = (1.0 / keep) as f32;
+        emu.launch(&dropout::launch(
+            dtype,
+            n,
+            key,
+            dropout::threshold(keep),
+            scale,
+        )?)?;
+        let got = emu.run()?.get("y", dtype, &[n])?;
+        let want = dropout::apply_unfused(&x, key, keep, dtype)?;
+        // One product per element, the same mask: bit for bit.
+        assert!(
+            raw(&got)? == raw(&want)?,
+            "dropout {dtype:?}: the kernel's mask or scale differs"
+        );
+        let zeros = got
+            .to_dtype(DType::F32)?
+            .to_vec1::<f32>()?
+            .iter()
+            .filter(|v| **v == 0.0)
+            .count();
+        assert!(
+            zeros > n / 20 && zeros < n / 4,
+            "dropout {dtype:?}: {zeros} of {n} dropped"
+        );
+    }
     Ok(())
 }
 

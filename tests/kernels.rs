@@ -289,6 +289,26 @@ fn adamw_matches_unfused() -> Result<()> {
     Ok(())
 }
 
+/// The fused dropout (the kernel on CUDA) against the product with a mask drawn on the host:
+/// the same mask and the same rounding, so equal bit for bit, in f32 and bf16.
+#[test]
+fn dropout_matches_unfused() -> Result<()> {
+    use lora_train::kernels::dropout;
+    let dev = device()?;
+    for dtype in [DType::F32, DType::BF16] {
+        let x = randn(&[3, 257, 33], dtype, &dev)?;
+        let key = 0xFEED_0000_0000_0042;
+        let fused = dropout::apply_fused(&x, key, 0.9, dtype)?;
+        let unfused = dropout::apply_unfused(&x, key, 0.9, dtype)?;
+        assert_eq!(
+            max_abs(&fused, &unfused)?,
+            0.0,
+            "dropout ({dtype:?}) differs from its unfused path"
+        );
+    }
+    Ok(())
+}
+
 #[test]
 fn a_fused_op_rejects_what_it_cannot_run() -> Result<()> {
     let dev = device()?;

@@ -102,6 +102,78 @@ fn lora_over_a_quantized_base_trains_like_over_its_dequantized_weight() {
     }
 }
 
+/// With dropout on, the LoRA projection's own backward (which redraws the mask from its key)
+/// gives the gradients of autograd through the same mask applied explicitly, and the fused
+/// mask op gives those of the unfused one.
+#[test]
+fn dropout_lora_gradients_equal_autograd_through_its_mask() {
+    use lora_train::kernels::dropout;
+    use std::sync::atomic::AtomicU64;
+    let w = randn((24, 64), 14);
+    let a = Var::from_tensor(&(randn((4, 64), 15) * 0.1).unwrap()).unwrap();
+    let b = Var::from_tensor(&(randn((24, 4), 16) * 0.1).unwrap()).unwrap();
+    let (x, g) = (randn((3, 64), 17), randn((3, 24), 18));
+    let (seed, salt, rate, scale) = (99u64, 5u64, 0.3, 2.0);
+    let key = seed ^ salt.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    let mut lin = Linear::new(w.clone(), None);
+    lin.set_salt(salt);
+    let mut lora = LoraWeights::frozen(a.as_tensor().clone(), b.as_tensor().clone(), scale);
+    lora.dropout = rate;
+    lora.dropout_seed = Some(Arc::new(AtomicU64::new(seed)));
+    lin.set_lora(Some(lora));
+    let grads = |fused: bool| {
+        let xv = Var::from_tensor(&x).unwrap();
+        let run = || lin.forward(xv.as_tensor()).unwrap();
+        let y = if fused {
+            lora_train::kernels::with_fused_on_cpu(run)
+        } else {
+            run()
+        };
+        let s = (&y * &g).unwrap().sum_all().unwrap().backward().unwrap();
+        [xv.as_tensor(), a.as_tensor(), b.as_tensor()].map(|t| s.get(t).unwrap().clone())
+    };
+    // The reference: y = x Wᵀ + scale · ((x ∘ mask) Aᵀ) Bᵀ by candle's autograd.
+    let mask = dropout::apply_unfused(
+        &Tensor::ones((3, 64), DType::F32, &Device::Cpu).unwrap(),
+        key,
+        1.0 - rate,
+        DType::F32,
+    )
+    .unwrap();
+    let xv = Var::from_tensor(&x).unwrap();
+    let xm = (xv.as_tensor() * &mask).unwrap();
+    let lora_out = xm
+        .matmul(&a.as_tensor().t().unwrap())
+        .unwrap()
+        .matmul(&b.as_tensor().t().unwrap())
+        .unwrap();
+    let y = (x_w(xv.as_tensor(), &w) + (lora_out * scale).unwrap()).unwrap();
+    let s = (&y * &g).unwrap().sum_all().unwrap().backward().unwrap();
+    let want = [xv.as_tensor(), a.as_tensor(), b.as_tensor()].map(|t| s.get(t).unwrap().clone());
+    let dropped = mask
+        .to_vec2::<f32>()
+        .unwrap()
+        .iter()
+        .flatten()
+        .filter(|v| **v == 0.0)
+        .count();
+    assert!(dropped > 0, "the mask dropped nothing");
+    for fused in [false, true] {
+        let got = grads(fused);
+        for (name, (a, b)) in ["x", "A", "B"].iter().zip(got.iter().zip(&want)) {
+            let d = common::max_abs_diff(a, b);
+            assert!(
+                d < 1e-5,
+                "gradient of {name} (fused {fused}) differs by {d}"
+            );
+        }
+    }
+}
+
+fn x_w(x: &Tensor, w: &Tensor) -> Tensor {
+    x.matmul(&w.t().unwrap()).unwrap()
+}
+
 #[test]
 fn frozen_weights_get_no_gradient() {
     let w = randn((6, 8), 9);

@@ -17,6 +17,7 @@
 #include "../adamw.cu"
 #include "../attention.cu"
 #include "../cross_entropy.cu"
+#include "../dropout.cu"
 #include "../glu.cu"
 #include "../nf4.cu"
 #include "../rms_norm.cu"
@@ -132,7 +133,7 @@ using Launcher = void (*)(const std::vector<Arg>&, dim3, dim3, size_t);
 
 const std::map<std::string, Launcher> kernels = {
     REG3(rms_norm_fwd) REG3(rms_norm_bwd) REG3(rope) REG3(glu_fwd) REG3(glu_bwd) REG3(ce_block_fwd)
-    REG3(ce_block_bwd) REG3(nf4_dequant) REG(adamw_f32) REG_FLASH(bf16) REG_FLASH(f16)
+    REG3(ce_block_bwd) REG3(nf4_dequant) REG(adamw_f32) REG3(dropout) REG_FLASH(bf16) REG_FLASH(f16)
 };
 
 Arg parse_arg(const std::string& s) {

@@ -9,13 +9,14 @@
 //! `LORA_TRAIN_KERNELS`: unset, `on` or `all` turns every kernel on, `off` or `none` turns them
 //! all off, and a comma list names kernels to turn on (`rms_norm,rope`) or, with a leading `-`,
 //! off (`-attention`). Names: `rms_norm`, `rope`, `glu`, `cross_entropy`, `attention`, `nf4`,
-//! `adamw`.
+//! `adamw`, `dropout`.
 
 pub mod adamw;
 pub mod attention;
 pub mod cross_entropy;
 #[cfg(feature = "cuda")]
 pub mod cuda;
+pub mod dropout;
 pub mod glu;
 pub mod launch;
 pub mod nf4;
@@ -38,10 +39,11 @@ pub enum Kernel {
     Attention,
     Nf4,
     Adamw,
+    Dropout,
 }
 
 impl Kernel {
-    pub const ALL: [Kernel; 7] = [
+    pub const ALL: [Kernel; 8] = [
         Kernel::RmsNorm,
         Kernel::Rope,
         Kernel::Glu,
@@ -49,6 +51,7 @@ impl Kernel {
         Kernel::Attention,
         Kernel::Nf4,
         Kernel::Adamw,
+        Kernel::Dropout,
     ];
 
     pub fn name(self) -> &'static str {
@@ -60,6 +63,7 @@ impl Kernel {
             Kernel::Attention => "attention",
             Kernel::Nf4 => "nf4",
             Kernel::Adamw => "adamw",
+            Kernel::Dropout => "dropout",
         }
     }
 
@@ -248,7 +252,7 @@ mod tests {
     #[test]
     fn switches_parse() -> Result<()> {
         let all = parse_switches("on")?;
-        assert_eq!(all.count_ones(), 7);
+        assert_eq!(all.count_ones(), 8);
         assert_eq!(parse_switches("off")?, 0);
         assert_eq!(parse_switches("")?, all);
         assert_eq!(

@@ -4,10 +4,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use candle_core::{DType, Module, Tensor};
-use rand::{Rng, SeedableRng};
 
 use crate::autograd::with_backward;
 use crate::gemm;
+use crate::kernels::dropout;
 use crate::quant::FrozenWeight;
 use crate::Result;
 
@@ -42,31 +42,14 @@ impl LoraWeights {
         }
     }
 
-    /// The inverted-dropout mask (`0` or `1 / keep`) drawn from the shared seed for an
-    /// input shaped like `x`, or `None` when dropout is off.
-    fn dropout_mask(&self, x: &Tensor, salt: u64) -> crate::Result<Option<Tensor>> {
+    /// The dropout key of the layer with `salt` under the shared seed, or `None` when dropout
+    /// is off (no seed set, or a zero rate).
+    fn dropout_key(&self, salt: u64) -> Option<u64> {
         let seed = match &self.dropout_seed {
             Some(s) if self.dropout > 0.0 => s.load(Ordering::Relaxed),
             _ => 0,
         };
-        if seed == 0 {
-            return Ok(None);
-        }
-        let mut rng =
-            rand::rngs::StdRng::seed_from_u64(seed ^ salt.wrapping_mul(0x9E37_79B9_7F4A_7C15));
-        let keep = 1.0 - self.dropout;
-        let mask: Vec<f32> = (0..x.elem_count())
-            .map(|_| {
-                if rng.random::<f64>() < keep {
-                    (1.0 / keep) as f32
-                } else {
-                    0.0
-                }
-            })
-            .collect();
-        Ok(Some(
-            Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?,
-        ))
+        (seed != 0).then(|| seed ^ salt.wrapping_mul(0x9E37_79B9_7F4A_7C15))
     }
 }
 
@@ -162,8 +145,8 @@ impl Linear {
     }
 
     /// `x Wᵀ + b + scale · (dropout(x) Aᵀ) Bᵀ` as one op with its own backward, which keeps
-    /// only `x` and the rank-`r` product `dropout(x) Aᵀ` (plus the dropout mask, if any) for
-    /// the backward pass; autograd over the same expression would keep four `[n, out]`
+    /// only `x` and the rank-`r` product `dropout(x) Aᵀ` for the backward pass (a dropout mask
+    /// is redrawn from its key); autograd over the same expression would keep four `[n, out]`
     /// tensors per projection.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         self.apply(x, true)
@@ -185,9 +168,11 @@ impl Linear {
         let x2 = x.reshape((n, inp))?;
         let xd = x2.detach();
         let cd = l.compute_dtype;
-        let mask = l.dropout_mask(&xd, self.salt)?;
-        let x_lora = match &mask {
-            Some(m) => (&xd * m)?.to_dtype(cd)?,
+        // Inverted dropout on the LoRA input; the backward pass redraws the same mask from the key.
+        let key = l.dropout_key(self.salt);
+        let (keep, x_dtype) = (1.0 - l.dropout, xd.dtype());
+        let x_lora = match key {
+            Some(k) => dropout::apply(&xd, k, keep, x_dtype)?.to_dtype(cd)?,
             None => xd.to_dtype(cd)?,
         };
         let a = l.a.detach().to_dtype(cd)?;
@@ -208,14 +193,18 @@ impl Linear {
             let gc = g.to_dtype(cd)?;
             let grad_b = (gemm::matmul(&gc.t()?, &u)? * scale)?.to_dtype(b_var.dtype())?;
             let grad_u = (gemm::matmul(&gc, &b)? * scale)?;
-            let x_lora = match &mask {
-                Some(m) => (x.detach() * m)?.to_dtype(cd)?,
+            let drop = |t: &Tensor, k: u64| {
+                dropout::apply(t, k, keep, x_dtype)
+                    .map_err(|e| candle_core::Error::Msg(e.to_string()))
+            };
+            let x_lora = match key {
+                Some(k) => drop(&x.detach(), k)?.to_dtype(cd)?,
                 None => x.detach().to_dtype(cd)?,
             };
             let grad_a = gemm::matmul(&grad_u.t()?, &x_lora)?.to_dtype(a_var.dtype())?;
             let mut grad_x_lora = gemm::matmul(&grad_u, &a)?;
-            if let Some(m) = &mask {
-                grad_x_lora = (grad_x_lora * m.to_dtype(cd)?)?;
+            if let Some(k) = key {
+                grad_x_lora = drop(&grad_x_lora, k)?;
             }
             let grad_x = weight
                 .grad_input(g)
