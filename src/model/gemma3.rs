@@ -169,19 +169,23 @@ impl Attention {
         pass: Pass<'_>,
     ) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
+        // `[B, T, heads, D]`, contiguous: q and k are normalised per head before the transpose
+        // (the norm is over D), and the rope kernel reads the transposed views through their
+        // strides, so only v is copied into `[B, heads, T, D]`.
         let heads = |l: &Linear, n: usize| -> Result<Tensor> {
-            Ok(l.forward(x)?
-                .reshape((b, t, n, self.head_dim))?
-                .transpose(1, 2)?
-                .contiguous()?)
+            Ok(l.forward(x)?.reshape((b, t, n, self.head_dim))?)
         };
         let q = self
             .q_norm
-            .forward(&heads(&self.proj.q_proj, self.n_head)?)?;
+            .forward(&heads(&self.proj.q_proj, self.n_head)?)?
+            .transpose(1, 2)?;
         let k = self
             .k_norm
-            .forward(&heads(&self.proj.k_proj, self.n_kv_head)?)?;
-        let v = heads(&self.proj.v_proj, self.n_kv_head)?;
+            .forward(&heads(&self.proj.k_proj, self.n_kv_head)?)?
+            .transpose(1, 2)?;
+        let v = heads(&self.proj.v_proj, self.n_kv_head)?
+            .transpose(1, 2)?
+            .contiguous()?;
         let q = apply_rotary(&q, cos, sin)?;
         let k = apply_rotary(&k, cos, sin)?;
         let (cache, stash) = pass.parts();

@@ -440,7 +440,8 @@ impl Rotary {
     }
 }
 
-/// Applies rotary embeddings to `x: [B, H, T, D]` with `cos, sin: [T, D]`, as one op:
+/// Applies rotary embeddings to `x: [B, H, T, D]` (any strides; the result is contiguous) with
+/// `cos, sin: [T, D]`, as one op:
 /// `y = x·cos + rot(x)·sin` with `rot(x) = [-x₂, x₁]`, so `dx = g·cos + rotᵀ(g·sin)` with
 /// `rotᵀ(u) = [u₂, -u₁]`. Under autograd the broadcasts of `cos` and `sin` would each get
 /// an activation-sized gradient buffer.
@@ -454,7 +455,7 @@ pub fn apply_rotary(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
 
 /// [`apply_rotary`] with tensor ops (the CPU path and the kernel's reference).
 pub fn apply_rotary_unfused(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
-    let y = rotary_values(&x.detach(), cos, sin)?;
+    let y = rotary_values(&x.detach().contiguous()?, cos, sin)?;
     let (cos, sin) = (cos.clone(), sin.clone());
     with_backward("rotary", y, &[x], move |_, g| {
         let gs = g.broadcast_mul(&sin)?;

@@ -179,8 +179,10 @@ impl Attention {
             .forward(x)?
             .reshape((b, t, self.n_kv_head, self.head_dim))?
             .transpose(1, 2)?;
-        let q = apply_rotary(&q.contiguous()?, cos, sin)?;
-        let k = apply_rotary(&k.contiguous()?, cos, sin)?;
+        // The transposed views go in as they are: the rope kernel reads them through their
+        // strides and writes contiguous heads.
+        let q = apply_rotary(&q, cos, sin)?;
+        let k = apply_rotary(&k, cos, sin)?;
         let v = v.contiguous()?;
         let (cache, stash) = pass.parts();
         let (k, v) = match cache {
