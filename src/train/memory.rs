@@ -217,17 +217,49 @@ pub fn check_fits(dims: &ModelDims, run: &RunShape, available: f64) -> Result<Me
     )))
 }
 
+/// Memory the run may use on `device`, in bytes, with the model already loaded:
+/// `LORA_TRAIN_MEMORY_LIMIT` (e.g. `8GiB`, `512MiB`, or bytes) if set; on a CUDA device, its
+/// free memory plus `loaded` (the bytes of the weights the loaded model holds there, which the
+/// estimate counts); on the CPU (and Metal's unified memory), [`available_bytes`]. `None` where
+/// it cannot be read.
+pub fn available_on(device: &candle_core::Device, loaded: f64) -> Result<Option<f64>> {
+    if let Some(limit) = memory_limit()? {
+        return Ok(Some(limit));
+    }
+    match device {
+        #[cfg(feature = "cuda")]
+        candle_core::Device::Cuda(c) => {
+            let (free, _total) = c.cuda_stream().context().mem_get_info().map_err(|e| {
+                Error::Msg(format!("cannot read the CUDA device's free memory: {e}"))
+            })?;
+            Ok(Some(free as f64 + loaded))
+        }
+        _ => {
+            let _ = loaded;
+            available_bytes()
+        }
+    }
+}
+
+/// `LORA_TRAIN_MEMORY_LIMIT` in bytes, if set.
+fn memory_limit() -> Result<Option<f64>> {
+    match std::env::var("LORA_TRAIN_MEMORY_LIMIT") {
+        Ok(v) => parse_size(&v).map(Some).ok_or_else(|| {
+            Error::Config(format!(
+                "LORA_TRAIN_MEMORY_LIMIT = {v:?} is not a size like 8GiB, 512MiB or 1000000"
+            ))
+        }),
+        Err(_) => Ok(None),
+    }
+}
+
 /// Memory this process may still grow into, in bytes: `LORA_TRAIN_MEMORY_LIMIT` (e.g.
 /// `8GiB`, `512MiB`, or bytes) if set, else what Linux reports as available plus what the
 /// process already holds (the loaded weights are part of the estimate). `None` where it
 /// cannot be read (not Linux).
 pub fn available_bytes() -> Result<Option<f64>> {
-    if let Ok(v) = std::env::var("LORA_TRAIN_MEMORY_LIMIT") {
-        return parse_size(&v).map(Some).ok_or_else(|| {
-            Error::Config(format!(
-                "LORA_TRAIN_MEMORY_LIMIT = {v:?} is not a size like 8GiB, 512MiB or 1000000"
-            ))
-        });
+    if let Some(limit) = memory_limit()? {
+        return Ok(Some(limit));
     }
     let kib = |text: &str, key: &str| -> Option<f64> {
         let line = text.lines().find(|l| l.starts_with(key))?;

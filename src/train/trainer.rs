@@ -184,17 +184,16 @@ fn fingerprint(job: &JobConfig) -> String {
     format!("{h:016x}")
 }
 
-/// Fails before the first step when the run's estimated peak exceeds the memory left.
+/// Fails before the first step when the run's estimated peak exceeds the memory left on
+/// `device` (host memory for the CPU and Metal, the GPU's own for CUDA).
 fn check_memory(
     model: &LoadedModel,
     params: &LoraParams,
     train: &[TokenizedExample],
     job: &JobConfig,
     dtype: candle_core::DType,
+    device: &candle_core::Device,
 ) -> Result<()> {
-    let Some(available) = memory::available_bytes()? else {
-        return Ok(());
-    };
     let shape = memory::RunShape {
         dtype_bytes: dtype.size_in_bytes(),
         quantize: job.model.quantize,
@@ -204,9 +203,19 @@ fn check_memory(
         seq_len: train.iter().map(|e| e.input_ids.len()).max().unwrap_or(0),
         lora_params: params.num_parameters(),
     };
-    let est = memory::check_fits(&memory::ModelDims::of(&model.config), &shape, available)?;
+    let dims = memory::ModelDims::of(&model.config);
+    // The weights are loaded by now: on a GPU they are part of the estimate, not of the free memory.
+    let loaded = memory::estimate(&dims, &shape).weights;
+    let Some(available) = memory::available_on(device, loaded)? else {
+        return Ok(());
+    };
+    let place = crate::device::device_name(device);
+    let est = memory::check_fits(&dims, &shape, available).map_err(|e| match e {
+        Error::Config(m) if !device.is_cpu() => Error::Config(format!("{place}: {m}")),
+        e => e,
+    })?;
     tracing::info!(
-        "estimated peak memory {:.1} GiB of {:.1} GiB available",
+        "estimated peak memory {:.1} GiB of {:.1} GiB available ({place})",
         est.total() / (1u64 << 30) as f64,
         available / (1u64 << 30) as f64
     );
@@ -311,8 +320,8 @@ impl Trainer {
             job.train.gradient_checkpointing,
             job.train.recompute_attention,
         );
-        if job.train.memory_check && device.is_cpu() {
-            check_memory(&model, &params, &train, &job, dtype)?;
+        if job.train.memory_check {
+            check_memory(&model, &params, &train, &job, dtype, &device)?;
         }
         let plan = StepPlan::new(&job, train.len())?;
         let schedule = Schedule {
