@@ -1,21 +1,63 @@
-//! An op whose forward value is computed with ordinary tensor ops outside the graph and
-//! whose backward is a closure: the way to give a computation a cheaper or more
-//! memory-frugal gradient than candle's autograd would build for it.
+//! An op whose forward value is computed outside the graph and whose backward is a closure:
+//! the way to give a computation a cheaper or more memory-frugal gradient than candle's
+//! autograd would build for it.
 //!
-//! The forward value is handed to a candle custom op that returns a copy of it, so the
-//! graph keeps only the op's inputs and the closure, not the intermediates that produced
-//! the value (which are freed as soon as the caller drops them).
+//! The graph keeps only the op's inputs and the closure, not the intermediates that produced
+//! the value (which are freed as soon as the caller drops them). A candle op must return a
+//! storage of its own, so how the value reaches it matters on a GPU, where each extra pass
+//! over an activation costs bandwidth; [`Value`] says how:
+//! - [`Value::Tensor`]: computed beforehand, then copied into the op's storage;
+//! - [`Value::Sum`]: two tensors computed beforehand, added into the op's storage (the sum a
+//!   caller would form anyway, with no copy after it);
+//! - [`Value::Zeros`]: zeros made in place (a checkpoint replay whose value is never read);
+//! - [`Value::Op`]: a custom op (a fused kernel) run on the op's own inputs, writing the op's
+//!   storage directly.
+//!
+//! The backward closure can also read the op's result ([`with_backward_value`]), so an op
+//! that needs its output in backward (attention) need not keep a second copy of it.
 
 use std::sync::{Arc, Mutex};
 
 use candle_core::backend::{BackendDevice, BackendStorage};
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Shape, Storage, Tensor};
+use candle_core::{
+    CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Shape, Storage, Tensor,
+};
 
 use crate::{Error, Result};
 
 /// The gradient of each input from the op's inputs and the gradient of its output.
 pub type BackwardFn =
     dyn Fn(&[&Tensor], &Tensor) -> candle_core::Result<Vec<Option<Tensor>>> + Send + Sync;
+
+/// The gradient of each input from the op's inputs, its result and the gradient of its output.
+pub type BackwardResFn =
+    dyn Fn(&[&Tensor], &Tensor, &Tensor) -> candle_core::Result<Vec<Option<Tensor>>> + Send + Sync;
+
+/// A custom op computing a forward value from the op's inputs (as many as it takes).
+pub enum ForwardOp {
+    One(Box<dyn CustomOp1 + Send + Sync>),
+    Two(Box<dyn CustomOp2 + Send + Sync>),
+    Three(Box<dyn CustomOp3 + Send + Sync>),
+}
+
+impl ForwardOp {
+    fn arity(&self) -> usize {
+        match self {
+            ForwardOp::One(_) => 1,
+            ForwardOp::Two(_) => 2,
+            ForwardOp::Three(_) => 3,
+        }
+    }
+}
+
+/// How the op's forward value is made (see the module docs).
+pub enum Value {
+    Tensor(Tensor),
+    /// `a + b`, same shape and dtype. Neither may share storage with an input of the op.
+    Sum(Tensor, Tensor),
+    Zeros(Shape, DType),
+    Op(ForwardOp),
+}
 
 /// Returns `value` as the result of an op over `inputs` (1 to 3 tensors) whose backward is
 /// `bwd(inputs, grad_of_value)`, which returns one optional gradient per input. When no
@@ -29,37 +71,97 @@ pub fn with_backward<F>(
 where
     F: Fn(&[&Tensor], &Tensor) -> candle_core::Result<Vec<Option<Tensor>>> + Send + Sync + 'static,
 {
-    let value = value.detach();
-    if !inputs.iter().any(|t| t.track_op()) {
-        return Ok(value);
+    build(
+        name,
+        Value::Tensor(value),
+        inputs,
+        Backward::Plain(Arc::new(bwd)),
+    )
+}
+
+/// [`with_backward`] with the value made as `value` says, and a backward that also gets the
+/// op's result: `bwd(inputs, result, grad_of_result)`.
+pub fn with_backward_value<F>(
+    name: &'static str,
+    value: Value,
+    inputs: &[&Tensor],
+    bwd: F,
+) -> Result<Tensor>
+where
+    F: Fn(&[&Tensor], &Tensor, &Tensor) -> candle_core::Result<Vec<Option<Tensor>>>
+        + Send
+        + Sync
+        + 'static,
+{
+    build(name, value, inputs, Backward::WithResult(Arc::new(bwd)))
+}
+
+enum Backward {
+    Plain(Arc<BackwardFn>),
+    WithResult(Arc<BackwardResFn>),
+}
+
+fn build(name: &'static str, value: Value, inputs: &[&Tensor], bwd: Backward) -> Result<Tensor> {
+    if inputs.is_empty() || inputs.len() > 3 {
+        return Err(Error::Msg(format!(
+            "{name}: a custom backward takes 1 to 3 inputs, got {}",
+            inputs.len()
+        )));
     }
+    let value = match value {
+        Value::Tensor(t) => {
+            let t = t.detach();
+            if !inputs.iter().any(|t| t.track_op()) {
+                return Ok(t);
+            }
+            Value::Tensor(t)
+        }
+        Value::Sum(a, b) => {
+            if a.dims() != b.dims() || a.dtype() != b.dtype() {
+                return Err(Error::Msg(format!(
+                    "{name}: cannot add {:?} {:?} and {:?} {:?}",
+                    a.dims(),
+                    a.dtype(),
+                    b.dims(),
+                    b.dtype()
+                )));
+            }
+            Value::Sum(a.detach(), b.detach())
+        }
+        Value::Op(op) if op.arity() != inputs.len() => {
+            return Err(Error::Msg(format!(
+                "{name}: a forward op over {} inputs given {}",
+                op.arity(),
+                inputs.len()
+            )))
+        }
+        v => v,
+    };
     let op = PassThrough {
         name,
         value: Mutex::new(Some(value)),
-        bwd: Arc::new(bwd),
+        bwd,
     };
     Ok(match inputs {
         [a] => a.apply_op1(op)?,
         [a, b] => a.apply_op2(b, op)?,
         [a, b, c] => a.apply_op3(b, c, op)?,
-        _ => {
-            return Err(Error::Msg(format!(
-                "{name}: a custom backward takes 1 to 3 inputs, got {}",
-                inputs.len()
-            )))
-        }
+        _ => unreachable!("checked above"),
     })
 }
 
 struct PassThrough {
     name: &'static str,
     /// Taken by the forward call, so the op holds no activation afterwards.
-    value: Mutex<Option<Tensor>>,
-    bwd: Arc<BackwardFn>,
+    value: Mutex<Option<Value>>,
+    bwd: Backward,
 }
 
+/// One backend's storage inside a [`Storage`], or `None` for another backend's.
+type Pick<S> = fn(&Storage) -> Option<&S>;
+
 impl PassThrough {
-    fn take(&self) -> candle_core::Result<Tensor> {
+    fn take(&self) -> candle_core::Result<Value> {
         self.value
             .lock()
             .map_err(|_| candle_core::Error::Msg(format!("{}: poisoned", self.name)))?
@@ -67,37 +169,70 @@ impl PassThrough {
             .ok_or_else(|| candle_core::Error::Msg(format!("{}: forward ran twice", self.name)))
     }
 
-    fn fwd_cpu(&self) -> candle_core::Result<(CpuStorage, Shape)> {
-        let t = self.take()?;
-        let (s, l) = t.storage_and_layout();
-        match &*s {
-            Storage::Cpu(c) => Ok((contiguous_copy(c, l)?, l.shape().clone())),
-            _ => candle_core::bail!("{}: value is not on the CPU", self.name),
+    /// The op's storage on the backend of `first` (its first input), with `run` for a
+    /// [`Value::Op`].
+    fn forward<S>(
+        &self,
+        first: &S,
+        pick: Pick<S>,
+        run: impl FnOnce(ForwardOp) -> candle_core::Result<(S, Shape)>,
+    ) -> candle_core::Result<(S, Shape)>
+    where
+        S: BackendStorage,
+        S::Device: BackendDevice<Storage = S>,
+    {
+        let on = |t: &Tensor| -> candle_core::Result<()> {
+            if t.device().location() != first.device().location() {
+                candle_core::bail!(
+                    "{}: the value is on another device than the inputs",
+                    self.name
+                )
+            }
+            Ok(())
+        };
+        match self.take()? {
+            Value::Tensor(t) => {
+                on(&t)?;
+                let (s, l) = t.storage_and_layout();
+                let s = pick(&s).ok_or_else(|| self.elsewhere())?;
+                Ok((contiguous_copy(s, l)?, l.shape().clone()))
+            }
+            Value::Sum(a, b) => {
+                on(&a)?;
+                on(&b)?;
+                let ((sa, la), (sb, lb)) = (a.storage_and_layout(), b.storage_and_layout());
+                let (sa, sb) = (
+                    pick(&sa).ok_or_else(|| self.elsewhere())?,
+                    pick(&sb).ok_or_else(|| self.elsewhere())?,
+                );
+                Ok((
+                    sa.binary_impl::<candle_core::op::Add>(sb, la, lb)?,
+                    la.shape().clone(),
+                ))
+            }
+            Value::Zeros(shape, dtype) => Ok((first.device().zeros_impl(&shape, dtype)?, shape)),
+            Value::Op(op) => run(op),
         }
     }
 
-    #[cfg(feature = "cuda")]
-    fn fwd_cuda(&self) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
-        let t = self.take()?;
-        let (s, l) = t.storage_and_layout();
-        match &*s {
-            Storage::Cuda(c) => Ok((contiguous_copy(c, l)?, l.shape().clone())),
-            _ => candle_core::bail!("{}: value is not on the CUDA device", self.name),
-        }
+    fn elsewhere(&self) -> candle_core::Error {
+        candle_core::Error::Msg(format!("{}: the value is on another backend", self.name))
     }
 
-    #[cfg(feature = "metal")]
-    fn fwd_metal(&self) -> candle_core::Result<(candle_core::MetalStorage, Shape)> {
-        let t = self.take()?;
-        let (s, l) = t.storage_and_layout();
-        match &*s {
-            Storage::Metal(c) => Ok((contiguous_copy(c, l)?, l.shape().clone())),
-            _ => candle_core::bail!("{}: value is not on the Metal device", self.name),
-        }
+    fn arity_error(&self) -> candle_core::Error {
+        candle_core::Error::Msg(format!("{}: forward op arity mismatch", self.name))
     }
 
-    fn grads(&self, inputs: &[&Tensor], grad: &Tensor) -> candle_core::Result<Vec<Option<Tensor>>> {
-        let g = (self.bwd)(inputs, grad)?;
+    fn grads(
+        &self,
+        inputs: &[&Tensor],
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<Vec<Option<Tensor>>> {
+        let g = match &self.bwd {
+            Backward::Plain(f) => f(inputs, grad)?,
+            Backward::WithResult(f) => f(inputs, &res.detach(), grad)?,
+        };
         if g.len() != inputs.len() {
             candle_core::bail!(
                 "{}: backward returned {} gradients for {} inputs",
@@ -115,6 +250,29 @@ impl PassThrough {
     }
 }
 
+fn pick_cpu(s: &Storage) -> Option<&CpuStorage> {
+    match s {
+        Storage::Cpu(c) => Some(c),
+        _ => None,
+    }
+}
+
+#[cfg(feature = "cuda")]
+fn pick_cuda(s: &Storage) -> Option<&candle_core::CudaStorage> {
+    match s {
+        Storage::Cuda(c) => Some(c),
+        _ => None,
+    }
+}
+
+#[cfg(feature = "metal")]
+fn pick_metal(s: &Storage) -> Option<&candle_core::MetalStorage> {
+    match s {
+        Storage::Metal(c) => Some(c),
+        _ => None,
+    }
+}
+
 /// A fresh contiguous copy of the `layout` view of `s`.
 fn contiguous_copy<S>(s: &S, layout: &Layout) -> candle_core::Result<S>
 where
@@ -127,11 +285,15 @@ where
     Ok(dst)
 }
 
+/// The device forwards of a `PassThrough` of one arity: `$variant` is the [`ForwardOp`] that
+/// runs on its inputs.
 macro_rules! device_fwds {
-    ($($arg:ident : $lay:ident),*) => {
+    ($variant:ident, $first:ident, $($arg:ident : $lay:ident),*) => {
         fn cpu_fwd(&self, $($arg: &CpuStorage, $lay: &Layout),*) -> candle_core::Result<(CpuStorage, Shape)> {
-            $(let _ = ($arg, $lay);)*
-            self.fwd_cpu()
+            self.forward($first, pick_cpu, |op| match op {
+                ForwardOp::$variant(op) => op.cpu_fwd($($arg, $lay),*),
+                _ => Err(self.arity_error()),
+            })
         }
 
         #[cfg(feature = "cuda")]
@@ -139,8 +301,10 @@ macro_rules! device_fwds {
             &self,
             $($arg: &candle_core::CudaStorage, $lay: &Layout),*
         ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
-            $(let _ = ($arg, $lay);)*
-            self.fwd_cuda()
+            self.forward($first, pick_cuda, |op| match op {
+                ForwardOp::$variant(op) => op.cuda_fwd($($arg, $lay),*),
+                _ => Err(self.arity_error()),
+            })
         }
 
         #[cfg(feature = "metal")]
@@ -148,8 +312,10 @@ macro_rules! device_fwds {
             &self,
             $($arg: &candle_core::MetalStorage, $lay: &Layout),*
         ) -> candle_core::Result<(candle_core::MetalStorage, Shape)> {
-            $(let _ = ($arg, $lay);)*
-            self.fwd_metal()
+            self.forward($first, pick_metal, |op| match op {
+                ForwardOp::$variant(op) => op.metal_fwd($($arg, $lay),*),
+                _ => Err(self.arity_error()),
+            })
         }
     };
 }
@@ -159,10 +325,10 @@ impl CustomOp1 for PassThrough {
         self.name
     }
 
-    device_fwds!(a: la);
+    device_fwds!(One, a, a: la);
 
-    fn bwd(&self, a: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
-        Ok(self.grads(&[a], grad)?.remove(0))
+    fn bwd(&self, a: &Tensor, res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        Ok(self.grads(&[a], res, grad)?.remove(0))
     }
 }
 
@@ -171,16 +337,16 @@ impl CustomOp2 for PassThrough {
         self.name
     }
 
-    device_fwds!(a: la, b: lb);
+    device_fwds!(Two, a, a: la, b: lb);
 
     fn bwd(
         &self,
         a: &Tensor,
         b: &Tensor,
-        _res: &Tensor,
+        res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
-        let mut g = self.grads(&[a, b], grad)?.into_iter();
+        let mut g = self.grads(&[a, b], res, grad)?.into_iter();
         Ok((g.next().flatten(), g.next().flatten()))
     }
 }
@@ -190,17 +356,17 @@ impl CustomOp3 for PassThrough {
         self.name
     }
 
-    device_fwds!(a: la, b: lb, c: lc);
+    device_fwds!(Three, a, a: la, b: lb, c: lc);
 
     fn bwd(
         &self,
         a: &Tensor,
         b: &Tensor,
         c: &Tensor,
-        _res: &Tensor,
+        res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let mut g = self.grads(&[a, b, c], grad)?.into_iter();
+        let mut g = self.grads(&[a, b, c], res, grad)?.into_iter();
         Ok((g.next().flatten(), g.next().flatten(), g.next().flatten()))
     }
 }
@@ -222,6 +388,65 @@ mod tests {
         let grads = y.sum_all()?.backward()?;
         let g = grads.get(x.as_tensor()).map(|g| g.to_vec1::<f32>());
         assert_eq!(g.transpose()?, Some(vec![3., 3., 3.]));
+        Ok(())
+    }
+
+    /// An op computing `2x` from its input (forward only).
+    struct Double;
+
+    impl CustomOp1 for Double {
+        fn name(&self) -> &'static str {
+            "double"
+        }
+
+        fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+            let x: Vec<f32> = match (s, l.contiguous_offsets()) {
+                (CpuStorage::F32(v), Some((a, b))) => v[a..b].iter().map(|x| x * 2.0).collect(),
+                _ => candle_core::bail!("contiguous f32 only"),
+            };
+            Ok((CpuStorage::F32(x), l.shape().clone()))
+        }
+    }
+
+    #[test]
+    fn each_kind_of_value_reaches_the_result_and_backward_sees_the_result() -> Result<()> {
+        let dev = Device::Cpu;
+        let x = Var::new(&[[1f32, 2.], [3., 4.]], &dev)?;
+        let xt = x.as_tensor();
+        let a = Tensor::new(&[[10f32, 20.], [30., 40.]], &dev)?;
+        // A transposed view: the sum reads it through its strides.
+        let b = Tensor::new(&[[1f32, 3.], [2., 4.]], &dev)?.t()?;
+        let cases: Vec<(Value, Vec<f32>)> = vec![
+            (Value::Tensor(a.t()?), vec![10., 30., 20., 40.]),
+            (Value::Sum(a.clone(), b), vec![11., 22., 33., 44.]),
+            (Value::Zeros((2, 2).into(), DType::F32), vec![0.; 4]),
+            (
+                Value::Op(ForwardOp::One(Box::new(Double))),
+                vec![2., 4., 6., 8.],
+            ),
+        ];
+        for (value, want) in cases {
+            // Backward returns the result times the gradient: it must see this op's result.
+            let y = with_backward_value("value", value, &[xt], |_, res, g| {
+                Ok(vec![Some((res * g)?)])
+            })?;
+            assert!(y.track_op());
+            assert_eq!(y.flatten_all()?.to_vec1::<f32>()?, want);
+            let grads = (&y * 3.0)?.sum_all()?.backward()?;
+            let g = grads.get(xt).expect("a gradient").flatten_all()?;
+            let want3: Vec<f32> = want.iter().map(|v| v * 3.0).collect();
+            assert_eq!(g.to_vec1::<f32>()?, want3);
+        }
+        // A forward op of the wrong arity, and a sum of unlike tensors, are refused.
+        let two = ForwardOp::One(Box::new(Double));
+        assert!(
+            with_backward_value("bad", Value::Op(two), &[xt, xt], |_, _, _| Ok(vec![
+                None, None
+            ]))
+            .is_err()
+        );
+        let unlike = Value::Sum(a.clone(), a.to_dtype(DType::F64)?);
+        assert!(with_backward_value("bad", unlike, &[xt], |_, _, _| Ok(vec![None])).is_err());
         Ok(())
     }
 

@@ -5,7 +5,7 @@ pub mod checkpoint;
 pub mod custom;
 
 pub use checkpoint::{checkpoint, Checkpointing, GradSink, Phase, Stash};
-pub use custom::with_backward;
+pub use custom::{with_backward, with_backward_value, ForwardOp, Value};
 
 use candle_core::Tensor;
 

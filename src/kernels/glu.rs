@@ -43,7 +43,13 @@ pub fn bwd_launch(dtype: DType, n: usize, act: MlpActivation) -> candle_core::Re
 /// `act(g)·u` for contiguous `g` and `u` of one shape (no autograd).
 pub fn forward(g: &Tensor, u: &Tensor, act: MlpActivation) -> Result<Tensor> {
     let (g, u) = (g.detach().contiguous()?, u.detach().contiguous()?);
-    Ok(g.apply_op2_no_bwd(&u, &Glu { act })?)
+    Ok(g.apply_op2_no_bwd(&u, &forward_op(act))?)
+}
+
+/// The op of [`forward`] over contiguous `g` and `u`, for an op of
+/// [`crate::autograd::with_backward_value`] that writes its result directly.
+pub fn forward_op(act: MlpActivation) -> impl CustomOp2 + Send + Sync + 'static {
+    Glu { act }
 }
 
 /// `(dg, du)` of [`forward`] for an output gradient `dy` (no autograd).

@@ -65,11 +65,16 @@ fn row_launch(
 pub fn forward(x: &Tensor, w: &Tensor, eps: f64, unit_offset: bool) -> Result<Tensor> {
     let x = x.detach().contiguous()?;
     let w = w.detach().to_dtype(x.dtype())?.contiguous()?;
-    let op = Fwd {
+    Ok(x.apply_op2_no_bwd(&w, &forward_op(eps, unit_offset))?)
+}
+
+/// The op of [`forward`] over a contiguous `x` and `w` in `x`'s dtype, for an op of
+/// [`crate::autograd::with_backward_value`] that writes its result directly.
+pub fn forward_op(eps: f64, unit_offset: bool) -> impl CustomOp2 + Send + Sync + 'static {
+    Fwd {
         eps: eps as f32,
         unit_offset,
-    };
-    Ok(x.apply_op2_no_bwd(&w, &op)?)
+    }
 }
 
 /// The input gradient of [`forward`] for an output gradient `g` (no autograd).

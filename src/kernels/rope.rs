@@ -57,9 +57,22 @@ pub fn backward(g: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
 
 fn apply(x: &Tensor, cos: &Tensor, sin: &Tensor, backward: bool) -> Result<Tensor> {
     let x = x.detach();
-    let cos = cos.detach().to_dtype(x.dtype())?.contiguous()?;
-    let sin = sin.detach().to_dtype(x.dtype())?.contiguous()?;
+    let (cos, sin) = tables(cos, sin, x.dtype())?;
     Ok(x.apply_op3_no_bwd(&cos, &sin, &Rope { backward })?)
+}
+
+/// `cos` and `sin` as the op reads them: contiguous, in `dtype` (the input's).
+pub fn tables(cos: &Tensor, sin: &Tensor, dtype: DType) -> Result<(Tensor, Tensor)> {
+    Ok((
+        cos.detach().to_dtype(dtype)?.contiguous()?,
+        sin.detach().to_dtype(dtype)?.contiguous()?,
+    ))
+}
+
+/// The op of [`forward`] over `x` (any strides) and `cos, sin` from [`tables`], for an op of
+/// [`crate::autograd::with_backward_value`] that writes its result directly.
+pub fn forward_op() -> impl CustomOp3 + Send + Sync + 'static {
+    Rope { backward: false }
 }
 
 struct Rope {

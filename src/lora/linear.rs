@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use candle_core::{DType, Module, Tensor};
 
-use crate::autograd::with_backward;
+use crate::autograd::{with_backward_value, Value};
 use crate::gemm;
 use crate::kernels::dropout;
 use crate::quant::FrozenWeight;
@@ -178,17 +178,18 @@ impl Linear {
         let a = l.a.detach().to_dtype(cd)?;
         let b = l.b.detach().to_dtype(cd)?;
         let u = gemm::matmul(&x_lora, &a.t()?)?;
+        // The sum is formed in the op's own storage (no copy after it).
         let y = if value {
             let base = self.weight.product_t(&xd)?;
             // The scale goes on the rank-r `u`, not on the [n, out] product.
             let delta = gemm::matmul(&(&u * l.scale)?, &b.t()?)?.to_dtype(base.dtype())?;
-            (base + delta)?
+            Value::Sum(base, delta)
         } else {
-            Tensor::zeros((n, out), self.weight.dtype(), x.device())?
+            Value::Zeros((n, out).into(), self.weight.dtype())
         };
         let weight = self.weight.clone();
         let scale = l.scale;
-        let y = with_backward("lora-linear", y, &[&x2, &l.a, &l.b], move |inputs, g| {
+        let y = with_backward_value("lora-linear", y, &[&x2, &l.a, &l.b], move |inputs, _, g| {
             let (x, a_var, b_var) = (inputs[0], inputs[1], inputs[2]);
             let gc = g.to_dtype(cd)?;
             let grad_b = (gemm::matmul(&gc.t()?, &u)? * scale)?.to_dtype(b_var.dtype())?;

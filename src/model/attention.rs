@@ -8,7 +8,7 @@
 use candle_core::{DType, Tensor, D};
 
 use super::layers::{repeat_kv, AttnMask};
-use crate::autograd::{accumulate, with_backward, Stash};
+use crate::autograd::{accumulate, with_backward, with_backward_value, Stash, Value};
 use crate::gemm;
 use crate::kernels::attention as flash;
 use crate::kernels::{self, Kernel};
@@ -120,7 +120,9 @@ fn flash_forward(
     )
 }
 
-/// `o` as the result of the flash-attention kernels' op: backward gets `o` and the log-sum-exp.
+/// `o` as the result of the flash-attention kernels' op: backward reads `o` back from the op's
+/// result (which the graph holds anyway, as the input of the ops after it) and keeps the
+/// log-sum-exp.
 fn flash_op(
     o: Tensor,
     lse: Tensor,
@@ -132,21 +134,25 @@ fn flash_op(
 ) -> Result<Tensor> {
     let p = flash_params(scale, mask);
     let key_valid = mask.key_valid.clone();
-    let out = o.clone();
-    with_backward("flash-attention", out, &[q, k, v], move |inputs, g| {
-        let (dq, dk, dv) = flash::flash_bwd(
-            &inputs[0].detach(),
-            &inputs[1].detach(),
-            &inputs[2].detach(),
-            &o,
-            &lse,
-            &g.to_dtype(o.dtype())?.contiguous()?,
-            key_valid.as_ref(),
-            &p,
-        )
-        .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
-        Ok(vec![Some(dq), Some(dk), Some(dv)])
-    })
+    with_backward_value(
+        "flash-attention",
+        Value::Tensor(o),
+        &[q, k, v],
+        move |inputs, o, g| {
+            let (dq, dk, dv) = flash::flash_bwd(
+                &inputs[0].detach(),
+                &inputs[1].detach(),
+                &inputs[2].detach(),
+                &o,
+                &lse,
+                &g.to_dtype(o.dtype())?.contiguous()?,
+                key_valid.as_ref(),
+                &p,
+            )
+            .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+            Ok(vec![Some(dq), Some(dk), Some(dv)])
+        },
+    )
 }
 
 /// `softmax(q kᵀ · scale (+ softcap) + mask) v` for `q: [B, H, Tq, D]`, `k, v: [B, H, Tk, D]`

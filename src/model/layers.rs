@@ -8,7 +8,9 @@ use std::sync::{Arc, OnceLock};
 
 use super::weights::Weights;
 use super::LmHead;
-use crate::autograd::{checkpoint, with_backward, Checkpointing, Phase, Stash};
+use crate::autograd::{
+    checkpoint, with_backward, with_backward_value, Checkpointing, ForwardOp, Phase, Stash, Value,
+};
 use crate::config::RopeScaling;
 use crate::kernels::{self, Kernel};
 use crate::lora::Linear;
@@ -67,12 +69,14 @@ impl RmsNorm {
 
     /// [`Self::forward`] with the fused kernels of [`crate::kernels::rms_norm`].
     pub fn forward_fused(&self, x: &Tensor) -> Result<Tensor> {
-        let y = kernels::rms_norm::forward(x, &self.weight, self.eps, self.unit_offset)?;
-        let (w, eps, unit_offset) = (self.weight.clone(), self.eps, self.unit_offset);
-        with_backward("rms-norm", y, &[x], move |inputs, g| {
-            let gx = kernels::rms_norm::backward(inputs[0], &w, g, eps, unit_offset)
+        let x = x.contiguous()?;
+        let w = self.weight.detach().to_dtype(x.dtype())?.contiguous()?;
+        let (eps, unit_offset) = (self.eps, self.unit_offset);
+        let op = ForwardOp::Two(Box::new(kernels::rms_norm::forward_op(eps, unit_offset)));
+        with_backward_value("rms-norm", Value::Op(op), &[&x, &w], move |inputs, _, g| {
+            let gx = kernels::rms_norm::backward(inputs[0], inputs[1], g, eps, unit_offset)
                 .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
-            Ok(vec![Some(gx)])
+            Ok(vec![Some(gx), None])
         })
     }
 
@@ -279,8 +283,9 @@ pub fn gated_unfused(g: &Tensor, u: &Tensor, act: MlpActivation) -> Result<Tenso
 /// `act(g)·u` as one op with the fused kernels of [`crate::kernels::glu`]; its backward keeps
 /// `g` and `u` only.
 pub fn gated_fused(g: &Tensor, u: &Tensor, act: MlpActivation) -> Result<Tensor> {
-    let y = kernels::glu::forward(g, u, act)?;
-    with_backward("glu", y, &[g, u], move |inputs, dy| {
+    let (g, u) = (g.contiguous()?, u.contiguous()?);
+    let op = ForwardOp::Two(Box::new(kernels::glu::forward_op(act)));
+    with_backward_value("glu", Value::Op(op), &[&g, &u], move |inputs, _, dy| {
         let (dg, du) = kernels::glu::backward(inputs[0], inputs[1], dy, act)
             .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
         Ok(vec![Some(dg), Some(du)])
@@ -471,13 +476,18 @@ pub fn apply_rotary_unfused(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Te
 
 /// [`apply_rotary`] with the fused kernels of [`crate::kernels::rope`].
 pub fn apply_rotary_fused(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
-    let y = kernels::rope::forward(x, cos, sin)?;
-    let (cos, sin) = (cos.clone(), sin.clone());
-    with_backward("rotary", y, &[x], move |_, g| {
-        let gx = kernels::rope::backward(g, &cos, &sin)
-            .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
-        Ok(vec![Some(gx)])
-    })
+    let (cos, sin) = kernels::rope::tables(cos, sin, x.dtype())?;
+    let op = ForwardOp::Three(Box::new(kernels::rope::forward_op()));
+    with_backward_value(
+        "rotary",
+        Value::Op(op),
+        &[x, &cos, &sin],
+        move |inputs, _, g| {
+            let gx = kernels::rope::backward(g, inputs[1], inputs[2])
+                .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+            Ok(vec![Some(gx), None, None])
+        },
+    )
 }
 
 fn rotary_values(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {

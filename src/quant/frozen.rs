@@ -7,7 +7,7 @@ use std::sync::Arc;
 use candle_core::{DType, Tensor};
 
 use super::QuantWeight;
-use crate::autograd::with_backward;
+use crate::autograd::{with_backward_value, Value};
 use crate::gemm;
 use crate::Result;
 
@@ -100,21 +100,21 @@ impl FrozenWeight {
     /// gradient for both operands (`backprop.rs`, `Op::Matmul`), which for a frozen base is
     /// a wasted `[out, in]` product and buffer per layer.
     pub fn matmul_t(&self, x: &Tensor) -> Result<Tensor> {
-        self.with_input_grad(x, self.product_t(x)?)
+        self.with_input_grad(x, Value::Tensor(self.product_t(x)?))
     }
 
     /// [`FrozenWeight::matmul_t`]'s backward with a zero value (the product is not computed),
     /// for a checkpoint replay whose output value is never read.
     pub fn matmul_t_graph_only(&self, x: &Tensor) -> Result<Tensor> {
         let (out, _) = self.shape()?;
-        let y = Tensor::zeros((x.dim(0)?, out), self.dtype(), x.device())?;
+        let y = Value::Zeros((x.dim(0)?, out).into(), self.dtype());
         self.with_input_grad(x, y)
     }
 
     /// `y` as the value of an op over `x` whose backward is the input gradient `grad · W`.
-    fn with_input_grad(&self, x: &Tensor, y: Tensor) -> Result<Tensor> {
+    fn with_input_grad(&self, x: &Tensor, y: Value) -> Result<Tensor> {
         let w = self.clone();
-        with_backward("frozen-matmul", y, &[x], move |_, g| {
+        with_backward_value("frozen-matmul", y, &[x], move |_, _, g| {
             let gx = w
                 .grad_input(g)
                 .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
