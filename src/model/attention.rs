@@ -143,7 +143,7 @@ fn flash_op(
                 &inputs[0].detach(),
                 &inputs[1].detach(),
                 &inputs[2].detach(),
-                &o,
+                o,
                 &lse,
                 &g.to_dtype(o.dtype())?.contiguous()?,
                 key_valid.as_ref(),
