@@ -407,6 +407,11 @@ def cmd_collect(a):
                             "timed_steps": len(timed), "losses": [round(l["loss"], 4) for l in st]})
                 if len(st) != a.steps:
                     error = f"{len(st)} of {a.steps} steps in {a.result}"
+                # The memory pool's high-water mark from the run's summary, the counterpart of
+                # PEFT's max_memory_reserved_mib (the watcher's figure stays the one compared).
+                summary = json.loads(_read(os.path.join(os.path.dirname(a.result), "summary.json")) or "{}")
+                if summary.get("peak_gpu_memory_mib") is not None:
+                    rec["pool_peak_reserved_mib"] = summary["peak_gpu_memory_mib"]
         except (IndexError, KeyError, ValueError, ZeroDivisionError) as e:
             error = f"no result in {a.result}: {e!r}"
     if "tokens_per_step" in rec and rec["tokens_per_step"] != a.seq * a.micro_batch:

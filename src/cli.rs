@@ -260,6 +260,9 @@ fn print_summary(s: &crate::train::TrainSummary) {
         f(s.val_loss_before),
         f(s.val_loss_after)
     );
+    if let Some(m) = s.peak_gpu_memory_mib {
+        println!("peak GPU memory (memory pool): {m} MiB");
+    }
     if let Some(a) = &s.adapter_dir {
         println!("adapter: {}", a.display());
     }

@@ -43,14 +43,78 @@ pub fn parse_device(name: &str) -> Result<Device> {
 /// its multi-stream mode, which candle's device never enters (it launches on the per-thread
 /// default stream, which does not count as a stream of its own): they cost host time and do
 /// nothing.
+///
+/// Its memory pool also keeps what it has reserved (see [`keep_pool_memory`]).
 fn single_stream(d: Device) -> Device {
     #[cfg(feature = "cuda")]
     if let Device::Cuda(c) = &d {
         // SAFETY: the events order work across cudarc streams only in multi-stream mode, which
         // no code here enters (nothing calls `new_stream`), so synchronization is unchanged.
         unsafe { c.disable_event_tracking() };
+        if let Err(e) = keep_pool_memory(c) {
+            tracing::warn!(
+                "could not keep the CUDA memory pool's reserve ({e}); allocations may be slower"
+            );
+        }
     }
     d
+}
+
+/// cudarc allocates stream-ordered (`cuMemAllocAsync`) from the device's memory pool, whose
+/// default release threshold of 0 hands every freed byte back to the driver at the next
+/// synchronization, so each training step would map its working set again. With no threshold
+/// the pool keeps its reserve for reuse, as PyTorch's caching allocators do; the reserve is
+/// what `nvidia-smi` shows either way at the step's peak.
+#[cfg(feature = "cuda")]
+fn keep_pool_memory(c: &candle_core::CudaDevice) -> std::result::Result<(), String> {
+    use candle_core::cuda_backend::cudarc::driver::{result, sys};
+    let ctx = c.cuda_stream().context().clone();
+    if !ctx.has_async_alloc() {
+        return Ok(());
+    }
+    let mut threshold: u64 = u64::MAX;
+    // SAFETY: the device is the context's own, its current pool is valid, and the release
+    // threshold attribute is a cuuint64_t.
+    unsafe {
+        let pool = result::device::get_mem_pool(ctx.cu_device()).map_err(|e| e.to_string())?;
+        result::mem_pool::set_attribute(
+            pool,
+            sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+            (&mut threshold as *mut u64).cast(),
+        )
+        .map_err(|e| e.to_string())
+    }
+}
+
+/// The most device memory the CUDA memory pool has held at once (bytes), where it can be
+/// read: the figure to compare with `torch.cuda.max_memory_reserved`. `None` on other devices.
+pub fn peak_reserved_bytes(d: &Device) -> Option<u64> {
+    match d {
+        #[cfg(feature = "cuda")]
+        Device::Cuda(c) => {
+            use candle_core::cuda_backend::cudarc::driver::{result, sys};
+            let ctx = c.cuda_stream().context().clone();
+            if !ctx.has_async_alloc() {
+                return None;
+            }
+            let mut high: u64 = 0;
+            // SAFETY: as in `keep_pool_memory`; the attribute is a cuuint64_t.
+            unsafe {
+                let pool = result::device::get_mem_pool(ctx.cu_device()).ok()?;
+                result::mem_pool::get_attribute(
+                    pool,
+                    sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RESERVED_MEM_HIGH,
+                    (&mut high as *mut u64).cast(),
+                )
+                .ok()?;
+            }
+            Some(high)
+        }
+        _ => {
+            let _ = d;
+            None
+        }
+    }
 }
 
 /// A short name for messages: `cpu`, `cuda:0`, `metal`.

@@ -143,6 +143,9 @@ pub struct TrainSummary {
     pub val_loss_after: Option<f64>,
     pub tokens: usize,
     pub elapsed_s: f64,
+    /// The CUDA memory pool's high-water mark in MiB (CUDA runs only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peak_gpu_memory_mib: Option<u64>,
     pub adapter_dir: Option<PathBuf>,
     pub output_dir: PathBuf,
 }
@@ -605,6 +608,7 @@ impl Trainer {
             val_loss_after: val_after,
             tokens: tokens_total,
             elapsed_s: elapsed_before + t0.elapsed().as_secs_f64(),
+            peak_gpu_memory_mib: crate::device::peak_reserved_bytes(&self.device).map(|b| b >> 20),
             adapter_dir,
             output_dir: out.clone(),
         };
