@@ -89,29 +89,45 @@ fn keep_pool_memory(c: &candle_core::CudaDevice) -> std::result::Result<(), Stri
 /// The most device memory the CUDA memory pool has held at once (bytes), where it can be
 /// read: the figure to compare with `torch.cuda.max_memory_reserved`. `None` on other devices.
 pub fn peak_reserved_bytes(d: &Device) -> Option<u64> {
+    pool_stat(d, PoolStat::ReservedHigh)
+}
+
+/// The device memory the CUDA memory pool holds now (bytes), in use or kept for reuse; `None`
+/// on other devices.
+pub fn reserved_bytes(d: &Device) -> Option<u64> {
+    pool_stat(d, PoolStat::Reserved)
+}
+
+#[derive(Clone, Copy)]
+enum PoolStat {
+    Reserved,
+    ReservedHigh,
+}
+
+fn pool_stat(d: &Device, stat: PoolStat) -> Option<u64> {
     match d {
         #[cfg(feature = "cuda")]
         Device::Cuda(c) => {
             use candle_core::cuda_backend::cudarc::driver::{result, sys};
+            use sys::CUmemPool_attribute as A;
             let ctx = c.cuda_stream().context().clone();
             if !ctx.has_async_alloc() {
                 return None;
             }
-            let mut high: u64 = 0;
-            // SAFETY: as in `keep_pool_memory`; the attribute is a cuuint64_t.
+            let attr = match stat {
+                PoolStat::Reserved => A::CU_MEMPOOL_ATTR_RESERVED_MEM_CURRENT,
+                PoolStat::ReservedHigh => A::CU_MEMPOOL_ATTR_RESERVED_MEM_HIGH,
+            };
+            let mut v: u64 = 0;
+            // SAFETY: as in `keep_pool_memory`; these attributes are cuuint64_t.
             unsafe {
                 let pool = result::device::get_mem_pool(ctx.cu_device()).ok()?;
-                result::mem_pool::get_attribute(
-                    pool,
-                    sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RESERVED_MEM_HIGH,
-                    (&mut high as *mut u64).cast(),
-                )
-                .ok()?;
+                result::mem_pool::get_attribute(pool, attr, (&mut v as *mut u64).cast()).ok()?;
             }
-            Some(high)
+            Some(v)
         }
         _ => {
-            let _ = d;
+            let _ = (d, stat);
             None
         }
     }

@@ -219,9 +219,10 @@ pub fn check_fits(dims: &ModelDims, run: &RunShape, available: f64) -> Result<Me
 
 /// Memory the run may use on `device`, in bytes, with the model already loaded:
 /// `LORA_TRAIN_MEMORY_LIMIT` (e.g. `8GiB`, `512MiB`, or bytes) if set; on a CUDA device, its
-/// free memory plus `loaded` (the bytes of the weights the loaded model holds there, which the
-/// estimate counts); on the CPU (and Metal's unified memory), [`available_bytes`]. `None` where
-/// it cannot be read.
+/// free memory plus what this process's memory pool holds (the loaded weights, which the
+/// estimate counts, and what loading freed into the pool), or plus `loaded` (the estimate's
+/// weights) where the pool cannot be read; on the CPU (and Metal's unified memory),
+/// [`available_bytes`]. `None` where it cannot be read.
 pub fn available_on(device: &candle_core::Device, loaded: f64) -> Result<Option<f64>> {
     if let Some(limit) = memory_limit()? {
         return Ok(Some(limit));
@@ -232,7 +233,8 @@ pub fn available_on(device: &candle_core::Device, loaded: f64) -> Result<Option<
             let (free, _total) = c.cuda_stream().context().mem_get_info().map_err(|e| {
                 Error::Msg(format!("cannot read the CUDA device's free memory: {e}"))
             })?;
-            Ok(Some(free as f64 + loaded))
+            let held = crate::device::reserved_bytes(device).map_or(loaded, |b| b as f64);
+            Ok(Some(free as f64 + held))
         }
         _ => {
             let _ = loaded;
