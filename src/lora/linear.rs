@@ -165,8 +165,13 @@ impl Linear {
         };
         let (out, inp) = self.shape();
         let (lead, n) = leading_dims(x)?;
-        let x2 = x.reshape((n, inp))?;
-        let xd = x2.detach();
+        let mut out_dims = lead;
+        out_dims.push(out);
+        let x_dims = x.dims().to_vec();
+        // The op takes `x` and gives `y` in their own shapes, flattening them to rows inside
+        // (views), so no reshape nodes sit on the graph around it: each would add a zero
+        // gradient buffer and a sum to backward.
+        let xd = x.detach().reshape((n, inp))?;
         let cd = l.compute_dtype;
         // Inverted dropout on the LoRA input; the backward pass redraws the same mask from the key.
         let key = l.dropout_key(self.salt);
@@ -183,14 +188,18 @@ impl Linear {
             let base = self.weight.product_t(&xd)?;
             // The scale goes on the rank-r `u`, not on the [n, out] product.
             let delta = gemm::matmul(&(&u * l.scale)?, &b.t()?)?.to_dtype(base.dtype())?;
-            Value::Sum(base, delta)
+            Value::Sum(
+                base.reshape(out_dims.as_slice())?,
+                delta.reshape(out_dims.as_slice())?,
+            )
         } else {
-            Value::Zeros((n, out).into(), self.weight.dtype())
+            Value::Zeros(out_dims.as_slice().into(), self.weight.dtype())
         };
         let weight = self.weight.clone();
         let scale = l.scale;
-        let y = with_backward_value("lora-linear", y, &[&x2, &l.a, &l.b], move |inputs, _, g| {
-            let (x, a_var, b_var) = (inputs[0], inputs[1], inputs[2]);
+        let y = with_backward_value("lora-linear", y, &[x, &l.a, &l.b], move |inputs, _, g| {
+            let (x, a_var, b_var) = (inputs[0].detach().reshape((n, inp))?, inputs[1], inputs[2]);
+            let g = &g.reshape((n, out))?;
             let gc = g.to_dtype(cd)?;
             let grad_b = (gemm::matmul(&gc.t()?, &u)? * scale)?.to_dtype(b_var.dtype())?;
             let grad_u = (gemm::matmul(&gc, &b)? * scale)?;
@@ -213,18 +222,15 @@ impl Linear {
             let grad_x_lora = grad_x_lora.to_dtype(grad_x.dtype())?;
             let grad_x = (grad_x + grad_x_lora)?;
             Ok(vec![
-                Some(grad_x.to_dtype(x.dtype())?),
+                Some(grad_x.to_dtype(x.dtype())?.reshape(x_dims.as_slice())?),
                 Some(grad_a),
                 Some(grad_b),
             ])
         })?;
-        let y = match &self.bias {
+        Ok(match &self.bias {
             Some(bias) => y.broadcast_add(bias)?,
             None => y,
-        };
-        let mut out_dims = lead;
-        out_dims.push(out);
-        Ok(y.reshape(out_dims)?)
+        })
     }
 }
 
