@@ -389,6 +389,17 @@ pub fn rope_inv_freq(head_dim: usize, theta: f64, scaling: Option<&RopeScaling>)
 pub struct Rotary {
     inv_freq: Vec<f64>,
     head_dim: usize,
+    /// The cos/sin tables for positions `0..len` last built, shared by clones (same frequencies).
+    tables: Arc<std::sync::Mutex<Option<RopeTables>>>,
+}
+
+#[derive(Debug)]
+struct RopeTables {
+    dtype: DType,
+    device: Device,
+    len: usize,
+    cos: Tensor,
+    sin: Tensor,
 }
 
 impl Rotary {
@@ -396,6 +407,7 @@ impl Rotary {
         Self {
             inv_freq: rope_inv_freq(head_dim, theta, scaling),
             head_dim,
+            tables: Arc::default(),
         }
     }
 
@@ -412,11 +424,47 @@ impl Rotary {
         for (f, k) in self.inv_freq.iter_mut().zip(factors) {
             *f /= *k as f64;
         }
+        self.tables = Arc::default();
         Ok(self)
     }
 
-    /// `(cos, sin)`, each `[T, head_dim]`, for positions `start..start+len`.
+    /// `(cos, sin)`, each `[T, head_dim]`, for positions `start..start+len`: rows of tables for
+    /// positions from 0 that are built once per dtype and device (and rebuilt twice as long when
+    /// a position lies beyond them), not on the host at every forward.
     pub fn cos_sin(
+        &self,
+        start: usize,
+        len: usize,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<(Tensor, Tensor)> {
+        let need = start + len;
+        let mut cached = self
+            .tables
+            .lock()
+            .map_err(|_| crate::Error::Msg("rope tables: poisoned".into()))?;
+        let fits = cached
+            .as_ref()
+            .is_some_and(|t| t.dtype == dtype && t.device.same_device(device) && t.len >= need);
+        if !fits {
+            let len = need.next_power_of_two().max(256);
+            let (cos, sin) = self.compute(0, len, dtype, device)?;
+            *cached = Some(RopeTables {
+                dtype,
+                device: device.clone(),
+                len,
+                cos,
+                sin,
+            });
+        }
+        match cached.as_ref() {
+            Some(t) => Ok((t.cos.narrow(0, start, len)?, t.sin.narrow(0, start, len)?)),
+            None => Err(crate::Error::Msg("rope tables: not built".into())),
+        }
+    }
+
+    /// [`Self::cos_sin`] computed afresh.
+    fn compute(
         &self,
         start: usize,
         len: usize,
@@ -731,6 +779,34 @@ mod tests {
         };
         let diff = (a - b)?.abs()?.max_all()?.to_scalar::<f32>()?;
         assert!(diff < 1e-5, "rotary gradient differs by {diff}");
+        Ok(())
+    }
+
+    #[test]
+    fn cached_rope_tables_equal_fresh_ones() -> crate::Result<()> {
+        let rot = Rotary::new(16, 500_000.0, None);
+        let bits = |t: &Tensor| -> crate::Result<Vec<u32>> {
+            Ok(t.to_dtype(DType::F32)?
+                .flatten_all()?
+                .to_vec1::<f32>()?
+                .iter()
+                .map(|v| v.to_bits())
+                .collect())
+        };
+        // Within the first table, past it (a rebuild), a smaller request again, another dtype.
+        for (start, len, dtype) in [
+            (0, 10, DType::F32),
+            (3, 40, DType::F32),
+            (250, 300, DType::F32),
+            (5, 7, DType::F32),
+            (100, 17, DType::BF16),
+        ] {
+            let (c, s) = rot.cos_sin(start, len, dtype, &Device::Cpu)?;
+            let (c0, s0) = rot.compute(start, len, dtype, &Device::Cpu)?;
+            assert_eq!(c.dims(), &[len, 16]);
+            assert_eq!(bits(&c)?, bits(&c0)?, "cos at {start}+{len} {dtype:?}");
+            assert_eq!(bits(&s)?, bits(&s0)?, "sin at {start}+{len} {dtype:?}");
+        }
         Ok(())
     }
 
