@@ -3,9 +3,11 @@
 
 pub mod checkpoint;
 pub mod custom;
+pub mod release;
 
 pub use checkpoint::{checkpoint, Checkpointing, GradSink, Phase, Stash};
 pub use custom::{with_backward, with_backward_value, ForwardOp, Value};
+pub use release::release;
 
 use candle_core::Tensor;
 

@@ -12,7 +12,7 @@ use super::layers::{
 };
 use super::weights::Weights;
 use super::{CausalLm, LmHead};
-use crate::autograd::Checkpointing;
+use crate::autograd::{release, Checkpointing};
 use crate::config::Gemma3Config;
 use crate::lora::Linear;
 use crate::Result;
@@ -151,11 +151,16 @@ impl DecoderLayer for Layer {
         let hs = self.input_layernorm.forward(x)?;
         let a = self.self_attn.forward(&hs, &rope.0, &rope.1, mask, pass)?;
         let a = self.post_attention_layernorm.forward(&a)?;
-        let x = (x + a)?;
+        let x = (x + &a)?;
+        // The post-norm outputs are read by the residual sums only, whose backward reads
+        // neither summand, and the norms' backward reads their input, not their output.
+        release(&a)?;
         let hs = self.pre_feedforward_layernorm.forward(&x)?;
         let m = self.mlp.forward(&hs)?;
         let m = self.post_feedforward_layernorm.forward(&m)?;
-        Ok((x + m)?)
+        let out = (x + &m)?;
+        release(&m)?;
+        Ok(out)
     }
 }
 
@@ -183,11 +188,19 @@ impl Attention {
             .k_norm
             .forward(&heads(&self.proj.k_proj, self.n_kv_head)?)?
             .transpose(1, 2)?;
-        let v = heads(&self.proj.v_proj, self.n_kv_head)?
-            .transpose(1, 2)?
-            .contiguous()?;
-        let q = apply_rotary(&q, cos, sin)?;
-        let k = apply_rotary(&k, cos, sin)?;
+        let v_in = heads(&self.proj.v_proj, self.n_kv_head)?.transpose(1, 2)?;
+        let v = v_in.contiguous()?;
+        // The copy is the projection's last reader (and reads nothing in backward).
+        if !v_in.is_contiguous() {
+            release(&v_in)?;
+        }
+        // The normed heads' last reader is the rotation, which does not read them in backward
+        // (nor does the norm read its output): free them.
+        let (q_in, k_in) = (q, k);
+        let q = apply_rotary(&q_in, cos, sin)?;
+        let k = apply_rotary(&k_in, cos, sin)?;
+        release(&q_in)?;
+        release(&k_in)?;
         let (cache, stash) = pass.parts();
         let (k, v) = match cache {
             Some(c) => c.append(&k, &v)?,

@@ -11,7 +11,7 @@ use super::layers::{
 };
 use super::weights::Weights;
 use super::{CausalLm, LmHead};
-use crate::autograd::Checkpointing;
+use crate::autograd::{release, Checkpointing};
 use crate::config::LlamaConfig;
 use crate::lora::Linear;
 use crate::Result;
@@ -139,7 +139,10 @@ impl DecoderLayer for Layer {
         let h = self.input_layernorm.forward(x)?;
         let replay = pass.is_replay();
         let a = self.self_attn.forward(&h, &rope.0, &rope.1, mask, pass)?;
-        let x = (x + a)?;
+        let x = (x + &a)?;
+        // The projection outputs are read by the residual sums only, whose backward reads
+        // neither summand, and the projections' own backward does not read them: free them.
+        release(&a)?;
         let h = self.post_attention_layernorm.forward(&x)?;
         let m = if replay {
             // Only the residual sum reads the MLP output.
@@ -147,7 +150,9 @@ impl DecoderLayer for Layer {
         } else {
             self.mlp.forward(&h)?
         };
-        Ok((x + m)?)
+        let out = (x + &m)?;
+        release(&m)?;
+        Ok(out)
     }
 }
 
@@ -180,10 +185,17 @@ impl Attention {
             .reshape((b, t, self.n_kv_head, self.head_dim))?
             .transpose(1, 2)?;
         // The transposed views go in as they are: the rope kernel reads them through their
-        // strides and writes contiguous heads.
-        let q = apply_rotary(&q, cos, sin)?;
-        let k = apply_rotary(&k, cos, sin)?;
-        let v = v.contiguous()?;
+        // strides and writes contiguous heads. Rotation and copy are their inputs' last readers,
+        // and neither they nor the projections read them in backward: free them.
+        let (q_in, k_in, v_in) = (q, k, v);
+        let q = apply_rotary(&q_in, cos, sin)?;
+        let k = apply_rotary(&k_in, cos, sin)?;
+        let v = v_in.contiguous()?;
+        release(&q_in)?;
+        release(&k_in)?;
+        if !v_in.is_contiguous() {
+            release(&v_in)?;
+        }
         let (cache, stash) = pass.parts();
         let (k, v) = match cache {
             Some(c) => c.append(&k, &v)?,
