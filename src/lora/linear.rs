@@ -128,7 +128,7 @@ impl Linear {
 
     fn base(&self, x: &Tensor, value: bool) -> Result<Tensor> {
         let (out, inp) = self.shape();
-        let (lead, n) = leading_dims(x)?;
+        let (lead, n) = leading_dims(x, inp)?;
         let x2 = x.reshape((n, inp))?;
         let y = if value {
             self.weight.matmul_t(&x2)?
@@ -164,7 +164,7 @@ impl Linear {
             return self.base(x, value);
         };
         let (out, inp) = self.shape();
-        let (lead, n) = leading_dims(x)?;
+        let (lead, n) = leading_dims(x, inp)?;
         let mut out_dims = lead;
         out_dims.push(out);
         let x_dims = x.dims().to_vec();
@@ -234,15 +234,26 @@ impl Linear {
     }
 }
 
-/// The dims before the last one, and their product.
-fn leading_dims(x: &Tensor) -> Result<(Vec<usize>, usize)> {
+/// The dims before the trailing ones whose product is the input width `inp` (the last dim, or
+/// e.g. `[.., heads, head_dim]` for `o_proj` over attention heads read as a view), and their
+/// product: the rows.
+fn leading_dims(x: &Tensor, inp: usize) -> Result<(Vec<usize>, usize)> {
     let dims = x.dims();
-    if dims.is_empty() {
-        return Err(crate::Error::Msg("linear: input is a scalar".into()));
+    let mut width = 1;
+    for k in (0..dims.len()).rev() {
+        width *= dims[k];
+        if width == inp {
+            let lead = dims[..k].to_vec();
+            let n = lead.iter().product();
+            return Ok((lead, n));
+        }
+        if width > inp {
+            break;
+        }
     }
-    let lead = dims[..dims.len() - 1].to_vec();
-    let n = lead.iter().product();
-    Ok((lead, n))
+    Err(crate::Error::Msg(format!(
+        "linear: input {dims:?} does not end in dims of {inp} elements"
+    )))
 }
 
 impl Module for Linear {

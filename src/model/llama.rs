@@ -203,10 +203,9 @@ impl Attention {
         };
         let scale = 1.0 / (self.head_dim as f64).sqrt();
         let o = attend(&q, &k, &v, scale, None, mask, stash)?;
-        let o = o
-            .transpose(1, 2)?
-            .reshape((b, t, self.n_head * self.head_dim))?;
-        self.proj.o_proj.forward(&o)
+        // `[B, T, heads, head_dim]` as a view: the projection flattens it to rows itself, so the
+        // graph keeps `o` once (flash attention's backward reads it) and not a row-major copy too.
+        self.proj.o_proj.forward(&o.transpose(1, 2)?)
     }
 }
 
