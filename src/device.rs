@@ -68,15 +68,13 @@ fn single_stream(d: Device) -> Device {
 #[cfg(feature = "cuda")]
 fn keep_pool_memory(c: &candle_core::CudaDevice) -> std::result::Result<(), String> {
     use candle_core::cuda_backend::cudarc::driver::{result, sys};
-    let ctx = c.cuda_stream().context().clone();
-    if !ctx.has_async_alloc() {
+    let Some(pool) = memory_pool(c).map_err(|e| e.to_string())? else {
         return Ok(());
-    }
+    };
     let mut threshold: u64 = u64::MAX;
-    // SAFETY: the device is the context's own, its current pool is valid, and the release
-    // threshold attribute is a cuuint64_t.
+    // SAFETY: the pool is valid (see `memory_pool`) and the release threshold attribute is a
+    // cuuint64_t.
     unsafe {
-        let pool = result::device::get_mem_pool(ctx.cu_device()).map_err(|e| e.to_string())?;
         result::mem_pool::set_attribute(
             pool,
             sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
@@ -84,6 +82,26 @@ fn keep_pool_memory(c: &candle_core::CudaDevice) -> std::result::Result<(), Stri
         )
         .map_err(|e| e.to_string())
     }
+}
+
+/// The memory pool cudarc allocates from on `c` (the device's current one), or `None` where
+/// cudarc does not allocate from a pool (no stream-ordered allocation).
+#[cfg(feature = "cuda")]
+fn memory_pool(
+    c: &candle_core::CudaDevice,
+) -> std::result::Result<
+    Option<candle_core::cuda_backend::cudarc::driver::sys::CUmemoryPool>,
+    candle_core::cuda_backend::cudarc::driver::DriverError,
+> {
+    let ctx = c.cuda_stream().context().clone();
+    if !ctx.has_async_alloc() {
+        return Ok(None);
+    }
+    // SAFETY: the device is the context's own.
+    unsafe {
+        candle_core::cuda_backend::cudarc::driver::result::device::get_mem_pool(ctx.cu_device())
+    }
+    .map(Some)
 }
 
 /// The most device memory the CUDA memory pool has held at once (bytes), where it can be
@@ -110,20 +128,15 @@ fn pool_stat(d: &Device, stat: PoolStat) -> Option<u64> {
         Device::Cuda(c) => {
             use candle_core::cuda_backend::cudarc::driver::{result, sys};
             use sys::CUmemPool_attribute as A;
-            let ctx = c.cuda_stream().context().clone();
-            if !ctx.has_async_alloc() {
-                return None;
-            }
+            let pool = memory_pool(c).ok()??;
             let attr = match stat {
                 PoolStat::Reserved => A::CU_MEMPOOL_ATTR_RESERVED_MEM_CURRENT,
                 PoolStat::ReservedHigh => A::CU_MEMPOOL_ATTR_RESERVED_MEM_HIGH,
             };
             let mut v: u64 = 0;
-            // SAFETY: as in `keep_pool_memory`; these attributes are cuuint64_t.
-            unsafe {
-                let pool = result::device::get_mem_pool(ctx.cu_device()).ok()?;
-                result::mem_pool::get_attribute(pool, attr, (&mut v as *mut u64).cast()).ok()?;
-            }
+            // SAFETY: the pool is valid (see `memory_pool`); these attributes are cuuint64_t.
+            unsafe { result::mem_pool::get_attribute(pool, attr, (&mut v as *mut u64).cast()) }
+                .ok()?;
             Some(v)
         }
         _ => {

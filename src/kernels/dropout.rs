@@ -6,7 +6,7 @@
 //! the input) agree bit for bit.
 
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Tensor};
 
 use super::launch::{self, Launch};
 use super::{cpu_float_dispatch, cpu_view, Float, Kernel};
@@ -30,10 +30,14 @@ pub fn threshold(keep: f64) -> u64 {
     ((keep.clamp(0.0, 1.0) * 4_294_967_296.0).round() as u64).min(1 << 32)
 }
 
-/// The scale `1 / keep` as a tensor of `dtype` holds it.
-fn scale_in(keep: f64, dtype: DType) -> Result<f32> {
-    let s = Tensor::new(&[(1.0 / keep) as f32], &Device::Cpu)?.to_dtype(dtype)?;
-    Ok(s.to_dtype(DType::F32)?.to_vec1::<f32>()?[0])
+/// The scale `1 / keep` as a tensor of `dtype` holds it (f32 and wider hold the f32 as is).
+fn scale_in(keep: f64, dtype: DType) -> f32 {
+    let s = (1.0 / keep) as f32;
+    match dtype {
+        DType::BF16 => super::round_to::<half::bf16>(s),
+        DType::F16 => super::round_to::<half::f16>(s),
+        _ => s,
+    }
 }
 
 /// `t` with the dropout of `key` (keep probability `keep`) applied: each element kept and
@@ -53,14 +57,14 @@ pub fn apply_fused(t: &Tensor, key: u64, keep: f64, scale_dtype: DType) -> Resul
     let op = Op {
         key,
         threshold: threshold(keep),
-        scale: scale_in(keep, scale_dtype)?,
+        scale: scale_in(keep, scale_dtype),
     };
     Ok(t.detach().contiguous()?.apply_op1_no_bwd(&op)?)
 }
 
 /// [`apply`] as a product with a mask tensor drawn on the host.
 pub fn apply_unfused(t: &Tensor, key: u64, keep: f64, scale_dtype: DType) -> Result<Tensor> {
-    let (th, scale) = (threshold(keep), scale_in(keep, scale_dtype)?);
+    let (th, scale) = (threshold(keep), scale_in(keep, scale_dtype));
     let mask: Vec<f32> = (0..t.elem_count() as u64)
         .map(|i| if kept(key, i, th) { scale } else { 0.0 })
         .collect();
@@ -142,6 +146,7 @@ impl CustomOp1 for Op {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use candle_core::Device;
 
     fn values(t: &Tensor) -> Vec<u32> {
         t.to_dtype(DType::F32)

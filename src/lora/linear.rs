@@ -176,10 +176,7 @@ impl Linear {
         // Inverted dropout on the LoRA input; the backward pass redraws the same mask from the key.
         let key = l.dropout_key(self.salt);
         let (keep, x_dtype) = (1.0 - l.dropout, xd.dtype());
-        let x_lora = match key {
-            Some(k) => dropout::apply(&xd, k, keep, x_dtype)?.to_dtype(cd)?,
-            None => xd.to_dtype(cd)?,
-        };
+        let x_lora = lora_input(&xd, key, keep, cd)?;
         let a = l.a.detach().to_dtype(cd)?;
         let b = l.b.detach().to_dtype(cd)?;
         let u = gemm::matmul(&x_lora, &a.t()?)?;
@@ -203,18 +200,14 @@ impl Linear {
             let gc = g.to_dtype(cd)?;
             let grad_b = (gemm::matmul(&gc.t()?, &u)? * scale)?.to_dtype(b_var.dtype())?;
             let grad_u = (gemm::matmul(&gc, &b)? * scale)?;
-            let drop = |t: &Tensor, k: u64| {
-                dropout::apply(t, k, keep, x_dtype)
-                    .map_err(|e| candle_core::Error::Msg(e.to_string()))
-            };
-            let x_lora = match key {
-                Some(k) => drop(&x.detach(), k)?.to_dtype(cd)?,
-                None => x.detach().to_dtype(cd)?,
-            };
+            let x_lora = lora_input(&x, key, keep, cd)
+                .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
             let grad_a = gemm::matmul(&grad_u.t()?, &x_lora)?.to_dtype(a_var.dtype())?;
             let mut grad_x_lora = gemm::matmul(&grad_u, &a)?;
             if let Some(k) = key {
-                grad_x_lora = drop(&grad_x_lora, k)?;
+                // The same mask, scaled as the input's dtype holds `1 / keep`.
+                grad_x_lora = dropout::apply(&grad_x_lora, k, keep, x_dtype)
+                    .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
             }
             let grad_x = weight
                 .grad_input(g)
@@ -232,6 +225,15 @@ impl Linear {
             None => y,
         })
     }
+}
+
+/// The LoRA path's input: `x` under the dropout of `key` (if any), in the compute dtype `cd`.
+fn lora_input(x: &Tensor, key: Option<u64>, keep: f64, cd: DType) -> Result<Tensor> {
+    let x = match key {
+        Some(k) => dropout::apply(x, k, keep, x.dtype())?,
+        None => x.clone(),
+    };
+    Ok(x.to_dtype(cd)?)
 }
 
 /// The dims before the trailing ones whose product is the input width `inp` (the last dim, or

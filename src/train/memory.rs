@@ -225,7 +225,7 @@ pub fn check_fits(dims: &ModelDims, run: &RunShape, available: f64) -> Result<Me
 /// free memory plus what this process's memory pool holds (the loaded weights, which the
 /// estimate counts, and what loading freed into the pool), or plus `loaded` (the estimate's
 /// weights) where the pool cannot be read; on the CPU (and Metal's unified memory),
-/// [`available_bytes`]. `None` where it cannot be read.
+/// [`host_available`]. `None` where it cannot be read.
 pub fn available_on(device: &candle_core::Device, loaded: f64) -> Result<Option<f64>> {
     if let Some(limit) = memory_limit()? {
         return Ok(Some(limit));
@@ -241,7 +241,7 @@ pub fn available_on(device: &candle_core::Device, loaded: f64) -> Result<Option<
         }
         _ => {
             let _ = loaded;
-            available_bytes()
+            Ok(host_available())
         }
     }
 }
@@ -258,14 +258,10 @@ fn memory_limit() -> Result<Option<f64>> {
     }
 }
 
-/// Memory this process may still grow into, in bytes: `LORA_TRAIN_MEMORY_LIMIT` (e.g.
-/// `8GiB`, `512MiB`, or bytes) if set, else what Linux reports as available plus what the
-/// process already holds (the loaded weights are part of the estimate). `None` where it
-/// cannot be read (not Linux).
-pub fn available_bytes() -> Result<Option<f64>> {
-    if let Some(limit) = memory_limit()? {
-        return Ok(Some(limit));
-    }
+/// Host memory this process may still grow into, in bytes: what Linux reports as available
+/// (or a cgroup limit leaves) plus what the process already holds (the loaded weights are part
+/// of the estimate). `None` where it cannot be read (not Linux).
+fn host_available() -> Option<f64> {
     let kib = |text: &str, key: &str| -> Option<f64> {
         let line = text.lines().find(|l| l.starts_with(key))?;
         line.split_whitespace()
@@ -274,9 +270,7 @@ pub fn available_bytes() -> Result<Option<f64>> {
             .ok()
             .map(|k| k * 1024.0)
     };
-    let Ok(meminfo) = std::fs::read_to_string("/proc/meminfo") else {
-        return Ok(None);
-    };
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
     let mut avail = kib(&meminfo, "MemAvailable:");
     // A cgroup limit (containers) can be lower than the machine's memory.
     if let Ok(limit) = std::fs::read_to_string("/sys/fs/cgroup/memory.max") {
@@ -293,7 +287,7 @@ pub fn available_bytes() -> Result<Option<f64>> {
         .ok()
         .and_then(|s| kib(&s, "VmRSS:"))
         .unwrap_or(0.0);
-    Ok(avail.map(|a| a + rss))
+    avail.map(|a| a + rss)
 }
 
 fn parse_size(s: &str) -> Option<f64> {
