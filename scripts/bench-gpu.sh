@@ -45,8 +45,9 @@ cd "$(dirname "$0")/.."
 die() { echo "bench-gpu.sh: $*" >&2; exit 1; }
 
 if [ "${1:-}" = "--fetch-bnb" ]; then
-    # bitsandbytes' wheel carries libraries for every CUDA; the host's torch is CUDA 13.0, so only
-    # that one (and the CPU fallback) is kept: about 5 MB instead of 43.
+    # bitsandbytes' wheel carries libraries for every CUDA; the host's torch is CUDA 13 (13.0 or a
+    # later 13.x: bitsandbytes loads the library named after torch.version.cuda), so only the 13.x
+    # ones (and the CPU fallback) are kept: about 9 MB instead of 150.
     ver="${BNB_VERSION:-0.50.2}"
     tmp="$(mktemp -d)"
     "${PYTHON:-python3}" -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 \
@@ -55,7 +56,7 @@ if [ "${1:-}" = "--fetch-bnb" ]; then
     rm -rf bench-results/bnb
     mkdir -p bench-results/bnb
     unzip -q "$tmp"/bitsandbytes-*.whl -d bench-results/bnb || die "cannot unpack the bitsandbytes wheel"
-    find bench-results/bnb/bitsandbytes -name 'libbitsandbytes_*.so' ! -name '*_cuda130.so' ! -name '*_cpu.so' -delete
+    find bench-results/bnb/bitsandbytes -name 'libbitsandbytes_*.so' ! -name '*_cuda13?.so' ! -name '*_cpu.so' -delete
     rm -rf "$tmp"
     echo "bench-results/bnb: bitsandbytes $ver ($(du -sh bench-results/bnb | cut -f1)); carry \"bench-results/bnb\""
     exit 0

@@ -14,6 +14,9 @@
 #   run(command="scripts/gpu-check.sh", carry=["dist"])
 # Environment: LORA_TRAIN_CUDA_LIBS  a folder with libcublas.so.13, libcudart.so.13, libcurand.so.10
 #              (default: the host PyTorch's site-packages/nvidia/cu13/lib)
+#              GPU_CHECK_DEVICE  the device the "cuda:0" rows and tests run on [cuda:0]; "cpu" with
+#              GPU_CHECK_DIST only tests this script here, with CPU builds of the three binaries
+#              GPU_CHECK_DIST  the folder of lora-train-cuda, test-kernels, test-model_parity [dist]
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,10 +26,12 @@ REPORT="$OUTDIR/gpu-check.txt"
 exec > >(tee "$REPORT") 2>&1
 
 fail=0
+DEV="${GPU_CHECK_DEVICE:-cuda:0}"
+DIST="${GPU_CHECK_DIST:-dist}"
 note() { echo; echo "== $*"; }
 
 unpack() {  # name -> path of the executable
-    local f="dist/$1"
+    local f="$DIST/$1"
     if [ ! -x "$f" ] && [ -f "$f.xz" ]; then
         xz -dkf "$f.xz" && chmod +x "$f"
     fi
@@ -35,7 +40,9 @@ unpack() {  # name -> path of the executable
 }
 
 libs="${LORA_TRAIN_CUDA_LIBS:-}"
-if [ -z "$libs" ]; then
+if [ "$DEV" = cpu ]; then
+    libs=.
+elif [ -z "$libs" ]; then
     libs="$(python3 -c 'import os, torch; print(os.path.join(os.path.dirname(os.path.dirname(torch.__file__)), "nvidia", "cu13", "lib"))' 2>/dev/null)"
 fi
 [ -d "$libs" ] || { echo "gpu-check.sh: no CUDA 13 libraries found (set LORA_TRAIN_CUDA_LIBS)"; exit 1; }
@@ -50,11 +57,11 @@ date -u
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 || true
 git rev-parse --short HEAD 2>/dev/null || true
 
-note "1. kernel tests on cuda:0 (fused vs unfused, f32 and bf16; flash attention vs eager)"
-LORA_TRAIN_TEST_DEVICE=cuda:0 "$KTEST" --test-threads=1 || fail=1
+note "1. kernel tests on $DEV (fused vs unfused, f32 and bf16; flash attention vs eager)"
+LORA_TRAIN_TEST_DEVICE=$DEV "$KTEST" --test-threads=1 || fail=1
 
-note "2. parity tests on cuda:0 (logits against transformers, f32 and bf16)"
-LORA_TRAIN_TEST_DEVICE=cuda:0 "$PTEST" --test-threads=1 on_the_test_device || fail=1
+note "2. parity tests on $DEV (logits against transformers, f32 and bf16)"
+LORA_TRAIN_TEST_DEVICE=$DEV "$PTEST" --test-threads=1 on_the_test_device || fail=1
 
 note "3. short training runs: tiny models (head_dim 16, unfused attention) and a small Llama (head_dim 64, flash attention)"
 RUNS="$(mktemp -d)"
@@ -107,7 +114,7 @@ train_rows() {  # model source row...
         read -r dev dtype variant kern bound <<<"$row"
         name="$model-${dev/:/}-$dtype-$variant-kernels-$kern"
         [ "$dev" = cpu ] || echo "$model $name $bound" >>"$RUNS/expected.txt"
-        args=(--config "$cfg" --set "model.device=$dev" --set "model.dtype=$dtype" --set "output.dir=$RUNS/$name" --no-report)
+        args=(--config "$cfg" --set "model.device=${dev/cuda:0/$DEV}" --set "model.dtype=$dtype" --set "output.dir=$RUNS/$name" --no-report)
         case "$variant" in
             nf4) args+=(--set model.quantize=nf4) ;;
             ckpt) args+=(--set train.gradient_checkpointing=true) ;;
