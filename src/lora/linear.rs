@@ -53,6 +53,10 @@ impl LoraWeights {
     }
 }
 
+/// Makes a projection's input again, value for value, from tensors its producer's backward keeps
+/// anyway (see [`Linear::forward_recomputed`]).
+pub type Recompute = Arc<dyn Fn() -> Result<Tensor> + Send + Sync>;
+
 /// A frozen projection (dense or quantized; never given a gradient) with an optional LoRA path.
 #[derive(Debug, Clone)]
 pub struct Linear {
@@ -149,18 +153,33 @@ impl Linear {
     /// is redrawn from its key); autograd over the same expression would keep four `[n, out]`
     /// tensors per projection.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.apply(x, true)
+        self.apply(x, true, None)
     }
 
     /// [`Linear::forward`]'s backward graph with a zero output value: neither `x Wᵀ` nor
     /// the LoRA product is computed (only the rank-`r` `x Aᵀ` that B's gradient needs). For a
     /// checkpoint replay, where the output's value is never read.
     pub fn forward_graph_only(&self, x: &Tensor) -> Result<Tensor> {
-        self.apply(x, false)
+        self.apply(x, false, None)
     }
 
-    fn apply(&self, x: &Tensor, value: bool) -> Result<Tensor> {
+    /// [`Linear::forward`] (or, without `value`, [`Linear::forward_graph_only`]) whose backward
+    /// never reads `x`: the LoRA path's `A` gradient takes `x` from `recompute`, which must give
+    /// the very value `x` had. So once this returns, the caller may free `x` with
+    /// [`crate::autograd::release`] (when nothing else reads it), e.g. the gated MLP's
+    /// `act(g)·u`, which the activation's kept inputs make again in one elementwise pass.
+    pub fn forward_recomputed(
+        &self,
+        x: &Tensor,
+        value: bool,
+        recompute: Recompute,
+    ) -> Result<Tensor> {
+        self.apply(x, value, Some(recompute))
+    }
+
+    fn apply(&self, x: &Tensor, value: bool, recompute: Option<Recompute>) -> Result<Tensor> {
         let Some(l) = &self.lora else {
+            // The frozen product's backward reads only the output gradient.
             return self.base(x, value);
         };
         let (out, inp) = self.shape();
@@ -195,7 +214,11 @@ impl Linear {
         let weight = self.weight.clone();
         let scale = l.scale;
         let y = with_backward_value("lora-linear", y, &[x, &l.a, &l.b], move |inputs, _, g| {
-            let (x, a_var, b_var) = (inputs[0].detach().reshape((n, inp))?, inputs[1], inputs[2]);
+            let x = match &recompute {
+                Some(make) => make().map_err(|e| candle_core::Error::Msg(e.to_string()))?,
+                None => inputs[0].detach(),
+            };
+            let (x, a_var, b_var) = (x.reshape((n, inp))?, inputs[1], inputs[2]);
             let g = &g.reshape((n, out))?;
             let gc = g.to_dtype(cd)?;
             let grad_b = (gemm::matmul(&gc.t()?, &u)? * scale)?.to_dtype(b_var.dtype())?;

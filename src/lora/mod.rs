@@ -8,6 +8,6 @@ pub mod linear;
 pub mod params;
 pub mod peft;
 
-pub use linear::{Linear, LoraWeights};
+pub use linear::{Linear, LoraWeights, Recompute};
 pub use params::{LoraParam, LoraParams, LoraSpec, PROJECTIONS};
 pub use peft::{load_peft_adapter, PeftAdapterConfig};

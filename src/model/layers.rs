@@ -9,11 +9,12 @@ use std::sync::{Arc, OnceLock};
 use super::weights::Weights;
 use super::LmHead;
 use crate::autograd::{
-    checkpoint, with_backward, with_backward_value, Checkpointing, ForwardOp, Phase, Stash, Value,
+    checkpoint, release, with_backward, with_backward_value, Checkpointing, ForwardOp, Phase,
+    Stash, Value,
 };
 use crate::config::RopeScaling;
 use crate::kernels::{self, Kernel};
-use crate::lora::Linear;
+use crate::lora::{Linear, Recompute};
 use crate::quant::FrozenWeight;
 use crate::Result;
 
@@ -249,25 +250,42 @@ impl GatedMlp {
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.down_proj.forward(&self.gated(x)?)
+        self.apply(x, true)
     }
 
     /// [`GatedMlp::forward`] with the same backward graph but an unspecified (zero) output
     /// value: for a checkpoint replay whose MLP output only feeds the layer output, the
     /// `down_proj` product is never computed (its backward needs only its input).
     pub fn forward_graph_only(&self, x: &Tensor) -> Result<Tensor> {
-        self.down_proj.forward_graph_only(&self.gated(x)?)
+        self.apply(x, false)
     }
 
-    /// `act(gate(x)) · up(x)`.
-    fn gated(&self, x: &Tensor) -> Result<Tensor> {
+    /// `down(act(gate(x)) · up(x))`. The graph does not hold `h = act(g)·u`, the widest
+    /// activation of the layer: the activation's backward keeps `g` and `u` (not `h`), and
+    /// `down_proj`'s backward remakes `h` from them for its LoRA `A` gradient, in the same op
+    /// as the forward, so bit for bit (its frozen product reads only the output gradient).
+    fn apply(&self, x: &Tensor, value: bool) -> Result<Tensor> {
         let g = self.gate_proj.forward(x)?;
         let u = self.up_proj.forward(x)?;
-        if kernels::use_fused(Kernel::Glu, x.device()) {
-            gated_fused(&g, &u, self.act)
+        let (act, fused) = (self.act, kernels::use_fused(Kernel::Glu, x.device()));
+        let h = if fused {
+            gated_fused(&g, &u, act)?
         } else {
-            gated_unfused(&g, &u, self.act)
-        }
+            gated_unfused(&g, &u, act)?
+        };
+        let (g, u) = (g.detach(), u.detach());
+        let remake: Recompute = Arc::new(move || {
+            if fused {
+                kernels::glu::forward(&g, &u, act)
+            } else {
+                gated_unfused(&g, &u, act)
+            }
+        });
+        let y = self.down_proj.forward_recomputed(&h, value, remake)?;
+        // h has been read by its one reader, down_proj, whose backward never reads it (see
+        // above), and neither activation op (fused or unfused) reads its own result.
+        release(&h)?;
+        Ok(y)
     }
 }
 
