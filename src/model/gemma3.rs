@@ -14,7 +14,7 @@ use super::weights::Weights;
 use super::{CausalLm, LmHead};
 use crate::autograd::{release, Checkpointing};
 use crate::config::Gemma3Config;
-use crate::lora::Linear;
+use crate::lora::{Linear, Recompute};
 use crate::Result;
 
 #[derive(Clone)]
@@ -148,15 +148,21 @@ impl DecoderLayer for Layer {
         mask: &AttnMask,
         pass: Pass<'_>,
     ) -> Result<Tensor> {
-        let hs = self.input_layernorm.forward(x)?;
-        let a = self.self_attn.forward(&hs, &rope.0, &rope.1, mask, pass)?;
+        // The normed inputs are read by the projections only, which remake them in backward
+        // from the norms' inputs (RmsNorm::forward_remakeable): free them once those have run.
+        let (hs, remake) = self.input_layernorm.forward_remakeable(x)?;
+        let a = self
+            .self_attn
+            .forward(&hs, Some(&remake), &rope.0, &rope.1, mask, pass)?;
+        release(&hs)?;
         let a = self.post_attention_layernorm.forward(&a)?;
         let x = (x + &a)?;
         // The post-norm outputs are read by the residual sums only, whose backward reads
         // neither summand, and the norms' backward reads their input, not their output.
         release(&a)?;
-        let hs = self.pre_feedforward_layernorm.forward(&x)?;
-        let m = self.mlp.forward(&hs)?;
+        let (hs, remake) = self.pre_feedforward_layernorm.forward_remakeable(&x)?;
+        let m = self.mlp.forward(&hs, Some(&remake))?;
+        release(&hs)?;
         let m = self.post_feedforward_layernorm.forward(&m)?;
         let out = (x + &m)?;
         release(&m)?;
@@ -165,9 +171,12 @@ impl DecoderLayer for Layer {
 }
 
 impl Attention {
+    /// `remake` makes `x` again for the q/k/v projections' backward (see
+    /// [`RmsNorm::forward_remakeable`]).
     fn forward(
         &self,
         x: &Tensor,
+        remake: Option<&Recompute>,
         cos: &Tensor,
         sin: &Tensor,
         mask: &AttnMask,
@@ -178,7 +187,8 @@ impl Attention {
         // (the norm is over D), and the rope kernel reads the transposed views through their
         // strides, so only v is copied into `[B, heads, T, D]`.
         let heads = |l: &Linear, n: usize| -> Result<Tensor> {
-            Ok(l.forward(x)?.reshape((b, t, n, self.head_dim))?)
+            Ok(l.forward_recomputed(x, true, remake)?
+                .reshape((b, t, n, self.head_dim))?)
         };
         let q = self
             .q_norm

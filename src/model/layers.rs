@@ -52,6 +52,28 @@ impl RmsNorm {
         }
     }
 
+    /// [`Self::forward`], and a [`Recompute`] that makes the same value again from `x`, which
+    /// the norm's backward keeps anyway (the norm does not read its own output). Projections
+    /// given it ([`Linear::forward_recomputed`]) do not read the output in backward either, so
+    /// once they have run the caller can [`release`] it: the graph then holds one
+    /// `[tokens, hidden]` tensor per norm fewer.
+    pub fn forward_remakeable(&self, x: &Tensor) -> Result<(Tensor, Recompute)> {
+        let (eps, unit_offset) = (self.eps, self.unit_offset);
+        if kernels::use_fused(Kernel::RmsNorm, x.device()) {
+            let x = x.contiguous()?;
+            let y = self.forward_fused(&x)?;
+            let (x, w) = (x.detach(), self.weight.detach());
+            let remake: Recompute =
+                Arc::new(move || kernels::rms_norm::forward(&x, &w, eps, unit_offset));
+            Ok((y, remake))
+        } else {
+            let y = self.forward_unfused(x)?;
+            let (x, norm) = (x.detach(), self.clone());
+            let remake: Recompute = Arc::new(move || norm.values(&x));
+            Ok((y, remake))
+        }
+    }
+
     /// [`Self::forward`] with tensor ops (the CPU path and the kernels' reference).
     pub fn forward_unfused(&self, x: &Tensor) -> Result<Tensor> {
         let y = self.values(&x.detach())?;
@@ -249,24 +271,26 @@ impl GatedMlp {
         })
     }
 
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.apply(x, true)
+    /// `remake` makes `x` again for the LoRA backward of `gate_proj` and `up_proj` (see
+    /// [`RmsNorm::forward_remakeable`]); without it the graph holds `x`.
+    pub fn forward(&self, x: &Tensor, remake: Option<&Recompute>) -> Result<Tensor> {
+        self.apply(x, true, remake)
     }
 
     /// [`GatedMlp::forward`] with the same backward graph but an unspecified (zero) output
     /// value: for a checkpoint replay whose MLP output only feeds the layer output, the
     /// `down_proj` product is never computed (its backward needs only its input).
-    pub fn forward_graph_only(&self, x: &Tensor) -> Result<Tensor> {
-        self.apply(x, false)
+    pub fn forward_graph_only(&self, x: &Tensor, remake: Option<&Recompute>) -> Result<Tensor> {
+        self.apply(x, false, remake)
     }
 
     /// `down(act(gate(x)) · up(x))`. The graph does not hold `h = act(g)·u`, the widest
     /// activation of the layer: the activation's backward keeps `g` and `u` (not `h`), and
     /// `down_proj`'s backward remakes `h` from them for its LoRA `A` gradient, in the same op
     /// as the forward, so bit for bit (its frozen product reads only the output gradient).
-    fn apply(&self, x: &Tensor, value: bool) -> Result<Tensor> {
-        let g = self.gate_proj.forward(x)?;
-        let u = self.up_proj.forward(x)?;
+    fn apply(&self, x: &Tensor, value: bool, remake: Option<&Recompute>) -> Result<Tensor> {
+        let g = self.gate_proj.forward_recomputed(x, true, remake)?;
+        let u = self.up_proj.forward_recomputed(x, true, remake)?;
         let (act, fused) = (self.act, kernels::use_fused(Kernel::Glu, x.device()));
         let h = if fused {
             gated_fused(&g, &u, act)?
@@ -274,14 +298,16 @@ impl GatedMlp {
             gated_unfused(&g, &u, act)?
         };
         let (g, u) = (g.detach(), u.detach());
-        let remake: Recompute = Arc::new(move || {
+        let remake_h: Recompute = Arc::new(move || {
             if fused {
                 kernels::glu::forward(&g, &u, act)
             } else {
                 gated_unfused(&g, &u, act)
             }
         });
-        let y = self.down_proj.forward_recomputed(&h, value, remake)?;
+        let y = self
+            .down_proj
+            .forward_recomputed(&h, value, Some(&remake_h))?;
         // h has been read by its one reader, down_proj, whose backward never reads it (see
         // above), and neither activation op (fused or unfused) reads its own result.
         release(&h)?;

@@ -13,7 +13,7 @@ use super::weights::Weights;
 use super::{CausalLm, LmHead};
 use crate::autograd::{release, Checkpointing};
 use crate::config::LlamaConfig;
-use crate::lora::Linear;
+use crate::lora::{Linear, Recompute};
 use crate::Result;
 
 #[derive(Clone)]
@@ -136,20 +136,26 @@ impl DecoderLayer for Layer {
         mask: &AttnMask,
         pass: Pass<'_>,
     ) -> Result<Tensor> {
-        let h = self.input_layernorm.forward(x)?;
+        // The normed inputs are read by the projections only, which remake them in backward
+        // from the norms' inputs (RmsNorm::forward_remakeable): free them once those have run.
+        let (h, remake) = self.input_layernorm.forward_remakeable(x)?;
         let replay = pass.is_replay();
-        let a = self.self_attn.forward(&h, &rope.0, &rope.1, mask, pass)?;
+        let a = self
+            .self_attn
+            .forward(&h, Some(&remake), &rope.0, &rope.1, mask, pass)?;
+        release(&h)?;
         let x = (x + &a)?;
         // The projection outputs are read by the residual sums only, whose backward reads
         // neither summand, and the projections' own backward does not read them: free them.
         release(&a)?;
-        let h = self.post_attention_layernorm.forward(&x)?;
+        let (h, remake) = self.post_attention_layernorm.forward_remakeable(&x)?;
         let m = if replay {
             // Only the residual sum reads the MLP output.
-            self.mlp.forward_graph_only(&h)?
+            self.mlp.forward_graph_only(&h, Some(&remake))?
         } else {
-            self.mlp.forward(&h)?
+            self.mlp.forward(&h, Some(&remake))?
         };
+        release(&h)?;
         let out = (x + &m)?;
         release(&m)?;
         Ok(out)
@@ -157,9 +163,12 @@ impl DecoderLayer for Layer {
 }
 
 impl Attention {
+    /// `remake` makes `x` again for the q/k/v projections' backward (see
+    /// [`RmsNorm::forward_remakeable`]).
     fn forward(
         &self,
         x: &Tensor,
+        remake: Option<&Recompute>,
         cos: &Tensor,
         sin: &Tensor,
         mask: &AttnMask,
@@ -169,19 +178,19 @@ impl Attention {
         let q = self
             .proj
             .q_proj
-            .forward(x)?
+            .forward_recomputed(x, true, remake)?
             .reshape((b, t, self.n_head, self.head_dim))?
             .transpose(1, 2)?;
         let k = self
             .proj
             .k_proj
-            .forward(x)?
+            .forward_recomputed(x, true, remake)?
             .reshape((b, t, self.n_kv_head, self.head_dim))?
             .transpose(1, 2)?;
         let v = self
             .proj
             .v_proj
-            .forward(x)?
+            .forward_recomputed(x, true, remake)?
             .reshape((b, t, self.n_kv_head, self.head_dim))?
             .transpose(1, 2)?;
         // The transposed views go in as they are: the rope kernel reads them through their
