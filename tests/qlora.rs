@@ -170,6 +170,57 @@ fn dropout_lora_gradients_equal_autograd_through_its_mask() {
     }
 }
 
+/// A projection given a `Recompute` for its input gives the gradients of the one that holds it,
+/// with dropout on too, after the input's storage is released (so its backward cannot have read
+/// it); and a remake that gives another value changes them (the test can fail).
+#[test]
+fn a_remade_input_gives_the_held_inputs_gradients() {
+    use lora_train::autograd::release;
+    use lora_train::lora::Recompute;
+    use std::sync::atomic::AtomicU64;
+    let w = randn((24, 64), 24);
+    let a = Var::from_tensor(&(randn((4, 64), 25) * 0.1).unwrap()).unwrap();
+    let b = Var::from_tensor(&(randn((24, 4), 26) * 0.1).unwrap()).unwrap();
+    // Rows in two leading dims, as the model passes them.
+    let x = randn((6, 64), 27).reshape((2, 3, 64)).unwrap();
+    let g = randn((6, 24), 28).reshape((2, 3, 24)).unwrap();
+    for rate in [0.0, 0.3] {
+        let mut lin = Linear::new(w.clone(), None);
+        lin.set_salt(3);
+        let mut lora = LoraWeights::frozen(a.as_tensor().clone(), b.as_tensor().clone(), 2.0);
+        lora.dropout = rate;
+        lora.dropout_seed = Some(Arc::new(AtomicU64::new(41)));
+        lin.set_lora(Some(lora));
+        // The input is made from x by an op whose backward does not read its result (x·1.5 + 0.25).
+        let grads = |remake: Option<f64>| {
+            let xv = Var::from_tensor(&x).unwrap();
+            let h = xv.as_tensor().affine(1.5, 0.25).unwrap();
+            let y = match remake {
+                None => lin.forward(&h).unwrap(),
+                Some(shift) => {
+                    let xd = x.clone();
+                    let make: Recompute = Arc::new(move || Ok(xd.affine(1.5, shift)?));
+                    let y = lin.forward_recomputed(&h, true, Some(&make)).unwrap();
+                    release(&h).unwrap();
+                    y
+                }
+            };
+            let s = (&y * &g).unwrap().sum_all().unwrap().backward().unwrap();
+            [xv.as_tensor(), a.as_tensor(), b.as_tensor()].map(|t| s.get(t).unwrap().clone())
+        };
+        let (held, remade, wrong) = (grads(None), grads(Some(0.25)), grads(Some(0.5)));
+        for (name, (h, r)) in ["x", "A", "B"].iter().zip(held.iter().zip(&remade)) {
+            assert_eq!(
+                common::max_abs_diff(h, r),
+                0.0,
+                "gradient of {name} (dropout {rate})"
+            );
+        }
+        // Only A's gradient reads the input.
+        assert!(common::max_abs_diff(&held[1], &wrong[1]) > 1e-3);
+    }
+}
+
 fn x_w(x: &Tensor, w: &Tensor) -> Tensor {
     x.matmul(&w.t().unwrap()).unwrap()
 }
