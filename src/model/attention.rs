@@ -8,7 +8,7 @@
 use candle_core::{DType, Tensor, D};
 
 use super::layers::{repeat_kv, AttnMask};
-use crate::autograd::{accumulate, release, with_backward, with_backward_value, Stash, Value};
+use crate::autograd::{accumulate, with_backward, with_backward_value, Stash, Value};
 use crate::gemm;
 use crate::kernels::attention as flash;
 use crate::kernels::{self, Kernel};
@@ -48,9 +48,6 @@ fn block_scores(
 /// With a checkpoint `stash`, the first run keeps the output and its log-sum-exp, and the
 /// replay takes them back instead of running the forward again: the backward pass, which
 /// recomputes the probabilities block by block from the log-sum-exp, is the same either way.
-///
-/// Without the kernel and with grouped heads, `k` and `v` are released once repeated (see
-/// [`crate::autograd::release`]): the caller must not read them afterwards.
 pub fn attend(
     q: &Tensor,
     k: &Tensor,
@@ -82,16 +79,8 @@ pub fn attend(
         return flash_op(o, lse, &q, &k, &v, scale, mask);
     }
     let n_rep = q.dim(1)? / k.dim(1)?.max(1);
-    let (k_in, v_in) = (k, v);
-    let k = repeat_kv(k_in, n_rep)?;
-    let v = repeat_kv(v_in, n_rep)?;
-    if n_rep > 1 {
-        // The repeats are the un-repeated heads' last readers and read nothing in backward, and
-        // their producers (RoPE for k; v's head-major copy or projection) do not read their own
-        // results: free them, so the graph holds k and v once (repeated) instead of twice.
-        release(k_in)?;
-        release(v_in)?;
-    }
+    let k = repeat_kv(k, n_rep)?;
+    let v = repeat_kv(v, n_rep)?;
     let additive = mask.additive()?;
     let (b, h, _, _) = q.dims4()?;
     let block = query_block(b, h, k.dim(2)?);
