@@ -247,6 +247,41 @@ fn frozen_weights_get_no_gradient() {
     );
 }
 
+/// Generation with the trainer's adapter attached (its Vars make every activation a graph node,
+/// so `autograd::release` acts on them) gives the tokens of the same weights attached as plain
+/// tensors: nothing freed for training may be a tensor the KV cache keeps (grouped-query models
+/// repeat k and v, and the cache holds the un-repeated ones).
+#[test]
+fn generation_with_the_training_adapter_matches_its_frozen_copy() {
+    use lora_train::generate::{generate, GenerateOptions};
+    for name in ["tiny-llama", "tiny-gemma3"] {
+        let mut m = tiny(name);
+        let params = adapter(&mut m, 0.0);
+        let opts = GenerateOptions {
+            max_new_tokens: 12,
+            ..GenerateOptions::default()
+        };
+        let prompt = [1u32, 5, 9, 2, 7, 3];
+        let tracked = generate(m.model.as_ref(), &prompt, &opts, |_| {}).unwrap();
+        let scale = params.spec.scale();
+        let by_module: std::collections::HashMap<_, _> = params
+            .params
+            .iter()
+            .map(|p| (p.module.clone(), p))
+            .collect();
+        for (module, linear) in m.model.linears_mut() {
+            let p = by_module[&module];
+            linear.set_lora(Some(LoraWeights::frozen(
+                p.a.as_tensor().detach(),
+                p.b.as_tensor().detach(),
+                scale,
+            )));
+        }
+        let plain = generate(m.model.as_ref(), &prompt, &opts, |_| {}).unwrap();
+        assert_eq!(tracked, plain, "{name}");
+    }
+}
+
 fn tiny(name: &str) -> LoadedModel {
     let dir = common::fixtures().join(name);
     load(dir.to_str().unwrap(), &LoadOptions::default()).unwrap()
