@@ -7,8 +7,8 @@
 
 use candle_core::{DType, Tensor, D};
 
-use super::layers::{repeat_kv, AttnMask};
-use crate::autograd::{accumulate, with_backward, with_backward_value, Stash, Value};
+use super::layers::{repeat_kv, AttnMask, LayerCache};
+use crate::autograd::{accumulate, release, with_backward, with_backward_value, Stash, Value};
 use crate::gemm;
 use crate::kernels::attention as flash;
 use crate::kernels::{self, Kernel};
@@ -41,7 +41,30 @@ fn block_scores(
     Ok((s, capped))
 }
 
-/// Attention for `q: [B, H, Tq, D]` and not yet repeated `k, v: [B, KVH, Tk, D]`: the
+/// Keys and values `[B, KVH, Tk, D]` for [`attend`], and whose they are.
+pub enum KeyValues {
+    /// The layer's own, made in this pass, which nothing reads after attention (a pass without
+    /// a KV cache: training, validation): attention without the flash kernel frees them once it
+    /// has repeated them for grouped-query heads, so the graph holds k and v once, not twice.
+    Own(Tensor, Tensor),
+    /// The KV cache's, which the next decoding step reads again: never freed.
+    Cached(Tensor, Tensor),
+}
+
+impl KeyValues {
+    /// This pass's `k` and `v`, appended to the layer's KV cache when the pass has one.
+    pub fn of_pass(k: Tensor, v: Tensor, cache: Option<&mut LayerCache>) -> Result<Self> {
+        Ok(match cache {
+            Some(c) => {
+                let (k, v) = c.append(&k, &v)?;
+                KeyValues::Cached(k, v)
+            }
+            None => KeyValues::Own(k, v),
+        })
+    }
+}
+
+/// Attention for `q: [B, H, Tq, D]` and not yet repeated keys and values: the
 /// flash-attention kernel on CUDA when it handles the inputs (bf16/f16, head dim 64/128/256,
 /// no soft-capping) and its switch is on, else [`attention`] over repeated key/value heads.
 ///
@@ -50,13 +73,16 @@ fn block_scores(
 /// recomputes the probabilities block by block from the log-sum-exp, is the same either way.
 pub fn attend(
     q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
+    kv: KeyValues,
     scale: f64,
     softcap: Option<f64>,
     mask: &AttnMask,
     mut stash: Option<&mut Stash>,
 ) -> Result<Tensor> {
+    let (k, v, own) = match &kv {
+        KeyValues::Own(k, v) => (k, v, true),
+        KeyValues::Cached(k, v) => (k, v, false),
+    };
     let kept = stash.as_deref_mut().and_then(|s| s.take(2));
     let keep = |stash: Option<&mut Stash>, o: &Tensor, lse: &Tensor| {
         if let Some(s) = stash {
@@ -79,8 +105,17 @@ pub fn attend(
         return flash_op(o, lse, &q, &k, &v, scale, mask);
     }
     let n_rep = q.dim(1)? / k.dim(1)?.max(1);
-    let k = repeat_kv(k, n_rep)?;
-    let v = repeat_kv(v, n_rep)?;
+    let (k_in, v_in) = (k, v);
+    let k = repeat_kv(k_in, n_rep)?;
+    let v = repeat_kv(v_in, n_rep)?;
+    if own && n_rep > 1 {
+        // The repeats are the un-repeated heads' last readers and read nothing in backward, and
+        // their producers (RoPE for k; v's head-major copy or projection) do not read their own
+        // results: free them (see `crate::autograd::release`). Never a cache's: the next
+        // decoding step reads those.
+        release(k_in)?;
+        release(v_in)?;
+    }
     let additive = mask.additive()?;
     let (b, h, _, _) = q.dims4()?;
     let block = query_block(b, h, k.dim(2)?);
@@ -396,6 +431,62 @@ mod tests {
     #[test]
     fn uneven_query_blocks_match_eager() -> Result<()> {
         check(None, Some(3))
+    }
+
+    /// Grouped heads without the flash kernel: the layer's own k and v are freed once repeated,
+    /// a cache's are kept, and the output and gradients are the same either way.
+    #[test]
+    fn own_keys_and_values_are_freed_once_repeated_and_cached_ones_kept() -> Result<()> {
+        use candle_core::Storage;
+        let dev = Device::Cpu;
+        let (b, h, kvh, t, d) = (2, 4, 2, 5, 4);
+        let mask = AttnMask::new(b, t, 0, None, None, DType::F32, &dev)?;
+        let var = |heads| -> Result<Var> {
+            Ok(Var::from_tensor(&Tensor::randn(
+                0f32,
+                1.,
+                (b, heads, t, d),
+                &dev,
+            )?)?)
+        };
+        let (q, k, v) = (var(h)?, var(kvh)?, var(kvh)?);
+        let w = Tensor::randn(0f32, 1., (b, h, t, d), &dev)?;
+        let held = |x: &Tensor| match &*x.storage_and_layout().0 {
+            Storage::Cpu(c) => c.as_slice::<f32>().map(|s| s.len()).unwrap_or(0),
+            _ => 0,
+        };
+        let run = |own: bool| -> Result<(Vec<f32>, Vec<Vec<f32>>, usize)> {
+            // As a layer makes them: k and v are results of ops on the graph, not leaves.
+            let (k1, v1) = ((k.as_tensor() * 1.0)?, (v.as_tensor() * 1.0)?);
+            let (k_seen, v_seen) = (k1.clone(), v1.clone());
+            let kv = if own {
+                KeyValues::Own(k1, v1)
+            } else {
+                KeyValues::Cached(k1, v1)
+            };
+            let o = attend(q.as_tensor(), kv, 0.5, None, &mask, None)?;
+            let kept = held(&k_seen) + held(&v_seen);
+            let g = (&o * &w)?.sum_all()?.backward()?;
+            let mut grads = Vec::new();
+            for x in [&q, &k, &v] {
+                let gx = g
+                    .get(x.as_tensor())
+                    .ok_or(crate::Error::Msg("no grad".into()))?;
+                grads.push(gx.flatten_all()?.to_vec1::<f32>()?);
+            }
+            Ok((o.flatten_all()?.to_vec1()?, grads, kept))
+        };
+        let (o_own, g_own, kept_own) = run(true)?;
+        let (o_cached, g_cached, kept_cached) = run(false)?;
+        assert_eq!(kept_own, 2, "the layer's own k and v were not freed");
+        assert_eq!(
+            kept_cached,
+            2 * b * kvh * t * d,
+            "a cache's k and v were freed"
+        );
+        assert_eq!(o_own, o_cached);
+        assert_eq!(g_own, g_cached);
+        Ok(())
     }
 
     #[test]

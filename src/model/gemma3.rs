@@ -4,7 +4,7 @@
 
 use candle_core::Tensor;
 
-use super::attention::attend;
+use super::attention::{attend, KeyValues};
 use super::layers::{
     apply_rotary, head_or_tied, layer_projections, layer_projections_mut,
     merged_projection_tensors, name_projections, padding_rows, run_layer, AttnMask,
@@ -212,11 +212,8 @@ impl Attention {
         release(&q_in)?;
         release(&k_in)?;
         let (cache, stash) = pass.parts();
-        let (k, v) = match cache {
-            Some(c) => c.append(&k, &v)?,
-            None => (k, v),
-        };
-        let o = attend(&q, &k, &v, self.scale, self.softcap, mask, stash)?;
+        let kv = KeyValues::of_pass(k, v, cache)?;
+        let o = attend(&q, kv, self.scale, self.softcap, mask, stash)?;
         // `[B, T, heads, head_dim]` as a view: the projection flattens it to rows itself, so the
         // graph keeps `o` once (flash attention's backward reads it) and not a row-major copy too.
         self.proj.o_proj.forward(&o.transpose(1, 2)?)

@@ -3,7 +3,7 @@
 
 use candle_core::Tensor;
 
-use super::attention::attend;
+use super::attention::{attend, KeyValues};
 use super::layers::{
     apply_rotary, head_or_tied, layer_projections, layer_projections_mut,
     merged_projection_tensors, name_projections, padding_rows, run_layer, AttnMask,
@@ -206,12 +206,9 @@ impl Attention {
             release(&v_in)?;
         }
         let (cache, stash) = pass.parts();
-        let (k, v) = match cache {
-            Some(c) => c.append(&k, &v)?,
-            None => (k, v),
-        };
+        let kv = KeyValues::of_pass(k, v, cache)?;
         let scale = 1.0 / (self.head_dim as f64).sqrt();
-        let o = attend(&q, &k, &v, scale, None, mask, stash)?;
+        let o = attend(&q, kv, scale, None, mask, stash)?;
         // `[B, T, heads, head_dim]` as a view: the projection flattens it to rows itself, so the
         // graph keeps `o` once (flash attention's backward reads it) and not a row-major copy too.
         self.proj.o_proj.forward(&o.transpose(1, 2)?)
