@@ -6,9 +6,9 @@ use candle_core::Tensor;
 
 use super::attention::{attend, KeyValues};
 use super::layers::{
-    apply_rotary, head_or_tied, layer_projections, layer_projections_mut,
-    merged_projection_tensors, name_projections, padding_rows, run_layer, AttnMask,
-    AttnProjections, DecoderLayer, GatedMlp, KvCache, MlpActivation, Pass, RmsNorm, Rotary,
+    apply_rotary, head_or_tied, layer_projections, layer_projections_mut, merged_decoder_tensors,
+    name_projections, padding_rows, run_layer, AttnMask, AttnProjections, DecoderLayer, GatedMlp,
+    KvCache, MlpActivation, Pass, RmsNorm, Rotary,
 };
 use super::weights::Weights;
 use super::{CausalLm, LmHead};
@@ -131,16 +131,30 @@ impl Gemma3 {
 }
 
 impl Layer {
-    fn projections(&self) -> [&Linear; 7] {
-        layer_projections(&self.self_attn.proj, &self.mlp)
-    }
-
     fn projections_mut(&mut self) -> [&mut Linear; 7] {
         layer_projections_mut(&mut self.self_attn.proj, &mut self.mlp)
     }
 }
 
 impl DecoderLayer for Layer {
+    fn norms(&self) -> Vec<(&'static str, &RmsNorm)> {
+        vec![
+            ("input_layernorm", &self.input_layernorm),
+            ("post_attention_layernorm", &self.post_attention_layernorm),
+            ("pre_feedforward_layernorm", &self.pre_feedforward_layernorm),
+            (
+                "post_feedforward_layernorm",
+                &self.post_feedforward_layernorm,
+            ),
+            ("self_attn.q_norm", &self.self_attn.q_norm),
+            ("self_attn.k_norm", &self.self_attn.k_norm),
+        ]
+    }
+
+    fn projections(&self) -> [&Linear; 7] {
+        layer_projections(&self.self_attn.proj, &self.mlp)
+    }
+
     fn forward(
         &self,
         x: &Tensor,
@@ -299,47 +313,12 @@ impl CausalLm for Gemma3 {
     }
 
     fn merged_state_dict(&self) -> Result<Vec<(String, Tensor)>> {
-        let mut out = vec![
-            (
-                "model.embed_tokens.weight".to_string(),
-                self.embed_tokens.clone(),
-            ),
-            ("model.norm.weight".to_string(), self.norm.weight().clone()),
-        ];
-        if let Some(h) = &self.lm_head {
-            out.push(("lm_head.weight".into(), h.merged_weight()?));
-        }
-        for (i, l) in self.layers.iter().enumerate() {
-            let p = format!("model.layers.{i}");
-            out.push((
-                format!("{p}.input_layernorm.weight"),
-                l.input_layernorm.weight().clone(),
-            ));
-            out.push((
-                format!("{p}.post_attention_layernorm.weight"),
-                l.post_attention_layernorm.weight().clone(),
-            ));
-            out.push((
-                format!("{p}.pre_feedforward_layernorm.weight"),
-                l.pre_feedforward_layernorm.weight().clone(),
-            ));
-            out.push((
-                format!("{p}.post_feedforward_layernorm.weight"),
-                l.post_feedforward_layernorm.weight().clone(),
-            ));
-            out.push((
-                format!("{p}.self_attn.q_norm.weight"),
-                l.self_attn.q_norm.weight().clone(),
-            ));
-            out.push((
-                format!("{p}.self_attn.k_norm.weight"),
-                l.self_attn.k_norm.weight().clone(),
-            ));
-        }
-        out.extend(merged_projection_tensors(name_projections(
-            self.layers.iter().map(Layer::projections),
-        ))?);
-        Ok(out)
+        merged_decoder_tensors(
+            &self.embed_tokens,
+            &self.norm,
+            self.lm_head.as_ref(),
+            &self.layers,
+        )
     }
 
     fn linears_mut(&mut self) -> Vec<(String, &mut Linear)> {

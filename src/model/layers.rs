@@ -158,6 +158,44 @@ pub trait DecoderLayer: Clone + Send + Sync + 'static {
         mask: &AttnMask,
         pass: Pass<'_>,
     ) -> Result<Tensor>;
+
+    /// The block's norms, with their HF paths below `model.layers.{i}.`.
+    fn norms(&self) -> Vec<(&'static str, &RmsNorm)>;
+
+    /// The seven projections, in [`PROJECTION_PATHS`]' order.
+    fn projections(&self) -> [&Linear; 7];
+}
+
+/// A decoder's weights under their HF names, each projection with its adapter merged in: the
+/// embedding, the final norm, an untied head, and every layer's norms and projections.
+pub fn merged_decoder_tensors<L: DecoderLayer>(
+    embed_tokens: &Tensor,
+    norm: &RmsNorm,
+    lm_head: Option<&Linear>,
+    layers: &[L],
+) -> Result<Vec<(String, Tensor)>> {
+    let mut out = vec![
+        (
+            "model.embed_tokens.weight".to_string(),
+            embed_tokens.clone(),
+        ),
+        ("model.norm.weight".to_string(), norm.weight().clone()),
+    ];
+    if let Some(h) = lm_head {
+        out.push(("lm_head.weight".into(), h.merged_weight()?));
+    }
+    for (i, l) in layers.iter().enumerate() {
+        for (path, n) in l.norms() {
+            out.push((
+                format!("model.layers.{i}.{path}.weight"),
+                n.weight().clone(),
+            ));
+        }
+    }
+    out.extend(merged_projection_tensors(name_projections(
+        layers.iter().map(L::projections),
+    ))?);
+    Ok(out)
 }
 
 /// Runs `layer`, checkpointed when `checkpointing` is set and there is no KV cache (training).
