@@ -215,7 +215,11 @@ def compact_json(obj, indent=0):
 def write_json(path: Path, obj):
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(compact_json(obj) + "\n", encoding="utf-8")
-    print(f"wrote {path.relative_to(ROOT)} ({path.stat().st_size} bytes)")
+    try:
+        shown = path.relative_to(ROOT)
+    except ValueError:
+        shown = path
+    print(f"wrote {shown} ({path.stat().st_size} bytes)")
 
 
 def last_assistant_index(messages):

@@ -55,6 +55,9 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from tokenizers import pre_tokenizers
 from transformers import AutoModelForCausalLM, AutoTokenizer, get_linear_schedule_with_warmup
 
+# The fixtures' JSON layout (this folder is on sys.path when run as a script).
+from make_fixtures import compact_json, write_json
+
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures"
 OUT_ROOT = FIXTURES / "peft-train"
@@ -120,32 +123,6 @@ EXPECTED_FORMAT = (
 
 
 # ----------------------------------------------------------------------------- shared helpers
-
-
-def compact_json(obj, indent=0):
-    """JSON with dict keys on their own lines but lists of scalars on one line (small, diffable files)."""
-    pad = "  " * indent
-    inner = "  " * (indent + 1)
-    if isinstance(obj, dict):
-        if not obj:
-            return "{}"
-        items = [f"{inner}{json.dumps(k, ensure_ascii=False)}: {compact_json(v, indent + 1)}" for k, v in obj.items()]
-        return "{\n" + ",\n".join(items) + "\n" + pad + "}"
-    if isinstance(obj, list):
-        if all(not isinstance(v, (dict, list)) for v in obj):
-            return "[" + ", ".join(json.dumps(v, ensure_ascii=False) for v in obj) + "]"
-        return "[\n" + ",\n".join(inner + compact_json(v, indent + 1) for v in obj) + "\n" + pad + "]"
-    return json.dumps(obj, ensure_ascii=False)
-
-
-def write_json(path: Path, obj):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(compact_json(obj) + "\n", encoding="utf-8")
-    try:
-        shown = path.relative_to(ROOT)
-    except ValueError:
-        shown = path
-    print(f"wrote {shown} ({path.stat().st_size} bytes)")
 
 
 def setup_determinism():
