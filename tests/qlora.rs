@@ -200,7 +200,7 @@ fn a_remade_input_gives_the_held_inputs_gradients() {
                 Some(shift) => {
                     let xd = x.clone();
                     let make: Recompute = Arc::new(move || Ok(xd.affine(1.5, shift)?));
-                    let y = lin.forward_recomputed(&h, true, Some(&make)).unwrap();
+                    let y = lin.forward_recomputed(&h, true, &make).unwrap();
                     release(&h).unwrap();
                     y
                 }

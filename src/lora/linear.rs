@@ -168,14 +168,13 @@ impl Linear {
     /// the very value `x` had. So once this returns, the caller may free `x` with
     /// [`crate::autograd::release`] (when nothing else reads it), e.g. the gated MLP's
     /// `act(g)·u`, which the activation's kept inputs make again in one elementwise pass.
-    /// Without `recompute`, this is [`Linear::forward`] or [`Linear::forward_graph_only`].
     pub fn forward_recomputed(
         &self,
         x: &Tensor,
         value: bool,
-        recompute: Option<&Recompute>,
+        recompute: &Recompute,
     ) -> Result<Tensor> {
-        self.apply(x, value, recompute.cloned())
+        self.apply(x, value, Some(recompute.clone()))
     }
 
     fn apply(&self, x: &Tensor, value: bool, recompute: Option<Recompute>) -> Result<Tensor> {

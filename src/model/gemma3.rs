@@ -167,7 +167,7 @@ impl DecoderLayer for Layer {
         let (hs, remake) = self.input_layernorm.forward_remakeable(x)?;
         let a = self
             .self_attn
-            .forward(&hs, Some(&remake), &rope.0, &rope.1, mask, pass)?;
+            .forward(&hs, &remake, &rope.0, &rope.1, mask, pass)?;
         release(&hs)?;
         let a = self.post_attention_layernorm.forward(&a)?;
         let x = (x + &a)?;
@@ -175,7 +175,7 @@ impl DecoderLayer for Layer {
         // neither summand, and the norms' backward reads their input, not their output.
         release(&a)?;
         let (hs, remake) = self.pre_feedforward_layernorm.forward_remakeable(&x)?;
-        let m = self.mlp.forward(&hs, Some(&remake))?;
+        let m = self.mlp.forward(&hs, &remake)?;
         release(&hs)?;
         let m = self.post_feedforward_layernorm.forward(&m)?;
         let out = (x + &m)?;
@@ -190,7 +190,7 @@ impl Attention {
     fn forward(
         &self,
         x: &Tensor,
-        remake: Option<&Recompute>,
+        remake: &Recompute,
         cos: &Tensor,
         sin: &Tensor,
         mask: &AttnMask,

@@ -310,15 +310,15 @@ impl GatedMlp {
     }
 
     /// `remake` makes `x` again for the LoRA backward of `gate_proj` and `up_proj` (see
-    /// [`RmsNorm::forward_remakeable`]); without it the graph holds `x`.
-    pub fn forward(&self, x: &Tensor, remake: Option<&Recompute>) -> Result<Tensor> {
+    /// [`RmsNorm::forward_remakeable`]), so the graph does not hold `x`.
+    pub fn forward(&self, x: &Tensor, remake: &Recompute) -> Result<Tensor> {
         self.apply(x, true, remake)
     }
 
     /// [`GatedMlp::forward`] with the same backward graph but an unspecified (zero) output
     /// value: for a checkpoint replay whose MLP output only feeds the layer output, the
     /// `down_proj` product is never computed (its backward needs only its input).
-    pub fn forward_graph_only(&self, x: &Tensor, remake: Option<&Recompute>) -> Result<Tensor> {
+    pub fn forward_graph_only(&self, x: &Tensor, remake: &Recompute) -> Result<Tensor> {
         self.apply(x, false, remake)
     }
 
@@ -326,7 +326,7 @@ impl GatedMlp {
     /// activation of the layer: the activation's backward keeps `g` and `u` (not `h`), and
     /// `down_proj`'s backward remakes `h` from them for its LoRA `A` gradient, in the same op
     /// as the forward, so bit for bit (its frozen product reads only the output gradient).
-    fn apply(&self, x: &Tensor, value: bool, remake: Option<&Recompute>) -> Result<Tensor> {
+    fn apply(&self, x: &Tensor, value: bool, remake: &Recompute) -> Result<Tensor> {
         let g = self.gate_proj.forward_recomputed(x, true, remake)?;
         let u = self.up_proj.forward_recomputed(x, true, remake)?;
         let (act, fused) = (self.act, kernels::use_fused(Kernel::Glu, x.device()));
@@ -343,9 +343,7 @@ impl GatedMlp {
                 gated_unfused(&g, &u, act)
             }
         });
-        let y = self
-            .down_proj
-            .forward_recomputed(&h, value, Some(&remake_h))?;
+        let y = self.down_proj.forward_recomputed(&h, value, &remake_h)?;
         // h has been read by its one reader, down_proj, whose backward never reads it (see
         // above), and neither activation op (fused or unfused) reads its own result.
         release(&h)?;

@@ -149,7 +149,7 @@ impl DecoderLayer for Layer {
         let replay = pass.is_replay();
         let a = self
             .self_attn
-            .forward(&h, Some(&remake), &rope.0, &rope.1, mask, pass)?;
+            .forward(&h, &remake, &rope.0, &rope.1, mask, pass)?;
         release(&h)?;
         let x = (x + &a)?;
         // The projection outputs are read by the residual sums only, whose backward reads
@@ -158,9 +158,9 @@ impl DecoderLayer for Layer {
         let (h, remake) = self.post_attention_layernorm.forward_remakeable(&x)?;
         let m = if replay {
             // Only the residual sum reads the MLP output.
-            self.mlp.forward_graph_only(&h, Some(&remake))?
+            self.mlp.forward_graph_only(&h, &remake)?
         } else {
-            self.mlp.forward(&h, Some(&remake))?
+            self.mlp.forward(&h, &remake)?
         };
         release(&h)?;
         let out = (x + &m)?;
@@ -175,7 +175,7 @@ impl Attention {
     fn forward(
         &self,
         x: &Tensor,
-        remake: Option<&Recompute>,
+        remake: &Recompute,
         cos: &Tensor,
         sin: &Tensor,
         mask: &AttnMask,
