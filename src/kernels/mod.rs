@@ -4,7 +4,8 @@
 //! against the unfused tensor-op path it replaces.
 //!
 //! The model uses a fused op only on a CUDA device and only while its switch is on; on the CPU
-//! (and Metal) it runs the unfused path, which is also the reference. Tests run the model's
+//! (and Metal) it runs the unfused path, which is also the reference. One exception is CPU-only:
+//! [`softmax`], attention's softmax rows, vectorized and threaded, under the `attention` switch. Tests run the model's
 //! fused paths on the CPU too, inside [`with_fused_on_cpu`]. The switches come from
 //! `LORA_TRAIN_KERNELS`: unset, `on` or `all` turns every kernel on, `off` or `none` turns them
 //! all off, and a comma list names kernels to turn on (`rms_norm,rope`) or, with a leading `-`,
@@ -22,6 +23,7 @@ pub mod launch;
 pub mod nf4;
 pub mod rms_norm;
 pub mod rope;
+pub mod softmax;
 
 use std::sync::OnceLock;
 

@@ -11,7 +11,7 @@ use super::layers::{repeat_kv, AttnMask, LayerCache};
 use crate::autograd::{accumulate, release, with_backward, with_backward_value, Stash, Value};
 use crate::gemm;
 use crate::kernels::attention as flash;
-use crate::kernels::{self, Kernel};
+use crate::kernels::{self, softmax, Kernel};
 use crate::Result;
 
 /// f32 elements of one block of scores: 8 Mi (32 MiB).
@@ -116,18 +116,23 @@ pub fn attend(
         release(k_in)?;
         release(v_in)?;
     }
-    let additive = mask.additive()?;
     let (b, h, _, _) = q.dims4()?;
-    let block = query_block(b, h, k.dim(2)?);
+    let blocks = Blocks {
+        scale,
+        softcap,
+        mask: mask.additive()?.clone(),
+        block: query_block(b, h, k.dim(2)?),
+        causal_offset: Some(mask.offset),
+    };
     let (o, lse) = match kept {
         Some(t) => (t[0].clone(), t[1].clone()),
         None => {
-            let (o, lse) = blocked_forward(q, &k, &v, scale, softcap, additive, block)?;
+            let (o, lse) = blocks.forward(q, &k, &v)?;
             keep(stash, &o, &lse);
             (o, lse)
         }
     };
-    blocked_op(o, lse, q, &k, &v, scale, softcap, additive, block)
+    blocks.op(o, lse, q, &k, &v)
 }
 
 fn flash_params(scale: f64, mask: &AttnMask) -> flash::FlashParams {
@@ -202,129 +207,139 @@ pub fn attention(
     mask: &Tensor,
 ) -> Result<Tensor> {
     let (b, h, _, _) = q.dims4()?;
-    let block = query_block(b, h, k.dim(2)?);
-    attention_in_blocks(q, k, v, scale, softcap, mask, block)
-}
-
-fn attention_in_blocks(
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    scale: f64,
-    softcap: Option<f64>,
-    mask: &Tensor,
-    block: usize,
-) -> Result<Tensor> {
-    let (o, lse) = blocked_forward(q, k, v, scale, softcap, mask, block)?;
-    blocked_op(o, lse, q, k, v, scale, softcap, mask, block)
-}
-
-/// The output over blocks of `block` queries, and each row's softmax statistics
-/// `[.., 2]` (row max and sum of exp).
-fn blocked_forward(
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    scale: f64,
-    softcap: Option<f64>,
-    mask: &Tensor,
-    block: usize,
-) -> Result<(Tensor, Tensor)> {
-    let tq = q.dim(2)?;
-    let (qd, kd, vd) = (q.detach(), k.detach(), v.detach());
-    let mut outs = Vec::new();
-    let mut lses = Vec::new();
-    for start in (0..tq).step_by(block) {
-        let n = block.min(tq - start);
-        let (s, _) = block_scores(
-            &qd.narrow(2, start, n)?,
-            &kd,
-            scale,
-            softcap,
-            &mask.narrow(2, start, n)?,
-        )?;
-        let max = s.max_keepdim(D::Minus1)?;
-        let e = s.broadcast_sub(&max)?.exp()?;
-        let z = e.sum_keepdim(D::Minus1)?;
-        let p = e.broadcast_div(&z)?;
-        // Kept apart: for a row whose keys are all masked, `max` is near f32::MIN and
-        // `max + log z` would round back to `max`.
-        lses.push(Tensor::cat(&[&max, &z], D::Minus1)?);
-        outs.push(gemm::matmul(&p.to_dtype(vd.dtype())?, &vd)?);
-    }
-    Ok((Tensor::cat(&outs, 2)?, Tensor::cat(&lses, 2)?))
-}
-
-/// `o` as the result of the blocked attention op, whose backward recomputes the
-/// probabilities block by block from the statistics `lse`.
-#[allow(clippy::too_many_arguments)]
-fn blocked_op(
-    o: Tensor,
-    lse: Tensor,
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    scale: f64,
-    softcap: Option<f64>,
-    mask: &Tensor,
-    block: usize,
-) -> Result<Tensor> {
-    let mask = mask.clone();
-    with_backward("attention", o, &[q, k, v], move |inputs, grad| {
-        attention_backward(inputs, grad, &lse, &mask, scale, softcap, block)
-            .map_err(|e| candle_core::Error::Msg(e.to_string()))
-    })
-}
-
-fn attention_backward(
-    inputs: &[&Tensor],
-    grad: &Tensor,
-    lse: &Tensor,
-    mask: &Tensor,
-    scale: f64,
-    softcap: Option<f64>,
-    block: usize,
-) -> Result<Vec<Option<Tensor>>> {
-    let (q, k, v) = (inputs[0].detach(), inputs[1].detach(), inputs[2].detach());
-    let tq = q.dim(2)?;
-    let kf = k.to_dtype(DType::F32)?;
-    let vf = v.to_dtype(DType::F32)?;
-    let grad = grad.to_dtype(DType::F32)?;
-    let mut dq = Vec::new();
-    let mut dk: Option<Tensor> = None;
-    let mut dv: Option<Tensor> = None;
-    for start in (0..tq).step_by(block) {
-        let n = block.min(tq - start);
-        let qc = q.narrow(2, start, n)?;
-        let (s, capped) = block_scores(&qc, &k, scale, softcap, &mask.narrow(2, start, n)?)?;
-        let stats = lse.narrow(2, start, n)?;
-        let (max, z) = (stats.narrow(3, 0, 1)?, stats.narrow(3, 1, 1)?);
-        let p = s.broadcast_sub(&max)?.exp()?.broadcast_div(&z)?;
-        let go = grad.narrow(2, start, n)?;
-        let dp = gemm::matmul(&go, &vf.t()?)?;
-        let rowdot = (&p * &dp)?.sum_keepdim(D::Minus1)?;
-        let mut ds = (&p * dp.broadcast_sub(&rowdot)?)?;
-        if let (Some(cap), Some(t)) = (softcap, capped) {
-            let tanh = (t / cap)?;
-            ds = (ds * (1.0 - tanh.sqr()?)?)?;
-        }
-        let ds = (ds * scale)?;
-        dq.push(gemm::matmul(&ds, &kf)?);
-        let qf = qc.to_dtype(DType::F32)?;
-        let dk_c = gemm::matmul(&ds.t()?, &qf)?;
-        let dv_c = gemm::matmul(&p.t()?, &go)?;
-        accumulate(&mut dk, dk_c)?;
-        accumulate(&mut dv, dv_c)?;
-    }
-    let dq = Tensor::cat(&dq, 2)?;
-    let back = |t: Option<Tensor>, like: &Tensor| -> Result<Option<Tensor>> {
-        t.map(|t| Ok(t.to_dtype(like.dtype())?)).transpose()
+    let blocks = Blocks {
+        scale,
+        softcap,
+        mask: mask.clone(),
+        block: query_block(b, h, k.dim(2)?),
+        causal_offset: None,
     };
-    Ok(vec![
-        Some(dq.to_dtype(q.dtype())?),
-        back(dk, &k)?,
-        back(dv, &v)?,
-    ])
+    blocks.attention(q, k, v)
+}
+
+/// Blocked attention's constants: the scale, soft-capping, the additive mask, queries per
+/// block, and whether the mask is causal.
+#[derive(Clone)]
+struct Blocks {
+    scale: f64,
+    softcap: Option<f64>,
+    mask: Tensor,
+    block: usize,
+    /// `Some(offset)` when the mask is causal with its first query at position `offset` (and
+    /// keys from 0): a block of queries then reads only the keys up to its last query's
+    /// position, since every later key is masked for all of them, and the products and the
+    /// softmax skip them (about half of a long sequence's work). A query whose every key is
+    /// masked (padding, nothing reads its result) attends evenly to the keys its block reads,
+    /// rather than to all keys as eager attention's does.
+    causal_offset: Option<usize>,
+}
+
+impl Blocks {
+    /// The keys that queries `start..start + n` of `tk` keys read: `0..keys`.
+    fn keys(&self, start: usize, n: usize, tk: usize) -> usize {
+        match self.causal_offset {
+            Some(offset) => (offset + start + n).min(tk),
+            None => tk,
+        }
+    }
+
+    fn attention(self, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
+        let (o, lse) = self.forward(q, k, v)?;
+        self.op(o, lse, q, k, v)
+    }
+
+    /// The scores of queries `start..start + n` (of `q`, whole) against keys `0..keys`, after
+    /// scaling, soft-capping and masking, in f32, and the soft-capped scores before masking
+    /// when soft-capping is on (for its derivative).
+    fn scores(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        start: usize,
+        n: usize,
+        keys: usize,
+    ) -> Result<(Tensor, Option<Tensor>)> {
+        let mask = self.mask.narrow(2, start, n)?.narrow(3, 0, keys)?;
+        block_scores(
+            &q.narrow(2, start, n)?,
+            &k.narrow(2, 0, keys)?,
+            self.scale,
+            self.softcap,
+            &mask,
+        )
+    }
+
+    /// The output over blocks of queries, and each row's softmax statistics `[.., 2]` (row
+    /// max and sum of exp).
+    fn forward(&self, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
+        let (tq, tk) = (q.dim(2)?, k.dim(2)?);
+        let (qd, kd, vd) = (q.detach(), k.detach(), v.detach());
+        let mut outs = Vec::new();
+        let mut lses = Vec::new();
+        for start in (0..tq).step_by(self.block) {
+            let n = self.block.min(tq - start);
+            let keys = self.keys(start, n, tk);
+            let (s, _) = self.scores(&qd, &kd, start, n, keys)?;
+            let (p, stats) = softmax::forward(&s)?;
+            lses.push(stats);
+            let p = p.to_dtype(vd.dtype())?;
+            outs.push(gemm::matmul(&p, &vd.narrow(2, 0, keys)?)?);
+        }
+        Ok((Tensor::cat(&outs, 2)?, Tensor::cat(&lses, 2)?))
+    }
+
+    /// `o` as the result of the blocked attention op, whose backward recomputes the
+    /// probabilities block by block from the statistics `lse`.
+    fn op(self, o: Tensor, lse: Tensor, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
+        with_backward("attention", o, &[q, k, v], move |inputs, grad| {
+            self.backward(inputs, grad, &lse)
+                .map_err(|e| candle_core::Error::Msg(e.to_string()))
+        })
+    }
+
+    fn backward(
+        &self,
+        inputs: &[&Tensor],
+        grad: &Tensor,
+        lse: &Tensor,
+    ) -> Result<Vec<Option<Tensor>>> {
+        let (q, k, v) = (inputs[0].detach(), inputs[1].detach(), inputs[2].detach());
+        let (tq, tk) = (q.dim(2)?, k.dim(2)?);
+        let kf = k.to_dtype(DType::F32)?;
+        let vf = v.to_dtype(DType::F32)?;
+        let grad = grad.to_dtype(DType::F32)?;
+        let mut dq = Vec::new();
+        let mut dk: Option<Tensor> = None;
+        let mut dv: Option<Tensor> = None;
+        for start in (0..tq).step_by(self.block) {
+            let n = self.block.min(tq - start);
+            let keys = self.keys(start, n, tk);
+            let (s, capped) = self.scores(&q, &k, start, n, keys)?;
+            let p = softmax::probs(&s, &lse.narrow(2, start, n)?)?;
+            let go = grad.narrow(2, start, n)?;
+            let dp = gemm::matmul(&go, &vf.narrow(2, 0, keys)?.t()?)?;
+            let mut ds = softmax::scores_grad(&p, &dp, self.scale)?;
+            if let (Some(cap), Some(t)) = (self.softcap, capped) {
+                let tanh = (t / cap)?;
+                ds = (ds * (1.0 - tanh.sqr()?)?)?;
+            }
+            dq.push(gemm::matmul(&ds, &kf.narrow(2, 0, keys)?)?);
+            let qf = q.narrow(2, start, n)?.to_dtype(DType::F32)?;
+            // Keys `keys..` got nothing from this block.
+            let all_keys = |g: Tensor| g.pad_with_zeros(2, 0, tk - keys);
+            accumulate(&mut dk, all_keys(gemm::matmul(&ds.t()?, &qf)?)?)?;
+            accumulate(&mut dv, all_keys(gemm::matmul(&p.t()?, &go)?)?)?;
+        }
+        let dq = Tensor::cat(&dq, 2)?;
+        let back = |t: Option<Tensor>, like: &Tensor| -> Result<Option<Tensor>> {
+            t.map(|t| Ok(t.to_dtype(like.dtype())?)).transpose()
+        };
+        Ok(vec![
+            Some(dq.to_dtype(q.dtype())?),
+            back(dk, &k)?,
+            back(dv, &v)?,
+        ])
+    }
 }
 
 /// Plain attention under candle's autograd, for tests and as the reference.
@@ -356,25 +371,35 @@ mod tests {
         Ok((a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?)
     }
 
-    fn check(softcap: Option<f64>, block: Option<usize>) -> Result<()> {
+    /// Blocked attention against eager attention, with a sliding window and a left-padded row,
+    /// `offset` keys before the queries (as with a KV cache), over blocks of `block` queries,
+    /// as a plain mask and as a causal one (whose blocks skip the keys after their last query).
+    fn check(softcap: Option<f64>, block: Option<usize>, offset: usize) -> Result<()> {
         let dev = Device::Cpu;
         let (b, h, t, d) = (2, 3, 7, 4);
-        let pad = vec![vec![true; t], {
-            let mut r = vec![false; 2];
+        let tk = offset + t;
+        let pad = vec![vec![true; tk], {
+            let mut r = vec![false; offset + 2];
             r.extend(vec![true; t - 2]);
             r
         }];
-        let mask = attention_mask(b, t, 0, Some(&pad), Some(4), DType::F32, &dev)?;
-        let mk = || -> Result<Var> {
+        let mask = attention_mask(b, t, offset, Some(&pad), Some(4), DType::F32, &dev)?;
+        let mk = |len| -> Result<Var> {
             Ok(Var::from_tensor(&Tensor::randn(
                 0f32,
                 1.,
-                (b, h, t, d),
+                (b, h, len, d),
                 &dev,
             )?)?)
         };
-        let (q, k, v) = (mk()?, mk()?, mk()?);
-        let w = Tensor::randn(0f32, 1., (b, h, t, d), &dev)?;
+        let (q, k, v) = (mk(t)?, mk(tk)?, mk(tk)?);
+        // The padded row's first two queries see only padding: nothing reads their results
+        // in a model, and what they attend to is unspecified, so they are left out.
+        let mut live = vec![1f32; b * t];
+        live[t] = 0.0;
+        live[t + 1] = 0.0;
+        let live = Tensor::from_vec(live, (b, 1, t, 1), &dev)?;
+        let w = Tensor::randn(0f32, 1., (b, h, t, d), &dev)?.broadcast_mul(&live)?;
         let run = |f: &dyn Fn() -> Result<Tensor>| -> Result<(Tensor, Vec<Tensor>)> {
             let o = f()?;
             let g = (&o * &w)?.sum_all()?.backward()?;
@@ -386,7 +411,7 @@ mod tests {
                         .ok_or(crate::Error::Msg("no grad".into()))
                 })
                 .collect::<Result<Vec<_>>>()?;
-            Ok((o, grads))
+            Ok((o.broadcast_mul(&live)?, grads))
         };
         let (oe, ge) = run(&|| {
             attention_eager(
@@ -398,39 +423,53 @@ mod tests {
                 &mask,
             )
         })?;
-        let block = block.unwrap_or(query_block(b, h, t));
-        let (of, gf) = run(&|| {
-            attention_in_blocks(
-                q.as_tensor(),
-                k.as_tensor(),
-                v.as_tensor(),
-                0.5,
+        for causal_offset in [None, Some(offset)] {
+            let blocks = Blocks {
+                scale: 0.5,
                 softcap,
-                &mask,
-                block,
-            )
-        })?;
-        assert!(max_diff(&oe, &of)? < 1e-5, "outputs differ");
-        for (a, b) in ge.iter().zip(&gf) {
-            let diff = max_diff(a, b)?;
-            assert!(diff < 1e-5, "gradients differ by {diff}");
+                mask: mask.clone(),
+                block: block.unwrap_or(query_block(b, h, tk)),
+                causal_offset,
+            };
+            // Strict: the key ranges of a block are products CUDA's GEMM takes as they are.
+            let (of, gf) = crate::gemm::with_strict_gemm(|| {
+                run(&|| {
+                    blocks
+                        .clone()
+                        .attention(q.as_tensor(), k.as_tensor(), v.as_tensor())
+                })
+            })?;
+            assert!(max_diff(&oe, &of)? < 1e-5, "outputs differ");
+            for (a, b) in ge.iter().zip(&gf) {
+                let diff = max_diff(a, b)?;
+                assert!(
+                    diff < 1e-5,
+                    "gradients differ by {diff} ({causal_offset:?})"
+                );
+            }
         }
         Ok(())
     }
 
     #[test]
     fn blocked_attention_matches_eager_values_and_gradients() -> Result<()> {
-        check(None, None)
+        check(None, None, 0)
     }
 
     #[test]
     fn blocked_attention_matches_eager_with_softcap() -> Result<()> {
-        check(Some(2.0), Some(2))
+        check(Some(2.0), Some(2), 0)
     }
 
     #[test]
     fn uneven_query_blocks_match_eager() -> Result<()> {
-        check(None, Some(3))
+        check(None, Some(3), 0)
+    }
+
+    #[test]
+    fn queries_after_cached_keys_match_eager() -> Result<()> {
+        check(None, Some(3), 5)?;
+        check(Some(2.0), Some(1), 2)
     }
 
     /// Grouped heads without the flash kernel: the layer's own k and v are freed once repeated,
