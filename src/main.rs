@@ -23,18 +23,19 @@ fn main() -> std::process::ExitCode {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             // One line: Candle appends a backtrace to its messages when RUST_BACKTRACE is set.
-            let chain: Vec<String> = e
-                .chain()
-                .map(|c| {
-                    c.to_string()
-                        .lines()
-                        .next()
-                        .unwrap_or("")
-                        .trim_end()
-                        .to_string()
-                })
-                .collect();
-            eprintln!("error: {}", chain.join(": "));
+            // A cause that its error's message already ends with (`{path}: {source}`) is not
+            // repeated.
+            let mut line = String::new();
+            for cause in e.chain() {
+                let text = cause.to_string();
+                let text = text.lines().next().unwrap_or("").trim_end();
+                if line.is_empty() {
+                    line = text.to_string();
+                } else if !line.ends_with(text) {
+                    line = format!("{line}: {text}");
+                }
+            }
+            eprintln!("error: {line}");
             if cli_verbose > 0 {
                 eprintln!("{e:?}");
             }

@@ -162,6 +162,13 @@ fn missing_model_path() {
 }
 
 #[test]
+fn missing_job_file_is_named_once_with_its_reason_once() {
+    let e = fails(&["--config", "no/such/job.toml"]);
+    assert!(e.contains("no/such/job.toml"), "{e}");
+    assert_eq!(e.matches("No such file").count(), 1, "{e}");
+}
+
+#[test]
 fn bad_dataset_lines_are_named() {
     let tmp = tempfile::tempdir().unwrap();
     let model = common::fixtures().join("tiny-llama");
