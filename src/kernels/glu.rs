@@ -6,7 +6,7 @@ use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor, WithDType};
 
 use super::launch::{self, Launch};
-use super::{cpu_float_dispatch, cpu_view, round_to, Float};
+use super::{cpu_float_dispatch, cpu_view, round_to, same_shape, Float};
 use crate::model::layers::MlpActivation;
 use crate::Result;
 
@@ -95,13 +95,6 @@ fn act_and_grad(x: f32, act: MlpActivation) -> (f32, f32) {
             (a, da)
         }
     }
-}
-
-fn same_shape(a: &Layout, b: &Layout, op: &str) -> candle_core::Result<()> {
-    if a.dims() != b.dims() {
-        candle_core::bail!("{op}: shapes {:?} and {:?} differ", a.dims(), b.dims());
-    }
-    Ok(())
 }
 
 impl CustomOp2 for Glu {

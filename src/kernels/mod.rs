@@ -187,6 +187,14 @@ pub(crate) fn cpu_view<'a, T: WithDType>(
     }
 }
 
+/// An error unless two inputs of `op` have the same shape.
+pub(crate) fn same_shape(a: &Layout, b: &Layout, op: &str) -> candle_core::Result<()> {
+    if a.dims() != b.dims() {
+        candle_core::bail!("{op}: shapes {:?} and {:?} differ", a.dims(), b.dims());
+    }
+    Ok(())
+}
+
 /// Floats the fused ops compute in, read from and written to their storage dtype.
 pub(crate) trait Float: WithDType {
     fn f(self) -> f32;

@@ -18,7 +18,7 @@
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Shape, Tensor, D};
 
-use super::{cpu_view, enabled, Kernel};
+use super::{cpu_view, enabled, same_shape, Kernel};
 use crate::Result;
 
 /// Whether the fused rows run for scores `s`: f32 on the CPU, attention switch on.
@@ -337,14 +337,7 @@ impl CustomOp2 for ScoresGrad {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        if l1.dims() != l2.dims() {
-            candle_core::bail!(
-                "{}: shapes {:?} and {:?} differ",
-                self.name(),
-                l1.dims(),
-                l2.dims()
-            );
-        }
+        same_shape(l1, l2, self.name())?;
         let p = cpu_view::<f32>(s1, l1, self.name())?;
         let dp = cpu_view::<f32>(s2, l2, self.name())?;
         let (tk, n) = rows_of(l1);
