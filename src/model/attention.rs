@@ -393,37 +393,42 @@ mod tests {
             )?)?)
         };
         let (q, k, v) = (mk(t)?, mk(tk)?, mk(tk)?);
-        // The padded row's first two queries see only padding: nothing reads their results
-        // in a model, and what they attend to is unspecified, so they are left out.
+        // The padded row's first two queries see only padding. The plain mask's blocks
+        // match eager attention on every row; with the causal one what those two attend to is
+        // unspecified (nothing reads their results in a model), so they are left out.
         let mut live = vec![1f32; b * t];
         live[t] = 0.0;
         live[t + 1] = 0.0;
         let live = Tensor::from_vec(live, (b, 1, t, 1), &dev)?;
-        let w = Tensor::randn(0f32, 1., (b, h, t, d), &dev)?.broadcast_mul(&live)?;
-        let run = |f: &dyn Fn() -> Result<Tensor>| -> Result<(Tensor, Vec<Tensor>)> {
-            let o = f()?;
-            let g = (&o * &w)?.sum_all()?.backward()?;
-            let grads = [&q, &k, &v]
-                .iter()
-                .map(|x| {
-                    g.get(x.as_tensor())
-                        .cloned()
-                        .ok_or(crate::Error::Msg("no grad".into()))
-                })
-                .collect::<Result<Vec<_>>>()?;
-            Ok((o.broadcast_mul(&live)?, grads))
-        };
-        let (oe, ge) = run(&|| {
-            attention_eager(
-                q.as_tensor(),
-                k.as_tensor(),
-                v.as_tensor(),
-                0.5,
-                softcap,
-                &mask,
-            )
-        })?;
-        for causal_offset in [None, Some(offset)] {
+        let every = live.ones_like()?;
+        let w = Tensor::randn(0f32, 1., (b, h, t, d), &dev)?;
+        // The output on the `rows` kept, and the gradients of `sum(output · w)` on those rows.
+        let run =
+            |f: &dyn Fn() -> Result<Tensor>, rows: &Tensor| -> Result<(Tensor, Vec<Tensor>)> {
+                let o = f()?.broadcast_mul(rows)?;
+                let g = (&o * &w)?.sum_all()?.backward()?;
+                let grads = [&q, &k, &v]
+                    .iter()
+                    .map(|x| {
+                        g.get(x.as_tensor())
+                            .cloned()
+                            .ok_or(crate::Error::Msg("no grad".into()))
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                Ok((o, grads))
+            };
+        for (causal_offset, rows) in [(None, &every), (Some(offset), &live)] {
+            let eager = || {
+                attention_eager(
+                    q.as_tensor(),
+                    k.as_tensor(),
+                    v.as_tensor(),
+                    0.5,
+                    softcap,
+                    &mask,
+                )
+            };
+            let (oe, ge) = run(&eager, rows)?;
             let blocks = Blocks {
                 scale: 0.5,
                 softcap,
@@ -433,13 +438,19 @@ mod tests {
             };
             // Strict: the key ranges of a block are products CUDA's GEMM takes as they are.
             let (of, gf) = crate::gemm::with_strict_gemm(|| {
-                run(&|| {
-                    blocks
-                        .clone()
-                        .attention(q.as_tensor(), k.as_tensor(), v.as_tensor())
-                })
+                run(
+                    &|| {
+                        blocks
+                            .clone()
+                            .attention(q.as_tensor(), k.as_tensor(), v.as_tensor())
+                    },
+                    rows,
+                )
             })?;
-            assert!(max_diff(&oe, &of)? < 1e-5, "outputs differ");
+            assert!(
+                max_diff(&oe, &of)? < 1e-5,
+                "outputs differ ({causal_offset:?})"
+            );
             for (a, b) in ge.iter().zip(&gf) {
                 let diff = max_diff(a, b)?;
                 assert!(
