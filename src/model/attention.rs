@@ -5,6 +5,8 @@
 //! autograd keeps several `[B, H, T, T]` tensors per layer until backward, which at a
 //! sequence of 1024 is most of a training step's memory.
 
+use std::ops::Range;
+
 use candle_core::{DType, Tensor, D};
 
 use super::layers::{repeat_kv, AttnMask, LayerCache};
@@ -122,7 +124,10 @@ pub fn attend(
         softcap,
         mask: mask.additive()?.clone(),
         block: query_block(b, h, k.dim(2)?),
-        causal_offset: Some(mask.offset),
+        causal: Some(Causal {
+            offset: mask.offset,
+            window: mask.window,
+        }),
     };
     let (o, lse) = match kept {
         Some(t) => (t[0].clone(), t[1].clone()),
@@ -212,7 +217,7 @@ pub fn attention(
         softcap,
         mask: mask.clone(),
         block: query_block(b, h, k.dim(2)?),
-        causal_offset: None,
+        causal: None,
     };
     blocks.attention(q, k, v)
 }
@@ -225,21 +230,35 @@ struct Blocks {
     softcap: Option<f64>,
     mask: Tensor,
     block: usize,
-    /// `Some(offset)` when the mask is causal with its first query at position `offset` (and
-    /// keys from 0): a block of queries then reads only the keys up to its last query's
-    /// position, since every later key is masked for all of them, and the products and the
-    /// softmax skip them (about half of a long sequence's work). A query whose every key is
-    /// masked (padding, nothing reads its result) attends evenly to the keys its block reads,
-    /// rather than to all keys as eager attention's does.
-    causal_offset: Option<usize>,
+    /// `Some` when the mask is causal (see [`Causal`]): a block of queries then reads only the
+    /// keys its queries may see, and the products and the softmax skip the rest.
+    causal: Option<Causal>,
+}
+
+/// The structure of a causal mask: its first query sits at position `offset` (keys from 0),
+/// and with a sliding `window` a query at `p` sees keys after `p - window` only (as
+/// [`attention_mask`](super::layers::attention_mask)). A block of queries then reads keys from
+/// its first query's window start to its last query's position, since every key outside that
+/// range is masked for all of them: about half of a long sequence's work without a window, and
+/// all but about `window + block` keys a query block with one. A query whose every key is masked
+/// (padding, nothing reads its result) attends evenly to the keys its block reads, rather than
+/// to all keys as eager attention's does.
+#[derive(Clone, Copy, Debug)]
+struct Causal {
+    offset: usize,
+    window: Option<usize>,
 }
 
 impl Blocks {
-    /// The keys that queries `start..start + n` of `tk` keys read: `0..keys`.
-    fn keys(&self, start: usize, n: usize, tk: usize) -> usize {
-        match self.causal_offset {
-            Some(offset) => (offset + start + n).min(tk),
-            None => tk,
+    /// The keys that queries `start..start + n` of `tk` keys read.
+    fn keys(&self, start: usize, n: usize, tk: usize) -> Range<usize> {
+        match self.causal {
+            Some(Causal { offset, window }) => {
+                let end = (offset + start + n).min(tk);
+                let first = window.map_or(0, |w| (offset + start + 1).saturating_sub(w));
+                first.min(end.saturating_sub(1))..end
+            }
+            None => 0..tk,
         }
     }
 
@@ -248,7 +267,7 @@ impl Blocks {
         self.op(o, lse, q, k, v)
     }
 
-    /// The scores of queries `start..start + n` (of `q`, whole) against keys `0..keys`, after
+    /// The scores of queries `start..start + n` (of `q`, whole) against `keys`, after
     /// scaling, soft-capping and masking, in f32, and the soft-capped scores before masking
     /// when soft-capping is on (for its derivative).
     fn scores(
@@ -257,12 +276,15 @@ impl Blocks {
         k: &Tensor,
         start: usize,
         n: usize,
-        keys: usize,
+        keys: &Range<usize>,
     ) -> Result<(Tensor, Option<Tensor>)> {
-        let mask = self.mask.narrow(2, start, n)?.narrow(3, 0, keys)?;
+        let mask = self
+            .mask
+            .narrow(2, start, n)?
+            .narrow(3, keys.start, keys.len())?;
         block_scores(
             &q.narrow(2, start, n)?,
-            &k.narrow(2, 0, keys)?,
+            &narrow_keys(k, keys)?,
             self.scale,
             self.softcap,
             &mask,
@@ -279,11 +301,11 @@ impl Blocks {
         for start in (0..tq).step_by(self.block) {
             let n = self.block.min(tq - start);
             let keys = self.keys(start, n, tk);
-            let (s, _) = self.scores(&qd, &kd, start, n, keys)?;
+            let (s, _) = self.scores(&qd, &kd, start, n, &keys)?;
             let (p, stats) = softmax::forward(&s)?;
             lses.push(stats);
             let p = p.to_dtype(vd.dtype())?;
-            outs.push(gemm::matmul(&p, &vd.narrow(2, 0, keys)?)?);
+            outs.push(gemm::matmul(&p, &narrow_keys(&vd, &keys)?)?);
         }
         Ok((Tensor::cat(&outs, 2)?, Tensor::cat(&lses, 2)?))
     }
@@ -314,19 +336,19 @@ impl Blocks {
         for start in (0..tq).step_by(self.block) {
             let n = self.block.min(tq - start);
             let keys = self.keys(start, n, tk);
-            let (s, capped) = self.scores(&q, &k, start, n, keys)?;
+            let (s, capped) = self.scores(&q, &k, start, n, &keys)?;
             let p = softmax::probs(&s, &lse.narrow(2, start, n)?)?;
             let go = grad.narrow(2, start, n)?;
-            let dp = gemm::matmul(&go, &vf.narrow(2, 0, keys)?.t()?)?;
+            let dp = gemm::matmul(&go, &narrow_keys(&vf, &keys)?.t()?)?;
             let mut ds = softmax::scores_grad(&p, &dp, self.scale)?;
             if let (Some(cap), Some(t)) = (self.softcap, capped) {
                 let tanh = (t / cap)?;
                 ds = (ds * (1.0 - tanh.sqr()?)?)?;
             }
-            dq.push(gemm::matmul(&ds, &kf.narrow(2, 0, keys)?)?);
+            dq.push(gemm::matmul(&ds, &narrow_keys(&kf, &keys)?)?);
             let qf = q.narrow(2, start, n)?.to_dtype(DType::F32)?;
-            // Keys `keys..` got nothing from this block.
-            let all_keys = |g: Tensor| g.pad_with_zeros(2, 0, tk - keys);
+            // Keys outside `keys` got nothing from this block.
+            let all_keys = |g: Tensor| g.pad_with_zeros(2, keys.start, tk - keys.end);
             accumulate(&mut dk, all_keys(gemm::matmul(&ds.t()?, &qf)?)?)?;
             accumulate(&mut dv, all_keys(gemm::matmul(&p.t()?, &go)?)?)?;
         }
@@ -340,6 +362,11 @@ impl Blocks {
             back(dv, &v)?,
         ])
     }
+}
+
+/// Keys or values `[.., Tk, D]` at positions `keys`.
+fn narrow_keys(x: &Tensor, keys: &Range<usize>) -> Result<Tensor> {
+    Ok(x.narrow(2, keys.start, keys.len())?)
 }
 
 /// Plain attention under candle's autograd, for tests and as the reference.
@@ -373,7 +400,8 @@ mod tests {
 
     /// Blocked attention against eager attention, with a sliding window and a left-padded row,
     /// `offset` keys before the queries (as with a KV cache), over blocks of `block` queries,
-    /// as a plain mask and as a causal one (whose blocks skip the keys after their last query).
+    /// as a plain mask and as a causal one (whose blocks skip the keys after their last query
+    /// and before their first query's window).
     fn check(softcap: Option<f64>, block: Option<usize>, offset: usize) -> Result<()> {
         let dev = Device::Cpu;
         let (b, h, t, d) = (2, 3, 7, 4);
@@ -383,7 +411,8 @@ mod tests {
             r.extend(vec![true; t - 2]);
             r
         }];
-        let mask = attention_mask(b, t, offset, Some(&pad), Some(4), DType::F32, &dev)?;
+        let window = 4;
+        let mask = attention_mask(b, t, offset, Some(&pad), Some(window), DType::F32, &dev)?;
         let mk = |len| -> Result<Var> {
             Ok(Var::from_tensor(&Tensor::randn(
                 0f32,
@@ -417,7 +446,11 @@ mod tests {
                     .collect::<Result<Vec<_>>>()?;
                 Ok((o, grads))
             };
-        for (causal_offset, rows) in [(None, &every), (Some(offset), &live)] {
+        let causal = Causal {
+            offset,
+            window: Some(window),
+        };
+        for (causal, rows) in [(None, &every), (Some(causal), &live)] {
             let eager = || {
                 attention_eager(
                     q.as_tensor(),
@@ -434,7 +467,7 @@ mod tests {
                 softcap,
                 mask: mask.clone(),
                 block: block.unwrap_or(query_block(b, h, tk)),
-                causal_offset,
+                causal,
             };
             // Strict: the key ranges of a block are products CUDA's GEMM takes as they are.
             let (of, gf) = crate::gemm::with_strict_gemm(|| {
@@ -447,16 +480,10 @@ mod tests {
                     rows,
                 )
             })?;
-            assert!(
-                max_diff(&oe, &of)? < 1e-5,
-                "outputs differ ({causal_offset:?})"
-            );
+            assert!(max_diff(&oe, &of)? < 1e-5, "outputs differ ({causal:?})");
             for (a, b) in ge.iter().zip(&gf) {
                 let diff = max_diff(a, b)?;
-                assert!(
-                    diff < 1e-5,
-                    "gradients differ by {diff} ({causal_offset:?})"
-                );
+                assert!(diff < 1e-5, "gradients differ by {diff} ({causal:?})");
             }
         }
         Ok(())
@@ -537,6 +564,24 @@ mod tests {
         assert_eq!(o_own, o_cached);
         assert_eq!(g_own, g_cached);
         Ok(())
+    }
+
+    #[test]
+    fn causal_blocks_read_the_keys_of_their_queries_windows() {
+        let blocks = |offset, window| Blocks {
+            scale: 1.0,
+            softcap: None,
+            mask: Tensor::zeros(1, DType::F32, &Device::Cpu).unwrap(),
+            block: 4,
+            causal: Some(Causal { offset, window }),
+        };
+        // Queries 8..12 at positions 10..14 see keys up to 13; with a window of 3, from 8.
+        assert_eq!(blocks(2, None).keys(8, 4, 14), 0..14);
+        assert_eq!(blocks(2, Some(3)).keys(8, 4, 14), 8..14);
+        assert_eq!(blocks(0, Some(3)).keys(0, 4, 14), 0..4);
+        assert_eq!(blocks(0, Some(100)).keys(8, 4, 14), 0..12);
+        // Never an empty range, even for keys that end before the block's queries.
+        assert_eq!(blocks(2, Some(1)).keys(8, 4, 5), 4..5);
     }
 
     #[test]
