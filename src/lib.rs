@@ -5,6 +5,7 @@
 //! tokenizer and chat template live in [`data`], [`eval`] scores datasets, and
 //! [`generate`] samples from the model with a KV cache.
 
+pub mod alloc;
 pub mod autograd;
 pub mod cli;
 pub mod config;

@@ -4,6 +4,7 @@ use clap::Parser;
 use lora_train::cli::{run, Cli};
 
 fn main() -> std::process::ExitCode {
+    let malloc = lora_train::alloc::tune();
     let cli = Cli::parse();
     let cli_verbose = cli.verbose;
     let default = match cli.verbose {
@@ -19,6 +20,7 @@ fn main() -> std::process::ExitCode {
         .with_target(false)
         .without_time()
         .init();
+    tracing::debug!("host allocator: {malloc:?}");
     match run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

@@ -1,0 +1,118 @@
+//! Host allocator settings for training on the CPU.
+//!
+//! A training step allocates and frees the same large activation buffers (MiBs each) over and
+//! over. glibc's malloc serves blocks above its mmap threshold with fresh `mmap`s and gives freed
+//! memory at the top of its heaps back to the kernel once more than its trim threshold is free;
+//! both thresholds start low (128 KiB) and only adapt slowly. Either way the next step's buffers
+//! land on new pages, and every page costs a fault and the kernel's zeroing: on a SmolLM2 step at
+//! 4 × 1024 tokens that was 12 million faults and half of the wall time in the kernel
+//! (BENCHMARKS.md). [`tune`] fixes the mmap threshold at its largest value (32 MiB: smaller blocks
+//! come from the heap, which is reused) and turns trimming off, so memory a step frees stays in
+//! the process for the next one. The peak is unchanged: memory that is kept is memory the process
+//! already held at its peak.
+//!
+//! Switch: `LORA_TRAIN_MALLOC=default` leaves glibc's settings alone, and so does any
+//! `MALLOC_*_` variable or `glibc.malloc` tunable the user sets (theirs win). Other C libraries
+//! and platforms are left alone.
+
+/// The largest mmap threshold glibc accepts on 64-bit targets (`HEAP_MAX_SIZE / 2`).
+pub const MMAP_THRESHOLD: i32 = 32 << 20;
+
+/// What [`tune`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Tuning {
+    /// The settings are in effect.
+    Applied,
+    /// Left alone, and why.
+    Skipped(&'static str),
+}
+
+/// Whether to apply the settings, given the environment (`var` reads one variable).
+pub fn plan(var: impl Fn(&str) -> Option<String>) -> Tuning {
+    if let Some(v) = var("LORA_TRAIN_MALLOC") {
+        match v.trim() {
+            "default" | "off" => return Tuning::Skipped("LORA_TRAIN_MALLOC=default"),
+            "" | "tuned" | "on" => {}
+            _ => return Tuning::Skipped("LORA_TRAIN_MALLOC is neither `tuned` nor `default`"),
+        }
+    }
+    let user = [
+        "MALLOC_MMAP_THRESHOLD_",
+        "MALLOC_TRIM_THRESHOLD_",
+        "MALLOC_TOP_PAD_",
+        "MALLOC_MMAP_MAX_",
+    ];
+    if user.iter().any(|name| var(name).is_some())
+        || var("GLIBC_TUNABLES").is_some_and(|t| t.contains("glibc.malloc."))
+    {
+        return Tuning::Skipped("the environment sets glibc's malloc parameters");
+    }
+    Tuning::Applied
+}
+
+/// Applies the settings unless [`plan`] says otherwise for this process's environment.
+pub fn tune() -> Tuning {
+    match plan(|name| std::env::var(name).ok()) {
+        Tuning::Applied => apply(),
+        skipped => skipped,
+    }
+}
+
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn apply() -> Tuning {
+    // SAFETY: mallopt only sets malloc's parameters; these values are in its documented range
+    // (a trim threshold of -1 turns trimming off, mallopt(3)).
+    let ok = unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1
+            && libc::mallopt(libc::M_TRIM_THRESHOLD, -1) == 1
+    };
+    if ok {
+        Tuning::Applied
+    } else {
+        Tuning::Skipped("glibc refused the settings")
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn apply() -> Tuning {
+    Tuning::Skipped("not glibc")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env<'a>(pairs: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
+        move |name| {
+            pairs
+                .iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| v.to_string())
+        }
+    }
+
+    #[test]
+    fn applies_by_default_and_leaves_the_users_settings_alone() {
+        assert_eq!(plan(env(&[])), Tuning::Applied);
+        assert_eq!(
+            plan(env(&[("LORA_TRAIN_MALLOC", "tuned")])),
+            Tuning::Applied
+        );
+        assert_eq!(
+            plan(env(&[("GLIBC_TUNABLES", "glibc.rtld.nns=2")])),
+            Tuning::Applied
+        );
+        for set in [
+            [("LORA_TRAIN_MALLOC", "default")],
+            [("MALLOC_TRIM_THRESHOLD_", "0")],
+            [("MALLOC_MMAP_THRESHOLD_", "65536")],
+            [("GLIBC_TUNABLES", "glibc.malloc.hugetlb=1")],
+            [("LORA_TRAIN_MALLOC", "jemalloc")],
+        ] {
+            assert!(
+                matches!(plan(env(&set)), Tuning::Skipped(_)),
+                "{set:?} was not left alone"
+            );
+        }
+    }
+}
