@@ -6,7 +6,7 @@
 
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 fn main() {
-    use lora_train::alloc::{tune, Tuning};
+    use lora_train::alloc::{plan, tune, Tuning};
 
     /// Minor page faults of this thread so far.
     fn faults() -> i64 {
@@ -27,10 +27,8 @@ fn main() {
         }
         faults() - before
     }
-    if std::env::var_os("LORA_TRAIN_MALLOC").is_some()
-        || std::env::vars().any(|(k, _)| k.starts_with("MALLOC_"))
-    {
-        println!("alloc: skipped, the environment sets the allocator");
+    if let Tuning::Skipped(why) = plan(|name| std::env::var(name).ok()) {
+        println!("alloc: skipped ({why})");
         return;
     }
     let untuned = steps();
@@ -44,7 +42,10 @@ fn main() {
         tuned < pages / 10,
         "tuned: {tuned} faults over 10 steps (untuned: {untuned})"
     );
-    println!("alloc: freed buffers reused: {untuned} page faults over 10 steps with glibc's defaults, {tuned} tuned ... ok");
+    println!(
+        "alloc: freed buffers reused: {untuned} page faults over 10 steps with glibc's \
+         defaults, {tuned} tuned ... ok"
+    );
 }
 
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]

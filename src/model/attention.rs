@@ -24,25 +24,6 @@ fn query_block(b: usize, h: usize, tk: usize) -> usize {
     (BLOCK_SCORES / (b * h * tk).max(1)).max(1)
 }
 
-/// The scores of one block of queries after scaling, soft-capping and masking, in f32,
-/// and the soft-capped scores before masking when soft-capping is on (for its derivative).
-fn block_scores(
-    q: &Tensor,
-    k: &Tensor,
-    scale: f64,
-    softcap: Option<f64>,
-    mask: &Tensor,
-) -> Result<(Tensor, Option<Tensor>)> {
-    let mut s = (gemm::matmul(q, &k.t()?)? * scale)?;
-    let mut capped = None;
-    if let Some(cap) = softcap {
-        s = ((s / cap)?.tanh()? * cap)?;
-        capped = Some(s.to_dtype(DType::F32)?);
-    }
-    let s = s.broadcast_add(mask)?.to_dtype(DType::F32)?;
-    Ok((s, capped))
-}
-
 /// Keys and values `[B, KVH, Tk, D]` for [`attend`], and whose they are.
 pub enum KeyValues {
     /// The layer's own, made in this pass, which nothing reads after attention (a pass without
@@ -235,14 +216,14 @@ struct Blocks {
     causal: Option<Causal>,
 }
 
-/// The structure of a causal mask: its first query sits at position `offset` (keys from 0),
-/// and with a sliding `window` a query at `p` sees keys after `p - window` only (as
-/// [`attention_mask`](super::layers::attention_mask)). A block of queries then reads keys from
-/// its first query's window start to its last query's position, since every key outside that
-/// range is masked for all of them: about half of a long sequence's work without a window, and
-/// all but about `window + block` keys a query block with one. A query whose every key is masked
-/// (padding, nothing reads its result) attends evenly to the keys its block reads, rather than
-/// to all keys as eager attention's does.
+/// The structure of a causal mask: its first query sits at position `offset` (keys from 0), and
+/// with a sliding `window` a query at `p` sees keys after `p - window` only (as
+/// [`attention_mask`](super::layers::attention_mask)). A block of queries then reads keys from its
+/// first query's window start to its last query's position, since every key outside that range is
+/// masked for all of them: about half of a long sequence's work without a window, and with one,
+/// every key but the `window + block` or so nearest the block. A query whose every key is masked
+/// (padding, nothing reads its result) attends evenly to the keys its block reads, rather than to
+/// all keys as eager attention's does.
 #[derive(Clone, Copy, Debug)]
 struct Causal {
     offset: usize,
@@ -278,17 +259,19 @@ impl Blocks {
         n: usize,
         keys: &Range<usize>,
     ) -> Result<(Tensor, Option<Tensor>)> {
+        let q = q.narrow(2, start, n)?;
+        let mut s = (gemm::matmul(&q, &narrow_keys(k, keys)?.t()?)? * self.scale)?;
+        let mut capped = None;
+        if let Some(cap) = self.softcap {
+            s = ((s / cap)?.tanh()? * cap)?;
+            capped = Some(s.to_dtype(DType::F32)?);
+        }
         let mask = self
             .mask
             .narrow(2, start, n)?
             .narrow(3, keys.start, keys.len())?;
-        block_scores(
-            &q.narrow(2, start, n)?,
-            &narrow_keys(k, keys)?,
-            self.scale,
-            self.softcap,
-            &mask,
-        )
+        let s = s.broadcast_add(&mask)?.to_dtype(DType::F32)?;
+        Ok((s, capped))
     }
 
     /// The output over blocks of queries, and each row's softmax statistics `[.., 2]` (row
