@@ -11,7 +11,7 @@
 //! the process for the next one. The peak is unchanged: memory that is kept is memory the process
 //! already held at its peak.
 //!
-//! Switch: `LORA_TRAIN_MALLOC=default` leaves glibc's settings alone, and so does any
+//! Switch: `LORA_TRAIN_MALLOC=default` (or `off`) leaves glibc's settings alone, and so does any
 //! `MALLOC_*_` variable or `glibc.malloc` tunable the user sets (theirs win). Other C libraries
 //! and platforms are left alone.
 
@@ -27,14 +27,22 @@ pub enum Tuning {
     Skipped(&'static str),
 }
 
-/// Whether to apply the settings, given the environment (`var` reads one variable).
+/// What a `LORA_TRAIN_MALLOC` value asks for: `Some(true)` for the settings (`tuned`, `on`, or
+/// empty), `Some(false)` for glibc's own (`default`, `off`), `None` for anything else.
+fn switch(value: &str) -> Option<bool> {
+    match value.trim() {
+        "" | "tuned" | "on" => Some(true),
+        "default" | "off" => Some(false),
+        _ => None,
+    }
+}
+
+/// Whether to apply the settings, given the environment (`var` reads one variable). An unknown
+/// `LORA_TRAIN_MALLOC` value counts as `tuned` (the default), as an unknown `LORA_TRAIN_KERNELS`
+/// keeps the kernels on; [`tune`] warns about it.
 pub fn plan(var: impl Fn(&str) -> Option<String>) -> Tuning {
-    if let Some(v) = var("LORA_TRAIN_MALLOC") {
-        match v.trim() {
-            "default" | "off" => return Tuning::Skipped("LORA_TRAIN_MALLOC=default"),
-            "" | "tuned" | "on" => {}
-            _ => return Tuning::Skipped("LORA_TRAIN_MALLOC is neither `tuned` nor `default`"),
-        }
+    if var("LORA_TRAIN_MALLOC").is_some_and(|v| switch(&v) == Some(false)) {
+        return Tuning::Skipped("LORA_TRAIN_MALLOC=default");
     }
     let user = [
         "MALLOC_MMAP_THRESHOLD_",
@@ -52,6 +60,13 @@ pub fn plan(var: impl Fn(&str) -> Option<String>) -> Tuning {
 
 /// Applies the settings unless [`plan`] says otherwise for this process's environment.
 pub fn tune() -> Tuning {
+    if let Ok(v) = std::env::var("LORA_TRAIN_MALLOC") {
+        if switch(&v).is_none() {
+            tracing::warn!(
+                "LORA_TRAIN_MALLOC: unknown value `{v}` (expected tuned or default); using tuned"
+            );
+        }
+    }
     match plan(|name| std::env::var(name).ok()) {
         Tuning::Applied => apply(),
         skipped => skipped,
@@ -102,12 +117,17 @@ mod tests {
             plan(env(&[("GLIBC_TUNABLES", "glibc.rtld.nns=2")])),
             Tuning::Applied
         );
+        // An unknown value keeps the default, as LORA_TRAIN_KERNELS does (tune warns).
+        assert_eq!(
+            plan(env(&[("LORA_TRAIN_MALLOC", "jemalloc")])),
+            Tuning::Applied
+        );
         for set in [
             [("LORA_TRAIN_MALLOC", "default")],
             [("MALLOC_TRIM_THRESHOLD_", "0")],
             [("MALLOC_MMAP_THRESHOLD_", "65536")],
             [("GLIBC_TUNABLES", "glibc.malloc.hugetlb=1")],
-            [("LORA_TRAIN_MALLOC", "jemalloc")],
+            [("LORA_TRAIN_MALLOC", " off ")],
         ] {
             assert!(
                 matches!(plan(env(&set)), Tuning::Skipped(_)),

@@ -4,7 +4,6 @@ use clap::Parser;
 use lora_train::cli::{run, Cli};
 
 fn main() -> std::process::ExitCode {
-    let malloc = lora_train::alloc::tune();
     let cli = Cli::parse();
     let cli_verbose = cli.verbose;
     let default = match cli.verbose {
@@ -20,6 +19,8 @@ fn main() -> std::process::ExitCode {
         .with_target(false)
         .without_time()
         .init();
+    // Before any large allocation; after the logger, which reports an unknown switch value.
+    let malloc = lora_train::alloc::tune();
     tracing::debug!("host allocator: {malloc:?}");
     match run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -118,6 +118,25 @@ fn inspect_shows_the_mask() {
     );
 }
 
+#[test]
+fn an_unknown_allocator_switch_is_warned_about_and_the_command_runs() {
+    let data = common::fixtures().join("chats.jsonl");
+    let out = Command::cargo_bin("lora-train")
+        .unwrap()
+        .env("LORA_TRAIN_MALLOC", "jemalloc")
+        .env_remove("RUST_LOG")
+        .args(["inspect", "--model", &tiny(), "--data"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("LORA_TRAIN_MALLOC: unknown value `jemalloc`"),
+        "{stderr}"
+    );
+}
+
 fn logits(model: &str, dtype: DType) -> Tensor {
     let m = load(
         model,

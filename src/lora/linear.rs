@@ -166,7 +166,7 @@ impl Linear {
     /// [`Linear::forward`] (or, without `value`, [`Linear::forward_graph_only`]) whose backward
     /// never reads `x`: the LoRA path's `A` gradient takes `x` from `recompute`, which must give
     /// the very value `x` had. So once this returns, the caller may free `x` with
-    /// [`crate::autograd::release`] (when nothing else reads it), e.g. the gated MLP's
+    /// [`crate::autograd::release()`] (when nothing else reads it), e.g. the gated MLP's
     /// `act(g)·u`, which the activation's kept inputs make again in one elementwise pass.
     pub fn forward_recomputed(
         &self,

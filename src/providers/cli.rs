@@ -59,11 +59,11 @@ OPENAI_BASE_URL override the endpoints. `lora-train --config job.toml` on a job 
 section submits and watches it. See docs/providers.md."
 )]
 pub enum HostedCommand {
-    /// Check, upload and submit a job file with a [hosted] section.
+    /// Check, upload and submit a job file with a `[hosted]` section.
     ///
     /// Prints the job id and returns; add --watch to follow it until it ends.
     Submit {
-        /// The job file (with a [hosted] section).
+        /// The job file (with a `[hosted]` section).
         #[arg(value_name = "job.toml", required_unless_present = "config")]
         job: Option<PathBuf>,
         /// The job file, as `lora-train --config` takes it.

@@ -227,7 +227,7 @@ pub fn check_fits(dims: &ModelDims, run: &RunShape, available: f64) -> Result<Me
 /// free memory plus what this process's memory pool holds (the loaded weights, which the
 /// estimate counts, and what loading freed into the pool), or plus `loaded` (the estimate's
 /// weights) where the pool cannot be read; on the CPU (and Metal's unified memory),
-/// [`host_available`]. `None` where it cannot be read.
+/// the host's available memory. `None` where it cannot be read.
 pub fn available_on(device: &candle_core::Device, loaded: f64) -> Result<Option<f64>> {
     if let Some(limit) = memory_limit()? {
         return Ok(Some(limit));
