@@ -22,6 +22,8 @@ pub mod lora;
 pub mod model;
 pub mod providers;
 pub mod quant;
+#[cfg(test)]
+mod testutil;
 pub mod train;
 
 pub use error::{Error, Result};

@@ -234,7 +234,7 @@ mod tests {
             let want = plain
                 .get(w.as_tensor())
                 .ok_or(Error::Msg("no reference".into()))?;
-            let diff = (got - want)?.abs()?.max_all()?.to_scalar::<f32>()?;
+            let diff = crate::testutil::max_abs_diff(&got, want)?;
             assert!(diff < 1e-6, "checkpointed gradient differs by {diff}");
         }
         Ok(())
@@ -287,7 +287,7 @@ mod tests {
             let got = sink
                 .take(w.as_tensor())?
                 .ok_or(Error::Msg("no gradient".into()))?;
-            let diff = (got - want)?.abs()?.max_all()?.to_scalar::<f32>()?;
+            let diff = crate::testutil::max_abs_diff(&got, want)?;
             assert!(diff < 1e-5, "stash {stash}: gradient differs by {diff}");
             let runs = calls.load(Ordering::SeqCst);
             assert_eq!(runs, if stash { 1 } else { 2 }, "stash {stash}");

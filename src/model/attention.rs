@@ -375,11 +375,8 @@ pub fn attention_eager(
 mod tests {
     use super::*;
     use crate::model::layers::attention_mask;
+    use crate::testutil::max_abs_diff;
     use candle_core::{Device, Var};
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> Result<f32> {
-        Ok((a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?)
-    }
 
     /// Blocked attention against eager attention, with a sliding window and a left-padded row,
     /// `offset` keys before the queries (as with a KV cache), over blocks of `block` queries,
@@ -463,9 +460,12 @@ mod tests {
                     rows,
                 )
             })?;
-            assert!(max_diff(&oe, &of)? < 1e-5, "outputs differ ({causal:?})");
+            assert!(
+                max_abs_diff(&oe, &of)? < 1e-5,
+                "outputs differ ({causal:?})"
+            );
             for (a, b) in ge.iter().zip(&gf) {
-                let diff = max_diff(a, b)?;
+                let diff = max_abs_diff(a, b)?;
                 assert!(diff < 1e-5, "gradients differ by {diff} ({causal:?})");
             }
         }

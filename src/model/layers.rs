@@ -835,7 +835,7 @@ mod tests {
             let (Some(a), Some(b)) = (a, b) else {
                 panic!("no gradient");
             };
-            let diff = (a - b)?.abs()?.max_all()?.to_scalar::<f32>()?;
+            let diff = crate::testutil::max_abs_diff(a, b)?;
             assert!(diff < 1e-5, "rms-norm gradient differs by {diff}");
         }
         Ok(())
@@ -857,7 +857,7 @@ mod tests {
         let (Some(a), Some(b)) = (fused.get(x.as_tensor()), plain.get(x.as_tensor())) else {
             panic!("no gradient");
         };
-        let diff = (a - b)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        let diff = crate::testutil::max_abs_diff(a, b)?;
         assert!(diff < 1e-5, "rotary gradient differs by {diff}");
         Ok(())
     }
