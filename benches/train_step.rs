@@ -10,6 +10,7 @@ use lora_train::train::optimizer::{AdamW, AdamWConfig};
 use lora_train::train::{train_step, Trainer};
 
 fn main() {
+    lora_train::threads::settle();
     lora_train::alloc::tune();
     let steps: usize = std::env::var("BENCH_STEPS")
         .ok()

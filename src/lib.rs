@@ -24,6 +24,7 @@ pub mod providers;
 pub mod quant;
 #[cfg(test)]
 mod testutil;
+pub mod threads;
 pub mod train;
 
 pub use error::{Error, Result};

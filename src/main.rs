@@ -4,6 +4,8 @@ use clap::Parser;
 use lora_train::cli::{run, Cli};
 
 fn main() -> std::process::ExitCode {
+    // First, while this is the only thread: it sets RAYON_NUM_THREADS.
+    let threads = lora_train::threads::settle();
     let cli = Cli::parse();
     let cli_verbose = cli.verbose;
     let default = match cli.verbose {
@@ -21,7 +23,7 @@ fn main() -> std::process::ExitCode {
         .init();
     // Before any large allocation; after the logger, which reports an unknown switch value.
     let malloc = lora_train::alloc::tune();
-    tracing::debug!("host allocator: {malloc:?}");
+    tracing::debug!("host allocator: {malloc:?}; CPU threads set: {threads:?}");
     match run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

@@ -1,0 +1,46 @@
+//! The CPU thread count, worked out once per process.
+//!
+//! candle 0.11.1 asks for its thread count on every CPU matmul (`utils::get_num_threads`), and
+//! unless `RAYON_NUM_THREADS` is set, each ask re-reads and parses `/proc/cpuinfo`
+//! (`num_cpus::get_physical`, ~45 µs a read here): 57 thousand reads in a one-step quickstart
+//! run, most of them in its validation passes. [`settle`] works the count out once at start and
+//! puts it in `RAYON_NUM_THREADS`, where candle and rayon's global pool (which runs candle's
+//! GEMMs) both read it.
+//!
+//! The count is candle's own (physical cores), capped at the CPUs this process may run on
+//! (`available_parallelism`: affinity and cgroup limits, which candle's count ignores). A
+//! `RAYON_NUM_THREADS` the user sets is left as it is.
+
+/// The thread count for candle's and rayon's CPU work: candle's `default` capped at the CPUs the
+/// process may use (`available`, when known), at least 1.
+pub fn count(default: usize, available: Option<usize>) -> usize {
+    available.map_or(default, |a| default.min(a)).max(1)
+}
+
+/// Sets `RAYON_NUM_THREADS` to [`count`] unless the environment already has it, and returns
+/// the count it set. Call it first thing in `main`, while the process has one thread: it sets an
+/// environment variable.
+pub fn settle() -> Option<usize> {
+    if std::env::var_os("RAYON_NUM_THREADS").is_some() {
+        return None;
+    }
+    let n = count(
+        candle_core::utils::get_num_threads(),
+        std::thread::available_parallelism().ok().map(|n| n.get()),
+    );
+    std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+    Some(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::count;
+
+    #[test]
+    fn the_count_is_candles_capped_at_the_available_cpus() {
+        assert_eq!(count(8, Some(16)), 8); // hyper-threads: physical cores
+        assert_eq!(count(32, Some(2)), 2); // a container limited to 2 CPUs of a large host
+        assert_eq!(count(4, None), 4);
+        assert_eq!(count(0, Some(0)), 1);
+    }
+}
