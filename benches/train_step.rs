@@ -18,9 +18,7 @@ fn main() {
         .unwrap_or(8);
     let job = JobConfig::load(std::path::Path::new("configs/quickstart.toml"), &[]).expect("job");
     let t = Trainer::new(job).expect("trainer");
-    if t.device.is_cpu() {
-        lora_train::alloc::host_training();
-    }
+    lora_train::alloc::host_training(&t.device);
     let mut opt = AdamW::new(
         t.params.vars().into_iter().cloned().collect(),
         AdamWConfig::default(),

@@ -203,11 +203,8 @@ fn cmd_train(path: &std::path::Path, cli: &Cli) -> anyhow::Result<()> {
     }
     job.check_files()?;
     let mut trainer = crate::train::Trainer::new(job)?;
-    if trainer.device.is_cpu() {
-        // Activations live in host memory: keep even the largest blocks for the next step.
-        let malloc = crate::alloc::host_training();
-        tracing::debug!("host allocator for training: {malloc:?}");
-    }
+    let malloc = crate::alloc::host_training(&trainer.device);
+    tracing::debug!("host allocator for training: {malloc:?}");
     eprintln!(
         "training {} on {} examples ({} validation): {} steps, {} LoRA parameters",
         trainer.model.name_or_path,

@@ -33,7 +33,11 @@ fn main() {
         return;
     }
     let pages = |mib: i64| 4 * (mib << 20) / 4096;
-    assert!(matches!(host_training(), Tuning::Skipped(_)), "before tune");
+    let cpu = candle_core::Device::Cpu;
+    assert!(
+        matches!(host_training(&cpu), Tuning::Skipped(_)),
+        "before tune"
+    );
     let untuned = steps(24);
     assert_eq!(tune(), Tuning::Applied);
     steps(24); // the first step after tuning may still fault its buffers in
@@ -51,7 +55,7 @@ fn main() {
         "40 MiB blocks, tuned: {mapped} faults"
     );
     // ... until host_training: then they come from the heap and are kept too.
-    assert_eq!(host_training(), Tuning::Applied);
+    assert_eq!(host_training(&cpu), Tuning::Applied);
     steps(40);
     let heap = steps(40);
     assert!(
