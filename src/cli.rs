@@ -12,7 +12,7 @@ use crate::data::dataset::{parse_messages_json, read_jsonl, read_jsonl_numbered}
 use crate::data::mask::{format_inspect, tokenize_conversation, tokenize_line};
 use crate::data::{LossOn, Message, Role, TokenizedExample};
 use crate::device::{parse_device, parse_dtype};
-use crate::eval::score_examples;
+use crate::eval::{score_examples, DEFAULT_SCORE_BATCH};
 use crate::generate::{generate_timed, GenerateOptions};
 use crate::lora::load_peft_adapter;
 use crate::model::{load, LoadOptions, LoadedModel};
@@ -157,6 +157,10 @@ pub struct ScoreArgs {
     /// Which tokens count: the last assistant turn, every assistant turn, or all tokens.
     #[arg(long, value_enum, default_value_t = LossOn::LastAssistant)]
     pub loss_on: LossOn,
+
+    /// Examples per forward pass (right-padded, longest first; the losses do not depend on it).
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_SCORE_BATCH, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub batch_size: usize,
 
     /// Print {"mean_loss", "target_tokens", "examples", "per_example"}.
     #[arg(long)]
@@ -384,7 +388,7 @@ pub fn tokenize_dataset(
 fn cmd_score(a: ScoreArgs) -> anyhow::Result<()> {
     let m = load_model(&a.model)?;
     let examples = tokenize_dataset(&m, &a.data, a.loss_on)?;
-    let report = score_examples(m.model.as_ref(), &examples, !a.json)?;
+    let report = score_examples(m.model.as_ref(), &examples, a.batch_size, !a.json)?;
     if a.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {

@@ -91,6 +91,39 @@ fn score_json_shape() {
     let want = common::read_json(&common::fixtures().join("tiny-llama/score.json"));
     let w = want["all_assistant"]["mean_loss"].as_f64().unwrap();
     assert!((v["mean_loss"].as_f64().unwrap() - w).abs() / w < 1e-4);
+    // One example per pass scores the same, example by example.
+    let alone = run_json(&[
+        "score",
+        "--model",
+        &tiny(),
+        "--data",
+        data.to_str().unwrap(),
+        "--loss-on",
+        "all_assistant",
+        "--batch-size",
+        "1",
+        "--json",
+    ]);
+    for (a, b) in per.iter().zip(alone["per_example"].as_array().unwrap()) {
+        assert_eq!(a["index"], b["index"]);
+        let (a, b) = (a["loss"].as_f64().unwrap(), b["loss"].as_f64().unwrap());
+        assert!((a - b).abs() / b < 1e-5, "{a} vs {b} alone");
+    }
+    let out = Command::cargo_bin("lora-train")
+        .unwrap()
+        .args([
+            "score",
+            "--model",
+            &tiny(),
+            "--data",
+            data.to_str().unwrap(),
+        ])
+        .args(["--batch-size", "0"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--batch-size"), "{err}");
 }
 
 #[test]

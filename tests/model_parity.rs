@@ -153,3 +153,56 @@ fn kv_cache_matches_full_forward() {
         assert!(worst < 1e-4, "{name}: cached logits differ by {worst}");
     }
 }
+
+/// Scoring in right-padded batches gives every example the loss it has alone (the tiny Gemma's
+/// 4-token window and the padding mask both apply), in the input order, on the test device.
+#[test]
+fn batched_scoring_matches_one_at_a_time_on_the_test_device() {
+    use lora_train::data::{dataset::read_jsonl, mask::tokenize_conversation};
+    use lora_train::eval::score_examples;
+    let device = test_device();
+    let tol = if device.is_cpu() { 1e-5 } else { 1e-4 };
+    let convs = read_jsonl(common::fixtures().join("chats.jsonl")).unwrap();
+    for name in ["tiny-llama", "tiny-gemma3"] {
+        let dir = common::fixtures().join(name);
+        let opts = LoadOptions {
+            device: device.clone(),
+            ..LoadOptions::default()
+        };
+        let m = load(dir.to_str().unwrap(), &opts).unwrap();
+        let examples: Vec<_> = convs
+            .iter()
+            .map(|c| tokenize_conversation(c, &m.template, &m.tokenizer, Default::default()))
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let lengths: std::collections::BTreeSet<usize> =
+            examples.iter().map(|e| e.input_ids.len()).collect();
+        assert!(
+            lengths.len() > 2,
+            "{name}: the fixture chats must differ in length"
+        );
+        let alone = score_examples(m.model.as_ref(), &examples, 1, false).unwrap();
+        for batch in [3, 8] {
+            let got = score_examples(m.model.as_ref(), &examples, batch, false).unwrap();
+            assert_eq!(
+                got.target_tokens, alone.target_tokens,
+                "{name} batch {batch}"
+            );
+            assert_eq!(got.per_example.len(), examples.len());
+            for (i, (g, a)) in got.per_example.iter().zip(&alone.per_example).enumerate() {
+                assert_eq!((g.index, g.target_tokens), (i, a.target_tokens));
+                let rel = (g.loss - a.loss).abs() / a.loss.abs();
+                assert!(
+                    rel < tol,
+                    "{name} batch {batch} example {i}: {} vs {} alone",
+                    g.loss,
+                    a.loss
+                );
+            }
+            let rel = (got.mean_loss - alone.mean_loss).abs() / alone.mean_loss;
+            assert!(rel < tol, "{name} batch {batch}: mean {rel:.2e}");
+        }
+        let err = score_examples(m.model.as_ref(), &examples, 0, false).unwrap_err();
+        assert!(err.to_string().contains("batch size"), "{err}");
+    }
+}

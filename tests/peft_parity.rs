@@ -184,7 +184,7 @@ fn peft_saved_adapters_score_the_same() {
                     .unwrap()
                 })
                 .collect();
-            let got = lora_train::eval::score_examples(m.model.as_ref(), &exs, false).unwrap();
+            let got = lora_train::eval::score_examples(m.model.as_ref(), &exs, 8, false).unwrap();
             let w = want["mean_loss"].as_f64().unwrap();
             assert!(
                 (got.mean_loss - w).abs() / w < 1e-4,

@@ -77,7 +77,7 @@ fn check_score(file: &'static str, name: &str) {
             .iter()
             .map(|c| tokenize_conversation(c, &m.template, &m.tokenizer, loss_on).unwrap())
             .collect();
-        let got = score_examples(m.model.as_ref(), &examples, false).unwrap();
+        let got = score_examples(m.model.as_ref(), &examples, 8, false).unwrap();
         assert_eq!(
             got.target_tokens as u64,
             want["target_tokens"].as_u64().unwrap(),

@@ -212,7 +212,7 @@ fn exported_adapter_scores_like_the_trained_model() {
     let adapter = tmp.path().join("adapter");
     lora_train::lora::load_peft_adapter(m.model.as_mut(), &adapter, DType::F32, &Device::Cpu)
         .unwrap();
-    let r = lora_train::eval::score_examples(m.model.as_ref(), &t.validation, false).unwrap();
+    let r = lora_train::eval::score_examples(m.model.as_ref(), &t.validation, 4, false).unwrap();
     assert!(
         (r.mean_loss - val_after).abs() / val_after < 1e-6,
         "{} vs {val_after}",

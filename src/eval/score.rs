@@ -3,10 +3,11 @@
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
-use super::loss::target_nll;
+use super::loss::{nll_rows, target_rows};
 use crate::data::TokenizedExample;
 use crate::model::CausalLm;
-use crate::Result;
+use crate::train::batch::collate;
+use crate::{Error, Result};
 
 /// The loss of one example.
 #[derive(Debug, Clone, Serialize)]
@@ -32,12 +33,29 @@ impl ScoreReport {
     }
 }
 
-/// Scores each example alone (no padding), with a progress bar when `progress` is set.
+/// Examples scored together by default (`score --batch-size`), as transformers' Trainer
+/// evaluates (`per_device_eval_batch_size`).
+pub const DEFAULT_BATCH_SIZE: usize = 8;
+
+/// Scores the examples in right-padded batches of up to `batch_size`, longest first (so that
+/// a batch holds examples of similar length, and one that does not fit in memory fails at
+/// once), with a progress bar when `progress` is set. Each example's loss is the one it has
+/// alone: padding comes after its last token, and no real token attends to a later position.
+/// The per-example results keep the input order.
+///
+/// One example at a time, every product would pack each frozen weight for a few dozen rows:
+/// on the CPU that packing, not the arithmetic, took most of the time.
 pub fn score_examples(
     model: &dyn CausalLm,
     examples: &[TokenizedExample],
+    batch_size: usize,
     progress: bool,
 ) -> Result<ScoreReport> {
+    if batch_size == 0 {
+        return Err(Error::Msg(
+            "the scoring batch size must be at least 1".into(),
+        ));
+    }
     let bar = if progress {
         let b = ProgressBar::new(examples.len() as u64);
         b.set_style(
@@ -50,22 +68,38 @@ pub fn score_examples(
     } else {
         ProgressBar::hidden()
     };
-    let mut per_example = Vec::with_capacity(examples.len());
-    let mut total = 0f64;
-    let mut count = 0usize;
-    for (index, ex) in examples.iter().enumerate() {
-        let nll = target_nll(model, ex)?.to_vec1::<f32>()?;
-        let sum: f64 = nll.iter().map(|v| *v as f64).sum();
-        let n = nll.len();
-        total += sum;
-        count += n;
-        per_example.push(ExampleScore {
-            index,
-            loss: if n > 0 { sum / n as f64 } else { f64::NAN },
-            target_tokens: n,
-        });
-        bar.inc(1);
+    let mut order: Vec<usize> = (0..examples.len()).collect();
+    // Stable: equal lengths keep the input order.
+    order.sort_by_key(|&i| std::cmp::Reverse(examples[i].input_ids.len()));
+    let mut per_example: Vec<Option<ExampleScore>> = vec![None; examples.len()];
+    let (mut total, mut count) = (0f64, 0usize);
+    for chunk in order.chunks(batch_size) {
+        let batch: Vec<&TokenizedExample> = chunk.iter().map(|&i| &examples[i]).collect();
+        let counts: Vec<usize> = batch.iter().map(|ex| target_rows(ex).0.len()).collect();
+        let nll = batch_nll(model, &batch)?;
+        if nll.len() != counts.iter().sum::<usize>() {
+            return Err(Error::Msg(format!(
+                "scoring: {} losses for {} targets",
+                nll.len(),
+                counts.iter().sum::<usize>()
+            )));
+        }
+        let mut rest = nll.as_slice();
+        for (&index, &n) in chunk.iter().zip(&counts) {
+            let (mine, tail) = rest.split_at(n);
+            rest = tail;
+            let sum: f64 = mine.iter().map(|v| *v as f64).sum();
+            total += sum;
+            count += n;
+            per_example[index] = Some(ExampleScore {
+                index,
+                loss: if n > 0 { sum / n as f64 } else { f64::NAN },
+                target_tokens: n,
+            });
+        }
+        bar.inc(chunk.len() as u64);
     }
+    let per_example: Vec<ExampleScore> = per_example.into_iter().flatten().collect();
     bar.finish_and_clear();
     Ok(ScoreReport {
         mean_loss: if count > 0 {
@@ -77,4 +111,15 @@ pub fn score_examples(
         examples: examples.len(),
         per_example,
     })
+}
+
+/// The per-target NLLs of a batch, example after example (each in position order, as
+/// [`target_rows`] lists them).
+fn batch_nll(model: &dyn CausalLm, batch: &[&TokenizedExample]) -> Result<Vec<f32>> {
+    // Any id serves as padding: the attention mask hides it and its rows are never read.
+    let mb = collate(batch, 0, model.device())?;
+    let hidden = model.forward_hidden(&mb.input_ids, mb.attention_mask.as_ref())?;
+    let (b, t, h) = hidden.dims3()?;
+    let flat = hidden.reshape((b * t, h))?;
+    Ok(nll_rows(model, &flat, &mb.pred_rows, &mb.target_ids)?.to_vec1::<f32>()?)
 }

@@ -382,7 +382,13 @@ impl Trainer {
             return Ok(None);
         }
         self.params.set_dropout_seed(0);
-        let r = score_examples(self.model.model.as_ref(), &self.validation, false)?;
+        // In micro-batches of the training size, which the memory check has passed.
+        let r = score_examples(
+            self.model.model.as_ref(),
+            &self.validation,
+            self.job.train.micro_batch_size,
+            false,
+        )?;
         Ok(Some((r.mean_loss, r.target_tokens)))
     }
 
