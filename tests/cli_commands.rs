@@ -59,19 +59,22 @@ fn generate_json_shape() {
     assert_eq!(v["token_ids"], again["token_ids"]);
 }
 
+/// `score` on the fixture chats (every assistant turn) with `extra` arguments.
+fn score_args<'a>(data: &'a str, tiny: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec!["score", "--model", tiny, "--data", data];
+    args.extend_from_slice(extra);
+    args
+}
+
 #[test]
 fn score_json_shape() {
     let data = common::fixtures().join("chats.jsonl");
-    let v = run_json(&[
-        "score",
-        "--model",
-        &tiny(),
-        "--data",
-        data.to_str().unwrap(),
-        "--loss-on",
-        "all_assistant",
-        "--json",
-    ]);
+    let (data, tiny) = (data.to_str().unwrap(), tiny());
+    let v = run_json(&score_args(
+        data,
+        &tiny,
+        &["--loss-on", "all_assistant", "--json"],
+    ));
     let per = v["per_example"].as_array().unwrap();
     assert_eq!(v["examples"].as_u64().unwrap() as usize, per.len());
     let total: u64 = per
@@ -92,18 +95,11 @@ fn score_json_shape() {
     let w = want["all_assistant"]["mean_loss"].as_f64().unwrap();
     assert!((v["mean_loss"].as_f64().unwrap() - w).abs() / w < 1e-4);
     // One example per pass scores the same, example by example.
-    let alone = run_json(&[
-        "score",
-        "--model",
-        &tiny(),
-        "--data",
-        data.to_str().unwrap(),
-        "--loss-on",
-        "all_assistant",
-        "--batch-size",
-        "1",
-        "--json",
-    ]);
+    let alone = run_json(&score_args(
+        data,
+        &tiny,
+        &["--loss-on", "all_assistant", "--batch-size", "1", "--json"],
+    ));
     for (a, b) in per.iter().zip(alone["per_example"].as_array().unwrap()) {
         assert_eq!(a["index"], b["index"]);
         let (a, b) = (a["loss"].as_f64().unwrap(), b["loss"].as_f64().unwrap());
@@ -111,14 +107,7 @@ fn score_json_shape() {
     }
     let out = Command::cargo_bin("lora-train")
         .unwrap()
-        .args([
-            "score",
-            "--model",
-            &tiny(),
-            "--data",
-            data.to_str().unwrap(),
-        ])
-        .args(["--batch-size", "0"])
+        .args(score_args(data, &tiny, &["--batch-size", "0"]))
         .output()
         .unwrap();
     assert!(!out.status.success());
