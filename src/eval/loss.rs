@@ -10,7 +10,6 @@
 use candle_core::{DType, Tensor};
 
 use crate::autograd::{accumulate, with_backward};
-use crate::data::TokenizedExample;
 use crate::gemm;
 use crate::kernels::{self, Kernel};
 use crate::model::{CausalLm, LmHead};
@@ -224,23 +223,4 @@ fn head_logits(h: &Tensor, w: &Tensor, softcap: Option<f64>) -> Result<Tensor> {
 fn block_onehot(targets: &Tensor, start: usize, len: usize) -> Result<Tensor> {
     let ids = Tensor::arange(start as u32, (start + len) as u32, targets.device())?.unsqueeze(0)?;
     Ok(targets.broadcast_eq(&ids)?.to_dtype(DType::F32)?)
-}
-
-/// The rows that predict each target of `example`, and the target ids.
-pub fn target_rows(example: &TokenizedExample) -> (Vec<u32>, Vec<u32>) {
-    example
-        .targets
-        .iter()
-        .enumerate()
-        .filter(|(t, is)| **is && *t > 0)
-        .map(|(t, _)| ((t - 1) as u32, example.input_ids[t]))
-        .unzip()
-}
-
-/// Per-target negative log-likelihoods `[n_targets]` (f32) of one example.
-pub fn target_nll(model: &dyn CausalLm, example: &TokenizedExample) -> Result<Tensor> {
-    let ids = Tensor::new(example.input_ids.as_slice(), model.device())?.unsqueeze(0)?;
-    let hidden = model.forward_hidden(&ids, None)?.squeeze(0)?;
-    let (rows, targets) = target_rows(example);
-    nll_rows(model, &hidden, &rows, &targets)
 }

@@ -4,7 +4,5 @@
 pub mod loss;
 pub mod score;
 
-pub use loss::{nll_rows, target_nll, target_rows};
-pub use score::{
-    score_examples, ExampleScore, ScoreReport, DEFAULT_BATCH_SIZE as DEFAULT_SCORE_BATCH,
-};
+pub use loss::nll_rows;
+pub use score::{score_examples, ExampleScore, ScoreReport, DEFAULT_SCORE_BATCH};

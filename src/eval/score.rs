@@ -3,7 +3,7 @@
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
-use super::loss::{nll_rows, target_rows};
+use super::loss::nll_rows;
 use crate::data::TokenizedExample;
 use crate::model::CausalLm;
 use crate::train::batch::collate;
@@ -35,7 +35,7 @@ impl ScoreReport {
 
 /// Examples scored together by default (`score --batch-size`), as transformers' Trainer
 /// evaluates (`per_device_eval_batch_size`).
-pub const DEFAULT_BATCH_SIZE: usize = 8;
+pub const DEFAULT_SCORE_BATCH: usize = 8;
 
 /// Scores the examples in right-padded batches of up to `batch_size`, longest first (so that
 /// a batch holds examples of similar length, and one that does not fit in memory fails at
@@ -75,15 +75,7 @@ pub fn score_examples(
     let (mut total, mut count) = (0f64, 0usize);
     for chunk in order.chunks(batch_size) {
         let batch: Vec<&TokenizedExample> = chunk.iter().map(|&i| &examples[i]).collect();
-        let counts: Vec<usize> = batch.iter().map(|ex| target_rows(ex).0.len()).collect();
-        let nll = batch_nll(model, &batch)?;
-        if nll.len() != counts.iter().sum::<usize>() {
-            return Err(Error::Msg(format!(
-                "scoring: {} losses for {} targets",
-                nll.len(),
-                counts.iter().sum::<usize>()
-            )));
-        }
+        let (nll, counts) = batch_nll(model, &batch)?;
         let mut rest = nll.as_slice();
         for (&index, &n) in chunk.iter().zip(&counts) {
             let (mine, tail) = rest.split_at(n);
@@ -114,12 +106,24 @@ pub fn score_examples(
 }
 
 /// The per-target NLLs of a batch, example after example (each in position order, as
-/// [`target_rows`] lists them).
-fn batch_nll(model: &dyn CausalLm, batch: &[&TokenizedExample]) -> Result<Vec<f32>> {
+/// [`collate`] lists the rows that predict them), and how many each example has.
+fn batch_nll(model: &dyn CausalLm, batch: &[&TokenizedExample]) -> Result<(Vec<f32>, Vec<usize>)> {
     // Any id serves as padding: the attention mask hides it and its rows are never read.
     let mb = collate(batch, 0, model.device())?;
     let hidden = model.forward_hidden(&mb.input_ids, mb.attention_mask.as_ref())?;
     let (b, t, h) = hidden.dims3()?;
+    let mut counts = vec![0; b];
+    for &row in &mb.pred_rows {
+        counts[row as usize / t] += 1;
+    }
     let flat = hidden.reshape((b * t, h))?;
-    Ok(nll_rows(model, &flat, &mb.pred_rows, &mb.target_ids)?.to_vec1::<f32>()?)
+    let nll = nll_rows(model, &flat, &mb.pred_rows, &mb.target_ids)?.to_vec1::<f32>()?;
+    if nll.len() != mb.pred_rows.len() {
+        return Err(Error::Msg(format!(
+            "scoring: {} losses for {} targets",
+            nll.len(),
+            mb.pred_rows.len()
+        )));
+    }
+    Ok((nll, counts))
 }
