@@ -2,13 +2,24 @@
 
 use candle_core::{DType, Device};
 
+use crate::config::{DeviceName, DtypeName};
 use crate::{Error, Result};
 
-/// Parses a device name; `auto` tries cuda:0, then metal, then cpu.
+/// Parses a device name and opens it (see [`open`]).
 pub fn parse_device(name: &str) -> Result<Device> {
+    let parsed = name.parse::<DeviceName>().map_err(|_| {
+        Error::Config(format!(
+            "unknown device `{name}` (expected auto, cpu, cuda:N or metal)"
+        ))
+    })?;
+    open(parsed)
+}
+
+/// Opens a device; `auto` tries cuda:0, then metal, then cpu.
+pub fn open(name: DeviceName) -> Result<Device> {
     match name {
-        "cpu" => Ok(Device::Cpu),
-        "auto" => {
+        DeviceName::Cpu => Ok(Device::Cpu),
+        DeviceName::Auto => {
             if let Ok(d) = Device::new_cuda(0) {
                 return Ok(single_stream(d));
             }
@@ -17,24 +28,13 @@ pub fn parse_device(name: &str) -> Result<Device> {
             }
             Ok(Device::Cpu)
         }
-        "metal" => Device::new_metal(0)
+        DeviceName::Metal => Device::new_metal(0)
             .map_err(|e| Error::Config(format!("device `metal` is not available: {e}"))),
-        other => {
-            let idx = other
-                .strip_prefix("cuda:")
-                .or_else(|| (other == "cuda").then_some("0"))
-                .and_then(|i| i.parse::<usize>().ok())
-                .ok_or_else(|| {
-                    Error::Config(format!(
-                        "unknown device `{other}` (expected auto, cpu, cuda:N or metal)"
-                    ))
-                })?;
-            Device::new_cuda(idx).map(single_stream).map_err(|e| {
-                Error::Config(format!(
-                    "device `{other}` is not available (is this a --features cuda build on a GPU host?): {e}"
-                ))
-            })
-        }
+        DeviceName::Cuda(idx) => Device::new_cuda(idx).map(single_stream).map_err(|e| {
+            Error::Config(format!(
+                "device `{name}` is not available (is this a --features cuda build on a GPU host?): {e}"
+            ))
+        }),
     }
 }
 
@@ -155,14 +155,13 @@ pub fn device_name(d: &Device) -> String {
     }
 }
 
-/// Parses `f32`, `bf16` or `f16`.
+/// Parses `f32`, `bf16` or `f16` (or `float32`, `bfloat16`, `float16`).
 pub fn parse_dtype(name: &str) -> Result<DType> {
-    match name {
-        "f32" | "float32" => Ok(DType::F32),
-        "bf16" | "bfloat16" => Ok(DType::BF16),
-        "f16" | "float16" => Ok(DType::F16),
-        other => Err(Error::Config(format!(
-            "unknown dtype `{other}` (expected f32, bf16 or f16)"
-        ))),
-    }
+    name.parse::<DtypeName>()
+        .map(DtypeName::dtype)
+        .map_err(|_| {
+            Error::Config(format!(
+                "unknown dtype `{name}` (expected f32, bf16 or f16)"
+            ))
+        })
 }

@@ -5,11 +5,10 @@
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
-use lora_train::config::job::{
-    JobConfig, TargetModulesSpec, TrainLength, ValidationSpec, LORA_TARGET_MODULES,
-};
+use lora_train::config::job::{JobConfig, TrainLength, ValidationSpec, LORA_TARGET_MODULES};
 use lora_train::data::dataset::read_jsonl;
 use lora_train::data::{LossOn, Role};
+use lora_train::lora::TargetModules;
 
 const BASE: &str = r#"[model]
 source = "m.gguf"
@@ -268,7 +267,7 @@ fn set_overrides_numbers_strings_bools_and_arrays() {
     assert!(!job.data.shuffle);
     assert_eq!(
         job.lora.target_modules,
-        TargetModulesSpec::List(vec!["q_proj".into(), "v_proj".into()])
+        TargetModules::List(vec!["q_proj".into(), "v_proj".into()])
     );
     assert_eq!(job.train.seed, 7);
     assert_eq!(job.data.validation, Some(ValidationSpec::Fraction(0.2)));
@@ -563,7 +562,7 @@ fn validate_checks_a_config_built_in_code() {
     let msg = job.validate().unwrap_err().to_string();
     assert_eq!(msg, "`train.grad_accum` must be at least 1 (got 0)");
     job.train.grad_accum = 1;
-    job.lora.target_modules = TargetModulesSpec::One("all-linear".into());
+    job.lora.target_modules = TargetModules::One("all-linear".into());
     job.validate().unwrap();
 }
 

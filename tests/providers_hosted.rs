@@ -7,11 +7,12 @@ mod providers_support;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use lora_train::config::JobConfig;
+use lora_train::data::LossOn;
 use lora_train::providers::hosted::{plan_job, Checkpoint};
 use lora_train::providers::{
     DownloadKind, Env, HostedConfig, HostedJobSpec, HostedJobs, HostedProvider, HttpSettings,
-    JobStatus, JobStore, LossTarget, ProviderError, RetryPolicy, SubmitOptions, WatchOptions,
-    WatchUpdate,
+    JobStatus, JobStore, ProviderError, RetryPolicy, SubmitOptions, WatchOptions, WatchUpdate,
 };
 use providers_support::apis::{
     self, Outcome, ADAPTER_BYTES, OPENAI_JOB, OPENAI_MODEL, TOGETHER_FAILURE, TOGETHER_JOB,
@@ -92,7 +93,7 @@ fn spec(train: PathBuf) -> HostedJobSpec {
         warmup_ratio: Some(0.05),
         micro_batch_size: Some(4),
         grad_accum: Some(2),
-        loss_on: Some(LossTarget::AllAssistant),
+        loss_on: Some(LossOn::AllAssistant),
         seed: Some(7),
         ..HostedJobSpec::default()
     }
@@ -366,7 +367,7 @@ fn unhonoured_settings_need_acceptance_and_impossible_ones_are_errors() {
     let train = dataset(dir.path(), "train.jsonl", &[GOOD]);
     let mut s = spec(train);
     s.max_steps = Some(100);
-    s.loss_on = Some(LossTarget::LastAssistant);
+    s.loss_on = Some(LossOn::LastAssistant);
     match jobs(dir.path()).submit(&together_cfg(&api), &s, &SubmitOptions::default()) {
         Err(e @ ProviderError::UnacceptedWarnings { .. }) => {
             let text = e.to_string();
@@ -582,11 +583,10 @@ fn shipped_hosted_configs_plan_cleanly() {
         ("configs/hosted-openai.toml", HostedProvider::OpenAi, 6),
     ] {
         let path = root.join(file);
-        let text = std::fs::read_to_string(&path).unwrap();
-        let table: toml::Table = toml::from_str(&text).unwrap();
-        let hosted = HostedConfig::from_value(table["hosted"].clone()).unwrap();
+        let (job, written) = JobConfig::load_written(&path, &[]).unwrap();
+        let hosted = HostedConfig::from_table(job.hosted.clone().unwrap()).unwrap();
         assert_eq!(hosted.provider, provider);
-        let spec = HostedJobSpec::from_job_table(&table, path.parent().unwrap()).unwrap();
+        let spec = HostedJobSpec::from_job(&job, &written);
         let plan = plan_job(&hosted, &spec).unwrap();
         assert_eq!(
             plan.warnings.len(),

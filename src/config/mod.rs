@@ -1,9 +1,8 @@
-//! Configuration files: Hugging Face `config.json` for the architectures we implement.
-//!
-//! Job TOML and PEFT `adapter_config.json` live beside these as the trainer grows.
+//! Configuration files: the job file (`job.toml`) and Hugging Face `config.json` for the
+//! architectures we implement.
 
 pub mod hf;
 pub mod job;
 
 pub use hf::{Gemma3Config, LlamaConfig, ModelConfig, RopeScaling, SUPPORTED_ARCHITECTURES};
-pub use job::JobConfig;
+pub use job::{DeviceName, DtypeName, JobConfig, ReportSection, WrittenKeys};

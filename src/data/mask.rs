@@ -35,6 +35,9 @@ pub enum LossOn {
 }
 
 impl LossOn {
+    /// Every name, in the order of the variants.
+    pub const NAMES: &'static [&'static str] = &["last_assistant", "all_assistant", "all"];
+
     /// The name used in job files and on the command line.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -400,18 +400,16 @@ struct HostedJob {
 }
 
 fn load_hosted_job(path: &Path, overrides: &[String]) -> anyhow::Result<HostedJob> {
-    let mut table = JobConfig::load_table(path, overrides)?;
-    let Some(hosted) = table.remove("hosted") else {
+    let (mut job, written) = JobConfig::load_written(path, overrides)?;
+    let Some(hosted) = job.hosted.take() else {
         bail!(
             "{}: no [hosted] section: add one to train on a provider (see docs/providers.md), or run `lora-train --config {}` to train here",
             path.display(),
             path.display()
         );
     };
-    let cfg = HostedConfig::from_value(hosted).with_context(|| path.display().to_string())?;
-    let job_dir = path.parent().unwrap_or(Path::new(""));
-    let spec = HostedJobSpec::from_job_table(&table, job_dir)
-        .with_context(|| path.display().to_string())?;
+    let cfg = HostedConfig::from_table(hosted).with_context(|| path.display().to_string())?;
+    let spec = HostedJobSpec::from_job(&job, &written);
     // Bad timings would otherwise surface only after the job was created.
     cfg.http_settings()
         .and_then(|_| cfg.poll_interval())

@@ -31,7 +31,7 @@ pub use env::Env;
 pub use error::{LineFailure, ProviderError};
 pub use hosted::{
     DownloadKind, HostedConfig, HostedJobSpec, HostedJobs, HostedProvider, JobRecord, JobStatus,
-    JobStore, LossTarget, SubmitOptions, WatchOptions, WatchUpdate,
+    JobStore, SubmitOptions, WatchOptions, WatchUpdate,
 };
 pub use http::HttpSettings;
 pub use retry::RetryPolicy;

@@ -1,9 +1,7 @@
 //! The before/after report of a run: validation loss before and after training, and how often
 //! greedy replies to held-out prompts show the trained behaviour, base model against adapter.
 
-use std::path::PathBuf;
-
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use super::trainer::{TrainSummary, Trainer};
 use crate::data::dataset::read_jsonl;
@@ -11,56 +9,6 @@ use crate::data::Role;
 use crate::fsutil::write_atomic;
 use crate::generate::{generate, GenerateOptions};
 use crate::{Error, Result};
-
-/// `[report]` in the job file: which held-out prompts to try and what the behaviour is.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ReportSection {
-    /// Conversations (JSONL); each is cut before its last assistant turn to make a prompt.
-    pub prompts: PathBuf,
-    /// The reply must start with this (after trimming whitespace).
-    #[serde(default)]
-    pub starts_with: Option<String>,
-    /// The reply must end with this (after trimming whitespace).
-    #[serde(default)]
-    pub ends_with: Option<String>,
-    /// The reply must contain this.
-    #[serde(default)]
-    pub contains: Option<String>,
-    #[serde(default = "default_max_new")]
-    pub max_new_tokens: usize,
-    /// At most this many prompts (0: all).
-    #[serde(default)]
-    pub limit: usize,
-}
-
-fn default_max_new() -> usize {
-    64
-}
-
-impl ReportSection {
-    /// Whether `reply` shows the behaviour.
-    pub fn matches(&self, reply: &str) -> bool {
-        let r = reply.trim();
-        self.starts_with.as_deref().is_none_or(|s| r.starts_with(s))
-            && self.ends_with.as_deref().is_none_or(|s| r.ends_with(s))
-            && self.contains.as_deref().is_none_or(|s| r.contains(s))
-    }
-
-    fn describe(&self) -> String {
-        let mut parts = Vec::new();
-        if let Some(s) = &self.starts_with {
-            parts.push(format!("starts with {s:?}"));
-        }
-        if let Some(s) = &self.ends_with {
-            parts.push(format!("ends with {s:?}"));
-        }
-        if let Some(s) = &self.contains {
-            parts.push(format!("contains {s:?}"));
-        }
-        parts.join(" and ")
-    }
-}
 
 /// One prompt's replies.
 #[derive(Debug, Clone, Serialize)]

@@ -24,7 +24,6 @@ use crate::config::job::{JobConfig, TrainLength, ValidationSpec};
 use crate::data::dataset::read_jsonl_numbered;
 use crate::data::mask::tokenize_line;
 use crate::data::{Conversation, TokenizedExample};
-use crate::device::{parse_device, parse_dtype};
 use crate::eval::score_examples;
 use crate::export::{write_adapter, AdapterExport};
 use crate::fsutil::write_atomic;
@@ -247,7 +246,7 @@ pub struct Trainer {
     pub schedule: Schedule,
     pub device: Device,
     /// `[report]` of the job, if any.
-    pub report: Option<super::report::ReportSection>,
+    pub report: Option<crate::config::ReportSection>,
     pad_id: u32,
     dtype: candle_core::DType,
 }
@@ -261,9 +260,9 @@ impl Trainer {
                     .into(),
             ));
         }
-        let device = parse_device(&job.model.device)?;
+        let device = crate::device::open(job.model.device)?;
         tracing::info!("device: {}", crate::device::device_name(&device));
-        let dtype = parse_dtype(&job.model.dtype)?;
+        let dtype = job.model.dtype.dtype();
         let mut model = load(
             &job.model.source,
             &LoadOptions {

@@ -9,7 +9,8 @@
 
 use serde_json::{json, Map, Value};
 
-use super::{HostedConfig, HostedJobSpec, HostedProvider, LossTarget};
+use super::{HostedConfig, HostedJobSpec, HostedProvider};
+use crate::data::LossOn;
 use crate::providers::error::{ProviderError, Result};
 
 /// Together's limit on `suffix` (types/finetune.py: "up to 40 character suffix").
@@ -172,6 +173,9 @@ pub fn plan_job(cfg: &HostedConfig, spec: &HostedJobSpec) -> Result<JobPlan> {
             HostedProvider::Together => format!("save_every = {n} is not honoured: Together takes a number of checkpoints (`n_checkpoints` in [hosted])"),
             HostedProvider::OpenAi => format!("save_every = {n} is not honoured: OpenAI keeps the last checkpoints of each epoch"),
         });
+    }
+    for key in &spec.unmapped {
+        c.warn(format!("`{key}` is not honoured by {}", cfg.provider));
     }
     if spec.max_steps.is_some() {
         c.warn(format!(
@@ -366,13 +370,13 @@ fn together_body(
     method.insert("method".into(), json!("sft"));
     match spec.loss_on {
         None => {}
-        Some(LossTarget::All) => {
+        Some(LossOn::All) => {
             method.insert("train_on_inputs".into(), json!(true));
         }
-        Some(LossTarget::AllAssistant) => {
+        Some(LossOn::AllAssistant) => {
             method.insert("train_on_inputs".into(), json!(false));
         }
-        Some(LossTarget::LastAssistant) => {
+        Some(LossOn::LastAssistant) => {
             c.warn("loss_on = \"last_assistant\" is not honoured: Together trains on every assistant turn (give earlier turns \"weight\": 0 in the data instead)");
             method.insert("train_on_inputs".into(), json!(false));
         }
@@ -451,11 +455,11 @@ fn openai_body(
         }
     }
     match spec.loss_on {
-        None | Some(LossTarget::AllAssistant) => {}
-        Some(LossTarget::All) => c.warn(
+        None | Some(LossOn::AllAssistant) => {}
+        Some(LossOn::All) => c.warn(
             "loss_on = \"all\" is not honoured: OpenAI trains on assistant messages only",
         ),
-        Some(LossTarget::LastAssistant) => c.warn(
+        Some(LossOn::LastAssistant) => c.warn(
             "loss_on = \"last_assistant\" is not honoured: OpenAI trains on every assistant message (give earlier ones \"weight\": 0 in the data instead)",
         ),
     }
@@ -499,7 +503,7 @@ mod tests {
             max_grad_norm: Some(1.0),
             micro_batch_size: Some(4),
             grad_accum: Some(2),
-            loss_on: Some(LossTarget::AllAssistant),
+            loss_on: Some(LossOn::AllAssistant),
             seed: Some(42),
             suffix: Some("bot".into()),
             ..HostedJobSpec::default()
@@ -584,7 +588,7 @@ mod tests {
     fn unhonoured_settings_are_warnings() {
         let mut s = spec();
         s.max_steps = Some(100);
-        s.loss_on = Some(LossTarget::LastAssistant);
+        s.loss_on = Some(LossOn::LastAssistant);
         s.base_quantization = Some("nf4".into());
         let plan = plan_job(&HostedConfig::new(HostedProvider::Together), &s).unwrap();
         assert_eq!(plan.warnings.len(), 3, "{:?}", plan.warnings);

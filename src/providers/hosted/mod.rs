@@ -33,7 +33,7 @@ use super::retry::RetryPolicy;
 pub use jobs::{HostedJobs, SubmitOptions, WatchOptions, WatchUpdate};
 pub use mapping::{plan_job, JobPlan};
 pub use record::{JobRecord, JobStore};
-pub use spec::{HostedJobSpec, LossTarget};
+pub use spec::HostedJobSpec;
 pub use validate::{check_dataset, ValidationReport};
 
 /// A hosted fine-tuning provider.
@@ -168,10 +168,12 @@ impl HostedConfig {
     }
 
     /// Parses the raw `[hosted]` table of a job file.
-    pub fn from_value(value: toml::Value) -> Result<Self> {
-        value.try_into().map_err(|e: toml::de::Error| {
-            ProviderError::Config(format!("[hosted]: {}", e.message()))
-        })
+    pub fn from_table(table: toml::Table) -> Result<Self> {
+        toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| {
+                ProviderError::Config(format!("[hosted]: {}", e.message()))
+            })
     }
 
     /// Timeouts and retries from this section.

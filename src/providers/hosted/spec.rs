@@ -1,39 +1,18 @@
 //! The job file's shared sections as the hosted mapping sees them.
 //!
-//! Only keys the user wrote are `Some`: a value the provider cannot honour becomes a
-//! warning or an error, and a default the user never chose must not trigger one.
-//! [`HostedJobSpec::from_job_table`] reads them from the raw job-file table (after any
-//! `--set` overrides), which is the one place where "written" can still be told apart
-//! from "defaulted".
+//! Built from the typed job and the set of keys the user wrote: only written keys are `Some`,
+//! so a value the provider cannot honour becomes a warning or an error while a default the user
+//! never chose triggers nothing. A written key this module does not read is listed in
+//! [`HostedJobSpec::unmapped`], so a new job key is reported as not honoured without an edit here.
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::providers::error::{ProviderError, Result};
-
-/// Which tokens the loss is computed on; the names of the job file's `data.loss_on`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum LossTarget {
-    /// Only the last assistant turn.
-    LastAssistant,
-    /// Every assistant turn.
-    AllAssistant,
-    /// Every token, prompts included.
-    All,
-}
-
-impl LossTarget {
-    pub fn parse(name: &str) -> Option<Self> {
-        match name {
-            "last_assistant" => Some(LossTarget::LastAssistant),
-            "all_assistant" => Some(LossTarget::AllAssistant),
-            "all" => Some(LossTarget::All),
-            _ => None,
-        }
-    }
-}
+use crate::config::job::ValidationSpec;
+use crate::config::{JobConfig, WrittenKeys};
+use crate::data::LossOn;
 
 /// The keys of `[model]`, `[lora]`, `[data]` and `[train]` that a hosted job maps.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -50,7 +29,7 @@ pub struct HostedJobSpec {
     pub validation_fraction: Option<f64>,
     pub shuffle: Option<bool>,
     pub max_seq_len: Option<u64>,
-    pub loss_on: Option<LossTarget>,
+    pub loss_on: Option<LossOn>,
     pub packing: Option<bool>,
     /// `[lora]`
     pub lora_r: Option<u64>,
@@ -79,143 +58,118 @@ pub struct HostedJobSpec {
     pub suffix: Option<String>,
     /// `adamw` is what both providers use.
     pub optimizer: Option<String>,
-    /// A quantized base (QLoRA), e.g. `nf4`; providers train on their own copy of the base.
+    /// `model.quantize` when quantized (QLoRA); providers train on their own copy of the base.
     pub base_quantization: Option<String>,
+    /// Written keys that no field above reads: each is a "not honoured" warning.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unmapped: Vec<String>,
 }
 
-struct Reader<'a> {
-    table: &'a toml::Table,
+/// Hands out a job value only when its key was written, and remembers every key asked for.
+struct Picker<'a> {
+    written: &'a WrittenKeys,
+    asked: BTreeSet<&'static str>,
 }
 
-impl Reader<'_> {
-    fn value(&self, section: &str, key: &str) -> Option<&toml::Value> {
-        self.table.get(section)?.as_table()?.get(key)
-    }
-
-    fn wrong(section: &str, key: &str, expected: &str) -> ProviderError {
-        ProviderError::Config(format!("job file: `{section}.{key}` must be {expected}"))
-    }
-
-    fn str(&self, section: &str, key: &str) -> Result<Option<String>> {
-        match self.value(section, key) {
-            None => Ok(None),
-            Some(toml::Value::String(s)) => Ok(Some(s.clone())),
-            Some(_) => Err(Self::wrong(section, key, "a string")),
-        }
-    }
-
-    fn float(&self, section: &str, key: &str) -> Result<Option<f64>> {
-        match self.value(section, key) {
-            None => Ok(None),
-            Some(toml::Value::Float(f)) => Ok(Some(*f)),
-            Some(toml::Value::Integer(i)) => Ok(Some(*i as f64)),
-            Some(_) => Err(Self::wrong(section, key, "a number")),
-        }
-    }
-
-    fn count(&self, section: &str, key: &str) -> Result<Option<u64>> {
-        match self.value(section, key) {
-            None => Ok(None),
-            Some(toml::Value::Integer(i)) if *i >= 0 => Ok(Some(*i as u64)),
-            Some(_) => Err(Self::wrong(section, key, "a non-negative integer")),
-        }
-    }
-
-    fn bool(&self, section: &str, key: &str) -> Result<Option<bool>> {
-        match self.value(section, key) {
-            None => Ok(None),
-            Some(toml::Value::Boolean(b)) => Ok(Some(*b)),
-            Some(_) => Err(Self::wrong(section, key, "true or false")),
-        }
-    }
-
-    fn names(&self, section: &str, key: &str) -> Result<Option<Vec<String>>> {
-        match self.value(section, key) {
-            None => Ok(None),
-            Some(toml::Value::String(s)) => Ok(Some(vec![s.clone()])),
-            Some(toml::Value::Array(items)) => items
-                .iter()
-                .map(|v| v.as_str().map(str::to_string))
-                .collect::<Option<Vec<_>>>()
-                .map(Some)
-                .ok_or_else(|| Self::wrong(section, key, "a list of names")),
-            Some(_) => Err(Self::wrong(section, key, "a name or a list of names")),
-        }
+impl Picker<'_> {
+    fn get<T>(&mut self, key: &'static str, value: T) -> Option<T> {
+        self.asked.insert(key);
+        self.written.contains(key).then_some(value)
     }
 }
 
-/// Whether a model source names something on disk rather than a hub model.
-fn is_local_source(source: &str, job_dir: &Path) -> bool {
+/// Whether a (resolved) model source names something on disk rather than a hub model.
+fn is_local_source(source: &str) -> bool {
     source.ends_with(".gguf")
         || source.starts_with(['/', '.', '~'])
         || source.contains('\\')
-        || job_dir.join(source).exists()
+        || Path::new(source).exists()
+}
+
+/// `path` against the current directory when relative (a `--set` path, or a job file's folder
+/// given relative), so that records and messages name the file wherever they are read.
+fn absolute(path: &Path) -> PathBuf {
+    match std::env::current_dir() {
+        Ok(cwd) if path.is_relative() => cwd.join(path),
+        _ => path.to_path_buf(),
+    }
 }
 
 impl HostedJobSpec {
-    /// The written keys of a parsed job file; relative paths are resolved against `job_dir`.
-    pub fn from_job_table(table: &toml::Table, job_dir: &Path) -> Result<Self> {
-        let r = Reader { table };
-        let path = |p: String| {
-            let p = PathBuf::from(p);
-            if p.is_absolute() {
-                p
-            } else {
-                job_dir.join(p)
-            }
+    /// The written keys of a loaded job (its paths already resolved).
+    pub fn from_job(job: &JobConfig, written: &WrittenKeys) -> Self {
+        let mut p = Picker {
+            written,
+            asked: BTreeSet::new(),
         };
-        let train_file = r.str("data", "train")?.map(path).ok_or_else(|| {
-            ProviderError::Config("job file: `data.train` is required".to_string())
-        })?;
-        let (validation_file, validation_fraction) = match r.value("data", "validation") {
+        let (m, l, d, t) = (&job.model, &job.lora, &job.data, &job.train);
+        let count = |n: usize| n as u64;
+        let validation = p.get("data.validation", d.validation.clone()).flatten();
+        let (validation_file, validation_fraction) = match validation {
+            Some(ValidationSpec::File(f)) => (Some(absolute(&f)), None),
+            Some(ValidationSpec::Fraction(f)) => (None, Some(f)),
             None => (None, None),
-            Some(toml::Value::String(s)) => (Some(path(s.clone())), None),
-            Some(toml::Value::Float(f)) => (None, Some(*f)),
-            Some(toml::Value::Integer(i)) => (None, Some(*i as f64)),
-            Some(_) => return Err(Reader::wrong("data", "validation", "a file or a fraction")),
         };
-        let loss_on = match r.str("data", "loss_on")? {
-            None => None,
-            Some(name) => Some(LossTarget::parse(&name).ok_or_else(|| {
-                Reader::wrong("data", "loss_on", "last_assistant, all_assistant or all")
-            })?),
-        };
-        Ok(HostedJobSpec {
-            model: r
-                .str("model", "source")?
-                .filter(|s| !is_local_source(s, job_dir)),
-            dtype: r.str("model", "dtype")?,
-            train_file,
+        let mut spec = HostedJobSpec {
+            model: p
+                .get("model.source", m.source.clone())
+                .filter(|s| !is_local_source(s)),
+            dtype: p.get("model.dtype", m.dtype.to_string()),
+            base_quantization: p
+                .get("model.quantize", m.quantize)
+                .filter(|q| q.is_quantized())
+                .map(|q| q.name().to_string()),
+            train_file: absolute(&d.train),
             validation_file,
             validation_fraction,
-            shuffle: r.bool("data", "shuffle")?,
-            max_seq_len: r.count("data", "max_seq_len")?,
-            loss_on,
-            packing: r.bool("data", "packing")?,
-            lora_r: r.count("lora", "r")?,
-            lora_alpha: r.float("lora", "alpha")?,
-            lora_dropout: r.float("lora", "dropout")?,
-            target_modules: r.names("lora", "target_modules")?,
-            use_rslora: r.bool("lora", "use_rslora")?,
-            init_adapter: r.str("lora", "init_adapter")?.map(path),
-            epochs: r.float("train", "epochs")?,
-            max_steps: r.count("train", "max_steps")?,
-            micro_batch_size: r.count("train", "micro_batch_size")?,
-            grad_accum: r.count("train", "grad_accum")?,
-            lr: r.float("train", "lr")?,
-            scheduler: r.str("train", "scheduler")?,
-            warmup_steps: r.count("train", "warmup_steps")?,
-            warmup_ratio: r.float("train", "warmup_ratio")?,
-            min_lr_ratio: r.float("train", "min_lr_ratio")?,
-            weight_decay: r.float("train", "weight_decay")?,
-            max_grad_norm: r.float("train", "max_grad_norm")?,
-            seed: r.count("train", "seed")?,
-            eval_every: r.count("train", "eval_every")?,
-            save_every: r.count("train", "save_every")?,
+            shuffle: p.get("data.shuffle", d.shuffle),
+            max_seq_len: p.get("data.max_seq_len", count(d.max_seq_len)),
+            loss_on: p.get("data.loss_on", d.loss_on),
+            packing: p.get("data.packing", d.packing),
+            lora_r: p.get("lora.r", count(l.r)),
+            lora_alpha: p.get("lora.alpha", l.alpha),
+            lora_dropout: p.get("lora.dropout", l.dropout),
+            target_modules: p
+                .get("lora.target_modules", ())
+                .map(|()| match &l.target_modules {
+                    crate::lora::TargetModules::One(name) => vec![name.clone()],
+                    crate::lora::TargetModules::List(names) => names.clone(),
+                }),
+            use_rslora: p.get("lora.use_rslora", l.use_rslora),
+            init_adapter: p
+                .get("lora.init_adapter", l.init_adapter.as_deref().map(absolute))
+                .flatten(),
+            epochs: p.get("train.epochs", t.epochs).flatten(),
+            max_steps: p.get("train.max_steps", t.max_steps.map(count)).flatten(),
+            micro_batch_size: p.get("train.micro_batch_size", count(t.micro_batch_size)),
+            grad_accum: p.get("train.grad_accum", count(t.grad_accum)),
+            lr: p.get("train.lr", t.lr),
+            scheduler: p.get("train.scheduler", t.scheduler.name().to_string()),
+            warmup_steps: p
+                .get("train.warmup_steps", t.warmup_steps.map(count))
+                .flatten(),
+            warmup_ratio: p.get("train.warmup_ratio", t.warmup_ratio).flatten(),
+            min_lr_ratio: p.get("train.min_lr_ratio", t.min_lr_ratio),
+            weight_decay: p.get("train.weight_decay", t.weight_decay),
+            max_grad_norm: p.get("train.max_grad_norm", t.max_grad_norm),
+            seed: p.get("train.seed", t.seed),
+            eval_every: p.get("train.eval_every", count(t.eval_every)),
+            save_every: p.get("train.save_every", count(t.save_every)),
             suffix: None,
             optimizer: None,
-            base_quantization: None,
-        })
+            unmapped: Vec::new(),
+        };
+        // Read elsewhere: `data.train` is required, the output folder holds the local records,
+        // and `[hosted]` is the provider's own section.
+        for key in ["data.train", "output.dir", "hosted"] {
+            p.asked.insert(key);
+        }
+        spec.unmapped = written
+            .iter()
+            .filter(|key| !p.asked.contains(key))
+            .map(str::to_string)
+            .collect();
+        spec
     }
 }
 
@@ -223,9 +177,18 @@ impl HostedJobSpec {
 mod tests {
     use super::*;
 
+    fn load(text: &str, overrides: &[&str]) -> HostedJobSpec {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("job.toml");
+        std::fs::write(&path, text).unwrap();
+        let overrides: Vec<String> = overrides.iter().map(|s| s.to_string()).collect();
+        let (job, written) = JobConfig::load_written(&path, &overrides).unwrap();
+        HostedJobSpec::from_job(&job, &written)
+    }
+
     #[test]
     fn reads_only_written_keys() {
-        let table: toml::Table = toml::from_str(
+        let spec = load(
             r#"
 [model]
 source = "meta-llama/Llama-3.2-1B-Instruct"
@@ -233,8 +196,8 @@ source = "meta-llama/Llama-3.2-1B-Instruct"
 r = 8
 target_modules = "all-linear"
 [data]
-train = "data/train.jsonl"
-validation = "data/valid.jsonl"
+train = "/jobs/data/train.jsonl"
+validation = "/jobs/data/valid.jsonl"
 loss_on = "all_assistant"
 [train]
 epochs = 2
@@ -242,9 +205,8 @@ lr = 1e-4
 [output]
 dir = "out"
 "#,
-        )
-        .unwrap();
-        let spec = HostedJobSpec::from_job_table(&table, Path::new("/jobs")).unwrap();
+            &[],
+        );
         assert_eq!(
             spec.model.as_deref(),
             Some("meta-llama/Llama-3.2-1B-Instruct")
@@ -256,27 +218,28 @@ dir = "out"
         );
         assert_eq!(spec.lora_r, Some(8));
         assert_eq!(spec.target_modules, Some(vec!["all-linear".to_string()]));
-        assert_eq!(spec.loss_on, Some(LossTarget::AllAssistant));
+        assert_eq!(spec.loss_on, Some(LossOn::AllAssistant));
         assert_eq!(spec.epochs, Some(2.0));
         assert_eq!(spec.lr, Some(1e-4));
         assert_eq!(
             (spec.lora_alpha, spec.weight_decay, spec.seed),
             (None, None, None)
         );
+        assert!(spec.unmapped.is_empty(), "{:?}", spec.unmapped);
     }
 
     #[test]
-    fn local_sources_and_bad_types() {
-        let table: toml::Table = toml::from_str(
-            "[model]\nsource = \"models/x.gguf\"\n[data]\ntrain = \"t.jsonl\"\nvalidation = 0.1\n",
-        )
-        .unwrap();
-        let spec = HostedJobSpec::from_job_table(&table, Path::new(".")).unwrap();
+    fn local_sources_fractions_and_keys_it_does_not_map() {
+        let spec = load(
+            "[model]\nsource = \"models/x.gguf\"\nquantize = \"nf4\"\n[data]\ntrain = \"t.jsonl\"\nvalidation = 0.1\n[train]\nkeep_last = 3\n[output]\ndir = \"o\"\n",
+            &["train.gradient_checkpointing=true"],
+        );
         assert_eq!(spec.model, None);
         assert_eq!(spec.validation_fraction, Some(0.1));
-        let table: toml::Table =
-            toml::from_str("[data]\ntrain = \"t.jsonl\"\n[train]\nlr = \"fast\"\n").unwrap();
-        let err = HostedJobSpec::from_job_table(&table, Path::new(".")).unwrap_err();
-        assert_eq!(err.to_string(), "job file: `train.lr` must be a number");
+        assert_eq!(spec.base_quantization.as_deref(), Some("nf4"));
+        assert_eq!(
+            spec.unmapped,
+            ["train.gradient_checkpointing", "train.keep_last"]
+        );
     }
 }

@@ -1,0 +1,205 @@
+//! The value rules of a job beyond types: ranges, exclusive pairs, and keys that need others.
+//!
+//! Each broken rule names its key, so a loaded file's error points at the line (or `--set`)
+//! that wrote it, and a job built in code gets the same message without a location.
+
+use std::path::Path;
+
+use super::sections::{JobConfig, ValidationSpec};
+use super::suggest::nearest;
+use crate::lora::{ALL_LINEAR, PROJECTIONS};
+
+/// A broken rule: the key at fault and a message that names it.
+pub(super) struct Invalid {
+    pub key: &'static str,
+    pub msg: String,
+}
+
+type Check = std::result::Result<(), Invalid>;
+
+fn invalid(key: &'static str, msg: impl Into<String>) -> Invalid {
+    Invalid {
+        key,
+        msg: msg.into(),
+    }
+}
+
+/// Every value rule of `job`, in file order.
+pub(super) fn check(job: &JobConfig) -> Check {
+    let (m, l, d, t) = (&job.model, &job.lora, &job.data, &job.train);
+    not_empty("model.source", Path::new(&m.source))?;
+
+    at_least_one("lora.r", l.r)?;
+    positive("lora.alpha", l.alpha)?;
+    in_range(
+        "lora.dropout",
+        l.dropout,
+        "[0, 1)",
+        (0.0..1.0).contains(&l.dropout),
+    )?;
+    check_targets(job)?;
+    if let Some(dir) = &l.init_adapter {
+        not_empty("lora.init_adapter", dir)?;
+    }
+
+    not_empty("data.train", &d.train)?;
+    match &d.validation {
+        Some(ValidationSpec::Fraction(f)) if !(*f > 0.0 && *f < 1.0) => {
+            let msg = format!(
+                "`data.validation` as a fraction of the training set must be in (0, 1) (got {f})"
+            );
+            return Err(invalid("data.validation", msg));
+        }
+        Some(ValidationSpec::File(file)) => not_empty("data.validation", file)?,
+        _ => {}
+    }
+    if d.max_seq_len < 16 {
+        let msg = format!(
+            "`data.max_seq_len` must be at least 16 (got {})",
+            d.max_seq_len
+        );
+        return Err(invalid("data.max_seq_len", msg));
+    }
+
+    if t.epochs.is_some() && t.max_steps.is_some() {
+        return Err(invalid(
+            "train.max_steps",
+            "`train.epochs` and `train.max_steps` are both set: give one",
+        ));
+    }
+    if let Some(epochs) = t.epochs {
+        positive("train.epochs", epochs)?;
+    }
+    if let Some(steps) = t.max_steps {
+        at_least_one("train.max_steps", steps)?;
+    }
+    at_least_one("train.micro_batch_size", t.micro_batch_size)?;
+    at_least_one("train.grad_accum", t.grad_accum)?;
+    positive("train.lr", t.lr)?;
+    if t.warmup_steps.is_some() && t.warmup_ratio.is_some() {
+        return Err(invalid(
+            "train.warmup_ratio",
+            "`train.warmup_steps` and `train.warmup_ratio` are both set: give one",
+        ));
+    }
+    if let Some(ratio) = t.warmup_ratio {
+        in_range(
+            "train.warmup_ratio",
+            ratio,
+            "[0, 1)",
+            (0.0..1.0).contains(&ratio),
+        )?;
+    }
+    let min_lr = t.min_lr_ratio;
+    in_range(
+        "train.min_lr_ratio",
+        min_lr,
+        "[0, 1]",
+        (0.0..=1.0).contains(&min_lr),
+    )?;
+    non_negative("train.weight_decay", t.weight_decay)?;
+    non_negative("train.max_grad_norm", t.max_grad_norm)?;
+    if t.eval_every > 0 && d.validation.is_none() {
+        let msg = format!(
+            "`train.eval_every` = {} needs `data.validation` (a file or a fraction)",
+            t.eval_every
+        );
+        return Err(invalid("train.eval_every", msg));
+    }
+
+    not_empty("output.dir", &job.output.dir)?;
+
+    if let Some(report) = &job.report {
+        not_empty("report.prompts", &report.prompts)?;
+        let rules = [&report.starts_with, &report.ends_with, &report.contains];
+        if !rules
+            .iter()
+            .any(|r| r.as_deref().is_some_and(|s| !s.trim().is_empty()))
+        {
+            return Err(invalid(
+                "report",
+                "`report` needs a behaviour to look for: `report.starts_with`, `report.ends_with` or `report.contains`",
+            ));
+        }
+        at_least_one("report.max_new_tokens", report.max_new_tokens)?;
+    }
+    Ok(())
+}
+
+fn check_targets(job: &JobConfig) -> Check {
+    const KEY: &str = "lora.target_modules";
+    let names: Vec<&String> = match &job.lora.target_modules {
+        crate::lora::TargetModules::One(name) => vec![name],
+        crate::lora::TargetModules::List(names) => names.iter().collect(),
+    };
+    if names.is_empty() {
+        return Err(invalid(KEY, "`lora.target_modules` is an empty list"));
+    }
+    for name in names {
+        if name == ALL_LINEAR || PROJECTIONS.contains(&name.as_str()) {
+            continue;
+        }
+        let valid = format!("{} or \"{ALL_LINEAR}\"", PROJECTIONS.join(", "));
+        let msg = if name == "lm_head" || name == "embed_tokens" {
+            format!("`lora.target_modules`: `{name}` is not supported as a LoRA target (the embeddings and the output head stay frozen); use {valid}")
+        } else {
+            let mut candidates: Vec<&str> = PROJECTIONS.to_vec();
+            candidates.push(ALL_LINEAR);
+            match nearest(name, candidates.iter().map(|c| (*c, *c))) {
+                Some(best) => format!(
+                    "`lora.target_modules`: unknown module `{name}` (did you mean `{best}`?); valid: {valid}"
+                ),
+                None => format!("`lora.target_modules`: unknown module `{name}`; valid: {valid}"),
+            }
+        };
+        return Err(invalid(KEY, msg));
+    }
+    Ok(())
+}
+
+fn at_least_one(key: &'static str, value: usize) -> Check {
+    if value < 1 {
+        return Err(invalid(key, format!("`{key}` must be at least 1 (got 0)")));
+    }
+    Ok(())
+}
+
+fn positive(key: &'static str, value: f64) -> Check {
+    if !(value > 0.0 && value.is_finite()) {
+        return Err(invalid(key, format!("`{key}` must be > 0 (got {value})")));
+    }
+    Ok(())
+}
+
+/// `max_grad_norm` = 0 turns clipping off, so the message says so.
+fn non_negative(key: &'static str, value: f64) -> Check {
+    if !(value >= 0.0 && value.is_finite()) {
+        let off = if key == "train.max_grad_norm" {
+            ", 0 turning clipping off"
+        } else {
+            ""
+        };
+        return Err(invalid(
+            key,
+            format!("`{key}` must be >= 0{off} (got {value})"),
+        ));
+    }
+    Ok(())
+}
+
+fn in_range(key: &'static str, value: f64, range: &str, inside: bool) -> Check {
+    if !inside {
+        return Err(invalid(
+            key,
+            format!("`{key}` must be in {range} (got {value})"),
+        ));
+    }
+    Ok(())
+}
+
+fn not_empty(key: &'static str, path: &Path) -> Check {
+    if path.as_os_str().is_empty() {
+        return Err(invalid(key, format!("`{key}` is empty")));
+    }
+    Ok(())
+}

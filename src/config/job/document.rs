@@ -1,0 +1,450 @@
+//! The job file before serde: its table, the line of every key, and the `--set` overrides.
+//!
+//! Keys are addressed by dotted paths (`train.lr`, `eval.check.0.kind`) through the schema tree,
+//! so errors name the file and line (or the `--set` argument) of the key at fault, and `--set`
+//! reaches nested tables and arrays of tables the same way it reaches `train.lr`.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::Path;
+
+use super::schema::{check_kind, describe, Key, KeyKind};
+use super::suggest::{nearest_key, unknown_key_msg, unknown_section_msg};
+use crate::{Error, Result};
+
+/// The parsed job file: the table, where each key was written, and the overrides.
+pub(super) struct Document<'a> {
+    path: &'a Path,
+    /// The schema's root: the job file's tables.
+    keys: &'static [Key],
+    pub(super) table: toml::Table,
+    /// Dotted key path → 1-based line in the file.
+    lines: HashMap<String, usize>,
+    /// Dotted key path → the `--set` argument that last set it.
+    overridden: HashMap<String, String>,
+}
+
+impl<'a> Document<'a> {
+    pub(super) fn parse(text: &str, path: &'a Path, keys: &'static [Key]) -> Result<Self> {
+        let syntax = |e: toml::de::Error| {
+            let line = e
+                .span()
+                .map(|s| format!(":{}", line_of(text, s.start)))
+                .unwrap_or_default();
+            Error::Config(format!(
+                "{}{line}: {}",
+                path.display(),
+                e.message().trim_end()
+            ))
+        };
+        let spanned = toml::de::DeTable::parse(text).map_err(syntax)?;
+        let mut lines = HashMap::new();
+        record_lines(text, spanned.get_ref(), "", &mut lines);
+        let table = toml::from_str::<toml::Table>(text).map_err(syntax)?;
+        Ok(Document {
+            path,
+            keys,
+            table,
+            lines,
+            overridden: HashMap::new(),
+        })
+    }
+
+    /// Whether `key` was set with `--set`.
+    pub(super) fn is_overridden(&self, key: &str) -> bool {
+        self.overridden.contains_key(key)
+    }
+
+    /// An error about `key`, located at its `--set` override, its line, or its nearest
+    /// enclosing table's line.
+    pub(super) fn error_at(&self, key: &str, msg: &str) -> Error {
+        let file = self.path.display();
+        if let Some(arg) = self.overridden.get(key) {
+            return Error::Config(format!("{file}: --set {arg}: {msg}"));
+        }
+        let mut at = key;
+        loop {
+            if let Some(line) = self.lines.get(at) {
+                return Error::Config(format!("{file}:{line}: {msg}"));
+            }
+            match at.rsplit_once('.') {
+                Some((parent, _)) => at = parent,
+                None => return Error::Config(format!("{file}: {msg}")),
+            }
+        }
+    }
+
+    /// Applies one `--set path=value`; `path` names a key through the schema's tables, with
+    /// an index for a list of tables (`eval.check.0.kind`; the next free index appends one).
+    pub(super) fn apply_override(&mut self, raw: &str) -> Result<()> {
+        let file = self.path.display();
+        let fail = |msg: String| Error::Config(format!("{file}: --set {raw}: {msg}"));
+        let Some((key, value)) = raw.split_once('=') else {
+            return Err(fail("expected section.key=value".into()));
+        };
+        let key = key.trim();
+        let parts: Vec<&str> = key.split('.').collect();
+        let value = parse_override_value(value.trim());
+        if parts.len() < 2 || parts.iter().any(|p| p.is_empty()) {
+            let hint = nearest_key(self.keys, None, key)
+                .map(|k| format!(" (did you mean `{k}`?)"))
+                .unwrap_or_default();
+            return Err(fail(format!(
+                "expected section.key=value, got key `{key}`{hint}"
+            )));
+        }
+        let root = self.keys;
+        let mut schema: Option<&'static [Key]> = Some(root);
+        let mut table = &mut self.table;
+        let mut i = 0;
+        while i + 1 < parts.len() {
+            let (part, here) = (parts[i], parts[..i].join("."));
+            let kind = match schema {
+                // Inside a free table ([hosted]): any path, made of tables.
+                None => KeyKind::FreeTable,
+                Some(keys) => match keys.iter().find(|k| k.name == part) {
+                    Some(found) => found.kind,
+                    None if i == 0 => return Err(fail(unknown_section_msg(root, part))),
+                    None => return Err(fail(unknown_key_msg(root, &here, keys, part))),
+                },
+            };
+            let full = parts[..=i].join(".");
+            let entry = table.entry(part.to_string()).or_insert_with(|| match kind {
+                KeyKind::Tables(_) => toml::Value::Array(Vec::new()),
+                _ => toml::Value::Table(toml::Table::new()),
+            });
+            match kind {
+                KeyKind::Table(sub) => {
+                    schema = Some(sub);
+                    let toml::Value::Table(t) = entry else {
+                        return Err(fail(format!("`{full}` in the file is not a table")));
+                    };
+                    table = t;
+                    i += 1;
+                }
+                KeyKind::FreeTable => {
+                    schema = None;
+                    let toml::Value::Table(t) = entry else {
+                        return Err(fail(format!("`{full}` in the file is not a table")));
+                    };
+                    table = t;
+                    i += 1;
+                }
+                KeyKind::Tables(sub) => {
+                    let toml::Value::Array(items) = entry else {
+                        return Err(fail(format!(
+                            "`{full}` in the file is not a list of tables"
+                        )));
+                    };
+                    let n = match parts[i + 1].parse::<usize>() {
+                        Ok(n) if i + 2 < parts.len() => n,
+                        _ => {
+                            return Err(fail(format!(
+                                "`{full}` is a list of tables: address a key of one by its index, as `{full}.0.<key>=...`"
+                            )))
+                        }
+                    };
+                    if n > items.len() {
+                        return Err(fail(format!(
+                            "`{full}` has {} entries, so index {n} would leave a gap",
+                            items.len()
+                        )));
+                    }
+                    if n == items.len() {
+                        items.push(toml::Value::Table(toml::Table::new()));
+                    }
+                    let toml::Value::Table(t) = &mut items[n] else {
+                        return Err(fail(format!("`{full}.{n}` in the file is not a table")));
+                    };
+                    schema = Some(sub);
+                    table = t;
+                    i += 2;
+                }
+                _ => return Err(fail("expected section.key=value".into())),
+            }
+        }
+        let name = parts[parts.len() - 1];
+        if let Some(keys) = schema {
+            if !keys.iter().any(|k| k.name == name) {
+                let here = parts[..parts.len() - 1].join(".");
+                return Err(fail(unknown_key_msg(root, &here, keys, name)));
+            }
+        }
+        table.insert(name.to_string(), value);
+        self.overridden.insert(key.to_string(), raw.to_string());
+        Ok(())
+    }
+
+    /// Rejects unknown tables and keys and values of the wrong type (in file order), then
+    /// missing required tables and keys.
+    pub(super) fn check_keys(&self) -> Result<()> {
+        self.check_types(self.keys, &self.table, "")?;
+        self.check_required(self.keys, Some(&self.table), "")
+    }
+
+    fn check_types(&self, keys: &'static [Key], table: &toml::Table, prefix: &str) -> Result<()> {
+        let mut entries: Vec<(String, &toml::Value)> = table
+            .iter()
+            .map(|(name, value)| (join_path(prefix, name), value))
+            .collect();
+        entries.sort_by_key(|(full, _)| self.line(full));
+        for (full, value) in entries {
+            let name = full.rsplit('.').next().unwrap_or(&full);
+            let Some(key) = keys.iter().find(|k| k.name == name) else {
+                let msg = if prefix.is_empty() && value.is_table() {
+                    unknown_section_msg(self.keys, name)
+                } else if prefix.is_empty() {
+                    let hint = nearest_key(self.keys, None, name)
+                        .map(|k| format!(" (did you mean `{k}`?)"))
+                        .unwrap_or_default();
+                    format!("unknown key `{name}`{hint}")
+                } else {
+                    unknown_key_msg(self.keys, prefix, keys, name)
+                };
+                return Err(self.error_at(&full, &msg));
+            };
+            if let (true, KeyKind::Table(_) | KeyKind::FreeTable) = (prefix.is_empty(), key.kind) {
+                if !value.is_table() {
+                    let msg = format!(
+                        "`{full}` must be a table ([{full}]), found {}",
+                        describe(value)
+                    );
+                    return Err(self.error_at(&full, &msg));
+                }
+            }
+            if let Err(e) = check_kind(key.kind, value) {
+                return Err(self.error_at(&full, &e.message(&full)));
+            }
+            match (key.kind, value) {
+                (KeyKind::Table(sub), toml::Value::Table(t)) => self.check_types(sub, t, &full)?,
+                (KeyKind::Tables(sub), toml::Value::Array(items)) => {
+                    for (i, item) in items.iter().enumerate() {
+                        if let toml::Value::Table(t) = item {
+                            self.check_types(sub, t, &format!("{full}.{i}"))?;
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn check_required(
+        &self,
+        keys: &'static [Key],
+        table: Option<&toml::Table>,
+        prefix: &str,
+    ) -> Result<()> {
+        for key in keys {
+            let full = join_path(prefix, key.name);
+            let value = table.and_then(|t| t.get(key.name));
+            match (value, key.kind) {
+                (None, KeyKind::Table(_) | KeyKind::FreeTable) if key.required => {
+                    let at = if prefix.is_empty() { key.name } else { prefix };
+                    return Err(self.error_at(at, &format!("missing section `[{full}]`")));
+                }
+                (None, _) if key.required => {
+                    let at = if prefix.is_empty() { key.name } else { prefix };
+                    return Err(self.error_at(at, &format!("missing key `{full}`")));
+                }
+                (Some(toml::Value::Table(t)), KeyKind::Table(sub)) => {
+                    self.check_required(sub, Some(t), &full)?
+                }
+                (Some(toml::Value::Array(items)), KeyKind::Tables(sub)) => {
+                    for (i, item) in items.iter().enumerate() {
+                        self.check_required(sub, item.as_table(), &format!("{full}.{i}"))?;
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// The dotted path of every key the file or `--set` wrote, down to the schema's leaves (the
+    /// content of a free table or a list of tables counts as written under its own key).
+    pub(super) fn written(&self) -> BTreeSet<String> {
+        let mut out = BTreeSet::new();
+        collect_written(self.keys, &self.table, "", &mut out);
+        out
+    }
+
+    fn line(&self, key: &str) -> usize {
+        self.lines.get(key).copied().unwrap_or(usize::MAX)
+    }
+}
+
+fn join_path(prefix: &str, name: &str) -> String {
+    if prefix.is_empty() {
+        name.to_string()
+    } else {
+        format!("{prefix}.{name}")
+    }
+}
+
+fn collect_written(keys: &[Key], table: &toml::Table, prefix: &str, out: &mut BTreeSet<String>) {
+    for (name, value) in table {
+        let full = join_path(prefix, name);
+        match (keys.iter().find(|k| k.name == name).map(|k| k.kind), value) {
+            (Some(KeyKind::Table(sub)), toml::Value::Table(t)) => {
+                collect_written(sub, t, &full, out)
+            }
+            _ => {
+                out.insert(full);
+            }
+        }
+    }
+}
+
+/// Records the line of every key under `table`, by dotted path (array items by index).
+fn record_lines(
+    text: &str,
+    table: &toml::de::DeTable<'_>,
+    prefix: &str,
+    lines: &mut HashMap<String, usize>,
+) {
+    for (key, value) in table.iter() {
+        let full = join_path(prefix, key.get_ref());
+        lines.insert(full.clone(), line_of(text, key.span().start));
+        record_value_lines(text, value.get_ref(), value.span().start, &full, lines);
+    }
+}
+
+fn record_value_lines(
+    text: &str,
+    value: &toml::de::DeValue<'_>,
+    start: usize,
+    full: &str,
+    lines: &mut HashMap<String, usize>,
+) {
+    match value {
+        toml::de::DeValue::Table(t) => record_lines(text, t, full, lines),
+        toml::de::DeValue::Array(items) => {
+            for (i, item) in items.iter().enumerate() {
+                let at = format!("{full}.{i}");
+                let item_start = if item.span().is_empty() {
+                    start
+                } else {
+                    item.span().start
+                };
+                lines.insert(at.clone(), line_of(text, item_start));
+                record_value_lines(text, item.get_ref(), item_start, &at, lines);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// `--set` values: a TOML value when the text parses as one (`3`, `1e-4`, `true`, `"x"`,
+/// `["q_proj"]`), otherwise the text itself as a string (`cosine`, `../data/train.jsonl`).
+fn parse_override_value(text: &str) -> toml::Value {
+    if let Ok(mut table) = toml::from_str::<toml::Table>(&format!("v = {text}")) {
+        if table.len() == 1 {
+            match table.remove("v") {
+                Some(toml::Value::Datetime(_)) | None => {}
+                Some(value) => return value,
+            }
+        }
+    }
+    toml::Value::String(text.to_string())
+}
+
+/// The 1-based line of byte `offset` in `text`.
+fn line_of(text: &str, offset: usize) -> usize {
+    let end = offset.min(text.len());
+    text.as_bytes()[..end]
+        .iter()
+        .filter(|b| **b == b'\n')
+        .count()
+        + 1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::schema::{job_section, Section};
+    use super::*;
+    use serde::Deserialize;
+
+    job_section! {
+        /// A check of a test schema, as `[[eval.check]]` will be.
+        pub struct TestCheck {
+            pub kind: String,
+            pub weight: f64 = 1.0,
+        }
+    }
+
+    job_section! {
+        pub struct TestJudge {
+            pub model: String = String::new(),
+        }
+    }
+
+    job_section! {
+        pub struct TestEval {
+            pub judge: TestJudge = TestJudge::default(),
+            pub check: Vec<TestCheck> = Vec::new(),
+        }
+    }
+
+    job_section! {
+        pub struct TestRoot {
+            pub eval: TestEval = TestEval::default(),
+        }
+    }
+
+    const TEXT: &str = "[eval.judge]\nmodel = \"a\"\n\n[[eval.check]]\nkind = \"x\"\n\n[[eval.check]]\nkind = \"y\"\nweight = \"heavy\"\n";
+
+    fn doc(text: &str) -> Document<'static> {
+        Document::parse(text, Path::new("job.toml"), TestRoot::KEYS).unwrap()
+    }
+
+    #[test]
+    fn set_addresses_nested_tables_and_arrays_of_tables() {
+        let mut d = doc("");
+        d.apply_override("eval.judge.model=m").unwrap();
+        d.apply_override("eval.check.0.kind=contains").unwrap();
+        d.apply_override("eval.check.1.kind=length").unwrap();
+        d.apply_override("eval.check.1.weight=2").unwrap();
+        d.check_keys().unwrap();
+        let root = TestRoot::deserialize(toml::Value::Table(d.table.clone())).unwrap();
+        assert_eq!(root.eval.judge.model, "m");
+        let kinds: Vec<&str> = root.eval.check.iter().map(|c| c.kind.as_str()).collect();
+        assert_eq!(kinds, ["contains", "length"]);
+        assert_eq!(root.eval.check[1].weight, 2.0);
+        let written: Vec<String> = d.written().into_iter().collect();
+        assert_eq!(written, ["eval.check", "eval.judge.model"]);
+    }
+
+    #[test]
+    fn set_refuses_what_it_cannot_address_with_a_clear_message() {
+        let mut d = doc("");
+        let msg = |r: Result<()>| r.unwrap_err().to_string();
+        let gap = msg(d.apply_override("eval.check.2.kind=x"));
+        assert!(gap.contains("`eval.check` has 0 entries"), "{gap}");
+        let no_index = msg(d.apply_override("eval.check.kind=x"));
+        assert!(
+            no_index.contains("address a key of one by its index"),
+            "{no_index}"
+        );
+        let typo = msg(d.apply_override("eval.judge.modle=x"));
+        assert!(
+            typo.contains("unknown key `eval.judge.modle` (did you mean `eval.judge.model`?)"),
+            "{typo}"
+        );
+        let typo = msg(d.apply_override("eval.check.0.knd=x"));
+        assert!(typo.contains("unknown key `eval.check.0.knd`"), "{typo}");
+    }
+
+    #[test]
+    fn errors_in_nested_tables_name_their_line() {
+        let d = doc(TEXT);
+        let msg = d.check_keys().unwrap_err().to_string();
+        assert_eq!(
+            msg,
+            "job.toml:9: `eval.check.1.weight`: expected a number, found string \"heavy\""
+        );
+        let d = doc("[[eval.check]]\nweight = 2\n");
+        let msg = d.check_keys().unwrap_err().to_string();
+        assert_eq!(msg, "job.toml:1: missing key `eval.check.0.kind`");
+    }
+}

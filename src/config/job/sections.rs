@@ -1,0 +1,240 @@
+//! The job file's tables as types: `[model]`, `[lora]`, `[data]`, `[train]`, `[output]` and the
+//! optional `[report]` and `[hosted]`.
+//!
+//! Each field is a key, its doc and its default in one place ([`job_section!`]); every key is
+//! documented for users in `configs/README.md`. Defaults follow PEFT's `LoraConfig` and
+//! transformers' `TrainingArguments` where they agree with small-model fine-tuning.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use super::schema::{job_section, KeyKind, KeyType};
+use super::values::{DeviceName, DtypeName};
+use crate::data::LossOn;
+use crate::lora::TargetModules;
+use crate::quant::Quantize;
+
+job_section! {
+    /// A whole job file.
+    pub struct JobConfig {
+        pub model: ModelSection,
+        pub lora: LoraSection = LoraSection::default(),
+        pub data: DataSection,
+        pub train: TrainSection = TrainSection::default(),
+        pub output: OutputSection,
+        /// `[report]`: held-out prompts and the behaviour their replies should show.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pub report: Option<ReportSection> = None,
+        /// `[hosted]`: remote fine-tuning settings, parsed by `providers`, kept raw here.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pub hosted: Option<toml::Table> = None,
+    }
+}
+
+job_section! {
+    /// `[model]`: which base model, and how it is held.
+    pub struct ModelSection {
+        /// An HF folder, a hub id in the local cache, or a `.gguf` file.
+        pub source: String,
+        pub dtype: DtypeName = DtypeName::F32,
+        pub device: DeviceName = DeviceName::Auto,
+        /// How the frozen projections are stored: dense, or quantized (QLoRA).
+        pub quantize: Quantize = Quantize::None,
+        /// What exported adapters give as `base_model_name_or_path` (e.g. the hub id of a model
+        /// loaded from a local GGUF); default: `source` as written.
+        pub name: Option<String> = None,
+    }
+}
+
+job_section! {
+    /// `[lora]`: the adapter's shape.
+    pub struct LoraSection {
+        pub r: usize = 16,
+        pub alpha: f64 = 32.0,
+        pub dropout: f64 = 0.0,
+        /// A list of module names, or `"all-linear"`.
+        pub target_modules: TargetModules = TargetModules::List(
+            ["q_proj", "k_proj", "v_proj", "o_proj"].map(String::from).to_vec(),
+        ),
+        pub use_rslora: bool = false,
+        /// Start from an existing PEFT adapter folder.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pub init_adapter: Option<PathBuf> = None,
+    }
+}
+
+job_section! {
+    /// `[data]`: the conversations and how they become rows.
+    pub struct DataSection {
+        pub train: PathBuf,
+        /// A file, or a fraction of `train` held out.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pub validation: Option<ValidationSpec> = None,
+        pub shuffle: bool = true,
+        pub max_seq_len: usize = 2048,
+        pub loss_on: LossOn = LossOn::LastAssistant,
+        /// Packing several conversations into one row (without cross-attention between them).
+        pub packing: bool = false,
+    }
+}
+
+job_section! {
+    /// `[train]`: length, batch, optimizer, schedule, checkpoints and memory.
+    pub struct TrainSection {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pub epochs: Option<f64> = None,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pub max_steps: Option<usize> = None,
+        pub micro_batch_size: usize = 1,
+        pub grad_accum: usize = 1,
+        pub lr: f64 = 2e-4,
+        pub scheduler: SchedulerKind = SchedulerKind::Linear,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pub warmup_steps: Option<usize> = None,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pub warmup_ratio: Option<f64> = None,
+        pub min_lr_ratio: f64 = 0.0,
+        pub weight_decay: f64 = 0.0,
+        pub max_grad_norm: f64 = 1.0,
+        pub seed: u64 = 42,
+        /// Validate every N optimizer steps (0: only at the end).
+        pub eval_every: usize = 0,
+        /// Checkpoint every N optimizer steps (0: only at the end).
+        pub save_every: usize = 0,
+        /// How many step checkpoints to keep (0 keeps all).
+        pub keep_last: usize = 2,
+        /// Recompute each decoder layer in backward instead of keeping its activations.
+        pub gradient_checkpointing: bool = false,
+        /// With checkpointing, keep only each layer's input and run attention's forward again in
+        /// backward, instead of also keeping the attention output and its log-sum-exp.
+        pub recompute_attention: bool = false,
+        /// Refuse to start a run whose estimated peak memory exceeds what the device has.
+        pub memory_check: bool = true,
+    }
+}
+
+job_section! {
+    /// `[output]`: where the run writes.
+    pub struct OutputSection {
+        pub dir: PathBuf,
+    }
+}
+
+job_section! {
+    /// `[report]`: which held-out prompts to try after training and what the behaviour is.
+    pub struct ReportSection {
+        /// Conversations (JSONL); each is cut before its last assistant turn to make a prompt.
+        pub prompts: PathBuf,
+        /// The reply must start with this (after trimming whitespace).
+        pub starts_with: Option<String> = None,
+        /// The reply must end with this (after trimming whitespace).
+        pub ends_with: Option<String> = None,
+        /// The reply must contain this.
+        pub contains: Option<String> = None,
+        pub max_new_tokens: usize = 64,
+        /// At most this many prompts (0: all).
+        pub limit: usize = 0,
+    }
+}
+
+/// `validation`: a file, or a fraction of `train` held out.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum ValidationSpec {
+    Fraction(f64),
+    File(PathBuf),
+}
+
+impl KeyType for ValidationSpec {
+    const KIND: KeyKind = KeyKind::PathOrFraction;
+}
+
+/// Learning-rate schedule shape.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum SchedulerKind {
+    Constant,
+    #[default]
+    Linear,
+    Cosine,
+}
+
+impl SchedulerKind {
+    pub const NAMES: &'static [&'static str] = &["constant", "linear", "cosine"];
+
+    /// The name used in job files.
+    pub fn name(self) -> &'static str {
+        match self {
+            SchedulerKind::Constant => "constant",
+            SchedulerKind::Linear => "linear",
+            SchedulerKind::Cosine => "cosine",
+        }
+    }
+}
+
+impl KeyType for SchedulerKind {
+    const KIND: KeyKind = KeyKind::Choice(SchedulerKind::NAMES);
+}
+
+/// How long training runs.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum TrainLength {
+    /// Passes over the training set; a fraction stops part-way through the last one.
+    Epochs(f64),
+    /// Optimizer steps (each `micro_batch_size * grad_accum` conversations).
+    Steps(usize),
+}
+
+impl TrainSection {
+    /// `max_steps` when given, else `epochs`, else one epoch.
+    pub fn length(&self) -> TrainLength {
+        match (self.max_steps, self.epochs) {
+            (Some(steps), _) => TrainLength::Steps(steps),
+            (None, Some(epochs)) => TrainLength::Epochs(epochs),
+            (None, None) => TrainLength::Epochs(1.0),
+        }
+    }
+
+    /// Warmup length for a run of `total_steps` optimizer steps: `warmup_steps`, or
+    /// `ceil(warmup_ratio * total_steps)` as transformers' `TrainingArguments.get_warmup_steps`.
+    pub fn warmup_steps_for(&self, total_steps: usize) -> usize {
+        match (self.warmup_steps, self.warmup_ratio) {
+            (Some(steps), _) => steps.min(total_steps),
+            (None, Some(ratio)) => ((ratio * total_steps as f64).ceil() as usize).min(total_steps),
+            (None, None) => 0,
+        }
+    }
+}
+
+impl LoraSection {
+    /// The factor on `B·A` (see [`crate::lora::scale`]).
+    pub fn scaling(&self) -> f64 {
+        crate::lora::scale(self.alpha, self.r, self.use_rslora)
+    }
+}
+
+impl ReportSection {
+    /// Whether `reply` shows the behaviour.
+    pub fn matches(&self, reply: &str) -> bool {
+        let r = reply.trim();
+        self.starts_with.as_deref().is_none_or(|s| r.starts_with(s))
+            && self.ends_with.as_deref().is_none_or(|s| r.ends_with(s))
+            && self.contains.as_deref().is_none_or(|s| r.contains(s))
+    }
+
+    /// The behaviour in words: `starts with "Ahoy!" and ends with "🦀"`.
+    pub fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        if let Some(s) = &self.starts_with {
+            parts.push(format!("starts with {s:?}"));
+        }
+        if let Some(s) = &self.ends_with {
+            parts.push(format!("ends with {s:?}"));
+        }
+        if let Some(s) = &self.contains {
+            parts.push(format!("contains {s:?}"));
+        }
+        parts.join(" and ")
+    }
+}
