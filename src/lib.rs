@@ -7,7 +7,6 @@
 
 pub mod alloc;
 pub mod autograd;
-pub mod cli;
 pub mod config;
 pub mod data;
 pub mod device;

@@ -1,7 +1,9 @@
 //! The `lora-train` binary: parse arguments, run, print the error chain on one line.
 
 use clap::Parser;
-use lora_train::cli::{run, Cli};
+mod cli;
+
+use cli::{run, Cli};
 
 fn main() -> std::process::ExitCode {
     // First, while this is the only thread: it sets RAYON_NUM_THREADS.

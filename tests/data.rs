@@ -625,10 +625,8 @@ fn loss_on_names() {
             serde_json::from_value::<LossOn>(Value::String(name.into())).unwrap(),
             value
         );
-        assert_eq!(
-            <LossOn as clap::ValueEnum>::from_str(name, false).unwrap(),
-            value
-        );
+        // The command line's `--loss-on` offers these names and parses them with FromStr.
+        assert!(LossOn::NAMES.contains(&name), "{name}");
     }
     assert_eq!(LossOn::default(), LossOn::LastAssistant);
     let err = "assistant".parse::<LossOn>().unwrap_err().to_string();

@@ -19,11 +19,8 @@ use crate::data::tokenizer::ChatTokenizer;
 use crate::{Error, Result};
 
 /// Which tokens the loss is computed on.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, clap::ValueEnum,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-#[value(rename_all = "snake_case")]
 pub enum LossOn {
     /// The last assistant turn with weight 1 (TRL's completion-only loss).
     #[default]

@@ -14,7 +14,6 @@
 mod atomic;
 pub mod cache;
 pub mod chat;
-pub mod cli;
 pub mod env;
 pub mod error;
 pub mod hosted;

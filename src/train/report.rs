@@ -73,7 +73,7 @@ pub fn behaviour_report(
         convs.truncate(section.limit);
     }
     let m = &trainer.model;
-    let stop = crate::cli::stop_ids(m);
+    let stop = crate::generate::stop_ids(m);
     let opts = GenerateOptions {
         max_new_tokens: section.max_new_tokens,
         stop_ids: stop,

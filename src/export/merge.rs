@@ -1,43 +1,15 @@
-//! `lora-train export`: copy a checkpoint's adapter out in PEFT format (optionally in another
-//! dtype), or merge it into its base model and write full HF safetensors that transformers loads.
+//! A checkpoint's adapter copied out in PEFT format (optionally in another dtype), or merged
+//! into its base model as full HF safetensors that transformers loads.
 
 use std::collections::HashMap;
 use std::path::Path;
 
-use anyhow::Context;
 use candle_core::{DType, Device, Tensor};
 
-use crate::cli::ExportArgs;
-use crate::device::parse_dtype;
 use crate::fsutil::atomic_dir;
-use crate::lora::{load_peft_adapter, PeftAdapterConfig};
+use crate::lora::load_peft_adapter;
 use crate::model::{load, LoadOptions};
 use crate::{Error, Result};
-
-/// Runs the export command.
-pub fn run_export(a: &ExportArgs) -> anyhow::Result<()> {
-    let dtype = parse_dtype(&a.dtype)?;
-    let cfg_path = a.checkpoint.join("adapter_config.json");
-    let cfg = PeftAdapterConfig::from_file(&cfg_path)?;
-    if a.merge {
-        let base = a
-            .model
-            .clone()
-            .or_else(|| cfg.base_model_name_or_path.clone())
-            .with_context(|| {
-                format!(
-                    "{}: no base_model_name_or_path; give --model",
-                    cfg_path.display()
-                )
-            })?;
-        merge_to_hf(&base, &a.checkpoint, &a.out, dtype)?;
-        println!("merged model written to {}", a.out.display());
-    } else {
-        copy_adapter(&a.checkpoint, &a.out, dtype)?;
-        println!("adapter written to {}", a.out.display());
-    }
-    Ok(())
-}
 
 /// Copies `adapter_config.json` and the adapter tensors (converted to `dtype`).
 pub fn copy_adapter(from: &Path, to: &Path, dtype: DType) -> Result<()> {

@@ -1,0 +1,127 @@
+//! The `lora-train` command line: one file per command, each with its clap arguments and the
+//! code that turns them into library calls and printed results.
+//!
+//! This wing is the binary's own (clap, anyhow, `println!`); the library below it takes plain
+//! arguments. Output shapes of `--json` are fixed because other tools read them.
+
+mod export;
+mod generate;
+mod hosted;
+mod inspect;
+mod score;
+mod train;
+
+use std::path::PathBuf;
+
+use anyhow::bail;
+use clap::{Args, Parser, Subcommand};
+use lora_train::config::{DeviceName, DtypeName};
+use lora_train::lora::load_peft_adapter;
+use lora_train::model::{load, LoadOptions, LoadedModel};
+
+/// Fine-tune Llama and Gemma chat models with LoRA and QLoRA, natively in Rust.
+///
+/// Train:    lora-train --config job.toml [--set train.lr=1e-4] [--resume]
+/// Use:      lora-train generate --model M --adapter runs/x/adapter --prompt "Hi"
+#[derive(Debug, Parser)]
+#[command(name = "lora-train", version, about, long_about = None, args_conflicts_with_subcommands = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
+    /// Train a LoRA adapter as this job file says (see configs/README.md).
+    #[arg(long, value_name = "job.toml")]
+    pub config: Option<PathBuf>,
+
+    /// Override one job key, e.g. --set train.lr=1e-4 (repeatable).
+    #[arg(long = "set", value_name = "SECTION.KEY=VALUE", requires = "config")]
+    pub set: Vec<String>,
+
+    /// Continue from the newest checkpoint in the job's output folder.
+    #[arg(long, requires = "config")]
+    pub resume: bool,
+
+    /// Stop after this many steps of this invocation, saving a checkpoint (as Ctrl-C does).
+    #[arg(long, requires = "config", hide = true)]
+    pub stop_after: Option<usize>,
+
+    /// Skip the before/after behaviour report at the end of training.
+    #[arg(long, requires = "config")]
+    pub no_report: bool,
+
+    /// Log more (repeat for debug output); RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Generate a reply from a prompt or a conversation.
+    Generate(generate::GenerateArgs),
+    /// Masked cross-entropy of a chat dataset (validation loss).
+    Score(score::ScoreArgs),
+    /// Show how a conversation is rendered and tokenized, and which tokens are targets.
+    Inspect(inspect::InspectArgs),
+    /// Export a checkpoint's adapter (PEFT format), or merge it into full HF weights.
+    Export(export::ExportArgs),
+    /// Hosted fine-tuning jobs (Together, OpenAI): submit, status, watch, cancel, list, download.
+    #[command(subcommand)]
+    Hosted(hosted::HostedCommand),
+}
+
+/// Which model to load, and how.
+#[derive(Debug, Args)]
+pub struct ModelArgs {
+    /// A Hugging Face folder, a hub id in the local cache (org/name), or a .gguf file.
+    #[arg(long, value_name = "M")]
+    pub model: String,
+
+    /// A PEFT LoRA adapter folder to apply.
+    #[arg(long, value_name = "DIR")]
+    pub adapter: Option<PathBuf>,
+
+    /// Compute dtype: f32, bf16 or f16.
+    #[arg(long, default_value = "f32")]
+    pub dtype: DtypeName,
+
+    /// Device: auto, cpu, cuda:N or metal.
+    #[arg(long, default_value = "cpu")]
+    pub device: DeviceName,
+}
+
+/// Runs a parsed command line.
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Some(Command::Generate(a)) => generate::run(a),
+        Some(Command::Score(a)) => score::run(a),
+        Some(Command::Inspect(a)) => inspect::run(a),
+        Some(Command::Export(a)) => export::run(&a),
+        Some(Command::Hosted(c)) => hosted::run(c),
+        None => match &cli.config {
+            Some(path) => train::run(path, &cli),
+            None => bail!("nothing to do: give --config job.toml, or a command (see --help)"),
+        },
+    }
+}
+
+/// Loads `--model` (and `--adapter`) as the command line asks.
+fn load_model(args: &ModelArgs) -> anyhow::Result<LoadedModel> {
+    let opts = LoadOptions {
+        dtype: args.dtype.dtype(),
+        device: lora_train::device::open(args.device)?,
+        ..Default::default()
+    };
+    let mut m = load(&args.model, &opts)?;
+    if let Some(dir) = &args.adapter {
+        let n = load_peft_adapter(m.model.as_mut(), dir, opts.dtype, &opts.device)?;
+        tracing::info!("adapter {}: {n} layers adapted", dir.display());
+    }
+    Ok(m)
+}
+
+/// `--loss-on`: the names of the job file's `data.loss_on`.
+fn loss_on() -> impl clap::builder::TypedValueParser<Value = lora_train::data::LossOn> {
+    use clap::builder::TypedValueParser;
+    clap::builder::PossibleValuesParser::new(lora_train::data::LossOn::NAMES)
+        .map(|name| name.parse().unwrap_or_default())
+}

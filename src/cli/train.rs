@@ -1,0 +1,87 @@
+//! `lora-train --config job.toml`: train a LoRA adapter here, or submit a `[hosted]` job.
+//!
+//! Prints the run summary and, unless `--no-report`, the before/after behaviour report.
+
+use std::path::Path;
+
+use super::Cli;
+
+pub fn run(path: &Path, cli: &Cli) -> anyhow::Result<()> {
+    let job = lora_train::config::JobConfig::load(path, &cli.set)?;
+    if job.hosted.is_some() {
+        // A `[hosted]` job trains on the provider's cluster instead of here.
+        return super::hosted::submit_job_file(path, &cli.set, false);
+    }
+    job.check_files()?;
+    let mut trainer = lora_train::train::Trainer::new(job)?;
+    let malloc = lora_train::alloc::host_training(&trainer.device);
+    tracing::debug!("host allocator for training: {malloc:?}");
+    eprintln!(
+        "training {} on {} examples ({} validation): {} steps, {} LoRA parameters",
+        trainer.model.name_or_path,
+        trainer.train.len(),
+        trainer.validation.len(),
+        trainer.plan.total_steps,
+        trainer.params.num_parameters()
+    );
+    let stop = lora_train::train::install_ctrlc();
+    let opts = lora_train::train::RunOptions {
+        resume: cli.resume,
+        progress: true,
+        stop_after: cli.stop_after,
+    };
+    let summary = trainer.run(&opts, stop)?;
+    print_summary(&summary);
+    if !summary.interrupted && !cli.no_report {
+        if let Some(report) = lora_train::train::report::behaviour_report(&mut trainer, &summary)? {
+            println!("{}", report.render());
+        }
+    }
+    if summary.interrupted {
+        eprintln!(
+            "stopped at step {}/{}; continue with: lora-train --config {} --resume",
+            summary.steps,
+            summary.total_steps,
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+fn print_summary(s: &lora_train::train::TrainSummary) {
+    let f = |v: Option<f64>| v.map(|x| format!("{x:.4}")).unwrap_or_else(|| "-".into());
+    println!("== training summary ==");
+    println!(
+        "steps {}/{}  tokens {}  time {:.1}s  ({:.0} tokens/s)",
+        s.steps,
+        s.total_steps,
+        s.tokens,
+        s.elapsed_s,
+        s.tokens as f64 / s.elapsed_s.max(1e-9)
+    );
+    println!(
+        "examples: {} train, {} validation; {} truncated, {} dropped (max_seq_len)",
+        s.train_examples, s.validation_examples, s.fit.truncated, s.fit.dropped
+    );
+    println!(
+        "train loss: first {}  last {}",
+        f(s.first_loss),
+        f(s.last_loss)
+    );
+    println!(
+        "validation loss: before {}  after {}",
+        f(s.val_loss_before),
+        f(s.val_loss_after)
+    );
+    if let Some(m) = s.peak_gpu_memory_mib {
+        println!("peak GPU memory (memory pool): {m} MiB");
+    }
+    if let Some(a) = &s.adapter_dir {
+        println!("adapter: {}", a.display());
+    }
+    println!(
+        "metrics: {}  plot: {}",
+        s.output_dir.join("metrics.jsonl").display(),
+        s.output_dir.join("loss.svg").display()
+    );
+}
