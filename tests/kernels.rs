@@ -11,9 +11,9 @@ mod flash;
 use candle_core::{DType, Device, Tensor, Var};
 use lora_train::eval::loss::{head_nll_fused, head_nll_unfused};
 use lora_train::kernels;
+use lora_train::kernels::glu::MlpActivation;
 use lora_train::model::layers::{
-    apply_rotary_fused, apply_rotary_unfused, gated_fused, gated_unfused, MlpActivation, RmsNorm,
-    Rotary,
+    apply_rotary_fused, apply_rotary_unfused, gated_fused, gated_unfused, RmsNorm, Rotary,
 };
 use lora_train::model::LmHead;
 use lora_train::quant::nf4::Nf4Matrix;

@@ -13,6 +13,7 @@ use crate::autograd::{
     Stash, Value,
 };
 use crate::config::RopeScaling;
+use crate::kernels::glu::MlpActivation;
 use crate::kernels::{self, Kernel};
 use crate::lora::{Linear, Recompute};
 use crate::quant::FrozenWeight;
@@ -271,15 +272,6 @@ impl AttnProjections {
             o_proj: w.linear(&format!("{prefix}.o_proj"), hidden, q, bias)?,
         })
     }
-}
-
-/// The activation of a gated MLP.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MlpActivation {
-    /// Llama's SwiGLU.
-    Silu,
-    /// Gemma's GeGLU with `gelu_pytorch_tanh` (Candle's `gelu` is the tanh approximation).
-    GeluTanh,
 }
 
 /// `down(act(gate(x)) * up(x))`.

@@ -7,12 +7,13 @@ use super::attention::{attend, KeyValues};
 use super::layers::{
     apply_rotary, head_or_tied, layer_projections, layer_projections_mut, merged_decoder_tensors,
     name_projections, padding_rows, run_layer, AttnMask, AttnProjections, DecoderLayer, GatedMlp,
-    KvCache, MlpActivation, Pass, RmsNorm, Rotary,
+    KvCache, Pass, RmsNorm, Rotary,
 };
 use super::weights::Weights;
 use super::{CausalLm, LmHead};
 use crate::autograd::{release, Checkpointing};
 use crate::config::LlamaConfig;
+use crate::kernels::glu::MlpActivation;
 use crate::lora::{Linear, Recompute};
 use crate::Result;
 
