@@ -4,11 +4,15 @@
 use candle_core::Tensor;
 
 use super::attention::{attend, KeyValues};
-use super::layers::{
-    apply_rotary, head_or_tied, layer_projections, layer_projections_mut, merged_decoder_tensors,
-    name_projections, padding_rows, run_layer, AttnMask, AttnProjections, DecoderLayer, GatedMlp,
-    KvCache, Pass, RmsNorm, Rotary,
+use super::cache::KvCache;
+use super::decoder::{head_or_tied, merged_decoder_tensors, run_layer, DecoderLayer, Pass};
+use super::mask::{padding_rows, AttnMask};
+use super::mlp::GatedMlp;
+use super::norm::RmsNorm;
+use super::projections::{
+    layer_projections, layer_projections_mut, name_projections, AttnProjections,
 };
+use super::rope::{apply_rotary, Rotary};
 use super::weights::Weights;
 use super::{CausalLm, LmHead};
 use crate::autograd::{release, Checkpointing};

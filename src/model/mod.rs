@@ -1,13 +1,20 @@
 //! Models: where they come from (HF folder, hub cache, GGUF), how they load, and the
 //! [`CausalLm`] interface the trainer, scorer and generator use.
 //!
-//! One file per architecture ([`llama`], [`gemma3`]) over the shared [`layers`]. Every
+//! One file per architecture ([`llama`], [`gemma3`]) over shared layers, one concept per
+//! file ([`norm`], [`rope`], [`mask`], [`attention`], [`mlp`], [`cache`], [`decoder`]). Every
 //! projection is a [`crate::lora::Linear`], so adapters attach without forking model files.
 
 pub mod attention;
+pub mod cache;
+pub mod decoder;
 pub mod gemma3;
-pub mod layers;
 pub mod llama;
+pub mod mask;
+pub mod mlp;
+pub mod norm;
+pub mod projections;
+pub mod rope;
 pub mod source;
 pub mod weights;
 
@@ -15,7 +22,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 
-pub use layers::KvCache;
+pub use cache::KvCache;
 pub use source::ModelSource;
 
 use crate::autograd::Checkpointing;
