@@ -2,6 +2,7 @@
 //!
 //! Job TOML and PEFT `adapter_config.json` live beside these as the trainer grows.
 
+pub mod gguf;
 pub mod hf;
 pub mod job;
 
