@@ -4,10 +4,12 @@
 //! their HF module path, so no model file is forked to add LoRA (Hu et al. 2021, and PEFT's
 //! `peft/tuners/lora/layer.py` for scaling and naming).
 
+pub mod adaptable;
 pub mod linear;
 pub mod params;
 pub mod peft;
 
+pub use adaptable::Adaptable;
 pub use linear::{Linear, LoraWeights, Recompute};
 pub use params::{LoraParam, LoraParams, LoraSpec, PROJECTIONS};
 pub use peft::{load_peft_adapter, PeftAdapterConfig};

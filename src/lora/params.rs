@@ -12,9 +12,8 @@ use candle_core::{DType, Device, Tensor, Var};
 use rand::{Rng, SeedableRng};
 
 use super::peft::{PeftAdapterConfig, TargetModules};
-use super::LoraWeights;
+use super::{Adaptable, LoraWeights};
 use crate::autograd::{Checkpointing, GradSink};
-use crate::model::CausalLm;
 use crate::{Error, Result};
 
 /// The seven projections LoRA can adapt, in PEFT's naming.
@@ -77,7 +76,7 @@ fn module_matches(module: &str, targets: &[String]) -> bool {
 impl LoraParams {
     /// Fresh parameters (A kaiming-uniform from `seed`, B zero) in f32 on `device`.
     pub fn init(
-        model: &mut dyn CausalLm,
+        model: &mut dyn Adaptable,
         spec: LoraSpec,
         seed: u64,
         device: &Device,
@@ -113,7 +112,7 @@ impl LoraParams {
 
     /// Parameters from a PEFT adapter folder (for `init_adapter` and resume).
     pub fn from_peft(
-        model: &mut dyn CausalLm,
+        model: &mut dyn Adaptable,
         dir: &Path,
         dropout: f64,
         device: &Device,
@@ -175,7 +174,7 @@ impl LoraParams {
     }
 
     /// Attaches the parameters to the model's projections (sharing storage with the Vars).
-    pub fn attach(&self, model: &mut dyn CausalLm, compute_dtype: DType) -> Result<()> {
+    pub fn attach(&self, model: &mut dyn Adaptable, compute_dtype: DType) -> Result<()> {
         let by_module: HashMap<&str, &LoraParam> =
             self.params.iter().map(|p| (p.module.as_str(), p)).collect();
         let scale = self.spec.scale();
@@ -196,7 +195,7 @@ impl LoraParams {
     }
 
     /// Takes the adapter off the model's projections (the Vars are kept).
-    pub fn detach(&self, model: &mut dyn CausalLm) {
+    pub fn detach(&self, model: &mut dyn Adaptable) {
         let names: std::collections::HashSet<&str> =
             self.params.iter().map(|p| p.module.as_str()).collect();
         for (module, linear) in model.linears_mut() {
@@ -212,7 +211,7 @@ impl LoraParams {
     /// forward again; without, it also keeps its attention output and log-sum-exp.
     pub fn set_gradient_checkpointing(
         &mut self,
-        model: &mut dyn CausalLm,
+        model: &mut dyn Adaptable,
         on: bool,
         recompute_attention: bool,
     ) {

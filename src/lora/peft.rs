@@ -8,8 +8,7 @@ use std::path::Path;
 use candle_core::{DType, Device};
 use serde::{Deserialize, Serialize};
 
-use super::LoraWeights;
-use crate::model::CausalLm;
+use super::{Adaptable, LoraWeights};
 use crate::{Error, Result};
 
 /// `target_modules` is either a list of names or a single string (`"all-linear"` or a regex).
@@ -94,7 +93,7 @@ impl PeftAdapterConfig {
 
 /// Loads a PEFT adapter folder onto `model`'s projections; returns how many were adapted.
 pub fn load_peft_adapter(
-    model: &mut dyn CausalLm,
+    model: &mut dyn Adaptable,
     dir: &Path,
     dtype: DType,
     device: &Device,

@@ -19,7 +19,7 @@ use super::{CausalLm, LmHead};
 use crate::autograd::{release, Checkpointing};
 use crate::config::Gemma3Config;
 use crate::kernels::glu::MlpActivation;
-use crate::lora::{Linear, Recompute};
+use crate::lora::{Adaptable, Linear, Recompute};
 use crate::Result;
 
 #[derive(Clone)]
@@ -301,10 +301,6 @@ impl CausalLm for Gemma3 {
         )
     }
 
-    fn set_gradient_checkpointing(&mut self, checkpointing: Option<Checkpointing>) {
-        self.checkpointing = checkpointing;
-    }
-
     fn new_cache(&self) -> KvCache {
         KvCache::new(self.layers.len())
     }
@@ -325,8 +321,14 @@ impl CausalLm for Gemma3 {
             &self.layers,
         )
     }
+}
 
+impl Adaptable for Gemma3 {
     fn linears_mut(&mut self) -> Vec<(String, &mut Linear)> {
         name_projections(self.layers.iter_mut().map(Layer::projections_mut))
+    }
+
+    fn set_gradient_checkpointing(&mut self, checkpointing: Option<Checkpointing>) {
+        self.checkpointing = checkpointing;
     }
 }

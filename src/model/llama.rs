@@ -18,7 +18,7 @@ use super::{CausalLm, LmHead};
 use crate::autograd::{release, Checkpointing};
 use crate::config::LlamaConfig;
 use crate::kernels::glu::MlpActivation;
-use crate::lora::{Linear, Recompute};
+use crate::lora::{Adaptable, Linear, Recompute};
 use crate::Result;
 
 #[derive(Clone)]
@@ -266,10 +266,6 @@ impl CausalLm for Llama {
         head_or_tied(self.lm_head.as_ref(), &self.embed_tokens, None)
     }
 
-    fn set_gradient_checkpointing(&mut self, checkpointing: Option<Checkpointing>) {
-        self.checkpointing = checkpointing;
-    }
-
     fn new_cache(&self) -> KvCache {
         KvCache::new(self.layers.len())
     }
@@ -290,8 +286,14 @@ impl CausalLm for Llama {
             &self.layers,
         )
     }
+}
 
+impl Adaptable for Llama {
     fn linears_mut(&mut self) -> Vec<(String, &mut Linear)> {
         name_projections(self.layers.iter_mut().map(Layer::projections_mut))
+    }
+
+    fn set_gradient_checkpointing(&mut self, checkpointing: Option<Checkpointing>) {
+        self.checkpointing = checkpointing;
     }
 }

@@ -25,17 +25,17 @@ use candle_core::{DType, Device, Tensor};
 pub use cache::KvCache;
 pub use source::ModelSource;
 
-use crate::autograd::Checkpointing;
 use crate::config::gguf::GgufMeta;
 use crate::config::ModelConfig;
 use crate::data::{ChatTemplate, ChatTokenizer};
-use crate::lora::Linear;
+use crate::lora::Adaptable;
 use crate::quant::{FrozenWeight, Quantize};
 use crate::{Error, Result};
 use weights::{read_gguf, GgufFlavor, Weights};
 
-/// A decoder-only language model with a trainable forward pass.
-pub trait CausalLm: Send + Sync {
+/// A decoder-only language model with a trainable forward pass; [`Adaptable`] gives LoRA its
+/// projections.
+pub trait CausalLm: Adaptable + Send + Sync {
     /// Runs the decoder: final hidden states `[B, T, H]` (after the last norm) for
     /// `input_ids: [B, T]`, with an optional 0/1 `attention_mask: [B, T]` for right padding.
     /// With a cache, the tokens continue the cached sequence and are appended to it.
@@ -70,10 +70,6 @@ pub trait CausalLm: Send + Sync {
         }
     }
 
-    /// Turns per-layer gradient checkpointing on (with the sink that collects the
-    /// recomputed layers' LoRA gradients) or off.
-    fn set_gradient_checkpointing(&mut self, checkpointing: Option<Checkpointing>);
-
     /// Full-sequence logits `[B, T, V]`.
     fn forward(&self, input_ids: &Tensor, attention_mask: Option<&Tensor>) -> Result<Tensor> {
         let h = self.forward_hidden(input_ids, attention_mask)?;
@@ -97,9 +93,6 @@ pub trait CausalLm: Send + Sync {
 
     /// Every weight with its HF name; projections carry their merged LoRA delta.
     fn merged_state_dict(&self) -> Result<Vec<(String, Tensor)>>;
-
-    /// Every adaptable projection with its HF module path (`model.layers.0.self_attn.q_proj`).
-    fn linears_mut(&mut self) -> Vec<(String, &mut Linear)>;
 }
 
 /// The output projection `[vocab, hidden]` (the embeddings when tied) and the
