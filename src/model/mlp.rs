@@ -33,9 +33,9 @@ impl GatedMlp {
         act: MlpActivation,
     ) -> Result<Self> {
         Ok(Self {
-            gate_proj: w.linear(&format!("{prefix}.gate_proj"), intermediate, hidden, bias)?,
-            up_proj: w.linear(&format!("{prefix}.up_proj"), intermediate, hidden, bias)?,
-            down_proj: w.linear(&format!("{prefix}.down_proj"), hidden, intermediate, bias)?,
+            gate_proj: w.projection(&format!("{prefix}.gate_proj"), intermediate, hidden, bias)?,
+            up_proj: w.projection(&format!("{prefix}.up_proj"), intermediate, hidden, bias)?,
+            down_proj: w.projection(&format!("{prefix}.down_proj"), hidden, intermediate, bias)?,
             act,
         })
     }

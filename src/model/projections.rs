@@ -40,10 +40,10 @@ impl AttnProjections {
     ) -> Result<Self> {
         let (q, kv) = (n_head * head_dim, n_kv_head * head_dim);
         Ok(Self {
-            q_proj: w.linear(&format!("{prefix}.q_proj"), q, hidden, bias)?,
-            k_proj: w.linear(&format!("{prefix}.k_proj"), kv, hidden, bias)?,
-            v_proj: w.linear(&format!("{prefix}.v_proj"), kv, hidden, bias)?,
-            o_proj: w.linear(&format!("{prefix}.o_proj"), hidden, q, bias)?,
+            q_proj: w.projection(&format!("{prefix}.q_proj"), q, hidden, bias)?,
+            k_proj: w.projection(&format!("{prefix}.k_proj"), kv, hidden, bias)?,
+            v_proj: w.projection(&format!("{prefix}.v_proj"), kv, hidden, bias)?,
+            o_proj: w.projection(&format!("{prefix}.o_proj"), hidden, q, bias)?,
         })
     }
 }
