@@ -11,5 +11,5 @@ pub mod peft;
 
 pub use adaptable::Adaptable;
 pub use linear::{Linear, LoraWeights, Recompute};
-pub use params::{LoraParam, LoraParams, LoraSpec, PROJECTIONS};
-pub use peft::{load_peft_adapter, PeftAdapterConfig};
+pub use params::{lora_scale, LoraParam, LoraParams, LoraSpec, PROJECTIONS};
+pub use peft::{load_peft_adapter, peft_tensor_names, PeftAdapterConfig};

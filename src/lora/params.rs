@@ -11,7 +11,7 @@ use std::sync::Arc;
 use candle_core::{DType, Device, Tensor, Var};
 use rand::{Rng, SeedableRng};
 
-use super::peft::{PeftAdapterConfig, TargetModules};
+use super::peft::{peft_tensor_names, PeftAdapterConfig, TargetModules};
 use super::{Adaptable, LoraWeights};
 use crate::autograd::{Checkpointing, GradSink};
 use crate::{Error, Result};
@@ -39,12 +39,19 @@ pub struct LoraSpec {
 }
 
 impl LoraSpec {
+    /// The factor on `B·A` ([`lora_scale`]).
     pub fn scale(&self) -> f64 {
-        if self.use_rslora {
-            self.alpha / (self.r as f64).sqrt()
-        } else {
-            self.alpha / self.r as f64
-        }
+        lora_scale(self.alpha, self.r, self.use_rslora)
+    }
+}
+
+/// The factor on `B·A`, as PEFT's `LoraLayer.update_layer`: `alpha / r`, or `alpha / sqrt(r)`
+/// with rsLoRA (Kalajdzievski 2023).
+pub fn lora_scale(alpha: f64, r: usize, use_rslora: bool) -> f64 {
+    if use_rslora {
+        alpha / (r as f64).sqrt()
+    } else {
+        alpha / r as f64
     }
 }
 
@@ -137,8 +144,7 @@ impl LoraParams {
         };
         let mut params = Vec::new();
         for (module, linear) in model.linears_mut() {
-            let ka = format!("base_model.model.{module}.lora_A.weight");
-            let kb = format!("base_model.model.{module}.lora_B.weight");
+            let (ka, kb) = peft_tensor_names(&module);
             let (Some(a), Some(b)) = (tensors.get(&ka), tensors.get(&kb)) else {
                 continue;
             };
@@ -245,14 +251,15 @@ impl LoraParams {
     pub fn peft_tensors(&self) -> Result<HashMap<String, Tensor>> {
         let mut out = HashMap::new();
         for p in &self.params {
+            let (ka, kb) = peft_tensor_names(&p.module);
             out.insert(
-                format!("base_model.model.{}.lora_A.weight", p.module),
+                ka,
                 p.a.as_tensor()
                     .to_dtype(DType::F32)?
                     .to_device(&Device::Cpu)?,
             );
             out.insert(
-                format!("base_model.model.{}.lora_B.weight", p.module),
+                kb,
                 p.b.as_tensor()
                     .to_dtype(DType::F32)?
                     .to_device(&Device::Cpu)?,
