@@ -56,7 +56,7 @@ pub trait DecoderLayer: Clone + Send + Sync + 'static {
     /// The block's norms, with their HF paths below `model.layers.{i}.`.
     fn norms(&self) -> Vec<(&'static str, &RmsNorm)>;
 
-    /// The seven projections, in [`PROJECTION_PATHS`]' order.
+    /// The seven projections, in [`PROJECTION_PATHS`](super::projections::PROJECTION_PATHS)' order.
     fn projections(&self) -> [&Linear; 7];
 }
 

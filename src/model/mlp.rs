@@ -41,7 +41,7 @@ impl GatedMlp {
     }
 
     /// `remake` makes `x` again for the LoRA backward of `gate_proj` and `up_proj` (see
-    /// [`RmsNorm::forward_remakeable`]), so the graph does not hold `x`.
+    /// [`RmsNorm::forward_remakeable`](super::norm::RmsNorm::forward_remakeable)), so the graph does not hold `x`.
     pub fn forward(&self, x: &Tensor, remake: &Recompute) -> Result<Tensor> {
         self.apply(x, true, remake)
     }

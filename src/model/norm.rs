@@ -48,8 +48,8 @@ impl RmsNorm {
 
     /// [`Self::forward`], and a [`Recompute`] that makes the same value again from `x`, which
     /// the norm's backward keeps anyway (the norm does not read its own output). Projections
-    /// given it ([`Linear::forward_recomputed`]) do not read the output in backward either, so
-    /// once they have run the caller can [`release()`] it: the graph then holds one
+    /// given it ([`Linear::forward_recomputed`](crate::lora::Linear::forward_recomputed)) do not read the output in backward either, so
+    /// once they have run the caller can [`release()`](crate::autograd::release()) it: the graph then holds one
     /// `[tokens, hidden]` tensor per norm fewer.
     pub fn forward_remakeable(&self, x: &Tensor) -> Result<(Tensor, Recompute)> {
         let (eps, unit_offset) = (self.eps, self.unit_offset);
