@@ -16,9 +16,9 @@ use std::sync::OnceLock;
 
 use candle_core::{DType, Device, Tensor};
 use lora_train::kernels::attention::{self, Dims, FlashParams};
+use lora_train::kernels::glu::MlpActivation;
 use lora_train::kernels::launch::{Arg, Launch};
 use lora_train::kernels::{adamw, cross_entropy, dropout, glu, nf4, rms_norm, rope};
-use lora_train::model::layers::MlpActivation;
 use lora_train::quant::nf4::{dequant_tables, Nf4Matrix};
 
 #[path = "common/flash.rs"]

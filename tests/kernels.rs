@@ -11,10 +11,10 @@ mod flash;
 use candle_core::{DType, Device, Tensor, Var};
 use lora_train::eval::loss::{head_nll_fused, head_nll_unfused};
 use lora_train::kernels;
-use lora_train::model::layers::{
-    apply_rotary_fused, apply_rotary_unfused, gated_fused, gated_unfused, MlpActivation, RmsNorm,
-    Rotary,
-};
+use lora_train::kernels::glu::MlpActivation;
+use lora_train::model::mlp::{gated_fused, gated_unfused};
+use lora_train::model::norm::RmsNorm;
+use lora_train::model::rope::{apply_rotary_fused, apply_rotary_unfused, Rotary};
 use lora_train::model::LmHead;
 use lora_train::quant::nf4::Nf4Matrix;
 use lora_train::quant::FrozenWeight;

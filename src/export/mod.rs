@@ -3,4 +3,4 @@
 pub mod merge;
 pub mod peft;
 
-pub use peft::{adapter_config, write_adapter, write_adapter_files, AdapterExport};
+pub use peft::{write_adapter, write_adapter_files, AdapterExport};

@@ -8,10 +8,9 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::{DType, Tensor};
-use serde_json::json;
 
 use crate::fsutil::atomic_dir;
-use crate::lora::LoraParams;
+use crate::lora::{LoraParams, PeftAdapterConfig};
 use crate::{Error, Result};
 
 /// What goes into `adapter_config.json` beyond the LoRA hyper-parameters.
@@ -19,38 +18,6 @@ use crate::{Error, Result};
 pub struct AdapterExport {
     pub base_model_name_or_path: String,
     pub dtype: DType,
-}
-
-/// The `adapter_config.json` for `params`.
-pub fn adapter_config(params: &LoraParams, base: &str) -> serde_json::Value {
-    let mut targets: Vec<&str> = params
-        .params
-        .iter()
-        .filter_map(|p| p.module.rsplit('.').next())
-        .collect();
-    targets.sort_unstable();
-    targets.dedup();
-    json!({
-        "peft_type": "LORA",
-        "task_type": "CAUSAL_LM",
-        "r": params.spec.r,
-        "lora_alpha": params.spec.alpha,
-        "lora_dropout": params.spec.dropout,
-        "target_modules": targets,
-        "use_rslora": params.spec.use_rslora,
-        "use_dora": false,
-        "bias": "none",
-        "fan_in_fan_out": false,
-        "modules_to_save": null,
-        "init_lora_weights": true,
-        "inference_mode": true,
-        "base_model_name_or_path": base,
-        "revision": null,
-        "layers_to_transform": null,
-        "layers_pattern": null,
-        "rank_pattern": {},
-        "alpha_pattern": {},
-    })
 }
 
 /// Writes the adapter folder atomically (a temp folder, then a rename).
@@ -75,11 +42,8 @@ pub fn write_adapter_files(params: &LoraParams, dir: &Path, export: &AdapterExpo
         .into_iter()
         .map(|(k, v)| Ok((k, v.to_dtype(export.dtype)?)))
         .collect::<Result<_>>()?;
-    let config = adapter_config(params, &export.base_model_name_or_path);
-    let cfg_text = serde_json::to_string_pretty(&config)
-        .map_err(|e| Error::Msg(format!("adapter config: {e}")))?;
-    std::fs::write(dir.join("adapter_config.json"), cfg_text)
-        .map_err(|e| Error::io(dir.join("adapter_config.json"), e))?;
+    PeftAdapterConfig::for_params(params, &export.base_model_name_or_path)
+        .to_file(&dir.join("adapter_config.json"))?;
     let st = dir.join("adapter_model.safetensors");
     candle_core::safetensors::save(&tensors, &st).map_err(|e| Error::model(&st, e.to_string()))?;
     Ok(())

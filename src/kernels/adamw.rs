@@ -1,6 +1,6 @@
 //! Fused AdamW update (`kernels/adamw.cu`): one op per LoRA parameter instead of the ~14 tensor
 //! ops (each an allocation and a launch) of the unfused update in
-//! [`crate::train::optimizer::AdamW`], with the clipping factor folded in. At 8B there are 448
+//! `train::optimizer::AdamW`, with the clipping factor folded in. At 8B there are 448
 //! LoRA tensors, so the unfused step is thousands of tiny launches. The arithmetic is the
 //! unfused path's, op for op, in f32 (each product or sum with a scalar is one rounding, as in
 //! candle's affine op), so the two give the same parameters.

@@ -3,8 +3,8 @@
 //! padding, grouped-query heads read in place, bf16/f16 inputs with f32 accumulation on tensor
 //! cores, head dims 64, 128 and 256. Nothing `[T, T]`-sized reaches global memory: the forward
 //! pass keeps each row's log-sum-exp and the backward pass recomputes the probabilities tile by
-//! tile. Same semantics as [`crate::model::attention::attention`] with the mask of
-//! [`crate::model::layers::attention_mask`], for rows that have at least one allowed key; a row
+//! tile. Same semantics as `model::attention::attention` with the mask of
+//! `model::mask::attention_mask`, for rows that have at least one allowed key; a row
 //! with none gets a zero output, `lse = +inf` and zero gradients. No soft-capping.
 
 use candle_core::{DType, Tensor};

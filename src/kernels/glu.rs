@@ -7,8 +7,16 @@ use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor
 
 use super::launch::{self, Launch};
 use super::{cpu_float_dispatch, cpu_view, round_to, same_shape, Float};
-use crate::model::layers::MlpActivation;
 use crate::Result;
+
+/// The activation of a gated MLP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MlpActivation {
+    /// Llama's SwiGLU.
+    Silu,
+    /// Gemma's GeGLU with `gelu_pytorch_tanh` (Candle's `gelu` is the tanh approximation).
+    GeluTanh,
+}
 
 /// `glu_fwd_*` over `n` elements: buffers `g`, `u` (read) and `y` (written).
 pub fn fwd_launch(dtype: DType, n: usize, act: MlpActivation) -> candle_core::Result<Launch> {

@@ -1,6 +1,6 @@
 //! Fused RMSNorm forward and input gradient (`kernels/rms_norm.cu`): one pass per row
 //! instead of the unfused path's square, mean, add, sqrt, divide, cast and multiply tensors.
-//! Same arithmetic as [`crate::model::layers::RmsNorm`]: Llama rounds `x·r` to the input
+//! Same arithmetic as `model::norm::RmsNorm`: Llama rounds `x·r` to the input
 //! dtype before the weight multiply, Gemma (`unit_offset`) scales by `1 + w` in f32.
 
 use candle_core::backend::BackendStorage;

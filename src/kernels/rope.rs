@@ -1,7 +1,7 @@
 //! Fused rotary embedding (`kernels/rope.cu`) in the HF half-split layout, forward and input
 //! gradient, reading `x: [B, H, T, D]` through its strides (the transposed view the attention
 //! builds needs no copy) and writing a contiguous result; `cos, sin: [T, D]`. Same arithmetic
-//! as [`crate::model::layers::apply_rotary`], with each product summed in f32 and rounded once.
+//! as `model::rope::apply_rotary`, with each product summed in f32 and rounded once.
 
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Tensor, WithDType};

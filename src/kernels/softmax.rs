@@ -4,7 +4,7 @@
 //! separate ops (a subtraction, libm's scalar `expf`, a sum and a division, each a new
 //! `[B, H, Tq, Tk]` block).
 //!
-//! Masked scores sit near `f32::MIN` (see `model::layers::attention_mask`), and libm's `expf`
+//! Masked scores sit near `f32::MIN` (see `model::mask::attention_mask`), and libm's `expf`
 //! takes its slow underflow path for every one of them, about half of a causal block. The
 //! exponential here is Cephes' `expf` (range reduction by `ln 2`, degree-6 polynomial, ~1 ulp)
 //! written so that the compiler vectorizes it, and flushes `exp(x)` to 0 below `x = -87`

@@ -11,10 +11,9 @@ use std::sync::Arc;
 use candle_core::{DType, Device, Tensor, Var};
 use rand::{Rng, SeedableRng};
 
-use super::peft::{PeftAdapterConfig, TargetModules};
-use super::LoraWeights;
+use super::peft::{peft_tensor_names, PeftAdapterConfig, TargetModules};
+use super::{Adaptable, LoraWeights};
 use crate::autograd::{Checkpointing, GradSink};
-use crate::model::CausalLm;
 use crate::{Error, Result};
 
 /// The seven projections LoRA can adapt, in PEFT's naming.
@@ -40,12 +39,45 @@ pub struct LoraSpec {
 }
 
 impl LoraSpec {
+    /// The factor on `B·A` ([`lora_scale`]).
     pub fn scale(&self) -> f64 {
-        if self.use_rslora {
-            self.alpha / (self.r as f64).sqrt()
+        lora_scale(self.alpha, self.r, self.use_rslora)
+    }
+}
+
+/// The `target_modules` value that selects every name in [`PROJECTIONS`] (PEFT's spelling).
+pub const ALL_LINEAR: &str = "all-linear";
+
+/// The module names `target_modules` selects: `"all-linear"` expanded to [`PROJECTIONS`], in
+/// order, without duplicates.
+pub fn target_names(targets: &TargetModules) -> Vec<String> {
+    let given: Vec<&str> = match targets {
+        TargetModules::One(name) => vec![name.as_str()],
+        TargetModules::List(names) => names.iter().map(String::as_str).collect(),
+    };
+    let mut names: Vec<String> = Vec::new();
+    for name in given {
+        let expanded: Vec<&str> = if name == ALL_LINEAR {
+            PROJECTIONS.to_vec()
         } else {
-            self.alpha / self.r as f64
+            vec![name]
+        };
+        for n in expanded {
+            if !names.iter().any(|have| have == n) {
+                names.push(n.to_string());
+            }
         }
+    }
+    names
+}
+
+/// The factor on `B·A`, as PEFT's `LoraLayer.update_layer`: `alpha / r`, or `alpha / sqrt(r)`
+/// with rsLoRA (Kalajdzievski 2023).
+pub fn lora_scale(alpha: f64, r: usize, use_rslora: bool) -> f64 {
+    if use_rslora {
+        alpha / (r as f64).sqrt()
+    } else {
+        alpha / r as f64
     }
 }
 
@@ -77,7 +109,7 @@ fn module_matches(module: &str, targets: &[String]) -> bool {
 impl LoraParams {
     /// Fresh parameters (A kaiming-uniform from `seed`, B zero) in f32 on `device`.
     pub fn init(
-        model: &mut dyn CausalLm,
+        model: &mut dyn Adaptable,
         spec: LoraSpec,
         seed: u64,
         device: &Device,
@@ -113,7 +145,7 @@ impl LoraParams {
 
     /// Parameters from a PEFT adapter folder (for `init_adapter` and resume).
     pub fn from_peft(
-        model: &mut dyn CausalLm,
+        model: &mut dyn Adaptable,
         dir: &Path,
         dropout: f64,
         device: &Device,
@@ -122,13 +154,7 @@ impl LoraParams {
         let st = dir.join("adapter_model.safetensors");
         let tensors = candle_core::safetensors::load(&st, device)
             .map_err(|e| Error::model(&st, format!("not a valid safetensors file: {e}")))?;
-        let targets = match &cfg.target_modules {
-            TargetModules::List(l) => l.clone(),
-            TargetModules::One(s) if s == "all-linear" => {
-                PROJECTIONS.iter().map(|s| s.to_string()).collect()
-            }
-            TargetModules::One(s) => vec![s.clone()],
-        };
+        let targets = target_names(&cfg.target_modules);
         let spec = LoraSpec {
             r: cfg.r,
             alpha: cfg.lora_alpha,
@@ -138,8 +164,7 @@ impl LoraParams {
         };
         let mut params = Vec::new();
         for (module, linear) in model.linears_mut() {
-            let ka = format!("base_model.model.{module}.lora_A.weight");
-            let kb = format!("base_model.model.{module}.lora_B.weight");
+            let (ka, kb) = peft_tensor_names(&module);
             let (Some(a), Some(b)) = (tensors.get(&ka), tensors.get(&kb)) else {
                 continue;
             };
@@ -175,7 +200,7 @@ impl LoraParams {
     }
 
     /// Attaches the parameters to the model's projections (sharing storage with the Vars).
-    pub fn attach(&self, model: &mut dyn CausalLm, compute_dtype: DType) -> Result<()> {
+    pub fn attach(&self, model: &mut dyn Adaptable, compute_dtype: DType) -> Result<()> {
         let by_module: HashMap<&str, &LoraParam> =
             self.params.iter().map(|p| (p.module.as_str(), p)).collect();
         let scale = self.spec.scale();
@@ -196,7 +221,7 @@ impl LoraParams {
     }
 
     /// Takes the adapter off the model's projections (the Vars are kept).
-    pub fn detach(&self, model: &mut dyn CausalLm) {
+    pub fn detach(&self, model: &mut dyn Adaptable) {
         let names: std::collections::HashSet<&str> =
             self.params.iter().map(|p| p.module.as_str()).collect();
         for (module, linear) in model.linears_mut() {
@@ -212,7 +237,7 @@ impl LoraParams {
     /// forward again; without, it also keeps its attention output and log-sum-exp.
     pub fn set_gradient_checkpointing(
         &mut self,
-        model: &mut dyn CausalLm,
+        model: &mut dyn Adaptable,
         on: bool,
         recompute_attention: bool,
     ) {
@@ -246,14 +271,15 @@ impl LoraParams {
     pub fn peft_tensors(&self) -> Result<HashMap<String, Tensor>> {
         let mut out = HashMap::new();
         for p in &self.params {
+            let (ka, kb) = peft_tensor_names(&p.module);
             out.insert(
-                format!("base_model.model.{}.lora_A.weight", p.module),
+                ka,
                 p.a.as_tensor()
                     .to_dtype(DType::F32)?
                     .to_device(&Device::Cpu)?,
             );
             out.insert(
-                format!("base_model.model.{}.lora_B.weight", p.module),
+                kb,
                 p.b.as_tensor()
                     .to_dtype(DType::F32)?
                     .to_device(&Device::Cpu)?,

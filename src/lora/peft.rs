@@ -8,8 +8,8 @@ use std::path::Path;
 use candle_core::{DType, Device};
 use serde::{Deserialize, Serialize};
 
-use super::LoraWeights;
-use crate::model::CausalLm;
+use super::params::lora_scale;
+use super::{Adaptable, LoraParams, LoraWeights};
 use crate::{Error, Result};
 
 /// `target_modules` is either a list of names or a single string (`"all-linear"` or a regex).
@@ -39,25 +39,87 @@ pub struct PeftAdapterConfig {
     #[serde(default)]
     pub bias: Option<String>,
     #[serde(default)]
+    pub fan_in_fan_out: bool,
+    #[serde(default)]
     pub modules_to_save: Option<Vec<String>>,
+    /// `true`, `false` or an init scheme's name (`"gaussian"`, `"pissa"`, ...); read, not used.
+    #[serde(default = "init_lora_weights_default")]
+    pub init_lora_weights: serde_json::Value,
+    #[serde(default)]
+    pub inference_mode: bool,
     #[serde(default)]
     pub base_model_name_or_path: Option<String>,
     #[serde(default)]
-    pub fan_in_fan_out: bool,
+    pub revision: Option<String>,
+    #[serde(default)]
+    pub layers_to_transform: Option<serde_json::Value>,
+    #[serde(default)]
+    pub layers_pattern: Option<serde_json::Value>,
     #[serde(default)]
     pub rank_pattern: HashMap<String, serde_json::Value>,
     #[serde(default)]
     pub alpha_pattern: HashMap<String, serde_json::Value>,
 }
 
+/// PEFT's default for `init_lora_weights`.
+fn init_lora_weights_default() -> serde_json::Value {
+    serde_json::Value::Bool(true)
+}
+
+/// The names PEFT saves a module's `A` and `B` under (`get_peft_model_state_dict`):
+/// `base_model.model.{module}.lora_A.weight` and `...lora_B.weight`.
+pub fn peft_tensor_names(module: &str) -> (String, String) {
+    (
+        format!("base_model.model.{module}.lora_A.weight"),
+        format!("base_model.model.{module}.lora_B.weight"),
+    )
+}
+
 impl PeftAdapterConfig {
-    /// The LoRA scale: `alpha / r`, or `alpha / sqrt(r)` with rsLoRA.
-    pub fn scale(&self) -> f64 {
-        if self.use_rslora {
-            self.lora_alpha / (self.r as f64).sqrt()
-        } else {
-            self.lora_alpha / self.r as f64
+    /// The config PEFT would write for `params`, whose base model is named `base`: the targets
+    /// are the adapted modules' last path segments.
+    pub fn for_params(params: &LoraParams, base: &str) -> Self {
+        let mut targets: Vec<String> = params
+            .params
+            .iter()
+            .filter_map(|p| p.module.rsplit('.').next())
+            .map(str::to_string)
+            .collect();
+        targets.sort_unstable();
+        targets.dedup();
+        Self {
+            peft_type: Some("LORA".into()),
+            task_type: Some("CAUSAL_LM".into()),
+            r: params.spec.r,
+            lora_alpha: params.spec.alpha,
+            lora_dropout: params.spec.dropout,
+            target_modules: TargetModules::List(targets),
+            use_rslora: params.spec.use_rslora,
+            use_dora: false,
+            bias: Some("none".into()),
+            fan_in_fan_out: false,
+            modules_to_save: None,
+            init_lora_weights: init_lora_weights_default(),
+            inference_mode: true,
+            base_model_name_or_path: Some(base.to_string()),
+            revision: None,
+            layers_to_transform: None,
+            layers_pattern: None,
+            rank_pattern: HashMap::new(),
+            alpha_pattern: HashMap::new(),
         }
+    }
+
+    /// The LoRA scale of this adapter ([`lora_scale`]).
+    pub fn scale(&self) -> f64 {
+        lora_scale(self.lora_alpha, self.r, self.use_rslora)
+    }
+
+    /// Writes the config as pretty-printed JSON to `path`.
+    pub fn to_file(&self, path: &Path) -> Result<()> {
+        let text = serde_json::to_string_pretty(self)
+            .map_err(|e| Error::Msg(format!("adapter config: {e}")))?;
+        std::fs::write(path, text).map_err(|e| Error::io(path, e))
     }
 
     pub fn from_file(path: &Path) -> Result<Self> {
@@ -94,7 +156,7 @@ impl PeftAdapterConfig {
 
 /// Loads a PEFT adapter folder onto `model`'s projections; returns how many were adapted.
 pub fn load_peft_adapter(
-    model: &mut dyn CausalLm,
+    model: &mut dyn Adaptable,
     dir: &Path,
     dtype: DType,
     device: &Device,
@@ -118,8 +180,7 @@ pub fn load_peft_adapter(
     let scale = cfg.scale();
     let mut adapted = 0;
     for (path, linear) in model.linears_mut() {
-        let ka = format!("base_model.model.{path}.lora_A.weight");
-        let kb = format!("base_model.model.{path}.lora_B.weight");
+        let (ka, kb) = peft_tensor_names(&path);
         let (Some(a), Some(b)) = (tensors.get(&ka), tensors.get(&kb)) else {
             continue;
         };

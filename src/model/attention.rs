@@ -9,7 +9,8 @@ use std::ops::Range;
 
 use candle_core::{DType, Tensor, D};
 
-use super::layers::{repeat_kv, AttnMask, LayerCache};
+use super::cache::LayerCache;
+use super::mask::AttnMask;
 use crate::autograd::{accumulate, release, with_backward, with_backward_value, Stash, Value};
 use crate::gemm;
 use crate::kernels::attention as flash;
@@ -218,7 +219,7 @@ struct Blocks {
 
 /// The structure of a causal mask: its first query sits at position `offset` (keys from 0), and
 /// with a sliding `window` a query at `p` sees keys after `p - window` only (as
-/// [`attention_mask`](super::layers::attention_mask)). A block of queries then reads keys from its
+/// [`attention_mask`](super::mask::attention_mask)). A block of queries then reads keys from its
 /// first query's window start to its last query's position, since every key outside that range is
 /// masked for all of them: about half of a long sequence's work without a window, and with one,
 /// every key but the `window + block` or so nearest the block. A query whose every key is masked
@@ -371,10 +372,21 @@ pub fn attention_eager(
     Ok(gemm::matmul(&probs, v)?)
 }
 
+/// Repeats key/value heads for grouped-query attention: `[B, kv, T, D] -> [B, kv*n, T, D]`.
+pub fn repeat_kv(x: &Tensor, n_rep: usize) -> Result<Tensor> {
+    if n_rep == 1 {
+        return Ok(x.clone());
+    }
+    let (b, kv, t, d) = x.dims4()?;
+    Ok(x.unsqueeze(2)?
+        .broadcast_as((b, kv, n_rep, t, d))?
+        .reshape((b, kv * n_rep, t, d))?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::layers::attention_mask;
+    use crate::model::mask::attention_mask;
     use crate::testutil::max_abs_diff;
     use candle_core::{Device, Var};
 

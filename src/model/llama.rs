@@ -4,16 +4,21 @@
 use candle_core::Tensor;
 
 use super::attention::{attend, KeyValues};
-use super::layers::{
-    apply_rotary, head_or_tied, layer_projections, layer_projections_mut, merged_decoder_tensors,
-    name_projections, padding_rows, run_layer, AttnMask, AttnProjections, DecoderLayer, GatedMlp,
-    KvCache, MlpActivation, Pass, RmsNorm, Rotary,
+use super::cache::KvCache;
+use super::decoder::{head_or_tied, merged_decoder_tensors, run_layer, DecoderLayer, Pass};
+use super::mask::{padding_rows, AttnMask};
+use super::mlp::GatedMlp;
+use super::norm::RmsNorm;
+use super::projections::{
+    layer_projections, layer_projections_mut, name_projections, AttnProjections,
 };
+use super::rope::{apply_rotary, Rotary};
 use super::weights::Weights;
 use super::{CausalLm, LmHead};
 use crate::autograd::{release, Checkpointing};
 use crate::config::LlamaConfig;
-use crate::lora::{Linear, Recompute};
+use crate::kernels::glu::MlpActivation;
+use crate::lora::{Adaptable, Linear, Recompute};
 use crate::Result;
 
 #[derive(Clone)]
@@ -261,10 +266,6 @@ impl CausalLm for Llama {
         head_or_tied(self.lm_head.as_ref(), &self.embed_tokens, None)
     }
 
-    fn set_gradient_checkpointing(&mut self, checkpointing: Option<Checkpointing>) {
-        self.checkpointing = checkpointing;
-    }
-
     fn new_cache(&self) -> KvCache {
         KvCache::new(self.layers.len())
     }
@@ -285,8 +286,14 @@ impl CausalLm for Llama {
             &self.layers,
         )
     }
+}
 
+impl Adaptable for Llama {
     fn linears_mut(&mut self) -> Vec<(String, &mut Linear)> {
         name_projections(self.layers.iter_mut().map(Layer::projections_mut))
+    }
+
+    fn set_gradient_checkpointing(&mut self, checkpointing: Option<Checkpointing>) {
+        self.checkpointing = checkpointing;
     }
 }

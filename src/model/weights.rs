@@ -16,7 +16,7 @@ use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
 use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Tensor};
 
-use crate::lora::{Linear, PROJECTIONS};
+use crate::lora::Linear;
 use crate::quant::{FrozenWeight, QuantWeight, Quantize};
 use crate::{Error, Result};
 
@@ -102,7 +102,8 @@ impl Weights {
         }
     }
 
-    /// Stores the decoder's projections (not embeddings, norms or head) as `quantize` says.
+    /// Stores what [`Self::projection`] loads as `quantize` says (embeddings, norms and the
+    /// head stay dense).
     pub fn with_quantize(mut self, quantize: Quantize) -> Self {
         self.quantize = quantize;
         self
@@ -139,15 +140,19 @@ impl Weights {
         Ok(t.to_dtype(self.dtype)?)
     }
 
-    /// A frozen [`Linear`] from `{prefix}.weight` (`[out, inp]`) and optionally `{prefix}.bias`.
+    /// A dense frozen [`Linear`] from `{prefix}.weight` (`[out, inp]`) and optionally
+    /// `{prefix}.bias`, whatever [`Self::with_quantize`] says (the head stays dense).
     pub fn linear(&self, prefix: &str, out: usize, inp: usize, bias: bool) -> Result<Linear> {
+        let weight = FrozenWeight::Dense(self.get(&format!("{prefix}.weight"), &[out, inp])?);
+        self.with_bias(weight, prefix, out, bias)
+    }
+
+    /// A decoder projection: [`Self::linear`], with the weight stored as
+    /// [`Self::with_quantize`] says.
+    pub fn projection(&self, prefix: &str, out: usize, inp: usize, bias: bool) -> Result<Linear> {
         let name = format!("{prefix}.weight");
-        let is_projection = prefix.starts_with("model.layers.")
-            && PROJECTIONS.contains(&prefix.rsplit('.').next().unwrap_or(""));
         let weight = match self.quantize {
             Quantize::None => FrozenWeight::Dense(self.get(&name, &[out, inp])?),
-            // Embeddings, norms and the head stay dense.
-            _ if !is_projection => FrozenWeight::Dense(self.get(&name, &[out, inp])?),
             Quantize::Gguf => self.gguf_blocks(&name, &[out, inp])?,
             q => {
                 let w = self.get_raw(&name)?;
@@ -155,6 +160,17 @@ impl Weights {
                 FrozenWeight::Quant(Arc::new(QuantWeight::quantize(&name, &w, q, self.dtype)?))
             }
         };
+        self.with_bias(weight, prefix, out, bias)
+    }
+
+    /// `weight` with `{prefix}.bias` when `bias` is set.
+    fn with_bias(
+        &self,
+        weight: FrozenWeight,
+        prefix: &str,
+        out: usize,
+        bias: bool,
+    ) -> Result<Linear> {
         let bias = if bias {
             Some(self.get(&format!("{prefix}.bias"), &[out])?)
         } else {

@@ -56,6 +56,19 @@ impl Quantize {
         self != Self::None
     }
 
+    /// Bits per stored weight, scales included; `dtype_bytes` is the model dtype's size, which
+    /// dense weights keep.
+    pub fn bits_per_weight(self, dtype_bytes: usize) -> f64 {
+        match self {
+            Self::None => 8.0 * dtype_bytes as f64,
+            Self::Nf4 => 4.13,
+            Self::Q4_0 | Self::Q4K => 4.5,
+            // A GGUF file mixes 4-to-8-bit blocks; Q4_K_M averages about 5.
+            Self::Gguf => 5.0,
+            Self::Q8_0 => 8.5,
+        }
+    }
+
     /// The number of input features a row must be a multiple of.
     pub fn row_multiple(self) -> usize {
         match self {

@@ -20,75 +20,12 @@
 
 use std::sync::OnceLock;
 
+pub use crate::kernels::nf4::{dequant_tables, Nf4Matrix, NF4_ABSMAX_BLOCK, NF4_BLOCK};
+use crate::kernels::nf4::{DYNAMIC_MAP, NF4_LEVELS};
 use crate::{Error, Result};
-
-/// Elements per absmax block.
-pub const NF4_BLOCK: usize = 64;
-/// Absmax values per second-level (double-quantization) block.
-pub const NF4_ABSMAX_BLOCK: usize = 256;
-
-/// bitsandbytes' NF4 levels (`get_4bit_type("nf4")`), index = 4-bit code.
-#[rustfmt::skip]
-const NF4_LEVELS: [f32; 16] = [
-    -1.0, -0.6961928, -0.52507305, -0.3949175, -0.28444138, -0.18477343, -0.091050036, 0.0,
-    0.0795803, 0.1609302, 0.2461123, 0.33791524, 0.44070983, 0.562617, 0.72295684, 1.0,
-];
-
-/// `create_dynamic_map(signed=True)` as bitsandbytes builds it with torch (f32 linspace), sorted.
-/// Written out because torch's vectorized linspace rounds differently from the textbook formula.
-#[rustfmt::skip]
-const DYNAMIC_MAP: [f32; 256] = [
-    -0.99296874, -0.9789063, -0.96484375, -0.9507812, -0.93671876, -0.92265624, -0.9085938, -0.89453125,
-    -0.8804687, -0.86640626, -0.85234374, -0.8382813, -0.82421875, -0.8101562, -0.79609376, -0.78203124,
-    -0.7679688, -0.75390625, -0.7398437, -0.72578126, -0.7117188, -0.6976563, -0.68359375, -0.6695312,
-    -0.65546876, -0.6414063, -0.6273438, -0.61328125, -0.5992187, -0.58515626, -0.5710938, -0.5570313,
-    -0.54296875, -0.5289062, -0.5148437, -0.50078124, -0.4867187, -0.47265625, -0.45859373, -0.44453126,
-    -0.43046874, -0.41640624, -0.40234375, -0.38828123, -0.37421876, -0.36015624, -0.34609374, -0.33203125,
-    -0.31796873, -0.30390626, -0.28984374, -0.27578127, -0.26171875, -0.24765624, -0.23359375, -0.21953125,
-    -0.20546874, -0.19140625, -0.17734376, -0.16328125, -0.14921875, -0.13515624, -0.12109375, -0.107031256,
-    -0.09859375, -0.09578126, -0.092968754, -0.09015625, -0.08734375, -0.08453125, -0.08171876, -0.07890625,
-    -0.07609375, -0.07328125, -0.070468746, -0.067656256, -0.06484375, -0.06203125, -0.059218753, -0.05640625,
-    -0.05359375, -0.05078125, -0.04796875, -0.04515625, -0.042343747, -0.03953125, -0.036718752, -0.03390625,
-    -0.03109375, -0.028281251, -0.02546875, -0.02265625, -0.019843752, -0.01703125, -0.01421875, -0.01140625,
-    -0.00971875, -0.009156249, -0.00859375, -0.00803125, -0.00746875, -0.00690625, -0.00634375, -0.00578125,
-    -0.0052187503, -0.0046562497, -0.00409375, -0.0035312497, -0.00296875, -0.00240625, -0.00184375, -0.0012812499,
-    -0.0009437501, -0.00083125, -0.00071875006, -0.0006062501, -0.00049375003, -0.00038125002, -0.00026875004, -0.00015625001,
-    -8.875e-05, -6.625e-05, -4.375e-05, -2.1249998e-05, -7.75e-06, -3.2500002e-06, -5.5000004e-07, 0.0,
-    5.5000004e-07, 3.2500002e-06, 7.75e-06, 2.1249998e-05, 4.375e-05, 6.625e-05, 8.875e-05, 0.00015625001,
-    0.00026875004, 0.00038125002, 0.00049375003, 0.0006062501, 0.00071875006, 0.00083125, 0.0009437501, 0.0012812499,
-    0.00184375, 0.00240625, 0.00296875, 0.0035312497, 0.00409375, 0.0046562497, 0.0052187503, 0.00578125,
-    0.00634375, 0.00690625, 0.00746875, 0.00803125, 0.00859375, 0.009156249, 0.00971875, 0.01140625,
-    0.01421875, 0.01703125, 0.019843752, 0.02265625, 0.02546875, 0.028281251, 0.03109375, 0.03390625,
-    0.036718752, 0.03953125, 0.042343747, 0.04515625, 0.04796875, 0.05078125, 0.05359375, 0.05640625,
-    0.059218753, 0.06203125, 0.06484375, 0.067656256, 0.070468746, 0.07328125, 0.07609375, 0.07890625,
-    0.08171876, 0.08453125, 0.08734375, 0.09015625, 0.092968754, 0.09578126, 0.09859375, 0.107031256,
-    0.12109375, 0.13515624, 0.14921875, 0.16328125, 0.17734376, 0.19140625, 0.20546874, 0.21953125,
-    0.23359375, 0.24765624, 0.26171875, 0.27578127, 0.28984374, 0.30390626, 0.31796873, 0.33203125,
-    0.34609374, 0.36015624, 0.37421876, 0.38828123, 0.40234375, 0.41640624, 0.43046874, 0.44453126,
-    0.45859373, 0.47265625, 0.4867187, 0.50078124, 0.5148437, 0.5289062, 0.54296875, 0.5570313,
-    0.5710938, 0.58515626, 0.5992187, 0.61328125, 0.6273438, 0.6414063, 0.65546876, 0.6695312,
-    0.68359375, 0.6976563, 0.7117188, 0.72578126, 0.7398437, 0.75390625, 0.7679688, 0.78203124,
-    0.79609376, 0.8101562, 0.82421875, 0.8382813, 0.85234374, 0.86640626, 0.8804687, 0.89453125,
-    0.9085938, 0.92265624, 0.93671876, 0.9507812, 0.96484375, 0.9789063, 0.99296874, 1.0,
-];
 
 /// Size of the CPU kernel's value -> 8-bit code table (`kLUTSize` in `csrc/cpu_ops.cpp`).
 const DYNAMIC_LUT_SIZE: usize = 65536;
-
-/// A matrix quantized to NF4 with double-quantized absmax, in bitsandbytes' layout.
-#[derive(Debug, Clone)]
-pub struct Nf4Matrix {
-    rows: usize,
-    cols: usize,
-    /// Two 4-bit codes per byte, row-major; element `2k` in the high nibble of byte `k`.
-    codes: Vec<u8>,
-    /// One 8-bit `DYNAMIC_MAP` index per 64-element block.
-    absmax_codes: Vec<u8>,
-    /// One f32 scale per `NF4_ABSMAX_BLOCK` absmax codes.
-    absmax_scales: Vec<f32>,
-    /// Mean of the absmaxes, subtracted before their 8-bit quantization.
-    absmax_offset: f32,
-}
 
 impl Nf4Matrix {
     /// Quantizes a row-major `[rows, cols]` f32 matrix; `cols` must be a multiple of 64.
@@ -142,113 +79,15 @@ impl Nf4Matrix {
 
         let absmax_offset = torch_mean(&absmax);
         let (absmax_codes, absmax_scales) = quantize_absmax(&absmax, absmax_offset);
-        Ok(Self {
+        Self::from_parts(
             rows,
             cols,
             codes,
             absmax_codes,
             absmax_scales,
             absmax_offset,
-        })
+        )
     }
-
-    pub fn rows(&self) -> usize {
-        self.rows
-    }
-
-    pub fn cols(&self) -> usize {
-        self.cols
-    }
-
-    /// The packed 4-bit codes, bitsandbytes' `quantize_4bit` output flattened.
-    pub fn packed_codes(&self) -> &[u8] {
-        &self.codes
-    }
-
-    /// The 8-bit absmax codes (bitsandbytes' `QuantState.absmax` when nested).
-    pub fn absmax_codes(&self) -> &[u8] {
-        &self.absmax_codes
-    }
-
-    /// The per-256 absmax scales (`QuantState.state2.absmax`).
-    pub fn absmax_scales(&self) -> &[f32] {
-        &self.absmax_scales
-    }
-
-    /// The mean subtracted from the absmaxes (`QuantState.offset`).
-    pub fn absmax_offset(&self) -> f32 {
-        self.absmax_offset
-    }
-
-    /// Dequantizes rows `r0..r1` into `out`, which must hold `(r1 - r0) * cols` values.
-    pub fn dequantize_rows_into(&self, r0: usize, r1: usize, out: &mut [f32]) -> Result<()> {
-        if r0 > r1 || r1 > self.rows {
-            return Err(Error::Msg(format!(
-                "NF4: row range {r0}..{r1} is out of bounds for a matrix of {} rows",
-                self.rows
-            )));
-        }
-        if out.len() != (r1 - r0) * self.cols {
-            return Err(Error::Msg(format!(
-                "NF4: rows {r0}..{r1} of {} columns need an output of {} values, got {}",
-                self.cols,
-                (r1 - r0) * self.cols,
-                out.len()
-            )));
-        }
-        self.fill_blocks(r0 * (self.cols / NF4_BLOCK), out);
-        Ok(())
-    }
-
-    /// The whole matrix, row-major.
-    pub fn dequantize(&self) -> Vec<f32> {
-        let mut out = vec![0.0; self.rows * self.cols];
-        self.fill_blocks(0, &mut out);
-        out
-    }
-
-    /// Bytes held (codes + absmax codes + scales + offset): what the format costs in memory.
-    pub fn size_in_bytes(&self) -> usize {
-        self.codes.len()
-            + self.absmax_codes.len()
-            + self.absmax_scales.len() * std::mem::size_of::<f32>()
-            + std::mem::size_of::<f32>()
-    }
-
-    /// Dequantizes whole blocks from `first_block` on into `out` (a multiple of `NF4_BLOCK` long).
-    fn fill_blocks(&self, first_block: usize, out: &mut [f32]) {
-        let codes = &self.codes[first_block * NF4_BLOCK / 2..];
-        for (i, (block_out, block_codes)) in out
-            .chunks_exact_mut(NF4_BLOCK)
-            .zip(codes.chunks_exact(NF4_BLOCK / 2))
-            .enumerate()
-        {
-            // Scaling the 16 levels once per block gives the same products as bnb's per-element
-            // `level * absmax`, and leaves the inner loop two table reads per byte.
-            let scale = self.block_absmax(first_block + i);
-            let levels = NF4_LEVELS.map(|l| l * scale);
-            for (pair, &byte) in block_out.chunks_exact_mut(2).zip(block_codes) {
-                pair[0] = levels[usize::from(byte >> 4)];
-                pair[1] = levels[usize::from(byte & 0x0f)];
-            }
-        }
-    }
-
-    /// Absmax of block `b` as `dequantize_blockwise(...) + offset` computes it (two f32 roundings).
-    fn block_absmax(&self, b: usize) -> f32 {
-        DYNAMIC_MAP[usize::from(self.absmax_codes[b])] * self.absmax_scales[b / NF4_ABSMAX_BLOCK]
-            + self.absmax_offset
-    }
-}
-
-/// The 16 NF4 levels followed by the 256 values of the absmax map, as the dequantize kernel
-/// (`kernels/nf4.cu`) reads them.
-pub fn dequant_tables() -> Vec<f32> {
-    NF4_LEVELS
-        .iter()
-        .chain(DYNAMIC_MAP.iter())
-        .copied()
-        .collect()
 }
 
 /// Decision boundaries between consecutive NF4 levels, `(code[i] + code[i + 1]) / 2` in f32.

@@ -101,25 +101,13 @@ impl MemoryEstimate {
     }
 }
 
-/// Bits per weight of the stored projections.
-fn bits_per_weight(q: Quantize, dtype_bytes: usize) -> f64 {
-    match q {
-        Quantize::None => 8.0 * dtype_bytes as f64,
-        Quantize::Nf4 => 4.13,
-        Quantize::Q4_0 | Quantize::Q4K => 4.5,
-        // A GGUF file mixes 4-to-8-bit blocks; Q4_K_M averages about 5.
-        Quantize::Gguf => 5.0,
-        Quantize::Q8_0 => 8.5,
-    }
-}
-
 pub fn estimate(dims: &ModelDims, run: &RunShape) -> MemoryEstimate {
     let b = run.dtype_bytes as f64;
     let (h, i) = (dims.hidden as f64, dims.intermediate as f64);
     let heads_width = (dims.heads * dims.head_dim) as f64;
     let embed = dims.vocab as f64 * h * if dims.tied { 1.0 } else { 2.0 };
     let weights =
-        embed * b + dims.projection_params() * bits_per_weight(run.quantize, run.dtype_bytes) / 8.0;
+        embed * b + dims.projection_params() * run.quantize.bits_per_weight(run.dtype_bytes) / 8.0;
     // Parameter, gradient and two Adam moments, all f32.
     let lora = run.lora_params as f64 * 16.0;
     let tokens = (run.micro_batch_size * run.seq_len) as f64;

@@ -6,7 +6,8 @@
 
 use candle_core::{DType, Device, Tensor, Var};
 use lora_train::model::attention::attention_eager;
-use lora_train::model::layers::{attention_mask, repeat_kv};
+use lora_train::model::attention::repeat_kv;
+use lora_train::model::mask::attention_mask;
 
 pub type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 

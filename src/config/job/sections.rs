@@ -208,9 +208,10 @@ impl TrainSection {
 }
 
 impl LoraSection {
-    /// The factor on `B·A` (see [`crate::lora::scale`]).
+    /// The factor on `B·A` (see [`crate::lora::lora_scale`]); a rank of 0, which the checks
+    /// refuse, counts as 1 here.
     pub fn scaling(&self) -> f64 {
-        crate::lora::scale(self.alpha, self.r, self.use_rslora)
+        crate::lora::lora_scale(self.alpha, self.r.max(1), self.use_rslora)
     }
 }
 

@@ -1,0 +1,167 @@
+//! The HF-style model config a GGUF file's metadata describes: llama.cpp's keys
+//! (`llama.embedding_length`, `gemma3.attention.sliding_window`, ...) mapped onto
+//! [`LlamaConfig`] and [`Gemma3Config`], with the defaults llama.cpp assumes where a key is
+//! absent, so a GGUF base builds the same model as its HF folder.
+
+use std::path::Path;
+
+use candle_core::quantized::gguf_file::{Content, Value};
+
+use super::hf::{Gemma3Config, LlamaConfig, ModelConfig, RopeScaling, SUPPORTED_ARCHITECTURES};
+use crate::{Error, Result};
+
+/// Typed access to GGUF metadata with errors that name the file and key.
+pub struct GgufMeta<'a> {
+    content: &'a Content,
+    path: &'a Path,
+}
+
+impl<'a> GgufMeta<'a> {
+    pub fn new(content: &'a Content, path: &'a Path) -> Self {
+        Self { content, path }
+    }
+
+    /// `general.architecture`: `llama`, `gemma3`, ...
+    pub fn architecture(&self) -> Result<String> {
+        self.string("general.architecture")
+    }
+
+    /// The HF-style config of architecture `arch` (from [`Self::architecture`]); the vocabulary
+    /// size falls back to the rows of `token_embd.weight`.
+    pub fn model_config(&self, arch: &str) -> Result<ModelConfig> {
+        let vocab = match self.opt_u32(&format!("{arch}.vocab_size")) {
+            Some(v) => v as usize,
+            None => self
+                .content
+                .tensor_infos
+                .get("token_embd.weight")
+                .map(|t| t.shape.dims()[0])
+                .ok_or_else(|| Error::model(self.path, "no token_embd.weight tensor"))?,
+        };
+        match arch {
+            "llama" => Ok(ModelConfig::Llama(self.llama_config(vocab)?)),
+            "gemma3" => Ok(ModelConfig::Gemma3(self.gemma3_config(vocab)?)),
+            other => Err(Error::UnsupportedArchitecture {
+                path: self.path.to_path_buf(),
+                arch: format!("{other} (GGUF general.architecture)"),
+                supported: format!(
+                    "{} (GGUF: llama, gemma3)",
+                    SUPPORTED_ARCHITECTURES.join(", ")
+                ),
+            }),
+        }
+    }
+
+    fn get(&self, key: &str) -> Result<&Value> {
+        self.content
+            .metadata
+            .get(key)
+            .ok_or_else(|| Error::model(self.path, format!("GGUF metadata `{key}` is missing")))
+    }
+    fn string(&self, key: &str) -> Result<String> {
+        self.get(key)?
+            .to_string()
+            .cloned()
+            .map_err(|e| Error::model(self.path, format!("GGUF metadata `{key}`: {e}")))
+    }
+    fn u32(&self, key: &str) -> Result<usize> {
+        let v = self.get(key)?;
+        v.to_u32()
+            .or_else(|_| v.to_u64().map(|x| x as u32))
+            .or_else(|_| v.to_i32().map(|x| x as u32))
+            .map(|x| x as usize)
+            .map_err(|e| Error::model(self.path, format!("GGUF metadata `{key}`: {e}")))
+    }
+    fn opt_u32(&self, key: &str) -> Option<u32> {
+        self.content.metadata.get(key).and_then(|v| v.to_u32().ok())
+    }
+    fn opt_f64(&self, key: &str) -> Option<f64> {
+        let v = self.content.metadata.get(key)?;
+        v.to_f32().map(|x| x as f64).or_else(|_| v.to_f64()).ok()
+    }
+
+    fn llama_config(&self, vocab: usize) -> Result<LlamaConfig> {
+        let hidden = self.u32("llama.embedding_length")?;
+        let heads = self.u32("llama.attention.head_count")?;
+        let head_dim = self
+            .opt_u32("llama.attention.key_length")
+            .or_else(|| self.opt_u32("llama.rope.dimension_count"))
+            .map(|x| x as usize)
+            .unwrap_or(hidden / heads.max(1));
+        let has_head = self.content.tensor_infos.contains_key("output.weight");
+        Ok(LlamaConfig {
+            vocab_size: vocab,
+            hidden_size: hidden,
+            intermediate_size: self.u32("llama.feed_forward_length")?,
+            num_hidden_layers: self.u32("llama.block_count")?,
+            num_attention_heads: heads,
+            num_key_value_heads: self
+                .opt_u32("llama.attention.head_count_kv")
+                .map(|x| x as usize),
+            head_dim: Some(head_dim),
+            rms_norm_eps: self
+                .opt_f64("llama.attention.layer_norm_rms_epsilon")
+                .unwrap_or(1e-5),
+            rope_theta: self.opt_f64("llama.rope.freq_base").unwrap_or(10_000.0),
+            // llama3 scaling comes as the `rope_freqs.weight` tensor; linear as metadata.
+            rope_scaling: self.linear_rope_scaling("llama"),
+            max_position_embeddings: self.opt_u32("llama.context_length").unwrap_or(2048) as usize,
+            tie_word_embeddings: !has_head,
+            attention_bias: self.content.tensor_infos.contains_key("blk.0.attn_q.bias"),
+            mlp_bias: false,
+            hidden_act: "silu".into(),
+            rope_parameters: None,
+        })
+    }
+
+    fn linear_rope_scaling(&self, arch: &str) -> Option<RopeScaling> {
+        let kind = self
+            .content
+            .metadata
+            .get(&format!("{arch}.rope.scaling.type"))
+            .and_then(|v| v.to_string().ok().cloned())?;
+        let factor = self.opt_f64(&format!("{arch}.rope.scaling.factor"))?;
+        (kind == "linear").then(|| RopeScaling {
+            rope_type: "linear".into(),
+            factor: Some(factor),
+            low_freq_factor: None,
+            high_freq_factor: None,
+            original_max_position_embeddings: None,
+        })
+    }
+
+    fn gemma3_config(&self, vocab: usize) -> Result<Gemma3Config> {
+        let head_dim = self.u32("gemma3.attention.key_length")?;
+        Ok(Gemma3Config {
+            vocab_size: vocab,
+            hidden_size: self.u32("gemma3.embedding_length")?,
+            intermediate_size: self.u32("gemma3.feed_forward_length")?,
+            num_hidden_layers: self.u32("gemma3.block_count")?,
+            num_attention_heads: self.u32("gemma3.attention.head_count")?,
+            num_key_value_heads: self.u32("gemma3.attention.head_count_kv")?,
+            head_dim,
+            rms_norm_eps: self
+                .opt_f64("gemma3.attention.layer_norm_rms_epsilon")
+                .unwrap_or(1e-6),
+            rope_theta: self.opt_f64("gemma3.rope.freq_base").unwrap_or(1_000_000.0),
+            // llama.cpp fixes the local base at 10k for Gemma 3.
+            rope_local_base_freq: 10_000.0,
+            rope_scaling: self.linear_rope_scaling("gemma3"),
+            sliding_window: self
+                .opt_u32("gemma3.attention.sliding_window")
+                .unwrap_or(512) as usize,
+            sliding_window_pattern: Some(6),
+            layer_types: None,
+            // Every Gemma 3 size but 27B scales by head_dim (llama.cpp `f_attention_scale`).
+            query_pre_attn_scalar: head_dim as f64,
+            final_logit_softcapping: self.opt_f64("gemma3.final_logit_softcapping"),
+            attn_logit_softcapping: self.opt_f64("gemma3.attn_logit_softcapping"),
+            max_position_embeddings: self.opt_u32("gemma3.context_length").unwrap_or(32768)
+                as usize,
+            tie_word_embeddings: !self.content.tensor_infos.contains_key("output.weight"),
+            attention_bias: false,
+            hidden_activation: "gelu_pytorch_tanh".into(),
+            rope_parameters: None,
+        })
+    }
+}

@@ -1,0 +1,104 @@
+//! A decoder layer's seven projections: their HF paths in PEFT's order, the attention
+//! projections, and the per-layer naming and merging that exports and adapters share. Each one
+//! loads as a quantizable [`crate::lora::Linear`].
+
+use candle_core::Tensor;
+
+use super::mlp::GatedMlp;
+use super::weights::Weights;
+use crate::lora::Linear;
+use crate::Result;
+
+/// HF paths of a decoder layer's seven projections, in PEFT's order.
+pub const PROJECTION_PATHS: [&str; 7] = [
+    "self_attn.q_proj",
+    "self_attn.k_proj",
+    "self_attn.v_proj",
+    "self_attn.o_proj",
+    "mlp.gate_proj",
+    "mlp.up_proj",
+    "mlp.down_proj",
+];
+
+/// The attention projections of a decoder layer.
+#[derive(Debug, Clone)]
+pub struct AttnProjections {
+    pub q_proj: Linear,
+    pub k_proj: Linear,
+    pub v_proj: Linear,
+    pub o_proj: Linear,
+}
+
+impl AttnProjections {
+    /// Loads `{prefix}.{q,k,v,o}_proj` for `n_head`/`n_kv_head` heads of `head_dim`.
+    pub fn load(
+        w: &Weights,
+        prefix: &str,
+        hidden: usize,
+        (n_head, n_kv_head, head_dim): (usize, usize, usize),
+        bias: bool,
+    ) -> Result<Self> {
+        let (q, kv) = (n_head * head_dim, n_kv_head * head_dim);
+        Ok(Self {
+            q_proj: w.projection(&format!("{prefix}.q_proj"), q, hidden, bias)?,
+            k_proj: w.projection(&format!("{prefix}.k_proj"), kv, hidden, bias)?,
+            v_proj: w.projection(&format!("{prefix}.v_proj"), kv, hidden, bias)?,
+            o_proj: w.projection(&format!("{prefix}.o_proj"), hidden, q, bias)?,
+        })
+    }
+}
+
+/// A layer's seven projections in [`PROJECTION_PATHS`] order.
+pub fn layer_projections<'a>(a: &'a AttnProjections, m: &'a GatedMlp) -> [&'a Linear; 7] {
+    [
+        &a.q_proj,
+        &a.k_proj,
+        &a.v_proj,
+        &a.o_proj,
+        &m.gate_proj,
+        &m.up_proj,
+        &m.down_proj,
+    ]
+}
+
+/// Mutable [`layer_projections`].
+pub fn layer_projections_mut<'a>(
+    a: &'a mut AttnProjections,
+    m: &'a mut GatedMlp,
+) -> [&'a mut Linear; 7] {
+    [
+        &mut a.q_proj,
+        &mut a.k_proj,
+        &mut a.v_proj,
+        &mut a.o_proj,
+        &mut m.gate_proj,
+        &mut m.up_proj,
+        &mut m.down_proj,
+    ]
+}
+
+/// Names each layer's projections `model.layers.{i}.{path}`.
+pub fn name_projections<T>(layers: impl IntoIterator<Item = [T; 7]>) -> Vec<(String, T)> {
+    layers
+        .into_iter()
+        .enumerate()
+        .flat_map(|(i, ps)| {
+            PROJECTION_PATHS
+                .iter()
+                .zip(ps)
+                .map(move |(p, l)| (format!("model.layers.{i}.{p}"), l))
+        })
+        .collect()
+}
+
+/// `{name}.weight` (with any LoRA merged in) and `{name}.bias` of each projection.
+pub fn merged_projection_tensors(named: Vec<(String, &Linear)>) -> Result<Vec<(String, Tensor)>> {
+    let mut out = Vec::with_capacity(named.len() * 2);
+    for (name, linear) in named {
+        out.push((format!("{name}.weight"), linear.merged_weight()?));
+        if let Some(b) = linear.bias() {
+            out.push((format!("{name}.bias"), b.clone()));
+        }
+    }
+    Ok(out)
+}
