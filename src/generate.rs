@@ -144,6 +144,19 @@ fn sample_top_p(logits: &[f32], temperature: f64, top_p: f64, rng: &mut impl Rng
     probs[probs.len() - 1].0 as u32
 }
 
+/// The ids that end a generated turn: eos ids and the template's end-of-turn token.
+pub fn stop_ids(m: &crate::model::LoadedModel) -> Vec<u32> {
+    let mut ids = m.tokenizer.eos_token_ids.clone();
+    if let Some(eot) = m.template.end_of_turn_token() {
+        if let Some(id) = m.tokenizer.token_to_id(&eot) {
+            ids.push(id);
+        }
+    }
+    ids.sort_unstable();
+    ids.dedup();
+    ids
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -162,17 +175,4 @@ mod tests {
     fn argmax_prefers_first_of_ties() {
         assert_eq!(argmax(&[1.0, 3.0, 3.0]), 1);
     }
-}
-
-/// The ids that end a generated turn: eos ids and the template's end-of-turn token.
-pub fn stop_ids(m: &crate::model::LoadedModel) -> Vec<u32> {
-    let mut ids = m.tokenizer.eos_token_ids.clone();
-    if let Some(eot) = m.template.end_of_turn_token() {
-        if let Some(id) = m.tokenizer.token_to_id(&eot) {
-            ids.push(id);
-        }
-    }
-    ids.sort_unstable();
-    ids.dedup();
-    ids
 }

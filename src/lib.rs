@@ -1,9 +1,10 @@
 //! lora-train: LoRA and QLoRA fine-tuning of Llama and Gemma chat models on Candle.
 //!
-//! The crate is a library with a thin `lora-train` binary. The modules follow the
-//! pipeline: a [`model`] is resolved and loaded (HF folder, hub cache or GGUF), its
-//! tokenizer and chat template live in [`data`], [`eval`] scores datasets, and
-//! [`generate`] samples from the model with a KV cache.
+//! A library under the `lora-train` binary, whose commands live in the binary's own `cli`
+//! module. Modules are layered, each using only those below it (checked by `tests/layering.rs`):
+//! [`data`] and the tensor ops ([`gemm`], [`autograd`], [`kernels`], [`quant`]) at the bottom,
+//! then [`lora`], [`config`], [`model`], [`generate`], [`eval`], [`export`], [`train`] and
+//! [`providers`] on top.
 
 pub mod alloc;
 pub mod autograd;

@@ -1,5 +1,6 @@
-//! Evaluation: masked cross-entropy of chat datasets (the `score` command), and later
-//! perplexity, judges and ratings.
+//! Scoring: the masked cross-entropy of chat examples, per token through the LM head in vocab
+//! blocks ([`loss`]) and per example in right-padded batches ([`score`]). Training's validation
+//! and the `score` command use it, so it sits below `train`.
 
 pub mod loss;
 pub mod score;

@@ -125,11 +125,6 @@ impl Linear {
         }
     }
 
-    /// The frozen part alone: `x Wᵀ + b`.
-    pub fn forward_base(&self, x: &Tensor) -> Result<Tensor> {
-        self.base(x, true)
-    }
-
     fn base(&self, x: &Tensor, value: bool) -> Result<Tensor> {
         let (out, inp) = self.shape();
         let (lead, n) = leading_dims(x, inp)?;

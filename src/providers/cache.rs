@@ -11,8 +11,8 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use super::atomic::write_atomic;
 use super::error::Result;
+use crate::fsutil::write_atomic;
 
 /// A directory of cached replies.
 #[derive(Debug, Clone)]
@@ -67,7 +67,7 @@ impl ResponseCache {
         let bytes = serde_json::to_vec_pretty(value).map_err(|e| {
             super::error::ProviderError::Config(format!("cache entry cannot be serialized: {e}"))
         })?;
-        write_atomic(&self.path(key), &bytes)
+        Ok(write_atomic(&self.path(key), &bytes)?)
     }
 }
 

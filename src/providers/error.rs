@@ -145,6 +145,16 @@ impl ProviderError {
 /// Results of the provider layer.
 pub type Result<T, E = ProviderError> = std::result::Result<T, E>;
 
+impl From<crate::Error> for ProviderError {
+    /// The library's file errors as ours; the atomic writes produce nothing else.
+    fn from(e: crate::Error) -> Self {
+        match e {
+            crate::Error::Io { path, source } => ProviderError::Io { path, source },
+            other => ProviderError::Config(other.to_string()),
+        }
+    }
+}
+
 impl From<ProviderError> for crate::Error {
     fn from(e: ProviderError) -> Self {
         match e {

@@ -51,11 +51,6 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Limiter {
-    /// No limits.
-    pub fn unlimited() -> Self {
-        Limiter::default()
-    }
-
     /// At most `max_in_flight` concurrent requests and `requests_per_minute` starts per minute.
     pub fn new(max_in_flight: Option<usize>, requests_per_minute: Option<u32>) -> Self {
         Self::with_period(max_in_flight, requests_per_minute, Duration::from_secs(60))

@@ -11,7 +11,6 @@
 //! are never printed, logged or stored. Behaviour follows the providers' own SDKs:
 //! together-python, openai-python and anthropic-sdk-python.
 
-mod atomic;
 pub mod cache;
 pub mod chat;
 pub mod env;

@@ -11,7 +11,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 
 use super::{safe_file_name, HostedProvider, JobStatus, RemoteJob};
-use crate::providers::atomic::write_atomic;
+use crate::fsutil::write_atomic;
 use crate::providers::error::{ProviderError, Result};
 
 /// The current record layout.

@@ -15,7 +15,7 @@ use super::{
     json_str, json_u64, safe_file_name, Checkpoint, DownloadKind, EventLevel, FineTuneApi,
     HostedProvider, JobEvent, JobStatus, RemoteJob,
 };
-use crate::providers::atomic::temp_path_for;
+use crate::fsutil::temp_path_for;
 use crate::providers::error::{ProviderError, Result};
 use crate::providers::http::{
     display_path, form_encode, resolve_location, Auth, HttpRequest, HttpSettings, Transport,
