@@ -10,6 +10,18 @@ use crate::{Error, Result};
 
 static COUNTER: AtomicU64 = AtomicU64::new(0);
 
+/// The tool's own folder for state that outlives a run (hosted job records): `LORA_TRAIN_HOME`,
+/// else `~/.lora-train`. `None` when neither is set.
+pub fn home() -> Option<PathBuf> {
+    let var = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty());
+    if let Some(dir) = var("LORA_TRAIN_HOME") {
+        return Some(PathBuf::from(dir));
+    }
+    var("HOME")
+        .or_else(|| var("USERPROFILE"))
+        .map(|home| PathBuf::from(home).join(".lora-train"))
+}
+
 /// A temporary path in the same folder as `target` (same filesystem, so the rename is atomic),
 /// unique to this write: the process id and a counter, never a guessable sibling.
 pub fn temp_path_for(target: &Path) -> PathBuf {

@@ -30,7 +30,7 @@ const MAX_SHOWN_FAILURES: usize = 20;
 /// Where the job records live (one JSON file per job).
 #[derive(Debug, Clone, Args)]
 pub struct JobsDir {
-    /// Directory of the local job records [default: ~/.lora-train/hosted].
+    /// Directory of the local job records [default: $LORA_TRAIN_HOME/hosted, else ~/.lora-train/hosted].
     #[arg(long, value_name = "DIR")]
     pub jobs_dir: Option<PathBuf>,
 }

@@ -94,15 +94,13 @@ impl JobStore {
         JobStore { dir: dir.into() }
     }
 
-    /// `~/.lora-train/hosted`.
+    /// `hosted` in the tool's home folder ([`crate::fsutil::home`]).
     pub fn default_dir() -> Result<PathBuf> {
-        std::env::var_os("HOME")
-            .or_else(|| std::env::var_os("USERPROFILE"))
-            .filter(|h| !h.is_empty())
-            .map(|home| PathBuf::from(home).join(".lora-train").join("hosted"))
+        crate::fsutil::home()
+            .map(|home| home.join("hosted"))
             .ok_or_else(|| {
                 ProviderError::Config(
-                    "cannot find the home directory (HOME is not set); give a records directory"
+                    "cannot find the home directory (neither LORA_TRAIN_HOME nor HOME is set); give a records directory"
                         .to_string(),
                 )
             })
