@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
 use lora_train::config::JobConfig;
-use lora_train::train::batch::collate;
+use lora_train::data::batch::collate;
 use lora_train::train::loss::micro_batch_nll_sum;
 use lora_train::train::metrics::{MetricsLine, MetricsLog};
 use lora_train::train::{RunOptions, Trainer};

@@ -1,7 +1,6 @@
-//! Supervised LoRA fine-tuning: batching, the masked loss, AdamW with our own state, learning
+//! Supervised LoRA fine-tuning: the masked loss, AdamW with our own state, learning
 //! rate schedules, checkpoints, metrics, and the trainer loop.
 
-pub mod batch;
 pub mod checkpoint;
 pub mod loss;
 pub mod memory;

@@ -13,7 +13,6 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use serde::Serialize;
 
-use super::batch::{collate, fit_to_length, Fit, MicroBatch};
 use super::checkpoint::{list_checkpoints, read_state, save_checkpoint, TrainerState};
 use super::memory;
 use super::metrics::{write_loss_plot, EvalMetrics, MetricsLine, MetricsLog, StepMetrics};
@@ -21,9 +20,9 @@ use super::optimizer::{AdamW, AdamWConfig};
 use super::schedule::Schedule;
 use super::step::train_step;
 use crate::config::job::{JobConfig, TrainLength, ValidationSpec};
-use crate::data::dataset::read_jsonl_numbered;
-use crate::data::mask::tokenize_line;
-use crate::data::{Conversation, TokenizedExample};
+use crate::data::batch::{collate, MicroBatch};
+use crate::data::prepare::{prepare_dataset, FitReport, HeldOut, PrepareOptions, PreparedData};
+use crate::data::TokenizedExample;
 use crate::device::{parse_device, parse_dtype};
 use crate::eval::score_examples;
 use crate::export::{write_adapter, AdapterExport};
@@ -31,40 +30,6 @@ use crate::fsutil::write_atomic;
 use crate::lora::{LoraParams, LoraSpec};
 use crate::model::{load, LoadOptions, LoadedModel};
 use crate::{Error, Result};
-
-/// Counts from fitting examples into `max_seq_len`.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct FitReport {
-    pub kept: usize,
-    pub truncated: usize,
-    pub dropped: usize,
-}
-
-/// Tokenizes conversations and fits them to `max_len`; errors name the file and line.
-pub fn prepare_examples(
-    m: &LoadedModel,
-    convs: &[(usize, Conversation)],
-    path: &Path,
-    job: &JobConfig,
-) -> Result<(Vec<TokenizedExample>, FitReport)> {
-    let mut out = Vec::with_capacity(convs.len());
-    let mut report = FitReport::default();
-    for (line, c) in convs {
-        let ex = tokenize_line(c, path, *line, &m.template, &m.tokenizer, job.data.loss_on)?;
-        match fit_to_length(&ex, job.data.max_seq_len) {
-            Fit::Kept(e) => {
-                report.kept += 1;
-                out.push(e)
-            }
-            Fit::Truncated(e) => {
-                report.truncated += 1;
-                out.push(e)
-            }
-            Fit::Dropped => report.dropped += 1,
-        }
-    }
-    Ok((out, report))
-}
 
 /// The order of examples in `epoch`: a seeded shuffle, or file order.
 pub fn epoch_order(n: usize, epoch: usize, seed: u64, shuffle: bool) -> Vec<usize> {
@@ -275,27 +240,27 @@ impl Trainer {
         if let Some(name) = &job.model.name {
             model.name_or_path = name.clone();
         }
-        let train_path = job.data.train.clone();
-        let mut convs = read_jsonl_numbered(&train_path)?;
-        let mut val_convs: Vec<(usize, Conversation)> = Vec::new();
-        let mut val_path = train_path.clone();
-        match &job.data.validation {
-            Some(ValidationSpec::File(p)) => {
-                val_path = p.clone();
-                val_convs = read_jsonl_numbered(p)?;
-            }
-            Some(ValidationSpec::Fraction(f)) => {
-                let mut rng = rand::rngs::StdRng::seed_from_u64(job.train.seed ^ 0x5eed);
-                convs.shuffle(&mut rng);
-                let n_val = ((convs.len() as f64) * f).round().max(1.0) as usize;
-                val_convs = convs.split_off(convs.len().saturating_sub(n_val));
-                convs.sort_by_key(|(line, _)| *line);
-                val_convs.sort_by_key(|(line, _)| *line);
-            }
-            None => {}
-        }
-        let (train, fit) = prepare_examples(&model, &convs, &train_path, &job)?;
-        let (validation, _) = prepare_examples(&model, &val_convs, &val_path, &job)?;
+        let held_out = match &job.data.validation {
+            Some(ValidationSpec::File(path)) => HeldOut::File(path),
+            Some(ValidationSpec::Fraction(fraction)) => HeldOut::Fraction(*fraction),
+            None => HeldOut::None,
+        };
+        let prepare = PrepareOptions {
+            loss_on: job.data.loss_on,
+            max_seq_len: job.data.max_seq_len,
+            split_seed: job.train.seed,
+        };
+        let PreparedData {
+            train,
+            validation,
+            fit,
+        } = prepare_dataset(
+            &job.data.train,
+            held_out,
+            &model.template,
+            &model.tokenizer,
+            &prepare,
+        )?;
         if fit.truncated + fit.dropped > 0 {
             tracing::warn!(
                 "data.max_seq_len = {}: {} conversations truncated from the left, {} dropped (their last assistant turn does not fit)",
