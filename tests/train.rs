@@ -13,7 +13,8 @@ use candle_core::{DType, Device, Tensor};
 use lora_train::config::JobConfig;
 use lora_train::data::batch::collate;
 use lora_train::train::loss::micro_batch_nll_sum;
-use lora_train::train::metrics::{MetricsLine, MetricsLog};
+use lora_train::train::metrics::MetricsLine;
+use lora_train::train::RunLog;
 use lora_train::train::{RunOptions, Trainer};
 
 fn job(model: &str, out: &Path) -> JobConfig {
@@ -92,8 +93,8 @@ fn grad_accum_normalises_by_step_targets() {
 }
 
 fn step_losses(out: &Path) -> Vec<(usize, f64)> {
-    MetricsLog::new(out.join("metrics.jsonl"))
-        .read()
+    RunLog::new(out)
+        .metrics()
         .unwrap()
         .into_iter()
         .map(|l| match l {

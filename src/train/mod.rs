@@ -7,9 +7,11 @@ pub mod memory;
 pub mod metrics;
 pub mod optimizer;
 pub mod report;
+pub mod run_log;
 pub mod schedule;
 pub mod step;
 pub mod trainer;
 
+pub use run_log::{RunLog, TrainSummary};
 pub use step::{train_step, StepOutcome};
-pub use trainer::{install_ctrlc, RunOptions, TrainSummary, Trainer};
+pub use trainer::{install_ctrlc, RunOptions, Trainer};

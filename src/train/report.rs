@@ -5,7 +5,8 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use super::trainer::{TrainSummary, Trainer};
+use super::run_log::TrainSummary;
+use super::trainer::Trainer;
 use crate::data::dataset::read_jsonl;
 use crate::data::Role;
 use crate::fsutil::write_atomic;

@@ -2,7 +2,7 @@
 //! the step loop with gradient accumulation, validation, checkpoints, resume, Ctrl-C, and the
 //! final adapter export.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -11,12 +11,12 @@ use candle_core::Device;
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
-use serde::Serialize;
 
 use super::checkpoint::{list_checkpoints, read_state, save_checkpoint, TrainerState};
 use super::memory;
-use super::metrics::{write_loss_plot, EvalMetrics, MetricsLine, MetricsLog, StepMetrics};
+use super::metrics::{EvalMetrics, StepMetrics};
 use super::optimizer::{AdamW, AdamWConfig};
+use super::run_log::{RunLog, TrainSummary};
 use super::schedule::Schedule;
 use super::step::train_step;
 use crate::config::job::{JobConfig, TrainLength, ValidationSpec};
@@ -26,7 +26,6 @@ use crate::data::TokenizedExample;
 use crate::device::{parse_device, parse_dtype};
 use crate::eval::score_examples;
 use crate::export::{write_adapter, AdapterExport};
-use crate::fsutil::write_atomic;
 use crate::lora::{LoraParams, LoraSpec};
 use crate::model::{load, LoadOptions, LoadedModel};
 use crate::{Error, Result};
@@ -91,28 +90,6 @@ impl StepPlan {
     pub fn epoch_of(&self, step: usize) -> f64 {
         step as f64 / self.steps_per_epoch as f64
     }
-}
-
-/// What a finished (or interrupted) run reports.
-#[derive(Debug, Clone, Serialize)]
-pub struct TrainSummary {
-    pub steps: usize,
-    pub total_steps: usize,
-    pub interrupted: bool,
-    pub train_examples: usize,
-    pub validation_examples: usize,
-    pub fit: FitReport,
-    pub first_loss: Option<f64>,
-    pub last_loss: Option<f64>,
-    pub val_loss_before: Option<f64>,
-    pub val_loss_after: Option<f64>,
-    pub tokens: usize,
-    pub elapsed_s: f64,
-    /// The CUDA memory pool's high-water mark in MiB (CUDA runs only).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub peak_gpu_memory_mib: Option<u64>,
-    pub adapter_dir: Option<PathBuf>,
-    pub output_dir: PathBuf,
 }
 
 /// A stop flag set by Ctrl-C.
@@ -357,17 +334,17 @@ impl Trainer {
         Ok(Some((r.mean_loss, r.target_tokens)))
     }
 
-    /// Validates and appends the result to `metrics`; None without validation data.
-    fn evaluate_and_log(&self, metrics: &MetricsLog, step: usize) -> Result<Option<f64>> {
+    /// Validates and logs the result; None without validation data.
+    fn evaluate_and_log(&self, log: &RunLog, step: usize) -> Result<Option<f64>> {
         let Some((loss, n)) = self.validation_loss()? else {
             return Ok(None);
         };
-        metrics.append(&MetricsLine::Eval(EvalMetrics {
+        log.log_eval(EvalMetrics {
             step,
             epoch: self.plan.epoch_of(step),
             val_loss: loss,
             val_tokens: n,
-        }))?;
+        })?;
         Ok(Some(loss))
     }
 
@@ -384,8 +361,7 @@ impl Trainer {
     /// Runs (or resumes) training to the end, or until interrupted.
     pub fn run(&mut self, opts: &RunOptions, stop: Arc<AtomicBool>) -> Result<TrainSummary> {
         let out = self.job.output.dir.clone();
-        std::fs::create_dir_all(&out).map_err(|e| Error::io(&out, e))?;
-        let metrics = MetricsLog::new(out.join("metrics.jsonl"));
+        let log = RunLog::create(&out)?;
         let fp = fingerprint(&self.job);
         let mut opt = self.optimizer()?;
         let mut start = 0usize;
@@ -417,19 +393,15 @@ impl Trainer {
             opt.load(&dir.join("optimizer.safetensors"))?;
             start = state.step;
             elapsed_before = state.elapsed_s;
-            metrics.truncate_after(start)?;
+            log.resume_at(start)?;
             tracing::info!("resuming from {} (step {start})", dir.display());
         } else {
-            // A fresh run replaces the previous run's metrics.
-            write_atomic(metrics.path(), b"")?;
+            log.start_fresh()?;
         }
         let val_before = if start == 0 {
-            self.evaluate_and_log(&metrics, 0)?
+            self.evaluate_and_log(&log, 0)?
         } else {
-            metrics.read()?.iter().find_map(|l| match l {
-                MetricsLine::Eval(e) if e.step == 0 => Some(e.val_loss),
-                _ => None,
-            })
+            log.val_loss_at(0)?
         };
         let total = self.plan.total_steps;
         let bar = if opts.progress {
@@ -493,7 +465,7 @@ impl Trainer {
             tokens_total += outcome.tokens;
             let elapsed = elapsed_before + t0.elapsed().as_secs_f64();
             let tps = outcome.tokens as f64 / ts.elapsed().as_secs_f64().max(1e-9);
-            metrics.append(&MetricsLine::Step(StepMetrics {
+            log.log_step(StepMetrics {
                 step,
                 epoch: self.plan.epoch_of(step),
                 loss: outcome.loss,
@@ -502,7 +474,7 @@ impl Trainer {
                 tokens: outcome.tokens,
                 tokens_per_second: tps,
                 elapsed_s: elapsed,
-            }))?;
+            })?;
             bar.set_message(format!(
                 "loss {:.4}  lr {:.2e}  {:.0} tok/s",
                 outcome.loss, lr, tps
@@ -510,7 +482,7 @@ impl Trainer {
             bar.set_position(step as u64);
             let ev = self.job.train.eval_every;
             if ev > 0 && step.is_multiple_of(ev) && step < total {
-                if let Some(loss) = self.evaluate_and_log(&metrics, step)? {
+                if let Some(loss) = self.evaluate_and_log(&log, step)? {
                     bar.println(format!("step {step}: validation loss {loss:.4}"));
                 }
             }
@@ -537,21 +509,16 @@ impl Trainer {
         let val_after = if interrupted {
             None
         } else {
-            self.evaluate_and_log(&metrics, step)?
+            self.evaluate_and_log(&log, step)?
         };
-        let lines = metrics.read()?;
-        write_loss_plot(
-            &lines,
-            &out.join("loss.svg"),
-            &format!(
-                "{} — LoRA r={}",
-                Path::new(&self.model.name_or_path)
-                    .file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_else(|| self.model.name_or_path.clone()),
-                self.params.spec.r
-            ),
-        )?;
+        log.write_plot(&format!(
+            "{} — LoRA r={}",
+            Path::new(&self.model.name_or_path)
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| self.model.name_or_path.clone()),
+            self.params.spec.r
+        ))?;
         let adapter_dir = if interrupted {
             None
         } else {
@@ -559,13 +526,7 @@ impl Trainer {
             write_adapter(&self.params, &dir, &self.export_info())?;
             Some(dir)
         };
-        let losses: Vec<f64> = lines
-            .iter()
-            .filter_map(|l| match l {
-                MetricsLine::Step(s) => Some(s.loss),
-                _ => None,
-            })
-            .collect();
+        let losses = log.step_losses()?;
         let summary = TrainSummary {
             steps: step,
             total_steps: total,
@@ -583,8 +544,7 @@ impl Trainer {
             adapter_dir,
             output_dir: out.clone(),
         };
-        let text = serde_json::to_string_pretty(&summary).map_err(|e| Error::Msg(e.to_string()))?;
-        write_atomic(&out.join("summary.json"), text.as_bytes())?;
+        log.write_summary(&summary)?;
         Ok(summary)
     }
 }
