@@ -2,6 +2,7 @@
 //! rate schedules, checkpoints, metrics, and the trainer loop.
 
 pub mod checkpoint;
+pub mod checkpoint_policy;
 pub mod loss;
 pub mod memory;
 pub mod metrics;

@@ -12,7 +12,11 @@ use indicatif::{ProgressBar, ProgressStyle};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 
-use super::checkpoint::{list_checkpoints, read_state, save_checkpoint, TrainerState};
+use super::checkpoint::{
+    job_checkpoints_up_to, list_checkpoints, read_state, remove_checkpoint, save_checkpoint,
+    TrainerState,
+};
+use super::checkpoint_policy::{CheckpointAction, CheckpointPolicy};
 use super::memory;
 use super::metrics::{EvalMetrics, StepMetrics};
 use super::optimizer::{AdamW, AdamWConfig};
@@ -366,6 +370,11 @@ impl Trainer {
         let mut opt = self.optimizer()?;
         let mut start = 0usize;
         let mut elapsed_before = 0f64;
+        let mut policy = CheckpointPolicy::new(
+            self.job.train.save_every,
+            self.job.train.keep_last,
+            self.plan.total_steps,
+        );
         if opts.resume {
             let Some((_, dir)) = list_checkpoints(&out)?.pop() else {
                 return Err(Error::Config(format!(
@@ -394,6 +403,7 @@ impl Trainer {
             start = state.step;
             elapsed_before = state.elapsed_s;
             log.resume_at(start)?;
+            policy = policy.resumed(start, job_checkpoints_up_to(&out, start, &fp)?);
             tracing::info!("resuming from {} (step {start})", dir.display());
         } else {
             log.start_fresh()?;
@@ -419,7 +429,7 @@ impl Trainer {
         };
         let t0 = Instant::now();
         let mut tokens_total = 0usize;
-        let mut last_saved = start;
+        let mut policy = policy.stop_after(opts.stop_after);
         let mut interrupted = false;
         let state_at = |step: usize, elapsed: f64| TrainerState {
             step,
@@ -454,8 +464,9 @@ impl Trainer {
                 Err(Error::NonFinite(what)) => {
                     bar.abandon();
                     return Err(Error::NonFinite(format!(
-                        "{what} at step {}; stopped, the last good checkpoint (step {last_saved}) in {} is kept",
+                        "{what} at step {}; stopped, the last good checkpoint (step {}) in {} is kept",
                         step + 1,
+                        policy.last_saved(),
                         out.join("checkpoints").display()
                     )));
                 }
@@ -486,22 +497,22 @@ impl Trainer {
                     bar.println(format!("step {step}: validation loss {loss:.4}"));
                 }
             }
-            let sv = self.job.train.save_every;
-            let stop_now =
-                stop.load(Ordering::SeqCst) || opts.stop_after.is_some_and(|n| step - start >= n);
-            if (sv > 0 && step.is_multiple_of(sv)) || stop_now || step == total {
-                save_checkpoint(
-                    &out,
-                    &state_at(step, elapsed),
-                    &self.params,
-                    &opt,
-                    &self.export_info(),
-                    self.job.train.keep_last,
-                )?;
-                last_saved = step;
+            for action in policy.after_step(step, stop.load(Ordering::SeqCst)) {
+                match action {
+                    CheckpointAction::Save(at) => {
+                        save_checkpoint(
+                            &out,
+                            &state_at(at, elapsed),
+                            &self.params,
+                            &opt,
+                            &self.export_info(),
+                        )?;
+                    }
+                    CheckpointAction::Prune(at) => remove_checkpoint(&out, at)?,
+                    CheckpointAction::Stop => interrupted = true,
+                }
             }
-            if stop_now && step < total {
-                interrupted = true;
+            if interrupted {
                 break;
             }
         }
