@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::optimizer::AdamW;
+use crate::config::JobConfig;
 use crate::export::{write_adapter_files, AdapterExport};
 use crate::fsutil::atomic_dir;
 use crate::lora::LoraParams;
@@ -24,6 +25,34 @@ pub struct TrainerState {
     /// Hash of the job settings that determine the run, to refuse resuming another job.
     pub job_fingerprint: String,
     pub elapsed_s: f64,
+}
+
+/// A hash of the job settings that determine a run's trajectory, to refuse resuming another
+/// job's checkpoints.
+pub fn job_fingerprint(job: &JobConfig) -> String {
+    // Only what changes the trajectory; output paths and eval/save cadence do not.
+    let mut key = serde_json::json!({
+        "model": job.model.source, "dtype": job.model.dtype,
+        "lora": job.lora, "data": {"train": job.data.train, "validation": job.data.validation,
+        "shuffle": job.data.shuffle, "max_seq_len": job.data.max_seq_len, "loss_on": job.data.loss_on},
+        "train": {"mbs": job.train.micro_batch_size, "ga": job.train.grad_accum, "lr": job.train.lr,
+        "scheduler": job.train.scheduler, "warmup_steps": job.train.warmup_steps,
+        "warmup_ratio": job.train.warmup_ratio, "min_lr_ratio": job.train.min_lr_ratio,
+        "wd": job.train.weight_decay, "clip": job.train.max_grad_norm, "seed": job.train.seed,
+        "epochs": job.train.epochs, "max_steps": job.train.max_steps}
+    });
+    if job.model.quantize.is_quantized() {
+        // Added only when set, so fingerprints of dense runs did not change with the key.
+        key["quantize"] = job.model.quantize.name().into();
+    }
+    let text = key.to_string();
+    // FNV-1a: stable across runs and platforms.
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in text.bytes() {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    format!("{h:016x}")
 }
 
 /// The folder of the checkpoint after `step` optimizer steps.
