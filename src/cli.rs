@@ -207,15 +207,15 @@ fn cmd_train(path: &std::path::Path, cli: &Cli) -> anyhow::Result<()> {
     }
     job.check_files()?;
     let mut trainer = crate::train::Trainer::new(job)?;
-    let malloc = crate::alloc::host_training(&trainer.device);
+    let malloc = crate::alloc::host_training(trainer.device());
     tracing::debug!("host allocator for training: {malloc:?}");
     eprintln!(
         "training {} on {} examples ({} validation): {} steps, {} LoRA parameters",
-        trainer.model.name_or_path,
-        trainer.train.len(),
-        trainer.validation.len(),
-        trainer.plan.total_steps,
-        trainer.params.num_parameters()
+        trainer.model().name_or_path,
+        trainer.train().len(),
+        trainer.validation().len(),
+        trainer.plan().total_steps,
+        trainer.params().num_parameters()
     );
     let stop = crate::train::install_ctrlc();
     let opts = crate::train::RunOptions {

@@ -31,14 +31,14 @@ fn every_lora_parameter_gets_a_gradient() {
         let tmp = tempfile::tempdir().unwrap();
         let t = Trainer::new(job(model, tmp.path())).unwrap();
         // B starts at zero, which zeroes A's gradient: give B values first.
-        for p in &t.params.params {
+        for p in &t.params().params {
             let r = Tensor::randn(0f32, 0.1, p.b.dims(), &Device::Cpu).unwrap();
             p.b.set(&r).unwrap();
         }
         let batches = t.step_micro_batches(0).unwrap();
-        let loss = micro_batch_nll_sum(t.model.model.as_ref(), &batches[0]).unwrap();
+        let loss = micro_batch_nll_sum(t.model().model.as_ref(), &batches[0]).unwrap();
         let grads = loss.backward().unwrap();
-        for p in &t.params.params {
+        for p in &t.params().params {
             for (name, var) in [("A", &p.a), ("B", &p.b)] {
                 let g = grads
                     .get(var.as_tensor())
@@ -66,13 +66,13 @@ fn grad_accum_normalises_by_step_targets() {
     // micro-batch of both (loss = sum of token NLLs / all target tokens of the step).
     let tmp = tempfile::tempdir().unwrap();
     let t = Trainer::new(job("tiny-llama", tmp.path())).unwrap();
-    let (a, b) = (&t.train[0], &t.train[1]);
+    let (a, b) = (&t.train()[0], &t.train()[1]);
     assert_ne!(
         a.num_targets(),
         b.num_targets(),
         "pick examples of different lengths"
     );
-    let m = t.model.model.as_ref();
+    let m = t.model().model.as_ref();
     let pad = 2;
     let both = collate(&[a, b], pad, &Device::Cpu).unwrap();
     let n = (a.num_targets() + b.num_targets()) as f64;
@@ -87,7 +87,7 @@ fn grad_accum_normalises_by_step_targets() {
     assert!((j - s).abs() / j < 1e-5, "joint {j} vs accumulated {s}");
     let gj = joint.backward().unwrap();
     let gs = split.backward().unwrap();
-    let v = t.params.params[0].b.as_tensor();
+    let v = t.params().params[0].b.as_tensor();
     let d = common::max_abs_diff(gj.get(v).unwrap(), gs.get(v).unwrap());
     assert!(d < 1e-5, "gradients differ by {d}");
 }
@@ -213,7 +213,7 @@ fn exported_adapter_scores_like_the_trained_model() {
     let adapter = tmp.path().join("adapter");
     lora_train::lora::load_peft_adapter(m.model.as_mut(), &adapter, DType::F32, &Device::Cpu)
         .unwrap();
-    let r = lora_train::eval::score_examples(m.model.as_ref(), &t.validation, 4, false).unwrap();
+    let r = lora_train::eval::score_examples(m.model.as_ref(), t.validation(), 4, false).unwrap();
     assert!(
         (r.mean_loss - val_after).abs() / val_after < 1e-6,
         "{} vs {val_after}",

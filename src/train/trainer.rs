@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use candle_core::Device;
+use candle_core::{DType, Device};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::checkpoint::{
@@ -21,6 +21,7 @@ use super::memory;
 use super::metrics::{EvalMetrics, StepMetrics};
 use super::optimizer::{AdamW, AdamWConfig};
 use super::plan::StepPlan;
+use super::report::ReportSection;
 use super::run_log::{RunLog, TrainSummary};
 use super::schedule::Schedule;
 use super::step::{train_step, StepOutcome};
@@ -58,19 +59,15 @@ pub struct RunOptions {
 
 /// A loaded job: model, adapter parameters and prepared data.
 pub struct Trainer {
-    pub job: JobConfig,
-    pub model: LoadedModel,
-    pub params: LoraParams,
-    pub train: Vec<TokenizedExample>,
-    pub validation: Vec<TokenizedExample>,
-    pub fit: FitReport,
-    pub plan: StepPlan,
-    pub schedule: Schedule,
-    pub device: Device,
-    /// `[report]` of the job, if any.
-    pub report: Option<super::report::ReportSection>,
+    job: JobConfig,
+    model: LoadedModel,
+    params: LoraParams,
+    data: PreparedData,
+    plan: StepPlan,
+    schedule: Schedule,
+    device: Device,
     pad_id: u32,
-    dtype: candle_core::DType,
+    dtype: DType,
 }
 
 impl Trainer {
@@ -96,47 +93,21 @@ impl Trainer {
         if let Some(name) = &job.model.name {
             model.name_or_path = name.clone();
         }
-        let held_out = match &job.data.validation {
-            Some(ValidationSpec::File(path)) => HeldOut::File(path),
-            Some(ValidationSpec::Fraction(fraction)) => HeldOut::Fraction(*fraction),
-            None => HeldOut::None,
-        };
-        let prepare = PrepareOptions {
-            loss_on: job.data.loss_on,
-            max_seq_len: job.data.max_seq_len,
-            split_seed: job.train.seed,
-        };
-        let PreparedData {
-            train,
-            validation,
-            fit,
-        } = prepare_dataset(
-            &job.data.train,
-            held_out,
-            &model.template,
-            &model.tokenizer,
-            &prepare,
-        )?;
-        if fit.truncated + fit.dropped > 0 {
-            tracing::warn!(
-                "data.max_seq_len = {}: {} conversations truncated from the left, {} dropped (their last assistant turn does not fit)",
-                job.data.max_seq_len,
-                fit.truncated,
-                fit.dropped
-            );
-        }
-        let spec = LoraSpec {
-            r: job.lora.r,
-            alpha: job.lora.alpha,
-            dropout: job.lora.dropout,
-            use_rslora: job.lora.use_rslora,
-            targets: job.target_module_names(),
-        };
+        let data = prepare_data(&job, &model)?;
         let mut params = match &job.lora.init_adapter {
             Some(dir) => {
                 LoraParams::from_peft(model.model.as_mut(), dir, job.lora.dropout, &device)?
             }
-            None => LoraParams::init(model.model.as_mut(), spec, job.train.seed, &device)?,
+            None => {
+                let spec = LoraSpec {
+                    r: job.lora.r,
+                    alpha: job.lora.alpha,
+                    dropout: job.lora.dropout,
+                    use_rslora: job.lora.use_rslora,
+                    targets: job.target_module_names(),
+                };
+                LoraParams::init(model.model.as_mut(), spec, job.train.seed, &device)?
+            }
         };
         params.attach(model.model.as_mut(), dtype)?;
         params.set_gradient_checkpointing(
@@ -145,9 +116,9 @@ impl Trainer {
             job.train.recompute_attention,
         );
         if job.train.memory_check {
-            memory::check_run_fits(&model, &params, &train, &job, dtype, &device)?;
+            memory::check_run_fits(&model, &params, &data.train, &job, dtype, &device)?;
         }
-        let plan = StepPlan::new(&job, train.len())?;
+        let plan = StepPlan::new(&job, data.train.len())?;
         let schedule = Schedule {
             kind: job.train.scheduler,
             lr: job.train.lr,
@@ -156,32 +127,83 @@ impl Trainer {
             min_lr_ratio: job.train.min_lr_ratio,
         };
         let pad_id = model.tokenizer.eos_token_ids.first().copied().unwrap_or(0);
-        let job_report = job.report.clone();
         Ok(Self {
             job,
             model,
             params,
-            train,
-            validation,
-            fit,
+            data,
             plan,
             schedule,
             device,
-            report: job_report,
             pad_id,
             dtype,
         })
     }
 
+    /// The job as loaded.
+    pub fn job(&self) -> &JobConfig {
+        &self.job
+    }
+
+    /// The model, with the adapter attached.
+    pub fn model(&self) -> &LoadedModel {
+        &self.model
+    }
+
+    /// The trainable adapter weights.
+    pub fn params(&self) -> &LoraParams {
+        &self.params
+    }
+
+    /// The training examples, tokenized and fitted to `data.max_seq_len`.
+    pub fn train(&self) -> &[TokenizedExample] {
+        &self.data.train
+    }
+
+    /// The validation examples (empty without `data.validation`).
+    pub fn validation(&self) -> &[TokenizedExample] {
+        &self.data.validation
+    }
+
+    /// How the training examples fitted `data.max_seq_len`.
+    pub fn fit(&self) -> &FitReport {
+        &self.data.fit
+    }
+
+    pub fn plan(&self) -> &StepPlan {
+        &self.plan
+    }
+
+    pub fn schedule(&self) -> &Schedule {
+        &self.schedule
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// `[report]` of the job, if any.
+    pub fn report(&self) -> Option<&ReportSection> {
+        self.job.report.as_ref()
+    }
+
     /// The dtype the model computes in.
-    pub fn compute_dtype(&self) -> candle_core::DType {
+    pub fn compute_dtype(&self) -> DType {
         self.dtype
+    }
+
+    /// Runs `f` on the base model alone (the adapter detached), then attaches the adapter again.
+    pub fn without_adapter<T>(&mut self, f: impl FnOnce(&Self) -> T) -> Result<T> {
+        self.params.detach(self.model.model.as_mut());
+        let out = f(self);
+        self.params.attach(self.model.model.as_mut(), self.dtype)?;
+        Ok(out)
     }
 
     fn export_info(&self) -> AdapterExport {
         AdapterExport {
             base_model_name_or_path: self.model.name_or_path.clone(),
-            dtype: candle_core::DType::F32,
+            dtype: DType::F32,
         }
     }
 
@@ -191,7 +213,8 @@ impl Trainer {
             .step_batches(step, self.job.train.seed, self.job.data.shuffle)
             .iter()
             .map(|idx| {
-                let exs: Vec<&TokenizedExample> = idx.iter().map(|i| &self.train[*i]).collect();
+                let exs: Vec<&TokenizedExample> =
+                    idx.iter().map(|i| &self.data.train[*i]).collect();
                 collate(&exs, self.pad_id, &self.device)
             })
             .collect()
@@ -199,14 +222,14 @@ impl Trainer {
 
     /// Token-weighted validation loss (no dropout), or None without validation data.
     pub fn validation_loss(&self) -> Result<Option<(f64, usize)>> {
-        if self.validation.is_empty() {
+        if self.data.validation.is_empty() {
             return Ok(None);
         }
         self.params.set_dropout_seed(0);
         // In micro-batches of the training size, which the memory check has passed.
         let r = score_examples(
             self.model.model.as_ref(),
-            &self.validation,
+            &self.data.validation,
             self.job.train.micro_batch_size,
             false,
         )?;
@@ -299,14 +322,7 @@ impl Trainer {
             for action in policy.after_step(step, stop.load(Ordering::SeqCst)) {
                 match action {
                     CheckpointAction::Save(at) => {
-                        let state = self.state_at(at, elapsed, &fingerprint);
-                        save_checkpoint(
-                            log.dir(),
-                            &state,
-                            &self.params,
-                            &opt,
-                            &self.export_info(),
-                        )?;
+                        self.save(log.dir(), &self.state_at(at, elapsed, &fingerprint), &opt)?
                     }
                     CheckpointAction::Prune(at) => remove_checkpoint(log.dir(), at)?,
                     CheckpointAction::Stop => interrupted = true,
@@ -388,6 +404,10 @@ impl Trainer {
         every > 0 && step.is_multiple_of(every) && step < self.plan.total_steps
     }
 
+    fn save(&self, out: &Path, state: &TrainerState, opt: &AdamW) -> Result<()> {
+        save_checkpoint(out, state, &self.params, opt, &self.export_info()).map(|_| ())
+    }
+
     fn state_at(&self, step: usize, elapsed_s: f64, fingerprint: &str) -> TrainerState {
         TrainerState {
             step,
@@ -427,9 +447,9 @@ impl Trainer {
             steps: end.step,
             total_steps: self.plan.total_steps,
             interrupted: end.interrupted,
-            train_examples: self.train.len(),
-            validation_examples: self.validation.len(),
-            fit: self.fit.clone(),
+            train_examples: self.data.train.len(),
+            validation_examples: self.data.validation.len(),
+            fit: self.data.fit.clone(),
             first_loss: losses.first().copied(),
             last_loss: losses.last().copied(),
             val_loss_before: end.val_before,
@@ -452,6 +472,37 @@ impl Trainer {
             .unwrap_or_else(|| self.model.name_or_path.clone());
         format!("{name} — LoRA r={}", self.params.spec.r)
     }
+}
+
+/// Reads, splits, tokenizes and fits the job's data with the model's template and tokenizer.
+fn prepare_data(job: &JobConfig, model: &LoadedModel) -> Result<PreparedData> {
+    let held_out = match &job.data.validation {
+        Some(ValidationSpec::File(path)) => HeldOut::File(path),
+        Some(ValidationSpec::Fraction(fraction)) => HeldOut::Fraction(*fraction),
+        None => HeldOut::None,
+    };
+    let opts = PrepareOptions {
+        loss_on: job.data.loss_on,
+        max_seq_len: job.data.max_seq_len,
+        split_seed: job.train.seed,
+    };
+    let data = prepare_dataset(
+        &job.data.train,
+        held_out,
+        &model.template,
+        &model.tokenizer,
+        &opts,
+    )?;
+    let fit = &data.fit;
+    if fit.truncated + fit.dropped > 0 {
+        tracing::warn!(
+            "data.max_seq_len = {}: {} conversations truncated from the left, {} dropped (their last assistant turn does not fit)",
+            job.data.max_seq_len,
+            fit.truncated,
+            fit.dropped
+        );
+    }
+    Ok(data)
 }
 
 /// Where the step loop ended, for [`Trainer::finish`].
