@@ -1,7 +1,7 @@
 //! The LoRA trainer on the tiny models: every LoRA parameter gets a gradient, gradient
 //! accumulation normalises by the step's target tokens, resume reproduces the uninterrupted
 //! run exactly, a NaN stops the run with the last checkpoint intact, and exported adapters
-//! load back with the same loss.
+//! load back with the same loss; a run records its resolved job in `job.toml`.
 
 mod common;
 
@@ -247,4 +247,47 @@ fn packing_is_refused_until_implemented() {
         .expect("packing must be refused")
         .to_string();
     assert!(err.contains("data.packing"), "{err}");
+}
+
+#[test]
+fn a_run_records_its_resolved_job_and_resume_rewrites_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let j = common::tiny_job("tiny-llama", tmp.path(), &["train.max_steps=2"]);
+    let stop1 = RunOptions {
+        stop_after: Some(1),
+        ..Default::default()
+    };
+    Trainer::new(j.clone())
+        .unwrap()
+        .run(&stop1, no_stop())
+        .unwrap();
+    // Relative paths (fixtures outside the source tree) are made absolute against the cwd.
+    let cwd = std::env::current_dir().unwrap();
+    let resolved = |job: &JobConfig| {
+        let mut job = job.clone();
+        job.data.train = cwd.join(&job.data.train);
+        job.output.dir = cwd.join(&job.output.dir);
+        job.model.source = cwd.join(&job.model.source).to_string_lossy().into_owned();
+        job.to_toml_string().unwrap()
+    };
+    let written = tmp.path().join("job.toml");
+    let read = JobConfig::load(&written, &[]).unwrap();
+    assert_eq!(read.to_toml_string().unwrap(), resolved(&j));
+    assert!(read.data.train.is_absolute() && read.output.dir.is_absolute());
+    assert_eq!(read.train.keep_last, 2, "defaults are written out");
+
+    // A resume may change what does not change the trajectory; job.toml follows.
+    let mut changed = j.clone();
+    changed.train.eval_every = 1;
+    let resume = RunOptions {
+        resume: true,
+        ..Default::default()
+    };
+    Trainer::new(changed.clone())
+        .unwrap()
+        .run(&resume, no_stop())
+        .unwrap();
+    let read = JobConfig::load(&written, &[]).unwrap();
+    assert_eq!(read.train.eval_every, 1);
+    assert_eq!(read.to_toml_string().unwrap(), resolved(&changed));
 }

@@ -1,5 +1,5 @@
-//! The record a run keeps in its output folder beside checkpoints and the adapter:
-//! `metrics.jsonl` (a line per step and per validation), `loss.svg` and
+//! The record a run keeps in its output folder beside checkpoints and the adapter: `job.toml`
+//! (the resolved job), `metrics.jsonl` (a line per step and per validation), `loss.svg` and
 //! `summary.json`. One type names and writes these files, so the trainer writes each from
 //! one place and readers (tests, tools, the eval harness) find them where it put them.
 
@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use super::metrics::{loss_plot_svg, EvalMetrics, MetricsLine, StepMetrics};
+use crate::config::job::{JobConfig, ValidationSpec};
 use crate::data::FitReport;
 use crate::fsutil::write_atomic;
 use crate::{Error, Result};
@@ -58,6 +59,10 @@ impl RunLog {
         &self.dir
     }
 
+    pub fn job_path(&self) -> PathBuf {
+        self.dir.join("job.toml")
+    }
+
     pub fn metrics_path(&self) -> PathBuf {
         self.dir.join("metrics.jsonl")
     }
@@ -90,6 +95,14 @@ impl RunLog {
             text.push('\n');
         }
         write_atomic(&self.metrics_path(), text.as_bytes())
+    }
+
+    /// Writes `job` with every path absolute (against the current directory where still
+    /// relative) to `job.toml`, so that tools find the run's base model and data from it.
+    pub fn write_job(&self, job: &JobConfig) -> Result<()> {
+        let cwd = std::env::current_dir().map_err(|e| Error::io(".", e))?;
+        let text = with_absolute_paths(job, &cwd).to_toml_string()?;
+        write_atomic(&self.job_path(), text.as_bytes())
     }
 
     pub fn log_step(&self, step: StepMetrics) -> Result<()> {
@@ -159,6 +172,35 @@ impl RunLog {
     }
 }
 
+/// `job` with its file paths joined to `cwd` where still relative. `model.source` only when
+/// that names something that exists: `org/name` is a hub id, not a path.
+fn with_absolute_paths(job: &JobConfig, cwd: &Path) -> JobConfig {
+    let absolute = |p: &Path| -> PathBuf {
+        if p.is_relative() && !p.as_os_str().is_empty() {
+            cwd.join(p)
+        } else {
+            p.to_path_buf()
+        }
+    };
+    let mut job = job.clone();
+    job.data.train = absolute(&job.data.train);
+    if let Some(ValidationSpec::File(file)) = &mut job.data.validation {
+        *file = absolute(file);
+    }
+    if let Some(dir) = &mut job.lora.init_adapter {
+        *dir = absolute(dir);
+    }
+    job.output.dir = absolute(&job.output.dir);
+    if let Some(report) = &mut job.report {
+        report.prompts = absolute(&report.prompts);
+    }
+    let source = Path::new(&job.model.source);
+    if source.is_relative() && !job.model.source.is_empty() && cwd.join(source).exists() {
+        job.model.source = cwd.join(source).to_string_lossy().into_owned();
+    }
+    job
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -196,5 +238,25 @@ mod tests {
         assert_eq!(log.val_loss_at(0).unwrap(), Some(3.0));
         log.start_fresh().unwrap();
         assert!(log.metrics().unwrap().is_empty());
+    }
+
+    #[test]
+    fn job_paths_become_absolute_and_hub_ids_stay() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::create_dir(tmp.path().join("model")).unwrap();
+        let text = "[model]\nsource = \"org/name\"\n[data]\ntrain = \"t.jsonl\"\nvalidation = \"v.jsonl\"\n\
+                    [output]\ndir = \"out\"\n";
+        // A job file in the current directory (or a `--set` path) leaves paths relative.
+        let mut job = JobConfig::load_str(text, Path::new("job.toml"), &[]).unwrap();
+        let abs = with_absolute_paths(&job, tmp.path());
+        assert_eq!(abs.model.source, "org/name");
+        assert_eq!(abs.data.train, tmp.path().join("t.jsonl"));
+        assert!(
+            matches!(abs.data.validation, Some(ValidationSpec::File(f)) if f == tmp.path().join("v.jsonl"))
+        );
+        assert_eq!(abs.output.dir, tmp.path().join("out"));
+        job.model.source = "model".into();
+        let abs = with_absolute_paths(&job, tmp.path());
+        assert_eq!(abs.model.source, tmp.path().join("model").to_string_lossy());
     }
 }

@@ -278,6 +278,8 @@ impl Trainer {
             log.start_fresh()?;
             (0, 0.0)
         };
+        // Where the eval harness and the server find the run's base model and data.
+        log.write_job(&self.job)?;
         let val_before = match start {
             0 => self.evaluate_and_log(&log, 0)?,
             _ => log.val_loss_at(0)?,
