@@ -18,22 +18,24 @@ fn main() {
         .unwrap_or(8);
     let job = JobConfig::load(std::path::Path::new("configs/quickstart.toml"), &[]).expect("job");
     let t = Trainer::new(job).expect("trainer");
-    lora_train::alloc::host_training(&t.device);
+    lora_train::alloc::host_training(t.device());
     let mut opt = AdamW::new(
-        t.params.vars().into_iter().cloned().collect(),
+        t.params().vars().into_iter().cloned().collect(),
         AdamWConfig::default(),
     )
     .expect("opt");
     let mut dump = Vec::new();
     let mut batches = Vec::new();
     for s in 0..=steps {
-        let idx = t.plan.step_batches(s, t.job.train.seed, t.job.data.shuffle);
+        let idx = t
+            .plan()
+            .step_batches(s, t.job().train.seed, t.job().data.shuffle);
         let exs: Vec<_> = idx
             .iter()
             .map(|mb| {
                 mb.iter()
                     .map(|i| {
-                        let e = &t.train[*i];
+                        let e = &t.train()[*i];
                         serde_json::json!({"input_ids": e.input_ids, "targets": e.targets})
                     })
                     .collect::<Vec<_>>()
@@ -47,8 +49,8 @@ fn main() {
     }
     // Step 0 warms up allocations; the rest are timed.
     train_step(
-        t.model.model.as_ref(),
-        &t.params,
+        t.model().model.as_ref(),
+        t.params(),
         &mut opt,
         &batches[0],
         1e-4,
@@ -59,8 +61,16 @@ fn main() {
     let start = Instant::now();
     let mut tokens = 0;
     for b in &batches[1..] {
-        let o =
-            train_step(t.model.model.as_ref(), &t.params, &mut opt, b, 1e-4, 1.0, 0).expect("step");
+        let o = train_step(
+            t.model().model.as_ref(),
+            t.params(),
+            &mut opt,
+            b,
+            1e-4,
+            1.0,
+            0,
+        )
+        .expect("step");
         tokens += o.tokens;
     }
     let secs = start.elapsed().as_secs_f64();

@@ -6,10 +6,10 @@ mod common;
 
 use candle_core::{DType, Device};
 use lora_train::config::job::SchedulerKind;
+use lora_train::data::batch::collate;
 use lora_train::data::TokenizedExample;
 use lora_train::lora::{load_peft_adapter, LoraParams};
 use lora_train::model::{load, LoadOptions};
-use lora_train::train::batch::collate;
 use lora_train::train::optimizer::{AdamW, AdamWConfig};
 use lora_train::train::schedule::Schedule;
 use lora_train::train::train_step;

@@ -7,12 +7,12 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor, Var, D};
+use lora_train::data::batch::{collate, MicroBatch};
 use lora_train::data::TokenizedExample;
 use lora_train::eval::loss::head_nll_blocked;
 use lora_train::lora::{Linear, LoraParams, LoraSpec, LoraWeights, PROJECTIONS};
 use lora_train::model::{load, LmHead, LoadOptions, LoadedModel};
 use lora_train::quant::{FrozenWeight, QuantWeight, Quantize};
-use lora_train::train::batch::{collate, MicroBatch};
 use lora_train::train::step::micro_batch_grads;
 
 fn randn(shape: (usize, usize), seed: u64) -> Tensor {

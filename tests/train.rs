@@ -1,7 +1,7 @@
 //! The LoRA trainer on the tiny models: every LoRA parameter gets a gradient, gradient
 //! accumulation normalises by the step's target tokens, resume reproduces the uninterrupted
 //! run exactly, a NaN stops the run with the last checkpoint intact, and exported adapters
-//! load back with the same loss.
+//! load back with the same loss; a run records its resolved job in `job.toml`.
 
 mod common;
 
@@ -11,9 +11,10 @@ use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
 use lora_train::config::JobConfig;
-use lora_train::train::batch::collate;
+use lora_train::data::batch::collate;
 use lora_train::train::loss::micro_batch_nll_sum;
-use lora_train::train::metrics::{MetricsLine, MetricsLog};
+use lora_train::train::metrics::MetricsLine;
+use lora_train::train::RunLog;
 use lora_train::train::{RunOptions, Trainer};
 
 fn job(model: &str, out: &Path) -> JobConfig {
@@ -30,14 +31,14 @@ fn every_lora_parameter_gets_a_gradient() {
         let tmp = tempfile::tempdir().unwrap();
         let t = Trainer::new(job(model, tmp.path())).unwrap();
         // B starts at zero, which zeroes A's gradient: give B values first.
-        for p in &t.params.params {
+        for p in &t.params().params {
             let r = Tensor::randn(0f32, 0.1, p.b.dims(), &Device::Cpu).unwrap();
             p.b.set(&r).unwrap();
         }
         let batches = t.step_micro_batches(0).unwrap();
-        let loss = micro_batch_nll_sum(t.model.model.as_ref(), &batches[0]).unwrap();
+        let loss = micro_batch_nll_sum(t.model().model.as_ref(), &batches[0]).unwrap();
         let grads = loss.backward().unwrap();
-        for p in &t.params.params {
+        for p in &t.params().params {
             for (name, var) in [("A", &p.a), ("B", &p.b)] {
                 let g = grads
                     .get(var.as_tensor())
@@ -65,13 +66,13 @@ fn grad_accum_normalises_by_step_targets() {
     // micro-batch of both (loss = sum of token NLLs / all target tokens of the step).
     let tmp = tempfile::tempdir().unwrap();
     let t = Trainer::new(job("tiny-llama", tmp.path())).unwrap();
-    let (a, b) = (&t.train[0], &t.train[1]);
+    let (a, b) = (&t.train()[0], &t.train()[1]);
     assert_ne!(
         a.num_targets(),
         b.num_targets(),
         "pick examples of different lengths"
     );
-    let m = t.model.model.as_ref();
+    let m = t.model().model.as_ref();
     let pad = 2;
     let both = collate(&[a, b], pad, &Device::Cpu).unwrap();
     let n = (a.num_targets() + b.num_targets()) as f64;
@@ -86,14 +87,14 @@ fn grad_accum_normalises_by_step_targets() {
     assert!((j - s).abs() / j < 1e-5, "joint {j} vs accumulated {s}");
     let gj = joint.backward().unwrap();
     let gs = split.backward().unwrap();
-    let v = t.params.params[0].b.as_tensor();
+    let v = t.params().params[0].b.as_tensor();
     let d = common::max_abs_diff(gj.get(v).unwrap(), gs.get(v).unwrap());
     assert!(d < 1e-5, "gradients differ by {d}");
 }
 
 fn step_losses(out: &Path) -> Vec<(usize, f64)> {
-    MetricsLog::new(out.join("metrics.jsonl"))
-        .read()
+    RunLog::new(out)
+        .metrics()
         .unwrap()
         .into_iter()
         .map(|l| match l {
@@ -212,7 +213,7 @@ fn exported_adapter_scores_like_the_trained_model() {
     let adapter = tmp.path().join("adapter");
     lora_train::lora::load_peft_adapter(m.model.as_mut(), &adapter, DType::F32, &Device::Cpu)
         .unwrap();
-    let r = lora_train::eval::score_examples(m.model.as_ref(), &t.validation, 4, false).unwrap();
+    let r = lora_train::eval::score_examples(m.model.as_ref(), t.validation(), 4, false).unwrap();
     assert!(
         (r.mean_loss - val_after).abs() / val_after < 1e-6,
         "{} vs {val_after}",
@@ -246,4 +247,47 @@ fn packing_is_refused_until_implemented() {
         .expect("packing must be refused")
         .to_string();
     assert!(err.contains("data.packing"), "{err}");
+}
+
+#[test]
+fn a_run_records_its_resolved_job_and_resume_rewrites_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let j = common::tiny_job("tiny-llama", tmp.path(), &["train.max_steps=2"]);
+    let stop1 = RunOptions {
+        stop_after: Some(1),
+        ..Default::default()
+    };
+    Trainer::new(j.clone())
+        .unwrap()
+        .run(&stop1, no_stop())
+        .unwrap();
+    // Relative paths (fixtures outside the source tree) are made absolute against the cwd.
+    let cwd = std::env::current_dir().unwrap();
+    let resolved = |job: &JobConfig| {
+        let mut job = job.clone();
+        job.data.train = cwd.join(&job.data.train);
+        job.output.dir = cwd.join(&job.output.dir);
+        job.model.source = cwd.join(&job.model.source).to_string_lossy().into_owned();
+        job.to_toml_string().unwrap()
+    };
+    let written = tmp.path().join("job.toml");
+    let read = JobConfig::load(&written, &[]).unwrap();
+    assert_eq!(read.to_toml_string().unwrap(), resolved(&j));
+    assert!(read.data.train.is_absolute() && read.output.dir.is_absolute());
+    assert_eq!(read.train.keep_last, 2, "defaults are written out");
+
+    // A resume may change what does not change the trajectory; job.toml follows.
+    let mut changed = j.clone();
+    changed.train.eval_every = 1;
+    let resume = RunOptions {
+        resume: true,
+        ..Default::default()
+    };
+    Trainer::new(changed.clone())
+        .unwrap()
+        .run(&resume, no_stop())
+        .unwrap();
+    let read = JobConfig::load(&written, &[]).unwrap();
+    assert_eq!(read.train.eval_every, 1);
+    assert_eq!(read.to_toml_string().unwrap(), resolved(&changed));
 }

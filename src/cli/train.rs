@@ -14,15 +14,15 @@ pub fn run(path: &Path, cli: &Cli) -> anyhow::Result<()> {
     }
     job.check_files()?;
     let mut trainer = lora_train::train::Trainer::new(job)?;
-    let malloc = lora_train::alloc::host_training(&trainer.device);
+    let malloc = lora_train::alloc::host_training(trainer.device());
     tracing::debug!("host allocator for training: {malloc:?}");
     eprintln!(
         "training {} on {} examples ({} validation): {} steps, {} LoRA parameters",
-        trainer.model.name_or_path,
-        trainer.train.len(),
-        trainer.validation.len(),
-        trainer.plan.total_steps,
-        trainer.params.num_parameters()
+        trainer.model().name_or_path,
+        trainer.train().len(),
+        trainer.validation().len(),
+        trainer.plan().total_steps,
+        trainer.params().num_parameters()
     );
     let stop = lora_train::train::install_ctrlc();
     let opts = lora_train::train::RunOptions {

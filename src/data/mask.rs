@@ -76,6 +76,15 @@ pub struct TokenizedExample {
 }
 
 impl TokenizedExample {
+    /// An example of tokens `0..len` whose targets are the positions in `targets` (for tests).
+    #[cfg(test)]
+    pub(crate) fn synthetic(len: usize, targets: std::ops::Range<usize>) -> Self {
+        TokenizedExample {
+            input_ids: (0..len as u32).collect(),
+            targets: (0..len).map(|i| targets.contains(&i)).collect(),
+        }
+    }
+
     /// How many tokens are loss targets.
     pub fn num_targets(&self) -> usize {
         self.targets.iter().filter(|t| **t).count()

@@ -1,16 +1,22 @@
-//! Datasets, tokenizers, chat templates and loss masks.
+//! Datasets, tokenizers, chat templates, loss masks, preparation and batching.
 //!
 //! - [`tokenizer`]: a HF-equivalent tokenizer from `tokenizer.json` or from GGUF metadata.
 //! - [`template`]: chat templates rendered with minijinja, as transformers renders them.
 //! - [`dataset`]: OpenAI `messages` JSONL reading and validation.
 //! - [`mask`]: which tokens of a conversation are loss targets.
+//! - [`prepare`]: a run's training and validation examples, fitted to the sequence length.
+//! - [`batch`]: right-padded micro-batches and the rows that predict targets.
 
+pub mod batch;
 pub mod dataset;
 pub mod mask;
+pub mod prepare;
 pub mod template;
 pub mod tokenizer;
 
+pub use batch::{collate, MicroBatch};
 pub use dataset::{Conversation, Message, Role};
 pub use mask::{LossOn, TokenizedExample};
+pub use prepare::{prepare_dataset, FitReport, HeldOut, PrepareOptions, PreparedData};
 pub use template::ChatTemplate;
 pub use tokenizer::ChatTokenizer;

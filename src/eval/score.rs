@@ -4,9 +4,9 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
 use super::loss::nll_rows;
+use crate::data::batch::collate;
 use crate::data::TokenizedExample;
 use crate::model::CausalLm;
-use crate::train::batch::collate;
 use crate::{Error, Result};
 
 /// The loss of one example.

@@ -1,12 +1,14 @@
 //! Checkpoints: `<out>/checkpoints/step-NNNNNN/` with the adapter (PEFT format), the optimizer
 //! state and `trainer_state.json`, each written whole into a temp folder and renamed, so the
-//! newest complete checkpoint survives Ctrl-C and crashes. `keep_last` prunes older ones.
+//! newest complete checkpoint survives Ctrl-C and crashes. Which ones to write and remove is
+//! the [`super::checkpoint_policy`]'s call; this module only does the I/O.
 
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 use super::optimizer::AdamW;
+use crate::config::JobConfig;
 use crate::export::{write_adapter_files, AdapterExport};
 use crate::fsutil::atomic_dir;
 use crate::lora::LoraParams;
@@ -25,19 +27,46 @@ pub struct TrainerState {
     pub elapsed_s: f64,
 }
 
+/// A hash of the job settings that determine a run's trajectory, to refuse resuming another
+/// job's checkpoints.
+pub fn job_fingerprint(job: &JobConfig) -> String {
+    // Only what changes the trajectory; output paths and eval/save cadence do not.
+    let mut key = serde_json::json!({
+        "model": job.model.source, "dtype": job.model.dtype,
+        "lora": job.lora, "data": {"train": job.data.train, "validation": job.data.validation,
+        "shuffle": job.data.shuffle, "max_seq_len": job.data.max_seq_len, "loss_on": job.data.loss_on},
+        "train": {"mbs": job.train.micro_batch_size, "ga": job.train.grad_accum, "lr": job.train.lr,
+        "scheduler": job.train.scheduler, "warmup_steps": job.train.warmup_steps,
+        "warmup_ratio": job.train.warmup_ratio, "min_lr_ratio": job.train.min_lr_ratio,
+        "wd": job.train.weight_decay, "clip": job.train.max_grad_norm, "seed": job.train.seed,
+        "epochs": job.train.epochs, "max_steps": job.train.max_steps}
+    });
+    if job.model.quantize.is_quantized() {
+        // Added only when set, so fingerprints of dense runs did not change with the key.
+        key["quantize"] = job.model.quantize.name().into();
+    }
+    let text = key.to_string();
+    // FNV-1a: stable across runs and platforms.
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in text.bytes() {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    format!("{h:016x}")
+}
+
 /// The folder of the checkpoint after `step` optimizer steps.
 pub fn checkpoint_dir(out: &Path, step: usize) -> PathBuf {
     out.join("checkpoints").join(format!("step-{step:06}"))
 }
 
-/// Writes a checkpoint atomically, then prunes to `keep_last` (0 keeps all).
+/// Writes the checkpoint of `state.step` atomically.
 pub fn save_checkpoint(
     out: &Path,
     state: &TrainerState,
     params: &LoraParams,
     opt: &AdamW,
     export: &AdapterExport,
-    keep_last: usize,
 ) -> Result<PathBuf> {
     let dir = checkpoint_dir(out, state.step);
     std::fs::create_dir_all(out.join("checkpoints")).map_err(|e| Error::io(out, e))?;
@@ -48,15 +77,16 @@ pub fn save_checkpoint(
         std::fs::write(tmp.join("trainer_state.json"), text)
             .map_err(|e| Error::io(tmp.join("trainer_state.json"), e))
     })?;
-    if keep_last > 0 {
-        let all = list_checkpoints(out)?;
-        if all.len() > keep_last {
-            for (_, old) in &all[..all.len() - keep_last] {
-                std::fs::remove_dir_all(old).map_err(|e| Error::io(old, e))?;
-            }
-        }
-    }
     Ok(dir)
+}
+
+/// Removes the checkpoint after `step` steps (none there is no error).
+pub fn remove_checkpoint(out: &Path, step: usize) -> Result<()> {
+    let dir = checkpoint_dir(out, step);
+    match std::fs::remove_dir_all(&dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io(&dir, e)),
+        _ => Ok(()),
+    }
 }
 
 /// Complete checkpoints, oldest first.
@@ -82,6 +112,17 @@ pub fn list_checkpoints(out: &Path) -> Result<Vec<(usize, PathBuf)>> {
     }
     found.sort();
     Ok(found)
+}
+
+/// The steps of the complete checkpoints up to `step` written by the job of `fingerprint`.
+pub fn job_checkpoints_up_to(out: &Path, step: usize, fingerprint: &str) -> Result<Vec<usize>> {
+    Ok(list_checkpoints(out)?
+        .into_iter()
+        .filter(|(s, dir)| {
+            *s <= step && read_state(dir).is_ok_and(|st| st.job_fingerprint == fingerprint)
+        })
+        .map(|(s, _)| s)
+        .collect())
 }
 
 /// Reads a checkpoint's `trainer_state.json`.

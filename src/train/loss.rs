@@ -5,7 +5,7 @@
 
 use candle_core::Tensor;
 
-use super::batch::MicroBatch;
+use crate::data::batch::MicroBatch;
 use crate::eval::loss::nll_rows;
 use crate::model::CausalLm;
 use crate::Result;

@@ -5,7 +5,10 @@
 //! The activation term is calibrated on measured CPU runs (`scripts/bench_memory.sh`,
 //! BENCHMARKS.md): what a decoder layer keeps per token, in units of its widths.
 
-use crate::config::ModelConfig;
+use crate::config::{JobConfig, ModelConfig};
+use crate::data::TokenizedExample;
+use crate::lora::LoraParams;
+use crate::model::LoadedModel;
 use crate::quant::Quantize;
 use crate::{Error, Result};
 
@@ -293,6 +296,44 @@ fn parse_size(s: &str) -> Option<f64> {
         _ => return None,
     };
     Some(n * mult)
+}
+
+/// Fails before the first step when the run's estimated peak exceeds the memory left on
+/// `device` (host memory for the CPU and Metal, the GPU's own for CUDA).
+pub fn check_run_fits(
+    model: &LoadedModel,
+    params: &LoraParams,
+    train: &[TokenizedExample],
+    job: &JobConfig,
+    dtype: candle_core::DType,
+    device: &candle_core::Device,
+) -> Result<()> {
+    let shape = RunShape {
+        dtype_bytes: dtype.size_in_bytes(),
+        quantize: job.model.quantize,
+        checkpointing: job.train.gradient_checkpointing,
+        recompute_attention: job.train.recompute_attention,
+        micro_batch_size: job.train.micro_batch_size.min(train.len().max(1)),
+        seq_len: train.iter().map(|e| e.input_ids.len()).max().unwrap_or(0),
+        lora_params: params.num_parameters(),
+    };
+    let dims = ModelDims::of(&model.config);
+    // The weights are loaded by now: on a GPU they are part of the estimate, not of the free memory.
+    let loaded = estimate(&dims, &shape).weights;
+    let Some(available) = available_on(device, loaded)? else {
+        return Ok(());
+    };
+    let place = crate::device::device_name(device);
+    let est = check_fits(&dims, &shape, available).map_err(|e| match e {
+        Error::Config(m) if !device.is_cpu() => Error::Config(format!("{place}: {m}")),
+        e => e,
+    })?;
+    tracing::info!(
+        "estimated peak memory {:.1} GiB of {:.1} GiB available ({place})",
+        est.total() / (1u64 << 30) as f64,
+        available / (1u64 << 30) as f64
+    );
+    Ok(())
 }
 
 #[cfg(test)]

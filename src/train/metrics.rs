@@ -1,12 +1,7 @@
-//! `metrics.jsonl` (one JSON object per step, plus validation lines) and the loss-curve plot.
-
-use std::io::Write;
-use std::path::{Path, PathBuf};
+//! The lines of `metrics.jsonl` (one JSON object per step, plus validation lines) and the
+//! loss-curve plot drawn from them. No I/O here: [`super::run_log::RunLog`] writes both.
 
 use serde::{Deserialize, Serialize};
-
-use crate::fsutil::write_atomic;
-use crate::{Error, Result};
 
 /// One training step's line.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -47,61 +42,8 @@ impl MetricsLine {
     }
 }
 
-/// Appends lines to `metrics.jsonl`, flushing each.
-pub struct MetricsLog {
-    path: PathBuf,
-}
-
-impl MetricsLog {
-    pub fn new(path: PathBuf) -> Self {
-        Self { path }
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    pub fn append(&self, line: &MetricsLine) -> Result<()> {
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.path)
-            .map_err(|e| Error::io(&self.path, e))?;
-        let text = serde_json::to_string(line).map_err(|e| Error::Msg(e.to_string()))?;
-        writeln!(f, "{text}").map_err(|e| Error::io(&self.path, e))
-    }
-
-    /// Every parsable line (a torn last line after a crash is skipped).
-    pub fn read(&self) -> Result<Vec<MetricsLine>> {
-        let text = match std::fs::read_to_string(&self.path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(Error::io(&self.path, e)),
-        };
-        Ok(text
-            .lines()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect())
-    }
-
-    /// Keeps only lines up to `step` (on resume, the steps after the checkpoint are redone).
-    pub fn truncate_after(&self, step: usize) -> Result<()> {
-        let kept: Vec<String> = self
-            .read()?
-            .into_iter()
-            .filter(|l| l.step() <= step)
-            .filter_map(|l| serde_json::to_string(&l).ok())
-            .collect();
-        let mut text = kept.join("\n");
-        if !text.is_empty() {
-            text.push('\n');
-        }
-        write_atomic(&self.path, text.as_bytes())
-    }
-}
-
-/// Draws train and validation loss against step as an SVG file.
-pub fn write_loss_plot(lines: &[MetricsLine], path: &Path, title: &str) -> Result<()> {
+/// Train and validation loss against step as an SVG document; None without any loss.
+pub fn loss_plot_svg(lines: &[MetricsLine], title: &str) -> Option<String> {
     let train: Vec<(f64, f64)> = lines
         .iter()
         .filter_map(|l| match l {
@@ -118,7 +60,7 @@ pub fn write_loss_plot(lines: &[MetricsLine], path: &Path, title: &str) -> Resul
         .collect();
     let all: Vec<&(f64, f64)> = train.iter().chain(val.iter()).collect();
     if all.is_empty() {
-        return Ok(());
+        return None;
     }
     let (w, h, ml, mr, mt, mb) = (800.0, 480.0, 70.0, 20.0, 40.0, 50.0);
     let xmax = all.iter().map(|p| p.0).fold(1.0, f64::max);
@@ -204,7 +146,7 @@ pub fn write_loss_plot(lines: &[MetricsLine], path: &Path, title: &str) -> Resul
         w - mr - 150.0, w - mr - 125.0, mt + 20.0, mt + 20.0, w - mr - 118.0, mt + 24.0,
         w - mr - 150.0, w - mr - 125.0, mt + 38.0, mt + 38.0, w - mr - 118.0, mt + 42.0,
     );
-    write_atomic(path, svg.as_bytes())
+    Some(svg)
 }
 
 fn xml_escape(s: &str) -> String {

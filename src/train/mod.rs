@@ -1,16 +1,21 @@
-//! Supervised LoRA fine-tuning: batching, the masked loss, AdamW with our own state, learning
-//! rate schedules, checkpoints, metrics, and the trainer loop.
+//! Supervised LoRA fine-tuning, split by role as burn-train is: the step plan, the masked loss,
+//! AdamW with our own state, learning-rate schedules, checkpoints and the policy that decides
+//! when to save and stop, the run log, and the trainer loop that ties them together.
 
-pub mod batch;
 pub mod checkpoint;
+pub mod checkpoint_policy;
 pub mod loss;
 pub mod memory;
 pub mod metrics;
 pub mod optimizer;
+pub mod plan;
 pub mod report;
+pub mod run_log;
 pub mod schedule;
 pub mod step;
 pub mod trainer;
 
+pub use plan::StepPlan;
+pub use run_log::{RunLog, TrainSummary};
 pub use step::{train_step, StepOutcome};
-pub use trainer::{install_ctrlc, RunOptions, TrainSummary, Trainer};
+pub use trainer::{install_ctrlc, RunOptions, Trainer};

@@ -3,7 +3,8 @@
 
 use serde::Serialize;
 
-use super::trainer::{TrainSummary, Trainer};
+use super::run_log::TrainSummary;
+use super::trainer::Trainer;
 use crate::data::dataset::read_jsonl;
 use crate::data::Role;
 use crate::fsutil::write_atomic;
@@ -65,14 +66,14 @@ pub fn behaviour_report(
     trainer: &mut Trainer,
     summary: &TrainSummary,
 ) -> Result<Option<BehaviourReport>> {
-    let Some(section) = trainer.report.clone() else {
+    let Some(section) = trainer.report().cloned() else {
         return Ok(None);
     };
     let mut convs = read_jsonl(&section.prompts)?;
     if section.limit > 0 {
         convs.truncate(section.limit);
     }
-    let m = &trainer.model;
+    let m = trainer.model();
     let stop = crate::generate::stop_ids(m);
     let opts = GenerateOptions {
         max_new_tokens: section.max_new_tokens,
@@ -107,18 +108,14 @@ pub fn behaviour_report(
         prompts
             .iter()
             .map(|(_, ids)| {
-                let out = generate(trainer.model.model.as_ref(), ids, &opts, |_| {})?;
+                let out = generate(trainer.model().model.as_ref(), ids, &opts, |_| {})?;
                 bar.inc(1);
-                trainer.model.tokenizer.decode(&out, true)
+                trainer.model().tokenizer.decode(&out, true)
             })
             .collect()
     };
     let with_adapter = run(trainer)?;
-    trainer.params.detach(trainer.model.model.as_mut());
-    let base = run(trainer);
-    let dtype = trainer.compute_dtype();
-    trainer.params.attach(trainer.model.model.as_mut(), dtype)?;
-    let base = base?;
+    let base = trainer.without_adapter(run)??;
     bar.finish_and_clear();
     let rate = |v: &[String]| {
         if v.is_empty() {

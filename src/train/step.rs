@@ -2,10 +2,10 @@
 
 use candle_core::Tensor;
 
-use super::batch::MicroBatch;
 use super::loss::micro_batch_nll_sum;
 use super::optimizer::{clip_coefficient, global_norm, AdamW};
 use crate::autograd::accumulate;
+use crate::data::batch::MicroBatch;
 use crate::lora::LoraParams;
 use crate::model::CausalLm;
 use crate::{Error, Result};

@@ -1,153 +1,39 @@
-//! The supervised fine-tuning run behind `lora-train --config job.toml`: data preparation,
-//! the step loop with gradient accumulation, validation, checkpoints, resume, Ctrl-C, and the
-//! final adapter export.
+//! The supervised fine-tuning run behind `lora-train --config job.toml`: loads the model and
+//! the prepared data, then runs the loop (resume, step, log, validate, carry out the checkpoint
+//! policy's actions) and finishes with the adapter export. Each role lives in its own module:
+//! [`super::plan`] for batches, [`super::checkpoint_policy`] for when to save and stop,
+//! [`super::run_log`] for the run's files, [`crate::data::prepare`] for the examples.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use candle_core::Device;
+use candle_core::{DType, Device};
 use indicatif::{ProgressBar, ProgressStyle};
-use rand::seq::SliceRandom;
-use rand::SeedableRng;
-use serde::Serialize;
 
-use super::batch::{collate, fit_to_length, Fit, MicroBatch};
-use super::checkpoint::{list_checkpoints, read_state, save_checkpoint, TrainerState};
+use super::checkpoint::{
+    job_checkpoints_up_to, job_fingerprint, list_checkpoints, read_state, remove_checkpoint,
+    save_checkpoint, TrainerState,
+};
+use super::checkpoint_policy::{CheckpointAction, CheckpointPolicy};
 use super::memory;
-use super::metrics::{write_loss_plot, EvalMetrics, MetricsLine, MetricsLog, StepMetrics};
+use super::metrics::{EvalMetrics, StepMetrics};
 use super::optimizer::{AdamW, AdamWConfig};
+use super::plan::StepPlan;
+use super::run_log::{RunLog, TrainSummary};
 use super::schedule::Schedule;
-use super::step::train_step;
-use crate::config::job::{JobConfig, TrainLength, ValidationSpec};
-use crate::data::dataset::read_jsonl_numbered;
-use crate::data::mask::tokenize_line;
-use crate::data::{Conversation, TokenizedExample};
+use super::step::{train_step, StepOutcome};
+use crate::config::job::{JobConfig, ValidationSpec};
+use crate::config::ReportSection;
+use crate::data::batch::{collate, MicroBatch};
+use crate::data::prepare::{prepare_dataset, FitReport, HeldOut, PrepareOptions, PreparedData};
+use crate::data::TokenizedExample;
 use crate::eval::score_examples;
 use crate::export::{write_adapter, AdapterExport};
-use crate::fsutil::write_atomic;
 use crate::lora::{LoraParams, LoraSpec};
 use crate::model::{load, LoadOptions, LoadedModel};
 use crate::{Error, Result};
-
-/// Counts from fitting examples into `max_seq_len`.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct FitReport {
-    pub kept: usize,
-    pub truncated: usize,
-    pub dropped: usize,
-}
-
-/// Tokenizes conversations and fits them to `max_len`; errors name the file and line.
-pub fn prepare_examples(
-    m: &LoadedModel,
-    convs: &[(usize, Conversation)],
-    path: &Path,
-    job: &JobConfig,
-) -> Result<(Vec<TokenizedExample>, FitReport)> {
-    let mut out = Vec::with_capacity(convs.len());
-    let mut report = FitReport::default();
-    for (line, c) in convs {
-        let ex = tokenize_line(c, path, *line, &m.template, &m.tokenizer, job.data.loss_on)?;
-        match fit_to_length(&ex, job.data.max_seq_len) {
-            Fit::Kept(e) => {
-                report.kept += 1;
-                out.push(e)
-            }
-            Fit::Truncated(e) => {
-                report.truncated += 1;
-                out.push(e)
-            }
-            Fit::Dropped => report.dropped += 1,
-        }
-    }
-    Ok((out, report))
-}
-
-/// The order of examples in `epoch`: a seeded shuffle, or file order.
-pub fn epoch_order(n: usize, epoch: usize, seed: u64, shuffle: bool) -> Vec<usize> {
-    let mut order: Vec<usize> = (0..n).collect();
-    if shuffle {
-        let mut rng = rand::rngs::StdRng::seed_from_u64(seed.wrapping_add(epoch as u64 * 7919));
-        order.shuffle(&mut rng);
-    }
-    order
-}
-
-/// How examples map to optimizer steps.
-#[derive(Debug, Clone, Copy)]
-pub struct StepPlan {
-    pub examples: usize,
-    pub micro_batch_size: usize,
-    pub grad_accum: usize,
-    pub steps_per_epoch: usize,
-    pub total_steps: usize,
-}
-
-impl StepPlan {
-    pub fn new(job: &JobConfig, examples: usize) -> Result<Self> {
-        if examples == 0 {
-            return Err(Error::Config(format!(
-                "{}: no training example is left after fitting to data.max_seq_len = {}",
-                job.data.train.display(),
-                job.data.max_seq_len
-            )));
-        }
-        let mbs = job.train.micro_batch_size;
-        let ga = job.train.grad_accum;
-        let micro = examples.div_ceil(mbs);
-        let steps_per_epoch = micro.div_ceil(ga);
-        let total_steps = match job.train.length() {
-            TrainLength::Steps(s) => s,
-            TrainLength::Epochs(e) => ((e * steps_per_epoch as f64).ceil() as usize).max(1),
-        };
-        Ok(Self {
-            examples,
-            micro_batch_size: mbs,
-            grad_accum: ga,
-            steps_per_epoch,
-            total_steps,
-        })
-    }
-
-    /// Example indices of each micro-batch of 0-based optimizer step `step`.
-    pub fn step_batches(&self, step: usize, seed: u64, shuffle: bool) -> Vec<Vec<usize>> {
-        let epoch = step / self.steps_per_epoch;
-        let k = step % self.steps_per_epoch;
-        let order = epoch_order(self.examples, epoch, seed, shuffle);
-        let micro: Vec<&[usize]> = order.chunks(self.micro_batch_size).collect();
-        let from = k * self.grad_accum;
-        let to = (from + self.grad_accum).min(micro.len());
-        micro[from..to].iter().map(|c| c.to_vec()).collect()
-    }
-
-    pub fn epoch_of(&self, step: usize) -> f64 {
-        step as f64 / self.steps_per_epoch as f64
-    }
-}
-
-/// What a finished (or interrupted) run reports.
-#[derive(Debug, Clone, Serialize)]
-pub struct TrainSummary {
-    pub steps: usize,
-    pub total_steps: usize,
-    pub interrupted: bool,
-    pub train_examples: usize,
-    pub validation_examples: usize,
-    pub fit: FitReport,
-    pub first_loss: Option<f64>,
-    pub last_loss: Option<f64>,
-    pub val_loss_before: Option<f64>,
-    pub val_loss_after: Option<f64>,
-    pub tokens: usize,
-    pub elapsed_s: f64,
-    /// The CUDA memory pool's high-water mark in MiB (CUDA runs only).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub peak_gpu_memory_mib: Option<u64>,
-    pub adapter_dir: Option<PathBuf>,
-    pub output_dir: PathBuf,
-}
 
 /// A stop flag set by Ctrl-C.
 pub fn install_ctrlc() -> Arc<AtomicBool> {
@@ -158,70 +44,6 @@ pub fn install_ctrlc() -> Arc<AtomicBool> {
         f.store(true, Ordering::SeqCst);
     });
     flag
-}
-
-fn fingerprint(job: &JobConfig) -> String {
-    // Only what changes the trajectory; output paths and eval/save cadence do not.
-    let mut key = serde_json::json!({
-        "model": job.model.source, "dtype": job.model.dtype,
-        "lora": job.lora, "data": {"train": job.data.train, "validation": job.data.validation,
-        "shuffle": job.data.shuffle, "max_seq_len": job.data.max_seq_len, "loss_on": job.data.loss_on},
-        "train": {"mbs": job.train.micro_batch_size, "ga": job.train.grad_accum, "lr": job.train.lr,
-        "scheduler": job.train.scheduler, "warmup_steps": job.train.warmup_steps,
-        "warmup_ratio": job.train.warmup_ratio, "min_lr_ratio": job.train.min_lr_ratio,
-        "wd": job.train.weight_decay, "clip": job.train.max_grad_norm, "seed": job.train.seed,
-        "epochs": job.train.epochs, "max_steps": job.train.max_steps}
-    });
-    if job.model.quantize.is_quantized() {
-        // Added only when set, so fingerprints of dense runs did not change with the key.
-        key["quantize"] = job.model.quantize.name().into();
-    }
-    let text = key.to_string();
-    // FNV-1a: stable across runs and platforms.
-    let mut h: u64 = 0xcbf29ce484222325;
-    for b in text.bytes() {
-        h ^= b as u64;
-        h = h.wrapping_mul(0x100000001b3);
-    }
-    format!("{h:016x}")
-}
-
-/// Fails before the first step when the run's estimated peak exceeds the memory left on
-/// `device` (host memory for the CPU and Metal, the GPU's own for CUDA).
-fn check_memory(
-    model: &LoadedModel,
-    params: &LoraParams,
-    train: &[TokenizedExample],
-    job: &JobConfig,
-    dtype: candle_core::DType,
-    device: &candle_core::Device,
-) -> Result<()> {
-    let shape = memory::RunShape {
-        dtype_bytes: dtype.size_in_bytes(),
-        quantize: job.model.quantize,
-        checkpointing: job.train.gradient_checkpointing,
-        recompute_attention: job.train.recompute_attention,
-        micro_batch_size: job.train.micro_batch_size.min(train.len().max(1)),
-        seq_len: train.iter().map(|e| e.input_ids.len()).max().unwrap_or(0),
-        lora_params: params.num_parameters(),
-    };
-    let dims = memory::ModelDims::of(&model.config);
-    // The weights are loaded by now: on a GPU they are part of the estimate, not of the free memory.
-    let loaded = memory::estimate(&dims, &shape).weights;
-    let Some(available) = memory::available_on(device, loaded)? else {
-        return Ok(());
-    };
-    let place = crate::device::device_name(device);
-    let est = memory::check_fits(&dims, &shape, available).map_err(|e| match e {
-        Error::Config(m) if !device.is_cpu() => Error::Config(format!("{place}: {m}")),
-        e => e,
-    })?;
-    tracing::info!(
-        "estimated peak memory {:.1} GiB of {:.1} GiB available ({place})",
-        est.total() / (1u64 << 30) as f64,
-        available / (1u64 << 30) as f64
-    );
-    Ok(())
 }
 
 /// Options of a run that are not part of the job file.
@@ -236,19 +58,15 @@ pub struct RunOptions {
 
 /// A loaded job: model, adapter parameters and prepared data.
 pub struct Trainer {
-    pub job: JobConfig,
-    pub model: LoadedModel,
-    pub params: LoraParams,
-    pub train: Vec<TokenizedExample>,
-    pub validation: Vec<TokenizedExample>,
-    pub fit: FitReport,
-    pub plan: StepPlan,
-    pub schedule: Schedule,
-    pub device: Device,
-    /// `[report]` of the job, if any.
-    pub report: Option<crate::config::ReportSection>,
+    job: JobConfig,
+    model: LoadedModel,
+    params: LoraParams,
+    data: PreparedData,
+    plan: StepPlan,
+    schedule: Schedule,
+    device: Device,
     pad_id: u32,
-    dtype: candle_core::DType,
+    dtype: DType,
 }
 
 impl Trainer {
@@ -274,47 +92,21 @@ impl Trainer {
         if let Some(name) = &job.model.name {
             model.name_or_path = name.clone();
         }
-        let train_path = job.data.train.clone();
-        let mut convs = read_jsonl_numbered(&train_path)?;
-        let mut val_convs: Vec<(usize, Conversation)> = Vec::new();
-        let mut val_path = train_path.clone();
-        match &job.data.validation {
-            Some(ValidationSpec::File(p)) => {
-                val_path = p.clone();
-                val_convs = read_jsonl_numbered(p)?;
-            }
-            Some(ValidationSpec::Fraction(f)) => {
-                let mut rng = rand::rngs::StdRng::seed_from_u64(job.train.seed ^ 0x5eed);
-                convs.shuffle(&mut rng);
-                let n_val = ((convs.len() as f64) * f).round().max(1.0) as usize;
-                val_convs = convs.split_off(convs.len().saturating_sub(n_val));
-                convs.sort_by_key(|(line, _)| *line);
-                val_convs.sort_by_key(|(line, _)| *line);
-            }
-            None => {}
-        }
-        let (train, fit) = prepare_examples(&model, &convs, &train_path, &job)?;
-        let (validation, _) = prepare_examples(&model, &val_convs, &val_path, &job)?;
-        if fit.truncated + fit.dropped > 0 {
-            tracing::warn!(
-                "data.max_seq_len = {}: {} conversations truncated from the left, {} dropped (their last assistant turn does not fit)",
-                job.data.max_seq_len,
-                fit.truncated,
-                fit.dropped
-            );
-        }
-        let spec = LoraSpec {
-            r: job.lora.r,
-            alpha: job.lora.alpha,
-            dropout: job.lora.dropout,
-            use_rslora: job.lora.use_rslora,
-            targets: job.target_module_names(),
-        };
+        let data = prepare_data(&job, &model)?;
         let mut params = match &job.lora.init_adapter {
             Some(dir) => {
                 LoraParams::from_peft(model.model.as_mut(), dir, job.lora.dropout, &device)?
             }
-            None => LoraParams::init(model.model.as_mut(), spec, job.train.seed, &device)?,
+            None => {
+                let spec = LoraSpec {
+                    r: job.lora.r,
+                    alpha: job.lora.alpha,
+                    dropout: job.lora.dropout,
+                    use_rslora: job.lora.use_rslora,
+                    targets: job.target_module_names(),
+                };
+                LoraParams::init(model.model.as_mut(), spec, job.train.seed, &device)?
+            }
         };
         params.attach(model.model.as_mut(), dtype)?;
         params.set_gradient_checkpointing(
@@ -323,9 +115,9 @@ impl Trainer {
             job.train.recompute_attention,
         );
         if job.train.memory_check {
-            check_memory(&model, &params, &train, &job, dtype, &device)?;
+            memory::check_run_fits(&model, &params, &data.train, &job, dtype, &device)?;
         }
-        let plan = StepPlan::new(&job, train.len())?;
+        let plan = StepPlan::new(&job, data.train.len())?;
         let schedule = Schedule {
             kind: job.train.scheduler,
             lr: job.train.lr,
@@ -334,32 +126,83 @@ impl Trainer {
             min_lr_ratio: job.train.min_lr_ratio,
         };
         let pad_id = model.tokenizer.eos_token_ids.first().copied().unwrap_or(0);
-        let job_report = job.report.clone();
         Ok(Self {
             job,
             model,
             params,
-            train,
-            validation,
-            fit,
+            data,
             plan,
             schedule,
             device,
-            report: job_report,
             pad_id,
             dtype,
         })
     }
 
+    /// The job as loaded.
+    pub fn job(&self) -> &JobConfig {
+        &self.job
+    }
+
+    /// The model, with the adapter attached.
+    pub fn model(&self) -> &LoadedModel {
+        &self.model
+    }
+
+    /// The trainable adapter weights.
+    pub fn params(&self) -> &LoraParams {
+        &self.params
+    }
+
+    /// The training examples, tokenized and fitted to `data.max_seq_len`.
+    pub fn train(&self) -> &[TokenizedExample] {
+        &self.data.train
+    }
+
+    /// The validation examples (empty without `data.validation`).
+    pub fn validation(&self) -> &[TokenizedExample] {
+        &self.data.validation
+    }
+
+    /// How the training examples fitted `data.max_seq_len`.
+    pub fn fit(&self) -> &FitReport {
+        &self.data.fit
+    }
+
+    pub fn plan(&self) -> &StepPlan {
+        &self.plan
+    }
+
+    pub fn schedule(&self) -> &Schedule {
+        &self.schedule
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// `[report]` of the job, if any.
+    pub fn report(&self) -> Option<&ReportSection> {
+        self.job.report.as_ref()
+    }
+
     /// The dtype the model computes in.
-    pub fn compute_dtype(&self) -> candle_core::DType {
+    pub fn compute_dtype(&self) -> DType {
         self.dtype
+    }
+
+    /// Runs `f` on the base model alone (the adapter detached), then attaches the adapter again.
+    pub fn without_adapter<T>(&mut self, f: impl FnOnce(&Self) -> T) -> Result<T> {
+        self.params.detach(self.model.model.as_mut());
+        let out = f(self);
+        self.params.attach(self.model.model.as_mut(), self.dtype)?;
+        Ok(out)
     }
 
     fn export_info(&self) -> AdapterExport {
         AdapterExport {
             base_model_name_or_path: self.model.name_or_path.clone(),
-            dtype: candle_core::DType::F32,
+            dtype: DType::F32,
         }
     }
 
@@ -369,7 +212,8 @@ impl Trainer {
             .step_batches(step, self.job.train.seed, self.job.data.shuffle)
             .iter()
             .map(|idx| {
-                let exs: Vec<&TokenizedExample> = idx.iter().map(|i| &self.train[*i]).collect();
+                let exs: Vec<&TokenizedExample> =
+                    idx.iter().map(|i| &self.data.train[*i]).collect();
                 collate(&exs, self.pad_id, &self.device)
             })
             .collect()
@@ -377,31 +221,31 @@ impl Trainer {
 
     /// Token-weighted validation loss (no dropout), or None without validation data.
     pub fn validation_loss(&self) -> Result<Option<(f64, usize)>> {
-        if self.validation.is_empty() {
+        if self.data.validation.is_empty() {
             return Ok(None);
         }
         self.params.set_dropout_seed(0);
         // In micro-batches of the training size, which the memory check has passed.
         let r = score_examples(
             self.model.model.as_ref(),
-            &self.validation,
+            &self.data.validation,
             self.job.train.micro_batch_size,
             false,
         )?;
         Ok(Some((r.mean_loss, r.target_tokens)))
     }
 
-    /// Validates and appends the result to `metrics`; None without validation data.
-    fn evaluate_and_log(&self, metrics: &MetricsLog, step: usize) -> Result<Option<f64>> {
+    /// Validates and logs the result; None without validation data.
+    fn evaluate_and_log(&self, log: &RunLog, step: usize) -> Result<Option<f64>> {
         let Some((loss, n)) = self.validation_loss()? else {
             return Ok(None);
         };
-        metrics.append(&MetricsLine::Eval(EvalMetrics {
+        log.log_eval(EvalMetrics {
             step,
             epoch: self.plan.epoch_of(step),
             val_loss: loss,
             val_tokens: n,
-        }))?;
+        })?;
         Ok(Some(loss))
     }
 
@@ -415,119 +259,48 @@ impl Trainer {
         )
     }
 
-    /// Runs (or resumes) training to the end, or until interrupted.
+    /// Runs (or resumes) training to the end, or until a stop request (Ctrl-C, `stop_after`).
     pub fn run(&mut self, opts: &RunOptions, stop: Arc<AtomicBool>) -> Result<TrainSummary> {
-        let out = self.job.output.dir.clone();
-        std::fs::create_dir_all(&out).map_err(|e| Error::io(&out, e))?;
-        let metrics = MetricsLog::new(out.join("metrics.jsonl"));
-        let fp = fingerprint(&self.job);
+        let log = RunLog::create(&self.job.output.dir)?;
+        let fingerprint = job_fingerprint(&self.job);
         let mut opt = self.optimizer()?;
-        let mut start = 0usize;
-        let mut elapsed_before = 0f64;
-        if opts.resume {
-            let Some((_, dir)) = list_checkpoints(&out)?.pop() else {
-                return Err(Error::Config(format!(
-                    "--resume: no checkpoint in {}",
-                    out.join("checkpoints").display()
-                )));
-            };
-            let state = read_state(&dir)?;
-            if state.job_fingerprint != fp {
-                return Err(Error::Config(format!(
-                    "--resume: {} was written by a different job (model, data or hyper-parameters changed)",
-                    dir.display()
-                )));
-            }
-            let saved = LoraParams::from_peft(
-                self.model.model.as_mut(),
-                &dir,
-                self.job.lora.dropout,
-                &self.device,
-            )?;
-            for (p, s) in self.params.params.iter().zip(&saved.params) {
-                p.a.set(s.a.as_tensor())?;
-                p.b.set(s.b.as_tensor())?;
-            }
-            opt.load(&dir.join("optimizer.safetensors"))?;
-            start = state.step;
-            elapsed_before = state.elapsed_s;
-            metrics.truncate_after(start)?;
-            tracing::info!("resuming from {} (step {start})", dir.display());
-        } else {
-            // A fresh run replaces the previous run's metrics.
-            write_atomic(metrics.path(), b"")?;
-        }
-        let val_before = if start == 0 {
-            self.evaluate_and_log(&metrics, 0)?
-        } else {
-            metrics.read()?.iter().find_map(|l| match l {
-                MetricsLine::Eval(e) if e.step == 0 => Some(e.val_loss),
-                _ => None,
-            })
-        };
         let total = self.plan.total_steps;
-        let bar = if opts.progress {
-            let b = ProgressBar::new(total as u64);
-            b.set_style(
-                ProgressStyle::with_template(
-                    "{bar:30} {pos}/{len} steps  {msg}  [{elapsed_precise}<{eta_precise}]",
-                )
-                .unwrap_or_else(|_| ProgressStyle::default_bar()),
-            );
-            b.set_position(start as u64);
-            b
+        let train = &self.job.train;
+        let mut policy = CheckpointPolicy::new(train.save_every, train.keep_last, total)
+            .stop_after(opts.stop_after);
+        let (start, elapsed_before) = if opts.resume {
+            let (state, earlier) = self.resume(&mut opt, log.dir(), &fingerprint)?;
+            log.resume_at(state.step)?;
+            policy = policy.resumed(state.step, earlier);
+            (state.step, state.elapsed_s)
         } else {
-            ProgressBar::hidden()
+            log.start_fresh()?;
+            (0, 0.0)
         };
-        let t0 = Instant::now();
-        let mut tokens_total = 0usize;
-        let mut last_saved = start;
-        let mut interrupted = false;
-        let state_at = |step: usize, elapsed: f64| TrainerState {
-            step,
-            total_steps: total,
-            epoch: self.plan.epoch_of(step),
-            seed: self.job.train.seed,
-            job_fingerprint: fp.clone(),
-            elapsed_s: elapsed,
+        // Where the eval harness and the server find the run's base model and data.
+        log.write_job(&self.job)?;
+        let val_before = match start {
+            0 => self.evaluate_and_log(&log, 0)?,
+            _ => log.val_loss_at(0)?,
         };
-        let mut step = start;
-        while step < total {
-            let ts = Instant::now();
-
-            let batches = self.step_micro_batches(step)?;
+        let bar = progress_bar(opts.progress, total, start);
+        let clock = Instant::now();
+        let (mut step, mut tokens, mut interrupted) = (start, 0, false);
+        while step < total && !interrupted {
+            let step_clock = Instant::now();
             let lr = self.schedule.lr_at(step);
-            let seed = self
-                .job
-                .train
-                .seed
-                .wrapping_mul(1_000_000_007)
-                .wrapping_add(step as u64 + 1);
-            let outcome = match train_step(
-                self.model.model.as_ref(),
-                &self.params,
-                &mut opt,
-                &batches,
-                lr,
-                self.job.train.max_grad_norm,
-                if self.job.lora.dropout > 0.0 { seed } else { 0 },
-            ) {
-                Ok(o) => o,
+            let outcome = match self.optimizer_step(step, lr, &mut opt) {
                 Err(Error::NonFinite(what)) => {
                     bar.abandon();
-                    return Err(Error::NonFinite(format!(
-                        "{what} at step {}; stopped, the last good checkpoint (step {last_saved}) in {} is kept",
-                        step + 1,
-                        out.join("checkpoints").display()
-                    )));
+                    return Err(self.non_finite(&what, step + 1, policy.last_saved()));
                 }
-                Err(e) => return Err(e),
+                outcome => outcome?,
             };
             step += 1;
-            tokens_total += outcome.tokens;
-            let elapsed = elapsed_before + t0.elapsed().as_secs_f64();
-            let tps = outcome.tokens as f64 / ts.elapsed().as_secs_f64().max(1e-9);
-            metrics.append(&MetricsLine::Step(StepMetrics {
+            tokens += outcome.tokens;
+            let elapsed = elapsed_before + clock.elapsed().as_secs_f64();
+            let tps = outcome.tokens as f64 / step_clock.elapsed().as_secs_f64().max(1e-9);
+            log.log_step(StepMetrics {
                 step,
                 epoch: self.plan.epoch_of(step),
                 loss: outcome.loss,
@@ -536,89 +309,226 @@ impl Trainer {
                 tokens: outcome.tokens,
                 tokens_per_second: tps,
                 elapsed_s: elapsed,
-            }))?;
+            })?;
             bar.set_message(format!(
-                "loss {:.4}  lr {:.2e}  {:.0} tok/s",
-                outcome.loss, lr, tps
+                "loss {:.4}  lr {lr:.2e}  {tps:.0} tok/s",
+                outcome.loss
             ));
             bar.set_position(step as u64);
-            let ev = self.job.train.eval_every;
-            if ev > 0 && step.is_multiple_of(ev) && step < total {
-                if let Some(loss) = self.evaluate_and_log(&metrics, step)? {
+            if self.eval_due(step) {
+                if let Some(loss) = self.evaluate_and_log(&log, step)? {
                     bar.println(format!("step {step}: validation loss {loss:.4}"));
                 }
             }
-            let sv = self.job.train.save_every;
-            let stop_now =
-                stop.load(Ordering::SeqCst) || opts.stop_after.is_some_and(|n| step - start >= n);
-            if (sv > 0 && step.is_multiple_of(sv)) || stop_now || step == total {
-                save_checkpoint(
-                    &out,
-                    &state_at(step, elapsed),
-                    &self.params,
-                    &opt,
-                    &self.export_info(),
-                    self.job.train.keep_last,
-                )?;
-                last_saved = step;
-            }
-            if stop_now && step < total {
-                interrupted = true;
-                break;
+            for action in policy.after_step(step, stop.load(Ordering::SeqCst)) {
+                match action {
+                    CheckpointAction::Save(at) => {
+                        self.save(log.dir(), &self.state_at(at, elapsed, &fingerprint), &opt)?
+                    }
+                    CheckpointAction::Prune(at) => remove_checkpoint(log.dir(), at)?,
+                    CheckpointAction::Stop => interrupted = true,
+                }
             }
         }
         bar.finish_and_clear();
-        let val_after = if interrupted {
-            None
-        } else {
-            self.evaluate_and_log(&metrics, step)?
+        let end = RunEnd {
+            step,
+            interrupted,
+            tokens,
+            val_before,
+            elapsed_before,
+            clock,
         };
-        let lines = metrics.read()?;
-        write_loss_plot(
-            &lines,
-            &out.join("loss.svg"),
-            &format!(
-                "{} — LoRA r={}",
-                Path::new(&self.model.name_or_path)
-                    .file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_else(|| self.model.name_or_path.clone()),
-                self.params.spec.r
-            ),
+        self.finish(&log, end)
+    }
+
+    /// Loads the newest checkpoint in `out` into the adapter and `opt`. Returns its state and
+    /// the steps of the checkpoints this job wrote up to it, which the policy may prune.
+    fn resume(
+        &mut self,
+        opt: &mut AdamW,
+        out: &Path,
+        fingerprint: &str,
+    ) -> Result<(TrainerState, Vec<usize>)> {
+        let Some((_, dir)) = list_checkpoints(out)?.pop() else {
+            return Err(Error::Config(format!(
+                "--resume: no checkpoint in {}",
+                out.join("checkpoints").display()
+            )));
+        };
+        let state = read_state(&dir)?;
+        if state.job_fingerprint != fingerprint {
+            return Err(Error::Config(format!(
+                "--resume: {} was written by a different job (model, data or hyper-parameters changed)",
+                dir.display()
+            )));
+        }
+        let saved = LoraParams::from_peft(
+            self.model.model.as_mut(),
+            &dir,
+            self.job.lora.dropout,
+            &self.device,
         )?;
-        let adapter_dir = if interrupted {
+        for (p, s) in self.params.params.iter().zip(&saved.params) {
+            p.a.set(s.a.as_tensor())?;
+            p.b.set(s.b.as_tensor())?;
+        }
+        opt.load(&dir.join("optimizer.safetensors"))?;
+        tracing::info!("resuming from {} (step {})", dir.display(), state.step);
+        let earlier = job_checkpoints_up_to(out, state.step, fingerprint)?;
+        Ok((state, earlier))
+    }
+
+    /// One optimizer step over the micro-batches of 0-based step `step`.
+    fn optimizer_step(&self, step: usize, lr: f64, opt: &mut AdamW) -> Result<StepOutcome> {
+        let batches = self.step_micro_batches(step)?;
+        let seed = self
+            .job
+            .train
+            .seed
+            .wrapping_mul(1_000_000_007)
+            .wrapping_add(step as u64 + 1);
+        train_step(
+            self.model.model.as_ref(),
+            &self.params,
+            opt,
+            &batches,
+            lr,
+            self.job.train.max_grad_norm,
+            if self.job.lora.dropout > 0.0 { seed } else { 0 },
+        )
+    }
+
+    /// Whether to validate after `step` steps (the final validation comes after the loop).
+    fn eval_due(&self, step: usize) -> bool {
+        let every = self.job.train.eval_every;
+        every > 0 && step.is_multiple_of(every) && step < self.plan.total_steps
+    }
+
+    fn save(&self, out: &Path, state: &TrainerState, opt: &AdamW) -> Result<()> {
+        save_checkpoint(out, state, &self.params, opt, &self.export_info()).map(|_| ())
+    }
+
+    fn state_at(&self, step: usize, elapsed_s: f64, fingerprint: &str) -> TrainerState {
+        TrainerState {
+            step,
+            total_steps: self.plan.total_steps,
+            epoch: self.plan.epoch_of(step),
+            seed: self.job.train.seed,
+            job_fingerprint: fingerprint.to_string(),
+            elapsed_s,
+        }
+    }
+
+    /// The error for a non-finite loss or gradient at 1-based `step`.
+    fn non_finite(&self, what: &str, step: usize, last_saved: usize) -> Error {
+        Error::NonFinite(format!(
+            "{what} at step {step}; stopped, the last good checkpoint (step {last_saved}) in {} is kept",
+            self.job.output.dir.join("checkpoints").display()
+        ))
+    }
+
+    /// After the loop: the final validation, the plot, the adapter and the summary.
+    fn finish(&self, log: &RunLog, end: RunEnd) -> Result<TrainSummary> {
+        let val_after = if end.interrupted {
             None
         } else {
-            let dir = out.join("adapter");
+            self.evaluate_and_log(log, end.step)?
+        };
+        log.write_plot(&self.plot_title())?;
+        let adapter_dir = if end.interrupted {
+            None
+        } else {
+            let dir = log.dir().join("adapter");
             write_adapter(&self.params, &dir, &self.export_info())?;
             Some(dir)
         };
-        let losses: Vec<f64> = lines
-            .iter()
-            .filter_map(|l| match l {
-                MetricsLine::Step(s) => Some(s.loss),
-                _ => None,
-            })
-            .collect();
+        let losses = log.step_losses()?;
         let summary = TrainSummary {
-            steps: step,
-            total_steps: total,
-            interrupted,
-            train_examples: self.train.len(),
-            validation_examples: self.validation.len(),
-            fit: self.fit.clone(),
+            steps: end.step,
+            total_steps: self.plan.total_steps,
+            interrupted: end.interrupted,
+            train_examples: self.data.train.len(),
+            validation_examples: self.data.validation.len(),
+            fit: self.data.fit.clone(),
             first_loss: losses.first().copied(),
             last_loss: losses.last().copied(),
-            val_loss_before: val_before,
+            val_loss_before: end.val_before,
             val_loss_after: val_after,
-            tokens: tokens_total,
-            elapsed_s: elapsed_before + t0.elapsed().as_secs_f64(),
+            tokens: end.tokens,
+            elapsed_s: end.elapsed_before + end.clock.elapsed().as_secs_f64(),
             peak_gpu_memory_mib: crate::device::peak_reserved_bytes(&self.device).map(|b| b >> 20),
             adapter_dir,
-            output_dir: out.clone(),
+            output_dir: log.dir().to_path_buf(),
         };
-        let text = serde_json::to_string_pretty(&summary).map_err(|e| Error::Msg(e.to_string()))?;
-        write_atomic(&out.join("summary.json"), text.as_bytes())?;
+        log.write_summary(&summary)?;
         Ok(summary)
     }
+
+    /// The loss plot's title: the model's name and the LoRA rank.
+    fn plot_title(&self) -> String {
+        let name = Path::new(&self.model.name_or_path)
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| self.model.name_or_path.clone());
+        format!("{name} — LoRA r={}", self.params.spec.r)
+    }
+}
+
+/// Reads, splits, tokenizes and fits the job's data with the model's template and tokenizer.
+fn prepare_data(job: &JobConfig, model: &LoadedModel) -> Result<PreparedData> {
+    let held_out = match &job.data.validation {
+        Some(ValidationSpec::File(path)) => HeldOut::File(path),
+        Some(ValidationSpec::Fraction(fraction)) => HeldOut::Fraction(*fraction),
+        None => HeldOut::None,
+    };
+    let opts = PrepareOptions {
+        loss_on: job.data.loss_on,
+        max_seq_len: job.data.max_seq_len,
+        split_seed: job.train.seed,
+    };
+    let data = prepare_dataset(
+        &job.data.train,
+        held_out,
+        &model.template,
+        &model.tokenizer,
+        &opts,
+    )?;
+    let fit = &data.fit;
+    if fit.truncated + fit.dropped > 0 {
+        tracing::warn!(
+            "data.max_seq_len = {}: {} conversations truncated from the left, {} dropped (their last assistant turn does not fit)",
+            job.data.max_seq_len,
+            fit.truncated,
+            fit.dropped
+        );
+    }
+    Ok(data)
+}
+
+/// Where the step loop ended, for [`Trainer::finish`].
+struct RunEnd {
+    step: usize,
+    interrupted: bool,
+    /// Tokens trained on in this invocation.
+    tokens: usize,
+    val_before: Option<f64>,
+    /// Training time of the invocations before a resume.
+    elapsed_before: f64,
+    clock: Instant,
+}
+
+fn progress_bar(show: bool, total: usize, start: usize) -> ProgressBar {
+    if !show {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(total as u64);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{bar:30} {pos}/{len} steps  {msg}  [{elapsed_precise}<{eta_precise}]",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar.set_position(start as u64);
+    bar
 }

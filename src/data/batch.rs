@@ -1,48 +1,11 @@
-//! Micro-batches: left truncation to `max_seq_len`, right padding, and the target rows that
-//! the loss reads.
+//! Micro-batches: tokenized examples right-padded into one `[B, T]` tensor, with the flat rows
+//! of the hidden states that predict each target, which is what the loss and scoring read.
+//! Training, validation and `score` collate here, so one place says which rows predict targets.
 
 use candle_core::{Device, Tensor};
 
 use crate::data::TokenizedExample;
 use crate::Result;
-
-/// What happened to an example when it was fitted to `max_seq_len`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Fit {
-    Kept(TokenizedExample),
-    /// Cut from the left; the last assistant turn survived.
-    Truncated(TokenizedExample),
-    /// Even the last assistant turn does not fit.
-    Dropped,
-}
-
-/// Fits an example into `max_len` tokens by dropping tokens from the left, so the final
-/// target span (the last assistant turn) is kept whole; drops it when that is impossible.
-pub fn fit_to_length(ex: &TokenizedExample, max_len: usize) -> Fit {
-    let len = ex.input_ids.len();
-    if len <= max_len {
-        return Fit::Kept(ex.clone());
-    }
-    // Start of the last contiguous run of targets.
-    let Some(last_target) = ex.targets.iter().rposition(|t| *t) else {
-        return Fit::Dropped;
-    };
-    let mut run_start = last_target;
-    while run_start > 0 && ex.targets[run_start - 1] {
-        run_start -= 1;
-    }
-    let cut = len - max_len;
-    // The token before the run must stay too: it predicts the first target.
-    if run_start < cut + 1 {
-        return Fit::Dropped;
-    }
-    let mut targets = ex.targets[cut..].to_vec();
-    targets[0] = false;
-    Fit::Truncated(TokenizedExample {
-        input_ids: ex.input_ids[cut..].to_vec(),
-        targets,
-    })
-}
 
 /// A right-padded micro-batch.
 #[derive(Debug, Clone)]
@@ -107,26 +70,10 @@ pub fn collate(examples: &[&TokenizedExample], pad_id: u32, device: &Device) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::data::TokenizedExample;
 
-    fn ex(n: usize, targets: std::ops::Range<usize>) -> TokenizedExample {
-        TokenizedExample {
-            input_ids: (0..n as u32).collect(),
-            targets: (0..n).map(|i| targets.contains(&i)).collect(),
-        }
-    }
-
-    #[test]
-    fn truncates_from_the_left_keeping_the_last_turn() {
-        let e = ex(10, 6..10);
-        match fit_to_length(&e, 6) {
-            Fit::Truncated(t) => {
-                assert_eq!(t.input_ids, vec![4, 5, 6, 7, 8, 9]);
-                assert_eq!(t.targets, vec![false, false, true, true, true, true]);
-            }
-            other => panic!("{other:?}"),
-        }
-        assert_eq!(fit_to_length(&e, 4), Fit::Dropped);
-        assert!(matches!(fit_to_length(&e, 10), Fit::Kept(_)));
+    fn ex(len: usize, targets: std::ops::Range<usize>) -> TokenizedExample {
+        TokenizedExample::synthetic(len, targets)
     }
 
     #[test]

@@ -1,0 +1,228 @@
+//! Data preparation for a run: read the training file, hold out validation conversations (a
+//! file of their own, or a seeded fraction of the training file), tokenize them with the chat
+//! template and fit each example into the sequence length. It takes the template, tokenizer
+//! and settings as plain values, so it knows nothing of models or job files.
+
+use std::path::Path;
+
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use serde::Serialize;
+
+use crate::data::dataset::read_jsonl_numbered;
+use crate::data::mask::tokenize_line;
+use crate::data::{ChatTemplate, ChatTokenizer, Conversation, LossOn, TokenizedExample};
+use crate::Result;
+
+/// What happened to an example when it was fitted to `max_seq_len`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fit {
+    Kept(TokenizedExample),
+    /// Cut from the left; the last assistant turn survived.
+    Truncated(TokenizedExample),
+    /// Even the last assistant turn does not fit.
+    Dropped,
+}
+
+/// Fits an example into `max_len` tokens by dropping tokens from the left, so the final
+/// target span (the last assistant turn) is kept whole; drops it when that is impossible.
+pub fn fit_to_length(ex: &TokenizedExample, max_len: usize) -> Fit {
+    let len = ex.input_ids.len();
+    if len <= max_len {
+        return Fit::Kept(ex.clone());
+    }
+    // Start of the last contiguous run of targets.
+    let Some(last_target) = ex.targets.iter().rposition(|t| *t) else {
+        return Fit::Dropped;
+    };
+    let mut run_start = last_target;
+    while run_start > 0 && ex.targets[run_start - 1] {
+        run_start -= 1;
+    }
+    let cut = len - max_len;
+    // The token before the run must stay too: it predicts the first target.
+    if run_start < cut + 1 {
+        return Fit::Dropped;
+    }
+    let mut targets = ex.targets[cut..].to_vec();
+    targets[0] = false;
+    Fit::Truncated(TokenizedExample {
+        input_ids: ex.input_ids[cut..].to_vec(),
+        targets,
+    })
+}
+
+/// Counts from fitting examples into `max_seq_len`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct FitReport {
+    pub kept: usize,
+    pub truncated: usize,
+    pub dropped: usize,
+}
+
+/// A conversation and its line in the file, as `read_jsonl_numbered` returns them.
+pub type NumberedConversation = (usize, Conversation);
+
+/// Where validation conversations come from.
+#[derive(Debug, Clone, Copy)]
+pub enum HeldOut<'a> {
+    /// No validation set.
+    None,
+    /// A JSONL file of its own.
+    File(&'a Path),
+    /// This fraction of the training file, chosen with the split seed.
+    Fraction(f64),
+}
+
+/// How conversations become training examples.
+#[derive(Debug, Clone, Copy)]
+pub struct PrepareOptions {
+    pub loss_on: LossOn,
+    pub max_seq_len: usize,
+    /// Seeds the choice of held-out conversations for [`HeldOut::Fraction`].
+    pub split_seed: u64,
+}
+
+/// Tokenized training and validation examples.
+#[derive(Debug, Clone, Default)]
+pub struct PreparedData {
+    pub train: Vec<TokenizedExample>,
+    pub validation: Vec<TokenizedExample>,
+    /// How the training examples fitted (validation examples are fitted the same way).
+    pub fit: FitReport,
+}
+
+/// Reads `train` and the held-out conversations, tokenizes both and fits them to
+/// `opts.max_seq_len`; errors name the file and line.
+pub fn prepare_dataset(
+    train: &Path,
+    held_out: HeldOut,
+    template: &ChatTemplate,
+    tokenizer: &ChatTokenizer,
+    opts: &PrepareOptions,
+) -> Result<PreparedData> {
+    let mut convs = read_jsonl_numbered(train)?;
+    let mut val_convs = Vec::new();
+    let mut val_path = train;
+    match held_out {
+        HeldOut::File(path) => {
+            val_path = path;
+            val_convs = read_jsonl_numbered(path)?;
+        }
+        HeldOut::Fraction(fraction) => {
+            (convs, val_convs) = split_validation(convs, fraction, opts.split_seed);
+        }
+        HeldOut::None => {}
+    }
+    let fit_all = |convs: &[NumberedConversation], path: &Path| {
+        tokenize_and_fit(
+            convs,
+            path,
+            template,
+            tokenizer,
+            opts.loss_on,
+            opts.max_seq_len,
+        )
+    };
+    let (train_examples, fit) = fit_all(&convs, train)?;
+    let (validation, _) = fit_all(&val_convs, val_path)?;
+    Ok(PreparedData {
+        train: train_examples,
+        validation,
+        fit,
+    })
+}
+
+/// Splits `fraction` of the (line-numbered) conversations off as validation, at least one,
+/// chosen by a shuffle seeded from `seed`; both parts keep file order.
+pub fn split_validation(
+    mut convs: Vec<NumberedConversation>,
+    fraction: f64,
+    seed: u64,
+) -> (Vec<NumberedConversation>, Vec<NumberedConversation>) {
+    // A stream of its own, apart from the epoch shuffles that use `seed` as given.
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ 0x5eed);
+    convs.shuffle(&mut rng);
+    let n_val = ((convs.len() as f64) * fraction).round().max(1.0) as usize;
+    let mut validation = convs.split_off(convs.len().saturating_sub(n_val));
+    convs.sort_by_key(|(line, _)| *line);
+    validation.sort_by_key(|(line, _)| *line);
+    (convs, validation)
+}
+
+/// Tokenizes conversations and fits them to `max_len`; errors name `path` and the line.
+pub fn tokenize_and_fit(
+    convs: &[NumberedConversation],
+    path: &Path,
+    template: &ChatTemplate,
+    tokenizer: &ChatTokenizer,
+    loss_on: LossOn,
+    max_len: usize,
+) -> Result<(Vec<TokenizedExample>, FitReport)> {
+    let mut out = Vec::with_capacity(convs.len());
+    let mut report = FitReport::default();
+    for (line, c) in convs {
+        let ex = tokenize_line(c, path, *line, template, tokenizer, loss_on)?;
+        match fit_to_length(&ex, max_len) {
+            Fit::Kept(e) => {
+                report.kept += 1;
+                out.push(e)
+            }
+            Fit::Truncated(e) => {
+                report.truncated += 1;
+                out.push(e)
+            }
+            Fit::Dropped => report.dropped += 1,
+        }
+    }
+    Ok((out, report))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::TokenizedExample;
+    use crate::data::{Message, Role};
+
+    fn ex(len: usize, targets: std::ops::Range<usize>) -> TokenizedExample {
+        TokenizedExample::synthetic(len, targets)
+    }
+
+    #[test]
+    fn truncates_from_the_left_keeping_the_last_turn() {
+        let e = ex(10, 6..10);
+        match fit_to_length(&e, 6) {
+            Fit::Truncated(t) => {
+                assert_eq!(t.input_ids, vec![4, 5, 6, 7, 8, 9]);
+                assert_eq!(t.targets, vec![false, false, true, true, true, true]);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(fit_to_length(&e, 4), Fit::Dropped);
+        assert!(matches!(fit_to_length(&e, 10), Fit::Kept(_)));
+    }
+
+    #[test]
+    fn validation_split_is_seeded_and_keeps_file_order() {
+        let convs: Vec<NumberedConversation> = (1..=10)
+            .map(|line| {
+                let msg = Message::new(Role::User, format!("{line}"));
+                (
+                    line,
+                    Conversation {
+                        messages: vec![msg],
+                    },
+                )
+            })
+            .collect();
+        let (train, val) = split_validation(convs.clone(), 0.25, 42);
+        let lines = |v: &[NumberedConversation]| v.iter().map(|(l, _)| *l).collect::<Vec<_>>();
+        assert_eq!(val.len(), 3);
+        assert_eq!(train.len() + val.len(), 10);
+        assert!(lines(&train).is_sorted() && lines(&val).is_sorted());
+        let (train2, val2) = split_validation(convs.clone(), 0.25, 42);
+        assert_eq!((lines(&train), lines(&val)), (lines(&train2), lines(&val2)));
+        // At least one conversation is held out, however small the fraction.
+        assert_eq!(split_validation(convs, 0.01, 42).1.len(), 1);
+    }
+}

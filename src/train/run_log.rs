@@ -1,0 +1,262 @@
+//! The record a run keeps in its output folder beside checkpoints and the adapter: `job.toml`
+//! (the resolved job), `metrics.jsonl` (a line per step and per validation), `loss.svg` and
+//! `summary.json`. One type names and writes these files, so the trainer writes each from
+//! one place and readers (tests, tools, the eval harness) find them where it put them.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use super::metrics::{loss_plot_svg, EvalMetrics, MetricsLine, StepMetrics};
+use crate::config::job::{JobConfig, ValidationSpec};
+use crate::data::FitReport;
+use crate::fsutil::write_atomic;
+use crate::{Error, Result};
+
+/// What a finished (or interrupted) run reports, saved as `summary.json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct TrainSummary {
+    pub steps: usize,
+    pub total_steps: usize,
+    pub interrupted: bool,
+    pub train_examples: usize,
+    pub validation_examples: usize,
+    pub fit: FitReport,
+    pub first_loss: Option<f64>,
+    pub last_loss: Option<f64>,
+    pub val_loss_before: Option<f64>,
+    pub val_loss_after: Option<f64>,
+    pub tokens: usize,
+    pub elapsed_s: f64,
+    /// The CUDA memory pool's high-water mark in MiB (CUDA runs only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peak_gpu_memory_mib: Option<u64>,
+    pub adapter_dir: Option<PathBuf>,
+    pub output_dir: PathBuf,
+}
+
+/// The files of one run's output folder.
+#[derive(Debug, Clone)]
+pub struct RunLog {
+    dir: PathBuf,
+}
+
+impl RunLog {
+    /// The record in `dir` (the job's `output.dir`), to read.
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self { dir: dir.into() }
+    }
+
+    /// The record in `dir`, to write: creates the folder.
+    pub fn create(dir: impl Into<PathBuf>) -> Result<Self> {
+        let log = Self::new(dir);
+        std::fs::create_dir_all(&log.dir).map_err(|e| Error::io(&log.dir, e))?;
+        Ok(log)
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn job_path(&self) -> PathBuf {
+        self.dir.join("job.toml")
+    }
+
+    pub fn metrics_path(&self) -> PathBuf {
+        self.dir.join("metrics.jsonl")
+    }
+
+    pub fn plot_path(&self) -> PathBuf {
+        self.dir.join("loss.svg")
+    }
+
+    pub fn summary_path(&self) -> PathBuf {
+        self.dir.join("summary.json")
+    }
+
+    /// Creates the folder and empties `metrics.jsonl`: a fresh run replaces the previous
+    /// run's metrics.
+    pub fn start_fresh(&self) -> Result<()> {
+        write_atomic(&self.metrics_path(), b"")
+    }
+
+    /// Keeps only metrics lines up to `step`: on resume, the steps after the checkpoint are
+    /// done again.
+    pub fn resume_at(&self, step: usize) -> Result<()> {
+        let kept: Vec<String> = self
+            .metrics()?
+            .into_iter()
+            .filter(|l| l.step() <= step)
+            .filter_map(|l| serde_json::to_string(&l).ok())
+            .collect();
+        let mut text = kept.join("\n");
+        if !text.is_empty() {
+            text.push('\n');
+        }
+        write_atomic(&self.metrics_path(), text.as_bytes())
+    }
+
+    /// Writes `job` with every path absolute (against the current directory where still
+    /// relative) to `job.toml`, so that tools find the run's base model and data from it.
+    pub fn write_job(&self, job: &JobConfig) -> Result<()> {
+        let cwd = std::env::current_dir().map_err(|e| Error::io(".", e))?;
+        let text = with_absolute_paths(job, &cwd).to_toml_string()?;
+        write_atomic(&self.job_path(), text.as_bytes())
+    }
+
+    pub fn log_step(&self, step: StepMetrics) -> Result<()> {
+        self.append(&MetricsLine::Step(step))
+    }
+
+    pub fn log_eval(&self, eval: EvalMetrics) -> Result<()> {
+        self.append(&MetricsLine::Eval(eval))
+    }
+
+    /// Every parsable line of `metrics.jsonl` (a torn last line after a crash is skipped).
+    pub fn metrics(&self) -> Result<Vec<MetricsLine>> {
+        let path = self.metrics_path();
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(Error::io(&path, e)),
+        };
+        Ok(text
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect())
+    }
+
+    /// The validation loss logged at `step`, if any.
+    pub fn val_loss_at(&self, step: usize) -> Result<Option<f64>> {
+        Ok(self.metrics()?.iter().find_map(|l| match l {
+            MetricsLine::Eval(e) if e.step == step => Some(e.val_loss),
+            _ => None,
+        }))
+    }
+
+    /// The training loss of every logged step, in order.
+    pub fn step_losses(&self) -> Result<Vec<f64>> {
+        Ok(self
+            .metrics()?
+            .iter()
+            .filter_map(|l| match l {
+                MetricsLine::Step(s) => Some(s.loss),
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// Draws the logged losses to `loss.svg` (nothing when none is logged).
+    pub fn write_plot(&self, title: &str) -> Result<()> {
+        match loss_plot_svg(&self.metrics()?, title) {
+            Some(svg) => write_atomic(&self.plot_path(), svg.as_bytes()),
+            None => Ok(()),
+        }
+    }
+
+    pub fn write_summary(&self, summary: &TrainSummary) -> Result<()> {
+        let text = serde_json::to_string_pretty(summary).map_err(|e| Error::Msg(e.to_string()))?;
+        write_atomic(&self.summary_path(), text.as_bytes())
+    }
+
+    fn append(&self, line: &MetricsLine) -> Result<()> {
+        let path = self.metrics_path();
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| Error::io(&path, e))?;
+        let text = serde_json::to_string(line).map_err(|e| Error::Msg(e.to_string()))?;
+        writeln!(f, "{text}").map_err(|e| Error::io(&path, e))
+    }
+}
+
+/// `job` with its file paths joined to `cwd` where still relative. `model.source` only when
+/// that names something that exists: `org/name` is a hub id, not a path.
+fn with_absolute_paths(job: &JobConfig, cwd: &Path) -> JobConfig {
+    let absolute = |p: &Path| -> PathBuf {
+        if p.is_relative() && !p.as_os_str().is_empty() {
+            cwd.join(p)
+        } else {
+            p.to_path_buf()
+        }
+    };
+    let mut job = job.clone();
+    job.data.train = absolute(&job.data.train);
+    if let Some(ValidationSpec::File(file)) = &mut job.data.validation {
+        *file = absolute(file);
+    }
+    if let Some(dir) = &mut job.lora.init_adapter {
+        *dir = absolute(dir);
+    }
+    job.output.dir = absolute(&job.output.dir);
+    if let Some(report) = &mut job.report {
+        report.prompts = absolute(&report.prompts);
+    }
+    let source = Path::new(&job.model.source);
+    if source.is_relative() && !job.model.source.is_empty() && cwd.join(source).exists() {
+        job.model.source = cwd.join(source).to_string_lossy().into_owned();
+    }
+    job
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn step(step: usize, loss: f64) -> StepMetrics {
+        StepMetrics {
+            step,
+            epoch: 0.0,
+            loss,
+            lr: 1e-3,
+            grad_norm: 1.0,
+            tokens: 10,
+            tokens_per_second: 100.0,
+            elapsed_s: 1.0,
+        }
+    }
+
+    #[test]
+    fn resume_drops_the_lines_after_the_checkpoint() {
+        let tmp = tempfile::tempdir().unwrap();
+        let log = RunLog::create(tmp.path().join("run")).unwrap();
+        log.start_fresh().unwrap();
+        log.log_eval(EvalMetrics {
+            step: 0,
+            epoch: 0.0,
+            val_loss: 3.0,
+            val_tokens: 5,
+        })
+        .unwrap();
+        for s in 1..=4 {
+            log.log_step(step(s, s as f64)).unwrap();
+        }
+        log.resume_at(2).unwrap();
+        assert_eq!(log.step_losses().unwrap(), vec![1.0, 2.0]);
+        assert_eq!(log.val_loss_at(0).unwrap(), Some(3.0));
+        log.start_fresh().unwrap();
+        assert!(log.metrics().unwrap().is_empty());
+    }
+
+    #[test]
+    fn job_paths_become_absolute_and_hub_ids_stay() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::create_dir(tmp.path().join("model")).unwrap();
+        let text = "[model]\nsource = \"org/name\"\n[data]\ntrain = \"t.jsonl\"\nvalidation = \"v.jsonl\"\n\
+                    [output]\ndir = \"out\"\n";
+        // A job file in the current directory (or a `--set` path) leaves paths relative.
+        let mut job = JobConfig::load_str(text, Path::new("job.toml"), &[]).unwrap();
+        let abs = with_absolute_paths(&job, tmp.path());
+        assert_eq!(abs.model.source, "org/name");
+        assert_eq!(abs.data.train, tmp.path().join("t.jsonl"));
+        assert!(
+            matches!(abs.data.validation, Some(ValidationSpec::File(f)) if f == tmp.path().join("v.jsonl"))
+        );
+        assert_eq!(abs.output.dir, tmp.path().join("out"));
+        job.model.source = "model".into();
+        let abs = with_absolute_paths(&job, tmp.path());
+        assert_eq!(abs.model.source, tmp.path().join("model").to_string_lossy());
+    }
+}
