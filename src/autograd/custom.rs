@@ -164,9 +164,9 @@ impl PassThrough {
     fn take(&self) -> candle_core::Result<Value> {
         self.value
             .lock()
-            .map_err(|_| candle_core::Error::Msg(format!("{}: poisoned", self.name)))?
+            .map_err(|_| Error::Msg(format!("{}: poisoned", self.name)))?
             .take()
-            .ok_or_else(|| candle_core::Error::Msg(format!("{}: forward ran twice", self.name)))
+            .ok_or_else(|| Error::Msg(format!("{}: forward ran twice", self.name)).into())
     }
 
     /// The op's storage on the backend of `first` (its first input), with `run` for a
@@ -216,11 +216,11 @@ impl PassThrough {
     }
 
     fn elsewhere(&self) -> candle_core::Error {
-        candle_core::Error::Msg(format!("{}: the value is on another backend", self.name))
+        Error::Msg(format!("{}: the value is on another backend", self.name)).into()
     }
 
     fn arity_error(&self) -> candle_core::Error {
-        candle_core::Error::Msg(format!("{}: forward op arity mismatch", self.name))
+        Error::Msg(format!("{}: forward op arity mismatch", self.name)).into()
     }
 
     fn grads(
