@@ -82,6 +82,10 @@ pub enum Error {
         got: String,
     },
 
+    /// A conversation gives the loss nothing to train on.
+    #[error("{0}")]
+    NoTargets(String),
+
     /// Training produced a NaN or infinite loss or gradient.
     #[error("non-finite value: {0}")]
     NonFinite(String),
