@@ -1,5 +1,6 @@
-//! Typed errors of the library. Each variant names the file, line or key at fault,
-//! so that the binary can print one readable line.
+//! Typed errors of the library. Each variant names the file, line, key or operation at
+//! fault, so that the binary can print one readable line, and callers that must tell one
+//! failure from another match on a variant instead of reading a message.
 
 use std::path::PathBuf;
 
@@ -46,17 +47,74 @@ pub enum Error {
         msg: String,
     },
 
-    /// A configuration value is invalid.
+    /// A job key is invalid: the job file and where in it the key was written (a line or a
+    /// `--set` argument; neither for a job built in code), the dotted key, and what is wrong.
+    #[error("{}{msg}", place(.file.as_deref(), .at))]
+    JobKey {
+        file: Option<PathBuf>,
+        at: KeyAt,
+        key: String,
+        msg: String,
+    },
+
+    /// The job file is not valid TOML, or its table does not make a job.
+    #[error("{}{}: {msg}", .file.display(), .line.map(|l| format!(":{l}")).unwrap_or_default())]
+    JobFile {
+        file: PathBuf,
+        line: Option<usize>,
+        msg: String,
+    },
+
+    /// A setting that is not a job key is invalid: an environment switch, a device, a dtype.
     #[error("{0}")]
     Config(String),
+
+    /// A feature, input or combination this build does not support, and why or what to do
+    /// instead.
+    #[error("{what}: {why}")]
+    Unsupported { what: String, why: String },
+
+    /// A tensor, buffer or list has the wrong shape or length for the operation named.
+    #[error("{what}: {got}, expected {expected}")]
+    Shape {
+        what: String,
+        expected: String,
+        got: String,
+    },
+
+    /// A conversation gives the loss nothing to train on.
+    #[error("{0}")]
+    NoTargets(String),
 
     /// Training produced a NaN or infinite loss or gradient.
     #[error("non-finite value: {0}")]
     NonFinite(String),
 
-    /// Anything else, with its message.
+    /// An internal invariant broke (a poisoned lock, a value asked for before it was made,
+    /// a value that cannot be serialized): a bug rather than bad input.
     #[error("{0}")]
     Msg(String),
+}
+
+/// Where a job key was written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyAt {
+    /// A 1-based line of the job file: the key's own, or its nearest enclosing table's.
+    Line(usize),
+    /// The `--set section.key=value` argument that set it.
+    Set(String),
+    /// Nowhere known: a required key that is missing, or a job built in code.
+    Unknown,
+}
+
+/// The `file:line: ` (or `file: --set arg: `, or `file: `) prefix of a [`Error::JobKey`].
+fn place(file: Option<&std::path::Path>, at: &KeyAt) -> String {
+    match (file, at) {
+        (None, _) => String::new(),
+        (Some(f), KeyAt::Line(line)) => format!("{}:{line}: ", f.display()),
+        (Some(f), KeyAt::Set(arg)) => format!("{}: --set {arg}: ", f.display()),
+        (Some(f), KeyAt::Unknown) => format!("{}: ", f.display()),
+    }
 }
 
 /// The library's result type.
@@ -71,11 +129,54 @@ impl Error {
         }
     }
 
+    /// An error about job key `key` with no file to point at (a job built in code).
+    pub fn job_key(key: impl Into<String>, msg: impl Into<String>) -> Self {
+        Error::JobKey {
+            file: None,
+            at: KeyAt::Unknown,
+            key: key.into(),
+            msg: msg.into(),
+        }
+    }
+
+    /// `what` is not supported, because of (or do instead) `why`.
+    pub fn unsupported(what: impl Into<String>, why: impl Into<String>) -> Self {
+        Error::Unsupported {
+            what: what.into(),
+            why: why.into(),
+        }
+    }
+
+    /// `what` expected `expected` and got `got`.
+    pub fn shape(
+        what: impl Into<String>,
+        expected: impl std::fmt::Display,
+        got: impl std::fmt::Display,
+    ) -> Self {
+        Error::Shape {
+            what: what.into(),
+            expected: expected.to_string(),
+            got: got.to_string(),
+        }
+    }
+
     /// A model-file error on `path`.
     pub fn model(path: impl Into<PathBuf>, msg: impl Into<String>) -> Self {
         Error::Model {
             path: path.into(),
             msg: msg.into(),
+        }
+    }
+}
+
+/// The one crossing from this crate's errors into Candle's, for code that runs inside a
+/// Candle op or backward closure (which must return `candle_core::Error`): a Candle error goes
+/// back as it was, any other travels wrapped with its message unchanged, so `?` is enough.
+impl From<Error> for candle_core::Error {
+    fn from(e: Error) -> Self {
+        match e {
+            Error::Candle(e) => e,
+            e => candle_core::Error::Wrapped(Box::new(e)),
         }
     }
 }

@@ -62,14 +62,17 @@ fn usable(a: &Tensor, b: &Tensor) -> candle_core::Result<(Tensor, Tensor)> {
         return Ok((a.clone(), b.clone()));
     }
     if STRICT.with(|c| c.get()) {
-        return Err(candle_core::Error::Msg(format!(
-            "matmul of {:?} (strides {:?}) by {:?} (strides {:?}): CUDA's GEMM refuses these \
-             layouts, so the product would need a copy",
-            a.dims(),
-            a.stride(),
-            b.dims(),
-            b.stride()
-        )));
+        return Err(crate::Error::unsupported(
+            format!(
+                "matmul of {:?} (strides {:?}) by {:?} (strides {:?})",
+                a.dims(),
+                a.stride(),
+                b.dims(),
+                b.stride()
+            ),
+            "CUDA's GEMM refuses these layouts, so the product would need a copy",
+        )
+        .into());
     }
     // Copy only the operand that is refused, if one alone is.
     let a_fixed = a.contiguous()?;

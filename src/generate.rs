@@ -52,7 +52,7 @@ pub fn generate(
     mut on_token: impl FnMut(u32),
 ) -> Result<Vec<u32>> {
     if prompt_ids.is_empty() {
-        return Err(crate::Error::Msg("generate: the prompt is empty".into()));
+        return Err(crate::Error::unsupported("generate", "the prompt is empty"));
     }
     let mut rng = rand::rngs::StdRng::seed_from_u64(opts.seed);
     let mut cache = model.new_cache();

@@ -27,4 +27,4 @@ mod testutil;
 pub mod threads;
 pub mod train;
 
-pub use error::{Error, Result};
+pub use error::{Error, KeyAt, Result};

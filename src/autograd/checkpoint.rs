@@ -43,7 +43,7 @@ impl GradSink {
         let mut grads = self
             .grads
             .lock()
-            .map_err(|_| candle_core::Error::Msg("gradient sink poisoned".into()))?;
+            .map_err(|_| Error::Msg("gradient sink poisoned".into()))?;
         for p in &self.params {
             if let Some(g) = store.get(p) {
                 let mut sum = grads.remove(&p.id());
@@ -184,8 +184,7 @@ where
     with_backward("checkpoint", y, &[&input], move |inputs, grad| {
         let leaf = Var::from_tensor(&inputs[0].detach())?;
         let mut replay = kept.rewound();
-        let y = segment(leaf.as_tensor(), Phase::Replay(&mut replay))
-            .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        let y = segment(leaf.as_tensor(), Phase::Replay(&mut replay))?;
         let store = (y * grad.detach())?.sum_all()?.backward()?;
         sink.absorb(&store)?;
         // The stand-in leaf of an untracked input needs no gradient.

@@ -103,10 +103,11 @@ enum Backward {
 
 fn build(name: &'static str, value: Value, inputs: &[&Tensor], bwd: Backward) -> Result<Tensor> {
     if inputs.is_empty() || inputs.len() > 3 {
-        return Err(Error::Msg(format!(
-            "{name}: a custom backward takes 1 to 3 inputs, got {}",
-            inputs.len()
-        )));
+        return Err(Error::shape(
+            name,
+            "1 to 3 inputs for a custom backward",
+            format!("{} inputs", inputs.len()),
+        ));
     }
     let value = match value {
         Value::Tensor(t) => {
@@ -118,22 +119,26 @@ fn build(name: &'static str, value: Value, inputs: &[&Tensor], bwd: Backward) ->
         }
         Value::Sum(a, b) => {
             if a.dims() != b.dims() || a.dtype() != b.dtype() {
-                return Err(Error::Msg(format!(
-                    "{name}: cannot add {:?} {:?} and {:?} {:?}",
-                    a.dims(),
-                    a.dtype(),
-                    b.dims(),
-                    b.dtype()
-                )));
+                return Err(Error::shape(
+                    name,
+                    "two terms of one shape and dtype",
+                    format!(
+                        "{:?} {:?} and {:?} {:?}",
+                        a.dims(),
+                        a.dtype(),
+                        b.dims(),
+                        b.dtype()
+                    ),
+                ));
             }
             Value::Sum(a.detach(), b.detach())
         }
         Value::Op(op) if op.arity() != inputs.len() => {
-            return Err(Error::Msg(format!(
-                "{name}: a forward op over {} inputs given {}",
-                op.arity(),
-                inputs.len()
-            )))
+            return Err(Error::shape(
+                name,
+                format!("{} inputs for its forward op", op.arity()),
+                format!("{} inputs", inputs.len()),
+            ))
         }
         v => v,
     };
@@ -164,9 +169,9 @@ impl PassThrough {
     fn take(&self) -> candle_core::Result<Value> {
         self.value
             .lock()
-            .map_err(|_| candle_core::Error::Msg(format!("{}: poisoned", self.name)))?
+            .map_err(|_| Error::Msg(format!("{}: poisoned", self.name)))?
             .take()
-            .ok_or_else(|| candle_core::Error::Msg(format!("{}: forward ran twice", self.name)))
+            .ok_or_else(|| Error::Msg(format!("{}: forward ran twice", self.name)).into())
     }
 
     /// The op's storage on the backend of `first` (its first input), with `run` for a
@@ -216,11 +221,11 @@ impl PassThrough {
     }
 
     fn elsewhere(&self) -> candle_core::Error {
-        candle_core::Error::Msg(format!("{}: the value is on another backend", self.name))
+        Error::Msg(format!("{}: the value is on another backend", self.name)).into()
     }
 
     fn arity_error(&self) -> candle_core::Error {
-        candle_core::Error::Msg(format!("{}: forward op arity mismatch", self.name))
+        Error::Msg(format!("{}: forward op arity mismatch", self.name)).into()
     }
 
     fn grads(

@@ -132,7 +132,9 @@ pub fn tokenize_conversation(
         .iter()
         .rposition(Message::is_trained_assistant)
         .ok_or_else(|| {
-            Error::Msg("no assistant turn to train on (every assistant turn has weight 0)".into())
+            Error::NoTargets(
+                "no assistant turn to train on (every assistant turn has weight 0)".into(),
+            )
         })?;
     let encode = |msgs: &[Message], add_generation_prompt: bool| -> Result<Vec<u32>> {
         tokenizer.encode(&template.render(msgs, add_generation_prompt)?, false)
@@ -164,7 +166,7 @@ pub fn tokenize_conversation(
 
     let example = TokenizedExample { input_ids, targets };
     if example.num_targets() == 0 {
-        return Err(Error::Msg(format!(
+        return Err(Error::NoTargets(format!(
             "no loss targets: the assistant turn adds no tokens after the prompt (loss_on = {loss_on})"
         )));
     }

@@ -51,16 +51,19 @@ pub fn head_nll_blocked(
 ) -> Result<Tensor> {
     let (n, _) = h.dims2()?;
     if target_ids.len() != n {
-        return Err(Error::Msg(format!(
-            "{} targets for {n} hidden rows",
-            target_ids.len()
-        )));
+        return Err(Error::shape(
+            "cross-entropy targets",
+            format!("one per hidden row ({n})"),
+            format!("{} targets", target_ids.len()),
+        ));
     }
     let (vocab, _) = head.weight.shape()?;
     if let Some(bad) = target_ids.iter().find(|&&t| t as usize >= vocab) {
-        return Err(Error::Msg(format!(
-            "target token {bad} is outside the vocabulary of {vocab}"
-        )));
+        return Err(Error::shape(
+            "cross-entropy targets",
+            format!("token ids below the vocabulary size {vocab}"),
+            format!("token {bad}"),
+        ));
     }
     if kernels::use_fused(Kernel::CrossEntropy, h.device()) {
         head_nll_fused(h, head, target_ids, block_logits)
@@ -101,7 +104,13 @@ pub fn head_nll_unfused(
     })?;
     let (max, sum) = match (max, sum) {
         (Some(m), Some(s)) => (m, s),
-        _ => return Err(Error::Msg("the output head has no rows".into())),
+        _ => {
+            return Err(Error::shape(
+                "the output head",
+                "at least one row",
+                "0 rows",
+            ))
+        }
     };
     let lse = (max + sum.log()?)?;
     let nll = (&lse - target_logit)?.squeeze(1)?;
@@ -109,7 +118,7 @@ pub fn head_nll_unfused(
     with_backward("head-cross-entropy", nll, &[h], move |inputs, grad| {
         head_nll_backward(inputs[0], &head, &targets, &lse, grad, block_logits)
             .map(|g| vec![Some(g)])
-            .map_err(|e| candle_core::Error::Msg(e.to_string()))
+            .map_err(candle_core::Error::from)
     })
 }
 
@@ -153,12 +162,13 @@ pub fn head_nll_fused(
                 accumulate(&mut gh, gemm::matmul(&dl, &w)?.to_dtype(DType::F32)?)?;
                 Ok(())
             })?;
-            let gh = gh.ok_or_else(|| Error::Msg("the output head has no rows".into()))?;
+            let gh =
+                gh.ok_or_else(|| Error::shape("the output head", "at least one row", "0 rows"))?;
             Ok(gh.to_dtype(inputs[0].dtype())?)
         };
         run()
             .map(|g| vec![Some(g)])
-            .map_err(|e| candle_core::Error::Msg(e.to_string()))
+            .map_err(candle_core::Error::from)
     })
 }
 
@@ -187,7 +197,7 @@ fn head_nll_backward(
         accumulate(&mut gh, part)?;
         Ok(())
     })?;
-    let gh = gh.ok_or_else(|| Error::Msg("the output head has no rows".into()))?;
+    let gh = gh.ok_or_else(|| Error::shape("the output head", "at least one row", "0 rows"))?;
     Ok(gh.to_dtype(h.dtype())?)
 }
 

@@ -52,7 +52,7 @@ pub fn score_examples(
     progress: bool,
 ) -> Result<ScoreReport> {
     if batch_size == 0 {
-        return Err(Error::Msg(
+        return Err(Error::Config(
             "the scoring batch size must be at least 1".into(),
         ));
     }
@@ -119,11 +119,11 @@ fn batch_nll(model: &dyn CausalLm, batch: &[&TokenizedExample]) -> Result<(Vec<f
     let flat = hidden.reshape((b * t, h))?;
     let nll = nll_rows(model, &flat, &mb.pred_rows, &mb.target_ids)?.to_vec1::<f32>()?;
     if nll.len() != mb.pred_rows.len() {
-        return Err(Error::Msg(format!(
-            "scoring: {} losses for {} targets",
-            nll.len(),
-            mb.pred_rows.len()
-        )));
+        return Err(Error::shape(
+            "scoring",
+            format!("one loss per target ({})", mb.pred_rows.len()),
+            format!("{} losses", nll.len()),
+        ));
     }
     Ok((nll, counts))
 }

@@ -63,13 +63,17 @@ pub fn update(p: &Tensor, g: &Tensor, state: &Tensor, s: &Scalars) -> Result<Ten
         .contiguous()?;
     let state = state.detach().flatten_all()?.contiguous()?;
     if p.dtype() != DType::F32 || g.elem_count() != n || state.elem_count() < 2 * n {
-        return Err(crate::Error::Msg(format!(
-            "fused AdamW: parameter {:?} {:?}, gradient of {} values, state of {} values",
-            p.dims(),
-            p.dtype(),
-            g.elem_count(),
-            state.elem_count()
-        )));
+        return Err(crate::Error::shape(
+            "fused AdamW",
+            "an f32 parameter of n values, a gradient of n and a state of 2n",
+            format!(
+                "parameter {:?} {:?}, gradient of {} values, state of {} values",
+                p.dims(),
+                p.dtype(),
+                g.elem_count(),
+                state.elem_count()
+            ),
+        ));
     }
     let out = p.apply_op3_no_bwd(&g, &state, &Op(*s))?;
     Ok(out.reshape((3, n))?)

@@ -56,7 +56,10 @@ pub fn flash_fwd(
     #[cfg(not(feature = "cuda"))]
     {
         let _ = dims;
-        Err(Error::Msg("flash attention needs the cuda feature".into()))
+        Err(Error::unsupported(
+            "flash attention",
+            "needs the cuda feature",
+        ))
     }
 }
 
@@ -76,24 +79,19 @@ pub fn flash_bwd(
     let dims = Dims::check(q, k, v, key_valid, p)?;
     for (name, t) in [("o", o), ("grad_o", grad_o)] {
         if t.dims() != q.dims() || t.dtype() != q.dtype() {
-            return Err(Error::Msg(format!(
-                "flash attention backward: {name} is {:?} {:?}, expected q's {:?} {:?}",
-                t.dims(),
-                t.dtype(),
-                q.dims(),
-                q.dtype()
-            )));
+            return Err(Error::shape(
+                "flash attention backward",
+                format!("q's {:?} {:?}", q.dims(), q.dtype()),
+                format!("{name} is {:?} {:?}", t.dims(), t.dtype()),
+            ));
         }
     }
     if lse.dims() != [dims.b, dims.h, dims.tq] || lse.dtype() != DType::F32 {
-        return Err(Error::Msg(format!(
-            "flash attention backward: lse is {:?} {:?}, expected f32 [{}, {}, {}]",
-            lse.dims(),
-            lse.dtype(),
-            dims.b,
-            dims.h,
-            dims.tq
-        )));
+        return Err(Error::shape(
+            "flash attention backward",
+            format!("f32 [{}, {}, {}]", dims.b, dims.h, dims.tq),
+            format!("lse is {:?} {:?}", lse.dims(), lse.dtype()),
+        ));
     }
     #[cfg(feature = "cuda")]
     {
@@ -102,7 +100,10 @@ pub fn flash_bwd(
     #[cfg(not(feature = "cuda"))]
     {
         let _ = dims;
-        Err(Error::Msg("flash attention needs the cuda feature".into()))
+        Err(Error::unsupported(
+            "flash attention",
+            "needs the cuda feature",
+        ))
     }
 }
 
@@ -202,7 +203,7 @@ impl Dims {
         key_valid: Option<&Tensor>,
         p: &FlashParams,
     ) -> Result<Dims> {
-        let err = |m: String| Error::Msg(format!("flash attention: {m}"));
+        let err = |m: String| Error::unsupported("flash attention", m);
         let (b, h, tq, d) = q
             .dims4()
             .map_err(|_| err(format!("q must be [B, H, T, D], got {:?}", q.dims())))?;
@@ -250,11 +251,11 @@ impl Dims {
         }
         if let Some(kv) = key_valid {
             if kv.dims() != [b, tk] || kv.dtype() != DType::U8 {
-                return Err(err(format!(
-                    "key_valid is {:?} {:?}, expected u8 [{b}, {tk}]",
-                    kv.dims(),
-                    kv.dtype()
-                )));
+                return Err(Error::shape(
+                    "flash attention",
+                    format!("u8 [{b}, {tk}]"),
+                    format!("key_valid is {:?} {:?}", kv.dims(), kv.dtype()),
+                ));
             }
         }
         if p.window == Some(0) {
@@ -323,9 +324,10 @@ mod imp {
     fn cuda_device(t: &Tensor) -> Result<CudaDevice> {
         match t.device() {
             Device::Cuda(d) => Ok(d.clone()),
-            other => Err(Error::Msg(format!(
-                "{OP}: tensors must be on a CUDA device, got {other:?}"
-            ))),
+            other => Err(Error::unsupported(
+                OP,
+                format!("tensors must be on a CUDA device, got {other:?}"),
+            )),
         }
     }
 
@@ -342,9 +344,7 @@ mod imp {
     fn cuda_view<'a, T: CudaDType>(s: &'a Storage, l: &Layout) -> Result<CudaView<'a, T>> {
         match s {
             Storage::Cuda(c) => Ok(view(c.as_cuda_slice::<T>()?, l, OP)?),
-            _ => Err(Error::Msg(format!(
-                "{OP}: tensors must be on a CUDA device"
-            ))),
+            _ => Err(Error::unsupported(OP, "tensors must be on a CUDA device")),
         }
     }
 
@@ -383,9 +383,10 @@ mod imp {
         match q.dtype() {
             DType::BF16 => forward_typed::<half::bf16>(&q, &k, &v, key_valid.as_ref(), p, dims),
             DType::F16 => forward_typed::<half::f16>(&q, &k, &v, key_valid.as_ref(), p, dims),
-            other => Err(Error::Msg(format!(
-                "{OP}: needs bf16 or f16 inputs, got {other:?}"
-            ))),
+            other => Err(Error::unsupported(
+                OP,
+                format!("needs bf16 or f16 inputs, got {other:?}"),
+            )),
         }
     }
 
@@ -452,9 +453,10 @@ mod imp {
             DType::BF16 => backward_typed::<half::bf16>(args, p, dims)?,
             DType::F16 => backward_typed::<half::f16>(args, p, dims)?,
             other => {
-                return Err(Error::Msg(format!(
-                    "{OP}: needs bf16 or f16 inputs, got {other:?}"
-                )))
+                return Err(Error::unsupported(
+                    OP,
+                    format!("needs bf16 or f16 inputs, got {other:?}"),
+                ))
             }
         };
         Ok((

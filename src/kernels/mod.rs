@@ -103,7 +103,7 @@ pub fn parse_switches(spec: &str) -> Result<u8> {
             .iter()
             .find(|k| k.name() == name)
             .ok_or_else(|| {
-                Error::Msg(format!(
+                Error::Config(format!(
                     "LORA_TRAIN_KERNELS: unknown kernel `{name}` (expected on, off, or a comma list of {})",
                     Kernel::ALL.map(Kernel::name).join(", ")
                 ))

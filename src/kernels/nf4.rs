@@ -95,12 +95,16 @@ impl Nf4Matrix {
                     && absmax_scales.len() == absmax_codes.len().div_ceil(NF4_ABSMAX_BLOCK)
             });
         if !fits {
-            return Err(Error::Msg(format!(
-                "NF4: {} codes, {} absmax codes and {} scales do not make a [{rows}, {cols}] matrix",
-                codes.len(),
-                absmax_codes.len(),
-                absmax_scales.len()
-            )));
+            return Err(Error::shape(
+                format!("NF4: a [{rows}, {cols}] matrix"),
+                "a code per 2 values, an absmax code per block and a scale per absmax block",
+                format!(
+                    "{} codes, {} absmax codes and {} scales",
+                    codes.len(),
+                    absmax_codes.len(),
+                    absmax_scales.len()
+                ),
+            ));
         }
         Ok(Self {
             rows,
@@ -143,18 +147,21 @@ impl Nf4Matrix {
     /// Dequantizes rows `r0..r1` into `out`, which must hold `(r1 - r0) * cols` values.
     pub fn dequantize_rows_into(&self, r0: usize, r1: usize, out: &mut [f32]) -> Result<()> {
         if r0 > r1 || r1 > self.rows {
-            return Err(Error::Msg(format!(
-                "NF4: row range {r0}..{r1} is out of bounds for a matrix of {} rows",
-                self.rows
-            )));
+            return Err(Error::shape(
+                format!("NF4: a matrix of {} rows", self.rows),
+                "a row range within it",
+                format!("rows {r0}..{r1}"),
+            ));
         }
         if out.len() != (r1 - r0) * self.cols {
-            return Err(Error::Msg(format!(
-                "NF4: rows {r0}..{r1} of {} columns need an output of {} values, got {}",
-                self.cols,
+            return Err(Error::shape(
+                format!(
+                    "NF4: the output of rows {r0}..{r1} of {} columns",
+                    self.cols
+                ),
                 (r1 - r0) * self.cols,
-                out.len()
-            )));
+                format!("{} values", out.len()),
+            ));
         }
         self.fill_blocks(r0 * (self.cols / NF4_BLOCK), out);
         Ok(())

@@ -210,7 +210,7 @@ impl Linear {
         let scale = l.scale;
         let y = with_backward_value("lora-linear", y, &[x, &l.a, &l.b], move |inputs, _, g| {
             let x = match &recompute {
-                Some(make) => make().map_err(|e| candle_core::Error::Msg(e.to_string()))?,
+                Some(make) => make()?,
                 None => inputs[0].detach(),
             };
             let (x, a_var, b_var) = (x.reshape((n, inp))?, inputs[1], inputs[2]);
@@ -218,18 +218,14 @@ impl Linear {
             let gc = g.to_dtype(cd)?;
             let grad_b = (gemm::matmul(&gc.t()?, &u)? * scale)?.to_dtype(b_var.dtype())?;
             let grad_u = (gemm::matmul(&gc, &b)? * scale)?;
-            let x_lora = lora_input(&x, key, keep, cd)
-                .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+            let x_lora = lora_input(&x, key, keep, cd)?;
             let grad_a = gemm::matmul(&grad_u.t()?, &x_lora)?.to_dtype(a_var.dtype())?;
             let mut grad_x_lora = gemm::matmul(&grad_u, &a)?;
             if let Some(k) = key {
                 // The same mask, scaled as the input's dtype holds `1 / keep`.
-                grad_x_lora = dropout::apply(&grad_x_lora, k, keep, x_dtype)
-                    .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+                grad_x_lora = dropout::apply(&grad_x_lora, k, keep, x_dtype)?;
             }
-            let grad_x = weight
-                .grad_input(g)
-                .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+            let grad_x = weight.grad_input(g)?;
             let grad_x_lora = grad_x_lora.to_dtype(grad_x.dtype())?;
             let grad_x = (grad_x + grad_x_lora)?;
             Ok(vec![
@@ -271,13 +267,15 @@ fn leading_dims(x: &Tensor, inp: usize) -> Result<(Vec<usize>, usize)> {
             break;
         }
     }
-    Err(crate::Error::Msg(format!(
-        "linear: input {dims:?} does not end in dims of {inp} elements"
-    )))
+    Err(crate::Error::shape(
+        "linear",
+        format!("trailing dims of {inp} elements"),
+        format!("input {dims:?}"),
+    ))
 }
 
 impl Module for Linear {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        Linear::forward(self, x).map_err(|e| candle_core::Error::Msg(e.to_string()))
+        Linear::forward(self, x).map_err(candle_core::Error::from)
     }
 }

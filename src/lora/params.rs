@@ -130,10 +130,13 @@ impl LoraParams {
             params.push(LoraParam { module, a, b });
         }
         if params.is_empty() {
-            return Err(Error::Config(format!(
-                "lora.target_modules {:?} match no layer of this model",
-                spec.targets
-            )));
+            return Err(Error::job_key(
+                "lora.target_modules",
+                format!(
+                    "lora.target_modules {:?} match no layer of this model",
+                    spec.targets
+                ),
+            ));
         }
         Ok(Self {
             spec,

@@ -175,8 +175,7 @@ fn flash_op(
                 &g.to_dtype(o.dtype())?.contiguous()?,
                 key_valid.as_ref(),
                 &p,
-            )
-            .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+            )?;
             Ok(vec![Some(dq), Some(dk), Some(dv)])
         },
     )
@@ -299,7 +298,7 @@ impl Blocks {
     fn op(self, o: Tensor, lse: Tensor, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
         with_backward("attention", o, &[q, k, v], move |inputs, grad| {
             self.backward(inputs, grad, &lse)
-                .map_err(|e| candle_core::Error::Msg(e.to_string()))
+                .map_err(candle_core::Error::from)
         })
     }
 

@@ -97,8 +97,7 @@ pub fn gated_fused(g: &Tensor, u: &Tensor, act: MlpActivation) -> Result<Tensor>
     let (g, u) = (g.contiguous()?, u.contiguous()?);
     let op = ForwardOp::Two(Box::new(kernels::glu::forward_op(act)));
     with_backward_value("glu", Value::Op(op), &[&g, &u], move |inputs, _, dy| {
-        let (dg, du) = kernels::glu::backward(inputs[0], inputs[1], dy, act)
-            .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        let (dg, du) = kernels::glu::backward(inputs[0], inputs[1], dy, act)?;
         Ok(vec![Some(dg), Some(du)])
     })
 }

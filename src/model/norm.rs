@@ -91,8 +91,7 @@ impl RmsNorm {
         let (eps, unit_offset) = (self.eps, self.unit_offset);
         let op = ForwardOp::Two(Box::new(kernels::rms_norm::forward_op(eps, unit_offset)));
         with_backward_value("rms-norm", Value::Op(op), &[&x, &w], move |inputs, _, g| {
-            let gx = kernels::rms_norm::backward(inputs[0], inputs[1], g, eps, unit_offset)
-                .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+            let gx = kernels::rms_norm::backward(inputs[0], inputs[1], g, eps, unit_offset)?;
             Ok(vec![Some(gx), None])
         })
     }

@@ -79,11 +79,11 @@ impl Rotary {
     /// llama3 rope scaling in GGUF files.
     pub fn with_freq_factors(mut self, factors: &[f32]) -> Result<Self> {
         if factors.len() != self.inv_freq.len() {
-            return Err(crate::Error::Msg(format!(
-                "rope_freqs has {} factors, expected {}",
-                factors.len(),
-                self.inv_freq.len()
-            )));
+            return Err(crate::Error::shape(
+                "rope_freqs",
+                self.inv_freq.len(),
+                format!("{} factors", factors.len()),
+            ));
         }
         for (f, k) in self.inv_freq.iter_mut().zip(factors) {
             *f /= *k as f64;
@@ -195,8 +195,7 @@ pub fn apply_rotary_fused(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tens
         Value::Op(op),
         &[x, &cos, &sin],
         move |inputs, _, g| {
-            let gx = kernels::rope::backward(g, inputs[1], inputs[2])
-                .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+            let gx = kernels::rope::backward(g, inputs[1], inputs[2])?;
             Ok(vec![Some(gx), None, None])
         },
     )

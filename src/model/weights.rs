@@ -353,9 +353,11 @@ pub fn unpermute_rope_rows(t: &Tensor, n_head: usize) -> Result<Tensor> {
     let dims = t.dims().to_vec();
     let out = dims[0];
     if n_head == 0 || !out.is_multiple_of(n_head * 2) {
-        return Err(Error::Msg(format!(
-            "cannot undo the rope permutation: {out} rows for {n_head} heads"
-        )));
+        return Err(Error::shape(
+            "the rope permutation",
+            format!("a multiple of 2 x {n_head} heads"),
+            format!("{out} rows"),
+        ));
     }
     let head_dim = out / n_head;
     let rest: usize = dims[1..].iter().product();
@@ -371,9 +373,11 @@ pub fn unpermute_rope_rows(t: &Tensor, n_head: usize) -> Result<Tensor> {
 /// heads (the row form of [`unpermute_rope_rows`]).
 pub fn unpermute_row_order(rows: usize, n_head: usize) -> Result<Vec<usize>> {
     if n_head == 0 || !rows.is_multiple_of(n_head * 2) {
-        return Err(Error::Msg(format!(
-            "cannot undo the rope permutation: {rows} rows for {n_head} heads"
-        )));
+        return Err(Error::shape(
+            "the rope permutation",
+            format!("a multiple of 2 x {n_head} heads"),
+            format!("{rows} rows"),
+        ));
     }
     let hd = rows / n_head;
     let mut order = Vec::with_capacity(rows);

@@ -115,9 +115,7 @@ impl FrozenWeight {
     fn with_input_grad(&self, x: &Tensor, y: Value) -> Result<Tensor> {
         let w = self.clone();
         with_backward_value("frozen-matmul", y, &[x], move |_, _, g| {
-            let gx = w
-                .grad_input(g)
-                .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+            let gx = w.grad_input(g)?;
             Ok(vec![Some(gx)])
         })
     }

@@ -31,31 +31,38 @@ impl Nf4Matrix {
     /// Quantizes a row-major `[rows, cols]` f32 matrix; `cols` must be a multiple of 64.
     pub fn quantize(data: &[f32], rows: usize, cols: usize) -> Result<Self> {
         if !cols.is_multiple_of(NF4_BLOCK) {
-            return Err(Error::Msg(format!(
-                "NF4: the number of columns ({cols}) must be a multiple of the block size {NF4_BLOCK}"
-            )));
+            return Err(Error::shape(
+                "NF4 columns",
+                format!("a multiple of the block size {NF4_BLOCK}"),
+                cols,
+            ));
         }
         let numel = rows
             .checked_mul(cols)
             .filter(|&n| n == data.len())
             .ok_or_else(|| {
-                Error::Msg(format!(
-                    "NF4: a [{rows}, {cols}] matrix needs {rows}x{cols} values, got {}",
-                    data.len()
-                ))
+                Error::shape(
+                    format!("NF4: a [{rows}, {cols}] matrix"),
+                    format!("{rows}x{cols}"),
+                    format!("{} values", data.len()),
+                )
             })?;
         if numel == 0 {
-            return Err(Error::Msg(format!(
-                "NF4: cannot quantize an empty [{rows}, {cols}] matrix"
-            )));
+            return Err(Error::unsupported(
+                "NF4",
+                format!("cannot quantize an empty [{rows}, {cols}] matrix"),
+            ));
         }
         if let Some(i) = data.iter().position(|x| !x.is_finite()) {
-            return Err(Error::Msg(format!(
-                "NF4: non-finite value {} at row {}, column {}",
-                data[i],
-                i / cols,
-                i % cols
-            )));
+            return Err(Error::unsupported(
+                "NF4",
+                format!(
+                    "non-finite value {} at row {}, column {}",
+                    data[i],
+                    i / cols,
+                    i % cols
+                ),
+            ));
         }
 
         let bounds = nf4_midpoints();

@@ -87,10 +87,13 @@ impl QuantWeight {
         let block_rows = block_rows.max(1);
         let multiple = format.row_multiple();
         if !cols.is_multiple_of(multiple) {
-            return Err(Error::Msg(format!(
-                "cannot quantize `{name}` to {format}: its rows have {cols} values, which is not \
-                 a multiple of {multiple}; use quantize = \"nf4\" or \"q4_0\" for this model"
-            )));
+            return Err(Error::unsupported(
+                format!("cannot quantize `{name}` to {format}"),
+                format!(
+                    "its rows have {cols} values, which is not a multiple of {multiple}; use \
+                     quantize = \"nf4\" or \"q4_0\" for this model"
+                ),
+            ));
         }
         let device = w.device().clone();
         let blocks = match format {
@@ -105,7 +108,7 @@ impl QuantWeight {
             }
             _ => {
                 let g = format.ggml().ok_or_else(|| {
-                    Error::Msg(format!("quantize = \"{format}\" is not a block format"))
+                    Error::unsupported(format!("quantize = \"{format}\""), "not a block format")
                 })?;
                 let mut blocks = Vec::new();
                 for r0 in (0..rows).step_by(block_rows) {
@@ -146,24 +149,30 @@ impl QuantWeight {
         let (rows, cols) = q.shape().dims2()?;
         let g = q.dtype();
         if !cols.is_multiple_of(g.block_size()) {
-            return Err(Error::Msg(format!(
-                "a {g:?} tensor with rows of {cols} values is not made of whole blocks"
-            )));
+            return Err(Error::shape(
+                format!("a {g:?} tensor"),
+                format!("rows of whole {}-value blocks", g.block_size()),
+                format!("rows of {cols} values"),
+            ));
         }
         let row_bytes = cols / g.block_size() * g.type_size();
         let data = q.data()?;
         if data.len() != rows * row_bytes {
-            return Err(Error::Msg(format!(
-                "a {g:?} tensor [{rows}, {cols}] has {} bytes, expected {}",
-                data.len(),
-                rows * row_bytes
-            )));
+            return Err(Error::shape(
+                format!("a {g:?} tensor [{rows}, {cols}]"),
+                rows * row_bytes,
+                format!("{} bytes", data.len()),
+            ));
         }
         let data: Cow<[u8]> = match row_order {
             None => data,
             Some(order) => {
                 if order.len() != rows {
-                    return Err(Error::Msg("row order does not match the tensor".into()));
+                    return Err(Error::shape(
+                        "the row order",
+                        format!("one per row ({rows})"),
+                        format!("{} rows", order.len()),
+                    ));
                 }
                 let mut out = Vec::with_capacity(data.len());
                 for &r in order {

@@ -9,7 +9,7 @@ use std::path::Path;
 
 use super::schema::{check_kind, describe, Key, KeyKind};
 use super::suggest::{nearest_key, unknown_key_msg, unknown_section_msg};
-use crate::{Error, Result};
+use crate::{Error, KeyAt, Result};
 
 /// The parsed job file: the table, where each key was written, and the overrides.
 pub(super) struct Document<'a> {
@@ -25,16 +25,10 @@ pub(super) struct Document<'a> {
 
 impl<'a> Document<'a> {
     pub(super) fn parse(text: &str, path: &'a Path, keys: &'static [Key]) -> Result<Self> {
-        let syntax = |e: toml::de::Error| {
-            let line = e
-                .span()
-                .map(|s| format!(":{}", line_of(text, s.start)))
-                .unwrap_or_default();
-            Error::Config(format!(
-                "{}{line}: {}",
-                path.display(),
-                e.message().trim_end()
-            ))
+        let syntax = |e: toml::de::Error| Error::JobFile {
+            file: path.to_path_buf(),
+            line: e.span().map(|s| line_of(text, s.start)),
+            msg: e.message().trim_end().to_string(),
         };
         let spanned = toml::de::DeTable::parse(text).map_err(syntax)?;
         let mut lines = HashMap::new();
@@ -57,18 +51,28 @@ impl<'a> Document<'a> {
     /// An error about `key`, located at its `--set` override, its line, or its nearest
     /// enclosing table's line.
     pub(super) fn error_at(&self, key: &str, msg: &str) -> Error {
-        let file = self.path.display();
+        Error::JobKey {
+            file: Some(self.path.to_path_buf()),
+            at: self.place_of(key),
+            key: key.to_string(),
+            msg: msg.to_string(),
+        }
+    }
+
+    /// Where `key` was written: its `--set` override, its line, or its nearest enclosing
+    /// table's line.
+    fn place_of(&self, key: &str) -> KeyAt {
         if let Some(arg) = self.overridden.get(key) {
-            return Error::Config(format!("{file}: --set {arg}: {msg}"));
+            return KeyAt::Set(arg.clone());
         }
         let mut at = key;
         loop {
-            if let Some(line) = self.lines.get(at) {
-                return Error::Config(format!("{file}:{line}: {msg}"));
+            if let Some(&line) = self.lines.get(at) {
+                return KeyAt::Line(line);
             }
             match at.rsplit_once('.') {
                 Some((parent, _)) => at = parent,
-                None => return Error::Config(format!("{file}: {msg}")),
+                None => return KeyAt::Unknown,
             }
         }
     }
@@ -76,8 +80,17 @@ impl<'a> Document<'a> {
     /// Applies one `--set path=value`; `path` names a key through the schema's tables, with
     /// an index for a list of tables (`eval.check.0.kind`; the next free index appends one).
     pub(super) fn apply_override(&mut self, raw: &str) -> Result<()> {
-        let file = self.path.display();
-        let fail = |msg: String| Error::Config(format!("{file}: --set {raw}: {msg}"));
+        let path = self.path;
+        let fail = |msg: String| Error::JobKey {
+            file: Some(path.to_path_buf()),
+            at: KeyAt::Set(raw.to_string()),
+            key: raw
+                .split_once('=')
+                .map_or(raw, |(k, _)| k)
+                .trim()
+                .to_string(),
+            msg,
+        };
         let Some((key, value)) = raw.split_once('=') else {
             return Err(fail("expected section.key=value".into()));
         };

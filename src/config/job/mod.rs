@@ -86,8 +86,14 @@ impl JobConfig {
             doc.apply_override(raw)?;
         }
         doc.check_keys()?;
-        let mut job = JobConfig::deserialize(toml::Value::Table(doc.table.clone()))
-            .map_err(|e| Error::Config(format!("{}: {}", path.display(), e.message())))?;
+        let mut job =
+            JobConfig::deserialize(toml::Value::Table(doc.table.clone())).map_err(|e| {
+                Error::JobFile {
+                    file: path.to_path_buf(),
+                    line: None,
+                    msg: e.message().to_string(),
+                }
+            })?;
         let base = path.parent().unwrap_or(Path::new(""));
         job.resolve_paths(base, |key| doc.is_overridden(key));
         checks::check(&job).map_err(|bad| doc.error_at(bad.key, &bad.msg))?;
@@ -96,7 +102,7 @@ impl JobConfig {
 
     /// Checks every value rule; each error names its key. [`JobConfig::load`] already runs this.
     pub fn validate(&self) -> Result<()> {
-        checks::check(self).map_err(|bad| Error::Config(bad.msg))
+        checks::check(self).map_err(|bad| Error::job_key(bad.key, bad.msg))
     }
 
     /// The module names adapters go on, `"all-linear"` expanded, without duplicates.
@@ -120,10 +126,10 @@ impl JobConfig {
         }
         for (key, file) in files {
             if !file.exists() {
-                return Err(Error::Config(format!(
-                    "`{key}`: {} does not exist",
-                    file.display()
-                )));
+                return Err(Error::job_key(
+                    key,
+                    format!("`{key}`: {} does not exist", file.display()),
+                ));
             }
         }
         Ok(())
@@ -133,7 +139,7 @@ impl JobConfig {
     /// beside a run's checkpoints.
     pub fn to_toml_string(&self) -> Result<String> {
         toml::to_string_pretty(self)
-            .map_err(|e| Error::Config(format!("cannot write the job as TOML: {e}")))
+            .map_err(|e| Error::Msg(format!("cannot write the job as TOML: {e}")))
     }
 
     fn resolve_paths(&mut self, base: &Path, overridden: impl Fn(&str) -> bool) {
