@@ -1,27 +1,9 @@
-//! Host allocator settings for training on the CPU.
-//!
-//! A training step allocates and frees the same large activation buffers (MiBs each) over and
-//! over. glibc's malloc serves blocks above its mmap threshold with fresh `mmap`s and gives freed
-//! memory at the top of its heaps back to the kernel once more than its trim threshold is free;
-//! both thresholds start low (128 KiB) and only adapt slowly. Either way the next step's buffers
-//! land on new pages, and every page costs a fault and the kernel's zeroing: on a SmolLM2 step at
-//! 4 × 1024 tokens that was 12 million faults and half of the wall time in the kernel
-//! (BENCHMARKS.md). [`tune`] fixes the mmap threshold at its largest value (32 MiB: smaller blocks
-//! come from the heap, which is reused) and turns trimming off, so memory a step frees stays in
-//! the process for the next one. The peak is unchanged: memory that is kept is memory the process
-//! already held at its peak.
-//!
-//! That leaves the blocks of 32 MiB and more (Gemma 3's MLP activations and attention score
-//! blocks at 4 × 1024 tokens are exactly 32 MiB), which glibc always maps on their own and
-//! unmaps on free. A training loop whose activations live in host memory (the CPU device) also
-//! calls [`host_training`] once the model is loaded: from then on every block comes from
-//! malloc's heaps (`M_MMAP_MAX` = 0), which keep it for the next step. Loading and GPU runs keep
-//! the mapped blocks, so a one-off temporary (a dequantized tensor, a file buffer) still goes
-//! back to the kernel when freed.
-//!
-//! Switch: `LORA_TRAIN_MALLOC=default` (or `off`) leaves glibc's settings alone, and so does any
-//! `MALLOC_*_` variable or `glibc.malloc` tunable the user sets (theirs win). Other C libraries
-//! and platforms are left alone.
+//! Host allocator settings for training on the CPU, where glibc's malloc would otherwise hand the
+//! large activation buffers a step frees back to the kernel, and the next step fault them in again.
+//! [`tune`] (at start) raises the mmap threshold to its maximum and turns trimming off;
+//! [`host_training`] (once the model is loaded, on the CPU device) stops glibc mapping blocks on
+//! their own. `LORA_TRAIN_MALLOC=default`, or any `MALLOC_*_` variable or `glibc.malloc` tunable
+//! the user sets, leaves glibc alone. See DEVELOPERS.md, "The host allocator".
 
 use std::sync::atomic::{AtomicBool, Ordering};
 

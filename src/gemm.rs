@@ -1,16 +1,9 @@
-//! Matrix products that run on every backend. Candle's CPU matmul takes operands of any
-//! strides, but its CUDA matmul (cuBLAS strided-batched GEMM, `gemm_config` in candle-core
-//! 0.11's CUDA backend) refuses an operand whose last two dimensions are neither row-major nor
-//! transposed row-major with their exact sizes as leading dimensions, such as a column range
-//! `g.narrow(1, r0, n)` of a wider matrix, and a batch layout it cannot describe with one
-//! stride. Such code passes every CPU test and fails on the first GPU run with
-//! `MatMulNonContiguous`.
-//!
-//! Every product in the crate goes through [`matmul`] / [`broadcast_matmul`], which copy an
-//! operand the CUDA GEMM would refuse (on every device, so the CPU runs the same layouts). In
-//! tests, [`with_strict_gemm`] turns that copy into an error instead, so that a test running a
-//! training step on the CPU shows that none of its products needs one: hot paths must hand
-//! cuBLAS usable layouts rather than pay a copy.
+//! Matrix products that run on every backend. Candle's CUDA matmul (cuBLAS strided-batched GEMM)
+//! refuses operand layouts its CPU matmul takes (a column range of a wider matrix, a batch layout
+//! one stride cannot describe), so such code passes every CPU test and fails on the first GPU run
+//! with `MatMulNonContiguous`. Every product goes through [`matmul`] / [`broadcast_matmul`], which
+//! copy such an operand on every device; in tests, [`with_strict_gemm`] makes that copy an error.
+//! See DEVELOPERS.md, "Matrix products".
 
 use std::cell::Cell;
 

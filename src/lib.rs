@@ -1,10 +1,9 @@
 //! lora-train: LoRA and QLoRA fine-tuning of Llama and Gemma chat models on Candle.
 //!
-//! A library under the `lora-train` binary, whose commands live in the binary's own `cli`
-//! module. Modules are layered, each using only those below it (checked by `tests/layering.rs`):
-//! [`data`] and the tensor ops ([`gemm`], [`autograd`], [`kernels`], [`quant`]) at the bottom,
-//! then [`lora`], [`config`], [`model`], [`generate`], [`eval`], [`export`], [`train`] and
-//! [`providers`] on top.
+//! The library under the `lora-train` binary, whose commands live in the binary's own `cli`.
+//! Modules are layered, each using only those below it: [`error`], [`data`] and the tensor ops
+//! ([`gemm`], [`autograd`], [`kernels`], [`quant`]) at the bottom, up to [`train`] and
+//! [`providers`]; `tests/layering.rs` states the order. DEVELOPERS.md opens with a map.
 
 pub mod alloc;
 pub mod autograd;

@@ -1,15 +1,8 @@
-//! The CPU thread count, worked out once per process.
-//!
-//! candle 0.11.1 asks for its thread count on every CPU matmul (`utils::get_num_threads`), and
-//! unless `RAYON_NUM_THREADS` is set, each ask re-reads and parses `/proc/cpuinfo`
-//! (`num_cpus::get_physical`, ~45 µs a read here): 57 thousand reads in a one-step quickstart
-//! run, most of them in its validation passes. [`settle`] works the count out once at start and
-//! puts it in `RAYON_NUM_THREADS`, where candle and rayon's global pool (which runs candle's
-//! GEMMs) both read it.
-//!
-//! The count is candle's own (physical cores), capped at the CPUs this process may run on
-//! (`available_parallelism`: affinity and cgroup limits, which candle's count ignores). A
-//! `RAYON_NUM_THREADS` the user sets is left as it is.
+//! The CPU thread count, worked out once per process. Unless `RAYON_NUM_THREADS` is set, candle
+//! re-reads and parses `/proc/cpuinfo` on every CPU matmul to find it; [`settle`] works it out once
+//! at start (candle's own count, physical cores, capped at `available_parallelism`) and puts it in
+//! `RAYON_NUM_THREADS`, where candle and rayon's global pool both read it. A value the user set is
+//! left alone. See DEVELOPERS.md, "The CPU thread count".
 
 /// The thread count for candle's and rayon's CPU work: candle's `default` capped at the CPUs the
 /// process may use (`available`, when known), at least 1.

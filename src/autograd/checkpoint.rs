@@ -1,18 +1,9 @@
-//! Gradient checkpointing: a segment (one decoder layer) keeps only its input during the
-//! forward pass and runs again in backward to rebuild the activations it needs, as
-//! `torch.utils.checkpoint` does for transformers' `gradient_checkpointing_enable()`.
-//!
-//! The recomputation's gradients for trainable tensors (the LoRA weights inside the layer)
-//! cannot travel through the outer graph, whose only edge into the segment is its input,
-//! so they are collected in a [`GradSink`] that the training step adds to the outer
-//! gradients.
-//!
-//! A segment may also keep a few of its own results aside in a [`Stash`] during the first
-//! run and take them back during the replay instead of computing them again: a decoder
-//! layer keeps its attention output and log-sum-exp (which the attention backward needs
-//! anyway), so the replay skips the attention forward. The replay knows that the segment's
-//! output value itself is never read (only gradients flow through it), so a last product
-//! whose value only feeds that output can be left uncomputed ([`Phase::Replay`]).
+//! Gradient checkpointing, as `torch.utils.checkpoint` does for transformers'
+//! `gradient_checkpointing_enable()`: a segment (one decoder layer) keeps only its input in the
+//! forward pass and runs again in backward. The replay's LoRA gradients cannot travel through the
+//! outer graph, so they go to a [`GradSink`] that the training step merges; a [`Stash`] gives the
+//! replay back the attention output and log-sum-exp of the first run, and a [`Phase::Replay`] may
+//! skip a product whose value nothing reads. See DEVELOPERS.md, "Gradient checkpointing".
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

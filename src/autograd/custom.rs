@@ -1,20 +1,9 @@
-//! An op whose forward value is computed outside the graph and whose backward is a closure:
-//! the way to give a computation a cheaper or more memory-frugal gradient than candle's
-//! autograd would build for it.
-//!
-//! The graph keeps only the op's inputs and the closure, not the intermediates that produced
-//! the value (which are freed as soon as the caller drops them). A candle op must return a
-//! storage of its own, so how the value reaches it matters on a GPU, where each extra pass
-//! over an activation costs bandwidth; [`Value`] says how:
-//! - [`Value::Tensor`]: computed beforehand, then copied into the op's storage;
-//! - [`Value::Sum`]: two tensors computed beforehand, added into the op's storage (the sum a
-//!   caller would form anyway, with no copy after it);
-//! - [`Value::Zeros`]: zeros made in place (a checkpoint replay whose value is never read);
-//! - [`Value::Op`]: a custom op (a fused kernel) run on the op's own inputs, writing the op's
-//!   storage directly.
-//!
-//! The backward closure can also read the op's result ([`with_backward_value`]), so an op
-//! that needs its output in backward (attention) need not keep a second copy of it.
+//! Ops whose forward value is computed outside the graph and whose backward is a closure: the way
+//! to give a computation a cheaper or more memory-frugal gradient than candle's autograd builds.
+//! The graph keeps only the op's inputs and the closure. A candle op must return a storage of its
+//! own; [`Value`] says how the value gets there (copied, summed into it, zeros made in place, or
+//! written by a fused kernel), and [`with_backward_value`] lets the backward read the op's result.
+//! See DEVELOPERS.md, "Ops with their own backward".
 
 use std::sync::{Arc, Mutex};
 

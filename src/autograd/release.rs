@@ -1,16 +1,9 @@
-//! Freeing an activation the graph holds but no backward pass reads.
-//!
-//! Every candle graph node holds its input tensors, and with them their storage, until backward
-//! has passed it, whether or not its backward reads their values: the residual sum `x + y` holds
-//! `y` (the attention or MLP output), and RoPE holds the projection it rotated, though the
-//! gradient of a sum or of a rotation needs neither. [`release`] swaps such a tensor's storage
-//! for a one-element one once its last reader has run: the tensor keeps its place, shape and dtype in
-//! the graph (candle's backward makes a gradient buffer from the shape alone), and its memory is
-//! returned at once.
-//!
-//! The caller vouches for three things: the tensor's value has been read by every op that will
-//! ever read it; the ops that take it as an input do not read it in backward; and the op that
-//! produced it does not read its own result in backward. Every call site says why they hold.
+//! Freeing an activation the graph holds but no backward pass reads. A candle node holds its inputs
+//! until backward passes it, even where its gradient reads none of them (a residual sum, a
+//! rotation); [`release`] swaps such a tensor's storage for a one-element one once its last reader
+//! has run, keeping its shape and dtype in the graph. The caller vouches that every op that reads
+//! the value has run, that the ops taking it do not read it in backward, and that its producer does
+//! not read its own result in backward; each call site says why.
 
 use candle_core::backend::{BackendDevice, BackendStorage};
 use candle_core::{CpuStorage, InplaceOp1, Layout, Shape, Tensor};

@@ -1,11 +1,9 @@
-//! Loss masks: which tokens of a rendered conversation are training targets.
-//!
-//! `last_assistant` is TRL's completion-only loss (`DataCollatorForCompletionOnlyLM`,
-//! `SFTTrainer(completion_only_loss=True)`): the prompt is the conversation up to the last
-//! trained assistant turn rendered with `add_generation_prompt=True`, the completion is what the
-//! full rendering adds after it. `all_assistant` does the same for every trained assistant turn
-//! (OpenAI's per-turn `weight`), and `all` trains on every token after the first.
-//! Rendered text is tokenized without special tokens, since templates emit BOS themselves.
+//! Loss masks: which tokens of a rendered conversation are training targets. `last_assistant` is
+//! TRL's completion-only loss (`DataCollatorForCompletionOnlyLM`): what the full rendering adds
+//! after the conversation up to the last trained assistant turn, rendered with
+//! `add_generation_prompt=True`. `all_assistant` does that for every trained assistant turn
+//! (OpenAI's per-turn `weight`); `all` trains on every token after the first. Rendered text is
+//! tokenized without special tokens, since templates emit BOS themselves.
 
 use std::fmt;
 use std::str::FromStr;

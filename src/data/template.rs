@@ -1,12 +1,9 @@
-//! Chat templates, rendered with minijinja as transformers' `apply_chat_template` does.
-//!
-//! Follows `transformers/utils/chat_template_utils.py` (`_cached_compile_jinja_template`,
-//! `render_jinja_template`): a sandboxed environment with `trim_blocks` and `lstrip_blocks`,
-//! Jinja's default of dropping one trailing newline, loop controls, a `tojson` filter that is
-//! Python's `json.dumps` (`ensure_ascii=False`), `raise_exception` and `strftime_now`, plus
-//! Python string and dict methods (`.strip()`, `.startswith()`, `.items()`...) from
-//! `minijinja_contrib::pycompat`. Templates see `messages`, `add_generation_prompt`, `tools` and
-//! `documents` (both none), `bos_token` and `eos_token`.
+//! Chat templates, rendered with minijinja as transformers' `apply_chat_template` does
+//! (`utils/chat_template_utils.py`, `render_jinja_template`): a sandbox with `trim_blocks`,
+//! `lstrip_blocks` and Jinja's trailing-newline rule, loop controls, `tojson` as Python's
+//! `json.dumps(ensure_ascii=False)`, `raise_exception`, `strftime_now` and Python's string and dict
+//! methods (`minijinja_contrib::pycompat`). Templates see `messages`, `add_generation_prompt`,
+//! `bos_token`, `eos_token`, and `tools` and `documents` as none.
 
 use std::fmt;
 use std::time::{SystemTime, UNIX_EPOCH};

@@ -1,12 +1,9 @@
-//! A tokenizer that gives the same ids as the Hugging Face tokenizer of the same model.
-//!
-//! Built either from an HF folder (`tokenizer.json`, `tokenizer_config.json`,
-//! `generation_config.json`) or from GGUF metadata (`tokenizer.ggml.*`). The GGUF path follows
-//! transformers' GGUF converter (`integrations/gguf/gguf_tokenizer_mapping.py`): byte-level BPE
-//! for `gpt2` vocabularies, and for `llama` (SentencePiece) vocabularies a byte-fallback BPE
-//! whose merges are recovered from the vocabulary as `tokenization_utils_base.generate_merges`
-//! does. Where llama.cpp's `tokenizer.ggml.pre` names a pre-tokenizer transformers ignores
-//! (`smollm`: digits split one by one), we use the model's real `tokenizer.json` one instead.
+//! A tokenizer that gives the same ids as the Hugging Face tokenizer of the same model, built from
+//! an HF folder (`tokenizer.json`, `tokenizer_config.json`, `generation_config.json`) or from GGUF
+//! metadata (`tokenizer.ggml.*`) as transformers' GGUF converter does
+//! (`gguf_tokenizer_mapping.py`): byte-level BPE for `gpt2` vocabularies, byte-fallback BPE with
+//! merges recovered from the vocabulary for `llama` ones. A pre-tokenizer transformers ignores
+//! (`smollm`'s single digits) comes from the model's own `tokenizer.json`.
 
 use std::borrow::Cow;
 use std::collections::HashMap;

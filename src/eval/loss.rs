@@ -1,11 +1,8 @@
-//! Cross-entropy over target tokens only.
-//!
-//! Candle's `cross_entropy` has no ignore index, so instead of masking a full
-//! `[T, vocab]` logits tensor we gather the hidden states that predict a target
-//! (position `t - 1` for target `t`) and run the head on those rows alone, in chunks. That
-//! is the same loss as transformers' shifted, `-100`-masked cross-entropy, and for Gemma's
-//! 262k vocabulary the full `[tokens × vocab]` logits are never built: the head runs over
-//! blocks of the vocabulary, forward and backward (see [`head_nll`]).
+//! Cross-entropy over target tokens only. Candle's `cross_entropy` has no ignore index, so instead
+//! of masking full `[T, vocab]` logits we gather the hidden states that predict a target (position
+//! `t - 1` for target `t`) and run the head on those rows alone: the same loss as transformers'
+//! shifted, `-100`-masked cross-entropy. The head runs over blocks of the vocabulary, forward and
+//! backward ([`head_nll`]), so `[tokens × vocab]` logits are never built.
 
 use candle_core::{DType, Tensor};
 

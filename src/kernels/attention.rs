@@ -1,11 +1,9 @@
-//! FlashAttention-2 forward and backward on CUDA (`kernels/attention.cu`; Dao 2023,
-//! Algorithms 1 and 2) for training: causal attention with an optional sliding window and key
-//! padding, grouped-query heads read in place, bf16/f16 inputs with f32 accumulation on tensor
-//! cores, head dims 64, 128 and 256. Nothing `[T, T]`-sized reaches global memory: the forward
-//! pass keeps each row's log-sum-exp and the backward pass recomputes the probabilities tile by
-//! tile. Same semantics as `model::attention::attention` with the mask of
-//! `model::mask::attention_mask`, for rows that have at least one allowed key; a row
-//! with none gets a zero output, `lse = +inf` and zero gradients. No soft-capping.
+//! FlashAttention-2 forward and backward on CUDA (`kernels/attention.cu`; Dao 2023, Algorithms 1
+//! and 2): causal, with an optional sliding window and key padding, grouped-query heads read in
+//! place, bf16/f16 on tensor cores with f32 accumulation, head dims 64, 128 and 256, no
+//! soft-capping. Only each row's log-sum-exp is kept; backward recomputes the probabilities tile by
+//! tile. Same semantics as `model::attention::attention` with `model::mask::attention_mask`; a row
+//! with no allowed key gets a zero output, `lse = +inf` and zero gradients.
 
 use candle_core::{DType, Tensor};
 

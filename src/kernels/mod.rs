@@ -1,16 +1,9 @@
-//! Fused ops for the memory-bound steps of LoRA training (issue 5), each a candle custom op
-//! with a CUDA kernel (`kernels/*.cu`, compiled to PTX by `build.rs` under the `cuda`
-//! feature) and a CPU implementation of the same arithmetic, so that CI tests every fused op
-//! against the unfused tensor-op path it replaces.
-//!
-//! The model uses a fused op only on a CUDA device and only while its switch is on; on the CPU (and
-//! Metal) it runs the unfused path, which is also the reference. One exception is CPU-only:
-//! [`softmax`], attention's softmax rows, vectorized and threaded, under the `attention` switch.
-//! Tests run the model's fused paths on the CPU too, inside [`with_fused_on_cpu`]. The switches
-//! come from `LORA_TRAIN_KERNELS`: unset, `on` or `all` turns every kernel on, `off` or `none`
-//! turns them all off, and a comma list names kernels to turn on (`rms_norm,rope`) or, with a
-//! leading `-`, off (`-attention`). Names: `rms_norm`, `rope`, `glu`, `cross_entropy`, `attention`,
-//! `nf4`, `adamw`, `dropout`.
+//! Fused ops for the memory-bound steps of LoRA training, each a candle custom op with a CUDA
+//! kernel (`kernels/*.cu`, compiled to PTX by `build.rs` under `cuda`) and a CPU implementation of
+//! the same arithmetic, which CI tests against the unfused path it replaces. The model fuses only
+//! on CUDA (and uses the CPU's [`softmax`] rows); tests run its fused paths on the CPU inside
+//! [`with_fused_on_cpu`]. `LORA_TRAIN_KERNELS` switches them ([`parse_switches`]): `off`, or names
+//! to turn on (`rms_norm,rope`) or off (`-attention`). See DEVELOPERS.md, "Fused kernels".
 
 pub mod adamw;
 pub mod attention;

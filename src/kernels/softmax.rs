@@ -1,20 +1,9 @@
-//! Attention's softmax rows on the CPU, fused and vectorized: each row's statistics (max and
-//! sum of `exp(s - max)`), the probabilities from them, and the softmax's backward
-//! `p · (dp - Σ p·dp)`, one pass per row over rows split across threads, instead of candle's
-//! separate ops (a subtraction, libm's scalar `expf`, a sum and a division, each a new
-//! `[B, H, Tq, Tk]` block).
-//!
-//! Masked scores sit near `f32::MIN` (see `model::mask::attention_mask`), and libm's `expf`
-//! takes its slow underflow path for every one of them, about half of a causal block. The
-//! exponential here is Cephes' `expf` (range reduction by `ln 2`, degree-6 polynomial, ~1 ulp)
-//! written so that the compiler vectorizes it, and flushes `exp(x)` to 0 below `x = -87`
-//! (`< 2e-38`, nothing next to a row sum of at least 1). It is compiled for AVX-512 and AVX2
-//! and chosen at run time.
-//!
-//! The eager attention path (`model::attention`) uses these on the CPU, for f32 scores, while the
-//! `attention` kernel switch is on; elsewhere (CUDA f32 or soft-capped attention, Metal, the
-//! switch off) it runs the unfused tensor ops in this module, which are also the reference the
-//! tests compare against.
+//! Attention's softmax rows on the CPU: each row's max and sum, its probabilities and the backward
+//! `p · (dp - Σ p·dp)` in one vectorized pass per row, rows split across threads, instead of
+//! candle's separate ops with libm's scalar `expf`, which takes its slow underflow path on every
+//! masked score. The exponential is Cephes' `expf`, written to vectorize (AVX-512 or AVX2, chosen
+//! at run time), flushing to 0 below `x = -87`. `model::attention` uses it for f32 scores on the
+//! CPU under the `attention` switch; the unfused ops here are the reference the tests compare with.
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Shape, Tensor, D};
 

@@ -1,15 +1,9 @@
-//! Hosted providers: chat clients with fallback and retries, and hosted fine-tuning.
-//!
-//! - [`chat`]: OpenAI-compatible and Anthropic Messages clients behind [`chat::ChatClient`],
-//!   with ordered fallback, usage and cost accounting and an on-disk [`cache`].
-//! - [`hosted`]: the same job file trained on Together or OpenAI: mapping, local
-//!   dataset checks, upload, create, watch, cancel, list, download, local records.
-//! - Underneath: [`http`] (blocking transport, timeouts), [`retry`] (when and how long
-//!   to wait), [`limit`] (concurrency and requests per minute).
-//!
-//! Keys come from the environment only ([`env::Env`]), live in [`secret::ApiKey`], and
-//! are never printed, logged or stored. Behaviour follows the providers' own SDKs:
-//! together-python, openai-python and anthropic-sdk-python.
+//! Hosted providers: [`chat`] clients (OpenAI-compatible and Anthropic, with ordered fallback,
+//! usage and cost accounting and an on-disk [`cache`]) and [`hosted`] fine-tuning on Together or
+//! OpenAI. Underneath: [`http`] (transport, timeouts), [`retry`] (when and how long to wait) and
+//! [`limit`] (concurrency, requests per minute). Keys come from the environment only
+//! ([`env::Env`]), live in [`secret::ApiKey`], and are never printed, logged or stored. Behaviour
+//! follows the providers' own SDKs: together-python, openai-python and anthropic-sdk-python.
 
 pub mod cache;
 pub mod chat;

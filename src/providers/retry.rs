@@ -1,10 +1,9 @@
-//! When to retry a request, and how long to wait first.
-//!
-//! Follows the Stainless-generated clients (openai-python and anthropic-sdk-python
-//! `_base_client.py`: `_should_retry`, `_calculate_retry_timeout`) and together-python
-//! `abstract/api_requestor.py`: retry 408, 409, 429 and 5xx (529 included), obey
-//! `x-should-retry`, honour `retry-after-ms` then `retry-after` (seconds or an HTTP
-//! date), otherwise wait `min(initial * 2^n, max)` with up to 25% jitter.
+//! When to retry a request, and how long to wait first, as the Stainless-generated clients
+//! (openai-python and anthropic-sdk-python `_base_client.py`: `_should_retry`,
+//! `_calculate_retry_timeout`) and together-python `abstract/api_requestor.py` do: retry 408, 409,
+//! 429 and 5xx, obey `x-should-retry`, honour `retry-after-ms`, then `retry-after` (seconds or an
+//! HTTP date), and otherwise back off exponentially with jitter (docs/providers.md, "Chat
+//! clients").
 
 use std::time::{Duration, SystemTime};
 

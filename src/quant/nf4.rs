@@ -1,22 +1,9 @@
 //! NF4 ("4-bit NormalFloat") with double quantization, as bitsandbytes stores QLoRA base weights
-//! (Dettmers et al., 2023, "QLoRA", section 3).
-//!
-//! Bit-compatible with `bitsandbytes.functional.quantize_4bit(w, blocksize=64, quant_type="nf4",
-//! compress_statistics=True)` and `dequantize_4bit` in bitsandbytes 0.50.2 on its CPU backend:
-//! - each 64-element block is scaled by its absmax and every value rounded to the nearest of the 16
-//!   NF4 levels (`backends/default/ops.py`: `torch.bucketize` on the level midpoints, so a tie goes to
-//!   the lower level); two codes per byte, the first element of a pair in the high nibble;
-//! - the block absmaxes, minus their mean, are quantized again to 8 bits in blocks of 256 with the
-//!   signed dynamic map (`create_dynamic_map(signed=True)`), keeping one f32 scale per 256 absmaxes and
-//!   the f32 mean. The CPU kernel (`csrc/cpu_ops.cpp`, `quantize_cpu_impl`) picks that 8-bit code
-//!   through a 65536-bin lookup table rather than an exact nearest search (bnb's CUDA kernel searches
-//!   exactly, so GPU-made absmax codes can differ by one step); we reproduce the CPU table;
-//! - the mean is torch's f32 `mean()`: its cascade sum with 8-lane AVX2 accumulators, then a division.
-//!   That equals torch bit for bit up to 32767 absmaxes (about 2M weights) on an AVX2 CPU; with
-//!   AVX-512 (16 lanes), or above that size where torch splits the sum across threads, torch's own
-//!   result moves by an ulp from machine to machine.
-//!
-//! Blocks never span rows (`cols % 64 == 0`), so any row range dequantizes on its own.
+//! (Dettmers et al., 2023, "QLoRA", section 3): blocks of 64 scaled by their absmax and rounded to
+//! 16 levels, the absmaxes quantized again to 8 bits. Bit-compatible with bitsandbytes'
+//! `quantize_4bit(..., quant_type="nf4", compress_statistics=True)` and `dequantize_4bit` on its
+//! CPU backend (DEVELOPERS.md, "NF4 and bitsandbytes"). Blocks never span rows (`cols % 64 == 0`),
+//! so any row range dequantizes on its own.
 
 use std::sync::OnceLock;
 

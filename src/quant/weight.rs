@@ -1,10 +1,8 @@
-//! A frozen `[out, in]` weight stored quantized, in row blocks.
-//!
-//! Every use dequantizes one block of rows at a time (a few MB), multiplies, and drops
-//! it, so a full-precision copy of a large matrix never exists: the forward product is
-//! assembled block by block, and so is the input gradient `grad · W` of the backward pass
-//! (the weight itself gets no gradient). This is how bitsandbytes' QLoRA trains too: its
-//! 4-bit matmul dequantizes to the compute dtype and runs a dense GEMM.
+//! A frozen `[out, in]` weight stored quantized, in row blocks. Every use dequantizes one block of
+//! rows at a time, multiplies and drops it, so a full-precision copy of a large matrix never
+//! exists: the forward product and the input gradient `grad · W` are assembled block by block (the
+//! weight itself gets no gradient). bitsandbytes' QLoRA trains the same way: its 4-bit matmul
+//! dequantizes to the compute dtype and runs a dense GEMM.
 
 use std::borrow::Cow;
 

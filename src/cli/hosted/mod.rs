@@ -1,10 +1,8 @@
-//! `lora-train hosted ...` and `[hosted]` job files: the command-line face of hosted
-//! fine-tuning (`lora_train::providers::hosted::HostedJobs`).
-//!
-//! Commands follow the shape of the providers' own CLIs (together-python's
-//! `together fine-tuning create|retrieve|cancel|list|list-events|list-checkpoints|download`,
-//! openai-python's `fine_tuning.jobs`), with one local record per job so that every command
-//! works by job id after a restart. Keys come from the environment only and are never printed.
+//! `lora-train hosted ...` and `[hosted]` job files: the command-line face of hosted fine-tuning
+//! (`lora_train::providers::hosted::HostedJobs`). Commands follow the providers' own CLIs
+//! (together-python's `together fine-tuning ...`, openai-python's `fine_tuning.jobs`), with one
+//! local record per job, so every command works by job id after a restart. Keys come from the
+//! environment only and are never printed.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;

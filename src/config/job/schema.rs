@@ -1,6 +1,6 @@
 //! The job file's key list, derived from the section types themselves.
 //!
-//! [`job_section!`] declares a section's struct and its [`Section::KEYS`] from one field list, and
+//! `job_section!` declares a section's struct and its [`Section::KEYS`] from one field list, and
 //! each field's [`KeyKind`] comes from its Rust type through [`KeyType`], so a key is written once.
 //! The document checks, `--set`, did-you-mean and the hosted mapping all walk this tree.
 

@@ -1,10 +1,8 @@
-//! The Anthropic Messages wire format (`POST {base}/v1/messages`).
-//!
-//! Follows anthropic-sdk-python `types/message_create_params.py` and `message.py`:
-//! the key goes in `x-api-key` with `anthropic-version: 2023-06-01`; system text is a
-//! top-level field, not a message; `max_tokens` is required; the reply is a list of
-//! content blocks with a `stop_reason`. Errors are `{"type":"error","error":{type,message}}`,
-//! 529 being `overloaded_error`.
+//! The Anthropic Messages wire format (`POST {base}/v1/messages`), following anthropic-sdk-python
+//! `types/message_create_params.py` and `message.py`: the key in `x-api-key` beside an
+//! `anthropic-version` header, system text as a top-level field, `max_tokens` required, the reply a
+//! list of content blocks with a `stop_reason`, errors as `{"type":"error","error":{type,message}}`
+//! (HTTP 529: `overloaded_error`).
 
 use serde::Deserialize;
 use serde_json::{json, Map, Value};

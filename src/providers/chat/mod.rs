@@ -1,9 +1,7 @@
-//! Chat clients behind one trait: OpenAI-compatible servers (OpenAI, Together,
-//! OpenRouter, vLLM, llama.cpp, any `base_url`) and Anthropic's Messages API.
-//!
-//! [`ChatProviderConfig`] is the TOML shape of one provider; [`build_chat_client`]
-//! turns an ordered list of them (primary first) into one [`ChatClient`] that
-//! falls back in order. The wire formats live in [`openai`] and [`anthropic`],
+//! Chat clients behind one trait: OpenAI-compatible servers (OpenAI, Together, OpenRouter, vLLM,
+//! llama.cpp, any `base_url`) and Anthropic's Messages API. [`build_chat_client`] turns an ordered
+//! list of [`ChatProviderConfig`]s (the TOML shape of one provider, primary first) into one
+//! [`ChatClient`] that falls back in order. The wire formats live in [`openai`] and [`anthropic`],
 //! the shared client (cache, usage, retries) in [`client`].
 
 pub mod anthropic;

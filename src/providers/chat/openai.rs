@@ -1,10 +1,8 @@
-//! The OpenAI chat-completions wire format (`POST {base}/chat/completions`), spoken
-//! by OpenAI, Together, OpenRouter, vLLM and the llama.cpp server.
-//!
-//! Follows openai-python `types/chat/completion_create_params.py` and
-//! `chat_completion.py`. OpenRouter may report an upstream failure inside an HTTP
-//! 200 body (`{"error":{"code":502,...}}`, or an `error` on the choice); that is an
-//! error, and it is not retried.
+//! The OpenAI chat-completions wire format (`POST {base}/chat/completions`), spoken by OpenAI,
+//! Together, OpenRouter, vLLM and the llama.cpp server; follows openai-python
+//! `types/chat/completion_create_params.py` and `chat_completion.py`. An upstream failure that
+//! OpenRouter reports inside an HTTP 200 body (`{"error":{...}}`, or an `error` on the choice) is
+//! an error, and it is not retried.
 
 use serde::Deserialize;
 use serde_json::{json, Map, Value};

@@ -1,11 +1,8 @@
-//! From the job file to a provider's create-job body.
-//!
-//! Together (`POST /fine-tunes`, together-python `create_finetune_request`): nested
-//! `training_type` and `lr_scheduler`, `training_method.train_on_inputs`, `n_epochs`,
-//! `warmup_ratio`, `suffix`. OpenAI (`POST /fine_tuning/jobs`):
-//! `method.supervised.hyperparameters`. A value the provider cannot take is an error;
-//! one it would not honour exactly is a warning the user must accept. Nothing is
-//! dropped silently.
+//! From the job file to a provider's create-job body: Together's `POST /fine-tunes`
+//! (together-python `create_finetune_request`) and OpenAI's `POST /fine_tuning/jobs`
+//! (`method.supervised.hyperparameters`). A value the provider cannot take is an error; one it
+//! would not honour exactly is a warning the user must accept. Nothing is dropped silently. What
+//! each key maps to is in docs/providers.md.
 
 use serde_json::{json, Map, Value};
 

@@ -1,15 +1,9 @@
-//! Hosted fine-tuning: the same job file trains on Together's or OpenAI's cluster.
-//!
-//! - [`HostedConfig`] is the `[hosted]` section; [`spec::HostedJobSpec`] carries the keys the
-//!   user wrote in `[model]`/`[lora]`/`[data]`/`[train]`, and [`mapping`] turns both into
-//!   the provider's create-job body, refusing what it cannot honour.
-//! - [`validate`] checks a dataset against the provider's own rules before upload.
-//! - [`together`] and [`openai`] speak the two APIs behind [`FineTuneApi`].
-//! - [`record`] keeps a local JSON record per job; [`jobs::HostedJobs`] is the
-//!   lifecycle the CLI calls (submit, status, watch, cancel, list, download).
-//!
-//! Shapes follow together-python (`resources/finetune.py`, `filemanager.py`,
-//! `utils/files.py`, `types/finetune.py`) and openai-python (`types/fine_tuning/*`).
+//! Hosted fine-tuning: the same job file trains on Together's or OpenAI's cluster. [`mapping`]
+//! turns the `[hosted]` section ([`HostedConfig`]) and the keys of the other sections
+//! ([`spec::HostedJobSpec`]) into the provider's create-job body; [`validate`] checks the dataset
+//! first; [`together`] and [`openai`] speak the two APIs behind [`FineTuneApi`]; [`record`] keeps a
+//! local record per job; [`jobs::HostedJobs`] is the lifecycle the CLI calls. Shapes follow
+//! together-python (`resources/finetune.py`, `types/finetune.py`) and openai-python.
 
 pub mod jobs;
 pub mod mapping;

@@ -1,10 +1,8 @@
-//! Together's fine-tuning API.
-//!
-//! Upload follows together-python `filemanager.py` (`UploadManager.upload` with
-//! `redirect=True`): `POST /files` form-encoded `purpose`, `file_name`, `file_type`
-//! answers `302` with `Location` (a presigned URL) and `X-Together-File-Id`; the bytes
-//! go there by `PUT` (without our key), then `POST /files/{id}/preprocess`. Jobs live
-//! under `/fine-tunes`; the adapter comes from `GET /finetune/download`.
+//! Together's fine-tuning API. Upload follows together-python `filemanager.py`
+//! (`UploadManager.upload` with `redirect=True`): `POST /files` answers `302` with a presigned URL
+//! and `X-Together-File-Id`, the bytes go there by `PUT` (without our key), then `POST
+//! /files/{id}/preprocess`. Jobs live under `/fine-tunes`; the adapter comes from `GET
+//! /finetune/download`.
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};

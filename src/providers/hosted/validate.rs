@@ -1,13 +1,7 @@
-//! Local dataset checks, with each provider's own rules, before anything is uploaded.
-//!
-//! Together follows together-python `utils/files.py` (`check_file`): UTF-8 JSONL, one
-//! format per file detected by its keys (`text` | `messages` | `prompt`+`completion` |
-//! `input`+`preferred_output`+`non_preferred_output`), no extra top-level keys, roles
-//! among system/user/assistant with no two in a row alike, at least one assistant turn,
-//! `weight` an integer 0 or 1. OpenAI follows its chat fine-tuning format: a `messages`
-//! list per line, known roles and message keys, an assistant message, at least 10
-//! examples. Unlike the SDK, which stops at the first problem, every failing line is
-//! reported.
+//! Local dataset checks with each provider's own rules, before anything is uploaded: Together's as
+//! together-python `utils/files.py` (`check_file`) has them, OpenAI's from its chat fine-tuning
+//! format. Unlike the SDKs, which stop at the first problem, every failing line is reported. The
+//! rules are listed in docs/providers.md, "Checks before upload".
 
 use std::path::{Path, PathBuf};
 
