@@ -80,7 +80,11 @@ impl AdamW {
     /// [`clip_coefficient`]; 1 for none), as if the gradients had been scaled first.
     pub fn step_clipped(&mut self, grads: &[Tensor], lr: f64, coef: f64) -> Result<()> {
         if grads.len() != self.vars.len() {
-            return Err(Error::Msg("optimizer: gradient count mismatch".into()));
+            return Err(Error::shape(
+                "optimizer gradients",
+                self.vars.len(),
+                grads.len(),
+            ));
         }
         self.step += 1;
         let c = self.cfg;

@@ -73,9 +73,9 @@ impl Trainer {
     /// Loads the model, attaches fresh (or `init_adapter`) LoRA weights, and prepares data.
     pub fn new(job: JobConfig) -> Result<Self> {
         if job.data.packing {
-            return Err(Error::Config(
-                "data.packing = true is not implemented yet; set it to false (each conversation is its own row)"
-                    .into(),
+            return Err(Error::unsupported(
+                "data.packing = true",
+                "not implemented yet; set it to false (each conversation is its own row)",
             ));
         }
         let device = crate::device::open(job.model.device)?;
