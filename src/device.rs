@@ -1,8 +1,8 @@
-//! Device selection: `auto`, `cpu`, `cuda:N`, `metal`, and dtypes by name.
+//! Device selection: `auto`, `cpu`, `cuda:N` and `metal` opened by name, and the CUDA memory pool.
 
-use candle_core::{DType, Device};
+use candle_core::Device;
 
-use crate::config::{DeviceName, DtypeName};
+use crate::config::DeviceName;
 use crate::{Error, Result};
 
 /// Parses a device name and opens it (see [`open`]).
@@ -153,15 +153,4 @@ pub fn device_name(d: &Device) -> String {
         Device::Cuda(_) => "cuda".into(),
         Device::Metal(_) => "metal".into(),
     }
-}
-
-/// Parses `f32`, `bf16` or `f16` (or `float32`, `bfloat16`, `float16`).
-pub fn parse_dtype(name: &str) -> Result<DType> {
-    name.parse::<DtypeName>()
-        .map(DtypeName::dtype)
-        .map_err(|_| {
-            Error::Config(format!(
-                "unknown dtype `{name}` (expected f32, bf16 or f16)"
-            ))
-        })
 }

@@ -51,12 +51,8 @@ pub const ALL_LINEAR: &str = "all-linear";
 /// The module names `target_modules` selects: `"all-linear"` expanded to [`PROJECTIONS`], in
 /// order, without duplicates.
 pub fn target_names(targets: &TargetModules) -> Vec<String> {
-    let given: Vec<&str> = match targets {
-        TargetModules::One(name) => vec![name.as_str()],
-        TargetModules::List(names) => names.iter().map(String::as_str).collect(),
-    };
     let mut names: Vec<String> = Vec::new();
-    for name in given {
+    for name in targets.written() {
         let expanded: Vec<&str> = if name == ALL_LINEAR {
             PROJECTIONS.to_vec()
         } else {

@@ -20,6 +20,16 @@ pub enum TargetModules {
     One(String),
 }
 
+impl TargetModules {
+    /// The names as written: the one string, or each of the list.
+    pub fn written(&self) -> Vec<&str> {
+        match self {
+            TargetModules::One(name) => vec![name.as_str()],
+            TargetModules::List(names) => names.iter().map(String::as_str).collect(),
+        }
+    }
+}
+
 /// PEFT's `LoraConfig` as written to `adapter_config.json` (the fields we read or write).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PeftAdapterConfig {

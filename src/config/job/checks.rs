@@ -128,15 +128,12 @@ pub(super) fn check(job: &JobConfig) -> Check {
 
 fn check_targets(job: &JobConfig) -> Check {
     const KEY: &str = "lora.target_modules";
-    let names: Vec<&String> = match &job.lora.target_modules {
-        crate::lora::TargetModules::One(name) => vec![name],
-        crate::lora::TargetModules::List(names) => names.iter().collect(),
-    };
+    let names = job.lora.target_modules.written();
     if names.is_empty() {
         return Err(invalid(KEY, "`lora.target_modules` is an empty list"));
     }
     for name in names {
-        if name == ALL_LINEAR || PROJECTIONS.contains(&name.as_str()) {
+        if name == ALL_LINEAR || PROJECTIONS.contains(&name) {
             continue;
         }
         let valid = format!("{} or \"{ALL_LINEAR}\"", PROJECTIONS.join(", "));

@@ -126,16 +126,11 @@ impl<'a> Document<'a> {
                 _ => toml::Value::Table(toml::Table::new()),
             });
             match kind {
-                KeyKind::Table(sub) => {
-                    schema = Some(sub);
-                    let toml::Value::Table(t) = entry else {
-                        return Err(fail(format!("`{full}` in the file is not a table")));
+                KeyKind::Table(_) | KeyKind::FreeTable => {
+                    schema = match kind {
+                        KeyKind::Table(sub) => Some(sub),
+                        _ => None,
                     };
-                    table = t;
-                    i += 1;
-                }
-                KeyKind::FreeTable => {
-                    schema = None;
                     let toml::Value::Table(t) = entry else {
                         return Err(fail(format!("`{full}` in the file is not a table")));
                     };

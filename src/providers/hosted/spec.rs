@@ -130,11 +130,8 @@ impl HostedJobSpec {
             lora_alpha: p.get("lora.alpha", l.alpha),
             lora_dropout: p.get("lora.dropout", l.dropout),
             target_modules: p
-                .get("lora.target_modules", ())
-                .map(|()| match &l.target_modules {
-                    crate::lora::TargetModules::One(name) => vec![name.clone()],
-                    crate::lora::TargetModules::List(names) => names.clone(),
-                }),
+                .get("lora.target_modules", &l.target_modules)
+                .map(|t| t.written().into_iter().map(str::to_string).collect()),
             use_rslora: p.get("lora.use_rslora", l.use_rslora),
             init_adapter: p
                 .get("lora.init_adapter", l.init_adapter.as_deref().map(absolute))
