@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU benchmark (issue 5): lora-train's CUDA build against PyTorch + transformers (sdpa) + PEFT on
+# GPU benchmark: lora-train's CUDA build against PyTorch + transformers (sdpa) + PEFT on
 # the same GPU, the same batches, in the same session. Models: random-weight Llama-3.2-1B and
 # Llama-3.1-8B shapes in HF layout (scripts/make_random_llama.py, written once per machine under
 # $BENCH_WORK). Job: seq 2048, LoRA r=16, alpha 32, all seven projections, dropout 0, AdamW lr 1e-4,
@@ -14,9 +14,9 @@
 #   scripts/bench-gpu.sh --fetch-bnb       # here (pip and internet): bitsandbytes for CUDA 13.0 into
 #                                          # bench-results/bnb, to carry to a host that lacks it
 #
-# Device tool (a 10-minute limit per command): one model per call, the binary carried as
-# dist/lora-train-cuda.xz (scripts/build-cuda.sh), e.g.
-#   run(command="BENCH_MODELS=1b scripts/bench-gpu.sh", carry=["dist/lora-train-cuda.xz", "bench-results/bnb"])
+# On a host without a Rust toolchain, bring dist/lora-train-cuda.xz (scripts/build-cuda.sh) and,
+# for the q4 rows, bench-results/bnb; BENCH_BUDGET_S bounds a call that has a time limit, e.g.
+#   BENCH_MODELS=1b BENCH_BUDGET_S=500 scripts/bench-gpu.sh
 #
 # Environment (defaults in brackets):
 #   BENCH_MODELS        "1b", "8b" and/or "tiny" (2 layers, a smoke test) ["1b 8b"]
@@ -150,7 +150,7 @@ elif [ "$DRY" = 1 ]; then
     echo "bench-gpu.sh: (dry run) no dist/lora-train-cuda or dist/lora-train-cuda.xz yet" >&2
 else
     die "no dist/lora-train-cuda or dist/lora-train-cuda.xz: build it with scripts/build-cuda.sh and carry" \
-        "dist/lora-train-cuda.xz (device tool: carry [\"dist/lora-train-cuda.xz\"]), or set LORA_TRAIN"
+        "dist/lora-train-cuda.xz to this host, or set LORA_TRAIN"
 fi
 
 LIBS=""

@@ -1,4 +1,4 @@
-"""PEFT side and bookkeeping of the GPU benchmark (scripts/bench-gpu.sh, issue 5).
+"""PEFT side and bookkeeping of the GPU benchmark (scripts/bench-gpu.sh).
 
 Subcommands:
   train   LoRA / QLoRA steps with PyTorch + transformers (sdpa attention) + PEFT on the token ids

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Peak memory and throughput of LoRA training on CPU (issue 4): lora-train's f32 LoRA, bf16 LoRA
+# Peak memory and throughput of LoRA training on CPU: lora-train's f32 LoRA, bf16 LoRA
 # and 4-bit QLoRA, each with and without gradient checkpointing, and PEFT's f32 LoRA on the same
 # tokens, on SmolLM2-135M and Gemma 3 270M (configs/bench/): r=16, alpha=32, all seven
 # projections, micro-batches of exactly 4 x 1024 tokens (data: scripts/make_bench_data.py).

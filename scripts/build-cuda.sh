@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# Builds the CUDA release binary on a machine with no GPU and no system CUDA (issue 5).
+# Builds the CUDA release binary on a machine with no GPU and no system CUDA.
 #
 #   scripts/build-cuda.sh            # -> dist/lora-train-cuda (stripped) and dist/lora-train-cuda.xz
 #   scripts/build-cuda.sh --root     # only makes the CUDA root and prints the environment to use it
 #   scripts/build-cuda.sh --tests    # also builds the GPU test binaries scripts/gpu-check.sh runs
-#                                    # (dist/test-kernels.xz, dist/test-model_parity.xz)
+#                                    # (dist/test-it.xz, the integration tests)
 #
 # The CUDA toolkit comes from NVIDIA's CUDA 13.0 pip wheels (nvcc, headers, cuBLAS, cuRAND,
 # NVRTC, the runtime), unpacked into a CUDA root once. Linking needs libcuda.so, which only a
@@ -121,9 +121,9 @@ echo "build-cuda.sh: dist/lora-train-cuda $((size >> 20)) MiB, dist/lora-train-c
 if [ "${1:-}" = --tests ]; then
     echo "build-cuda.sh: building the GPU test binaries" >&2
     CARGO_TARGET_DIR="$TARGET" cargo test --release --locked --features cuda --no-run \
-        --test kernels --test model_parity --message-format=json >"$TARGET/test-build.json" ||
+        --test it --message-format=json >"$TARGET/test-build.json" ||
         die "cargo test --no-run --features cuda failed"
-    for t in kernels model_parity; do
+    for t in it; do
         exe="$(grep -o '"executable":"[^"]*/'"$t"'-[0-9a-f]*"' "$TARGET/test-build.json" | tail -n 1 | cut -d'"' -f4)"
         [ -x "$exe" ] || die "no test executable for $t"
         cp "$exe" "dist/test-$t.tmp"

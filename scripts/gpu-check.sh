@@ -1,22 +1,22 @@
 #!/usr/bin/env bash
-# GPU checks of issue 5, run on a GPU host from the repository root (through the device tool):
+# GPU checks, run on a GPU host from the repository root:
 #   1. the kernel tests: every fused op against its unfused path, and flash attention against
-#      eager attention with its gradients, on the GPU (tests/kernels.rs);
+#      eager attention with its gradients, on the GPU (tests/it/kernels.rs, `kernels::`);
 #   2. the parity tests on the GPU: tiny Llama / Gemma 3 logits against transformers' fixtures,
-#      f32 and bf16 (tests/model_parity.rs, `*_on_the_test_device`);
+#      f32 and bf16 (tests/it/model_parity.rs, `*_on_the_test_device`);
 #   3. short training runs of the tiny models (CPU f32 vs CUDA f32 vs CUDA bf16, kernels on and
 #      off, and 4-bit) and of a small random Llama with head_dim 64, whose bf16 runs go through the
 #      flash-attention kernel (scripts/make_random_llama.py --shape small; needs torch, as the host
 #      has); the step losses side by side, each CUDA run bounded against its CPU f32 run.
 # Everything goes to $OUT/gpu-check.txt (or bench-results/gpu-check.txt without $OUT).
 #
-# Needs the binaries from scripts/build-cuda.sh --tests, carried to the host:
-#   run(command="scripts/gpu-check.sh", carry=["dist"])
+# Needs dist/ from scripts/build-cuda.sh --tests on the host (the binary and the integration tests,
+# which the host needs no Rust toolchain to run).
 # Environment: LORA_TRAIN_CUDA_LIBS  a folder with libcublas.so.13, libcudart.so.13, libcurand.so.10
 #              (default: the host PyTorch's site-packages/nvidia/cu13/lib)
 #              GPU_CHECK_DEVICE  the device the "cuda:0" rows and tests run on [cuda:0]; "cpu" with
-#              GPU_CHECK_DIST only tests this script here, with CPU builds of the three binaries
-#              GPU_CHECK_DIST  the folder of lora-train-cuda, test-kernels, test-model_parity [dist]
+#              GPU_CHECK_DIST only tests this script here, with CPU builds of the two binaries
+#              GPU_CHECK_DIST  the folder of lora-train-cuda and test-it [dist]
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -49,8 +49,7 @@ fi
 export LD_LIBRARY_PATH="$libs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 
 BIN="$(unpack lora-train-cuda)" || exit 1
-KTEST="$(unpack test-kernels)" || exit 1
-PTEST="$(unpack test-model_parity)" || exit 1
+ITEST="$(unpack test-it)" || exit 1
 
 note "host"
 date -u
@@ -58,10 +57,10 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>
 git rev-parse --short HEAD 2>/dev/null || true
 
 note "1. kernel tests on $DEV (fused vs unfused, f32 and bf16; flash attention vs eager)"
-LORA_TRAIN_TEST_DEVICE=$DEV "$KTEST" --test-threads=1 || fail=1
+LORA_TRAIN_TEST_DEVICE=$DEV "$ITEST" --test-threads=1 kernels:: || fail=1
 
 note "2. parity tests on $DEV (logits against transformers, f32 and bf16)"
-LORA_TRAIN_TEST_DEVICE=$DEV "$PTEST" --test-threads=1 on_the_test_device || fail=1
+LORA_TRAIN_TEST_DEVICE=$DEV "$ITEST" --test-threads=1 on_the_test_device || fail=1
 
 note "3. short training runs: tiny models (head_dim 16, unfused attention) and a small Llama (head_dim 64, flash attention)"
 RUNS="$(mktemp -d)"

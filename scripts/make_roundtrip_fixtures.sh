@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Round-trip fixtures: train short jobs with lora-train, commit the exported adapters, and let
 # PEFT (scripts/make_peft_fixtures.py --roundtrip) score them on tests/fixtures/chats.jsonl.
-# tests/roundtrip.rs then checks that `lora-train score --adapter` prints the same loss.
+# tests/it/roundtrip.rs then checks that `lora-train score --adapter` prints the same loss.
 # Usage: PYTHON=/path/to/venv/python scripts/make_roundtrip_fixtures.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Reference token ids for tests/tokenizer.rs: writes tests/fixtures/tokenizer-encode.json.
+"""Reference token ids for tests/it/tokenizer.rs: writes tests/fixtures/tokenizer-encode.json.
 
 For each real model it encodes a list of tricky strings with the Hugging Face tokenizer and records
 the ids (without and with special tokens) and the `tokenizers` decode of those ids.

@@ -4,6 +4,7 @@
 //! This is the one test that reads and sets process-wide variables, so it is the only
 //! test of this binary.
 
+#[path = "it/providers_support/mod.rs"]
 mod providers_support;
 
 use std::io::Write;

@@ -2,7 +2,7 @@
 //! dynamic shared memory) and the arguments in the order of the kernel's parameters, with
 //! buffers by name. Each op builds its [`Launch`] with a plain function (`rms_norm::fwd_launch`,
 //! ...) that the CUDA path launches through `kernels::cuda::Bufs` and the kernel emulator tests
-//! (`tests/kernel_emu.rs`, `kernels/*.cu` on the CPU) run as they are, so the emulator checks the
+//! (`tests/it/kernel_emu.rs`, `kernels/*.cu` on the CPU) run as they are, so the emulator checks the
 //! Rust side's entry points, argument order, scalar values and geometry along with the kernels.
 
 use candle_core::DType;

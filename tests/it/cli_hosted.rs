@@ -3,7 +3,8 @@
 //! watch, status, list, events, checkpoints, download, cancel, a failed job, and keys that
 //! never reach the output.
 
-mod providers_support;
+use crate::common;
+use crate::providers_support;
 
 use std::path::{Path, PathBuf};
 use std::process::Output;
@@ -22,9 +23,8 @@ const BAD_ROLES: &str =
 
 /// The binary with fake keys, the fake endpoints and a private HOME (the default records dir).
 fn bin(home: &Path, together: Option<&str>, openai: Option<&str>) -> Command {
-    let mut cmd = Command::cargo_bin("lora-train").unwrap();
-    cmd.env("HOME", home)
-        .env("TOGETHER_API_KEY", TOGETHER_KEY)
+    let mut cmd = common::cli::lora_train_with_home(home);
+    cmd.env("TOGETHER_API_KEY", TOGETHER_KEY)
         .env("OPENAI_API_KEY", OPENAI_KEY)
         .env(
             "TOGETHER_BASE_URL",

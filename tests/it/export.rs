@@ -1,9 +1,8 @@
 //! `lora-train export`: the adapter copy keeps PEFT names (in the requested dtype), and
 //! `--merge` writes an HF folder whose plain forward equals base + adapter.
 
-mod common;
+use crate::common;
 
-use assert_cmd::Command;
 use candle_core::{DType, Device, Tensor};
 use lora_train::lora::load_peft_adapter;
 use lora_train::model::{load, LoadOptions};
@@ -16,8 +15,7 @@ fn adapter_dir() -> std::path::PathBuf {
 fn export_copies_the_adapter_in_bf16() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("a");
-    Command::cargo_bin("lora-train")
-        .unwrap()
+    common::cli::lora_train()
         .args(["export", "--checkpoint"])
         .arg(adapter_dir())
         .arg("--out")
@@ -44,8 +42,7 @@ fn merged_export_equals_base_plus_adapter() {
         let tmp = tempfile::tempdir().unwrap();
         let out = tmp.path().join("merged");
         let base = common::fixtures().join(model);
-        Command::cargo_bin("lora-train")
-            .unwrap()
+        common::cli::lora_train()
             .args(["export", "--merge", "--checkpoint"])
             .arg(&adapter)
             .arg("--out")

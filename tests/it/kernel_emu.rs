@@ -5,7 +5,7 @@
 //! op's `*_launch` function: entry point, geometry, arguments with buffers by name), then
 //! compares the result with the op's CPU implementation (or, for attention, with eager
 //! attention and its autograd gradients through `common/flash.rs`, the check the CUDA device test
-//! in `tests/kernels.rs` runs).
+//! in `tests/it/kernels.rs` runs).
 //! No GPU and no CUDA files are needed: a C++17 compiler (`$CXX`, else `c++`).
 
 use std::collections::HashMap;
@@ -21,8 +21,7 @@ use lora_train::kernels::launch::{Arg, Launch};
 use lora_train::kernels::{adamw, cross_entropy, dropout, glu, nf4, rms_norm, rope};
 use lora_train::quant::nf4::{dequant_tables, Nf4Matrix};
 
-#[path = "common/flash.rs"]
-mod flash;
+use crate::common::flash;
 
 use flash::{host, rel_err, Result};
 

@@ -2,28 +2,19 @@
 //! `score --adapter` prints (fixtures from scripts/make_roundtrip_fixtures.sh).
 //! SmolLM2 is a GGUF base, so this also proves the exported q/k weights are in HF layout.
 
-mod common;
-
-use assert_cmd::Command;
+use crate::common;
 
 fn check(name: &str, model: String) {
     let dir = common::fixtures().join("roundtrip").join(name);
     let want = common::read_json(&dir.join("peft_score.json"));
-    let out = Command::cargo_bin("lora-train")
-        .unwrap()
-        .args(["score", "--model", &model, "--adapter"])
-        .arg(dir.join("adapter"))
-        .arg("--data")
-        .arg(common::fixtures().join("chats.jsonl"))
-        .arg("--json")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let got = common::cli::json(
+        common::cli::lora_train()
+            .args(["score", "--model", &model, "--adapter"])
+            .arg(dir.join("adapter"))
+            .arg("--data")
+            .arg(common::fixtures().join("chats.jsonl"))
+            .arg("--json"),
     );
-    let got: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let (g, w) = (
         got["mean_loss"].as_f64().unwrap(),
         want["mean_loss"].as_f64().unwrap(),
@@ -31,13 +22,11 @@ fn check(name: &str, model: String) {
     assert_eq!(got["target_tokens"], want["target_tokens"]);
     assert!((g - w).abs() / w < 1e-4, "{name}: ours {g} vs PEFT {w}");
     // The adapter must matter, or this test could not catch a layout error.
-    let base = Command::cargo_bin("lora-train")
-        .unwrap()
-        .args(["score", "--model", &model, "--json", "--data"])
-        .arg(common::fixtures().join("chats.jsonl"))
-        .output()
-        .unwrap();
-    let base: serde_json::Value = serde_json::from_slice(&base.stdout).unwrap();
+    let base = common::cli::json(
+        common::cli::lora_train()
+            .args(["score", "--model", &model, "--json", "--data"])
+            .arg(common::fixtures().join("chats.jsonl")),
+    );
     let b = base["mean_loss"].as_f64().unwrap();
     assert!(
         (b - w).abs() / w > 1e-2,

@@ -1,7 +1,7 @@
 //! Ctrl-C during training saves a checkpoint at the current step and exits cleanly; the run
 //! then resumes from it.
 
-mod common;
+use crate::common;
 
 use std::io::Read;
 use std::process::{Command, Stdio};

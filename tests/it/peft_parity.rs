@@ -2,7 +2,7 @@
 //! initial adapter and the same batches, 10 AdamW steps give the same losses within 1e-4
 //! relative and the same final weights; PEFT-saved adapters score the same in our `score`.
 
-mod common;
+use crate::common;
 
 use candle_core::{DType, Device};
 use lora_train::config::job::SchedulerKind;

@@ -1,6 +1,9 @@
 //! Shared helpers for integration tests: fixture and model paths.
 #![allow(dead_code)]
 
+pub mod cli;
+pub mod flash;
+
 use std::path::PathBuf;
 
 /// `tests/fixtures` of the source tree, or of the working directory when the test binary

@@ -1,9 +1,8 @@
 //! The commands' output shapes (other tools read them), and the other ways of loading a
 //! model: sharded safetensors, the hub cache, and bf16.
 
-mod common;
+use crate::common;
 
-use assert_cmd::Command;
 use candle_core::{DType, Device, Tensor};
 use lora_train::model::{load, LoadOptions};
 
@@ -15,17 +14,7 @@ fn tiny() -> String {
 }
 
 fn run_json(args: &[&str]) -> serde_json::Value {
-    let out = Command::cargo_bin("lora-train")
-        .unwrap()
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    common::cli::json(common::cli::lora_train().args(args))
 }
 
 #[test]
@@ -105,8 +94,7 @@ fn score_json_shape() {
         let (a, b) = (a["loss"].as_f64().unwrap(), b["loss"].as_f64().unwrap());
         assert!((a - b).abs() / b < 1e-5, "{a} vs {b} alone");
     }
-    let out = Command::cargo_bin("lora-train")
-        .unwrap()
+    let out = common::cli::lora_train()
         .args(score_args(data, &tiny, &["--batch-size", "0"]))
         .output()
         .unwrap();
@@ -118,8 +106,7 @@ fn score_json_shape() {
 #[test]
 fn inspect_shows_the_mask() {
     let data = common::fixtures().join("chats.jsonl");
-    let out = Command::cargo_bin("lora-train")
-        .unwrap()
+    let out = common::cli::lora_train()
         .args([
             "inspect",
             "--model",
@@ -143,8 +130,7 @@ fn inspect_shows_the_mask() {
 #[test]
 fn an_unknown_allocator_switch_is_warned_about_and_the_command_runs() {
     let data = common::fixtures().join("chats.jsonl");
-    let out = Command::cargo_bin("lora-train")
-        .unwrap()
+    let out = common::cli::lora_train()
         .env("LORA_TRAIN_MALLOC", "jemalloc")
         .env_remove("RUST_LOG")
         .args(["inspect", "--model", &tiny(), "--data"])

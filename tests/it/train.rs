@@ -3,7 +3,7 @@
 //! run exactly, a NaN stops the run with the last checkpoint intact, and exported adapters
 //! load back with the same loss; a run records its resolved job in `job.toml`.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::sync::atomic::AtomicBool;

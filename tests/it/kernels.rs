@@ -3,10 +3,9 @@
 //! (the same arithmetic as `kernels/*.cu`); `LORA_TRAIN_TEST_DEVICE=cuda:0` on a `--features cuda`
 //! build runs the same comparisons with the CUDA kernels (scripts/gpu-check.sh does). Flash
 //! attention has no CPU implementation: its device test runs on CUDA only, and
-//! `tests/kernel_emu.rs` runs the same check on the CPU with the kernel under an emulator.
+//! `tests/it/kernel_emu.rs` runs the same check on the CPU with the kernel under an emulator.
 
-#[path = "common/flash.rs"]
-mod flash;
+use crate::common::flash;
 
 use candle_core::{DType, Device, Tensor, Var};
 use lora_train::eval::loss::{head_nll_fused, head_nll_unfused};
@@ -329,7 +328,7 @@ fn flash_attention_matches_eager_values_and_gradients() -> flash::Result<()> {
     let dev = device()?;
     if !dev.is_cuda() {
         eprintln!(
-            "flash attention runs on CUDA only (LORA_TRAIN_TEST_DEVICE=cuda:0); tests/kernel_emu.rs checks the kernel on the CPU"
+            "flash attention runs on CUDA only (LORA_TRAIN_TEST_DEVICE=cuda:0); tests/it/kernel_emu.rs checks the kernel on the CPU"
         );
         return Ok(());
     }

@@ -1,7 +1,7 @@
 //! The forward pass against transformers (fixtures from scripts/make_fixtures.py):
 //! full-sequence logits of the tiny random Llama and Gemma 3 models, with padding.
 
-mod common;
+use crate::common;
 
 use candle_core::{DType, Device, Tensor};
 use lora_train::model::{load, LoadOptions};

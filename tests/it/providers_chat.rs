@@ -1,7 +1,7 @@
 //! Chat clients against loopback mock servers that answer with the real APIs'
 //! paths, bodies and error shapes (openai-python, anthropic-sdk-python, OpenRouter).
 
-mod providers_support;
+use crate::providers_support;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;

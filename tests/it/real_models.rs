@@ -2,7 +2,7 @@
 //! transformers in fp32 (tests/fixtures/{smollm2,gemma3}/expected.json):
 //! chat-template token ids, `score` losses within 1e-3 relative, and 32 greedy tokens.
 
-mod common;
+use crate::common;
 
 use std::sync::OnceLock;
 

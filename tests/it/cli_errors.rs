@@ -1,15 +1,12 @@
 //! Bad input gets a one-line error naming the file and the problem, and never a panic.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 
-use assert_cmd::Command;
-
 /// Runs the binary, expects failure, and returns its single stderr line.
 fn fails(args: &[&str]) -> String {
-    let out = Command::cargo_bin("lora-train")
-        .unwrap()
+    let out = common::cli::lora_train()
         .args(args)
         .env("RUST_LOG", "off")
         .output()

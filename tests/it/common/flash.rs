@@ -1,5 +1,5 @@
-//! The flash-attention check shared by the device test (`tests/kernels.rs`, the CUDA kernels through
-//! `lora_train::kernels::attention`) and the emulator test (`tests/kernel_emu.rs`, the same kernels
+//! The flash-attention check shared by the device test (`tests/it/kernels.rs`, the CUDA kernels through
+//! `lora_train::kernels::attention`) and the emulator test (`tests/it/kernel_emu.rs`, the same kernels
 //! on the CPU): the inputs of a case, eager attention in f32 with its autograd gradients as the
 //! reference, and the comparison of a kernel's `(o, lse, dq, dk, dv)` with it.
 #![allow(dead_code)]

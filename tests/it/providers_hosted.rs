@@ -2,7 +2,7 @@
 //! flows, the create bodies, watch with events and statuses, failures, cancel,
 //! restart from the local records, download, and the checks that run before upload.
 
-mod providers_support;
+use crate::providers_support;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -1,0 +1,28 @@
+//! The integration tests, one binary: each module is one concept, checked through the public
+//! API or the built `lora-train` binary, against fixtures from the reference scripts in
+//! `scripts/`. `alloc`, `threads` and `providers_env` stay separate binaries: the first two
+//! need their own `main`, the last sets process-wide environment variables.
+
+mod common;
+mod providers_support;
+
+mod cli_commands;
+mod cli_errors;
+mod cli_hosted;
+mod ctrlc;
+mod data;
+mod export;
+mod job_config;
+mod kernel_emu;
+mod kernels;
+mod layering;
+mod model_parity;
+mod nf4;
+mod peft_parity;
+mod providers_chat;
+mod providers_hosted;
+mod qlora;
+mod real_models;
+mod roundtrip;
+mod tokenizer;
+mod train;
