@@ -86,12 +86,25 @@ pub enum Error {
     #[error("{0}")]
     NoTargets(String),
 
+    /// The run's estimated peak memory exceeds what `place` (a device, or empty for the host)
+    /// has left; `msg` gives the breakdown and settings that would fit.
+    #[error("{place}{msg}")]
+    DoesNotFit { place: String, msg: String },
+
+    /// A value of ours could not be serialized as JSON for `what`.
+    #[error("{what}: cannot write JSON: {source}")]
+    Json {
+        what: String,
+        #[source]
+        source: serde_json::Error,
+    },
+
     /// Training produced a NaN or infinite loss or gradient.
     #[error("non-finite value: {0}")]
     NonFinite(String),
 
     /// An internal invariant broke (a poisoned lock, a value asked for before it was made,
-    /// a value that cannot be serialized): a bug rather than bad input.
+    /// a step with nothing to differentiate): a bug rather than bad input.
     #[error("{0}")]
     Msg(String),
 }

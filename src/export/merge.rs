@@ -53,7 +53,10 @@ pub fn merge_to_hf(base: &str, adapter: &Path, out: &Path, dtype: DType) -> Resu
     let config = m.config.to_hf_json(dtype_name(dtype));
     atomic_dir(out, |tmp| {
         let write_json = |name: &str, v: &serde_json::Value| -> Result<()> {
-            let text = serde_json::to_string_pretty(v).map_err(|e| Error::Msg(e.to_string()))?;
+            let text = serde_json::to_string_pretty(v).map_err(|source| Error::Json {
+                what: name.into(),
+                source,
+            })?;
             std::fs::write(tmp.join(name), text).map_err(|e| Error::io(tmp.join(name), e))
         };
         write_json("config.json", &config)?;

@@ -73,7 +73,10 @@ pub fn save_checkpoint(
     atomic_dir(&dir, |tmp| {
         write_adapter_files(params, tmp, export)?;
         opt.save(&tmp.join("optimizer.safetensors"))?;
-        let text = serde_json::to_string_pretty(state).map_err(|e| Error::Msg(e.to_string()))?;
+        let text = serde_json::to_string_pretty(state).map_err(|source| Error::Json {
+            what: "trainer_state.json".into(),
+            source,
+        })?;
         std::fs::write(tmp.join("trainer_state.json"), text)
             .map_err(|e| Error::io(tmp.join("trainer_state.json"), e))
     })?;

@@ -141,7 +141,12 @@ fn gib(bytes: f64) -> String {
 
 /// Checks `run` against `available` bytes; the error names the estimate's parts and the
 /// settings that would fit.
-pub fn check_fits(dims: &ModelDims, run: &RunShape, available: f64) -> Result<MemoryEstimate> {
+pub fn check_fits(
+    dims: &ModelDims,
+    run: &RunShape,
+    available: f64,
+    place: &str,
+) -> Result<MemoryEstimate> {
     let est = estimate(dims, run);
     if est.total() <= available {
         return Ok(est);
@@ -198,19 +203,22 @@ pub fn check_fits(dims: &ModelDims, run: &RunShape, available: f64) -> Result<Me
     } else {
         format!("settings that would fit: {}", fits.join("; "))
     };
-    Err(Error::Config(format!(
-        "this run needs about {} at its peak (weights {}, LoRA with optimizer state {}, \
+    Err(Error::DoesNotFit {
+        place: place.to_string(),
+        msg: format!(
+            "this run needs about {} at its peak (weights {}, LoRA with optimizer state {}, \
          activations {} for {} x {} tokens, other {}) but only {} is available; {suggestion}. \
          (train.memory_check = false skips this check.)",
-        gib(est.total()),
-        gib(est.weights),
-        gib(est.lora),
-        gib(est.activations),
-        run.micro_batch_size,
-        run.seq_len,
-        gib(est.other),
-        gib(available)
-    )))
+            gib(est.total()),
+            gib(est.weights),
+            gib(est.lora),
+            gib(est.activations),
+            run.micro_batch_size,
+            run.seq_len,
+            gib(est.other),
+            gib(available)
+        ),
+    })
 }
 
 /// Memory the run may use on `device`, in bytes, with the model already loaded:
@@ -324,10 +332,12 @@ pub fn check_run_fits(
         return Ok(());
     };
     let place = crate::device::device_name(device);
-    let est = check_fits(&dims, &shape, available).map_err(|e| match e {
-        Error::Config(m) if !device.is_cpu() => Error::Config(format!("{place}: {m}")),
-        e => e,
-    })?;
+    let prefix = if device.is_cpu() {
+        String::new()
+    } else {
+        format!("{place}: ")
+    };
+    let est = check_fits(&dims, &shape, available, &prefix)?;
     tracing::info!(
         "estimated peak memory {:.1} GiB of {:.1} GiB available ({place})",
         est.total() / (1u64 << 30) as f64,
@@ -393,13 +403,13 @@ mod tests {
 
     #[test]
     fn a_run_that_does_not_fit_names_what_would() {
-        let err = check_fits(&smollm2(), &run(), 3.0 * GIB)
+        let err = check_fits(&smollm2(), &run(), 3.0 * GIB, "")
             .unwrap_err()
             .to_string();
         assert!(err.contains("needs about"), "{err}");
         assert!(err.contains("gradient_checkpointing = true"), "{err}");
         assert!(err.contains("3.0 GiB is available"), "{err}");
-        assert!(check_fits(&smollm2(), &run(), 64.0 * GIB).is_ok());
+        assert!(check_fits(&smollm2(), &run(), 64.0 * GIB, "").is_ok());
     }
 
     #[test]

@@ -142,7 +142,10 @@ pub fn behaviour_report(
             .collect(),
     };
     let out = &summary.output_dir;
-    let json = serde_json::to_string_pretty(&report).map_err(|e| Error::Msg(e.to_string()))?;
+    let json = serde_json::to_string_pretty(&report).map_err(|source| Error::Json {
+        what: "report.json".into(),
+        source,
+    })?;
     write_atomic(&out.join("report.json"), json.as_bytes())?;
     write_atomic(&out.join("report.md"), report.render().as_bytes())?;
     Ok(Some(report))

@@ -156,7 +156,10 @@ impl RunLog {
     }
 
     pub fn write_summary(&self, summary: &TrainSummary) -> Result<()> {
-        let text = serde_json::to_string_pretty(summary).map_err(|e| Error::Msg(e.to_string()))?;
+        let text = serde_json::to_string_pretty(summary).map_err(|source| Error::Json {
+            what: "summary.json".into(),
+            source,
+        })?;
         write_atomic(&self.summary_path(), text.as_bytes())
     }
 
@@ -167,7 +170,10 @@ impl RunLog {
             .append(true)
             .open(&path)
             .map_err(|e| Error::io(&path, e))?;
-        let text = serde_json::to_string(line).map_err(|e| Error::Msg(e.to_string()))?;
+        let text = serde_json::to_string(line).map_err(|source| Error::Json {
+            what: "metrics.jsonl".into(),
+            source,
+        })?;
         writeln!(f, "{text}").map_err(|e| Error::io(&path, e))
     }
 }
