@@ -74,9 +74,9 @@ pub fn tune() -> Tuning {
 
 /// For a training loop on `device`, after loading: on the CPU, where the activations live in
 /// host memory, no block gets its own mmap any more, so the blocks of 32 MiB and more that
-/// [`tune`]'s threshold cannot cover are reused from step to step as well (Gemma 3 270M at
-/// 4 × 1024 tokens: 7.4 million page faults over 2 steps -> 1.7 million, the peak within 1%;
-/// BENCHMARKS.md). Only where [`tune`] applied its settings, so the same switches turn it off.
+/// [`tune`]'s threshold cannot cover are reused from step to step as well (the page faults this
+/// saves are in BENCHMARKS.md). Only where [`tune`] applied its settings, so the same switches
+/// turn it off.
 pub fn host_training(device: &candle_core::Device) -> Tuning {
     if !device.is_cpu() {
         return Tuning::Skipped("the activations are not in host memory");

@@ -13,12 +13,9 @@ use crate::quant::Quantize;
 use crate::{Error, Result};
 
 /// Bytes kept per token and decoder layer, in units of `(4·hidden + 3·intermediate +
-/// 2·heads·head_dim) · dtype bytes`. Measured from peak RSS at 4 × 1024 tokens, f32, no
-/// checkpointing (2026-12-01, with `autograd::release` and the MLP's `act(g)·u` remade in
-/// backward): about 1.2 on SmolLM2-135M and 1.55 on Gemma 3 270M (whose 262k vocabulary adds
-/// loss buffers); 2.0 leaves room for the allocator and for a GPU's caching allocator in bf16,
-/// not yet measured. It was 2.9 before the copies and held activations were cut, which
-/// overstated the peak 2×.
+/// 2·heads·head_dim) · dtype bytes`, fitted to the peak RSS of f32 runs without checkpointing
+/// (BENCHMARKS.md, "The memory check's activation factor") with room for the allocator and for
+/// a GPU's caching allocator in bf16.
 const ACTIVATION_FACTOR: f64 = 2.0;
 /// The runtime, tokenizer, data and allocator slack.
 const OVERHEAD: f64 = 400.0 * MIB;
