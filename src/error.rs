@@ -23,6 +23,15 @@ pub enum Error {
     #[error("{path}: {msg}")]
     Model { path: PathBuf, msg: String },
 
+    /// A field of a model config (`config.json`, or a GGUF metadata key) holds a value the
+    /// model cannot be built with: `field` is the name as that file spells it.
+    #[error("{path}: `{field}` {msg}")]
+    BadModelConfig {
+        path: PathBuf,
+        field: String,
+        msg: String,
+    },
+
     /// The model's architecture is not one this crate implements.
     #[error("{path}: unsupported architecture `{arch}` (supported: {supported})")]
     UnsupportedArchitecture {
@@ -81,6 +90,11 @@ pub enum Error {
         expected: String,
         got: String,
     },
+
+    /// A size the user asked for (`what`, with its value) is beyond what the model allows
+    /// (`limit`, with where that bound comes from).
+    #[error("{what} is more than {limit}")]
+    TooLarge { what: String, limit: String },
 
     /// A conversation gives the loss nothing to train on.
     #[error("{0}")]
@@ -170,6 +184,19 @@ impl Error {
             what: what.into(),
             expected: expected.to_string(),
             got: got.to_string(),
+        }
+    }
+
+    /// A bad value of model-config field `field` in `path`.
+    pub fn model_field(
+        path: impl Into<PathBuf>,
+        field: impl Into<String>,
+        msg: impl Into<String>,
+    ) -> Self {
+        Error::BadModelConfig {
+            path: path.into(),
+            field: field.into(),
+            msg: msg.into(),
         }
     }
 

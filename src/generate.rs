@@ -1,6 +1,7 @@
 //! Text generation with a KV cache: greedy at temperature 0, otherwise temperature and
 //! top-p (nucleus) sampling from a seeded RNG. Stops at the chat template's end-of-turn token
-//! or at eos.
+//! or at eos. The prompt and the new tokens stay within the model's context: a longer prompt
+//! is refused with its count, and decoding stops where the context ends.
 
 use std::time::Instant;
 
@@ -9,7 +10,7 @@ use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
 use crate::model::CausalLm;
-use crate::Result;
+use crate::{Error, Result};
 
 /// Sampling settings.
 #[derive(Debug, Clone)]
@@ -54,17 +55,21 @@ pub fn generate(
     if prompt_ids.is_empty() {
         return Err(crate::Error::unsupported("generate", "the prompt is empty"));
     }
+    let max_new_tokens = new_token_budget(prompt_ids.len(), opts.max_new_tokens, model.context_len())?;
     let mut rng = rand::rngs::StdRng::seed_from_u64(opts.seed);
     let mut cache = model.new_cache();
     let device = model.device();
-    let mut out = Vec::with_capacity(opts.max_new_tokens);
+    let mut out = Vec::with_capacity(max_new_tokens);
     let mut input = Tensor::new(prompt_ids, device)?.unsqueeze(0)?;
-    for _ in 0..opts.max_new_tokens {
+    for step in 0..max_new_tokens {
         let logits = model
             .forward_cached(&input, &mut cache)?
             .squeeze(0)?
             .to_dtype(DType::F32)?
             .to_vec1::<f32>()?;
+        if logits.iter().any(|l| !l.is_finite()) {
+            return Err(non_finite_logits(step));
+        }
         let next = if opts.temperature <= 0.0 {
             argmax(&logits)
         } else {
@@ -78,6 +83,42 @@ pub fn generate(
         input = Tensor::new(&[next], device)?.unsqueeze(0)?;
     }
     Ok(out)
+}
+
+/// How many tokens may follow a prompt of `prompt_len` tokens in a context of `context`:
+/// `max_new_tokens`, or what the context leaves when that is less (with a warning). A
+/// `max_new_tokens` beyond the context, or a prompt that fills it, is an error with the counts.
+pub fn new_token_budget(prompt_len: usize, max_new_tokens: usize, context: usize) -> Result<usize> {
+    let limit = format!("the model's context of {context} tokens (max_position_embeddings)");
+    if max_new_tokens > context {
+        return Err(Error::TooLarge {
+            what: format!("max_new_tokens = {max_new_tokens}"),
+            limit,
+        });
+    }
+    if prompt_len >= context {
+        return Err(Error::TooLarge {
+            what: format!("the prompt ({prompt_len} tokens)"),
+            limit: format!("{limit} less one for the reply"),
+        });
+    }
+    let room = context - prompt_len;
+    if max_new_tokens > room {
+        tracing::warn!(
+            "the prompt has {prompt_len} tokens: at most {room} new tokens fit the model's \
+             context of {context}, not {max_new_tokens}"
+        );
+    }
+    Ok(max_new_tokens.min(room))
+}
+
+/// The error for NaN or infinite logits at decoding step `step` (0: the prompt's forward pass).
+fn non_finite_logits(step: usize) -> Error {
+    let place = match step {
+        0 => "on the first forward pass".to_string(),
+        n => format!("at new token {}", n + 1),
+    };
+    Error::NonFinite(format!("logits {place}: {}", crate::model::NON_FINITE_CAUSE))
 }
 
 /// Runs [`generate`] and measures decode speed.

@@ -1,14 +1,13 @@
 //! The `lora-train` binary: parse arguments, run, print the error chain on one line.
 
-use clap::Parser;
 mod cli;
 
-use cli::{run, Cli};
+use cli::run;
 
 fn main() -> std::process::ExitCode {
     // First, while this is the only thread: it sets RAYON_NUM_THREADS.
     let threads = lora_train::threads::settle();
-    let cli = Cli::parse();
+    let cli = cli::parse();
     let cli_verbose = cli.verbose;
     let default = match cli.verbose {
         0 => "warn,lora_train=info",

@@ -28,14 +28,21 @@ pub struct GenerateArgs {
     #[arg(long, value_name = "FILE.json")]
     pub messages: Option<PathBuf>,
 
-    #[arg(long, default_value_t = 256)]
+    /// At most this many new tokens, and at most the model's context
+    /// (max_position_embeddings) less the prompt. A prompt longer than the context is refused
+    /// with its token count, never cut.
+    #[arg(long, value_name = "N", default_value_t = 256, allow_hyphen_values = true,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub max_new_tokens: usize,
 
-    /// 0 is greedy.
-    #[arg(long, default_value_t = 0.0)]
+    /// Sampling temperature, 0 or more; 0 is greedy.
+    #[arg(long, value_name = "T", default_value_t = 0.0, allow_negative_numbers = true,
+          value_parser = temperature)]
     pub temperature: f64,
 
-    #[arg(long, default_value_t = 1.0)]
+    /// Nucleus sampling: keep the smallest set of tokens whose probability reaches P, in (0, 1].
+    #[arg(long, value_name = "P", default_value_t = 1.0, allow_negative_numbers = true,
+          value_parser = top_p)]
     pub top_p: f64,
 
     #[arg(long, default_value_t = 0)]
@@ -46,6 +53,16 @@ pub struct GenerateArgs {
     pub json: bool,
 }
 
+/// `--temperature`: a finite number, 0 or more.
+pub(super) fn temperature(s: &str) -> Result<f64, String> {
+    super::parse_float(s, 0.0, false, f64::MAX, "expected 0 or more (0 is greedy)")
+}
+
+/// `--top-p`: a finite number in (0, 1].
+pub(super) fn top_p(s: &str) -> Result<f64, String> {
+    super::parse_float(s, 0.0, true, 1.0, "expected a number in (0, 1]")
+}
+
 /// Runs the command.
 pub fn run(a: GenerateArgs) -> anyhow::Result<()> {
     let messages = match (&a.prompt, &a.messages) {
@@ -53,12 +70,6 @@ pub fn run(a: GenerateArgs) -> anyhow::Result<()> {
         (None, Some(f)) => parse_messages_json(f)?,
         (None, None) => bail!("give --prompt or --messages"),
     };
-    if !(0.0..=1.0).contains(&a.top_p) || a.top_p == 0.0 {
-        bail!("--top-p must be in (0, 1]");
-    }
-    if a.temperature < 0.0 {
-        bail!("--temperature must be >= 0");
-    }
     let m = load_model(&a.model)?;
     let prompt = m.template.render(&messages, true)?;
     let prompt_ids = m.tokenizer.encode(&prompt, false)?;

@@ -89,6 +89,47 @@ pub struct ModelArgs {
     pub device: DeviceName,
 }
 
+/// Parses the command line. A usage error prints as one `error:` line and exits with 2, as clap
+/// does; help and `--version` print as clap prints them.
+pub fn parse() -> Cli {
+    match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => e.exit(),
+        Err(e) => {
+            eprintln!("error: {}", one_line(&e.render().to_string()));
+            std::process::exit(e.exit_code());
+        }
+    }
+}
+
+/// clap's message on one line: its lines up to the usage, without tips, joined by spaces.
+fn one_line(message: &str) -> String {
+    message
+        .lines()
+        .map(str::trim)
+        .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more information"))
+        .filter(|l| !l.is_empty() && !l.starts_with("tip:"))
+        .map(|l| l.strip_prefix("error: ").unwrap_or(l))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Parses a float flag's value: a finite number from `min` (excluded when `min_open`) to `max`;
+/// `valid` says that range in words for the error.
+fn parse_float(s: &str, min: f64, min_open: bool, max: f64, valid: &str) -> Result<f64, String> {
+    let v: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{s}` is not a number; {valid}"))?;
+    if !v.is_finite() {
+        return Err(format!("{s} is not a finite number; {valid}"));
+    }
+    if v < min || (min_open && v == min) || v > max {
+        return Err(format!("{s} is out of range; {valid}"));
+    }
+    Ok(v)
+}
+
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
@@ -117,6 +158,59 @@ fn load_model(args: &ModelArgs) -> anyhow::Result<LoadedModel> {
         tracing::info!("adapter {}: {n} layers adapted", dir.display());
     }
     Ok(m)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn float_flags_refuse_nan_infinity_and_values_out_of_range() {
+        let t = |s| generate::temperature(s);
+        assert_eq!(t("0"), Ok(0.0));
+        assert_eq!(t("0.7"), Ok(0.7));
+        for bad in ["nan", "NaN", "inf", "-inf", "infinity"] {
+            let e = t(bad).unwrap_err();
+            assert!(e.contains("not a finite number"), "{bad}: {e}");
+        }
+        let e = t("-0.5").unwrap_err();
+        assert!(e.contains("-0.5 is out of range") && e.contains("0 or more"), "{e}");
+        assert!(t("warm").unwrap_err().contains("not a number"));
+        let p = |s| generate::top_p(s);
+        assert_eq!(p("1"), Ok(1.0));
+        assert_eq!(p("0.9"), Ok(0.9));
+        for bad in ["0", "-0.1", "1.5", "nan", "inf"] {
+            assert!(p(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_negative_float_is_a_value_not_a_flag() {
+        let e = Cli::try_parse_from([
+            "lora-train",
+            "generate",
+            "--model",
+            "m",
+            "--prompt",
+            "hi",
+            "--temperature",
+            "-0.5",
+        ])
+        .unwrap_err()
+        .render()
+        .to_string();
+        let line = one_line(&e);
+        assert!(line.contains("-0.5 is out of range"), "{line}");
+        assert!(!line.contains("unexpected argument"), "{line}");
+    }
+
+    #[test]
+    fn usage_errors_fit_on_one_line() {
+        let e = Cli::try_parse_from(["lora-train", "generate", "--prompt", "hi"]).unwrap_err();
+        let line = one_line(&e.render().to_string());
+        assert!(line.contains("--model"), "{line}");
+        assert!(!line.contains('\n'));
+    }
 }
 
 /// `--loss-on`: the names of the job file's `data.loss_on`.

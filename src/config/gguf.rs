@@ -10,6 +10,25 @@ use candle_core::quantized::gguf_file::{Content, Value};
 use super::hf::{Gemma3Config, LlamaConfig, ModelConfig, RopeScaling, SUPPORTED_ARCHITECTURES};
 use crate::{Error, Result};
 
+/// The GGUF metadata key that holds `config.json` field `field` of architecture `arch`.
+fn gguf_key(arch: &str, field: &str) -> String {
+    let key = match field {
+        "vocab_size" => "vocab_size",
+        "hidden_size" => "embedding_length",
+        "intermediate_size" => "feed_forward_length",
+        "num_hidden_layers" => "block_count",
+        "num_attention_heads" => "attention.head_count",
+        "num_key_value_heads" => "attention.head_count_kv",
+        "head_dim" => "attention.key_length",
+        "max_position_embeddings" => "context_length",
+        "rms_norm_eps" => "attention.layer_norm_rms_epsilon",
+        "rope_theta" => "rope.freq_base",
+        "sliding_window" => "attention.sliding_window",
+        other => other,
+    };
+    format!("{arch}.{key}")
+}
+
 /// Typed access to GGUF metadata with errors that name the file and key.
 pub struct GgufMeta<'a> {
     content: &'a Content,
@@ -38,18 +57,22 @@ impl<'a> GgufMeta<'a> {
                 .map(|t| t.shape.dims()[0])
                 .ok_or_else(|| Error::model(self.path, "no token_embd.weight tensor"))?,
         };
-        match arch {
-            "llama" => Ok(ModelConfig::Llama(self.llama_config(vocab)?)),
-            "gemma3" => Ok(ModelConfig::Gemma3(self.gemma3_config(vocab)?)),
-            other => Err(Error::UnsupportedArchitecture {
+        let config = match arch {
+            "llama" => ModelConfig::Llama(self.llama_config(vocab)?),
+            "gemma3" => ModelConfig::Gemma3(self.gemma3_config(vocab)?),
+            other => {
+                return Err(Error::UnsupportedArchitecture {
                 path: self.path.to_path_buf(),
                 arch: format!("{other} (GGUF general.architecture)"),
-                supported: format!(
-                    "{} (GGUF: llama, gemma3)",
-                    SUPPORTED_ARCHITECTURES.join(", ")
-                ),
-            }),
-        }
+                    supported: format!(
+                        "{} (GGUF: llama, gemma3)",
+                        SUPPORTED_ARCHITECTURES.join(", ")
+                    ),
+                })
+            }
+        };
+        config.validate(self.path, |field| gguf_key(arch, field))?;
+        Ok(config)
     }
 
     fn get(&self, key: &str) -> Result<&Value> {

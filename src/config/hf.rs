@@ -1,6 +1,8 @@
 //! Hugging Face `config.json` for Llama and Gemma 3, deserialized as transformers writes it.
 //!
 //! Field names and defaults follow `LlamaConfig` and `Gemma3TextConfig` in transformers.
+//! [`ModelConfig::validate`] checks the fields a model is built from (HF and GGUF alike), so a
+//! zero, a non-dividing head count or a non-positive epsilon is an error naming the field.
 
 use std::path::Path;
 
@@ -245,7 +247,7 @@ impl ModelConfig {
             }
         };
         let parse_err = |e: serde_json::Error| Error::model(path, format!("{arch}: {e}"));
-        match arch.as_str() {
+        let config = match arch.as_str() {
             "LlamaForCausalLM" => Ok(ModelConfig::Llama(
                 serde_json::from_value::<LlamaConfig>(value)
                     .map_err(parse_err)?
@@ -265,7 +267,91 @@ impl ModelConfig {
                 arch: other.to_string(),
                 supported: SUPPORTED_ARCHITECTURES.join(", "),
             }),
+        }?;
+        config.validate(path, str::to_string)?;
+        Ok(config)
+    }
+
+    /// Checks the fields the model is built from: sizes and head counts of at least 1, key/value
+    /// heads that divide the attention heads, a head count that divides `hidden_size` where no
+    /// `head_dim` is given, and positive finite `rms_norm_eps` and rope bases. `field` spells a
+    /// `config.json` name as the file at `path` does (a GGUF file's metadata key).
+    pub fn validate(&self, path: &Path, field: impl Fn(&str) -> String) -> Result<()> {
+        let bad = |name: &str, msg: String| Err(Error::model_field(path, field(name), msg));
+        let (sizes, head_dim, floats) = match self {
+            ModelConfig::Llama(c) => (
+                [
+                    ("vocab_size", c.vocab_size),
+                    ("hidden_size", c.hidden_size),
+                    ("intermediate_size", c.intermediate_size),
+                    ("num_hidden_layers", c.num_hidden_layers),
+                    ("num_attention_heads", c.num_attention_heads),
+                    ("num_key_value_heads", c.num_kv_heads()),
+                    ("max_position_embeddings", c.max_position_embeddings),
+                ],
+                c.head_dim,
+                vec![("rms_norm_eps", c.rms_norm_eps), ("rope_theta", c.rope_theta)],
+            ),
+            ModelConfig::Gemma3(c) => (
+                [
+                    ("vocab_size", c.vocab_size),
+                    ("hidden_size", c.hidden_size),
+                    ("intermediate_size", c.intermediate_size),
+                    ("num_hidden_layers", c.num_hidden_layers),
+                    ("num_attention_heads", c.num_attention_heads),
+                    ("num_key_value_heads", c.num_key_value_heads),
+                    ("max_position_embeddings", c.max_position_embeddings),
+                ],
+                Some(c.head_dim),
+                [
+                    ("rms_norm_eps", Some(c.rms_norm_eps)),
+                    ("rope_theta", Some(c.rope_theta)),
+                    ("rope_local_base_freq", Some(c.rope_local_base_freq)),
+                    ("query_pre_attn_scalar", Some(c.query_pre_attn_scalar)),
+                    ("final_logit_softcapping", c.final_logit_softcapping),
+                    ("attn_logit_softcapping", c.attn_logit_softcapping),
+                ]
+                .into_iter()
+                .filter_map(|(name, v)| v.map(|v| (name, v)))
+                .collect(),
+            ),
+        };
+        for (name, value) in sizes {
+            if value == 0 {
+                return bad(name, "is 0; it must be at least 1".into());
+            }
         }
+        let heads = sizes[4].1;
+        let (hidden, kv_heads) = (sizes[1].1, sizes[5].1);
+        if !heads.is_multiple_of(kv_heads) {
+            return bad(
+                "num_key_value_heads",
+                format!("= {kv_heads} does not divide num_attention_heads = {heads}"),
+            );
+        }
+        match head_dim {
+            Some(0) => return bad("head_dim", "is 0; it must be at least 1".into()),
+            None if !hidden.is_multiple_of(heads) => {
+                return bad(
+                    "num_attention_heads",
+                    format!(
+                        "= {heads} does not divide hidden_size = {hidden}, and no head_dim is given"
+                    ),
+                )
+            }
+            _ => {}
+        }
+        for (name, value) in floats {
+            if !(value.is_finite() && value > 0.0) {
+                return bad(name, format!("= {value}; it must be a positive number"));
+            }
+        }
+        if let ModelConfig::Gemma3(c) = self {
+            if c.sliding_window == 0 {
+                return bad("sliding_window", "is 0; it must be at least 1".into());
+            }
+        }
+        Ok(())
     }
 
     pub fn vocab_size(&self) -> usize {

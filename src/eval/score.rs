@@ -73,9 +73,19 @@ pub fn score_examples(
     order.sort_by_key(|&i| std::cmp::Reverse(examples[i].input_ids.len()));
     let mut per_example: Vec<Option<ExampleScore>> = vec![None; examples.len()];
     let (mut total, mut count) = (0f64, 0usize);
-    for chunk in order.chunks(batch_size) {
+    for (batch_index, chunk) in order.chunks(batch_size).enumerate() {
         let batch: Vec<&TokenizedExample> = chunk.iter().map(|&i| &examples[i]).collect();
         let (nll, counts) = batch_nll(model, &batch)?;
+        if nll.iter().any(|v| !v.is_finite()) {
+            let place = match batch_index {
+                0 => "on the first forward pass".to_string(),
+                n => format!("in batch {} of the scoring", n + 1),
+            };
+            return Err(Error::NonFinite(format!(
+                "loss {place}: {}",
+                crate::model::NON_FINITE_CAUSE
+            )));
+        }
         let mut rest = nll.as_slice();
         for (&index, &n) in chunk.iter().zip(&counts) {
             let (mine, tail) = rest.split_at(n);

@@ -309,6 +309,10 @@ impl CausalLm for Gemma3 {
         self.cfg.vocab_size
     }
 
+    fn context_len(&self) -> usize {
+        self.cfg.max_position_embeddings
+    }
+
     fn device(&self) -> &candle_core::Device {
         self.embed_tokens.device()
     }

@@ -274,6 +274,10 @@ impl CausalLm for Llama {
         self.cfg.vocab_size
     }
 
+    fn context_len(&self) -> usize {
+        self.cfg.max_position_embeddings
+    }
+
     fn device(&self) -> &candle_core::Device {
         self.embed_tokens.device()
     }

@@ -88,12 +88,20 @@ pub trait CausalLm: Adaptable + Send + Sync {
 
     fn vocab_size(&self) -> usize;
 
+    /// The longest sequence the model is made for (`max_position_embeddings`): a bound on the
+    /// prompt plus the generated tokens, and on what scoring feeds it.
+    fn context_len(&self) -> usize;
+
     /// The device the weights live on.
     fn device(&self) -> &Device;
 
     /// Every weight with its HF name; projections carry their merged LoRA delta.
     fn merged_state_dict(&self) -> Result<Vec<(String, Tensor)>>;
 }
+
+/// What usually makes NaN or infinite logits, for errors raised where they first appear.
+pub const NON_FINITE_CAUSE: &str = "the model or adapter holds NaN or infinite weights, or \
+     its config makes them (an rms_norm_eps of 0 or below, an overflowing dtype)";
 
 /// The output projection `[vocab, hidden]` (the embeddings when tied) and the
 /// `tanh` soft-cap applied to its logits, if any.
@@ -168,6 +176,19 @@ fn check_vocab(tokenizer: &ChatTokenizer, config: &ModelConfig, path: &Path) -> 
     Ok(())
 }
 
+/// The embedding's rows against the config's `vocab_size` (`field`, as `path` spells it).
+fn check_embedding_rows(config: &ModelConfig, w: &Weights, path: &Path, field: &str) -> Result<()> {
+    let vocab = config.vocab_size();
+    match w.dims("model.embed_tokens.weight").as_deref() {
+        Some([rows, _]) if *rows != vocab => Err(Error::model_field(
+            path,
+            field,
+            format!("= {vocab} but the embedding (model.embed_tokens.weight) has {rows} rows"),
+        )),
+        _ => Ok(()),
+    }
+}
+
 fn load_hf_dir(dir: &Path, opts: &LoadOptions) -> Result<Parts> {
     let cfg_path = dir.join("config.json");
     if !cfg_path.is_file() {
@@ -175,7 +196,6 @@ fn load_hf_dir(dir: &Path, opts: &LoadOptions) -> Result<Parts> {
     }
     let config = ModelConfig::from_file(&cfg_path)?;
     let tokenizer = ChatTokenizer::from_hf_dir(dir)?;
-    check_vocab(&tokenizer, &config, dir)?;
     if opts.quantize == Quantize::Gguf {
         return Err(Error::model(
             dir,
@@ -184,6 +204,8 @@ fn load_hf_dir(dir: &Path, opts: &LoadOptions) -> Result<Parts> {
         ));
     }
     let w = Weights::from_hf_dir(dir, opts.dtype, &opts.device)?.with_quantize(opts.quantize);
+    check_embedding_rows(&config, &w, &cfg_path, "vocab_size")?;
+    check_vocab(&tokenizer, &config, dir)?;
     let model = build(&config, &w, None)?;
     Ok((model, config, tokenizer))
 }
@@ -212,10 +234,11 @@ fn load_gguf(path: &Path, opts: &LoadOptions) -> Result<Parts> {
         },
         ModelConfig::Gemma3(_) => GgufFlavor::Gemma3,
     };
-    check_vocab(&tokenizer, &config, path)?;
     let has_rope_freqs = content.tensor_infos.contains_key("rope_freqs.weight");
     let w = Weights::from_gguf(content, file, path, flavor, opts.dtype, &opts.device)
         .with_quantize(opts.quantize);
+    check_embedding_rows(&config, &w, path, &format!("{arch}.vocab_size"))?;
+    check_vocab(&tokenizer, &config, path)?;
     let rope_factors = if has_rope_freqs {
         Some(
             w.get_raw("rope_freqs.weight")?

@@ -133,6 +133,19 @@ impl Weights {
         }
     }
 
+    /// The shape of the tensor with this HF name, as [`Self::get_raw`] would return it, without
+    /// reading it; `None` where there is no such tensor.
+    pub fn dims(&self, name: &str) -> Option<Vec<usize>> {
+        match &self.backend {
+            Backend::Safetensors(st) => st.get(name).ok().map(|v| v.shape().to_vec()),
+            Backend::Gguf {
+                content, flavor, ..
+            } => gguf_name(name, *flavor)
+                .and_then(|g| content.tensor_infos.get(&g))
+                .map(|t| t.shape.dims().to_vec()),
+        }
+    }
+
     /// Loads a tensor by HF name, checks its shape, and converts it to the model dtype.
     pub fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
         let t = self.get_raw(name)?;

@@ -292,7 +292,8 @@ impl Trainer {
             let outcome = match self.optimizer_step(step, lr, &mut opt) {
                 Err(Error::NonFinite(what)) => {
                     bar.abandon();
-                    return Err(self.non_finite(&what, step + 1, policy.last_saved()));
+                    let first = step == start;
+                    return Err(self.non_finite(&what, step + 1, first, policy.last_saved()));
                 }
                 outcome => outcome?,
             };
@@ -420,8 +421,15 @@ impl Trainer {
         }
     }
 
-    /// The error for a non-finite loss or gradient at 1-based `step`.
-    fn non_finite(&self, what: &str, step: usize, last_saved: usize) -> Error {
+    /// The error for a non-finite loss or gradient at 1-based `step` (`first`: the first step
+    /// of this invocation); with no checkpoint yet, it names the likely cause instead.
+    fn non_finite(&self, what: &str, step: usize, first: bool, last_saved: usize) -> Error {
+        if first && last_saved == 0 {
+            return Error::NonFinite(format!(
+                "{what} at step {step}, the first forward pass: {}",
+                crate::model::NON_FINITE_CAUSE
+            ));
+        }
         Error::NonFinite(format!(
             "{what} at step {step}; stopped, the last good checkpoint (step {last_saved}) in {} is kept",
             self.job.output.dir.join("checkpoints").display()

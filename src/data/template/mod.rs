@@ -112,7 +112,17 @@ impl ChatTemplate {
         let eos = tokenizer.eos_token.clone();
         match &tokenizer.chat_template {
             Some(source) => Self::new(source, bos, eos),
-            None => Self::builtin(builtin_template_name(arch, tokenizer)?, bos, eos),
+            None => {
+                let name = builtin_template_name(arch, tokenizer)?;
+                let bos_note = match &bos {
+                    Some(_) => String::new(),
+                    None => ", and with no bos_token the rendering may lack <bos>".to_string(),
+                };
+                tracing::warn!(
+                    "the model has no chat template (tokenizer_config.json missing or without                      one); assuming the built-in `{name}` template{bos_note}"
+                );
+                Self::builtin(name, bos, eos)
+            }
         }
     }
 
