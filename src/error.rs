@@ -96,6 +96,17 @@ pub enum Error {
     #[error("{what} is more than {limit}")]
     TooLarge { what: String, limit: String },
 
+    /// `lora.init_adapter` is not the adapter the job describes: the adapter file at `path`
+    /// says `field` = `adapter`, the job's `key` = `job`.
+    #[error("{path}: {field} = {adapter}, but the job's {key} = {job}; make them agree")]
+    AdapterMismatch {
+        path: PathBuf,
+        field: String,
+        adapter: String,
+        key: String,
+        job: String,
+    },
+
     /// A conversation gives the loss nothing to train on.
     #[error("{0}")]
     NoTargets(String),

@@ -1,7 +1,9 @@
 //! Trainable LoRA parameters: one `(A, B)` pair of Vars per adapted projection.
 //!
 //! A is initialised as PEFT does (`kaiming_uniform_(a=sqrt(5))`, i.e. U(-1/√in, 1/√in)) and B
-//! with zeros, so training starts from the base model's outputs.
+//! with zeros, so training starts from the base model's outputs. The rank is checked against
+//! every targeted projection, and the size counted, before anything is allocated; an
+//! `init_adapter` must be the adapter the job describes.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -42,6 +44,95 @@ impl LoraSpec {
     /// The factor on `B·A` ([`lora_scale`]).
     pub fn scale(&self) -> f64 {
         lora_scale(self.alpha, self.r, self.use_rslora)
+    }
+
+    /// The trainable scalars this spec gives `model`, `r · (in + out)` per targeted projection,
+    /// counted before any is allocated. Errors: `r` above a targeted projection's smaller side
+    /// (a rank is at most `min(in, out)`), or no projection targeted.
+    pub fn planned_parameters(&self, model: &mut dyn Adaptable) -> Result<usize> {
+        let mut total = 0usize;
+        let mut targeted = 0;
+        for (module, linear) in model.linears_mut() {
+            if !module_matches(&module, &self.targets) {
+                continue;
+            }
+            let (out, inp) = linear.shape();
+            if self.r > out.min(inp) {
+                return Err(Error::job_key(
+                    "lora.r",
+                    format!(
+                        "lora.r = {} is more than {}, the smaller side of `{module}` \
+                         ([{out}, {inp}]); a LoRA rank is at most min(in, out) of every \
+                         targeted projection",
+                        self.r,
+                        out.min(inp)
+                    ),
+                ));
+            }
+            targeted += 1;
+            total = total.saturating_add(self.r.saturating_mul(inp + out));
+        }
+        if targeted == 0 {
+            return Err(Error::job_key(
+                "lora.target_modules",
+                format!(
+                    "lora.target_modules {:?} match no layer of this model",
+                    self.targets
+                ),
+            ));
+        }
+        Ok(total)
+    }
+
+    /// Errors unless the PEFT config `cfg` (read from `path`) has this spec's rank, alpha,
+    /// rsLoRA and target modules; each error names both values.
+    pub fn check_agrees(&self, cfg: &PeftAdapterConfig, path: &Path) -> Result<()> {
+        let mismatch = |field: &str, adapter: String, key: &str, job: String| {
+            Err(Error::AdapterMismatch {
+                path: path.to_path_buf(),
+                field: field.into(),
+                adapter,
+                key: key.into(),
+                job,
+            })
+        };
+        if cfg.r != self.r {
+            return mismatch("r", cfg.r.to_string(), "lora.r", self.r.to_string());
+        }
+        if (cfg.lora_alpha - self.alpha).abs() > 1e-9 * self.alpha.abs().max(1.0) {
+            return mismatch(
+                "lora_alpha",
+                cfg.lora_alpha.to_string(),
+                "lora.alpha",
+                self.alpha.to_string(),
+            );
+        }
+        if cfg.use_rslora != self.use_rslora {
+            return mismatch(
+                "use_rslora",
+                cfg.use_rslora.to_string(),
+                "lora.use_rslora",
+                self.use_rslora.to_string(),
+            );
+        }
+        let sorted = |names: &[String]| {
+            let mut names = names.to_vec();
+            names.sort();
+            names
+        };
+        let (adapter, job) = (
+            sorted(&target_names(&cfg.target_modules)),
+            sorted(&self.targets),
+        );
+        if adapter != job {
+            return mismatch(
+                "target_modules",
+                format!("{adapter:?}"),
+                "lora.target_modules",
+                format!("{job:?}"),
+            );
+        }
+        Ok(())
     }
 }
 
@@ -110,6 +201,7 @@ impl LoraParams {
         seed: u64,
         device: &Device,
     ) -> Result<Self> {
+        spec.planned_parameters(model)?;
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
         let mut params = Vec::new();
         for (module, linear) in model.linears_mut() {
@@ -125,21 +217,43 @@ impl LoraParams {
             let b = Var::zeros((out, spec.r), DType::F32, device)?;
             params.push(LoraParam { module, a, b });
         }
-        if params.is_empty() {
-            return Err(Error::job_key(
-                "lora.target_modules",
-                format!(
-                    "lora.target_modules {:?} match no layer of this model",
-                    spec.targets
-                ),
-            ));
-        }
         Ok(Self {
             spec,
             params,
             dropout_seed: Arc::new(AtomicU64::new(0)),
             grad_sink: None,
         })
+    }
+
+    /// Parameters from `lora.init_adapter`, the PEFT folder `dir`: it must be the adapter `spec`
+    /// describes ([`LoraSpec::check_agrees`]) and hold weights for every targeted projection.
+    pub fn from_init_adapter(
+        model: &mut dyn Adaptable,
+        dir: &Path,
+        spec: LoraSpec,
+        device: &Device,
+    ) -> Result<Self> {
+        let cfg_path = dir.join("adapter_config.json");
+        spec.check_agrees(&PeftAdapterConfig::from_file(&cfg_path)?, &cfg_path)?;
+        let mut params = Self::from_peft(model, dir, spec.dropout, device)?;
+        let loaded: std::collections::HashSet<String> =
+            params.params.iter().map(|p| p.module.clone()).collect();
+        if let Some((missing, _)) = model
+            .linears_mut()
+            .into_iter()
+            .find(|(m, _)| module_matches(m, &spec.targets) && !loaded.contains(m))
+        {
+            return Err(Error::model(
+                dir.join("adapter_model.safetensors"),
+                format!(
+                    "no lora_A/lora_B for `{missing}`, which the job's lora.target_modules {:?} \
+                     adapt",
+                    spec.targets
+                ),
+            ));
+        }
+        params.spec = spec;
+        Ok(params)
     }
 
     /// Parameters from a PEFT adapter folder (for `init_adapter` and resume).

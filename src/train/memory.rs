@@ -7,7 +7,6 @@
 
 use crate::config::{JobConfig, ModelConfig};
 use crate::data::TokenizedExample;
-use crate::lora::LoraParams;
 use crate::model::LoadedModel;
 use crate::quant::Quantize;
 use crate::{Error, Result};
@@ -303,11 +302,12 @@ fn parse_size(s: &str) -> Option<f64> {
     Some(n * mult)
 }
 
-/// Fails before the first step when the run's estimated peak exceeds the memory left on
-/// `device` (host memory for the CPU and Metal, the GPU's own for CUDA).
+/// Fails before the first step, and before the `lora_params` LoRA scalars are allocated, when
+/// the run's estimated peak exceeds the memory left on `device` (host memory for the CPU and
+/// Metal, the GPU's own for CUDA).
 pub fn check_run_fits(
     model: &LoadedModel,
-    params: &LoraParams,
+    lora_params: usize,
     train: &[TokenizedExample],
     job: &JobConfig,
     dtype: candle_core::DType,
@@ -320,7 +320,7 @@ pub fn check_run_fits(
         recompute_attention: job.train.recompute_attention,
         micro_batch_size: job.train.micro_batch_size.min(train.len().max(1)),
         seq_len: train.iter().map(|e| e.input_ids.len()).max().unwrap_or(0),
-        lora_params: params.num_parameters(),
+        lora_params,
     };
     let dims = ModelDims::of(&model.config);
     // The weights are loaded by now: on a GPU they are part of the estimate, not of the free memory.

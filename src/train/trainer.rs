@@ -93,20 +93,21 @@ impl Trainer {
             model.name_or_path = name.clone();
         }
         let data = prepare_data(&job, &model)?;
+        let spec = LoraSpec {
+            r: job.lora.r,
+            alpha: job.lora.alpha,
+            dropout: job.lora.dropout,
+            use_rslora: job.lora.use_rslora,
+            targets: job.target_module_names(),
+        };
+        // Counted (and the rank bounded) before anything is allocated.
+        let lora_params = spec.planned_parameters(model.model.as_mut())?;
+        if job.train.memory_check {
+            memory::check_run_fits(&model, lora_params, &data.train, &job, dtype, &device)?;
+        }
         let mut params = match &job.lora.init_adapter {
-            Some(dir) => {
-                LoraParams::from_peft(model.model.as_mut(), dir, job.lora.dropout, &device)?
-            }
-            None => {
-                let spec = LoraSpec {
-                    r: job.lora.r,
-                    alpha: job.lora.alpha,
-                    dropout: job.lora.dropout,
-                    use_rslora: job.lora.use_rslora,
-                    targets: job.target_module_names(),
-                };
-                LoraParams::init(model.model.as_mut(), spec, job.train.seed, &device)?
-            }
+            Some(dir) => LoraParams::from_init_adapter(model.model.as_mut(), dir, spec, &device)?,
+            None => LoraParams::init(model.model.as_mut(), spec, job.train.seed, &device)?,
         };
         params.attach(model.model.as_mut(), dtype)?;
         params.set_gradient_checkpointing(
@@ -114,9 +115,6 @@ impl Trainer {
             job.train.gradient_checkpointing,
             job.train.recompute_attention,
         );
-        if job.train.memory_check {
-            memory::check_run_fits(&model, &params, &data.train, &job, dtype, &device)?;
-        }
         let plan = StepPlan::new(&job, data.train.len())?;
         let schedule = Schedule {
             kind: job.train.scheduler,
