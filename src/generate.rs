@@ -203,6 +203,19 @@ mod tests {
     use super::*;
 
     #[test]
+    fn new_tokens_stay_within_the_context() {
+        assert_eq!(new_token_budget(10, 20, 100).unwrap(), 20);
+        assert_eq!(new_token_budget(90, 20, 100).unwrap(), 10);
+        let e = new_token_budget(10, 101, 100).unwrap_err().to_string();
+        assert!(
+            e.starts_with("max_new_tokens = 101 is more than the model's context of 100"),
+            "{e}"
+        );
+        let e = new_token_budget(100, 1, 100).unwrap_err().to_string();
+        assert!(e.starts_with("the prompt (100 tokens) is more than"), "{e}");
+    }
+
+    #[test]
     fn top_p_keeps_only_the_nucleus() {
         let logits = [10.0f32, 9.0, -5.0, -6.0];
         let mut rng = rand::rngs::StdRng::seed_from_u64(1);

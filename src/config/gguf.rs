@@ -188,3 +188,27 @@ impl<'a> GgufMeta<'a> {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bad_field_is_named_by_its_gguf_key() {
+        assert_eq!(gguf_key("llama", "num_hidden_layers"), "llama.block_count");
+        assert_eq!(
+            gguf_key("gemma3", "rms_norm_eps"),
+            "gemma3.attention.layer_norm_rms_epsilon"
+        );
+        let c: LlamaConfig = serde_json::from_str(
+            r#"{"vocab_size":8,"hidden_size":8,"intermediate_size":8,"num_hidden_layers":1,
+                "num_attention_heads":0}"#,
+        )
+        .unwrap();
+        let e = ModelConfig::Llama(c)
+            .validate(Path::new("m.gguf"), |f| gguf_key("llama", f))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(e, "m.gguf: `llama.attention.head_count` is 0; it must be at least 1");
+    }
+}

@@ -429,6 +429,64 @@ mod tests {
         assert!(err.starts_with("x/config.json"), "{err}");
     }
 
+    const LLAMA: &str = r#"{"architectures":["LlamaForCausalLM"],"vocab_size":400,
+        "hidden_size":64,"intermediate_size":128,"num_hidden_layers":2,"num_attention_heads":4,
+        "num_key_value_heads":2,"rms_norm_eps":1e-5}"#;
+    const GEMMA: &str = r#"{"architectures":["Gemma3ForCausalLM"],"vocab_size":400,
+        "hidden_size":64,"intermediate_size":128,"num_hidden_layers":2,"num_attention_heads":4,
+        "num_key_value_heads":2,"head_dim":16}"#;
+
+    /// `base` with `field` set to the JSON value `value`, parsed; the error, if any.
+    fn with(base: &str, field: &str, value: &str) -> Option<Error> {
+        let mut v: serde_json::Value = serde_json::from_str(base).unwrap();
+        v[field] = serde_json::from_str(value).unwrap();
+        ModelConfig::from_json_str(&v.to_string(), Path::new("m/config.json")).err()
+    }
+
+    #[test]
+    fn a_valid_config_passes() {
+        assert!(with(LLAMA, "rms_norm_eps", "1e-6").is_none());
+        assert!(with(GEMMA, "rms_norm_eps", "1e-6").is_none());
+        // With head_dim given, the heads need not divide hidden_size.
+        assert!(with(GEMMA, "num_attention_heads", "6").is_none());
+    }
+
+    #[test]
+    fn each_bad_field_is_named_with_the_file() {
+        let cases = [
+            (LLAMA, "num_hidden_layers", "0", "is 0"),
+            (LLAMA, "num_attention_heads", "0", "is 0"),
+            (LLAMA, "num_key_value_heads", "0", "is 0"),
+            (LLAMA, "hidden_size", "0", "is 0"),
+            (LLAMA, "intermediate_size", "0", "is 0"),
+            (LLAMA, "vocab_size", "0", "is 0"),
+            (LLAMA, "max_position_embeddings", "0", "is 0"),
+            (LLAMA, "num_key_value_heads", "3", "does not divide num_attention_heads = 4"),
+            (LLAMA, "num_attention_heads", "6", "does not divide hidden_size = 64"),
+            (LLAMA, "head_dim", "0", "is 0"),
+            (LLAMA, "rms_norm_eps", "-1e-6", "must be a positive number"),
+            (LLAMA, "rms_norm_eps", "0", "must be a positive number"),
+            (LLAMA, "rope_theta", "-1", "must be a positive number"),
+            (GEMMA, "num_hidden_layers", "0", "is 0"),
+            (GEMMA, "head_dim", "0", "is 0"),
+            (GEMMA, "num_key_value_heads", "3", "does not divide"),
+            (GEMMA, "rms_norm_eps", "-1e-6", "must be a positive number"),
+            (GEMMA, "query_pre_attn_scalar", "0", "must be a positive number"),
+            (GEMMA, "final_logit_softcapping", "-30", "must be a positive number"),
+            (GEMMA, "sliding_window", "0", "is 0"),
+        ];
+        for (base, field, value, want) in cases {
+            let e = with(base, field, value).unwrap_or_else(|| panic!("{field} = {value} passed"));
+            let Error::BadModelConfig { field: named, .. } = &e else {
+                panic!("{field} = {value}: {e:?}");
+            };
+            let text = e.to_string();
+            assert_eq!(named, field, "{text}");
+            assert!(text.starts_with("m/config.json: `"), "{text}");
+            assert!(text.contains(want), "{field} = {value}: {text}");
+        }
+    }
+
     #[test]
     fn gemma_layer_pattern() {
         let c: Gemma3Config = serde_json::from_str(

@@ -401,3 +401,80 @@ impl LoraParams {
         Ok(out)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{load, LoadOptions};
+
+    fn tiny() -> crate::model::LoadedModel {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tiny-llama");
+        load(dir, &LoadOptions::default()).unwrap()
+    }
+
+    fn spec(r: usize, targets: &[&str]) -> LoraSpec {
+        LoraSpec {
+            r,
+            alpha: 8.0,
+            dropout: 0.0,
+            use_rslora: false,
+            targets: targets.iter().map(|t| t.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn the_rank_is_bounded_by_every_targeted_projection() {
+        let mut m = tiny();
+        // q_proj is [64, 64]; k_proj [32, 64] (2 key/value heads of 16).
+        let n = spec(32, &["q_proj", "k_proj"])
+            .planned_parameters(m.model.as_mut())
+            .unwrap();
+        assert_eq!(n, 2 * (32 * 128 + 32 * 96));
+        let e = spec(33, &["q_proj", "k_proj"])
+            .planned_parameters(m.model.as_mut())
+            .unwrap_err();
+        let text = e.to_string();
+        assert!(matches!(&e, Error::JobKey { key, .. } if key == "lora.r"), "{e:?}");
+        assert!(text.contains("lora.r = 33 is more than 32"), "{text}");
+        assert!(text.contains("k_proj"), "{text}");
+        let huge = spec(usize::MAX / 2, &["q_proj"]).planned_parameters(m.model.as_mut());
+        assert!(huge.is_err());
+        let none = spec(4, &["nope"]).planned_parameters(m.model.as_mut());
+        assert!(none.unwrap_err().to_string().contains("match no layer"));
+    }
+
+    fn adapter_config(json: &str) -> PeftAdapterConfig {
+        serde_json::from_str(json).unwrap()
+    }
+
+    #[test]
+    fn an_init_adapter_must_match_the_job() {
+        let path = Path::new("a/adapter_config.json");
+        let job = spec(4, &["q_proj", "v_proj"]);
+        let same = adapter_config(r#"{"r":4,"lora_alpha":8,"target_modules":["v_proj","q_proj"]}"#);
+        job.check_agrees(&same, path).unwrap();
+        let cases = [
+            (
+                r#"{"r":8,"lora_alpha":8,"target_modules":["q_proj","v_proj"]}"#,
+                "a/adapter_config.json: r = 8, but the job's lora.r = 4",
+            ),
+            (
+                r#"{"r":4,"lora_alpha":16,"target_modules":["q_proj","v_proj"]}"#,
+                "lora_alpha = 16, but the job's lora.alpha = 8",
+            ),
+            (
+                r#"{"r":4,"lora_alpha":8,"use_rslora":true,"target_modules":["q_proj","v_proj"]}"#,
+                "use_rslora = true, but the job's lora.use_rslora = false",
+            ),
+            (
+                r#"{"r":4,"lora_alpha":8,"target_modules":"all-linear"}"#,
+                "target_modules = [",
+            ),
+        ];
+        for (json, want) in cases {
+            let e = job.check_agrees(&adapter_config(json), path).unwrap_err();
+            assert!(matches!(e, Error::AdapterMismatch { .. }), "{e:?}");
+            assert!(e.to_string().contains(want), "{e}");
+        }
+    }
+}
