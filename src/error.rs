@@ -101,9 +101,9 @@ pub enum Error {
     #[error("{path}: {field} = {adapter}, but the job's {key} = {job}; make them agree")]
     AdapterMismatch {
         path: PathBuf,
-        field: String,
+        field: &'static str,
         adapter: String,
-        key: String,
+        key: &'static str,
         job: String,
     },
 

@@ -55,7 +55,8 @@ pub fn generate(
     if prompt_ids.is_empty() {
         return Err(crate::Error::unsupported("generate", "the prompt is empty"));
     }
-    let max_new_tokens = new_token_budget(prompt_ids.len(), opts.max_new_tokens, model.context_len())?;
+    let max_new_tokens =
+        new_token_budget(prompt_ids.len(), opts.max_new_tokens, model.context_len())?;
     let mut rng = rand::rngs::StdRng::seed_from_u64(opts.seed);
     let mut cache = model.new_cache();
     let device = model.device();
@@ -118,7 +119,10 @@ fn non_finite_logits(step: usize) -> Error {
         0 => "on the first forward pass".to_string(),
         n => format!("at new token {}", n + 1),
     };
-    Error::NonFinite(format!("logits {place}: {}", crate::model::NON_FINITE_CAUSE))
+    Error::NonFinite(format!(
+        "logits {place}: {}",
+        crate::model::NON_FINITE_CAUSE
+    ))
 }
 
 /// Runs [`generate`] and measures decode speed.

@@ -160,6 +160,13 @@ fn load_model(args: &ModelArgs) -> anyhow::Result<LoadedModel> {
     Ok(m)
 }
 
+/// `--loss-on`: the names of the job file's `data.loss_on`.
+fn loss_on() -> impl clap::builder::TypedValueParser<Value = lora_train::data::LossOn> {
+    use clap::builder::TypedValueParser;
+    clap::builder::PossibleValuesParser::new(lora_train::data::LossOn::NAMES)
+        .map(|name| name.parse().unwrap_or_default())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -174,7 +181,10 @@ mod tests {
             assert!(e.contains("not a finite number"), "{bad}: {e}");
         }
         let e = t("-0.5").unwrap_err();
-        assert!(e.contains("-0.5 is out of range") && e.contains("0 or more"), "{e}");
+        assert!(
+            e.contains("-0.5 is out of range") && e.contains("0 or more"),
+            "{e}"
+        );
         assert!(t("warm").unwrap_err().contains("not a number"));
         let p = |s| generate::top_p(s);
         assert_eq!(p("1"), Ok(1.0));
@@ -211,11 +221,4 @@ mod tests {
         assert!(line.contains("--model"), "{line}");
         assert!(!line.contains('\n'));
     }
-}
-
-/// `--loss-on`: the names of the job file's `data.loss_on`.
-fn loss_on() -> impl clap::builder::TypedValueParser<Value = lora_train::data::LossOn> {
-    use clap::builder::TypedValueParser;
-    clap::builder::PossibleValuesParser::new(lora_train::data::LossOn::NAMES)
-        .map(|name| name.parse().unwrap_or_default())
 }

@@ -62,8 +62,8 @@ impl<'a> GgufMeta<'a> {
             "gemma3" => ModelConfig::Gemma3(self.gemma3_config(vocab)?),
             other => {
                 return Err(Error::UnsupportedArchitecture {
-                path: self.path.to_path_buf(),
-                arch: format!("{other} (GGUF general.architecture)"),
+                    path: self.path.to_path_buf(),
+                    arch: format!("{other} (GGUF general.architecture)"),
                     supported: format!(
                         "{} (GGUF: llama, gemma3)",
                         SUPPORTED_ARCHITECTURES.join(", ")
@@ -209,6 +209,9 @@ mod tests {
             .validate(Path::new("m.gguf"), |f| gguf_key("llama", f))
             .unwrap_err()
             .to_string();
-        assert_eq!(e, "m.gguf: `llama.attention.head_count` is 0; it must be at least 1");
+        assert_eq!(
+            e,
+            "m.gguf: `llama.attention.head_count` is 0; it must be at least 1"
+        );
     }
 }

@@ -290,7 +290,10 @@ impl ModelConfig {
                     ("max_position_embeddings", c.max_position_embeddings),
                 ],
                 c.head_dim,
-                vec![("rms_norm_eps", c.rms_norm_eps), ("rope_theta", c.rope_theta)],
+                vec![
+                    ("rms_norm_eps", c.rms_norm_eps),
+                    ("rope_theta", c.rope_theta),
+                ],
             ),
             ModelConfig::Gemma3(c) => (
                 [
@@ -461,8 +464,18 @@ mod tests {
             (LLAMA, "intermediate_size", "0", "is 0"),
             (LLAMA, "vocab_size", "0", "is 0"),
             (LLAMA, "max_position_embeddings", "0", "is 0"),
-            (LLAMA, "num_key_value_heads", "3", "does not divide num_attention_heads = 4"),
-            (LLAMA, "num_attention_heads", "6", "does not divide hidden_size = 64"),
+            (
+                LLAMA,
+                "num_key_value_heads",
+                "3",
+                "does not divide num_attention_heads = 4",
+            ),
+            (
+                LLAMA,
+                "num_attention_heads",
+                "6",
+                "does not divide hidden_size = 64",
+            ),
             (LLAMA, "head_dim", "0", "is 0"),
             (LLAMA, "rms_norm_eps", "-1e-6", "must be a positive number"),
             (LLAMA, "rms_norm_eps", "0", "must be a positive number"),
@@ -471,8 +484,18 @@ mod tests {
             (GEMMA, "head_dim", "0", "is 0"),
             (GEMMA, "num_key_value_heads", "3", "does not divide"),
             (GEMMA, "rms_norm_eps", "-1e-6", "must be a positive number"),
-            (GEMMA, "query_pre_attn_scalar", "0", "must be a positive number"),
-            (GEMMA, "final_logit_softcapping", "-30", "must be a positive number"),
+            (
+                GEMMA,
+                "query_pre_attn_scalar",
+                "0",
+                "must be a positive number",
+            ),
+            (
+                GEMMA,
+                "final_logit_softcapping",
+                "-30",
+                "must be a positive number",
+            ),
             (GEMMA, "sliding_window", "0", "is 0"),
         ];
         for (base, field, value, want) in cases {

@@ -87,12 +87,12 @@ impl LoraSpec {
     /// Errors unless the PEFT config `cfg` (read from `path`) has this spec's rank, alpha,
     /// rsLoRA and target modules; each error names both values.
     pub fn check_agrees(&self, cfg: &PeftAdapterConfig, path: &Path) -> Result<()> {
-        let mismatch = |field: &str, adapter: String, key: &str, job: String| {
+        let mismatch = |field: &'static str, adapter: String, key: &'static str, job: String| {
             Err(Error::AdapterMismatch {
                 path: path.to_path_buf(),
-                field: field.into(),
+                field,
                 adapter,
-                key: key.into(),
+                key,
                 job,
             })
         };
@@ -434,7 +434,10 @@ mod tests {
             .planned_parameters(m.model.as_mut())
             .unwrap_err();
         let text = e.to_string();
-        assert!(matches!(&e, Error::JobKey { key, .. } if key == "lora.r"), "{e:?}");
+        assert!(
+            matches!(&e, Error::JobKey { key, .. } if key == "lora.r"),
+            "{e:?}"
+        );
         assert!(text.contains("lora.r = 33 is more than 32"), "{text}");
         assert!(text.contains("k_proj"), "{text}");
         let huge = spec(usize::MAX / 2, &["q_proj"]).planned_parameters(m.model.as_mut());
