@@ -196,6 +196,7 @@ fn load_hf_dir(dir: &Path, opts: &LoadOptions) -> Result<Parts> {
     }
     let config = ModelConfig::from_file(&cfg_path)?;
     let tokenizer = ChatTokenizer::from_hf_dir(dir)?;
+    check_vocab(&tokenizer, &config, dir)?;
     if opts.quantize == Quantize::Gguf {
         return Err(Error::model(
             dir,
@@ -205,7 +206,6 @@ fn load_hf_dir(dir: &Path, opts: &LoadOptions) -> Result<Parts> {
     }
     let w = Weights::from_hf_dir(dir, opts.dtype, &opts.device)?.with_quantize(opts.quantize);
     check_embedding_rows(&config, &w, &cfg_path, "vocab_size")?;
-    check_vocab(&tokenizer, &config, dir)?;
     let model = build(&config, &w, None)?;
     Ok((model, config, tokenizer))
 }
@@ -227,6 +227,7 @@ fn load_gguf(path: &Path, opts: &LoadOptions) -> Result<Parts> {
     let arch = meta.architecture()?;
     let tokenizer = ChatTokenizer::from_gguf(&content, path)?;
     let config = meta.model_config(&arch)?;
+    check_vocab(&tokenizer, &config, path)?;
     let flavor = match &config {
         ModelConfig::Llama(c) => GgufFlavor::Llama {
             n_head: c.num_attention_heads,
@@ -238,7 +239,6 @@ fn load_gguf(path: &Path, opts: &LoadOptions) -> Result<Parts> {
     let w = Weights::from_gguf(content, file, path, flavor, opts.dtype, &opts.device)
         .with_quantize(opts.quantize);
     check_embedding_rows(&config, &w, path, &format!("{arch}.vocab_size"))?;
-    check_vocab(&tokenizer, &config, path)?;
     let rope_factors = if has_rope_freqs {
         Some(
             w.get_raw("rope_freqs.weight")?
