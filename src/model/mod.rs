@@ -101,7 +101,7 @@ pub trait CausalLm: Adaptable + Send + Sync {
 
 /// What usually makes NaN or infinite logits, for errors raised where they first appear.
 pub const NON_FINITE_CAUSE: &str = "the model or adapter holds NaN or infinite weights, or \
-     its config makes them (an rms_norm_eps of 0 or below, an overflowing dtype)";
+     the activations overflow the compute dtype (f16; try f32 or bf16)";
 
 /// The output projection `[vocab, hidden]` (the embeddings when tied) and the
 /// `tanh` soft-cap applied to its logits, if any.
