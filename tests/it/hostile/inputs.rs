@@ -121,6 +121,8 @@ fn a_rank_above_a_projection_is_refused_before_allocating() {
     let tmp = tempfile::tempdir().unwrap();
     let model = tiny_copy(tmp.path(), |_| {});
     let job = job_file(tmp.path(), &model, "");
+    let watched: [&Path; 2] = [&model, &job];
+    let snap = Snapshot::of(&watched);
     let line = fails_with(
         lora_train().arg("--config").arg(&job).args([
             "--set",
@@ -133,8 +135,7 @@ fn a_rank_above_a_projection_is_refused_before_allocating() {
         line.contains("lora.r = 1000000000000 is more than 64") && line.contains("min(in, out)"),
         "{line}"
     );
-    let watched: [&Path; 2] = [&model, &job];
-    Snapshot::of(&watched).assert_unchanged(&watched);
+    snap.assert_unchanged(&watched);
     assert!(!tmp.path().join("out").join("adapter").exists());
 }
 
