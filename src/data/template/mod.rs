@@ -119,7 +119,8 @@ impl ChatTemplate {
                     None => ", and with no bos_token the rendering may lack <bos>".to_string(),
                 };
                 tracing::warn!(
-                    "the model has no chat template (tokenizer_config.json missing or without                      one); assuming the built-in `{name}` template{bos_note}"
+                    "the model has no chat template (tokenizer_config.json missing or without \
+                     one); assuming the built-in `{name}` template{bos_note}"
                 );
                 Self::builtin(name, bos, eos)
             }
