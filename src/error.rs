@@ -103,6 +103,28 @@ pub enum Error {
     #[error("non-finite value: {0}")]
     NonFinite(String),
 
+    /// A stop request (Ctrl-C, SIGTERM) cut the work named short.
+    #[error("stopped during {0}")]
+    Interrupted(String),
+
+    /// A checkpoint's `trainer_state.json` disagrees with the run resuming from it: `field`
+    /// holds a value the run could not have written.
+    #[error("{}: `{field}` {msg}", .path.display())]
+    CheckpointState {
+        path: PathBuf,
+        field: &'static str,
+        msg: String,
+    },
+
+    /// The training data's content changed since the checkpoint a run resumes from.
+    #[error("{}: {msg}", .path.display())]
+    DataChanged { path: PathBuf, msg: String },
+
+    /// A dataset leaves the run nothing to learn or measure: every example was dropped, or
+    /// every reply it would train on is empty.
+    #[error("{}: {msg}", .path.display())]
+    NoUsableData { path: PathBuf, msg: String },
+
     /// An internal invariant broke (a poisoned lock, a value asked for before it was made,
     /// a step with nothing to differentiate): a bug rather than bad input.
     #[error("{0}")]

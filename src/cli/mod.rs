@@ -9,6 +9,7 @@ mod generate;
 mod hosted;
 mod inspect;
 mod score;
+mod shell;
 mod train;
 
 use std::path::PathBuf;
@@ -41,6 +42,10 @@ pub struct Cli {
     #[arg(long, requires = "config")]
     pub resume: bool,
 
+    /// With --resume: continue although the training data changed since the checkpoint.
+    #[arg(long, requires = "resume")]
+    pub allow_data_change: bool,
+
     /// Stop after this many steps of this invocation, saving a checkpoint (as Ctrl-C does).
     #[arg(long, requires = "config", hide = true)]
     pub stop_after: Option<usize>,
@@ -68,6 +73,12 @@ pub enum Command {
     #[command(subcommand)]
     Hosted(hosted::HostedCommand),
 }
+
+/// A run that a signal stopped, its checkpoint saved: no error, but the process exits with the
+/// signal's code (130 for SIGINT, 143 for SIGTERM), so a script can tell.
+#[derive(Debug, thiserror::Error)]
+#[error("stopped by {}", .0.name())]
+pub struct Stopped(pub lora_train::train::StopSignal);
 
 /// Which model to load, and how.
 #[derive(Debug, Args)]

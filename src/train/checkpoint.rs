@@ -25,6 +25,10 @@ pub struct TrainerState {
     /// Hash of the job settings that determine the run, to refuse resuming another job.
     pub job_fingerprint: String,
     pub elapsed_s: f64,
+    /// SHA-256 of the training data ([`super::resume::data_hash`]), to refuse resuming on
+    /// changed data; None in checkpoints written before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_hash: Option<String>,
 }
 
 /// A hash of the job settings that determine a run's trajectory, to refuse resuming another

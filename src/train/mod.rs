@@ -10,12 +10,15 @@ pub mod metrics;
 pub mod optimizer;
 pub mod plan;
 pub mod report;
+pub mod resume;
 pub mod run_log;
 pub mod schedule;
 pub mod step;
+pub mod stop;
 pub mod trainer;
 
 pub use plan::StepPlan;
 pub use run_log::{RunLog, TrainSummary};
 pub use step::{train_step, StepOutcome};
-pub use trainer::{install_ctrlc, RunOptions, Trainer};
+pub use stop::{install_stop_handler, stop_signal, StopSignal};
+pub use trainer::{RunOptions, Trainer};

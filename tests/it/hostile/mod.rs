@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 
 use assert_cmd::Command;
 
+mod runs;
+
 /// Every file under some paths, with its bytes, to compare after a command ran.
 pub struct Snapshot(BTreeMap<PathBuf, Vec<u8>>);
 
@@ -58,7 +60,6 @@ fn collect(path: &Path, files: &mut BTreeMap<PathBuf, Vec<u8>>) {
 
 /// Runs `cmd` (logging off), expects exit `code` and no panic, and returns its one `error:`
 /// line: stderr must hold exactly one non-empty line, starting with `error: `.
-#[allow(dead_code)] // until the first case module uses it
 pub fn fails_with(cmd: &mut Command, code: i32) -> String {
     let out = cmd
         .env("RUST_LOG", "off")
