@@ -1,7 +1,8 @@
 //! The LoRA trainer on the tiny models: every LoRA parameter gets a gradient, gradient
 //! accumulation normalises by the step's target tokens, resume reproduces the uninterrupted
-//! run exactly, a NaN stops the run with the last checkpoint intact, and exported adapters
-//! load back with the same loss; a run records its resolved job in `job.toml`.
+//! run exactly, a stop during a validation is honoured and resumes exactly too, a NaN stops
+//! the run with the last checkpoint intact, and exported adapters load back with the same
+//! loss; a run records its resolved job in `job.toml`.
 
 use crate::common;
 
@@ -290,4 +291,58 @@ fn a_run_records_its_resolved_job_and_resume_rewrites_it() {
     let read = JobConfig::load(&written, &[]).unwrap();
     assert_eq!(read.train.eval_every, 1);
     assert_eq!(read.to_toml_string().unwrap(), resolved(&changed));
+}
+
+#[test]
+fn a_stop_during_validation_is_honoured_and_the_resume_redoes_it() {
+    let stopped = || Arc::new(AtomicBool::new(true));
+    // Before the first step: the validation at step 0 stops, and nothing is saved.
+    let early = tempfile::tempdir().unwrap();
+    let s = Trainer::new(job("tiny-llama", early.path()))
+        .unwrap()
+        .run(&RunOptions::default(), stopped())
+        .unwrap();
+    assert!(s.interrupted && s.steps == 0 && s.val_loss_before.is_none());
+    assert!(
+        lora_train::train::checkpoint::list_checkpoints(early.path())
+            .unwrap()
+            .is_empty()
+    );
+
+    let full = tempfile::tempdir().unwrap();
+    Trainer::new(job("tiny-llama", full.path()))
+        .unwrap()
+        .run(&RunOptions::default(), no_stop())
+        .unwrap();
+    let part = tempfile::tempdir().unwrap();
+    let stop3 = RunOptions {
+        stop_after: Some(3),
+        ..Default::default()
+    };
+    Trainer::new(job("tiny-llama", part.path()))
+        .unwrap()
+        .run(&stop3, no_stop())
+        .unwrap();
+    // A stop pending on resume: step 4 runs, its validation (eval_every = 4) is cut short,
+    // and step 4 is saved without it.
+    let resume = RunOptions {
+        resume: true,
+        ..Default::default()
+    };
+    let s = Trainer::new(job("tiny-llama", part.path()))
+        .unwrap()
+        .run(&resume, stopped())
+        .unwrap();
+    assert!(s.interrupted && s.steps == 4, "{s:?}");
+    assert!(RunLog::new(part.path()).val_loss_at(4).unwrap().is_none());
+    assert!(!part.path().join("adapter").exists());
+    // The next resume validates step 4 first, and ends as the uninterrupted run did.
+    Trainer::new(job("tiny-llama", part.path()))
+        .unwrap()
+        .run(&resume, no_stop())
+        .unwrap();
+    assert_eq!(step_losses(part.path()), step_losses(full.path()));
+    let a = std::fs::read(full.path().join("adapter/adapter_model.safetensors")).unwrap();
+    let b = std::fs::read(part.path().join("adapter/adapter_model.safetensors")).unwrap();
+    assert!(a == b, "final adapters differ");
 }
