@@ -1,6 +1,7 @@
 //! `lora-train --config job.toml`: train a LoRA adapter here, or submit a `[hosted]` job.
 //!
-//! Prints the run summary and, unless `--no-report`, the before/after behaviour report.
+//! Prints the run summary and, unless `--no-report`, the before/after behaviour report. A run
+//! that a signal stopped prints the command that continues it and exits with the signal's code.
 
 use std::path::Path;
 

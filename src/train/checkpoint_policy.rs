@@ -1,5 +1,5 @@
-//! When a run saves, prunes and stops. The policy sees step numbers and stop requests (Ctrl-C,
-//! `--stop-after`) and returns actions for the trainer to carry out, doing no I/O itself, so
+//! When a run saves, prunes and stops. The policy sees step numbers and stop requests (SIGINT,
+//! SIGTERM, `--stop-after`) and returns actions for the trainer to carry out, doing no I/O itself, so
 //! its rules are tested without files, as burn-train's checkpointing strategies are. It prunes
 //! only checkpoints it knows: the ones this run wrote, before a resume too.
 

@@ -1,6 +1,7 @@
 //! Supervised LoRA fine-tuning, split by role as burn-train is: the step plan, the masked loss,
 //! AdamW with our own state, learning-rate schedules, checkpoints and the policy that decides
-//! when to save and stop, the run log, and the trainer loop that ties them together.
+//! when to save and stop, the stop signals, the checks before a resume, the run log, and the
+//! trainer loop that ties them together.
 
 pub mod checkpoint;
 pub mod checkpoint_policy;

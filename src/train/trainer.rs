@@ -2,7 +2,8 @@
 //! the prepared data, then runs the loop (resume, step, log, validate, carry out the checkpoint
 //! policy's actions) and finishes with the adapter export. Each role lives in its own module:
 //! [`super::plan`] for batches, [`super::checkpoint_policy`] for when to save and stop,
-//! [`super::run_log`] for the run's files, [`crate::data::prepare`] for the examples.
+//! [`super::resume`] for what a checkpoint must pass, [`super::run_log`] for the run's files,
+//! [`crate::data::prepare`] for the examples.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -274,7 +275,8 @@ impl Trainer {
         )
     }
 
-    /// Runs (or resumes) training to the end, or until a stop request (Ctrl-C, `stop_after`).
+    /// Runs (or resumes) training to the end, or until a stop request (SIGINT or SIGTERM, which
+    /// also cuts a validation short, or `stop_after`).
     pub fn run(&mut self, opts: &RunOptions, stop: Arc<AtomicBool>) -> Result<TrainSummary> {
         let log = RunLog::create(&self.job.output.dir)?;
         let fingerprint = job_fingerprint(&self.job);
@@ -419,8 +421,8 @@ impl Trainer {
         Ok((state, dir))
     }
 
-    /// Loads the newest checkpoint in `out` into the adapter and `opt`. Returns its state and
-    /// the steps of the checkpoints this job wrote up to it, which the policy may prune.
+    /// Loads the newest checkpoint of the output folder into the adapter and `opt`. Returns its
+    /// state and the steps of the checkpoints this job wrote up to it, which the policy may prune.
     fn resume(
         &mut self,
         opt: &mut AdamW,
@@ -429,7 +431,6 @@ impl Trainer {
         opts: &RunOptions,
     ) -> Result<(TrainerState, Vec<usize>)> {
         let (state, dir) = self.resumable_checkpoint(fingerprint, data_hash, opts)?;
-        let out = self.job.output.dir.clone();
         let saved = LoraParams::from_peft(
             self.model.model.as_mut(),
             &dir,
@@ -442,7 +443,7 @@ impl Trainer {
         }
         opt.load(&dir.join("optimizer.safetensors"))?;
         tracing::info!("resuming from {} (step {})", dir.display(), state.step);
-        let earlier = job_checkpoints_up_to(&out, state.step, fingerprint)?;
+        let earlier = job_checkpoints_up_to(&self.job.output.dir, state.step, fingerprint)?;
         Ok((state, earlier))
     }
 
@@ -580,13 +581,10 @@ fn prepare_data(job: &JobConfig, model: &LoadedModel) -> Result<PreparedData> {
             fit.dropped
         );
     }
-    let (val_fit, val_path, which) = match held_out {
-        HeldOut::File(path) => (&data.validation_fit, path, "validation"),
-        _ => (
-            &data.validation_fit,
-            job.data.train.as_path(),
-            "held-out validation",
-        ),
+    let val_fit = &data.validation_fit;
+    let (val_path, which) = match held_out {
+        HeldOut::File(path) => (path, "validation"),
+        _ => (job.data.train.as_path(), "held-out validation"),
     };
     if data.validation.is_empty() && val_fit.dropped > 0 {
         return Err(Error::NoUsableData {
