@@ -9,8 +9,6 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use lora_train::train::checkpoint::{checkpoint_dir, list_checkpoints, read_state};
-use lora_train::train::metrics::MetricsLine;
-use lora_train::train::RunLog;
 
 /// Writes `job`: a long run of the tiny model into `out`, so that a signal lands mid-run.
 fn long_job(job: &Path, out: &Path) {
@@ -101,19 +99,6 @@ fn run_ok(job: &Path, args: &[&str]) {
     );
 }
 
-/// The logged (step, loss) of every step and validation.
-fn curve(out: &Path) -> Vec<(usize, f64)> {
-    RunLog::new(out)
-        .metrics()
-        .unwrap()
-        .into_iter()
-        .map(|l| match l {
-            MetricsLine::Step(s) => (s.step, s.loss),
-            MetricsLine::Eval(e) => (e.step, e.val_loss),
-        })
-        .collect()
-}
-
 #[test]
 fn sigint_checkpoints_and_resumes() {
     let tmp = tempfile::tempdir().unwrap();
@@ -152,7 +137,11 @@ fn sigterm_checkpoints_exits_143_and_resumes_exactly() {
     long_job(&whole_job, &whole);
     let until = (step + 3).to_string();
     run_ok(&whole_job, &[&set[..], &["--stop-after", &until]].concat());
-    assert_eq!(curve(&out), curve(&whole), "resumed curve differs");
+    assert_eq!(
+        common::logged_losses(&out),
+        common::logged_losses(&whole),
+        "resumed curve differs"
+    );
     let adapter = |out: &Path| {
         std::fs::read(checkpoint_dir(out, step + 3).join("adapter_model.safetensors")).unwrap()
     };

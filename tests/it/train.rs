@@ -14,7 +14,6 @@ use candle_core::{DType, Device, Tensor};
 use lora_train::config::JobConfig;
 use lora_train::data::batch::collate;
 use lora_train::train::loss::micro_batch_nll_sum;
-use lora_train::train::metrics::MetricsLine;
 use lora_train::train::RunLog;
 use lora_train::train::{RunOptions, Trainer};
 
@@ -93,18 +92,6 @@ fn grad_accum_normalises_by_step_targets() {
     assert!(d < 1e-5, "gradients differ by {d}");
 }
 
-fn step_losses(out: &Path) -> Vec<(usize, f64)> {
-    RunLog::new(out)
-        .metrics()
-        .unwrap()
-        .into_iter()
-        .map(|l| match l {
-            MetricsLine::Step(s) => (s.step, s.loss),
-            MetricsLine::Eval(e) => (e.step, e.val_loss),
-        })
-        .collect()
-}
-
 #[test]
 fn resume_reproduces_the_uninterrupted_run() {
     for model in ["tiny-llama", "tiny-gemma3"] {
@@ -112,7 +99,7 @@ fn resume_reproduces_the_uninterrupted_run() {
         let mut t = Trainer::new(job(model, full.path())).unwrap();
         let s = t.run(&RunOptions::default(), no_stop()).unwrap();
         assert_eq!(s.steps, 8);
-        let want = step_losses(full.path());
+        let want = common::logged_losses(full.path());
 
         let part = tempfile::tempdir().unwrap();
         let mut t = Trainer::new(job(model, part.path())).unwrap();
@@ -139,7 +126,7 @@ fn resume_reproduces_the_uninterrupted_run() {
             no_stop(),
         )
         .unwrap();
-        let got = step_losses(part.path());
+        let got = common::logged_losses(part.path());
         assert_eq!(got, want, "{model}: resumed curve differs");
         // The final adapters are identical too.
         let a = std::fs::read(full.path().join("adapter/adapter_model.safetensors")).unwrap();
@@ -173,7 +160,10 @@ fn dropout_runs_resume_exactly_too() {
         ..Default::default()
     };
     Trainer::new(jp).unwrap().run(&resume, no_stop()).unwrap();
-    assert_eq!(step_losses(part.path()), step_losses(full.path()));
+    assert_eq!(
+        common::logged_losses(part.path()),
+        common::logged_losses(full.path())
+    );
 }
 
 #[test]
@@ -341,7 +331,10 @@ fn a_stop_during_validation_is_honoured_and_the_resume_redoes_it() {
         .unwrap()
         .run(&resume, no_stop())
         .unwrap();
-    assert_eq!(step_losses(part.path()), step_losses(full.path()));
+    assert_eq!(
+        common::logged_losses(part.path()),
+        common::logged_losses(full.path())
+    );
     let a = std::fs::read(full.path().join("adapter/adapter_model.safetensors")).unwrap();
     let b = std::fs::read(part.path().join("adapter/adapter_model.safetensors")).unwrap();
     assert!(a == b, "final adapters differ");
