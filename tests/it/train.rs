@@ -1,6 +1,6 @@
 //! The LoRA trainer on the tiny models: every LoRA parameter gets a gradient, gradient
 //! accumulation normalises by the step's target tokens, resume reproduces the uninterrupted
-//! run exactly, a stop during a validation is honoured and resumes exactly too, a NaN stops
+//! run exactly, a stop during a validation or the report is honoured, a NaN stops
 //! the run with the last checkpoint intact, and exported adapters load back with the same
 //! loss; a run records its resolved job in `job.toml`.
 
@@ -338,4 +338,30 @@ fn a_stop_during_validation_is_honoured_and_the_resume_redoes_it() {
     let a = std::fs::read(full.path().join("adapter/adapter_model.safetensors")).unwrap();
     let b = std::fs::read(part.path().join("adapter/adapter_model.safetensors")).unwrap();
     assert!(a == b, "final adapters differ");
+}
+
+#[test]
+fn a_stop_during_the_report_ends_it_writing_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let prompts = format!(
+        "report.prompts={}",
+        common::fixtures().join("chats.jsonl").display()
+    );
+    let overrides = [
+        prompts.as_str(),
+        "report.starts_with=The",
+        "report.limit=2",
+        "report.max_new_tokens=4",
+        "train.max_steps=1",
+    ];
+    let mut t = Trainer::new(common::tiny_job("tiny-llama", tmp.path(), &overrides)).unwrap();
+    let s = t.run(&RunOptions::default(), no_stop()).unwrap();
+    let report = |t: &mut Trainer, stop: bool| {
+        lora_train::train::report::behaviour_report(t, &s, &AtomicBool::new(stop))
+    };
+    let err = report(&mut t, true).unwrap_err();
+    assert!(matches!(err, lora_train::Error::Interrupted(_)), "{err}");
+    assert!(!tmp.path().join("report.json").exists());
+    assert!(report(&mut t, false).unwrap().is_some());
+    assert!(tmp.path().join("report.json").exists());
 }
