@@ -39,7 +39,7 @@ pub fn run(path: &Path, cli: &Cli) -> anyhow::Result<()> {
     let summary = trainer.run(&opts, stop.clone())?;
     print_summary(&summary);
     if summary.interrupted {
-        let (again, how) = match summary.steps {
+        let (again, resume) = match summary.steps {
             0 => ("start again with", false),
             _ => ("continue with", true),
         };
@@ -47,7 +47,7 @@ pub fn run(path: &Path, cli: &Cli) -> anyhow::Result<()> {
             "stopped at step {}/{}; {again}: {}",
             summary.steps,
             summary.total_steps,
-            command_line(path, cli, how)
+            command_line(path, cli, resume)
         );
         return stopped();
     }

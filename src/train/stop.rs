@@ -1,7 +1,7 @@
 //! Stop requests from outside the process: SIGINT (Ctrl-C) and SIGTERM (what schedulers and
-//! `docker stop` send) set one flag, which the trainer polls between steps and between the
-//! batches of a validation or a report, and the first signal is recorded so that the binary
-//! exits with its code (128 + its number, as a shell reports a process the signal killed).
+//! `docker stop` send) set one flag, which the trainer polls between steps, between the batches
+//! of a validation and between the replies of a report. The first signal is recorded, so that
+//! the binary exits with its code (128 + its number, as a shell reports a process it killed).
 //! On Unix this is a `sigaction` handler of our own; elsewhere the `ctrlc` crate's Ctrl-C.
 
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
