@@ -4,6 +4,7 @@
 //! above them; the masked scoring that training also uses stays in `eval`.
 
 pub mod checks;
+pub mod config;
 pub mod judge;
 pub mod pool;
 pub mod stats;
