@@ -4,6 +4,7 @@
 //! This wing is the binary's own (clap, anyhow, `println!`); the library below it takes plain
 //! arguments. Output shapes of `--json` are fixed because other tools read them.
 
+mod eval;
 mod export;
 mod generate;
 mod hosted;
@@ -64,6 +65,8 @@ pub enum Command {
     Inspect(inspect::InspectArgs),
     /// Export a checkpoint's adapter (PEFT format), or merge it into full HF weights.
     Export(export::ExportArgs),
+    /// Evaluate models: answers, a judge in both orders, ratings with CIs, offline checks.
+    Eval(eval::EvalArgs),
     /// Hosted fine-tuning jobs (Together, OpenAI): submit, status, watch, cancel, list, download.
     #[command(subcommand)]
     Hosted(hosted::HostedCommand),
@@ -96,6 +99,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Some(Command::Score(a)) => score::run(a),
         Some(Command::Inspect(a)) => inspect::run(a),
         Some(Command::Export(a)) => export::run(&a),
+        Some(Command::Eval(a)) => eval::run(&a),
         Some(Command::Hosted(c)) => hosted::run(c),
         None => match &cli.config {
             Some(path) => train::run(path, &cli),

@@ -269,7 +269,7 @@ impl EvalConfig {
                     return Err((
                         "judge.baseline".into(),
                         format!(
-                            "no candidate is named `{b}` (candidates: {})",
+                            "`judge.baseline`: no candidate is named `{b}` (candidates: {})",
                             known.join(", ")
                         ),
                     ));

@@ -3,10 +3,14 @@
 //! into win rates and ratings with confidence intervals. It calls the chat providers, so it sits
 //! above them; the masked scoring that training also uses stays in `eval`.
 
+pub mod candidates;
 pub mod checks;
 pub mod config;
 pub mod judge;
 pub mod pool;
+pub mod prompts;
+pub mod report;
+pub mod run;
 pub mod stats;
 pub mod verdict;
 

@@ -12,6 +12,7 @@ mod cli_hosted;
 mod ctrlc;
 mod data;
 mod export;
+mod harness_eval;
 mod harness_judge;
 mod harness_stats;
 mod hostile;
