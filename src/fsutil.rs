@@ -264,14 +264,7 @@ mod tests {
         files: &["a.json", "b.bin"],
     };
 
-    fn names(dir: &Path) -> Vec<String> {
-        let mut names: Vec<String> = fs::read_dir(dir)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
-        names.sort();
-        names
-    }
+    use crate::testutil::names_in as names;
 
     fn fill_a(tmp: &Path) -> Result<()> {
         fs::write(tmp.join("a.json"), "new").map_err(|e| Error::io(tmp.join("a.json"), e))

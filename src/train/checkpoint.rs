@@ -120,6 +120,13 @@ pub fn remove_checkpoint(out: &Path, step: usize) -> Result<()> {
 
 /// Complete checkpoints, oldest first.
 pub fn list_checkpoints(out: &Path) -> Result<Vec<(usize, PathBuf)>> {
+    let mut found = step_folders(out)?;
+    found.retain(|(_, dir)| dir.join("trainer_state.json").is_file());
+    Ok(found)
+}
+
+/// Every `checkpoints/step-N` folder, complete or not, oldest first.
+pub fn step_folders(out: &Path) -> Result<Vec<(usize, PathBuf)>> {
     let root = out.join("checkpoints");
     let rd = match std::fs::read_dir(&root) {
         Ok(rd) => rd,
@@ -134,7 +141,7 @@ pub fn list_checkpoints(out: &Path) -> Result<Vec<(usize, PathBuf)>> {
             .strip_prefix("step-")
             .and_then(|s| s.parse::<usize>().ok())
         {
-            if e.path().join("trainer_state.json").is_file() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
                 found.push((n, e.path()));
             }
         }

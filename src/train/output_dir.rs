@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::checkpoint::{list_checkpoints, CHECKPOINT};
+use super::checkpoint::{list_checkpoints, step_folders, CHECKPOINT};
 use super::run_log::RunLog;
 use crate::export::ADAPTER;
 use crate::{Error, Result};
@@ -126,25 +126,7 @@ pub fn prepare(dir: &Path, start: Start) -> Result<Vec<PathBuf>> {
 
 /// The `checkpoints/step-N` folders in `dir`, complete or not.
 fn checkpoint_folders(dir: &Path) -> Result<Vec<PathBuf>> {
-    let root = dir.join("checkpoints");
-    let entries = match std::fs::read_dir(&root) {
-        Ok(rd) => rd,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(Error::io(&root, e)),
-    };
-    let mut found = Vec::new();
-    for entry in entries {
-        let entry = entry.map_err(|e| Error::io(&root, e))?;
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let is_step = name
-            .strip_prefix("step-")
-            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
-        if is_step && entry.file_type().is_ok_and(|t| t.is_dir()) {
-            found.push(entry.path());
-        }
-    }
-    found.sort();
-    Ok(found)
+    Ok(step_folders(dir)?.into_iter().map(|(_, p)| p).collect())
 }
 
 #[cfg(test)]
@@ -171,14 +153,7 @@ mod tests {
         std::fs::write(dir.join("job.toml"), job).unwrap();
     }
 
-    fn names(dir: &Path) -> Vec<String> {
-        let mut names: Vec<String> = std::fs::read_dir(dir)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
-        names.sort();
-        names
-    }
+    use crate::testutil::names_in as names;
 
     #[test]
     fn a_fresh_start_over_checkpoints_is_refused_and_resume_is_not() {
