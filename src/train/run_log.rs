@@ -278,6 +278,32 @@ mod tests {
     }
 
     #[test]
+    fn a_job_toml_is_ours_with_the_header_or_as_older_runs_wrote_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let log = RunLog::create(tmp.path().join("run")).unwrap();
+        assert!(!log.foreign_job_file().unwrap(), "absent is no one's");
+        let text = format!(
+            "[model]\nsource = \"org/name\"\n[data]\ntrain = \"{}\"\n[output]\ndir = \"{}\"\n",
+            tmp.path().join("t.jsonl").display(),
+            log.dir().display()
+        );
+        // A user's job file, even the one of this run.
+        std::fs::write(log.job_path(), &text).unwrap();
+        assert!(log.foreign_job_file().unwrap());
+        let err = log.write_job(&JobConfig::load_str(&text, &log.job_path(), &[]).unwrap());
+        assert!(matches!(err, Err(Error::RunFileTaken { .. })), "{err:?}");
+        assert_eq!(std::fs::read_to_string(log.job_path()).unwrap(), text);
+        // What a run of an older version wrote: the job as written, without the header.
+        let job = JobConfig::load_str(&text, &log.job_path(), &[]).unwrap();
+        std::fs::write(log.job_path(), job.to_toml_string().unwrap()).unwrap();
+        assert!(!log.foreign_job_file().unwrap());
+        log.write_job(&job).unwrap();
+        let written = std::fs::read_to_string(log.job_path()).unwrap();
+        assert!(written.starts_with(RESOLVED_JOB_HEADER), "{written}");
+        assert!(!log.foreign_job_file().unwrap());
+    }
+
+    #[test]
     fn job_paths_become_absolute_and_hub_ids_stay() {
         let tmp = tempfile::tempdir().unwrap();
         std::fs::create_dir(tmp.path().join("model")).unwrap();
