@@ -264,7 +264,15 @@ mod tests {
         files: &["a.json", "b.bin"],
     };
 
-    use crate::testutil::names_in as names;
+    /// The names in `dir`, sorted (fsutil sits beside testutil, so it keeps its own).
+    fn names(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
 
     fn fill_a(tmp: &Path) -> Result<()> {
         fs::write(tmp.join("a.json"), "new").map_err(|e| Error::io(tmp.join("a.json"), e))
