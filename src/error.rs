@@ -19,6 +19,20 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    /// An output path already holds something the command did not write (a user's folder or
+    /// file, or another kind of artifact); `--force` replaces it.
+    #[error("{}: {why}; give --force to replace it", .path.display())]
+    WouldReplace { path: PathBuf, why: String },
+
+    /// A fresh run was asked for in an output folder that holds an earlier run's checkpoints.
+    #[error("{}: holds {checkpoints} checkpoint(s) of an earlier run; give --resume to continue it, or --overwrite to remove that run's files and start over", .dir.display())]
+    EarlierRun { dir: PathBuf, checkpoints: usize },
+
+    /// A run would write over a file or folder in its output folder that is not its own (a
+    /// user's `job.toml`, a foreign `adapter/`); neither `--resume` nor `--overwrite` touches it.
+    #[error("{}: {why}; a run writes there, so move it or choose another output.dir", .path.display())]
+    RunFileTaken { path: PathBuf, why: String },
+
     /// A model file (config.json, safetensors, GGUF) is missing, corrupt or inconsistent.
     #[error("{path}: {msg}")]
     Model { path: PathBuf, msg: String },

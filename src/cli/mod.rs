@@ -42,6 +42,11 @@ pub struct Cli {
     #[arg(long, requires = "config")]
     pub resume: bool,
 
+    /// Start afresh in an output folder that holds an earlier run: remove that run's
+    /// checkpoints, logs, adapter and report first (never any other file).
+    #[arg(long, requires = "config", conflicts_with = "resume")]
+    pub overwrite: bool,
+
     /// Stop after this many steps of this invocation, saving a checkpoint (as Ctrl-C does).
     #[arg(long, requires = "config", hide = true)]
     pub stop_after: Option<usize>,

@@ -13,6 +13,9 @@ pub fn run(path: &Path, cli: &Cli) -> anyhow::Result<()> {
         return super::hosted::submit_job_file(path, &cli.set, false);
     }
     job.check_files()?;
+    // Before the model loads: a refused output folder is reported at once.
+    let start = lora_train::train::output_dir::Start::from_flags(cli.resume, cli.overwrite)?;
+    lora_train::train::output_dir::check(&job.output.dir, start)?;
     let mut trainer = lora_train::train::Trainer::new(job)?;
     let malloc = lora_train::alloc::host_training(trainer.device());
     tracing::debug!("host allocator for training: {malloc:?}");
@@ -27,6 +30,7 @@ pub fn run(path: &Path, cli: &Cli) -> anyhow::Result<()> {
     let stop = lora_train::train::install_ctrlc();
     let opts = lora_train::train::RunOptions {
         resume: cli.resume,
+        overwrite: cli.overwrite,
         progress: true,
         stop_after: cli.stop_after,
     };

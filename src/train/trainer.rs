@@ -13,10 +13,10 @@ use candle_core::{DType, Device};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::checkpoint::{
-    job_checkpoints_up_to, job_fingerprint, list_checkpoints, read_state, remove_checkpoint,
+    job_checkpoints, job_fingerprint, list_checkpoints, new_run_id, read_state, remove_checkpoint,
     save_checkpoint, TrainerState,
 };
-use super::checkpoint_policy::{CheckpointAction, CheckpointPolicy};
+use super::checkpoint_policy::{CheckpointAction, CheckpointPolicy, SavedCheckpoint};
 use super::memory;
 use super::metrics::{EvalMetrics, StepMetrics};
 use super::optimizer::{AdamW, AdamWConfig};
@@ -50,6 +50,8 @@ pub fn install_ctrlc() -> Arc<AtomicBool> {
 #[derive(Debug, Clone, Default)]
 pub struct RunOptions {
     pub resume: bool,
+    /// Remove an earlier run's files from the output folder and start afresh (`--overwrite`).
+    pub overwrite: bool,
     /// Show a progress bar.
     pub progress: bool,
     /// Stop (with a checkpoint, as on Ctrl-C) after this many steps of this invocation.
@@ -261,6 +263,8 @@ impl Trainer {
 
     /// Runs (or resumes) training to the end, or until a stop request (Ctrl-C, `stop_after`).
     pub fn run(&mut self, opts: &RunOptions, stop: Arc<AtomicBool>) -> Result<TrainSummary> {
+        let how = super::output_dir::Start::from_flags(opts.resume, opts.overwrite)?;
+        super::output_dir::prepare(&self.job.output.dir, how)?;
         let log = RunLog::create(&self.job.output.dir)?;
         let fingerprint = job_fingerprint(&self.job);
         let mut opt = self.optimizer()?;
@@ -268,14 +272,14 @@ impl Trainer {
         let train = &self.job.train;
         let mut policy = CheckpointPolicy::new(train.save_every, train.keep_last, total)
             .stop_after(opts.stop_after);
-        let (start, elapsed_before) = if opts.resume {
-            let (state, earlier) = self.resume(&mut opt, log.dir(), &fingerprint)?;
+        let (start, elapsed_before, run_id) = if opts.resume {
+            let (state, saved) = self.resume(&mut opt, log.dir(), &fingerprint)?;
             log.resume_at(state.step)?;
-            policy = policy.resumed(state.step, earlier);
-            (state.step, state.elapsed_s)
+            policy = policy.resumed(state.step, state.run_id.as_deref(), &saved);
+            (state.step, state.elapsed_s, state.run_id)
         } else {
             log.start_fresh()?;
-            (0, 0.0)
+            (0, 0.0, Some(new_run_id()))
         };
         // Where the eval harness and the server find the run's base model and data.
         log.write_job(&self.job)?;
@@ -323,7 +327,8 @@ impl Trainer {
             for action in policy.after_step(step, stop.load(Ordering::SeqCst)) {
                 match action {
                     CheckpointAction::Save(at) => {
-                        self.save(log.dir(), &self.state_at(at, elapsed, &fingerprint), &opt)?
+                        let state = self.state_at(at, elapsed, &fingerprint, run_id.clone());
+                        self.save(log.dir(), &state, &opt)?
                     }
                     CheckpointAction::Prune(at) => remove_checkpoint(log.dir(), at)?,
                     CheckpointAction::Stop => interrupted = true,
@@ -343,13 +348,13 @@ impl Trainer {
     }
 
     /// Loads the newest checkpoint in `out` into the adapter and `opt`. Returns its state and
-    /// the steps of the checkpoints this job wrote up to it, which the policy may prune.
+    /// the checkpoints this job wrote, of which the policy prunes its run's.
     fn resume(
         &mut self,
         opt: &mut AdamW,
         out: &Path,
         fingerprint: &str,
-    ) -> Result<(TrainerState, Vec<usize>)> {
+    ) -> Result<(TrainerState, Vec<SavedCheckpoint>)> {
         let Some((_, dir)) = list_checkpoints(out)?.pop() else {
             return Err(Error::Config(format!(
                 "--resume: no checkpoint in {}",
@@ -375,8 +380,8 @@ impl Trainer {
         }
         opt.load(&dir.join("optimizer.safetensors"))?;
         tracing::info!("resuming from {} (step {})", dir.display(), state.step);
-        let earlier = job_checkpoints_up_to(out, state.step, fingerprint)?;
-        Ok((state, earlier))
+        let saved = job_checkpoints(out, fingerprint)?;
+        Ok((state, saved))
     }
 
     /// One optimizer step over the micro-batches of 0-based step `step`.
@@ -409,7 +414,13 @@ impl Trainer {
         save_checkpoint(out, state, &self.params, opt, &self.export_info()).map(|_| ())
     }
 
-    fn state_at(&self, step: usize, elapsed_s: f64, fingerprint: &str) -> TrainerState {
+    fn state_at(
+        &self,
+        step: usize,
+        elapsed_s: f64,
+        fingerprint: &str,
+        run_id: Option<String>,
+    ) -> TrainerState {
         TrainerState {
             step,
             total_steps: self.plan.total_steps,
@@ -417,6 +428,7 @@ impl Trainer {
             seed: self.job.train.seed,
             job_fingerprint: fingerprint.to_string(),
             elapsed_s,
+            run_id,
         }
     }
 

@@ -2,6 +2,8 @@
 //! the exit code, one clear `error:` line, and that the files it was pointed at are
 //! byte-identical afterwards.
 
+mod outputs;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -58,7 +60,6 @@ fn collect(path: &Path, files: &mut BTreeMap<PathBuf, Vec<u8>>) {
 
 /// Runs `cmd` (logging off), expects exit `code` and no panic, and returns its one `error:`
 /// line: stderr must hold exactly one non-empty line, starting with `error: `.
-#[allow(dead_code)] // until the first case module uses it
 pub fn fails_with(cmd: &mut Command, code: i32) -> String {
     let out = cmd
         .env("RUST_LOG", "off")
