@@ -4,6 +4,7 @@
 //! This wing is the binary's own (clap, anyhow, `println!`); the library below it takes plain
 //! arguments. Output shapes of `--json` are fixed because other tools read them.
 
+mod eval;
 mod export;
 mod generate;
 mod hosted;
@@ -45,6 +46,10 @@ pub struct Cli {
     /// With --resume: continue although the training data changed since the checkpoint.
     #[arg(long, requires = "resume")]
     pub allow_data_change: bool,
+    /// Start afresh in an output folder that holds an earlier run: remove that run's
+    /// checkpoints, logs, adapter and report first (never any other file).
+    #[arg(long, requires = "config", conflicts_with = "resume")]
+    pub overwrite: bool,
 
     /// Stop after this many steps of this invocation, saving a checkpoint (as Ctrl-C does).
     #[arg(long, requires = "config", hide = true)]
@@ -69,6 +74,8 @@ pub enum Command {
     Inspect(inspect::InspectArgs),
     /// Export a checkpoint's adapter (PEFT format), or merge it into full HF weights.
     Export(export::ExportArgs),
+    /// Evaluate models: answers, a judge in both orders, ratings with CIs, offline checks.
+    Eval(eval::EvalArgs),
     /// Hosted fine-tuning jobs (Together, OpenAI): submit, status, watch, cancel, list, download.
     #[command(subcommand)]
     Hosted(hosted::HostedCommand),
@@ -107,6 +114,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Some(Command::Score(a)) => score::run(a),
         Some(Command::Inspect(a)) => inspect::run(a),
         Some(Command::Export(a)) => export::run(&a),
+        Some(Command::Eval(a)) => eval::run(&a),
         Some(Command::Hosted(c)) => hosted::run(c),
         None => match &cli.config {
             Some(path) => train::run(path, &cli),

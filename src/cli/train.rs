@@ -14,12 +14,16 @@ pub fn run(path: &Path, cli: &Cli) -> anyhow::Result<()> {
         return super::hosted::submit_job_file(path, &cli.set, false);
     }
     job.check_files()?;
+    // Before the model loads: a refused output folder is reported at once.
+    let start = lora_train::train::output_dir::Start::from_flags(cli.resume, cli.overwrite)?;
+    lora_train::train::output_dir::check(&job.output.dir, start)?;
     let mut trainer = lora_train::train::Trainer::new(job)?;
     let opts = lora_train::train::RunOptions {
         resume: cli.resume,
         progress: true,
         stop_after: cli.stop_after,
         allow_data_change: cli.allow_data_change,
+        overwrite: cli.overwrite,
     };
     if opts.resume {
         // Before anything is printed or written.

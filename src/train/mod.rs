@@ -9,6 +9,7 @@ pub mod loss;
 pub mod memory;
 pub mod metrics;
 pub mod optimizer;
+pub mod output_dir;
 pub mod plan;
 pub mod report;
 pub mod resume;

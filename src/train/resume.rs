@@ -161,6 +161,7 @@ mod tests {
             job_fingerprint: "f".into(),
             elapsed_s: 1.5,
             data_hash: Some("sha256:ab".into()),
+            run_id: None,
         }
     }
 

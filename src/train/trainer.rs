@@ -14,10 +14,10 @@ use candle_core::{DType, Device};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::checkpoint::{
-    job_checkpoints_up_to, job_fingerprint, list_checkpoints, read_state, remove_checkpoint,
+    job_checkpoints, job_fingerprint, list_checkpoints, new_run_id, read_state, remove_checkpoint,
     save_checkpoint, TrainerState,
 };
-use super::checkpoint_policy::{CheckpointAction, CheckpointPolicy};
+use super::checkpoint_policy::{CheckpointAction, CheckpointPolicy, SavedCheckpoint};
 use super::memory;
 use super::metrics::{EvalMetrics, StepMetrics};
 use super::optimizer::{AdamW, AdamWConfig};
@@ -41,6 +41,8 @@ use crate::{Error, Result};
 #[derive(Debug, Clone, Default)]
 pub struct RunOptions {
     pub resume: bool,
+    /// Remove an earlier run's files from the output folder and start afresh (`--overwrite`).
+    pub overwrite: bool,
     /// Show a progress bar.
     pub progress: bool,
     /// Stop (with a checkpoint, as on Ctrl-C) after this many steps of this invocation.
@@ -278,6 +280,8 @@ impl Trainer {
     /// Runs (or resumes) training to the end, or until a stop request (SIGINT or SIGTERM, which
     /// also cuts a validation short, or `stop_after`).
     pub fn run(&mut self, opts: &RunOptions, stop: Arc<AtomicBool>) -> Result<TrainSummary> {
+        let how = super::output_dir::Start::from_flags(opts.resume, opts.overwrite)?;
+        super::output_dir::prepare(&self.job.output.dir, how)?;
         let log = RunLog::create(&self.job.output.dir)?;
         let fingerprint = job_fingerprint(&self.job);
         let data_hash = self.data_hash()?;
@@ -286,14 +290,14 @@ impl Trainer {
         let train = &self.job.train;
         let mut policy = CheckpointPolicy::new(train.save_every, train.keep_last, total)
             .stop_after(opts.stop_after);
-        let (start, elapsed_before) = if opts.resume {
-            let (state, earlier) = self.resume(&mut opt, &fingerprint, &data_hash, opts)?;
+        let (start, elapsed_before, run_id) = if opts.resume {
+            let (state, saved) = self.resume(&mut opt, &fingerprint, &data_hash, opts)?;
             log.resume_at(state.step)?;
-            policy = policy.resumed(state.step, earlier);
-            (state.step, state.elapsed_s)
+            policy = policy.resumed(state.step, state.run_id.as_deref(), &saved);
+            (state.step, state.elapsed_s, state.run_id)
         } else {
             log.start_fresh()?;
-            (0, 0.0)
+            (0, 0.0, Some(new_run_id()))
         };
         // Where the eval harness and the server find the run's base model and data.
         log.write_job(&self.job)?;
@@ -347,7 +351,8 @@ impl Trainer {
             for action in policy.after_step(step, stop.load(Ordering::SeqCst)) {
                 match action {
                     CheckpointAction::Save(at) => {
-                        let state = self.state_at(at, elapsed, &fingerprint, &data_hash);
+                        let state =
+                            self.state_at(at, elapsed, &fingerprint, &data_hash, run_id.clone());
                         self.save(log.dir(), &state, &opt)?
                     }
                     CheckpointAction::Prune(at) => remove_checkpoint(log.dir(), at)?,
@@ -422,14 +427,14 @@ impl Trainer {
     }
 
     /// Loads the newest checkpoint of the output folder into the adapter and `opt`. Returns its
-    /// state and the steps of the checkpoints this job wrote up to it, which the policy may prune.
+    /// state and the checkpoints this job wrote, of which the policy prunes its run's.
     fn resume(
         &mut self,
         opt: &mut AdamW,
         fingerprint: &str,
         data_hash: &str,
         opts: &RunOptions,
-    ) -> Result<(TrainerState, Vec<usize>)> {
+    ) -> Result<(TrainerState, Vec<SavedCheckpoint>)> {
         let (state, dir) = self.resumable_checkpoint(fingerprint, data_hash, opts)?;
         let saved = LoraParams::from_peft(
             self.model.model.as_mut(),
@@ -443,8 +448,8 @@ impl Trainer {
         }
         opt.load(&dir.join("optimizer.safetensors"))?;
         tracing::info!("resuming from {} (step {})", dir.display(), state.step);
-        let earlier = job_checkpoints_up_to(&self.job.output.dir, state.step, fingerprint)?;
-        Ok((state, earlier))
+        let saved = job_checkpoints(&self.job.output.dir, fingerprint)?;
+        Ok((state, saved))
     }
 
     /// One optimizer step over the micro-batches of 0-based step `step`.
@@ -483,6 +488,7 @@ impl Trainer {
         elapsed_s: f64,
         fingerprint: &str,
         data_hash: &str,
+        run_id: Option<String>,
     ) -> TrainerState {
         TrainerState {
             step,
@@ -492,6 +498,7 @@ impl Trainer {
             job_fingerprint: fingerprint.to_string(),
             elapsed_s,
             data_hash: Some(data_hash.to_string()),
+            run_id,
         }
     }
 

@@ -2,6 +2,8 @@
 //! the exit code, one clear `error:` line, and that the files it was pointed at are
 //! byte-identical afterwards.
 
+mod outputs;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
