@@ -59,6 +59,8 @@ pub struct Artifact {
     pub what: &'static str,
     /// The plain files a folder of this kind holds.
     pub files: &'static [&'static str],
+    /// The subfolders it holds (their content is its own too).
+    pub folders: &'static [&'static str],
 }
 
 impl Artifact {
@@ -96,8 +98,14 @@ impl Artifact {
         for entry in fs::read_dir(path).map_err(|e| Error::io(path, e))? {
             let entry = entry.map_err(|e| Error::io(path, e))?;
             let name = entry.file_name().to_string_lossy().into_owned();
-            let plain = entry.file_type().map_err(|e| Error::io(path, e))?.is_file();
-            if !plain || !self.files.contains(&name.as_str()) {
+            let kind = entry.file_type().map_err(|e| Error::io(path, e))?;
+            let plain = kind.is_file();
+            let ours = if plain {
+                self.files.contains(&name.as_str())
+            } else {
+                kind.is_dir() && self.folders.contains(&name.as_str())
+            };
+            if !ours {
                 names.push(if plain { name } else { format!("{name}/") });
             }
         }
@@ -262,6 +270,7 @@ mod tests {
     const KIND: Artifact = Artifact {
         what: "a test folder",
         files: &["a.json", "b.bin"],
+        folders: &["cache"],
     };
 
     /// The names in `dir`, sorted (fsutil sits beside testutil, so it keeps its own).
@@ -330,6 +339,15 @@ mod tests {
         assert_eq!(names(&dir), ["a.json"]);
         assert_eq!(names(&file), ["a.json"]);
         assert_eq!(names(root.path()), ["file", "out"]);
+        // A subfolder the kind writes is its own; a file of that name is not.
+        let kinded = root.path().join("kinded");
+        fs::create_dir_all(kinded.join("cache")).unwrap();
+        fs::write(kinded.join("b.bin"), "x").unwrap();
+        assert_eq!(KIND.foreign_content(&kinded).unwrap(), None);
+        fs::remove_dir_all(kinded.join("cache")).unwrap();
+        fs::write(kinded.join("cache"), "x").unwrap();
+        let why = KIND.foreign_content(&kinded).unwrap().unwrap();
+        assert!(why.contains("`cache`"), "{why}");
     }
 
     #[test]

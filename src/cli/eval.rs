@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use clap::Args;
 use lora_train::harness::config::{
     CandidateSection, EvalConfig, EvalDataSection, EvalOutputSection, GenerationSection,
@@ -47,6 +47,10 @@ pub struct EvalArgs {
     /// Output folder [default: runs/eval-<UTC timestamp>].
     #[arg(short = 'o', long, value_name = "DIR")]
     pub out: Option<PathBuf>,
+
+    /// Write into an output folder that holds files an eval does not write.
+    #[arg(long)]
+    pub force: bool,
 }
 
 pub fn run(a: &EvalArgs) -> anyhow::Result<()> {
@@ -55,8 +59,7 @@ pub fn run(a: &EvalArgs) -> anyhow::Result<()> {
         (None, Some(m1)) => quick(a, m1)?,
         (None, None) => bail!("give --config eval.toml, or --model1 A --model2 B --data FILE"),
     };
-    let outcome = run_eval(&cfg, &Env::from_process())
-        .with_context(|| format!("eval into {}", cfg.output.dir.display()))?;
+    let outcome = run_eval(&cfg, &Env::from_process(), a.force)?;
     print!("{}", lora_train::harness::report::render(&outcome.report));
     println!("\nwrote {}", cfg.output.dir.display());
     Ok(())

@@ -22,6 +22,7 @@ pub const MERGED_MODEL: Artifact = Artifact {
         "tokenizer_config.json",
         "generation_config.json",
     ],
+    folders: &[],
 };
 
 /// Copies `adapter_config.json` and the adapter tensors (converted to `dtype`) to `to`, which

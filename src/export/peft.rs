@@ -24,6 +24,7 @@ pub struct AdapterExport {
 pub const ADAPTER: Artifact = Artifact {
     what: "an adapter folder",
     files: &[ADAPTER_CONFIG, ADAPTER_WEIGHTS],
+    folders: &[],
 };
 
 /// The adapter's PEFT config file.

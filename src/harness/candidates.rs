@@ -136,7 +136,23 @@ pub fn answer_all(
     candidates
         .iter()
         .map(|c| match &c.source {
-            Source::Local { .. } => answer_local(c, prompts, settings, cache_dir),
+            Source::Local {
+                model,
+                adapter,
+                quantize,
+                dtype,
+                device,
+            } => {
+                let local = Local {
+                    name: &c.name,
+                    model,
+                    adapter: adapter.as_deref(),
+                    quantize: *quantize,
+                    dtype: *dtype,
+                    device: *device,
+                };
+                answer_local(&local, prompts, settings, cache_dir)
+            }
             Source::Remote(_) => {
                 let client = clients.get(&c.name).ok_or_else(|| {
                     EvalError::Template(format!("candidate `{}` has no client", c.name))
@@ -148,25 +164,33 @@ pub fn answer_all(
         .collect()
 }
 
+/// A local candidate's settings.
+struct Local<'a> {
+    name: &'a str,
+    model: &'a str,
+    adapter: Option<&'a Path>,
+    quantize: Quantize,
+    dtype: DtypeName,
+    device: DeviceName,
+}
+
 fn answer_local(
-    c: &Candidate,
+    c: &Local,
     prompts: &[EvalPrompt],
     settings: &GenerationSection,
     cache_dir: &Path,
 ) -> Result<Vec<Generation>, EvalError> {
-    let Source::Local {
+    let Local {
         model,
         adapter,
         quantize,
         dtype,
         device,
-    } = &c.source
-    else {
-        unreachable!("answer_local is called for local candidates")
-    };
+        ..
+    } = *c;
     let fingerprint = serde_json::json!({
         "model": model,
-        "adapter_sha256": adapter.as_deref().and_then(adapter_sha256),
+        "adapter_sha256": adapter.and_then(adapter_sha256),
         "quantize": quantize.to_string(),
         "dtype": dtype.to_string(),
         "max_new_tokens": settings.max_new_tokens,
@@ -201,8 +225,8 @@ fn answer_local(
         if m.is_none() {
             let opts = LoadOptions {
                 dtype: dtype.dtype(),
-                device: crate::device::open(*device)?,
-                quantize: *quantize,
+                device: crate::device::open(device)?,
+                quantize,
             };
             let mut loaded = load(model, &opts)?;
             if let Some(dir) = adapter {

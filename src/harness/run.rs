@@ -8,6 +8,7 @@ use std::path::Path;
 
 use serde::Deserialize;
 
+use crate::fsutil::Artifact;
 use crate::harness::candidates::{answer_all, write_generations, Candidate, Generation, Source};
 use crate::harness::config::EvalConfig;
 use crate::harness::judge::{default_traits, Judge, PairJudgment, RubricJudgment, Trait};
@@ -34,9 +35,19 @@ pub struct Outcome {
     pub report: EvalReport,
 }
 
-/// Runs the evaluation `cfg` describes and writes its outputs under `cfg.output.dir`.
-pub fn run_eval(cfg: &EvalConfig, env: &Env) -> Result<Outcome, EvalError> {
+/// An eval's output folder: its reports, answers, cache and plots. Anything else there is the
+/// user's, and the eval refuses to write beside it unless forced.
+pub const EVAL_OUTPUT: Artifact = Artifact {
+    what: "an eval output folder",
+    files: &["report.json", "report.md", "judgments.jsonl"],
+    folders: &["generations", "cache", "plots"],
+};
+
+/// Runs the evaluation `cfg` describes and writes its outputs under `cfg.output.dir`; a folder
+/// holding anything an eval does not write is refused unless `force`.
+pub fn run_eval(cfg: &EvalConfig, env: &Env, force: bool) -> Result<Outcome, EvalError> {
     let out = &cfg.output.dir;
+    EVAL_OUTPUT.check(out, force)?;
     let cache_dir = out.join("cache");
     let prompts = read_prompts(&cfg.data.path, cfg.data.limit, cfg.data.seed)?;
     let candidates = cfg

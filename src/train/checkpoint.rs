@@ -46,6 +46,7 @@ pub const CHECKPOINT: Artifact = Artifact {
         "optimizer.safetensors",
         "trainer_state.json",
     ],
+    folders: &[],
 };
 
 /// A new run's id: the start time and the process, unique to this start.

@@ -303,3 +303,48 @@ fn a_local_tiny_model_answers_and_the_quick_form_runs_without_a_judge() {
             > 0.0
     );
 }
+
+#[test]
+fn an_output_folder_with_other_files_is_refused_unless_forced() {
+    let tmp = tempfile::tempdir().unwrap();
+    let prompts = tmp.path().join("p.jsonl");
+    std::fs::write(
+        &prompts,
+        "{\"messages\": [{\"role\": \"user\", \"content\": \"Hi\"}]}\n",
+    )
+    .unwrap();
+    let out_dir = tmp.path().join("mine");
+    std::fs::create_dir_all(&out_dir).unwrap();
+    std::fs::write(out_dir.join("notes.txt"), "keep me").unwrap();
+    let tiny = common::fixtures().join("tiny-llama");
+    let run = |force: bool| {
+        let mut cmd = common::cli::lora_train();
+        cmd.args(["eval", "--model1"])
+            .arg(&tiny)
+            .arg("--model2")
+            .arg(&tiny);
+        cmd.arg("--data").arg(&prompts).arg("-o").arg(&out_dir);
+        if force {
+            cmd.arg("--force");
+        }
+        cmd
+    };
+    let before = crate::hostile::Snapshot::of(&[&out_dir]);
+    let err = crate::hostile::fails_with(&mut run(false), 1);
+    assert!(
+        err.contains("notes.txt") && err.contains("--force"),
+        "{err}"
+    );
+    before.assert_unchanged(&[&out_dir]);
+    let out = run(true).env("RUST_LOG", "off").output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        std::fs::read_to_string(out_dir.join("notes.txt")).unwrap(),
+        "keep me"
+    );
+    assert!(out_dir.join("report.json").is_file());
+}
