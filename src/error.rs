@@ -19,6 +19,20 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    /// An output path already holds something the command did not write (a user's folder or
+    /// file, or another kind of artifact); `--force` replaces it.
+    #[error("{}: {why}; give --force to replace it", .path.display())]
+    WouldReplace { path: PathBuf, why: String },
+
+    /// A fresh run was asked for in an output folder that holds an earlier run's checkpoints.
+    #[error("{}: holds {checkpoints} checkpoint(s) of an earlier run; give --resume to continue it, or --overwrite to remove that run's files and start over", .dir.display())]
+    EarlierRun { dir: PathBuf, checkpoints: usize },
+
+    /// A run would write over a file or folder in its output folder that is not its own (a
+    /// user's `job.toml`, a foreign `adapter/`); neither `--resume` nor `--overwrite` touches it.
+    #[error("{}: {why}; a run writes there, so move it or choose another output.dir", .path.display())]
+    RunFileTaken { path: PathBuf, why: String },
+
     /// A model file (config.json, safetensors, GGUF) is missing, corrupt or inconsistent.
     #[error("{path}: {msg}")]
     Model { path: PathBuf, msg: String },
@@ -128,6 +142,28 @@ pub enum Error {
     #[error("non-finite value: {0}")]
     NonFinite(String),
 
+    /// A stop request (Ctrl-C, SIGTERM) cut the work named short.
+    #[error("stopped during {0}")]
+    Interrupted(String),
+
+    /// A checkpoint's `trainer_state.json` disagrees with the run resuming from it: `field`
+    /// holds a value the run could not have written.
+    #[error("{}: `{field}` {msg}", .path.display())]
+    CheckpointState {
+        path: PathBuf,
+        field: &'static str,
+        msg: String,
+    },
+
+    /// The training data's content changed since the checkpoint a run resumes from.
+    #[error("{}: {msg}", .path.display())]
+    DataChanged { path: PathBuf, msg: String },
+
+    /// A dataset leaves the run nothing to learn or measure: every example was dropped, or
+    /// every reply it would train on is empty.
+    #[error("{}: {msg}", .path.display())]
+    NoUsableData { path: PathBuf, msg: String },
+
     /// An internal invariant broke (a poisoned lock, a value asked for before it was made,
     /// a step with nothing to differentiate): a bug rather than bad input.
     #[error("{0}")]
@@ -230,4 +266,39 @@ impl From<Error> for candle_core::Error {
             e => candle_core::Error::Wrapped(Box::new(e)),
         }
     }
+}
+
+/// Runs third-party code that may panic on input it should have refused (a parser, a template
+/// engine) and turns such a panic into `Err` with its message; the panic is not printed, so the
+/// caller's error is the one line the user sees. Our own code returns errors instead.
+pub fn catch_panic<T>(f: impl FnOnce() -> T) -> std::result::Result<T, String> {
+    quiet_panic_hook();
+    QUIET_PANICS.with(|q| q.set(q.get() + 1));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    QUIET_PANICS.with(|q| q.set(q.get() - 1));
+    result.map_err(|payload| {
+        payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "panicked".to_string())
+    })
+}
+
+thread_local! {
+    /// How many [`catch_panic`] calls this thread is inside.
+    static QUIET_PANICS: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+/// Wraps the panic hook once: panics inside [`catch_panic`] are not printed, all others are.
+fn quiet_panic_hook() {
+    static INSTALL: std::sync::Once = std::sync::Once::new();
+    INSTALL.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if QUIET_PANICS.try_with(|q| q.get()).unwrap_or(0) == 0 {
+                previous(info);
+            }
+        }));
+    });
 }

@@ -3,7 +3,7 @@
 //! The library under the `lora-train` binary, whose commands live in the binary's own `cli`.
 //! Modules are layered, each using only those below it: [`error`], [`data`] and the tensor ops
 //! ([`gemm`], [`autograd`], [`kernels`], [`quant`]) at the bottom, up to [`train`] and
-//! [`providers`]; `tests/it/layering.rs` states the order. DEVELOPERS.md opens with a map.
+//! [`providers`] and the evaluation [`harness`]; `tests/it/layering.rs` states the order. DEVELOPERS.md opens with a map.
 
 pub mod alloc;
 pub mod autograd;
@@ -16,6 +16,7 @@ pub mod export;
 pub mod fsutil;
 pub mod gemm;
 pub mod generate;
+pub mod harness;
 pub mod kernels;
 pub mod lora;
 pub mod model;

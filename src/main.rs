@@ -28,6 +28,10 @@ fn main() -> std::process::ExitCode {
     match run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
+            if let Some(cli::Stopped(signal)) = e.downcast_ref() {
+                // The command has said where it stopped and how to continue.
+                return std::process::ExitCode::from(signal.exit_code());
+            }
             // One line: Candle appends a backtrace to its messages when RUST_BACKTRACE is set.
             // A cause that its error's message already ends with (`{path}: {source}`) is not
             // repeated.

@@ -26,6 +26,11 @@ pub struct ExportArgs {
     #[arg(long, default_value = "f32")]
     pub dtype: DtypeName,
 
+    /// Replace what is at --out even when it is not an output of this command (a folder of
+    /// other files, a checkpoint, a run folder, a file).
+    #[arg(long)]
+    pub force: bool,
+
     /// The base model, when it is not where the adapter's base_model_name_or_path says.
     #[arg(long, value_name = "M")]
     pub model: Option<String>,
@@ -47,10 +52,10 @@ pub fn run(a: &ExportArgs) -> anyhow::Result<()> {
                     cfg_path.display()
                 )
             })?;
-        merge_to_hf(&base, &a.checkpoint, &a.out, dtype)?;
+        merge_to_hf(&base, &a.checkpoint, &a.out, dtype, a.force)?;
         println!("merged model written to {}", a.out.display());
     } else {
-        copy_adapter(&a.checkpoint, &a.out, dtype)?;
+        copy_adapter(&a.checkpoint, &a.out, dtype, a.force)?;
         println!("adapter written to {}", a.out.display());
     }
     Ok(())

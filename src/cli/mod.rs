@@ -4,11 +4,13 @@
 //! This wing is the binary's own (clap, anyhow, `println!`); the library below it takes plain
 //! arguments. Output shapes of `--json` are fixed because other tools read them.
 
+mod eval;
 mod export;
 mod generate;
 mod hosted;
 mod inspect;
 mod score;
+mod shell;
 mod train;
 
 use std::path::PathBuf;
@@ -41,6 +43,14 @@ pub struct Cli {
     #[arg(long, requires = "config")]
     pub resume: bool,
 
+    /// With --resume: continue although the training data changed since the checkpoint.
+    #[arg(long, requires = "resume")]
+    pub allow_data_change: bool,
+    /// Start afresh in an output folder that holds an earlier run: remove that run's
+    /// checkpoints, logs, adapter and report first (never any other file).
+    #[arg(long, requires = "config", conflicts_with = "resume")]
+    pub overwrite: bool,
+
     /// Stop after this many steps of this invocation, saving a checkpoint (as Ctrl-C does).
     #[arg(long, requires = "config", hide = true)]
     pub stop_after: Option<usize>,
@@ -64,10 +74,18 @@ pub enum Command {
     Inspect(inspect::InspectArgs),
     /// Export a checkpoint's adapter (PEFT format), or merge it into full HF weights.
     Export(export::ExportArgs),
+    /// Evaluate models: answers, a judge in both orders, ratings with CIs, offline checks.
+    Eval(eval::EvalArgs),
     /// Hosted fine-tuning jobs (Together, OpenAI): submit, status, watch, cancel, list, download.
     #[command(subcommand)]
     Hosted(hosted::HostedCommand),
 }
+
+/// A run that a signal stopped, its checkpoint saved: no error, but the process exits with the
+/// signal's code (130 for SIGINT, 143 for SIGTERM), so a script can tell.
+#[derive(Debug, thiserror::Error)]
+#[error("stopped by {}", .0.name())]
+pub struct Stopped(pub lora_train::train::StopSignal);
 
 /// Which model to load, and how.
 #[derive(Debug, Args)]
@@ -137,6 +155,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Some(Command::Score(a)) => score::run(a),
         Some(Command::Inspect(a)) => inspect::run(a),
         Some(Command::Export(a)) => export::run(&a),
+        Some(Command::Eval(a)) => eval::run(&a),
         Some(Command::Hosted(c)) => hosted::run(c),
         None => match &cli.config {
             Some(path) => train::run(path, &cli),

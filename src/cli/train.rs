@@ -1,6 +1,7 @@
 //! `lora-train --config job.toml`: train a LoRA adapter here, or submit a `[hosted]` job.
 //!
-//! Prints the run summary and, unless `--no-report`, the before/after behaviour report.
+//! Prints the run summary and, unless `--no-report`, the before/after behaviour report. A run
+//! that a signal stopped prints the command that continues it and exits with the signal's code.
 
 use std::path::Path;
 
@@ -13,7 +14,21 @@ pub fn run(path: &Path, cli: &Cli) -> anyhow::Result<()> {
         return super::hosted::submit_job_file(path, &cli.set, false);
     }
     job.check_files()?;
+    // Before the model loads: a refused output folder is reported at once.
+    let start = lora_train::train::output_dir::Start::from_flags(cli.resume, cli.overwrite)?;
+    lora_train::train::output_dir::check(&job.output.dir, start)?;
     let mut trainer = lora_train::train::Trainer::new(job)?;
+    let opts = lora_train::train::RunOptions {
+        resume: cli.resume,
+        progress: true,
+        stop_after: cli.stop_after,
+        allow_data_change: cli.allow_data_change,
+        overwrite: cli.overwrite,
+    };
+    if opts.resume {
+        // Before anything is printed or written.
+        trainer.check_resume(&opts)?;
+    }
     let malloc = lora_train::alloc::host_training(trainer.device());
     tracing::debug!("host allocator for training: {malloc:?}");
     eprintln!(
@@ -24,28 +39,60 @@ pub fn run(path: &Path, cli: &Cli) -> anyhow::Result<()> {
         trainer.plan().total_steps,
         trainer.params().num_parameters()
     );
-    let stop = lora_train::train::install_ctrlc();
-    let opts = lora_train::train::RunOptions {
-        resume: cli.resume,
-        progress: true,
-        stop_after: cli.stop_after,
-    };
-    let summary = trainer.run(&opts, stop)?;
+    let stop = lora_train::train::install_stop_handler();
+    let summary = trainer.run(&opts, stop.clone())?;
     print_summary(&summary);
-    if !summary.interrupted && !cli.no_report {
-        if let Some(report) = lora_train::train::report::behaviour_report(&mut trainer, &summary)? {
-            println!("{}", report.render());
-        }
-    }
     if summary.interrupted {
+        let (again, resume) = match summary.steps {
+            0 => ("start again with", false),
+            _ => ("continue with", true),
+        };
         eprintln!(
-            "stopped at step {}/{}; continue with: lora-train --config {} --resume",
+            "stopped at step {}/{}; {again}: {}",
             summary.steps,
             summary.total_steps,
-            path.display()
+            command_line(path, cli, resume)
         );
+        return stopped();
+    }
+    if !cli.no_report {
+        match lora_train::train::report::behaviour_report(&mut trainer, &summary, &stop) {
+            Ok(Some(report)) => println!("{}", report.render()),
+            Ok(None) => {}
+            Err(lora_train::Error::Interrupted(_)) => {
+                eprintln!("stopped during the report; the training run is complete");
+                return stopped();
+            }
+            Err(e) => return Err(e.into()),
+        }
     }
     Ok(())
+}
+
+/// The end of a run that stopped before its end: exit with the signal's code, or succeed after
+/// `--stop-after`, which no signal requested.
+fn stopped() -> anyhow::Result<()> {
+    match lora_train::train::stop_signal() {
+        Some(signal) => Err(super::Stopped(signal).into()),
+        None => Ok(()),
+    }
+}
+
+/// The command that runs this job again, with its `--set` overrides, shell-quoted; with
+/// `--resume` when `resume`.
+fn command_line(path: &Path, cli: &Cli, resume: bool) -> String {
+    let config = path.to_string_lossy();
+    let mut words = vec!["lora-train", "--config", &config];
+    for set in &cli.set {
+        words.extend(["--set", set.as_str()]);
+    }
+    if cli.no_report {
+        words.push("--no-report");
+    }
+    if resume {
+        words.push("--resume");
+    }
+    super::shell::join(words)
 }
 
 fn print_summary(s: &lora_train::train::TrainSummary) {

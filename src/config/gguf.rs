@@ -54,8 +54,8 @@ impl<'a> GgufMeta<'a> {
                 .content
                 .tensor_infos
                 .get("token_embd.weight")
-                .map(|t| t.shape.dims()[0])
-                .ok_or_else(|| Error::model(self.path, "no token_embd.weight tensor"))?,
+                .and_then(|t| t.shape.dims().first().copied())
+                .ok_or_else(|| Error::model(self.path, "no token_embd.weight tensor with rows"))?,
         };
         let config = match arch {
             "llama" => ModelConfig::Llama(self.llama_config(vocab)?),

@@ -90,9 +90,64 @@ pub fn read_jsonl(path: impl AsRef<Path>) -> Result<Vec<Conversation>> {
 
 /// [`read_jsonl`] with each conversation's 1-based line in the file, for errors that name it.
 pub fn read_jsonl_numbered(path: impl AsRef<Path>) -> Result<Vec<(usize, Conversation)>> {
-    let path = path.as_ref();
+    each_line(path.as_ref(), |_, obj| {
+        let messages = messages_of(obj)?;
+        if !messages.iter().any(|m| m.role == Role::Assistant) {
+            return Err("no assistant turn".to_string());
+        }
+        Ok(Conversation { messages })
+    })
+}
+
+/// One line of a prompts file: its `id` (a string or a number, as written) and its messages,
+/// which need no assistant turn.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PromptLine {
+    pub line: usize,
+    pub id: Option<String>,
+    pub messages: Vec<Message>,
+}
+
+/// Reads a JSONL file of conversations for evaluation: as [`read_jsonl`], but a line may end
+/// before any assistant turn (a prompt without a reference) and keeps its `id`.
+pub fn read_prompt_lines(path: impl AsRef<Path>) -> Result<Vec<PromptLine>> {
+    Ok(each_line(path.as_ref(), |line, obj| {
+        let id = match obj.get("id") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) => Some(s.clone()),
+            Some(Value::Number(n)) => Some(n.to_string()),
+            Some(other) => {
+                return Err(format!(
+                    "\"id\" must be a string or a number, got {}",
+                    json_type(other)
+                ))
+            }
+        };
+        Ok(PromptLine {
+            line,
+            id,
+            messages: messages_of(obj)?,
+        })
+    })?
+    .into_iter()
+    .map(|(_, p)| p)
+    .collect())
+}
+
+fn messages_of(obj: &serde_json::Map<String, Value>) -> std::result::Result<Vec<Message>, String> {
+    let Some(messages) = obj.get("messages") else {
+        return Err("missing \"messages\"".to_string());
+    };
+    parse_message_list(messages)
+}
+
+/// Each non-blank line of a JSONL file as a JSON object, through `f`; errors name the line.
+fn each_line<T>(
+    path: &Path,
+    mut f: impl FnMut(usize, &serde_json::Map<String, Value>) -> std::result::Result<T, String>,
+) -> Result<Vec<(usize, T)>> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let mut conversations = Vec::new();
+    let mut items = Vec::new();
     for (index, raw_line) in bytes.split(|b| *b == b'\n').enumerate() {
         let line_no = index + 1;
         let err = |msg: String| Error::Dataset {
@@ -118,23 +173,16 @@ pub fn read_jsonl_numbered(path: impl AsRef<Path>) -> Result<Vec<(usize, Convers
                 json_type(&value)
             )));
         };
-        let Some(messages) = obj.get("messages") else {
-            return Err(err("missing \"messages\"".to_string()));
-        };
-        let messages = parse_message_list(messages).map_err(err)?;
-        if !messages.iter().any(|m| m.role == Role::Assistant) {
-            return Err(err("no assistant turn".to_string()));
-        }
-        conversations.push((line_no, Conversation { messages }));
+        items.push((line_no, f(line_no, obj).map_err(err)?));
     }
-    if conversations.is_empty() {
+    if items.is_empty() {
         return Err(Error::Dataset {
             path: path.to_path_buf(),
             line: 1,
             msg: "the file has no conversations".to_string(),
         });
     }
-    Ok(conversations)
+    Ok(items)
 }
 
 /// Reads the messages of one conversation from a JSON file holding either a list of messages

@@ -11,8 +11,8 @@ use serde::Serialize;
 
 use crate::data::dataset::read_jsonl_numbered;
 use crate::data::mask::tokenize_line;
-use crate::data::{ChatTemplate, ChatTokenizer, Conversation, LossOn, TokenizedExample};
-use crate::Result;
+use crate::data::{ChatTemplate, ChatTokenizer, Conversation, LossOn, Message, TokenizedExample};
+use crate::{Error, Result};
 
 /// What happened to an example when it was fitted to `max_seq_len`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -88,12 +88,15 @@ pub struct PrepareOptions {
 pub struct PreparedData {
     pub train: Vec<TokenizedExample>,
     pub validation: Vec<TokenizedExample>,
-    /// How the training examples fitted (validation examples are fitted the same way).
+    /// How the training examples fitted.
     pub fit: FitReport,
+    /// How the validation examples fitted, the same way.
+    pub validation_fit: FitReport,
 }
 
 /// Reads `train` and the held-out conversations, tokenizes both and fits them to
-/// `opts.max_seq_len`; errors name the file and line.
+/// `opts.max_seq_len`; errors name the file and line. A file whose every trained reply is
+/// empty is refused.
 pub fn prepare_dataset(
     train: &Path,
     held_out: HeldOut,
@@ -102,12 +105,14 @@ pub fn prepare_dataset(
     opts: &PrepareOptions,
 ) -> Result<PreparedData> {
     let mut convs = read_jsonl_numbered(train)?;
+    refuse_empty_replies(&convs, train, opts.loss_on)?;
     let mut val_convs = Vec::new();
     let mut val_path = train;
     match held_out {
         HeldOut::File(path) => {
             val_path = path;
             val_convs = read_jsonl_numbered(path)?;
+            refuse_empty_replies(&val_convs, path, opts.loss_on)?;
         }
         HeldOut::Fraction(fraction) => {
             (convs, val_convs) = split_validation(convs, fraction, opts.split_seed);
@@ -125,11 +130,46 @@ pub fn prepare_dataset(
         )
     };
     let (train_examples, fit) = fit_all(&convs, train)?;
-    let (validation, _) = fit_all(&val_convs, val_path)?;
+    let (validation, validation_fit) = fit_all(&val_convs, val_path)?;
     Ok(PreparedData {
         train: train_examples,
         validation,
         fit,
+        validation_fit,
+    })
+}
+
+/// Refuses conversations whose every reply the loss trains on (per `loss_on`) is empty or
+/// blank: an adapter trained on them learns only to end its turn at once.
+fn refuse_empty_replies(
+    convs: &[NumberedConversation],
+    path: &Path,
+    loss_on: LossOn,
+) -> Result<()> {
+    let trained: Vec<&Message> = match loss_on {
+        // Every token is a target, the prompts' too.
+        LossOn::All => return Ok(()),
+        LossOn::LastAssistant => convs
+            .iter()
+            .filter_map(|(_, c)| c.messages.iter().rev().find(|m| m.is_trained_assistant()))
+            .collect(),
+        LossOn::AllAssistant => convs
+            .iter()
+            .flat_map(|(_, c)| c.messages.iter().filter(|m| m.is_trained_assistant()))
+            .collect(),
+    };
+    // With no trained reply at all, tokenizing names the first line at fault.
+    if trained.is_empty() || trained.iter().any(|m| !m.content.trim().is_empty()) {
+        return Ok(());
+    }
+    Err(Error::NoUsableData {
+        path: path.to_path_buf(),
+        msg: format!(
+            "every reply the loss trains on is empty ({} in {} conversations, loss_on = {loss_on}); \
+             the adapter would learn to say nothing",
+            trained.len(),
+            convs.len()
+        ),
     })
 }
 
@@ -200,6 +240,30 @@ mod tests {
         }
         assert_eq!(fit_to_length(&e, 4), Fit::Dropped);
         assert!(matches!(fit_to_length(&e, 10), Fit::Kept(_)));
+    }
+
+    #[test]
+    fn a_file_of_empty_replies_is_refused() {
+        let conv = |reply: &str| Conversation {
+            messages: vec![
+                Message::new(Role::User, "hi"),
+                Message::new(Role::Assistant, reply),
+            ],
+        };
+        let path = Path::new("empty.jsonl");
+        let empty = vec![(1, conv("")), (2, conv(" \n"))];
+        let e = refuse_empty_replies(&empty, path, LossOn::LastAssistant).unwrap_err();
+        let msg = e.to_string();
+        assert!(
+            matches!(e, Error::NoUsableData { .. })
+                && msg.starts_with("empty.jsonl: every reply")
+                && msg.contains("2 in 2 conversations"),
+            "{msg}"
+        );
+        assert!(refuse_empty_replies(&empty, path, LossOn::AllAssistant).is_err());
+        assert!(refuse_empty_replies(&empty, path, LossOn::All).is_ok());
+        let one = vec![(1, conv("")), (2, conv("ok"))];
+        assert!(refuse_empty_replies(&one, path, LossOn::LastAssistant).is_ok());
     }
 
     #[test]

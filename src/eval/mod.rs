@@ -6,4 +6,6 @@ pub mod loss;
 pub mod score;
 
 pub use loss::nll_rows;
-pub use score::{score_examples, ExampleScore, ScoreReport, DEFAULT_SCORE_BATCH};
+pub use score::{
+    score_examples, score_examples_until, ExampleScore, ScoreReport, DEFAULT_SCORE_BATCH,
+};

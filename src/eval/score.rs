@@ -1,5 +1,7 @@
 //! `lora-train score`: the masked cross-entropy of a chat dataset, token-weighted.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
@@ -51,6 +53,24 @@ pub fn score_examples(
     batch_size: usize,
     progress: bool,
 ) -> Result<ScoreReport> {
+    score_examples_until(
+        model,
+        examples,
+        batch_size,
+        progress,
+        &AtomicBool::new(false),
+    )
+}
+
+/// [`score_examples`] that gives up with [`Error::Interrupted`] once `stop` is set (checked
+/// before each batch), for a validation that Ctrl-C must not wait for.
+pub fn score_examples_until(
+    model: &dyn CausalLm,
+    examples: &[TokenizedExample],
+    batch_size: usize,
+    progress: bool,
+    stop: &AtomicBool,
+) -> Result<ScoreReport> {
     if batch_size == 0 {
         return Err(Error::Config(
             "the scoring batch size must be at least 1".into(),
@@ -74,6 +94,10 @@ pub fn score_examples(
     let mut per_example: Vec<Option<ExampleScore>> = vec![None; examples.len()];
     let (mut total, mut count) = (0f64, 0usize);
     for (batch_index, chunk) in order.chunks(batch_size).enumerate() {
+        if stop.load(Ordering::SeqCst) {
+            bar.finish_and_clear();
+            return Err(Error::Interrupted("scoring".into()));
+        }
         let batch: Vec<&TokenizedExample> = chunk.iter().map(|&i| &examples[i]).collect();
         let (nll, counts) = batch_nll(model, &batch)?;
         if nll.iter().any(|v| !v.is_finite()) {

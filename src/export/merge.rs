@@ -6,26 +6,42 @@ use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 
-use crate::fsutil::atomic_dir;
+use super::peft::{ADAPTER, ADAPTER_CONFIG, ADAPTER_WEIGHTS};
+use crate::fsutil::Artifact;
 use crate::lora::load_peft_adapter;
 use crate::model::{load, LoadOptions};
 use crate::{Error, Result};
 
-/// Copies `adapter_config.json` and the adapter tensors (converted to `dtype`).
-pub fn copy_adapter(from: &Path, to: &Path, dtype: DType) -> Result<()> {
-    let st = from.join("adapter_model.safetensors");
+/// A merged model folder: the files [`merge_to_hf`] writes, and nothing else.
+pub const MERGED_MODEL: Artifact = Artifact {
+    what: "a merged model folder",
+    files: &[
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "generation_config.json",
+    ],
+    folders: &[],
+};
+
+/// Copies `adapter_config.json` and the adapter tensors (converted to `dtype`) to `to`, which
+/// must be absent, empty or an adapter folder unless `force`.
+pub fn copy_adapter(from: &Path, to: &Path, dtype: DType, force: bool) -> Result<()> {
+    ADAPTER.check(to, force)?;
+    let st = from.join(ADAPTER_WEIGHTS);
     let tensors = candle_core::safetensors::load(&st, &Device::Cpu)
         .map_err(|e| Error::model(&st, format!("not a valid safetensors file: {e}")))?;
     let tensors: HashMap<String, Tensor> = tensors
         .into_iter()
         .map(|(k, v)| Ok((k, v.to_dtype(dtype)?)))
         .collect::<Result<_>>()?;
-    let cfg = std::fs::read(from.join("adapter_config.json"))
-        .map_err(|e| Error::io(from.join("adapter_config.json"), e))?;
-    atomic_dir(to, |tmp| {
-        std::fs::write(tmp.join("adapter_config.json"), &cfg)
-            .map_err(|e| Error::io(tmp.join("adapter_config.json"), e))?;
-        let out = tmp.join("adapter_model.safetensors");
+    let cfg = std::fs::read(from.join(ADAPTER_CONFIG))
+        .map_err(|e| Error::io(from.join(ADAPTER_CONFIG), e))?;
+    ADAPTER.write(to, force, |tmp| {
+        std::fs::write(tmp.join(ADAPTER_CONFIG), &cfg)
+            .map_err(|e| Error::io(tmp.join(ADAPTER_CONFIG), e))?;
+        let out = tmp.join(ADAPTER_WEIGHTS);
         candle_core::safetensors::save(&tensors, &out)
             .map_err(|e| Error::model(&out, e.to_string()))
     })
@@ -40,8 +56,16 @@ fn dtype_name(d: DType) -> &'static str {
 }
 
 /// Loads `base`, applies the adapter, and writes config.json, model.safetensors and the
-/// tokenizer files into `out`.
-pub fn merge_to_hf(base: &str, adapter: &Path, out: &Path, dtype: DType) -> Result<()> {
+/// tokenizer files into `out`, which must be absent, empty or a merged model folder unless
+/// `force` (checked before the model loads).
+pub fn merge_to_hf(
+    base: &str,
+    adapter: &Path,
+    out: &Path,
+    dtype: DType,
+    force: bool,
+) -> Result<()> {
+    MERGED_MODEL.check(out, force)?;
     let mut m = load(base, &LoadOptions::default())?;
     load_peft_adapter(m.model.as_mut(), adapter, DType::F32, &Device::Cpu)?;
     let tensors: HashMap<String, Tensor> = m
@@ -51,7 +75,7 @@ pub fn merge_to_hf(base: &str, adapter: &Path, out: &Path, dtype: DType) -> Resu
         .map(|(k, v)| Ok((k, v.to_dtype(dtype)?)))
         .collect::<Result<_>>()?;
     let config = m.config.to_hf_json(dtype_name(dtype));
-    atomic_dir(out, |tmp| {
+    MERGED_MODEL.write(out, force, |tmp| {
         let write_json = |name: &str, v: &serde_json::Value| -> Result<()> {
             let text = serde_json::to_string_pretty(v).map_err(|source| Error::Json {
                 what: name.into(),

@@ -3,4 +3,5 @@
 pub mod merge;
 pub mod peft;
 
-pub use peft::{write_adapter, write_adapter_files, AdapterExport};
+pub use merge::MERGED_MODEL;
+pub use peft::{write_adapter, write_adapter_files, AdapterExport, ADAPTER};

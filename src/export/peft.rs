@@ -9,7 +9,7 @@ use std::path::Path;
 
 use candle_core::{DType, Tensor};
 
-use crate::fsutil::atomic_dir;
+use crate::fsutil::Artifact;
 use crate::lora::{LoraParams, PeftAdapterConfig};
 use crate::{Error, Result};
 
@@ -20,9 +20,22 @@ pub struct AdapterExport {
     pub dtype: DType,
 }
 
-/// Writes the adapter folder atomically (a temp folder, then a rename).
+/// A PEFT adapter folder: the files [`write_adapter_files`] writes, and nothing else.
+pub const ADAPTER: Artifact = Artifact {
+    what: "an adapter folder",
+    files: &[ADAPTER_CONFIG, ADAPTER_WEIGHTS],
+    folders: &[],
+};
+
+/// The adapter's PEFT config file.
+pub const ADAPTER_CONFIG: &str = "adapter_config.json";
+/// The adapter's tensors.
+pub const ADAPTER_WEIGHTS: &str = "adapter_model.safetensors";
+
+/// Writes the adapter folder atomically (a temp folder, then a rename); a folder there that
+/// holds anything but an adapter is refused (see [`Artifact::write`]).
 pub fn write_adapter(params: &LoraParams, dir: &Path, export: &AdapterExport) -> Result<()> {
-    atomic_dir(dir, |tmp| write_adapter_files(params, tmp, export))
+    ADAPTER.write(dir, false, |tmp| write_adapter_files(params, tmp, export))
 }
 
 /// Writes `adapter_config.json` and `adapter_model.safetensors` into an existing folder.
@@ -43,8 +56,8 @@ pub fn write_adapter_files(params: &LoraParams, dir: &Path, export: &AdapterExpo
         .map(|(k, v)| Ok((k, v.to_dtype(export.dtype)?)))
         .collect::<Result<_>>()?;
     PeftAdapterConfig::for_params(params, &export.base_model_name_or_path)
-        .to_file(&dir.join("adapter_config.json"))?;
-    let st = dir.join("adapter_model.safetensors");
+        .to_file(&dir.join(ADAPTER_CONFIG))?;
+    let st = dir.join(ADAPTER_WEIGHTS);
     candle_core::safetensors::save(&tensors, &st).map_err(|e| Error::model(&st, e.to_string()))?;
     Ok(())
 }

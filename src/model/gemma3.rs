@@ -67,7 +67,8 @@ impl Gemma3 {
             Ok(RmsNorm::new(w.get(name, &[n])?, eps, true))
         };
         let embed_tokens = w.get("model.embed_tokens.weight", &[cfg.vocab_size, h])?;
-        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+        // No capacity on the file's word: a huge layer count ends at the first missing layer.
+        let mut layers = Vec::new();
         for i in 0..cfg.num_hidden_layers {
             let p = format!("model.layers.{i}");
             let ab = cfg.attention_bias;

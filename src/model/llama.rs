@@ -59,7 +59,8 @@ impl Llama {
         let hd = cfg.head_dim();
         let (nh, nkv) = (cfg.num_attention_heads, cfg.num_kv_heads());
         let embed_tokens = w.get("model.embed_tokens.weight", &[cfg.vocab_size, h])?;
-        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+        // No capacity on the file's word: a huge layer count ends at the first missing layer.
+        let mut layers = Vec::new();
         for i in 0..cfg.num_hidden_layers {
             let p = format!("model.layers.{i}");
             let ab = cfg.attention_bias;

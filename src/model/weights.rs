@@ -407,19 +407,52 @@ pub fn unpermute_row_order(rows: usize, n_head: usize) -> Result<Vec<usize>> {
 /// Reads a GGUF file's header and tensor directory; errors name the file.
 pub fn read_gguf(path: &Path) -> Result<(gguf_file::Content, File)> {
     let mut file = File::open(path).map_err(|e| Error::io(path, e))?;
-    let content = gguf_file::Content::read(&mut file)
+    // candle-core 0.11.1 divides by `general.alignment` unchecked (`Content::read`): a 0 there
+    // panics, caught here with anything else its reader does not check.
+    let content = crate::error::catch_panic(|| gguf_file::Content::read(&mut file))
+        .map_err(|why| {
+            Error::model(
+                path,
+                format!(
+                    "not a valid GGUF file: its header breaks the GGUF reader ({why}); \
+                     a `general.alignment` of 0 does this"
+                ),
+            )
+        })?
         .map_err(|e| Error::model(path, format!("not a valid GGUF file: {e}")))?;
     // A truncated file has a valid header but tensor data past its end.
-    let len = file.metadata().map_err(|e| Error::io(path, e))?.len() as usize;
+    let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
     for (name, info) in &content.tensor_infos {
-        let elems = info.shape.elem_count();
-        let block = info.ggml_dtype.block_size();
-        let bytes = elems / block * info.ggml_dtype.type_size();
-        if content.tensor_data_offset as usize + info.offset as usize + bytes > len {
-            return Err(Error::model(
-                path,
-                format!("truncated: tensor `{name}` runs past the end of the file"),
-            ));
+        let bytes = info
+            .shape
+            .dims()
+            .iter()
+            .try_fold(1u64, |n, &d| n.checked_mul(d as u64))
+            .map(|elems| elems / info.ggml_dtype.block_size() as u64)
+            .and_then(|blocks| blocks.checked_mul(info.ggml_dtype.type_size() as u64));
+        let end = bytes.and_then(|b| {
+            content
+                .tensor_data_offset
+                .checked_add(info.offset)?
+                .checked_add(b)
+        });
+        match end {
+            None => {
+                return Err(Error::model(
+                    path,
+                    format!(
+                        "tensor `{name}` has a size or offset that overflows ({:?})",
+                        info.shape
+                    ),
+                ))
+            }
+            Some(end) if end > len => {
+                return Err(Error::model(
+                    path,
+                    format!("truncated: tensor `{name}` runs past the end of the file"),
+                ))
+            }
+            Some(_) => {}
         }
     }
     Ok((content, file))

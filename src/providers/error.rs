@@ -118,6 +118,10 @@ pub enum ProviderError {
         source: std::io::Error,
     },
 
+    /// A local output path holds something the command would replace ([`crate::Error::WouldReplace`]).
+    #[error(transparent)]
+    WouldReplace(crate::Error),
+
     /// The operation is not offered by this provider.
     #[error("{provider}: {message}")]
     Unsupported { provider: String, message: String },
@@ -146,10 +150,12 @@ impl ProviderError {
 pub type Result<T, E = ProviderError> = std::result::Result<T, E>;
 
 impl From<crate::Error> for ProviderError {
-    /// The library's file errors as ours; the atomic writes produce nothing else.
+    /// The library's file errors as ours; the atomic writes and output checks produce nothing
+    /// else.
     fn from(e: crate::Error) -> Self {
         match e {
             crate::Error::Io { path, source } => ProviderError::Io { path, source },
+            e @ crate::Error::WouldReplace { .. } => ProviderError::WouldReplace(e),
             other => ProviderError::Config(other.to_string()),
         }
     }
@@ -159,6 +165,7 @@ impl From<ProviderError> for crate::Error {
     fn from(e: ProviderError) -> Self {
         match e {
             ProviderError::Io { path, source } => crate::Error::Io { path, source },
+            ProviderError::WouldReplace(e) => e,
             other => crate::Error::Msg(other.to_string()),
         }
     }

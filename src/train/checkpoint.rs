@@ -7,10 +7,12 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use super::checkpoint_policy::SavedCheckpoint;
 use super::optimizer::AdamW;
 use crate::config::JobConfig;
+use crate::export::peft::{ADAPTER_CONFIG, ADAPTER_WEIGHTS};
 use crate::export::{write_adapter_files, AdapterExport};
-use crate::fsutil::atomic_dir;
+use crate::fsutil::Artifact;
 use crate::lora::LoraParams;
 use crate::{Error, Result};
 
@@ -25,6 +27,35 @@ pub struct TrainerState {
     /// Hash of the job settings that determine the run, to refuse resuming another job.
     pub job_fingerprint: String,
     pub elapsed_s: f64,
+    /// SHA-256 of the training data ([`super::resume::data_hash`]), to refuse resuming on
+    /// changed data; None in checkpoints written before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_hash: Option<String>,
+    /// The run that wrote the checkpoint: set by a fresh start, kept by `--resume`, so that
+    /// pruning touches only this run's checkpoints. Absent in older checkpoints.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_id: Option<String>,
+}
+
+/// A checkpoint folder: the adapter, the optimizer state and the trainer state.
+pub const CHECKPOINT: Artifact = Artifact {
+    what: "a checkpoint folder",
+    files: &[
+        ADAPTER_CONFIG,
+        ADAPTER_WEIGHTS,
+        "optimizer.safetensors",
+        "trainer_state.json",
+    ],
+    folders: &[],
+};
+
+/// A new run's id: the start time and the process, unique to this start.
+pub fn new_run_id() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    format!("{nanos:x}-{:x}", std::process::id())
 }
 
 /// A hash of the job settings that determine a run's trajectory, to refuse resuming another
@@ -70,7 +101,7 @@ pub fn save_checkpoint(
 ) -> Result<PathBuf> {
     let dir = checkpoint_dir(out, state.step);
     std::fs::create_dir_all(out.join("checkpoints")).map_err(|e| Error::io(out, e))?;
-    atomic_dir(&dir, |tmp| {
+    CHECKPOINT.write(&dir, false, |tmp| {
         write_adapter_files(params, tmp, export)?;
         opt.save(&tmp.join("optimizer.safetensors"))?;
         let text = serde_json::to_string_pretty(state).map_err(|source| Error::Json {
@@ -94,6 +125,13 @@ pub fn remove_checkpoint(out: &Path, step: usize) -> Result<()> {
 
 /// Complete checkpoints, oldest first.
 pub fn list_checkpoints(out: &Path) -> Result<Vec<(usize, PathBuf)>> {
+    let mut found = step_folders(out)?;
+    found.retain(|(_, dir)| dir.join("trainer_state.json").is_file());
+    Ok(found)
+}
+
+/// Every `checkpoints/step-N` folder, complete or not, oldest first.
+pub fn step_folders(out: &Path) -> Result<Vec<(usize, PathBuf)>> {
     let root = out.join("checkpoints");
     let rd = match std::fs::read_dir(&root) {
         Ok(rd) => rd,
@@ -108,7 +146,7 @@ pub fn list_checkpoints(out: &Path) -> Result<Vec<(usize, PathBuf)>> {
             .strip_prefix("step-")
             .and_then(|s| s.parse::<usize>().ok())
         {
-            if e.path().join("trainer_state.json").is_file() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
                 found.push((n, e.path()));
             }
         }
@@ -117,14 +155,18 @@ pub fn list_checkpoints(out: &Path) -> Result<Vec<(usize, PathBuf)>> {
     Ok(found)
 }
 
-/// The steps of the complete checkpoints up to `step` written by the job of `fingerprint`.
-pub fn job_checkpoints_up_to(out: &Path, step: usize, fingerprint: &str) -> Result<Vec<usize>> {
+/// The complete checkpoints written by the job of `fingerprint`, with the run of each: what
+/// the checkpoint policy chooses this run's own from.
+pub fn job_checkpoints(out: &Path, fingerprint: &str) -> Result<Vec<SavedCheckpoint>> {
     Ok(list_checkpoints(out)?
         .into_iter()
-        .filter(|(s, dir)| {
-            *s <= step && read_state(dir).is_ok_and(|st| st.job_fingerprint == fingerprint)
+        .filter_map(|(step, dir)| {
+            let state = read_state(&dir).ok()?;
+            (state.job_fingerprint == fingerprint).then_some(SavedCheckpoint {
+                step,
+                run_id: state.run_id,
+            })
         })
-        .map(|(s, _)| s)
         .collect())
 }
 

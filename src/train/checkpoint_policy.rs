@@ -1,7 +1,8 @@
-//! When a run saves, prunes and stops. The policy sees step numbers and stop requests (Ctrl-C,
-//! `--stop-after`) and returns actions for the trainer to carry out, doing no I/O itself, so
+//! When a run saves, prunes and stops. The policy sees step numbers and stop requests (SIGINT,
+//! SIGTERM, `--stop-after`) and returns actions for the trainer to carry out, doing no I/O itself, so
 //! its rules are tested without files, as burn-train's checkpointing strategies are. It prunes
-//! only checkpoints it knows: the ones this run wrote, before a resume too.
+//! only checkpoints it knows: the ones this run wrote, before a resume too, told apart from an
+//! earlier run's by the run id each checkpoint records.
 
 /// What the trainer does after a step, in the order given.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -12,6 +13,14 @@ pub enum CheckpointAction {
     Prune(usize),
     /// End the run here, before its last step (the checkpoint is saved first).
     Stop,
+}
+
+/// A checkpoint found in the output folder: its step and the run that wrote it (`None` for
+/// a checkpoint older than run ids).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SavedCheckpoint {
+    pub step: usize,
+    pub run_id: Option<String>,
 }
 
 /// `train.save_every`, `train.keep_last` and the stop requests of one run.
@@ -40,9 +49,20 @@ impl CheckpointPolicy {
         }
     }
 
-    /// Continues a run from its checkpoint at `start`; `earlier` are the steps of the
-    /// checkpoints the run wrote before (pruned with its new ones).
-    pub fn resumed(mut self, start: usize, mut earlier: Vec<usize>) -> Self {
+    /// Continues run `run_id` from its checkpoint at `start`. Of the checkpoints `saved` in
+    /// the output folder, those this run wrote up to `start` are pruned with its new ones;
+    /// any other run's are never touched.
+    pub fn resumed(
+        mut self,
+        start: usize,
+        run_id: Option<&str>,
+        saved: &[SavedCheckpoint],
+    ) -> Self {
+        let mut earlier: Vec<usize> = saved
+            .iter()
+            .filter(|c| c.step <= start && c.run_id.as_deref() == run_id)
+            .map(|c| c.step)
+            .collect();
         earlier.sort_unstable();
         earlier.dedup();
         self.start = start;
@@ -95,6 +115,26 @@ impl CheckpointPolicy {
 mod tests {
     use super::CheckpointAction::{Prune, Save, Stop};
     use super::*;
+
+    fn saved(run: &str, steps: &[usize]) -> Vec<SavedCheckpoint> {
+        steps
+            .iter()
+            .map(|&step| SavedCheckpoint {
+                step,
+                run_id: Some(run.to_string()),
+            })
+            .collect()
+    }
+
+    fn pruned(log: Vec<(usize, Vec<CheckpointAction>)>) -> Vec<usize> {
+        log.into_iter()
+            .flat_map(|(_, actions)| actions)
+            .filter_map(|a| match a {
+                Prune(step) => Some(step),
+                _ => None,
+            })
+            .collect()
+    }
 
     /// Runs the policy from `from + 1` to the end or a stop; Ctrl-C arrives after `ctrlc_at`.
     fn run(
@@ -153,7 +193,7 @@ mod tests {
     #[test]
     fn stop_after_counts_the_steps_of_this_invocation() {
         let mut p = CheckpointPolicy::new(2, 2, 8)
-            .resumed(3, vec![2, 3])
+            .resumed(3, Some("r"), &saved("r", &[2, 3]))
             .stop_after(Some(2));
         assert_eq!(p.last_saved(), 3);
         assert_eq!(
@@ -172,7 +212,8 @@ mod tests {
         let mut first = CheckpointPolicy::new(2, 2, 8).stop_after(Some(3));
         run(&mut first, 0, None);
         assert_eq!(first.kept(), &[2, 3]);
-        let mut second = CheckpointPolicy::new(2, 2, 8).resumed(3, first.kept().to_vec());
+        let mut second =
+            CheckpointPolicy::new(2, 2, 8).resumed(3, Some("r"), &saved("r", first.kept()));
         run(&mut second, 3, None);
         assert_eq!(second.kept(), whole.kept());
     }
@@ -181,16 +222,27 @@ mod tests {
     fn prunes_only_the_checkpoints_it_knows() {
         // A fresh run knows none of what an earlier run left: it prunes only its own.
         let mut p = CheckpointPolicy::new(1, 1, 3);
-        let pruned: Vec<usize> = run(&mut p, 0, None)
-            .into_iter()
-            .flat_map(|(_, actions)| actions)
-            .filter_map(|a| match a {
-                Prune(step) => Some(step),
-                _ => None,
-            })
-            .collect();
-        assert_eq!(pruned, vec![1, 2]);
+        assert_eq!(pruned(run(&mut p, 0, None)), vec![1, 2]);
         assert_eq!(p.kept(), &[3]);
+    }
+
+    #[test]
+    fn a_resumed_run_prunes_only_the_checkpoints_of_its_own_run() {
+        // An earlier run (`old`) left newer steps in the same folder, and a checkpoint
+        // older than run ids; this run (`new`) stopped at 3 and resumes.
+        let mut on_disk = saved("old", &[2, 4, 6, 8]);
+        on_disk.extend(saved("new", &[2, 3]));
+        on_disk.push(SavedCheckpoint {
+            step: 1,
+            run_id: None,
+        });
+        let mut p = CheckpointPolicy::new(2, 2, 8).resumed(3, Some("new"), &on_disk);
+        assert_eq!(p.kept(), &[2, 3]);
+        assert_eq!(pruned(run(&mut p, 3, None)), vec![2, 3, 4]);
+        assert_eq!(p.kept(), &[6, 8]);
+        // A run resumed from a checkpoint without a run id owns the others without one.
+        let legacy = CheckpointPolicy::new(2, 2, 8).resumed(3, None, &on_disk);
+        assert_eq!(legacy.kept(), &[1]);
     }
 
     #[test]

@@ -68,4 +68,78 @@ impl StepPlan {
     pub fn epoch_of(&self, step: usize) -> f64 {
         step as f64 / self.steps_per_epoch as f64
     }
+
+    /// What `job` asks for that this plan cannot give, each with the value in effect instead,
+    /// for the trainer to log as warnings: a `grad_accum` beyond an epoch's micro-batches, a
+    /// `warmup_steps` beyond the run.
+    pub fn warnings(&self, job: &JobConfig) -> Vec<String> {
+        let mut warnings = Vec::new();
+        let micro = self.examples.div_ceil(self.micro_batch_size);
+        if self.grad_accum > micro {
+            warnings.push(format!(
+                "train.grad_accum = {} is more than the {micro} micro-batches of an epoch \
+                 ({} examples, train.micro_batch_size = {}): each step accumulates {micro}",
+                self.grad_accum, self.examples, self.micro_batch_size
+            ));
+        }
+        let total = self.total_steps;
+        if let Some(warmup) = job.train.warmup_steps.filter(|w| *w > total) {
+            let peak = job.train.lr * total.saturating_sub(1) as f64 / total as f64;
+            warnings.push(format!(
+                "train.warmup_steps = {warmup} is more than the run's {total} steps: the warmup \
+                 is cut to {total} steps and the learning rate peaks at {peak:.3e}, below \
+                 train.lr = {:.3e}",
+                job.train.lr
+            ));
+        }
+        warnings
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn job(train: &str) -> JobConfig {
+        let text = format!(
+            "[model]\nsource = \"m.gguf\"\n[data]\ntrain = \"t.jsonl\"\n[output]\ndir = \"out\"\n\
+             [train]\n{train}\n"
+        );
+        JobConfig::load_str(&text, Path::new("job.toml"), &[]).unwrap()
+    }
+
+    #[test]
+    fn a_plan_that_fits_the_job_warns_of_nothing() {
+        let j = job("max_steps = 8\nmicro_batch_size = 2\ngrad_accum = 2\nwarmup_steps = 8");
+        assert!(StepPlan::new(&j, 9).unwrap().warnings(&j).is_empty());
+    }
+
+    #[test]
+    fn grad_accum_beyond_an_epoch_warns_with_the_accumulation_in_effect() {
+        let j = job("max_steps = 8\nmicro_batch_size = 2\ngrad_accum = 16");
+        let plan = StepPlan::new(&j, 9).unwrap();
+        let w = plan.warnings(&j);
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(
+            w[0].starts_with("train.grad_accum = 16 is more than the 5 micro-batches")
+                && w[0].ends_with("each step accumulates 5"),
+            "{}",
+            w[0]
+        );
+        assert_eq!(plan.step_batches(0, 0, false).len(), 5);
+    }
+
+    #[test]
+    fn warmup_beyond_the_run_warns_with_the_peak_learning_rate() {
+        let j = job("max_steps = 4\nlr = 1e-3\nwarmup_steps = 100");
+        let w = StepPlan::new(&j, 8).unwrap().warnings(&j);
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(
+            w[0].contains("warmup_steps = 100 is more than the run's 4 steps")
+                && w[0].contains("peaks at 7.500e-4"),
+            "{}",
+            w[0]
+        );
+    }
 }

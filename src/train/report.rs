@@ -1,6 +1,8 @@
 //! The before/after report of a run: validation loss before and after training, and how often
 //! greedy replies to held-out prompts show the trained behaviour, base model against adapter.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use serde::Serialize;
 
 use super::run_log::TrainSummary;
@@ -61,10 +63,13 @@ impl BehaviourReport {
     }
 }
 
-/// Generates replies with and without the adapter; None when the job has no `[report]`.
+/// Generates replies with and without the adapter; None when the job has no `[report]`. Gives
+/// up with [`Error::Interrupted`] once `stop` is set (checked before each reply), writing
+/// nothing.
 pub fn behaviour_report(
     trainer: &mut Trainer,
     summary: &TrainSummary,
+    stop: &AtomicBool,
 ) -> Result<Option<BehaviourReport>> {
     let Some(section) = trainer.report().cloned() else {
         return Ok(None);
@@ -74,10 +79,10 @@ pub fn behaviour_report(
         convs.truncate(section.limit);
     }
     let m = trainer.model();
-    let stop = crate::generate::stop_ids(m);
+    let stop_ids = crate::generate::stop_ids(m);
     let opts = GenerateOptions {
         max_new_tokens: section.max_new_tokens,
-        stop_ids: stop,
+        stop_ids,
         ..Default::default()
     };
     let mut prompts = Vec::new();
@@ -108,15 +113,21 @@ pub fn behaviour_report(
         prompts
             .iter()
             .map(|(_, ids)| {
+                if stop.load(Ordering::SeqCst) {
+                    return Err(Error::Interrupted("the before/after report".into()));
+                }
                 let out = generate(trainer.model().model.as_ref(), ids, &opts, |_| {})?;
                 bar.inc(1);
                 trainer.model().tokenizer.decode(&out, true)
             })
             .collect()
     };
-    let with_adapter = run(trainer)?;
-    let base = trainer.without_adapter(run)??;
+    let replies = run(trainer).and_then(|with_adapter| {
+        let base = trainer.without_adapter(run)??;
+        Ok((with_adapter, base))
+    });
     bar.finish_and_clear();
+    let (with_adapter, base) = replies?;
     let rate = |v: &[String]| {
         if v.is_empty() {
             0.0

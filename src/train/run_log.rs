@@ -36,6 +36,10 @@ pub struct TrainSummary {
     pub output_dir: PathBuf,
 }
 
+/// The first line of the `job.toml` a run writes: what tells it from a user's file of that name.
+pub const RESOLVED_JOB_HEADER: &str =
+    "# The resolved job of this run, written by lora-train: every key, every path absolute.";
+
 /// The files of one run's output folder.
 #[derive(Debug, Clone)]
 pub struct RunLog {
@@ -98,11 +102,38 @@ impl RunLog {
     }
 
     /// Writes `job` with every path absolute (against the current directory where still
-    /// relative) to `job.toml`, so that tools find the run's base model and data from it.
+    /// relative) to `job.toml`, so that tools find the run's base model and data from it. A
+    /// `job.toml` there that is not a run's own is refused, never replaced.
     pub fn write_job(&self, job: &JobConfig) -> Result<()> {
+        if self.foreign_job_file()? {
+            return Err(Error::RunFileTaken {
+                path: self.job_path(),
+                why: "is not a resolved job written by lora-train".into(),
+            });
+        }
         let cwd = std::env::current_dir().map_err(|e| Error::io(".", e))?;
         let text = with_absolute_paths(job, &cwd).to_toml_string()?;
+        let text = format!("{RESOLVED_JOB_HEADER}\n{text}");
         write_atomic(&self.job_path(), text.as_bytes())
+    }
+
+    /// Whether `job.toml` exists and is not one a run wrote: ours starts with
+    /// [`RESOLVED_JOB_HEADER`], or (from versions before it) is exactly what writing the job
+    /// it holds gives. A user's job file, even the one this run was started from, is neither.
+    pub fn foreign_job_file(&self) -> Result<bool> {
+        let path = self.job_path();
+        let text = match std::fs::read(&path) {
+            Ok(bytes) => String::from_utf8(bytes).unwrap_or_default(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(Error::io(&path, e)),
+        };
+        if text.starts_with(RESOLVED_JOB_HEADER) {
+            return Ok(false);
+        }
+        let written_by_us = JobConfig::load_str(&text, &path, &[])
+            .and_then(|job| job.to_toml_string())
+            .is_ok_and(|again| again == text);
+        Ok(!written_by_us)
     }
 
     pub fn log_step(&self, step: StepMetrics) -> Result<()> {
@@ -244,6 +275,32 @@ mod tests {
         assert_eq!(log.val_loss_at(0).unwrap(), Some(3.0));
         log.start_fresh().unwrap();
         assert!(log.metrics().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_job_toml_is_ours_with_the_header_or_as_older_runs_wrote_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let log = RunLog::create(tmp.path().join("run")).unwrap();
+        assert!(!log.foreign_job_file().unwrap(), "absent is no one's");
+        let text = format!(
+            "[model]\nsource = \"org/name\"\n[data]\ntrain = \"{}\"\n[output]\ndir = \"{}\"\n",
+            tmp.path().join("t.jsonl").display(),
+            log.dir().display()
+        );
+        // A user's job file, even the one of this run.
+        std::fs::write(log.job_path(), &text).unwrap();
+        assert!(log.foreign_job_file().unwrap());
+        let err = log.write_job(&JobConfig::load_str(&text, &log.job_path(), &[]).unwrap());
+        assert!(matches!(err, Err(Error::RunFileTaken { .. })), "{err:?}");
+        assert_eq!(std::fs::read_to_string(log.job_path()).unwrap(), text);
+        // What a run of an older version wrote: the job as written, without the header.
+        let job = JobConfig::load_str(&text, &log.job_path(), &[]).unwrap();
+        std::fs::write(log.job_path(), job.to_toml_string().unwrap()).unwrap();
+        assert!(!log.foreign_job_file().unwrap());
+        log.write_job(&job).unwrap();
+        let written = std::fs::read_to_string(log.job_path()).unwrap();
+        assert!(written.starts_with(RESOLVED_JOB_HEADER), "{written}");
+        assert!(!log.foreign_job_file().unwrap());
     }
 
     #[test]

@@ -2,9 +2,10 @@
 //! the prepared data, then runs the loop (resume, step, log, validate, carry out the checkpoint
 //! policy's actions) and finishes with the adapter export. Each role lives in its own module:
 //! [`super::plan`] for batches, [`super::checkpoint_policy`] for when to save and stop,
-//! [`super::run_log`] for the run's files, [`crate::data::prepare`] for the examples.
+//! [`super::resume`] for what a checkpoint must pass, [`super::run_log`] for the run's files,
+//! [`crate::data::prepare`] for the examples.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -13,14 +14,15 @@ use candle_core::{DType, Device};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::checkpoint::{
-    job_checkpoints_up_to, job_fingerprint, list_checkpoints, read_state, remove_checkpoint,
+    job_checkpoints, job_fingerprint, list_checkpoints, new_run_id, read_state, remove_checkpoint,
     save_checkpoint, TrainerState,
 };
-use super::checkpoint_policy::{CheckpointAction, CheckpointPolicy};
+use super::checkpoint_policy::{CheckpointAction, CheckpointPolicy, SavedCheckpoint};
 use super::memory;
 use super::metrics::{EvalMetrics, StepMetrics};
 use super::optimizer::{AdamW, AdamWConfig};
 use super::plan::StepPlan;
+use super::resume::{check_data, check_state, data_hash, Expected};
 use super::run_log::{RunLog, TrainSummary};
 use super::schedule::Schedule;
 use super::step::{train_step, StepOutcome};
@@ -29,31 +31,24 @@ use crate::config::ReportSection;
 use crate::data::batch::{collate, MicroBatch};
 use crate::data::prepare::{prepare_dataset, FitReport, HeldOut, PrepareOptions, PreparedData};
 use crate::data::TokenizedExample;
-use crate::eval::score_examples;
+use crate::eval::score_examples_until;
 use crate::export::{write_adapter, AdapterExport};
 use crate::lora::{LoraParams, LoraSpec};
 use crate::model::{load, LoadOptions, LoadedModel};
 use crate::{Error, Result};
 
-/// A stop flag set by Ctrl-C.
-pub fn install_ctrlc() -> Arc<AtomicBool> {
-    let flag = Arc::new(AtomicBool::new(false));
-    let f = flag.clone();
-    // A second handler cannot be installed; the first one's flag keeps working in tests.
-    let _ = ctrlc::set_handler(move || {
-        f.store(true, Ordering::SeqCst);
-    });
-    flag
-}
-
 /// Options of a run that are not part of the job file.
 #[derive(Debug, Clone, Default)]
 pub struct RunOptions {
     pub resume: bool,
+    /// Remove an earlier run's files from the output folder and start afresh (`--overwrite`).
+    pub overwrite: bool,
     /// Show a progress bar.
     pub progress: bool,
     /// Stop (with a checkpoint, as on Ctrl-C) after this many steps of this invocation.
     pub stop_after: Option<usize>,
+    /// Resume although the training data changed since the checkpoint.
+    pub allow_data_change: bool,
 }
 
 /// A loaded job: model, adapter parameters and prepared data.
@@ -116,6 +111,9 @@ impl Trainer {
             job.train.recompute_attention,
         );
         let plan = StepPlan::new(&job, data.train.len())?;
+        for warning in plan.warnings(&job) {
+            tracing::warn!("{warning}");
+        }
         let schedule = Schedule {
             kind: job.train.scheduler,
             lr: job.train.lr,
@@ -219,24 +217,44 @@ impl Trainer {
 
     /// Token-weighted validation loss (no dropout), or None without validation data.
     pub fn validation_loss(&self) -> Result<Option<(f64, usize)>> {
+        self.validation_loss_until(&AtomicBool::new(false))
+    }
+
+    /// [`Self::validation_loss`] that gives up with [`Error::Interrupted`] once `stop` is set.
+    pub fn validation_loss_until(&self, stop: &AtomicBool) -> Result<Option<(f64, usize)>> {
         if self.data.validation.is_empty() {
             return Ok(None);
         }
         self.params.set_dropout_seed(0);
         // In micro-batches of the training size, which the memory check has passed.
-        let r = score_examples(
+        let r = score_examples_until(
             self.model.model.as_ref(),
             &self.data.validation,
             self.job.train.micro_batch_size,
             false,
+            stop,
         )?;
         Ok(Some((r.mean_loss, r.target_tokens)))
     }
 
-    /// Validates and logs the result; None without validation data.
-    fn evaluate_and_log(&self, log: &RunLog, step: usize) -> Result<Option<f64>> {
-        let Some((loss, n)) = self.validation_loss()? else {
-            return Ok(None);
+    /// Validates and logs the result; None without validation data, or when `stop` cut the
+    /// validation short (then `stopped` is set and nothing is logged).
+    fn evaluate_and_log(
+        &self,
+        log: &RunLog,
+        step: usize,
+        stop: &AtomicBool,
+        stopped: &mut bool,
+    ) -> Result<Option<f64>> {
+        let (loss, n) = match self.validation_loss_until(stop) {
+            Err(Error::Interrupted(_)) => {
+                *stopped = true;
+                return Ok(None);
+            }
+            result => match result? {
+                Some(scored) => scored,
+                None => return Ok(None),
+            },
         };
         log.log_eval(EvalMetrics {
             step,
@@ -257,33 +275,42 @@ impl Trainer {
         )
     }
 
-    /// Runs (or resumes) training to the end, or until a stop request (Ctrl-C, `stop_after`).
+    /// Runs (or resumes) training to the end, or until a stop request (SIGINT or SIGTERM, which
+    /// also cuts a validation short, or `stop_after`).
     pub fn run(&mut self, opts: &RunOptions, stop: Arc<AtomicBool>) -> Result<TrainSummary> {
+        let how = super::output_dir::Start::from_flags(opts.resume, opts.overwrite)?;
+        super::output_dir::prepare(&self.job.output.dir, how)?;
         let log = RunLog::create(&self.job.output.dir)?;
         let fingerprint = job_fingerprint(&self.job);
+        let data_hash = self.data_hash()?;
         let mut opt = self.optimizer()?;
         let total = self.plan.total_steps;
         let train = &self.job.train;
         let mut policy = CheckpointPolicy::new(train.save_every, train.keep_last, total)
             .stop_after(opts.stop_after);
-        let (start, elapsed_before) = if opts.resume {
-            let (state, earlier) = self.resume(&mut opt, log.dir(), &fingerprint)?;
+        let (start, elapsed_before, run_id) = if opts.resume {
+            let (state, saved) = self.resume(&mut opt, &fingerprint, &data_hash, opts)?;
             log.resume_at(state.step)?;
-            policy = policy.resumed(state.step, earlier);
-            (state.step, state.elapsed_s)
+            policy = policy.resumed(state.step, state.run_id.as_deref(), &saved);
+            (state.step, state.elapsed_s, state.run_id)
         } else {
             log.start_fresh()?;
-            (0, 0.0)
+            (0, 0.0, Some(new_run_id()))
         };
         // Where the eval harness and the server find the run's base model and data.
         log.write_job(&self.job)?;
+        let mut interrupted = false;
         let val_before = match start {
-            0 => self.evaluate_and_log(&log, 0)?,
+            0 => self.evaluate_and_log(&log, 0, &stop, &mut interrupted)?,
             _ => log.val_loss_at(0)?,
         };
+        // A validation that a stop cut short before this checkpoint is done now.
+        if start > 0 && self.eval_due(start) && log.val_loss_at(start)?.is_none() {
+            self.evaluate_and_log(&log, start, &stop, &mut interrupted)?;
+        }
         let bar = progress_bar(opts.progress, total, start);
         let clock = Instant::now();
-        let (mut step, mut tokens, mut interrupted) = (start, 0, false);
+        let (mut step, mut tokens) = (start, 0);
         while step < total && !interrupted {
             let step_clock = Instant::now();
             let lr = self.schedule.lr_at(step);
@@ -315,14 +342,17 @@ impl Trainer {
             ));
             bar.set_position(step as u64);
             if self.eval_due(step) {
-                if let Some(loss) = self.evaluate_and_log(&log, step)? {
+                // A stop during it leaves the flag set: the policy saves and stops below.
+                if let Some(loss) = self.evaluate_and_log(&log, step, &stop, &mut false)? {
                     bar.println(format!("step {step}: validation loss {loss:.4}"));
                 }
             }
             for action in policy.after_step(step, stop.load(Ordering::SeqCst)) {
                 match action {
                     CheckpointAction::Save(at) => {
-                        self.save(log.dir(), &self.state_at(at, elapsed, &fingerprint), &opt)?
+                        let state =
+                            self.state_at(at, elapsed, &fingerprint, &data_hash, run_id.clone());
+                        self.save(log.dir(), &state, &opt)?
                     }
                     CheckpointAction::Prune(at) => remove_checkpoint(log.dir(), at)?,
                     CheckpointAction::Stop => interrupted = true,
@@ -338,18 +368,39 @@ impl Trainer {
             elapsed_before,
             clock,
         };
-        self.finish(&log, end)
+        self.finish(&log, end, &stop)
     }
 
-    /// Loads the newest checkpoint in `out` into the adapter and `opt`. Returns its state and
-    /// the steps of the checkpoints this job wrote up to it, which the policy may prune.
-    fn resume(
-        &mut self,
-        opt: &mut AdamW,
-        out: &Path,
+    /// Checks, before anything is written, that `--resume` can continue from the newest
+    /// checkpoint: the same job, a consistent state, and the same data unless allowed.
+    pub fn check_resume(&self, opts: &RunOptions) -> Result<()> {
+        let fingerprint = job_fingerprint(&self.job);
+        let data_hash = self.data_hash()?;
+        self.resumable_checkpoint(&fingerprint, &data_hash, opts)
+            .map(|_| ())
+    }
+
+    /// The hash of the job's training data and validation file.
+    fn data_hash(&self) -> Result<String> {
+        data_hash(&self.job.data.train, self.validation_file())
+    }
+
+    fn validation_file(&self) -> Option<&Path> {
+        match &self.job.data.validation {
+            Some(ValidationSpec::File(path)) => Some(path),
+            _ => None,
+        }
+    }
+
+    /// The newest checkpoint and its state, once the checks of [`Self::check_resume`] pass.
+    fn resumable_checkpoint(
+        &self,
         fingerprint: &str,
-    ) -> Result<(TrainerState, Vec<usize>)> {
-        let Some((_, dir)) = list_checkpoints(out)?.pop() else {
+        data_hash: &str,
+        opts: &RunOptions,
+    ) -> Result<(TrainerState, PathBuf)> {
+        let out = &self.job.output.dir;
+        let Some((folder_step, dir)) = list_checkpoints(out)?.pop() else {
             return Err(Error::Config(format!(
                 "--resume: no checkpoint in {}",
                 out.join("checkpoints").display()
@@ -362,6 +413,28 @@ impl Trainer {
                 dir.display()
             )));
         }
+        let files = (self.job.data.train.as_path(), self.validation_file());
+        let data_changed = check_data(&state, &dir, data_hash, files, opts.allow_data_change)?;
+        let want = Expected {
+            folder_step,
+            plan: &self.plan,
+            seed: self.job.train.seed,
+            data_changed,
+        };
+        check_state(&state, &dir.join("trainer_state.json"), &want)?;
+        Ok((state, dir))
+    }
+
+    /// Loads the newest checkpoint of the output folder into the adapter and `opt`. Returns its
+    /// state and the checkpoints this job wrote, of which the policy prunes its run's.
+    fn resume(
+        &mut self,
+        opt: &mut AdamW,
+        fingerprint: &str,
+        data_hash: &str,
+        opts: &RunOptions,
+    ) -> Result<(TrainerState, Vec<SavedCheckpoint>)> {
+        let (state, dir) = self.resumable_checkpoint(fingerprint, data_hash, opts)?;
         let saved = LoraParams::from_peft(
             self.model.model.as_mut(),
             &dir,
@@ -374,8 +447,8 @@ impl Trainer {
         }
         opt.load(&dir.join("optimizer.safetensors"))?;
         tracing::info!("resuming from {} (step {})", dir.display(), state.step);
-        let earlier = job_checkpoints_up_to(out, state.step, fingerprint)?;
-        Ok((state, earlier))
+        let saved = job_checkpoints(&self.job.output.dir, fingerprint)?;
+        Ok((state, saved))
     }
 
     /// One optimizer step over the micro-batches of 0-based step `step`.
@@ -408,7 +481,14 @@ impl Trainer {
         save_checkpoint(out, state, &self.params, opt, &self.export_info()).map(|_| ())
     }
 
-    fn state_at(&self, step: usize, elapsed_s: f64, fingerprint: &str) -> TrainerState {
+    fn state_at(
+        &self,
+        step: usize,
+        elapsed_s: f64,
+        fingerprint: &str,
+        data_hash: &str,
+        run_id: Option<String>,
+    ) -> TrainerState {
         TrainerState {
             step,
             total_steps: self.plan.total_steps,
@@ -416,6 +496,8 @@ impl Trainer {
             seed: self.job.train.seed,
             job_fingerprint: fingerprint.to_string(),
             elapsed_s,
+            data_hash: Some(data_hash.to_string()),
+            run_id,
         }
     }
 
@@ -434,15 +516,18 @@ impl Trainer {
         ))
     }
 
-    /// After the loop: the final validation, the plot, the adapter and the summary.
-    fn finish(&self, log: &RunLog, end: RunEnd) -> Result<TrainSummary> {
-        let val_after = if end.interrupted {
+    /// After the loop: the final validation, the plot, the adapter and the summary. A stop
+    /// after the last step, or during the final validation, skips the adapter: `--resume`
+    /// does the rest from the last checkpoint.
+    fn finish(&self, log: &RunLog, end: RunEnd, stop: &AtomicBool) -> Result<TrainSummary> {
+        let mut interrupted = end.interrupted || stop.load(Ordering::SeqCst);
+        let val_after = if interrupted {
             None
         } else {
-            self.evaluate_and_log(log, end.step)?
+            self.evaluate_and_log(log, end.step, stop, &mut interrupted)?
         };
         log.write_plot(&self.plot_title())?;
-        let adapter_dir = if end.interrupted {
+        let adapter_dir = if interrupted {
             None
         } else {
             let dir = log.dir().join("adapter");
@@ -453,7 +538,7 @@ impl Trainer {
         let summary = TrainSummary {
             steps: end.step,
             total_steps: self.plan.total_steps,
-            interrupted: end.interrupted,
+            interrupted,
             train_examples: self.data.train.len(),
             validation_examples: self.data.validation.len(),
             fit: self.data.fit.clone(),
@@ -507,6 +592,28 @@ fn prepare_data(job: &JobConfig, model: &LoadedModel) -> Result<PreparedData> {
             job.data.max_seq_len,
             fit.truncated,
             fit.dropped
+        );
+    }
+    let val_fit = &data.validation_fit;
+    let (val_path, which) = match held_out {
+        HeldOut::File(path) => (path, "validation"),
+        _ => (job.data.train.as_path(), "held-out validation"),
+    };
+    if data.validation.is_empty() && val_fit.dropped > 0 {
+        return Err(Error::NoUsableData {
+            path: val_path.to_path_buf(),
+            msg: format!(
+                "all {} {which} conversations are dropped by data.max_seq_len = {} (their last \
+                 assistant turn does not fit); raise it, or shorten them",
+                val_fit.dropped, job.data.max_seq_len
+            ),
+        });
+    }
+    if val_fit.dropped > 0 {
+        tracing::warn!(
+            "data.max_seq_len = {}: {} of the {which} conversations dropped (their last assistant turn does not fit)",
+            job.data.max_seq_len,
+            val_fit.dropped
         );
     }
     Ok(data)

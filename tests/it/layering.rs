@@ -25,6 +25,7 @@ const LAYERS: &[&[&str]] = &[
     &["export"],
     &["train"],
     &["providers"],
+    &["harness"],
     &["cli"],
 ];
 

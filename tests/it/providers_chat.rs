@@ -382,6 +382,14 @@ fn fallback_to_the_second_provider_after_retries() {
     assert_eq!(reply.provider, "secondary");
     assert_eq!(reply.content, "second");
     assert_eq!(down.requests().len(), 2);
+    // The reply says who failed before it answered.
+    assert_eq!(reply.failed_attempts.len(), 1);
+    assert_eq!(reply.failed_attempts[0].provider, "primary");
+    assert!(
+        reply.failed_attempts[0].error.contains("HTTP 503"),
+        "{:?}",
+        reply.failed_attempts
+    );
     assert_eq!(chain.usage().requests, 1);
     assert_eq!(chain.name(), "primary -> secondary");
 

@@ -266,7 +266,7 @@ fn restart_then_watch_reports_events_status_and_downloads_the_adapter() {
 
     let out = dir.path().join("adapters");
     let path = restarted
-        .download(TOGETHER_JOB, DownloadKind::Adapter, &out, false)
+        .download(TOGETHER_JOB, DownloadKind::Adapter, &out, false, false)
         .unwrap();
     assert_eq!(std::fs::read(&path).unwrap(), ADAPTER_BYTES);
     assert!(
@@ -283,7 +283,26 @@ fn restart_then_watch_reports_events_status_and_downloads_the_adapter() {
         .collect();
     assert_eq!(leftovers.len(), 1, "{leftovers:?}");
     let record = restarted.status(TOGETHER_JOB).unwrap();
-    assert_eq!(record.downloads, vec![path]);
+    assert_eq!(record.downloads, vec![path.clone()]);
+
+    // A second download does not replace the file unasked; with `force` it does.
+    std::fs::write(&path, "edited").unwrap();
+    let again = restarted.download(TOGETHER_JOB, DownloadKind::Adapter, &out, false, false);
+    match again {
+        Err(ProviderError::WouldReplace(e)) => {
+            let text = e.to_string();
+            assert!(
+                text.contains(&path.display().to_string()) && text.contains("--force"),
+                "{text}"
+            );
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    assert_eq!(std::fs::read(&path).unwrap(), b"edited");
+    let forced = restarted
+        .download(TOGETHER_JOB, DownloadKind::Adapter, &out, false, true)
+        .unwrap();
+    assert_eq!(std::fs::read(&forced).unwrap(), ADAPTER_BYTES);
 }
 
 #[test]
@@ -460,7 +479,7 @@ fn openai_multipart_upload_create_watch_and_no_download() {
     assert_eq!(checkpoints[0].step, Some(5));
     assert_eq!(checkpoints[0].valid_loss, Some(1.3));
     assert!(matches!(
-        hosted.download(OPENAI_JOB, DownloadKind::Adapter, dir.path(), false),
+        hosted.download(OPENAI_JOB, DownloadKind::Adapter, dir.path(), false, false),
         Err(ProviderError::Unsupported { .. })
     ));
 }

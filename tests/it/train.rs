@@ -1,7 +1,8 @@
 //! The LoRA trainer on the tiny models: every LoRA parameter gets a gradient, gradient
 //! accumulation normalises by the step's target tokens, resume reproduces the uninterrupted
-//! run exactly, a NaN stops the run with the last checkpoint intact, and exported adapters
-//! load back with the same loss; a run records its resolved job in `job.toml`.
+//! run exactly, a stop during a validation or the report is honoured, a NaN stops
+//! the run with the last checkpoint intact, and exported adapters load back with the same
+//! loss; a run records its resolved job in `job.toml`.
 
 use crate::common;
 
@@ -13,7 +14,6 @@ use candle_core::{DType, Device, Tensor};
 use lora_train::config::JobConfig;
 use lora_train::data::batch::collate;
 use lora_train::train::loss::micro_batch_nll_sum;
-use lora_train::train::metrics::MetricsLine;
 use lora_train::train::RunLog;
 use lora_train::train::{RunOptions, Trainer};
 
@@ -92,18 +92,6 @@ fn grad_accum_normalises_by_step_targets() {
     assert!(d < 1e-5, "gradients differ by {d}");
 }
 
-fn step_losses(out: &Path) -> Vec<(usize, f64)> {
-    RunLog::new(out)
-        .metrics()
-        .unwrap()
-        .into_iter()
-        .map(|l| match l {
-            MetricsLine::Step(s) => (s.step, s.loss),
-            MetricsLine::Eval(e) => (e.step, e.val_loss),
-        })
-        .collect()
-}
-
 #[test]
 fn resume_reproduces_the_uninterrupted_run() {
     for model in ["tiny-llama", "tiny-gemma3"] {
@@ -111,7 +99,7 @@ fn resume_reproduces_the_uninterrupted_run() {
         let mut t = Trainer::new(job(model, full.path())).unwrap();
         let s = t.run(&RunOptions::default(), no_stop()).unwrap();
         assert_eq!(s.steps, 8);
-        let want = step_losses(full.path());
+        let want = common::logged_losses(full.path());
 
         let part = tempfile::tempdir().unwrap();
         let mut t = Trainer::new(job(model, part.path())).unwrap();
@@ -138,7 +126,7 @@ fn resume_reproduces_the_uninterrupted_run() {
             no_stop(),
         )
         .unwrap();
-        let got = step_losses(part.path());
+        let got = common::logged_losses(part.path());
         assert_eq!(got, want, "{model}: resumed curve differs");
         // The final adapters are identical too.
         let a = std::fs::read(full.path().join("adapter/adapter_model.safetensors")).unwrap();
@@ -172,7 +160,10 @@ fn dropout_runs_resume_exactly_too() {
         ..Default::default()
     };
     Trainer::new(jp).unwrap().run(&resume, no_stop()).unwrap();
-    assert_eq!(step_losses(part.path()), step_losses(full.path()));
+    assert_eq!(
+        common::logged_losses(part.path()),
+        common::logged_losses(full.path())
+    );
 }
 
 #[test]
@@ -290,4 +281,87 @@ fn a_run_records_its_resolved_job_and_resume_rewrites_it() {
     let read = JobConfig::load(&written, &[]).unwrap();
     assert_eq!(read.train.eval_every, 1);
     assert_eq!(read.to_toml_string().unwrap(), resolved(&changed));
+}
+
+#[test]
+fn a_stop_during_validation_is_honoured_and_the_resume_redoes_it() {
+    let stopped = || Arc::new(AtomicBool::new(true));
+    // Before the first step: the validation at step 0 stops, and nothing is saved.
+    let early = tempfile::tempdir().unwrap();
+    let s = Trainer::new(job("tiny-llama", early.path()))
+        .unwrap()
+        .run(&RunOptions::default(), stopped())
+        .unwrap();
+    assert!(s.interrupted && s.steps == 0 && s.val_loss_before.is_none());
+    assert!(
+        lora_train::train::checkpoint::list_checkpoints(early.path())
+            .unwrap()
+            .is_empty()
+    );
+
+    let full = tempfile::tempdir().unwrap();
+    Trainer::new(job("tiny-llama", full.path()))
+        .unwrap()
+        .run(&RunOptions::default(), no_stop())
+        .unwrap();
+    let part = tempfile::tempdir().unwrap();
+    let stop3 = RunOptions {
+        stop_after: Some(3),
+        ..Default::default()
+    };
+    Trainer::new(job("tiny-llama", part.path()))
+        .unwrap()
+        .run(&stop3, no_stop())
+        .unwrap();
+    // A stop pending on resume: step 4 runs, its validation (eval_every = 4) is cut short,
+    // and step 4 is saved without it.
+    let resume = RunOptions {
+        resume: true,
+        ..Default::default()
+    };
+    let s = Trainer::new(job("tiny-llama", part.path()))
+        .unwrap()
+        .run(&resume, stopped())
+        .unwrap();
+    assert!(s.interrupted && s.steps == 4, "{s:?}");
+    assert!(RunLog::new(part.path()).val_loss_at(4).unwrap().is_none());
+    assert!(!part.path().join("adapter").exists());
+    // The next resume validates step 4 first, and ends as the uninterrupted run did.
+    Trainer::new(job("tiny-llama", part.path()))
+        .unwrap()
+        .run(&resume, no_stop())
+        .unwrap();
+    assert_eq!(
+        common::logged_losses(part.path()),
+        common::logged_losses(full.path())
+    );
+    let a = std::fs::read(full.path().join("adapter/adapter_model.safetensors")).unwrap();
+    let b = std::fs::read(part.path().join("adapter/adapter_model.safetensors")).unwrap();
+    assert!(a == b, "final adapters differ");
+}
+
+#[test]
+fn a_stop_during_the_report_ends_it_writing_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let prompts = format!(
+        "report.prompts={}",
+        common::fixtures().join("chats.jsonl").display()
+    );
+    let overrides = [
+        prompts.as_str(),
+        "report.starts_with=The",
+        "report.limit=2",
+        "report.max_new_tokens=4",
+        "train.max_steps=1",
+    ];
+    let mut t = Trainer::new(common::tiny_job("tiny-llama", tmp.path(), &overrides)).unwrap();
+    let s = t.run(&RunOptions::default(), no_stop()).unwrap();
+    let report = |t: &mut Trainer, stop: bool| {
+        lora_train::train::report::behaviour_report(t, &s, &AtomicBool::new(stop))
+    };
+    let err = report(&mut t, true).unwrap_err();
+    assert!(matches!(err, lora_train::Error::Interrupted(_)), "{err}");
+    assert!(!tmp.path().join("report.json").exists());
+    assert!(report(&mut t, false).unwrap().is_some());
+    assert!(tmp.path().join("report.json").exists());
 }

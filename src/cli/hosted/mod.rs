@@ -158,6 +158,9 @@ pub enum HostedCommand {
         /// The folder to write into.
         #[arg(long, value_name = "DIR", default_value = ".")]
         out: PathBuf,
+        /// Replace a file of the same name already in --out.
+        #[arg(long)]
+        force: bool,
         #[command(flatten)]
         jobs: JobsDir,
     },
@@ -368,12 +371,13 @@ pub fn run(cmd: HostedCommand) -> anyhow::Result<()> {
             id,
             kind,
             out,
+            force,
             jobs,
         } => {
             let records = Records::open(&jobs)?;
             let path = records
                 .jobs()
-                .download(&id, kind, &out, std::io::stderr().is_terminal())
+                .download(&id, kind, &out, std::io::stderr().is_terminal(), force)
                 .map_err(explain)?;
             println!("downloaded {}", path.display());
             Ok(())

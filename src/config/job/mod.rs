@@ -15,8 +15,6 @@ pub mod values;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
-
 pub use schema::{Key, KeyKind, Section};
 pub use sections::{
     DataSection, JobConfig, LoraSection, ModelSection, OutputSection, ReportSection, SchedulerKind,
@@ -57,6 +55,47 @@ impl<S: Into<String>> FromIterator<S> for WrittenKeys {
     }
 }
 
+/// A TOML file of [`job_section!`](schema) tables, read as the job file is: `--set` overrides
+/// applied, every key checked against `T::KEYS` (unknown keys get the nearest valid one), then
+/// deserialized; it keeps each key's line for later errors. The eval file is one too.
+pub struct SectionFile<'a, T> {
+    pub value: T,
+    doc: Document<'a>,
+}
+
+impl<'a, T: Section + serde::de::DeserializeOwned> SectionFile<'a, T> {
+    pub fn read(text: &str, path: &'a Path, overrides: &[String]) -> Result<Self> {
+        let mut doc = Document::parse(text, path, T::KEYS)?;
+        for raw in overrides {
+            doc.apply_override(raw)?;
+        }
+        doc.check_keys()?;
+        let value =
+            T::deserialize(toml::Value::Table(doc.table.clone())).map_err(|e| Error::JobFile {
+                file: path.to_path_buf(),
+                line: None,
+                msg: e.message().to_string(),
+            })?;
+        Ok(SectionFile { value, doc })
+    }
+}
+
+impl<T> SectionFile<'_, T> {
+    /// An error about `key` (dotted, array items by index), placed at its line or `--set`.
+    pub fn error_at(&self, key: &str, msg: &str) -> Error {
+        self.doc.error_at(key, msg)
+    }
+
+    /// Whether `key` was set with `--set` (its path is then relative to the working folder).
+    pub fn is_overridden(&self, key: &str) -> bool {
+        self.doc.is_overridden(key)
+    }
+
+    pub fn written(&self) -> WrittenKeys {
+        WrittenKeys(self.doc.written())
+    }
+}
+
 impl JobConfig {
     /// Reads a job file, applies `--set section.key=value` overrides, resolves relative paths
     /// against the file's folder and validates the result.
@@ -81,23 +120,21 @@ impl JobConfig {
         path: &Path,
         overrides: &[String],
     ) -> Result<(JobConfig, WrittenKeys)> {
-        let mut doc = Document::parse(text, path, JobConfig::KEYS)?;
-        for raw in overrides {
-            doc.apply_override(raw)?;
-        }
-        doc.check_keys()?;
-        let mut job =
-            JobConfig::deserialize(toml::Value::Table(doc.table.clone())).map_err(|e| {
-                Error::JobFile {
+        if let Ok(table) = toml::from_str::<toml::Table>(text) {
+            if table.contains_key("candidate") && !table.contains_key("model") {
+                return Err(Error::JobFile {
                     file: path.to_path_buf(),
                     line: None,
-                    msg: e.message().to_string(),
-                }
-            })?;
+                    msg: "this is an eval file: run `lora-train eval --config` with it".into(),
+                });
+            }
+        }
+        let file = SectionFile::<JobConfig>::read(text, path, overrides)?;
+        let mut job = file.value.clone();
         let base = path.parent().unwrap_or(Path::new(""));
-        job.resolve_paths(base, |key| doc.is_overridden(key));
-        checks::check(&job).map_err(|bad| doc.error_at(bad.key, &bad.msg))?;
-        Ok((job, WrittenKeys(doc.written())))
+        job.resolve_paths(base, |key| file.is_overridden(key));
+        checks::check(&job).map_err(|bad| file.error_at(bad.key, &bad.msg))?;
+        Ok((job, file.written()))
     }
 
     /// Checks every value rule; each error names its key. [`JobConfig::load`] already runs this.
@@ -185,6 +222,7 @@ impl JobConfig {
 mod tests {
     use super::schema::{all_names, check_kind, find};
     use super::*;
+    use serde::Deserialize;
 
     const MINIMAL: &str =
         "[model]\nsource = \"m.gguf\"\n[data]\ntrain = \"t.jsonl\"\n[output]\ndir = \"out\"\n";
@@ -208,7 +246,7 @@ mod tests {
                 .map(toml::Value::from)
                 .collect(),
             KeyKind::Table(_) | KeyKind::FreeTable => vec![toml::Value::Table(Default::default())],
-            KeyKind::Tables(_) => vec![toml::Value::Array(vec![])],
+            KeyKind::Tables(_) | KeyKind::FreeTables => vec![toml::Value::Array(vec![])],
         }
     }
 

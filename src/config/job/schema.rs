@@ -43,6 +43,8 @@ pub enum KeyKind {
     Tables(&'static [Key]),
     /// A table whose content its reader checks (`[hosted]`).
     FreeTable,
+    /// An array of tables whose content its reader checks (`[[judge.providers]]`).
+    FreeTables,
 }
 
 /// A struct that is a table of the job file.
@@ -74,6 +76,8 @@ key_types! {
     DtypeName => KeyKind::Parsed(DtypeName::check),
     DeviceName => KeyKind::Parsed(DeviceName::check),
     toml::Table => KeyKind::FreeTable,
+    Vec<toml::Table> => KeyKind::FreeTables,
+    Vec<String> => KeyKind::Names,
 }
 
 impl<T: KeyType> KeyType for Option<T> {
@@ -112,7 +116,7 @@ macro_rules! job_section {
         impl $crate::config::job::schema::Section for $name {
             const KEYS: &'static [$crate::config::job::schema::Key] = &[$(
                 $crate::config::job::schema::Key {
-                    name: stringify!($field),
+                    name: $crate::config::job::schema::unraw(stringify!($field)),
                     kind: <$ty as $crate::config::job::schema::KeyType>::KIND,
                     required: $crate::config::job::schema::required!($($default)?),
                 },
@@ -147,6 +151,14 @@ macro_rules! required {
 }
 
 pub(crate) use {default_or, job_section, required};
+
+/// A field's key name: `r#trait` is the key `trait`, as serde names it.
+pub const fn unraw(name: &'static str) -> &'static str {
+    match name.as_bytes() {
+        [b'r', b'#', ..] => name.split_at(2).1,
+        _ => name,
+    }
+}
 
 /// The key at `path` (`["train", "lr"]`) under `keys`; array indices are skipped.
 pub fn find<'k>(keys: &'k [Key], path: &[&str]) -> Option<&'k Key> {
@@ -222,7 +234,9 @@ pub fn check_kind(kind: KeyKind, value: &toml::Value) -> Result<(), KindError> {
         }
         (KeyKind::Parsed(check), V::String(s)) => return check(s).map_err(KindError::Value),
         (KeyKind::Table(_), V::Table(_)) => true,
-        (KeyKind::Tables(_), V::Array(items)) => items.iter().all(|v| v.is_table()),
+        (KeyKind::Tables(_) | KeyKind::FreeTables, V::Array(items)) => {
+            items.iter().all(|v| v.is_table())
+        }
         _ => false,
     };
     if ok {
@@ -237,7 +251,7 @@ pub fn check_kind(kind: KeyKind, value: &toml::Value) -> Result<(), KindError> {
         KeyKind::PathOrFraction => "a file path or a fraction".to_string(),
         KeyKind::Choice(choices) => format!("one of {}", choices.join(", ")),
         KeyKind::Table(_) | KeyKind::FreeTable => "a table".to_string(),
-        KeyKind::Tables(_) => "an array of tables".to_string(),
+        KeyKind::Tables(_) | KeyKind::FreeTables => "an array of tables".to_string(),
     };
     Err(KindError::Type(format!(
         "expected {expected}, found {}",

@@ -76,7 +76,9 @@ impl ChatTemplate {
         env.add_function("strftime_now", strftime_now);
         env.add_filter("tojson", tojson);
         env.set_formatter(python_formatter);
-        env.add_template_owned(TEMPLATE_NAME, source.to_string())
+        // minijinja can panic on what it should refuse (`''[::-1]` in 2.24): see `render`.
+        crate::error::catch_panic(|| env.add_template_owned(TEMPLATE_NAME, source.to_string()))
+            .map_err(engine_panic)?
             .map_err(|e| template_error(&e))?;
         Ok(ChatTemplate {
             env,
@@ -170,7 +172,9 @@ impl ChatTemplate {
             ctx.push(("eos_token", Value::from(eos.as_str())));
         }
         let ctx: Value = ctx.into_iter().collect();
-        template.render(ctx).map_err(|e| template_error(&e))
+        crate::error::catch_panic(|| template.render(ctx))
+            .map_err(engine_panic)?
+            .map_err(|e| template_error(&e))
     }
 
     /// The token that closes a turn in this template (`<|eot_id|>`, `<end_of_turn>`,
@@ -204,6 +208,13 @@ pub fn builtin_template_name(arch: &str, tokenizer: &ChatTokenizer) -> Result<&'
          (Llama 3 needs <|start_header_id|>, ChatML needs <|im_start|>); for an HF folder, \
          put a Jinja template in chat_template.jinja beside tokenizer.json"
     )))
+}
+
+/// A panic inside minijinja, caught: the template hit a case the engine does not handle.
+fn engine_panic(why: String) -> Error {
+    Error::Template(format!(
+        "the template engine failed on this template ({why}); rewrite the expression it chokes on"
+    ))
 }
 
 fn template_error(e: &minijinja::Error) -> Error {

@@ -197,6 +197,7 @@ impl ChatClient for HttpChatClient {
                 cost_usd,
             },
             cached: false,
+            failed_attempts: Vec::new(),
         };
         if let (Some(cache), Some(key)) = (&self.cache, &cache_key) {
             if let Err(e) = cache.put(key, &response) {

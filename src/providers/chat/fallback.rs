@@ -3,7 +3,7 @@
 //! Each client has already spent its own retries when it fails, so the chain moves
 //! on at once; when every client fails the error lists each failure in order.
 
-use super::{ChatClient, ChatRequest, ChatResponse, UsageTotals};
+use super::{ChatClient, ChatRequest, ChatResponse, FailedAttempt, UsageTotals};
 use crate::providers::error::{ProviderError, Result};
 
 /// Clients tried in order.
@@ -42,19 +42,28 @@ impl ChatClient for FallbackChain {
     }
 
     fn chat(&self, request: &ChatRequest) -> Result<ChatResponse> {
-        let mut failures = Vec::new();
+        let mut failed = Vec::new();
         for (i, client) in self.clients.iter().enumerate() {
             match client.chat(request) {
-                Ok(response) => return Ok(response),
+                Ok(mut response) => {
+                    failed.extend(std::mem::take(&mut response.failed_attempts));
+                    response.failed_attempts = failed;
+                    return Ok(response);
+                }
                 Err(e) => {
                     if i + 1 < self.clients.len() {
                         tracing::warn!(provider = %client.name(), "failed, falling back: {e}");
                     }
-                    failures.push(e.to_string());
+                    failed.push(FailedAttempt {
+                        provider: client.name(),
+                        error: e.to_string(),
+                    });
                 }
             }
         }
-        Err(ProviderError::AllFailed { failures })
+        Err(ProviderError::AllFailed {
+            failures: failed.into_iter().map(|f| f.error).collect(),
+        })
     }
 
     fn usage(&self) -> UsageTotals {

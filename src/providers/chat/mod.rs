@@ -117,6 +117,16 @@ pub struct ChatResponse {
     /// True when the reply came from the on-disk cache (nothing was paid for it).
     #[serde(default)]
     pub cached: bool,
+    /// The providers of a fallback chain that failed before this one answered, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failed_attempts: Vec<FailedAttempt>,
+}
+
+/// A provider that failed (after its own retries) before another in the chain answered.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailedAttempt {
+    pub provider: String,
+    pub error: String,
 }
 
 /// Usage added up over a client's lifetime. Cache hits cost nothing and are counted apart.

@@ -347,13 +347,15 @@ impl HostedJobs {
         self.client_for(&record)?.checkpoints(&record.job_id)
     }
 
-    /// Downloads the adapter (or merged model, or a checkpoint) into `dest_dir`.
+    /// Downloads the adapter (or merged model, or a checkpoint) into `dest_dir`; a file of the
+    /// same name there is replaced only when `force` is set.
     pub fn download(
         &self,
         id: &str,
         kind: DownloadKind,
         dest_dir: &Path,
         progress_bar: bool,
+        force: bool,
     ) -> Result<PathBuf> {
         let mut record = self.store.find(id)?;
         let client = self.client_for(&record)?;
@@ -369,7 +371,7 @@ impl HostedJobs {
         } else {
             ProgressBar::hidden()
         };
-        let path = client.download(&record.job_id, kind, dest_dir, &mut |done, total| {
+        let path = client.download(&record.job_id, kind, dest_dir, force, &mut |done, total| {
             if let Some(total) = total {
                 bar.set_length(total);
             }

@@ -349,12 +349,14 @@ pub trait FineTuneApi: Send + Sync {
     /// The job's events, oldest first.
     fn events(&self, id: &str) -> Result<Vec<JobEvent>>;
     fn checkpoints(&self, id: &str) -> Result<Vec<Checkpoint>>;
-    /// Downloads into `dest_dir`; returns the file written. `progress(done, total)`.
+    /// Downloads into `dest_dir`; returns the file written. `progress(done, total)`. A file of
+    /// the same name there is replaced only when `force` is set.
     fn download(
         &self,
         id: &str,
         kind: DownloadKind,
         dest_dir: &Path,
+        force: bool,
         progress: &mut dyn FnMut(u64, Option<u64>),
     ) -> Result<PathBuf>;
 }

@@ -266,6 +266,7 @@ impl FineTuneApi for OpenAiFineTune {
         _id: &str,
         _kind: DownloadKind,
         _dest_dir: &Path,
+        _force: bool,
         _progress: &mut dyn FnMut(u64, Option<u64>),
     ) -> Result<PathBuf> {
         Err(ProviderError::Unsupported {

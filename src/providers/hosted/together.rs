@@ -13,7 +13,7 @@ use super::{
     json_str, json_u64, safe_file_name, Checkpoint, DownloadKind, EventLevel, FineTuneApi,
     HostedProvider, JobEvent, JobStatus, RemoteJob,
 };
-use crate::fsutil::temp_path_for;
+use crate::fsutil::{check_new_file, temp_path_for};
 use crate::providers::error::{ProviderError, Result};
 use crate::providers::http::{
     display_path, form_encode, resolve_location, Auth, HttpRequest, HttpSettings, Transport,
@@ -285,6 +285,7 @@ impl FineTuneApi for TogetherFineTune {
         id: &str,
         kind: DownloadKind,
         dest_dir: &Path,
+        force: bool,
         progress: &mut dyn FnMut(u64, Option<u64>),
     ) -> Result<PathBuf> {
         let job = self.retrieve(id)?;
@@ -312,6 +313,7 @@ impl FineTuneApi for TogetherFineTune {
         };
         std::fs::create_dir_all(dest_dir).map_err(|e| ProviderError::io(dest_dir, e))?;
         let target = dest_dir.join(name);
+        check_new_file(&target, force)?;
         let temp = temp_path_for(&target);
         let copied = (|| -> std::io::Result<u64> {
             let mut file = std::fs::File::create(&temp)?;

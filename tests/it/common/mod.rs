@@ -40,6 +40,20 @@ pub fn read_json(path: &std::path::Path) -> serde_json::Value {
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
+/// The (step, loss) of every line of a run's `metrics.jsonl`: steps and validations, in order.
+pub fn logged_losses(out: &std::path::Path) -> Vec<(usize, f64)> {
+    use lora_train::train::metrics::MetricsLine;
+    lora_train::train::RunLog::new(out)
+        .metrics()
+        .unwrap()
+        .into_iter()
+        .map(|l| match l {
+            MetricsLine::Step(s) => (s.step, s.loss),
+            MetricsLine::Eval(e) => (e.step, e.val_loss),
+        })
+        .collect()
+}
+
 /// Largest absolute elementwise difference of two tensors.
 pub fn max_abs_diff(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f32 {
     (a - b)

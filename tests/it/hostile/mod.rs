@@ -2,12 +2,14 @@
 //! the exit code, one clear `error:` line, and that the files it was pointed at are
 //! byte-identical afterwards.
 
+mod inputs;
+mod outputs;
+mod runs;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use assert_cmd::Command;
-
-mod inputs;
 
 /// Every file under some paths, with its bytes, to compare after a command ran.
 pub struct Snapshot(BTreeMap<PathBuf, Vec<u8>>);

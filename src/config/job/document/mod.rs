@@ -122,7 +122,7 @@ impl<'a> Document<'a> {
             };
             let full = parts[..=i].join(".");
             let entry = table.entry(part.to_string()).or_insert_with(|| match kind {
-                KeyKind::Tables(_) => toml::Value::Array(Vec::new()),
+                KeyKind::Tables(_) | KeyKind::FreeTables => toml::Value::Array(Vec::new()),
                 _ => toml::Value::Table(toml::Table::new()),
             });
             match kind {
@@ -137,7 +137,11 @@ impl<'a> Document<'a> {
                     table = t;
                     i += 1;
                 }
-                KeyKind::Tables(sub) => {
+                KeyKind::Tables(_) | KeyKind::FreeTables => {
+                    let sub = match kind {
+                        KeyKind::Tables(sub) => Some(sub),
+                        _ => None,
+                    };
                     let toml::Value::Array(items) = entry else {
                         return Err(fail(format!(
                             "`{full}` in the file is not a list of tables"
@@ -163,7 +167,7 @@ impl<'a> Document<'a> {
                     let toml::Value::Table(t) = &mut items[n] else {
                         return Err(fail(format!("`{full}.{n}` in the file is not a table")));
                     };
-                    schema = Some(sub);
+                    schema = sub;
                     table = t;
                     i += 2;
                 }

@@ -1,0 +1,373 @@
+//! The candidates of an evaluation and their answers. A local model (or a training run's base
+//! and adapter) generates greedily by default; a remote model is asked through its provider's
+//! client, several prompts at once; a `responses` file reuses answers made earlier. Local
+//! answers are cached under a hash of the model, settings and prompt, so a re-run makes none
+//! twice; remote ones go through the provider's own response cache.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::config::job::{DeviceName, DtypeName, JobConfig};
+use crate::generate::{generate, stop_ids, GenerateOptions};
+use crate::harness::config::{CandidateSection, GenerationSection};
+use crate::harness::pool::{map_parallel, progress};
+use crate::harness::prompts::EvalPrompt;
+use crate::harness::EvalError;
+use crate::model::{load, LoadOptions, LoadedModel};
+use crate::providers::cache::ResponseCache;
+use crate::providers::chat::{ChatClient, ChatProviderConfig, ChatRequest, FinishReason};
+use crate::quant::Quantize;
+
+/// One answer, as a line of `generations/<name>.jsonl`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Generation {
+    pub id: String,
+    pub response: String,
+    pub output_tokens: u64,
+    pub latency_s: f64,
+    pub finish_reason: String,
+}
+
+/// Where a candidate's answers come from.
+#[derive(Debug, Clone)]
+pub enum Source {
+    Local {
+        model: String,
+        adapter: Option<PathBuf>,
+        quantize: Quantize,
+        dtype: DtypeName,
+        device: DeviceName,
+    },
+    Remote(Box<ChatProviderConfig>),
+    Responses(PathBuf),
+}
+
+/// A named candidate.
+#[derive(Debug, Clone)]
+pub struct Candidate {
+    pub name: String,
+    pub source: Source,
+}
+
+impl Candidate {
+    /// The candidate a `[[candidate]]` table describes; `run` folders are read here.
+    pub fn from_section(c: &CandidateSection) -> Result<Self, EvalError> {
+        let source = if let Some(provider) = &c.provider {
+            let mut table = toml::Table::new();
+            table.insert("provider".into(), provider.clone().into());
+            table.insert("model".into(), c.model.clone().unwrap_or_default().into());
+            if let Some(url) = &c.base_url {
+                table.insert("base_url".into(), url.clone().into());
+            }
+            let cfg = ChatProviderConfig::deserialize(toml::Value::Table(table)).map_err(|e| {
+                EvalError::Template(format!("candidate `{}`: {}", c.name, e.message()))
+            })?;
+            Source::Remote(Box::new(cfg))
+        } else if let Some(run) = &c.run {
+            let job_file = run.join("job.toml");
+            let job = JobConfig::load(&job_file, &[])?;
+            let adapter = run.join("adapter");
+            if !adapter.join("adapter_config.json").is_file() {
+                return Err(EvalError::Input {
+                    file: adapter,
+                    line: None,
+                    msg: format!("candidate `{}`: the run has no exported adapter", c.name),
+                });
+            }
+            Source::Local {
+                model: job.model.source.clone(),
+                adapter: Some(adapter),
+                quantize: c.quantize.unwrap_or(job.model.quantize),
+                dtype: c.dtype.unwrap_or(job.model.dtype),
+                device: c.device.unwrap_or(DeviceName::Cpu),
+            }
+        } else if let Some(file) = &c.responses {
+            Source::Responses(file.clone())
+        } else {
+            Source::Local {
+                model: c.model.clone().unwrap_or_default(),
+                adapter: c.adapter.clone(),
+                quantize: c.quantize.unwrap_or(Quantize::None),
+                dtype: c.dtype.unwrap_or(DtypeName::F32),
+                device: c.device.unwrap_or(DeviceName::Cpu),
+            }
+        };
+        Ok(Candidate {
+            name: c.name.clone(),
+            source,
+        })
+    }
+
+    /// What the report shows as the source: the model, and the adapter when there is one.
+    pub fn describe(&self) -> (String, String, Option<PathBuf>) {
+        match &self.source {
+            Source::Local { model, adapter, .. } => {
+                ("local".into(), model.clone(), adapter.clone())
+            }
+            Source::Remote(cfg) => (cfg.provider.as_str().into(), cfg.model.clone(), None),
+            Source::Responses(file) => ("responses".into(), file.display().to_string(), None),
+        }
+    }
+}
+
+/// The SHA-256 of an adapter's weights file, hex.
+pub fn adapter_sha256(dir: &Path) -> Option<String> {
+    let bytes = std::fs::read(dir.join("adapter_model.safetensors")).ok()?;
+    Some(hex(&Sha256::digest(bytes)))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Every candidate's answers to `prompts`, in prompt order. `clients` holds a built client for
+/// each remote candidate (built first, so a missing key fails before any work).
+pub fn answer_all(
+    candidates: &[Candidate],
+    clients: &HashMap<String, Box<dyn ChatClient>>,
+    prompts: &[EvalPrompt],
+    settings: &GenerationSection,
+    cache_dir: &Path,
+) -> Result<Vec<Vec<Generation>>, EvalError> {
+    candidates
+        .iter()
+        .map(|c| match &c.source {
+            Source::Local {
+                model,
+                adapter,
+                quantize,
+                dtype,
+                device,
+            } => {
+                let local = Local {
+                    name: &c.name,
+                    model,
+                    adapter: adapter.as_deref(),
+                    quantize: *quantize,
+                    dtype: *dtype,
+                    device: *device,
+                };
+                answer_local(&local, prompts, settings, cache_dir)
+            }
+            Source::Remote(_) => {
+                let client = clients.get(&c.name).ok_or_else(|| {
+                    EvalError::Template(format!("candidate `{}` has no client", c.name))
+                })?;
+                answer_remote(&c.name, client.as_ref(), prompts, settings)
+            }
+            Source::Responses(file) => read_responses(file, prompts),
+        })
+        .collect()
+}
+
+/// A local candidate's settings.
+struct Local<'a> {
+    name: &'a str,
+    model: &'a str,
+    adapter: Option<&'a Path>,
+    quantize: Quantize,
+    dtype: DtypeName,
+    device: DeviceName,
+}
+
+fn answer_local(
+    c: &Local,
+    prompts: &[EvalPrompt],
+    settings: &GenerationSection,
+    cache_dir: &Path,
+) -> Result<Vec<Generation>, EvalError> {
+    let Local {
+        model,
+        adapter,
+        quantize,
+        dtype,
+        device,
+        ..
+    } = *c;
+    let fingerprint = serde_json::json!({
+        "model": model,
+        "adapter_sha256": adapter.and_then(adapter_sha256),
+        "quantize": quantize.to_string(),
+        "dtype": dtype.to_string(),
+        "max_new_tokens": settings.max_new_tokens,
+        "temperature": settings.temperature,
+        "top_p": settings.top_p,
+        "seed": settings.seed,
+    });
+    let cache = ResponseCache::new(cache_dir.join("generations"));
+    let key = |p: &EvalPrompt| {
+        let body = serde_json::json!({"candidate": fingerprint, "messages": p.messages});
+        ResponseCache::key("local", &body)
+    };
+    let mut out: Vec<Option<Generation>> = prompts
+        .iter()
+        .map(|p| {
+            cache.get::<Generation>(&key(p)).map(|mut g| {
+                g.id = p.id.clone();
+                g
+            })
+        })
+        .collect();
+    if out.iter().all(Option::is_some) {
+        return Ok(out.into_iter().flatten().collect());
+    }
+    let mut m: Option<LoadedModel> = None;
+    let bar = progress(prompts.len() as u64, &format!("generating {}", c.name));
+    for (i, p) in prompts.iter().enumerate() {
+        if out[i].is_some() {
+            bar.inc(1);
+            continue;
+        }
+        if m.is_none() {
+            let opts = LoadOptions {
+                dtype: dtype.dtype(),
+                device: crate::device::open(device)?,
+                quantize,
+            };
+            let mut loaded = load(model, &opts)?;
+            if let Some(dir) = adapter {
+                crate::lora::load_peft_adapter(
+                    loaded.model.as_mut(),
+                    dir,
+                    opts.dtype,
+                    &opts.device,
+                )?;
+            }
+            m = Some(loaded);
+        }
+        let Some(m) = m.as_ref() else { continue };
+        let opts = GenerateOptions {
+            max_new_tokens: settings.max_new_tokens,
+            temperature: settings.temperature,
+            top_p: settings.top_p,
+            seed: settings.seed,
+            stop_ids: stop_ids(m),
+        };
+        let text = m.template.render(&p.messages, true)?;
+        let ids = m.tokenizer.encode(&text, false)?;
+        let start = Instant::now();
+        let mut new = generate(m.model.as_ref(), &ids, &opts, |_| {})?;
+        let stopped = new.last().is_some_and(|t| opts.stop_ids.contains(t));
+        if stopped {
+            new.pop();
+        }
+        let g = Generation {
+            id: p.id.clone(),
+            response: m.tokenizer.decode(&new, true)?.trim().to_string(),
+            output_tokens: new.len() as u64,
+            latency_s: start.elapsed().as_secs_f64(),
+            finish_reason: if stopped { "stop" } else { "length" }.into(),
+        };
+        cache.put(&key(p), &g)?;
+        out[i] = Some(g);
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    Ok(out.into_iter().flatten().collect())
+}
+
+fn answer_remote(
+    name: &str,
+    client: &dyn ChatClient,
+    prompts: &[EvalPrompt],
+    settings: &GenerationSection,
+) -> Result<Vec<Generation>, EvalError> {
+    let replies = map_parallel(
+        prompts,
+        settings.concurrency,
+        &format!("asking {name}"),
+        |p| {
+            let request = ChatRequest {
+                temperature: Some(settings.temperature as f32),
+                max_tokens: Some(settings.max_new_tokens as u32),
+                seed: (settings.temperature > 0.0).then_some(settings.seed),
+                ..ChatRequest::new(p.chat_messages())
+            };
+            let start = Instant::now();
+            client
+                .chat(&request)
+                .map(|r| (r, start.elapsed().as_secs_f64()))
+        },
+    );
+    prompts
+        .iter()
+        .zip(replies)
+        .map(|(p, r)| {
+            let (reply, latency_s) = r?;
+            Ok(Generation {
+                id: p.id.clone(),
+                response: reply.content.trim().to_string(),
+                output_tokens: reply.usage.output_tokens,
+                latency_s,
+                finish_reason: match reply.finish_reason {
+                    FinishReason::Stop => "stop".into(),
+                    FinishReason::Length => "length".into(),
+                    FinishReason::ToolCalls => "tool_calls".into(),
+                    FinishReason::ContentFilter => "content_filter".into(),
+                    FinishReason::Other(s) => s,
+                },
+            })
+        })
+        .collect()
+}
+
+/// Answers from an earlier `generations/<name>.jsonl`, matched to the prompts by id.
+fn read_responses(file: &Path, prompts: &[EvalPrompt]) -> Result<Vec<Generation>, EvalError> {
+    let text = std::fs::read_to_string(file).map_err(|e| crate::Error::io(file, e))?;
+    let mut by_id = HashMap::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let fail = |msg: String| EvalError::Input {
+            file: file.to_path_buf(),
+            line: Some(i + 1),
+            msg,
+        };
+        let value: serde_json::Value =
+            serde_json::from_str(line).map_err(|e| fail(format!("not valid JSON: {e}")))?;
+        let id = match value.get("id") {
+            Some(serde_json::Value::String(s)) => s.clone(),
+            Some(serde_json::Value::Number(n)) => n.to_string(),
+            _ => return Err(fail("\"id\": missing (a string or a number)".into())),
+        };
+        let g: Generation = serde_json::from_value(value)
+            .map_err(|e| fail(format!("not a generation line: {e}")))?;
+        by_id.insert(id, g);
+    }
+    prompts
+        .iter()
+        .map(|p| {
+            by_id.remove(&p.id).ok_or_else(|| EvalError::Input {
+                file: file.to_path_buf(),
+                line: None,
+                msg: format!(
+                    "\"id\": no answer for prompt `{}` (data line {})",
+                    p.id, p.line
+                ),
+            })
+        })
+        .collect()
+}
+
+/// Writes `generations/<name>.jsonl` under `dir`, atomically.
+pub fn write_generations(dir: &Path, name: &str, gens: &[Generation]) -> Result<(), EvalError> {
+    let mut text = String::new();
+    for g in gens {
+        let line = serde_json::to_string(g).map_err(|source| crate::Error::Json {
+            what: format!("generations/{name}.jsonl"),
+            source,
+        })?;
+        text.push_str(&line);
+        text.push('\n');
+    }
+    crate::fsutil::write_atomic(
+        &dir.join("generations").join(format!("{name}.jsonl")),
+        text.as_bytes(),
+    )?;
+    Ok(())
+}

@@ -1,0 +1,185 @@
+//! One evaluation, start to finish: read the prompts, build every client first (so a missing
+//! key fails before any call), answer, run the offline checks, judge each pair in both orders
+//! and score traits, then compute the statistics and write the report. Answers and judgments
+//! are cached, so an interrupted run, run again, pays for nothing it already has.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use serde::Deserialize;
+
+use crate::fsutil::Artifact;
+use crate::harness::candidates::{answer_all, write_generations, Candidate, Generation, Source};
+use crate::harness::config::EvalConfig;
+use crate::harness::judge::{default_traits, Judge, PairJudgment, RubricJudgment, Trait};
+use crate::harness::pool::map_parallel;
+use crate::harness::prompts::{read_prompts, EvalPrompt};
+use crate::harness::report::{self, EvalReport};
+use crate::harness::EvalError;
+use crate::providers::chat::{build_chat_client, ChatClient, ChatProviderConfig};
+use crate::providers::Env;
+
+/// Everything an evaluation produced, for the report and for tests.
+pub struct Outcome {
+    pub prompts: Vec<EvalPrompt>,
+    pub candidates: Vec<Candidate>,
+    pub generations: Vec<Vec<Generation>>,
+    /// (a, b) candidate indices, `a` the non-baseline side.
+    pub pairs: Vec<(usize, usize)>,
+    /// `judgments[pair][prompt]`.
+    pub judgments: Vec<Vec<PairJudgment>>,
+    /// `rubric[candidate][prompt]`, when the rubric ran.
+    pub rubric: Vec<Vec<RubricJudgment>>,
+    pub traits: Vec<Trait>,
+    pub judge_models: Vec<String>,
+    pub report: EvalReport,
+}
+
+/// An eval's output folder: its reports, answers, cache and plots. Anything else there is the
+/// user's, and the eval refuses to write beside it unless forced.
+pub const EVAL_OUTPUT: Artifact = Artifact {
+    what: "an eval output folder",
+    files: &["report.json", "report.md", "judgments.jsonl"],
+    folders: &["generations", "cache", "plots"],
+};
+
+/// Runs the evaluation `cfg` describes and writes its outputs under `cfg.output.dir`; a folder
+/// holding anything an eval does not write is refused unless `force`.
+pub fn run_eval(cfg: &EvalConfig, env: &Env, force: bool) -> Result<Outcome, EvalError> {
+    let out = &cfg.output.dir;
+    EVAL_OUTPUT.check(out, force)?;
+    let cache_dir = out.join("cache");
+    let prompts = read_prompts(&cfg.data.path, cfg.data.limit, cfg.data.seed)?;
+    let candidates = cfg
+        .candidate
+        .iter()
+        .map(Candidate::from_section)
+        .collect::<Result<Vec<_>, _>>()?;
+
+    // Every client first: a missing key or a bad provider setting stops here, before any call.
+    let mut clients: HashMap<String, Box<dyn ChatClient>> = HashMap::new();
+    for c in &candidates {
+        if let Source::Remote(p) = &c.source {
+            let mut p = (**p).clone();
+            p.cache_dir.get_or_insert_with(|| cache_dir.join("chat"));
+            clients.insert(c.name.clone(), build_chat_client(&[p], env)?);
+        }
+    }
+    let judge = match &cfg.judge {
+        Some(j) if j.pairwise || j.rubric => {
+            let providers = j
+                .providers
+                .iter()
+                .enumerate()
+                .map(|(i, t)| {
+                    let mut p = ChatProviderConfig::deserialize(toml::Value::Table(t.clone()))
+                        .map_err(|e| EvalError::Input {
+                            file: Path::new("judge.providers").join(i.to_string()),
+                            line: None,
+                            msg: e.message().to_string(),
+                        })?;
+                    p.cache_dir.get_or_insert_with(|| cache_dir.join("judge"));
+                    Ok(p)
+                })
+                .collect::<Result<Vec<_>, EvalError>>()?;
+            let read = |p: &Option<std::path::PathBuf>| -> Result<Option<String>, EvalError> {
+                p.as_ref()
+                    .map(|f| std::fs::read_to_string(f).map_err(|e| crate::Error::io(f, e).into()))
+                    .transpose()
+            };
+            let traits = if j.r#trait.is_empty() {
+                default_traits()
+            } else {
+                j.r#trait
+                    .iter()
+                    .map(|t| Trait {
+                        name: t.name.clone(),
+                        description: t.description.clone(),
+                    })
+                    .collect()
+            };
+            let client = build_chat_client(&providers, env)?;
+            Some(Judge::new(
+                client,
+                read(&j.pairwise_template)?,
+                read(&j.rubric_template)?,
+                traits,
+            )?)
+        }
+        _ => None,
+    };
+
+    let generations = answer_all(&candidates, &clients, &prompts, &cfg.generation, &cache_dir)?;
+    for (c, gens) in candidates.iter().zip(&generations) {
+        write_generations(out, &c.name, gens)?;
+    }
+
+    let baseline = cfg
+        .judge
+        .as_ref()
+        .and_then(|j| j.baseline.as_ref())
+        .and_then(|b| candidates.iter().position(|c| &c.name == b));
+    let pairs: Vec<(usize, usize)> = match baseline {
+        Some(b) => (0..candidates.len())
+            .filter(|&a| a != b)
+            .map(|a| (a, b))
+            .collect(),
+        None => (0..candidates.len())
+            .flat_map(|a| (a + 1..candidates.len()).map(move |b| (a, b)))
+            .collect(),
+    };
+    let judge_cfg = cfg.judge.as_ref();
+    let concurrency = judge_cfg.map_or(1, |j| j.concurrency);
+    let mut judgments = Vec::new();
+    let mut rubric = Vec::new();
+    if let (Some(judge), Some(j)) = (&judge, judge_cfg) {
+        if j.pairwise {
+            let work: Vec<(usize, usize)> = (0..pairs.len())
+                .flat_map(|pair| (0..prompts.len()).map(move |p| (pair, p)))
+                .collect();
+            let done = map_parallel(&work, concurrency, "judging pairs", |&(pair, p)| {
+                let (a, b) = pairs[pair];
+                judge.compare(
+                    &prompts[p].chat_messages(),
+                    &generations[a][p].response,
+                    &generations[b][p].response,
+                )
+            });
+            let mut it = done.into_iter();
+            for _ in 0..pairs.len() {
+                judgments.push(it.by_ref().take(prompts.len()).collect());
+            }
+        }
+        if j.rubric {
+            let work: Vec<(usize, usize)> = (0..candidates.len())
+                .flat_map(|c| (0..prompts.len()).map(move |p| (c, p)))
+                .collect();
+            let done = map_parallel(&work, concurrency, "scoring traits", |&(c, p)| {
+                judge.rate(&prompts[p].chat_messages(), &generations[c][p].response)
+            });
+            let mut it = done.into_iter();
+            for _ in 0..candidates.len() {
+                rubric.push(it.by_ref().take(prompts.len()).collect());
+            }
+        }
+    }
+    let traits = judge
+        .as_ref()
+        .map(|j| j.traits().to_vec())
+        .unwrap_or_default();
+    let judge_models = judge.as_ref().map(|j| vec![j.name()]).unwrap_or_default();
+    let mut outcome = Outcome {
+        prompts,
+        candidates,
+        generations,
+        pairs,
+        judgments,
+        rubric,
+        traits,
+        judge_models,
+        report: EvalReport::default(),
+    };
+    outcome.report = report::build(cfg, &outcome, baseline)?;
+    report::write(out, &outcome)?;
+    Ok(outcome)
+}
