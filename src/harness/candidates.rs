@@ -247,10 +247,15 @@ fn answer_local(
             seed: settings.seed,
             stop_ids: stop_ids(m),
         };
-        let text = m.template.render(&p.messages, true)?;
-        let ids = m.tokenizer.encode(&text, false)?;
+        let in_prompt = |source: crate::Error| EvalError::Prompt {
+            id: p.id.clone(),
+            line: p.line,
+            source: Box::new(source),
+        };
+        let text = m.template.render(&p.messages, true).map_err(in_prompt)?;
+        let ids = m.tokenizer.encode(&text, false).map_err(in_prompt)?;
         let start = Instant::now();
-        let mut new = generate(m.model.as_ref(), &ids, &opts, |_| {})?;
+        let mut new = generate(m.model.as_ref(), &ids, &opts, |_| {}).map_err(in_prompt)?;
         let stopped = new.last().is_some_and(|t| opts.stop_ids.contains(t));
         if stopped {
             new.pop();

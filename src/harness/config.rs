@@ -289,16 +289,7 @@ impl EvalConfig {
             }
         }
         for (i, c) in self.check.iter().enumerate() {
-            let spec = crate::harness::checks::CheckSpec {
-                name: c.name.clone(),
-                contains: c.contains.clone(),
-                not_contains: c.not_contains.clone(),
-                regex: c.regex.clone(),
-                json_valid: c.json_valid,
-                json_fields: c.json_fields.clone(),
-                matches_reference: c.matches_reference.clone(),
-            };
-            crate::harness::checks::Check::from_spec(&spec)
+            c.to_check()
                 .map_err(|msg| (format!("check.{i}"), format!("check `{}`: {msg}", c.name)))?;
         }
         Ok(())

@@ -7,6 +7,7 @@ pub mod candidates;
 pub mod checks;
 pub mod config;
 pub mod judge;
+pub mod plots;
 pub mod pool;
 pub mod prompts;
 pub mod report;
@@ -25,6 +26,14 @@ pub enum EvalError {
     Core(#[from] crate::Error),
     #[error(transparent)]
     Provider(#[from] ProviderError),
+    /// A prompt could not be answered (too long for the model's context, say).
+    #[error("prompt `{id}` (data line {line}): {source}")]
+    Prompt {
+        id: String,
+        line: usize,
+        #[source]
+        source: Box<crate::Error>,
+    },
     /// A judge template does not compile or render.
     #[error("{0}")]
     Template(String),

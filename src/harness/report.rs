@@ -314,6 +314,7 @@ pub fn write(dir: &Path, o: &Outcome) -> Result<(), EvalError> {
         }
     }
     write_atomic(&dir.join("judgments.jsonl"), lines.as_bytes())?;
+    crate::harness::plots::write_plots(dir, &o.report)?;
     Ok(())
 }
 

@@ -166,6 +166,9 @@ fn an_eval_judges_both_orders_reports_counts_and_reruns_for_free() {
         gens.lines().next().unwrap().contains("\"id\":\"q0\""),
         "{gens}"
     );
+    for plot in ["ratings.svg", "win_rates.svg", "outcomes.svg"] {
+        assert!(dir.join("plots").join(plot).is_file(), "{plot}");
+    }
     let judgments = std::fs::read_to_string(dir.join("judgments.jsonl")).unwrap();
     assert_eq!(judgments.lines().count(), 6);
     assert!(!judgments.contains(KEY));

@@ -119,7 +119,15 @@ fn every_shipped_config_loads() {
     for entry in std::fs::read_dir(repo().join("configs")).unwrap() {
         let path = entry.unwrap().path();
         if path.extension().is_some_and(|e| e == "toml") {
-            if let Err(e) = JobConfig::load(&path, &[]) {
+            let eval = path
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("eval-"));
+            let loaded = if eval {
+                lora_train::harness::config::EvalConfig::load(&path, &[]).map(|_| ())
+            } else {
+                JobConfig::load(&path, &[]).map(|_| ())
+            };
+            if let Err(e) = loaded {
                 panic!("{e}");
             }
             seen += 1;

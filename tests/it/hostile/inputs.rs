@@ -367,3 +367,40 @@ fn an_init_adapter_with_another_rank_is_refused_with_both_values() {
     );
     snap.assert_unchanged(&[&model, &adapter, &job]);
 }
+
+/// An eval prompt longer than a local model's context is refused with its id, line and count,
+/// before any report is written.
+#[test]
+fn an_eval_prompt_beyond_the_context_names_the_prompt() {
+    let tmp = tempfile::tempdir().unwrap();
+    let prompts = tmp.path().join("p.jsonl");
+    let long = "word ".repeat(5000);
+    std::fs::write(
+        &prompts,
+        format!(
+            "{{\"messages\": [{{\"role\": \"user\", \"content\": \"Hi\"}}]}}\n{{\"id\": \"long\", \"messages\": [{{\"role\": \"user\", \"content\": \"{long}\"}}]}}\n"
+        ),
+    )
+    .unwrap();
+    let tiny = crate::common::fixtures().join("tiny-llama");
+    let out = tmp.path().join("out");
+    let before = super::Snapshot::of(&[&prompts]);
+    let err = super::fails_with(
+        crate::common::cli::lora_train()
+            .args(["eval", "--model1"])
+            .arg(&tiny)
+            .arg("--model2")
+            .arg(&tiny)
+            .arg("--data")
+            .arg(&prompts)
+            .arg("-o")
+            .arg(&out),
+        1,
+    );
+    assert!(
+        err.contains("prompt `long` (data line 2)") && err.contains("tokens"),
+        "{err}"
+    );
+    before.assert_unchanged(&[&prompts]);
+    assert!(!out.join("report.json").exists());
+}
