@@ -12,6 +12,10 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::config::job::{DeviceName, DtypeName, JobConfig};
+use crate::data::mask::tokenize_conversation;
+use crate::data::prepare::{fit_to_length, Fit};
+use crate::data::{Conversation, LossOn, Message, Role};
+use crate::eval::score_examples;
 use crate::generate::{generate, stop_ids, GenerateOptions};
 use crate::harness::config::{CandidateSection, GenerationSection};
 use crate::harness::pool::{map_parallel, progress};
@@ -124,6 +128,12 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// A candidate's answers, and for a local one its validation loss on the references.
+pub struct Answers {
+    pub generations: Vec<Generation>,
+    pub val_loss: Option<f64>,
+}
+
 /// Every candidate's answers to `prompts`, in prompt order. `clients` holds a built client for
 /// each remote candidate (built first, so a missing key fails before any work).
 pub fn answer_all(
@@ -132,7 +142,13 @@ pub fn answer_all(
     prompts: &[EvalPrompt],
     settings: &GenerationSection,
     cache_dir: &Path,
-) -> Result<Vec<Vec<Generation>>, EvalError> {
+) -> Result<Vec<Answers>, EvalError> {
+    let only = |generations: Result<Vec<Generation>, EvalError>| {
+        generations.map(|generations| Answers {
+            generations,
+            val_loss: None,
+        })
+    };
     candidates
         .iter()
         .map(|c| match &c.source {
@@ -157,9 +173,9 @@ pub fn answer_all(
                 let client = clients.get(&c.name).ok_or_else(|| {
                     EvalError::Template(format!("candidate `{}` has no client", c.name))
                 })?;
-                answer_remote(&c.name, client.as_ref(), prompts, settings)
+                only(answer_remote(&c.name, client.as_ref(), prompts, settings))
             }
-            Source::Responses(file) => read_responses(file, prompts),
+            Source::Responses(file) => only(read_responses(file, prompts)),
         })
         .collect()
 }
@@ -179,7 +195,7 @@ fn answer_local(
     prompts: &[EvalPrompt],
     settings: &GenerationSection,
     cache_dir: &Path,
-) -> Result<Vec<Generation>, EvalError> {
+) -> Result<Answers, EvalError> {
     let Local {
         model,
         adapter,
@@ -203,6 +219,21 @@ fn answer_local(
         let body = serde_json::json!({"candidate": fingerprint, "messages": p.messages});
         ResponseCache::key("local", &body)
     };
+    let val_key = {
+        let refs: Vec<_> = prompts
+            .iter()
+            .filter(|p| p.reference.is_some())
+            .map(|p| (&p.messages, &p.reference))
+            .collect();
+        let body = serde_json::json!({"candidate": fingerprint, "val_loss_of": refs});
+        ResponseCache::key("local-val-loss", &body)
+    };
+    let has_refs = prompts.iter().any(|p| p.reference.is_some());
+    let mut val_loss: Option<f64> = if has_refs {
+        cache.get::<f64>(&val_key)
+    } else {
+        None
+    };
     let mut out: Vec<Option<Generation>> = prompts
         .iter()
         .map(|p| {
@@ -212,40 +243,43 @@ fn answer_local(
             })
         })
         .collect();
-    if out.iter().all(Option::is_some) {
-        return Ok(out.into_iter().flatten().collect());
+    if out.iter().all(Option::is_some) && (val_loss.is_some() || !has_refs) {
+        return Ok(Answers {
+            generations: out.into_iter().flatten().collect(),
+            val_loss,
+        });
     }
-    let mut m: Option<LoadedModel> = None;
+    let m = {
+        let opts = LoadOptions {
+            dtype: dtype.dtype(),
+            device: crate::device::open(device)?,
+            quantize,
+        };
+        let mut loaded = load(model, &opts)?;
+        if let Some(dir) = adapter {
+            crate::lora::load_peft_adapter(loaded.model.as_mut(), dir, opts.dtype, &opts.device)?;
+        }
+        loaded
+    };
+    if has_refs && val_loss.is_none() {
+        let loss = reference_loss(&m, prompts)?;
+        if let Some(loss) = loss {
+            cache.put(&val_key, &loss)?;
+        }
+        val_loss = loss;
+    }
     let bar = progress(prompts.len() as u64, &format!("generating {}", c.name));
     for (i, p) in prompts.iter().enumerate() {
         if out[i].is_some() {
             bar.inc(1);
             continue;
         }
-        if m.is_none() {
-            let opts = LoadOptions {
-                dtype: dtype.dtype(),
-                device: crate::device::open(device)?,
-                quantize,
-            };
-            let mut loaded = load(model, &opts)?;
-            if let Some(dir) = adapter {
-                crate::lora::load_peft_adapter(
-                    loaded.model.as_mut(),
-                    dir,
-                    opts.dtype,
-                    &opts.device,
-                )?;
-            }
-            m = Some(loaded);
-        }
-        let Some(m) = m.as_ref() else { continue };
         let opts = GenerateOptions {
             max_new_tokens: settings.max_new_tokens,
             temperature: settings.temperature,
             top_p: settings.top_p,
             seed: settings.seed,
-            stop_ids: stop_ids(m),
+            stop_ids: stop_ids(&m),
         };
         let in_prompt = |source: crate::Error| EvalError::Prompt {
             id: p.id.clone(),
@@ -272,7 +306,44 @@ fn answer_local(
         bar.inc(1);
     }
     bar.finish_and_clear();
-    Ok(out.into_iter().flatten().collect())
+    Ok(Answers {
+        generations: out.into_iter().flatten().collect(),
+        val_loss,
+    })
+}
+
+/// The model's token-weighted loss on the references (the prompts' final assistant turns),
+/// each conversation fitted to the model's context (at most 2048 tokens) as training fits it;
+/// `None` when no reference fits.
+fn reference_loss(m: &LoadedModel, prompts: &[EvalPrompt]) -> Result<Option<f64>, EvalError> {
+    let max_len = m.model.context_len().min(2048);
+    let mut examples = Vec::new();
+    for p in prompts {
+        let Some(reference) = &p.reference else {
+            continue;
+        };
+        let mut messages = p.messages.clone();
+        messages.push(Message::new(Role::Assistant, reference.clone()));
+        let conv = Conversation { messages };
+        let ex = tokenize_conversation(&conv, &m.template, &m.tokenizer, LossOn::LastAssistant)
+            .map_err(|source| EvalError::Prompt {
+                id: p.id.clone(),
+                line: p.line,
+                source: Box::new(source),
+            })?;
+        match fit_to_length(&ex, max_len) {
+            Fit::Kept(ex) | Fit::Truncated(ex) => examples.push(ex),
+            Fit::Dropped => tracing::warn!(
+                "prompt `{}`: its reference does not fit {max_len} tokens; left out of val_loss",
+                p.id
+            ),
+        }
+    }
+    if examples.is_empty() {
+        return Ok(None);
+    }
+    let report = score_examples(m.model.as_ref(), &examples, 8, false)?;
+    Ok(Some(report.mean_loss))
 }
 
 fn answer_remote(

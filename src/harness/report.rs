@@ -119,7 +119,7 @@ pub fn build(
         prompts: n,
         ..EvalReport::default()
     };
-    for (c, gens) in o.candidates.iter().zip(&o.generations) {
+    for ((c, gens), val_loss) in o.candidates.iter().zip(&o.generations).zip(&o.val_loss) {
         let (source, model, adapter) = c.describe();
         let tokens: Vec<f64> = gens.iter().map(|g| g.output_tokens as f64).collect();
         report.candidates.push(CandidateRow {
@@ -129,7 +129,7 @@ pub fn build(
             adapter_sha256: adapter.as_deref().and_then(adapter_sha256),
             adapter: adapter.map(|a| a.display().to_string()),
             mean_response_tokens: summarize(&tokens).map_or(0.0, |s| s.mean),
-            val_loss: None,
+            val_loss: *val_loss,
         });
     }
 
@@ -331,15 +331,16 @@ fn ci_pct(ci: Option<[f64; 2]>) -> String {
 /// `report.md`: the tables a person reads.
 pub fn render(r: &EvalReport) -> String {
     let mut s = format!("# Evaluation\n\n{} prompts.\n\n", r.prompts);
-    s += "## Candidates\n\n| name | source | model | adapter | mean reply tokens |\n|---|---|---|---|---|\n";
+    s += "## Candidates\n\n| name | source | model | adapter | mean reply tokens | loss on references |\n|---|---|---|---|---|---|\n";
     for c in &r.candidates {
         s += &format!(
-            "| {} | {} | {} | {} | {:.1} |\n",
+            "| {} | {} | {} | {} | {:.1} | {} |\n",
             c.name,
             c.source,
             c.model,
             c.adapter.as_deref().unwrap_or("-"),
-            c.mean_response_tokens
+            c.mean_response_tokens,
+            c.val_loss.map_or("-".into(), |v| format!("{v:.4}"))
         );
     }
     if !r.pairwise.is_empty() {

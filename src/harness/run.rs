@@ -24,6 +24,8 @@ pub struct Outcome {
     pub prompts: Vec<EvalPrompt>,
     pub candidates: Vec<Candidate>,
     pub generations: Vec<Vec<Generation>>,
+    /// Each local candidate's loss on the references.
+    pub val_loss: Vec<Option<f64>>,
     /// (a, b) candidate indices, `a` the non-baseline side.
     pub pairs: Vec<(usize, usize)>,
     /// `judgments[pair][prompt]`.
@@ -109,7 +111,9 @@ pub fn run_eval(cfg: &EvalConfig, env: &Env, force: bool) -> Result<Outcome, Eva
         _ => None,
     };
 
-    let generations = answer_all(&candidates, &clients, &prompts, &cfg.generation, &cache_dir)?;
+    let answers = answer_all(&candidates, &clients, &prompts, &cfg.generation, &cache_dir)?;
+    let val_loss: Vec<Option<f64>> = answers.iter().map(|a| a.val_loss).collect();
+    let generations: Vec<Vec<Generation>> = answers.into_iter().map(|a| a.generations).collect();
     for (c, gens) in candidates.iter().zip(&generations) {
         write_generations(out, &c.name, gens)?;
     }
@@ -172,6 +176,7 @@ pub fn run_eval(cfg: &EvalConfig, env: &Env, force: bool) -> Result<Outcome, Eva
         prompts,
         candidates,
         generations,
+        val_loss,
         pairs,
         judgments,
         rubric,

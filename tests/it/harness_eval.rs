@@ -265,7 +265,7 @@ fn a_local_tiny_model_answers_and_the_quick_form_runs_without_a_judge() {
     let prompts = tmp.path().join("p.jsonl");
     std::fs::write(
         &prompts,
-        "{\"messages\": [{\"role\": \"user\", \"content\": \"Hi\"}]}\n{\"messages\": [{\"role\": \"user\", \"content\": \"Bye\"}]}\n",
+        "{\"messages\": [{\"role\": \"user\", \"content\": \"Hi\"}, {\"role\": \"assistant\", \"content\": \"Hello there.\"}]}\n{\"messages\": [{\"role\": \"user\", \"content\": \"Bye\"}, {\"role\": \"assistant\", \"content\": \"Goodbye!\"}]}\n",
     )
     .unwrap();
     let tiny = common::fixtures().join("tiny-llama");
@@ -305,6 +305,17 @@ fn a_local_tiny_model_answers_and_the_quick_form_runs_without_a_judge() {
             .unwrap()
             > 0.0
     );
+    // The loss on the references is what `score` gives on the same file.
+    let scored = common::cli::json(
+        common::cli::lora_train()
+            .args(["score", "--json", "--model"])
+            .arg(&tiny)
+            .arg("--data")
+            .arg(&prompts),
+    );
+    let want = scored["mean_loss"].as_f64().unwrap();
+    let got = report["candidates"][0]["val_loss"].as_f64().unwrap();
+    assert!((got - want).abs() < 1e-9, "eval {got} vs score {want}");
 }
 
 #[test]
