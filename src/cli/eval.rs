@@ -1,6 +1,6 @@
 //! `lora-train eval`: run an eval file, or compare two models on a prompts file in one line.
 //! The quick form builds the same eval file in memory: each model is a path, `run:DIR` or
-//! `PROVIDER:MODEL`, and the judge is `PROVIDER:MODEL`.
+//! `PROVIDER:MODEL`, and the judge is `PROVIDER:MODEL` or a local model.
 
 use std::path::PathBuf;
 
@@ -32,7 +32,8 @@ pub struct EvalArgs {
     #[arg(long, value_name = "B")]
     pub model2: Option<String>,
 
-    /// The judge, PROVIDER:MODEL (e.g. openai:gpt-4.1); without it only the answers are written.
+    /// The judge: PROVIDER:MODEL (e.g. openai:gpt-4.1) or a local model path; without it only
+    /// the answers, checks and losses are written.
     #[arg(long, value_name = "PROVIDER:MODEL")]
     pub judge: Option<String>,
 
@@ -73,9 +74,8 @@ fn quick(a: &EvalArgs, m1: &str) -> anyhow::Result<EvalConfig> {
     let judge = match &a.judge {
         None => None,
         Some(spec) => {
-            let Some((provider, model)) = remote(spec) else {
-                bail!("--judge {spec}: give PROVIDER:MODEL (e.g. openai:gpt-4.1)");
-            };
+            // PROVIDER:MODEL, else a local model path.
+            let (provider, model) = remote(spec).unwrap_or_else(|| ("local".into(), spec.clone()));
             let mut table = toml::Table::new();
             table.insert("provider".into(), provider.into());
             table.insert("model".into(), model.into());

@@ -73,6 +73,16 @@ impl Candidate {
             Source::Remote(Box::new(cfg))
         } else if let Some(run) = &c.run {
             let job_file = run.join("job.toml");
+            if !job_file.is_file() {
+                return Err(EvalError::Input {
+                    file: run.clone(),
+                    line: None,
+                    msg: format!(
+                        "candidate `{}`: not a training run folder (it has no job.toml)",
+                        c.name
+                    ),
+                });
+            }
             let job = JobConfig::load(&job_file, &[])?;
             let adapter = run.join("adapter");
             if !adapter.join("adapter_config.json").is_file() {

@@ -9,6 +9,7 @@ use crate::config::job::schema::job_section;
 use crate::config::job::{DeviceName, DtypeName, SectionFile, WrittenKeys};
 use crate::quant::Quantize;
 use crate::{Error, Result};
+use serde::Deserialize;
 
 job_section! {
     /// A whole eval file.
@@ -193,6 +194,15 @@ impl EvalConfig {
             }
         }
         if let Some(judge) = &mut cfg.judge {
+            for t in &mut judge.providers {
+                if local_judge(t).is_some() {
+                    if let Some(toml::Value::String(m)) = t.get_mut("model") {
+                        if Path::new(m.as_str()).is_relative() && base.join(m.as_str()).exists() {
+                            *m = base.join(m.as_str()).to_string_lossy().into_owned();
+                        }
+                    }
+                }
+            }
             for (key, p) in [
                 ("judge.pairwise_template", judge.pairwise_template.as_mut()),
                 ("judge.rubric_template", judge.rubric_template.as_mut()),
@@ -281,6 +291,10 @@ impl EvalConfig {
                     "a judge needs at least one `[[judge.providers]]`".into(),
                 ));
             }
+            for (i, t) in j.providers.iter().enumerate() {
+                let key = format!("judge.providers.{i}");
+                check_judge_provider(t).map_err(|msg| (key.clone(), format!("`{key}`: {msg}")))?;
+            }
             if j.strong_weight == 0 || j.concurrency == 0 {
                 return Err((
                     "judge".into(),
@@ -294,6 +308,41 @@ impl EvalConfig {
         }
         Ok(())
     }
+}
+
+/// A `[[judge.providers]]` table with `provider = "local"`: its model and `max_tokens`.
+pub fn local_judge(table: &toml::Table) -> Option<(String, Option<usize>)> {
+    if table.get("provider")?.as_str()? != "local" {
+        return None;
+    }
+    let model = table.get("model")?.as_str()?.to_string();
+    let max_tokens = table
+        .get("max_tokens")
+        .and_then(|v| v.as_integer())
+        .and_then(|n| usize::try_from(n).ok());
+    Some((model, max_tokens))
+}
+
+/// Checks a judge provider table: a local model (`provider = "local"`, `model`, optional
+/// `max_tokens`), or a chat provider as docs/providers.md describes.
+fn check_judge_provider(table: &toml::Table) -> std::result::Result<(), String> {
+    if table.get("provider").and_then(|v| v.as_str()) == Some("local") {
+        if let Some(bad) = table
+            .keys()
+            .find(|k| !["provider", "model", "max_tokens"].contains(&k.as_str()))
+        {
+            return Err(format!(
+                "`{bad}`: a local judge takes only `model` and `max_tokens`"
+            ));
+        }
+        return match local_judge(table) {
+            Some(_) => Ok(()),
+            None => Err("a local judge needs `model` (a path) and a positive `max_tokens`".into()),
+        };
+    }
+    crate::providers::chat::ChatProviderConfig::deserialize(toml::Value::Table(table.clone()))
+        .map(|_| ())
+        .map_err(|e| e.message().to_string())
 }
 
 impl CheckSection {
@@ -403,6 +452,38 @@ dir = "out"
         assert!(
             err.contains("check `signs-off`") && err.contains("exactly one rule"),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn judge_providers_are_checked_where_they_are_written() {
+        let bad = GOOD.replace(
+            "provider = \"openai\"\nmodel = \"gpt-4.1\"",
+            "provider = \"opneai\"\nmodel = \"gpt-4.1\"",
+        );
+        let err = load(&bad, &[]).unwrap_err().to_string();
+        assert!(
+            err.contains("eval.toml:18: `judge.providers.0`: unknown variant `opneai`"),
+            "{err}"
+        );
+        let local = GOOD.replace(
+            "provider = \"openai\"\nmodel = \"gpt-4.1\"",
+            "provider = \"local\"\nmodel = \"judge.gguf\"\ntemperature = 0.5",
+        );
+        let err = load(&local, &[]).unwrap_err().to_string();
+        assert!(
+            err.contains("`temperature`: a local judge takes only"),
+            "{err}"
+        );
+        let ok = GOOD.replace(
+            "provider = \"openai\"\nmodel = \"gpt-4.1\"",
+            "provider = \"local\"\nmodel = \"judge.gguf\"\nmax_tokens = 64",
+        );
+        let cfg = load(&ok, &[]).unwrap();
+        let table = &cfg.judge.unwrap().providers[0];
+        assert_eq!(
+            local_judge(table),
+            Some(("judge.gguf".to_string(), Some(64)))
         );
     }
 

@@ -7,6 +7,7 @@ pub mod candidates;
 pub mod checks;
 pub mod config;
 pub mod judge;
+pub mod local;
 pub mod plots;
 pub mod pool;
 pub mod prompts;

@@ -4,19 +4,22 @@
 //! are cached, so an interrupted run, run again, pays for nothing it already has.
 
 use std::collections::HashMap;
-use std::path::Path;
 
 use serde::Deserialize;
 
 use crate::fsutil::Artifact;
 use crate::harness::candidates::{answer_all, write_generations, Candidate, Generation, Source};
+use crate::harness::config::local_judge;
 use crate::harness::config::EvalConfig;
 use crate::harness::judge::{default_traits, Judge, PairJudgment, RubricJudgment, Trait};
+use crate::harness::local::LocalChatClient;
 use crate::harness::pool::map_parallel;
 use crate::harness::prompts::{read_prompts, EvalPrompt};
 use crate::harness::report::{self, EvalReport};
 use crate::harness::EvalError;
-use crate::providers::chat::{build_chat_client, ChatClient, ChatProviderConfig};
+use crate::providers::chat::{
+    build_chat_client, ChatClient, ChatProviderConfig, FallbackChain, HttpChatClient,
+};
 use crate::providers::Env;
 
 /// Everything an evaluation produced, for the report and for tests.
@@ -69,21 +72,23 @@ pub fn run_eval(cfg: &EvalConfig, env: &Env, force: bool) -> Result<Outcome, Eva
     }
     let judge = match &cfg.judge {
         Some(j) if j.pairwise || j.rubric => {
-            let providers = j
-                .providers
-                .iter()
-                .enumerate()
-                .map(|(i, t)| {
+            let mut chain: Vec<Box<dyn ChatClient>> = Vec::new();
+            for t in &j.providers {
+                // The eval file's checks already read every table as one of these two.
+                if let Some(local) = local_judge(t) {
+                    let (model, max_tokens) = local;
+                    let client =
+                        LocalChatClient::load(&model, max_tokens, Some(cache_dir.join("judge")))?;
+                    chain.push(Box::new(client));
+                } else {
                     let mut p = ChatProviderConfig::deserialize(toml::Value::Table(t.clone()))
-                        .map_err(|e| EvalError::Input {
-                            file: Path::new("judge.providers").join(i.to_string()),
-                            line: None,
-                            msg: e.message().to_string(),
+                        .map_err(|e| {
+                            EvalError::Template(format!("judge.providers: {}", e.message()))
                         })?;
                     p.cache_dir.get_or_insert_with(|| cache_dir.join("judge"));
-                    Ok(p)
-                })
-                .collect::<Result<Vec<_>, EvalError>>()?;
+                    chain.push(Box::new(HttpChatClient::from_config(&p, env)?));
+                }
+            }
             let read = |p: &Option<std::path::PathBuf>| -> Result<Option<String>, EvalError> {
                 p.as_ref()
                     .map(|f| std::fs::read_to_string(f).map_err(|e| crate::Error::io(f, e).into()))
@@ -100,7 +105,10 @@ pub fn run_eval(cfg: &EvalConfig, env: &Env, force: bool) -> Result<Outcome, Eva
                     })
                     .collect()
             };
-            let client = build_chat_client(&providers, env)?;
+            let client: Box<dyn ChatClient> = match chain.len() {
+                1 => chain.remove(0),
+                _ => Box::new(FallbackChain::new(chain)),
+            };
             Some(Judge::new(
                 client,
                 read(&j.pairwise_template)?,

@@ -362,3 +362,62 @@ fn an_output_folder_with_other_files_is_refused_unless_forced() {
     );
     assert!(out_dir.join("report.json").is_file());
 }
+
+/// A local model as judge, with a user template short enough for its context: the tiny random
+/// Llama never writes a verdict, so every prompt is asked twice in each order and counted as a
+/// judge error, none turned into a tie; a re-run answers from the cache.
+#[test]
+fn a_local_judge_that_cannot_answer_is_counted_not_guessed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let prompts = tmp.path().join("p.jsonl");
+    std::fs::write(
+        &prompts,
+        "{\"messages\": [{\"role\": \"user\", \"content\": \"Hi\"}]}\n{\"messages\": [{\"role\": \"user\", \"content\": \"Bye\"}]}\n",
+    )
+    .unwrap();
+    let tiny = common::fixtures().join("tiny-llama");
+    std::fs::write(
+        tmp.path().join("pair.jinja"),
+        "A: {{ response_a }}\nB: {{ response_b }}\nVerdict as JSON?",
+    )
+    .unwrap();
+    let file = tmp.path().join("eval.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[data]\npath = \"p.jsonl\"\n[[candidate]]\nname = \"a\"\nmodel = \"{tiny}\"\n[[candidate]]\nname = \"b\"\nmodel = \"{gemma}\"\n[generation]\nmax_new_tokens = 4\n[judge]\nbaseline = \"b\"\nbootstrap = 20\npairwise_template = \"pair.jinja\"\n[[judge.providers]]\nprovider = \"local\"\nmodel = \"{tiny}\"\nmax_tokens = 8\n[output]\ndir = \"out\"\n",
+            tiny = tiny.display().to_string().replace('\\', "/"),
+            gemma = common::fixtures()
+                .join("tiny-gemma3")
+                .display()
+                .to_string()
+                .replace('\\', "/")
+        ),
+    )
+    .unwrap();
+    for round in 0..2 {
+        let out = eval(&file);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let report = common::read_json(&tmp.path().join("out/report.json"));
+        let pair = &report["pairwise"][0];
+        assert_eq!(pair["judge_errors"], 2, "{pair}");
+        assert_eq!(
+            (pair["wins_a"].as_u64(), pair["ties"].as_u64()),
+            (Some(0), Some(0))
+        );
+        assert_eq!(pair["win_rate_a"], serde_json::Value::Null);
+        let judge = &report["judge"];
+        // Two prompts, two orders, each asked once more after a reply without a verdict.
+        assert_eq!(judge["calls"], 8, "{judge}");
+        assert_eq!(judge["errors"], 4, "{judge}");
+        assert_eq!(judge["cached"], if round == 0 { 0 } else { 8 }, "{judge}");
+        assert!(
+            judge["models"][0].as_str().unwrap().starts_with("local/"),
+            "{judge}"
+        );
+    }
+}
