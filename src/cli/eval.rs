@@ -96,6 +96,7 @@ fn quick(a: &EvalArgs, m1: &str) -> anyhow::Result<EvalConfig> {
         generation: GenerationSection::default(),
         judge,
         check: Vec::new(),
+        task: Vec::new(),
         output: EvalOutputSection { dir: out },
     })
 }

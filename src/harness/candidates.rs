@@ -20,6 +20,7 @@ use crate::generate::{generate, stop_ids, GenerateOptions};
 use crate::harness::config::{CandidateSection, GenerationSection};
 use crate::harness::pool::{map_parallel, progress};
 use crate::harness::prompts::EvalPrompt;
+use crate::harness::tasks::{score_task, Question, TaskScore};
 use crate::harness::EvalError;
 use crate::model::{load, LoadOptions, LoadedModel};
 use crate::providers::cache::ResponseCache;
@@ -142,6 +143,14 @@ fn hex(bytes: &[u8]) -> String {
 pub struct Answers {
     pub generations: Vec<Generation>,
     pub val_loss: Option<f64>,
+    /// Each task's score, for a local candidate.
+    pub tasks: Vec<Option<TaskScore>>,
+}
+
+/// A multiple-choice task, read.
+pub struct Task {
+    pub name: String,
+    pub questions: Vec<Question>,
 }
 
 /// Every candidate's answers to `prompts`, in prompt order. `clients` holds a built client for
@@ -151,12 +160,14 @@ pub fn answer_all(
     clients: &HashMap<String, Box<dyn ChatClient>>,
     prompts: &[EvalPrompt],
     settings: &GenerationSection,
+    tasks: &[Task],
     cache_dir: &Path,
 ) -> Result<Vec<Answers>, EvalError> {
     let only = |generations: Result<Vec<Generation>, EvalError>| {
         generations.map(|generations| Answers {
             generations,
             val_loss: None,
+            tasks: tasks.iter().map(|_| None).collect(),
         })
     };
     candidates
@@ -177,7 +188,7 @@ pub fn answer_all(
                     dtype: *dtype,
                     device: *device,
                 };
-                answer_local(&local, prompts, settings, cache_dir)
+                answer_local(&local, prompts, settings, tasks, cache_dir)
             }
             Source::Remote(_) => {
                 let client = clients.get(&c.name).ok_or_else(|| {
@@ -204,6 +215,7 @@ fn answer_local(
     c: &Local,
     prompts: &[EvalPrompt],
     settings: &GenerationSection,
+    tasks: &[Task],
     cache_dir: &Path,
 ) -> Result<Answers, EvalError> {
     let Local {
@@ -244,6 +256,27 @@ fn answer_local(
     } else {
         None
     };
+    let task_key = |t: &Task| {
+        let qs: Vec<_> = t
+            .questions
+            .iter()
+            .map(|q| (&q.question, &q.choices))
+            .collect();
+        let body = serde_json::json!({"candidate": fingerprint, "task": qs});
+        ResponseCache::key("local-task", &body)
+    };
+    let mut task_scores: Vec<Option<TaskScore>> = tasks
+        .iter()
+        .map(|t| {
+            cache
+                .get::<(usize, usize, usize)>(&task_key(t))
+                .map(|(correct, correct_norm, n)| TaskScore {
+                    correct,
+                    correct_norm,
+                    n,
+                })
+        })
+        .collect();
     let mut out: Vec<Option<Generation>> = prompts
         .iter()
         .map(|p| {
@@ -253,10 +286,14 @@ fn answer_local(
             })
         })
         .collect();
-    if out.iter().all(Option::is_some) && (val_loss.is_some() || !has_refs) {
+    if out.iter().all(Option::is_some)
+        && (val_loss.is_some() || !has_refs)
+        && task_scores.iter().all(Option::is_some)
+    {
         return Ok(Answers {
             generations: out.into_iter().flatten().collect(),
             val_loss,
+            tasks: task_scores,
         });
     }
     let m = {
@@ -277,6 +314,18 @@ fn answer_local(
             cache.put(&val_key, &loss)?;
         }
         val_loss = loss;
+    }
+    for (t, slot) in tasks.iter().zip(task_scores.iter_mut()) {
+        if slot.is_none() {
+            let s = score_task(&m, &t.questions).map_err(|e| match e {
+                EvalError::Core(source) => {
+                    EvalError::Template(format!("task `{}`: {source}", t.name))
+                }
+                other => other,
+            })?;
+            cache.put(&task_key(t), &(s.correct, s.correct_norm, s.n))?;
+            *slot = Some(s);
+        }
     }
     let bar = progress(prompts.len() as u64, &format!("generating {}", c.name));
     for (i, p) in prompts.iter().enumerate() {
@@ -319,6 +368,7 @@ fn answer_local(
     Ok(Answers {
         generations: out.into_iter().flatten().collect(),
         val_loss,
+        tasks: task_scores,
     })
 }
 

@@ -20,6 +20,7 @@ job_section! {
         #[serde(skip_serializing_if = "Option::is_none")]
         pub judge: Option<JudgeSection> = None,
         pub check: Vec<CheckSection> = Vec::new(),
+        pub task: Vec<TaskSection> = Vec::new(),
         pub output: EvalOutputSection,
     }
 }
@@ -139,6 +140,14 @@ job_section! {
 }
 
 job_section! {
+    /// `[[task]]`: a multiple-choice file, `{"question", "choices": [...], "answer": i}` per line.
+    pub struct TaskSection {
+        pub name: String,
+        pub path: PathBuf,
+    }
+}
+
+job_section! {
     /// `[output]`.
     pub struct EvalOutputSection {
         pub dir: PathBuf,
@@ -176,6 +185,9 @@ impl EvalConfig {
         };
         join("data.path", &mut cfg.data.path);
         join("output.dir", &mut cfg.output.dir);
+        for (i, t) in cfg.task.iter_mut().enumerate() {
+            join(&format!("task.{i}.path"), &mut t.path);
+        }
         for (i, c) in cfg.candidate.iter_mut().enumerate() {
             for (key, p) in [
                 ("adapter", c.adapter.as_mut()),

@@ -14,6 +14,7 @@ pub mod prompts;
 pub mod report;
 pub mod run;
 pub mod stats;
+pub mod tasks;
 pub mod verdict;
 
 use std::path::PathBuf;

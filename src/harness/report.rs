@@ -25,7 +25,20 @@ pub struct EvalReport {
     pub elo: Vec<EloRow>,
     pub traits: Vec<TraitRow>,
     pub checks: Vec<CheckRow>,
+    pub tasks: Vec<TaskRow>,
     pub judge: JudgeRow,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TaskRow {
+    pub candidate: String,
+    pub task: String,
+    pub acc: f64,
+    /// Chosen by log-probability per byte of the choice, as lm-evaluation-harness normalizes.
+    pub acc_norm: f64,
+    pub n: usize,
+    /// Wilson's 95% interval of `acc`.
+    pub ci95: Option<[f64; 2]>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -254,6 +267,21 @@ pub fn build(
         }
     }
 
+    // Multiple-choice tasks (local candidates only).
+    for (ci, scores) in o.tasks.iter().enumerate() {
+        for (name, s) in o.task_names.iter().zip(scores) {
+            let Some(s) = s else { continue };
+            report.tasks.push(TaskRow {
+                candidate: o.candidates[ci].name.clone(),
+                task: name.clone(),
+                acc: s.correct as f64 / s.n.max(1) as f64,
+                acc_norm: s.correct_norm as f64 / s.n.max(1) as f64,
+                n: s.n,
+                ci95: wilson_ci(s.correct, s.n),
+            });
+        }
+    }
+
     // The judge's bill.
     let mut judge = JudgeRow {
         models: o.judge_models.clone(),
@@ -413,6 +441,20 @@ pub fn render(r: &EvalReport) -> String {
                 c.n,
                 pct(c.rate),
                 ci_pct(c.ci95)
+            );
+        }
+    }
+    if !r.tasks.is_empty() {
+        s += "\n## Multiple-choice tasks\n\n| candidate | task | acc | 95% CI | acc_norm | n |\n|---|---|---|---|---|---|\n";
+        for t in &r.tasks {
+            s += &format!(
+                "| {} | {} | {} | {} | {} | {} |\n",
+                t.candidate,
+                t.task,
+                pct(Some(t.acc)),
+                ci_pct(t.ci95),
+                pct(Some(t.acc_norm)),
+                t.n
             );
         }
     }

@@ -8,7 +8,9 @@ use std::collections::HashMap;
 use serde::Deserialize;
 
 use crate::fsutil::Artifact;
-use crate::harness::candidates::{answer_all, write_generations, Candidate, Generation, Source};
+use crate::harness::candidates::{
+    answer_all, write_generations, Candidate, Generation, Source, Task,
+};
 use crate::harness::config::local_judge;
 use crate::harness::config::EvalConfig;
 use crate::harness::judge::{default_traits, Judge, PairJudgment, RubricJudgment, Trait};
@@ -16,6 +18,7 @@ use crate::harness::local::LocalChatClient;
 use crate::harness::pool::map_parallel;
 use crate::harness::prompts::{read_prompts, EvalPrompt};
 use crate::harness::report::{self, EvalReport};
+use crate::harness::tasks::{read_questions, TaskScore};
 use crate::harness::EvalError;
 use crate::providers::chat::{
     build_chat_client, ChatClient, ChatProviderConfig, FallbackChain, HttpChatClient,
@@ -29,6 +32,9 @@ pub struct Outcome {
     pub generations: Vec<Vec<Generation>>,
     /// Each local candidate's loss on the references.
     pub val_loss: Vec<Option<f64>>,
+    /// `tasks[candidate][task]`, for local candidates.
+    pub tasks: Vec<Vec<Option<TaskScore>>>,
+    pub task_names: Vec<String>,
     /// (a, b) candidate indices, `a` the non-baseline side.
     pub pairs: Vec<(usize, usize)>,
     /// `judgments[pair][prompt]`.
@@ -119,8 +125,27 @@ pub fn run_eval(cfg: &EvalConfig, env: &Env, force: bool) -> Result<Outcome, Eva
         _ => None,
     };
 
-    let answers = answer_all(&candidates, &clients, &prompts, &cfg.generation, &cache_dir)?;
+    let tasks = cfg
+        .task
+        .iter()
+        .map(|t| {
+            Ok(Task {
+                name: t.name.clone(),
+                questions: read_questions(&t.path)?,
+            })
+        })
+        .collect::<Result<Vec<_>, EvalError>>()?;
+    let answers = answer_all(
+        &candidates,
+        &clients,
+        &prompts,
+        &cfg.generation,
+        &tasks,
+        &cache_dir,
+    )?;
     let val_loss: Vec<Option<f64>> = answers.iter().map(|a| a.val_loss).collect();
+    let task_scores: Vec<Vec<Option<TaskScore>>> =
+        answers.iter().map(|a| a.tasks.clone()).collect();
     let generations: Vec<Vec<Generation>> = answers.into_iter().map(|a| a.generations).collect();
     for (c, gens) in candidates.iter().zip(&generations) {
         write_generations(out, &c.name, gens)?;
@@ -185,6 +210,8 @@ pub fn run_eval(cfg: &EvalConfig, env: &Env, force: bool) -> Result<Outcome, Eva
         candidates,
         generations,
         val_loss,
+        tasks: task_scores,
+        task_names: tasks.iter().map(|t| t.name.clone()).collect(),
         pairs,
         judgments,
         rubric,

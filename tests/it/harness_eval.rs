@@ -421,3 +421,106 @@ fn a_local_judge_that_cannot_answer_is_counted_not_guessed() {
         );
     }
 }
+
+/// Multiple-choice tasks pick the choice with the highest summed log-probability (and per byte,
+/// for acc_norm): the same numbers `lora-train score` gives for each (question, choice) reply.
+#[test]
+fn multiple_choice_accuracy_follows_the_choices_log_probabilities() {
+    let tmp = tempfile::tempdir().unwrap();
+    let questions = [
+        ("What is 2 + 2?", vec!["4", "five", "twenty-two"], 0),
+        ("Which is a colour?", vec!["blue", "Tuesday"], 0),
+        (
+            "Capital of France?",
+            vec!["Lyon", "Paris", "a very long answer about Marseille"],
+            1,
+        ),
+    ];
+    let mut mc = String::new();
+    let mut convs = String::new();
+    for (q, choices, answer) in &questions {
+        mc += &serde_json::json!({"question": q, "choices": choices, "answer": answer}).to_string();
+        mc.push('\n');
+        for c in choices {
+            let conv = serde_json::json!({"messages": [
+                {"role": "user", "content": q}, {"role": "assistant", "content": c}]});
+            convs += &conv.to_string();
+            convs.push('\n');
+        }
+    }
+    std::fs::write(tmp.path().join("mc.jsonl"), mc).unwrap();
+    std::fs::write(tmp.path().join("convs.jsonl"), &convs).unwrap();
+    std::fs::write(
+        tmp.path().join("p.jsonl"),
+        "{\"messages\": [{\"role\": \"user\", \"content\": \"Hi\"}]}\n",
+    )
+    .unwrap();
+    let tiny = common::fixtures().join("tiny-llama");
+    let tiny_s = tiny.display().to_string().replace('\\', "/");
+    let file = tmp.path().join("eval.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[data]\npath = \"p.jsonl\"\n[[candidate]]\nname = \"a\"\nmodel = \"{tiny_s}\"\n[generation]\nmax_new_tokens = 2\n[[task]]\nname = \"facts\"\npath = \"mc.jsonl\"\n[output]\ndir = \"out\"\n"
+        ),
+    )
+    .unwrap();
+    let out = eval(&file);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report = common::read_json(&tmp.path().join("out/report.json"));
+    let row = &report["tasks"][0];
+    assert_eq!(
+        (row["candidate"].as_str(), row["task"].as_str()),
+        (Some("a"), Some("facts"))
+    );
+    assert_eq!(row["n"], 3);
+
+    let scored = common::cli::json(
+        common::cli::lora_train()
+            .args(["score", "--json", "--batch-size", "1", "--model"])
+            .arg(&tiny)
+            .arg("--data")
+            .arg(tmp.path().join("convs.jsonl")),
+    );
+    let per = scored["per_example"].as_array().unwrap();
+    let logp = |i: usize| {
+        let e = per.iter().find(|e| e["index"] == i).unwrap();
+        -e["loss"].as_f64().unwrap() * e["target_tokens"].as_f64().unwrap()
+    };
+    let (mut acc, mut acc_norm, mut at) = (0, 0, 0);
+    for (_, choices, answer) in &questions {
+        let lp: Vec<f64> = (0..choices.len()).map(|k| logp(at + k)).collect();
+        let argmax = |v: &[f64]| (0..v.len()).fold(0, |b, i| if v[i] > v[b] { i } else { b });
+        let norm: Vec<f64> = lp
+            .iter()
+            .zip(choices)
+            .map(|(l, c)| l / c.len() as f64)
+            .collect();
+        acc += usize::from(argmax(&lp) == *answer);
+        acc_norm += usize::from(argmax(&norm) == *answer);
+        at += choices.len();
+    }
+    assert_eq!(row["acc"].as_f64().unwrap(), acc as f64 / 3.0, "{row}");
+    assert_eq!(
+        row["acc_norm"].as_f64().unwrap(),
+        acc_norm as f64 / 3.0,
+        "{row}"
+    );
+    // A bad line names the file, line and field before any work.
+    std::fs::write(
+        tmp.path().join("mc.jsonl"),
+        "{\"question\": \"q\", \"choices\": [\"a\", \"b\"], \"answer\": 5}\n",
+    )
+    .unwrap();
+    let err = crate::hostile::fails_with(
+        common::cli::lora_train()
+            .args(["eval", "--force", "--config"])
+            .arg(&file),
+        1,
+    );
+    assert!(err.contains("mc.jsonl:1: \"answer\""), "{err}");
+}
