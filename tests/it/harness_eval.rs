@@ -524,3 +524,73 @@ fn multiple_choice_accuracy_follows_the_choices_log_probabilities() {
     );
     assert!(err.contains("mc.jsonl:1: \"answer\""), "{err}");
 }
+
+/// An eval killed while judging, run again, asks the judge only for what it had not finished:
+/// every judgment that came back before the kill is served from the cache.
+#[test]
+fn a_killed_eval_rerun_repays_nothing_it_had_finished() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cand = MockServer::start(candidate_reply);
+    let judge =
+        MockServer::start(|r| judge_reply(r).delayed(std::time::Duration::from_millis(150)));
+    let file = write_inputs(tmp.path(), &cand, &judge, "");
+    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("lora-train"))
+        .args(["eval", "--set", "judge.concurrency=1", "--config"])
+        .arg(&file)
+        .env("OPENAI_API_KEY", KEY)
+        .env("LORA_TRAIN_HOME", tmp.path().join("home"))
+        .env("RUST_LOG", "off")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    while judge.requests().len() < 5 {
+        assert!(
+            start.elapsed().as_secs() < 60,
+            "the eval never reached the judge"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let cached = count_files(&tmp.path().join("out/cache/judge"));
+    assert!(
+        (1..12).contains(&cached),
+        "{cached} judgments cached before the kill"
+    );
+    let before = judge.requests().len();
+    let out = common::cli::lora_train()
+        .args(["eval", "--config"])
+        .arg(&file)
+        .env("OPENAI_API_KEY", KEY)
+        .env("RUST_LOG", "off")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(judge.requests().len() - before, 12 - cached);
+    let report = common::read_json(&tmp.path().join("out/report.json"));
+    assert_eq!(report["judge"]["cached"], cached);
+    assert_eq!(report["pairwise"][0]["wins_a"], 4);
+}
+
+fn count_files(dir: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| {
+            let p = e.path();
+            if p.is_dir() {
+                count_files(&p)
+            } else {
+                usize::from(p.extension().is_some_and(|x| x == "json"))
+            }
+        })
+        .sum()
+}
