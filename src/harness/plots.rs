@@ -1,6 +1,6 @@
 //! The report's plots as SVG written here (no image library, no fonts needed to write them):
-//! ratings with their CI bars, the pairwise win-rate heatmap, win/tie/loss bars per pair, and
-//! trait means with their CIs. Each is drawn only when the report has its numbers.
+//! ratings with their CI bars, the pairwise win-rate heatmap, win/tie/loss bars per pair, trait
+//! means and check pass rates with their CIs. Each is drawn only when the report has its numbers.
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -27,6 +27,7 @@ pub fn write_plots(dir: &Path, r: &EvalReport) -> Result<Vec<String>, EvalError>
         ("win_rates.svg", heatmap(r)),
         ("outcomes.svg", outcomes(r)),
         ("traits.svg", traits(r)),
+        ("checks.svg", checks(r)),
     ] {
         if let Some(svg) = svg {
             write_atomic(&dir.join("plots").join(name), svg.as_bytes())?;
@@ -236,6 +237,42 @@ fn outcomes(r: &EvalReport) -> Option<String> {
     Some(s)
 }
 
+fn checks(r: &EvalReport) -> Option<String> {
+    let rows: Vec<_> = r.checks.iter().filter(|c| c.rate.is_some()).collect();
+    if rows.is_empty() {
+        return None;
+    }
+    let height = TOP + ROW * rows.len() as f64 + 40.0;
+    let mut s = open(height, "Offline checks: pass rate with 95% CI");
+    for (i, c) in rows.iter().enumerate() {
+        let y = TOP + ROW * i as f64 + 4.0;
+        label(&mut s, y + 10.0, &format!("{} · {}", c.candidate, c.check));
+        let rate = c.rate.unwrap_or(0.0);
+        let _ = writeln!(
+            s,
+            "<rect x=\"{LEFT}\" y=\"{y:.1}\" width=\"{:.1}\" height=\"20\" fill=\"{WIN}\"><title>{}/{}</title></rect>",
+            scale(rate, 0.0, 1.0) - LEFT,
+            c.passed,
+            c.n
+        );
+        if let Some([a, b]) = c.ci95 {
+            let _ = writeln!(
+                s,
+                "<line x1=\"{:.1}\" y1=\"{:.1}\" x2=\"{:.1}\" y2=\"{:.1}\" stroke=\"black\" stroke-width=\"2\"/>",
+                scale(a, 0.0, 1.0),
+                y + 10.0,
+                scale(b, 0.0, 1.0),
+                y + 10.0
+            );
+        }
+    }
+    axis(&mut s, TOP + ROW * rows.len() as f64 + 6.0, 0.0, 1.0, |v| {
+        format!("{:.0}%", 100.0 * v)
+    });
+    s.push_str("</svg>\n");
+    Some(s)
+}
+
 fn traits(r: &EvalReport) -> Option<String> {
     let rows: Vec<_> = r.traits.iter().filter(|t| t.mean.is_some()).collect();
     if rows.is_empty() {
@@ -305,6 +342,14 @@ mod tests {
                     rank: 1,
                 },
             ],
+            checks: vec![crate::harness::report::CheckRow {
+                candidate: "base".into(),
+                check: "signs-off".into(),
+                passed: 3,
+                n: 4,
+                rate: Some(0.75),
+                ci95: Some([0.3, 0.95]),
+            }],
             traits: vec![TraitRow {
                 candidate: "base".into(),
                 name: "clarity".into(),
@@ -325,7 +370,13 @@ mod tests {
         let names = write_plots(dir.path(), &report()).unwrap();
         assert_eq!(
             names,
-            ["ratings.svg", "win_rates.svg", "outcomes.svg", "traits.svg"]
+            [
+                "ratings.svg",
+                "win_rates.svg",
+                "outcomes.svg",
+                "traits.svg",
+                "checks.svg"
+            ]
         );
         for name in &names {
             let svg = std::fs::read_to_string(dir.path().join("plots").join(name)).unwrap();
