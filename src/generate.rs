@@ -189,6 +189,44 @@ fn sample_top_p(logits: &[f32], temperature: f64, top_p: f64, rng: &mut impl Rng
     probs[probs.len() - 1].0 as u32
 }
 
+/// A model's reply to a conversation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reply {
+    /// The decoded reply, trimmed, without its end-of-turn token.
+    pub text: String,
+    pub prompt_tokens: usize,
+    /// New tokens, the end-of-turn token not counted.
+    pub output_tokens: usize,
+    /// Whether it ended at an end-of-turn token (else at the token limit).
+    pub stopped: bool,
+}
+
+/// The assistant's next turn after `messages`: rendered through the chat template (with the
+/// generation prompt), decoded with `opts` (whose `stop_ids` default to [`stop_ids`] when empty).
+pub fn reply(
+    m: &crate::model::LoadedModel,
+    messages: &[crate::data::Message],
+    opts: &GenerateOptions,
+) -> Result<Reply> {
+    let text = m.template.render(messages, true)?;
+    let ids = m.tokenizer.encode(&text, false)?;
+    let mut opts = opts.clone();
+    if opts.stop_ids.is_empty() {
+        opts.stop_ids = stop_ids(m);
+    }
+    let mut new = generate(m.model.as_ref(), &ids, &opts, |_| {})?;
+    let stopped = new.last().is_some_and(|t| opts.stop_ids.contains(t));
+    if stopped {
+        new.pop();
+    }
+    Ok(Reply {
+        text: m.tokenizer.decode(&new, true)?.trim().to_string(),
+        prompt_tokens: ids.len(),
+        output_tokens: new.len(),
+        stopped,
+    })
+}
+
 /// The ids that end a generated turn: eos ids and the template's end-of-turn token.
 pub fn stop_ids(m: &crate::model::LoadedModel) -> Vec<u32> {
     let mut ids = m.tokenizer.eos_token_ids.clone();

@@ -16,7 +16,7 @@ use crate::data::mask::tokenize_conversation;
 use crate::data::prepare::{fit_to_length, Fit};
 use crate::data::{Conversation, LossOn, Message, Role};
 use crate::eval::score_examples;
-use crate::generate::{generate, stop_ids, GenerateOptions};
+use crate::generate::{reply, GenerateOptions};
 use crate::harness::config::{CandidateSection, GenerationSection};
 use crate::harness::pool::{map_parallel, progress};
 use crate::harness::prompts::EvalPrompt;
@@ -338,27 +338,20 @@ fn answer_local(
             temperature: settings.temperature,
             top_p: settings.top_p,
             seed: settings.seed,
-            stop_ids: stop_ids(&m),
+            stop_ids: Vec::new(),
         };
-        let in_prompt = |source: crate::Error| EvalError::Prompt {
+        let start = Instant::now();
+        let r = reply(&m, &p.messages, &opts).map_err(|source| EvalError::Prompt {
             id: p.id.clone(),
             line: p.line,
             source: Box::new(source),
-        };
-        let text = m.template.render(&p.messages, true).map_err(in_prompt)?;
-        let ids = m.tokenizer.encode(&text, false).map_err(in_prompt)?;
-        let start = Instant::now();
-        let mut new = generate(m.model.as_ref(), &ids, &opts, |_| {}).map_err(in_prompt)?;
-        let stopped = new.last().is_some_and(|t| opts.stop_ids.contains(t));
-        if stopped {
-            new.pop();
-        }
+        })?;
         let g = Generation {
             id: p.id.clone(),
-            response: m.tokenizer.decode(&new, true)?.trim().to_string(),
-            output_tokens: new.len() as u64,
+            response: r.text,
+            output_tokens: r.output_tokens as u64,
             latency_s: start.elapsed().as_secs_f64(),
-            finish_reason: if stopped { "stop" } else { "length" }.into(),
+            finish_reason: if r.stopped { "stop" } else { "length" }.into(),
         };
         cache.put(&key(p), &g)?;
         out[i] = Some(g);

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use crate::data::{Message, Role as DataRole};
-use crate::generate::{generate, stop_ids, GenerateOptions};
+use crate::generate::{reply, GenerateOptions};
 use crate::model::{load, LoadOptions, LoadedModel};
 use crate::providers::cache::ResponseCache;
 use crate::providers::chat::{
@@ -58,33 +58,27 @@ impl LocalChatClient {
                 Message::new(role, msg.content.clone())
             })
             .collect();
-        let text = m.template.render(&messages, true)?;
-        let ids = m.tokenizer.encode(&text, false)?;
         let opts = GenerateOptions {
             max_new_tokens: request.max_tokens.map_or(self.max_tokens, |t| t as usize),
             temperature: request.temperature.map_or(0.0, f64::from),
             top_p: 1.0,
             seed: request.seed.unwrap_or(0),
-            stop_ids: stop_ids(&m),
+            stop_ids: Vec::new(),
         };
-        let mut new = generate(m.model.as_ref(), &ids, &opts, |_| {})?;
-        let stopped = new.last().is_some_and(|t| opts.stop_ids.contains(t));
-        if stopped {
-            new.pop();
-        }
+        let r = reply(&m, &messages, &opts)?;
         Ok(ChatResponse {
             provider: self.name(),
             model: self.source.clone(),
             id: None,
-            content: m.tokenizer.decode(&new, true)?.trim().to_string(),
-            finish_reason: if stopped {
+            content: r.text,
+            finish_reason: if r.stopped {
                 FinishReason::Stop
             } else {
                 FinishReason::Length
             },
             usage: Usage {
-                input_tokens: ids.len() as u64,
-                output_tokens: new.len() as u64,
+                input_tokens: r.prompt_tokens as u64,
+                output_tokens: r.output_tokens as u64,
                 cost_usd: None,
             },
             cached: false,
