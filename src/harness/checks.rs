@@ -4,6 +4,8 @@
 
 use regex::Regex;
 
+use crate::config::job::schema::job_section;
+
 /// What a check asks of a reply.
 #[derive(Debug, Clone)]
 pub enum Rule {
@@ -26,21 +28,29 @@ pub struct Check {
     pub rule: Rule,
 }
 
-/// The keys of one `[[check]]` table, as written.
-#[derive(Debug, Clone, Default)]
-pub struct CheckSpec {
-    pub name: String,
-    pub contains: Option<String>,
-    pub not_contains: Option<String>,
-    pub regex: Option<String>,
-    pub json_valid: Option<bool>,
-    pub json_fields: Option<Vec<String>>,
-    pub matches_reference: Option<String>,
+job_section! {
+    /// `[[check]]`: a name and exactly one rule.
+    pub struct CheckSection {
+        pub name: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pub contains: Option<String> = None,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pub not_contains: Option<String> = None,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pub regex: Option<String> = None,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pub json_valid: Option<bool> = None,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pub json_fields: Option<Vec<String>> = None,
+        /// `exact` or `normalized`.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pub matches_reference: Option<String> = None,
+    }
 }
 
 impl Check {
     /// The check a table describes, or why it is not one (the message names the key).
-    pub fn from_spec(spec: &CheckSpec) -> Result<Self, String> {
+    pub fn from_spec(spec: &CheckSection) -> Result<Self, String> {
         let mut rules = Vec::new();
         if let Some(s) = &spec.contains {
             rules.push(("contains", Rule::Contains(s.clone())));
@@ -140,41 +150,41 @@ fn as_json(reply: &str) -> Option<serde_json::Value> {
 mod tests {
     use super::*;
 
-    fn check(spec: CheckSpec) -> Check {
+    fn check(spec: CheckSection) -> Check {
         Check::from_spec(&spec).unwrap()
     }
 
     #[test]
     fn each_rule_passes_and_fails() {
-        let contains = check(CheckSpec {
+        let contains = check(CheckSection {
             contains: Some("Captain".into()),
-            ..CheckSpec::default()
+            ..CheckSection::default()
         });
         assert_eq!(contains.passes("Aye, Captain Byte", None), Some(true));
         assert_eq!(contains.passes("aye", None), Some(false));
-        let not = check(CheckSpec {
+        let not = check(CheckSection {
             not_contains: Some("As an AI".into()),
-            ..CheckSpec::default()
+            ..CheckSection::default()
         });
         assert_eq!(not.passes("As an AI, I", None), Some(false));
-        let re = check(CheckSpec {
+        let re = check(CheckSection {
             regex: Some(r"^\d{4}-\d{2}-\d{2}$".into()),
-            ..CheckSpec::default()
+            ..CheckSection::default()
         });
         assert_eq!(re.passes("2026-12-02", None), Some(true));
         assert_eq!(re.passes("02/12/2026", None), Some(false));
-        let json = check(CheckSpec {
+        let json = check(CheckSection {
             json_valid: Some(true),
-            ..CheckSpec::default()
+            ..CheckSection::default()
         });
         assert_eq!(
             json.passes("Here:\n```json\n{\"a\": 1}\n```", None),
             Some(true)
         );
         assert_eq!(json.passes("{\"a\": 1", None), Some(false));
-        let fields = check(CheckSpec {
+        let fields = check(CheckSection {
             json_fields: Some(vec!["name".into(), "age".into()]),
-            ..CheckSpec::default()
+            ..CheckSection::default()
         });
         assert_eq!(
             fields.passes(r#"{"name": "x", "age": 3}"#, None),
@@ -182,13 +192,13 @@ mod tests {
         );
         assert_eq!(fields.passes(r#"{"name": "x"}"#, None), Some(false));
         assert_eq!(fields.passes("[1, 2]", None), Some(false));
-        let exact = check(CheckSpec {
+        let exact = check(CheckSection {
             matches_reference: Some("exact".into()),
-            ..CheckSpec::default()
+            ..CheckSection::default()
         });
-        let loose = check(CheckSpec {
+        let loose = check(CheckSection {
             matches_reference: Some("normalized".into()),
-            ..CheckSpec::default()
+            ..CheckSection::default()
         });
         assert_eq!(exact.passes("Paris.", Some("Paris.")), Some(true));
         assert_eq!(exact.passes("paris", Some("Paris.")), Some(false));
@@ -198,24 +208,24 @@ mod tests {
 
     #[test]
     fn a_check_has_exactly_one_valid_rule() {
-        let none = Check::from_spec(&CheckSpec::default()).unwrap_err();
+        let none = Check::from_spec(&CheckSection::default()).unwrap_err();
         assert!(none.contains("needs one rule"), "{none}");
-        let two = Check::from_spec(&CheckSpec {
+        let two = Check::from_spec(&CheckSection {
             contains: Some("a".into()),
             regex: Some("b".into()),
-            ..CheckSpec::default()
+            ..CheckSection::default()
         })
         .unwrap_err();
         assert!(two.contains("contains, regex"), "{two}");
-        let bad = Check::from_spec(&CheckSpec {
+        let bad = Check::from_spec(&CheckSection {
             regex: Some("(".into()),
-            ..CheckSpec::default()
+            ..CheckSection::default()
         })
         .unwrap_err();
         assert!(bad.starts_with("regex:"), "{bad}");
-        let mode = Check::from_spec(&CheckSpec {
+        let mode = Check::from_spec(&CheckSection {
             matches_reference: Some("fuzzy".into()),
-            ..CheckSpec::default()
+            ..CheckSection::default()
         })
         .unwrap_err();
         assert!(mode.contains("`fuzzy`"), "{mode}");

@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 
 use crate::config::job::schema::job_section;
 use crate::config::job::{DeviceName, DtypeName, SectionFile, WrittenKeys};
+use crate::harness::checks::Check;
+pub use crate::harness::checks::CheckSection;
 use crate::quant::Quantize;
 use crate::{Error, Result};
 use serde::Deserialize;
@@ -114,26 +116,6 @@ job_section! {
     pub struct TraitSection {
         pub name: String,
         pub description: String,
-    }
-}
-
-job_section! {
-    /// `[[check]]`: a name and exactly one rule.
-    pub struct CheckSection {
-        pub name: String,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        pub contains: Option<String> = None,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        pub not_contains: Option<String> = None,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        pub regex: Option<String> = None,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        pub json_valid: Option<bool> = None,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        pub json_fields: Option<Vec<String>> = None,
-        /// `exact` or `normalized`.
-        #[serde(skip_serializing_if = "Option::is_none")]
-        pub matches_reference: Option<String> = None,
     }
 }
 
@@ -313,7 +295,7 @@ impl EvalConfig {
             }
         }
         for (i, c) in self.check.iter().enumerate() {
-            c.to_check()
+            Check::from_spec(c)
                 .map_err(|msg| (format!("check.{i}"), format!("check `{}`: {msg}", c.name)))?;
         }
         Ok(())
@@ -353,21 +335,6 @@ fn check_judge_provider(table: &toml::Table) -> std::result::Result<(), String> 
     crate::providers::chat::ChatProviderConfig::deserialize(toml::Value::Table(table.clone()))
         .map(|_| ())
         .map_err(|e| e.message().to_string())
-}
-
-impl CheckSection {
-    /// The check this table describes (already validated by [`EvalConfig::load`]).
-    pub fn to_check(&self) -> std::result::Result<crate::harness::checks::Check, String> {
-        crate::harness::checks::Check::from_spec(&crate::harness::checks::CheckSpec {
-            name: self.name.clone(),
-            contains: self.contains.clone(),
-            not_contains: self.not_contains.clone(),
-            regex: self.regex.clone(),
-            json_valid: self.json_valid,
-            json_fields: self.json_fields.clone(),
-            matches_reference: self.matches_reference.clone(),
-        })
-    }
 }
 
 #[cfg(test)]

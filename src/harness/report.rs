@@ -8,6 +8,7 @@ use serde::Serialize;
 
 use crate::fsutil::write_atomic;
 use crate::harness::candidates::adapter_sha256;
+use crate::harness::checks::Check;
 use crate::harness::config::EvalConfig;
 use crate::harness::run::Outcome;
 use crate::harness::stats::{
@@ -249,7 +250,7 @@ pub fn build(
     // Offline checks.
     for (ci, gens) in o.generations.iter().enumerate() {
         for spec in &cfg.check {
-            let check = spec.to_check().map_err(EvalError::Template)?;
+            let check = Check::from_spec(spec).map_err(EvalError::Template)?;
             let results: Vec<bool> = gens
                 .iter()
                 .zip(&o.prompts)
