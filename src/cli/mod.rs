@@ -18,8 +18,7 @@ use std::path::PathBuf;
 use anyhow::bail;
 use clap::{Args, Parser, Subcommand};
 use lora_train::config::{DeviceName, DtypeName};
-use lora_train::lora::load_peft_adapter;
-use lora_train::model::{load, LoadOptions, LoadedModel};
+use lora_train::model::{load_with_adapter, LoadOptions, LoadedModel};
 
 /// Fine-tune Llama and Gemma chat models with LoRA and QLoRA, natively in Rust.
 ///
@@ -171,12 +170,11 @@ fn load_model(args: &ModelArgs) -> anyhow::Result<LoadedModel> {
         device: lora_train::device::open(args.device)?,
         ..Default::default()
     };
-    let mut m = load(&args.model, &opts)?;
-    if let Some(dir) = &args.adapter {
-        let n = load_peft_adapter(m.model.as_mut(), dir, opts.dtype, &opts.device)?;
-        tracing::info!("adapter {}: {n} layers adapted", dir.display());
-    }
-    Ok(m)
+    Ok(load_with_adapter(
+        &args.model,
+        &opts,
+        args.adapter.as_deref(),
+    )?)
 }
 
 /// `--loss-on`: the names of the job file's `data.loss_on`.

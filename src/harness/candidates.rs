@@ -22,7 +22,7 @@ use crate::harness::pool::{map_parallel, progress};
 use crate::harness::prompts::EvalPrompt;
 use crate::harness::tasks::{score_task, Question, TaskScore};
 use crate::harness::EvalError;
-use crate::model::{load, LoadOptions, LoadedModel};
+use crate::model::{load_with_adapter, LoadOptions, LoadedModel};
 use crate::providers::cache::ResponseCache;
 use crate::providers::chat::{ChatClient, ChatProviderConfig, ChatRequest, FinishReason};
 use crate::quant::Quantize;
@@ -40,15 +40,41 @@ pub struct Generation {
 /// Where a candidate's answers come from.
 #[derive(Debug, Clone)]
 pub enum Source {
-    Local {
+    Local(LocalModel),
+    Remote(Box<ChatProviderConfig>),
+    Responses(PathBuf),
+}
+
+/// A local model and how it is held.
+#[derive(Debug, Clone)]
+pub struct LocalModel {
+    pub model: String,
+    pub adapter: Option<PathBuf>,
+    /// The adapter's weights file's SHA-256, read once: it keys the cache and the report.
+    pub adapter_sha256: Option<String>,
+    pub quantize: Quantize,
+    pub dtype: DtypeName,
+    pub device: DeviceName,
+}
+
+impl LocalModel {
+    fn new(
         model: String,
         adapter: Option<PathBuf>,
         quantize: Quantize,
         dtype: DtypeName,
         device: DeviceName,
-    },
-    Remote(Box<ChatProviderConfig>),
-    Responses(PathBuf),
+    ) -> Self {
+        let adapter_sha256 = adapter.as_deref().and_then(adapter_sha256);
+        LocalModel {
+            model,
+            adapter,
+            adapter_sha256,
+            quantize,
+            dtype,
+            device,
+        }
+    }
 }
 
 /// A named candidate.
@@ -93,23 +119,23 @@ impl Candidate {
                     msg: format!("candidate `{}`: the run has no exported adapter", c.name),
                 });
             }
-            Source::Local {
-                model: job.model.source.clone(),
-                adapter: Some(adapter),
-                quantize: c.quantize.unwrap_or(job.model.quantize),
-                dtype: c.dtype.unwrap_or(job.model.dtype),
-                device: c.device.unwrap_or(DeviceName::Cpu),
-            }
+            Source::Local(LocalModel::new(
+                job.model.source.clone(),
+                Some(adapter),
+                c.quantize.unwrap_or(job.model.quantize),
+                c.dtype.unwrap_or(job.model.dtype),
+                c.device.unwrap_or(DeviceName::Cpu),
+            ))
         } else if let Some(file) = &c.responses {
             Source::Responses(file.clone())
         } else {
-            Source::Local {
-                model: c.model.clone().unwrap_or_default(),
-                adapter: c.adapter.clone(),
-                quantize: c.quantize.unwrap_or(Quantize::None),
-                dtype: c.dtype.unwrap_or(DtypeName::F32),
-                device: c.device.unwrap_or(DeviceName::Cpu),
-            }
+            Source::Local(LocalModel::new(
+                c.model.clone().unwrap_or_default(),
+                c.adapter.clone(),
+                c.quantize.unwrap_or(Quantize::None),
+                c.dtype.unwrap_or(DtypeName::F32),
+                c.device.unwrap_or(DeviceName::Cpu),
+            ))
         };
         Ok(Candidate {
             name: c.name.clone(),
@@ -117,12 +143,11 @@ impl Candidate {
         })
     }
 
-    /// What the report shows as the source: the model, and the adapter when there is one.
-    pub fn describe(&self) -> (String, String, Option<PathBuf>) {
+    /// What the report shows as the source: the kind, the model, and the adapter with its
+    /// SHA-256 when there is one.
+    pub fn describe(&self) -> (String, String, Option<&LocalModel>) {
         match &self.source {
-            Source::Local { model, adapter, .. } => {
-                ("local".into(), model.clone(), adapter.clone())
-            }
+            Source::Local(l) => ("local".into(), l.model.clone(), Some(l)),
             Source::Remote(cfg) => (cfg.provider.as_str().into(), cfg.model.clone(), None),
             Source::Responses(file) => ("responses".into(), file.display().to_string(), None),
         }
@@ -130,7 +155,7 @@ impl Candidate {
 }
 
 /// The SHA-256 of an adapter's weights file, hex.
-pub fn adapter_sha256(dir: &Path) -> Option<String> {
+fn adapter_sha256(dir: &Path) -> Option<String> {
     let bytes = std::fs::read(dir.join("adapter_model.safetensors")).ok()?;
     Some(hex(&Sha256::digest(bytes)))
 }
@@ -173,22 +198,8 @@ pub fn answer_all(
     candidates
         .iter()
         .map(|c| match &c.source {
-            Source::Local {
-                model,
-                adapter,
-                quantize,
-                dtype,
-                device,
-            } => {
-                let local = Local {
-                    name: &c.name,
-                    model,
-                    adapter: adapter.as_deref(),
-                    quantize: *quantize,
-                    dtype: *dtype,
-                    device: *device,
-                };
-                answer_local(&local, prompts, settings, tasks, cache_dir)
+            Source::Local(local) => {
+                answer_local(&c.name, local, prompts, settings, tasks, cache_dir)
             }
             Source::Remote(_) => {
                 let client = clients.get(&c.name).ok_or_else(|| {
@@ -201,36 +212,19 @@ pub fn answer_all(
         .collect()
 }
 
-/// A local candidate's settings.
-struct Local<'a> {
-    name: &'a str,
-    model: &'a str,
-    adapter: Option<&'a Path>,
-    quantize: Quantize,
-    dtype: DtypeName,
-    device: DeviceName,
-}
-
 fn answer_local(
-    c: &Local,
+    name: &str,
+    local: &LocalModel,
     prompts: &[EvalPrompt],
     settings: &GenerationSection,
     tasks: &[Task],
     cache_dir: &Path,
 ) -> Result<Answers, EvalError> {
-    let Local {
-        model,
-        adapter,
-        quantize,
-        dtype,
-        device,
-        ..
-    } = *c;
     let fingerprint = serde_json::json!({
-        "model": model,
-        "adapter_sha256": adapter.and_then(adapter_sha256),
-        "quantize": quantize.to_string(),
-        "dtype": dtype.to_string(),
+        "model": local.model,
+        "adapter_sha256": local.adapter_sha256,
+        "quantize": local.quantize.to_string(),
+        "dtype": local.dtype.to_string(),
         "max_new_tokens": settings.max_new_tokens,
         "temperature": settings.temperature,
         "top_p": settings.top_p,
@@ -296,18 +290,12 @@ fn answer_local(
             tasks: task_scores,
         });
     }
-    let m = {
-        let opts = LoadOptions {
-            dtype: dtype.dtype(),
-            device: crate::device::open(device)?,
-            quantize,
-        };
-        let mut loaded = load(model, &opts)?;
-        if let Some(dir) = adapter {
-            crate::lora::load_peft_adapter(loaded.model.as_mut(), dir, opts.dtype, &opts.device)?;
-        }
-        loaded
+    let opts = LoadOptions {
+        dtype: local.dtype.dtype(),
+        device: crate::device::open(local.device)?,
+        quantize: local.quantize,
     };
+    let m = load_with_adapter(&local.model, &opts, local.adapter.as_deref())?;
     if has_refs && val_loss.is_none() {
         let loss = reference_loss(&m, prompts)?;
         if let Some(loss) = loss {
@@ -327,7 +315,7 @@ fn answer_local(
             *slot = Some(s);
         }
     }
-    let bar = progress(prompts.len() as u64, &format!("generating {}", c.name));
+    let bar = progress(prompts.len() as u64, &format!("generating {name}"));
     for (i, p) in prompts.iter().enumerate() {
         if out[i].is_some() {
             bar.inc(1);

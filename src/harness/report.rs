@@ -7,7 +7,6 @@ use std::path::Path;
 use serde::Serialize;
 
 use crate::fsutil::write_atomic;
-use crate::harness::candidates::adapter_sha256;
 use crate::harness::checks::Check;
 use crate::harness::config::EvalConfig;
 use crate::harness::run::Outcome;
@@ -134,14 +133,16 @@ pub fn build(
         ..EvalReport::default()
     };
     for ((c, gens), val_loss) in o.candidates.iter().zip(&o.generations).zip(&o.val_loss) {
-        let (source, model, adapter) = c.describe();
+        let (source, model, local) = c.describe();
         let tokens: Vec<f64> = gens.iter().map(|g| g.output_tokens as f64).collect();
         report.candidates.push(CandidateRow {
             name: c.name.clone(),
             source,
             model,
-            adapter_sha256: adapter.as_deref().and_then(adapter_sha256),
-            adapter: adapter.map(|a| a.display().to_string()),
+            adapter: local
+                .and_then(|l| l.adapter.as_ref())
+                .map(|a| a.display().to_string()),
+            adapter_sha256: local.and_then(|l| l.adapter_sha256.clone()),
             mean_response_tokens: summarize(&tokens).map_or(0.0, |s| s.mean),
             val_loss: *val_loss,
         });

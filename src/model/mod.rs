@@ -141,6 +141,20 @@ pub struct LoadedModel {
     pub name_or_path: String,
 }
 
+/// [`load`], then the PEFT adapter folder `adapter` applied when one is given.
+pub fn load_with_adapter(
+    spec: &str,
+    opts: &LoadOptions,
+    adapter: Option<&Path>,
+) -> Result<LoadedModel> {
+    let mut m = load(spec, opts)?;
+    if let Some(dir) = adapter {
+        let n = crate::lora::load_peft_adapter(m.model.as_mut(), dir, opts.dtype, &opts.device)?;
+        tracing::info!("adapter {}: {n} layers adapted", dir.display());
+    }
+    Ok(m)
+}
+
 /// Resolves `spec` (a folder, a `.gguf` file or a hub id) and loads everything.
 pub fn load(spec: &str, opts: &LoadOptions) -> Result<LoadedModel> {
     let source = ModelSource::resolve(spec)?;
