@@ -11,8 +11,8 @@ use crate::harness::checks::Check;
 use crate::harness::config::EvalConfig;
 use crate::harness::run::Outcome;
 use crate::harness::stats::{
-    bootstrap_ci, bradley_terry_ci, lc_win_rate, online_elo, summarize, wilson_ci, Game, PairTally,
-    RatedGame,
+    bootstrap_ci, bradley_terry_ci, lc_win_rate, mean_ci, online_elo, summarize, wilson_ci, Game,
+    PairTally, RatedGame,
 };
 use crate::harness::EvalError;
 
@@ -224,9 +224,7 @@ pub fn build(
             };
             let values: Vec<f64> = (0..scored.len()).filter_map(|p| score(ci, p)).collect();
             let summary = summarize(&values);
-            let ci95 = bootstrap_ci(values.len(), rounds, seed, |idx| {
-                summarize(&idx.iter().map(|&i| values[i]).collect::<Vec<_>>()).map(|s| s.mean)
-            });
+            let ci95 = mean_ci(&values, rounds, seed);
             let diffs: Vec<f64> = match baseline {
                 Some(b) if b != ci => (0..n)
                     .filter_map(|p| Some(score(ci, p)? - score(b, p)?))
@@ -241,9 +239,7 @@ pub fn build(
                 ci95,
                 n: values.len(),
                 diff_vs_baseline: summarize(&diffs).map(|s| s.mean),
-                diff_ci95: bootstrap_ci(diffs.len(), rounds, seed, |idx| {
-                    summarize(&idx.iter().map(|&i| diffs[i]).collect::<Vec<_>>()).map(|s| s.mean)
-                }),
+                diff_ci95: mean_ci(&diffs, rounds, seed),
             });
         }
     }

@@ -51,6 +51,13 @@ pub fn bootstrap_ci(
     interval(&values)
 }
 
+/// The 95% bootstrap interval of the mean of `values`, each value one resampling unit.
+pub fn mean_ci(values: &[f64], rounds: usize, seed: u64) -> Option<[f64; 2]> {
+    bootstrap_ci(values.len(), rounds, seed, |idx| {
+        Some(idx.iter().map(|&i| values[i]).sum::<f64>() / idx.len() as f64)
+    })
+}
+
 /// The 2.5% and 97.5% percentiles of `values`.
 pub fn interval(values: &[f64]) -> Option<[f64; 2]> {
     Some([percentile(values, LOWER)?, percentile(values, UPPER)?])
@@ -115,6 +122,7 @@ mod tests {
         let a = bootstrap_ci(data.len(), 500, 7, mean).unwrap();
         let b = bootstrap_ci(data.len(), 500, 7, mean).unwrap();
         assert_eq!(a, b);
+        assert_eq!(mean_ci(&data, 500, 7), Some(a));
         let c = bootstrap_ci(data.len(), 500, 8, mean).unwrap();
         assert_ne!(a, c);
         let point = summarize(&data).unwrap().mean;

@@ -9,6 +9,6 @@ pub mod length;
 pub mod ratings;
 
 pub use games::{Game, PairTally};
-pub use interval::{bootstrap_ci, percentile, summarize, wilson_ci, Summary};
+pub use interval::{bootstrap_ci, mean_ci, percentile, summarize, wilson_ci, Summary};
 pub use length::lc_win_rate;
 pub use ratings::{bradley_terry, bradley_terry_ci, online_elo, RatedGame, Rating};
