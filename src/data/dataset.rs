@@ -108,21 +108,26 @@ pub struct PromptLine {
     pub messages: Vec<Message>,
 }
 
+/// A JSONL line's `id`: a string, or a number as written; `None` when absent or null.
+pub fn line_id(
+    obj: &serde_json::Map<String, Value>,
+) -> std::result::Result<Option<String>, String> {
+    match obj.get("id") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(Value::Number(n)) => Ok(Some(n.to_string())),
+        Some(other) => Err(format!(
+            "\"id\" must be a string or a number, got {}",
+            json_type(other)
+        )),
+    }
+}
+
 /// Reads a JSONL file of conversations for evaluation: as [`read_jsonl`], but a line may end
 /// before any assistant turn (a prompt without a reference) and keeps its `id`.
 pub fn read_prompt_lines(path: impl AsRef<Path>) -> Result<Vec<PromptLine>> {
     Ok(each_line(path.as_ref(), |line, obj| {
-        let id = match obj.get("id") {
-            None | Some(Value::Null) => None,
-            Some(Value::String(s)) => Some(s.clone()),
-            Some(Value::Number(n)) => Some(n.to_string()),
-            Some(other) => {
-                return Err(format!(
-                    "\"id\" must be a string or a number, got {}",
-                    json_type(other)
-                ))
-            }
-        };
+        let id = line_id(obj)?;
         Ok(PromptLine {
             line,
             id,

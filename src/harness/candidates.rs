@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::config::job::{DeviceName, DtypeName, JobConfig};
+use crate::data::dataset::line_id;
 use crate::data::mask::tokenize_conversation;
 use crate::data::prepare::{fit_to_length, Fit};
 use crate::data::{Conversation, LossOn, Message, Role};
@@ -445,14 +446,14 @@ fn read_responses(file: &Path, prompts: &[EvalPrompt]) -> Result<Vec<Generation>
             line: Some(i + 1),
             msg,
         };
-        let value: serde_json::Value =
-            serde_json::from_str(line).map_err(|e| fail(format!("not valid JSON: {e}")))?;
-        let id = match value.get("id") {
-            Some(serde_json::Value::String(s)) => s.clone(),
-            Some(serde_json::Value::Number(n)) => n.to_string(),
-            _ => return Err(fail("\"id\": missing (a string or a number)".into())),
-        };
-        let g: Generation = serde_json::from_value(value)
+        let mut value: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_str(line).map_err(|e| fail(format!("not a JSON object: {e}")))?;
+        let id = line_id(&value)
+            .map_err(fail)?
+            .ok_or_else(|| fail("\"id\": missing (a string or a number)".into()))?;
+        // A numeric id, as the prompts file may give, is the same id written as text.
+        value.insert("id".into(), id.clone().into());
+        let g: Generation = serde_json::from_value(value.into())
             .map_err(|e| fail(format!("not a generation line: {e}")))?;
         by_id.insert(id, g);
     }
@@ -487,4 +488,41 @@ pub fn write_generations(dir: &Path, name: &str, gens: &[Generation]) -> Result<
         text.as_bytes(),
     )?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn prompt(id: &str) -> EvalPrompt {
+        EvalPrompt {
+            id: id.into(),
+            line: 1,
+            messages: vec![Message::new(Role::User, "Q")],
+            reference: None,
+        }
+    }
+
+    #[test]
+    fn earlier_answers_match_prompts_by_id_written_as_text_or_number() {
+        let f = tempfile::NamedTempFile::new().unwrap();
+        let line = |id: &str, response: &str| {
+            format!(
+                r#"{{"id": {id}, "response": "{response}", "output_tokens": 1, "latency_s": 0.1, "finish_reason": "stop"}}"#
+            )
+        };
+        std::fs::write(f.path(), [line("7", "r7"), line("\"x\"", "rx")].join("\n")).unwrap();
+        let got = read_responses(f.path(), &[prompt("x"), prompt("7")]).unwrap();
+        assert_eq!((got[0].id.as_str(), got[1].id.as_str()), ("x", "7"));
+        assert_eq!(got[1].response, "r7");
+        let err = read_responses(f.path(), &[prompt("y")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("`y`"), "{err}");
+        std::fs::write(f.path(), r#"{"response": "r"}"#).unwrap();
+        let err = read_responses(f.path(), &[prompt("x")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(":1: \"id\": missing"), "{err}");
+    }
 }
