@@ -91,6 +91,21 @@ dir = "out"
     file
 }
 
+/// The quick form comparing the tiny Llama with itself on `data`, writing to `out`.
+pub fn quick_tiny_eval(data: &Path, out: &Path) -> assert_cmd::Command {
+    let tiny = common::fixtures().join("tiny-llama");
+    let mut cmd = common::cli::lora_train();
+    cmd.args(["eval", "--model1"])
+        .arg(&tiny)
+        .arg("--model2")
+        .arg(&tiny)
+        .arg("--data")
+        .arg(data)
+        .arg("-o")
+        .arg(out);
+    cmd
+}
+
 fn eval(file: &Path) -> std::process::Output {
     common::cli::lora_train()
         .args(["eval", "--config"])
@@ -270,15 +285,7 @@ fn a_local_tiny_model_answers_and_the_quick_form_runs_without_a_judge() {
     .unwrap();
     let tiny = common::fixtures().join("tiny-llama");
     let out_dir = tmp.path().join("quick");
-    let out = common::cli::lora_train()
-        .args(["eval", "--model1"])
-        .arg(&tiny)
-        .arg("--model2")
-        .arg(&tiny)
-        .arg("--data")
-        .arg(&prompts)
-        .arg("-o")
-        .arg(&out_dir)
+    let out = quick_tiny_eval(&prompts, &out_dir)
         .env("RUST_LOG", "off")
         .output()
         .unwrap();
@@ -330,14 +337,8 @@ fn an_output_folder_with_other_files_is_refused_unless_forced() {
     let out_dir = tmp.path().join("mine");
     std::fs::create_dir_all(&out_dir).unwrap();
     std::fs::write(out_dir.join("notes.txt"), "keep me").unwrap();
-    let tiny = common::fixtures().join("tiny-llama");
     let run = |force: bool| {
-        let mut cmd = common::cli::lora_train();
-        cmd.args(["eval", "--model1"])
-            .arg(&tiny)
-            .arg("--model2")
-            .arg(&tiny);
-        cmd.arg("--data").arg(&prompts).arg("-o").arg(&out_dir);
+        let mut cmd = quick_tiny_eval(&prompts, &out_dir);
         if force {
             cmd.arg("--force");
         }

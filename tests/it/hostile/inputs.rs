@@ -382,21 +382,9 @@ fn an_eval_prompt_beyond_the_context_names_the_prompt() {
         ),
     )
     .unwrap();
-    let tiny = crate::common::fixtures().join("tiny-llama");
     let out = tmp.path().join("out");
     let before = super::Snapshot::of(&[&prompts]);
-    let err = super::fails_with(
-        crate::common::cli::lora_train()
-            .args(["eval", "--model1"])
-            .arg(&tiny)
-            .arg("--model2")
-            .arg(&tiny)
-            .arg("--data")
-            .arg(&prompts)
-            .arg("-o")
-            .arg(&out),
-        1,
-    );
+    let err = super::fails_with(&mut crate::harness_eval::quick_tiny_eval(&prompts, &out), 1);
     assert!(
         err.contains("prompt `long` (data line 2)") && err.contains("tokens"),
         "{err}"
