@@ -8,9 +8,49 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
-use super::checkpoint::TrainerState;
+use super::checkpoint::{list_checkpoints, read_state, TrainerState};
 use super::plan::StepPlan;
 use crate::{Error, Result};
+
+/// What `--resume` checks the newest checkpoint of `out` against.
+pub struct Resumable<'a> {
+    pub out: &'a Path,
+    /// The job's fingerprint: a checkpoint of another job is refused.
+    pub fingerprint: &'a str,
+    /// The data's hash now ([`data_hash`]) and the files it covers.
+    pub data_hash: &'a str,
+    pub data: (&'a Path, Option<&'a Path>),
+    pub allow_data_change: bool,
+    pub plan: &'a StepPlan,
+    pub seed: u64,
+}
+
+/// The newest checkpoint and its state, once it is shown to continue this job: the same job,
+/// a consistent `trainer_state.json`, and the same data unless a change is allowed.
+pub fn newest_resumable(r: &Resumable) -> Result<(TrainerState, PathBuf)> {
+    let Some((folder_step, dir)) = list_checkpoints(r.out)?.pop() else {
+        return Err(Error::Config(format!(
+            "--resume: no checkpoint in {}",
+            r.out.join("checkpoints").display()
+        )));
+    };
+    let state = read_state(&dir)?;
+    if state.job_fingerprint != r.fingerprint {
+        return Err(Error::Config(format!(
+            "--resume: {} was written by a different job (model, data or hyper-parameters changed)",
+            dir.display()
+        )));
+    }
+    let data_changed = check_data(&state, &dir, r.data_hash, r.data, r.allow_data_change)?;
+    let want = Expected {
+        folder_step,
+        plan: r.plan,
+        seed: r.seed,
+        data_changed,
+    };
+    check_state(&state, &dir.join("trainer_state.json"), &want)?;
+    Ok((state, dir))
+}
 
 /// The hash of a run's data: SHA-256 over the training file's length and bytes, then the
 /// validation file's when it has one, as `sha256:<hex>`.

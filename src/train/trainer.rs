@@ -14,15 +14,14 @@ use candle_core::{DType, Device};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::checkpoint::{
-    job_checkpoints, job_fingerprint, list_checkpoints, new_run_id, read_state, remove_checkpoint,
-    save_checkpoint, TrainerState,
+    job_checkpoints, job_fingerprint, new_run_id, remove_checkpoint, save_checkpoint, TrainerState,
 };
 use super::checkpoint_policy::{CheckpointAction, CheckpointPolicy, SavedCheckpoint};
 use super::memory;
 use super::metrics::{EvalMetrics, StepMetrics};
 use super::optimizer::{AdamW, AdamWConfig};
 use super::plan::StepPlan;
-use super::resume::{check_data, check_state, data_hash, Expected};
+use super::resume::{data_hash, newest_resumable, Resumable};
 use super::run_log::{RunLog, TrainSummary};
 use super::schedule::Schedule;
 use super::step::{train_step, StepOutcome};
@@ -62,6 +61,8 @@ pub struct Trainer {
     device: Device,
     pad_id: u32,
     dtype: DType,
+    /// The SHA-256 of the training data (and a validation file), recorded in checkpoints.
+    data_hash: String,
 }
 
 impl Trainer {
@@ -122,6 +123,11 @@ impl Trainer {
             min_lr_ratio: job.train.min_lr_ratio,
         };
         let pad_id = model.tokenizer.eos_token_ids.first().copied().unwrap_or(0);
+        let validation_file = match &job.data.validation {
+            Some(ValidationSpec::File(path)) => Some(path.as_path()),
+            _ => None,
+        };
+        let data_hash = data_hash(&job.data.train, validation_file)?;
         Ok(Self {
             job,
             model,
@@ -132,6 +138,7 @@ impl Trainer {
             device,
             pad_id,
             dtype,
+            data_hash,
         })
     }
 
@@ -282,14 +289,13 @@ impl Trainer {
         super::output_dir::prepare(&self.job.output.dir, how)?;
         let log = RunLog::create(&self.job.output.dir)?;
         let fingerprint = job_fingerprint(&self.job);
-        let data_hash = self.data_hash()?;
         let mut opt = self.optimizer()?;
         let total = self.plan.total_steps;
         let train = &self.job.train;
         let mut policy = CheckpointPolicy::new(train.save_every, train.keep_last, total)
             .stop_after(opts.stop_after);
         let (start, elapsed_before, run_id) = if opts.resume {
-            let (state, saved) = self.resume(&mut opt, &fingerprint, &data_hash, opts)?;
+            let (state, saved) = self.resume(&mut opt, &fingerprint, opts)?;
             log.resume_at(state.step)?;
             policy = policy.resumed(state.step, state.run_id.as_deref(), &saved);
             (state.step, state.elapsed_s, state.run_id)
@@ -350,8 +356,7 @@ impl Trainer {
             for action in policy.after_step(step, stop.load(Ordering::SeqCst)) {
                 match action {
                     CheckpointAction::Save(at) => {
-                        let state =
-                            self.state_at(at, elapsed, &fingerprint, &data_hash, run_id.clone());
+                        let state = self.state_at(at, elapsed, &fingerprint, run_id.clone());
                         self.save(log.dir(), &state, &opt)?
                     }
                     CheckpointAction::Prune(at) => remove_checkpoint(log.dir(), at)?,
@@ -374,55 +379,29 @@ impl Trainer {
     /// Checks, before anything is written, that `--resume` can continue from the newest
     /// checkpoint: the same job, a consistent state, and the same data unless allowed.
     pub fn check_resume(&self, opts: &RunOptions) -> Result<()> {
-        let fingerprint = job_fingerprint(&self.job);
-        let data_hash = self.data_hash()?;
-        self.resumable_checkpoint(&fingerprint, &data_hash, opts)
+        self.resumable_checkpoint(&job_fingerprint(&self.job), opts)
             .map(|_| ())
-    }
-
-    /// The hash of the job's training data and validation file.
-    fn data_hash(&self) -> Result<String> {
-        data_hash(&self.job.data.train, self.validation_file())
-    }
-
-    fn validation_file(&self) -> Option<&Path> {
-        match &self.job.data.validation {
-            Some(ValidationSpec::File(path)) => Some(path),
-            _ => None,
-        }
     }
 
     /// The newest checkpoint and its state, once the checks of [`Self::check_resume`] pass.
     fn resumable_checkpoint(
         &self,
         fingerprint: &str,
-        data_hash: &str,
         opts: &RunOptions,
     ) -> Result<(TrainerState, PathBuf)> {
-        let out = &self.job.output.dir;
-        let Some((folder_step, dir)) = list_checkpoints(out)?.pop() else {
-            return Err(Error::Config(format!(
-                "--resume: no checkpoint in {}",
-                out.join("checkpoints").display()
-            )));
+        let validation = match &self.job.data.validation {
+            Some(ValidationSpec::File(path)) => Some(path.as_path()),
+            _ => None,
         };
-        let state = read_state(&dir)?;
-        if state.job_fingerprint != fingerprint {
-            return Err(Error::Config(format!(
-                "--resume: {} was written by a different job (model, data or hyper-parameters changed)",
-                dir.display()
-            )));
-        }
-        let files = (self.job.data.train.as_path(), self.validation_file());
-        let data_changed = check_data(&state, &dir, data_hash, files, opts.allow_data_change)?;
-        let want = Expected {
-            folder_step,
+        newest_resumable(&Resumable {
+            out: &self.job.output.dir,
+            fingerprint,
+            data_hash: &self.data_hash,
+            data: (&self.job.data.train, validation),
+            allow_data_change: opts.allow_data_change,
             plan: &self.plan,
             seed: self.job.train.seed,
-            data_changed,
-        };
-        check_state(&state, &dir.join("trainer_state.json"), &want)?;
-        Ok((state, dir))
+        })
     }
 
     /// Loads the newest checkpoint of the output folder into the adapter and `opt`. Returns its
@@ -431,10 +410,9 @@ impl Trainer {
         &mut self,
         opt: &mut AdamW,
         fingerprint: &str,
-        data_hash: &str,
         opts: &RunOptions,
     ) -> Result<(TrainerState, Vec<SavedCheckpoint>)> {
-        let (state, dir) = self.resumable_checkpoint(fingerprint, data_hash, opts)?;
+        let (state, dir) = self.resumable_checkpoint(fingerprint, opts)?;
         let saved = LoraParams::from_peft(
             self.model.model.as_mut(),
             &dir,
@@ -486,7 +464,6 @@ impl Trainer {
         step: usize,
         elapsed_s: f64,
         fingerprint: &str,
-        data_hash: &str,
         run_id: Option<String>,
     ) -> TrainerState {
         TrainerState {
@@ -496,7 +473,7 @@ impl Trainer {
             seed: self.job.train.seed,
             job_fingerprint: fingerprint.to_string(),
             elapsed_s,
-            data_hash: Some(data_hash.to_string()),
+            data_hash: Some(self.data_hash.clone()),
             run_id,
         }
     }
