@@ -85,6 +85,19 @@ pub fn matmul(a: &Tensor, b: &Tensor) -> candle_core::Result<Tensor> {
     a.matmul(&b)
 }
 
+/// Rows of `x` below which [`matmul_t`] runs the product the other way round on the CPU.
+const FEW_ROWS: usize = 256;
+
+/// `x · wᵀ` for `x: [m, k]` and a row-major `w: [n, k]` (a linear layer's weight). With few
+/// rows on the CPU (decoding, small batches), the gemm crate packs all of `wᵀ` on every call,
+/// which costs as much as the product; `(w · xᵀ)ᵀ` packs only `xᵀ` and runs several times faster.
+pub fn matmul_t(x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
+    if x.device().is_cpu() && x.rank() == 2 && x.dim(0)? < FEW_ROWS {
+        return matmul(w, &x.t()?)?.t()?.contiguous();
+    }
+    matmul(x, &w.t()?)
+}
+
 /// `a · b` with the batch dimensions broadcast (candle's `broadcast_matmul`), in layouts
 /// CUDA's GEMM takes.
 pub fn broadcast_matmul(a: &Tensor, b: &Tensor) -> candle_core::Result<Tensor> {
@@ -103,6 +116,19 @@ mod tests {
             .unwrap()
             .reshape(shape)
             .unwrap()
+    }
+
+    #[test]
+    fn a_product_with_few_rows_equals_the_plain_one() {
+        let w = (t(&[7, 33]) / 100.0).unwrap().sin().unwrap();
+        for m in [1, 3, FEW_ROWS - 1, FEW_ROWS, FEW_ROWS + 5] {
+            let x = (t(&[m, 33]) / 50.0).unwrap().cos().unwrap();
+            let got = matmul_t(&x, &w).unwrap();
+            assert!(got.is_contiguous());
+            let want = x.matmul(&w.t().unwrap()).unwrap();
+            let diff = (got - want).unwrap().abs().unwrap().max_all().unwrap();
+            assert!(diff.to_scalar::<f32>().unwrap() < 1e-5, "m = {m}");
+        }
     }
 
     #[test]

@@ -52,44 +52,108 @@ pub fn generate(
     opts: &GenerateOptions,
     mut on_token: impl FnMut(u32),
 ) -> Result<Vec<u32>> {
-    if prompt_ids.is_empty() {
+    let mut out = generate_batch(model, &[prompt_ids], opts, |_, id| on_token(id))?;
+    Ok(out.pop().unwrap_or_default())
+}
+
+/// Generates after each of `prompts` in one batch: left-padded to the longest, with the padding
+/// masked in the KV cache, each row stopping at its own stop token or token budget and leaving
+/// the batch when it does. Rotary positions are relative, so a row's padding does not change
+/// its logits. Sampling draws from one RNG per row seeded with `opts.seed`, so a prompt gets
+/// the same tokens in any batch as alone. `on_token(row, id)` sees each new id.
+pub fn generate_batch(
+    model: &dyn CausalLm,
+    prompts: &[&[u32]],
+    opts: &GenerateOptions,
+    mut on_token: impl FnMut(usize, u32),
+) -> Result<Vec<Vec<u32>>> {
+    if prompts.iter().any(|p| p.is_empty()) {
         return Err(crate::Error::unsupported("generate", "the prompt is empty"));
     }
-    let max_new_tokens =
-        new_token_budget(prompt_ids.len(), opts.max_new_tokens, model.context_len())?;
-    let mut rng = rand::rngs::StdRng::seed_from_u64(opts.seed);
-    let mut cache = model.new_cache();
+    let budgets = prompts
+        .iter()
+        .map(|p| new_token_budget(p.len(), opts.max_new_tokens, model.context_len()))
+        .collect::<Result<Vec<_>>>()?;
     let device = model.device();
-    let mut out = Vec::with_capacity(max_new_tokens);
-    let mut input = Tensor::new(prompt_ids, device)?.unsqueeze(0)?;
-    for step in 0..max_new_tokens {
+    let n = prompts.len();
+    let longest = prompts.iter().map(|p| p.len()).max().unwrap_or(0);
+    let mut ids = Vec::with_capacity(n * longest);
+    let mut real = Vec::with_capacity(n * longest);
+    for p in prompts {
+        let pad = longest - p.len();
+        ids.extend(std::iter::repeat_n(0u32, pad).chain(p.iter().copied()));
+        real.extend(std::iter::repeat_n(0u8, pad).chain(std::iter::repeat_n(1u8, p.len())));
+    }
+    let mut out = vec![Vec::new(); n];
+    // Every row's budget is at least 1 unless max_new_tokens is 0.
+    if opts.max_new_tokens == 0 {
+        return Ok(out);
+    }
+    let mut active: Vec<usize> = (0..n).collect();
+    let mut rngs: Vec<_> = (0..n)
+        .map(|_| rand::rngs::StdRng::seed_from_u64(opts.seed))
+        .collect();
+    let mut cache = model.new_cache();
+    let mut input = Tensor::from_vec(ids, (n, longest), device)?;
+    let mut padding = if real.contains(&0) {
+        Some(Tensor::from_vec(real, (n, longest), device)?)
+    } else {
+        None
+    };
+    for step in 0.. {
         let logits = model
-            .forward_cached(&input, &mut cache)?
-            .squeeze(0)?
+            .forward_cached(&input, padding.take().as_ref(), &mut cache)?
             .to_dtype(DType::F32)?
-            .to_vec1::<f32>()?;
-        if logits.iter().any(|l| !l.is_finite()) {
-            return Err(non_finite_logits(step));
+            .to_vec2::<f32>()?;
+        let mut keep = Vec::with_capacity(active.len());
+        let mut next_ids = Vec::with_capacity(active.len());
+        for (r, (&i, row)) in active.iter().zip(&logits).enumerate() {
+            if row.iter().any(|l| !l.is_finite()) {
+                return Err(non_finite_logits(step));
+            }
+            let next = if opts.temperature <= 0.0 {
+                argmax(row)
+            } else {
+                sample_top_p(row, opts.temperature, opts.top_p, &mut rngs[i])
+            };
+            out[i].push(next);
+            on_token(i, next);
+            if !opts.stop_ids.contains(&next) && out[i].len() < budgets[i] {
+                keep.push(r);
+                next_ids.push(next);
+            }
         }
-        let next = if opts.temperature <= 0.0 {
-            argmax(&logits)
-        } else {
-            sample_top_p(&logits, opts.temperature, opts.top_p, &mut rng)
-        };
-        out.push(next);
-        on_token(next);
-        if opts.stop_ids.contains(&next) {
+        if keep.is_empty() {
             break;
         }
-        input = Tensor::new(&[next], device)?.unsqueeze(0)?;
+        if keep.len() < active.len() {
+            cache.retain_rows(&keep)?;
+            active = keep.iter().map(|&r| active[r]).collect();
+        }
+        input = Tensor::new(next_ids.as_slice(), device)?.unsqueeze(1)?;
     }
     Ok(out)
 }
 
 /// How many tokens may follow a prompt of `prompt_len` tokens in a context of `context`:
 /// `max_new_tokens`, or what the context leaves when that is less (with a warning). A
-/// `max_new_tokens` beyond the context, or a prompt that fills it, is an error with the counts.
+/// `max_new_tokens` beyond the context, or a prompt that fills it, is an error with the counts
+/// (see [`check_prompt_fits`]).
 pub fn new_token_budget(prompt_len: usize, max_new_tokens: usize, context: usize) -> Result<usize> {
+    check_prompt_fits(prompt_len, max_new_tokens, context)?;
+    let room = context - prompt_len;
+    if max_new_tokens > room {
+        tracing::warn!(
+            "the prompt has {prompt_len} tokens: at most {room} new tokens fit the model's \
+             context of {context}, not {max_new_tokens}"
+        );
+    }
+    Ok(max_new_tokens.min(room))
+}
+
+/// The error [`new_token_budget`] gives, without its warning: for callers that check every
+/// prompt before generating.
+pub fn check_prompt_fits(prompt_len: usize, max_new_tokens: usize, context: usize) -> Result<()> {
     let limit = format!("the model's context of {context} tokens (max_position_embeddings)");
     if max_new_tokens > context {
         return Err(Error::TooLarge {
@@ -103,14 +167,7 @@ pub fn new_token_budget(prompt_len: usize, max_new_tokens: usize, context: usize
             limit: format!("{limit} less one for the reply"),
         });
     }
-    let room = context - prompt_len;
-    if max_new_tokens > room {
-        tracing::warn!(
-            "the prompt has {prompt_len} tokens: at most {room} new tokens fit the model's \
-             context of {context}, not {max_new_tokens}"
-        );
-    }
-    Ok(max_new_tokens.min(room))
+    Ok(())
 }
 
 /// The error for NaN or infinite logits at decoding step `step` (0: the prompt's forward pass).
@@ -208,23 +265,49 @@ pub fn reply(
     messages: &[crate::data::Message],
     opts: &GenerateOptions,
 ) -> Result<Reply> {
+    let ids = prompt_ids(m, messages)?;
+    let mut r = replies(m, &[&ids], opts)?;
+    r.pop()
+        .ok_or_else(|| Error::Msg("generate: no reply for the prompt".into()))
+}
+
+/// The token ids the model continues to answer `messages`: the chat template with its
+/// generation prompt.
+pub fn prompt_ids(
+    m: &crate::model::LoadedModel,
+    messages: &[crate::data::Message],
+) -> Result<Vec<u32>> {
     let text = m.template.render(messages, true)?;
-    let ids = m.tokenizer.encode(&text, false)?;
+    m.tokenizer.encode(&text, false)
+}
+
+/// The replies to several prompts (from [`prompt_ids`]), generated as one batch with
+/// [`generate_batch`]; `opts.stop_ids` default to [`stop_ids`] when empty.
+pub fn replies(
+    m: &crate::model::LoadedModel,
+    prompts: &[&[u32]],
+    opts: &GenerateOptions,
+) -> Result<Vec<Reply>> {
     let mut opts = opts.clone();
     if opts.stop_ids.is_empty() {
         opts.stop_ids = stop_ids(m);
     }
-    let mut new = generate(m.model.as_ref(), &ids, &opts, |_| {})?;
-    let stopped = new.last().is_some_and(|t| opts.stop_ids.contains(t));
-    if stopped {
-        new.pop();
-    }
-    Ok(Reply {
-        text: m.tokenizer.decode(&new, true)?.trim().to_string(),
-        prompt_tokens: ids.len(),
-        output_tokens: new.len(),
-        stopped,
-    })
+    let new = generate_batch(m.model.as_ref(), prompts, &opts, |_, _| {})?;
+    new.into_iter()
+        .zip(prompts)
+        .map(|(mut new, ids)| {
+            let stopped = new.last().is_some_and(|t| opts.stop_ids.contains(t));
+            if stopped {
+                new.pop();
+            }
+            Ok(Reply {
+                text: m.tokenizer.decode(&new, true)?.trim().to_string(),
+                prompt_tokens: ids.len(),
+                output_tokens: new.len(),
+                stopped,
+            })
+        })
+        .collect()
 }
 
 /// The ids that end a generated turn: eos ids and the template's end-of-turn token.

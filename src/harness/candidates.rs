@@ -17,7 +17,7 @@ use crate::data::mask::tokenize_conversation;
 use crate::data::prepare::{fit_to_length, Fit};
 use crate::data::{Conversation, LossOn, Message, Role};
 use crate::eval::score_examples;
-use crate::generate::{reply, GenerateOptions};
+use crate::generate::{check_prompt_fits, prompt_ids, replies, GenerateOptions};
 use crate::harness::config::{CandidateSection, GenerationSection};
 use crate::harness::pool::{map_parallel, progress};
 use crate::harness::prompts::EvalPrompt;
@@ -316,35 +316,63 @@ fn answer_local(
             *slot = Some(s);
         }
     }
-    let bar = progress(prompts.len() as u64, &format!("generating {name}"));
+    let opts = GenerateOptions {
+        max_new_tokens: settings.max_new_tokens,
+        temperature: settings.temperature,
+        top_p: settings.top_p,
+        seed: settings.seed,
+        stop_ids: Vec::new(),
+    };
+    let as_prompt_error = |p: &EvalPrompt, source| EvalError::Prompt {
+        id: p.id.clone(),
+        line: p.line,
+        source: Box::new(source),
+    };
+    // Every prompt still to answer, checked before any is generated, longest first so that a
+    // batch holds prompts of similar length and little padding.
+    let mut todo = Vec::new();
     for (i, p) in prompts.iter().enumerate() {
-        if out[i].is_some() {
-            bar.inc(1);
-            continue;
+        if out[i].is_none() {
+            let ids = prompt_ids(&m, &p.messages).map_err(|e| as_prompt_error(p, e))?;
+            check_prompt_fits(ids.len(), opts.max_new_tokens, m.model.context_len())
+                .map_err(|e| as_prompt_error(p, e))?;
+            todo.push((i, ids));
         }
-        let opts = GenerateOptions {
-            max_new_tokens: settings.max_new_tokens,
-            temperature: settings.temperature,
-            top_p: settings.top_p,
-            seed: settings.seed,
-            stop_ids: Vec::new(),
-        };
+    }
+    todo.sort_by_key(|(i, ids)| (std::cmp::Reverse(ids.len()), *i));
+    let bar = progress(prompts.len() as u64, &format!("generating {name}"));
+    bar.inc((prompts.len() - todo.len()) as u64);
+    for batch in todo.chunks(settings.batch_size) {
+        let ids: Vec<&[u32]> = batch.iter().map(|(_, ids)| ids.as_slice()).collect();
         let start = Instant::now();
-        let r = reply(&m, &p.messages, &opts).map_err(|source| EvalError::Prompt {
-            id: p.id.clone(),
-            line: p.line,
-            source: Box::new(source),
-        })?;
-        let g = Generation {
-            id: p.id.clone(),
-            response: r.text,
-            output_tokens: r.output_tokens as u64,
-            latency_s: start.elapsed().as_secs_f64(),
-            finish_reason: if r.stopped { "stop" } else { "length" }.into(),
+        let rs = match replies(&m, &ids, &opts) {
+            Ok(rs) => rs,
+            // Name the prompt the batch failed on: each alone, up to the first that fails.
+            Err(_) if batch.len() > 1 => batch
+                .iter()
+                .map(|(i, ids)| {
+                    replies(&m, &[ids], &opts)
+                        .map_err(|e| as_prompt_error(&prompts[*i], e))?
+                        .pop()
+                        .ok_or_else(|| EvalError::Template("no reply generated".into()))
+                })
+                .collect::<Result<Vec<_>, _>>()?,
+            Err(e) => return Err(as_prompt_error(&prompts[batch[0].0], e)),
         };
-        cache.put(&key(p), &g)?;
-        out[i] = Some(g);
-        bar.inc(1);
+        let latency_s = start.elapsed().as_secs_f64();
+        for ((i, _), r) in batch.iter().zip(rs) {
+            let p = &prompts[*i];
+            let g = Generation {
+                id: p.id.clone(),
+                response: r.text,
+                output_tokens: r.output_tokens as u64,
+                latency_s,
+                finish_reason: if r.stopped { "stop" } else { "length" }.into(),
+            };
+            cache.put(&key(p), &g)?;
+            out[*i] = Some(g);
+        }
+        bar.inc(batch.len() as u64);
     }
     bar.finish_and_clear();
     Ok(Answers {

@@ -78,6 +78,8 @@ job_section! {
         pub temperature: f64 = 0.0,
         pub top_p: f64 = 1.0,
         pub seed: u64 = 0,
+        /// Prompts per forward pass for local candidates.
+        pub batch_size: usize = 16,
         /// Requests in flight at once for remote candidates.
         pub concurrency: usize = 8,
     }
@@ -252,10 +254,10 @@ impl EvalConfig {
             }
         }
         let g = &self.generation;
-        if g.concurrency == 0 || g.max_new_tokens == 0 {
+        if g.concurrency == 0 || g.max_new_tokens == 0 || g.batch_size == 0 {
             return Err((
                 "generation".into(),
-                "`concurrency` and `max_new_tokens` must be at least 1".into(),
+                "`batch_size`, `concurrency` and `max_new_tokens` must be at least 1".into(),
             ));
         }
         if !g.temperature.is_finite() || g.temperature < 0.0 {

@@ -7,7 +7,7 @@ use candle_core::Tensor;
 use super::attention::{attend, KeyValues};
 use super::cache::KvCache;
 use super::decoder::{head_or_tied, merged_decoder_tensors, run_layer, DecoderLayer, Pass};
-use super::mask::{padding_rows, AttnMask};
+use super::mask::{pass_padding, AttnMask};
 use super::mlp::GatedMlp;
 use super::norm::RmsNorm;
 use super::projections::{
@@ -259,7 +259,7 @@ impl CausalLm for Gemma3 {
         // transformers casts the scale to the embedding dtype before multiplying.
         let scale = Tensor::new(&[(h as f32).sqrt()], device)?.to_dtype(dtype)?;
         let mut x = emb.broadcast_mul(&scale)?;
-        let pad = attention_mask_01.map(padding_rows).transpose()?;
+        let pad = pass_padding(attention_mask_01, cache.as_deref_mut(), b, t)?;
         let global_mask = AttnMask::new(b, t, offset, pad.as_deref(), None, dtype, device)?;
         let local_mask = AttnMask::new(
             b,

@@ -6,7 +6,7 @@ use candle_core::Tensor;
 use super::attention::{attend, KeyValues};
 use super::cache::KvCache;
 use super::decoder::{head_or_tied, merged_decoder_tensors, run_layer, DecoderLayer, Pass};
-use super::mask::{padding_rows, AttnMask};
+use super::mask::{pass_padding, AttnMask};
 use super::mlp::GatedMlp;
 use super::norm::RmsNorm;
 use super::projections::{
@@ -243,7 +243,7 @@ impl CausalLm for Llama {
             .embed_tokens
             .embedding(&input_ids.flatten_all()?)?
             .reshape((b, t, self.cfg.hidden_size))?;
-        let pad = attention_mask_01.map(padding_rows).transpose()?;
+        let pad = pass_padding(attention_mask_01, cache.as_deref_mut(), b, t)?;
         let mask = AttnMask::new(b, t, offset, pad.as_deref(), None, dtype, device)?;
         let rope = self.rotary.cos_sin(offset, t, dtype, device)?;
         for (i, layer) in self.layers.iter().enumerate() {

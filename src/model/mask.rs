@@ -6,6 +6,7 @@ use std::sync::{Arc, OnceLock};
 
 use candle_core::{DType, Device, Tensor};
 
+use super::cache::KvCache;
 use crate::Result;
 
 /// An additive attention mask `[B, 1, Tq, Tk]`: 0 where allowed, the dtype's lowest finite
@@ -124,6 +125,21 @@ impl AttnMask {
         )?;
         Ok(self.additive.get_or_init(|| t))
     }
+}
+
+/// The key padding of a pass over `b` rows of `t` tokens: the 0/1 `attention_mask` of those
+/// tokens, after the cached rows' own padding when the pass appends to a KV cache.
+pub fn pass_padding(
+    attention_mask: Option<&Tensor>,
+    cache: Option<&mut KvCache>,
+    b: usize,
+    t: usize,
+) -> Result<Option<Vec<Vec<bool>>>> {
+    let new = attention_mask.map(padding_rows).transpose()?;
+    Ok(match cache {
+        Some(c) => c.extend_padding(new, b, t),
+        None => new,
+    })
 }
 
 /// Reads a `[B, T]` 0/1 attention mask into per-row booleans.

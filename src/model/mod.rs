@@ -76,9 +76,16 @@ pub trait CausalLm: Adaptable + Send + Sync {
         self.logits(&h)
     }
 
-    /// Appends `input_ids: [B, T]` to the cache and returns the logits of the last position `[B, V]`.
-    fn forward_cached(&self, input_ids: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
-        let h = self.decode(input_ids, None, Some(cache))?;
+    /// Appends `input_ids: [B, T]` to the cache and returns the logits of the last position
+    /// `[B, V]`. `attention_mask` (0/1 `[B, T]`) marks the left padding of prompts that share a
+    /// batch; the cache keeps it for the later passes.
+    fn forward_cached(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: Option<&Tensor>,
+        cache: &mut KvCache,
+    ) -> Result<Tensor> {
+        let h = self.decode(input_ids, attention_mask, Some(cache))?;
         let last = h.narrow(1, h.dim(1)? - 1, 1)?;
         Ok(self.logits(&last)?.squeeze(1)?)
     }

@@ -82,7 +82,7 @@ impl FrozenWeight {
     /// `x Wᵀ` outside the graph (no backward).
     pub fn product_t(&self, x: &Tensor) -> Result<Tensor> {
         match self {
-            Self::Dense(w) => Ok(gemm::matmul(&x.detach(), &w.t()?)?),
+            Self::Dense(w) => Ok(gemm::matmul_t(&x.detach(), w)?),
             Self::Quant(q) => q.matmul_t(&x.detach()),
         }
     }

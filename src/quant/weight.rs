@@ -267,7 +267,7 @@ impl QuantWeight {
         let mut parts = Vec::new();
         for i in 0..self.block_count() {
             let w = self.dequantize_block(i)?;
-            parts.push(gemm::matmul(&x, &w.t()?)?);
+            parts.push(gemm::matmul_t(&x, &w)?);
         }
         Ok(Tensor::cat(&parts, 1)?)
     }

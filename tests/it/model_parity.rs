@@ -133,7 +133,7 @@ fn kv_cache_matches_full_forward() {
             .unwrap()
             .unsqueeze(0)
             .unwrap();
-        let mut last = m.model.forward_cached(&first, &mut cache).unwrap();
+        let mut last = m.model.forward_cached(&first, None, &mut cache).unwrap();
         let mut worst = 0f32;
         for (i, id) in ids.iter().enumerate().skip(5) {
             let want = full.get(i - 1).unwrap();
@@ -148,7 +148,7 @@ fn kv_cache_matches_full_forward() {
                 .unwrap()
                 .unsqueeze(0)
                 .unwrap();
-            last = m.model.forward_cached(&step, &mut cache).unwrap();
+            last = m.model.forward_cached(&step, None, &mut cache).unwrap();
         }
         assert!(worst < 1e-4, "{name}: cached logits differ by {worst}");
     }
@@ -204,5 +204,53 @@ fn batched_scoring_matches_one_at_a_time_on_the_test_device() {
         }
         let err = score_examples(m.model.as_ref(), &examples, 0, false).unwrap_err();
         assert!(err.to_string().contains("batch size"), "{err}");
+    }
+}
+
+/// Generation in left-padded batches gives every prompt the tokens it gets alone, greedy and
+/// sampled, with rows stopping at different steps (the tiny Gemma's 4-token window and the
+/// padding mask both apply), on the test device.
+#[test]
+fn batched_generation_matches_one_at_a_time_on_the_test_device() {
+    use lora_train::generate::{generate, generate_batch, GenerateOptions};
+    let device = test_device();
+    let prompts: Vec<Vec<u32>> = [(3, 6), (5, 17), (7, 9), (2, 14), (11, 12)]
+        .iter()
+        .map(|&(a, b)| (a..b).collect())
+        .collect();
+    for name in ["tiny-llama", "tiny-gemma3"] {
+        let dir = common::fixtures().join(name);
+        let opts = LoadOptions {
+            device: device.clone(),
+            ..LoadOptions::default()
+        };
+        let m = load(dir.to_str().unwrap(), &opts).unwrap();
+        let model = m.model.as_ref();
+        for temperature in [0.0, 1.0] {
+            let mut gen = GenerateOptions {
+                max_new_tokens: 12,
+                temperature,
+                top_p: 0.9,
+                seed: 7,
+                stop_ids: Vec::new(),
+            };
+            // A stop token that the first prompt's reply reaches early makes rows end apart.
+            let first = generate(model, &prompts[0], &gen, |_| {}).unwrap();
+            gen.stop_ids = vec![first[2]];
+            let alone: Vec<Vec<u32>> = prompts
+                .iter()
+                .map(|p| generate(model, p, &gen, |_| {}).unwrap())
+                .collect();
+            let lengths: std::collections::BTreeSet<usize> = alone.iter().map(Vec::len).collect();
+            assert!(
+                lengths.len() > 1,
+                "{name}: every row ran {lengths:?} tokens"
+            );
+            let refs: Vec<&[u32]> = prompts.iter().map(Vec::as_slice).collect();
+            let mut seen = vec![0usize; prompts.len()];
+            let batched = generate_batch(model, &refs, &gen, |row, _| seen[row] += 1).unwrap();
+            assert_eq!(batched, alone, "{name} at temperature {temperature}");
+            assert_eq!(seen, alone.iter().map(Vec::len).collect::<Vec<_>>());
+        }
     }
 }
