@@ -8,7 +8,6 @@ use std::sync::atomic::Ordering;
 
 use serde::Deserialize;
 
-use crate::fsutil::Artifact;
 use crate::harness::candidates::{
     answer_all, write_generations, Candidate, Generation, RunContext, Source, Task,
 };
@@ -47,13 +46,7 @@ pub struct Outcome {
     pub report: EvalReport,
 }
 
-/// An eval's output folder: its reports, answers, cache and plots. Anything else there is the
-/// user's, and the eval refuses to write beside it unless forced.
-pub const EVAL_OUTPUT: Artifact = Artifact {
-    what: "an eval output folder",
-    files: &["report.json", "report.md", "judgments.jsonl"],
-    folders: &["generations", "cache", "plots"],
-};
+pub use crate::eval::EVAL_OUTPUT;
 
 /// Runs the evaluation `cfg` describes and writes its outputs under `cfg.output.dir`; a folder
 /// holding anything an eval does not write is refused unless `force`.

@@ -30,8 +30,7 @@ use crate::providers::Env;
 use crate::train::report::{BehaviourReport, ReportSample};
 use crate::train::{TrainSummary, Trainer};
 
-/// The folder under `output.dir` where a run's evaluation writes.
-pub const EVAL_DIR: &str = "eval";
+pub use crate::train::output_dir::EVAL_DIR;
 
 /// What the evaluation after a run produced.
 pub struct RunEvaluation {
