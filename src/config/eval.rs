@@ -372,29 +372,24 @@ mod tests {
 
     #[test]
     fn a_check_has_exactly_one_valid_rule() {
-        let none = CheckSection::default().rule().unwrap_err();
+        let err = |c: CheckSection| c.rule().unwrap_err();
+        let none = err(CheckSection::default());
         assert!(none.contains("needs one rule"), "{none}");
-        let two = CheckSection {
+        let two = err(CheckSection {
             contains: Some("a".into()),
             regex: Some("b".into()),
             ..CheckSection::default()
-        }
-        .rule()
-        .unwrap_err();
+        });
         assert!(two.contains("contains, regex"), "{two}");
-        let bad = CheckSection {
+        let bad = err(CheckSection {
             regex: Some("(".into()),
             ..CheckSection::default()
-        }
-        .rule()
-        .unwrap_err();
+        });
         assert!(bad.starts_with("regex:"), "{bad}");
-        let mode = CheckSection {
+        let mode = err(CheckSection {
             matches_reference: Some("fuzzy".into()),
             ..CheckSection::default()
-        }
-        .rule()
-        .unwrap_err();
+        });
         assert!(mode.contains("`fuzzy`"), "{mode}");
         let starts = CheckSection {
             starts_with: Some("Ahoy".into()),
@@ -405,32 +400,18 @@ mod tests {
 
     #[test]
     fn shared_rules_name_the_key_under_its_prefix() {
-        let judge = JudgeSection::default();
-        let (key, msg) = check_sections(
-            "eval.",
-            &GenerationSection::default(),
-            Some(&judge),
-            &[],
-            &[],
-            &JOB_EVAL_CANDIDATES,
-        )
-        .unwrap_err();
+        let broken = |judge: JudgeSection| {
+            let g = GenerationSection::default();
+            check_sections("eval.", &g, Some(&judge), &[], &[], &JOB_EVAL_CANDIDATES).unwrap_err()
+        };
+        let (key, msg) = broken(JudgeSection::default());
         assert_eq!(key, "eval.judge.providers");
         assert!(msg.contains("`[[eval.judge.providers]]`"), "{msg}");
-        let judge = JudgeSection {
+        let (key, msg) = broken(JudgeSection {
             baseline: Some("tuned".into()),
             pairwise: false,
             ..JudgeSection::default()
-        };
-        let (key, msg) = check_sections(
-            "eval.",
-            &GenerationSection::default(),
-            Some(&judge),
-            &[],
-            &[],
-            &JOB_EVAL_CANDIDATES,
-        )
-        .unwrap_err();
+        });
         assert_eq!(key, "eval.judge.baseline");
         assert!(msg.contains("base, adapter"), "{msg}");
     }

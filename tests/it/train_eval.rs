@@ -250,7 +250,13 @@ fn an_eval_section_is_checked_where_it_is_written() {
     // The job's own tables take 16 lines; `extra` starts at line 17.
     let err = load("[eval.data]\npath = \"prompts.jsonl\"\nlimt = 2\n").unwrap_err();
     assert!(
-        err.contains("job.toml:19") && err.contains("`eval.data.limit`"),
+        err.contains("job.toml:19") && err.contains("did you mean `eval.data.limit`?"),
+        "{err}"
+    );
+    // A key written one table too high is found in the table below, not in `[report]`.
+    let err = load("[eval]\nlimit = 2\n").unwrap_err();
+    assert!(
+        err.contains("job.toml:18") && err.contains("did you mean `eval.data.limit`?"),
         "{err}"
     );
     let err = load(
