@@ -61,7 +61,7 @@ pub struct LocalModel {
 }
 
 impl LocalModel {
-    pub(crate) fn new(
+    fn new(
         model: String,
         adapter: Option<PathBuf>,
         quantize: Quantize,
