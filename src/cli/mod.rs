@@ -54,7 +54,7 @@ pub struct Cli {
     #[arg(long, requires = "config", hide = true)]
     pub stop_after: Option<usize>,
 
-    /// Skip the before/after behaviour report at the end of training.
+    /// Skip the evaluation at the end of training (the job's `[report]` or `[eval]`).
     #[arg(long, requires = "config")]
     pub no_report: bool,
 

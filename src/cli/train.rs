@@ -1,19 +1,29 @@
 //! `lora-train --config job.toml`: train a LoRA adapter here, or submit a `[hosted]` job.
 //!
-//! Prints the run summary and, unless `--no-report`, the before/after behaviour report. A run
-//! that a signal stopped prints the command that continues it and exits with the signal's code.
+//! Prints the run summary and, unless `--no-report`, runs the job's `[eval]` or `[report]`
+//! through the evaluation harness and prints its report. A run that a signal stopped prints the
+//! command that continues it and exits with the signal's code.
 
 use std::path::Path;
+
+use lora_train::harness::training::{check_job, evaluate_run, preflight};
+use lora_train::harness::EvalError;
+use lora_train::providers::Env;
 
 use super::Cli;
 
 pub fn run(path: &Path, cli: &Cli) -> anyhow::Result<()> {
-    let job = lora_train::config::JobConfig::load(path, &cli.set)?;
+    let job = lora_train::config::JobConfig::load_checked(path, &cli.set, check_job)?;
     if job.hosted.is_some() {
         // A `[hosted]` job trains on the provider's cluster instead of here.
         return super::hosted::submit_job_file(path, &cli.set, false);
     }
     job.check_files()?;
+    let env = Env::from_process();
+    if !cli.no_report {
+        // A bad prompt line or a missing judge key fails now, not after training.
+        preflight(&job, &env)?;
+    }
     // Before the model loads: a refused output folder is reported at once.
     let start = lora_train::train::output_dir::Start::from_flags(cli.resume, cli.overwrite)?;
     lora_train::train::output_dir::check(&job.output.dir, start)?;
@@ -56,10 +66,19 @@ pub fn run(path: &Path, cli: &Cli) -> anyhow::Result<()> {
         return stopped();
     }
     if !cli.no_report {
-        match lora_train::train::report::behaviour_report(&mut trainer, &summary, &stop) {
-            Ok(Some(report)) => println!("{}", report.render()),
+        match evaluate_run(&mut trainer, &summary, &env, &stop) {
+            Ok(Some(done)) => match &done.behaviour {
+                Some(report) => println!("{}", report.render()),
+                None => {
+                    print!(
+                        "{}",
+                        lora_train::harness::report::render(&done.outcome.report)
+                    );
+                    println!("\neval: {}", done.dir.display());
+                }
+            },
             Ok(None) => {}
-            Err(lora_train::Error::Interrupted(_)) => {
+            Err(EvalError::Core(lora_train::Error::Interrupted(_))) => {
                 eprintln!("stopped during the report; the training run is complete");
                 return stopped();
             }

@@ -1,6 +1,7 @@
-//! Configuration files: the job file (`job.toml`) and Hugging Face `config.json` for the
-//! architectures we implement.
+//! Configuration files: the job file (`job.toml`), the evaluation tables it shares with the eval
+//! file, and Hugging Face `config.json` for the architectures we implement.
 
+pub mod eval;
 pub mod gguf;
 pub mod hf;
 pub mod job;

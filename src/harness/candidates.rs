@@ -2,10 +2,12 @@
 //! and adapter) generates greedily by default; a remote model is asked through its provider's
 //! client, several prompts at once; a `responses` file reuses answers made earlier. Local
 //! answers are cached under a hash of the model, settings and prompt, so a re-run makes none
-//! twice; remote ones go through the provider's own response cache.
+//! twice; remote ones go through the provider's own response cache. A caller that holds a model
+//! already (a training run) lends it through [`ModelLender`] instead of the harness loading it.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
@@ -179,8 +181,46 @@ pub struct Task {
     pub questions: Vec<Question>,
 }
 
+/// Models already in memory that local candidates use instead of loading their own: a training
+/// run lends its model, with the adapter attached for one candidate and detached for the other.
+pub trait ModelLender {
+    /// Runs `f` on the model of candidate `name` and returns true, or returns false without
+    /// running it when this lender has no model for that candidate (the harness loads it).
+    fn lend(
+        &mut self,
+        name: &str,
+        f: &mut dyn FnMut(&LoadedModel) -> Result<(), EvalError>,
+    ) -> Result<bool, EvalError>;
+}
+
+/// What an eval run may be given beyond its file: models to borrow, a stop flag, and how a
+/// `data.limit` picks prompts.
+#[derive(Default)]
+pub struct RunContext<'a> {
+    pub models: Option<&'a mut dyn ModelLender>,
+    /// Checked before each local reply and each judge call: once set, the run ends with
+    /// [`crate::Error::Interrupted`].
+    pub stop: Option<&'a AtomicBool>,
+    /// A `data.limit` takes the first prompts of the file instead of a seeded sample (the
+    /// job's `[report]` shorthand does).
+    pub first_prompts: bool,
+}
+
+impl RunContext<'_> {
+    /// [`crate::Error::Interrupted`] once the stop flag is set.
+    pub fn check_stop(&self) -> Result<(), EvalError> {
+        match self.stop {
+            Some(stop) if stop.load(Ordering::SeqCst) => {
+                Err(crate::Error::Interrupted("the evaluation".into()).into())
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
 /// Every candidate's answers to `prompts`, in prompt order. `clients` holds a built client for
-/// each remote candidate (built first, so a missing key fails before any work).
+/// each remote candidate (built first, so a missing key fails before any work); `ctx` may
+/// lend local candidates their models.
 pub fn answer_all(
     candidates: &[Candidate],
     clients: &HashMap<String, Box<dyn ChatClient>>,
@@ -188,6 +228,7 @@ pub fn answer_all(
     settings: &GenerationSection,
     tasks: &[Task],
     cache_dir: &Path,
+    ctx: &mut RunContext,
 ) -> Result<Vec<Answers>, EvalError> {
     let only = |generations: Result<Vec<Generation>, EvalError>| {
         generations.map(|generations| Answers {
@@ -196,21 +237,23 @@ pub fn answer_all(
             tasks: tasks.iter().map(|_| None).collect(),
         })
     };
-    candidates
-        .iter()
-        .map(|c| match &c.source {
+    let mut all = Vec::with_capacity(candidates.len());
+    for c in candidates {
+        ctx.check_stop()?;
+        all.push(match &c.source {
             Source::Local(local) => {
-                answer_local(&c.name, local, prompts, settings, tasks, cache_dir)
+                answer_local(&c.name, local, prompts, settings, tasks, cache_dir, ctx)?
             }
             Source::Remote(_) => {
                 let client = clients.get(&c.name).ok_or_else(|| {
                     EvalError::Template(format!("candidate `{}` has no client", c.name))
                 })?;
-                only(answer_remote(&c.name, client.as_ref(), prompts, settings))
+                only(answer_remote(&c.name, client.as_ref(), prompts, settings))?
             }
-            Source::Responses(file) => only(read_responses(file, prompts)),
-        })
-        .collect()
+            Source::Responses(file) => only(read_responses(file, prompts))?,
+        });
+    }
+    Ok(all)
 }
 
 fn answer_local(
@@ -220,6 +263,7 @@ fn answer_local(
     settings: &GenerationSection,
     tasks: &[Task],
     cache_dir: &Path,
+    ctx: &mut RunContext,
 ) -> Result<Answers, EvalError> {
     let fingerprint = serde_json::json!({
         "model": local.model,
@@ -291,90 +335,108 @@ fn answer_local(
             tasks: task_scores,
         });
     }
-    let opts = LoadOptions {
-        dtype: local.dtype.dtype(),
-        device: crate::device::open(local.device)?,
-        quantize: local.quantize,
-    };
-    let m = load_with_adapter(&local.model, &opts, local.adapter.as_deref())?;
-    if has_refs && val_loss.is_none() {
-        let loss = reference_loss(&m, prompts)?;
-        if let Some(loss) = loss {
-            cache.put(&val_key, &loss)?;
+    let stop = ctx.stop;
+    let mut work = |m: &LoadedModel| -> Result<(), EvalError> {
+        if has_refs && val_loss.is_none() {
+            let loss = reference_loss(m, prompts)?;
+            if let Some(loss) = loss {
+                cache.put(&val_key, &loss)?;
+            }
+            val_loss = loss;
         }
-        val_loss = loss;
-    }
-    for (t, slot) in tasks.iter().zip(task_scores.iter_mut()) {
-        if slot.is_none() {
-            let s = score_task(&m, &t.questions).map_err(|e| match e {
-                EvalError::Core(source) => {
-                    EvalError::Template(format!("task `{}`: {source}", t.name))
-                }
-                other => other,
-            })?;
-            cache.put(&task_key(t), &(s.correct, s.correct_norm, s.n))?;
-            *slot = Some(s);
+        for (t, slot) in tasks.iter().zip(task_scores.iter_mut()) {
+            if slot.is_none() {
+                let s = score_task(m, &t.questions).map_err(|e| match e {
+                    EvalError::Core(source) => {
+                        EvalError::Template(format!("task `{}`: {source}", t.name))
+                    }
+                    other => other,
+                })?;
+                cache.put(&task_key(t), &(s.correct, s.correct_norm, s.n))?;
+                *slot = Some(s);
+            }
         }
-    }
-    let opts = GenerateOptions {
-        max_new_tokens: settings.max_new_tokens,
-        temperature: settings.temperature,
-        top_p: settings.top_p,
-        seed: settings.seed,
-        stop_ids: Vec::new(),
-    };
-    let as_prompt_error = |p: &EvalPrompt, source| EvalError::Prompt {
-        id: p.id.clone(),
-        line: p.line,
-        source: Box::new(source),
-    };
-    // Every prompt still to answer, checked before any is generated, longest first so that a
-    // batch holds prompts of similar length and little padding.
-    let mut todo = Vec::new();
-    for (i, p) in prompts.iter().enumerate() {
-        if out[i].is_none() {
-            let ids = prompt_ids(&m, &p.messages).map_err(|e| as_prompt_error(p, e))?;
-            check_prompt_fits(ids.len(), opts.max_new_tokens, m.model.context_len())
-                .map_err(|e| as_prompt_error(p, e))?;
-            todo.push((i, ids));
-        }
-    }
-    todo.sort_by_key(|(i, ids)| (std::cmp::Reverse(ids.len()), *i));
-    let bar = progress(prompts.len() as u64, &format!("generating {name}"));
-    bar.inc((prompts.len() - todo.len()) as u64);
-    for batch in todo.chunks(settings.batch_size) {
-        let ids: Vec<&[u32]> = batch.iter().map(|(_, ids)| ids.as_slice()).collect();
-        let start = Instant::now();
-        let rs = match replies(&m, &ids, &opts) {
-            Ok(rs) => rs,
-            // Name the prompt the batch failed on: each alone, up to the first that fails.
-            Err(_) if batch.len() > 1 => batch
-                .iter()
-                .map(|(i, ids)| {
-                    replies(&m, &[ids], &opts)
-                        .map_err(|e| as_prompt_error(&prompts[*i], e))?
-                        .pop()
-                        .ok_or_else(|| EvalError::Template("no reply generated".into()))
-                })
-                .collect::<Result<Vec<_>, _>>()?,
-            Err(e) => return Err(as_prompt_error(&prompts[batch[0].0], e)),
+        let opts = GenerateOptions {
+            max_new_tokens: settings.max_new_tokens,
+            temperature: settings.temperature,
+            top_p: settings.top_p,
+            seed: settings.seed,
+            stop_ids: Vec::new(),
         };
-        let latency_s = start.elapsed().as_secs_f64();
-        for ((i, _), r) in batch.iter().zip(rs) {
-            let p = &prompts[*i];
-            let g = Generation {
-                id: p.id.clone(),
-                response: r.text,
-                output_tokens: r.output_tokens as u64,
-                latency_s,
-                finish_reason: if r.stopped { "stop" } else { "length" }.into(),
-            };
-            cache.put(&key(p), &g)?;
-            out[*i] = Some(g);
+        let as_prompt_error = |p: &EvalPrompt, source| EvalError::Prompt {
+            id: p.id.clone(),
+            line: p.line,
+            source: Box::new(source),
+        };
+        // Every prompt still to answer, checked before any is generated, longest first so that
+        // a batch holds prompts of similar length and little padding.
+        let mut todo = Vec::new();
+        for (i, p) in prompts.iter().enumerate() {
+            if out[i].is_none() {
+                let ids = prompt_ids(m, &p.messages).map_err(|e| as_prompt_error(p, e))?;
+                check_prompt_fits(ids.len(), opts.max_new_tokens, m.model.context_len())
+                    .map_err(|e| as_prompt_error(p, e))?;
+                todo.push((i, ids));
+            }
         }
-        bar.inc(batch.len() as u64);
+        todo.sort_by_key(|(i, ids)| (std::cmp::Reverse(ids.len()), *i));
+        let bar = progress(prompts.len() as u64, &format!("generating {name}"));
+        bar.inc((prompts.len() - todo.len()) as u64);
+        for batch in todo.chunks(settings.batch_size) {
+            if stop.is_some_and(|s| s.load(Ordering::SeqCst)) {
+                bar.finish_and_clear();
+                return Err(crate::Error::Interrupted("the evaluation".into()).into());
+            }
+            let ids: Vec<&[u32]> = batch.iter().map(|(_, ids)| ids.as_slice()).collect();
+            let start = Instant::now();
+            let rs = match replies(m, &ids, &opts) {
+                Ok(rs) => rs,
+                // Name the prompt the batch failed on: each alone, up to the first that fails.
+                Err(_) if batch.len() > 1 => batch
+                    .iter()
+                    .map(|(i, ids)| {
+                        replies(m, &[ids], &opts)
+                            .map_err(|e| as_prompt_error(&prompts[*i], e))?
+                            .pop()
+                            .ok_or_else(|| EvalError::Template("no reply generated".into()))
+                    })
+                    .collect::<Result<Vec<_>, _>>()?,
+                Err(e) => return Err(as_prompt_error(&prompts[batch[0].0], e)),
+            };
+            let latency_s = start.elapsed().as_secs_f64();
+            for ((i, _), r) in batch.iter().zip(rs) {
+                let p = &prompts[*i];
+                let g = Generation {
+                    id: p.id.clone(),
+                    response: r.text,
+                    output_tokens: r.output_tokens as u64,
+                    latency_s,
+                    finish_reason: if r.stopped { "stop" } else { "length" }.into(),
+                };
+                cache.put(&key(p), &g)?;
+                out[*i] = Some(g);
+            }
+            bar.inc(batch.len() as u64);
+        }
+        bar.finish_and_clear();
+        Ok(())
+    };
+    let lent = match ctx.models.as_deref_mut() {
+        Some(models) => models.lend(name, &mut work)?,
+        None => false,
+    };
+    if !lent {
+        let opts = LoadOptions {
+            dtype: local.dtype.dtype(),
+            device: crate::device::open(local.device)?,
+            quantize: local.quantize,
+        };
+        work(&load_with_adapter(
+            &local.model,
+            &opts,
+            local.adapter.as_deref(),
+        )?)?;
     }
-    bar.finish_and_clear();
     Ok(Answers {
         generations: out.into_iter().flatten().collect(),
         val_loss,

@@ -1,25 +1,9 @@
 //! Offline checks of a reply, needing no judge and no key: a name and exactly one rule
-//! (`contains`, `not_contains`, `regex`, `json_valid`, `json_fields`, `matches_reference`).
+//! (`contains`, `not_contains`, `starts_with`, `ends_with`, `regex`, `json_valid`, `json_fields`,
+//! `matches_reference`), declared in [`crate::config::eval`] and applied here.
 //! A reply "is JSON" when its text, or the one fenced code block it holds, parses as JSON.
 
-use regex::Regex;
-
-use crate::config::job::schema::job_section;
-
-/// What a check asks of a reply.
-#[derive(Debug, Clone)]
-pub enum Rule {
-    Contains(String),
-    NotContains(String),
-    Regex(Regex),
-    JsonValid,
-    /// A JSON object with every one of these keys.
-    JsonFields(Vec<String>),
-    /// Equal to the data's reference reply: exactly, or after [`normalize`].
-    MatchesReference {
-        normalized: bool,
-    },
-}
+pub use crate::config::eval::{CheckRule as Rule, CheckSection};
 
 /// A named rule.
 #[derive(Debug, Clone)]
@@ -28,78 +12,13 @@ pub struct Check {
     pub rule: Rule,
 }
 
-job_section! {
-    /// `[[check]]`: a name and exactly one rule.
-    pub struct CheckSection {
-        pub name: String,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        pub contains: Option<String> = None,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        pub not_contains: Option<String> = None,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        pub regex: Option<String> = None,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        pub json_valid: Option<bool> = None,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        pub json_fields: Option<Vec<String>> = None,
-        /// `exact` or `normalized`.
-        #[serde(skip_serializing_if = "Option::is_none")]
-        pub matches_reference: Option<String> = None,
-    }
-}
-
 impl Check {
     /// The check a table describes, or why it is not one (the message names the key).
     pub fn from_spec(spec: &CheckSection) -> Result<Self, String> {
-        let mut rules = Vec::new();
-        if let Some(s) = &spec.contains {
-            rules.push(("contains", Rule::Contains(s.clone())));
-        }
-        if let Some(s) = &spec.not_contains {
-            rules.push(("not_contains", Rule::NotContains(s.clone())));
-        }
-        if let Some(s) = &spec.regex {
-            let re = Regex::new(s).map_err(|e| format!("regex: {e}"))?;
-            rules.push(("regex", Rule::Regex(re)));
-        }
-        match spec.json_valid {
-            Some(true) => rules.push(("json_valid", Rule::JsonValid)),
-            Some(false) => return Err("json_valid: only `true` makes a check".into()),
-            None => {}
-        }
-        if let Some(fields) = &spec.json_fields {
-            if fields.is_empty() {
-                return Err("json_fields: name at least one key".into());
-            }
-            rules.push(("json_fields", Rule::JsonFields(fields.clone())));
-        }
-        if let Some(mode) = &spec.matches_reference {
-            let normalized = match mode.as_str() {
-                "exact" => false,
-                "normalized" => true,
-                other => {
-                    return Err(format!(
-                        "matches_reference: `{other}` is not `exact` or `normalized`"
-                    ))
-                }
-            };
-            rules.push(("matches_reference", Rule::MatchesReference { normalized }));
-        }
-        match rules.len() {
-            1 => Ok(Check {
-                name: spec.name.clone(),
-                rule: rules.remove(0).1,
-            }),
-            0 => Err(
-                "a check needs one rule: contains, not_contains, regex, json_valid, \
-                      json_fields or matches_reference"
-                    .into(),
-            ),
-            _ => Err(format!(
-                "a check has exactly one rule, this one has {}",
-                rules.iter().map(|r| r.0).collect::<Vec<_>>().join(", ")
-            )),
-        }
+        Ok(Check {
+            name: spec.name.clone(),
+            rule: spec.rule()?,
+        })
     }
 
     /// Whether `reply` passes; `None` when the rule needs a reference and there is none.
@@ -107,6 +26,8 @@ impl Check {
         Some(match &self.rule {
             Rule::Contains(s) => reply.contains(s.as_str()),
             Rule::NotContains(s) => !reply.contains(s.as_str()),
+            Rule::StartsWith(s) => reply.trim().starts_with(s.as_str()),
+            Rule::EndsWith(s) => reply.trim().ends_with(s.as_str()),
             Rule::Regex(re) => re.is_match(reply),
             Rule::JsonValid => as_json(reply).is_some(),
             Rule::JsonFields(keys) => as_json(reply)
@@ -167,6 +88,18 @@ mod tests {
             ..CheckSection::default()
         });
         assert_eq!(not.passes("As an AI, I", None), Some(false));
+        let starts = check(CheckSection {
+            starts_with: Some("Ahoy!".into()),
+            ..CheckSection::default()
+        });
+        assert_eq!(starts.passes("  Ahoy! matey", None), Some(true));
+        assert_eq!(starts.passes("Well, Ahoy!", None), Some(false));
+        let ends = check(CheckSection {
+            ends_with: Some("— Byte".into()),
+            ..CheckSection::default()
+        });
+        assert_eq!(ends.passes("Aye. — Byte\n", None), Some(true));
+        assert_eq!(ends.passes("— Byte, aye", None), Some(false));
         let re = check(CheckSection {
             regex: Some(r"^\d{4}-\d{2}-\d{2}$".into()),
             ..CheckSection::default()
@@ -204,30 +137,5 @@ mod tests {
         assert_eq!(exact.passes("paris", Some("Paris.")), Some(false));
         assert_eq!(loose.passes("  paris ", Some("Paris.")), Some(true));
         assert_eq!(loose.passes("Paris", None), None);
-    }
-
-    #[test]
-    fn a_check_has_exactly_one_valid_rule() {
-        let none = Check::from_spec(&CheckSection::default()).unwrap_err();
-        assert!(none.contains("needs one rule"), "{none}");
-        let two = Check::from_spec(&CheckSection {
-            contains: Some("a".into()),
-            regex: Some("b".into()),
-            ..CheckSection::default()
-        })
-        .unwrap_err();
-        assert!(two.contains("contains, regex"), "{two}");
-        let bad = Check::from_spec(&CheckSection {
-            regex: Some("(".into()),
-            ..CheckSection::default()
-        })
-        .unwrap_err();
-        assert!(bad.starts_with("regex:"), "{bad}");
-        let mode = Check::from_spec(&CheckSection {
-            matches_reference: Some("fuzzy".into()),
-            ..CheckSection::default()
-        })
-        .unwrap_err();
-        assert!(mode.contains("`fuzzy`"), "{mode}");
     }
 }

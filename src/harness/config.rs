@@ -1,14 +1,19 @@
 //! The eval file (`eval.toml`): held-out prompts, the candidates that answer them, generation
 //! settings, the judge with its provider chain and traits, offline checks, and where the report
 //! goes. Its tables are declared as the job file's are, so unknown keys, `--set` and did-you-mean
-//! behave the same; relative paths are resolved against the file's folder.
+//! behave the same; relative paths are resolved against the file's folder. The tables a job
+//! file's `[eval]` shares with it (data, generation, judge, checks, tasks) are declared in
+//! [`crate::config::eval`]; the candidates and the output folder are the eval file's own.
 
 use std::path::{Path, PathBuf};
 
+use crate::config::eval::{check_sections, for_each_shared_path, resolve_local_judges};
+pub use crate::config::eval::{
+    local_judge, CheckSection, EvalDataSection, GenerationSection, JudgeSection, TaskSection,
+    TraitSection,
+};
 use crate::config::job::schema::job_section;
 use crate::config::job::{DeviceName, DtypeName, SectionFile, WrittenKeys};
-use crate::harness::checks::Check;
-pub use crate::harness::checks::CheckSection;
 use crate::quant::Quantize;
 use crate::{Error, Result};
 use serde::Deserialize;
@@ -24,18 +29,6 @@ job_section! {
         pub check: Vec<CheckSection> = Vec::new(),
         pub task: Vec<TaskSection> = Vec::new(),
         pub output: EvalOutputSection,
-    }
-}
-
-job_section! {
-    /// `[data]`: the prompts.
-    pub struct EvalDataSection {
-        /// OpenAI messages JSONL: the prompt is everything before the last assistant turn, and
-        /// that turn, when present, is the reference.
-        pub path: PathBuf,
-        /// At most this many prompts, sampled with `seed` (0: all).
-        pub limit: usize = 0,
-        pub seed: u64 = 0,
     }
 }
 
@@ -67,65 +60,6 @@ job_section! {
         /// A generations file an earlier eval wrote (`generations/<name>.jsonl`).
         #[serde(skip_serializing_if = "Option::is_none")]
         pub responses: Option<PathBuf> = None,
-    }
-}
-
-job_section! {
-    /// `[generation]`: how candidates answer.
-    pub struct GenerationSection {
-        pub max_new_tokens: usize = 256,
-        /// 0 is greedy.
-        pub temperature: f64 = 0.0,
-        pub top_p: f64 = 1.0,
-        pub seed: u64 = 0,
-        /// Prompts per forward pass for local candidates.
-        pub batch_size: usize = 16,
-        /// Requests in flight at once for remote candidates.
-        pub concurrency: usize = 8,
-    }
-}
-
-job_section! {
-    /// `[judge]`: pairwise comparisons, trait scores, and the statistics' settings.
-    pub struct JudgeSection {
-        pub pairwise: bool = true,
-        /// Compare every candidate with this one; unset: every pair.
-        #[serde(skip_serializing_if = "Option::is_none")]
-        pub baseline: Option<String> = None,
-        /// Score every reply on the traits.
-        pub rubric: bool = false,
-        /// Bootstrap rounds for the confidence intervals.
-        pub bootstrap: usize = 1000,
-        pub seed: u64 = 0,
-        /// How many games a strong verdict in both orders counts as.
-        pub strong_weight: u64 = 1,
-        /// Requests in flight at once.
-        pub concurrency: usize = 8,
-        /// A minijinja file replacing the pairwise prompt.
-        #[serde(skip_serializing_if = "Option::is_none")]
-        pub pairwise_template: Option<PathBuf> = None,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        pub rubric_template: Option<PathBuf> = None,
-        /// The fallback chain, primary first, as in docs/providers.md.
-        pub providers: Vec<toml::Table> = Vec::new(),
-        /// The traits the rubric scores (default: five general ones).
-        pub r#trait: Vec<TraitSection> = Vec::new(),
-    }
-}
-
-job_section! {
-    /// `[[judge.trait]]`.
-    pub struct TraitSection {
-        pub name: String,
-        pub description: String,
-    }
-}
-
-job_section! {
-    /// `[[task]]`: a multiple-choice file, `{"question", "choices": [...], "answer": i}` per line.
-    pub struct TaskSection {
-        pub name: String,
-        pub path: PathBuf,
     }
 }
 
@@ -167,9 +101,9 @@ impl EvalConfig {
         };
         join("data.path", &mut cfg.data.path);
         join("output.dir", &mut cfg.output.dir);
-        for (i, t) in cfg.task.iter_mut().enumerate() {
-            join(&format!("task.{i}.path"), &mut t.path);
-        }
+        for_each_shared_path(&mut cfg.task, cfg.judge.as_mut(), &mut |key, p| {
+            join(key, p)
+        });
         for (i, c) in cfg.candidate.iter_mut().enumerate() {
             for (key, p) in [
                 ("adapter", c.adapter.as_mut()),
@@ -188,31 +122,16 @@ impl EvalConfig {
             }
         }
         if let Some(judge) = &mut cfg.judge {
-            for t in &mut judge.providers {
-                if local_judge(t).is_some() {
-                    if let Some(toml::Value::String(m)) = t.get_mut("model") {
-                        if Path::new(m.as_str()).is_relative() && base.join(m.as_str()).exists() {
-                            *m = base.join(m.as_str()).to_string_lossy().into_owned();
-                        }
-                    }
-                }
-            }
-            for (key, p) in [
-                ("judge.pairwise_template", judge.pairwise_template.as_mut()),
-                ("judge.rubric_template", judge.rubric_template.as_mut()),
-            ] {
-                if let Some(p) = p {
-                    join(key, p);
-                }
-            }
+            resolve_local_judges(judge, base);
         }
         cfg.check_values()
             .map_err(|(key, msg)| file.error_at(&key, &msg))?;
         Ok((cfg, file.written()))
     }
 
-    /// The value rules: (key, message) of the first broken one.
-    fn check_values(&self) -> std::result::Result<(), (String, String)> {
+    /// The value rules, the judge's provider tables included: (key, message) of the first
+    /// broken one.
+    pub fn check_values(&self) -> std::result::Result<(), (String, String)> {
         if self.candidate.is_empty() {
             return Err((
                 "candidate".into(),
@@ -253,68 +172,33 @@ impl EvalConfig {
                 ));
             }
         }
-        let g = &self.generation;
-        if g.concurrency == 0 || g.max_new_tokens == 0 || g.batch_size == 0 {
-            return Err((
-                "generation".into(),
-                "`batch_size`, `concurrency` and `max_new_tokens` must be at least 1".into(),
-            ));
-        }
-        if !g.temperature.is_finite() || g.temperature < 0.0 {
-            return Err(("generation.temperature".into(), "must be >= 0".into()));
-        }
-        if !(g.top_p > 0.0 && g.top_p <= 1.0) {
-            return Err(("generation.top_p".into(), "must be in (0, 1]".into()));
-        }
+        let names: Vec<&str> = self.candidate.iter().map(|c| c.name.as_str()).collect();
+        check_sections(
+            "",
+            &self.generation,
+            self.judge.as_ref(),
+            &self.check,
+            &self.task,
+            &names,
+        )?;
         if let Some(j) = &self.judge {
-            if let Some(b) = &j.baseline {
-                if !self.candidate.iter().any(|c| &c.name == b) {
-                    let known: Vec<&str> = self.candidate.iter().map(|c| c.name.as_str()).collect();
-                    return Err((
-                        "judge.baseline".into(),
-                        format!(
-                            "`judge.baseline`: no candidate is named `{b}` (candidates: {})",
-                            known.join(", ")
-                        ),
-                    ));
-                }
-            }
-            if (j.pairwise || j.rubric) && j.providers.is_empty() {
-                return Err((
-                    "judge.providers".into(),
-                    "a judge needs at least one `[[judge.providers]]`".into(),
-                ));
-            }
-            for (i, t) in j.providers.iter().enumerate() {
-                let key = format!("judge.providers.{i}");
-                check_judge_provider(t).map_err(|msg| (key.clone(), format!("`{key}`: {msg}")))?;
-            }
-            if j.strong_weight == 0 || j.concurrency == 0 {
-                return Err((
-                    "judge".into(),
-                    "`strong_weight` and `concurrency` must be at least 1".into(),
-                ));
-            }
-        }
-        for (i, c) in self.check.iter().enumerate() {
-            Check::from_spec(c)
-                .map_err(|msg| (format!("check.{i}"), format!("check `{}`: {msg}", c.name)))?;
+            check_judge_providers("", j)?;
         }
         Ok(())
     }
 }
 
-/// A `[[judge.providers]]` table with `provider = "local"`: its model and `max_tokens`.
-pub fn local_judge(table: &toml::Table) -> Option<(String, Option<usize>)> {
-    if table.get("provider")?.as_str()? != "local" {
-        return None;
+/// Checks each of a judge's `[[judge.providers]]` (written under `prefix`, as `eval.` in a job
+/// file): the error names its key.
+pub fn check_judge_providers(
+    prefix: &str,
+    judge: &JudgeSection,
+) -> std::result::Result<(), (String, String)> {
+    for (i, t) in judge.providers.iter().enumerate() {
+        let key = format!("{prefix}judge.providers.{i}");
+        check_judge_provider(t).map_err(|msg| (key.clone(), format!("`{key}`: {msg}")))?;
     }
-    let model = table.get("model")?.as_str()?.to_string();
-    let max_tokens = table
-        .get("max_tokens")
-        .and_then(|v| v.as_integer())
-        .and_then(|n| usize::try_from(n).ok());
-    Some((model, max_tokens))
+    Ok(())
 }
 
 /// Checks a judge provider table: a local model (`provider = "local"`, `model`, optional

@@ -1,7 +1,8 @@
 //! The evaluation harness: candidates answer held-out prompts, a judge compares them pairwise in
 //! both orders and scores traits, offline checks need no judge, and the statistics turn verdicts
 //! into win rates and ratings with confidence intervals. It calls the chat providers, so it sits
-//! above them; the masked scoring that training also uses stays in `eval`.
+//! above them; the masked scoring that training also uses stays in `eval`. After a training run
+//! it evaluates the run's adapter against its base (`training`).
 
 pub mod candidates;
 pub mod checks;
@@ -15,6 +16,7 @@ pub mod report;
 pub mod run;
 pub mod stats;
 pub mod tasks;
+pub mod training;
 pub mod verdict;
 
 use std::path::PathBuf;

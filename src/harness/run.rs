@@ -4,12 +4,12 @@
 //! are cached, so an interrupted run, run again, pays for nothing it already has.
 
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 
 use serde::Deserialize;
 
-use crate::fsutil::Artifact;
 use crate::harness::candidates::{
-    answer_all, write_generations, Candidate, Generation, Source, Task,
+    answer_all, write_generations, Candidate, Generation, RunContext, Source, Task,
 };
 use crate::harness::config::local_judge;
 use crate::harness::config::EvalConfig;
@@ -46,21 +46,35 @@ pub struct Outcome {
     pub report: EvalReport,
 }
 
-/// An eval's output folder: its reports, answers, cache and plots. Anything else there is the
-/// user's, and the eval refuses to write beside it unless forced.
-pub const EVAL_OUTPUT: Artifact = Artifact {
-    what: "an eval output folder",
-    files: &["report.json", "report.md", "judgments.jsonl"],
-    folders: &["generations", "cache", "plots"],
-};
+pub use crate::eval::EVAL_OUTPUT;
 
 /// Runs the evaluation `cfg` describes and writes its outputs under `cfg.output.dir`; a folder
 /// holding anything an eval does not write is refused unless `force`.
 pub fn run_eval(cfg: &EvalConfig, env: &Env, force: bool) -> Result<Outcome, EvalError> {
+    run_eval_with(cfg, env, force, &mut RunContext::default())
+}
+
+/// [`run_eval`] with models lent by the caller, a stop flag, and the prompt pick `ctx` gives.
+/// A stop ends it with [`crate::Error::Interrupted`] before the report is written; what was
+/// answered and judged by then is in the cache.
+pub fn run_eval_with(
+    cfg: &EvalConfig,
+    env: &Env,
+    force: bool,
+    ctx: &mut RunContext,
+) -> Result<Outcome, EvalError> {
     let out = &cfg.output.dir;
     EVAL_OUTPUT.check(out, force)?;
     let cache_dir = out.join("cache");
-    let prompts = read_prompts(&cfg.data.path, cfg.data.limit, cfg.data.seed)?;
+    let prompts = if ctx.first_prompts {
+        let mut all = read_prompts(&cfg.data.path, 0, cfg.data.seed)?;
+        if cfg.data.limit > 0 {
+            all.truncate(cfg.data.limit);
+        }
+        all
+    } else {
+        read_prompts(&cfg.data.path, cfg.data.limit, cfg.data.seed)?
+    };
     let candidates = cfg
         .candidate
         .iter()
@@ -142,7 +156,9 @@ pub fn run_eval(cfg: &EvalConfig, env: &Env, force: bool) -> Result<Outcome, Eva
         &cfg.generation,
         &tasks,
         &cache_dir,
+        ctx,
     )?;
+    ctx.check_stop()?;
     let val_loss: Vec<Option<f64>> = answers.iter().map(|a| a.val_loss).collect();
     let task_scores: Vec<Vec<Option<TaskScore>>> =
         answers.iter().map(|a| a.tasks.clone()).collect();
@@ -169,20 +185,26 @@ pub fn run_eval(cfg: &EvalConfig, env: &Env, force: bool) -> Result<Outcome, Eva
     let concurrency = judge_cfg.map_or(1, |j| j.concurrency);
     let mut judgments = Vec::new();
     let mut rubric = Vec::new();
+    let stop = ctx.stop;
+    let stopped = || stop.is_some_and(|s| s.load(Ordering::SeqCst));
     if let (Some(judge), Some(j)) = (&judge, judge_cfg) {
         if j.pairwise {
             let work: Vec<(usize, usize)> = (0..pairs.len())
                 .flat_map(|pair| (0..prompts.len()).map(move |p| (pair, p)))
                 .collect();
             let done = map_parallel(&work, concurrency, "judging pairs", |&(pair, p)| {
+                if stopped() {
+                    return None;
+                }
                 let (a, b) = pairs[pair];
-                judge.compare(
+                Some(judge.compare(
                     &prompts[p].chat_messages(),
                     &generations[a][p].response,
                     &generations[b][p].response,
-                )
+                ))
             });
-            let mut it = done.into_iter();
+            ctx.check_stop()?;
+            let mut it = done.into_iter().flatten();
             for _ in 0..pairs.len() {
                 judgments.push(it.by_ref().take(prompts.len()).collect());
             }
@@ -192,9 +214,13 @@ pub fn run_eval(cfg: &EvalConfig, env: &Env, force: bool) -> Result<Outcome, Eva
                 .flat_map(|c| (0..prompts.len()).map(move |p| (c, p)))
                 .collect();
             let done = map_parallel(&work, concurrency, "scoring traits", |&(c, p)| {
-                judge.rate(&prompts[p].chat_messages(), &generations[c][p].response)
+                if stopped() {
+                    return None;
+                }
+                Some(judge.rate(&prompts[p].chat_messages(), &generations[c][p].response))
             });
-            let mut it = done.into_iter();
+            ctx.check_stop()?;
+            let mut it = done.into_iter().flatten();
             for _ in 0..candidates.len() {
                 rubric.push(it.by_ref().take(prompts.len()).collect());
             }

@@ -1,5 +1,5 @@
 //! A run's output folder before the run starts: what in it is a run's own (checkpoints, the
-//! run log, the adapter, the report), the refusal to start fresh over an earlier run's
+//! run log, the adapter, the report and its `eval/` folder), the refusal to start fresh over an earlier run's
 //! checkpoints (whose steps would sort after the new run's), and `--overwrite`, which removes
 //! that run's files and never another. A file of the user's where a run writes (their own
 //! `job.toml`, a foreign `adapter/`) is refused whatever the flags.
@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use super::checkpoint::{list_checkpoints, step_folders, CHECKPOINT};
 use super::run_log::RunLog;
+use crate::eval::EVAL_OUTPUT;
 use crate::export::ADAPTER;
 use crate::{Error, Result};
 
@@ -37,6 +38,9 @@ impl Start {
     }
 }
 
+/// The folder where the evaluation after training (`[eval]` or `[report]`) writes.
+pub const EVAL_DIR: &str = "eval";
+
 /// The plain files of a run's record beside `job.toml`, ours by name: the run log's and the
 /// report's.
 const RUN_FILES: &[&str] = &[
@@ -62,6 +66,10 @@ pub fn check(dir: &Path, start: Start) -> Result<()> {
     if let Some(why) = ADAPTER.foreign_content(&adapter)? {
         return Err(Error::RunFileTaken { path: adapter, why });
     }
+    let eval = dir.join(EVAL_DIR);
+    if let Some(why) = EVAL_OUTPUT.foreign_content(&eval)? {
+        return Err(Error::RunFileTaken { path: eval, why });
+    }
     match start {
         Start::Fresh => {
             let checkpoints = list_checkpoints(dir)?.len();
@@ -85,7 +93,7 @@ pub fn check(dir: &Path, start: Start) -> Result<()> {
 }
 
 /// [`check`], then for `--overwrite` the removal of the earlier run's files: its checkpoints,
-/// run log, adapter, report and resolved job. Returns what was removed.
+/// run log, adapter, report, eval folder and resolved job. Returns what was removed.
 pub fn prepare(dir: &Path, start: Start) -> Result<Vec<PathBuf>> {
     check(dir, start)?;
     if start != Start::Overwrite {
@@ -101,10 +109,11 @@ pub fn prepare(dir: &Path, start: Start) -> Result<Vec<PathBuf>> {
     if std::fs::remove_dir(&checkpoints).is_ok() {
         removed.push(checkpoints);
     }
-    let adapter = dir.join("adapter");
-    if adapter.is_dir() {
-        std::fs::remove_dir_all(&adapter).map_err(|e| Error::io(&adapter, e))?;
-        removed.push(adapter);
+    for folder in ["adapter", EVAL_DIR].map(|name| dir.join(name)) {
+        if folder.is_dir() {
+            std::fs::remove_dir_all(&folder).map_err(|e| Error::io(&folder, e))?;
+            removed.push(folder);
+        }
     }
     let files = std::iter::once("job.toml").chain(RUN_FILES.iter().copied());
     for path in files.map(|name| dir.join(name)) {
@@ -149,6 +158,8 @@ mod tests {
         for f in RUN_FILES {
             std::fs::write(dir.join(f), "x").unwrap();
         }
+        std::fs::create_dir_all(dir.join("eval/generations")).unwrap();
+        std::fs::write(dir.join("eval/report.json"), "{}").unwrap();
         let job = format!("{}\n[model]\n", super::super::run_log::RESOLVED_JOB_HEADER);
         std::fs::write(dir.join("job.toml"), job).unwrap();
     }
@@ -199,6 +210,10 @@ mod tests {
             );
         }
         std::fs::remove_file(dir.join("adapter/notes.txt")).unwrap();
+        std::fs::write(dir.join("eval/notes.txt"), "mine").unwrap();
+        let err = prepare(dir, Start::Overwrite).unwrap_err();
+        assert!(matches!(err, Error::RunFileTaken { ref path, .. } if *path == dir.join("eval")));
+        std::fs::remove_file(dir.join("eval/notes.txt")).unwrap();
         std::fs::write(dir.join("job.toml"), "[model]\nsource = \"mine\"\n").unwrap();
         let err = prepare(dir, Start::Overwrite).unwrap_err();
         assert!(

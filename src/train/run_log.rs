@@ -231,6 +231,9 @@ fn with_absolute_paths(job: &JobConfig, cwd: &Path) -> JobConfig {
     if let Some(report) = &mut job.report {
         report.prompts = absolute(&report.prompts);
     }
+    if let Some(eval) = &mut job.eval {
+        eval.for_each_path(|_, p| *p = absolute(p));
+    }
     let source = Path::new(&job.model.source);
     if source.is_relative() && !job.model.source.is_empty() && cwd.join(source).exists() {
         job.model.source = cwd.join(source).to_string_lossy().into_owned();

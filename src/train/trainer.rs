@@ -26,7 +26,6 @@ use super::run_log::{RunLog, TrainSummary};
 use super::schedule::Schedule;
 use super::step::{train_step, StepOutcome};
 use crate::config::job::{JobConfig, ValidationSpec};
-use crate::config::ReportSection;
 use crate::data::batch::{collate, MicroBatch};
 use crate::data::prepare::{prepare_dataset, FitReport, HeldOut, PrepareOptions, PreparedData};
 use crate::data::TokenizedExample;
@@ -182,11 +181,6 @@ impl Trainer {
 
     pub fn device(&self) -> &Device {
         &self.device
-    }
-
-    /// `[report]` of the job, if any.
-    pub fn report(&self) -> Option<&ReportSection> {
-        self.job.report.as_ref()
     }
 
     /// The dtype the model computes in.

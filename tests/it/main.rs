@@ -30,3 +30,4 @@ mod real_models;
 mod roundtrip;
 mod tokenizer;
 mod train;
+mod train_eval;

@@ -356,12 +356,21 @@ fn a_stop_during_the_report_ends_it_writing_nothing() {
     ];
     let mut t = Trainer::new(common::tiny_job("tiny-llama", tmp.path(), &overrides)).unwrap();
     let s = t.run(&RunOptions::default(), no_stop()).unwrap();
+    let env = lora_train::providers::Env::default();
     let report = |t: &mut Trainer, stop: bool| {
-        lora_train::train::report::behaviour_report(t, &s, &AtomicBool::new(stop))
+        lora_train::harness::training::evaluate_run(t, &s, &env, &AtomicBool::new(stop))
+            .map(|done| done.is_some())
+            .map_err(Box::new)
     };
     let err = report(&mut t, true).unwrap_err();
-    assert!(matches!(err, lora_train::Error::Interrupted(_)), "{err}");
+    assert!(
+        matches!(
+            *err,
+            lora_train::harness::EvalError::Core(lora_train::Error::Interrupted(_))
+        ),
+        "{err}"
+    );
     assert!(!tmp.path().join("report.json").exists());
-    assert!(report(&mut t, false).unwrap().is_some());
+    assert!(report(&mut t, false).unwrap());
     assert!(tmp.path().join("report.json").exists());
 }

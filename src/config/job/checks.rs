@@ -11,15 +11,15 @@ use crate::lora::{ALL_LINEAR, PROJECTIONS};
 
 /// A broken rule: the key at fault and a message that names it.
 pub(super) struct Invalid {
-    pub key: &'static str,
+    pub key: String,
     pub msg: String,
 }
 
 type Check = std::result::Result<(), Invalid>;
 
-fn invalid(key: &'static str, msg: impl Into<String>) -> Invalid {
+fn invalid(key: impl Into<String>, msg: impl Into<String>) -> Invalid {
     Invalid {
-        key,
+        key: key.into(),
         msg: msg.into(),
     }
 }
@@ -122,6 +122,16 @@ pub(super) fn check(job: &JobConfig) -> Check {
             ));
         }
         at_least_one("report.max_new_tokens", report.max_new_tokens)?;
+    }
+    if let Some(eval) = &job.eval {
+        if job.report.is_some() {
+            return Err(invalid(
+                "eval",
+                "`[report]` and `[eval]` are both given: `[report]` is a shorthand for an \
+                 `[eval]` with checks, so keep one (move the report's rules into `[[eval.check]]`)",
+            ));
+        }
+        eval.check().map_err(|(key, msg)| invalid(key, msg))?;
     }
     Ok(())
 }

@@ -115,10 +115,32 @@ impl JobConfig {
         Ok(Self::load_str_written(text, path, overrides)?.0)
     }
 
+    /// [`JobConfig::load`] with one more value rule, `extra`, which returns the (dotted key,
+    /// message) of what it finds wrong; its error names the file and line as the job's own
+    /// rules do. A layer above `config` checks what only it can read this way (the `[eval]`
+    /// judge's provider tables).
+    pub fn load_checked(
+        path: &Path,
+        overrides: &[String],
+        extra: impl Fn(&JobConfig) -> std::result::Result<(), (String, String)>,
+    ) -> Result<JobConfig> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        Ok(Self::load_str_checked(&text, path, overrides, extra)?.0)
+    }
+
     fn load_str_written(
         text: &str,
         path: &Path,
         overrides: &[String],
+    ) -> Result<(JobConfig, WrittenKeys)> {
+        Self::load_str_checked(text, path, overrides, |_| Ok(()))
+    }
+
+    fn load_str_checked(
+        text: &str,
+        path: &Path,
+        overrides: &[String],
+        extra: impl Fn(&JobConfig) -> std::result::Result<(), (String, String)>,
     ) -> Result<(JobConfig, WrittenKeys)> {
         if let Ok(table) = toml::from_str::<toml::Table>(text) {
             if table.contains_key("candidate") && !table.contains_key("model") {
@@ -133,7 +155,8 @@ impl JobConfig {
         let mut job = file.value.clone();
         let base = path.parent().unwrap_or(Path::new(""));
         job.resolve_paths(base, |key| file.is_overridden(key));
-        checks::check(&job).map_err(|bad| file.error_at(bad.key, &bad.msg))?;
+        checks::check(&job).map_err(|bad| file.error_at(&bad.key, &bad.msg))?;
+        extra(&job).map_err(|(key, msg)| file.error_at(&key, &msg))?;
         Ok((job, file.written()))
     }
 
@@ -148,7 +171,7 @@ impl JobConfig {
     }
 
     /// Checks that the files the job reads exist: `data.train`, a `data.validation` file,
-    /// `lora.init_adapter` and `report.prompts`. (`model.source` may be a hub id; the model
+    /// `lora.init_adapter`, `report.prompts` and the `[eval]` prompts, tasks and templates. (`model.source` may be a hub id; the model
     /// loader checks it.)
     pub fn check_files(&self) -> Result<()> {
         let mut files: Vec<(&str, &Path)> = vec![("data.train", &self.data.train)];
@@ -161,12 +184,36 @@ impl JobConfig {
         if let Some(report) = &self.report {
             files.push(("report.prompts", &report.prompts));
         }
+        let mut task_keys = Vec::new();
+        if let Some(eval) = &self.eval {
+            files.push(("eval.data.path", &eval.data.path));
+            for (i, t) in eval.task.iter().enumerate() {
+                task_keys.push((format!("eval.task.{i}.path"), t.path.as_path()));
+            }
+            let judge = eval.judge.as_ref();
+            for (key, file) in [
+                (
+                    "eval.judge.pairwise_template",
+                    judge.and_then(|j| j.pairwise_template.as_ref()),
+                ),
+                (
+                    "eval.judge.rubric_template",
+                    judge.and_then(|j| j.rubric_template.as_ref()),
+                ),
+            ] {
+                if let Some(file) = file {
+                    files.push((key, file));
+                }
+            }
+        }
+        let files = files
+            .into_iter()
+            .map(|(k, f)| (k.to_string(), f))
+            .chain(task_keys);
         for (key, file) in files {
             if !file.exists() {
-                return Err(Error::job_key(
-                    key,
-                    format!("`{key}`: {} does not exist", file.display()),
-                ));
+                let msg = format!("`{key}`: {} does not exist", file.display());
+                return Err(Error::job_key(key, msg));
             }
         }
         Ok(())
@@ -208,6 +255,16 @@ impl JobConfig {
                 report.prompts = join(&report.prompts);
             }
         }
+        if let Some(eval) = &mut self.eval {
+            eval.for_each_path(|key, p| {
+                if !overridden(&format!("eval.{key}")) {
+                    *p = join(p);
+                }
+            });
+            if let Some(judge) = &mut eval.judge {
+                crate::config::eval::resolve_local_judges(judge, base);
+            }
+        }
         if !overridden("model.source") {
             let source = Path::new(&self.model.source);
             // A hub id such as `org/name` is also a relative path: only rewrite names that exist.
@@ -234,6 +291,7 @@ mod tests {
             KeyKind::Bool => vec![true.into()],
             KeyKind::Count => vec![3.into()],
             KeyKind::Number => vec![0.5.into(), 1.into()],
+            KeyKind::Strings => vec![toml::Value::Array(vec!["name".into()])],
             KeyKind::Names => vec![
                 "all-linear".into(),
                 toml::Value::Array(vec!["q_proj".into()]),
@@ -258,21 +316,55 @@ mod tests {
             toml::from_str(&format!("{MINIMAL}[report]\nprompts = \"p.jsonl\"\n")).unwrap();
         for (full, _) in names.iter().filter(|(full, _)| full.contains('.')) {
             let path: Vec<&str> = full.split('.').collect();
-            let key = find(JobConfig::KEYS, &path).unwrap();
-            for value in sample(key.kind) {
-                assert!(check_kind(key.kind, &value).is_ok(), "{full}");
+            for value in sample(leaf(&path).kind) {
+                assert!(check_kind(leaf(&path).kind, &value).is_ok(), "{full}");
                 let mut table = base.clone();
-                let section = table
-                    .entry(path[0].to_string())
-                    .or_insert_with(|| toml::Value::Table(Default::default()));
-                section
-                    .as_table_mut()
-                    .unwrap()
-                    .insert(path[1].to_string(), value.clone());
+                insert_at(&mut table, JobConfig::KEYS, &path, value.clone());
                 if let Err(e) = JobConfig::deserialize(toml::Value::Table(table)) {
                     panic!("{full} = {value}: {e}");
                 }
             }
+        }
+    }
+
+    /// The key at a dotted path written without array indices (`eval.check.name`).
+    fn leaf(path: &[&str]) -> &'static Key {
+        let mut keys = JobConfig::KEYS;
+        let mut found = None;
+        for part in path {
+            let key = keys.iter().find(|k| k.name == *part).unwrap();
+            if let KeyKind::Table(sub) | KeyKind::Tables(sub) = key.kind {
+                keys = sub;
+            }
+            found = Some(key);
+        }
+        found.unwrap()
+    }
+
+    /// Sets `value` at `path` in `table`, making the tables (and one-item arrays of tables) the
+    /// schema gives on the way.
+    fn insert_at(table: &mut toml::Table, keys: &'static [Key], path: &[&str], value: toml::Value) {
+        let (first, rest) = path.split_first().unwrap();
+        if rest.is_empty() {
+            table.insert(first.to_string(), value);
+            return;
+        }
+        let key = keys.iter().find(|k| k.name == *first).unwrap();
+        match key.kind {
+            KeyKind::Table(sub) => {
+                let inner = table
+                    .entry(first.to_string())
+                    .or_insert_with(|| toml::Value::Table(Default::default()));
+                insert_at(inner.as_table_mut().unwrap(), sub, rest, value);
+            }
+            KeyKind::Tables(sub) => {
+                let items = table.entry(first.to_string()).or_insert_with(|| {
+                    toml::Value::Array(vec![toml::Value::Table(Default::default())])
+                });
+                let item = &mut items.as_array_mut().unwrap()[0];
+                insert_at(item.as_table_mut().unwrap(), sub, rest, value);
+            }
+            _ => panic!("{first} is not a table"),
         }
     }
 

@@ -31,6 +31,8 @@ pub enum KeyKind {
     Number,
     /// A string or a list of strings.
     Names,
+    /// A list of strings.
+    Strings,
     /// A string (a path) or a number (a fraction).
     PathOrFraction,
     /// One of these strings.
@@ -77,7 +79,7 @@ key_types! {
     DeviceName => KeyKind::Parsed(DeviceName::check),
     toml::Table => KeyKind::FreeTable,
     Vec<toml::Table> => KeyKind::FreeTables,
-    Vec<String> => KeyKind::Names,
+    Vec<String> => KeyKind::Strings,
 }
 
 impl<T: KeyType> KeyType for Option<T> {
@@ -210,7 +212,7 @@ pub fn check_kind(kind: KeyKind, value: &toml::Value) -> Result<(), KindError> {
         }
         (KeyKind::Number, V::Integer(_) | V::Float(_)) => true,
         (KeyKind::Names, V::String(_)) => true,
-        (KeyKind::Names, V::Array(items)) => {
+        (KeyKind::Names | KeyKind::Strings, V::Array(items)) => {
             if let Some(bad) = items.iter().find(|v| !v.is_str()) {
                 return Err(KindError::Type(format!(
                     "expected a list of strings, found an item {}",
@@ -248,6 +250,7 @@ pub fn check_kind(kind: KeyKind, value: &toml::Value) -> Result<(), KindError> {
         KeyKind::Count => "a non-negative integer".to_string(),
         KeyKind::Number => "a number".to_string(),
         KeyKind::Names => "a string or a list of strings".to_string(),
+        KeyKind::Strings => "a list of strings".to_string(),
         KeyKind::PathOrFraction => "a file path or a fraction".to_string(),
         KeyKind::Choice(choices) => format!("one of {}", choices.join(", ")),
         KeyKind::Table(_) | KeyKind::FreeTable => "a table".to_string(),

@@ -1,5 +1,5 @@
 //! The job file's tables as types: `[model]`, `[lora]`, `[data]`, `[train]`, `[output]` and the
-//! optional `[report]` and `[hosted]`.
+//! optional `[report]`, `[eval]` (its tables declared in [`crate::config::eval`]) and `[hosted]`.
 //!
 //! Each field is a key, its doc and its default in one place ([`job_section!`]); every key is
 //! documented for users in `configs/README.md`. Defaults follow PEFT's `LoraConfig` and
@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use super::schema::{job_section, KeyKind, KeyType};
 use super::values::{DeviceName, DtypeName};
+use crate::config::eval::{CheckSection, JobEvalSection};
 use crate::data::LossOn;
 use crate::lora::TargetModules;
 use crate::quant::Quantize;
@@ -26,6 +27,9 @@ job_section! {
         /// `[report]`: held-out prompts and the behaviour their replies should show.
         #[serde(skip_serializing_if = "Option::is_none")]
         pub report: Option<ReportSection> = None,
+        /// `[eval]`: the evaluation harness run after training, base model against adapter.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pub eval: Option<JobEvalSection> = None,
         /// `[hosted]`: remote fine-tuning settings, parsed by `providers`, kept raw here.
         #[serde(skip_serializing_if = "Option::is_none")]
         pub hosted: Option<toml::Table> = None,
@@ -216,12 +220,32 @@ impl LoraSection {
 }
 
 impl ReportSection {
-    /// Whether `reply` shows the behaviour.
-    pub fn matches(&self, reply: &str) -> bool {
-        let r = reply.trim();
-        self.starts_with.as_deref().is_none_or(|s| r.starts_with(s))
-            && self.ends_with.as_deref().is_none_or(|s| r.ends_with(s))
-            && self.contains.as_deref().is_none_or(|s| r.contains(s))
+    /// The shorthand as eval checks, one per rule given, named after its key (`starts_with`,
+    /// `ends_with`, `contains`); a reply shows the behaviour when it passes them all.
+    pub fn checks(&self) -> Vec<CheckSection> {
+        let mut checks = Vec::new();
+        if let Some(s) = &self.starts_with {
+            checks.push(CheckSection {
+                name: "starts_with".into(),
+                starts_with: Some(s.clone()),
+                ..CheckSection::default()
+            });
+        }
+        if let Some(s) = &self.ends_with {
+            checks.push(CheckSection {
+                name: "ends_with".into(),
+                ends_with: Some(s.clone()),
+                ..CheckSection::default()
+            });
+        }
+        if let Some(s) = &self.contains {
+            checks.push(CheckSection {
+                name: "contains".into(),
+                contains: Some(s.clone()),
+                ..CheckSection::default()
+            });
+        }
+        checks
     }
 
     /// The behaviour in words: `starts with "Ahoy!" and ends with "🦀"`.

@@ -105,12 +105,25 @@ pub fn unknown_key_msg(root: &[Key], table: &str, keys: &[Key], name: &str) -> S
 pub fn nearest_key(root: &[Key], table: Option<&str>, key: &str) -> Option<String> {
     let key = normalize(key);
     let mut best: Option<(usize, String)> = None;
-    let mut consider = |name: &str, full: String, same_table: bool| {
+    // A key of the table written in beats one of a table inside it (`eval.limit` is nearer
+    // `eval.data.limit` than `report.limit`), which beats one elsewhere.
+    let place = |parent: &str| match table {
+        Some(t) if parent == t => 0,
+        Some(t)
+            if parent
+                .strip_prefix(t)
+                .is_some_and(|rest| rest.starts_with('.')) =>
+        {
+            1
+        }
+        _ => 2,
+    };
+    let mut consider = |name: &str, full: String, place: usize| {
         let dist = edit_distance(&key, name);
         if dist > max_typos(&key) {
             return;
         }
-        let score = 2 * dist + usize::from(!same_table);
+        let score = 4 * dist + place;
         if best.as_ref().is_none_or(|(s, _)| score < *s) {
             best = Some((score, full));
         }
@@ -121,11 +134,14 @@ pub fn nearest_key(root: &[Key], table: Option<&str>, key: &str) -> Option<Strin
         let Some((parent, _)) = full.rsplit_once('.') else {
             continue;
         };
-        consider(name, full.clone(), table == Some(parent));
+        consider(name, full.clone(), place(parent));
     }
     for (alias, full) in KEY_ALIASES {
-        let same = table.is_some_and(|t| full.rsplit_once('.').map(|(p, _)| p) == Some(t));
-        consider(alias, full.to_string(), same);
+        consider(
+            alias,
+            full.to_string(),
+            place(full.rsplit_once('.').map_or("", |(p, _)| p)),
+        );
     }
     best.map(|(_, full)| full)
 }
