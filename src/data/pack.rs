@@ -7,6 +7,7 @@
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 
+use super::TokenizedExample;
 use crate::{Error, Result};
 
 /// Packs conversations of `lengths` tokens into rows of at most `capacity` tokens: longest
@@ -44,6 +45,58 @@ pub fn first_fit_decreasing(
         }
     }
     Ok(rows)
+}
+
+/// The rows of `inspect --packing`: for each row its tokens and fill, and for each conversation
+/// in it (by its 1-based line in `lines`) where it starts and ends in the row and its target
+/// ranges in row positions.
+pub fn format_rows(
+    rows: &[Vec<usize>],
+    examples: &[TokenizedExample],
+    lines: &[usize],
+    capacity: usize,
+) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let total: usize = examples.iter().map(|e| e.input_ids.len()).sum();
+    let _ = writeln!(
+        out,
+        "=== {} conversations in {} rows of up to {capacity} tokens ({:.1}% full) ===",
+        examples.len(),
+        rows.len(),
+        100.0 * total as f64 / (rows.len().max(1) * capacity) as f64
+    );
+    for (r, row) in rows.iter().enumerate() {
+        let len: usize = row.iter().map(|i| examples[*i].input_ids.len()).sum();
+        let _ = writeln!(out, "row {r}: {len} tokens, {} conversations", row.len());
+        let mut start = 0;
+        for &i in row {
+            let ex = &examples[i];
+            let end = start + ex.input_ids.len();
+            let mut targets = Vec::new();
+            let mut pos = 0;
+            while pos < ex.targets.len() {
+                if ex.targets[pos] {
+                    let run = pos;
+                    while pos < ex.targets.len() && ex.targets[pos] {
+                        pos += 1;
+                    }
+                    targets.push(format!("[{}..{})", start + run, start + pos));
+                } else {
+                    pos += 1;
+                }
+            }
+            let _ = writeln!(
+                out,
+                "  line {:>5}  [{start}..{end})  {} targets {}",
+                lines.get(i).copied().unwrap_or(i + 1),
+                ex.num_targets(),
+                targets.join(" ")
+            );
+            start = end;
+        }
+    }
+    out
 }
 
 /// The free tokens of each row in a max segment tree, so the first row with room for `n` is
