@@ -21,6 +21,10 @@ use crate::Result;
 /// f32 elements of one block of scores: 8 Mi (32 MiB).
 const BLOCK_SCORES: usize = 8 << 20;
 
+/// Queries per block at most in packed rows, whose blocks read keys from their first query's
+/// conversation start only.
+const PACKED_QUERY_BLOCK: usize = 128;
+
 /// Queries per block for `[b, h, _, tk]` scores.
 fn query_block(b: usize, h: usize, tk: usize) -> usize {
     (BLOCK_SCORES / (b * h * tk).max(1)).max(1)
@@ -102,11 +106,16 @@ pub fn attend(
         release(v_in)?;
     }
     let (b, h, _, _) = q.dims4()?;
+    let mut block = query_block(b, h, k.dim(2)?);
+    if mask.segments.is_some() {
+        // Packed rows: blocks about a short conversation long skip most keys of the others.
+        block = block.min(PACKED_QUERY_BLOCK);
+    }
     let blocks = Blocks {
         scale,
         softcap,
         mask: mask.additive()?.clone(),
-        block: query_block(b, h, k.dim(2)?),
+        block,
         causal: Some(Causal {
             offset: mask.offset,
             window: mask.window,

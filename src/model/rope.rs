@@ -185,13 +185,23 @@ impl Rotary {
 }
 
 /// Applies rotary embeddings to `x: [B, H, T, D]` (any strides; the result is contiguous) with
-/// `cos, sin: [T, D]` (or `[B, 1, T, D]`, per-token positions, which only the tensor-op path
-/// takes), as one op:
+/// `cos, sin: [T, D]` (or `[B, 1, T, D]`, per-token positions: then row by row, each with its
+/// `[T, D]` tables, since a broadcast over the heads in the middle takes candle's slow
+/// element-by-element path and the fused kernel reads `[T, D]` tables), as one op:
 /// `y = x·cos + rot(x)·sin` with `rot(x) = [-x₂, x₁]`, so `dx = g·cos + rotᵀ(g·sin)` with
 /// `rotᵀ(u) = [u₂, -u₁]`. Under autograd the broadcasts of `cos` and `sin` would each get
 /// an activation-sized gradient buffer.
 pub fn apply_rotary(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
-    if cos.rank() == 2 && kernels::use_fused(Kernel::Rope, x.device()) {
+    if cos.rank() == 4 {
+        let rows = (0..x.dim(0)?)
+            .map(|b| {
+                let table = |t: &Tensor| -> Result<Tensor> { Ok(t.get(b)?.squeeze(0)?) };
+                apply_rotary(&x.narrow(0, b, 1)?, &table(cos)?, &table(sin)?)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        return Ok(Tensor::cat(&rows, 0)?);
+    }
+    if kernels::use_fused(Kernel::Rope, x.device()) {
         apply_rotary_fused(x, cos, sin)
     } else {
         apply_rotary_unfused(x, cos, sin)
