@@ -251,11 +251,20 @@ impl Trainer {
             return Ok(None);
         }
         self.params.set_dropout_seed(0);
-        // In micro-batches of the training size, which the memory check has passed.
+        // In micro-batches of the training size, which the memory check has passed: with
+        // packing, as many padded conversations as fit the tokens of `micro_batch_size` rows.
+        let mbs = self.job.train.micro_batch_size;
+        let batch = match self.job.data.packing {
+            true => {
+                let longest = self.data.validation.iter().map(|e| e.input_ids.len()).max();
+                mbs * (self.job.data.max_seq_len / longest.unwrap_or(1).max(1)).max(1)
+            }
+            false => mbs,
+        };
         let r = score_examples_until(
             self.model.model.as_ref(),
             &self.data.validation,
-            self.job.train.micro_batch_size,
+            batch,
             false,
             stop,
         )?;
