@@ -5,6 +5,10 @@
 //   q [B, H, Tq, D], k and v [B, KVH, Tk, D]; q head h reads kv head h / (H / KVH).
 //   Query i sits at position offset + i, key j at j; key j is allowed for query i iff
 //   j <= offset + i, (window == 0 or offset + i - j < window) and key_valid[b, j] != 0.
+//   Packed rows (the varlen form; offset 0, Tq == Tk): seg_start[b, i] is where query i's
+//   conversation starts, and key j is allowed only if j >= seg_start[b, i]. The starts are
+//   non-decreasing along a row, so a query tile reads keys from its first query's start, and a
+//   key tile's backward stops at the first query tile that starts after it.
 //   forward:  o = softmax(q k^T scale) v over allowed keys, lse = log-sum-exp (natural log);
 //             a row without an allowed key gets o = 0 and lse = +inf.
 //   backward: delta = rowsum(dO o); per block of keys, over the query tiles that see it:
@@ -169,8 +173,9 @@ template <> struct BwdCfg<256> { static constexpr int BR = 32, KW = 2, DS = 2; }
 
 template <typename T, int D>
 __device__ void flash_fwd(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
-                          const uint8_t* __restrict__ key_valid, T* __restrict__ o, float* __restrict__ lse,
-                          int H, int KVH, int Tq, int Tk, int offset, int window, float scale) {
+                          const uint8_t* __restrict__ key_valid, const uint32_t* __restrict__ seg_start,
+                          T* __restrict__ o, float* __restrict__ lse, int H, int KVH, int Tq, int Tk, int offset,
+                          int window, float scale) {
     constexpr int BR = FwdCfg<D>::BR, BC = FwdCfg<D>::BC, S = D + 8;
     static_assert(BR == 16 * FLASH_WARPS, "one warp per 16 query rows");
     check_smem((BR + 2 * BC) * S * sizeof(T) + BC);
@@ -191,10 +196,15 @@ __device__ void flash_fwd(const T* __restrict__ q, const T* __restrict__ k, cons
 
     load_rows<T, D, S>(Qs, qb, q0, BR, Tq);
     const int p_lo = offset + q0, p_hi = offset + min(q0 + BR, Tq) - 1;
-    const int k_begin = window > 0 ? max(0, p_lo - window + 1) : 0;
+    const uint32_t* starts = seg_start ? seg_start + (size_t)b * Tq : nullptr;
+    int k_begin = window > 0 ? max(0, p_lo - window + 1) : 0;
+    if (starts) k_begin = max(k_begin, (int)starts[q0]);
     const int k_end = min(Tk, p_hi + 1);
     const int row = q0 + warp * 16 + g;  // and row + 8
     const int pos[2] = {offset + row, offset + row + 8};
+    // The first key each of this thread's two rows may see (0 unless packed).
+    const int first[2] = {starts && row < Tq ? (int)starts[row] : 0,
+                          starts && row + 8 < Tq ? (int)starts[row + 8] : 0};
 
     float acc[D / 8][4];
 #pragma unroll
@@ -231,7 +241,7 @@ __device__ void flash_fwd(const T* __restrict__ q, const T* __restrict__ k, cons
 #pragma unroll
             for (int e = 0; e < 4; ++e) {
                 const int jl = n * 8 + 2 * t + (e & 1);
-                const bool ok = ok_s[jl] && allowed(pos[e >> 1], kt + jl, window);
+                const bool ok = ok_s[jl] && allowed(pos[e >> 1], kt + jl, window) && kt + jl >= first[e >> 1];
                 s[n][e] = ok ? s[n][e] * scale2 : -INFINITY;
                 mx[e >> 1] = fmaxf(mx[e >> 1], s[n][e]);
             }
@@ -311,7 +321,7 @@ template <typename T, int D>
 __device__ void flash_bwd(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
                           const T* __restrict__ dout, const float* __restrict__ lse,
                           const float* __restrict__ delta, const uint8_t* __restrict__ key_valid,
-                          float* __restrict__ dq, float* __restrict__ dk, float* __restrict__ dv,
+                          const uint32_t* __restrict__ seg_start, float* __restrict__ dq, float* __restrict__ dk, float* __restrict__ dv,
                           int H, int KVH, int Tq, int Tk, int offset, int window, float scale) {
     constexpr int BR = BwdCfg<D>::BR, KW = BwdCfg<D>::KW, DS = BwdCfg<D>::DS;
     constexpr int BC = 16 * KW, DW = D / DS, S = D + 8, SP = BR + 8;
@@ -336,6 +346,7 @@ __device__ void flash_bwd(const T* __restrict__ q, const T* __restrict__ k, cons
     if (q_begin >= q_end) return;
 
     const size_t kv_base = (size_t)(b * KVH + kvh) * Tk;
+    const uint32_t* starts = seg_start ? seg_start + (size_t)b * Tq : nullptr;
     const T* qb = q + (size_t)bh * Tq * D;
     const T* gb = dout + (size_t)bh * Tq * D;
     const float scale2 = scale * LOG2E;
@@ -354,6 +365,8 @@ __device__ void flash_bwd(const T* __restrict__ q, const T* __restrict__ k, cons
     const int key_l[2] = {kg * 16 + g, kg * 16 + g + 8};  // this thread's keys in the tile
 
     for (int qt = q_begin / BR * BR; qt < q_end; qt += BR) {
+        // Packed: this tile's queries, and every later one's, start after the key tile.
+        if (starts && (int)starts[qt] > k0 + BC - 1) break;
         __syncthreads();
         load_rows<T, D, S>(Qs, qb, qt, BR, Tq);
         load_rows<T, D, S>(dOs, gb, qt, BR, Tq);
@@ -392,7 +405,9 @@ __device__ void flash_bwd(const T* __restrict__ q, const T* __restrict__ k, cons
             for (int e = 0; e < 4; ++e) {
                 const int il = n * 8 + 2 * t + (e & 1);
                 const int kl = key_l[e >> 1];
-                const bool ok = ok_s[kl] && allowed(offset + qt + il, k0 + kl, window);
+                const int qi = qt + il;
+                const bool ok = ok_s[kl] && allowed(offset + qi, k0 + kl, window) &&
+                                (starts == nullptr || (qi < Tq && k0 + kl >= (int)starts[qi]));
                 const float p = ok ? exp2f(st[n][e] * scale2 - lse_s[il]) : 0.f;
                 st[n][e] = p;
                 dp[n][e] = p * (dp[n][e] - delta_s[il]);
@@ -478,16 +493,16 @@ __device__ void flash_bwd(const T* __restrict__ q, const T* __restrict__ k, cons
 
 #define FLASH_HEAD(T, S, D)                                                                                  \
     extern "C" __global__ void __launch_bounds__(FLASH_THREADS) flash_fwd_##D##_##S(                        \
-        const T* q, const T* k, const T* v, const uint8_t* key_valid, T* o, float* lse, int H, int KVH,      \
-        int Tq, int Tk, int offset, int window, float scale) {                                               \
-        flash_fwd<T, D>(q, k, v, key_valid, o, lse, H, KVH, Tq, Tk, offset, window, scale);                 \
+        const T* q, const T* k, const T* v, const uint8_t* key_valid, const uint32_t* seg_start, T* o,       \
+        float* lse, int H, int KVH, int Tq, int Tk, int offset, int window, float scale) {                   \
+        flash_fwd<T, D>(q, k, v, key_valid, seg_start, o, lse, H, KVH, Tq, Tk, offset, window, scale);      \
     }                                                                                                        \
     extern "C" __global__ void __launch_bounds__(FLASH_THREADS) flash_bwd_##D##_##S(                        \
         const T* q, const T* k, const T* v, const T* dout, const float* lse, const float* delta,             \
-        const uint8_t* key_valid, float* dq, float* dk, float* dv, int H, int KVH, int Tq, int Tk,           \
-        int offset, int window, float scale) {                                                               \
-        flash_bwd<T, D>(q, k, v, dout, lse, delta, key_valid, dq, dk, dv, H, KVH, Tq, Tk, offset, window,   \
-                        scale);                                                                              \
+        const uint8_t* key_valid, const uint32_t* seg_start, float* dq, float* dk, float* dv, int H,        \
+        int KVH, int Tq, int Tk, int offset, int window, float scale) {                                      \
+        flash_bwd<T, D>(q, k, v, dout, lse, delta, key_valid, seg_start, dq, dk, dv, H, KVH, Tq, Tk, offset, \
+                        window, scale);                                                                      \
     }
 
 #define FLASH_DTYPE(T, S)                                                                                    \

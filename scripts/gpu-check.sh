@@ -7,7 +7,8 @@
 #   3. short training runs of the tiny models (CPU f32 vs CUDA f32 vs CUDA bf16, kernels on and
 #      off, and 4-bit) and of a small random Llama with head_dim 64, whose bf16 runs go through the
 #      flash-attention kernel (scripts/make_random_llama.py --shape small; needs torch, as the host
-#      has); the step losses side by side, each CUDA run bounded against its CPU f32 run.
+#      has); packed rows (data.packing) on both, through the flash kernel's packed form on the small
+#      one; the step losses side by side, each CUDA run bounded against its CPU f32 run.
 # Everything goes to $OUT/gpu-check.txt (or bench-results/gpu-check.txt without $OUT).
 #
 # Needs dist/ from scripts/build-cuda.sh --tests on the host (the binary and the integration tests,
@@ -94,11 +95,14 @@ EOF
 # the model's CPU f32 run allowed over the 12 steps.
 TINY_ROWS=("cpu f32 none on 0" "cuda:0 f32 none on 2e-3" "cuda:0 f32 none off 2e-3"
            "cuda:0 bf16 none on 5e-2" "cuda:0 bf16 none off 5e-2" "cuda:0 bf16 nf4 on 1.5e-1"
-           "cuda:0 bf16 nf4+ckpt on 1.5e-1")
+           "cuda:0 bf16 nf4+ckpt on 1.5e-1" "cpu f32 packed on 0" "cuda:0 f32 packed on 2e-3")
+# Packed rows (data.packing, rows of up to 400 tokens) follow the CPU f32 packed run; on the small
+# model they go through the flash kernel's packed (segment starts) form.
 # The small model: bf16 on CUDA runs the flash-attention kernel inside the model, plain and under
 # checkpointing (whose replay reuses the stashed attention output and log-sum-exp).
 SMALL_ROWS=("cpu f32 none on 0" "cuda:0 bf16 none on 5e-2" "cuda:0 bf16 none off 5e-2"
-            "cuda:0 bf16 ckpt on 5e-2" "cuda:0 bf16 nf4+ckpt on 1.5e-1")
+            "cuda:0 bf16 ckpt on 5e-2" "cuda:0 bf16 nf4+ckpt on 1.5e-1"
+            "cpu f32 packed on 0" "cuda:0 bf16 packed on 5e-2" "cuda:0 bf16 packed+ckpt on 5e-2")
 SMALL="$RUNS/small-llama"
 if ! python3 scripts/make_random_llama.py --shape small --out "$SMALL" >"$RUNS/make-small.log" 2>&1; then
     fail=1
@@ -112,12 +116,16 @@ train_rows() {  # model source row...
     for row in "$@"; do
         read -r dev dtype variant kern bound <<<"$row"
         name="$model-${dev/:/}-$dtype-$variant-kernels-$kern"
-        [ "$dev" = cpu ] || echo "$model $name $bound" >>"$RUNS/expected.txt"
+        ref="$model-cpu-f32-none-kernels-on"
+        case "$variant" in packed*) ref="$model-cpu-f32-packed-kernels-on" ;; esac
+        [ "$dev" = cpu ] || echo "$name $ref $bound" >>"$RUNS/expected.txt"
         args=(--config "$cfg" --set "model.device=${dev/cuda:0/$DEV}" --set "model.dtype=$dtype" --set "output.dir=$RUNS/$name" --no-report)
         case "$variant" in
             nf4) args+=(--set model.quantize=nf4) ;;
             ckpt) args+=(--set train.gradient_checkpointing=true) ;;
             nf4+ckpt) args+=(--set model.quantize=nf4 --set train.gradient_checkpointing=true) ;;
+            packed) args+=(--set data.packing=true --set data.max_seq_len=400) ;;
+            packed+ckpt) args+=(--set data.packing=true --set data.max_seq_len=400 --set train.gradient_checkpointing=true) ;;
         esac
         if LORA_TRAIN_KERNELS="$kern" "$BIN" "${args[@]}" >"$RUNS/$name.log" 2>&1; then
             losses="$(python3 -c 'import json,sys; print(" ".join("%.4f" % json.loads(l)["loss"] for l in open(sys.argv[1]) if "tokens_per_second" in l))' "$RUNS/$name/metrics.jsonl" 2>&1)"
@@ -132,7 +140,7 @@ train_rows tiny-llama "$PWD/tests/fixtures/tiny-llama" "${TINY_ROWS[@]}"
 train_rows tiny-gemma3 "$PWD/tests/fixtures/tiny-gemma3" "${TINY_ROWS[@]}"
 train_rows small-llama "$SMALL" "${SMALL_ROWS[@]}"
 python3 - "$RUNS" <<'PYEOF' || fail=1
-# Every CUDA run must follow its model's CPU f32 run within its bound.
+# Every CUDA run must follow its model's CPU f32 run (packed runs: the packed one) within its bound.
 import json, os, sys
 runs = sys.argv[1]
 def losses(name):
@@ -142,9 +150,9 @@ def losses(name):
     return [json.loads(l)["loss"] for l in open(p) if "tokens_per_second" in l]
 bad = 0
 for line in open(os.path.join(runs, "expected.txt")):
-    model, name, bound = line.split()
+    name, ref_name, bound = line.split()
     tol = float(bound)
-    ref = losses(f"{model}-cpu-f32-none-kernels-on")
+    ref = losses(ref_name)
     got = losses(name)
     if not ref or not got:
         print(f"{name}: {'no CPU reference run' if not ref else 'no run'}"); bad = 1; continue

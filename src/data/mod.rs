@@ -5,16 +5,18 @@
 //! - [`dataset`]: OpenAI `messages` JSONL reading and validation.
 //! - [`mask`]: which tokens of a conversation are loss targets.
 //! - [`prepare`]: a run's training and validation examples, fitted to the sequence length.
-//! - [`batch`]: right-padded micro-batches and the rows that predict targets.
+//! - [`pack`]: padding-free packing of conversations into rows (first-fit-decreasing).
+//! - [`batch`]: right-padded micro-batches (or packed rows) and the rows that predict targets.
 
 pub mod batch;
 pub mod dataset;
 pub mod mask;
+pub mod pack;
 pub mod prepare;
 pub mod template;
 pub mod tokenizer;
 
-pub use batch::{collate, MicroBatch};
+pub use batch::{collate, collate_packed, MicroBatch};
 pub use dataset::{Conversation, Message, Role};
 pub use mask::{LossOn, TokenizedExample};
 pub use prepare::{prepare_dataset, FitReport, HeldOut, PrepareOptions, PreparedData};

@@ -1,5 +1,6 @@
 //! FlashAttention-2 forward and backward on CUDA (`kernels/attention.cu`; Dao 2023, Algorithms 1
-//! and 2): causal, with an optional sliding window and key padding, grouped-query heads read in
+//! and 2): causal, with an optional sliding window, key padding and packed rows (the varlen form,
+//! as segment starts: see `model::mask::Segments`), grouped-query heads read in
 //! place, bf16/f16 on tensor cores with f32 accumulation, head dims 64, 128 and 256, no
 //! soft-capping. Only each row's log-sum-exp is kept; backward recomputes the probabilities tile by
 //! tile. Same semantics as `model::attention::attention` with `model::mask::attention_mask`; a row
@@ -39,17 +40,21 @@ pub fn supported(q: &Tensor, k: &Tensor) -> bool {
 }
 
 /// `(o [B,H,Tq,D], lse [B,H,Tq] f32)`. `key_valid`: optional u8 `[B, Tk]`, 1 = real token.
+/// `segment_starts`: for packed rows, u32 `[B, Tq]`, where each query's conversation starts
+/// (offset 0; each row's starts as `model::mask::Segments` checks them).
 pub fn flash_fwd(
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
     key_valid: Option<&Tensor>,
+    segment_starts: Option<&Tensor>,
     p: &FlashParams,
 ) -> Result<(Tensor, Tensor)> {
     let dims = Dims::check(q, k, v, key_valid, p)?;
+    dims.check_segments(segment_starts, p)?;
     #[cfg(feature = "cuda")]
     {
-        imp::forward(q, k, v, key_valid, p, &dims)
+        imp::forward(q, k, v, (key_valid, segment_starts), p, &dims)
     }
     #[cfg(not(feature = "cuda"))]
     {
@@ -72,9 +77,11 @@ pub fn flash_bwd(
     lse: &Tensor,
     grad_o: &Tensor,
     key_valid: Option<&Tensor>,
+    segment_starts: Option<&Tensor>,
     p: &FlashParams,
 ) -> Result<(Tensor, Tensor, Tensor)> {
     let dims = Dims::check(q, k, v, key_valid, p)?;
+    dims.check_segments(segment_starts, p)?;
     for (name, t) in [("o", o), ("grad_o", grad_o)] {
         if t.dims() != q.dims() || t.dtype() != q.dtype() {
             return Err(Error::shape(
@@ -93,7 +100,8 @@ pub fn flash_bwd(
     }
     #[cfg(feature = "cuda")]
     {
-        imp::backward(q, k, v, o, lse, grad_o, key_valid, p, &dims)
+        let masks = (key_valid, segment_starts);
+        imp::backward(q, k, v, o, lse, grad_o, masks, p, &dims)
     }
     #[cfg(not(feature = "cuda"))]
     {
@@ -134,13 +142,15 @@ fn tail_args(l: Launch, dims: &Dims, p: &FlashParams) -> Launch {
         .f32(p.scale)
 }
 
-/// `flash_fwd_{d}_*`: buffers `q`, `k`, `v`, `key_valid` (`[B, Tk]` u8) when `key_valid`
-/// (read) and `o` (`[B, H, Tq, D]` of `dtype`), `lse` (`[B, H, Tq]` f32; written).
+/// `flash_fwd_{d}_*`: buffers `q`, `k`, `v`, `key_valid` (`[B, Tk]` u8) when `key_valid`,
+/// `segment_starts` (`[B, Tq]` u32) when `segments` (read) and `o` (`[B, H, Tq, D]` of
+/// `dtype`), `lse` (`[B, H, Tq]` f32; written).
 pub fn fwd_launch(
     dtype: DType,
     dims: &Dims,
     p: &FlashParams,
     key_valid: bool,
+    segments: bool,
 ) -> candle_core::Result<Launch> {
     let es = dtype.size_in_bytes();
     let kernel = format!("flash_fwd_{}_{}", dims.d, launch::suffix(dtype)?);
@@ -149,6 +159,7 @@ pub fn fwd_launch(
         .buf("k", dims.kv_bytes(es))
         .buf("v", dims.kv_bytes(es))
         .buf_or_null("key_valid", key_valid.then_some(dims.b * dims.tk))
+        .buf_or_null("segment_starts", segments.then_some(dims.b * dims.tq * 4))
         .buf("o", dims.q_bytes(es))
         .buf("lse", dims.rows() * 4);
     Ok(tail_args(l, dims, p))
@@ -168,12 +179,14 @@ pub fn delta_launch(dtype: DType, dims: &Dims) -> candle_core::Result<Launch> {
 }
 
 /// `flash_bwd_{d}_*`: buffers `q`, `k`, `v`, `g` (dO), `lse`, `delta`, `key_valid` when
-/// `key_valid` (read) and `dq`, `dk`, `dv` (zeroed f32 shaped like q, k, v, added into).
+/// `key_valid`, `segment_starts` when `segments` (read) and `dq`, `dk`, `dv` (zeroed f32 shaped
+/// like q, k, v, added into).
 pub fn bwd_launch(
     dtype: DType,
     dims: &Dims,
     p: &FlashParams,
     key_valid: bool,
+    segments: bool,
 ) -> candle_core::Result<Launch> {
     let es = dtype.size_in_bytes();
     let kernel = format!("flash_bwd_{}_{}", dims.d, launch::suffix(dtype)?);
@@ -185,6 +198,7 @@ pub fn bwd_launch(
         .buf("lse", dims.rows() * 4)
         .buf("delta", dims.rows() * 4)
         .buf_or_null("key_valid", key_valid.then_some(dims.b * dims.tk))
+        .buf_or_null("segment_starts", segments.then_some(dims.b * dims.tq * 4))
         .buf("dq", dims.q_bytes(4))
         .buf("dk", dims.kv_bytes(4))
         .buf("dv", dims.kv_bytes(4));
@@ -284,6 +298,27 @@ impl Dims {
         })
     }
 
+    /// That `segment_starts`, if given, is u32 `[B, Tq]` for a pass without a cache.
+    pub fn check_segments(&self, segment_starts: Option<&Tensor>, p: &FlashParams) -> Result<()> {
+        let Some(s) = segment_starts else {
+            return Ok(());
+        };
+        if s.dims() != [self.b, self.tq] || s.dtype() != DType::U32 {
+            return Err(Error::shape(
+                "flash attention",
+                format!("u32 [{}, {}]", self.b, self.tq),
+                format!("segment_starts is {:?} {:?}", s.dims(), s.dtype()),
+            ));
+        }
+        if p.offset != 0 {
+            return Err(Error::unsupported(
+                "flash attention",
+                "packed rows (segment starts) with cached keys",
+            ));
+        }
+        Ok(())
+    }
+
     /// Bytes of a `[B, H, Tq, D]` tensor of `es`-byte elements (q, o, dO).
     fn q_bytes(&self, es: usize) -> usize {
         self.b * self.h * self.tq * self.d * es
@@ -368,19 +403,30 @@ mod imp {
         Ok(load(dev, "attention", ptx::ATTENTION, plan)?)
     }
 
+    /// The optional key validity and segment starts.
+    type Masks<'a> = (Option<&'a Tensor>, Option<&'a Tensor>);
+
+    fn contiguous_masks((a, b): Masks<'_>) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        Ok((
+            a.map(|t| t.contiguous()).transpose()?,
+            b.map(|t| t.contiguous()).transpose()?,
+        ))
+    }
+
     pub(super) fn forward(
         q: &Tensor,
         k: &Tensor,
         v: &Tensor,
-        key_valid: Option<&Tensor>,
+        masks: Masks<'_>,
         p: &FlashParams,
         dims: &Dims,
     ) -> Result<(Tensor, Tensor)> {
         let (q, k, v) = (aligned(q)?, aligned(k)?, aligned(v)?);
-        let key_valid = key_valid.map(|t| t.contiguous()).transpose()?;
+        let (kv, seg) = contiguous_masks(masks)?;
+        let masks = (kv.as_ref(), seg.as_ref());
         match q.dtype() {
-            DType::BF16 => forward_typed::<half::bf16>(&q, &k, &v, key_valid.as_ref(), p, dims),
-            DType::F16 => forward_typed::<half::f16>(&q, &k, &v, key_valid.as_ref(), p, dims),
+            DType::BF16 => forward_typed::<half::bf16>(&q, &k, &v, masks, p, dims),
+            DType::F16 => forward_typed::<half::f16>(&q, &k, &v, masks, p, dims),
             other => Err(Error::unsupported(
                 OP,
                 format!("needs bf16 or f16 inputs, got {other:?}"),
@@ -392,7 +438,7 @@ mod imp {
         q: &Tensor,
         k: &Tensor,
         v: &Tensor,
-        key_valid: Option<&Tensor>,
+        (key_valid, segment_starts): Masks<'_>,
         p: &FlashParams,
         dims: &Dims,
     ) -> Result<(Tensor, Tensor)> {
@@ -413,12 +459,20 @@ mod imp {
                 Some((s, l)) => Some(cuda_view::<u8>(s, l)?),
                 None => None,
             };
-            let plan = fwd_launch(q.dtype(), dims, p, valid_view.is_some())?;
+            let seg = segment_starts.map(|t| t.storage_and_layout());
+            let seg_view = match &seg {
+                Some((s, l)) => Some(cuda_view::<u32>(s, l)?),
+                None => None,
+            };
+            let plan = fwd_launch(q.dtype(), dims, p, valid_view.is_some(), seg_view.is_some())?;
             let func = load_flash(&dev, &plan)?;
             let mut bufs = Bufs::new(&func);
             bufs.read("q", &qv).read("k", &kv).read("v", &vv);
             if let Some(kv) = &valid_view {
                 bufs.read("key_valid", kv);
+            }
+            if let Some(sv) = &seg_view {
+                bufs.read("segment_starts", sv);
             }
             bufs.write("o", &mut o).write("lse", &mut lse);
             // Every buffer holds the [B, H|KVH, T, D] elements the checked dims say, and the
@@ -439,14 +493,14 @@ mod imp {
         o: &Tensor,
         lse: &Tensor,
         grad_o: &Tensor,
-        key_valid: Option<&Tensor>,
+        masks: Masks<'_>,
         p: &FlashParams,
         dims: &Dims,
     ) -> Result<(Tensor, Tensor, Tensor)> {
         let (q, k, v, g) = (aligned(q)?, aligned(k)?, aligned(v)?, aligned(grad_o)?);
         let (o, lse) = (o.contiguous()?, lse.contiguous()?);
-        let key_valid = key_valid.map(|t| t.contiguous()).transpose()?;
-        let args = (&q, &k, &v, &o, &lse, &g, key_valid.as_ref());
+        let (kv, seg) = contiguous_masks(masks)?;
+        let args = (&q, &k, &v, &o, &lse, &g, (kv.as_ref(), seg.as_ref()));
         let (dq, dk, dv) = match q.dtype() {
             DType::BF16 => backward_typed::<half::bf16>(args, p, dims)?,
             DType::F16 => backward_typed::<half::f16>(args, p, dims)?,
@@ -471,12 +525,12 @@ mod imp {
         &'a Tensor,
         &'a Tensor,
         &'a Tensor,
-        Option<&'a Tensor>,
+        Masks<'a>,
     );
 
     /// The f32 sums `(dq, dk, dv)`.
     fn backward_typed<T: CudaDType + DeviceRepr>(
-        (q, k, v, o, lse, g, key_valid): BwdArgs<'_>,
+        (q, k, v, o, lse, g, (key_valid, segment_starts)): BwdArgs<'_>,
         p: &FlashParams,
         dims: &Dims,
     ) -> Result<(Tensor, Tensor, Tensor)> {
@@ -523,7 +577,12 @@ mod imp {
                 .write("delta", &mut delta);
             bufs.launch(&plan)?;
 
-            let plan = bwd_launch(q.dtype(), dims, p, valid_view.is_some())?;
+            let seg = segment_starts.map(|t| t.storage_and_layout());
+            let seg_view = match &seg {
+                Some((s, l)) => Some(cuda_view::<u32>(s, l)?),
+                None => None,
+            };
+            let plan = bwd_launch(q.dtype(), dims, p, valid_view.is_some(), seg_view.is_some())?;
             let func = load_flash(&dev, &plan)?;
             let mut bufs = Bufs::new(&func);
             bufs.read("q", &qv)
@@ -533,6 +592,9 @@ mod imp {
             bufs.read("lse", &lv).read("delta", &delta);
             if let Some(kv) = &valid_view {
                 bufs.read("key_valid", kv);
+            }
+            if let Some(sv) = &seg_view {
+                bufs.read("segment_starts", sv);
             }
             // dq, dk and dv are zeroed f32 buffers of q's and k's element counts that the kernel
             // adds into.

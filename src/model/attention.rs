@@ -6,6 +6,7 @@
 //! sequence of 1024 is most of a training step's memory.
 
 use std::ops::Range;
+use std::sync::Arc;
 
 use candle_core::{DType, Tensor, D};
 
@@ -19,6 +20,10 @@ use crate::Result;
 
 /// f32 elements of one block of scores: 8 Mi (32 MiB).
 const BLOCK_SCORES: usize = 8 << 20;
+
+/// Queries per block at most in packed rows, whose blocks read keys from their first query's
+/// conversation start only.
+const PACKED_QUERY_BLOCK: usize = 128;
 
 /// Queries per block for `[b, h, _, tk]` scores.
 fn query_block(b: usize, h: usize, tk: usize) -> usize {
@@ -101,14 +106,20 @@ pub fn attend(
         release(v_in)?;
     }
     let (b, h, _, _) = q.dims4()?;
+    let mut block = query_block(b, h, k.dim(2)?);
+    if mask.segments.is_some() {
+        // Packed rows: blocks about a short conversation long skip most keys of the others.
+        block = block.min(PACKED_QUERY_BLOCK);
+    }
     let blocks = Blocks {
         scale,
         softcap,
         mask: mask.additive()?.clone(),
-        block: query_block(b, h, k.dim(2)?),
+        block,
         causal: Some(Causal {
             offset: mask.offset,
             window: mask.window,
+            first_keys: mask.segments.as_ref().map(|s| Arc::new(s.first_keys())),
         }),
     };
     let (o, lse) = match kept {
@@ -143,6 +154,7 @@ fn flash_forward(
         &k.detach(),
         &v.detach(),
         mask.key_valid.as_ref(),
+        mask.segment_starts()?,
         &flash_params(scale, mask),
     )
 }
@@ -161,6 +173,7 @@ fn flash_op(
 ) -> Result<Tensor> {
     let p = flash_params(scale, mask);
     let key_valid = mask.key_valid.clone();
+    let segment_starts = mask.segment_starts()?.cloned();
     with_backward_value(
         "flash-attention",
         Value::Tensor(o),
@@ -174,6 +187,7 @@ fn flash_op(
                 &lse,
                 &g.to_dtype(o.dtype())?.contiguous()?,
                 key_valid.as_ref(),
+                segment_starts.as_ref(),
                 &p,
             )?;
             Ok(vec![Some(dq), Some(dk), Some(dv)])
@@ -223,20 +237,30 @@ struct Blocks {
 /// masked for all of them: about half of a long sequence's work without a window, and with one,
 /// every key but the `window + block` or so nearest the block. A query whose every key is masked
 /// (padding, nothing reads its result) attends evenly to the keys its block reads, rather than to
-/// all keys as eager attention's does.
-#[derive(Clone, Copy, Debug)]
+/// all keys as eager attention's does. In packed rows a block also skips the keys before its first
+/// query's conversation (`first_keys`, per query index, non-decreasing; see
+/// [`Segments::first_keys`](super::mask::Segments::first_keys)).
+#[derive(Clone, Debug)]
 struct Causal {
     offset: usize,
     window: Option<usize>,
+    first_keys: Option<Arc<Vec<usize>>>,
 }
 
 impl Blocks {
     /// The keys that queries `start..start + n` of `tk` keys read.
     fn keys(&self, start: usize, n: usize, tk: usize) -> Range<usize> {
-        match self.causal {
-            Some(Causal { offset, window }) => {
+        match &self.causal {
+            Some(Causal {
+                offset,
+                window,
+                first_keys,
+            }) => {
                 let end = (offset + start + n).min(tk);
-                let first = window.map_or(0, |w| (offset + start + 1).saturating_sub(w));
+                let mut first = window.map_or(0, |w| (offset + start + 1).saturating_sub(w));
+                if let Some(fk) = first_keys {
+                    first = first.max(fk.get(start).copied().unwrap_or(0));
+                }
                 first.min(end.saturating_sub(1))..end
             }
             None => 0..tk,
@@ -440,6 +464,7 @@ mod tests {
         let causal = Causal {
             offset,
             window: Some(window),
+            first_keys: None,
         };
         for (causal, rows) in [(None, &every), (Some(causal), &live)] {
             let eager = || {
@@ -458,7 +483,7 @@ mod tests {
                 softcap,
                 mask: mask.clone(),
                 block: block.unwrap_or(query_block(b, h, tk)),
-                causal,
+                causal: causal.clone(),
             };
             // Strict: the key ranges of a block are products CUDA's GEMM takes as they are.
             let (of, gf) = crate::gemm::with_strict_gemm(|| {
@@ -560,6 +585,78 @@ mod tests {
         Ok(())
     }
 
+    /// Packed rows through `attend` (blocks of 2 queries that skip the keys before their
+    /// conversation) against eager attention under the block-diagonal mask, with and without
+    /// a window, grouped heads: outputs and gradients.
+    #[test]
+    fn packed_blocks_match_eager_attention() -> Result<()> {
+        use crate::model::mask::Segments;
+        let dev = Device::Cpu;
+        let (b, h, kvh, t, d) = (2, 4, 2, 9, 4);
+        let seg = Segments::new(
+            vec![
+                vec![0, 0, 0, 0, 4, 4, 4, 7, 7],
+                vec![0, 0, 2, 2, 2, 2, 2, 2, 8],
+            ],
+            t,
+        )?;
+        let var = |heads| -> Result<Var> {
+            Ok(Var::from_tensor(&Tensor::randn(
+                0f32,
+                1.,
+                (b, heads, t, d),
+                &dev,
+            )?)?)
+        };
+        let (q, k, v) = (var(h)?, var(kvh)?, var(kvh)?);
+        let w = Tensor::randn(0f32, 1., (b, h, t, d), &dev)?;
+        for window in [None, Some(2)] {
+            let mask = AttnMask::packed(&seg, window, DType::F32, &dev)?;
+            let grads = |o: Tensor| -> Result<(Tensor, Vec<Tensor>)> {
+                let g = (&o * &w)?.sum_all()?.backward()?;
+                let gs = [&q, &k, &v]
+                    .iter()
+                    .map(|x| {
+                        g.get(x.as_tensor())
+                            .cloned()
+                            .ok_or(crate::Error::Msg("no grad".into()))
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                Ok((o, gs))
+            };
+            let (kr, vr) = (repeat_kv(k.as_tensor(), 2)?, repeat_kv(v.as_tensor(), 2)?);
+            let eager = attention_eager(q.as_tensor(), &kr, &vr, 0.5, None, mask.additive()?)?;
+            let (oe, ge) = grads(eager)?;
+            let kv = KeyValues::Own((k.as_tensor() * 1.0)?, (v.as_tensor() * 1.0)?);
+            let blocked = attend(q.as_tensor(), kv, 0.5, None, &mask, None)?;
+            let (ob, gb) = grads(blocked)?;
+            assert!(
+                max_abs_diff(&oe, &ob)? < 1e-5,
+                "outputs differ ({window:?})"
+            );
+            for (a, c) in ge.iter().zip(&gb) {
+                let diff = max_abs_diff(a, c)?;
+                assert!(diff < 1e-5, "gradients differ by {diff} ({window:?})");
+            }
+        }
+        // Blocks of 2 queries: the block of queries 4, 5 starts at the first row's
+        // conversation start 4 and the second row's 2, so it reads keys from 2.
+        let blocks = Blocks {
+            scale: 1.0,
+            softcap: None,
+            mask: Tensor::zeros(1, DType::F32, &dev)?,
+            block: 2,
+            causal: Some(Causal {
+                offset: 0,
+                window: None,
+                first_keys: Some(Arc::new(seg.first_keys())),
+            }),
+        };
+        assert_eq!(blocks.keys(4, 2, t), 2..6);
+        assert_eq!(blocks.keys(8, 1, t), 7..9);
+        Ok(())
+    }
+
     #[test]
     fn causal_blocks_read_the_keys_of_their_queries_windows() {
         let blocks = |offset, window| Blocks {
@@ -567,7 +664,11 @@ mod tests {
             softcap: None,
             mask: Tensor::zeros(1, DType::F32, &Device::Cpu).unwrap(),
             block: 4,
-            causal: Some(Causal { offset, window }),
+            causal: Some(Causal {
+                offset,
+                window,
+                first_keys: None,
+            }),
         };
         // Queries 8..12 at positions 10..14 see keys up to 13; with a window of 3, from 8.
         assert_eq!(blocks(2, None).keys(8, 4, 14), 0..14);

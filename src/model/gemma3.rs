@@ -7,7 +7,7 @@ use candle_core::Tensor;
 use super::attention::{attend, KeyValues};
 use super::cache::KvCache;
 use super::decoder::{head_or_tied, merged_decoder_tensors, run_layer, DecoderLayer, Pass};
-use super::mask::{pass_padding, AttnMask};
+use super::mask::{pass_padding, AttnMask, Segments};
 use super::mlp::GatedMlp;
 use super::norm::RmsNorm;
 use super::projections::{
@@ -290,6 +290,39 @@ impl CausalLm for Gemma3 {
         }
         if let Some(c) = cache {
             c.seq_len += t;
+        }
+        self.norm.forward(&x)
+    }
+
+    fn forward_hidden_packed(&self, input_ids: &Tensor, segments: &Segments) -> Result<Tensor> {
+        let (b, t) = input_ids.dims2()?;
+        let dtype = self.embed_tokens.dtype();
+        let device = self.embed_tokens.device();
+        let h = self.cfg.hidden_size;
+        let emb = self
+            .embed_tokens
+            .embedding(&input_ids.flatten_all()?)?
+            .reshape((b, t, h))?;
+        // As `decode`: the scale in the embedding dtype.
+        let scale = Tensor::new(&[(h as f32).sqrt()], device)?.to_dtype(dtype)?;
+        let mut x = emb.broadcast_mul(&scale)?;
+        // The sliding window counts within each conversation.
+        let global_mask = AttnMask::packed(segments, None, dtype, device)?;
+        let local_mask = AttnMask::packed(segments, Some(self.cfg.sliding_window), dtype, device)?;
+        let positions = segments.positions();
+        let global_rope = self
+            .rotary_global
+            .cos_sin_at(&positions, (b, t), dtype, device)?;
+        let local_rope = self
+            .rotary_local
+            .cos_sin_at(&positions, (b, t), dtype, device)?;
+        for layer in &self.layers {
+            let (mask, rope) = if layer.sliding {
+                (&local_mask, &local_rope)
+            } else {
+                (&global_mask, &global_rope)
+            };
+            x = run_layer(layer, &x, rope, mask, self.checkpointing.as_ref(), None)?;
         }
         self.norm.forward(&x)
     }

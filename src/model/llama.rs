@@ -6,7 +6,7 @@ use candle_core::Tensor;
 use super::attention::{attend, KeyValues};
 use super::cache::KvCache;
 use super::decoder::{head_or_tied, merged_decoder_tensors, run_layer, DecoderLayer, Pass};
-use super::mask::{pass_padding, AttnMask};
+use super::mask::{pass_padding, AttnMask, Segments};
 use super::mlp::GatedMlp;
 use super::norm::RmsNorm;
 use super::projections::{
@@ -259,6 +259,24 @@ impl CausalLm for Llama {
         }
         if let Some(c) = cache {
             c.seq_len += t;
+        }
+        self.norm.forward(&x)
+    }
+
+    fn forward_hidden_packed(&self, input_ids: &Tensor, segments: &Segments) -> Result<Tensor> {
+        let (b, t) = input_ids.dims2()?;
+        let dtype = self.embed_tokens.dtype();
+        let device = self.embed_tokens.device();
+        let mut x = self
+            .embed_tokens
+            .embedding(&input_ids.flatten_all()?)?
+            .reshape((b, t, self.cfg.hidden_size))?;
+        let mask = AttnMask::packed(segments, None, dtype, device)?;
+        let rope = self
+            .rotary
+            .cos_sin_at(&segments.positions(), (b, t), dtype, device)?;
+        for layer in &self.layers {
+            x = run_layer(layer, &x, &rope, &mask, self.checkpointing.as_ref(), None)?;
         }
         self.norm.forward(&x)
     }

@@ -1,6 +1,11 @@
 //! Attention masks: causal, sliding-window and right-padding, as the additive tensor the
 //! tensor-op attention adds to its scores and as the structure the flash kernel masks with.
 //! Blocked positions get the dtype's lowest finite value, as transformers does.
+//!
+//! Packed rows ([`Segments`]) hold several conversations one after another: attention is then
+//! block-diagonal causal (a token sees the earlier tokens of its own conversation only, as
+//! FlashAttention's varlen form and transformers' `DataCollatorWithFlattening` do) and positions
+//! restart at 0 for each conversation.
 
 use std::sync::{Arc, OnceLock};
 
@@ -27,11 +32,7 @@ pub fn attention_mask(
     device: &Device,
 ) -> Result<Tensor> {
     let k_len = offset + q_len;
-    let blocked = match dtype {
-        DType::F16 => -65504f32,
-        DType::BF16 => -3.38e38f32,
-        _ => f32::MIN,
-    };
+    let blocked = blocked_value(dtype);
     let mut data = vec![0f32; batch * q_len * k_len];
     for b in 0..batch {
         for i in 0..q_len {
@@ -69,6 +70,9 @@ pub struct AttnMask {
     dtype: DType,
     device: Device,
     additive: Arc<OnceLock<Tensor>>,
+    /// The conversations of packed rows, whose tokens see only their own conversation.
+    pub segments: Option<Segments>,
+    segment_starts: Arc<OnceLock<Tensor>>,
 }
 
 impl AttnMask {
@@ -106,13 +110,54 @@ impl AttnMask {
             dtype,
             device: device.clone(),
             additive: Arc::new(OnceLock::new()),
+            segments: None,
+            segment_starts: Arc::new(OnceLock::new()),
         })
+    }
+
+    /// The block-diagonal causal mask of packed rows (no cache, no key padding: a row's
+    /// padding is a segment of its own), with an optional sliding window within each
+    /// conversation.
+    pub fn packed(
+        segments: &Segments,
+        sliding_window: Option<usize>,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
+        let mut mask = Self::new(
+            segments.batch(),
+            segments.len(),
+            0,
+            None,
+            sliding_window,
+            dtype,
+            device,
+        )?;
+        mask.segments = Some(segments.clone());
+        Ok(mask)
+    }
+
+    /// The segment starts of packed rows as the flash kernel reads them (u32 `[B, T]` on the
+    /// mask's device), built once per forward pass on first use; `None` for unpacked rows.
+    pub fn segment_starts(&self) -> Result<Option<&Tensor>> {
+        let Some(seg) = &self.segments else {
+            return Ok(None);
+        };
+        if let Some(t) = self.segment_starts.get() {
+            return Ok(Some(t));
+        }
+        let t = seg.starts_tensor(&self.device)?;
+        Ok(Some(self.segment_starts.get_or_init(|| t)))
     }
 
     /// The additive mask tensor, built once per forward pass on first use.
     pub fn additive(&self) -> Result<&Tensor> {
         if let Some(t) = self.additive.get() {
             return Ok(t);
+        }
+        if let Some(seg) = &self.segments {
+            let t = seg.additive_mask(self.window, self.dtype, &self.device)?;
+            return Ok(self.additive.get_or_init(|| t));
         }
         let t = attention_mask(
             self.batch,
@@ -142,6 +187,120 @@ pub fn pass_padding(
     })
 }
 
+/// The conversations of packed rows `[B, T]`: for each token, the index in its row of its
+/// conversation's first token. A row's trailing padding is one more conversation, which no real
+/// token sees. Query `i` of row `b` sees key `j` iff `starts[b][i] <= j <= i`, and sits at
+/// position `i - starts[b][i]`.
+#[derive(Debug, Clone)]
+pub struct Segments {
+    starts: Arc<Vec<Vec<u32>>>,
+    len: usize,
+}
+
+impl Segments {
+    /// Checks that each row has `len` entries, each a conversation start: `starts[b][0] = 0`
+    /// and `starts[b][i]` is either `starts[b][i - 1]` or `i`.
+    pub fn new(starts: Vec<Vec<u32>>, len: usize) -> Result<Self> {
+        for (b, row) in starts.iter().enumerate() {
+            let bad =
+                |why: String| crate::Error::Msg(format!("packed row {b}: segment starts {why}"));
+            if row.len() != len {
+                return Err(bad(format!("have {} entries for {len} tokens", row.len())));
+            }
+            for (i, &s) in row.iter().enumerate() {
+                let ok = match i {
+                    0 => s == 0,
+                    _ => s == row[i - 1] || s as usize == i,
+                };
+                if !ok {
+                    return Err(bad(format!("are not contiguous at token {i} (start {s})")));
+                }
+            }
+        }
+        Ok(Self {
+            starts: Arc::new(starts),
+            len,
+        })
+    }
+
+    pub fn batch(&self) -> usize {
+        self.starts.len()
+    }
+
+    /// Tokens per row.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Each row's segment starts.
+    pub fn starts(&self) -> &[Vec<u32>] {
+        &self.starts
+    }
+
+    /// Each token's position in its conversation, `[B · T]` row-major.
+    pub fn positions(&self) -> Vec<u32> {
+        self.starts
+            .iter()
+            .flat_map(|row| row.iter().enumerate().map(|(i, s)| i as u32 - s))
+            .collect()
+    }
+
+    /// For each query index, the first key any row's query there may see: the smallest start
+    /// over the rows. Non-decreasing, as each row's starts are.
+    pub fn first_keys(&self) -> Vec<usize> {
+        (0..self.len)
+            .map(|i| {
+                self.starts
+                    .iter()
+                    .map(|row| row[i] as usize)
+                    .min()
+                    .unwrap_or(0)
+            })
+            .collect()
+    }
+
+    /// The starts as a u32 `[B, T]` tensor, which the flash kernel masks with.
+    pub fn starts_tensor(&self, device: &Device) -> Result<Tensor> {
+        let flat: Vec<u32> = self.starts.iter().flatten().copied().collect();
+        Ok(Tensor::from_vec(flat, (self.batch(), self.len), device)?)
+    }
+
+    /// The additive mask `[B, 1, T, T]`: key `j` allowed for query `i` iff
+    /// `starts[i] <= j <= i` and, with a window, `i - j < window`.
+    pub fn additive_mask(
+        &self,
+        window: Option<usize>,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Tensor> {
+        let (b, t) = (self.batch(), self.len);
+        let blocked = blocked_value(dtype);
+        let mut data = vec![blocked; b * t * t];
+        for (r, row) in self.starts.iter().enumerate() {
+            for (i, &s) in row.iter().enumerate() {
+                let first =
+                    window.map_or(s as usize, |w| (s as usize).max((i + 1).saturating_sub(w)));
+                let at = (r * t + i) * t;
+                data[at + first..=at + i].iter_mut().for_each(|v| *v = 0.0);
+            }
+        }
+        Ok(Tensor::from_vec(data, (b, 1, t, t), device)?.to_dtype(dtype)?)
+    }
+}
+
+/// The additive value of a blocked position in `dtype`: its lowest finite value.
+fn blocked_value(dtype: DType) -> f32 {
+    match dtype {
+        DType::F16 => -65504f32,
+        DType::BF16 => -3.38e38f32,
+        _ => f32::MIN,
+    }
+}
+
 /// Reads a `[B, T]` 0/1 attention mask into per-row booleans.
 pub fn padding_rows(attention_mask: &Tensor) -> Result<Vec<Vec<bool>>> {
     let rows = attention_mask.to_dtype(DType::U32)?.to_vec2::<u32>()?;
@@ -168,5 +327,45 @@ mod tests {
         // query 3 sees keys 2 and 3 only.
         let allowed: Vec<bool> = rows[3].iter().map(|v| *v == 0.0).collect();
         assert_eq!(allowed, vec![false, false, true, true, false]);
+    }
+
+    /// Two conversations (0..3, 3..5) and a padding segment (5..6): no token sees another
+    /// conversation, positions restart, and a window counts within the conversation.
+    #[test]
+    fn packed_mask_is_block_diagonal_causal() -> Result<()> {
+        let seg = Segments::new(vec![vec![0, 0, 0, 3, 3, 5]], 6)?;
+        assert_eq!(seg.positions(), vec![0, 1, 2, 0, 1, 0]);
+        let allowed = |window| -> Result<Vec<Vec<bool>>> {
+            let m = seg.additive_mask(window, DType::F32, &Device::Cpu)?;
+            let rows = m.squeeze(0)?.squeeze(0)?.to_vec2::<f32>()?;
+            Ok(rows
+                .iter()
+                .map(|r| r.iter().map(|v| *v == 0.0).collect())
+                .collect())
+        };
+        let (t, f) = (true, false);
+        assert_eq!(
+            allowed(None)?,
+            vec![
+                vec![t, f, f, f, f, f],
+                vec![t, t, f, f, f, f],
+                vec![t, t, t, f, f, f],
+                vec![f, f, f, t, f, f],
+                vec![f, f, f, t, t, f],
+                vec![f, f, f, f, f, t],
+            ]
+        );
+        assert_eq!(allowed(Some(2))?[2], vec![f, t, t, f, f, f]);
+        assert_eq!(allowed(Some(2))?[4], vec![f, f, f, t, t, f]);
+        assert_eq!(seg.first_keys(), vec![0, 0, 0, 3, 3, 5]);
+        Ok(())
+    }
+
+    #[test]
+    fn segment_starts_that_are_not_conversations_are_refused() {
+        assert!(Segments::new(vec![vec![0, 0, 1]], 3).is_err());
+        assert!(Segments::new(vec![vec![1, 1, 1]], 3).is_err());
+        assert!(Segments::new(vec![vec![0, 0]], 3).is_err());
+        assert!(Segments::new(vec![vec![0, 0, 2]], 3).is_ok());
     }
 }

@@ -55,6 +55,15 @@ pub trait CausalLm: Adaptable + Send + Sync {
         self.decode(input_ids, attention_mask, None)
     }
 
+    /// Final hidden states of packed rows `input_ids: [B, T]` holding several conversations
+    /// each ([`mask::Segments`]): a token attends to the earlier tokens of its own conversation
+    /// only, at positions that restart at 0 for each conversation. Training only: no cache.
+    fn forward_hidden_packed(
+        &self,
+        input_ids: &Tensor,
+        segments: &mask::Segments,
+    ) -> Result<Tensor>;
+
     /// The output projection and its logit soft-capping.
     fn lm_head(&self) -> LmHead;
 

@@ -127,6 +127,33 @@ impl Rotary {
         }
     }
 
+    /// `(cos, sin)`, each `[B, 1, T, head_dim]`, for per-token `positions` (`[B · T]`
+    /// row-major), as packed rows need: the rows of the cached tables at those positions.
+    pub fn cos_sin_at(
+        &self,
+        positions: &[u32],
+        (b, t): (usize, usize),
+        dtype: DType,
+        device: &Device,
+    ) -> Result<(Tensor, Tensor)> {
+        if positions.len() != b * t {
+            return Err(crate::Error::shape(
+                "rope positions",
+                b * t,
+                format!("{} positions", positions.len()),
+            ));
+        }
+        let len = positions.iter().max().map_or(1, |p| *p as usize + 1);
+        let (cos, sin) = self.cos_sin(0, len, dtype, device)?;
+        let idx = Tensor::from_slice(positions, b * t, device)?;
+        let at = |table: &Tensor| -> Result<Tensor> {
+            Ok(table
+                .index_select(&idx, 0)?
+                .reshape((b, 1, t, self.head_dim))?)
+        };
+        Ok((at(&cos)?, at(&sin)?))
+    }
+
     /// [`Self::cos_sin`] computed afresh.
     fn compute(
         &self,
@@ -158,11 +185,22 @@ impl Rotary {
 }
 
 /// Applies rotary embeddings to `x: [B, H, T, D]` (any strides; the result is contiguous) with
-/// `cos, sin: [T, D]`, as one op:
+/// `cos, sin: [T, D]` (or `[B, 1, T, D]`, per-token positions: then row by row, each with its
+/// `[T, D]` tables, since a broadcast over the heads in the middle takes candle's slow
+/// element-by-element path and the fused kernel reads `[T, D]` tables), as one op:
 /// `y = x·cos + rot(x)·sin` with `rot(x) = [-x₂, x₁]`, so `dx = g·cos + rotᵀ(g·sin)` with
 /// `rotᵀ(u) = [u₂, -u₁]`. Under autograd the broadcasts of `cos` and `sin` would each get
 /// an activation-sized gradient buffer.
 pub fn apply_rotary(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    if cos.rank() == 4 {
+        let rows = (0..x.dim(0)?)
+            .map(|b| {
+                let table = |t: &Tensor| -> Result<Tensor> { Ok(t.get(b)?.squeeze(0)?) };
+                apply_rotary(&x.narrow(0, b, 1)?, &table(cos)?, &table(sin)?)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        return Ok(Tensor::cat(&rows, 0)?);
+    }
     if kernels::use_fused(Kernel::Rope, x.device()) {
         apply_rotary_fused(x, cos, sin)
     } else {
@@ -231,6 +269,29 @@ mod tests {
         };
         let diff = crate::testutil::max_abs_diff(a, b)?;
         assert!(diff < 1e-5, "rotary gradient differs by {diff}");
+        Ok(())
+    }
+
+    /// Per-token positions rotate each token as a table at its position does.
+    #[test]
+    fn per_token_positions_rotate_as_their_positions() -> crate::Result<()> {
+        let dev = Device::Cpu;
+        let rot = Rotary::new(8, 10000.0, None);
+        let positions = [0u32, 1, 2, 0, 1, 5, 0, 0];
+        let (cos, sin) = rot.cos_sin_at(&positions, (2, 4), DType::F32, &dev)?;
+        let x = Tensor::randn(0f32, 1., (2, 3, 4, 8), &dev)?;
+        let y = apply_rotary(&x, &cos, &sin)?;
+        for (i, p) in positions.iter().enumerate() {
+            let (b, t) = (i / 4, i % 4);
+            let (c, s) = rot.cos_sin(*p as usize, 1, DType::F32, &dev)?;
+            let xi = x.narrow(0, b, 1)?.narrow(2, t, 1)?;
+            let want = apply_rotary(&xi, &c, &s)?;
+            let got = y.narrow(0, b, 1)?.narrow(2, t, 1)?;
+            assert!(
+                crate::testutil::max_abs_diff(&want, &got)? < 1e-6,
+                "token {i}"
+            );
+        }
         Ok(())
     }
 

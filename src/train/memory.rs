@@ -319,7 +319,11 @@ pub fn check_run_fits(
         checkpointing: job.train.gradient_checkpointing,
         recompute_attention: job.train.recompute_attention,
         micro_batch_size: job.train.micro_batch_size.min(train.len().max(1)),
-        seq_len: train.iter().map(|e| e.input_ids.len()).max().unwrap_or(0),
+        // Packed rows fill up to `max_seq_len`.
+        seq_len: match job.data.packing {
+            true => job.data.max_seq_len,
+            false => train.iter().map(|e| e.input_ids.len()).max().unwrap_or(0),
+        },
         lora_params,
     };
     let dims = ModelDims::of(&model.config);

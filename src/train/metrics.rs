@@ -14,6 +14,10 @@ pub struct StepMetrics {
     pub tokens: usize,
     pub tokens_per_second: f64,
     pub elapsed_s: f64,
+    /// Conversations trained on in the step (with `data.packing`, several per row); absent in
+    /// the logs of older runs.
+    #[serde(default)]
+    pub conversations: usize,
 }
 
 /// One validation line.

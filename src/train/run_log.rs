@@ -255,6 +255,7 @@ mod tests {
             tokens: 10,
             tokens_per_second: 100.0,
             elapsed_s: 1.0,
+            conversations: 2,
         }
     }
 

@@ -51,6 +51,8 @@ pub struct StepOutcome {
     pub target_tokens: usize,
     /// Real (non-pad) tokens processed.
     pub tokens: usize,
+    /// Conversations processed (several per row when packed).
+    pub conversations: usize,
     /// Global gradient norm before clipping.
     pub grad_norm: f64,
     pub lr: f64,
@@ -124,6 +126,7 @@ pub fn train_step(
         loss,
         target_tokens: total_targets,
         tokens,
+        conversations: micro_batches.iter().map(|m| m.conversations).sum(),
         grad_norm,
         lr,
     })

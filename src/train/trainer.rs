@@ -26,7 +26,8 @@ use super::run_log::{RunLog, TrainSummary};
 use super::schedule::Schedule;
 use super::step::{train_step, StepOutcome};
 use crate::config::job::{JobConfig, ValidationSpec};
-use crate::data::batch::{collate, MicroBatch};
+use crate::data::batch::{collate, collate_packed, MicroBatch};
+use crate::data::pack::first_fit_decreasing;
 use crate::data::prepare::{prepare_dataset, FitReport, HeldOut, PrepareOptions, PreparedData};
 use crate::data::TokenizedExample;
 use crate::eval::score_examples_until;
@@ -55,6 +56,9 @@ pub struct Trainer {
     model: LoadedModel,
     params: LoraParams,
     data: PreparedData,
+    /// With `data.packing`, the training examples of each packed row; the plan then counts
+    /// rows.
+    packed_rows: Option<Vec<Vec<usize>>>,
     plan: StepPlan,
     schedule: Schedule,
     device: Device,
@@ -67,12 +71,6 @@ pub struct Trainer {
 impl Trainer {
     /// Loads the model, attaches fresh (or `init_adapter`) LoRA weights, and prepares data.
     pub fn new(job: JobConfig) -> Result<Self> {
-        if job.data.packing {
-            return Err(Error::unsupported(
-                "data.packing = true",
-                "not implemented yet; set it to false (each conversation is its own row)",
-            ));
-        }
         let device = crate::device::open(job.model.device)?;
         tracing::info!("device: {}", crate::device::device_name(&device));
         let dtype = job.model.dtype.dtype();
@@ -110,7 +108,12 @@ impl Trainer {
             job.train.gradient_checkpointing,
             job.train.recompute_attention,
         );
-        let plan = StepPlan::new(&job, data.train.len())?;
+        let packed_rows = match job.data.packing {
+            true => Some(pack_rows(&job, &data.train)?),
+            false => None,
+        };
+        let units = packed_rows.as_ref().map_or(data.train.len(), Vec::len);
+        let plan = StepPlan::new(&job, units)?;
         for warning in plan.warnings(&job) {
             tracing::warn!("{warning}");
         }
@@ -132,6 +135,7 @@ impl Trainer {
             model,
             params,
             data,
+            packed_rows,
             plan,
             schedule,
             device,
@@ -203,15 +207,29 @@ impl Trainer {
         }
     }
 
-    /// The micro-batches of optimizer step `step`.
+    /// With `data.packing`, the training examples of each packed row.
+    pub fn packed_rows(&self) -> Option<&[Vec<usize>]> {
+        self.packed_rows.as_deref()
+    }
+
+    /// The micro-batches of optimizer step `step` (of packed rows with `data.packing`).
     pub fn step_micro_batches(&self, step: usize) -> Result<Vec<MicroBatch>> {
+        let example = |i: &usize| &self.data.train[*i];
         self.plan
             .step_batches(step, self.job.train.seed, self.job.data.shuffle)
             .iter()
-            .map(|idx| {
-                let exs: Vec<&TokenizedExample> =
-                    idx.iter().map(|i| &self.data.train[*i]).collect();
-                collate(&exs, self.pad_id, &self.device)
+            .map(|idx| match &self.packed_rows {
+                Some(rows) => {
+                    let rows: Vec<Vec<&TokenizedExample>> = idx
+                        .iter()
+                        .map(|r| rows[*r].iter().map(example).collect())
+                        .collect();
+                    collate_packed(&rows, self.pad_id, &self.device)
+                }
+                None => {
+                    let exs: Vec<&TokenizedExample> = idx.iter().map(example).collect();
+                    collate(&exs, self.pad_id, &self.device)
+                }
             })
             .collect()
     }
@@ -227,11 +245,20 @@ impl Trainer {
             return Ok(None);
         }
         self.params.set_dropout_seed(0);
-        // In micro-batches of the training size, which the memory check has passed.
+        // In micro-batches of the training size, which the memory check has passed: with
+        // packing, as many padded conversations as fit the tokens of `micro_batch_size` rows.
+        let mbs = self.job.train.micro_batch_size;
+        let batch = match self.job.data.packing {
+            true => {
+                let longest = self.data.validation.iter().map(|e| e.input_ids.len()).max();
+                mbs * (self.job.data.max_seq_len / longest.unwrap_or(1).max(1)).max(1)
+            }
+            false => mbs,
+        };
         let r = score_examples_until(
             self.model.model.as_ref(),
             &self.data.validation,
-            self.job.train.micro_batch_size,
+            batch,
             false,
             stop,
         )?;
@@ -335,10 +362,11 @@ impl Trainer {
                 tokens: outcome.tokens,
                 tokens_per_second: tps,
                 elapsed_s: elapsed,
+                conversations: outcome.conversations,
             })?;
             bar.set_message(format!(
-                "loss {:.4}  lr {lr:.2e}  {tps:.0} tok/s",
-                outcome.loss
+                "loss {:.4}  lr {lr:.2e}  {tps:.0} tok/s  {} conv",
+                outcome.loss, outcome.conversations
             ));
             bar.set_position(step as u64);
             if self.eval_due(step) {
@@ -588,6 +616,23 @@ fn prepare_data(job: &JobConfig, model: &LoadedModel) -> Result<PreparedData> {
         );
     }
     Ok(data)
+}
+
+/// The training examples packed into rows of up to `data.max_seq_len` tokens (seeded by
+/// `train.seed`), logged with how full the rows are.
+fn pack_rows(job: &JobConfig, train: &[TokenizedExample]) -> Result<Vec<Vec<usize>>> {
+    let lengths: Vec<usize> = train.iter().map(|e| e.input_ids.len()).collect();
+    let rows = first_fit_decreasing(&lengths, job.data.max_seq_len, job.train.seed)?;
+    let tokens: usize = lengths.iter().sum();
+    tracing::info!(
+        "data.packing: {} conversations in {} rows of up to {} tokens ({:.1} per row, {:.0}% full)",
+        train.len(),
+        rows.len(),
+        job.data.max_seq_len,
+        train.len() as f64 / rows.len().max(1) as f64,
+        100.0 * tokens as f64 / (rows.len().max(1) * job.data.max_seq_len) as f64
+    );
+    Ok(rows)
 }
 
 /// Where the step loop ended, for [`Trainer::finish`].

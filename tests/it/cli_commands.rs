@@ -128,6 +128,47 @@ fn inspect_shows_the_mask() {
 }
 
 #[test]
+fn inspect_packing_shows_the_rows() {
+    let data = common::fixtures().join("chats.jsonl");
+    let run = |seed: &str| {
+        let out = common::cli::lora_train()
+            .args(["inspect", "--model", &tiny(), "--data"])
+            .arg(&data)
+            .args(["--packing", "--max-seq-len", "300", "--seed", seed])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let text = run("1");
+    assert!(text.contains("rows of up to 300 tokens"), "{text}");
+    // Every conversation once, the first of a row at 0, each with its targets.
+    let placed: Vec<&str> = text.lines().filter(|l| l.starts_with("  line")).collect();
+    let lines = std::fs::read_to_string(&data).unwrap().lines().count();
+    assert_eq!(placed.len(), lines, "{text}");
+    assert!(text.contains("[0.."), "{text}");
+    assert!(placed.iter().all(|l| l.contains("targets [")), "{text}");
+    assert_eq!(run("1"), text, "the seed fixes the packing");
+    // --max-seq-len goes with --packing.
+    let out = common::cli::lora_train()
+        .args(["inspect", "--model", &tiny(), "--data"])
+        .arg(&data)
+        .arg("--packing")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--max-seq-len"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
 fn an_unknown_allocator_switch_is_warned_about_and_the_command_runs() {
     let data = common::fixtures().join("chats.jsonl");
     let out = common::cli::lora_train()

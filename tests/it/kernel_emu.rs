@@ -594,15 +594,19 @@ fn flash_on_the_emulator(c: &flash::Case, x: &flash::Inputs) -> Result<flash::Ou
     ] {
         emu.tensor(name, t)?;
     }
+    if let Some(s) = &x.segment_starts {
+        emu.tensor("segment_starts", s)?;
+    }
+    let packed = x.segment_starts.is_some();
     emu.out("o", rows * d, c.dtype)?;
     emu.out("lse", rows, DType::F32)?;
     emu.out("delta", rows, DType::F32)?;
     emu.out("dq", x.q.elem_count(), DType::F32)?;
     emu.out("dk", x.k.elem_count(), DType::F32)?;
     emu.out("dv", x.v.elem_count(), DType::F32)?;
-    emu.launch(&attention::fwd_launch(c.dtype, &dims, &p, true)?)?;
+    emu.launch(&attention::fwd_launch(c.dtype, &dims, &p, true, packed)?)?;
     emu.launch(&attention::delta_launch(c.dtype, &dims)?)?;
-    emu.launch(&attention::bwd_launch(c.dtype, &dims, &p, true)?)?;
+    emu.launch(&attention::bwd_launch(c.dtype, &dims, &p, true, packed)?)?;
     let out = emu.run()?;
     Ok(flash::Outputs {
         o: out.get("o", c.dtype, x.q.dims())?,
@@ -642,7 +646,7 @@ fn the_emulator_reports_kernel_faults() -> Result<()> {
         }
         emu.out("o", b * h * tq * d, DType::BF16)?;
         emu.out("lse", b * h * tq, DType::F32)?;
-        let mut l = attention::fwd_launch(DType::BF16, &dims, &p, false)?;
+        let mut l = attention::fwd_launch(DType::BF16, &dims, &p, false, false)?;
         l.geometry.smem -= smem_cut;
         *l.args.last_mut().ok_or("no arguments")? = last;
         emu.launch(&l)?;
@@ -659,7 +663,7 @@ fn the_emulator_reports_kernel_faults() -> Result<()> {
         .err()
         .ok_or("a wrongly typed argument was taken")?;
     assert!(
-        err.contains("argument 12") && err.contains("takes f32"),
+        err.contains("argument 13") && err.contains("takes f32"),
         "{err}"
     );
 

@@ -339,7 +339,9 @@ fn flash_attention_matches_eager_values_and_gradients() -> flash::Result<()> {
                 offset: c.offset,
                 window: c.window,
             };
-            let (o, lse) = kernels::attention::flash_fwd(&x.q, &x.k, &x.v, Some(&x.key_valid), &p)?;
+            let seg = x.segment_starts.as_ref();
+            let (o, lse) =
+                kernels::attention::flash_fwd(&x.q, &x.k, &x.v, Some(&x.key_valid), seg, &p)?;
             let (dq, dk, dv) = kernels::attention::flash_bwd(
                 &x.q,
                 &x.k,
@@ -348,6 +350,7 @@ fn flash_attention_matches_eager_values_and_gradients() -> flash::Result<()> {
                 &lse,
                 &x.grad_o,
                 Some(&x.key_valid),
+                seg,
                 &p,
             )?;
             Ok(flash::Outputs { o, lse, dq, dk, dv })
@@ -368,12 +371,12 @@ fn flash_attention_refuses_what_it_cannot_run() -> Result<()> {
         offset: 1,
         window: None,
     };
-    let err = kernels::attention::flash_fwd(&q, &q, &q, None, &p)
+    let err = kernels::attention::flash_fwd(&q, &q, &q, None, None, &p)
         .unwrap_err()
         .to_string();
     assert!(err.contains("8 keys for 8 queries at offset 1"), "{err}");
     let p = kernels::attention::FlashParams { offset: 0, ..p };
-    let err = kernels::attention::flash_fwd(&q, &k3, &k3, None, &p)
+    let err = kernels::attention::flash_fwd(&q, &k3, &k3, None, None, &p)
         .unwrap_err()
         .to_string();
     assert!(
@@ -381,12 +384,12 @@ fn flash_attention_refuses_what_it_cannot_run() -> Result<()> {
         "{err}"
     );
     let q48 = Tensor::zeros((1, 4, 8, 48), DType::BF16, &dev)?;
-    let err = kernels::attention::flash_fwd(&q48, &q48, &q48, None, &p)
+    let err = kernels::attention::flash_fwd(&q48, &q48, &q48, None, None, &p)
         .unwrap_err()
         .to_string();
     assert!(err.contains("head dim 48"), "{err}");
     let f = q.to_dtype(DType::F32)?;
-    let err = kernels::attention::flash_fwd(&f, &f, &f, None, &p)
+    let err = kernels::attention::flash_fwd(&f, &f, &f, None, None, &p)
         .unwrap_err()
         .to_string();
     assert!(err.contains("bf16 or f16"), "{err}");

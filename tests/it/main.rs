@@ -22,6 +22,7 @@ mod kernels;
 mod layering;
 mod model_parity;
 mod nf4;
+mod packing;
 mod peft_parity;
 mod providers_chat;
 mod providers_hosted;

@@ -229,18 +229,6 @@ fn exported_adapter_scores_like_the_trained_model() {
 }
 
 #[test]
-fn packing_is_refused_until_implemented() {
-    let tmp = tempfile::tempdir().unwrap();
-    let mut j = job("tiny-llama", tmp.path());
-    j.data.packing = true;
-    let err = Trainer::new(j)
-        .err()
-        .expect("packing must be refused")
-        .to_string();
-    assert!(err.contains("data.packing"), "{err}");
-}
-
-#[test]
 fn a_run_records_its_resolved_job_and_resume_rewrites_it() {
     let tmp = tempfile::tempdir().unwrap();
     let j = common::tiny_job("tiny-llama", tmp.path(), &["train.max_steps=2"]);

@@ -581,6 +581,17 @@ mod tests {
         }
     }
 
+    /// `data.packing` (now trained locally too) still maps to Together's own field.
+    #[test]
+    fn packing_maps_to_togethers_field() {
+        let mut s = spec();
+        s.packing = Some(true);
+        s.max_seq_len = Some(1024);
+        let plan = plan_job(&HostedConfig::new(HostedProvider::Together), &s).unwrap();
+        assert_eq!(plan.body["packing"], json!(true));
+        assert_eq!(plan.body["max_seq_length"], json!(1024));
+    }
+
     #[test]
     fn unhonoured_settings_are_warnings() {
         let mut s = spec();

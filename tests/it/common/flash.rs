@@ -7,7 +7,7 @@
 use candle_core::{DType, Device, Tensor, Var};
 use lora_train::model::attention::attention_eager;
 use lora_train::model::attention::repeat_kv;
-use lora_train::model::mask::attention_mask;
+use lora_train::model::mask::{attention_mask, Segments};
 
 pub type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
@@ -19,6 +19,29 @@ pub struct Case {
     /// Left padding keys of batch row 1.
     pub pad: usize,
     pub dtype: DType,
+    /// Packed rows (offset 0, no padding): conversations of these lengths, row 0 in this
+    /// order and row 1 reversed, each filled up with one more conversation.
+    pub packed: Option<Vec<usize>>,
+}
+
+impl Case {
+    /// The segment starts of a packed case's two rows of `t` tokens.
+    pub fn segment_starts(&self, t: usize) -> Option<Vec<Vec<u32>>> {
+        let lens = self.packed.as_ref()?;
+        let row = |lens: &mut dyn Iterator<Item = &usize>| {
+            let mut starts = Vec::with_capacity(t);
+            let mut start = 0;
+            for &n in lens {
+                for _ in 0..n.min(t - starts.len()) {
+                    starts.push(start as u32);
+                }
+                start = starts.len();
+            }
+            starts.resize(t, start as u32);
+            starts
+        };
+        Some(vec![row(&mut lens.iter()), row(&mut lens.iter().rev())])
+    }
 }
 
 /// Every head dim with a full causal block, a few queries late in a long sequence under a window,
@@ -38,6 +61,20 @@ pub fn cases() -> Vec<Case> {
                 window,
                 pad,
                 dtype: DType::BF16,
+                packed: None,
+            });
+        }
+        // Packed rows, with short conversations inside one tile, ones across tiles, and a
+        // window inside a conversation.
+        for window in [None, Some(16)] {
+            cases.push(Case {
+                d,
+                tq: 150,
+                offset: 0,
+                window,
+                pad: 0,
+                dtype: DType::BF16,
+                packed: Some(vec![1, 37, 5, 70, 2]),
             });
         }
     }
@@ -48,6 +85,7 @@ pub fn cases() -> Vec<Case> {
         window: None,
         pad: 5,
         dtype: DType::F16,
+        packed: None,
     });
     cases
 }
@@ -66,6 +104,8 @@ pub struct Inputs {
     pub grad_o: Tensor,
     /// u8 `[b, tk]`, 1 = a real token.
     pub key_valid: Tensor,
+    /// u32 `[b, tq]` for a packed case.
+    pub segment_starts: Option<Tensor>,
 }
 
 /// What a kernel returns: `o` in the input dtype, `lse` f32, the gradients in any float dtype.
@@ -111,6 +151,16 @@ pub fn check(
         .collect();
     let valid: Vec<u8> = pad.iter().flatten().map(|&x| x as u8).collect();
     let key_valid = Tensor::from_vec(valid, (b, tk), dev)?;
+    let starts = c.segment_starts(c.tq);
+    let segments = starts.clone().map(|s| Segments::new(s, c.tq)).transpose()?;
+    let segment_starts = match &starts {
+        Some(s) => Some(Tensor::from_vec(
+            s.iter().flatten().copied().collect::<Vec<u32>>(),
+            (b, c.tq),
+            dev,
+        )?),
+        None => None,
+    };
     let has_key: Vec<bool> = (0..b * h * c.tq)
         .map(|r| {
             let (bi, i) = (r / (h * c.tq), r % c.tq);
@@ -138,7 +188,10 @@ pub fn check(
         Var::from_tensor(&f32_cpu(&k)?)?,
         Var::from_tensor(&f32_cpu(&v)?)?,
     );
-    let mask = attention_mask(b, c.tq, c.offset, Some(&pad), c.window, DType::F32, &cpu)?;
+    let mask = match &segments {
+        Some(seg) => seg.additive_mask(c.window, DType::F32, &cpu)?,
+        None => attention_mask(b, c.tq, c.offset, Some(&pad), c.window, DType::F32, &cpu)?,
+    };
     let (kr, vr) = (
         repeat_kv(kf.as_tensor(), h / kvh)?,
         repeat_kv(vf.as_tensor(), h / kvh)?,
@@ -162,6 +215,7 @@ pub fn check(
         v,
         grad_o,
         key_valid,
+        segment_starts,
     };
     let out = kernel(&inputs)?;
     assert_eq!(out.o.dims(), inputs.q.dims(), "o shape");
@@ -171,8 +225,8 @@ pub fn check(
     assert_eq!(out.lse.dims(), [b, h, c.tq], "lse shape");
 
     let what = format!(
-        "d={d} tq={} offset={} window={:?} {:?}",
-        c.tq, c.offset, c.window, c.dtype
+        "d={d} tq={} offset={} window={:?} {:?} packed={:?}",
+        c.tq, c.offset, c.window, c.dtype, c.packed
     );
     let tol = 2e-2;
     let o = host(&out.o)?;
