@@ -58,6 +58,21 @@ pub struct Gemma3 {
 }
 
 impl Gemma3 {
+    /// The token embeddings of `input_ids: [B, T]`, scaled by √hidden (transformers casts the
+    /// scale to the embedding dtype before multiplying).
+    fn embed(&self, input_ids: &Tensor) -> Result<Tensor> {
+        let (b, t) = input_ids.dims2()?;
+        let h = self.cfg.hidden_size;
+        let emb = self
+            .embed_tokens
+            .embedding(&input_ids.flatten_all()?)?
+            .reshape((b, t, h))?;
+        let device = self.embed_tokens.device();
+        let scale =
+            Tensor::new(&[(h as f32).sqrt()], device)?.to_dtype(self.embed_tokens.dtype())?;
+        Ok(emb.broadcast_mul(&scale)?)
+    }
+
     pub fn load(cfg: Gemma3Config, w: &Weights) -> Result<Self> {
         let h = cfg.hidden_size;
         let hd = cfg.head_dim;
@@ -251,14 +266,7 @@ impl CausalLm for Gemma3 {
         let offset = cache.as_ref().map(|c| c.seq_len).unwrap_or(0);
         let dtype = self.embed_tokens.dtype();
         let device = self.embed_tokens.device();
-        let h = self.cfg.hidden_size;
-        let emb = self
-            .embed_tokens
-            .embedding(&input_ids.flatten_all()?)?
-            .reshape((b, t, h))?;
-        // transformers casts the scale to the embedding dtype before multiplying.
-        let scale = Tensor::new(&[(h as f32).sqrt()], device)?.to_dtype(dtype)?;
-        let mut x = emb.broadcast_mul(&scale)?;
+        let mut x = self.embed(input_ids)?;
         let pad = pass_padding(attention_mask_01, cache.as_deref_mut(), b, t)?;
         let global_mask = AttnMask::new(b, t, offset, pad.as_deref(), None, dtype, device)?;
         let local_mask = AttnMask::new(
@@ -298,14 +306,7 @@ impl CausalLm for Gemma3 {
         let (b, t) = input_ids.dims2()?;
         let dtype = self.embed_tokens.dtype();
         let device = self.embed_tokens.device();
-        let h = self.cfg.hidden_size;
-        let emb = self
-            .embed_tokens
-            .embedding(&input_ids.flatten_all()?)?
-            .reshape((b, t, h))?;
-        // As `decode`: the scale in the embedding dtype.
-        let scale = Tensor::new(&[(h as f32).sqrt()], device)?.to_dtype(dtype)?;
-        let mut x = emb.broadcast_mul(&scale)?;
+        let mut x = self.embed(input_ids)?;
         // The sliding window counts within each conversation.
         let global_mask = AttnMask::packed(segments, None, dtype, device)?;
         let local_mask = AttnMask::packed(segments, Some(self.cfg.sliding_window), dtype, device)?;
