@@ -86,7 +86,7 @@ pub fn generate_batch(
     }
     let mut out = vec![Vec::new(); n];
     // Every row's budget is at least 1 unless max_new_tokens is 0.
-    if opts.max_new_tokens == 0 {
+    if n == 0 || opts.max_new_tokens == 0 {
         return Ok(out);
     }
     let mut active: Vec<usize> = (0..n).collect();

@@ -50,6 +50,15 @@ pub struct Llama {
 }
 
 impl Llama {
+    /// The token embeddings of `input_ids: [B, T]`.
+    fn embed(&self, input_ids: &Tensor) -> Result<Tensor> {
+        let (b, t) = input_ids.dims2()?;
+        Ok(self
+            .embed_tokens
+            .embedding(&input_ids.flatten_all()?)?
+            .reshape((b, t, self.cfg.hidden_size))?)
+    }
+
     pub fn load(
         cfg: LlamaConfig,
         w: &Weights,
@@ -239,10 +248,7 @@ impl CausalLm for Llama {
         let offset = cache.as_ref().map(|c| c.seq_len).unwrap_or(0);
         let dtype = self.embed_tokens.dtype();
         let device = self.embed_tokens.device();
-        let mut x = self
-            .embed_tokens
-            .embedding(&input_ids.flatten_all()?)?
-            .reshape((b, t, self.cfg.hidden_size))?;
+        let mut x = self.embed(input_ids)?;
         let pad = pass_padding(attention_mask_01, cache.as_deref_mut(), b, t)?;
         let mask = AttnMask::new(b, t, offset, pad.as_deref(), None, dtype, device)?;
         let rope = self.rotary.cos_sin(offset, t, dtype, device)?;
@@ -267,10 +273,7 @@ impl CausalLm for Llama {
         let (b, t) = input_ids.dims2()?;
         let dtype = self.embed_tokens.dtype();
         let device = self.embed_tokens.device();
-        let mut x = self
-            .embed_tokens
-            .embedding(&input_ids.flatten_all()?)?
-            .reshape((b, t, self.cfg.hidden_size))?;
+        let mut x = self.embed(input_ids)?;
         let mask = AttnMask::packed(segments, None, dtype, device)?;
         let rope = self
             .rotary

@@ -13,6 +13,16 @@ fn test_device() -> Device {
     lora_train::device::parse_device(&name).unwrap()
 }
 
+/// Fixture `name` in f32 on `device`.
+fn load_tiny_on(name: &str, device: &Device) -> lora_train::model::LoadedModel {
+    let dir = common::fixtures().join(name);
+    let opts = LoadOptions {
+        device: device.clone(),
+        ..LoadOptions::default()
+    };
+    load(dir.to_str().unwrap(), &opts).unwrap()
+}
+
 fn check_tiny_logits(name: &str) {
     check_tiny_logits_on(name, &LoadOptions::default(), 1e-4);
 }
@@ -112,8 +122,7 @@ fn tiny_gemma3_logits_match_transformers() {
 #[test]
 fn kv_cache_matches_full_forward() {
     for name in ["tiny-llama", "tiny-gemma3"] {
-        let dir = common::fixtures().join(name);
-        let m = load(dir.to_str().unwrap(), &LoadOptions::default()).unwrap();
+        let m = load_tiny_on(name, &Device::Cpu);
         let ids: Vec<u32> = (3..15).collect();
         let full = m
             .model
@@ -164,12 +173,7 @@ fn batched_scoring_matches_one_at_a_time_on_the_test_device() {
     let tol = if device.is_cpu() { 1e-5 } else { 1e-4 };
     let convs = read_jsonl(common::fixtures().join("chats.jsonl")).unwrap();
     for name in ["tiny-llama", "tiny-gemma3"] {
-        let dir = common::fixtures().join(name);
-        let opts = LoadOptions {
-            device: device.clone(),
-            ..LoadOptions::default()
-        };
-        let m = load(dir.to_str().unwrap(), &opts).unwrap();
+        let m = load_tiny_on(name, &device);
         let examples: Vec<_> = convs
             .iter()
             .map(|c| tokenize_conversation(c, &m.template, &m.tokenizer, Default::default()))
@@ -219,12 +223,7 @@ fn batched_generation_matches_one_at_a_time_on_the_test_device() {
         .map(|&(a, b)| (a..b).collect())
         .collect();
     for name in ["tiny-llama", "tiny-gemma3"] {
-        let dir = common::fixtures().join(name);
-        let opts = LoadOptions {
-            device: device.clone(),
-            ..LoadOptions::default()
-        };
-        let m = load(dir.to_str().unwrap(), &opts).unwrap();
+        let m = load_tiny_on(name, &device);
         let model = m.model.as_ref();
         for temperature in [0.0, 1.0] {
             let mut gen = GenerateOptions {
