@@ -137,12 +137,7 @@ fn inspect_packing_shows_the_rows() {
             .args(["--packing", "--max-seq-len", "300", "--seed", seed])
             .output()
             .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        common::cli::succeeded(&out)
     };
     let text = run("1");
     assert!(text.contains("rows of up to 300 tokens"), "{text}");

@@ -56,13 +56,8 @@ fn outputs(out: &Output) -> (String, String) {
 
 fn succeeds(cmd: &mut Command) -> String {
     let out = cmd.output().unwrap();
-    let (stdout, stderr) = outputs(&out);
-    assert!(
-        out.status.success(),
-        "exit {:?}\nstdout:\n{stdout}\nstderr:\n{stderr}",
-        out.status.code()
-    );
-    stdout
+    outputs(&out);
+    common::cli::succeeded(&out)
 }
 
 /// Runs a command expected to fail; returns (stdout, its one `error:` line).

@@ -211,11 +211,7 @@ fn an_eval_judges_both_orders_reports_counts_and_reruns_for_free() {
     );
     let file = write_inputs(tmp.path(), &cand, &judge, &reuse.replace('\\', "/"));
     let out = eval(&file);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::cli::succeeded(&out);
 }
 
 #[test]
@@ -289,11 +285,7 @@ fn a_local_tiny_model_answers_and_the_quick_form_runs_without_a_judge() {
         .env("RUST_LOG", "off")
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::cli::succeeded(&out);
     let a = std::fs::read_to_string(out_dir.join("generations/model1.jsonl")).unwrap();
     let b = std::fs::read_to_string(out_dir.join("generations/model2.jsonl")).unwrap();
     assert_eq!(a.lines().count(), 2);
@@ -352,11 +344,7 @@ fn an_output_folder_with_other_files_is_refused_unless_forced() {
     );
     before.assert_unchanged(&[&out_dir]);
     let out = run(true).env("RUST_LOG", "off").output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::cli::succeeded(&out);
     assert_eq!(
         std::fs::read_to_string(out_dir.join("notes.txt")).unwrap(),
         "keep me"
@@ -398,11 +386,7 @@ fn a_local_judge_that_cannot_answer_is_counted_not_guessed() {
     .unwrap();
     for round in 0..2 {
         let out = eval(&file);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        common::cli::succeeded(&out);
         let report = common::read_json(&tmp.path().join("out/report.json"));
         let pair = &report["pairwise"][0];
         assert_eq!(pair["judge_errors"], 2, "{pair}");
@@ -467,11 +451,7 @@ fn multiple_choice_accuracy_follows_the_choices_log_probabilities() {
     )
     .unwrap();
     let out = eval(&file);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::cli::succeeded(&out);
     let report = common::read_json(&tmp.path().join("out/report.json"));
     let row = &report["tasks"][0];
     assert_eq!(
@@ -568,11 +548,7 @@ fn a_killed_eval_rerun_repays_nothing_it_had_finished() {
         .env("RUST_LOG", "off")
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::cli::succeeded(&out);
     assert_eq!(judge.requests().len() - before, 12 - cached);
     let report = common::read_json(&tmp.path().join("out/report.json"));
     assert_eq!(report["judge"]["cached"], cached);

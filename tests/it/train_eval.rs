@@ -66,12 +66,6 @@ fn train(job: &Path) -> std::process::Output {
         .unwrap()
 }
 
-fn succeeded(out: &std::process::Output) -> String {
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 fn lines(path: &Path) -> Vec<serde_json::Value> {
     std::fs::read_to_string(path)
         .unwrap()
@@ -103,7 +97,7 @@ fn an_eval_section_compares_base_and_adapter_with_checks_and_a_task() {
          [[eval.check]]\nname = \"says-something\"\nregex = \".\"\n\
          [[eval.task]]\nname = \"facts\"\npath = \"mc.jsonl\"\n",
     );
-    let stdout = succeeded(&train(&job));
+    let stdout = common::cli::succeeded(&train(&job));
     let run = tmp.path().join("run");
     assert!(
         stdout.contains(&run.join("eval").display().to_string()),
@@ -150,7 +144,7 @@ fn a_report_section_is_the_harness_checks_on_its_first_prompts() {
         "[report]\nprompts = \"prompts.jsonl\"\ncontains = \"e\"\nends_with = \"s\"\n\
          limit = 3\nmax_new_tokens = 6\n",
     );
-    let stdout = succeeded(&train(&job));
+    let stdout = common::cli::succeeded(&train(&job));
     assert!(stdout.contains("## Before / after"), "{stdout}");
     let run = tmp.path().join("run");
     let report = common::read_json(&run.join("report.json"));
@@ -320,7 +314,7 @@ fn a_judge_in_the_eval_section_judges_both_orders_and_needs_its_key_first() {
     assert!(!tmp.path().join("run").exists());
     assert_eq!(judge.requests().len(), 0);
 
-    let stdout = succeeded(&train(&job));
+    let stdout = common::cli::succeeded(&train(&job));
     assert!(stdout.contains("## Pairwise"), "{stdout}");
     assert!(!stdout.contains(KEY));
     let report = common::read_json(&tmp.path().join("run/eval/report.json"));

@@ -40,6 +40,19 @@ pub fn lora_train_with_home(home: &Path) -> Command {
     cmd
 }
 
+/// Asserts that a finished `lora-train` succeeded, with its exit code, stdout and stderr in
+/// the failure message, and gives its stdout.
+pub fn succeeded(out: &std::process::Output) -> String {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "exit {:?}\nstdout:\n{stdout}\nstderr:\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout.into_owned()
+}
+
 /// Runs `cmd`, asserts it succeeded, and parses its stdout as JSON.
 pub fn json(cmd: &mut Command) -> serde_json::Value {
     let out = cmd.output().expect("lora-train runs");
