@@ -222,7 +222,7 @@ pub fn parse_messages_json(path: impl AsRef<Path>) -> Result<Vec<Message>> {
 
 /// Validates a `messages` value; the error says which field is wrong, e.g.
 /// `messages[2].role: unknown role "bot" (expected system, user or assistant)`.
-fn parse_message_list(value: &Value) -> std::result::Result<Vec<Message>, String> {
+pub(crate) fn parse_message_list(value: &Value) -> std::result::Result<Vec<Message>, String> {
     let Value::Array(items) = value else {
         return Err(format!(
             "\"messages\": expected a list, got {}",
@@ -291,7 +291,7 @@ fn parse_message(i: usize, item: &Value) -> std::result::Result<Message, String>
     })
 }
 
-fn json_type(value: &Value) -> &'static str {
+pub(crate) fn json_type(value: &Value) -> &'static str {
     match value {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",

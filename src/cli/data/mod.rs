@@ -1,0 +1,92 @@
+//! `lora-train data ...`: dataset tools, one file per subcommand. `convert`, `validate`,
+//! `stats` and `split` work offline on a file (a model only for token counts); the library side
+//! is `lora_train::data::{formats, validate, stats, split}`.
+
+mod convert;
+mod split;
+mod stats;
+mod validate;
+
+use clap::Subcommand;
+use lora_train::data::formats::Format;
+
+#[derive(Debug, Subcommand)]
+#[command(
+    after_help = "Formats: openai, sharegpt, alpaca, chatml, sft, dpo-trl, dpo-seed, dpo-openai, \
+gauntlet (see docs/data.md). Every command reads any of them, detecting the format from the first \
+line unless told."
+)]
+pub enum DataCommand {
+    /// Convert a dataset from one format to another, counting what a lossy target drops.
+    Convert(convert::ConvertArgs),
+    /// Check every line (roles, order, empty content, weights, fit, provider rules); exit 1 on errors.
+    Validate(validate::ValidateArgs),
+    /// Counts, turns and token lengths with percentiles; a length histogram as SVG.
+    Stats(stats::StatsArgs),
+    /// Split a file into FILE.train.jsonl and FILE.valid.jsonl as training's data.validation does.
+    Split(split::SplitArgs),
+}
+
+pub fn run(command: DataCommand) -> anyhow::Result<()> {
+    match command {
+        DataCommand::Convert(a) => convert::run(&a),
+        DataCommand::Validate(a) => validate::run(&a),
+        DataCommand::Stats(a) => stats::run(&a),
+        DataCommand::Split(a) => split::run(&a),
+    }
+}
+
+/// `--from`/`--format`: a format, or `None` for `auto` (detect it from the first line).
+#[derive(Debug, Clone, Copy)]
+pub struct AutoFormat(pub Option<Format>);
+
+fn format_or_auto(s: &str) -> Result<AutoFormat, String> {
+    if s.trim().eq_ignore_ascii_case("auto") {
+        return Ok(AutoFormat(None));
+    }
+    s.parse().map(|f| AutoFormat(Some(f)))
+}
+
+/// `--to`: a format name.
+fn format_name(s: &str) -> Result<Format, String> {
+    s.parse()
+}
+
+/// The tokenizer and template of `--model`, when given.
+fn chat_format(
+    model: Option<&str>,
+) -> anyhow::Result<Option<(lora_train::data::ChatTokenizer, lora_train::data::ChatTemplate)>> {
+    Ok(match model {
+        None => None,
+        Some(m) => Some(lora_train::model::load_chat_format(m)?),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::cli::{Cli, Command};
+    use clap::Parser;
+
+    #[test]
+    fn every_data_command_parses() {
+        for args in [
+            &["data", "convert", "in.jsonl", "-o", "out.jsonl", "--to", "sharegpt"][..],
+            &["data", "convert", "in.jsonl", "-o", "o", "--from", "alpaca", "--to", "openai"],
+            &["data", "validate", "f.jsonl", "--format", "auto", "--provider", "together"],
+            &["data", "validate", "f.jsonl", "--model", "m", "--max-seq-len", "64"],
+            &["data", "stats", "f.jsonl", "--model", "m", "--svg", "h.svg", "--json"],
+            &["data", "split", "f.jsonl", "--valid", "0.1", "--seed", "3", "-o", "d"],
+        ] {
+            let cli = Cli::try_parse_from(std::iter::once("lora-train").chain(args.iter().copied()))
+                .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+            assert!(matches!(cli.command, Some(Command::Data(_))));
+        }
+        for bad in [
+            &["data", "convert", "in", "-o", "o", "--to", "dpo"][..],
+            &["data", "split", "f", "--valid", "1"],
+            &["data", "split", "f", "--valid", "0"],
+        ] {
+            assert!(Cli::try_parse_from(std::iter::once("lora-train").chain(bad.iter().copied())).is_err(), "{bad:?}");
+        }
+    }
+}

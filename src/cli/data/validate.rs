@@ -1,0 +1,108 @@
+//! `lora-train data validate FILE`: every problem of a dataset, one line each naming the file,
+//! line and field; with `--model`, the fit into `--max-seq-len`; with `--provider`, that
+//! provider's upload rules (the hosted validator). Exits non-zero when there is an error.
+
+use std::path::PathBuf;
+
+use anyhow::bail;
+use clap::Args;
+use lora_train::data::validate::{validate_file, Problem, Severity, TokenCheck};
+use lora_train::data::LossOn;
+use lora_train::providers::hosted::check_dataset;
+
+use super::{chat_format, format_or_auto, AutoFormat};
+use crate::cli::hosted::ProviderArg;
+use crate::cli::loss_on;
+
+#[derive(Debug, Args)]
+pub struct ValidateArgs {
+    /// The dataset (JSONL, any format of `data convert`).
+    #[arg(value_name = "FILE.jsonl")]
+    pub file: PathBuf,
+
+    /// The file's format, or `auto` to detect it from the first line.
+    #[arg(long, default_value = "auto", value_parser = format_or_auto, value_name = "auto|FORMAT")]
+    pub format: AutoFormat,
+
+    /// Render and tokenize every conversation with this model's template and tokenizer (a HF
+    /// folder, a hub id in the local cache or a .gguf; its weights are not loaded).
+    #[arg(long, value_name = "M")]
+    pub model: Option<String>,
+
+    /// With --model: conversations longer than this are reported (cut, or dropped).
+    #[arg(long, value_name = "N", default_value_t = 2048, requires = "model")]
+    pub max_seq_len: usize,
+
+    #[arg(long, default_value = "last_assistant", value_parser = loss_on(), requires = "model")]
+    pub loss_on: LossOn,
+
+    /// Also check the upload rules of this hosted fine-tuning provider.
+    #[arg(long, value_enum)]
+    pub provider: Option<ProviderArg>,
+
+    /// Print the report as JSON (the exit code still says whether there were errors).
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(a: &ValidateArgs) -> anyhow::Result<()> {
+    if a.max_seq_len == 0 {
+        bail!("--max-seq-len must be at least 1");
+    }
+    let chat = chat_format(a.model.as_deref())?;
+    let tokens = chat.as_ref().map(|(tokenizer, template)| TokenCheck {
+        template,
+        tokenizer,
+        loss_on: a.loss_on,
+        max_seq_len: a.max_seq_len,
+    });
+    let mut report = validate_file(&a.file, a.format.0, tokens.as_ref())?;
+    if let Some(provider) = a.provider {
+        let provider = lora_train::providers::HostedProvider::from(provider);
+        let checked = check_dataset(provider, &a.file)?;
+        report.extend(checked.failures.into_iter().map(|f| Problem {
+            line: f.line,
+            severity: Severity::Error,
+            field: None,
+            message: format!("[{provider}] {}", f.message),
+        }));
+    }
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        for p in &report.problems {
+            println!("{}", p.display(&a.file));
+        }
+        let detected = report
+            .detected_from
+            .map(|why| format!(" (detected: {why})"))
+            .unwrap_or_default();
+        let fit = report
+            .fit
+            .as_ref()
+            .map(|f| {
+                format!(
+                    "; at max_seq_len {}: {} fit, {} cut, {} dropped",
+                    a.max_seq_len, f.kept, f.truncated, f.dropped
+                )
+            })
+            .unwrap_or_default();
+        println!(
+            "{}: {} records as {}{detected}: {} errors, {} warnings{fit}",
+            a.file.display(),
+            report.records,
+            report.format,
+            report.errors,
+            report.warnings
+        );
+    }
+    if !report.is_ok() {
+        bail!(
+            "{}: {} {} (see above)",
+            a.file.display(),
+            report.errors,
+            if report.errors == 1 { "error" } else { "errors" }
+        );
+    }
+    Ok(())
+}
