@@ -79,7 +79,7 @@ pub enum Command {
     /// Hosted fine-tuning jobs (Together, OpenAI): submit, status, watch, cancel, list, download.
     #[command(subcommand)]
     Hosted(hosted::HostedCommand),
-    /// Dataset tools: convert, validate, stats, split.
+    /// Dataset tools: convert, validate, stats, split, synth, process.
     #[command(subcommand)]
     Data(data::DataCommand),
 }

@@ -266,7 +266,7 @@ pub fn read_record(
             let output = string(obj, "output")?;
             let mut extra = extra.clone();
             if format == Format::Sft {
-                extra.insert("metadata".into(), required(obj, "metadata")?.clone());
+                keep_metadata(&mut extra, required(obj, "metadata")?);
             }
             Ok(Record::Chat(ChatRecord {
                 messages: vec![
@@ -295,7 +295,7 @@ pub fn read_record(
         }
         Format::DpoSeed => {
             let mut extra = extra.clone();
-            extra.insert("metadata".into(), required(obj, "metadata")?.clone());
+            keep_metadata(&mut extra, required(obj, "metadata")?);
             Ok(Record::Preference(PreferenceRecord {
                 prompt: vec![Message::new(Role::User, string(obj, "prompt")?)],
                 chosen: string(obj, "chosen")?,
@@ -547,6 +547,15 @@ fn messages_value(messages: &[Message]) -> Value {
             })
             .collect(),
     )
+}
+
+/// Carries a seed format's `metadata` as an extra key; an empty one, which the format writes
+/// when there is none, carries nothing.
+fn keep_metadata(extra: &mut Map<String, Value>, metadata: &Value) {
+    let empty = matches!(metadata, Value::Null) || metadata.as_object().is_some_and(Map::is_empty);
+    if !empty {
+        extra.insert("metadata".into(), metadata.clone());
+    }
 }
 
 fn join_input(instruction: &str, input: &str) -> String {

@@ -1,10 +1,13 @@
 //! `lora-train data ...`: dataset tools, one file per subcommand. `convert`, `validate`,
 //! `stats` and `split` work offline on a file (a model only for token counts); the library side
-//! is `lora_train::data::{formats, validate, stats, split}`.
+//! is `lora_train::data::{formats, validate, stats, split}`. `synth` and `process` call chat
+//! providers (`lora_train::synth`).
 
 mod convert;
+mod process;
 mod split;
 mod stats;
+mod synth;
 mod validate;
 
 use clap::Subcommand;
@@ -25,6 +28,10 @@ pub enum DataCommand {
     Stats(stats::StatsArgs),
     /// Split a file into FILE.train.jsonl and FILE.valid.jsonl as training's data.validation does.
     Split(split::SplitArgs),
+    /// Generate training conversations through staged prompts and provider fallback chains.
+    Synth(synth::SynthArgs),
+    /// Improve each conversation's last reply (feedback or alternative) into SFT and DPO data.
+    Process(process::ProcessArgs),
 }
 
 pub fn run(command: DataCommand) -> anyhow::Result<()> {
@@ -33,6 +40,8 @@ pub fn run(command: DataCommand) -> anyhow::Result<()> {
         DataCommand::Validate(a) => validate::run(&a),
         DataCommand::Stats(a) => stats::run(&a),
         DataCommand::Split(a) => split::run(&a),
+        DataCommand::Synth(a) => synth::run(&a),
+        DataCommand::Process(a) => process::run(&a),
     }
 }
 
@@ -76,6 +85,8 @@ mod tests {
             &["data", "validate", "f.jsonl", "--model", "m", "--max-seq-len", "64"],
             &["data", "stats", "f.jsonl", "--model", "m", "--svg", "h.svg", "--json"],
             &["data", "split", "f.jsonl", "--valid", "0.1", "--seed", "3", "-o", "d"],
+            &["data", "synth", "--config", "s.toml", "--system-prompt", "@p.txt", "--examples", "3"],
+            &["data", "process", "--method", "both", "--input", "c.jsonl", "-o", "o.jsonl", "-n", "2"],
         ] {
             let cli = Cli::try_parse_from(std::iter::once("lora-train").chain(args.iter().copied()))
                 .unwrap_or_else(|e| panic!("{args:?}: {e}"));
