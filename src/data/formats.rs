@@ -253,7 +253,12 @@ pub fn read_record(
         .filter(|(k, _)| !format.keys().contains(&k.as_str()))
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
-    let chat = |messages| Ok(Record::Chat(ChatRecord { messages, extra: extra.clone() }));
+    let chat = |messages| {
+        Ok(Record::Chat(ChatRecord {
+            messages,
+            extra: extra.clone(),
+        }))
+    };
     match format {
         Format::OpenAi => chat(parse_message_list(required(obj, "messages")?)?),
         Format::ShareGpt => chat(read_sharegpt(required(obj, "conversations")?)?),
@@ -518,9 +523,7 @@ fn single_turn(messages: &[Message], format: Format, losses: &mut Losses) -> (St
         losses.add(&format!("system prompts ({format} has none)"));
     }
     if messages.len() > kept + system {
-        losses.add(&format!(
-            "earlier turns ({format} keeps the last exchange)"
-        ));
+        losses.add(&format!("earlier turns ({format} keeps the last exchange)"));
     }
     if messages.iter().any(|m| m.weight.is_some()) {
         losses.add(&format!("weights ({format} has none)"));
@@ -693,8 +696,8 @@ fn read_chatml(text: &str) -> std::result::Result<Vec<Message>, String> {
             "assistant" => Role::Assistant,
             other => {
                 return Err(format!(
-                    "\"text\": turn {i}: unknown role {other:?} (expected system, user or assistant)"
-                ))
+                "\"text\": turn {i}: unknown role {other:?} (expected system, user or assistant)"
+            ))
             }
         };
         out.push(Message::new(role, content));
@@ -840,7 +843,11 @@ pub struct Converted {
 
 /// Converts every record of `input` (read as `from`, or the format its first line shows) to
 /// `to`; the first line that cannot be read or written is an error naming it.
-pub fn convert_file(input: &std::path::Path, from: Option<Format>, to: Format) -> Result<Converted> {
+pub fn convert_file(
+    input: &std::path::Path,
+    from: Option<Format>,
+    to: Format,
+) -> Result<Converted> {
     let file = read_records(input, from)?;
     let mut losses = Losses::default();
     let mut text = String::new();
@@ -884,17 +891,45 @@ mod tests {
         let cases = [
             (json!({"messages": []}), Format::OpenAi),
             (json!({"conversations": []}), Format::ShareGpt),
-            (json!({"instruction": "", "input": "", "output": ""}), Format::Alpaca),
-            (json!({"instruction": "", "output": "", "metadata": {}}), Format::Sft),
-            (json!({"text": "<|im_start|>user\nhi<|im_end|>"}), Format::ChatMl),
-            (json!({"prompt": [], "chosen": [], "rejected": []}), Format::DpoTrl),
-            (json!({"prompt": "p", "chosen": "c", "rejected": "r"}), Format::DpoTrl),
-            (json!({"prompt": "p", "chosen": "c", "rejected": "r", "metadata": {}}), Format::DpoSeed),
-            (json!({"input": {}, "preferred_output": [], "non_preferred_output": []}), Format::DpoOpenAi),
-            (json!({"prompt": "p", "response": "r", "attack_type": "x"}), Format::Gauntlet),
+            (
+                json!({"instruction": "", "input": "", "output": ""}),
+                Format::Alpaca,
+            ),
+            (
+                json!({"instruction": "", "output": "", "metadata": {}}),
+                Format::Sft,
+            ),
+            (
+                json!({"text": "<|im_start|>user\nhi<|im_end|>"}),
+                Format::ChatMl,
+            ),
+            (
+                json!({"prompt": [], "chosen": [], "rejected": []}),
+                Format::DpoTrl,
+            ),
+            (
+                json!({"prompt": "p", "chosen": "c", "rejected": "r"}),
+                Format::DpoTrl,
+            ),
+            (
+                json!({"prompt": "p", "chosen": "c", "rejected": "r", "metadata": {}}),
+                Format::DpoSeed,
+            ),
+            (
+                json!({"input": {}, "preferred_output": [], "non_preferred_output": []}),
+                Format::DpoOpenAi,
+            ),
+            (
+                json!({"prompt": "p", "response": "r", "attack_type": "x"}),
+                Format::Gauntlet,
+            ),
         ];
         for (v, want) in cases {
-            assert_eq!(Format::detect(&obj(v.clone())).map(|d| d.0), Some(want), "{v}");
+            assert_eq!(
+                Format::detect(&obj(v.clone())).map(|d| d.0),
+                Some(want),
+                "{v}"
+            );
         }
         assert!(Format::detect(&obj(json!({"text": "plain"}))).is_none());
         assert_eq!("DPO_openai".parse::<Format>(), Ok(Format::DpoOpenAi));
@@ -911,12 +946,23 @@ mod tests {
             {"role": "assistant", "content": "Bye!", "weight": 1}
         ]});
         let (share, l1) = convert(Format::OpenAi, Format::ShareGpt, line.clone());
-        assert_eq!(share["conversations"][2], json!({"from": "gpt", "value": "Hello", "weight": 0}));
+        assert_eq!(
+            share["conversations"][2],
+            json!({"from": "gpt", "value": "Hello", "weight": 0})
+        );
         let (back, l2) = convert(Format::ShareGpt, Format::OpenAi, share);
         assert_eq!(back, line);
         assert!(l1.is_empty() && l2.is_empty());
-        let text = write_record(Format::OpenAi, &read_record(Format::OpenAi, &obj(line)).unwrap(), &mut Losses::default()).unwrap();
-        assert!(text.contains("\"weight\":0") || text.contains("\"weight\": 0"), "{text}");
+        let text = write_record(
+            Format::OpenAi,
+            &read_record(Format::OpenAi, &obj(line)).unwrap(),
+            &mut Losses::default(),
+        )
+        .unwrap();
+        assert!(
+            text.contains("\"weight\":0") || text.contains("\"weight\": 0"),
+            "{text}"
+        );
         assert!(!text.contains("0.0"), "{text}");
     }
 
@@ -930,7 +976,10 @@ mod tests {
             {"role": "assistant", "content": "d"}
         ]});
         let (alpaca, losses) = convert(Format::OpenAi, Format::Alpaca, multi.clone());
-        assert_eq!(alpaca, json!({"instruction": "c", "input": "", "output": "d"}));
+        assert_eq!(
+            alpaca,
+            json!({"instruction": "c", "input": "", "output": "d"})
+        );
         assert_eq!(losses.0.len(), 3, "{losses:?}");
         let (_, losses) = convert(Format::OpenAi, Format::ChatMl, multi);
         assert_eq!(losses.0.get("weights (chatml has none)"), Some(&1));
@@ -938,7 +987,11 @@ mod tests {
         let (chat, losses) = convert(Format::DpoTrl, Format::OpenAi, pair);
         assert_eq!(chat["messages"][1]["content"], "good");
         assert_eq!(losses.0.values().sum::<usize>(), 1);
-        let rec = read_record(Format::OpenAi, &obj(json!({"messages": [{"role": "user", "content": "q"}]}))).unwrap();
+        let rec = read_record(
+            Format::OpenAi,
+            &obj(json!({"messages": [{"role": "user", "content": "q"}]})),
+        )
+        .unwrap();
         let err = write_record(Format::DpoOpenAi, &rec, &mut Losses::default()).unwrap_err();
         assert!(err.contains("no rejected reply"), "{err}");
     }
@@ -954,7 +1007,8 @@ mod tests {
         assert_eq!(oa["non_preferred_output"][0]["content"], "bad");
         let (back, _) = convert(Format::DpoOpenAi, Format::DpoTrl, oa);
         assert_eq!(back, trl);
-        let seed = json!({"prompt": "q", "chosen": "good", "rejected": "bad", "metadata": {"m": 1}});
+        let seed =
+            json!({"prompt": "q", "chosen": "good", "rejected": "bad", "metadata": {"m": 1}});
         let (trl2, _) = convert(Format::DpoSeed, Format::DpoTrl, seed.clone());
         let (seed2, l) = convert(Format::DpoTrl, Format::DpoSeed, trl2);
         assert_eq!(seed2, seed);
@@ -970,18 +1024,36 @@ mod tests {
         let out = write_record(Format::ChatMl, &rec, &mut Losses::default()).unwrap();
         let v: Value = serde_json::from_str(&out).unwrap();
         assert_eq!(v["text"].as_str().unwrap(), text.trim_end());
-        for bad in ["no markers", "<|im_start|>bot\nx<|im_end|>", "<|im_start|>user\nx"] {
-            assert!(read_record(Format::ChatMl, &obj(json!({"text": bad}))).is_err(), "{bad}");
+        for bad in [
+            "no markers",
+            "<|im_start|>bot\nx<|im_end|>",
+            "<|im_start|>user\nx",
+        ] {
+            assert!(
+                read_record(Format::ChatMl, &obj(json!({"text": bad}))).is_err(),
+                "{bad}"
+            );
         }
     }
 
     #[test]
     fn errors_name_the_field() {
-        let e = read_record(Format::ShareGpt, &obj(json!({"conversations": [{"from": "bot", "value": "x"}]}))).unwrap_err();
-        assert!(e.starts_with("conversations[0].from: unknown speaker"), "{e}");
+        let e = read_record(
+            Format::ShareGpt,
+            &obj(json!({"conversations": [{"from": "bot", "value": "x"}]})),
+        )
+        .unwrap_err();
+        assert!(
+            e.starts_with("conversations[0].from: unknown speaker"),
+            "{e}"
+        );
         let e = read_record(Format::DpoOpenAi, &obj(json!({"input": {"messages": [{"role": "user"}]}, "preferred_output": [], "non_preferred_output": []}))).unwrap_err();
         assert!(e.contains("content: missing"), "{e}");
-        let e = read_record(Format::Alpaca, &obj(json!({"instruction": 3, "output": "o"}))).unwrap_err();
+        let e = read_record(
+            Format::Alpaca,
+            &obj(json!({"instruction": 3, "output": "o"})),
+        )
+        .unwrap_err();
         assert_eq!(e, "\"instruction\": expected a string, got a number");
     }
 }

@@ -95,17 +95,17 @@ pub fn split_file(
             text
         };
         let text = text.strip_suffix(b"\r").unwrap_or(text);
-        let target = if *out { &mut valid_text } else { &mut train_text };
+        let target = if *out {
+            &mut valid_text
+        } else {
+            &mut train_text
+        };
         target.extend_from_slice(text);
         target.push(b'\n');
     }
     write_atomic(&train, &train_text)?;
     write_atomic(&valid, &valid_text)?;
-    let conversations = any_id.then(|| {
-        ids.iter()
-            .collect::<std::collections::HashSet<_>>()
-            .len()
-    });
+    let conversations = any_id.then(|| ids.iter().collect::<std::collections::HashSet<_>>().len());
     Ok(SplitReport {
         train,
         valid,
@@ -130,12 +130,20 @@ mod tests {
         let r = split_file(&input, 0.25, 3, None, false).unwrap();
         assert_eq!(r.train_lines + r.valid_lines, 40);
         assert_eq!(r.conversations, Some(10));
-        assert!(r.valid_lines >= 10 && r.valid_lines % 4 == 0, "{r:?}");
+        assert!(
+            r.valid_lines >= 10 && r.valid_lines.is_multiple_of(4),
+            "{r:?}"
+        );
         let ids = |p: &Path| -> std::collections::BTreeSet<String> {
             std::fs::read_to_string(p)
                 .unwrap()
                 .lines()
-                .map(|l| serde_json::from_str::<Value>(l).unwrap()["conversation_id"].as_str().unwrap().to_string())
+                .map(|l| {
+                    serde_json::from_str::<Value>(l).unwrap()["conversation_id"]
+                        .as_str()
+                        .unwrap()
+                        .to_string()
+                })
                 .collect()
         };
         assert!(ids(&r.train).is_disjoint(&ids(&r.valid)));

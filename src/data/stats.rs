@@ -33,7 +33,9 @@ impl Summary {
         }
         let mut sorted = values.to_vec();
         sorted.sort_unstable();
-        let rank = |p: f64| sorted[((p / 100.0 * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len()) - 1];
+        let rank = |p: f64| {
+            sorted[((p / 100.0 * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len()) - 1]
+        };
         Summary {
             min: sorted[0],
             mean: sorted.iter().sum::<usize>() as f64 / sorted.len() as f64,
@@ -98,7 +100,11 @@ pub struct DataStats {
 
 /// Reads `path` (as `format`, or the format its first line shows) and counts; with `tokens`,
 /// renders and tokenizes every record as training does. A bad line is an error naming it.
-pub fn file_stats(path: &Path, format: Option<Format>, tokens: Option<&TokenCheck>) -> Result<DataStats> {
+pub fn file_stats(
+    path: &Path,
+    format: Option<Format>,
+    tokens: Option<&TokenCheck>,
+) -> Result<DataStats> {
     let file = read_records(path, format)?;
     let convs: Vec<(usize, Vec<crate::data::Message>)> = file
         .records
@@ -148,7 +154,14 @@ fn token_stats(
         let conv = Conversation {
             messages: messages.clone(),
         };
-        let ex = tokenize_line(&conv, path, *line, check.template, check.tokenizer, check.loss_on)?;
+        let ex = tokenize_line(
+            &conv,
+            path,
+            *line,
+            check.template,
+            check.tokenizer,
+            check.loss_on,
+        )?;
         let (total, target) = (ex.input_ids.len(), ex.num_targets());
         rows.push(RowTokens {
             line: *line,
@@ -246,7 +259,10 @@ pub fn length_histogram_svg(stats: &TokenStats, title: &str) -> String {
         TOP + 12.0,
         stats.max_seq_len
     );
-    for (x, label) in [(LEFT, "0".to_string()), (LEFT + plot_w, (bins * width).to_string())] {
+    for (x, label) in [
+        (LEFT, "0".to_string()),
+        (LEFT + plot_w, (bins * width).to_string()),
+    ] {
         let _ = writeln!(
             svg,
             "<text x=\"{x:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{label}</text>",
@@ -278,7 +294,10 @@ mod tests {
     fn percentiles_are_nearest_rank() {
         let values: Vec<usize> = (1..=100).collect();
         let s = Summary::of(&values);
-        assert_eq!((s.min, s.p50, s.p90, s.p95, s.p99, s.max), (1, 50, 90, 95, 99, 100));
+        assert_eq!(
+            (s.min, s.p50, s.p90, s.p95, s.p99, s.max),
+            (1, 50, 90, 95, 99, 100)
+        );
         assert_eq!(s.mean, 50.5);
         let one = Summary::of(&[7]);
         assert_eq!((one.p50, one.p99), (7, 7));
@@ -288,7 +307,12 @@ mod tests {
     #[test]
     fn the_histogram_is_an_svg_with_the_limit_marked() {
         let rows = (1..=50)
-            .map(|i| RowTokens { line: i, total: i * 10, target: 5, prompt: i * 10 - 5 })
+            .map(|i| RowTokens {
+                line: i,
+                total: i * 10,
+                target: 5,
+                prompt: i * 10 - 5,
+            })
             .collect();
         let stats = TokenStats {
             max_seq_len: 256,

@@ -123,12 +123,16 @@ pub fn validate_file(
 ) -> Result<ValidationReport> {
     let lines = json_lines_lenient(path)?;
     let mut problems = Vec::new();
-    let Some((first_line, first)) = lines.iter().find_map(|(l, o)| o.as_ref().ok().map(|o| (*l, o)))
+    let Some((first_line, first)) = lines
+        .iter()
+        .find_map(|(l, o)| o.as_ref().ok().map(|o| (*l, o)))
     else {
         // No line is a JSON object: each says why, or the file is empty.
-        problems.extend(lines.iter().filter_map(|(line, o)| {
-            o.as_ref().err().map(|msg| not_an_object(*line, msg))
-        }));
+        problems.extend(
+            lines
+                .iter()
+                .filter_map(|(line, o)| o.as_ref().err().map(|msg| not_an_object(*line, msg))),
+        );
         if problems.is_empty() {
             problems.push(Problem {
                 line: None,
@@ -242,10 +246,7 @@ fn split_field(msg: &str) -> (Option<String>, String) {
         Some((field, rest))
             if !field.contains(' ') || field.starts_with('"') && field.ends_with('"') =>
         {
-            (
-                Some(field.trim_matches('"').to_string()),
-                rest.to_string(),
-            )
+            (Some(field.trim_matches('"').to_string()), rest.to_string())
         }
         _ => (None, msg.to_string()),
     }
@@ -395,6 +396,7 @@ fn fingerprint(record: &Record) -> u64 {
     for m in record.conversation() {
         m.role.hash(&mut h);
         m.content.hash(&mut h);
+        m.weight.hash(&mut h);
     }
     if let Record::Preference(p) = record {
         p.rejected.hash(&mut h);
@@ -426,7 +428,11 @@ mod tests {
             "\n",
             r#"{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}"#,
         ));
-        let shown: Vec<String> = r.problems.iter().map(|p| p.display(Path::new("d"))).collect();
+        let shown: Vec<String> = r
+            .problems
+            .iter()
+            .map(|p| p.display(Path::new("d")))
+            .collect();
         assert_eq!(r.records, 5);
         assert_eq!(
             shown,
@@ -447,7 +453,11 @@ mod tests {
         let r = check(r#"{"prompt": "q", "chosen": "same", "rejected": "same "}"#);
         assert_eq!(r.format, Format::DpoTrl);
         assert_eq!(r.errors, 1);
-        assert!(r.problems[0].message.contains("same text"), "{:?}", r.problems);
+        assert!(
+            r.problems[0].message.contains("same text"),
+            "{:?}",
+            r.problems
+        );
     }
 
     #[test]
@@ -455,6 +465,8 @@ mod tests {
         let r = check("{\"messages\": [{\"role\": \"user\", \"content\": \"q\"}, {\"role\": \"assistant\", \"content\": \"a\"}]}\nnot json\n[1]\n");
         assert_eq!(r.errors, 2, "{:?}", r.problems);
         assert_eq!(r.problems[0].line, Some(2));
-        assert!(r.problems[1].message.starts_with("expected a JSON object, got a list"));
+        assert!(r.problems[1]
+            .message
+            .starts_with("expected a JSON object, got a list"));
     }
 }

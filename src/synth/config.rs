@@ -166,8 +166,8 @@ impl SynthConfig {
         check_synth(&cfg, &vars).map_err(at)?;
         let mut chains = Vec::new();
         for (i, stage) in cfg.stage.iter().enumerate() {
-            let chain = provider_chain(&stage.providers, &format!("stage.{i}.providers"))
-                .map_err(at)?;
+            let chain =
+                provider_chain(&stage.providers, &format!("stage.{i}.providers")).map_err(at)?;
             chains.push(chain);
         }
         check_synth_templates(&cfg, &vars).map_err(at)?;
@@ -212,7 +212,10 @@ fn read_vars(vars: &toml::Table) -> std::result::Result<Vec<(String, Vec<String>
                     toml::Value::Integer(n) => Ok(n.to_string()),
                     toml::Value::Float(x) => Ok(x.to_string()),
                     toml::Value::Boolean(b) => Ok(b.to_string()),
-                    _ => Err((key.clone(), format!("`{key}`: values must be strings or numbers"))),
+                    _ => Err((
+                        key.clone(),
+                        format!("`{key}`: values must be strings or numbers"),
+                    )),
                 })
                 .collect::<std::result::Result<Vec<_>, _>>()?,
             _ => {
@@ -243,7 +246,10 @@ fn check_name(name: &str) -> std::result::Result<(), String> {
     }
 }
 
-fn check_synth(cfg: &SynthFile, vars: &[(String, Vec<String>)]) -> std::result::Result<(), KeyError> {
+fn check_synth(
+    cfg: &SynthFile,
+    vars: &[(String, Vec<String>)],
+) -> std::result::Result<(), KeyError> {
     let s = &cfg.synth;
     let err = |key: &str, msg: &str| Err((key.to_string(), format!("`{key}` {msg}")));
     if s.examples == 0 {
@@ -259,7 +265,10 @@ fn check_synth(cfg: &SynthFile, vars: &[(String, Vec<String>)]) -> std::result::
         return err("synth.dedupe_threshold", "must be from 0 (off) to 1");
     }
     if !(s.contamination_threshold > 0.0 && s.contamination_threshold <= 1.0) {
-        return err("synth.contamination_threshold", "must be above 0 and at most 1");
+        return err(
+            "synth.contamination_threshold",
+            "must be above 0 and at most 1",
+        );
     }
     if s.output.extension().and_then(|e| e.to_str()) != Some("jsonl") {
         return err("synth.output", "must be a .jsonl file");
@@ -270,7 +279,10 @@ fn check_synth(cfg: &SynthFile, vars: &[(String, Vec<String>)]) -> std::result::
     let mut names: Vec<&str> = vars.iter().map(|(n, _)| n.as_str()).collect();
     for b in BUILTIN_NAMES {
         if let Some((n, _)) = vars.iter().find(|(n, _)| n == b) {
-            return Err((format!("vars.{n}"), format!("`vars.{n}`: `{b}` is a built-in name")));
+            return Err((
+                format!("vars.{n}"),
+                format!("`vars.{n}`: `{b}` is a built-in name"),
+            ));
         }
     }
     for (i, st) in cfg.stage.iter().enumerate() {
@@ -285,7 +297,14 @@ fn check_synth(cfg: &SynthFile, vars: &[(String, Vec<String>)]) -> std::result::
         names.push(&st.name);
         if let Some(max) = st.max_words {
             if max < st.min_words.max(1) {
-                return Err((key("max_words"), format!("`{}` must be at least min_words ({})", key("max_words"), st.min_words)));
+                return Err((
+                    key("max_words"),
+                    format!(
+                        "`{}` must be at least min_words ({})",
+                        key("max_words"),
+                        st.min_words
+                    ),
+                ));
             }
         }
         if let Some(re) = &st.regex {
@@ -367,7 +386,11 @@ fn check_synth_templates(
         known.push(&st.name);
     }
     if let Some(ex) = &cfg.example {
-        for (k, t) in [("system", &ex.system), ("user", &ex.user), ("assistant", &ex.assistant)] {
+        for (k, t) in [
+            ("system", &ex.system),
+            ("user", &ex.user),
+            ("assistant", &ex.assistant),
+        ] {
             if let Some(t) = t {
                 check_template(&format!("example.{k}"), t, &known)?;
             }
@@ -490,11 +513,31 @@ impl ProcessConfig {
         }
         let without_critique = &PROCESS_NAMES[..3];
         let templates = [
-            ("critic.system", cfg.critic.system.as_deref(), without_critique),
-            ("critic.prompt", Some(cfg.critic.prompt.as_str()), without_critique),
-            ("writer.system", cfg.writer.system.as_deref(), without_critique),
-            ("writer.feedback_prompt", Some(cfg.writer.feedback_prompt.as_str()), &PROCESS_NAMES[..]),
-            ("writer.alternative_prompt", Some(cfg.writer.alternative_prompt.as_str()), without_critique),
+            (
+                "critic.system",
+                cfg.critic.system.as_deref(),
+                without_critique,
+            ),
+            (
+                "critic.prompt",
+                Some(cfg.critic.prompt.as_str()),
+                without_critique,
+            ),
+            (
+                "writer.system",
+                cfg.writer.system.as_deref(),
+                without_critique,
+            ),
+            (
+                "writer.feedback_prompt",
+                Some(cfg.writer.feedback_prompt.as_str()),
+                &PROCESS_NAMES[..],
+            ),
+            (
+                "writer.alternative_prompt",
+                Some(cfg.writer.alternative_prompt.as_str()),
+                without_critique,
+            ),
         ];
         for (key, source, known) in templates {
             if let Some(source) = source {
@@ -552,7 +595,12 @@ model = "c"
 
     fn load(text: &str, set: &[&str]) -> Result<SynthConfig> {
         let set: Vec<String> = set.iter().map(|s| s.to_string()).collect();
-        SynthConfig::load_str(text, Path::new("/cfg/synth.toml"), &set, &SynthOverrides::default())
+        SynthConfig::load_str(
+            text,
+            Path::new("/cfg/synth.toml"),
+            &set,
+            &SynthOverrides::default(),
+        )
     }
 
     #[test]
@@ -560,7 +608,10 @@ model = "c"
         let cfg = load(GOOD, &[]).unwrap();
         assert_eq!(cfg.file.synth.output, Path::new("/cfg/out/synth.jsonl"));
         assert_eq!(cfg.chains[0].len(), 2);
-        assert_eq!(cfg.vars[0], ("doc_type".into(), vec!["memo".into(), "email".into()]));
+        assert_eq!(
+            cfg.vars[0],
+            ("doc_type".into(), vec!["memo".into(), "email".into()])
+        );
         let (_, detailed, meta) = cfg.output_paths();
         assert_eq!(detailed, Path::new("/cfg/out/synth_detailed.jsonl"));
         assert_eq!(meta, Path::new("/cfg/out/synth_metadata.json"));
@@ -568,17 +619,52 @@ model = "c"
 
     #[test]
     fn errors_name_line_and_key() {
-        let e = load(&GOOD.replace("min_words = 10", "min_wrods = 10"), &[]).unwrap_err().to_string();
-        assert!(e.contains("synth.toml:16") && e.contains("`stage.min_words`"), "{e}");
-        let e = load(&GOOD.replace("{{ document }}", "{{ documnet }}"), &[]).unwrap_err().to_string();
-        assert!(e.contains("`stage.1.prompt`") && e.contains("undefined"), "{e}");
-        let e = load(&GOOD.replace("model = \"m2\"", "model = \"m2\"\nmodle = 1"), &[]).unwrap_err().to_string();
-        assert!(e.contains("`stage.0.providers.1`: unknown field `modle`"), "{e}");
-        let e = load(GOOD, &["synth.max_attempts=0"]).unwrap_err().to_string();
+        let e = load(&GOOD.replace("min_words = 10", "min_wrods = 10"), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(
+                "synth.toml:14: unknown key `stage.0.min_wrods` (did you mean `stage.min_words`?)"
+            ),
+            "{e}"
+        );
+        let e = load(&GOOD.replace("{{ document }}", "{{ documnet }}"), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("`stage.1.prompt`") && e.contains("undefined"),
+            "{e}"
+        );
+        let e = load(
+            &GOOD.replace("model = \"m2\"", "model = \"m2\"\nmodle = 1"),
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("`stage.0.providers.1`: unknown field `modle`"),
+            "{e}"
+        );
+        let e = load(GOOD, &["synth.max_attempts=0"])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("--set synth.max_attempts=0"), "{e}");
-        let e = load(&GOOD.replace("domain = [\"logistics\"]", "domain = []"), &[]).unwrap_err().to_string();
-        assert!(e.contains("`vars.domain`: expected a non-empty list"), "{e}");
-        let e = load(&GOOD.replace("name = \"reply\"", "name = \"document\""), &[]).unwrap_err().to_string();
+        let e = load(
+            &GOOD.replace("domain = [\"logistics\"]", "domain = []"),
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("`vars.domain`: expected a non-empty list"),
+            "{e}"
+        );
+        let e = load(
+            &GOOD.replace("name = \"reply\"", "name = \"document\""),
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("already a var, a stage"), "{e}");
     }
 }

@@ -156,19 +156,28 @@ mod tests {
     use super::*;
 
     fn words(n: usize, salt: &str) -> String {
-        (0..n).map(|i| format!("w{i}{salt}")).collect::<Vec<_>>().join(" ")
+        (0..n)
+            .map(|i| format!("w{i}{salt}"))
+            .collect::<Vec<_>>()
+            .join(" ")
     }
 
     #[test]
     fn normalizing_ignores_case_and_punctuation() {
-        assert_eq!(normalize("  Hello, WORLD!\n-- Ça va? "), "hello world ça va");
+        assert_eq!(
+            normalize("  Hello, WORLD!\n-- Ça va? "),
+            "hello world ça va"
+        );
     }
 
     #[test]
     fn minhash_estimates_jaccard() {
         let a = words(200, "");
         let same = Signature::of(&a).unwrap();
-        assert_eq!(same.similarity(&Signature::of(&a.to_uppercase()).unwrap()), 1.0);
+        assert_eq!(
+            same.similarity(&Signature::of(&a.to_uppercase()).unwrap()),
+            1.0
+        );
         // Change 2 words of 200: ~10 of ~196 5-grams differ, Jaccard ≈ 0.9.
         let mut b: Vec<String> = a.split(' ').map(String::from).collect();
         b[50] = "x".into();

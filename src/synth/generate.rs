@@ -217,7 +217,12 @@ pub fn run_synth(
 ) -> Result<SynthOutcome, SynthError> {
     let (train_path, detailed_path, meta_path) = cfg.output_paths();
     let hash = config_hash(cfg);
-    prepare_outputs(&[&train_path, &detailed_path], &meta_path, &hash, opts.force)?;
+    prepare_outputs(
+        &[&train_path, &detailed_path],
+        &meta_path,
+        &hash,
+        opts.force,
+    )?;
     let (detailed, values) = Journal::open(&detailed_path)?;
     let mut rows = Vec::with_capacity(values.len());
     for (i, v) in values.into_iter().enumerate() {
@@ -292,10 +297,7 @@ pub fn run_synth(
     std::thread::scope(|scope| {
         for _ in 0..cfg.file.synth.max_concurrency.clamp(1, todo.len().max(1)) {
             scope.spawn(|| loop {
-                let stop_asked = opts
-                    .stop
-                    .as_ref()
-                    .is_some_and(|s| s.load(Ordering::SeqCst));
+                let stop_asked = opts.stop.as_ref().is_some_and(|s| s.load(Ordering::SeqCst));
                 if stop_asked {
                     stopped.store(true, Ordering::SeqCst);
                     break;
@@ -395,7 +397,7 @@ fn short(hash: &str) -> String {
     hash.chars().take(12).collect()
 }
 
-pub fn write_metadata<T: Serialize>(path: &PathBuf, meta: &T) -> Result<(), SynthError> {
+pub fn write_metadata<T: Serialize>(path: &std::path::Path, meta: &T) -> Result<(), SynthError> {
     let text = serde_json::to_string_pretty(meta).map_err(|e| crate::Error::Json {
         what: path.display().to_string(),
         source: e,
@@ -410,7 +412,10 @@ fn last_rows(rows: &[DetailedRow]) -> HashMap<String, Status> {
 }
 
 /// The chains with the run's defaults: per-provider concurrency and the response cache.
-fn chains_with_defaults(cfg: &SynthConfig, train: &std::path::Path) -> Vec<Vec<ChatProviderConfig>> {
+fn chains_with_defaults(
+    cfg: &SynthConfig,
+    train: &std::path::Path,
+) -> Vec<Vec<ChatProviderConfig>> {
     let cache = cfg
         .file
         .synth
@@ -574,7 +579,11 @@ impl<'c> Pipeline<'c> {
             });
         }
         if let Some(ex) = &cfg.file.example {
-            for (k, t) in [("system", &ex.system), ("user", &ex.user), ("assistant", &ex.assistant)] {
+            for (k, t) in [
+                ("system", &ex.system),
+                ("user", &ex.user),
+                ("assistant", &ex.assistant),
+            ] {
                 if let Some(t) = t {
                     add(format!("example.{k}"), t)?;
                 }
@@ -589,7 +598,11 @@ impl<'c> Pipeline<'c> {
         })
     }
 
-    fn render(&self, key: &str, ctx: &BTreeMap<String, minijinja::Value>) -> Result<String, String> {
+    fn render(
+        &self,
+        key: &str,
+        ctx: &BTreeMap<String, minijinja::Value>,
+    ) -> Result<String, String> {
         self.templates
             .get_template(key)
             .and_then(|t| t.render(ctx))
@@ -920,9 +933,15 @@ mod tests {
             has_system: false,
         };
         assert!(gate(&stage, "Dear you, hello").is_ok());
-        assert!(gate(&stage, "Dear you").unwrap_err().starts_with("min_words: 2 words"));
-        assert!(gate(&stage, "Dear a b c d e").unwrap_err().starts_with("max_words: 6 words"));
-        assert!(gate(&stage, "Hi you all").unwrap_err().starts_with("regex:"));
+        assert!(gate(&stage, "Dear you")
+            .unwrap_err()
+            .starts_with("min_words: 2 words"));
+        assert!(gate(&stage, "Dear a b c d e")
+            .unwrap_err()
+            .starts_with("max_words: 6 words"));
+        assert!(gate(&stage, "Hi you all")
+            .unwrap_err()
+            .starts_with("regex:"));
         assert!(gate(&stage, "  ").unwrap_err().starts_with("empty"));
     }
 

@@ -118,8 +118,7 @@ pub fn open_derived(path: &Path, lines: &[String]) -> Result<Journal> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
         Err(e) => return Err(Error::io(path, e)),
     };
-    if current.as_deref() != Some(expected.as_bytes()) && (current.is_some() || !lines.is_empty())
-    {
+    if current.as_deref() != Some(expected.as_bytes()) && (current.is_some() || !lines.is_empty()) {
         if current.is_some() {
             tracing::info!(
                 "{}: rewritten from the committed items ({} lines)",

@@ -30,7 +30,7 @@ pub enum SynthError {
     #[error(transparent)]
     Provider(#[from] ProviderError),
     #[error(transparent)]
-    Eval(#[from] EvalError),
+    Eval(Box<EvalError>),
     /// A prompt template does not compile or render; `key` names it (`stage.1.prompt`).
     #[error("{key}: {msg}")]
     Template { key: String, msg: String },
@@ -48,6 +48,12 @@ pub enum SynthError {
         line: usize,
         msg: String,
     },
+}
+
+impl From<EvalError> for SynthError {
+    fn from(e: EvalError) -> Self {
+        SynthError::Eval(Box::new(e))
+    }
 }
 
 /// The current time as RFC 3339 UTC with milliseconds (`2026-12-03T05:04:00.123Z`).

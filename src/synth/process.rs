@@ -238,12 +238,12 @@ struct Item {
     method: Method,
 }
 
+/// A conversation's id, input line, the messages before its last reply, and that reply.
+type Source = (String, usize, Vec<Message>, String);
+
 /// The conversations of `input`: each one's id (`conversation_id`, else `id`, else its line),
 /// the messages before its last assistant reply, and that reply.
-fn read_conversations(
-    input: &Path,
-    limit: Option<usize>,
-) -> Result<Vec<(String, usize, Vec<Message>, String)>, SynthError> {
+fn read_conversations(input: &Path, limit: Option<usize>) -> Result<Vec<Source>, SynthError> {
     let file = read_records(input, None)?;
     let mut out = Vec::new();
     let mut seen: HashMap<String, usize> = HashMap::new();
@@ -272,11 +272,17 @@ fn read_conversations(
                 "conversation_id `{id}` is also on line {first}; ids must be unique"
             )));
         }
-        let Some(last) = chat.messages.iter().rposition(|m| m.role == Role::Assistant) else {
+        let Some(last) = chat
+            .messages
+            .iter()
+            .rposition(|m| m.role == Role::Assistant)
+        else {
             return Err(err("no assistant reply to improve".into()));
         };
         if chat.messages[last].content.trim().is_empty() {
-            return Err(err(format!("messages[{last}].content: the reply to improve is empty")));
+            return Err(err(format!(
+                "messages[{last}].content: the reply to improve is empty"
+            )));
         }
         out.push((
             id,
@@ -360,13 +366,13 @@ pub fn run_process(
     let (journal, values) = Journal::open(&paths.output)?;
     let mut records = Vec::with_capacity(values.len());
     for (i, v) in values.into_iter().enumerate() {
-        records.push(
-            serde_json::from_value::<ProcessRecord>(v).map_err(|e| crate::Error::Dataset {
+        records.push(serde_json::from_value::<ProcessRecord>(v).map_err(|e| {
+            crate::Error::Dataset {
                 path: paths.output.clone(),
                 line: i + 1,
                 msg: format!("not a process record ({e}); give --force to start over"),
-            })?,
-        );
+            }
+        })?);
     }
     let mut expected: BTreeMap<&str, (Vec<String>, Vec<String>)> = BTreeMap::new();
     let mut finished: HashSet<(String, Method)> = HashSet::new();
@@ -376,7 +382,9 @@ pub fn run_process(
         }
         if r.improved {
             let (sft, dpo) = derived_rows(r, opts.dpo_format)?;
-            let e = expected.entry(r.generation_method.record_name()).or_default();
+            let e = expected
+                .entry(r.generation_method.record_name())
+                .or_default();
             e.0.push(sft);
             e.1.push(dpo);
         }
@@ -482,7 +490,12 @@ pub fn run_process(
     let stopped = AtomicBool::new(false);
     let bar = progress(items.len() as u64, "process");
     std::thread::scope(|scope| {
-        for _ in 0..cfg.file.process.max_concurrency.clamp(1, items.len().max(1)) {
+        for _ in 0..cfg
+            .file
+            .process
+            .max_concurrency
+            .clamp(1, items.len().max(1))
+        {
             scope.spawn(|| loop {
                 if opts.stop.as_ref().is_some_and(|s| s.load(Ordering::SeqCst)) {
                     stopped.store(true, Ordering::SeqCst);
@@ -545,7 +558,7 @@ pub fn run_process(
 
 fn count(
     records: &[ProcessRecord],
-    conversations: &[(String, usize, Vec<Message>, String)],
+    conversations: &[Source],
     methods: &[Method],
 ) -> BTreeMap<&'static str, ProcessCounts> {
     let mut last: HashMap<(&str, Method), Outcome> = HashMap::new();
@@ -593,8 +606,14 @@ impl Worker {
             ("critic.system", f.critic.system.as_deref()),
             ("critic.prompt", Some(f.critic.prompt.as_str())),
             ("writer.system", f.writer.system.as_deref()),
-            ("writer.feedback_prompt", Some(f.writer.feedback_prompt.as_str())),
-            ("writer.alternative_prompt", Some(f.writer.alternative_prompt.as_str())),
+            (
+                "writer.feedback_prompt",
+                Some(f.writer.feedback_prompt.as_str()),
+            ),
+            (
+                "writer.alternative_prompt",
+                Some(f.writer.alternative_prompt.as_str()),
+            ),
         ] {
             if let Some(source) = source {
                 env.add_template_owned(key, source.to_string())
@@ -703,7 +722,10 @@ impl Worker {
             .map(|m| BTreeMap::from([("role", m.role.to_string()), ("content", m.content.clone())]))
             .collect();
         let mut ctx = BTreeMap::from([
-            ("conversation", minijinja::Value::from_serialize(&conversation)),
+            (
+                "conversation",
+                minijinja::Value::from_serialize(&conversation),
+            ),
             ("transcript", transcript.into()),
             ("response", item.original.clone().into()),
         ]);

@@ -64,7 +64,12 @@ fn format_name(s: &str) -> Result<Format, String> {
 /// The tokenizer and template of `--model`, when given.
 fn chat_format(
     model: Option<&str>,
-) -> anyhow::Result<Option<(lora_train::data::ChatTokenizer, lora_train::data::ChatTemplate)>> {
+) -> anyhow::Result<
+    Option<(
+        lora_train::data::ChatTokenizer,
+        lora_train::data::ChatTemplate,
+    )>,
+> {
     Ok(match model {
         None => None,
         Some(m) => Some(lora_train::model::load_chat_format(m)?),
@@ -79,17 +84,60 @@ mod tests {
     #[test]
     fn every_data_command_parses() {
         for args in [
-            &["data", "convert", "in.jsonl", "-o", "out.jsonl", "--to", "sharegpt"][..],
-            &["data", "convert", "in.jsonl", "-o", "o", "--from", "alpaca", "--to", "openai"],
-            &["data", "validate", "f.jsonl", "--format", "auto", "--provider", "together"],
-            &["data", "validate", "f.jsonl", "--model", "m", "--max-seq-len", "64"],
-            &["data", "stats", "f.jsonl", "--model", "m", "--svg", "h.svg", "--json"],
-            &["data", "split", "f.jsonl", "--valid", "0.1", "--seed", "3", "-o", "d"],
-            &["data", "synth", "--config", "s.toml", "--system-prompt", "@p.txt", "--examples", "3"],
-            &["data", "process", "--method", "both", "--input", "c.jsonl", "-o", "o.jsonl", "-n", "2"],
+            &[
+                "data",
+                "convert",
+                "in.jsonl",
+                "-o",
+                "out.jsonl",
+                "--to",
+                "sharegpt",
+            ][..],
+            &[
+                "data", "convert", "in.jsonl", "-o", "o", "--from", "alpaca", "--to", "openai",
+            ],
+            &[
+                "data",
+                "validate",
+                "f.jsonl",
+                "--format",
+                "auto",
+                "--provider",
+                "together",
+            ],
+            &[
+                "data",
+                "validate",
+                "f.jsonl",
+                "--model",
+                "m",
+                "--max-seq-len",
+                "64",
+            ],
+            &[
+                "data", "stats", "f.jsonl", "--model", "m", "--svg", "h.svg", "--json",
+            ],
+            &[
+                "data", "split", "f.jsonl", "--valid", "0.1", "--seed", "3", "-o", "d",
+            ],
+            &[
+                "data",
+                "synth",
+                "--config",
+                "s.toml",
+                "--system-prompt",
+                "@p.txt",
+                "--examples",
+                "3",
+            ],
+            &[
+                "data", "process", "--method", "both", "--input", "c.jsonl", "-o", "o.jsonl", "-n",
+                "2",
+            ],
         ] {
-            let cli = Cli::try_parse_from(std::iter::once("lora-train").chain(args.iter().copied()))
-                .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+            let cli =
+                Cli::try_parse_from(std::iter::once("lora-train").chain(args.iter().copied()))
+                    .unwrap_or_else(|e| panic!("{args:?}: {e}"));
             assert!(matches!(cli.command, Some(Command::Data(_))));
         }
         for bad in [
@@ -97,7 +145,11 @@ mod tests {
             &["data", "split", "f", "--valid", "1"],
             &["data", "split", "f", "--valid", "0"],
         ] {
-            assert!(Cli::try_parse_from(std::iter::once("lora-train").chain(bad.iter().copied())).is_err(), "{bad:?}");
+            assert!(
+                Cli::try_parse_from(std::iter::once("lora-train").chain(bad.iter().copied()))
+                    .is_err(),
+                "{bad:?}"
+            );
         }
     }
 }

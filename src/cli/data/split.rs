@@ -34,14 +34,17 @@ pub struct SplitArgs {
 }
 
 fn valid_fraction(s: &str) -> Result<f64, String> {
-    super::super::parse_float(s, 0.0, true, 1.0, "give a fraction above 0 and below 1")
-        .and_then(|v| {
+    super::super::parse_float(s, 0.0, true, 1.0, "give a fraction above 0 and below 1").and_then(
+        |v| {
             if v >= 1.0 {
-                Err(format!("{s} is out of range; give a fraction above 0 and below 1"))
+                Err(format!(
+                    "{s} is out of range; give a fraction above 0 and below 1"
+                ))
             } else {
                 Ok(v)
             }
-        })
+        },
+    )
 }
 
 pub fn run(a: &SplitArgs) -> anyhow::Result<()> {

@@ -82,7 +82,10 @@ pub fn run(a: &StatsArgs) -> anyhow::Result<()> {
         stats.format,
         stats.with_system
     );
-    println!("{:<20} {:>7} {:>9} {:>7} {:>7} {:>7} {:>7} {:>7}", "", "min", "mean", "p50", "p90", "p95", "p99", "max");
+    println!(
+        "{:<20} {:>7} {:>9} {:>7} {:>7} {:>7} {:>7} {:>7}",
+        "", "min", "mean", "p50", "p90", "p95", "p99", "max"
+    );
     let row = |name: &str, s: &Summary| {
         println!(
             "{name:<20} {:>7} {:>9.1} {:>7} {:>7} {:>7} {:>7} {:>7}",

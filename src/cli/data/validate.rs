@@ -101,7 +101,11 @@ pub fn run(a: &ValidateArgs) -> anyhow::Result<()> {
             "{}: {} {} (see above)",
             a.file.display(),
             report.errors,
-            if report.errors == 1 { "error" } else { "errors" }
+            if report.errors == 1 {
+                "error"
+            } else {
+                "errors"
+            }
         );
     }
     Ok(())
