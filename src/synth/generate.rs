@@ -24,14 +24,13 @@ use crate::data::{Message, Role};
 use crate::fsutil::write_atomic;
 use crate::harness::pool::progress;
 use crate::providers::chat::{
-    build_chat_client, ChatClient, ChatMessage, ChatProviderConfig, ChatRequest, FailedAttempt,
-    FinishReason,
+    build_chat_client, ChatClient, ChatMessage, ChatProviderConfig, ChatRequest,
 };
 use crate::providers::Env;
 use crate::synth::config::{strict_env, template_error, SynthConfig};
 use crate::synth::dedupe::{Contamination, NearDuplicates};
 use crate::synth::journal::{open_derived, Journal};
-use crate::synth::{hash_json, utc_now, SynthError};
+use crate::synth::{hash_json, utc_now, Call, SynthError};
 
 /// How an example slot ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -55,39 +54,18 @@ impl Status {
     }
 }
 
-/// One request and what came of it.
+/// One try of a stage.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct CallRecord {
     /// 1 for the first try, 2 for the first regeneration, ...
     pub attempt: usize,
-    pub started: String,
-    pub latency_s: f64,
-    /// The provider (its configured name) and model that answered.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub provider: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub model: Option<String>,
-    /// Providers of the chain that failed before it answered.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub fallbacks: Vec<FailedAttempt>,
-    #[serde(default)]
-    pub cached: bool,
-    #[serde(default)]
-    pub input_tokens: u64,
-    #[serde(default)]
-    pub output_tokens: u64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cost_usd: Option<f64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub finish_reason: Option<FinishReason>,
+    #[serde(flatten)]
+    pub call: Call,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub words: Option<usize>,
-    /// The gate the reply failed (`min_words: 12 words, at least 100`).
+    /// The gate the reply failed (`min_words: 12 words, at least 100 wanted`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rejected: Option<String>,
-    /// Why no reply came: every provider failed (each one's error).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
 }
 
 /// One stage of an example.
@@ -761,30 +739,17 @@ impl<'c> Pipeline<'c> {
                 cache_salt: Some(format!("{id}/{}", stage.name)),
                 ..ChatRequest::new(messages.clone())
             };
+            let (call, reply) = Call::send(self.clients[i].as_ref(), &request);
             let mut call = CallRecord {
                 attempt,
-                started: utc_now(),
+                call,
                 ..CallRecord::default()
             };
-            let clock = Instant::now();
-            let reply = self.clients[i].chat(&request);
-            call.latency_s = clock.elapsed().as_secs_f64();
-            let reply = match reply {
-                Ok(r) => r,
-                Err(e) => {
-                    call.error = Some(e.to_string());
-                    record.attempts.push(call);
-                    return (record, StageOutcome::Failed(e.to_string()));
-                }
+            let Some(reply) = reply else {
+                let error = call.call.error.clone().unwrap_or_default();
+                record.attempts.push(call);
+                return (record, StageOutcome::Failed(error));
             };
-            call.provider = Some(reply.provider.clone());
-            call.model = Some(reply.model.clone());
-            call.fallbacks = reply.failed_attempts.clone();
-            call.cached = reply.cached;
-            call.input_tokens = reply.usage.input_tokens;
-            call.output_tokens = reply.usage.output_tokens;
-            call.cost_usd = reply.usage.cost_usd;
-            call.finish_reason = Some(reply.finish_reason.clone());
             call.words = Some(reply.content.split_whitespace().count());
             match gate(stage, &reply.content) {
                 Ok(()) => {
@@ -879,6 +844,7 @@ fn summarize(
                         .entry(format!("{}: {gate}", st.name))
                         .or_default() += 1;
                 }
+                let c = &c.call;
                 for f in &c.fallbacks {
                     providers.entry(f.provider.clone()).or_default().failures += 1;
                 }
@@ -897,7 +863,7 @@ fn summarize(
                         u.replies += 1;
                         u.input_tokens += c.input_tokens;
                         u.output_tokens += c.output_tokens;
-                        u.cost_usd += c.cost_usd.unwrap_or(0.0);
+                        u.cost_usd += c.paid_usd();
                     }
                 }
             }

@@ -18,8 +18,12 @@ pub mod journal;
 pub mod process;
 
 use std::path::PathBuf;
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
 
 use crate::harness::EvalError;
+use crate::providers::chat::{ChatClient, ChatRequest, ChatResponse, FailedAttempt, FinishReason};
 use crate::providers::ProviderError;
 
 /// What can go wrong in `data synth` and `data process`.
@@ -53,6 +57,76 @@ pub enum SynthError {
 impl From<EvalError> for SynthError {
     fn from(e: EvalError) -> Self {
         SynthError::Eval(Box::new(e))
+    }
+}
+
+/// One request through a provider chain and what came of it: who answered, the providers that
+/// failed before, tokens, cost and time; or, when every provider failed, each one's error.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Call {
+    pub started: String,
+    pub latency_s: f64,
+    /// The provider (its configured name) and the model that answered, as the API reported it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// Providers of the chain that failed before it answered, with their errors.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fallbacks: Vec<FailedAttempt>,
+    /// Served from the response cache (nothing paid).
+    #[serde(default)]
+    pub cached: bool,
+    #[serde(default)]
+    pub input_tokens: u64,
+    #[serde(default)]
+    pub output_tokens: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost_usd: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finish_reason: Option<FinishReason>,
+    /// Why no reply came.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl Call {
+    /// Sends `request` through `client` and records it; the reply, or `None` when the chain
+    /// failed (the record holds the error).
+    pub fn send(client: &dyn ChatClient, request: &ChatRequest) -> (Call, Option<ChatResponse>) {
+        let mut call = Call {
+            started: utc_now(),
+            ..Call::default()
+        };
+        let clock = Instant::now();
+        let reply = client.chat(request);
+        call.latency_s = clock.elapsed().as_secs_f64();
+        match reply {
+            Ok(r) => {
+                call.provider = Some(r.provider.clone());
+                call.model = Some(r.model.clone());
+                call.fallbacks = r.failed_attempts.clone();
+                call.cached = r.cached;
+                call.input_tokens = r.usage.input_tokens;
+                call.output_tokens = r.usage.output_tokens;
+                call.cost_usd = r.usage.cost_usd;
+                call.finish_reason = Some(r.finish_reason.clone());
+                (call, Some(r))
+            }
+            Err(e) => {
+                call.error = Some(e.to_string());
+                (call, None)
+            }
+        }
+    }
+
+    /// What it cost: nothing when it came from the cache.
+    pub fn paid_usd(&self) -> f64 {
+        if self.cached {
+            0.0
+        } else {
+            self.cost_usd.unwrap_or(0.0)
+        }
     }
 }
 

@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -22,14 +22,13 @@ use crate::harness::judge::{Judge, JudgeCall};
 use crate::harness::pool::progress;
 use crate::harness::verdict::Verdict;
 use crate::providers::chat::{
-    build_chat_client, ChatClient, ChatMessage, ChatProviderConfig, ChatRequest, FailedAttempt,
-    Role as ChatRole,
+    build_chat_client, ChatClient, ChatMessage, ChatProviderConfig, ChatRequest, Role as ChatRole,
 };
 use crate::providers::Env;
 use crate::synth::config::{strict_env, template_error, ProcessConfig};
 use crate::synth::generate::{default_cache_dir, prepare_outputs, write_metadata};
 use crate::synth::journal::{open_derived, Journal};
-use crate::synth::{hash_json, utc_now, SynthError};
+use crate::synth::{hash_json, utc_now, Call, SynthError};
 
 /// How the improved reply is made.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -71,24 +70,8 @@ pub enum Outcome {
 pub struct ProcessCall {
     /// `critic` or `writer`.
     pub role: String,
-    pub started: String,
-    pub latency_s: f64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub provider: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub model: Option<String>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub fallbacks: Vec<FailedAttempt>,
-    #[serde(default)]
-    pub cached: bool,
-    #[serde(default)]
-    pub input_tokens: u64,
-    #[serde(default)]
-    pub output_tokens: u64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cost_usd: Option<f64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
+    #[serde(flatten)]
+    pub call: Call,
 }
 
 /// The judge's view of a pair.
@@ -419,8 +402,7 @@ pub fn run_process(
         total_cost_usd: records
             .iter()
             .flat_map(|r| &r.calls)
-            .filter(|c| !c.cached)
-            .filter_map(|c| c.cost_usd)
+            .map(|c| c.call.paid_usd())
             .sum(),
         files: files.clone(),
     };
@@ -662,34 +644,16 @@ impl Worker {
         if !self.delay.is_zero() {
             std::thread::sleep(self.delay);
         }
-        let mut call = ProcessCall {
+        let (call, reply) = Call::send(client, &ChatRequest::new(messages));
+        let error = call.error.clone();
+        calls.push(ProcessCall {
             role: role.into(),
-            started: utc_now(),
-            ..ProcessCall::default()
-        };
-        let clock = Instant::now();
-        let reply = client.chat(&ChatRequest::new(messages));
-        call.latency_s = clock.elapsed().as_secs_f64();
+            call,
+        });
         match reply {
-            Ok(r) => {
-                call.provider = Some(r.provider);
-                call.model = Some(r.model);
-                call.fallbacks = r.failed_attempts;
-                call.cached = r.cached;
-                call.input_tokens = r.usage.input_tokens;
-                call.output_tokens = r.usage.output_tokens;
-                call.cost_usd = r.usage.cost_usd;
-                calls.push(call);
-                if r.content.trim().is_empty() {
-                    return Err(format!("{role}: the reply is empty"));
-                }
-                Ok(r.content)
-            }
-            Err(e) => {
-                call.error = Some(e.to_string());
-                calls.push(call);
-                Err(format!("{role}: {e}"))
-            }
+            Some(r) if r.content.trim().is_empty() => Err(format!("{role}: the reply is empty")),
+            Some(r) => Ok(r.content),
+            None => Err(format!("{role}: {}", error.unwrap_or_default())),
         }
     }
 

@@ -12,6 +12,8 @@ mod validate;
 
 use clap::Subcommand;
 use lora_train::data::formats::Format;
+use lora_train::data::validate::TokenCheck;
+use lora_train::data::{ChatTemplate, ChatTokenizer, LossOn};
 
 #[derive(Debug, Subcommand)]
 #[command(
@@ -61,19 +63,45 @@ fn format_name(s: &str) -> Result<Format, String> {
     s.parse()
 }
 
-/// The tokenizer and template of `--model`, when given.
-fn chat_format(
-    model: Option<&str>,
-) -> anyhow::Result<
-    Option<(
-        lora_train::data::ChatTokenizer,
-        lora_train::data::ChatTemplate,
-    )>,
-> {
-    Ok(match model {
-        None => None,
-        Some(m) => Some(lora_train::model::load_chat_format(m)?),
-    })
+/// `--model`, `--max-seq-len` and `--loss-on`: how `validate` and `stats` count tokens.
+#[derive(Debug, clap::Args)]
+pub struct TokenArgs {
+    /// Render and tokenize every conversation with this model's template and tokenizer (a HF
+    /// folder, a hub id in the local cache or a .gguf; its weights are not loaded).
+    #[arg(long, value_name = "M")]
+    pub model: Option<String>,
+
+    /// With --model: the sequence length conversations are fitted to, as training fits them.
+    #[arg(long, value_name = "N", default_value_t = 2048, requires = "model")]
+    pub max_seq_len: usize,
+
+    #[arg(long, default_value = "last_assistant", value_parser = crate::cli::loss_on(), requires = "model")]
+    pub loss_on: LossOn,
+}
+
+/// The model's tokenizer and template, when `--model` is given.
+pub struct ChatFormat(Option<(ChatTokenizer, ChatTemplate)>);
+
+impl TokenArgs {
+    pub fn load(&self) -> anyhow::Result<ChatFormat> {
+        if self.max_seq_len == 0 {
+            anyhow::bail!("--max-seq-len must be at least 1");
+        }
+        Ok(ChatFormat(match &self.model {
+            None => None,
+            Some(m) => Some(lora_train::model::load_chat_format(m)?),
+        }))
+    }
+
+    /// The check the library takes, borrowing `chat`.
+    pub fn check<'a>(&self, chat: &'a ChatFormat) -> Option<TokenCheck<'a>> {
+        chat.0.as_ref().map(|(tokenizer, template)| TokenCheck {
+            template,
+            tokenizer,
+            loss_on: self.loss_on,
+            max_seq_len: self.max_seq_len,
+        })
+    }
 }
 
 #[cfg(test)]

@@ -3,15 +3,11 @@
 
 use std::path::PathBuf;
 
-use anyhow::bail;
 use clap::Args;
 use lora_train::data::stats::{file_stats, length_histogram_svg, Summary};
-use lora_train::data::validate::TokenCheck;
-use lora_train::data::LossOn;
 use lora_train::fsutil::{check_new_file, write_atomic};
 
-use super::{chat_format, format_or_auto, AutoFormat};
-use crate::cli::loss_on;
+use super::{format_or_auto, AutoFormat, TokenArgs};
 
 #[derive(Debug, Args)]
 pub struct StatsArgs {
@@ -23,17 +19,8 @@ pub struct StatsArgs {
     #[arg(long, default_value = "auto", value_parser = format_or_auto, value_name = "auto|FORMAT")]
     pub format: AutoFormat,
 
-    /// Count tokens with this model's template and tokenizer (a HF folder, a hub id in the
-    /// local cache or a .gguf; its weights are not loaded).
-    #[arg(long, value_name = "M")]
-    pub model: Option<String>,
-
-    /// The sequence length whose truncation share is reported.
-    #[arg(long, value_name = "N", default_value_t = 2048, requires = "model")]
-    pub max_seq_len: usize,
-
-    #[arg(long, default_value = "last_assistant", value_parser = loss_on(), requires = "model")]
-    pub loss_on: LossOn,
+    #[command(flatten)]
+    pub tokens: TokenArgs,
 
     /// Write a histogram of token lengths here (SVG).
     #[arg(long, value_name = "FILE.svg", requires = "model")]
@@ -49,19 +36,11 @@ pub struct StatsArgs {
 }
 
 pub fn run(a: &StatsArgs) -> anyhow::Result<()> {
-    if a.max_seq_len == 0 {
-        bail!("--max-seq-len must be at least 1");
-    }
     if let Some(svg) = &a.svg {
         check_new_file(svg, a.force)?;
     }
-    let chat = chat_format(a.model.as_deref())?;
-    let tokens = chat.as_ref().map(|(tokenizer, template)| TokenCheck {
-        template,
-        tokenizer,
-        loss_on: a.loss_on,
-        max_seq_len: a.max_seq_len,
-    });
+    let chat = a.tokens.load()?;
+    let tokens = a.tokens.check(&chat);
     let stats = file_stats(&a.file, a.format.0, tokens.as_ref())?;
     if let (Some(svg), Some(t)) = (&a.svg, &stats.tokens) {
         let title = format!("{}: tokens per conversation", a.file.display());

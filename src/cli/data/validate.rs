@@ -6,13 +6,11 @@ use std::path::PathBuf;
 
 use anyhow::bail;
 use clap::Args;
-use lora_train::data::validate::{validate_file, Problem, Severity, TokenCheck};
-use lora_train::data::LossOn;
+use lora_train::data::validate::{validate_file, Problem, Severity};
 use lora_train::providers::hosted::check_dataset;
 
-use super::{chat_format, format_or_auto, AutoFormat};
+use super::{format_or_auto, AutoFormat, TokenArgs};
 use crate::cli::hosted::ProviderArg;
-use crate::cli::loss_on;
 
 #[derive(Debug, Args)]
 pub struct ValidateArgs {
@@ -24,17 +22,8 @@ pub struct ValidateArgs {
     #[arg(long, default_value = "auto", value_parser = format_or_auto, value_name = "auto|FORMAT")]
     pub format: AutoFormat,
 
-    /// Render and tokenize every conversation with this model's template and tokenizer (a HF
-    /// folder, a hub id in the local cache or a .gguf; its weights are not loaded).
-    #[arg(long, value_name = "M")]
-    pub model: Option<String>,
-
-    /// With --model: conversations longer than this are reported (cut, or dropped).
-    #[arg(long, value_name = "N", default_value_t = 2048, requires = "model")]
-    pub max_seq_len: usize,
-
-    #[arg(long, default_value = "last_assistant", value_parser = loss_on(), requires = "model")]
-    pub loss_on: LossOn,
+    #[command(flatten)]
+    pub tokens: TokenArgs,
 
     /// Also check the upload rules of this hosted fine-tuning provider.
     #[arg(long, value_enum)]
@@ -46,16 +35,8 @@ pub struct ValidateArgs {
 }
 
 pub fn run(a: &ValidateArgs) -> anyhow::Result<()> {
-    if a.max_seq_len == 0 {
-        bail!("--max-seq-len must be at least 1");
-    }
-    let chat = chat_format(a.model.as_deref())?;
-    let tokens = chat.as_ref().map(|(tokenizer, template)| TokenCheck {
-        template,
-        tokenizer,
-        loss_on: a.loss_on,
-        max_seq_len: a.max_seq_len,
-    });
+    let chat = a.tokens.load()?;
+    let tokens = a.tokens.check(&chat);
     let mut report = validate_file(&a.file, a.format.0, tokens.as_ref())?;
     if let Some(provider) = a.provider {
         let provider = lora_train::providers::HostedProvider::from(provider);
@@ -83,7 +64,7 @@ pub fn run(a: &ValidateArgs) -> anyhow::Result<()> {
             .map(|f| {
                 format!(
                     "; at max_seq_len {}: {} fit, {} cut, {} dropped",
-                    a.max_seq_len, f.kept, f.truncated, f.dropped
+                    a.tokens.max_seq_len, f.kept, f.truncated, f.dropped
                 )
             })
             .unwrap_or_default();
