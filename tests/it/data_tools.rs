@@ -317,3 +317,48 @@ fn split_matches_training_and_keeps_conversations_whole() {
     assert!(ids("train").is_disjoint(&ids("valid")));
     assert_eq!(ids("train").len() + ids("valid").len(), 10);
 }
+
+#[test]
+fn score_reads_other_formats_through_the_same_table() {
+    let tmp = tempfile::tempdir().unwrap();
+    let openai = tmp.path().join("chat.jsonl");
+    let lines: Vec<Value> = (0..3)
+        .map(|i| {
+            json!({"messages": [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": format!("What is {i} plus {i}?")},
+            {"role": "assistant", "content": format!("It is {}.", 2 * i)}]})
+        })
+        .collect();
+    write_lines(&openai, &lines);
+    let pairs: Vec<Value> = lines
+        .iter()
+        .map(|l| {
+            let m = l["messages"].as_array().unwrap();
+            json!({"prompt": m[..2], "chosen": [m[2]], "rejected": [{"role": "assistant", "content": "No idea."}]})
+        })
+        .collect();
+    let dpo = tmp.path().join("pairs.jsonl");
+    write_lines(&dpo, &pairs);
+    let sharegpt = tmp.path().join("chat.sharegpt.jsonl");
+    convert(&openai, &sharegpt, "sharegpt");
+    let chatml = tmp.path().join("chat.chatml.jsonl");
+    convert(&openai, &chatml, "chatml");
+    let loss = |data: &Path| {
+        let out = common::cli::json(
+            common::cli::lora_train()
+                .args(["score", "--json", "--model"])
+                .arg(tiny())
+                .arg("--data")
+                .arg(data),
+        );
+        (
+            out["mean_loss"].as_f64().unwrap(),
+            out["target_tokens"].as_u64().unwrap(),
+        )
+    };
+    let reference = loss(&openai);
+    for other in [&sharegpt, &chatml, &dpo] {
+        assert_eq!(loss(other), reference, "{}", other.display());
+    }
+}
