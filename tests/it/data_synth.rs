@@ -641,3 +641,44 @@ fn the_judge_drops_a_pair_whose_verdict_flips_with_the_order() {
         "a fixed answer good"
     );
 }
+
+#[test]
+fn examples_overlapping_the_evaluation_set_are_dropped() {
+    let server = MockServer::start(writer);
+    let tmp = tempfile::tempdir().unwrap();
+    let chain = provider("openai", "m", &server.url(), "");
+    let config = synth_file(tmp.path(), 3, &chain, &chain, "");
+    // The eval set holds slot 1's document word for word (the mock's text for its prompt).
+    let doc1 = words("doc1asamemo", 60);
+    let doc1_email = words("doc1asaemail", 60);
+    let eval = tmp.path().join("eval.jsonl");
+    let rows = [doc1, doc1_email].map(|d| {
+        json!({"messages": [{"role": "user", "content": "?"}, {"role": "assistant", "content": d}]})
+            .to_string()
+    });
+    std::fs::write(&eval, rows.join("\n")).unwrap();
+    // Its 48 13-grams of the example's 111 (system, document, reply): a share of 0.43.
+    let against = [
+        "--against",
+        eval.to_str().unwrap(),
+        "--contamination-threshold",
+        "0.4",
+    ];
+    ok(&synth(&config, &against));
+    let (train, detailed, meta) = outputs(tmp.path());
+    assert_eq!(meta["counts"]["contaminated"], 1, "{meta}");
+    assert_eq!(meta["rejects"]["contamination"], 1);
+    assert_eq!(train.len(), 2);
+    let row = detailed
+        .iter()
+        .find(|r| r["status"] == "contaminated")
+        .unwrap();
+    assert_eq!(row["index"], 1);
+    assert!(
+        row["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("contamination: 0.43 of its 13-grams"),
+        "{row}"
+    );
+}
