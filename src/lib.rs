@@ -3,7 +3,7 @@
 //! The library under the `lora-train` binary, whose commands live in the binary's own `cli`.
 //! Modules are layered, each using only those below it: [`error`], [`data`] and the tensor ops
 //! ([`gemm`], [`autograd`], [`kernels`], [`quant`]) at the bottom, up to [`train`] and
-//! [`providers`] and the evaluation [`harness`]; `tests/it/layering.rs` states the order. DEVELOPERS.md opens with a map.
+//! [`providers`], the evaluation [`harness`] and the synthetic-data tools ([`synth`]); `tests/it/layering.rs` states the order. DEVELOPERS.md opens with a map.
 
 pub mod alloc;
 pub mod autograd;
@@ -22,6 +22,7 @@ pub mod lora;
 pub mod model;
 pub mod providers;
 pub mod quant;
+pub mod synth;
 #[cfg(test)]
 mod testutil;
 pub mod threads;

@@ -25,6 +25,9 @@ use lora_train::config::JobConfig;
 use lora_train::data::dataset::{
     parse_messages_json, read_jsonl, read_jsonl_numbered, Message, Role,
 };
+use lora_train::data::formats::{read_records, write_record, Format, Losses};
+use lora_train::data::stats::file_stats;
+use lora_train::data::validate::validate_file;
 use lora_train::data::ChatTemplate;
 use lora_train::lora::peft::PeftAdapterConfig;
 use lora_train::model::{self, LoadOptions};
@@ -495,6 +498,23 @@ fn dataset_readers() {
                 }
             }
             check_result("read_jsonl", read_jsonl(&jsonl))?;
+            // The format table, every format read and every record written in every format,
+            // and the checks and counts of `data validate` and `data stats`.
+            for from in Format::ALL {
+                if let Some(file) = check_result("read_records", read_records(&jsonl, Some(from)))?
+                {
+                    for (_, record) in &file.records {
+                        for to in Format::ALL {
+                            let _ = write_record(to, record, &mut Losses::default());
+                        }
+                    }
+                }
+            }
+            if let Some(report) = check_result("validate_file", validate_file(&jsonl, None, None))?
+            {
+                prop_assert_eq!(report.errors + report.warnings, report.problems.len());
+            }
+            check_result("file_stats", file_stats(&jsonl, None, None))?;
             let text = serde_json::to_vec(&msgs).expect("JSON");
             write(&messages, &mutate(&text, &msg_edits, None));
             check_result("parse_messages_json", parse_messages_json(&messages))?;

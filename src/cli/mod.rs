@@ -4,6 +4,7 @@
 //! This wing is the binary's own (clap, anyhow, `println!`); the library below it takes plain
 //! arguments. Output shapes of `--json` are fixed because other tools read them.
 
+mod data;
 mod eval;
 mod export;
 mod generate;
@@ -78,6 +79,9 @@ pub enum Command {
     /// Hosted fine-tuning jobs (Together, OpenAI): submit, status, watch, cancel, list, download.
     #[command(subcommand)]
     Hosted(hosted::HostedCommand),
+    /// Dataset tools: convert, validate, stats, split, synth, process.
+    #[command(subcommand)]
+    Data(data::DataCommand),
 }
 
 /// A run that a signal stopped, its checkpoint saved: no error, but the process exits with the
@@ -156,6 +160,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Some(Command::Export(a)) => export::run(&a),
         Some(Command::Eval(a)) => eval::run(&a),
         Some(Command::Hosted(c)) => hosted::run(c),
+        Some(Command::Data(c)) => data::run(c),
         None => match &cli.config {
             Some(path) => train::run(path, &cli),
             None => bail!("nothing to do: give --config job.toml, or a command (see --help)"),

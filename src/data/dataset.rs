@@ -3,7 +3,8 @@
 //! One conversation per line, `{"messages": [{"role": ..., "content": ..., "weight": 0|1}, ...]}`,
 //! as in OpenAI's chat fine-tuning format. Roles are `system`, `user` and `assistant`;
 //! `weight` (assistant turns only) set to 0 keeps a turn out of the loss. Other keys are ignored.
-//! Every error names the file, the 1-based line and the field at fault.
+//! Every error names the file, the 1-based line and the field at fault. A file in another format
+//! of [`crate::data::formats`] is read through that table.
 
 use std::fmt;
 use std::path::Path;
@@ -89,14 +90,70 @@ pub fn read_jsonl(path: impl AsRef<Path>) -> Result<Vec<Conversation>> {
 }
 
 /// [`read_jsonl`] with each conversation's 1-based line in the file, for errors that name it.
+///
+/// A file whose first line is another format of [`crate::data::formats`] (ShareGPT, Alpaca,
+/// ChatML, SFT, gauntlet, or a DPO format, whose chosen replies are read) is read through that
+/// table; an OpenAI file, or one no format fits, as above.
 pub fn read_jsonl_numbered(path: impl AsRef<Path>) -> Result<Vec<(usize, Conversation)>> {
-    each_line(path.as_ref(), |_, obj| {
+    let path = path.as_ref();
+    if let Some(format) = other_format(path)? {
+        return read_other_format(path, format);
+    }
+    each_line(path, |_, obj| {
         let messages = messages_of(obj)?;
         if !messages.iter().any(|m| m.role == Role::Assistant) {
             return Err("no assistant turn".to_string());
         }
         Ok(Conversation { messages })
     })
+}
+
+/// The format of the file's first line when it is one of the table's other than OpenAI.
+fn other_format(path: &Path) -> Result<Option<crate::data::formats::Format>> {
+    use crate::data::formats::Format;
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let first = bytes
+        .split(|b| *b == b'\n')
+        .map(|l| {
+            String::from_utf8_lossy(l)
+                .trim_start_matches('\u{feff}')
+                .to_string()
+        })
+        .find(|l| !l.trim().is_empty());
+    let Some(Ok(Value::Object(obj))) = first.map(|l| serde_json::from_str::<Value>(&l)) else {
+        return Ok(None);
+    };
+    Ok(Format::detect(&obj)
+        .map(|(f, _)| f)
+        .filter(|f| *f != Format::OpenAi))
+}
+
+fn read_other_format(
+    path: &Path,
+    format: crate::data::formats::Format,
+) -> Result<Vec<(usize, Conversation)>> {
+    use crate::data::formats::{read_records, Kind};
+    let file = read_records(path, Some(format))?;
+    if format.kind() == Kind::Preference {
+        tracing::info!(
+            "{}: a {format} file; its prompts and chosen replies are read as conversations",
+            path.display()
+        );
+    }
+    file.records
+        .into_iter()
+        .map(|(line, record)| {
+            let messages = record.conversation();
+            if !messages.iter().any(|m| m.role == Role::Assistant) {
+                return Err(Error::Dataset {
+                    path: path.to_path_buf(),
+                    line,
+                    msg: format!("no assistant turn (reading as {format})"),
+                });
+            }
+            Ok((line, Conversation { messages }))
+        })
+        .collect()
 }
 
 /// One line of a prompts file: its `id` (a string or a number, as written) and its messages,
@@ -222,7 +279,7 @@ pub fn parse_messages_json(path: impl AsRef<Path>) -> Result<Vec<Message>> {
 
 /// Validates a `messages` value; the error says which field is wrong, e.g.
 /// `messages[2].role: unknown role "bot" (expected system, user or assistant)`.
-fn parse_message_list(value: &Value) -> std::result::Result<Vec<Message>, String> {
+pub(crate) fn parse_message_list(value: &Value) -> std::result::Result<Vec<Message>, String> {
     let Value::Array(items) = value else {
         return Err(format!(
             "\"messages\": expected a list, got {}",
@@ -291,7 +348,7 @@ fn parse_message(i: usize, item: &Value) -> std::result::Result<Message, String>
     })
 }
 
-fn json_type(value: &Value) -> &'static str {
+pub(crate) fn json_type(value: &Value) -> &'static str {
     match value {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",

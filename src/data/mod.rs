@@ -3,6 +3,10 @@
 //! - [`tokenizer`]: a HF-equivalent tokenizer from `tokenizer.json` or from GGUF metadata.
 //! - [`template`]: chat templates rendered with minijinja, as transformers renders them.
 //! - [`dataset`]: OpenAI `messages` JSONL reading and validation.
+//! - [`formats`]: the dataset formats (OpenAI, ShareGPT, Alpaca, ChatML, DPO ...), read and written.
+//! - [`stats`]: counts, turns and token lengths with percentiles, a length histogram (`data stats`).
+//! - [`split`]: a file into training and validation files, conversations kept whole (`data split`).
+//! - [`validate`]: every problem of a dataset file, by line and field (`data validate`).
 //! - [`mask`]: which tokens of a conversation are loss targets.
 //! - [`prepare`]: a run's training and validation examples, fitted to the sequence length.
 //! - [`pack`]: padding-free packing of conversations into rows (first-fit-decreasing).
@@ -10,11 +14,15 @@
 
 pub mod batch;
 pub mod dataset;
+pub mod formats;
 pub mod mask;
 pub mod pack;
 pub mod prepare;
+pub mod split;
+pub mod stats;
 pub mod template;
 pub mod tokenizer;
+pub mod validate;
 
 pub use batch::{collate, collate_packed, MicroBatch};
 pub use dataset::{Conversation, Message, Role};

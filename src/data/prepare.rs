@@ -176,18 +176,55 @@ fn refuse_empty_replies(
 /// Splits `fraction` of the (line-numbered) conversations off as validation, at least one,
 /// chosen by a shuffle seeded from `seed`; both parts keep file order.
 pub fn split_validation(
-    mut convs: Vec<NumberedConversation>,
+    convs: Vec<NumberedConversation>,
     fraction: f64,
     seed: u64,
 ) -> (Vec<NumberedConversation>, Vec<NumberedConversation>) {
+    let singletons: Vec<usize> = (0..convs.len()).collect();
+    let held_out = validation_mask(&singletons, fraction, seed);
+    let (mut train, mut validation) = (Vec::new(), Vec::new());
+    for (conv, out) in convs.into_iter().zip(held_out) {
+        if out {
+            validation.push(conv);
+        } else {
+            train.push(conv);
+        }
+    }
+    (train, validation)
+}
+
+/// Which items are held out for validation, when items sharing a key (a `conversation_id`) must
+/// land on the same side: the distinct keys are shuffled with a stream seeded from `seed`, and
+/// groups are taken from the end of that order until they hold `round(len * fraction)` items (at
+/// least one). With every key distinct this is exactly the split training makes
+/// ([`split_validation`]).
+pub fn validation_mask<K: std::hash::Hash + Eq>(keys: &[K], fraction: f64, seed: u64) -> Vec<bool> {
+    let mut group_of = Vec::with_capacity(keys.len());
+    let mut sizes: Vec<usize> = Vec::new();
+    let mut index: std::collections::HashMap<&K, usize> = std::collections::HashMap::new();
+    for key in keys {
+        let g = *index.entry(key).or_insert_with(|| {
+            sizes.push(0);
+            sizes.len() - 1
+        });
+        sizes[g] += 1;
+        group_of.push(g);
+    }
     // A stream of its own, apart from the epoch shuffles that use `seed` as given.
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ 0x5eed);
-    convs.shuffle(&mut rng);
-    let n_val = ((convs.len() as f64) * fraction).round().max(1.0) as usize;
-    let mut validation = convs.split_off(convs.len().saturating_sub(n_val));
-    convs.sort_by_key(|(line, _)| *line);
-    validation.sort_by_key(|(line, _)| *line);
-    (convs, validation)
+    let mut order: Vec<usize> = (0..sizes.len()).collect();
+    order.shuffle(&mut rng);
+    let n_val = ((keys.len() as f64) * fraction).round().max(1.0) as usize;
+    let mut held = vec![false; sizes.len()];
+    let mut taken = 0;
+    for &g in order.iter().rev() {
+        if taken >= n_val {
+            break;
+        }
+        held[g] = true;
+        taken += sizes[g];
+    }
+    group_of.into_iter().map(|g| held[g]).collect()
 }
 
 /// Tokenizes conversations and fits them to `max_len`; errors name `path` and the line.
@@ -287,6 +324,28 @@ mod tests {
         let (train2, val2) = split_validation(convs.clone(), 0.25, 42);
         assert_eq!((lines(&train), lines(&val)), (lines(&train2), lines(&val2)));
         // At least one conversation is held out, however small the fraction.
-        assert_eq!(split_validation(convs, 0.01, 42).1.len(), 1);
+        assert_eq!(split_validation(convs.clone(), 0.01, 42).1.len(), 1);
+        // The split before groups existed: shuffle, then hold out the last ones.
+        let mut shuffled = convs.clone();
+        shuffled.shuffle(&mut rand::rngs::StdRng::seed_from_u64(42 ^ 0x5eed));
+        let mut old: Vec<usize> = shuffled[7..].iter().map(|(l, _)| *l).collect();
+        old.sort();
+        assert_eq!(lines(&val), old);
+    }
+
+    #[test]
+    fn groups_stay_on_one_side() {
+        let keys = ["a", "a", "b", "c", "c", "c", "d", "e", "f", "g"];
+        for seed in 0..20 {
+            let mask = validation_mask(&keys, 0.3, seed);
+            for (i, k) in keys.iter().enumerate() {
+                for (j, k2) in keys.iter().enumerate() {
+                    if k == k2 {
+                        assert_eq!(mask[i], mask[j], "seed {seed}");
+                    }
+                }
+            }
+            assert!(mask.iter().filter(|m| **m).count() >= 3);
+        }
     }
 }

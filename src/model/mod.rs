@@ -189,6 +189,35 @@ pub fn load(spec: &str, opts: &LoadOptions) -> Result<LoadedModel> {
     })
 }
 
+/// The tokenizer and chat template of `spec` without its weights, for tools that only render
+/// and count tokens (`data stats`, `data validate`): the same pair [`load`] gives.
+pub fn load_chat_format(spec: &str) -> Result<(ChatTokenizer, ChatTemplate)> {
+    let source = ModelSource::resolve(spec)?;
+    let (config, tokenizer) = match &source {
+        ModelSource::HfDir(dir) => {
+            let cfg_path = dir.join("config.json");
+            if !cfg_path.is_file() {
+                return Err(Error::model(dir, "no config.json in this folder"));
+            }
+            (
+                ModelConfig::from_file(&cfg_path)?,
+                ChatTokenizer::from_hf_dir(dir)?,
+            )
+        }
+        ModelSource::Gguf(path) => {
+            let (content, _file) = read_gguf(path)?;
+            let meta = GgufMeta::new(&content, path);
+            let arch = meta.architecture()?;
+            (
+                meta.model_config(&arch)?,
+                ChatTokenizer::from_gguf(&content, path)?,
+            )
+        }
+    };
+    let template = ChatTemplate::for_model(config.family(), &tokenizer)?;
+    Ok((tokenizer, template))
+}
+
 type Parts = (Box<dyn CausalLm>, ModelConfig, ChatTokenizer);
 
 fn check_vocab(tokenizer: &ChatTokenizer, config: &ModelConfig, path: &Path) -> Result<()> {

@@ -119,11 +119,17 @@ fn every_shipped_config_loads() {
     for entry in std::fs::read_dir(repo().join("configs")).unwrap() {
         let path = entry.unwrap().path();
         if path.extension().is_some_and(|e| e == "toml") {
-            let eval = path
+            let name = path
                 .file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with("eval-"));
-            let loaded = if eval {
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let loaded = if name.starts_with("eval-") {
                 lora_train::harness::config::EvalConfig::load(&path, &[]).map(|_| ())
+            } else if name.starts_with("synth-") {
+                let flags = lora_train::synth::config::SynthOverrides::default();
+                lora_train::synth::config::SynthConfig::load(&path, &[], &flags).map(|_| ())
+            } else if name == "process.toml" {
+                lora_train::synth::config::ProcessConfig::load(&path, &[]).map(|_| ())
             } else {
                 JobConfig::load(&path, &[]).map(|_| ())
             };

@@ -26,6 +26,7 @@ const LAYERS: &[&[&str]] = &[
     &["train"],
     &["providers"],
     &["harness"],
+    &["synth"],
     &["cli"],
 ];
 

@@ -11,6 +11,8 @@ mod cli_errors;
 mod cli_hosted;
 mod ctrlc;
 mod data;
+mod data_synth;
+mod data_tools;
 mod export;
 mod harness_eval;
 mod harness_judge;

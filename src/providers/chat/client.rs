@@ -149,7 +149,10 @@ impl ChatClient for HttpChatClient {
                 openai::request_body(&self.model, &request.messages, &options),
             ),
         };
-        let cache_key = self.cache.as_ref().map(|_| ResponseCache::key(&url, &body));
+        let cache_key = self.cache.as_ref().map(|_| match &request.cache_salt {
+            None => ResponseCache::key(&url, &body),
+            Some(salt) => ResponseCache::key(&format!("{url}\0{salt}"), &body),
+        });
         if let (Some(cache), Some(key)) = (&self.cache, &cache_key) {
             if let Some(mut hit) = cache.get::<ChatResponse>(key) {
                 self.record(|u| u.cache_hits += 1);

@@ -67,6 +67,10 @@ pub struct ChatRequest {
     pub max_tokens: Option<u32>,
     pub stop: Option<Vec<String>>,
     pub seed: Option<u64>,
+    /// Mixed into the response cache's key, never sent: requests with the same body that must
+    /// not share a cached reply (the examples of a synthetic-data run, which ask the same
+    /// prompt for separate samples) each give their own.
+    pub cache_salt: Option<String>,
 }
 
 impl ChatRequest {

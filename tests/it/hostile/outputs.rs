@@ -224,3 +224,69 @@ fn a_job_file_of_the_users_in_the_output_folder_is_never_overwritten() {
         snap.assert_unchanged(&[tmp.path()]);
     }
 }
+
+#[test]
+fn data_commands_never_replace_a_file_unasked() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = common::fixtures().join("chats.jsonl");
+    let mine = tmp.path().join("mine.jsonl");
+    std::fs::write(&mine, "my own notes\n").unwrap();
+    // convert -o, split's outputs and stats --svg refuse an existing file, and leave it alone.
+    let line = fails_with(
+        lora_train()
+            .args(["data", "convert"])
+            .arg(&data)
+            .arg("-o")
+            .arg(&mine)
+            .args(["--to", "sharegpt"]),
+        1,
+    );
+    assert!(
+        line.contains("mine.jsonl: already exists; give --force"),
+        "{line}"
+    );
+    let split_out = tmp.path().join("chats.valid.jsonl");
+    std::fs::write(&split_out, "mine\n").unwrap();
+    let line = fails_with(
+        lora_train()
+            .args(["data", "split"])
+            .arg(&data)
+            .args(["--valid", "0.2", "-o"])
+            .arg(tmp.path()),
+        1,
+    );
+    assert!(line.contains("chats.valid.jsonl: already exists"), "{line}");
+    let svg = tmp.path().join("h.svg");
+    std::fs::write(&svg, "mine").unwrap();
+    let line = fails_with(
+        lora_train()
+            .args(["data", "stats"])
+            .arg(&data)
+            .arg("--model")
+            .arg(common::fixtures().join("tiny-llama"))
+            .arg("--svg")
+            .arg(&svg),
+        1,
+    );
+    assert!(line.contains("h.svg: already exists"), "{line}");
+    assert_eq!(std::fs::read_to_string(&mine).unwrap(), "my own notes\n");
+    assert_eq!(std::fs::read_to_string(&split_out).unwrap(), "mine\n");
+    assert_eq!(std::fs::read_to_string(&svg).unwrap(), "mine");
+    // synth refuses outputs its metadata does not claim.
+    let synth = tmp.path().join("synth.toml");
+    std::fs::write(
+        &synth,
+        "[synth]\noutput = \"mine.jsonl\"\n[[stage]]\nname = \"a\"\nprompt = \"hi\"\n\
+         [[stage.providers]]\nprovider = \"vllm\"\nmodel = \"m\"\nbase_url = \"http://127.0.0.1:9/v1\"\n",
+    )
+    .unwrap();
+    let line = fails_with(
+        lora_train().args(["data", "synth", "--config"]).arg(&synth),
+        1,
+    );
+    assert!(
+        line.contains("mine.jsonl: exists, but") && line.contains("give --force"),
+        "{line}"
+    );
+    assert_eq!(std::fs::read_to_string(&mine).unwrap(), "my own notes\n");
+}
