@@ -141,14 +141,43 @@ pub fn read_prompt_lines(path: impl AsRef<Path>) -> Result<Vec<PromptLine>> {
 
 fn messages_of(obj: &serde_json::Map<String, Value>) -> std::result::Result<Vec<Message>, String> {
     let Some(messages) = obj.get("messages") else {
+        if obj.contains_key("chosen") || obj.contains_key("preferred_output") {
+            return Err("missing \"messages\": this line is a preference pair; set \
+                        `train.method = \"dpo\"` to train on pairs"
+                .to_string());
+        }
         return Err("missing \"messages\"".to_string());
     };
     parse_message_list(messages)
 }
 
 /// Each non-blank line of a JSONL file as a JSON object, through `f`; errors name the line.
-fn each_line<T>(
+pub(crate) fn each_line<T>(
     path: &Path,
+    mut f: impl FnMut(usize, &serde_json::Map<String, Value>) -> std::result::Result<T, String>,
+) -> Result<Vec<(usize, T)>> {
+    each_line_of(path, LineKind::CONVERSATION, &mut f)
+}
+
+/// What a JSONL file's lines hold, for its errors.
+pub(crate) struct LineKind {
+    /// What a line's object has: `"messages"`.
+    pub keys: &'static str,
+    /// What the file holds, plural: `conversations`.
+    pub items: &'static str,
+}
+
+impl LineKind {
+    const CONVERSATION: LineKind = LineKind {
+        keys: "\"messages\"",
+        items: "conversations",
+    };
+}
+
+/// [`each_line`] for lines of `kind`.
+pub(crate) fn each_line_of<T>(
+    path: &Path,
+    kind: LineKind,
     mut f: impl FnMut(usize, &serde_json::Map<String, Value>) -> std::result::Result<T, String>,
 ) -> Result<Vec<(usize, T)>> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
@@ -174,7 +203,8 @@ fn each_line<T>(
             serde_json::from_str(line).map_err(|e| err(format!("not valid JSON: {e}")))?;
         let Value::Object(obj) = &value else {
             return Err(err(format!(
-                "expected a JSON object with \"messages\", got {}",
+                "expected a JSON object with {}, got {}",
+                kind.keys,
                 json_type(&value)
             )));
         };
@@ -184,7 +214,7 @@ fn each_line<T>(
         return Err(Error::Dataset {
             path: path.to_path_buf(),
             line: 1,
-            msg: "the file has no conversations".to_string(),
+            msg: format!("the file has no {}", kind.items),
         });
     }
     Ok(items)
@@ -222,7 +252,7 @@ pub fn parse_messages_json(path: impl AsRef<Path>) -> Result<Vec<Message>> {
 
 /// Validates a `messages` value; the error says which field is wrong, e.g.
 /// `messages[2].role: unknown role "bot" (expected system, user or assistant)`.
-fn parse_message_list(value: &Value) -> std::result::Result<Vec<Message>, String> {
+pub(crate) fn parse_message_list(value: &Value) -> std::result::Result<Vec<Message>, String> {
     let Value::Array(items) = value else {
         return Err(format!(
             "\"messages\": expected a list, got {}",
@@ -291,7 +321,7 @@ fn parse_message(i: usize, item: &Value) -> std::result::Result<Message, String>
     })
 }
 
-fn json_type(value: &Value) -> &'static str {
+pub(crate) fn json_type(value: &Value) -> &'static str {
     match value {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",

@@ -5,6 +5,7 @@
 //! - [`dataset`]: OpenAI `messages` JSONL reading and validation.
 //! - [`mask`]: which tokens of a conversation are loss targets.
 //! - [`prepare`]: a run's training and validation examples, fitted to the sequence length.
+//! - [`pairs`]: preference pairs for DPO: their JSONL shapes, tokenization and fitting.
 //! - [`pack`]: padding-free packing of conversations into rows (first-fit-decreasing).
 //! - [`batch`]: right-padded micro-batches (or packed rows) and the rows that predict targets.
 
@@ -12,6 +13,7 @@ pub mod batch;
 pub mod dataset;
 pub mod mask;
 pub mod pack;
+pub mod pairs;
 pub mod prepare;
 pub mod template;
 pub mod tokenizer;
@@ -19,6 +21,10 @@ pub mod tokenizer;
 pub use batch::{collate, collate_packed, MicroBatch};
 pub use dataset::{Conversation, Message, Role};
 pub use mask::{LossOn, TokenizedExample};
-pub use prepare::{prepare_dataset, FitReport, HeldOut, PrepareOptions, PreparedData};
+pub use pairs::{PairFormat, PreferencePair, TokenizedPair};
+pub use prepare::{
+    prepare_dataset, prepare_pairs, FitReport, HeldOut, PrepareOptions, PreparedData,
+    PreparedPairs,
+};
 pub use template::ChatTemplate;
 pub use tokenizer::ChatTokenizer;
