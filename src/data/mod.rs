@@ -23,8 +23,7 @@ pub use dataset::{Conversation, Message, Role};
 pub use mask::{LossOn, TokenizedExample};
 pub use pairs::{PairFormat, PreferencePair, TokenizedPair};
 pub use prepare::{
-    prepare_dataset, prepare_pairs, FitReport, HeldOut, PrepareOptions, PreparedData,
-    PreparedPairs,
+    prepare_dataset, prepare_pairs, FitReport, HeldOut, PrepareOptions, PreparedData, PreparedPairs,
 };
 pub use template::ChatTemplate;
 pub use tokenizer::ChatTokenizer;

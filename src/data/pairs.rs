@@ -191,12 +191,15 @@ fn implicit_prompt_pair(
 fn openai_pair(obj: &Map<String, Value>) -> std::result::Result<PreferencePair, String> {
     let input = match obj.get("input") {
         Some(Value::Object(input)) => input,
-        Some(other) => return Err(format!("input: expected an object, got {}", json_type(other))),
+        Some(other) => {
+            return Err(format!(
+                "input: expected an object, got {}",
+                json_type(other)
+            ))
+        }
         None => return Err("missing \"input\"".to_string()),
     };
-    let messages = input
-        .get("messages")
-        .ok_or("input: missing \"messages\"")?;
+    let messages = input.get("messages").ok_or("input: missing \"messages\"")?;
     let prompt = parse_message_list(messages).map_err(|e| format!("input.{e}"))?;
     check_prompt(&prompt, "input.messages")?;
     let output = |key: &str| match obj.get(key) {
@@ -276,7 +279,10 @@ impl TokenizedPair {
 
     /// The longer of the two sequences.
     pub fn max_len(&self) -> usize {
-        self.chosen.input_ids.len().max(self.rejected.input_ids.len())
+        self.chosen
+            .input_ids
+            .len()
+            .max(self.rejected.input_ids.len())
     }
 }
 
@@ -299,7 +305,12 @@ pub fn tokenize_pair(
         encode(&msgs, false)
     };
     let (chosen, rejected) = (with_reply(&pair.chosen)?, with_reply(&pair.rejected)?);
-    let common = |seq: &[u32]| seq.iter().zip(&prompt_ids).take_while(|(a, b)| a == b).count();
+    let common = |seq: &[u32]| {
+        seq.iter()
+            .zip(&prompt_ids)
+            .take_while(|(a, b)| a == b)
+            .count()
+    };
     // The first token is never a target: nothing predicts it.
     let start = common(&chosen).min(common(&rejected)).max(1);
     let example = |ids: Vec<u32>, key: &str| {
@@ -474,7 +485,8 @@ mod tests {
     }
 
     fn pair(prompt: usize, chosen: usize, rejected: usize) -> TokenizedPair {
-        let seq = |reply: usize| TokenizedExample::synthetic(prompt + reply, prompt..prompt + reply);
+        let seq =
+            |reply: usize| TokenizedExample::synthetic(prompt + reply, prompt..prompt + reply);
         TokenizedPair {
             chosen: seq(chosen),
             rejected: seq(rejected),

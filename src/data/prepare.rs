@@ -12,8 +12,8 @@ use serde::Serialize;
 use crate::data::dataset::read_jsonl_numbered;
 use crate::data::mask::tokenize_line;
 use crate::data::pairs::{read_pairs, tokenize_and_fit_pairs, NumberedPair};
-use crate::data::{PairFormat, TokenizedPair};
 use crate::data::{ChatTemplate, ChatTokenizer, Conversation, LossOn, Message, TokenizedExample};
+use crate::data::{PairFormat, TokenizedPair};
 use crate::{Error, Result};
 
 /// What happened to an example when it was fitted to `max_seq_len`.
