@@ -18,7 +18,7 @@ pub mod prepare;
 pub mod template;
 pub mod tokenizer;
 
-pub use batch::{collate, collate_packed, MicroBatch};
+pub use batch::{collate, collate_packed, collate_pairs, MicroBatch, PairBatch};
 pub use dataset::{Conversation, Message, Role};
 pub use mask::{LossOn, TokenizedExample};
 pub use pairs::{PairFormat, PreferencePair, TokenizedPair};
