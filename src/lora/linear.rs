@@ -302,7 +302,8 @@ impl Linear {
         let cd = l.compute_dtype;
         let u = gemm::matmul(&xd.to_dtype(cd)?, &a.to_dtype(cd)?.t()?)?;
         let base = self.weight.product_t(&xd)?;
-        let delta = gemm::matmul(&(&u * l.scale)?, &b.to_dtype(cd)?.t()?)?.to_dtype(base.dtype())?;
+        let delta =
+            gemm::matmul(&(&u * l.scale)?, &b.to_dtype(cd)?.t()?)?.to_dtype(base.dtype())?;
         let y = (base + delta)?.reshape(out_dims.as_slice())?;
         Ok(match &self.bias {
             Some(bias) => y.broadcast_add(bias)?,

@@ -13,8 +13,8 @@ use std::sync::Arc;
 use candle_core::{DType, Device, Tensor, Var};
 use rand::{Rng, SeedableRng};
 
-use super::peft::{peft_tensor_names, PeftAdapterConfig, TargetModules};
 use super::linear::AdapterSwitch;
+use super::peft::{peft_tensor_names, PeftAdapterConfig, TargetModules};
 use super::{Adaptable, LoraWeights};
 use crate::autograd::{Checkpointing, GradSink};
 use crate::{Error, Result};

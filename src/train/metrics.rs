@@ -14,10 +14,46 @@ pub struct StepMetrics {
     pub tokens: usize,
     pub tokens_per_second: f64,
     pub elapsed_s: f64,
-    /// Conversations trained on in the step (with `data.packing`, several per row); absent in
-    /// the logs of older runs.
+    /// Conversations trained on in the step (with `data.packing`, several per row; with DPO,
+    /// pairs); absent in the logs of older runs.
     #[serde(default)]
     pub conversations: usize,
+    /// DPO's rewards and log-probabilities (absent for SFT).
+    #[serde(flatten, default, skip_serializing_if = "Option::is_none")]
+    pub preference: Option<PreferenceMetrics>,
+}
+
+/// DPO's measures of a step or a validation, named as TRL's `DPOTrainer` logs them: the
+/// implicit rewards `β · (log π(y|x) − log π_ref(y|x))` of the chosen and rejected replies,
+/// the fraction of pairs whose chosen reward is the higher, their mean difference, and the
+/// replies' summed log-probabilities under the policy. Means over the pairs (over each
+/// micro-batch, then over the step's micro-batches, as TRL averages what it logs).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Default)]
+pub struct PreferenceMetrics {
+    #[serde(rename = "rewards/chosen")]
+    pub rewards_chosen: f64,
+    #[serde(rename = "rewards/rejected")]
+    pub rewards_rejected: f64,
+    #[serde(rename = "rewards/accuracies")]
+    pub rewards_accuracies: f64,
+    #[serde(rename = "rewards/margins")]
+    pub rewards_margins: f64,
+    #[serde(rename = "logps/chosen")]
+    pub logps_chosen: f64,
+    #[serde(rename = "logps/rejected")]
+    pub logps_rejected: f64,
+}
+
+impl PreferenceMetrics {
+    /// `self + other · weight`, field by field: sums for weighted means.
+    pub fn add_scaled(&mut self, other: &PreferenceMetrics, weight: f64) {
+        self.rewards_chosen += other.rewards_chosen * weight;
+        self.rewards_rejected += other.rewards_rejected * weight;
+        self.rewards_accuracies += other.rewards_accuracies * weight;
+        self.rewards_margins += other.rewards_margins * weight;
+        self.logps_chosen += other.logps_chosen * weight;
+        self.logps_rejected += other.logps_rejected * weight;
+    }
 }
 
 /// One validation line.
@@ -27,6 +63,9 @@ pub struct EvalMetrics {
     pub epoch: f64,
     pub val_loss: f64,
     pub val_tokens: usize,
+    /// DPO's measures on the validation pairs (absent for SFT).
+    #[serde(flatten, default, skip_serializing_if = "Option::is_none")]
+    pub preference: Option<PreferenceMetrics>,
 }
 
 /// A line of `metrics.jsonl`.
@@ -157,4 +196,53 @@ fn xml_escape(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dpo_lines_carry_trls_names_and_read_back() {
+        let preference = Some(PreferenceMetrics {
+            rewards_chosen: 0.5,
+            rewards_rejected: -0.25,
+            rewards_accuracies: 1.0,
+            rewards_margins: 0.75,
+            logps_chosen: -10.0,
+            logps_rejected: -12.0,
+        });
+        let step = MetricsLine::Step(StepMetrics {
+            step: 3,
+            epoch: 0.5,
+            loss: 0.6,
+            lr: 1e-4,
+            grad_norm: 1.0,
+            tokens: 100,
+            tokens_per_second: 10.0,
+            elapsed_s: 1.0,
+            conversations: 4,
+            preference,
+        });
+        let eval = MetricsLine::Eval(EvalMetrics {
+            step: 3,
+            epoch: 0.5,
+            val_loss: 0.7,
+            val_tokens: 50,
+            preference,
+        });
+        for line in [step, eval] {
+            let text = serde_json::to_string(&line).unwrap();
+            assert!(text.contains("\"rewards/margins\":0.75"), "{text}");
+            assert!(text.contains("\"logps/chosen\":-10.0"), "{text}");
+            assert_eq!(serde_json::from_str::<MetricsLine>(&text).unwrap(), line);
+        }
+        // An SFT line has none of them, and reads back without them.
+        let sft = r#"{"step":1,"epoch":0.1,"loss":2.0,"lr":0.001,"grad_norm":1.0,"tokens":9,"tokens_per_second":1.0,"elapsed_s":1.0}"#;
+        let MetricsLine::Step(s) = serde_json::from_str::<MetricsLine>(sft).unwrap() else {
+            panic!("not a step line")
+        };
+        assert_eq!(s.preference, None);
+        assert!(!serde_json::to_string(&s).unwrap().contains("rewards"));
+    }
 }

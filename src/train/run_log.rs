@@ -256,6 +256,7 @@ mod tests {
             tokens_per_second: 100.0,
             elapsed_s: 1.0,
             conversations: 2,
+            preference: None,
         }
     }
 
@@ -269,6 +270,7 @@ mod tests {
             epoch: 0.0,
             val_loss: 3.0,
             val_tokens: 5,
+            preference: None,
         })
         .unwrap();
         for s in 1..=4 {
