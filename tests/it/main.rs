@@ -11,6 +11,7 @@ mod cli_errors;
 mod cli_hosted;
 mod ctrlc;
 mod data;
+mod dpo;
 mod export;
 mod harness_eval;
 mod harness_judge;
