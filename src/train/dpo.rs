@@ -392,6 +392,55 @@ pub fn score_pairs_until(
     })
 }
 
+/// Watches a DPO run for its most common confusion: the chosen replies becoming *less* likely
+/// than under the reference while the margins grow (both replies pushed down, the rejected one
+/// faster). It reads the log-ratio of the chosen replies (`rewards/chosen / β`), which compares
+/// each pair with itself, so batches of longer or shorter replies do not trip it, averaged over
+/// the last [`ChosenWatch::WINDOW`] steps; it speaks once.
+#[derive(Debug, Default)]
+pub struct ChosenWatch {
+    recent: std::collections::VecDeque<PreferenceMetrics>,
+    warned: bool,
+}
+
+impl ChosenWatch {
+    pub const WINDOW: usize = 10;
+    /// How far (nats per reply, on average) the chosen replies must have fallen.
+    pub const FALL: f64 = 1.0;
+
+    /// Takes a step's metrics; returns the warning to give, once.
+    pub fn observe(&mut self, m: &PreferenceMetrics, obj: &DpoObjective) -> Option<String> {
+        if self.warned {
+            return None;
+        }
+        self.recent.push_back(*m);
+        if self.recent.len() > Self::WINDOW {
+            self.recent.pop_front();
+        }
+        if self.recent.len() < Self::WINDOW {
+            return None;
+        }
+        let n = self.recent.len() as f64;
+        let chosen = self.recent.iter().map(|m| m.rewards_chosen).sum::<f64>() / (n * obj.beta);
+        let margin = self.recent.iter().map(|m| m.rewards_margins).sum::<f64>() / n;
+        if chosen > -Self::FALL || margin <= 0.0 {
+            return None;
+        }
+        self.warned = true;
+        let advice = match obj.sft_weight > 0.0 {
+            true => format!("raise dpo.sft_weight (now {})", obj.sft_weight),
+            false => "add an SFT term with dpo.sft_weight (RPO, e.g. 1.0)".to_string(),
+        };
+        Some(format!(
+            "logps/chosen is {:.2} nats below the reference's on average over the last {} steps \
+             while rewards/margins is {margin:.3}: DPO lowers the chosen replies too, only less \
+             than the rejected ones; to keep the chosen replies likely, {advice}",
+            -chosen,
+            Self::WINDOW
+        ))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -460,5 +509,36 @@ mod tests {
         // Robust with ε = 0.1 at z = 0: ((0.9 − 0.1) log 2) / 0.8 = log 2.
         let robust = pair_loss(&objective(DpoLoss::Robust), &p, &p, &[(3, 4)]);
         assert!((robust.loss - std::f64::consts::LN_2).abs() < 1e-12);
+    }
+
+    #[test]
+    fn the_watch_warns_once_when_chosen_replies_fall_while_margins_grow() {
+        let obj = objective(DpoLoss::Sigmoid);
+        let step = |chosen: f64, margin: f64| PreferenceMetrics {
+            rewards_chosen: chosen,
+            rewards_margins: margin,
+            ..PreferenceMetrics::default()
+        };
+        let mut watch = ChosenWatch::default();
+        // Chosen replies rising: nothing, however long.
+        for _ in 0..20 {
+            assert_eq!(watch.observe(&step(0.2, 0.5), &obj), None);
+        }
+        // Falling by 1.5 nats (β = 0.1) with a growing margin: once the window holds it.
+        let mut said = Vec::new();
+        for _ in 0..30 {
+            said.extend(watch.observe(&step(-0.15, 0.8), &obj));
+        }
+        assert_eq!(said.len(), 1, "{said:?}");
+        assert!(
+            said[0].contains("add an SFT term with dpo.sft_weight"),
+            "{}",
+            said[0]
+        );
+        // Falling with no margin (the model is only getting worse): not this confusion.
+        let mut watch = ChosenWatch::default();
+        for _ in 0..20 {
+            assert_eq!(watch.observe(&step(-0.3, -0.1), &obj), None);
+        }
     }
 }

@@ -87,13 +87,7 @@ impl MetricsLine {
 
 /// Train and validation loss against step as an SVG document; None without any loss.
 pub fn loss_plot_svg(lines: &[MetricsLine], title: &str) -> Option<String> {
-    let train: Vec<(f64, f64)> = lines
-        .iter()
-        .filter_map(|l| match l {
-            MetricsLine::Step(s) => Some((s.step as f64, s.loss)),
-            _ => None,
-        })
-        .collect();
+    let train = step_points(lines, |s| Some(s.loss));
     let val: Vec<(f64, f64)> = lines
         .iter()
         .filter_map(|l| match l {
@@ -101,7 +95,71 @@ pub fn loss_plot_svg(lines: &[MetricsLine], title: &str) -> Option<String> {
             _ => None,
         })
         .collect();
-    let all: Vec<&(f64, f64)> = train.iter().chain(val.iter()).collect();
+    line_plot_svg(
+        title,
+        "loss",
+        &[
+            Series {
+                label: "train loss",
+                color: "#1f77b4",
+                points: train,
+                dots: false,
+            },
+            Series {
+                label: "validation loss",
+                color: "#d62728",
+                points: val,
+                dots: true,
+            },
+        ],
+    )
+}
+
+/// DPO's rewards (TRL's `rewards/chosen`, `rewards/rejected`, `rewards/margins`) against step
+/// as an SVG document; None without DPO steps.
+pub fn rewards_plot_svg(lines: &[MetricsLine], title: &str) -> Option<String> {
+    let of = |f: fn(&PreferenceMetrics) -> f64| {
+        step_points(lines, move |s| s.preference.as_ref().map(f))
+    };
+    let series = [
+        ("rewards/chosen", "#2ca02c", of(|p| p.rewards_chosen)),
+        ("rewards/rejected", "#d62728", of(|p| p.rewards_rejected)),
+        ("rewards/margins", "#1f77b4", of(|p| p.rewards_margins)),
+    ];
+    let series: Vec<Series> = series
+        .into_iter()
+        .map(|(label, color, points)| Series {
+            label,
+            color,
+            points,
+            dots: false,
+        })
+        .collect();
+    line_plot_svg(title, "reward", &series)
+}
+
+fn step_points(lines: &[MetricsLine], y: impl Fn(&StepMetrics) -> Option<f64>) -> Vec<(f64, f64)> {
+    lines
+        .iter()
+        .filter_map(|l| match l {
+            MetricsLine::Step(s) => y(s).map(|v| (s.step as f64, v)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// One line of a plot.
+struct Series {
+    label: &'static str,
+    color: &'static str,
+    points: Vec<(f64, f64)>,
+    /// Mark each point (sparse series such as validations).
+    dots: bool,
+}
+
+/// Lines against the optimizer step as an SVG document, with a legend; None without points.
+fn line_plot_svg(title: &str, y_label: &str, series: &[Series]) -> Option<String> {
+    let all: Vec<&(f64, f64)> = series.iter().flat_map(|s| &s.points).collect();
     if all.is_empty() {
         return None;
     }
@@ -111,7 +169,7 @@ pub fn loss_plot_svg(lines: &[MetricsLine], title: &str) -> Option<String> {
         .iter()
         .map(|p| p.1)
         .fold(f64::INFINITY, f64::min)
-        .min(0.0f64.max(0.0));
+        .min(0.0);
     let ymax = all.iter().map(|p| p.1).fold(f64::NEG_INFINITY, f64::max) * 1.05;
     let ymax = if ymax > ymin { ymax } else { ymin + 1.0 };
     let sx = |x: f64| ml + (x / xmax) * (w - ml - mr);
@@ -144,7 +202,7 @@ pub fn loss_plot_svg(lines: &[MetricsLine], title: &str) -> Option<String> {
     svg += &format!(
         "<line x1=\"{ml}\" x2=\"{ml}\" y1=\"{mt}\" y2=\"{}\" stroke=\"black\"/><line x1=\"{ml}\" x2=\"{}\" y1=\"{}\" y2=\"{}\" stroke=\"black\"/>\n\
          <text x=\"{}\" y=\"{}\" text-anchor=\"middle\">optimizer step</text>\n\
-         <text x=\"16\" y=\"{}\" text-anchor=\"middle\" transform=\"rotate(-90 16 {})\">loss</text>\n",
+         <text x=\"16\" y=\"{}\" text-anchor=\"middle\" transform=\"rotate(-90 16 {})\">{y_label}</text>\n",
         h - mb,
         w - mr,
         h - mb,
@@ -154,41 +212,47 @@ pub fn loss_plot_svg(lines: &[MetricsLine], title: &str) -> Option<String> {
         h / 2.0,
         h / 2.0
     );
-    if !train.is_empty() {
-        let pts: Vec<String> = train
+    for s in series.iter().filter(|s| !s.points.is_empty()) {
+        let pts: Vec<String> = s
+            .points
             .iter()
             .map(|(x, y)| format!("{:.1},{:.1}", sx(*x), sy(*y)))
             .collect();
+        let width = if s.dots { 2.0 } else { 1.5 };
         svg += &format!(
-            "<polyline fill=\"none\" stroke=\"#1f77b4\" stroke-width=\"1.5\" points=\"{}\"/>\n",
+            "<polyline fill=\"none\" stroke=\"{}\" stroke-width=\"{width}\" points=\"{}\"/>\n",
+            s.color,
             pts.join(" ")
         );
-    }
-    if !val.is_empty() {
-        let pts: Vec<String> = val
-            .iter()
-            .map(|(x, y)| format!("{:.1},{:.1}", sx(*x), sy(*y)))
-            .collect();
-        svg += &format!(
-            "<polyline fill=\"none\" stroke=\"#d62728\" stroke-width=\"2\" points=\"{}\"/>\n",
-            pts.join(" ")
-        );
-        for (x, y) in &val {
-            svg += &format!(
-                "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"3.5\" fill=\"#d62728\"/>\n",
-                sx(*x),
-                sy(*y)
-            );
+        if s.dots {
+            for (x, y) in &s.points {
+                svg += &format!(
+                    "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"3.5\" fill=\"{}\"/>\n",
+                    sx(*x),
+                    sy(*y),
+                    s.color
+                );
+            }
         }
     }
+    let (lx, ly) = (w - mr - 160.0, mt + 6.0);
     svg += &format!(
-        "<rect x=\"{}\" y=\"{}\" width=\"150\" height=\"44\" fill=\"white\" stroke=\"#999\"/>\n\
-         <line x1=\"{}\" x2=\"{}\" y1=\"{}\" y2=\"{}\" stroke=\"#1f77b4\" stroke-width=\"2\"/><text x=\"{}\" y=\"{}\">train loss</text>\n\
-         <line x1=\"{}\" x2=\"{}\" y1=\"{}\" y2=\"{}\" stroke=\"#d62728\" stroke-width=\"2\"/><text x=\"{}\" y=\"{}\">validation loss</text>\n</svg>\n",
-        w - mr - 160.0, mt + 6.0,
-        w - mr - 150.0, w - mr - 125.0, mt + 20.0, mt + 20.0, w - mr - 118.0, mt + 24.0,
-        w - mr - 150.0, w - mr - 125.0, mt + 38.0, mt + 38.0, w - mr - 118.0, mt + 42.0,
+        "<rect x=\"{lx}\" y=\"{ly}\" width=\"150\" height=\"{}\" fill=\"white\" stroke=\"#999\"/>\n",
+        8.0 + 18.0 * series.len() as f64
     );
+    for (i, s) in series.iter().enumerate() {
+        let y = ly + 14.0 + 18.0 * i as f64;
+        svg += &format!(
+            "<line x1=\"{}\" x2=\"{}\" y1=\"{y}\" y2=\"{y}\" stroke=\"{}\" stroke-width=\"2\"/><text x=\"{}\" y=\"{}\">{}</text>\n",
+            lx + 10.0,
+            lx + 35.0,
+            s.color,
+            lx + 42.0,
+            y + 4.0,
+            s.label
+        );
+    }
+    svg += "</svg>\n";
     Some(svg)
 }
 

@@ -19,7 +19,9 @@ use super::checkpoint::{
     job_checkpoints, job_fingerprint, new_run_id, remove_checkpoint, save_checkpoint, TrainerState,
 };
 use super::checkpoint_policy::{CheckpointAction, CheckpointPolicy, SavedCheckpoint};
-use super::dpo::{all_reference_logps, dpo_step, score_pairs_until, DpoObjective, PairLogps};
+use super::dpo::{
+    all_reference_logps, dpo_step, score_pairs_until, ChosenWatch, DpoObjective, PairLogps,
+};
 use super::memory;
 use super::metrics::{EvalMetrics, PreferenceMetrics, StepMetrics};
 use super::optimizer::{AdamW, AdamWConfig};
@@ -83,10 +85,8 @@ struct DpoRun {
     /// With `dpo.precompute_reference`, every train and validation pair's reference
     /// log-probabilities, once the run has computed (or read) them.
     reference: Option<(Vec<PairLogps>, Vec<PairLogps>)>,
-    /// Set once the log-probability warning was given.
-    warned_logps: bool,
-    /// The first step's `logps/chosen` and `rewards/margins`, which the warning compares with.
-    first: Option<PreferenceMetrics>,
+    /// Warns once when the chosen replies fall while the margins grow.
+    watch: ChosenWatch,
 }
 
 /// A validation's result: the loss (SFT: per target token; DPO: per pair), the tokens scored,
@@ -189,8 +189,7 @@ impl Trainer {
             objective: DpoObjective::from(&job.dpo()),
             pairs,
             reference: None,
-            warned_logps: false,
-            first: None,
+            watch: ChosenWatch::default(),
         });
         Ok(Self {
             job,
@@ -800,30 +799,13 @@ impl Trainer {
         Ok(())
     }
 
-    /// Warns once when `logps/chosen` has fallen well below its first value while the margins
-    /// grew: DPO is pushing both replies down, the rejected one faster (the most common DPO
-    /// confusion); RPO's `dpo.sft_weight` holds the chosen reply up.
+    /// Gives [`ChosenWatch`]'s warning, once: the chosen replies fall while the margins grow.
     fn watch_logps(&mut self, now: &PreferenceMetrics) {
-        let Some(dpo) = &mut self.dpo else {
-            return;
-        };
-        let Some(first) = dpo.first else {
-            dpo.first = Some(*now);
-            return;
-        };
-        if dpo.warned_logps || !chosen_logps_collapse(&first, now) {
-            return;
+        if let Some(dpo) = &mut self.dpo {
+            if let Some(warning) = dpo.watch.observe(now, &dpo.objective) {
+                tracing::warn!("{warning}");
+            }
         }
-        dpo.warned_logps = true;
-        tracing::warn!(
-            "logps/chosen fell from {:.2} to {:.2} while rewards/margins grew from {:.3} to {:.3}: \
-             the model lowers the chosen replies too, only less than the rejected ones; \
-             if the chosen replies should stay likely, add an SFT term with dpo.sft_weight (e.g. 1.0)",
-            first.logps_chosen,
-            now.logps_chosen,
-            first.rewards_margins,
-            now.rewards_margins
-        );
     }
 
     /// The loss plot's title: the model's name and the LoRA rank.
@@ -996,13 +978,6 @@ fn dpo_reference(job: &JobConfig, params: &mut LoraParams) -> Result<()> {
         );
     }
     Ok(())
-}
-
-/// Whether `logps/chosen` fell well below its first value (by a tenth of it, and at least one
-/// nat) while the reward margin grew.
-fn chosen_logps_collapse(first: &PreferenceMetrics, now: &PreferenceMetrics) -> bool {
-    let drop = first.logps_chosen - now.logps_chosen;
-    drop > (0.1 * first.logps_chosen.abs()).max(1.0) && now.rewards_margins > first.rewards_margins
 }
 
 /// The training examples packed into rows of up to `data.max_seq_len` tokens (seeded by
