@@ -62,8 +62,11 @@ pub struct FitReport {
     pub dropped: usize,
 }
 
+/// An item of a JSONL file and its 1-based line.
+pub type Numbered<T> = (usize, T);
+
 /// A conversation and its line in the file, as `read_jsonl_numbered` returns them.
-pub type NumberedConversation = (usize, Conversation);
+pub type NumberedConversation = Numbered<Conversation>;
 
 /// Where validation conversations come from.
 #[derive(Debug, Clone, Copy)]
@@ -227,10 +230,10 @@ fn refuse_empty_replies(
 /// Splits `fraction` of the (line-numbered) conversations (or pairs) off as validation, at least one,
 /// chosen by a shuffle seeded from `seed`; both parts keep file order.
 pub fn split_validation<T>(
-    mut convs: Vec<(usize, T)>,
+    mut convs: Vec<Numbered<T>>,
     fraction: f64,
     seed: u64,
-) -> (Vec<(usize, T)>, Vec<(usize, T)>) {
+) -> (Vec<Numbered<T>>, Vec<Numbered<T>>) {
     // A stream of its own, apart from the epoch shuffles that use `seed` as given.
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ 0x5eed);
     convs.shuffle(&mut rng);

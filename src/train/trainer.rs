@@ -89,6 +89,10 @@ struct DpoRun {
     watch: ChosenWatch,
 }
 
+/// A DPO step's pair micro-batches and, with a precomputed reference, the reference
+/// log-probabilities of each one's pairs.
+pub type StepPairs = (Vec<PairBatch>, Option<Vec<Vec<PairLogps>>>);
+
 /// A validation's result: the loss (SFT: per target token; DPO: per pair), the tokens scored,
 /// and DPO's measures.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -314,10 +318,7 @@ impl Trainer {
 
     /// The pair micro-batches of DPO step `step` and, with a precomputed reference, their
     /// pairs' reference log-probabilities.
-    pub fn step_pair_batches(
-        &self,
-        step: usize,
-    ) -> Result<(Vec<PairBatch>, Option<Vec<Vec<PairLogps>>>)> {
+    pub fn step_pair_batches(&self, step: usize) -> Result<StepPairs> {
         let dpo = self
             .dpo
             .as_ref()
