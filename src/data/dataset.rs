@@ -142,9 +142,11 @@ pub fn read_prompt_lines(path: impl AsRef<Path>) -> Result<Vec<PromptLine>> {
 fn messages_of(obj: &serde_json::Map<String, Value>) -> std::result::Result<Vec<Message>, String> {
     let Some(messages) = obj.get("messages") else {
         if obj.contains_key("chosen") || obj.contains_key("preferred_output") {
-            return Err("missing \"messages\": this line is a preference pair; set \
-                        `train.method = \"dpo\"` to train on pairs"
-                .to_string());
+            return Err(
+                "missing \"messages\": this line is a preference pair, which only \
+                        `train.method = \"dpo\"` reads"
+                    .to_string(),
+            );
         }
         return Err("missing \"messages\"".to_string());
     };

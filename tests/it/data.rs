@@ -762,3 +762,42 @@ fn gemma3_template_renders_like_transformers() {
         "the built-in Gemma template is the one transformers used"
     );
 }
+
+/// An SFT reader given a pair file says what the file is; a DPO job given conversations says so
+/// too, each naming the file and line.
+#[test]
+fn conversation_and_pair_readers_name_each_others_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let pairs = dir.path().join("pairs.jsonl");
+    std::fs::write(
+        &pairs,
+        "{\"prompt\": \"Hi\", \"chosen\": \"Ahoy!\", \"rejected\": \"Hello.\"}\n",
+    )
+    .unwrap();
+    let e = lora_train::data::dataset::read_jsonl(&pairs).unwrap_err();
+    let msg = e.to_string();
+    assert!(
+        msg.contains("pairs.jsonl:1: missing \"messages\": this line is a preference pair"),
+        "{msg}"
+    );
+    let convs = dir.path().join("chats.jsonl");
+    std::fs::write(
+        &convs,
+        "\n{\"messages\": [{\"role\": \"user\", \"content\": \"Hi\"}, {\"role\": \"assistant\", \"content\": \"Hello.\"}]}\n",
+    )
+    .unwrap();
+    let e = lora_train::data::pairs::read_pairs(&convs).unwrap_err();
+    let msg = e.to_string();
+    assert!(
+        msg.contains("chats.jsonl:2: a conversation (\"messages\"), not a preference pair"),
+        "{msg}"
+    );
+    std::fs::write(&convs, "[1, 2]\n").unwrap();
+    let msg = lora_train::data::pairs::read_pairs(&convs)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains("chats.jsonl:1: expected a JSON object with \"prompt\""),
+        "{msg}"
+    );
+}
