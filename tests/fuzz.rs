@@ -523,6 +523,80 @@ fn dataset_readers() {
     );
 }
 
+fn reply_value() -> impl Strategy<Value = Value> {
+    prop_oneof![
+        4 => text_atom().prop_map(Value::from),
+        4 => prop::collection::vec(message_value(), 0..3).prop_map(Value::Array),
+        1 => message_value(),
+    ]
+}
+
+fn pair_value() -> impl Strategy<Value = Value> {
+    let prompt = prop_oneof![
+        3 => text_atom().prop_map(Value::from),
+        3 => prop::collection::vec(message_value(), 0..4).prop_map(Value::Array),
+        1 => json_leaf(),
+    ];
+    prop_oneof![
+        4 => (prop::option::weighted(0.85, prompt), reply_value(), reply_value(), any::<bool>())
+            .prop_map(|(p, c, r, meta)| {
+                let mut m = serde_json::Map::new();
+                if let Some(p) = p {
+                    m.insert("prompt".into(), p);
+                }
+                m.insert("chosen".into(), c);
+                m.insert("rejected".into(), r);
+                if meta {
+                    m.insert("metadata".into(), json!({"seed": 1}));
+                }
+                Value::Object(m)
+            }),
+        3 => (prop::collection::vec(message_value(), 0..4), reply_value(), reply_value())
+            .prop_map(|(msgs, c, r)| json!({
+                "input": {"messages": msgs},
+                "preferred_output": c,
+                "non_preferred_output": r,
+            })),
+        1 => conversation_value(),
+        1 => json_any(),
+    ]
+}
+
+/// DPO's pair files in their three shapes, valid and not: a result, never a panic, and every
+/// pair read has a prompt that does not end with the assistant.
+#[test]
+fn pair_readers() {
+    let dir = tempdir();
+    let jsonl = dir.path().join("pairs.jsonl");
+    let pairs = std::fs::read(fixtures().join("dpo/pairs.jsonl")).expect("dpo/pairs.jsonl");
+    let strategy = (
+        prop_oneof![
+            3 => prop::collection::vec(pair_value(), 0..5).prop_map(|lines| {
+                let mut text = String::new();
+                for l in lines {
+                    text.push_str(&l.to_string());
+                    text.push('\n');
+                }
+                text.into_bytes()
+            }),
+            1 => Just(pairs),
+        ],
+        edits(4),
+    );
+    fuzz("pair_readers", strategy, |(lines, line_edits)| {
+        write(&jsonl, &mutate(&lines, &line_edits, None));
+        let read = lora_train::data::pairs::read_pairs(&jsonl);
+        if let Some((_, pairs)) = check_result("read_pairs", read)? {
+            prop_assert!(!pairs.is_empty());
+            for (line, p) in &pairs {
+                prop_assert!(*line >= 1);
+                prop_assert!(p.prompt.last().is_some_and(|m| m.role != Role::Assistant));
+            }
+        }
+        Ok(())
+    });
+}
+
 // ---------------------------------------------------------------------------------------------
 // Chat templates.
 

@@ -41,11 +41,14 @@ pub fn run(path: &Path, cli: &Cli) -> anyhow::Result<()> {
     }
     let malloc = lora_train::alloc::host_training(trainer.device());
     tracing::debug!("host allocator for training: {malloc:?}");
+    let (train, validation) = trainer.units();
+    let what = match trainer.job().is_dpo() {
+        true => "DPO pairs",
+        false => "examples",
+    };
     eprintln!(
-        "training {} on {} examples ({} validation): {} steps, {} LoRA parameters",
+        "training {} on {train} {what} ({validation} validation): {} steps, {} LoRA parameters",
         trainer.model().name_or_path,
-        trainer.train().len(),
-        trainer.validation().len(),
         trainer.plan().total_steps,
         trainer.params().num_parameters()
     );

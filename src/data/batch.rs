@@ -2,11 +2,12 @@
 //! of the hidden states that predict each target, which is what the loss and scoring read.
 //! Training, validation and `score` collate here, so one place says which rows predict targets.
 //! With packing ([`collate_packed`]) a row holds several examples one after another, each with
-//! its own targets, and the batch says where each starts (`segment_starts`).
+//! its own targets, and the batch says where each starts (`segment_starts`). DPO's pairs
+//! ([`collate_pairs`]) run as their chosen and rejected sequences in one batch.
 
 use candle_core::{Device, Tensor};
 
-use crate::data::TokenizedExample;
+use crate::data::{TokenizedExample, TokenizedPair};
 use crate::Result;
 
 /// A right-padded micro-batch.
@@ -73,6 +74,44 @@ pub fn collate(examples: &[&TokenizedExample], pad_id: u32, device: &Device) -> 
         tokens,
         conversations: b,
         segment_starts: None,
+    })
+}
+
+/// A micro-batch of preference pairs: every pair's chosen sequence, then every pair's rejected
+/// one, in one right-padded batch (TRL's `concatenated_forward` order).
+#[derive(Debug, Clone)]
+pub struct PairBatch {
+    pub batch: MicroBatch,
+    pub pairs: usize,
+    /// The reply tokens (targets) of each sequence, chosen then rejected: how `batch.target_ids`
+    /// splits into sequences.
+    pub reply_tokens: Vec<usize>,
+}
+
+impl PairBatch {
+    /// The targets of the chosen replies, which come first in `batch.target_ids`.
+    pub fn chosen_targets(&self) -> usize {
+        self.reply_tokens[..self.pairs].iter().sum()
+    }
+}
+
+/// Collates pairs into one micro-batch of `2 × pairs` sequences, chosen first.
+pub fn collate_pairs(pairs: &[&TokenizedPair], pad_id: u32, device: &Device) -> Result<PairBatch> {
+    let sequences: Vec<&TokenizedExample> = pairs
+        .iter()
+        .map(|p| &p.chosen)
+        .chain(pairs.iter().map(|p| &p.rejected))
+        .collect();
+    let batch = collate(&sequences, pad_id, device)?;
+    // As `collate` counts them: a target at position 0 has nothing to predict it.
+    let reply_tokens = sequences
+        .iter()
+        .map(|e| e.targets.iter().skip(1).filter(|t| **t).count())
+        .collect();
+    Ok(PairBatch {
+        batch,
+        pairs: pairs.len(),
+        reply_tokens,
     })
 }
 

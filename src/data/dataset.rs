@@ -135,8 +135,9 @@ fn read_other_format(
     use crate::data::formats::{read_records, Kind};
     let file = read_records(path, Some(format))?;
     if format.kind() == Kind::Preference {
-        tracing::info!(
-            "{}: a {format} file; its prompts and chosen replies are read as conversations",
+        tracing::warn!(
+            "{}: a {format} file of preference pairs; SFT trains on each prompt and its chosen \
+             reply (train.method = \"dpo\" trains on the pairs)",
             path.display()
         );
     }
@@ -198,13 +199,20 @@ pub fn read_prompt_lines(path: impl AsRef<Path>) -> Result<Vec<PromptLine>> {
 
 fn messages_of(obj: &serde_json::Map<String, Value>) -> std::result::Result<Vec<Message>, String> {
     let Some(messages) = obj.get("messages") else {
+        if obj.contains_key("chosen") || obj.contains_key("preferred_output") {
+            return Err(
+                "missing \"messages\": this line is a preference pair, which only \
+                        `train.method = \"dpo\"` reads"
+                    .to_string(),
+            );
+        }
         return Err("missing \"messages\"".to_string());
     };
     parse_message_list(messages)
 }
 
 /// Each non-blank line of a JSONL file as a JSON object, through `f`; errors name the line.
-fn each_line<T>(
+pub(crate) fn each_line<T>(
     path: &Path,
     mut f: impl FnMut(usize, &serde_json::Map<String, Value>) -> std::result::Result<T, String>,
 ) -> Result<Vec<(usize, T)>> {

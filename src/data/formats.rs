@@ -9,7 +9,7 @@
 //! | `alpaca` | `{"instruction", "input", "output"}` |
 //! | `chatml` | `{"text": "<\|im_start\|>role\n…<\|im_end\|>\n…"}` |
 //! | `sft` | `{"instruction", "input", "output", "metadata"}` |
-//! | `dpo-trl` | `{"prompt": [msgs] \| "text", "chosen": [assistant msg] \| "text", "rejected": …}` (TRL's explicit-prompt form) |
+//! | `dpo-trl` | `{"prompt": [msgs] \| "text", "chosen": [assistant msg] \| "text", "rejected": …}`, or TRL's implicit prompt: `chosen` and `rejected` as whole conversations sharing all but their last (assistant) message |
 //! | `dpo-seed` | `{"prompt", "chosen", "rejected", "metadata"}`, all strings but the metadata |
 //! | `dpo-openai` | `{"input": {"messages"}, "preferred_output": [msg], "non_preferred_output": [msg]}` (Together and OpenAI DPO) |
 //! | `gauntlet` | `{"prompt", "response", "attack_type", "success", "findings"}` |
@@ -129,6 +129,11 @@ impl Format {
             } else {
                 (Format::DpoTrl, "\"prompt\", \"chosen\", \"rejected\"")
             }
+        } else if has("chosen") && has("rejected") && !has("prompt") {
+            (
+                Format::DpoTrl,
+                "\"chosen\" and \"rejected\" without \"prompt\" (TRL's implicit prompt)",
+            )
         } else if has("prompt") && has("response") {
             (Format::Gauntlet, "\"prompt\" and \"response\"")
         } else if has("instruction") && has("output") {
@@ -286,11 +291,28 @@ pub fn read_record(
             Message::new(Role::User, string(obj, "prompt")?),
             Message::new(Role::Assistant, string(obj, "response")?),
         ]),
+        Format::DpoTrl if !obj.contains_key("prompt") => {
+            let (prompt, chosen, rejected) =
+                implicit_prompt(required(obj, "chosen")?, required(obj, "rejected")?)?;
+            Ok(Record::Preference(PreferenceRecord {
+                prompt,
+                chosen,
+                rejected,
+                extra,
+            }))
+        }
         Format::DpoTrl => {
             let prompt = match required(obj, "prompt")? {
                 Value::String(s) => vec![Message::new(Role::User, s.clone())],
-                v => parse_message_list(v).map_err(|e| format!("prompt: {e}"))?,
+                v @ Value::Array(_) => parse_message_list(v).map_err(|e| format!("prompt: {e}"))?,
+                other => {
+                    return Err(format!(
+                        "\"prompt\": expected a string or a list of messages, got {}",
+                        json_type(other)
+                    ))
+                }
             };
+            check_prompt(&prompt, "prompt")?;
             Ok(Record::Preference(PreferenceRecord {
                 prompt,
                 chosen: reply(obj, "chosen")?,
@@ -315,8 +337,9 @@ pub fn read_record(
                     json_type(&obj["input"])
                 ));
             };
-            let prompt = parse_message_list(required(input, "messages")?)
-                .map_err(|e| format!("input: {e}"))?;
+            let messages = required(input, "messages").map_err(|e| format!("\"input\": {e}"))?;
+            let prompt = parse_message_list(messages).map_err(|e| format!("input: {e}"))?;
+            check_prompt(&prompt, "input.messages")?;
             Ok(Record::Preference(PreferenceRecord {
                 prompt,
                 chosen: reply(obj, "preferred_output")?,
@@ -583,25 +606,87 @@ fn string(obj: &Map<String, Value>, key: &str) -> std::result::Result<String, St
     }
 }
 
-/// A reply written as a string, or as a list holding one assistant message.
+/// A reply written as a string, as one assistant message, or as a list holding one.
 fn reply(obj: &Map<String, Value>, key: &str) -> std::result::Result<String, String> {
-    match required(obj, key)? {
-        Value::String(s) => Ok(s.clone()),
-        v @ Value::Array(_) => {
-            let msgs = parse_message_list(v).map_err(|e| format!("{key}: {e}"))?;
-            match msgs.as_slice() {
-                [m] if m.role == Role::Assistant => Ok(m.content.clone()),
-                _ => Err(format!(
-                    "\"{key}\": expected one assistant message, got {} message(s)",
-                    msgs.len()
-                )),
+    let message = match required(obj, key)? {
+        Value::String(s) => return Ok(s.clone()),
+        Value::Array(items) if items.len() == 1 => items[0].clone(),
+        Value::Array(items) => {
+            return Err(format!(
+                "\"{key}\": expected one assistant message, got {} message(s)",
+                items.len()
+            ))
+        }
+        v @ Value::Object(_) => v.clone(),
+        other => {
+            return Err(format!(
+                "\"{key}\": expected a string or a list with one assistant message, got {}",
+                json_type(other)
+            ))
+        }
+    };
+    let msgs = parse_message_list(&Value::Array(vec![message]))
+        .map_err(|e| format!("{key}: {}", e.trim_start_matches("messages[0]")))?;
+    match msgs.as_slice() {
+        [m] if m.role == Role::Assistant => Ok(m.content.clone()),
+        [m] => Err(format!(
+            "\"{key}\": the reply must be an assistant message, got role \"{}\"",
+            m.role
+        )),
+        _ => Err(format!("\"{key}\": expected one assistant message")),
+    }
+}
+
+/// A pair's prompt must have messages and must not end with the assistant: the replies follow.
+fn check_prompt(prompt: &[Message], key: &str) -> std::result::Result<(), String> {
+    match prompt.last() {
+        None => Err(format!("\"{key}\": the prompt has no messages")),
+        Some(m) if m.role == Role::Assistant => Err(format!(
+            "\"{key}\": the prompt ends with an assistant message; the replies follow it"
+        )),
+        Some(_) => Ok(()),
+    }
+}
+
+/// TRL's `extract_prompt`: the messages `chosen` and `rejected` share are the prompt, and each
+/// must then end in one assistant message. Returns the prompt and the two replies.
+fn implicit_prompt(
+    chosen: &Value,
+    rejected: &Value,
+) -> std::result::Result<(Vec<Message>, String, String), String> {
+    let (Value::Array(_), Value::Array(_)) = (chosen, rejected) else {
+        return Err(
+            "missing \"prompt\" (without it, \"chosen\" and \"rejected\" must be whole \
+             conversations sharing the prompt)"
+                .to_string(),
+        );
+    };
+    let chosen = parse_message_list(chosen).map_err(|e| format!("chosen: {e}"))?;
+    let rejected = parse_message_list(rejected).map_err(|e| format!("rejected: {e}"))?;
+    let shared = chosen
+        .iter()
+        .zip(&rejected)
+        .take_while(|(c, r)| c == r)
+        .count();
+    for (key, conv) in [("chosen", &chosen), ("rejected", &rejected)] {
+        match &conv[shared..] {
+            [m] if m.role == Role::Assistant => {}
+            rest => {
+                return Err(format!(
+                    "\"{key}\": without \"prompt\", expected the shared messages and then one \
+                     assistant message, got {} message(s) after the {shared} shared",
+                    rest.len()
+                ))
             }
         }
-        other => Err(format!(
-            "\"{key}\": expected a string or a list with one assistant message, got {}",
-            json_type(other)
-        )),
     }
+    let prompt = chosen[..shared].to_vec();
+    check_prompt(&prompt, "chosen")?;
+    Ok((
+        prompt,
+        chosen[shared].content.clone(),
+        rejected[shared].content.clone(),
+    ))
 }
 
 fn read_sharegpt(value: &Value) -> std::result::Result<Vec<Message>, String> {

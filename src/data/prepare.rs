@@ -10,7 +10,10 @@ use rand::SeedableRng;
 use serde::Serialize;
 
 use crate::data::dataset::read_jsonl_numbered;
+use crate::data::formats::Format;
 use crate::data::mask::tokenize_line;
+use crate::data::pairs::{read_pairs, tokenize_and_fit_pairs, NumberedPair};
+use crate::data::TokenizedPair;
 use crate::data::{ChatTemplate, ChatTokenizer, Conversation, LossOn, Message, TokenizedExample};
 use crate::{Error, Result};
 
@@ -60,8 +63,11 @@ pub struct FitReport {
     pub dropped: usize,
 }
 
+/// An item of a JSONL file and its 1-based line.
+pub type Numbered<T> = (usize, T);
+
 /// A conversation and its line in the file, as `read_jsonl_numbered` returns them.
-pub type NumberedConversation = (usize, Conversation);
+pub type NumberedConversation = Numbered<Conversation>;
 
 /// Where validation conversations come from.
 #[derive(Debug, Clone, Copy)]
@@ -139,6 +145,55 @@ pub fn prepare_dataset(
     })
 }
 
+/// Tokenized preference pairs for a DPO run.
+#[derive(Debug, Clone)]
+pub struct PreparedPairs {
+    /// The training file's shape.
+    pub format: Format,
+    pub train: Vec<TokenizedPair>,
+    pub validation: Vec<TokenizedPair>,
+    /// How the training pairs fitted.
+    pub fit: FitReport,
+    pub validation_fit: FitReport,
+}
+
+/// [`prepare_dataset`] for preference pairs: reads `train` (any of the pair shapes) and the
+/// held-out pairs, tokenizes them with the chat template and fits each pair into
+/// `opts.max_seq_len` per sequence; errors name the file and line.
+pub fn prepare_pairs(
+    train: &Path,
+    held_out: HeldOut,
+    template: &ChatTemplate,
+    tokenizer: &ChatTokenizer,
+    opts: &PrepareOptions,
+) -> Result<PreparedPairs> {
+    let (format, mut pairs) = read_pairs(train)?;
+    let mut val_pairs = Vec::new();
+    let mut val_path = train;
+    match held_out {
+        HeldOut::File(path) => {
+            val_path = path;
+            val_pairs = read_pairs(path)?.1;
+        }
+        HeldOut::Fraction(fraction) => {
+            (pairs, val_pairs) = split_validation(pairs, fraction, opts.split_seed);
+        }
+        HeldOut::None => {}
+    }
+    let fit_all = |pairs: &[NumberedPair], path: &Path| {
+        tokenize_and_fit_pairs(pairs, path, template, tokenizer, opts.max_seq_len)
+    };
+    let (train_pairs, fit) = fit_all(&pairs, train)?;
+    let (validation, validation_fit) = fit_all(&val_pairs, val_path)?;
+    Ok(PreparedPairs {
+        format,
+        train: train_pairs,
+        validation,
+        fit,
+        validation_fit,
+    })
+}
+
 /// Refuses conversations whose every reply the loss trains on (per `loss_on`) is empty or
 /// blank: an adapter trained on them learns only to end its turn at once.
 fn refuse_empty_replies(
@@ -173,13 +228,13 @@ fn refuse_empty_replies(
     })
 }
 
-/// Splits `fraction` of the (line-numbered) conversations off as validation, at least one,
+/// Splits `fraction` of the (line-numbered) conversations (or pairs) off as validation, at least one,
 /// chosen by a shuffle seeded from `seed`; both parts keep file order.
-pub fn split_validation(
-    convs: Vec<NumberedConversation>,
+pub fn split_validation<T>(
+    convs: Vec<Numbered<T>>,
     fraction: f64,
     seed: u64,
-) -> (Vec<NumberedConversation>, Vec<NumberedConversation>) {
+) -> (Vec<Numbered<T>>, Vec<Numbered<T>>) {
     let singletons: Vec<usize> = (0..convs.len()).collect();
     let held_out = validation_mask(&singletons, fraction, seed);
     let (mut train, mut validation) = (Vec::new(), Vec::new());

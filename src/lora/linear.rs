@@ -1,6 +1,11 @@
 //! A frozen linear layer with an optional LoRA path: `y = x Wᵀ + b + scale · (x Aᵀ) Bᵀ`.
+//!
+//! A shared [`AdapterSwitch`] turns every adapted projection of a model to its reference for a
+//! forward pass (DPO's reference model with one copy of the weights): the frozen reference
+//! A/B a layer keeps beside its trainable ones (a `lora.init_adapter` as loaded), or none, which
+//! is the base model, as PEFT's `disable_adapter()` gives TRL.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use candle_core::{DType, Module, Tensor};
@@ -26,6 +31,36 @@ pub struct LoraWeights {
     pub dropout_seed: Option<Arc<AtomicU64>>,
     /// The dtype the LoRA path runs in (A and B are kept in f32 and cast to this).
     pub compute_dtype: DType,
+    /// Shared with the model's other projections: while it is on, this one runs as the
+    /// reference (no gradient, no dropout).
+    pub switch: Option<Arc<AdapterSwitch>>,
+    /// The reference's frozen `(A, B)`; `None` makes the reference the base weights.
+    pub reference: Option<(Tensor, Tensor)>,
+}
+
+/// Switches a model's adapted projections between the trained adapter and the reference.
+#[derive(Debug, Default)]
+pub struct AdapterSwitch(AtomicBool);
+
+impl AdapterSwitch {
+    /// Runs `f` with every projection sharing this switch turned to its reference, and turns
+    /// them back after, also when `f` fails.
+    pub fn as_reference<T>(&self, f: impl FnOnce() -> T) -> T {
+        struct Back<'a>(&'a AtomicBool);
+        impl Drop for Back<'_> {
+            fn drop(&mut self) {
+                self.0.store(false, Ordering::SeqCst);
+            }
+        }
+        self.0.store(true, Ordering::SeqCst);
+        let _back = Back(&self.0);
+        f()
+    }
+
+    /// Whether the projections run as the reference now.
+    pub fn is_reference(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
 }
 
 impl LoraWeights {
@@ -39,7 +74,13 @@ impl LoraWeights {
             dropout: 0.0,
             dropout_seed: None,
             compute_dtype,
+            switch: None,
+            reference: None,
         }
+    }
+
+    fn runs_reference(&self) -> bool {
+        self.switch.as_ref().is_some_and(|s| s.is_reference())
     }
 
     /// The dropout key of the layer with `salt` under the shared seed, or `None` when dropout
@@ -177,6 +218,9 @@ impl Linear {
             // The frozen product's backward reads only the output gradient.
             return self.base(x, value);
         };
+        if l.runs_reference() {
+            return self.reference(x, l);
+        }
         let (out, inp) = self.shape();
         let (lead, n) = leading_dims(x, inp)?;
         let mut out_dims = lead;
@@ -234,6 +278,33 @@ impl Linear {
                 Some(grad_b),
             ])
         })?;
+        Ok(match &self.bias {
+            Some(bias) => y.broadcast_add(bias)?,
+            None => y,
+        })
+    }
+}
+
+impl Linear {
+    /// The projection as the reference runs it, with no graph: the base weights plus the
+    /// frozen reference A/B when the layer has them, in the very ops and dtypes of the trained
+    /// path, so that equal weights give equal outputs bit for bit (DPO's first step then sees
+    /// a log-ratio of exactly 0).
+    fn reference(&self, x: &Tensor, l: &LoraWeights) -> Result<Tensor> {
+        let Some((a, b)) = &l.reference else {
+            return self.base(&x.detach(), true);
+        };
+        let (out, inp) = self.shape();
+        let (lead, n) = leading_dims(x, inp)?;
+        let mut out_dims = lead;
+        out_dims.push(out);
+        let xd = x.detach().reshape((n, inp))?;
+        let cd = l.compute_dtype;
+        let u = gemm::matmul(&xd.to_dtype(cd)?, &a.to_dtype(cd)?.t()?)?;
+        let base = self.weight.product_t(&xd)?;
+        let delta =
+            gemm::matmul(&(&u * l.scale)?, &b.to_dtype(cd)?.t()?)?.to_dtype(base.dtype())?;
+        let y = (base + delta)?.reshape(out_dims.as_slice())?;
         Ok(match &self.bias {
             Some(bias) => y.broadcast_add(bias)?,
             None => y,

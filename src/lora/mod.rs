@@ -10,7 +10,7 @@ pub mod params;
 pub mod peft;
 
 pub use adaptable::Adaptable;
-pub use linear::{Linear, LoraWeights, Recompute};
+pub use linear::{AdapterSwitch, Linear, LoraWeights, Recompute};
 pub use params::{
     lora_scale, target_names, LoraParam, LoraParams, LoraSpec, ALL_LINEAR, PROJECTIONS,
 };

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use candle_core::{DType, Device, Tensor, Var};
 use rand::{Rng, SeedableRng};
 
+use super::linear::AdapterSwitch;
 use super::peft::{peft_tensor_names, PeftAdapterConfig, TargetModules};
 use super::{Adaptable, LoraWeights};
 use crate::autograd::{Checkpointing, GradSink};
@@ -186,6 +187,11 @@ pub struct LoraParams {
     pub dropout_seed: Arc<AtomicU64>,
     /// Where checkpointed layers leave their gradients, while checkpointing is on.
     pub grad_sink: Option<Arc<GradSink>>,
+    /// Turns the attached projections to the reference for a forward pass (DPO).
+    pub switch: Arc<AdapterSwitch>,
+    /// Frozen copies of `(A, B)` per parameter, in [`Self::params`] order, that the reference
+    /// runs with; `None`: the reference is the base model.
+    pub reference: Option<Vec<(Tensor, Tensor)>>,
 }
 
 fn module_matches(module: &str, targets: &[String]) -> bool {
@@ -222,6 +228,8 @@ impl LoraParams {
             params,
             dropout_seed: Arc::new(AtomicU64::new(0)),
             grad_sink: None,
+            switch: Arc::default(),
+            reference: None,
         })
     }
 
@@ -309,16 +317,24 @@ impl LoraParams {
             params,
             dropout_seed: Arc::new(AtomicU64::new(0)),
             grad_sink: None,
+            switch: Arc::default(),
+            reference: None,
         })
     }
 
-    /// Attaches the parameters to the model's projections (sharing storage with the Vars).
+    /// Attaches the parameters to the model's projections (sharing storage with the Vars),
+    /// with the reference weights and the switch to them.
     pub fn attach(&self, model: &mut dyn Adaptable, compute_dtype: DType) -> Result<()> {
-        let by_module: HashMap<&str, &LoraParam> =
-            self.params.iter().map(|p| (p.module.as_str(), p)).collect();
+        let by_module: HashMap<&str, usize> = self
+            .params
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (p.module.as_str(), i))
+            .collect();
         let scale = self.spec.scale();
         for (i, (module, linear)) in model.linears_mut().into_iter().enumerate() {
-            if let Some(p) = by_module.get(module.as_str()) {
+            if let Some(&k) = by_module.get(module.as_str()) {
+                let p = &self.params[k];
                 linear.set_salt(i as u64 + 1);
                 linear.set_lora(Some(LoraWeights {
                     a: p.a.as_tensor().clone(),
@@ -327,10 +343,32 @@ impl LoraParams {
                     dropout: self.spec.dropout,
                     dropout_seed: Some(self.dropout_seed.clone()),
                     compute_dtype,
+                    switch: Some(self.switch.clone()),
+                    reference: self.reference.as_ref().map(|r| r[k].clone()),
                 }));
             }
         }
         Ok(())
+    }
+
+    /// Makes the adapter's present weights the reference: frozen copies (the Vars' storage
+    /// changes in place with every step) that [`Self::as_reference`] runs with once attached.
+    /// DPO's reference when it starts from an SFT adapter.
+    pub fn freeze_reference(&mut self) -> Result<()> {
+        let copies = self
+            .params
+            .iter()
+            .map(|p| Ok((p.a.as_tensor().copy()?, p.b.as_tensor().copy()?)))
+            .collect::<Result<Vec<_>>>()?;
+        self.reference = Some(copies);
+        Ok(())
+    }
+
+    /// Runs `f` with the attached projections turned to the reference: the frozen copies of
+    /// [`Self::freeze_reference`], or the base weights without them. Nothing in `f` tracks
+    /// gradients through the adapter, and dropout is off.
+    pub fn as_reference<T>(&self, f: impl FnOnce() -> T) -> T {
+        self.switch.as_reference(f)
     }
 
     /// Takes the adapter off the model's projections (the Vars are kept).

@@ -76,6 +76,10 @@ pub fn job_fingerprint(job: &JobConfig) -> String {
         // Added only when set, so fingerprints of dense runs did not change with the key.
         key["quantize"] = job.model.quantize.name().into();
     }
+    if job.is_dpo() {
+        // Likewise: SFT fingerprints are those of the runs before `train.method`.
+        key["dpo"] = serde_json::json!(job.dpo());
+    }
     let text = key.to_string();
     // FNV-1a: stable across runs and platforms.
     let mut h: u64 = 0xcbf29ce484222325;

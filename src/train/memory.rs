@@ -305,10 +305,13 @@ fn parse_size(s: &str) -> Option<f64> {
 /// Fails before the first step, and before the `lora_params` LoRA scalars are allocated, when
 /// the run's estimated peak exceeds the memory left on `device` (host memory for the CPU and
 /// Metal, the GPU's own for CUDA).
+/// `train` holds the sequences of every training unit, `per_unit` of them each: 1 for SFT, 2
+/// for a DPO pair (its chosen and rejected sequences run in one batch).
 pub fn check_run_fits(
     model: &LoadedModel,
     lora_params: usize,
     train: &[TokenizedExample],
+    per_unit: usize,
     job: &JobConfig,
     dtype: candle_core::DType,
     device: &candle_core::Device,
@@ -318,7 +321,7 @@ pub fn check_run_fits(
         quantize: job.model.quantize,
         checkpointing: job.train.gradient_checkpointing,
         recompute_attention: job.train.recompute_attention,
-        micro_batch_size: job.train.micro_batch_size.min(train.len().max(1)),
+        micro_batch_size: (job.train.micro_batch_size * per_unit).min(train.len().max(1)),
         // Packed rows fill up to `max_seq_len`.
         seq_len: match job.data.packing {
             true => job.data.max_seq_len,

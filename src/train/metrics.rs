@@ -14,10 +14,46 @@ pub struct StepMetrics {
     pub tokens: usize,
     pub tokens_per_second: f64,
     pub elapsed_s: f64,
-    /// Conversations trained on in the step (with `data.packing`, several per row); absent in
-    /// the logs of older runs.
+    /// Conversations trained on in the step (with `data.packing`, several per row; with DPO,
+    /// pairs); absent in the logs of older runs.
     #[serde(default)]
     pub conversations: usize,
+    /// DPO's rewards and log-probabilities (absent for SFT).
+    #[serde(flatten, default, skip_serializing_if = "Option::is_none")]
+    pub preference: Option<PreferenceMetrics>,
+}
+
+/// DPO's measures of a step or a validation, named as TRL's `DPOTrainer` logs them: the
+/// implicit rewards `β · (log π(y|x) − log π_ref(y|x))` of the chosen and rejected replies,
+/// the fraction of pairs whose chosen reward is the higher, their mean difference, and the
+/// replies' summed log-probabilities under the policy. Means over the pairs (over each
+/// micro-batch, then over the step's micro-batches, as TRL averages what it logs).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Default)]
+pub struct PreferenceMetrics {
+    #[serde(rename = "rewards/chosen")]
+    pub rewards_chosen: f64,
+    #[serde(rename = "rewards/rejected")]
+    pub rewards_rejected: f64,
+    #[serde(rename = "rewards/accuracies")]
+    pub rewards_accuracies: f64,
+    #[serde(rename = "rewards/margins")]
+    pub rewards_margins: f64,
+    #[serde(rename = "logps/chosen")]
+    pub logps_chosen: f64,
+    #[serde(rename = "logps/rejected")]
+    pub logps_rejected: f64,
+}
+
+impl PreferenceMetrics {
+    /// `self + other · weight`, field by field: sums for weighted means.
+    pub fn add_scaled(&mut self, other: &PreferenceMetrics, weight: f64) {
+        self.rewards_chosen += other.rewards_chosen * weight;
+        self.rewards_rejected += other.rewards_rejected * weight;
+        self.rewards_accuracies += other.rewards_accuracies * weight;
+        self.rewards_margins += other.rewards_margins * weight;
+        self.logps_chosen += other.logps_chosen * weight;
+        self.logps_rejected += other.logps_rejected * weight;
+    }
 }
 
 /// One validation line.
@@ -27,6 +63,9 @@ pub struct EvalMetrics {
     pub epoch: f64,
     pub val_loss: f64,
     pub val_tokens: usize,
+    /// DPO's measures on the validation pairs (absent for SFT).
+    #[serde(flatten, default, skip_serializing_if = "Option::is_none")]
+    pub preference: Option<PreferenceMetrics>,
 }
 
 /// A line of `metrics.jsonl`.
@@ -48,13 +87,7 @@ impl MetricsLine {
 
 /// Train and validation loss against step as an SVG document; None without any loss.
 pub fn loss_plot_svg(lines: &[MetricsLine], title: &str) -> Option<String> {
-    let train: Vec<(f64, f64)> = lines
-        .iter()
-        .filter_map(|l| match l {
-            MetricsLine::Step(s) => Some((s.step as f64, s.loss)),
-            _ => None,
-        })
-        .collect();
+    let train = step_points(lines, |s| Some(s.loss));
     let val: Vec<(f64, f64)> = lines
         .iter()
         .filter_map(|l| match l {
@@ -62,7 +95,71 @@ pub fn loss_plot_svg(lines: &[MetricsLine], title: &str) -> Option<String> {
             _ => None,
         })
         .collect();
-    let all: Vec<&(f64, f64)> = train.iter().chain(val.iter()).collect();
+    line_plot_svg(
+        title,
+        "loss",
+        &[
+            Series {
+                label: "train loss",
+                color: "#1f77b4",
+                points: train,
+                dots: false,
+            },
+            Series {
+                label: "validation loss",
+                color: "#d62728",
+                points: val,
+                dots: true,
+            },
+        ],
+    )
+}
+
+/// DPO's rewards (TRL's `rewards/chosen`, `rewards/rejected`, `rewards/margins`) against step
+/// as an SVG document; None without DPO steps.
+pub fn rewards_plot_svg(lines: &[MetricsLine], title: &str) -> Option<String> {
+    let of = |f: fn(&PreferenceMetrics) -> f64| {
+        step_points(lines, move |s| s.preference.as_ref().map(f))
+    };
+    let series = [
+        ("rewards/chosen", "#2ca02c", of(|p| p.rewards_chosen)),
+        ("rewards/rejected", "#d62728", of(|p| p.rewards_rejected)),
+        ("rewards/margins", "#1f77b4", of(|p| p.rewards_margins)),
+    ];
+    let series: Vec<Series> = series
+        .into_iter()
+        .map(|(label, color, points)| Series {
+            label,
+            color,
+            points,
+            dots: false,
+        })
+        .collect();
+    line_plot_svg(title, "reward", &series)
+}
+
+fn step_points(lines: &[MetricsLine], y: impl Fn(&StepMetrics) -> Option<f64>) -> Vec<(f64, f64)> {
+    lines
+        .iter()
+        .filter_map(|l| match l {
+            MetricsLine::Step(s) => y(s).map(|v| (s.step as f64, v)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// One line of a plot.
+struct Series {
+    label: &'static str,
+    color: &'static str,
+    points: Vec<(f64, f64)>,
+    /// Mark each point (sparse series such as validations).
+    dots: bool,
+}
+
+/// Lines against the optimizer step as an SVG document, with a legend; None without points.
+fn line_plot_svg(title: &str, y_label: &str, series: &[Series]) -> Option<String> {
+    let all: Vec<&(f64, f64)> = series.iter().flat_map(|s| &s.points).collect();
     if all.is_empty() {
         return None;
     }
@@ -72,7 +169,7 @@ pub fn loss_plot_svg(lines: &[MetricsLine], title: &str) -> Option<String> {
         .iter()
         .map(|p| p.1)
         .fold(f64::INFINITY, f64::min)
-        .min(0.0f64.max(0.0));
+        .min(0.0);
     let ymax = all.iter().map(|p| p.1).fold(f64::NEG_INFINITY, f64::max) * 1.05;
     let ymax = if ymax > ymin { ymax } else { ymin + 1.0 };
     let sx = |x: f64| ml + (x / xmax) * (w - ml - mr);
@@ -105,7 +202,7 @@ pub fn loss_plot_svg(lines: &[MetricsLine], title: &str) -> Option<String> {
     svg += &format!(
         "<line x1=\"{ml}\" x2=\"{ml}\" y1=\"{mt}\" y2=\"{}\" stroke=\"black\"/><line x1=\"{ml}\" x2=\"{}\" y1=\"{}\" y2=\"{}\" stroke=\"black\"/>\n\
          <text x=\"{}\" y=\"{}\" text-anchor=\"middle\">optimizer step</text>\n\
-         <text x=\"16\" y=\"{}\" text-anchor=\"middle\" transform=\"rotate(-90 16 {})\">loss</text>\n",
+         <text x=\"16\" y=\"{}\" text-anchor=\"middle\" transform=\"rotate(-90 16 {})\">{y_label}</text>\n",
         h - mb,
         w - mr,
         h - mb,
@@ -115,41 +212,47 @@ pub fn loss_plot_svg(lines: &[MetricsLine], title: &str) -> Option<String> {
         h / 2.0,
         h / 2.0
     );
-    if !train.is_empty() {
-        let pts: Vec<String> = train
+    for s in series.iter().filter(|s| !s.points.is_empty()) {
+        let pts: Vec<String> = s
+            .points
             .iter()
             .map(|(x, y)| format!("{:.1},{:.1}", sx(*x), sy(*y)))
             .collect();
+        let width = if s.dots { 2.0 } else { 1.5 };
         svg += &format!(
-            "<polyline fill=\"none\" stroke=\"#1f77b4\" stroke-width=\"1.5\" points=\"{}\"/>\n",
+            "<polyline fill=\"none\" stroke=\"{}\" stroke-width=\"{width}\" points=\"{}\"/>\n",
+            s.color,
             pts.join(" ")
         );
-    }
-    if !val.is_empty() {
-        let pts: Vec<String> = val
-            .iter()
-            .map(|(x, y)| format!("{:.1},{:.1}", sx(*x), sy(*y)))
-            .collect();
-        svg += &format!(
-            "<polyline fill=\"none\" stroke=\"#d62728\" stroke-width=\"2\" points=\"{}\"/>\n",
-            pts.join(" ")
-        );
-        for (x, y) in &val {
-            svg += &format!(
-                "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"3.5\" fill=\"#d62728\"/>\n",
-                sx(*x),
-                sy(*y)
-            );
+        if s.dots {
+            for (x, y) in &s.points {
+                svg += &format!(
+                    "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"3.5\" fill=\"{}\"/>\n",
+                    sx(*x),
+                    sy(*y),
+                    s.color
+                );
+            }
         }
     }
+    let (lx, ly) = (w - mr - 160.0, mt + 6.0);
     svg += &format!(
-        "<rect x=\"{}\" y=\"{}\" width=\"150\" height=\"44\" fill=\"white\" stroke=\"#999\"/>\n\
-         <line x1=\"{}\" x2=\"{}\" y1=\"{}\" y2=\"{}\" stroke=\"#1f77b4\" stroke-width=\"2\"/><text x=\"{}\" y=\"{}\">train loss</text>\n\
-         <line x1=\"{}\" x2=\"{}\" y1=\"{}\" y2=\"{}\" stroke=\"#d62728\" stroke-width=\"2\"/><text x=\"{}\" y=\"{}\">validation loss</text>\n</svg>\n",
-        w - mr - 160.0, mt + 6.0,
-        w - mr - 150.0, w - mr - 125.0, mt + 20.0, mt + 20.0, w - mr - 118.0, mt + 24.0,
-        w - mr - 150.0, w - mr - 125.0, mt + 38.0, mt + 38.0, w - mr - 118.0, mt + 42.0,
+        "<rect x=\"{lx}\" y=\"{ly}\" width=\"150\" height=\"{}\" fill=\"white\" stroke=\"#999\"/>\n",
+        8.0 + 18.0 * series.len() as f64
     );
+    for (i, s) in series.iter().enumerate() {
+        let y = ly + 14.0 + 18.0 * i as f64;
+        svg += &format!(
+            "<line x1=\"{}\" x2=\"{}\" y1=\"{y}\" y2=\"{y}\" stroke=\"{}\" stroke-width=\"2\"/><text x=\"{}\" y=\"{}\">{}</text>\n",
+            lx + 10.0,
+            lx + 35.0,
+            s.color,
+            lx + 42.0,
+            y + 4.0,
+            s.label
+        );
+    }
+    svg += "</svg>\n";
     Some(svg)
 }
 
@@ -157,4 +260,53 @@ fn xml_escape(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dpo_lines_carry_trls_names_and_read_back() {
+        let preference = Some(PreferenceMetrics {
+            rewards_chosen: 0.5,
+            rewards_rejected: -0.25,
+            rewards_accuracies: 1.0,
+            rewards_margins: 0.75,
+            logps_chosen: -10.0,
+            logps_rejected: -12.0,
+        });
+        let step = MetricsLine::Step(StepMetrics {
+            step: 3,
+            epoch: 0.5,
+            loss: 0.6,
+            lr: 1e-4,
+            grad_norm: 1.0,
+            tokens: 100,
+            tokens_per_second: 10.0,
+            elapsed_s: 1.0,
+            conversations: 4,
+            preference,
+        });
+        let eval = MetricsLine::Eval(EvalMetrics {
+            step: 3,
+            epoch: 0.5,
+            val_loss: 0.7,
+            val_tokens: 50,
+            preference,
+        });
+        for line in [step, eval] {
+            let text = serde_json::to_string(&line).unwrap();
+            assert!(text.contains("\"rewards/margins\":0.75"), "{text}");
+            assert!(text.contains("\"logps/chosen\":-10.0"), "{text}");
+            assert_eq!(serde_json::from_str::<MetricsLine>(&text).unwrap(), line);
+        }
+        // An SFT line has none of them, and reads back without them.
+        let sft = r#"{"step":1,"epoch":0.1,"loss":2.0,"lr":0.001,"grad_norm":1.0,"tokens":9,"tokens_per_second":1.0,"elapsed_s":1.0}"#;
+        let MetricsLine::Step(s) = serde_json::from_str::<MetricsLine>(sft).unwrap() else {
+            panic!("not a step line")
+        };
+        assert_eq!(s.preference, None);
+        assert!(!serde_json::to_string(&s).unwrap().contains("rewards"));
+    }
 }

@@ -5,12 +5,14 @@
 
 pub mod checkpoint;
 pub mod checkpoint_policy;
+pub mod dpo;
 pub mod loss;
 pub mod memory;
 pub mod metrics;
 pub mod optimizer;
 pub mod output_dir;
 pub mod plan;
+pub mod reference_cache;
 pub mod report;
 pub mod resume;
 pub mod run_log;

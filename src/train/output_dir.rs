@@ -46,6 +46,7 @@ pub const EVAL_DIR: &str = "eval";
 const RUN_FILES: &[&str] = &[
     "metrics.jsonl",
     "loss.svg",
+    "rewards.svg",
     "summary.json",
     "report.md",
     "report.json",

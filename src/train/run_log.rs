@@ -1,6 +1,6 @@
 //! The record a run keeps in its output folder beside checkpoints and the adapter: `job.toml`
-//! (the resolved job), `metrics.jsonl` (a line per step and per validation), `loss.svg` and
-//! `summary.json`. One type names and writes these files, so the trainer writes each from
+//! (the resolved job), `metrics.jsonl` (a line per step and per validation), `loss.svg` (and
+//! a DPO run's `rewards.svg`) and `summary.json`. One type names and writes these files, so the trainer writes each from
 //! one place and readers (tests, tools, the eval harness) find them where it put them.
 
 use std::io::Write;
@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use super::metrics::{loss_plot_svg, EvalMetrics, MetricsLine, StepMetrics};
+use super::metrics::{loss_plot_svg, rewards_plot_svg, EvalMetrics, MetricsLine, StepMetrics};
 use crate::config::job::{JobConfig, ValidationSpec};
 use crate::data::FitReport;
 use crate::fsutil::write_atomic;
@@ -179,11 +179,21 @@ impl RunLog {
     }
 
     /// Draws the logged losses to `loss.svg` (nothing when none is logged).
+    /// The plot of a DPO run's rewards.
+    pub fn rewards_plot_path(&self) -> PathBuf {
+        self.dir.join("rewards.svg")
+    }
+
+    /// Writes `loss.svg`, and for a DPO run `rewards.svg`.
     pub fn write_plot(&self, title: &str) -> Result<()> {
-        match loss_plot_svg(&self.metrics()?, title) {
-            Some(svg) => write_atomic(&self.plot_path(), svg.as_bytes()),
-            None => Ok(()),
+        let lines = self.metrics()?;
+        if let Some(svg) = loss_plot_svg(&lines, title) {
+            write_atomic(&self.plot_path(), svg.as_bytes())?;
         }
+        if let Some(svg) = rewards_plot_svg(&lines, title) {
+            write_atomic(&self.rewards_plot_path(), svg.as_bytes())?;
+        }
+        Ok(())
     }
 
     pub fn write_summary(&self, summary: &TrainSummary) -> Result<()> {
@@ -256,6 +266,7 @@ mod tests {
             tokens_per_second: 100.0,
             elapsed_s: 1.0,
             conversations: 2,
+            preference: None,
         }
     }
 
@@ -269,6 +280,7 @@ mod tests {
             epoch: 0.0,
             val_loss: 3.0,
             val_tokens: 5,
+            preference: None,
         })
         .unwrap();
         for s in 1..=4 {

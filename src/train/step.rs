@@ -1,8 +1,10 @@
 //! One optimizer step over a list of micro-batches (gradient accumulation).
 
+use candle_core::backprop::GradStore;
 use candle_core::Tensor;
 
 use super::loss::micro_batch_nll_sum;
+use super::metrics::PreferenceMetrics;
 use super::optimizer::{clip_coefficient, global_norm, AdamW};
 use crate::autograd::accumulate;
 use crate::data::batch::MicroBatch;
@@ -23,10 +25,20 @@ pub fn micro_batch_grads(
     let store = (&nll / divisor as f64)?.backward()?;
     // Read after the backward pass is queued, so the device does not drain in between; on the
     // host, as Metal has no f64.
-    let nll_sum = nll
-        .to_device(&candle_core::Device::Cpu)?
+    let nll_sum = host_scalar(&nll)?;
+    Ok((nll_sum, param_grads(params, &store)?))
+}
+
+/// A scalar tensor's value as f64, read on the host (Metal has no f64).
+pub fn host_scalar(t: &Tensor) -> Result<f64> {
+    Ok(t.to_device(&candle_core::Device::Cpu)?
         .to_dtype(candle_core::DType::F64)?
-        .to_scalar::<f64>()?;
+        .to_scalar::<f64>()?)
+}
+
+/// Each LoRA parameter's gradient (in [`LoraParams::vars`] order; `None` where none reached
+/// it) from a backward pass's `store`, plus what checkpointed layers left in the sink.
+pub fn param_grads(params: &LoraParams, store: &GradStore) -> Result<Vec<Option<Tensor>>> {
     let mut grads = Vec::new();
     for var in params.vars() {
         let outer = store.get(var.as_tensor()).cloned();
@@ -40,7 +52,7 @@ pub fn micro_batch_grads(
         }
         grads.push(sum);
     }
-    Ok((nll_sum, grads))
+    Ok(grads)
 }
 
 /// What one optimizer step did.
@@ -56,6 +68,8 @@ pub struct StepOutcome {
     /// Global gradient norm before clipping.
     pub grad_norm: f64,
     pub lr: f64,
+    /// DPO's rewards and log-probabilities (None for SFT).
+    pub preference: Option<PreferenceMetrics>,
 }
 
 /// Forward, backward and update over `micro_batches`, normalising the loss by the total
@@ -75,12 +89,11 @@ pub fn train_step(
     if total_targets == 0 {
         return Err(Error::Msg("a training step has no target tokens".into()));
     }
-    let vars = params.vars();
     if let Some(sink) = &params.grad_sink {
         // Left over from a step that failed halfway.
         sink.clear()?;
     }
-    let mut grads: Vec<Option<Tensor>> = vec![None; vars.len()];
+    let mut grads: Vec<Option<Tensor>> = vec![None; params.vars().len()];
     let mut loss_sum = 0f64;
     let mut tokens = 0;
     for (i, mb) in micro_batches.iter().enumerate() {
@@ -102,12 +115,34 @@ pub fn train_step(
     }
     params.set_dropout_seed(0);
     let loss = loss_sum / total_targets as f64;
+    let grad_norm = update(params, opt, grads, loss, lr, max_grad_norm)?;
+    Ok(StepOutcome {
+        loss,
+        target_tokens: total_targets,
+        tokens,
+        conversations: micro_batches.iter().map(|m| m.conversations).sum(),
+        grad_norm,
+        lr,
+        preference: None,
+    })
+}
+
+/// The end of every step: refuses a non-finite `loss` or gradient and a parameter that no
+/// gradient reached, then clips and applies AdamW; returns the gradient norm before clipping.
+pub fn update(
+    params: &LoraParams,
+    opt: &mut AdamW,
+    grads: Vec<Option<Tensor>>,
+    loss: f64,
+    lr: f64,
+    max_grad_norm: f64,
+) -> Result<f64> {
     if !loss.is_finite() {
         return Err(Error::NonFinite(format!("loss is {loss}")));
     }
     let grads: Vec<Tensor> = grads
         .into_iter()
-        .zip(&vars)
+        .zip(params.vars())
         .map(|(g, v)| match g {
             Some(g) => Ok(g),
             None => Err(Error::Msg(format!(
@@ -122,12 +157,5 @@ pub fn train_step(
     }
     // The clipping factor goes into the update (one op per parameter when fused).
     opt.step_clipped(&grads, lr, clip_coefficient(grad_norm, max_grad_norm))?;
-    Ok(StepOutcome {
-        loss,
-        target_tokens: total_targets,
-        tokens,
-        conversations: micro_batches.iter().map(|m| m.conversations).sum(),
-        grad_norm,
-        lr,
-    })
+    Ok(grad_norm)
 }

@@ -1,9 +1,11 @@
-//! The supervised fine-tuning run behind `lora-train --config job.toml`: loads the model and
-//! the prepared data, then runs the loop (resume, step, log, validate, carry out the checkpoint
-//! policy's actions) and finishes with the adapter export. Each role lives in its own module:
+//! The fine-tuning run behind `lora-train --config job.toml`: loads the model and the prepared
+//! data, then runs the loop (resume, step, log, validate, carry out the checkpoint policy's
+//! actions) and finishes with the adapter export. Each role lives in its own module:
 //! [`super::plan`] for batches, [`super::checkpoint_policy`] for when to save and stop,
 //! [`super::resume`] for what a checkpoint must pass, [`super::run_log`] for the run's files,
-//! [`crate::data::prepare`] for the examples.
+//! [`crate::data::prepare`] for the examples, [`super::dpo`] for the step and validation of a
+//! DPO run (`train.method = "dpo"`) and [`super::reference_cache`] for its precomputed
+//! reference.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -17,19 +19,25 @@ use super::checkpoint::{
     job_checkpoints, job_fingerprint, new_run_id, remove_checkpoint, save_checkpoint, TrainerState,
 };
 use super::checkpoint_policy::{CheckpointAction, CheckpointPolicy, SavedCheckpoint};
+use super::dpo::{
+    all_reference_logps, dpo_step, score_pairs_until, ChosenWatch, DpoObjective, PairLogps,
+};
 use super::memory;
-use super::metrics::{EvalMetrics, StepMetrics};
+use super::metrics::{EvalMetrics, PreferenceMetrics, StepMetrics};
 use super::optimizer::{AdamW, AdamWConfig};
 use super::plan::StepPlan;
+use super::reference_cache::{model_key, ReferenceCache};
 use super::resume::{data_hash, newest_resumable, Resumable};
 use super::run_log::{RunLog, TrainSummary};
 use super::schedule::Schedule;
 use super::step::{train_step, StepOutcome};
-use crate::config::job::{JobConfig, ValidationSpec};
-use crate::data::batch::{collate, collate_packed, MicroBatch};
+use crate::config::job::{DpoReference, JobConfig, ValidationSpec};
+use crate::data::batch::{collate, collate_packed, collate_pairs, MicroBatch, PairBatch};
 use crate::data::pack::first_fit_decreasing;
-use crate::data::prepare::{prepare_dataset, FitReport, HeldOut, PrepareOptions, PreparedData};
-use crate::data::TokenizedExample;
+use crate::data::prepare::{
+    prepare_dataset, prepare_pairs, FitReport, HeldOut, PrepareOptions, PreparedData, PreparedPairs,
+};
+use crate::data::{TokenizedExample, TokenizedPair};
 use crate::eval::score_examples_until;
 use crate::export::{write_adapter, AdapterExport};
 use crate::lora::{LoraParams, LoraSpec};
@@ -66,6 +74,32 @@ pub struct Trainer {
     dtype: DType,
     /// The SHA-256 of the training data (and a validation file), recorded in checkpoints.
     data_hash: String,
+    /// With `train.method = "dpo"`, the pairs and the objective; `data` is then empty.
+    dpo: Option<DpoRun>,
+}
+
+/// What a DPO run adds to the trainer.
+struct DpoRun {
+    objective: DpoObjective,
+    pairs: PreparedPairs,
+    /// With `dpo.precompute_reference`, every train and validation pair's reference
+    /// log-probabilities, once the run has computed (or read) them.
+    reference: Option<(Vec<PairLogps>, Vec<PairLogps>)>,
+    /// Warns once when the chosen replies fall while the margins grow.
+    watch: ChosenWatch,
+}
+
+/// A DPO step's pair micro-batches and, with a precomputed reference, the reference
+/// log-probabilities of each one's pairs.
+pub type StepPairs = (Vec<PairBatch>, Option<Vec<Vec<PairLogps>>>);
+
+/// A validation's result: the loss (SFT: per target token; DPO: per pair), the tokens scored,
+/// and DPO's measures.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Validation {
+    pub loss: f64,
+    pub tokens: usize,
+    pub preference: Option<PreferenceMetrics>,
 }
 
 impl Trainer {
@@ -85,7 +119,13 @@ impl Trainer {
         if let Some(name) = &job.model.name {
             model.name_or_path = name.clone();
         }
-        let data = prepare_data(&job, &model)?;
+        let (data, pairs) = match job.is_dpo() {
+            true => (
+                PreparedData::default(),
+                Some(prepare_pair_data(&job, &model)?),
+            ),
+            false => (prepare_data(&job, &model)?, None),
+        };
         let spec = LoraSpec {
             r: job.lora.r,
             alpha: job.lora.alpha,
@@ -96,12 +136,27 @@ impl Trainer {
         // Counted (and the rank bounded) before anything is allocated.
         let lora_params = spec.planned_parameters(model.model.as_mut())?;
         if job.train.memory_check {
-            memory::check_run_fits(&model, lora_params, &data.train, &job, dtype, &device)?;
+            let (sequences, per_unit) = match &pairs {
+                Some(p) => (pair_sequences(&p.train), 2),
+                None => (data.train.clone(), 1),
+            };
+            memory::check_run_fits(
+                &model,
+                lora_params,
+                &sequences,
+                per_unit,
+                &job,
+                dtype,
+                &device,
+            )?;
         }
         let mut params = match &job.lora.init_adapter {
             Some(dir) => LoraParams::from_init_adapter(model.model.as_mut(), dir, spec, &device)?,
             None => LoraParams::init(model.model.as_mut(), spec, job.train.seed, &device)?,
         };
+        if job.is_dpo() {
+            dpo_reference(&job, &mut params)?;
+        }
         params.attach(model.model.as_mut(), dtype)?;
         params.set_gradient_checkpointing(
             model.model.as_mut(),
@@ -112,7 +167,11 @@ impl Trainer {
             true => Some(pack_rows(&job, &data.train)?),
             false => None,
         };
-        let units = packed_rows.as_ref().map_or(data.train.len(), Vec::len);
+        let units = match (&pairs, &packed_rows) {
+            (Some(p), _) => p.train.len(),
+            (None, Some(rows)) => rows.len(),
+            (None, None) => data.train.len(),
+        };
         let plan = StepPlan::new(&job, units)?;
         for warning in plan.warnings(&job) {
             tracing::warn!("{warning}");
@@ -130,6 +189,12 @@ impl Trainer {
             _ => None,
         };
         let data_hash = data_hash(&job.data.train, validation_file)?;
+        let dpo = pairs.map(|pairs| DpoRun {
+            objective: DpoObjective::from(&job.dpo()),
+            pairs,
+            reference: None,
+            watch: ChosenWatch::default(),
+        });
         Ok(Self {
             job,
             model,
@@ -142,6 +207,7 @@ impl Trainer {
             pad_id,
             dtype,
             data_hash,
+            dpo,
         })
     }
 
@@ -170,9 +236,25 @@ impl Trainer {
         &self.data.validation
     }
 
-    /// How the training examples fitted `data.max_seq_len`.
+    /// The preference pairs of a DPO run (`train.method = "dpo"`), tokenized and fitted.
+    pub fn pairs(&self) -> Option<&PreparedPairs> {
+        self.dpo.as_ref().map(|d| &d.pairs)
+    }
+
+    /// What the run trains on and holds out: conversations, or DPO's pairs.
+    pub fn units(&self) -> (usize, usize) {
+        match &self.dpo {
+            Some(d) => (d.pairs.train.len(), d.pairs.validation.len()),
+            None => (self.data.train.len(), self.data.validation.len()),
+        }
+    }
+
+    /// How the training examples (or pairs) fitted `data.max_seq_len`.
     pub fn fit(&self) -> &FitReport {
-        &self.data.fit
+        match &self.dpo {
+            Some(d) => &d.pairs.fit,
+            None => &self.data.fit,
+        }
     }
 
     pub fn plan(&self) -> &StepPlan {
@@ -234,13 +316,74 @@ impl Trainer {
             .collect()
     }
 
-    /// Token-weighted validation loss (no dropout), or None without validation data.
-    pub fn validation_loss(&self) -> Result<Option<(f64, usize)>> {
-        self.validation_loss_until(&AtomicBool::new(false))
+    /// The pair micro-batches of DPO step `step` and, with a precomputed reference, their
+    /// pairs' reference log-probabilities.
+    pub fn step_pair_batches(&self, step: usize) -> Result<StepPairs> {
+        let dpo = self
+            .dpo
+            .as_ref()
+            .ok_or_else(|| Error::Msg("not a DPO run".into()))?;
+        let plan = self
+            .plan
+            .step_batches(step, self.job.train.seed, self.job.data.shuffle);
+        let batches = plan
+            .iter()
+            .map(|idx| {
+                let pairs: Vec<&TokenizedPair> = idx.iter().map(|i| &dpo.pairs.train[*i]).collect();
+                collate_pairs(&pairs, self.pad_id, &self.device)
+            })
+            .collect::<Result<_>>()?;
+        let reference = dpo.reference.as_ref().map(|(train, _)| {
+            plan.iter()
+                .map(|idx| idx.iter().map(|i| train[*i]).collect())
+                .collect()
+        });
+        Ok((batches, reference))
     }
 
-    /// [`Self::validation_loss`] that gives up with [`Error::Interrupted`] once `stop` is set.
-    pub fn validation_loss_until(&self, stop: &AtomicBool) -> Result<Option<(f64, usize)>> {
+    /// Token-weighted validation loss (no dropout), or None without validation data; a DPO
+    /// run's is the mean DPO loss of its pairs, and its tokens their replies'.
+    pub fn validation_loss(&self) -> Result<Option<(f64, usize)>> {
+        Ok(self
+            .validate_until(&AtomicBool::new(false))?
+            .map(|v| (v.loss, v.tokens)))
+    }
+
+    /// The validation (no dropout), or None without validation data; gives up with
+    /// [`Error::Interrupted`] once `stop` is set.
+    pub fn validate_until(&self, stop: &AtomicBool) -> Result<Option<Validation>> {
+        if let Some(dpo) = &self.dpo {
+            if dpo.pairs.validation.is_empty() {
+                return Ok(None);
+            }
+            let score = score_pairs_until(
+                self.model.model.as_ref(),
+                &self.params,
+                &dpo.objective,
+                &dpo.pairs.validation,
+                dpo.reference.as_ref().map(|(_, v)| v.as_slice()),
+                self.job.train.micro_batch_size,
+                self.pad_id,
+                stop,
+            )?;
+            return Ok(Some(Validation {
+                loss: score.loss,
+                tokens: score.reply_tokens,
+                preference: Some(score.metrics),
+            }));
+        }
+        Ok(self
+            .validation_loss_until(stop)?
+            .map(|(loss, tokens)| Validation {
+                loss,
+                tokens,
+                preference: None,
+            }))
+    }
+
+    /// [`Self::validation_loss`] of an SFT run that gives up with [`Error::Interrupted`] once
+    /// `stop` is set.
+    fn validation_loss_until(&self, stop: &AtomicBool) -> Result<Option<(f64, usize)>> {
         if self.data.validation.is_empty() {
             return Ok(None);
         }
@@ -274,7 +417,7 @@ impl Trainer {
         stop: &AtomicBool,
         stopped: &mut bool,
     ) -> Result<Option<f64>> {
-        let (loss, n) = match self.validation_loss_until(stop) {
+        let v = match self.validate_until(stop) {
             Err(Error::Interrupted(_)) => {
                 *stopped = true;
                 return Ok(None);
@@ -287,10 +430,11 @@ impl Trainer {
         log.log_eval(EvalMetrics {
             step,
             epoch: self.plan.epoch_of(step),
-            val_loss: loss,
-            val_tokens: n,
+            val_loss: v.loss,
+            val_tokens: v.tokens,
+            preference: v.preference,
         })?;
-        Ok(Some(loss))
+        Ok(Some(v.loss))
     }
 
     fn optimizer(&self) -> Result<AdamW> {
@@ -327,6 +471,12 @@ impl Trainer {
         // Where the eval harness and the server find the run's base model and data.
         log.write_job(&self.job)?;
         let mut interrupted = false;
+        if let Err(e) = self.precompute_reference(&log, &stop) {
+            match e {
+                Error::Interrupted(_) => interrupted = true,
+                e => return Err(e),
+            }
+        }
         let val_before = match start {
             0 => self.evaluate_and_log(&log, 0, &stop, &mut interrupted)?,
             _ => log.val_loss_at(0)?,
@@ -363,11 +513,22 @@ impl Trainer {
                 tokens_per_second: tps,
                 elapsed_s: elapsed,
                 conversations: outcome.conversations,
+                preference: outcome.preference,
             })?;
-            bar.set_message(format!(
-                "loss {:.4}  lr {lr:.2e}  {tps:.0} tok/s  {} conv",
-                outcome.loss, outcome.conversations
-            ));
+            let message = match &outcome.preference {
+                Some(p) => {
+                    self.watch_logps(p);
+                    format!(
+                        "loss {:.4}  margin {:.3}  acc {:.2}  lr {lr:.2e}  {tps:.0} tok/s",
+                        outcome.loss, p.rewards_margins, p.rewards_accuracies
+                    )
+                }
+                None => format!(
+                    "loss {:.4}  lr {lr:.2e}  {tps:.0} tok/s  {} conv",
+                    outcome.loss, outcome.conversations
+                ),
+            };
+            bar.set_message(message);
             bar.set_position(step as u64);
             if self.eval_due(step) {
                 // A stop during it leaves the flag set: the policy saves and stops below.
@@ -453,6 +614,19 @@ impl Trainer {
 
     /// One optimizer step over the micro-batches of 0-based step `step`.
     fn optimizer_step(&self, step: usize, lr: f64, opt: &mut AdamW) -> Result<StepOutcome> {
+        if let Some(dpo) = &self.dpo {
+            let (batches, reference) = self.step_pair_batches(step)?;
+            return dpo_step(
+                self.model.model.as_ref(),
+                &self.params,
+                opt,
+                &dpo.objective,
+                &batches,
+                reference.as_deref(),
+                lr,
+                self.job.train.max_grad_norm,
+            );
+        }
         let batches = self.step_micro_batches(step)?;
         let seed = self
             .job
@@ -534,13 +708,14 @@ impl Trainer {
             Some(dir)
         };
         let losses = log.step_losses()?;
+        let (train_examples, validation_examples) = self.units();
         let summary = TrainSummary {
             steps: end.step,
             total_steps: self.plan.total_steps,
             interrupted,
-            train_examples: self.data.train.len(),
-            validation_examples: self.data.validation.len(),
-            fit: self.data.fit.clone(),
+            train_examples,
+            validation_examples,
+            fit: self.fit().clone(),
             first_loss: losses.first().copied(),
             last_loss: losses.last().copied(),
             val_loss_before: end.val_before,
@@ -553,6 +728,85 @@ impl Trainer {
         };
         log.write_summary(&summary)?;
         Ok(summary)
+    }
+
+    /// With `dpo.precompute_reference`, every pair's reference log-probabilities, read from the
+    /// output folder's cache where it has them and computed (then cached) where not; before
+    /// step 1, so no reference forward runs during training.
+    fn precompute_reference(&mut self, log: &RunLog, stop: &AtomicBool) -> Result<()> {
+        let Some(dpo) = &self.dpo else {
+            return Ok(());
+        };
+        if !self.job.dpo().precompute_reference || dpo.reference.is_some() {
+            return Ok(());
+        }
+        let settings = format!(
+            "dtype={} quantize={}",
+            self.job.model.dtype.as_str(),
+            self.job.model.quantize.name()
+        );
+        let adapter = match self.job.dpo_reference_is_init_adapter() {
+            true => self.job.lora.init_adapter.as_deref(),
+            false => None,
+        };
+        let key = model_key(&self.model.source, &settings, adapter)?;
+        let mut cache = ReferenceCache::open(log.dir(), &key);
+        let mut lookup = |pairs: &[TokenizedPair]| -> Result<(Vec<PairLogps>, usize)> {
+            let missing: Vec<TokenizedPair> = pairs
+                .iter()
+                .filter(|p| cache.get(p).is_none())
+                .cloned()
+                .collect();
+            let computed = all_reference_logps(
+                self.model.model.as_ref(),
+                &self.params,
+                &missing,
+                self.job.train.micro_batch_size,
+                self.pad_id,
+                stop,
+            )?;
+            for (p, v) in missing.iter().zip(&computed) {
+                cache.insert(p, *v);
+            }
+            let values = pairs
+                .iter()
+                .map(|p| {
+                    cache
+                        .get(p)
+                        .ok_or_else(|| Error::Msg("a reference value went missing".into()))
+                })
+                .collect::<Result<_>>()?;
+            Ok((values, missing.len()))
+        };
+        let clock = Instant::now();
+        let (train, computed_train) = lookup(&dpo.pairs.train)?;
+        let (validation, computed_val) = lookup(&dpo.pairs.validation)?;
+        let computed = computed_train + computed_val;
+        if computed > 0 {
+            cache.save()?;
+        }
+        tracing::info!(
+            "dpo.precompute_reference: {} pairs' reference log-probabilities, {computed} computed \
+             ({:.1}s), the rest from {}",
+            train.len() + validation.len(),
+            clock.elapsed().as_secs_f64(),
+            log.dir()
+                .join(super::reference_cache::REFERENCE_CACHE)
+                .display()
+        );
+        if let Some(dpo) = &mut self.dpo {
+            dpo.reference = Some((train, validation));
+        }
+        Ok(())
+    }
+
+    /// Gives [`ChosenWatch`]'s warning, once: the chosen replies fall while the margins grow.
+    fn watch_logps(&mut self, now: &PreferenceMetrics) {
+        if let Some(dpo) = &mut self.dpo {
+            if let Some(warning) = dpo.watch.observe(now, &dpo.objective) {
+                tracing::warn!("{warning}");
+            }
+        }
     }
 
     /// The loss plot's title: the model's name and the LoRA rank.
@@ -616,6 +870,115 @@ fn prepare_data(job: &JobConfig, model: &LoadedModel) -> Result<PreparedData> {
         );
     }
     Ok(data)
+}
+
+/// Reads, splits, tokenizes and fits a DPO job's preference pairs.
+fn prepare_pair_data(job: &JobConfig, model: &LoadedModel) -> Result<PreparedPairs> {
+    let held_out = match &job.data.validation {
+        Some(ValidationSpec::File(path)) => HeldOut::File(path),
+        Some(ValidationSpec::Fraction(fraction)) => HeldOut::Fraction(*fraction),
+        None => HeldOut::None,
+    };
+    let opts = PrepareOptions {
+        loss_on: job.data.loss_on,
+        max_seq_len: job.data.max_seq_len,
+        split_seed: job.train.seed,
+    };
+    let pairs = prepare_pairs(
+        &job.data.train,
+        held_out,
+        &model.template,
+        &model.tokenizer,
+        &opts,
+    )?;
+    tracing::info!(
+        "data.train: {} preference pairs ({}), {} held out",
+        pairs.train.len(),
+        pairs.format.name(),
+        pairs.validation.len()
+    );
+    let max = job.data.max_seq_len;
+    for (fit, path, which) in [
+        (&pairs.fit, job.data.train.as_path(), "training"),
+        (
+            &pairs.validation_fit,
+            job.data.train.as_path(),
+            "validation",
+        ),
+    ] {
+        if fit.truncated + fit.dropped > 0 {
+            tracing::warn!(
+                "data.max_seq_len = {max}: {} {which} pairs lost prompt tokens from the start, {} \
+                 left out (their longer reply does not fit)",
+                fit.truncated,
+                fit.dropped
+            );
+        }
+        if which == "training" && pairs.train.is_empty() && fit.dropped > 0 {
+            return Err(Error::NoUsableData {
+                path: path.to_path_buf(),
+                msg: format!(
+                    "all {} pairs are left out by data.max_seq_len = {max} (their longer reply \
+                     does not fit); raise it, or shorten them",
+                    fit.dropped
+                ),
+            });
+        }
+    }
+    if pairs.validation.is_empty() && pairs.validation_fit.dropped > 0 {
+        let path = match &job.data.validation {
+            Some(ValidationSpec::File(path)) => path.as_path(),
+            _ => job.data.train.as_path(),
+        };
+        return Err(Error::NoUsableData {
+            path: path.to_path_buf(),
+            msg: format!(
+                "all {} validation pairs are left out by data.max_seq_len = {max}; raise it, or \
+                 shorten them",
+                pairs.validation_fit.dropped
+            ),
+        });
+    }
+    Ok(pairs)
+}
+
+/// Every pair's two sequences, for the memory estimate.
+fn pair_sequences(pairs: &[TokenizedPair]) -> Vec<TokenizedExample> {
+    pairs
+        .iter()
+        .flat_map(|p| [p.chosen.clone(), p.rejected.clone()])
+        .collect()
+}
+
+/// Sets up DPO's reference on `params` (before they are attached): the frozen init adapter
+/// when the job's reference resolves to it, else the base model. Warns where the job asks for
+/// what it may not mean: the base model with an init adapter, or LoRA dropout (off in DPO).
+fn dpo_reference(job: &JobConfig, params: &mut LoraParams) -> Result<()> {
+    let dpo = job.dpo();
+    if job.dpo_reference_is_init_adapter() {
+        params.freeze_reference()?;
+        tracing::info!(
+            "dpo.reference: the init adapter, frozen (the trained copy starts equal to it)"
+        );
+    } else if let Some(dir) = &job.lora.init_adapter {
+        if dpo.reference == DpoReference::Base {
+            tracing::warn!(
+                "dpo.reference = \"base\" with lora.init_adapter {}: the rewards measure the \
+                 trained adapter against the base model without any adapter, not against that \
+                 starting adapter, so they start away from 0; remove dpo.reference (\"auto\") to \
+                 measure against the init adapter",
+                dir.display()
+            );
+        }
+    }
+    if job.lora.dropout > 0.0 {
+        tracing::warn!(
+            "lora.dropout = {}: DPO runs without dropout (as TRL's disable_dropout), so that the \
+             policy and its reference see the same network",
+            job.lora.dropout
+        );
+    }
+    Ok(())
 }
 
 /// The training examples packed into rows of up to `data.max_seq_len` tokens (seeded by

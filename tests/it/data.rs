@@ -762,3 +762,43 @@ fn gemma3_template_renders_like_transformers() {
         "the built-in Gemma template is the one transformers used"
     );
 }
+
+/// An SFT reader given a pair file trains on its prompts and chosen replies; a DPO job given
+/// conversations says what the file is, naming the file and line.
+#[test]
+fn conversation_and_pair_readers_name_each_others_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let pairs = dir.path().join("pairs.jsonl");
+    std::fs::write(
+        &pairs,
+        "{\"prompt\": \"Hi\", \"chosen\": \"Ahoy!\", \"rejected\": \"Hello.\"}\n",
+    )
+    .unwrap();
+    let convs = lora_train::data::dataset::read_jsonl(&pairs).unwrap();
+    let texts: Vec<&str> = convs[0]
+        .messages
+        .iter()
+        .map(|m| m.content.as_str())
+        .collect();
+    assert_eq!(texts, ["Hi", "Ahoy!"]);
+    let convs = dir.path().join("chats.jsonl");
+    std::fs::write(
+        &convs,
+        "\n{\"messages\": [{\"role\": \"user\", \"content\": \"Hi\"}, {\"role\": \"assistant\", \"content\": \"Hello.\"}]}\n",
+    )
+    .unwrap();
+    let e = lora_train::data::pairs::read_pairs(&convs).unwrap_err();
+    let msg = e.to_string();
+    assert!(
+        msg.contains("chats.jsonl:2: a conversation (openai), not a preference pair"),
+        "{msg}"
+    );
+    std::fs::write(&convs, "[1, 2]\n").unwrap();
+    let msg = lora_train::data::pairs::read_pairs(&convs)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains("chats.jsonl:1: expected a JSON object, got a list"),
+        "{msg}"
+    );
+}

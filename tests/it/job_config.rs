@@ -647,3 +647,80 @@ fn quickstart_dataset_teaches_one_checkable_behaviour() {
         }
     }
 }
+
+#[test]
+fn dpo_keys_are_checked_and_name_their_line() {
+    let (_d, job) = load_ok(&format!("{BASE}[dpo]\nbeta = 0.2\n"), &["train.method=dpo"]);
+    assert!(job.is_dpo());
+    assert_eq!(job.dpo().beta, 0.2);
+    assert!(!job.dpo_reference_is_init_adapter());
+    let cases: &[(&str, &[&str], &str)] = &[
+        (
+            "[dpo]\nbeta = 0.2\n",
+            &[],
+            "`[dpo]` is given but `train.method` is \"sft\"",
+        ),
+        (
+            "",
+            &["train.method=dpo", "data.packing=true"],
+            "`data.packing` is for SFT for now",
+        ),
+        (
+            "",
+            &["train.method=dpo", "data.loss_on=all"],
+            "`data.loss_on` = \"all\" chooses SFT targets",
+        ),
+        (
+            "[dpo]\nbeta = 0\n",
+            &["train.method=dpo"],
+            "`dpo.beta` must be > 0",
+        ),
+        (
+            "[dpo]\nlabel_smoothing = 0.1\n",
+            &["train.method=dpo"],
+            "read by the \"robust\" loss only",
+        ),
+        (
+            "[dpo]\nloss = \"robust\"\nlabel_smoothing = 0.5\n",
+            &["train.method=dpo"],
+            "`dpo.label_smoothing` must be in [0, 0.5)",
+        ),
+        (
+            "[dpo]\nloss = \"ipo\"\nnormalize_by_length = true\n",
+            &["train.method=dpo"],
+            "needs dpo.loss = \"sigmoid\"",
+        ),
+        (
+            "[dpo]\nreference = \"init_adapter\"\n",
+            &["train.method=dpo"],
+            "needs `lora.init_adapter`",
+        ),
+        (
+            "[dpo]\nloss = \"kto\"\n",
+            &["train.method=dpo"],
+            "unknown value \"kto\" (expected sigmoid, ipo, hinge, robust",
+        ),
+        ("", &["train.method=orpo"], "expected sft, dpo"),
+        (
+            "[dpo]\nbta = 0.1\n",
+            &["train.method=dpo"],
+            "did you mean `dpo.beta`?",
+        ),
+    ];
+    for (extra, overrides, want) in cases {
+        let text = format!("{BASE}{extra}");
+        let msg = load_err(&text, overrides);
+        assert_contains(&msg, want);
+        assert!(msg.contains("job.toml"), "{msg}");
+    }
+    // A `[dpo]` key's error names its line.
+    let text = format!("{BASE}[dpo]\nbeta = -1\n");
+    let msg = load_err(&text, &["train.method=dpo"]);
+    assert_contains(&msg, &format!("job.toml:{}", line_of(&text, "beta")));
+    // The init adapter is the reference by default, and `base` may be asked for instead.
+    let with_init = format!("{BASE}[lora]\ninit_adapter = \"a\"\n");
+    let (_d, job) = load_ok(&with_init, &["train.method=dpo"]);
+    assert!(job.dpo_reference_is_init_adapter());
+    let (_d, job) = load_ok(&with_init, &["train.method=dpo", "dpo.reference=base"]);
+    assert!(!job.dpo_reference_is_init_adapter());
+}

@@ -13,6 +13,7 @@ mod ctrlc;
 mod data;
 mod data_synth;
 mod data_tools;
+mod dpo;
 mod export;
 mod harness_eval;
 mod harness_judge;

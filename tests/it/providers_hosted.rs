@@ -626,3 +626,89 @@ fn shipped_hosted_configs_plan_cleanly() {
         );
     }
 }
+
+const PAIR: &str = r#"{"input":{"messages":[{"role":"user","content":"Capital of France?"}]},"preferred_output":[{"role":"assistant","content":"Paris."}],"non_preferred_output":[{"role":"assistant","content":"Lyon."}]}"#;
+
+/// A DPO job file's spec: `train.method = "dpo"` and `[dpo]` as the hosted mapping reads them.
+fn dpo_spec(dir: &Path, train: &Path, dpo: &str) -> HostedJobSpec {
+    let text = format!(
+        "[model]\nsource = \"org/model\"\n[data]\ntrain = \"{}\"\n[train]\nmethod = \"dpo\"\nepochs = 1\nmicro_batch_size = 2\n[dpo]\n{dpo}\n[output]\ndir = \"out\"\n",
+        train.display()
+    );
+    let path = dir.join("job.toml");
+    std::fs::write(&path, text).unwrap();
+    let (job, written) = JobConfig::load_written(&path, &[]).unwrap();
+    HostedJobSpec::from_job(&job, &written)
+}
+
+#[test]
+fn dpo_jobs_upload_the_pair_shape_and_send_each_providers_dpo_method() {
+    let dir = tempfile::tempdir().unwrap();
+    let train = dataset(dir.path(), "pairs.jsonl", &[PAIR; 10]);
+    let spec = dpo_spec(
+        dir.path(),
+        &train,
+        "beta = 0.2\nsft_weight = 0.5\nnormalize_by_length = true",
+    );
+    assert!(spec.unmapped.is_empty(), "{:?}", spec.unmapped);
+    let api = apis::together(Outcome::Succeed);
+    jobs(dir.path())
+        .submit(&together_cfg(&api), &spec, &SubmitOptions::default())
+        .unwrap();
+    let requests = api.server.requests();
+    assert_eq!(requests[1].body, std::fs::read(&train).unwrap());
+    assert_eq!(
+        requests[3].json(),
+        json!({
+            "model": "meta-llama/Meta-Llama-3.1-8B-Instruct-Reference",
+            "n_epochs": 1,
+            "n_checkpoints": 2,
+            "batch_size": 2,
+            "suffix": "bot",
+            "training_method": {"method": "dpo", "dpo_beta": 0.2, "rpo_alpha": 0.5, "dpo_normalize_logratios_by_length": true},
+            "training_file": "file-1"
+        })
+    );
+
+    // OpenAI: beta only; an SFT term it cannot take is an error before any upload.
+    let api = apis::openai(Outcome::Succeed);
+    let refused = jobs(dir.path()).submit(&openai_cfg(&api), &spec, &SubmitOptions::default());
+    match refused {
+        Err(ProviderError::Mapping { errors, .. }) => assert_eq!(errors.len(), 2, "{errors:?}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(api.server.requests().is_empty());
+    let spec = dpo_spec(dir.path(), &train, "beta = 0.2");
+    jobs(dir.path())
+        .submit(&openai_cfg(&api), &spec, &SubmitOptions::default())
+        .unwrap();
+    let requests = api.server.requests();
+    assert!(requests[0]
+        .text()
+        .contains(&std::fs::read_to_string(&train).unwrap()));
+    assert_eq!(
+        requests[1].json(),
+        json!({
+            "model": "gpt-4o-mini-2024-07-18",
+            "method": {"type": "dpo", "dpo": {"hyperparameters": {"n_epochs": 1, "batch_size": 2, "learning_rate_multiplier": 1.8, "beta": 0.2}}},
+            "training_file": "file-abc"
+        })
+    );
+}
+
+#[test]
+fn a_hosted_dpo_job_refuses_pairs_in_another_shape_before_upload() {
+    let dir = tempfile::tempdir().unwrap();
+    let trl = r#"{"prompt":"Capital of France?","chosen":"Paris.","rejected":"Lyon."}"#;
+    let train = dataset(dir.path(), "pairs.jsonl", &[trl; 10]);
+    let spec = dpo_spec(dir.path(), &train, "loss = \"sigmoid\"");
+    let api = apis::together(Outcome::Succeed);
+    match jobs(dir.path()).submit(&together_cfg(&api), &spec, &SubmitOptions::default()) {
+        Err(ProviderError::Dataset { failures, .. }) => {
+            assert_eq!(failures.len(), 10);
+            assert!(failures[0].message.contains("dpo-openai"), "{failures:?}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(api.server.requests().is_empty());
+}

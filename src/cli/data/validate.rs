@@ -6,8 +6,9 @@ use std::path::PathBuf;
 
 use anyhow::bail;
 use clap::Args;
+use lora_train::data::formats::Kind;
 use lora_train::data::validate::{validate_file, Problem, Severity};
-use lora_train::providers::hosted::check_dataset;
+use lora_train::providers::hosted::{check_dataset, DatasetKind};
 
 use super::{format_or_auto, AutoFormat, TokenArgs};
 use crate::cli::hosted::ProviderArg;
@@ -40,7 +41,11 @@ pub fn run(a: &ValidateArgs) -> anyhow::Result<()> {
     let mut report = validate_file(&a.file, a.format.0, tokens.as_ref())?;
     if let Some(provider) = a.provider {
         let provider = lora_train::providers::HostedProvider::from(provider);
-        let checked = check_dataset(provider, &a.file)?;
+        let kind = match report.format.kind() {
+            Kind::Chat => DatasetKind::Conversations,
+            Kind::Preference => DatasetKind::Pairs,
+        };
+        let checked = check_dataset(provider, &a.file, kind)?;
         report.extend(checked.failures.into_iter().map(|f| Problem {
             line: f.line,
             severity: Severity::Error,

@@ -93,7 +93,7 @@ pub(super) fn dry_run_report(job: &HostedJob, accept_warnings: bool) -> anyhow::
     let mut failing = 0;
     let files = std::iter::once(&spec.train_file).chain(spec.validation_file.as_ref());
     for file in files {
-        let report = check_dataset(cfg.provider, file).map_err(explain)?;
+        let report = check_dataset(cfg.provider, file, spec.dataset_kind()).map_err(explain)?;
         if report.is_ok() {
             println!(
                 "  {}: ok, {} examples{}",

@@ -5,8 +5,9 @@
 
 use std::path::Path;
 
-use super::sections::{JobConfig, ValidationSpec};
+use super::sections::{DpoLoss, DpoReference, JobConfig, ValidationSpec};
 use super::suggest::nearest;
+use crate::data::LossOn;
 use crate::lora::{ALL_LINEAR, PROJECTIONS};
 
 /// A broken rule: the key at fault and a message that names it.
@@ -107,6 +108,8 @@ pub(super) fn check(job: &JobConfig) -> Check {
         return Err(invalid("train.eval_every", msg));
     }
 
+    check_dpo(job)?;
+
     not_empty("output.dir", &job.output.dir)?;
 
     if let Some(report) = &job.report {
@@ -132,6 +135,71 @@ pub(super) fn check(job: &JobConfig) -> Check {
             ));
         }
         eval.check().map_err(|(key, msg)| invalid(key, msg))?;
+    }
+    Ok(())
+}
+
+/// `train.method = "dpo"` and its `[dpo]` table: TRL's ranges, and the keys that do not go
+/// with preference pairs.
+fn check_dpo(job: &JobConfig) -> Check {
+    if !job.is_dpo() {
+        if job.dpo.is_some() {
+            return Err(invalid(
+                "dpo",
+                "`[dpo]` is given but `train.method` is \"sft\": set `train.method = \"dpo\"` \
+                 to train on preference pairs, or remove `[dpo]`",
+            ));
+        }
+        return Ok(());
+    }
+    if job.data.packing {
+        return Err(invalid(
+            "data.packing",
+            "`data.packing` is for SFT for now: with `train.method = \"dpo\"` each pair runs as \
+             its chosen and rejected rows, right-padded; set `data.packing = false`",
+        ));
+    }
+    if job.data.loss_on != LossOn::LastAssistant {
+        return Err(invalid(
+            "data.loss_on",
+            format!(
+                "`data.loss_on` = \"{}\" chooses SFT targets; DPO scores each pair's reply, \
+                 so leave it at \"last_assistant\"",
+                job.data.loss_on
+            ),
+        ));
+    }
+    let dpo = job.dpo();
+    positive("dpo.beta", dpo.beta)?;
+    let smoothing = dpo.label_smoothing;
+    in_range(
+        "dpo.label_smoothing",
+        smoothing,
+        "[0, 0.5)",
+        (0.0..0.5).contains(&smoothing),
+    )?;
+    if smoothing > 0.0 && dpo.loss != DpoLoss::Robust {
+        let msg = format!(
+            "`dpo.label_smoothing` is read by the \"robust\" loss only (dpo.loss = \"{}\")",
+            dpo.loss.name()
+        );
+        return Err(invalid("dpo.label_smoothing", msg));
+    }
+    non_negative("dpo.sft_weight", dpo.sft_weight)?;
+    if dpo.normalize_by_length && dpo.loss != DpoLoss::Sigmoid {
+        let msg = format!(
+            "`dpo.normalize_by_length` is TRL's length-normalized sigmoid loss, so it needs \
+             dpo.loss = \"sigmoid\" (got \"{}\"; \"ipo\" averages per token already)",
+            dpo.loss.name()
+        );
+        return Err(invalid("dpo.normalize_by_length", msg));
+    }
+    if dpo.reference == DpoReference::InitAdapter && job.lora.init_adapter.is_none() {
+        return Err(invalid(
+            "dpo.reference",
+            "`dpo.reference` = \"init_adapter\" needs `lora.init_adapter` (the SFT adapter \
+             to start from and measure against)",
+        ));
     }
     Ok(())
 }

@@ -17,8 +17,9 @@ use std::path::{Path, PathBuf};
 
 pub use schema::{Key, KeyKind, Section};
 pub use sections::{
-    DataSection, JobConfig, LoraSection, ModelSection, OutputSection, ReportSection, SchedulerKind,
-    TrainLength, TrainSection, ValidationSpec,
+    DataSection, DpoLoss, DpoReference, DpoSection, JobConfig, LoraSection, ModelSection,
+    OutputSection, ReportSection, SchedulerKind, TrainLength, TrainMethod, TrainSection,
+    ValidationSpec,
 };
 pub use suggest::{KEY_ALIASES, SECTION_ALIASES};
 pub use values::{DeviceName, DtypeName};

@@ -30,6 +30,9 @@ job_section! {
         /// `[eval]`: the evaluation harness run after training, base model against adapter.
         #[serde(skip_serializing_if = "Option::is_none")]
         pub eval: Option<JobEvalSection> = None,
+        /// `[dpo]`: preference optimization, read when `train.method = "dpo"`.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pub dpo: Option<DpoSection> = None,
         /// `[hosted]`: remote fine-tuning settings, parsed by `providers`, kept raw here.
         #[serde(skip_serializing_if = "Option::is_none")]
         pub hosted: Option<toml::Table> = None,
@@ -84,8 +87,10 @@ job_section! {
 }
 
 job_section! {
-    /// `[train]`: length, batch, optimizer, schedule, checkpoints and memory.
+    /// `[train]`: method, length, batch, optimizer, schedule, checkpoints and memory.
     pub struct TrainSection {
+        /// `sft` (supervised, on conversations) or `dpo` (preference pairs, with `[dpo]`).
+        pub method: TrainMethod = TrainMethod::Sft,
         #[serde(skip_serializing_if = "Option::is_none")]
         pub epochs: Option<f64> = None,
         #[serde(skip_serializing_if = "Option::is_none")]
@@ -115,6 +120,28 @@ job_section! {
         pub recompute_attention: bool = false,
         /// Refuse to start a run whose estimated peak memory exceeds what the device has.
         pub memory_check: bool = true,
+    }
+}
+
+job_section! {
+    /// `[dpo]`: Direct Preference Optimization (Rafailov et al. 2023) as TRL's `DPOTrainer` runs
+    /// it; each key names the `DPOConfig` field it follows.
+    pub struct DpoSection {
+        /// The strength of the pull towards the reference (`DPOConfig.beta`).
+        pub beta: f64 = 0.1,
+        /// The loss on the reward margin (`DPOConfig.loss_type`).
+        pub loss: DpoLoss = DpoLoss::Sigmoid,
+        /// The assumed fraction of flipped labels, for the `robust` loss.
+        pub label_smoothing: f64 = 0.0,
+        /// RPO: this weight times the NLL of the chosen reply is added to the loss (TRL's
+        /// `loss_type = ["sigmoid", "sft"]` weights, Together's `rpo_alpha`).
+        pub sft_weight: f64 = 0.0,
+        /// Which model the rewards are measured against.
+        pub reference: DpoReference = DpoReference::Auto,
+        /// Compute every pair's reference log-probabilities once before step 1, and cache them.
+        pub precompute_reference: bool = false,
+        /// Divide each reply's log-ratio by its length (TRL's `sigmoid_norm`).
+        pub normalize_by_length: bool = false,
     }
 }
 
@@ -179,6 +206,118 @@ impl SchedulerKind {
 
 impl KeyType for SchedulerKind {
     const KIND: KeyKind = KeyKind::Choice(SchedulerKind::NAMES);
+}
+
+/// What a run trains on, and with which loss.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum TrainMethod {
+    /// Supervised fine-tuning on conversations: the NLL of the trained replies.
+    #[default]
+    Sft,
+    /// Direct Preference Optimization on preference pairs (`[dpo]`).
+    Dpo,
+}
+
+impl TrainMethod {
+    pub const NAMES: &'static [&'static str] = &["sft", "dpo"];
+
+    /// The name used in job files.
+    pub fn name(self) -> &'static str {
+        match self {
+            TrainMethod::Sft => "sft",
+            TrainMethod::Dpo => "dpo",
+        }
+    }
+}
+
+impl KeyType for TrainMethod {
+    const KIND: KeyKind = KeyKind::Choice(TrainMethod::NAMES);
+}
+
+/// The DPO loss on a pair's reward margin, as TRL's `loss_type` names it.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum DpoLoss {
+    /// `-log σ(β·Δ)`, the DPO paper's.
+    #[default]
+    Sigmoid,
+    /// IPO (Azar et al. 2023): `(Δ/len − 1/(2β))²` on per-token averaged log-ratios.
+    Ipo,
+    /// SLiC's `max(0, 1 − β·Δ)`.
+    Hinge,
+    /// Robust DPO (Chowdhury et al. 2024), unbiased under `label_smoothing` flipped labels.
+    Robust,
+}
+
+impl DpoLoss {
+    pub const NAMES: &'static [&'static str] = &["sigmoid", "ipo", "hinge", "robust"];
+
+    /// The name used in job files (and TRL's `loss_type`).
+    pub fn name(self) -> &'static str {
+        match self {
+            DpoLoss::Sigmoid => "sigmoid",
+            DpoLoss::Ipo => "ipo",
+            DpoLoss::Hinge => "hinge",
+            DpoLoss::Robust => "robust",
+        }
+    }
+}
+
+impl KeyType for DpoLoss {
+    const KIND: KeyKind = KeyKind::Choice(DpoLoss::NAMES);
+}
+
+/// Which model DPO's rewards are measured against.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum DpoReference {
+    /// `init_adapter` when the job has one, else `base`.
+    #[default]
+    Auto,
+    /// The base model: the projections with the adapter switched off.
+    Base,
+    /// `lora.init_adapter` as loaded, kept frozen beside the trained copy.
+    InitAdapter,
+}
+
+impl DpoReference {
+    pub const NAMES: &'static [&'static str] = &["auto", "base", "init_adapter"];
+
+    /// The name used in job files.
+    pub fn name(self) -> &'static str {
+        match self {
+            DpoReference::Auto => "auto",
+            DpoReference::Base => "base",
+            DpoReference::InitAdapter => "init_adapter",
+        }
+    }
+}
+
+impl KeyType for DpoReference {
+    const KIND: KeyKind = KeyKind::Choice(DpoReference::NAMES);
+}
+
+impl JobConfig {
+    /// The `[dpo]` settings (their defaults when the table is absent).
+    pub fn dpo(&self) -> DpoSection {
+        self.dpo.clone().unwrap_or_default()
+    }
+
+    /// Whether the run trains on preference pairs.
+    pub fn is_dpo(&self) -> bool {
+        self.train.method == TrainMethod::Dpo
+    }
+
+    /// The reference DPO measures against, `auto` resolved: whether it is the frozen
+    /// `init_adapter` (else the base model).
+    pub fn dpo_reference_is_init_adapter(&self) -> bool {
+        match self.dpo().reference {
+            DpoReference::Auto => self.lora.init_adapter.is_some(),
+            DpoReference::Base => false,
+            DpoReference::InitAdapter => true,
+        }
+    }
 }
 
 /// How long training runs.

@@ -129,9 +129,10 @@ impl HostedJobs {
                 tracing::warn!(provider = %cfg.provider, "accepted: {warning}");
             }
         }
-        let mut reports = vec![check_dataset(cfg.provider, &spec.train_file)?.into_result()?];
+        let kind = spec.dataset_kind();
+        let mut reports = vec![check_dataset(cfg.provider, &spec.train_file, kind)?.into_result()?];
         if let Some(validation) = &spec.validation_file {
-            reports.push(check_dataset(cfg.provider, validation)?.into_result()?);
+            reports.push(check_dataset(cfg.provider, validation, kind)?.into_result()?);
         }
         Ok((plan, reports))
     }

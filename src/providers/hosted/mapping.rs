@@ -1,12 +1,15 @@
 //! From the job file to a provider's create-job body: Together's `POST /fine-tunes`
-//! (together-python `create_finetune_request`) and OpenAI's `POST /fine_tuning/jobs`
-//! (`method.supervised.hyperparameters`). A value the provider cannot take is an error; one it
+//! (together-python `create_finetune_request`, `training_method` `sft` or `dpo`) and OpenAI's
+//! `POST /fine_tuning/jobs` (`method.supervised.hyperparameters`, or `method.dpo` for
+//! `train.method = "dpo"`). A value the provider cannot take is an error; one it
 //! would not honour exactly is a warning the user must accept. Nothing is dropped silently. What
 //! each key maps to is in docs/providers.md.
 
 use serde_json::{json, Map, Value};
 
+use super::spec::HostedDpo;
 use super::{HostedConfig, HostedJobSpec, HostedProvider};
+use crate::config::job::DpoLoss;
 use crate::data::LossOn;
 use crate::providers::error::{ProviderError, Result};
 
@@ -181,6 +184,9 @@ pub fn plan_job(cfg: &HostedConfig, spec: &HostedJobSpec) -> Result<JobPlan> {
             cfg.provider
         ));
     }
+    if let Some(dpo) = &spec.dpo {
+        check_dpo(cfg.provider, dpo, &mut c);
+    }
 
     let body = match cfg.provider {
         HostedProvider::Together => together_body(
@@ -214,6 +220,24 @@ pub fn plan_job(cfg: &HostedConfig, spec: &HostedJobSpec) -> Result<JobPlan> {
         body,
         warnings: c.warnings,
     })
+}
+
+/// What both providers' DPO cannot take: a loss other than the sigmoid, and a local speed-up
+/// that changes nothing remotely.
+fn check_dpo(provider: HostedProvider, dpo: &HostedDpo, c: &mut Collector) {
+    c.range("dpo.beta", dpo.beta, |v| v > 0.0, "positive");
+    if let Some(loss) = dpo.loss.filter(|l| *l != DpoLoss::Sigmoid) {
+        c.error(format!(
+            "dpo.loss = \"{}\": {provider} trains DPO with the sigmoid loss only",
+            loss.name()
+        ));
+    }
+    if dpo.precompute_reference == Some(true) {
+        c.warn(format!(
+            "dpo.precompute_reference is not honoured: it is a local speed-up, and {provider} \
+             runs its reference itself (the loss is the same)"
+        ));
+    }
 }
 
 fn together_body(
@@ -363,6 +387,23 @@ fn together_body(
         }
     }
 
+    if let Some(dpo) = &spec.dpo {
+        // together-python `TrainingMethodDPO`; its defaults (beta 0.1, no RPO term, no length
+        // normalization) are ours, so only written keys are sent.
+        let mut method = Map::new();
+        method.insert("method".into(), json!("dpo"));
+        if let Some(beta) = dpo.beta {
+            method.insert("dpo_beta".into(), json!(beta));
+        }
+        if let Some(alpha) = dpo.sft_weight {
+            method.insert("rpo_alpha".into(), json!(alpha));
+        }
+        if let Some(norm) = dpo.normalize_by_length {
+            method.insert("dpo_normalize_logratios_by_length".into(), json!(norm));
+        }
+        body.insert("training_method".into(), Value::Object(method));
+        return Value::Object(body);
+    }
     let mut method = Map::new();
     method.insert("method".into(), json!("sft"));
     match spec.loss_on {
@@ -444,14 +485,30 @@ fn openai_body(
         ("max_seq_len", spec.max_seq_len.map(|v| v.to_string())),
         ("packing", spec.packing.map(|v| v.to_string())),
     ];
+    let method = match spec.dpo {
+        Some(_) => "dpo",
+        None => "supervised",
+    };
     for (name, value) in unsupported {
         if let Some(value) = value {
             c.warn(format!(
-                "{name} = {value} is not honoured: OpenAI's supervised method does not take it"
+                "{name} = {value} is not honoured: OpenAI's {method} method does not take it"
             ));
         }
     }
+    if let Some(dpo) = &spec.dpo {
+        if dpo.sft_weight.is_some_and(|w| w > 0.0) {
+            c.error("dpo.sft_weight > 0: OpenAI's DPO has no SFT (RPO) term; use Together, or train here");
+        }
+        if dpo.normalize_by_length == Some(true) {
+            c.error("dpo.normalize_by_length = true: OpenAI's DPO does not normalize by length; use Together, or train here");
+        }
+        if let Some(beta) = dpo.beta {
+            hyper.insert("beta".into(), json!(beta));
+        }
+    }
     match spec.loss_on {
+        _ if spec.dpo.is_some() => {}
         None | Some(LossOn::AllAssistant) => {}
         Some(LossOn::All) => c.warn(
             "loss_on = \"all\" is not honoured: OpenAI trains on assistant messages only",
@@ -473,7 +530,7 @@ fn openai_body(
     }
     body.insert(
         "method".into(),
-        json!({"type": "supervised", "supervised": {"hyperparameters": Value::Object(hyper)}}),
+        json!({"type": method, method: {"hyperparameters": Value::Object(hyper)}}),
     );
     Value::Object(body)
 }
@@ -633,6 +690,86 @@ mod tests {
         s.eval_every = Some(0);
         let plan = plan_job(&HostedConfig::new(HostedProvider::Together), &s).unwrap();
         assert_eq!(plan.warnings.len(), 3, "{:?}", plan.warnings);
+    }
+
+    fn dpo(spec: &mut HostedJobSpec, d: HostedDpo) {
+        spec.method = Some(crate::config::job::TrainMethod::Dpo);
+        spec.dpo = Some(d);
+        spec.loss_on = None;
+    }
+
+    #[test]
+    fn dpo_maps_to_togethers_training_method_and_openais_dpo_method() {
+        let mut s = spec();
+        dpo(
+            &mut s,
+            HostedDpo {
+                beta: Some(0.2),
+                sft_weight: Some(0.5),
+                normalize_by_length: Some(true),
+                ..HostedDpo::default()
+            },
+        );
+        let plan = plan_job(&HostedConfig::new(HostedProvider::Together), &s).unwrap();
+        assert!(plan.warnings.is_empty(), "{:?}", plan.warnings);
+        assert_eq!(
+            plan.body["training_method"],
+            json!({"method": "dpo", "dpo_beta": 0.2, "rpo_alpha": 0.5, "dpo_normalize_logratios_by_length": true})
+        );
+        let mut cfg = HostedConfig::new(HostedProvider::OpenAi);
+        cfg.model = Some("gpt-4o-mini-2024-07-18".into());
+        cfg.learning_rate_multiplier = Some(1.0);
+        let mut s = spec();
+        dpo(
+            &mut s,
+            HostedDpo {
+                beta: Some(0.2),
+                ..HostedDpo::default()
+            },
+        );
+        let plan = plan_job(&cfg, &s).unwrap();
+        assert_eq!(
+            plan.body["method"],
+            json!({"type": "dpo", "dpo": {"hyperparameters": {"n_epochs": 3, "batch_size": 8, "learning_rate_multiplier": 1.0, "beta": 0.2}}})
+        );
+        assert!(plan
+            .warnings
+            .iter()
+            .any(|w| w.contains("OpenAI's dpo method")));
+    }
+
+    #[test]
+    fn dpo_settings_a_provider_cannot_take_are_errors() {
+        let mut s = spec();
+        dpo(
+            &mut s,
+            HostedDpo {
+                loss: Some(DpoLoss::Ipo),
+                sft_weight: Some(1.0),
+                normalize_by_length: Some(true),
+                ..HostedDpo::default()
+            },
+        );
+        let mut cfg = HostedConfig::new(HostedProvider::OpenAi);
+        cfg.model = Some("gpt-4o-mini-2024-07-18".into());
+        match plan_job(&cfg, &s) {
+            Err(ProviderError::Mapping { errors, .. }) => {
+                assert_eq!(errors.len(), 3, "{errors:?}");
+                assert!(errors[0].contains("sigmoid loss only"), "{errors:?}");
+            }
+            other => panic!("{other:?}"),
+        }
+        let mut s = spec();
+        dpo(
+            &mut s,
+            HostedDpo {
+                precompute_reference: Some(true),
+                ..HostedDpo::default()
+            },
+        );
+        let plan = plan_job(&HostedConfig::new(HostedProvider::Together), &s).unwrap();
+        assert_eq!(plan.warnings.len(), 1, "{:?}", plan.warnings);
+        assert_eq!(plan.body["training_method"], json!({"method": "dpo"}));
     }
 
     #[test]

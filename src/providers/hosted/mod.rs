@@ -27,8 +27,8 @@ use super::retry::RetryPolicy;
 pub use jobs::{HostedJobs, SubmitOptions, WatchOptions, WatchUpdate};
 pub use mapping::{plan_job, JobPlan};
 pub use record::{JobRecord, JobStore};
-pub use spec::HostedJobSpec;
-pub use validate::{check_dataset, ValidationReport};
+pub use spec::{HostedDpo, HostedJobSpec};
+pub use validate::{check_dataset, DatasetKind, ValidationReport};
 
 /// A hosted fine-tuning provider.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -10,7 +10,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::job::ValidationSpec;
+use super::validate::DatasetKind;
+use crate::config::job::{DpoLoss, DpoReference, TrainMethod, ValidationSpec};
 use crate::config::{JobConfig, WrittenKeys};
 use crate::data::LossOn;
 
@@ -38,6 +39,12 @@ pub struct HostedJobSpec {
     pub target_modules: Option<Vec<String>>,
     pub use_rslora: Option<bool>,
     pub init_adapter: Option<PathBuf>,
+    /// `train.method`: `dpo` trains on preference pairs with the `[dpo]` settings.
+    #[serde(default)]
+    pub method: Option<TrainMethod>,
+    /// `[dpo]`: its written keys, with `train.method = "dpo"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dpo: Option<HostedDpo>,
     /// `[train]`
     pub epochs: Option<f64>,
     pub max_steps: Option<u64>,
@@ -63,6 +70,33 @@ pub struct HostedJobSpec {
     /// Written keys that no field above reads: each is a "not honoured" warning.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub unmapped: Vec<String>,
+}
+
+/// The written keys of `[dpo]`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct HostedDpo {
+    pub beta: Option<f64>,
+    pub loss: Option<DpoLoss>,
+    pub label_smoothing: Option<f64>,
+    pub sft_weight: Option<f64>,
+    pub reference: Option<DpoReference>,
+    pub precompute_reference: Option<bool>,
+    pub normalize_by_length: Option<bool>,
+}
+
+impl HostedJobSpec {
+    /// Whether the job trains on preference pairs (`train.method = "dpo"`).
+    pub fn is_dpo(&self) -> bool {
+        self.method == Some(TrainMethod::Dpo)
+    }
+
+    /// What the job's files must hold.
+    pub fn dataset_kind(&self) -> DatasetKind {
+        match self.is_dpo() {
+            true => DatasetKind::Pairs,
+            false => DatasetKind::Conversations,
+        }
+    }
 }
 
 /// Hands out a job value only when its key was written, and remembers every key asked for.
@@ -136,6 +170,8 @@ impl HostedJobSpec {
             init_adapter: p
                 .get("lora.init_adapter", l.init_adapter.as_deref().map(absolute))
                 .flatten(),
+            method: p.get("train.method", t.method),
+            dpo: None,
             epochs: p.get("train.epochs", t.epochs).flatten(),
             max_steps: p.get("train.max_steps", t.max_steps.map(count)).flatten(),
             micro_batch_size: p.get("train.micro_batch_size", count(t.micro_batch_size)),
@@ -156,6 +192,17 @@ impl HostedJobSpec {
             optimizer: None,
             unmapped: Vec::new(),
         };
+        let dpo = job.dpo();
+        let hosted_dpo = HostedDpo {
+            beta: p.get("dpo.beta", dpo.beta),
+            loss: p.get("dpo.loss", dpo.loss),
+            label_smoothing: p.get("dpo.label_smoothing", dpo.label_smoothing),
+            sft_weight: p.get("dpo.sft_weight", dpo.sft_weight),
+            reference: p.get("dpo.reference", dpo.reference),
+            precompute_reference: p.get("dpo.precompute_reference", dpo.precompute_reference),
+            normalize_by_length: p.get("dpo.normalize_by_length", dpo.normalize_by_length),
+        };
+        spec.dpo = job.is_dpo().then_some(hosted_dpo);
         // Read elsewhere: `data.train` is required, the output folder holds the local records,
         // and `[hosted]` is the provider's own section.
         for key in ["data.train", "output.dir", "hosted"] {

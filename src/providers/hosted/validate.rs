@@ -84,9 +84,23 @@ impl TogetherFormat {
     }
 }
 
-/// Checks `path` against `provider`'s rules. Only a file that cannot be read is an `Err`;
-/// rule violations are in the report.
-pub fn check_dataset(provider: HostedProvider, path: &Path) -> Result<ValidationReport> {
+/// What a hosted job trains on, and so which lines its files must hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DatasetKind {
+    /// SFT: conversations (Together also takes text and prompt/completion lines).
+    Conversations,
+    /// DPO: preference pairs in the shape both providers take, `input` /
+    /// `preferred_output` / `non_preferred_output` (lora-train's `dpo-openai`).
+    Pairs,
+}
+
+/// Checks `path` against `provider`'s rules for a job of `kind`. Only a file that cannot be
+/// read is an `Err`; rule violations are in the report.
+pub fn check_dataset(
+    provider: HostedProvider,
+    path: &Path,
+    kind: DatasetKind,
+) -> Result<ValidationReport> {
     let bytes = std::fs::read(path).map_err(|e| ProviderError::io(path, e))?;
     let mut report = ValidationReport {
         provider,
@@ -139,9 +153,10 @@ pub fn check_dataset(provider: HostedProvider, path: &Path) -> Result<Validation
             fail(&mut report, Some(line), "must be a JSON object".to_string());
             continue;
         };
-        let checked = match provider {
-            HostedProvider::Together => {
-                check_together_line(&object).and_then(|format| match file_format {
+        let checked = match (kind, provider) {
+            (DatasetKind::Pairs, _) => check_pair_line(&object),
+            (DatasetKind::Conversations, HostedProvider::Together) => check_together_line(&object)
+                .and_then(|format| match file_format {
                     None => {
                         file_format = Some(format);
                         Ok(())
@@ -152,18 +167,18 @@ pub fn check_dataset(provider: HostedProvider, path: &Path) -> Result<Validation
                         first.name()
                     )),
                     Some(_) => Ok(()),
-                })
-            }
-            HostedProvider::OpenAi => check_openai_line(&object),
+                }),
+            (DatasetKind::Conversations, HostedProvider::OpenAi) => check_openai_line(&object),
         };
         match checked {
             Ok(()) => report.examples += 1,
             Err(message) => fail(&mut report, Some(line), message),
         }
     }
-    report.format = match provider {
-        HostedProvider::Together => file_format.map(|f| f.name().to_string()),
-        HostedProvider::OpenAi => Some("chat".to_string()),
+    report.format = match (kind, provider) {
+        (DatasetKind::Pairs, _) => Some(TogetherFormat::Preference.name().to_string()),
+        (_, HostedProvider::Together) => file_format.map(|f| f.name().to_string()),
+        (_, HostedProvider::OpenAi) => Some("chat".to_string()),
     };
     let (minimum, total) = match provider {
         HostedProvider::Together => (
@@ -363,6 +378,37 @@ fn content(value: &Value, role: &str) -> std::result::Result<(bool, usize), Stri
     }
 }
 
+/// A DPO line: the preference shape both providers take and nothing else; a pair in another
+/// shape is named, so the user knows what to convert.
+fn check_pair_line(object: &Map<String, Value>) -> std::result::Result<(), String> {
+    let keys = TogetherFormat::Preference.keys();
+    if !keys.iter().all(|k| object.contains_key(*k)) {
+        if object.contains_key("chosen") || object.contains_key("rejected") {
+            return Err(
+                "a prompt/chosen/rejected pair (dpo-trl or dpo-seed): hosted DPO uploads \
+                        the provider's shape, input/preferred_output/non_preferred_output \
+                        (dpo-openai); convert the file first"
+                    .to_string(),
+            );
+        }
+        if object.contains_key("messages") {
+            return Err(
+                "a conversation (\"messages\"): train.method = \"dpo\" needs preference \
+                        pairs with input, preferred_output and non_preferred_output"
+                    .to_string(),
+            );
+        }
+        return Err(format!("a DPO line needs {}", keys.join(", ")));
+    }
+    if let Some(extra) = object.keys().find(|k| !keys.contains(&k.as_str())) {
+        return Err(format!(
+            "extra key \"{extra}\" (a preference line takes only {})",
+            keys.join(", ")
+        ));
+    }
+    together_preference(object)
+}
+
 /// together-python `validate_preference_openai`.
 fn together_preference(object: &Map<String, Value>) -> std::result::Result<(), String> {
     let Some(Value::Object(input)) = object.get("input") else {
@@ -489,7 +535,8 @@ mod tests {
         ]
         .join("\n");
         let (_dir, path) = write("train.jsonl", &(text + "\n"));
-        let report = check_dataset(HostedProvider::Together, &path).unwrap();
+        let report =
+            check_dataset(HostedProvider::Together, &path, DatasetKind::Conversations).unwrap();
         let lines: Vec<Option<usize>> = report.failures.iter().map(|f| f.line).collect();
         assert_eq!(
             lines,
@@ -520,20 +567,24 @@ mod tests {
     fn together_formats_by_keys() {
         let text = "{\"prompt\":\"p\",\"completion\":\"c\"}\n{\"prompt\":\"p\",\"completion\":3}\n";
         let (_dir, path) = write("d.jsonl", text);
-        let report = check_dataset(HostedProvider::Together, &path).unwrap();
+        let report =
+            check_dataset(HostedProvider::Together, &path, DatasetKind::Conversations).unwrap();
         assert_eq!(report.format.as_deref(), Some("instruction"));
         assert_eq!(report.failures.len(), 1);
         assert_eq!(report.failures[0].line, Some(2));
         let (_dir, path) = write("d.jsonl", "{\"foo\":1}\n");
-        let report = check_dataset(HostedProvider::Together, &path).unwrap();
+        let report =
+            check_dataset(HostedProvider::Together, &path, DatasetKind::Conversations).unwrap();
         assert!(report.failures[0].message.contains("no known format"));
         let (_dir, path) = write("d.json", GOOD);
-        assert!(!check_dataset(HostedProvider::Together, &path)
-            .unwrap()
-            .is_ok());
+        assert!(
+            !check_dataset(HostedProvider::Together, &path, DatasetKind::Conversations)
+                .unwrap()
+                .is_ok()
+        );
         let (_dir, path) = write("d.jsonl", "");
         assert_eq!(
-            check_dataset(HostedProvider::Together, &path)
+            check_dataset(HostedProvider::Together, &path, DatasetKind::Conversations)
                 .unwrap()
                 .failures[0]
                 .message,
@@ -545,7 +596,8 @@ mod tests {
     fn openai_needs_ten_examples_and_valid_messages() {
         let nine = [GOOD; 9].join("\n");
         let (_dir, path) = write("t.jsonl", &nine);
-        let report = check_dataset(HostedProvider::OpenAi, &path).unwrap();
+        let report =
+            check_dataset(HostedProvider::OpenAi, &path, DatasetKind::Conversations).unwrap();
         assert_eq!(report.failures.len(), 1);
         assert_eq!(report.failures[0].line, None);
         assert!(report.failures[0].message.contains("at least 10"));
@@ -555,9 +607,32 @@ mod tests {
         lines.push(r#"{"messages":[{"role":"robot","content":"q"}]}"#);
         lines.push(r#"{"prompt":"p"}"#);
         let (_dir, path) = write("t.jsonl", &lines.join("\n"));
-        let report = check_dataset(HostedProvider::OpenAi, &path).unwrap();
+        let report =
+            check_dataset(HostedProvider::OpenAi, &path, DatasetKind::Conversations).unwrap();
         let failing: Vec<Option<usize>> = report.failures.iter().map(|f| f.line).collect();
         assert_eq!(failing, vec![Some(11), Some(12), Some(13)]);
         assert_eq!(report.examples, 10);
+    }
+
+    #[test]
+    fn dpo_files_must_hold_the_providers_pair_shape() {
+        let pair = r#"{"input":{"messages":[{"role":"user","content":"Hi"}]},"preferred_output":[{"role":"assistant","content":"Ahoy!"}],"non_preferred_output":[{"role":"assistant","content":"Hello."}]}"#;
+        let text = [
+            pair,
+            r#"{"prompt":"Hi","chosen":"Ahoy!","rejected":"Hello."}"#,
+            GOOD,
+            r#"{"input":{"messages":[{"role":"user","content":"Hi"}]},"preferred_output":[],"non_preferred_output":[{"role":"assistant","content":"x"}]}"#,
+        ]
+        .join("\n");
+        let (_dir, path) = write("pairs.jsonl", &(text + "\n"));
+        for provider in [HostedProvider::Together, HostedProvider::OpenAi] {
+            let report = check_dataset(provider, &path, DatasetKind::Pairs).unwrap();
+            // (OpenAI also wants 10 examples: a failure of the file, not of a line.)
+            let lines: Vec<usize> = report.failures.iter().filter_map(|f| f.line).collect();
+            assert_eq!(lines, [2, 3, 4], "{provider}: {:?}", report.failures);
+            assert!(report.failures[0].message.contains("dpo-openai"));
+            assert!(report.failures[1].message.contains("a conversation"));
+            assert!(report.failures[2].message.contains("exactly one message"));
+        }
     }
 }
