@@ -121,7 +121,8 @@ pub fn prepare_dataset(
             refuse_empty_replies(&val_convs, path, opts.loss_on)?;
         }
         HeldOut::Fraction(fraction) => {
-            (convs, val_convs) = split_validation(convs, fraction, opts.split_seed);
+            let groups = SplitGroups::read(train)?;
+            (convs, val_convs) = split_validation(convs, &groups, fraction, opts.split_seed);
         }
         HeldOut::None => {}
     }
@@ -176,7 +177,8 @@ pub fn prepare_pairs(
             val_pairs = read_pairs(path)?.1;
         }
         HeldOut::Fraction(fraction) => {
-            (pairs, val_pairs) = split_validation(pairs, fraction, opts.split_seed);
+            let groups = SplitGroups::read(train)?;
+            (pairs, val_pairs) = split_validation(pairs, &groups, fraction, opts.split_seed);
         }
         HeldOut::None => {}
     }
@@ -229,23 +231,71 @@ fn refuse_empty_replies(
 }
 
 /// Splits `fraction` of the (line-numbered) conversations (or pairs) off as validation, at least one,
-/// chosen by a shuffle seeded from `seed`; both parts keep file order.
+/// chosen by a shuffle seeded from `seed`; both parts keep file order. Lines that `groups` gives
+/// the same `conversation_id` land on the same side; a line it lacks is a group of its own.
 pub fn split_validation<T>(
-    convs: Vec<Numbered<T>>,
+    items: Vec<Numbered<T>>,
+    groups: &SplitGroups,
     fraction: f64,
     seed: u64,
 ) -> (Vec<Numbered<T>>, Vec<Numbered<T>>) {
-    let singletons: Vec<usize> = (0..convs.len()).collect();
-    let held_out = validation_mask(&singletons, fraction, seed);
+    let keys: Vec<String> = items.iter().map(|(line, _)| groups.key(*line)).collect();
+    let held_out = validation_mask(&keys, fraction, seed);
     let (mut train, mut validation) = (Vec::new(), Vec::new());
-    for (conv, out) in convs.into_iter().zip(held_out) {
+    for (item, out) in items.into_iter().zip(held_out) {
         if out {
-            validation.push(conv);
+            validation.push(item);
         } else {
-            train.push(conv);
+            train.push(item);
         }
     }
     (train, validation)
+}
+
+/// The `conversation_id` of each line of a dataset that has one: lines sharing it are one
+/// conversation, split together (by training's `data.validation` and by `data split`).
+#[derive(Debug, Clone, Default)]
+pub struct SplitGroups(std::collections::HashMap<usize, String>);
+
+impl SplitGroups {
+    /// Reads every line's top-level `conversation_id` (a string or a number).
+    pub fn read(path: &Path) -> Result<Self> {
+        let mut ids = std::collections::HashMap::new();
+        for (line, obj) in crate::data::formats::json_lines(path)? {
+            match obj.get("conversation_id") {
+                None | Some(serde_json::Value::Null) => {}
+                Some(serde_json::Value::String(s)) => {
+                    ids.insert(line, s.clone());
+                }
+                Some(serde_json::Value::Number(n)) => {
+                    ids.insert(line, n.to_string());
+                }
+                Some(_) => {
+                    return Err(Error::Dataset {
+                        path: path.to_path_buf(),
+                        line,
+                        msg: "conversation_id: expected a string or a number".into(),
+                    })
+                }
+            }
+        }
+        Ok(SplitGroups(ids))
+    }
+
+    /// The group of `line`: its `conversation_id`, or the line alone.
+    pub fn key(&self, line: usize) -> String {
+        self.0
+            .get(&line)
+            .map_or_else(|| format!("\0line {line}"), |id| format!("id {id}"))
+    }
+
+    /// How many distinct `conversation_id`s there are (0 when the file has none).
+    pub fn conversations(&self) -> usize {
+        self.0
+            .values()
+            .collect::<std::collections::HashSet<_>>()
+            .len()
+    }
 }
 
 /// Which items are held out for validation, when items sharing a key (a `conversation_id`) must
@@ -371,21 +421,53 @@ mod tests {
                 )
             })
             .collect();
-        let (train, val) = split_validation(convs.clone(), 0.25, 42);
+        let (train, val) = split_validation(convs.clone(), &SplitGroups::default(), 0.25, 42);
         let lines = |v: &[NumberedConversation]| v.iter().map(|(l, _)| *l).collect::<Vec<_>>();
         assert_eq!(val.len(), 3);
         assert_eq!(train.len() + val.len(), 10);
         assert!(lines(&train).is_sorted() && lines(&val).is_sorted());
-        let (train2, val2) = split_validation(convs.clone(), 0.25, 42);
+        let (train2, val2) = split_validation(convs.clone(), &SplitGroups::default(), 0.25, 42);
         assert_eq!((lines(&train), lines(&val)), (lines(&train2), lines(&val2)));
         // At least one conversation is held out, however small the fraction.
-        assert_eq!(split_validation(convs.clone(), 0.01, 42).1.len(), 1);
+        assert_eq!(
+            split_validation(convs.clone(), &SplitGroups::default(), 0.01, 42)
+                .1
+                .len(),
+            1
+        );
         // The split before groups existed: shuffle, then hold out the last ones.
         let mut shuffled = convs.clone();
         shuffled.shuffle(&mut rand::rngs::StdRng::seed_from_u64(42 ^ 0x5eed));
         let mut old: Vec<usize> = shuffled[7..].iter().map(|(l, _)| *l).collect();
         old.sort();
         assert_eq!(lines(&val), old);
+    }
+
+    #[test]
+    fn training_split_keeps_a_conversation_id_on_one_side() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("chats.jsonl");
+        let lines: Vec<String> = (0..40)
+            .map(|i| {
+                format!(
+                    r#"{{"conversation_id": {}, "messages": [{{"role": "user", "content": "q{i}"}}, {{"role": "assistant", "content": "a{i}"}}]}}"#,
+                    i / 4
+                )
+            })
+            .collect();
+        std::fs::write(&path, lines.join("\n")).unwrap();
+        let groups = SplitGroups::read(&path).unwrap();
+        assert_eq!(groups.conversations(), 10);
+        let convs = crate::data::dataset::read_jsonl_numbered(&path).unwrap();
+        let (train, val) = split_validation(convs, &groups, 0.25, 9);
+        // Whole groups of four are taken until at least a quarter is held out.
+        assert_eq!((train.len(), val.len()), (28, 12));
+        let conv_of = |v: &[NumberedConversation]| {
+            v.iter()
+                .map(|(line, _)| (line - 1) / 4)
+                .collect::<std::collections::HashSet<_>>()
+        };
+        assert!(conv_of(&train).is_disjoint(&conv_of(&val)));
     }
 
     #[test]

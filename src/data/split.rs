@@ -6,10 +6,9 @@
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
-use serde_json::Value;
 
 use crate::data::formats::json_lines;
-use crate::data::prepare::validation_mask;
+use crate::data::prepare::{validation_mask, SplitGroups};
 use crate::fsutil::{check_new_file, write_atomic};
 use crate::{Error, Result};
 
@@ -55,25 +54,8 @@ pub fn split_file(
         check_new_file(p, force)?;
     }
     let objects = json_lines(input)?;
-    let mut ids = Vec::with_capacity(objects.len());
-    let mut any_id = false;
-    for (line, obj) in &objects {
-        let id = match obj.get("conversation_id") {
-            None | Some(Value::Null) => None,
-            Some(Value::String(s)) => Some(s.clone()),
-            Some(Value::Number(n)) => Some(n.to_string()),
-            Some(_) => {
-                return Err(Error::Dataset {
-                    path: input.to_path_buf(),
-                    line: *line,
-                    msg: "conversation_id: expected a string or a number".into(),
-                })
-            }
-        };
-        any_id |= id.is_some();
-        // A line without an id is a group of its own.
-        ids.push(id.map_or_else(|| format!("\0line {line}"), |s| format!("id {s}")));
-    }
+    let groups = SplitGroups::read(input)?;
+    let ids: Vec<String> = objects.iter().map(|(line, _)| groups.key(*line)).collect();
     let held = validation_mask(&ids, fraction, seed);
     if held.iter().all(|h| *h) {
         return Err(Error::NoUsableData {
@@ -105,7 +87,7 @@ pub fn split_file(
     }
     write_atomic(&train, &train_text)?;
     write_atomic(&valid, &valid_text)?;
-    let conversations = any_id.then(|| ids.iter().collect::<std::collections::HashSet<_>>().len());
+    let conversations = Some(groups.conversations()).filter(|n| *n > 0);
     Ok(SplitReport {
         train,
         valid,
@@ -118,6 +100,7 @@ pub fn split_file(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::Value;
 
     #[test]
     fn conversations_do_not_leak_across_the_split() {

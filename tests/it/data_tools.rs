@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use lora_train::data::dataset::read_jsonl_numbered;
-use lora_train::data::prepare::split_validation;
+use lora_train::data::prepare::{split_validation, SplitGroups};
 use serde_json::{json, Value};
 
 use crate::common;
@@ -285,7 +285,12 @@ fn split_matches_training_and_keeps_conversations_whole() {
     let valid = PathBuf::from(out["valid"].as_str().unwrap());
     assert_eq!(valid, tmp.path().join("train.valid.jsonl"));
     // The trainer's split of the same file with the same seed.
-    let (train, held) = split_validation(read_jsonl_numbered(&quick).unwrap(), 0.1, 7);
+    let (train, held) = split_validation(
+        read_jsonl_numbered(&quick).unwrap(),
+        &SplitGroups::default(),
+        0.1,
+        7,
+    );
     let held: Vec<_> = held.into_iter().map(|(_, c)| c).collect();
     let written: Vec<_> = read_jsonl_numbered(&valid)
         .unwrap()
