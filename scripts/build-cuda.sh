@@ -17,9 +17,17 @@
 #   PYTHON               a python with pip, to download the wheels [python3]
 #   CUDA_TARGET_DIR      cargo's target directory for this build [target/cuda]
 #
+# candle-core 0.11.1 asks cudarc for `dynamic-linking`, which makes libcuda and the CUDA libraries
+# link-time dependencies: such a binary cannot even print --help without the driver. The build
+# uses a generated copy of candle-core (under the target dir, never committed) whose only
+# difference is that one feature switched to `dynamic-loading`, through a `[patch]` given on the
+# command line; Cargo.lock is restored afterwards. The binary then loads the libraries at run time
+# (src/device/cuda_libs.rs): it runs every command on the CPU where there is no driver.
+#
 # Do not move to nvcc >= 13.1: its PTX needs a newer driver than the 580 series on our GPU hosts.
-# On the GPU host the binary needs libcublas.so.13, libcublasLt.so.13, libcudart.so.13 and
-# libcurand.so.10 on LD_LIBRARY_PATH (PyTorch's site-packages/nvidia/cu13/lib has them).
+# On the GPU host the binary needs libcublas.so.13, libcublasLt.so.13, libcurand.so.10 and
+# libnvrtc.so.13: it loads them from LORA_TRAIN_CUDA_LIBS, or from PYTHON's nvidia/cu13/lib
+# (PyTorch's CUDA wheels have them), or the system's search path.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -54,6 +62,32 @@ cudarc_src() {
         [ -f "$d/src/driver/sys/mod.rs" ] && { echo "$d"; return; }
     done
     die "cudarc $v sources not found under ${CARGO_HOME:-$HOME/.cargo}/registry/src"
+}
+
+# The registry source of a locked crate: crate_src NAME.
+crate_src() {
+    local v d
+    v="$(awk -v n="$1" '$0 == "name = \"" n "\"" {getline; gsub(/[^0-9.]/, "", $0); print; exit}' Cargo.lock)"
+    [ -n "$v" ] || die "$1 is not in Cargo.lock"
+    for d in "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/"$1-$v"; do
+        [ -f "$d/Cargo.toml" ] && { echo "$d"; return; }
+    done
+    die "$1 $v sources not found under ${CARGO_HOME:-$HOME/.cargo}/registry/src"
+}
+
+# candle-core with cudarc's `dynamic-loading` instead of `dynamic-linking`: one line differs.
+patched_candle_core() {
+    cargo fetch --locked >&2 || die "cargo fetch failed"
+    local src dst
+    src="$(crate_src candle-core)"
+    dst="$TARGET/patched/candle-core"
+    rm -rf "$dst"
+    mkdir -p "$(dirname "$dst")"
+    cp -r "$src" "$dst"
+    sed -i 's/^    "dynamic-linking",$/    "dynamic-loading",/' "$dst/Cargo.toml"
+    [ "$(diff "$src/Cargo.toml" "$dst/Cargo.toml" | grep -c '^>')" = 1 ] ||
+        die "candle-core's Cargo.toml no longer has exactly one \"dynamic-linking\" line to switch"
+    echo "$(cd "$dst" && pwd)"
 }
 
 make_root() {
@@ -104,8 +138,14 @@ export CUDA_ROOT="$ROOT" CUDA_HOME="$ROOT" CUDA_PATH="$ROOT" PATH="$ROOT/bin:$PA
 export CUDA_COMPUTE_CAP="$CAP" CUDARC_CUDA_VERSION=13000
 export LIBRARY_PATH="$ROOT/lib:$ROOT/lib/stubs${LIBRARY_PATH:+:$LIBRARY_PATH}"
 export RUSTFLAGS="${RUSTFLAGS:-} -L native=$ROOT/lib -L native=$ROOT/lib/stubs"
+export LORA_TRAIN_COMMIT="${LORA_TRAIN_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}"
+PATCHED="$(patched_candle_core)"
+PATCH=(--config "patch.crates-io.candle-core.path=\"$PATCHED\"")
+# The patch rewrites candle-core's lock entry (a path has no checksum): keep the committed one.
+cp Cargo.lock "$TARGET/Cargo.lock.committed"
+trap 'cp "$TARGET/Cargo.lock.committed" Cargo.lock' EXIT
 echo "build-cuda.sh: cargo build --release --features cuda (CUDA_COMPUTE_CAP=$CAP, target dir $TARGET)" >&2
-CARGO_TARGET_DIR="$TARGET" cargo build --release --locked --features cuda --bin lora-train ||
+CARGO_TARGET_DIR="$TARGET" cargo build --release "${PATCH[@]}" --features cuda --bin lora-train ||
     die "cargo build --features cuda failed"
 
 mkdir -p dist
@@ -120,7 +160,7 @@ packed=$(stat -c %s dist/lora-train-cuda.xz)
 echo "build-cuda.sh: dist/lora-train-cuda $((size >> 20)) MiB, dist/lora-train-cuda.xz $((packed >> 20)) MiB (compute capability $CAP)"
 if [ "${1:-}" = --tests ]; then
     echo "build-cuda.sh: building the GPU test binaries" >&2
-    CARGO_TARGET_DIR="$TARGET" cargo test --release --locked --features cuda --no-run \
+    CARGO_TARGET_DIR="$TARGET" cargo test --release "${PATCH[@]}" --features cuda --no-run \
         --test it --message-format=json >"$TARGET/test-build.json" ||
         die "cargo test --no-run --features cuda failed"
     for t in it; do

@@ -7,6 +7,13 @@ use cli::run;
 fn main() -> std::process::ExitCode {
     // First, while this is the only thread: it sets RAYON_NUM_THREADS.
     let threads = lora_train::threads::settle();
+    // `lora-train ... | head` ends quietly, as other command-line tools do, instead of a panic
+    // at the next print.
+    #[cfg(unix)]
+    // SAFETY: restoring the default disposition of SIGPIPE, before any other thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = cli::parse();
     let cli_verbose = cli.verbose;
     let default = match cli.verbose {

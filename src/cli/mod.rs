@@ -5,6 +5,7 @@
 //! arguments. Output shapes of `--json` are fixed because other tools read them.
 
 mod data;
+mod doctor;
 mod eval;
 mod export;
 mod generate;
@@ -82,6 +83,8 @@ pub enum Command {
     /// Dataset tools: convert, validate, stats, split, synth, process.
     #[command(subcommand)]
     Data(data::DataCommand),
+    /// What this build is and what it finds here: CPU, memory, CUDA driver, GPUs, libraries.
+    Doctor(doctor::DoctorArgs),
 }
 
 /// A run that a signal stopped, its checkpoint saved: no error, but the process exits with the
@@ -161,6 +164,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Some(Command::Eval(a)) => eval::run(&a),
         Some(Command::Hosted(c)) => hosted::run(c),
         Some(Command::Data(c)) => data::run(c),
+        Some(Command::Doctor(a)) => doctor::run(&a),
         None => match &cli.config {
             Some(path) => train::run(path, &cli),
             None => bail!("nothing to do: give --config job.toml, or a command (see --help)"),

@@ -256,3 +256,73 @@ fn bf16_and_f16_forward_stay_close_to_f32() {
         assert!(d / scale < 0.05, "{dtype:?}: max diff {d} (scale {scale})");
     }
 }
+
+/// `doctor --json` has its documented shape (docs/doctor.md), asks no network when offline,
+/// never shows HF_TOKEN, and reports a library in LORA_TRAIN_CUDA_LIBS that would not load by
+/// its path.
+#[test]
+fn doctor_json_shape() {
+    let libs = tempfile::tempdir().unwrap();
+    let fake = libs.path().join("libcublas.so.13");
+    std::fs::write(&fake, b"not a shared library").unwrap();
+    let mut cmd = common::cli::lora_train();
+    cmd.args(["doctor", "--json"])
+        .env("HF_HUB_OFFLINE", "1")
+        .env("HF_TOKEN", "hf_secret_doctor_token")
+        .env("LORA_TRAIN_CUDA_LIBS", libs.path())
+        .env_remove("PYTHON");
+    let out = cmd.output().unwrap();
+    let stdout = common::cli::succeeded(&out);
+    assert!(!stdout.contains("hf_secret_doctor_token"));
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("hf_secret_doctor_token"));
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    for key in ["build", "cpu", "memory", "cuda", "metal", "threads", "hf"] {
+        assert!(v.get(key).is_some(), "no `{key}` in {v}");
+    }
+    assert_eq!(v["build"]["version"], env!("CARGO_PKG_VERSION"));
+    assert!(v["build"]["features"].is_array());
+    assert!(v["cpu"]["logical_cores"].as_u64().unwrap() >= 1);
+    assert_eq!(v["cuda"]["built"], cfg!(feature = "cuda"));
+    assert!(v["cuda"]["gpus"].is_array());
+    let libraries = v["cuda"]["libraries"].as_array().unwrap();
+    let names: Vec<&str> = libraries
+        .iter()
+        .map(|l| l["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "libcuda.so.1",
+            "libcublasLt.so.13",
+            "libcublas.so.13",
+            "libcurand.so.10",
+            "libnvrtc.so.13"
+        ]
+    );
+    let cublas = &libraries[2];
+    let fake = fake.display().to_string();
+    assert_ne!(cublas["path"].as_str(), Some(fake.as_str()), "{cublas}");
+    if cublas["loaded"] == false {
+        let error = cublas["error"].as_str().unwrap();
+        assert!(error.contains(&fake), "{error}");
+    }
+    assert_eq!(v["hf"]["offline"], true);
+    assert!(v["hf"]["reachable"].is_null());
+    assert_eq!(v["hf"]["token_set"], true);
+    assert!(v["hf"]["cache"].as_str().is_some());
+}
+
+/// A CPU build asked for a CUDA device says so, by name; `auto` runs on the CPU.
+#[cfg(not(feature = "cuda"))]
+#[test]
+fn cuda_device_in_a_cpu_build_is_a_clear_error() {
+    let e = lora_train::device::parse_device("cuda:0")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("device `cuda:0` is not available: this build has no CUDA"),
+        "{e}"
+    );
+    let d = lora_train::device::parse_device("auto").unwrap();
+    assert!(d.is_cpu() || d.is_metal());
+}

@@ -1,4 +1,8 @@
 //! Device selection: `auto`, `cpu`, `cuda:N` and `metal` opened by name, and the CUDA memory pool.
+//! A CUDA build loads its libraries at run time (`cuda_libs`), so it runs on a machine without
+//! a driver: `auto` falls back to the CPU, and `cuda:N` names the library it could not load.
+
+pub mod cuda_libs;
 
 use candle_core::Device;
 
@@ -20,8 +24,18 @@ pub fn open(name: DeviceName) -> Result<Device> {
     match name {
         DeviceName::Cpu => Ok(Device::Cpu),
         DeviceName::Auto => {
-            if let Ok(d) = Device::new_cuda(0) {
-                return Ok(single_stream(d));
+            if cfg!(feature = "cuda") {
+                match cuda_libs::missing() {
+                    None => {
+                        if let Ok(d) = new_cuda(0) {
+                            return Ok(single_stream(d));
+                        }
+                    }
+                    Some(why) if why.starts_with("no CUDA driver") => {
+                        tracing::info!("no CUDA driver found, using cpu")
+                    }
+                    Some(why) => tracing::warn!("{why}; using cpu"),
+                }
             }
             if let Ok(d) = Device::new_metal(0) {
                 return Ok(d);
@@ -30,12 +44,30 @@ pub fn open(name: DeviceName) -> Result<Device> {
         }
         DeviceName::Metal => Device::new_metal(0)
             .map_err(|e| Error::Config(format!("device `metal` is not available: {e}"))),
-        DeviceName::Cuda(idx) => Device::new_cuda(idx).map(single_stream).map_err(|e| {
-            Error::Config(format!(
-                "device `{name}` is not available (is this a --features cuda build on a GPU host?): {e}"
-            ))
-        }),
+        DeviceName::Cuda(idx) => {
+            if !cfg!(feature = "cuda") {
+                return Err(Error::Config(format!(
+                    "device `{name}` is not available: this build has no CUDA (build it with \
+                     scripts/build-cuda.sh, or use device = \"cpu\")"
+                )));
+            }
+            if let Some(why) = cuda_libs::missing() {
+                return Err(Error::Config(format!(
+                    "device `{name}` is not available: {why}"
+                )));
+            }
+            new_cuda(idx)
+                .map(single_stream)
+                .map_err(|e| Error::Config(format!("device `{name}` is not available: {e}")))
+        }
     }
+}
+
+/// `Device::new_cuda`, with a panic inside cudarc turned into an error.
+fn new_cuda(idx: usize) -> std::result::Result<Device, String> {
+    std::panic::catch_unwind(|| Device::new_cuda(idx))
+        .map_err(|_| "the CUDA runtime panicked while opening the device".to_string())?
+        .map_err(|e| e.to_string())
 }
 
 /// A CUDA device without cudarc's cross-stream event tracking. cudarc creates two CUDA events
