@@ -5,6 +5,7 @@
 //! arguments. Output shapes of `--json` are fixed because other tools read them.
 
 mod data;
+mod download;
 mod eval;
 mod export;
 mod generate;
@@ -82,6 +83,8 @@ pub enum Command {
     /// Dataset tools: convert, validate, stats, split, synth, process.
     #[command(subcommand)]
     Data(data::DataCommand),
+    /// Download a model from the Hugging Face Hub into its cache and print the folder.
+    Download(download::DownloadArgs),
 }
 
 /// A run that a signal stopped, its checkpoint saved: no error, but the process exits with the
@@ -93,7 +96,8 @@ pub struct Stopped(pub lora_train::train::StopSignal);
 /// Which model to load, and how.
 #[derive(Debug, Args)]
 pub struct ModelArgs {
-    /// A Hugging Face folder, a hub id in the local cache (org/name), or a .gguf file.
+    /// A Hugging Face folder, a Hub repo (org/name[@revision], downloaded into the Hub cache),
+    /// or a .gguf file.
     #[arg(long, value_name = "M")]
     pub model: String,
 
@@ -161,6 +165,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Some(Command::Eval(a)) => eval::run(&a),
         Some(Command::Hosted(c)) => hosted::run(c),
         Some(Command::Data(c)) => data::run(c),
+        Some(Command::Download(a)) => download::run(a),
         None => match &cli.config {
             Some(path) => train::run(path, &cli),
             None => bail!("nothing to do: give --config job.toml, or a command (see --help)"),
