@@ -275,7 +275,7 @@ impl Client {
                     msg.push_str(&format!(
                         " (HF_TOKEN is set, but the Hub refused it with HTTP {status}: the \
                          licence is not accepted yet, the request awaits the authors' approval, \
-                         or the token cannot read gated repos)"
+                         or the token cannot read gated repos; the Hub said: {message})"
                     ));
                 }
                 msg
@@ -619,6 +619,9 @@ fn restart(file: &mut File, part: &Path) -> Result<u64> {
 /// broke, not a request that cannot be made, a name that does not resolve or a server that
 /// refuses connections (those fail at once, so a machine without a network hears so quickly).
 fn transport_retryable(e: &ureq::Error) -> bool {
+    if let ureq::Error::Io(io) = e {
+        return io.kind() != std::io::ErrorKind::ConnectionRefused;
+    }
     !matches!(
         e,
         ureq::Error::Http(_)
