@@ -164,10 +164,41 @@ pub enum Error {
     #[error("{}: {msg}", .path.display())]
     NoUsableData { path: PathBuf, msg: String },
 
+    /// A model could not be had from the Hugging Face Hub (`crate::hub`): `kind` tells the
+    /// failures apart, the message says what happened and what to do about it.
+    #[error("{msg}")]
+    Hub { kind: HubFailure, msg: String },
+
     /// An internal invariant broke (a poisoned lock, a value asked for before it was made,
     /// a step with nothing to differentiate): a bug rather than bad input.
     #[error("{0}")]
     Msg(String),
+}
+
+/// Why a Hub download failed ([`Error::Hub`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HubFailure {
+    /// No such repo (or a private one the token cannot see).
+    RepoNotFound,
+    /// The repo has no such branch, tag or commit.
+    RevisionNotFound,
+    /// A gated repo whose licence the token's account has not accepted (or no token).
+    Gated,
+    /// A file the model needs is not in the repo.
+    FileNotFound,
+    /// The repo holds no safetensors weights (`.bin` checkpoints are not loaded).
+    NoSafetensors,
+    /// A download was cut off and could not be resumed; the partial file is kept for next time.
+    Interrupted,
+    /// A downloaded file is not what the Hub announced (size or SHA-256).
+    Corrupt,
+    /// `HF_HUB_OFFLINE` forbids the network and the cache does not hold the model.
+    NotCached,
+    /// The Hub could not be reached.
+    Unreachable,
+    /// The Hub (or `HF_ENDPOINT`) answered something else: an error status or a reply that is
+    /// not the resolve protocol's.
+    BadReply,
 }
 
 /// Where a job key was written.

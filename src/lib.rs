@@ -1,7 +1,8 @@
 //! lora-train: LoRA and QLoRA fine-tuning of Llama and Gemma chat models on Candle.
 //!
 //! The library under the `lora-train` binary, whose commands live in the binary's own `cli`.
-//! Modules are layered, each using only those below it: [`error`], [`data`] and the tensor ops
+//! Modules are layered, each using only those below it: [`error`], [`net`] and the Hugging Face
+//! [`hub`] downloads, [`data`] and the tensor ops
 //! ([`gemm`], [`autograd`], [`kernels`], [`quant`]) at the bottom, up to [`train`] and
 //! [`providers`], the evaluation [`harness`] and the synthetic-data tools ([`synth`]); `tests/it/layering.rs` states the order. DEVELOPERS.md opens with a map.
 
@@ -17,9 +18,11 @@ pub mod fsutil;
 pub mod gemm;
 pub mod generate;
 pub mod harness;
+pub mod hub;
 pub mod kernels;
 pub mod lora;
 pub mod model;
+pub mod net;
 pub mod providers;
 pub mod quant;
 pub mod synth;
@@ -28,4 +31,4 @@ mod testutil;
 pub mod threads;
 pub mod train;
 
-pub use error::{Error, KeyAt, Result};
+pub use error::{Error, HubFailure, KeyAt, Result};

@@ -174,25 +174,15 @@ fn x86_feature(name: &str) -> bool {
 }
 
 fn hf() -> Hf {
-    let endpoint = std::env::var("HF_ENDPOINT")
-        .ok()
-        .filter(|e| !e.trim().is_empty())
-        .unwrap_or_else(|| "https://huggingface.co".into());
-    let offline = std::env::var("HF_HUB_OFFLINE").is_ok_and(|v| {
-        matches!(
-            v.trim().to_ascii_lowercase().as_str(),
-            "1" | "true" | "yes" | "on"
-        )
-    });
-    let reachable = (!offline).then(|| reachable(&endpoint));
+    // The Hub client's own reading of the environment, so doctor shows what downloads use.
+    let settings = lora_train::hub::HubSettings::from_env();
+    let reachable = (!settings.offline).then(|| reachable(&settings.endpoint));
     Hf {
-        cache: lora_train::model::source::hub_cache_dir()
-            .display()
-            .to_string(),
-        endpoint,
+        cache: settings.cache.root().display().to_string(),
+        endpoint: settings.endpoint,
         reachable,
-        offline,
-        token_set: std::env::var_os("HF_TOKEN").is_some_and(|t| !t.is_empty()),
+        offline: settings.offline,
+        token_set: settings.token.is_some(),
     }
 }
 

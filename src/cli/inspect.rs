@@ -16,7 +16,7 @@ use super::loss_on;
 
 #[derive(Debug, Args)]
 pub struct InspectArgs {
-    /// A Hugging Face folder, a hub id in the local cache, or a .gguf file.
+    /// A Hugging Face folder, a Hub repo (org/name[@revision]), or a .gguf file.
     #[arg(long, value_name = "M")]
     pub model: String,
 

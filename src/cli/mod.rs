@@ -6,6 +6,7 @@
 
 mod data;
 mod doctor;
+mod download;
 mod eval;
 mod export;
 mod generate;
@@ -85,6 +86,8 @@ pub enum Command {
     Data(data::DataCommand),
     /// What this build is and what it finds here: CPU, memory, CUDA driver, GPUs, libraries.
     Doctor(doctor::DoctorArgs),
+    /// Download a model from the Hugging Face Hub into its cache and print the folder.
+    Download(download::DownloadArgs),
 }
 
 /// A run that a signal stopped, its checkpoint saved: no error, but the process exits with the
@@ -96,7 +99,8 @@ pub struct Stopped(pub lora_train::train::StopSignal);
 /// Which model to load, and how.
 #[derive(Debug, Args)]
 pub struct ModelArgs {
-    /// A Hugging Face folder, a hub id in the local cache (org/name), or a .gguf file.
+    /// A Hugging Face folder, a Hub repo (org/name[@revision], downloaded into the Hub cache),
+    /// or a .gguf file.
     #[arg(long, value_name = "M")]
     pub model: String,
 
@@ -165,6 +169,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Some(Command::Hosted(c)) => hosted::run(c),
         Some(Command::Data(c)) => data::run(c),
         Some(Command::Doctor(a)) => doctor::run(&a),
+        Some(Command::Download(a)) => download::run(a),
         None => match &cli.config {
             Some(path) => train::run(path, &cli),
             None => bail!("nothing to do: give --config job.toml, or a command (see --help)"),

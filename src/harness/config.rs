@@ -37,7 +37,7 @@ job_section! {
     /// with `provider` a remote one), `run` or `responses`.
     pub struct CandidateSection {
         pub name: String,
-        /// A local model (HF folder, hub id in the cache, `.gguf`), or the provider's model name.
+        /// A local model (HF folder, Hub repo, `.gguf`), or the provider's model name.
         #[serde(skip_serializing_if = "Option::is_none")]
         pub model: Option<String> = None,
         #[serde(skip_serializing_if = "Option::is_none")]

@@ -28,7 +28,7 @@ pub struct LocalChatClient {
 }
 
 impl LocalChatClient {
-    /// Loads `source` (an HF folder, a hub id in the cache, a `.gguf`) on the CPU in f32.
+    /// Loads `source` (an HF folder, a Hub repo, a `.gguf`) on the CPU in f32.
     pub fn load(
         source: &str,
         max_tokens: Option<usize>,

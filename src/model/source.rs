@@ -1,9 +1,12 @@
-//! Where a model comes from: a Hugging Face folder, a GGUF file, or a hub id resolved
-//! through the local hf-hub cache (`HF_HUB_CACHE`, `HF_HOME/hub`, `~/.cache/huggingface/hub`),
-//! laid out as `huggingface_hub` writes it: `models--org--name/{refs/main, snapshots/<rev>/}`.
+//! Where a model comes from: a Hugging Face folder, a GGUF file, or a Hub repo
+//! `org/name[@revision]`, whose snapshot folder in the Hub cache [`crate::hub`] finds or
+//! downloads (`HF_HUB_CACHE`, `HF_HOME/hub`, `~/.cache/huggingface/hub`, laid out as
+//! `huggingface_hub` writes it: `models--org--name/{blobs, refs, snapshots/<commit>/}`).
 
 use std::path::{Path, PathBuf};
 
+use crate::error::HubFailure;
+use crate::hub::{self, HubCache, HubSettings, HubSpec};
 use crate::{Error, Result};
 
 /// A resolved model location.
@@ -37,64 +40,60 @@ impl ModelSource {
         {
             return Err(Error::model(path, "no such file or folder"));
         }
-        if looks_like_hub_id(spec) {
-            return resolve_hub_id(spec, &hub_cache_dir()).map(ModelSource::HfDir);
+        if let Some(hub_spec) = HubSpec::parse(spec) {
+            return resolve_hub(spec, &hub_spec, &HubSettings::from_env()).map(ModelSource::HfDir);
         }
         Err(Error::model(
             path,
-            "no such file or folder, and not a hub id of the form org/name",
+            "no such local file or folder, and not a Hub repo id (org/name[@revision])",
         ))
     }
 }
 
-fn looks_like_hub_id(spec: &str) -> bool {
-    let mut parts = spec.split('/');
-    matches!((parts.next(), parts.next(), parts.next()), (Some(a), Some(b), None) if !a.is_empty() && !b.is_empty())
+/// The snapshot folder of a Hub spec, downloaded into the cache when it is not there (see
+/// [`crate::hub`]). When the spec names nothing on the Hub either, the error says both.
+pub fn resolve_hub(spec: &str, hub_spec: &HubSpec, settings: &HubSettings) -> Result<PathBuf> {
+    match hub::snapshot(hub_spec, settings) {
+        Ok(snapshot) => Ok(snapshot.dir),
+        Err(Error::Hub { kind, msg })
+            if matches!(
+                kind,
+                HubFailure::RepoNotFound | HubFailure::NotCached | HubFailure::Unreachable
+            ) =>
+        {
+            Err(Error::Hub {
+                kind,
+                msg: format!("no such local file or folder `{spec}`, and {msg}"),
+            })
+        }
+        Err(e) => Err(e),
+    }
 }
 
-/// The hf-hub cache folder, as `huggingface_hub` chooses it.
+/// The Hub cache folder, as `huggingface_hub` chooses it: `HF_HUB_CACHE`, else `HF_HOME/hub`,
+/// else `~/.cache/huggingface/hub`.
 pub fn hub_cache_dir() -> PathBuf {
-    if let Ok(p) = std::env::var("HF_HUB_CACHE") {
-        return PathBuf::from(p);
-    }
-    if let Ok(p) = std::env::var("HF_HOME") {
-        return PathBuf::from(p).join("hub");
-    }
-    let home = std::env::var("HOME").unwrap_or_else(|_| ".".into());
-    PathBuf::from(home).join(".cache/huggingface/hub")
+    HubSettings::from_env().cache.root().to_path_buf()
 }
 
-/// Finds `org/name[@revision]` in a hub cache; the hub itself is never contacted.
+/// Finds `org/name[@revision]` complete in the hub cache at `cache`; the Hub itself is never
+/// contacted.
 pub fn resolve_hub_id(spec: &str, cache: &Path) -> Result<PathBuf> {
-    let (id, revision) = match spec.split_once('@') {
-        Some((id, rev)) => (id, rev),
-        None => (spec, "main"),
+    let Some(hub_spec) = HubSpec::parse(spec) else {
+        return Err(Error::model(
+            spec,
+            "not a Hub repo id (org/name[@revision])",
+        ));
     };
-    let repo = cache.join(format!("models--{}", id.replace('/', "--")));
-    let not_cached = || {
-        Error::model(
-            &repo,
-            format!(
-                "model `{id}` is not in the local Hugging Face cache ({}) and the hub is not \
-                 reachable from here; download it on a connected machine (huggingface-cli download {id}) \
-                 and copy the cache, or pass a local folder or .gguf file",
+    HubCache::new(cache)
+        .complete_snapshot(&hub_spec)
+        .map_err(|missing| Error::Hub {
+            kind: HubFailure::NotCached,
+            msg: format!(
+                "`{spec}` is not in the Hub cache {}: {missing}",
                 cache.display()
             ),
-        )
-    };
-    if !repo.is_dir() {
-        return Err(not_cached());
-    }
-    let ref_file = repo.join("refs").join(revision);
-    let commit = match std::fs::read_to_string(&ref_file) {
-        Ok(c) => c.trim().to_string(),
-        Err(_) => revision.to_string(),
-    };
-    let snap = repo.join("snapshots").join(&commit);
-    if !snap.join("config.json").is_file() {
-        return Err(not_cached());
-    }
-    Ok(snap)
+        })
 }
 
 #[cfg(test)]
@@ -109,11 +108,36 @@ mod tests {
         std::fs::create_dir_all(repo.join("snapshots/abc")).unwrap();
         std::fs::write(repo.join("refs/main"), "abc\n").unwrap();
         std::fs::write(repo.join("snapshots/abc/config.json"), "{}").unwrap();
+        let err = resolve_hub_id("org/tiny", tmp.path())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("lacks model.safetensors"), "{err}");
+        std::fs::write(repo.join("snapshots/abc/model.safetensors"), "").unwrap();
         let p = resolve_hub_id("org/tiny", tmp.path()).unwrap();
         assert_eq!(p, repo.join("snapshots/abc"));
         let err = resolve_hub_id("org/other", tmp.path())
             .unwrap_err()
             .to_string();
-        assert!(err.contains("not in the local Hugging Face cache"), "{err}");
+        assert!(err.contains("is not in the Hub cache"), "{err}");
+    }
+
+    #[test]
+    fn a_name_that_is_neither_a_path_nor_a_repo_says_both() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut settings = HubSettings::from_vars(|_| None);
+        settings.cache = HubCache::new(tmp.path());
+        settings.offline = true;
+        let spec = HubSpec::parse("models/foo").unwrap();
+        let err = resolve_hub("models/foo", &spec, &settings)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("no such local file or folder `models/foo`, and `models/foo` is not in the Hub cache"),
+            "{err}"
+        );
+        let err = ModelSource::resolve("./nope/model")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("no such file or folder"), "{err}");
     }
 }

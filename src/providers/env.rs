@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use super::error::{ProviderError, Result};
-use super::secret::ApiKey;
+use crate::net::secret::ApiKey;
 
 /// A source of environment variables.
 #[derive(Clone, Default)]

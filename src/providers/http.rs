@@ -10,8 +10,10 @@ use std::time::{Duration, Instant, SystemTime};
 
 use super::error::{ProviderError, Result};
 use super::limit::{Limiter, Permit};
-use super::retry::{parse_retry_after, status_is_retryable, RetryPolicy, Verdict};
-use super::secret::ApiKey;
+use crate::net::lowercase_headers;
+use crate::net::retry::{parse_retry_after, status_is_retryable, RetryPolicy, Verdict};
+use crate::net::secret::ApiKey;
+pub(crate) use crate::net::url::{display_path, resolve_location};
 
 /// Timeouts, retries and limits of one client.
 #[derive(Debug, Clone, PartialEq)]
@@ -140,17 +142,6 @@ impl HttpStream {
     pub fn header(&self, name: &str) -> Option<String> {
         header_in(&self.headers, name)
     }
-}
-
-/// The path (and query) of a URL: what logs and errors show instead of the whole URL,
-/// which may carry credentials in its authority or a presigned signature.
-pub(crate) fn display_path(url: &str) -> String {
-    let after_scheme = url.split_once("://").map(|(_, rest)| rest).unwrap_or(url);
-    let path = after_scheme
-        .find('/')
-        .map(|i| &after_scheme[i..])
-        .unwrap_or("/");
-    path.split('?').next().unwrap_or(path).to_string()
 }
 
 /// `application/x-www-form-urlencoded` encoding of `pairs` (also used for query strings).
@@ -562,45 +553,9 @@ impl Transport {
     }
 }
 
-fn lowercase_headers(headers: &ureq::http::HeaderMap) -> Vec<(String, String)> {
-    headers
-        .iter()
-        .filter_map(|(k, v)| {
-            Some((
-                k.as_str().to_ascii_lowercase(),
-                v.to_str().ok()?.to_string(),
-            ))
-        })
-        .collect()
-}
-
-/// An absolute URL for a `Location` header, which may be relative to `base`.
-pub(crate) fn resolve_location(base: &str, location: &str) -> String {
-    if location.contains("://") {
-        return location.to_string();
-    }
-    let (scheme, rest) = base.split_once("://").unwrap_or(("http", base));
-    let authority = rest.split('/').next().unwrap_or(rest);
-    if location.starts_with('/') {
-        format!("{scheme}://{authority}{location}")
-    } else {
-        let dir = base.rsplit_once('/').map(|(d, _)| d).unwrap_or(base);
-        format!("{dir}/{location}")
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn paths_hide_authority_and_query() {
-        assert_eq!(
-            display_path("https://user:pw@api.x.com/v1/files?sig=abc"),
-            "/v1/files"
-        );
-        assert_eq!(display_path("http://127.0.0.1:80"), "/");
-    }
 
     #[test]
     fn form_encoding() {
@@ -635,17 +590,5 @@ mod tests {
         let openrouter = br#"{"error":{"code":502,"message":"Provider returned error"}}"#;
         assert_eq!(parse_api_error(openrouter).1, Some("502".into()));
         assert_eq!(parse_api_error(b"<html>"), (None, None, None));
-    }
-
-    #[test]
-    fn locations() {
-        assert_eq!(
-            resolve_location("http://h:1/v1/files", "https://s3/x?y"),
-            "https://s3/x?y"
-        );
-        assert_eq!(
-            resolve_location("http://h:1/v1/files", "/up/1"),
-            "http://h:1/up/1"
-        );
     }
 }

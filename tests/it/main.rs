@@ -19,6 +19,7 @@ mod harness_eval;
 mod harness_judge;
 mod harness_stats;
 mod hostile;
+mod hub;
 mod job_config;
 mod kernel_emu;
 mod kernels;

@@ -67,7 +67,7 @@ fn format_name(s: &str) -> Result<Format, String> {
 #[derive(Debug, clap::Args)]
 pub struct TokenArgs {
     /// Render and tokenize every conversation with this model's template and tokenizer (a HF
-    /// folder, a hub id in the local cache or a .gguf; its weights are not loaded).
+    /// folder, a Hub repo org/name[@revision] or a .gguf; its weights are not loaded).
     #[arg(long, value_name = "M")]
     pub model: Option<String>,
 

@@ -42,7 +42,8 @@ job_section! {
 job_section! {
     /// `[model]`: which base model, and how it is held.
     pub struct ModelSection {
-        /// An HF folder, a hub id in the local cache, or a `.gguf` file.
+        /// An HF folder, a Hub repo `org/name[@revision]` (downloaded into the Hub cache), or a
+        /// `.gguf` file.
         pub source: String,
         pub dtype: DtypeName = DtypeName::F32,
         pub device: DeviceName = DeviceName::Auto,

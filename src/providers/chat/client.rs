@@ -7,11 +7,11 @@ use super::{
     anthropic, openai, ChatClient, ChatProviderConfig, ChatProviderKind, ChatRequest, ChatResponse,
     Usage, UsageTotals,
 };
+use crate::net::secret::ApiKey;
 use crate::providers::cache::ResponseCache;
 use crate::providers::env::{resolve_base_url, Env};
 use crate::providers::error::{ProviderError, Result};
 use crate::providers::http::{Auth, HttpRequest, Transport};
-use crate::providers::secret::ApiKey;
 
 /// A chat client for one provider.
 #[derive(Debug)]

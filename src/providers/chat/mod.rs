@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use super::env::Env;
 use super::error::{ProviderError, Result};
 use super::http::HttpSettings;
-use super::retry::RetryPolicy;
+use crate::net::retry::RetryPolicy;
 
 pub use client::HttpChatClient;
 pub use fallback::FallbackChain;

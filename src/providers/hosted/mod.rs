@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use super::env::{resolve_base_url, Env};
 use super::error::{ProviderError, Result};
 use super::http::HttpSettings;
-use super::retry::RetryPolicy;
+use crate::net::retry::RetryPolicy;
 
 pub use jobs::{HostedJobs, SubmitOptions, WatchOptions, WatchUpdate};
 pub use mapping::{plan_job, JobPlan};

@@ -13,11 +13,11 @@ use super::{
     json_str, Checkpoint, DownloadKind, EventLevel, FineTuneApi, HostedProvider, JobEvent,
     JobStatus, RemoteJob,
 };
+use crate::net::secret::ApiKey;
 use crate::providers::error::{ProviderError, Result};
 use crate::providers::http::{
     display_path, form_encode, Auth, HttpRequest, HttpSettings, Transport,
 };
-use crate::providers::secret::ApiKey;
 
 /// OpenAI's status names mapped to ours (types/fine_tuning/fine_tuning_job.py).
 pub fn map_status(status: &str) -> JobStatus {

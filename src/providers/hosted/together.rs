@@ -14,11 +14,11 @@ use super::{
     HostedProvider, JobEvent, JobStatus, RemoteJob,
 };
 use crate::fsutil::{check_new_file, temp_path_for};
+use crate::net::secret::ApiKey;
 use crate::providers::error::{ProviderError, Result};
 use crate::providers::http::{
     display_path, form_encode, resolve_location, Auth, HttpRequest, HttpSettings, Transport,
 };
-use crate::providers::secret::ApiKey;
 
 /// Together's status names mapped to ours (types/finetune.py `FinetuneJobStatus`).
 pub fn map_status(status: &str) -> JobStatus {

@@ -62,6 +62,9 @@ pub struct Reply {
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
     pub delay: Duration,
+    /// Close the connection after this many bytes of the body (its `content-length` still
+    /// announces all of it): a download cut in the middle.
+    pub cut_after: Option<usize>,
 }
 
 impl Reply {
@@ -71,6 +74,7 @@ impl Reply {
             headers: vec![("content-type".into(), "application/json".into())],
             body: value.to_string().into_bytes(),
             delay: Duration::ZERO,
+            cut_after: None,
         }
     }
 
@@ -80,6 +84,7 @@ impl Reply {
             headers: vec![("content-type".into(), content_type.into())],
             body: body.to_vec(),
             delay: Duration::ZERO,
+            cut_after: None,
         }
     }
 
@@ -89,6 +94,7 @@ impl Reply {
             headers: Vec::new(),
             body: Vec::new(),
             delay: Duration::ZERO,
+            cut_after: None,
         }
     }
 
@@ -99,6 +105,12 @@ impl Reply {
 
     pub fn delayed(mut self, delay: Duration) -> Self {
         self.delay = delay;
+        self
+    }
+
+    /// Sends only the first `n` bytes of the body, then closes the connection.
+    pub fn cut_after(mut self, n: usize) -> Self {
+        self.cut_after = Some(n);
         self
     }
 
@@ -237,13 +249,16 @@ fn read_request(stream: &TcpStream) -> Option<Recorded> {
 fn reason(status: u16) -> &'static str {
     match status {
         200 => "OK",
+        206 => "Partial Content",
         302 => "Found",
+        307 => "Temporary Redirect",
         400 => "Bad Request",
         401 => "Unauthorized",
         403 => "Forbidden",
         404 => "Not Found",
         408 => "Request Timeout",
         409 => "Conflict",
+        416 => "Range Not Satisfiable",
         429 => "Too Many Requests",
         500 => "Internal Server Error",
         502 => "Bad Gateway",
@@ -275,7 +290,11 @@ fn serve(mut stream: TcpStream, handler: &Handler, requests: &Mutex<Vec<Recorded
     }
     head.push_str("\r\n");
     let _ = stream.write_all(head.as_bytes());
-    let _ = stream.write_all(&reply.body);
+    // A reply to HEAD announces the body's length but sends none.
+    if request.method != "HEAD" {
+        let end = reply.cut_after.unwrap_or(usize::MAX).min(reply.body.len());
+        let _ = stream.write_all(&reply.body[..end]);
+    }
     let _ = stream.flush();
     let _ = stream.shutdown(std::net::Shutdown::Both);
 }
