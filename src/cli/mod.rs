@@ -4,6 +4,7 @@
 //! This wing is the binary's own (clap, anyhow, `println!`); the library below it takes plain
 //! arguments. Output shapes of `--json` are fixed because other tools read them.
 
+mod bench;
 mod data;
 mod eval;
 mod export;
@@ -82,6 +83,8 @@ pub enum Command {
     /// Dataset tools: convert, validate, stats, split, synth, process.
     #[command(subcommand)]
     Data(data::DataCommand),
+    /// Measure a job's training speed, memory and MFU on this machine; sweep sizes.
+    Bench(bench::BenchArgs),
 }
 
 /// A run that a signal stopped, its checkpoint saved: no error, but the process exits with the
@@ -161,6 +164,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Some(Command::Eval(a)) => eval::run(&a),
         Some(Command::Hosted(c)) => hosted::run(c),
         Some(Command::Data(c)) => data::run(c),
+        Some(Command::Bench(a)) => bench::run(&a),
         None => match &cli.config {
             Some(path) => train::run(path, &cli),
             None => bail!("nothing to do: give --config job.toml, or a command (see --help)"),
