@@ -6,6 +6,7 @@
 
 pub mod flops;
 pub mod generation;
+pub mod peft;
 pub mod probe;
 pub mod sweep;
 
@@ -84,6 +85,9 @@ pub struct TrainBench {
     /// Batched generation, with `--generate`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub generate: Option<generation::GenerateBench>,
+    /// PyTorch + PEFT on the same batches, with `--compare peft`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peft: Option<peft::PeftComparison>,
 }
 
 /// Runs `opts.warmup` untimed and `opts.steps` timed optimizer steps of `trainer`'s job
@@ -187,6 +191,7 @@ pub fn bench_training(trainer: &Trainer, opts: &BenchOptions) -> Result<TrainBen
         peak_probe: peak,
         losses,
         generate: None,
+        peft: None,
     })
 }
 
@@ -319,6 +324,9 @@ pub fn render_markdown(r: &TrainBench) -> String {
     ]);
     if let Some(g) = &r.generate {
         rows.extend(generation::markdown_rows(g));
+    }
+    if let Some(c) = &r.peft {
+        rows.extend(peft::markdown_rows(c));
     }
     let mut out = String::from("| measure | value |\n|---|---|\n");
     for (k, v) in rows {

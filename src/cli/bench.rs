@@ -8,6 +8,7 @@ use std::process::Command;
 
 use anyhow::{bail, Context};
 use clap::Args;
+use lora_train::bench::peft;
 use lora_train::bench::sweep::{
     grid, PointOutcome, PointResult, SweepPoint, SweepReport, SweepSpec,
 };
@@ -63,6 +64,11 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 32, requires = "generate")]
     pub new_tokens: usize,
 
+    /// Also run PyTorch + transformers + PEFT on the same batches (the Python twins in
+    /// scripts/, with the interpreter PYTHON names) and print the ratios.
+    #[arg(long, value_name = "peft", conflicts_with = "sweep")]
+    pub compare: Option<Compare>,
+
     /// Print one JSON object (docs/bench.md) instead of the table.
     #[arg(long)]
     pub json: bool,
@@ -81,11 +87,23 @@ pub struct BenchArgs {
     pub point: bool,
 }
 
+/// What `--compare` runs beside lora-train.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Compare {
+    /// PyTorch + transformers + PEFT.
+    Peft,
+}
+
 pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     if let Some(dir) = &args.output {
         // Before anything runs: a refused output folder is reported at once.
         lora_train::bench::BENCH_OUTPUT.check(dir, args.force)?;
     }
+    // Before the model loads: without a usable Python, say how to get one.
+    let python = match args.compare {
+        Some(Compare::Peft) => Some((peft::python_from_env()?, peft::scripts_dir()?)),
+        None => None,
+    };
     if !args.sweep.is_empty() {
         return sweep(args);
     }
@@ -103,6 +121,16 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
             return Ok(());
         }
         other => other?,
+    };
+    // Before the steps: a job the twins do not run alike is refused at once.
+    let twin = match python {
+        Some((python, scripts)) => {
+            let work = WorkDir::new()?;
+            let (script, twin_args) =
+                peft::twin_command(&trainer, args.warmup, args.steps, &scripts, &work.0)?;
+            Some((python, script, twin_args, work))
+        }
+        None => None,
     };
     let malloc = lora_train::alloc::host_training(trainer.device());
     tracing::debug!("host allocator for training: {malloc:?}");
@@ -128,6 +156,12 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
             report.seq.max(1),
             args.new_tokens,
         )?);
+    }
+    if let Some((python, script, twin_args, _work)) = &twin {
+        if !args.json {
+            eprintln!("bench: the same batches through {}", script.display());
+        }
+        report.peft = Some(peft::compare(python, script, twin_args, &report)?);
     }
     let json = serde_json::to_string_pretty(&report)?;
     let markdown = render_markdown(&report);
@@ -300,6 +334,25 @@ fn killed_by_sigkill(status: &std::process::ExitStatus) -> bool {
 #[cfg(not(unix))]
 fn killed_by_sigkill(_status: &std::process::ExitStatus) -> bool {
     false
+}
+
+/// A folder of this process under the system's temp folder, removed when dropped: where the
+/// PEFT twin reads its token ids.
+struct WorkDir(PathBuf);
+
+impl WorkDir {
+    fn new() -> anyhow::Result<Self> {
+        let dir = std::env::temp_dir().join(format!("lora-train-bench-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+        Ok(Self(dir))
+    }
+}
+
+impl Drop for WorkDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 /// The command line that repeats this measurement, for `bench.md`.

@@ -505,6 +505,24 @@ impl Trainer {
         }
     }
 
+    /// The training examples of SFT step `step`, in the order its micro-batches take them
+    /// (each packed row's conversations in turn); empty for a DPO run.
+    pub fn step_examples(&self, step: usize) -> Vec<&TokenizedExample> {
+        if self.dpo.is_some() {
+            return Vec::new();
+        }
+        let plan = self
+            .plan
+            .step_batches(step, self.job.train.seed, self.job.data.shuffle);
+        let units = plan.into_iter().flatten();
+        match &self.packed_rows {
+            Some(rows) => units
+                .flat_map(|r| rows[r].iter().map(|i| &self.data.train[*i]))
+                .collect(),
+            None => units.map(|i| &self.data.train[i]).collect(),
+        }
+    }
+
     /// A fresh AdamW over the adapter's parameters, with the job's weight decay.
     pub fn optimizer(&self) -> Result<AdamW> {
         AdamW::new(
