@@ -177,9 +177,9 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
 }
 
 /// The job with the user's `--set` and the bench's own overrides: `--batch` as
-/// `train.micro_batch_size`; with `--synthetic`, `data.max_seq_len` at the rows' length and
-/// `train.max_steps` at the steps run (so the schedule spans them). Returns the synthetic
-/// rows to train on, if any.
+/// `train.micro_batch_size`; with `--synthetic`, `data.max_seq_len` at the rows' length (the
+/// memory check and packing read it). Returns the synthetic rows to train on, if any: one
+/// step's worth, which every step reuses.
 fn load_job(
     args: &BenchArgs,
     seq: Option<usize>,
@@ -202,15 +202,10 @@ fn load_job(
             Some(_) => JobConfig::load_checked(&args.config, &set, check_job)?,
             None => job,
         };
-        job.check_files()?;
         return Ok((job, None));
     }
     let seq = seq.unwrap_or(job.data.max_seq_len);
     set.push(format!("data.max_seq_len={seq}"));
-    set.push(format!(
-        "train.max_steps={}",
-        (args.warmup + args.steps).max(1)
-    ));
     let job = JobConfig::load_checked(&args.config, &set, check_job)?;
     let synthetic = SyntheticData {
         seq,
