@@ -29,8 +29,8 @@ pub struct BenchArgs {
     #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
     pub set: Vec<String>,
 
-    /// Optimizer steps timed.
-    #[arg(long, default_value_t = 5)]
+    /// Optimizer steps timed (at least 1).
+    #[arg(long, default_value_t = 5, value_parser = at_least_one)]
     pub steps: usize,
 
     /// Optimizer steps run first and not timed.
@@ -85,6 +85,14 @@ pub struct BenchArgs {
     /// {"status": "skipped", "reason": ...} and succeeds.
     #[arg(long, hide = true)]
     pub point: bool,
+}
+
+/// `--steps`: a whole number from 1.
+fn at_least_one(s: &str) -> Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(format!("`{s}` is not a whole number of 1 or more")),
+    }
 }
 
 /// What `--compare` runs beside lora-train.
