@@ -10,15 +10,26 @@ use crate::common::cli::{json, lora_train};
 
 /// A job on the tiny Llama over the fixture chats (output folder unused by bench).
 fn write_job(dir: &Path) -> PathBuf {
+    write_job_of(
+        dir,
+        "tiny-llama",
+        &common::fixtures().join("chats.jsonl"),
+        "",
+    )
+}
+
+/// A job on the fixture model `model` over `data`, `train_lines` added to `[train]`.
+fn write_job_of(dir: &Path, model: &str, data: &Path, train_lines: &str) -> PathBuf {
     let job = dir.join("job.toml");
     std::fs::write(
         &job,
         format!(
             "[model]\nsource = \"{}\"\ndevice = \"cpu\"\n[lora]\nr = 4\nalpha = 8\n\
              target_modules = \"all-linear\"\n[data]\ntrain = \"{}\"\nmax_seq_len = 128\n\
-             [train]\nmax_steps = 4\nmicro_batch_size = 2\nlr = 1e-3\n[output]\ndir = \"{}\"\n",
-            common::fixtures().join("tiny-llama").display(),
-            common::fixtures().join("chats.jsonl").display(),
+             [train]\nmax_steps = 4\nmicro_batch_size = 2\nlr = 1e-3\n{train_lines}\n\
+             [output]\ndir = \"{}\"\n",
+            common::fixtures().join(model).display(),
+            data.display(),
             dir.join("run").display()
         ),
     )
@@ -380,4 +391,80 @@ fn compare_peft_hands_the_twin_the_same_batches_and_prints_the_ratio() {
         assert!(n > 0 && n <= 128);
         assert_eq!(r["targets"].as_array().unwrap().len(), n);
     }
+}
+
+#[test]
+fn gemma3_sliding_layers_count_the_keys_in_their_window() {
+    let tmp = tempfile::tempdir().unwrap();
+    let chats = common::fixtures().join("chats.jsonl");
+    let job = write_job_of(tmp.path(), "tiny-gemma3", &chats, "");
+    let v = json(&mut bench(
+        &job,
+        &[
+            "--synthetic",
+            "--seq",
+            "32",
+            "--batch",
+            "1",
+            "--steps",
+            "1",
+            "--warmup",
+            "0",
+            "--json",
+        ],
+    ));
+    assert_sane(&v);
+    let cfg = common::read_json(&common::fixtures().join("tiny-gemma3/config.json"));
+    let c = |k: &str| cfg[k].as_f64().unwrap();
+    let (h, i, vocab, window) = (
+        c("hidden_size"),
+        c("intermediate_size"),
+        c("vocab_size"),
+        c("sliding_window"),
+    );
+    let q = c("num_attention_heads") * c("head_dim");
+    let kv = c("num_key_value_heads") * c("head_dim");
+    let shapes = [(h, q), (h, kv), (h, kv), (q, h), (h, i), (h, i), (i, h)];
+    let layers: Vec<&str> = cfg["layer_types"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap())
+        .collect();
+    assert!(layers.contains(&"sliding_attention") && window < 32.0);
+    let n_mm = layers.len() as f64 * shapes.iter().map(|(a, b)| a * b).sum::<f64>() + h * vocab;
+    let t = 32.0;
+    // Per token: a full layer's queries see t/2 keys, a sliding one's w²/2 + (t-w)·w over t;
+    // QKᵀ and PV are 2·q FLOPs per key each.
+    let attention: f64 = layers
+        .iter()
+        .map(|kind| match *kind {
+            "sliding_attention" => 4.0 * q * (window * window / 2.0 + (t - window) * window) / t,
+            _ => 4.0 * q * t / 2.0,
+        })
+        .sum();
+    let want = 4.0 * n_mm + 6.0 * num(&v, "lora_parameters") + 3.0 * attention;
+    assert!(
+        (num(&v, "flops_per_token") - want).abs() < 1e-6 * want,
+        "{v}"
+    );
+}
+
+#[test]
+fn a_dpo_job_benches_its_pairs_and_refuses_synthetic_rows() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pairs = common::fixtures().join("dpo/pairs.jsonl");
+    let job = write_job_of(tmp.path(), "tiny-llama", &pairs, "method = \"dpo\"");
+    let v = json(&mut bench(
+        &job,
+        &["--steps", "1", "--warmup", "0", "--json"],
+    ));
+    assert_sane(&v);
+    assert!(num(&v, "tokens_per_step") > 0.0);
+    let out = bench(&job, &["--synthetic", "--seq", "16", "--steps", "1"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("DPO"), "{stderr}");
 }
