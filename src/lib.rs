@@ -8,6 +8,7 @@
 
 pub mod alloc;
 pub mod autograd;
+pub mod bench;
 pub mod config;
 pub mod data;
 pub mod device;

@@ -4,6 +4,7 @@
 //! This wing is the binary's own (clap, anyhow, `println!`); the library below it takes plain
 //! arguments. Output shapes of `--json` are fixed because other tools read them.
 
+mod bench;
 mod data;
 mod doctor;
 mod download;
@@ -88,6 +89,8 @@ pub enum Command {
     Doctor(doctor::DoctorArgs),
     /// Download a model from the Hugging Face Hub into its cache and print the folder.
     Download(download::DownloadArgs),
+    /// Measure a job's training speed, memory and MFU on this machine; sweep sizes.
+    Bench(bench::BenchArgs),
 }
 
 /// A run that a signal stopped, its checkpoint saved: no error, but the process exits with the
@@ -170,6 +173,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Some(Command::Data(c)) => data::run(c),
         Some(Command::Doctor(a)) => doctor::run(&a),
         Some(Command::Download(a)) => download::run(a),
+        Some(Command::Bench(a)) => bench::run(&a),
         None => match &cli.config {
             Some(path) => train::run(path, &cli),
             None => bail!("nothing to do: give --config job.toml, or a command (see --help)"),

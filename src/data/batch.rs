@@ -34,6 +34,11 @@ impl MicroBatch {
     pub fn num_targets(&self) -> usize {
         self.target_ids.len()
     }
+
+    /// The tokens the batch computes on, padding included: rows times length.
+    pub fn padded_tokens(&self) -> usize {
+        self.input_ids.elem_count()
+    }
 }
 
 /// Collates examples into one right-padded micro-batch.

@@ -148,6 +148,20 @@ pub fn reserved_bytes(d: &Device) -> Option<u64> {
     pool_stat(d, PoolStat::Reserved)
 }
 
+/// The device memory in use on the whole CUDA device now (bytes), as the driver reports it
+/// (total minus free, every process and the CUDA context included: what `nvidia-smi` shows);
+/// `None` on other devices or where it cannot be read.
+pub fn driver_used_bytes(d: &Device) -> Option<u64> {
+    match d {
+        #[cfg(feature = "cuda")]
+        Device::Cuda(c) => {
+            let (free, total) = c.cuda_stream().context().mem_get_info().ok()?;
+            Some(total.saturating_sub(free) as u64)
+        }
+        _ => None,
+    }
+}
+
 #[derive(Clone, Copy)]
 enum PoolStat {
     Reserved,

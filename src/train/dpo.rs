@@ -300,6 +300,7 @@ pub fn dpo_step(
         loss,
         target_tokens: batches.iter().map(|b| b.batch.num_targets()).sum(),
         tokens: batches.iter().map(|b| b.batch.tokens).sum(),
+        padded_tokens: batches.iter().map(|b| b.batch.padded_tokens()).sum(),
         conversations: batches.iter().map(|b| b.pairs).sum(),
         grad_norm,
         lr,

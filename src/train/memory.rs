@@ -63,7 +63,7 @@ impl ModelDims {
     }
 
     /// Parameters of the seven projections of all layers.
-    fn projection_params(&self) -> f64 {
+    pub fn projection_params(&self) -> f64 {
         let (h, i) = (self.hidden as f64, self.intermediate as f64);
         let q = (self.heads * self.head_dim) as f64;
         let kv = (self.kv_heads * self.head_dim) as f64;
@@ -316,19 +316,7 @@ pub fn check_run_fits(
     dtype: candle_core::DType,
     device: &candle_core::Device,
 ) -> Result<()> {
-    let shape = RunShape {
-        dtype_bytes: dtype.size_in_bytes(),
-        quantize: job.model.quantize,
-        checkpointing: job.train.gradient_checkpointing,
-        recompute_attention: job.train.recompute_attention,
-        micro_batch_size: (job.train.micro_batch_size * per_unit).min(train.len().max(1)),
-        // Packed rows fill up to `max_seq_len`.
-        seq_len: match job.data.packing {
-            true => job.data.max_seq_len,
-            false => train.iter().map(|e| e.input_ids.len()).max().unwrap_or(0),
-        },
-        lora_params,
-    };
+    let shape = run_shape(lora_params, train, per_unit, job, dtype);
     let dims = ModelDims::of(&model.config);
     // The weights are loaded by now: on a GPU they are part of the estimate, not of the free memory.
     let loaded = estimate(&dims, &shape).weights;
@@ -348,6 +336,41 @@ pub fn check_run_fits(
         available / (1u64 << 30) as f64
     );
     Ok(())
+}
+
+/// The estimate [`check_run_fits`] checks, for a run of `model` on `train` (see there).
+pub fn estimate_run(
+    model: &LoadedModel,
+    lora_params: usize,
+    train: &[TokenizedExample],
+    per_unit: usize,
+    job: &JobConfig,
+    dtype: candle_core::DType,
+) -> MemoryEstimate {
+    let shape = run_shape(lora_params, train, per_unit, job, dtype);
+    estimate(&ModelDims::of(&model.config), &shape)
+}
+
+fn run_shape(
+    lora_params: usize,
+    train: &[TokenizedExample],
+    per_unit: usize,
+    job: &JobConfig,
+    dtype: candle_core::DType,
+) -> RunShape {
+    RunShape {
+        dtype_bytes: dtype.size_in_bytes(),
+        quantize: job.model.quantize,
+        checkpointing: job.train.gradient_checkpointing,
+        recompute_attention: job.train.recompute_attention,
+        micro_batch_size: (job.train.micro_batch_size * per_unit).min(train.len().max(1)),
+        // Packed rows fill up to `max_seq_len`.
+        seq_len: match job.data.packing {
+            true => job.data.max_seq_len,
+            false => train.iter().map(|e| e.input_ids.len()).max().unwrap_or(0),
+        },
+        lora_params,
+    }
 }
 
 #[cfg(test)]

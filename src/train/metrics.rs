@@ -97,16 +97,17 @@ pub fn loss_plot_svg(lines: &[MetricsLine], title: &str) -> Option<String> {
         .collect();
     line_plot_svg(
         title,
+        "optimizer step",
         "loss",
         &[
             Series {
-                label: "train loss",
+                label: "train loss".into(),
                 color: "#1f77b4",
                 points: train,
                 dots: false,
             },
             Series {
-                label: "validation loss",
+                label: "validation loss".into(),
                 color: "#d62728",
                 points: val,
                 dots: true,
@@ -129,13 +130,13 @@ pub fn rewards_plot_svg(lines: &[MetricsLine], title: &str) -> Option<String> {
     let series: Vec<Series> = series
         .into_iter()
         .map(|(label, color, points)| Series {
-            label,
+            label: label.into(),
             color,
             points,
             dots: false,
         })
         .collect();
-    line_plot_svg(title, "reward", &series)
+    line_plot_svg(title, "optimizer step", "reward", &series)
 }
 
 fn step_points(lines: &[MetricsLine], y: impl Fn(&StepMetrics) -> Option<f64>) -> Vec<(f64, f64)> {
@@ -149,16 +150,21 @@ fn step_points(lines: &[MetricsLine], y: impl Fn(&StepMetrics) -> Option<f64>) -
 }
 
 /// One line of a plot.
-struct Series {
-    label: &'static str,
-    color: &'static str,
-    points: Vec<(f64, f64)>,
+pub struct Series {
+    pub label: String,
+    pub color: &'static str,
+    pub points: Vec<(f64, f64)>,
     /// Mark each point (sparse series such as validations).
-    dots: bool,
+    pub dots: bool,
 }
 
-/// Lines against the optimizer step as an SVG document, with a legend; None without points.
-fn line_plot_svg(title: &str, y_label: &str, series: &[Series]) -> Option<String> {
+/// Lines against `x_label` (from 0) as an SVG document, with a legend; None without points.
+pub fn line_plot_svg(
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    series: &[Series],
+) -> Option<String> {
     let all: Vec<&(f64, f64)> = series.iter().flat_map(|s| &s.points).collect();
     if all.is_empty() {
         return None;
@@ -201,16 +207,18 @@ fn line_plot_svg(title: &str, y_label: &str, series: &[Series]) -> Option<String
     }
     svg += &format!(
         "<line x1=\"{ml}\" x2=\"{ml}\" y1=\"{mt}\" y2=\"{}\" stroke=\"black\"/><line x1=\"{ml}\" x2=\"{}\" y1=\"{}\" y2=\"{}\" stroke=\"black\"/>\n\
-         <text x=\"{}\" y=\"{}\" text-anchor=\"middle\">optimizer step</text>\n\
-         <text x=\"16\" y=\"{}\" text-anchor=\"middle\" transform=\"rotate(-90 16 {})\">{y_label}</text>\n",
+         <text x=\"{}\" y=\"{}\" text-anchor=\"middle\">{}</text>\n\
+         <text x=\"16\" y=\"{}\" text-anchor=\"middle\" transform=\"rotate(-90 16 {})\">{}</text>\n",
         h - mb,
         w - mr,
         h - mb,
         h - mb,
         (w + ml) / 2.0,
         h - 10.0,
+        xml_escape(x_label),
         h / 2.0,
-        h / 2.0
+        h / 2.0,
+        xml_escape(y_label)
     );
     for s in series.iter().filter(|s| !s.points.is_empty()) {
         let pts: Vec<String> = s
@@ -249,7 +257,7 @@ fn line_plot_svg(title: &str, y_label: &str, series: &[Series]) -> Option<String
             s.color,
             lx + 42.0,
             y + 4.0,
-            s.label
+            xml_escape(&s.label)
         );
     }
     svg += "</svg>\n";

@@ -25,4 +25,4 @@ pub use plan::StepPlan;
 pub use run_log::{RunLog, TrainSummary};
 pub use step::{train_step, StepOutcome};
 pub use stop::{install_stop_handler, stop_signal, StopSignal};
-pub use trainer::{RunOptions, Trainer};
+pub use trainer::{RunOptions, SyntheticData, Trainer};

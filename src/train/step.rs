@@ -63,6 +63,8 @@ pub struct StepOutcome {
     pub target_tokens: usize,
     /// Real (non-pad) tokens processed.
     pub tokens: usize,
+    /// Tokens computed on, padding included: each micro-batch's rows times its length.
+    pub padded_tokens: usize,
     /// Conversations processed (several per row when packed).
     pub conversations: usize,
     /// Global gradient norm before clipping.
@@ -120,6 +122,7 @@ pub fn train_step(
         loss,
         target_tokens: total_targets,
         tokens,
+        padded_tokens: micro_batches.iter().map(MicroBatch::padded_tokens).sum(),
         conversations: micro_batches.iter().map(|m| m.conversations).sum(),
         grad_norm,
         lr,

@@ -76,6 +76,8 @@ pub struct Trainer {
     data_hash: String,
     /// With `train.method = "dpo"`, the pairs and the objective; `data` is then empty.
     dpo: Option<DpoRun>,
+    /// The random rows trained on instead of the job's data, if any.
+    synthetic: Option<SyntheticData>,
 }
 
 /// What a DPO run adds to the trainer.
@@ -105,6 +107,23 @@ pub struct Validation {
 impl Trainer {
     /// Loads the model, attaches fresh (or `init_adapter`) LoRA weights, and prepares data.
     pub fn new(job: JobConfig) -> Result<Self> {
+        Self::build(job, None)
+    }
+
+    /// As [`Self::new`], but trains on `synthetic` rows of random token ids instead of the
+    /// job's data (an SFT job only): what `lora-train bench --synthetic` measures.
+    pub fn with_synthetic_data(job: JobConfig, synthetic: SyntheticData) -> Result<Self> {
+        if job.is_dpo() {
+            return Err(Error::Config(
+                "synthetic rows are single sequences; a DPO job (train.method = \"dpo\") is \
+                 measured on its own pairs"
+                    .into(),
+            ));
+        }
+        Self::build(job, Some(synthetic))
+    }
+
+    fn build(job: JobConfig, synthetic: Option<SyntheticData>) -> Result<Self> {
         let device = crate::device::open(job.model.device)?;
         tracing::info!("device: {}", crate::device::device_name(&device));
         let dtype = job.model.dtype.dtype();
@@ -119,12 +138,13 @@ impl Trainer {
         if let Some(name) = &job.model.name {
             model.name_or_path = name.clone();
         }
-        let (data, pairs) = match job.is_dpo() {
-            true => (
+        let (data, pairs) = match (job.is_dpo(), &synthetic) {
+            (true, _) => (
                 PreparedData::default(),
                 Some(prepare_pair_data(&job, &model)?),
             ),
-            false => (prepare_data(&job, &model)?, None),
+            (false, Some(s)) => (s.prepare(model.config.vocab_size())?, None),
+            (false, None) => (prepare_data(&job, &model)?, None),
         };
         let spec = LoraSpec {
             r: job.lora.r,
@@ -188,7 +208,10 @@ impl Trainer {
             Some(ValidationSpec::File(path)) => Some(path.as_path()),
             _ => None,
         };
-        let data_hash = data_hash(&job.data.train, validation_file)?;
+        let data_hash = match &synthetic {
+            Some(s) => format!("synthetic:{}x{}:{}", s.rows, s.seq, s.seed),
+            None => data_hash(&job.data.train, validation_file)?,
+        };
         let dpo = pairs.map(|pairs| DpoRun {
             objective: DpoObjective::from(&job.dpo()),
             pairs,
@@ -208,7 +231,13 @@ impl Trainer {
             dtype,
             data_hash,
             dpo,
+            synthetic,
         })
+    }
+
+    /// Whether the run trains on [`SyntheticData`] rather than the job's data.
+    pub fn data_is_synthetic(&self) -> bool {
+        self.synthetic.is_some()
     }
 
     /// The job as loaded.
@@ -437,7 +466,65 @@ impl Trainer {
         Ok(Some(v.loss))
     }
 
-    fn optimizer(&self) -> Result<AdamW> {
+    /// The memory check's estimate of this run's peak (whether or not `train.memory_check`
+    /// is on): the figure a benchmark puts beside the measured peak.
+    pub fn memory_estimate(&self) -> memory::MemoryEstimate {
+        let per_unit = if self.dpo.is_some() { 2 } else { 1 };
+        let sequences = match &self.dpo {
+            Some(d) => pair_sequences(&d.pairs.train),
+            None => self.data.train.clone(),
+        };
+        memory::estimate_run(
+            &self.model,
+            self.params.num_parameters(),
+            &sequences,
+            per_unit,
+            &self.job,
+            self.dtype,
+        )
+    }
+
+    /// The lengths of the sequences optimizer step `step` trains on: each conversation (also
+    /// inside a packed row), or a DPO pair's chosen and rejected sequences.
+    pub fn step_sequence_lengths(&self, step: usize) -> Vec<usize> {
+        let plan = self
+            .plan
+            .step_batches(step, self.job.train.seed, self.job.data.shuffle);
+        let units = plan.iter().flatten();
+        match (&self.dpo, &self.packed_rows) {
+            (Some(d), _) => units
+                .flat_map(|i| {
+                    let p = &d.pairs.train[*i];
+                    [p.chosen.input_ids.len(), p.rejected.input_ids.len()]
+                })
+                .collect(),
+            (None, Some(rows)) => units
+                .flat_map(|r| rows[*r].iter().map(|i| self.data.train[*i].input_ids.len()))
+                .collect(),
+            (None, None) => units.map(|i| self.data.train[*i].input_ids.len()).collect(),
+        }
+    }
+
+    /// The training examples of SFT step `step`, in the order its micro-batches take them
+    /// (each packed row's conversations in turn); empty for a DPO run.
+    pub fn step_examples(&self, step: usize) -> Vec<&TokenizedExample> {
+        if self.dpo.is_some() {
+            return Vec::new();
+        }
+        let plan = self
+            .plan
+            .step_batches(step, self.job.train.seed, self.job.data.shuffle);
+        let units = plan.into_iter().flatten();
+        match &self.packed_rows {
+            Some(rows) => units
+                .flat_map(|r| rows[r].iter().map(|i| &self.data.train[*i]))
+                .collect(),
+            None => units.map(|i| &self.data.train[i]).collect(),
+        }
+    }
+
+    /// A fresh AdamW over the adapter's parameters, with the job's weight decay.
+    pub fn optimizer(&self) -> Result<AdamW> {
         AdamW::new(
             self.params.vars().into_iter().cloned().collect(),
             AdamWConfig {
@@ -612,8 +699,9 @@ impl Trainer {
         Ok((state, saved))
     }
 
-    /// One optimizer step over the micro-batches of 0-based step `step`.
-    fn optimizer_step(&self, step: usize, lr: f64, opt: &mut AdamW) -> Result<StepOutcome> {
+    /// One optimizer step over the micro-batches of 0-based step `step` (forward, loss,
+    /// backward and AdamW, as the run's loop takes it).
+    pub fn optimizer_step(&self, step: usize, lr: f64, opt: &mut AdamW) -> Result<StepOutcome> {
         if let Some(dpo) = &self.dpo {
             let (batches, reference) = self.step_pair_batches(step)?;
             return dpo_step(
@@ -996,6 +1084,42 @@ fn pack_rows(job: &JobConfig, train: &[TokenizedExample]) -> Result<Vec<Vec<usiz
         100.0 * tokens as f64 / (rows.len().max(1) * job.data.max_seq_len) as f64
     );
     Ok(rows)
+}
+
+/// Rows of random token ids, every one exactly `seq` tokens and every token after the first a
+/// loss target, so that benchmark runs of any model are comparable (`bench --synthetic`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SyntheticData {
+    pub seq: usize,
+    pub rows: usize,
+    pub seed: u64,
+}
+
+impl SyntheticData {
+    /// The rows as prepared training data (no validation), ids drawn from `0..vocab`.
+    fn prepare(&self, vocab: usize) -> Result<PreparedData> {
+        use rand::{Rng, SeedableRng};
+        if self.seq < 2 || self.rows == 0 || vocab == 0 {
+            return Err(Error::Config(format!(
+                "synthetic rows need at least 2 tokens each and at least one row (got {} rows of \
+                 {} tokens)",
+                self.rows, self.seq
+            )));
+        }
+        let mut rng = rand::rngs::StdRng::seed_from_u64(self.seed);
+        let train = (0..self.rows)
+            .map(|_| TokenizedExample {
+                input_ids: (0..self.seq)
+                    .map(|_| rng.random_range(0..vocab as u32))
+                    .collect(),
+                targets: (0..self.seq).map(|t| t > 0).collect(),
+            })
+            .collect();
+        Ok(PreparedData {
+            train,
+            ..Default::default()
+        })
+    }
 }
 
 /// Where the step loop ended, for [`Trainer::finish`].

@@ -25,7 +25,7 @@ const LAYERS: &[&[&str]] = &[
     &["eval"],
     &["export"],
     &["train"],
-    &["providers"],
+    &["providers", "bench"],
     &["harness"],
     &["synth"],
     &["cli"],

@@ -6,6 +6,7 @@
 mod common;
 mod providers_support;
 
+mod bench;
 mod cli_commands;
 mod cli_errors;
 mod cli_hosted;

@@ -290,3 +290,23 @@ fn data_commands_never_replace_a_file_unasked() {
     );
     assert_eq!(std::fs::read_to_string(&mine).unwrap(), "my own notes\n");
 }
+
+#[test]
+fn bench_output_over_a_folder_of_the_users_is_refused_before_it_runs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (job, out) = (tmp.path().join("job.toml"), tmp.path().join("run"));
+    write_job(&job, &out);
+    let mine = tmp.path().join("mine");
+    std::fs::create_dir(&mine).unwrap();
+    std::fs::write(mine.join("notes.txt"), "my notes").unwrap();
+    let snap = Snapshot::of(&[tmp.path()]);
+    let mut cmd = lora_train();
+    cmd.args(["bench", "--config"])
+        .arg(&job)
+        .arg("-o")
+        .arg(&mine);
+    let line = fails_with(&mut cmd, 1);
+    assert_names(&line, &mine, "--force");
+    assert!(line.contains("notes.txt"), "{line}");
+    snap.assert_unchanged(&[tmp.path()]);
+}

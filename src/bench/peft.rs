@@ -1,0 +1,306 @@
+//! `bench --compare peft`: the same batches through PyTorch + transformers + PEFT in the same
+//! run, by the existing Python twins rather than a copy of them: `scripts/bench_memory_peft.py`
+//! for an f32 GGUF base on the CPU, `scripts/bench_gpu_peft.py train` for an HF folder in
+//! bf16 (CPU or CUDA, dense or NF4). The twins train LoRA r=16, alpha=32 on all seven
+//! projections without accumulation or packing, so only such a job compares like with like.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde::{Deserialize, Serialize};
+
+use super::TrainBench;
+use crate::data::TokenizedExample;
+use crate::model::ModelSource;
+use crate::quant::Quantize;
+use crate::train::Trainer;
+use crate::{Error, Result};
+
+/// How to get a Python the comparison can use.
+const HOW_TO_GET_ONE: &str = "set PYTHON to an interpreter that has torch, transformers and peft, \
+    e.g. `python3 -m venv .venv && .venv/bin/pip install torch transformers peft` (and \
+    bitsandbytes for an NF4 job), then `PYTHON=.venv/bin/python lora-train bench ... --compare peft`";
+
+const SEVEN: [&str; 7] = [
+    "q_proj",
+    "k_proj",
+    "v_proj",
+    "o_proj",
+    "gate_proj",
+    "up_proj",
+    "down_proj",
+];
+
+/// The PEFT side's result and how ours compares.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PeftComparison {
+    /// The twin that ran, relative to the repository.
+    pub script: String,
+    pub peft_tokens_per_second: f64,
+    /// Ours over PEFT's: above 1 is faster.
+    pub tokens_per_second_ratio: f64,
+    /// PEFT's peak memory: the process's resident peak on the CPU, torch's
+    /// `max_memory_reserved` on CUDA.
+    pub peft_peak_mib: Option<f64>,
+    /// Ours (the same measure) over PEFT's: below 1 is less.
+    pub peak_memory_ratio: Option<f64>,
+    /// The twin's JSON line as it printed it.
+    pub peft: serde_json::Value,
+}
+
+/// The interpreter `PYTHON` names, once it imports torch, transformers and peft; else an
+/// error saying how to get one.
+pub fn python_from_env() -> Result<PathBuf> {
+    let Some(python) = std::env::var_os("PYTHON").filter(|p| !p.is_empty()) else {
+        return Err(Error::unsupported(
+            "--compare peft",
+            format!("PYTHON is not set; {HOW_TO_GET_ONE}"),
+        ));
+    };
+    let python = PathBuf::from(python);
+    let out = Command::new(&python)
+        .args(["-c", "import torch, transformers, peft"])
+        .output();
+    let why = match out {
+        Err(e) => format!("PYTHON={} cannot be run ({e})", python.display()),
+        Ok(o) if !o.status.success() => {
+            let stderr = String::from_utf8_lossy(&o.stderr);
+            let last = stderr.lines().rev().find(|l| !l.trim().is_empty());
+            format!(
+                "PYTHON={} cannot import torch, transformers and peft ({})",
+                python.display(),
+                last.unwrap_or("no message").trim()
+            )
+        }
+        Ok(_) => return Ok(python),
+    };
+    Err(Error::unsupported(
+        "--compare peft",
+        format!("{why}; {HOW_TO_GET_ONE}"),
+    ))
+}
+
+/// The folder of the Python twins: `LORA_TRAIN_SCRIPTS`, else a `scripts/` holding
+/// `bench_gpu_peft.py` beside or above this program or the working folder.
+pub fn scripts_dir() -> Result<PathBuf> {
+    if let Some(dir) = std::env::var_os("LORA_TRAIN_SCRIPTS").filter(|d| !d.is_empty()) {
+        return Ok(PathBuf::from(dir));
+    }
+    let starts = [std::env::current_exe().ok(), std::env::current_dir().ok()];
+    for start in starts.iter().flatten() {
+        for dir in start.ancestors() {
+            let scripts = dir.join("scripts");
+            if scripts.join("bench_gpu_peft.py").is_file() {
+                return Ok(scripts);
+            }
+        }
+    }
+    Err(Error::unsupported(
+        "--compare peft",
+        "cannot find the Python twins (scripts/bench_gpu_peft.py): run from the lora-train \
+         repository, or set LORA_TRAIN_SCRIPTS to its scripts/ folder",
+    ))
+}
+
+/// What keeps `trainer`'s job from matching the twins' fixed setup, as `--set` advice.
+fn mismatches(trainer: &Trainer) -> Vec<String> {
+    let job = trainer.job();
+    let mut out = Vec::new();
+    if job.lora.r != 16 {
+        out.push("lora.r=16".to_string());
+    }
+    if job.lora.alpha != 32.0 {
+        out.push("lora.alpha=32".to_string());
+    }
+    if job.lora.dropout != 0.0 {
+        out.push("lora.dropout=0".to_string());
+    }
+    let mut targets = job.target_module_names();
+    targets.sort();
+    let mut seven: Vec<String> = SEVEN.iter().map(|s| s.to_string()).collect();
+    seven.sort();
+    if targets != seven {
+        out.push("lora.target_modules=all-linear".to_string());
+    }
+    if job.train.grad_accum != 1 {
+        out.push("train.grad_accum=1".to_string());
+    }
+    if job.data.packing {
+        out.push("data.packing=false".to_string());
+    }
+    out
+}
+
+/// The twin's command for `trainer`'s job: its script and arguments, the token file it reads
+/// written to `work`. Refuses a job the twins do not run the same way.
+pub fn twin_command(
+    trainer: &Trainer,
+    warmup: usize,
+    steps: usize,
+    scripts: &Path,
+    work: &Path,
+) -> Result<(PathBuf, Vec<OsString>)> {
+    let job = trainer.job();
+    if job.is_dpo() {
+        return Err(Error::unsupported(
+            "--compare peft",
+            "the Python twins train supervised LoRA; a DPO job has no twin",
+        ));
+    }
+    let fix = mismatches(trainer);
+    if !fix.is_empty() {
+        return Err(Error::unsupported(
+            "--compare peft",
+            format!(
+                "the Python twins train LoRA r=16, alpha=32, dropout 0 on all seven projections, \
+                 one micro-batch per step, unpacked; run with --set {}",
+                fix.join(" --set ")
+            ),
+        ));
+    }
+    let tokens = work.join("peft-tokens.jsonl");
+    let mut lines = String::new();
+    for step in 0..warmup + steps {
+        for e in trainer.step_examples(step % trainer.plan().total_steps.max(1)) {
+            lines += &token_line(e)?;
+        }
+    }
+    crate::fsutil::write_atomic(&tokens, lines.as_bytes())?;
+    let num = |n: usize| OsString::from(n.to_string());
+    let cuda = trainer.device().is_cuda();
+    let dtype = job.model.dtype.as_str();
+    let mut args: Vec<OsString> = Vec::new();
+    let script = match (&trainer.model().source, cuda, dtype, job.model.quantize) {
+        (ModelSource::Gguf(path), false, "f32", Quantize::None | Quantize::Gguf) => {
+            args.extend([OsString::from("--model"), path.clone().into_os_string()]);
+            scripts.join("bench_memory_peft.py")
+        }
+        (ModelSource::HfDir(path), _, "bf16", q @ (Quantize::None | Quantize::Nf4)) => {
+            args.extend([
+                OsString::from("train"),
+                "--model".into(),
+                path.clone().into_os_string(),
+                "--warmup".into(),
+                num(warmup),
+                "--quantize".into(),
+                q.name().into(),
+                "--device".into(),
+                (if cuda { "cuda:0" } else { "cpu" }).into(),
+            ]);
+            if job.train.gradient_checkpointing {
+                args.push("--checkpointing".into());
+            }
+            scripts.join("bench_gpu_peft.py")
+        }
+        _ => {
+            return Err(Error::unsupported(
+                "--compare peft",
+                "the twins run an f32 GGUF base on the CPU (bench_memory_peft.py) or an HF \
+                 folder in bf16, dense or NF4 (bench_gpu_peft.py); set model.dtype and \
+                 model.source to one of those",
+            ))
+        }
+    };
+    args.extend([
+        OsString::from("--tokens"),
+        tokens.into_os_string(),
+        "--steps".into(),
+        num(warmup + steps),
+        "--batch-size".into(),
+        num(job.train.micro_batch_size),
+        "--seq-len".into(),
+        num(job.data.max_seq_len),
+    ]);
+    Ok((script, args))
+}
+
+fn token_line(e: &TokenizedExample) -> Result<String> {
+    let line = serde_json::json!({"input_ids": e.input_ids, "targets": e.targets});
+    Ok(format!("{line}\n"))
+}
+
+/// Runs the twin with `python` and compares its result with `ours`.
+pub fn compare(
+    python: &Path,
+    script: &Path,
+    args: &[OsString],
+    ours: &TrainBench,
+) -> Result<PeftComparison> {
+    let out = Command::new(python)
+        .arg(script)
+        .args(args)
+        .output()
+        .map_err(|e| Error::io(script, e))?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout
+        .lines()
+        .rev()
+        .find(|l| l.trim_start().starts_with('{'));
+    let peft: serde_json::Value = match line.map(serde_json::from_str) {
+        Some(Ok(v)) => v,
+        _ => {
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            let last = stderr.lines().rev().find(|l| !l.trim().is_empty());
+            return Err(Error::Msg(format!(
+                "{} printed no result (exit {:?}): {}",
+                script.display(),
+                out.status.code(),
+                last.unwrap_or("no message").trim()
+            )));
+        }
+    };
+    if let Some(e) = peft.get("error").and_then(|e| e.as_str()) {
+        return Err(Error::Msg(format!("{}: {e}", script.display())));
+    }
+    let theirs = peft
+        .get("tokens_per_second")
+        .and_then(|v| v.as_f64())
+        .filter(|v| *v > 0.0)
+        .ok_or_else(|| {
+            Error::Msg(format!(
+                "{}: no tokens_per_second in {peft}",
+                script.display()
+            ))
+        })?;
+    let (peft_peak, our_peak) = match ours.peak_gpu_mib {
+        Some(ours) => (peft.get("max_memory_reserved_mib"), Some(ours as f64)),
+        None => (
+            peft.get("peak_rss_mib"),
+            ours.peak_rss_mib.map(|m| m as f64),
+        ),
+    };
+    let peft_peak = peft_peak.and_then(|v| v.as_f64());
+    Ok(PeftComparison {
+        script: format!(
+            "scripts/{}",
+            script.file_name().unwrap_or_default().to_string_lossy()
+        ),
+        peft_tokens_per_second: theirs,
+        tokens_per_second_ratio: ours.tokens_per_second / theirs,
+        peft_peak_mib: peft_peak,
+        peak_memory_ratio: match (our_peak, peft_peak) {
+            (Some(a), Some(b)) if b > 0.0 => Some(a / b),
+            _ => None,
+        },
+        peft,
+    })
+}
+
+/// The rows of a comparison in `bench.md`.
+pub fn markdown_rows(c: &PeftComparison) -> Vec<(&'static str, String)> {
+    let mut rows = vec![(
+        "PEFT tokens/s (ours / PEFT)",
+        format!(
+            "{:.1} ({:.2}×, {})",
+            c.peft_tokens_per_second, c.tokens_per_second_ratio, c.script
+        ),
+    )];
+    if let (Some(m), Some(r)) = (c.peft_peak_mib, c.peak_memory_ratio) {
+        rows.push((
+            "PEFT peak memory (ours / PEFT)",
+            format!("{m:.0} MiB ({r:.2}×)"),
+        ));
+    }
+    rows
+}
