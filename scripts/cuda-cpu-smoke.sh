@@ -3,25 +3,35 @@
 # trains the tiny Llama on the CPU with the same losses as the CPU build, and `cuda:0` is a clear
 # error naming the library and the variable.
 #
-#   scripts/cuda-cpu-smoke.sh [CUDA_BIN] [CPU_BIN]
+#   scripts/cuda-cpu-smoke.sh [CUDA_BIN [CPU_BIN]]
 #
-# CUDA_BIN defaults to target/cuda/release/lora-train (scripts/build-cuda.sh), CPU_BIN to
-# target/release/lora-train (built here if missing). Exits 0 with a "skipped" line when there
-# is no CUDA binary, or when this machine has a driver (the check is for machines without one).
+# Without CUDA_BIN, the binary is brought up to date first with scripts/build-cuda.sh (an
+# incremental build) when the CUDA root and target/cuda are both cached here; when they are not,
+# it exits 0 with a "skipped" line saying why (a cold CUDA build compiles candle's kernels with
+# nvcc: about 10 minutes on 2 idle cores, far more on a busy machine). CPU_BIN defaults to
+# target/release/lora-train (built here if missing). A machine with a driver skips too: the
+# check is for machines without one.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-CUDA_BIN="${1:-target/cuda/release/lora-train}"
+CUDA_BIN="${1:-}"
 CPU_BIN="${2:-}"
 die() { echo "cuda-cpu-smoke.sh: FAILED: $*" >&2; exit 1; }
 
-if [ ! -x "$CUDA_BIN" ]; then
-    echo "cuda-cpu-smoke.sh: skipped: no CUDA binary at $CUDA_BIN (scripts/build-cuda.sh makes one; CI runs this when target/cuda and the CUDA root are cached)"
-    exit 0
-fi
 if ldconfig -p 2>/dev/null | grep -q 'libcuda\.so\.1'; then
     echo "cuda-cpu-smoke.sh: skipped: this machine has a CUDA driver; the check is for machines without one"
     exit 0
 fi
+if [ -z "$CUDA_BIN" ]; then
+    root="${LORA_TRAIN_CUDA_ROOT:-$HOME/.cache/lora-train/cuda-13.0}"
+    target="${CUDA_TARGET_DIR:-target/cuda}"
+    if [ ! -x "$root/bin/nvcc" ] || [ ! -d "$target/release" ]; then
+        echo "cuda-cpu-smoke.sh: skipped: no cached CUDA build here (needs the CUDA root $root and $target/release from scripts/build-cuda.sh)"
+        exit 0
+    fi
+    scripts/build-cuda.sh >&2 || die "scripts/build-cuda.sh"
+    CUDA_BIN="$target/release/lora-train"
+fi
+[ -x "$CUDA_BIN" ] || die "no CUDA binary at $CUDA_BIN"
 if [ -z "$CPU_BIN" ]; then
     cargo build --release --locked --bin lora-train >&2
     CPU_BIN=target/release/lora-train
