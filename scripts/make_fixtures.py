@@ -3,19 +3,24 @@
 
 Run from the repository root (or anywhere; paths are resolved from this file):
 
-    /path/to/python scripts/make_fixtures.py [--models-dir models] [--skip-real]
+    /path/to/python scripts/make_fixtures.py [--models-dir models] [--skip-real] [--only NAME ...]
 
 Needs torch (CPU), transformers, tokenizers, safetensors, gguf, sentencepiece, numpy. The committed
 files were produced by: Python 3.11.7, torch 2.15.0 (CPU), transformers 5.23.0, tokenizers 0.23.3,
 safetensors 0.8.0, gguf 0.19.0, sentencepiece 0.2.3, numpy 2.4.6, jinja2 3.1.6
 (tests/fixtures/VERSIONS.json records the exact versions and the sha256 of both GGUF files). The run is
 seeded and deterministic (re-running rewrites identical files); it needs about 5 minutes of CPU time
-(2 cores), more wall time on a busy machine. --skip-real redoes only chats.jsonl and the tiny models.
+(2 cores), more wall time on a busy machine. --skip-real redoes only chats.jsonl and the tiny models;
+--only tiny-qwen2 tiny-qwen3 (say) redoes only those tiny models (and chats.jsonl, chats-think.jsonl).
+tiny-qwen2/ and tiny-qwen3/ were made with transformers 5.24.0 (the others with 5.23.0, above); their
+chat templates are Qwen2.5-Instruct's and Qwen3's own (QWEN25_TEMPLATE, QWEN3_TEMPLATE below).
 
 Writes, under tests/fixtures/:
   chats.jsonl                  test conversations (OpenAI messages format), defined below
-  tiny-llama/, tiny-gemma3/    seeded random HF models (f32 safetensors) with trained tiny tokenizers,
-                               expected.safetensors (input_ids, attention_mask, logits) and score.json
+  tiny-llama/, tiny-gemma3/,   seeded random HF models (f32 safetensors) with trained tiny tokenizers,
+  tiny-qwen2/, tiny-qwen3/     expected.safetensors (input_ids, attention_mask, logits) and score.json
+  chats-think.jsonl            conversations with reasoning (reasoning_content, inline <think>); their
+  tiny-qwen3/think.json        renderings and last-assistant targets under Qwen3's template
   smollm2/expected.json        SmolLM2-135M-Instruct (GGUF, dequantized to fp32): template ids,
   gemma3/expected.json         plain encodes, losses, greedy continuations
   VERSIONS.json
@@ -29,7 +34,9 @@ add_special_tokens=False. k = index of the last assistant message; sequence = id
                   len(ids(template(messages[:j+1])))-1
   all:            targets = 1 .. len(sequence)-1
 When a prompt is not a token prefix, targets start at the longest common prefix (counted in
-"prefix_mismatches"). Loss at target t = -log softmax(logits[t-1])[ids[t]]; per-example loss is the
+"prefix_mismatches"); likewise, when template(messages[:j+1]) is not a token prefix of the sequence (Qwen3
+renders an assistant turn without its <think> block once a later user turn follows), that turn's targets end
+at the longest common prefix: lora-train's rule (src/data/mask.rs, mark_turn). Loss at target t = -log softmax(logits[t-1])[ids[t]]; per-example loss is the
 mean over its targets, mean_loss is the token-weighted mean over all examples. Each example runs alone
 (batch 1, no padding).
 """
@@ -61,6 +68,10 @@ from transformers import (
     LlamaConfig,
     LlamaForCausalLM,
     PreTrainedTokenizerFast,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+    Qwen3Config,
+    Qwen3ForCausalLM,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -80,6 +91,154 @@ CHATML_TEMPLATE = (
     "{% endif %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
     "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
+
+# Qwen2.5-Instruct's chat template (tokenizer_config.json of Qwen/Qwen2.5-*-Instruct), verbatim.
+QWEN25_TEMPLATE = """{%- if tools %}
+    {{- '<|im_start|>system\\n' }}
+    {%- if messages[0]['role'] == 'system' %}
+        {{- messages[0]['content'] }}
+    {%- else %}
+        {{- 'You are Qwen, created by Alibaba Cloud. You are a helpful assistant.' }}
+    {%- endif %}
+    {{- "\\n\\n# Tools\\n\\nYou may call one or more functions to assist with the user query.\\n\\nYou are provided with function signatures within <tools></tools> XML tags:\\n<tools>" }}
+    {%- for tool in tools %}
+        {{- "\\n" }}
+        {{- tool | tojson }}
+    {%- endfor %}
+    {{- "\\n</tools>\\n\\nFor each function call, return a json object with function name and arguments within <tool_call></tool_call> XML tags:\\n<tool_call>\\n{{\\"name\\": <function-name>, \\"arguments\\": <args-json-object>}}\\n</tool_call><|im_end|>\\n" }}
+{%- else %}
+    {%- if messages[0]['role'] == 'system' %}
+        {{- '<|im_start|>system\\n' + messages[0]['content'] + '<|im_end|>\\n' }}
+    {%- else %}
+        {{- '<|im_start|>system\\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\\n' }}
+    {%- endif %}
+{%- endif %}
+{%- for message in messages %}
+    {%- if (message.role == "user") or (message.role == "system" and not loop.first) or (message.role == "assistant" and not message.tool_calls) %}
+        {{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>' + '\\n' }}
+    {%- elif message.role == "assistant" %}
+        {{- '<|im_start|>' + message.role }}
+        {%- if message.content %}
+            {{- '\\n' + message.content }}
+        {%- endif %}
+        {%- for tool_call in message.tool_calls %}
+            {%- if tool_call.function is defined %}
+                {%- set tool_call = tool_call.function %}
+            {%- endif %}
+            {{- '\\n<tool_call>\\n{"name": "' }}
+            {{- tool_call.name }}
+            {{- '", "arguments": ' }}
+            {{- tool_call.arguments | tojson }}
+            {{- '}\\n</tool_call>' }}
+        {%- endfor %}
+        {{- '<|im_end|>\\n' }}
+    {%- elif message.role == "tool" %}
+        {%- if (loop.index0 == 0) or (messages[loop.index0 - 1].role != "tool") %}
+            {{- '<|im_start|>user' }}
+        {%- endif %}
+        {{- '\\n<tool_response>\\n' }}
+        {{- message.content }}
+        {{- '\\n</tool_response>' }}
+        {%- if loop.last or (messages[loop.index0 + 1].role != "tool") %}
+            {{- '<|im_end|>\\n' }}
+        {%- endif %}
+    {%- endif %}
+{%- endfor %}
+{%- if add_generation_prompt %}
+    {{- '<|im_start|>assistant\\n' }}
+{%- endif %}
+"""
+
+# Qwen3's chat template (tokenizer_config.json of Qwen/Qwen3-0.6B and the other dense Qwen3), verbatim.
+QWEN3_TEMPLATE = """{%- if tools %}
+    {{- '<|im_start|>system\\n' }}
+    {%- if messages[0].role == 'system' %}
+        {{- messages[0].content + '\\n\\n' }}
+    {%- endif %}
+    {{- "# Tools\\n\\nYou may call one or more functions to assist with the user query.\\n\\nYou are provided with function signatures within <tools></tools> XML tags:\\n<tools>" }}
+    {%- for tool in tools %}
+        {{- "\\n" }}
+        {{- tool | tojson }}
+    {%- endfor %}
+    {{- "\\n</tools>\\n\\nFor each function call, return a json object with function name and arguments within <tool_call></tool_call> XML tags:\\n<tool_call>\\n{\\"name\\": <function-name>, \\"arguments\\": <args-json-object>}\\n</tool_call><|im_end|>\\n" }}
+{%- else %}
+    {%- if messages[0].role == 'system' %}
+        {{- '<|im_start|>system\\n' + messages[0].content + '<|im_end|>\\n' }}
+    {%- endif %}
+{%- endif %}
+{%- set ns = namespace(multi_step_tool=true, last_query_index=messages|length - 1) %}
+{%- for message in messages[::-1] %}
+    {%- set index = (messages|length - 1) - loop.index0 %}
+    {%- if ns.multi_step_tool and message.role == "user" and message.content is string and not(message.content.startswith('<tool_response>') and message.content.endswith('</tool_response>')) %}
+        {%- set ns.multi_step_tool = false %}
+        {%- set ns.last_query_index = index %}
+    {%- endif %}
+{%- endfor %}
+{%- for message in messages %}
+    {%- if message.content is string %}
+        {%- set content = message.content %}
+    {%- else %}
+        {%- set content = '' %}
+    {%- endif %}
+    {%- if (message.role == "user") or (message.role == "system" and not loop.first) %}
+        {{- '<|im_start|>' + message.role + '\\n' + content + '<|im_end|>' + '\\n' }}
+    {%- elif message.role == "assistant" %}
+        {%- set reasoning_content = '' %}
+        {%- if message.reasoning_content is string %}
+            {%- set reasoning_content = message.reasoning_content %}
+        {%- else %}
+            {%- if '</think>' in content %}
+                {%- set reasoning_content = content.split('</think>')[0].rstrip('\\n').split('<think>')[-1].lstrip('\\n') %}
+                {%- set content = content.split('</think>')[-1].lstrip('\\n') %}
+            {%- endif %}
+        {%- endif %}
+        {%- if loop.index0 > ns.last_query_index %}
+            {%- if loop.last or (not loop.last and reasoning_content) %}
+                {{- '<|im_start|>' + message.role + '\\n<think>\\n' + reasoning_content.strip('\\n') + '\\n</think>\\n\\n' + content.lstrip('\\n') }}
+            {%- else %}
+                {{- '<|im_start|>' + message.role + '\\n' + content }}
+            {%- endif %}
+        {%- else %}
+            {{- '<|im_start|>' + message.role + '\\n' + content }}
+        {%- endif %}
+        {%- if message.tool_calls %}
+            {%- for tool_call in message.tool_calls %}
+                {%- if (loop.first and content) or (not loop.first) %}
+                    {{- '\\n' }}
+                {%- endif %}
+                {%- if tool_call.function %}
+                    {%- set tool_call = tool_call.function %}
+                {%- endif %}
+                {{- '<tool_call>\\n{"name": "' }}
+                {{- tool_call.name }}
+                {{- '", "arguments": ' }}
+                {%- if tool_call.arguments is string %}
+                    {{- tool_call.arguments }}
+                {%- else %}
+                    {{- tool_call.arguments | tojson }}
+                {%- endif %}
+                {{- '}\\n</tool_call>' }}
+            {%- endfor %}
+        {%- endif %}
+        {{- '<|im_end|>\\n' }}
+    {%- elif message.role == "tool" %}
+        {%- if loop.first or (messages[loop.index0 - 1].role != "tool") %}
+            {{- '<|im_start|>user' }}
+        {%- endif %}
+        {{- '\\n<tool_response>\\n' }}
+        {{- content }}
+        {{- '\\n</tool_response>' }}
+        {%- if loop.last or (messages[loop.index0 + 1].role != "tool") %}
+            {{- '<|im_end|>\\n' }}
+        {%- endif %}
+    {%- endif %}
+{%- endfor %}
+{%- if add_generation_prompt %}
+    {{- '<|im_start|>assistant\\n' }}
+    {%- if enable_thinking is defined and enable_thinking is false %}
+        {{- '<think>\\n\\n</think>\\n\\n' }}
+    {%- endif %}
+{%- endif %}"""
 
 # The real SmolLM2 tokenizer.json splits every digit off before the GPT-2 byte-level regex.
 SMOLLM2_PRE_TOKENIZER = pre_tokenizers.Sequence(
@@ -173,6 +332,33 @@ ENCODE_STRINGS = [
     "nbsp\u00a0and zero\u200bwidth",
 ]
 
+def asst_thinking(content, reasoning):
+    return {"role": "assistant", "content": content, "reasoning_content": reasoning}
+
+
+# Conversations with reasoning, for Qwen3's template: the `reasoning_content` field, inline <think> blocks
+# (with and without newlines), earlier turns whose reasoning the template drops, and both at once.
+THINK_CHATS = [
+    [user("What is 2 + 3?"), asst_thinking("2 + 3 = 5.", "Add two and three: five.")],
+    [user("Name a primary color."), asst("<think>\nThe sky is blue.\n</think>\n\nBlue.")],
+    [
+        sys_("Answer briefly."),
+        user("Hi!"),
+        asst_thinking("Hello!", "A greeting; greet back."),
+        user("What is 4 * 2?"),
+        asst_thinking("8", "Four times two is eight."),
+    ],
+    [user("Capital of Italy?"), asst("<think>Rome is the capital.</think>Rome.")],
+    [user("Say yes."), asst_thinking("<think>\ninline\n</think>\n\nYes.", "The field wins.")],
+    [user("And no reasoning?"), asst("None at all.")],
+    [
+        user("First question?"),
+        asst("<think>\nthink one\n</think>\n\nFirst answer."),
+        user("Second question?"),
+        asst("Second answer."),
+    ],
+]
+
 GREEDY_PROMPTS = [
     [user("What is the capital of France?")],
     [sys_("You are a concise assistant."), user("List three colors.")],
@@ -264,13 +450,16 @@ def target_spans(tok, messages, loss_on):
         nonlocal mismatches
         prompt = ids_of(tok, messages[:j], gen=True)
         full = ids_of(tok, messages[: j + 1])
-        if full != seq[: len(full)]:
-            raise RuntimeError(f"template of messages[:{j + 1}] is not a token prefix of the sequence")
-        start = len(prompt)
-        if full[:start] != prompt:
+        end = len(full)
+        if full != seq[:end]:
+            # lora-train's rule (src/data/mask.rs): the turn's targets end where the renderings differ.
             mismatches += 1
-            start = common_prefix_len(prompt, full)
-        return list(range(start, len(full)))
+            end = common_prefix_len(seq, full)
+        start = len(prompt)
+        if seq[:start] != prompt:
+            mismatches += 1
+            start = common_prefix_len(prompt, seq)
+        return list(range(max(start, 1), end))
 
     if loss_on == "last_assistant":
         targets = span(k)
@@ -285,6 +474,8 @@ def target_spans(tok, messages, loss_on):
         raise ValueError(loss_on)
     if not targets or targets[0] < 1:
         raise RuntimeError("empty target span or target at position 0")
+    if targets != sorted(set(targets)):
+        raise RuntimeError("overlapping target spans")
     return seq, targets, mismatches
 
 
@@ -384,6 +575,47 @@ def tiny_llama_tokenizer(vocab_size):
         chat_template=CHATML_TEMPLATE,
         clean_up_tokenization_spaces=False,
         model_max_length=128,
+    )
+
+
+def tiny_qwen_tokenizer(vocab_size, template):
+    """Qwen-shaped tokenizer: byte-level BPE, ChatML and <think> specials, no BOS, eos <|im_end|>.
+
+    Normalizer and pre-tokenizer are Qwen's own (NFC, then Qwen2Tokenizer's split regex: one digit per
+    piece, then byte-level without its regex), which transformers' Qwen2Tokenizer rebuilds on load."""
+    from tokenizers import Regex
+    from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
+
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>"]
+    tk = Tokenizer(models.BPE())
+    tk.normalizer = normalizers.NFC()
+    tk.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    tk.decoder = decoders.ByteLevel()
+    texts = corpus() + ["You are Qwen, created by Alibaba Cloud. You are a helpful assistant."] * 3
+    texts += [m.get("reasoning_content") or m["content"] for c in THINK_CHATS for m in c]
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=2,
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tk.train_from_iterator(texts, trainer=trainer)
+    tk.post_processor = processors.ByteLevel(trim_offsets=False)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tk,
+        bos_token=None,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        unk_token=None,
+        chat_template=template,
+        clean_up_tokenization_spaces=False,
+        model_max_length=512,
     )
 
 
@@ -671,6 +903,126 @@ def make_tiny_gemma3(gemma_template):
     return tok
 
 
+def make_tiny_qwen(name, model_cls, config, template):
+    """A seeded tiny Qwen2/Qwen3 with a Qwen tokenizer: weights, logits, score.json (and think.json for Qwen3)."""
+    out = FIXTURES / name
+    out.mkdir(parents=True, exist_ok=True)
+    tok = tiny_qwen_tokenizer(400, template)
+    config.vocab_size = len(tok)
+    config.pad_token_id = tok.pad_token_id
+    config.eos_token_id = tok.eos_token_id
+    config.bos_token_id = None
+    config._attn_implementation = "eager"
+    torch.manual_seed(SEED)
+    model = model_cls(config).eval()
+    # Biases (q/k/v in Qwen2) get the same seeded noise as the weights: they must matter.
+    seeded_init(model, SEED + 4, norm_center=1.0)
+    model.save_pretrained(out, safe_serialization=True)
+    save_tokenizer_no_bos(tok, out)
+    GenerationConfig(eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id).save_pretrained(out)
+
+    fx = logits_fixture(model, tok, tok.pad_token_id)
+    save_file(fx, str(out / "expected.safetensors"), metadata={"model": name, "seed": str(SEED)})
+    print(f"wrote tests/fixtures/{name}/expected.safetensors ({(out / 'expected.safetensors').stat().st_size} bytes)")
+    reloaded_tok = check_reload(out, fx, model_cls)
+    if ids_of(reloaded_tok, CHATS[3]) != ids_of(tok, CHATS[3]):
+        raise RuntimeError(f"{name} tokenizer changed on reload")
+    sc = score(model, reloaded_tok, CHATS)
+    variants = {"no_attention_biases": None} if model_cls is Qwen2ForCausalLM else {"no_qk_norm": None}
+    sens = {}
+    for variant in variants:
+        state = {k: v.clone() for k, v in model.state_dict().items()}
+        for k in state:
+            if variant == "no_attention_biases" and k.endswith("_proj.bias"):
+                state[k].zero_()
+            if variant == "no_qk_norm" and (k.endswith("q_norm.weight") or k.endswith("k_norm.weight")):
+                state[k].fill_(1.0)
+        m = model_cls(config).eval()
+        m.load_state_dict(state)
+        with torch.no_grad():
+            lg = m(input_ids=fx["input_ids"], attention_mask=fx["attention_mask"]).logits.float()
+        sens[variant] = max_masked_diff(lg, fx["logits"], fx["attention_mask"])
+    if config.use_sliding_window:
+        sens.update(sensitivity(model_cls, config, model.state_dict(), fx, {"no_sliding_window": {"sliding_window": 512}}))
+    sc["sensitivity_max_abs_logit_change"] = sens
+    write_json(out / "score.json", sc)
+    return reloaded_tok
+
+
+def save_tokenizer_no_bos(tok, out: Path):
+    """save_tokenizer for a tokenizer without a BOS (Qwen's): the config must still carry the template and EOS."""
+    (out / "special_tokens_map.json").unlink(missing_ok=True)
+    tok.save_pretrained(out, save_jinja_files=False)
+    cfg = json.loads((out / "tokenizer_config.json").read_text(encoding="utf-8"))
+    stm = out / "special_tokens_map.json"
+    if not stm.exists():
+        stm.write_text(compact_json(dict(tok.special_tokens_map)) + "\n", encoding="utf-8")
+    for key in ("chat_template", "eos_token"):
+        if key not in cfg:
+            raise RuntimeError(f"{out}/tokenizer_config.json lacks {key}")
+
+
+def make_tiny_qwen2():
+    config = Qwen2Config(
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=128,
+        hidden_act="silu",
+        rms_norm_eps=1e-6,
+        rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0},
+        max_position_embeddings=512,
+        # Qwen2.5 up to 3B ties the head to the embeddings.
+        tie_word_embeddings=True,
+        use_sliding_window=False,
+    )
+    config.architectures = ["Qwen2ForCausalLM"]
+    make_tiny_qwen("tiny-qwen2", Qwen2ForCausalLM, config, QWEN25_TEMPLATE)
+
+
+def make_tiny_qwen3():
+    config = Qwen3Config(
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        # Not hidden / heads, as in the real Qwen3 (0.6B: hidden 1024, 16 heads of 128).
+        head_dim=24,
+        intermediate_size=128,
+        hidden_act="silu",
+        rms_norm_eps=1e-6,
+        rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0},
+        max_position_embeddings=512,
+        tie_word_embeddings=False,
+        attention_bias=False,
+        # Real Qwen3 configs leave the window off; the fixture turns it on for layer 1 so the
+        # windowed path of the family's decoder is compared with transformers too.
+        use_sliding_window=True,
+        sliding_window=4,
+        max_window_layers=1,
+    )
+    config.architectures = ["Qwen3ForCausalLM"]
+    tok = make_tiny_qwen("tiny-qwen3", Qwen3ForCausalLM, config, QWEN3_TEMPLATE)
+    # Reasoning conversations: renderings and last-assistant targets (prefix rule) under transformers.
+    cases = []
+    for i, messages in enumerate(THINK_CHATS):
+        k = last_assistant_index(messages)
+        seq, targets, mismatches = target_spans(tok, messages, "last_assistant")
+        cases.append(
+            {
+                "index": i,
+                "k": k,
+                "full_text": render(tok, messages),
+                "prompt_text": render(tok, messages[:k], gen=True),
+                "input_ids": seq,
+                "target_positions": targets,
+                "prefix_mismatches": mismatches,
+            }
+        )
+    write_json(FIXTURES / "tiny-qwen3" / "think.json", {"template": "QWEN3_TEMPLATE", "cases": cases})
+
+
 # ----------------------------------------------------------------------------- real models
 
 
@@ -888,10 +1240,19 @@ def _dist_version(name):
     return version(name)
 
 
+TINY_MAKERS = {
+    "tiny-llama": make_tiny_llama,
+    "tiny-gemma3": make_tiny_gemma3,
+    "tiny-qwen2": lambda _gemma_template: make_tiny_qwen2(),
+    "tiny-qwen3": lambda _gemma_template: make_tiny_qwen3(),
+}
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--models-dir", default="models", help="folder holding the two GGUF files (relative to repo root)")
     ap.add_argument("--skip-real", action="store_true", help="only chats.jsonl and the tiny models")
+    ap.add_argument("--only", nargs="+", choices=sorted(TINY_MAKERS), help="only these tiny models (implies --skip-real)")
     args = ap.parse_args()
     models_dir = Path(args.models_dir)
     if not models_dir.is_absolute():
@@ -909,12 +1270,17 @@ def main():
         "".join(json.dumps({"messages": c}, ensure_ascii=False) + "\n" for c in CHATS), encoding="utf-8"
     )
     print(f"wrote {chats_path.relative_to(ROOT)}")
+    think_path = FIXTURES / "chats-think.jsonl"
+    think_path.write_text(
+        "".join(json.dumps({"messages": c}, ensure_ascii=False) + "\n" for c in THINK_CHATS), encoding="utf-8"
+    )
+    print(f"wrote {think_path.relative_to(ROOT)}")
     gemma_template = GEMMA_TEMPLATE_PATH.read_text(encoding="utf-8")
 
-    make_tiny_llama(gemma_template)
-    make_tiny_gemma3(gemma_template)
+    for name in args.only or sorted(TINY_MAKERS):
+        TINY_MAKERS[name](gemma_template)
     model_files = {}
-    if not args.skip_real:
+    if not (args.skip_real or args.only):
         model_files["smollm2"] = make_real("smollm2", SMOLLM2_GGUF, models_dir, gemma_template)
         model_files["gemma3"] = make_real("gemma3", GEMMA3_GGUF, models_dir, gemma_template)
         write_json(FIXTURES / "VERSIONS.json", versions(model_files))

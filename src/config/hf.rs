@@ -1,6 +1,8 @@
-//! Hugging Face `config.json` for Llama and Gemma 3, deserialized as transformers writes it.
+//! Hugging Face `config.json` for the Llama family (Llama, Mistral, Qwen2, Qwen3) and Gemma 3,
+//! deserialized as transformers writes it.
 //!
-//! Field names and defaults follow `LlamaConfig` and `Gemma3TextConfig` in transformers.
+//! Field names and defaults follow `LlamaConfig`, `MistralConfig`, `Qwen2Config`,
+//! `Qwen3Config` and `Gemma3TextConfig` in transformers.
 //! [`ModelConfig::validate`] checks the fields a model is built from (HF and GGUF alike), so a
 //! zero, a non-dividing head count or a non-positive epsilon is an error naming the field.
 
@@ -11,7 +13,46 @@ use serde::{Deserialize, Serialize};
 use crate::{Error, Result};
 
 /// The architectures this crate implements, as `architectures[0]` names them.
-pub const SUPPORTED_ARCHITECTURES: &[&str] = &["LlamaForCausalLM", "Gemma3ForCausalLM"];
+pub const SUPPORTED_ARCHITECTURES: &[&str] = &[
+    "LlamaForCausalLM",
+    "Qwen2ForCausalLM",
+    "Qwen3ForCausalLM",
+    "Gemma3ForCausalLM",
+];
+
+/// The members of the Llama family: one decoder (`model::llama`) whose attention differs by
+/// biases, per-head q/k norms and a sliding window, so each is a [`LlamaConfig`] with a flavor
+/// rather than a file of its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LlamaFlavor {
+    /// `LlamaForCausalLM`: every projection biased or none (`attention_bias`).
+    #[default]
+    Llama,
+    /// `Qwen2ForCausalLM`: q/k/v always biased, o_proj never.
+    Qwen2,
+    /// `Qwen3ForCausalLM`: RMSNorm over each q and k head before the rotation.
+    Qwen3,
+}
+
+impl LlamaFlavor {
+    /// `architectures[0]` of this flavor.
+    pub fn architecture(self) -> &'static str {
+        match self {
+            LlamaFlavor::Llama => "LlamaForCausalLM",
+            LlamaFlavor::Qwen2 => "Qwen2ForCausalLM",
+            LlamaFlavor::Qwen3 => "Qwen3ForCausalLM",
+        }
+    }
+
+    /// `model_type` of this flavor.
+    pub fn model_type(self) -> &'static str {
+        match self {
+            LlamaFlavor::Llama => "llama",
+            LlamaFlavor::Qwen2 => "qwen2",
+            LlamaFlavor::Qwen3 => "qwen3",
+        }
+    }
+}
 
 /// `rope_scaling` as transformers writes it (`rope_type` or the older `type`).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -41,9 +82,13 @@ fn default_hidden_act() -> String {
     "silu".into()
 }
 
-/// `LlamaForCausalLM` (Llama 2/3/3.1/3.2, SmolLM2).
+/// `LlamaForCausalLM` (Llama 2/3/3.1/3.2, SmolLM2), and with its [`LlamaFlavor`]
+/// `Qwen2ForCausalLM` (Qwen2, Qwen2.5) and `Qwen3ForCausalLM` (dense Qwen3).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LlamaConfig {
+    /// Which member of the family (from `architectures`, not a field of the file).
+    #[serde(skip)]
+    pub flavor: LlamaFlavor,
     pub vocab_size: usize,
     pub hidden_size: usize,
     pub intermediate_size: usize,
@@ -72,6 +117,18 @@ pub struct LlamaConfig {
     /// transformers v5 writes rope settings here (`rope_theta`, `rope_type`, factors).
     #[serde(default)]
     pub rope_parameters: Option<serde_json::Value>,
+    /// Qwen2/Qwen3: whether any layer uses the sliding window.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub use_sliding_window: bool,
+    /// Qwen2/Qwen3: the window of the sliding layers (ignored unless `use_sliding_window`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sliding_window: Option<usize>,
+    /// Qwen2/Qwen3 without `layer_types`: layers from this index on slide (transformers: 28).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_window_layers: Option<usize>,
+    /// Qwen2/Qwen3, transformers v5: "sliding_attention" or "full_attention" per layer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layer_types: Option<Vec<String>>,
 }
 
 /// Reads a transformers-v5 `rope_parameters` entry: its theta and any non-default scaling.
@@ -100,6 +157,41 @@ impl LlamaConfig {
 
     pub fn num_kv_heads(&self) -> usize {
         self.num_key_value_heads.unwrap_or(self.num_attention_heads)
+    }
+
+    /// Whether q, k and v carry biases (and o_proj: [`Self::o_bias`]).
+    pub fn qkv_bias(&self) -> bool {
+        self.flavor == LlamaFlavor::Qwen2 || self.attention_bias
+    }
+
+    /// Whether o_proj carries a bias: Qwen2 never has one.
+    pub fn o_bias(&self) -> bool {
+        self.flavor != LlamaFlavor::Qwen2 && self.attention_bias
+    }
+
+    /// Whether each q and k head is RMS-normalised before the rotation (Qwen3).
+    pub fn qk_norm(&self) -> bool {
+        self.flavor == LlamaFlavor::Qwen3
+    }
+
+    /// The sliding window of layer `i`, if it has one: transformers' `Qwen2Config` gives one
+    /// only with `use_sliding_window`, to the layers `layer_types` marks (or, without it, from
+    /// `max_window_layers` on).
+    pub fn layer_window(&self, i: usize) -> Option<usize> {
+        match self.flavor {
+            LlamaFlavor::Llama => None,
+            LlamaFlavor::Qwen2 | LlamaFlavor::Qwen3 => {
+                if !self.use_sliding_window {
+                    return None;
+                }
+                let window = self.sliding_window?;
+                let sliding = match &self.layer_types {
+                    Some(types) => types.get(i).is_some_and(|t| t == "sliding_attention"),
+                    None => i >= self.max_window_layers.unwrap_or(28),
+                };
+                sliding.then_some(window)
+            }
+        }
     }
     pub fn head_dim(&self) -> usize {
         self.head_dim
@@ -238,6 +330,8 @@ impl ModelConfig {
         let arch = match (arch.as_deref(), model_type) {
             (Some(a), _) => a.to_string(),
             (None, "llama") => "LlamaForCausalLM".into(),
+            (None, "qwen2") => "Qwen2ForCausalLM".into(),
+            (None, "qwen3") => "Qwen3ForCausalLM".into(),
             (None, "gemma3_text") => "Gemma3ForCausalLM".into(),
             (None, other) => {
                 return Err(Error::model(
@@ -248,11 +342,22 @@ impl ModelConfig {
         };
         let parse_err = |e: serde_json::Error| Error::model(path, format!("{arch}: {e}"));
         let config = match arch.as_str() {
-            "LlamaForCausalLM" => Ok(ModelConfig::Llama(
-                serde_json::from_value::<LlamaConfig>(value)
+            "LlamaForCausalLM" | "Qwen2ForCausalLM" | "Qwen3ForCausalLM" => {
+                let flavor = match arch.as_str() {
+                    "Qwen2ForCausalLM" => LlamaFlavor::Qwen2,
+                    "Qwen3ForCausalLM" => LlamaFlavor::Qwen3,
+                    _ => LlamaFlavor::Llama,
+                };
+                let mut c = serde_json::from_value::<LlamaConfig>(value)
                     .map_err(parse_err)?
-                    .normalize(),
-            )),
+                    .normalize();
+                c.flavor = flavor;
+                // transformers' Qwen3Config defaults head_dim to 128, not hidden / heads.
+                if flavor == LlamaFlavor::Qwen3 && c.head_dim.is_none() {
+                    c.head_dim = Some(128);
+                }
+                Ok(ModelConfig::Llama(c))
+            }
             "Gemma3ForCausalLM" => {
                 // A multimodal Gemma 3 config nests the text model under `text_config`.
                 let v = value.get("text_config").cloned().unwrap_or(value);
@@ -349,10 +454,12 @@ impl ModelConfig {
                 return bad(name, format!("= {value}; it must be a positive number"));
             }
         }
-        if let ModelConfig::Gemma3(c) = self {
-            if c.sliding_window == 0 {
-                return bad("sliding_window", "is 0; it must be at least 1".into());
-            }
+        let window = match self {
+            ModelConfig::Gemma3(c) => Some(c.sliding_window),
+            ModelConfig::Llama(c) => c.sliding_window,
+        };
+        if window == Some(0) {
+            return bad("sliding_window", "is 0; it must be at least 1".into());
         }
         Ok(())
     }
@@ -367,7 +474,7 @@ impl ModelConfig {
     /// The HF architecture name.
     pub fn architecture(&self) -> &'static str {
         match self {
-            ModelConfig::Llama(_) => "LlamaForCausalLM",
+            ModelConfig::Llama(c) => c.flavor.architecture(),
             ModelConfig::Gemma3(_) => "Gemma3ForCausalLM",
         }
     }
@@ -375,7 +482,10 @@ impl ModelConfig {
     /// `config.json` as transformers writes it, for merged exports.
     pub fn to_hf_json(&self, torch_dtype: &str) -> serde_json::Value {
         let (mut v, model_type) = match self {
-            ModelConfig::Llama(c) => (serde_json::to_value(c).unwrap_or_default(), "llama"),
+            ModelConfig::Llama(c) => (
+                serde_json::to_value(c).unwrap_or_default(),
+                c.flavor.model_type(),
+            ),
             ModelConfig::Gemma3(c) => {
                 let mut c = c.clone();
                 // Spell out every layer's attention type; transformers v4 and v5 both read it.
@@ -409,7 +519,10 @@ impl ModelConfig {
     /// The short family name used to pick a built-in chat template.
     pub fn family(&self) -> &'static str {
         match self {
-            ModelConfig::Llama(_) => "llama",
+            ModelConfig::Llama(c) => match c.flavor {
+                LlamaFlavor::Llama => "llama",
+                LlamaFlavor::Qwen2 | LlamaFlavor::Qwen3 => "qwen",
+            },
             ModelConfig::Gemma3(_) => "gemma",
         }
     }
@@ -422,12 +535,12 @@ mod tests {
     #[test]
     fn unsupported_architecture_is_named() {
         let err = ModelConfig::from_json_str(
-            r#"{"architectures":["MistralForCausalLM"],"vocab_size":1}"#,
+            r#"{"architectures":["PhiForCausalLM"],"vocab_size":1}"#,
             Path::new("x/config.json"),
         )
         .unwrap_err()
         .to_string();
-        assert!(err.contains("MistralForCausalLM"), "{err}");
+        assert!(err.contains("PhiForCausalLM"), "{err}");
         assert!(err.contains("LlamaForCausalLM"), "{err}");
         assert!(err.starts_with("x/config.json"), "{err}");
     }

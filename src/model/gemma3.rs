@@ -97,6 +97,7 @@ impl Gemma3 {
                         h,
                         (nh, nkv, hd),
                         ab,
+                        ab,
                     )?,
                     q_norm: norm(&format!("{p}.self_attn.q_norm.weight"), hd)?,
                     k_norm: norm(&format!("{p}.self_attn.k_norm.weight"), hd)?,

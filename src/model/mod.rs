@@ -1,8 +1,9 @@
 //! Models: where they come from (HF folder, hub cache, GGUF), how they load, and the
 //! [`CausalLm`] interface the trainer, scorer and generator use.
 //!
-//! One file per architecture ([`llama`], [`gemma3`]) over shared layers, one concept per
-//! file ([`norm`], [`rope`], [`mask`], [`attention`], [`mlp`], [`cache`], [`decoder`]). Every
+//! One file per architecture ([`llama`] with its Qwen2/Qwen3 flavors, [`gemma3`]) over shared
+//! layers, one concept per file ([`norm`], [`rope`], [`mask`], [`attention`], [`mlp`],
+//! [`cache`], [`decoder`]). Every
 //! projection is a [`crate::lora::Linear`], so adapters attach without forking model files.
 
 pub mod attention;
@@ -26,7 +27,7 @@ pub use cache::KvCache;
 pub use source::ModelSource;
 
 use crate::config::gguf::GgufMeta;
-use crate::config::ModelConfig;
+use crate::config::{LlamaFlavor, ModelConfig};
 use crate::data::{ChatTemplate, ChatTokenizer};
 use crate::lora::Adaptable;
 use crate::quant::{FrozenWeight, Quantize};
@@ -288,6 +289,7 @@ fn load_gguf(path: &Path, opts: &LoadOptions) -> Result<Parts> {
     let config = meta.model_config(&arch)?;
     check_vocab(&tokenizer, &config, path)?;
     let flavor = match &config {
+        ModelConfig::Llama(c) if c.flavor != LlamaFlavor::Llama => GgufFlavor::Qwen,
         ModelConfig::Llama(c) => GgufFlavor::Llama {
             n_head: c.num_attention_heads,
             n_kv_head: c.num_kv_heads(),

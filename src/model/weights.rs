@@ -4,6 +4,8 @@
 //! Llama's q/k rows for interleaved rope (`convert_hf_to_gguf.py`, `LlamaModel.permute`) and
 //! stores Gemma's norm weights with the `+1` folded in. Undoing both here means the model
 //! code, and every adapter trained on it, sees one layout: the one PEFT and vLLM expect.
+//! Qwen2 and Qwen3 (`Qwen2Model`, `Qwen3Model`) are written as HF stores them: no permutation
+//! (transformers' GGUF reader, too, reverses it for `llama` only).
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -25,6 +27,8 @@ use crate::{Error, Result};
 pub enum GgufFlavor {
     /// `llama`: q/k permuted, `ffn_norm` is `post_attention_layernorm`.
     Llama { n_head: usize, n_kv_head: usize },
+    /// `qwen2`, `qwen3`: Llama's names (and `attn_{q,k}_norm`, biases), nothing permuted.
+    Qwen,
     /// `gemma3`: norms stored as `1 + w`, four norms per layer.
     Gemma3,
 }
@@ -328,7 +332,7 @@ pub fn gguf_name(hf: &str, flavor: GgufFlavor) -> Option<String> {
         ("mlp.up_proj", _) => "ffn_up",
         ("mlp.down_proj", _) => "ffn_down",
         ("input_layernorm", _) => "attn_norm",
-        ("post_attention_layernorm", GgufFlavor::Llama { .. }) => "ffn_norm",
+        ("post_attention_layernorm", GgufFlavor::Llama { .. } | GgufFlavor::Qwen) => "ffn_norm",
         ("post_attention_layernorm", GgufFlavor::Gemma3) => "post_attention_norm",
         ("pre_feedforward_layernorm", GgufFlavor::Gemma3) => "ffn_norm",
         ("post_feedforward_layernorm", GgufFlavor::Gemma3) => "post_ffw_norm",
@@ -351,6 +355,7 @@ fn to_hf_layout(hf: &str, t: Tensor, flavor: GgufFlavor) -> Result<Tensor> {
                 Ok(t)
             }
         }
+        GgufFlavor::Qwen => Ok(t),
         GgufFlavor::Gemma3 => {
             if hf.ends_with("norm.weight") {
                 Ok((t - 1.0)?)

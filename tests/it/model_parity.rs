@@ -1,5 +1,5 @@
 //! The forward pass against transformers (fixtures from scripts/make_fixtures.py):
-//! full-sequence logits of the tiny random Llama and Gemma 3 models, with padding.
+//! full-sequence logits of the tiny random Llama, Gemma 3, Qwen2 and Qwen3 models, with padding.
 
 use crate::common;
 
@@ -110,6 +110,28 @@ fn tiny_gemma3_logits_on_the_test_device() {
 }
 
 #[test]
+fn tiny_qwen2_logits_on_the_test_device() {
+    on_the_test_device("tiny-qwen2");
+}
+
+#[test]
+fn tiny_qwen3_logits_on_the_test_device() {
+    on_the_test_device("tiny-qwen3");
+}
+
+/// Qwen2's frozen q/k/v biases (tied head) and Qwen3's per-head q/k norms (a sliding layer,
+/// head_dim 24 ≠ hidden / heads): each moves the fixture's logits by more than 3 (score.json).
+#[test]
+fn tiny_qwen2_logits_match_transformers() {
+    check_tiny_logits("tiny-qwen2");
+}
+
+#[test]
+fn tiny_qwen3_logits_match_transformers() {
+    check_tiny_logits("tiny-qwen3");
+}
+
+#[test]
 fn tiny_llama_logits_match_transformers() {
     check_tiny_logits("tiny-llama");
 }
@@ -121,7 +143,7 @@ fn tiny_gemma3_logits_match_transformers() {
 
 #[test]
 fn kv_cache_matches_full_forward() {
-    for name in ["tiny-llama", "tiny-gemma3"] {
+    for name in ["tiny-llama", "tiny-gemma3", "tiny-qwen2", "tiny-qwen3"] {
         let m = load_tiny_on(name, &Device::Cpu);
         let ids: Vec<u32> = (3..15).collect();
         let full = m
@@ -172,7 +194,7 @@ fn batched_scoring_matches_one_at_a_time_on_the_test_device() {
     let device = test_device();
     let tol = if device.is_cpu() { 1e-5 } else { 1e-4 };
     let convs = read_jsonl(common::fixtures().join("chats.jsonl")).unwrap();
-    for name in ["tiny-llama", "tiny-gemma3"] {
+    for name in ["tiny-llama", "tiny-gemma3", "tiny-qwen3"] {
         let m = load_tiny_on(name, &device);
         let examples: Vec<_> = convs
             .iter()
@@ -250,6 +272,59 @@ fn batched_generation_matches_one_at_a_time_on_the_test_device() {
             let batched = generate_batch(model, &refs, &gen, |row, _| seen[row] += 1).unwrap();
             assert_eq!(batched, alone, "{name} at temperature {temperature}");
             assert_eq!(seen, alone.iter().map(Vec::len).collect::<Vec<_>>());
+        }
+    }
+}
+
+/// The tiny Qwen2 and Qwen3 as GGUF files (scripts/make_gguf_fixtures.py: f32 tensors under
+/// llama.cpp's names, q/k not permuted, the tokenizer as gpt2 BPE with the `qwen2` split) give
+/// the HF folder's logits and token ids. llama.cpp keeps no sliding window for Qwen3, whose HF
+/// fixture slides layer 1 over 4 tokens: its rows are 4 tokens long, which no window reaches.
+#[test]
+fn tiny_qwen_gguf_matches_the_hf_folder() {
+    for (name, len) in [("tiny-qwen2", 16u32), ("tiny-qwen3", 4)] {
+        let hf = load_tiny_on(name, &Device::Cpu);
+        let path = common::fixtures().join("gguf").join(format!("{name}.gguf"));
+        let gg = load(path.to_str().unwrap(), &LoadOptions::default()).unwrap();
+        assert_eq!(gg.config.architecture(), hf.config.architecture());
+        let rows: Vec<u32> = (0..3)
+            .flat_map(|r| (0..len).map(move |i| 3 + 7 * r + 5 * i))
+            .collect();
+        let ids = Tensor::from_vec(rows, (3, len as usize), &Device::Cpu).unwrap();
+        let want = hf.model.forward(&ids, None).unwrap();
+        let got = gg.model.forward(&ids, None).unwrap();
+        let d = (got - &want)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        let scale = want
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(
+            d < 1e-5 * scale.max(1.0),
+            "{name}: GGUF logits differ by {d} (largest {scale})"
+        );
+        let chats =
+            lora_train::data::dataset::read_jsonl(common::fixtures().join("chats.jsonl")).unwrap();
+        for (i, conv) in chats.iter().enumerate() {
+            let tokenize = |m: &lora_train::model::LoadedModel| {
+                lora_train::data::mask::tokenize_conversation(
+                    conv,
+                    &m.template,
+                    &m.tokenizer,
+                    Default::default(),
+                )
+                .unwrap()
+            };
+            assert_eq!(tokenize(&gg), tokenize(&hf), "{name} chat {i}");
         }
     }
 }

@@ -45,6 +45,17 @@ fn tiny_gemma3_adapter_round_trips_through_peft() {
     );
 }
 
+/// Qwen2's biased q/k/v (the biases stay in the base) and Qwen3's q/k norms.
+#[test]
+fn tiny_qwen_adapters_round_trip_through_peft() {
+    for name in ["tiny-qwen2", "tiny-qwen3"] {
+        check(
+            name,
+            common::fixtures().join(name).to_string_lossy().into_owned(),
+        );
+    }
+}
+
 #[test]
 fn smollm2_gguf_adapter_round_trips_through_peft() {
     check("smollm2", common::real_model(common::SMOLLM2));
