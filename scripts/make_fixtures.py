@@ -18,7 +18,14 @@ chat templates are Qwen2.5-Instruct's and Qwen3's own (QWEN25_TEMPLATE, QWEN3_TE
 Writes, under tests/fixtures/:
   chats.jsonl                  test conversations (OpenAI messages format), defined below
   tiny-llama/, tiny-gemma3/,   seeded random HF models (f32 safetensors) with trained tiny tokenizers,
-  tiny-qwen2/, tiny-qwen3/     expected.safetensors (input_ids, attention_mask, logits) and score.json
+  tiny-qwen2/, tiny-qwen3/,    expected.safetensors (input_ids, attention_mask, logits) and score.json
+  tiny-mistral/
+  tiny-gemma3-mm/              Gemma3ForConditionalGeneration: tiny-gemma3's text weights and tokenizer with a
+                               seeded tiny SigLIP vision tower, saved by transformers 5.24.0 (text tower under
+                               language_model.model.*); expected.safetensors are its text logits on
+                               tiny-gemma3's inputs, checked equal to those of the same weights as a
+                               Gemma3ForCausalLM. final_logit_softcapping is null, as in every real Gemma 3:
+                               transformers' Gemma3ForConditionalGeneration never applies it (5.24.0)
   chats-think.jsonl            conversations with reasoning (reasoning_content, inline <think>); their
   tiny-qwen3/think.json        renderings and last-assistant targets under Qwen3's template
   smollm2/expected.json        SmolLM2-135M-Instruct (GGUF, dequantized to fp32): template ids,
@@ -67,6 +74,8 @@ from transformers import (
     GenerationConfig,
     LlamaConfig,
     LlamaForCausalLM,
+    MistralConfig,
+    MistralForCausalLM,
     PreTrainedTokenizerFast,
     Qwen2Config,
     Qwen2ForCausalLM,
@@ -91,6 +100,97 @@ CHATML_TEMPLATE = (
     "{% endif %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
     "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
+
+# Mistral-7B-Instruct-v0.3's chat template (tokenizer_config.json), verbatim: the system message goes into
+# the last user turn, and there is no generation prompt (a prompt ends with "[/INST]").
+MISTRAL_V03_TEMPLATE = """{%- if messages[0]["role"] == "system" %}
+    {%- set system_message = messages[0]["content"] %}
+    {%- set loop_messages = messages[1:] %}
+{%- else %}
+    {%- set loop_messages = messages %}
+{%- endif %}
+{%- if not tools is defined %}
+    {%- set tools = none %}
+{%- endif %}
+{%- set user_messages = loop_messages | selectattr("role", "equalto", "user") | list %}
+
+{#- This block checks for alternating user/assistant messages, skipping tool calling messages #}
+{%- set ns = namespace() %}
+{%- set ns.index = 0 %}
+{%- for message in loop_messages %}
+    {%- if not (message.role == "tool" or message.role == "tool_results" or (message.tool_calls is defined and message.tool_calls is not none)) %}
+        {%- if (message["role"] == "user") != (ns.index % 2 == 0) %}
+            {{- raise_exception("After the optional system message, conversation roles must alternate user/assistant/user/assistant/...") }}
+        {%- endif %}
+        {%- set ns.index = ns.index + 1 %}
+    {%- endif %}
+{%- endfor %}
+
+{{- bos_token }}
+{%- for message in loop_messages %}
+    {%- if message["role"] == "user" %}
+        {%- if tools is not none and (message == user_messages[-1]) %}
+            {{- "[AVAILABLE_TOOLS] [" }}
+            {%- for tool in tools %}
+                {%- set tool = tool.function %}
+                {{- '{"type": "function", "function": {' }}
+                {%- for key, val in tool.items() if key != "return" %}
+                    {%- if val is string %}
+                        {{- '"' + key + '": "' + val + '"' }}
+                    {%- else %}
+                        {{- '"' + key + '": ' + val|tojson }}
+                    {%- endif %}
+                    {%- if not loop.last %}
+                        {{- ", " }}
+                    {%- endif %}
+                {%- endfor %}
+                {{- "}}" }}
+                {%- if not loop.last %}
+                    {{- ", " }}
+                {%- else %}
+                    {{- "]" }}
+                {%- endif %}
+            {%- endfor %}
+            {{- "[/AVAILABLE_TOOLS]" }}
+            {%- endif %}
+        {%- if loop.last and system_message is defined %}
+            {{- "[INST] " + system_message + "\\n\\n" + message["content"] + "[/INST]" }}
+        {%- else %}
+            {{- "[INST] " + message["content"] + "[/INST]" }}
+        {%- endif %}
+    {%- elif message.tool_calls is defined and message.tool_calls is not none %}
+        {{- "[TOOL_CALLS] [" }}
+        {%- for tool_call in message.tool_calls %}
+            {%- set out = tool_call.function|tojson %}
+            {{- out[:-1] }}
+            {%- if not tool_call.id is defined or tool_call.id|length != 9 %}
+                {{- raise_exception("Tool call IDs should be alphanumeric strings with length 9!") }}
+            {%- endif %}
+            {{- ', "id": "' + tool_call.id + '"}' }}
+            {%- if not loop.last %}
+                {{- ", " }}
+            {%- else %}
+                {{- "]" + eos_token }}
+            {%- endif %}
+        {%- endfor %}
+    {%- elif message["role"] == "assistant" %}
+        {{- " " + message["content"]|trim + eos_token}}
+    {%- elif message["role"] == "tool_results" or message["role"] == "tool" %}
+        {%- if message.content is defined and message.content.content is defined %}
+            {%- set content = message.content.content %}
+        {%- else %}
+            {%- set content = message.content %}
+        {%- endif %}
+        {{- '[TOOL_RESULTS] {"content": ' + content|string + ", " }}
+        {%- if not message.tool_call_id is defined or message.tool_call_id|length != 9 %}
+            {{- raise_exception("Tool call IDs should be alphanumeric strings with length 9!") }}
+        {%- endif %}
+        {{- '"call_id": "' + message.tool_call_id + '"}[/TOOL_RESULTS]' }}
+    {%- else %}
+        {{- raise_exception("Only user and assistant roles are supported, with the exception of an initial optional system message!") }}
+    {%- endif %}
+{%- endfor %}
+"""
 
 # Qwen2.5-Instruct's chat template (tokenizer_config.json of Qwen/Qwen2.5-*-Instruct), verbatim.
 QWEN25_TEMPLATE = """{%- if tools %}
@@ -662,6 +762,44 @@ def tiny_gemma_tokenizer(vocab_size, template):
     )
 
 
+def tiny_mistral_tokenizer(vocab_size, template):
+    """Mistral-shaped tokenizer: sentencepiece-style BPE with byte fallback (as tiny_gemma_tokenizer) and
+    Mistral's specials <unk>, <s>, </s>, [INST], [/INST]."""
+    specials = ["<unk>", "<s>", "</s>", "[INST]", "[/INST]"]
+    byte_tokens = [f"<0x{b:02X}>" for b in range(256)]
+    trainer_tk = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True, fuse_unk=True))
+    trainer_tk.normalizer = normalizers.Replace(" ", "▁")
+    counts = Counter(ch for text in corpus() for ch in text.replace(" ", "▁"))
+    alphabet = [ch for ch, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:60]]
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size - len(byte_tokens),
+        min_frequency=2,
+        special_tokens=specials,
+        initial_alphabet=alphabet,
+        limit_alphabet=len(alphabet),
+        show_progress=False,
+    )
+    trainer_tk.train_from_iterator(corpus(), trainer=trainer)
+    trained = json.loads(trainer_tk.to_str())["model"]
+    learned = [t for t, _ in sorted(trained["vocab"].items(), key=lambda kv: kv[1]) if t not in specials]
+    vocab = {t: i for i, t in enumerate(specials + byte_tokens + learned)}
+    merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in trained["merges"]]
+    tk = Tokenizer(models.BPE(vocab=vocab, merges=merges, unk_token="<unk>", byte_fallback=True, fuse_unk=True))
+    tk.normalizer = normalizers.Replace(" ", "▁")
+    tk.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()])
+    tk.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in specials])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tk,
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="</s>",
+        unk_token="<unk>",
+        chat_template=template,
+        clean_up_tokenization_spaces=False,
+        model_max_length=512,
+    )
+
+
 def save_tokenizer(tok, out: Path):
     (out / "special_tokens_map.json").unlink(missing_ok=True)
     tok.save_pretrained(out, save_jinja_files=False)
@@ -947,6 +1085,114 @@ def make_tiny_qwen(name, model_cls, config, template):
     sc["sensitivity_max_abs_logit_change"] = sens
     write_json(out / "score.json", sc)
     return reloaded_tok
+
+
+def make_tiny_mistral(_gemma_template):
+    out = FIXTURES / "tiny-mistral"
+    out.mkdir(parents=True, exist_ok=True)
+    tok = tiny_mistral_tokenizer(400, MISTRAL_V03_TEMPLATE)
+    config = MistralConfig(
+        vocab_size=len(tok),
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        intermediate_size=128,
+        hidden_act="silu",
+        rms_norm_eps=1e-5,
+        rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0},
+        max_position_embeddings=512,
+        tie_word_embeddings=False,
+        # Mistral 7B v0.1 slides every layer over 4096 tokens; 4 makes the window matter here.
+        sliding_window=4,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
+    config._attn_implementation = "eager"
+    config.architectures = ["MistralForCausalLM"]
+    torch.manual_seed(SEED)
+    model = MistralForCausalLM(config).eval()
+    seeded_init(model, SEED + 6, norm_center=1.0)
+    model.save_pretrained(out, safe_serialization=True)
+    save_tokenizer(tok, out)
+    GenerationConfig(
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id
+    ).save_pretrained(out)
+    fx = logits_fixture(model, tok, tok.pad_token_id)
+    save_file(fx, str(out / "expected.safetensors"), metadata={"model": "tiny-mistral", "seed": str(SEED)})
+    print(f"wrote tests/fixtures/tiny-mistral/expected.safetensors ({(out / 'expected.safetensors').stat().st_size} bytes)")
+    reloaded_tok = check_reload(out, fx, MistralForCausalLM)
+    if ids_of(reloaded_tok, CHATS[3]) != ids_of(tok, CHATS[3]):
+        raise RuntimeError("tiny-mistral tokenizer changed on reload")
+    sc = score(model, reloaded_tok, CHATS)
+    sc["sensitivity_max_abs_logit_change"] = sensitivity(
+        MistralForCausalLM, config, model.state_dict(), fx, {"no_sliding_window": {"sliding_window": None}}
+    )
+    write_json(out / "score.json", sc)
+
+
+def make_tiny_gemma3_mm(_gemma_template):
+    """tiny-gemma3's text model inside a Gemma3ForConditionalGeneration with a tiny seeded vision tower."""
+    from transformers import Gemma3Config, Gemma3ForConditionalGeneration, SiglipVisionConfig
+
+    src = FIXTURES / "tiny-gemma3"
+    out = FIXTURES / "tiny-gemma3-mm"
+    out.mkdir(parents=True, exist_ok=True)
+    text = Gemma3ForCausalLM.from_pretrained(src, dtype=torch.float32, attn_implementation="eager").eval()
+    text.config.final_logit_softcapping = None
+    vision = SiglipVisionConfig(
+        hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=28, patch_size=14
+    )
+    # <mask> (id 4) never occurs in the test chats: the image and its boundary tokens point at it.
+    mask_id = 4
+    config = Gemma3Config(
+        text_config=text.config.to_dict(),
+        vision_config=vision.to_dict(),
+        mm_tokens_per_image=4,
+        image_token_index=mask_id,
+        boi_token_index=mask_id,
+        eoi_token_index=mask_id,
+        tie_word_embeddings=True,
+    )
+    config.architectures = ["Gemma3ForConditionalGeneration"]
+    config._attn_implementation = "eager"
+    torch.manual_seed(SEED)
+    model = Gemma3ForConditionalGeneration(config).eval()
+    seeded_init(model, SEED + 5, norm_center=0.0)
+    missing, unexpected = model.model.language_model.load_state_dict(text.model.state_dict(), strict=True)
+    if missing or unexpected:
+        raise RuntimeError(f"text tower: missing {missing}, unexpected {unexpected}")
+    model.save_pretrained(out, safe_serialization=True)
+    tok = AutoTokenizer.from_pretrained(src)
+    save_tokenizer(tok, out)
+    GenerationConfig.from_pretrained(src).save_pretrained(out)
+
+    want = load_file_st(src / "expected.safetensors")
+    with torch.no_grad():
+        logits = model(input_ids=want["input_ids"], attention_mask=want["attention_mask"]).logits.float().contiguous()
+        as_causal = text(input_ids=want["input_ids"], attention_mask=want["attention_mask"]).logits.float()
+    d = max_masked_diff(logits, as_causal, want["attention_mask"])
+    if d > 1e-5:
+        raise RuntimeError(f"tiny-gemma3-mm: text logits differ from tiny-gemma3's by {d}")
+    save_file(
+        {"input_ids": want["input_ids"], "attention_mask": want["attention_mask"], "logits": logits},
+        str(out / "expected.safetensors"),
+        metadata={"model": "tiny-gemma3-mm", "seed": str(SEED), "max_abs_diff_to_tiny_gemma3": repr(d)},
+    )
+    print(f"wrote tests/fixtures/tiny-gemma3-mm (text logits {d:.1e} from tiny-gemma3's)")
+    reloaded = Gemma3ForConditionalGeneration.from_pretrained(out, dtype=torch.float32, attn_implementation="eager").eval()
+    with torch.no_grad():
+        again = reloaded(input_ids=want["input_ids"], attention_mask=want["attention_mask"]).logits.float()
+    if max_masked_diff(again, logits, want["attention_mask"]) != 0.0:
+        raise RuntimeError("tiny-gemma3-mm changed on reload")
+
+
+def load_file_st(path: Path):
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
 
 
 def save_tokenizer_no_bos(tok, out: Path):
@@ -1245,6 +1491,9 @@ TINY_MAKERS = {
     "tiny-gemma3": make_tiny_gemma3,
     "tiny-qwen2": lambda _gemma_template: make_tiny_qwen2(),
     "tiny-qwen3": lambda _gemma_template: make_tiny_qwen3(),
+    "tiny-mistral": make_tiny_mistral,
+    # Reads tiny-gemma3 (made first in sorted order).
+    "tiny-gemma3-mm": make_tiny_gemma3_mm,
 }
 
 

@@ -15,9 +15,11 @@ use crate::{Error, Result};
 /// The architectures this crate implements, as `architectures[0]` names them.
 pub const SUPPORTED_ARCHITECTURES: &[&str] = &[
     "LlamaForCausalLM",
+    "MistralForCausalLM",
     "Qwen2ForCausalLM",
     "Qwen3ForCausalLM",
     "Gemma3ForCausalLM",
+    "Gemma3ForConditionalGeneration",
 ];
 
 /// The members of the Llama family: one decoder (`model::llama`) whose attention differs by
@@ -28,6 +30,8 @@ pub enum LlamaFlavor {
     /// `LlamaForCausalLM`: every projection biased or none (`attention_bias`).
     #[default]
     Llama,
+    /// `MistralForCausalLM`: every layer attends within `sliding_window`, where it is set.
+    Mistral,
     /// `Qwen2ForCausalLM`: q/k/v always biased, o_proj never.
     Qwen2,
     /// `Qwen3ForCausalLM`: RMSNorm over each q and k head before the rotation.
@@ -39,6 +43,7 @@ impl LlamaFlavor {
     pub fn architecture(self) -> &'static str {
         match self {
             LlamaFlavor::Llama => "LlamaForCausalLM",
+            LlamaFlavor::Mistral => "MistralForCausalLM",
             LlamaFlavor::Qwen2 => "Qwen2ForCausalLM",
             LlamaFlavor::Qwen3 => "Qwen3ForCausalLM",
         }
@@ -48,6 +53,7 @@ impl LlamaFlavor {
     pub fn model_type(self) -> &'static str {
         match self {
             LlamaFlavor::Llama => "llama",
+            LlamaFlavor::Mistral => "mistral",
             LlamaFlavor::Qwen2 => "qwen2",
             LlamaFlavor::Qwen3 => "qwen3",
         }
@@ -120,7 +126,8 @@ pub struct LlamaConfig {
     /// Qwen2/Qwen3: whether any layer uses the sliding window.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub use_sliding_window: bool,
-    /// Qwen2/Qwen3: the window of the sliding layers (ignored unless `use_sliding_window`).
+    /// Mistral: the window of every layer (`null`: none; absent: transformers' 4096). Qwen2/Qwen3:
+    /// the window of the sliding layers (ignored unless `use_sliding_window`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sliding_window: Option<usize>,
     /// Qwen2/Qwen3 without `layer_types`: layers from this index on slide (transformers: 28).
@@ -174,12 +181,13 @@ impl LlamaConfig {
         self.flavor == LlamaFlavor::Qwen3
     }
 
-    /// The sliding window of layer `i`, if it has one: transformers' `Qwen2Config` gives one
-    /// only with `use_sliding_window`, to the layers `layer_types` marks (or, without it, from
-    /// `max_window_layers` on).
+    /// The sliding window of layer `i`, if it has one: Mistral's applies to every layer;
+    /// transformers' `Qwen2Config` gives one only with `use_sliding_window`, to the layers
+    /// `layer_types` marks (or, without it, from `max_window_layers` on).
     pub fn layer_window(&self, i: usize) -> Option<usize> {
         match self.flavor {
             LlamaFlavor::Llama => None,
+            LlamaFlavor::Mistral => self.sliding_window,
             LlamaFlavor::Qwen2 | LlamaFlavor::Qwen3 => {
                 if !self.use_sliding_window {
                     return None;
@@ -217,16 +225,51 @@ fn default_true() -> bool {
 fn default_gemma_theta() -> f64 {
     1_000_000.0
 }
+// transformers' `Gemma3TextConfig` defaults (a Gemma 3 4B-like shape), for sparse `text_config`s.
+fn default_gemma_vocab() -> usize {
+    262_208
+}
+fn default_gemma_hidden() -> usize {
+    2304
+}
+fn default_gemma_intermediate() -> usize {
+    9216
+}
+fn default_gemma_layers() -> usize {
+    26
+}
+fn default_gemma_heads() -> usize {
+    8
+}
+fn default_gemma_kv_heads() -> usize {
+    4
+}
+fn default_gemma_head_dim() -> usize {
+    256
+}
 
-/// `Gemma3ForCausalLM` (text), `model_type` "gemma3_text".
+/// `Gemma3ForCausalLM` (text), `model_type` "gemma3_text", or the `text_config` of a
+/// `Gemma3ForConditionalGeneration` checkpoint (`model_type` "gemma3"), whose fields the Hub's
+/// files mostly leave to `Gemma3TextConfig`'s defaults (those below).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Gemma3Config {
+    /// Whether this is the text tower of a `Gemma3ForConditionalGeneration` checkpoint (not a
+    /// field of the file): its tensors and adapter modules sit under the language model.
+    #[serde(skip)]
+    pub conditional_generation: bool,
+    #[serde(default = "default_gemma_vocab")]
     pub vocab_size: usize,
+    #[serde(default = "default_gemma_hidden")]
     pub hidden_size: usize,
+    #[serde(default = "default_gemma_intermediate")]
     pub intermediate_size: usize,
+    #[serde(default = "default_gemma_layers")]
     pub num_hidden_layers: usize,
+    #[serde(default = "default_gemma_heads")]
     pub num_attention_heads: usize,
+    #[serde(default = "default_gemma_kv_heads")]
     pub num_key_value_heads: usize,
+    #[serde(default = "default_gemma_head_dim")]
     pub head_dim: usize,
     #[serde(default = "default_rms_eps")]
     pub rms_norm_eps: f64,
@@ -330,9 +373,11 @@ impl ModelConfig {
         let arch = match (arch.as_deref(), model_type) {
             (Some(a), _) => a.to_string(),
             (None, "llama") => "LlamaForCausalLM".into(),
+            (None, "mistral") => "MistralForCausalLM".into(),
             (None, "qwen2") => "Qwen2ForCausalLM".into(),
             (None, "qwen3") => "Qwen3ForCausalLM".into(),
             (None, "gemma3_text") => "Gemma3ForCausalLM".into(),
+            (None, "gemma3") => "Gemma3ForConditionalGeneration".into(),
             (None, other) => {
                 return Err(Error::model(
                     path,
@@ -342,8 +387,11 @@ impl ModelConfig {
         };
         let parse_err = |e: serde_json::Error| Error::model(path, format!("{arch}: {e}"));
         let config = match arch.as_str() {
-            "LlamaForCausalLM" | "Qwen2ForCausalLM" | "Qwen3ForCausalLM" => {
+            "LlamaForCausalLM" | "MistralForCausalLM" | "Qwen2ForCausalLM" | "Qwen3ForCausalLM" => {
+                // transformers' MistralConfig slides over 4096 tokens unless the file says `null`.
+                let mistral_window = value.get("sliding_window").is_none().then_some(4096);
                 let flavor = match arch.as_str() {
+                    "MistralForCausalLM" => LlamaFlavor::Mistral,
                     "Qwen2ForCausalLM" => LlamaFlavor::Qwen2,
                     "Qwen3ForCausalLM" => LlamaFlavor::Qwen3,
                     _ => LlamaFlavor::Llama,
@@ -352,6 +400,9 @@ impl ModelConfig {
                     .map_err(parse_err)?
                     .normalize();
                 c.flavor = flavor;
+                if flavor == LlamaFlavor::Mistral && c.sliding_window.is_none() {
+                    c.sliding_window = mistral_window;
+                }
                 // transformers' Qwen3Config defaults head_dim to 128, not hidden / heads.
                 if flavor == LlamaFlavor::Qwen3 && c.head_dim.is_none() {
                     c.head_dim = Some(128);
@@ -366,6 +417,25 @@ impl ModelConfig {
                         .map_err(parse_err)?
                         .normalize(),
                 ))
+            }
+            "Gemma3ForConditionalGeneration" => {
+                // The text tower only; the vision tower's config and tensors are never read.
+                let v = match value.get("text_config") {
+                    Some(v @ serde_json::Value::Object(_)) => v.clone(),
+                    Some(_) => {
+                        return Err(Error::model_field(
+                            path,
+                            "text_config",
+                            "must be an object (the language model's config)",
+                        ))
+                    }
+                    None => serde_json::json!({}),
+                };
+                let mut c = serde_json::from_value::<Gemma3Config>(v)
+                    .map_err(|e| Error::model(path, format!("{arch} text_config: {e}")))?
+                    .normalize();
+                c.conditional_generation = true;
+                Ok(ModelConfig::Gemma3(c))
             }
             other => Err(Error::UnsupportedArchitecture {
                 path: path.to_path_buf(),
@@ -471,7 +541,8 @@ impl ModelConfig {
         }
     }
 
-    /// The HF architecture name.
+    /// The HF architecture name of the model that is built: a multimodal checkpoint's text
+    /// tower is a `Gemma3ForCausalLM` (what a merged export writes).
     pub fn architecture(&self) -> &'static str {
         match self {
             ModelConfig::Llama(c) => c.flavor.architecture(),
@@ -521,6 +592,7 @@ impl ModelConfig {
         match self {
             ModelConfig::Llama(c) => match c.flavor {
                 LlamaFlavor::Llama => "llama",
+                LlamaFlavor::Mistral => "mistral",
                 LlamaFlavor::Qwen2 | LlamaFlavor::Qwen3 => "qwen",
             },
             ModelConfig::Gemma3(_) => "gemma",
@@ -621,6 +693,88 @@ mod tests {
             assert!(text.starts_with("m/config.json: `"), "{text}");
             assert!(text.contains(want), "{field} = {value}: {text}");
         }
+    }
+
+    #[test]
+    fn qwen_flavors_set_biases_norms_and_windows() {
+        let parse = |arch: &str, extra: &str| {
+            let text = format!(
+                r#"{{"architectures":["{arch}"],"vocab_size":8,"hidden_size":64,
+                "intermediate_size":8,"num_hidden_layers":4,"num_attention_heads":4{extra}}}"#
+            );
+            match ModelConfig::from_json_str(&text, Path::new("q/config.json")).unwrap() {
+                ModelConfig::Llama(c) => c,
+                other => panic!("{other:?}"),
+            }
+        };
+        let q2 = parse("Qwen2ForCausalLM", r#","sliding_window":4096"#);
+        assert_eq!(q2.flavor, LlamaFlavor::Qwen2);
+        assert!(q2.qkv_bias() && !q2.o_bias() && !q2.qk_norm());
+        // Off unless use_sliding_window, as transformers' Qwen2Config.
+        assert_eq!(q2.layer_window(3), None);
+        let q2 = parse(
+            "Qwen2ForCausalLM",
+            r#","use_sliding_window":true,"sliding_window":16,"max_window_layers":2"#,
+        );
+        let windows: Vec<_> = (0..4).map(|i| q2.layer_window(i)).collect();
+        assert_eq!(windows, [None, None, Some(16), Some(16)]);
+        let q3 = parse("Qwen3ForCausalLM", "");
+        assert!(!q3.qkv_bias() && q3.qk_norm());
+        assert_eq!(q3.head_dim(), 128, "transformers' Qwen3Config default");
+        let q3 = parse(
+            "Qwen3ForCausalLM",
+            r#","use_sliding_window":true,"sliding_window":8,"layer_types":["sliding_attention","full_attention","full_attention","sliding_attention"]"#,
+        );
+        let windows: Vec<_> = (0..4).map(|i| q3.layer_window(i)).collect();
+        assert_eq!(windows, [Some(8), None, None, Some(8)]);
+        let llama = parse("LlamaForCausalLM", r#","sliding_window":8"#);
+        assert_eq!(llama.layer_window(0), None);
+        let mistral = parse("MistralForCausalLM", r#","sliding_window":8"#);
+        assert_eq!(mistral.layer_window(0), Some(8));
+        assert!(!mistral.qkv_bias() && !mistral.qk_norm());
+        assert_eq!(parse("MistralForCausalLM", "").layer_window(3), Some(4096));
+        let mistral = parse("MistralForCausalLM", r#","sliding_window":null"#);
+        assert_eq!(mistral.layer_window(3), None);
+        let json = ModelConfig::Llama(q3).to_hf_json("float32");
+        assert_eq!(json["architectures"][0], "Qwen3ForCausalLM");
+        assert_eq!(json["model_type"], "qwen3");
+    }
+
+    #[test]
+    fn gemma3_conditional_generation_reads_its_text_config() {
+        // The Hub's files leave most of text_config to Gemma3TextConfig's defaults.
+        let c = ModelConfig::from_json_str(
+            r#"{"architectures":["Gemma3ForConditionalGeneration"],"model_type":"gemma3",
+                "text_config":{"hidden_size":2560,"intermediate_size":10240,
+                "model_type":"gemma3_text","num_hidden_layers":34,"sliding_window":1024},
+                "vision_config":{"hidden_size":1152}}"#,
+            Path::new("g/config.json"),
+        )
+        .unwrap();
+        let ModelConfig::Gemma3(g) = &c else {
+            panic!("{c:?}")
+        };
+        assert!(g.conditional_generation);
+        assert_eq!((g.hidden_size, g.num_hidden_layers), (2560, 34));
+        assert_eq!(
+            (g.vocab_size, g.head_dim, g.num_attention_heads),
+            (262_208, 256, 8)
+        );
+        // A merged export is the text model.
+        assert_eq!(
+            c.to_hf_json("bfloat16")["architectures"][0],
+            "Gemma3ForCausalLM"
+        );
+        let e = ModelConfig::from_json_str(
+            r#"{"architectures":["Gemma3ForConditionalGeneration"],"text_config":3}"#,
+            Path::new("g/config.json"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("g/config.json") && e.contains("text_config"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! `Gemma3ForCausalLM` (text): q/k norms, sliding-window and global layers with their own
 //! rope bases, scaled embeddings, four norms per layer, `query_pre_attn_scalar`, and
 //! attention/final logit softcapping. Follows transformers' `models/gemma3/modeling_gemma3.py`.
+//! A `Gemma3ForConditionalGeneration` checkpoint loads as its text tower: the same decoder, whose
+//! projections PEFT names `model.language_model.layers.…` there.
 
 use candle_core::Tensor;
 
@@ -11,7 +13,7 @@ use super::mask::{pass_padding, AttnMask, Segments};
 use super::mlp::GatedMlp;
 use super::norm::RmsNorm;
 use super::projections::{
-    layer_projections, layer_projections_mut, name_projections, AttnProjections,
+    layer_projections, layer_projections_mut, name_projections_under, AttnProjections,
 };
 use super::rope::{apply_rotary, Rotary};
 use super::weights::Weights;
@@ -365,7 +367,14 @@ impl CausalLm for Gemma3 {
 
 impl Adaptable for Gemma3 {
     fn linears_mut(&mut self) -> Vec<(String, &mut Linear)> {
-        name_projections(self.layers.iter_mut().map(Layer::projections_mut))
+        // Inside a multimodal checkpoint the text model is `model.language_model` (PEFT's and
+        // vLLM's module names for Gemma3ForConditionalGeneration).
+        let model = if self.cfg.conditional_generation {
+            "model.language_model"
+        } else {
+            "model"
+        };
+        name_projections_under(model, self.layers.iter_mut().map(Layer::projections_mut))
     }
 
     fn set_gradient_checkpointing(&mut self, checkpointing: Option<Checkpointing>) {

@@ -1,8 +1,9 @@
-//! The Llama family: `LlamaForCausalLM` (Llama 2/3/3.1/3.2, SmolLM2), `Qwen2ForCausalLM`
+//! The Llama family: `LlamaForCausalLM` (Llama 2/3/3.1/3.2, SmolLM2), `MistralForCausalLM`
+//! (a sliding window over every layer), `Qwen2ForCausalLM`
 //! (Qwen2, Qwen2.5: frozen q/k/v biases) and `Qwen3ForCausalLM` (dense Qwen3: per-head q/k
 //! RMSNorm before the rotation). Grouped-query attention, llama3 rope scaling, tied or untied
 //! head, and the sliding window of Qwen's `use_sliding_window` layers. Follows transformers'
-//! `models/{llama,qwen2,qwen3}/modeling_*.py`; the members differ only in their attention, so
+//! `models/{llama,mistral,qwen2,qwen3}/modeling_*.py`; the members differ only in their attention, so
 //! they are one decoder with a [`crate::config::LlamaFlavor`] rather than three files.
 
 use candle_core::Tensor;

@@ -81,6 +81,15 @@ pub fn layer_projections_mut<'a>(
 
 /// Names each layer's projections `model.layers.{i}.{path}`.
 pub fn name_projections<T>(layers: impl IntoIterator<Item = [T; 7]>) -> Vec<(String, T)> {
+    name_projections_under("model", layers)
+}
+
+/// Names each layer's projections `{model}.layers.{i}.{path}`: `model` is the text model's
+/// module path (`model.language_model` inside a multimodal checkpoint).
+pub fn name_projections_under<T>(
+    model: &str,
+    layers: impl IntoIterator<Item = [T; 7]>,
+) -> Vec<(String, T)> {
     layers
         .into_iter()
         .enumerate()
@@ -88,7 +97,7 @@ pub fn name_projections<T>(layers: impl IntoIterator<Item = [T; 7]>) -> Vec<(Str
             PROJECTION_PATHS
                 .iter()
                 .zip(ps)
-                .map(move |(p, l)| (format!("model.layers.{i}.{p}"), l))
+                .map(move |(p, l)| (format!("{model}.layers.{i}.{p}"), l))
         })
         .collect()
 }

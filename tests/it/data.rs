@@ -716,6 +716,13 @@ fn tokenized_chats_match_transformers_tiny_gemma3() {
     check_tokenized_against_transformers("tiny-gemma3", "gemma3_text");
 }
 
+/// Mistral-7B-Instruct-v0.3's template: the system message inside the last user turn, no
+/// generation prompt.
+#[test]
+fn tokenized_chats_match_transformers_tiny_mistral() {
+    check_tokenized_against_transformers("tiny-mistral", "mistral");
+}
+
 /// Qwen2.5's template (its default system prompt when a chat has none) and a Qwen tokenizer
 /// (NFC, one digit per piece, no BOS).
 #[test]

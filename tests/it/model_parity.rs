@@ -1,5 +1,6 @@
 //! The forward pass against transformers (fixtures from scripts/make_fixtures.py):
-//! full-sequence logits of the tiny random Llama, Gemma 3, Qwen2 and Qwen3 models, with padding.
+//! full-sequence logits of the tiny random Llama, Gemma 3, Qwen2, Qwen3 and Mistral models, with
+//! padding, and of Gemma 3's text tower inside a conditional-generation checkpoint.
 
 use crate::common;
 
@@ -131,6 +132,17 @@ fn tiny_qwen3_logits_match_transformers() {
     check_tiny_logits("tiny-qwen3");
 }
 
+/// Mistral's window over every layer (4 tokens here: dropping it moves the logits by 8).
+#[test]
+fn tiny_mistral_logits_match_transformers() {
+    check_tiny_logits("tiny-mistral");
+}
+
+#[test]
+fn tiny_mistral_logits_on_the_test_device() {
+    on_the_test_device("tiny-mistral");
+}
+
 #[test]
 fn tiny_llama_logits_match_transformers() {
     check_tiny_logits("tiny-llama");
@@ -143,7 +155,13 @@ fn tiny_gemma3_logits_match_transformers() {
 
 #[test]
 fn kv_cache_matches_full_forward() {
-    for name in ["tiny-llama", "tiny-gemma3", "tiny-qwen2", "tiny-qwen3"] {
+    for name in [
+        "tiny-llama",
+        "tiny-gemma3",
+        "tiny-qwen2",
+        "tiny-qwen3",
+        "tiny-mistral",
+    ] {
         let m = load_tiny_on(name, &Device::Cpu);
         let ids: Vec<u32> = (3..15).collect();
         let full = m
@@ -194,7 +212,7 @@ fn batched_scoring_matches_one_at_a_time_on_the_test_device() {
     let device = test_device();
     let tol = if device.is_cpu() { 1e-5 } else { 1e-4 };
     let convs = read_jsonl(common::fixtures().join("chats.jsonl")).unwrap();
-    for name in ["tiny-llama", "tiny-gemma3", "tiny-qwen3"] {
+    for name in ["tiny-llama", "tiny-gemma3", "tiny-qwen3", "tiny-mistral"] {
         let m = load_tiny_on(name, &device);
         let examples: Vec<_> = convs
             .iter()
@@ -327,4 +345,58 @@ fn tiny_qwen_gguf_matches_the_hf_folder() {
             assert_eq!(tokenize(&gg), tokenize(&hf), "{name} chat {i}");
         }
     }
+}
+
+/// A `Gemma3ForConditionalGeneration` checkpoint (tiny-gemma3's text weights beside a tiny
+/// vision tower, the text tower stored under `language_model.model.*`) loads as its text model:
+/// logits within 1e-4 of transformers' with padding, equal to those of the same weights as a
+/// `Gemma3ForCausalLM` (tiny-gemma3 with the fixture's null final softcap), and LoRA targets
+/// named as PEFT names them in the conditional-generation model.
+#[test]
+fn tiny_gemma3_conditional_generation_loads_its_text_tower() {
+    check_tiny_logits("tiny-gemma3-mm");
+    let causal = tempfile::tempdir().unwrap();
+    let src = common::fixtures().join("tiny-gemma3");
+    for f in [
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+    ] {
+        std::fs::copy(src.join(f), causal.path().join(f)).unwrap();
+    }
+    let mut cfg = common::read_json(&src.join("config.json"));
+    cfg["final_logit_softcapping"] = serde_json::Value::Null;
+    std::fs::write(causal.path().join("config.json"), cfg.to_string()).unwrap();
+    let causal = load(causal.path().to_str().unwrap(), &LoadOptions::default()).unwrap();
+    let mut mm = load_tiny_on("tiny-gemma3-mm", &Device::Cpu);
+    let expected = candle_core::safetensors::load(
+        common::fixtures().join("tiny-gemma3/expected.safetensors"),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let ids = expected["input_ids"].to_dtype(DType::U32).unwrap();
+    let mask = &expected["attention_mask"];
+    let a = causal.model.forward(&ids, Some(mask)).unwrap();
+    let b = mm.model.forward(&ids, Some(mask)).unwrap();
+    let d = (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert_eq!(
+        d, 0.0,
+        "the text tower's logits differ from Gemma3ForCausalLM's"
+    );
+    let names: Vec<String> = mm.model.linears_mut().into_iter().map(|(n, _)| n).collect();
+    assert_eq!(names.len(), 4 * 7);
+    assert!(
+        names
+            .iter()
+            .all(|n| n.starts_with("model.language_model.layers.")),
+        "{names:?}"
+    );
 }

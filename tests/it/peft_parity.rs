@@ -160,10 +160,21 @@ fn tiny_qwen3_training_matches_peft() {
     check_parity("tiny-qwen3");
 }
 
+#[test]
+fn tiny_mistral_training_matches_peft() {
+    check_parity("tiny-mistral");
+}
+
 /// PEFT's own saved adapters score the same through our loader as through PEFT.
 #[test]
 fn peft_saved_adapters_score_the_same() {
-    for name in ["tiny-llama", "tiny-gemma3", "tiny-qwen2", "tiny-qwen3"] {
+    for name in [
+        "tiny-llama",
+        "tiny-gemma3",
+        "tiny-qwen2",
+        "tiny-qwen3",
+        "tiny-mistral",
+    ] {
         let dir = common::fixtures().join("peft-train").join(name);
         for (adapter, score) in [
             ("init_adapter", "score_init.json"),
