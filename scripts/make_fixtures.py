@@ -19,7 +19,7 @@ Writes, under tests/fixtures/:
   chats.jsonl                  test conversations (OpenAI messages format), defined below
   tiny-llama/, tiny-gemma3/,   seeded random HF models (f32 safetensors) with trained tiny tokenizers,
   tiny-qwen2/, tiny-qwen3/,    expected.safetensors (input_ids, attention_mask, logits) and score.json
-  tiny-mistral/
+  tiny-mistral/, tiny-gemma2/
   tiny-gemma3-mm/              Gemma3ForConditionalGeneration: tiny-gemma3's text weights and tokenizer with a
                                seeded tiny SigLIP vision tower, saved by transformers 5.24.0 (text tower under
                                language_model.model.*); expected.safetensors are its text logits on
@@ -1133,6 +1133,68 @@ def make_tiny_mistral(_gemma_template):
     write_json(out / "score.json", sc)
 
 
+def make_tiny_gemma2(gemma_template):
+    """A seeded tiny Gemma 2 with the tiny Gemma tokenizer (Gemma 3's template: Gemma 2's own refuses system turns)."""
+    from transformers import Gemma2Config, Gemma2ForCausalLM
+
+    out = FIXTURES / "tiny-gemma2"
+    out.mkdir(parents=True, exist_ok=True)
+    tok = tiny_gemma_tokenizer(400, gemma_template)
+    config = Gemma2Config(
+        vocab_size=len(tok),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        hidden_activation="gelu_pytorch_tanh",
+        max_position_embeddings=512,
+        rms_norm_eps=1e-6,
+        pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.eos_token_id,
+        bos_token_id=tok.bos_token_id,
+        tie_word_embeddings=True,
+        rope_parameters={"rope_type": "default", "rope_theta": 10_000.0},
+        query_pre_attn_scalar=24,
+        sliding_window=4,
+        final_logit_softcapping=30.0,
+        # Real Gemma 2 caps at 50; 5 makes the cap move these small logits well beyond tolerances.
+        attn_logit_softcapping=5.0,
+    )
+    config._attn_implementation = "eager"
+    config.architectures = ["Gemma2ForCausalLM"]
+    torch.manual_seed(SEED)
+    model = Gemma2ForCausalLM(config).eval()
+    seeded_init(model, SEED + 7, norm_center=0.0)
+    with torch.no_grad():
+        model.model.norm.weight.add_(1.0)
+    model.save_pretrained(out, safe_serialization=True)
+    save_tokenizer(tok, out)
+    GenerationConfig(
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id
+    ).save_pretrained(out)
+    fx = logits_fixture(model, tok, tok.pad_token_id)
+    save_file(fx, str(out / "expected.safetensors"), metadata={"model": "tiny-gemma2", "seed": str(SEED)})
+    print(f"wrote tests/fixtures/tiny-gemma2/expected.safetensors ({(out / 'expected.safetensors').stat().st_size} bytes)")
+    reloaded_tok = check_reload(out, fx, Gemma2ForCausalLM)
+    if ids_of(reloaded_tok, CHATS[3]) != ids_of(tok, CHATS[3]):
+        raise RuntimeError("tiny-gemma2 tokenizer changed on reload")
+    sc = score(model, reloaded_tok, CHATS)
+    sc["sensitivity_max_abs_logit_change"] = sensitivity(
+        Gemma2ForCausalLM,
+        config,
+        model.state_dict(),
+        fx,
+        {
+            "no_attn_softcap": {"attn_logit_softcapping": None},
+            "no_final_softcap": {"final_logit_softcapping": None},
+            "no_sliding_window": {"sliding_window": 512},
+        },
+    )
+    write_json(out / "score.json", sc)
+
+
 def make_tiny_gemma3_mm(_gemma_template):
     """tiny-gemma3's text model inside a Gemma3ForConditionalGeneration with a tiny seeded vision tower."""
     from transformers import Gemma3Config, Gemma3ForConditionalGeneration, SiglipVisionConfig
@@ -1492,6 +1554,7 @@ TINY_MAKERS = {
     "tiny-qwen2": lambda _gemma_template: make_tiny_qwen2(),
     "tiny-qwen3": lambda _gemma_template: make_tiny_qwen3(),
     "tiny-mistral": make_tiny_mistral,
+    "tiny-gemma2": make_tiny_gemma2,
     # Reads tiny-gemma3 (made first in sorted order).
     "tiny-gemma3-mm": make_tiny_gemma3_mm,
 }

@@ -179,6 +179,7 @@ impl<'a> GgufMeta<'a> {
         let head_dim = self.u32("gemma3.attention.key_length")?;
         Ok(Gemma3Config {
             conditional_generation: false,
+            gemma2: false,
             vocab_size: vocab,
             hidden_size: self.u32("gemma3.embedding_length")?,
             intermediate_size: self.u32("gemma3.feed_forward_length")?,

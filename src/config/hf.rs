@@ -18,6 +18,7 @@ pub const SUPPORTED_ARCHITECTURES: &[&str] = &[
     "MistralForCausalLM",
     "Qwen2ForCausalLM",
     "Qwen3ForCausalLM",
+    "Gemma2ForCausalLM",
     "Gemma3ForCausalLM",
     "Gemma3ForConditionalGeneration",
 ];
@@ -257,6 +258,10 @@ pub struct Gemma3Config {
     /// field of the file): its tensors and adapter modules sit under the language model.
     #[serde(skip)]
     pub conditional_generation: bool,
+    /// `Gemma2ForCausalLM` (not a field of the file): no q/k norms, attention logits
+    /// soft-capped, one rope base for every layer.
+    #[serde(skip)]
+    pub gemma2: bool,
     #[serde(default = "default_gemma_vocab")]
     pub vocab_size: usize,
     #[serde(default = "default_gemma_hidden")]
@@ -418,6 +423,47 @@ impl ModelConfig {
                         .normalize(),
                 ))
             }
+            "Gemma2ForCausalLM" => {
+                // transformers' Gemma2Config defaults where Gemma 3's differ.
+                let absent = |k: &str| value.get(k).is_none();
+                let (no_theta, no_final, no_attn) = (
+                    absent("rope_theta") && absent("rope_parameters"),
+                    absent("final_logit_softcapping"),
+                    absent("attn_logit_softcapping"),
+                );
+                let no_window = absent("sliding_window");
+                let mut c = serde_json::from_value::<Gemma3Config>(value)
+                    .map_err(parse_err)?
+                    .normalize();
+                c.gemma2 = true;
+                // transformers v5 writes Gemma 2's one rope as a flat `rope_parameters`.
+                let flat_theta = c
+                    .rope_parameters
+                    .as_ref()
+                    .and_then(|p| p.get("rope_theta"))
+                    .and_then(|t| t.as_f64());
+                if let Some(t) = flat_theta {
+                    c.rope_theta = t;
+                } else if no_theta {
+                    c.rope_theta = 10_000.0;
+                }
+                if no_final {
+                    c.final_logit_softcapping = Some(30.0);
+                }
+                if no_attn {
+                    c.attn_logit_softcapping = Some(50.0);
+                }
+                if no_window {
+                    c.sliding_window = 4096;
+                }
+                // Every other layer slides, starting with the first.
+                if c.layer_types.is_none() {
+                    c.sliding_window_pattern = Some(2);
+                }
+                // One rope base: the local layers use the global one.
+                c.rope_local_base_freq = c.rope_theta;
+                Ok(ModelConfig::Gemma3(c))
+            }
             "Gemma3ForConditionalGeneration" => {
                 // The text tower only; the vision tower's config and tensors are never read.
                 let v = match value.get("text_config") {
@@ -546,6 +592,7 @@ impl ModelConfig {
     pub fn architecture(&self) -> &'static str {
         match self {
             ModelConfig::Llama(c) => c.flavor.architecture(),
+            ModelConfig::Gemma3(c) if c.gemma2 => "Gemma2ForCausalLM",
             ModelConfig::Gemma3(_) => "Gemma3ForCausalLM",
         }
     }
@@ -572,7 +619,8 @@ impl ModelConfig {
                         })
                         .collect(),
                 );
-                (serde_json::to_value(&c).unwrap_or_default(), "gemma3_text")
+                let model_type = if c.gemma2 { "gemma2" } else { "gemma3_text" };
+                (serde_json::to_value(&c).unwrap_or_default(), model_type)
             }
         };
         if let Some(obj) = v.as_object_mut() {

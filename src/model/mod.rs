@@ -1,10 +1,10 @@
 //! Models: where they come from (HF folder, hub cache, GGUF), how they load, and the
 //! [`CausalLm`] interface the trainer, scorer and generator use.
 //!
-//! One file per architecture ([`llama`] with its Mistral, Qwen2 and Qwen3 flavors, [`gemma3`]) over
-//! shared layers, one concept per file ([`norm`], [`rope`], [`mask`], [`attention`], [`mlp`],
-//! [`cache`], [`decoder`]). Every
-//! projection is a [`crate::lora::Linear`], so adapters attach without forking model files.
+//! One file per architecture ([`llama`] with its Mistral, Qwen2 and Qwen3 flavors, [`gemma3`]
+//! with Gemma 2) over shared layers, one concept per file ([`norm`], [`rope`], [`mask`],
+//! [`attention`], [`mlp`], [`cache`], [`decoder`]). Every projection is a
+//! [`crate::lora::Linear`], so adapters attach without forking model files.
 
 pub mod attention;
 pub mod cache;

@@ -716,6 +716,11 @@ fn tokenized_chats_match_transformers_tiny_gemma3() {
     check_tokenized_against_transformers("tiny-gemma3", "gemma3_text");
 }
 
+#[test]
+fn tokenized_chats_match_transformers_tiny_gemma2() {
+    check_tokenized_against_transformers("tiny-gemma2", "gemma2");
+}
+
 /// Mistral-7B-Instruct-v0.3's template: the system message inside the last user turn, no
 /// generation prompt.
 #[test]

@@ -51,6 +51,10 @@ fn merged_export_equals_base_plus_adapter() {
             "tiny-mistral",
             common::fixtures().join("peft-train/tiny-mistral/final_adapter"),
         ),
+        (
+            "tiny-gemma2",
+            common::fixtures().join("peft-train/tiny-gemma2/final_adapter"),
+        ),
         // A conditional-generation checkpoint merges into its text model.
         (
             "tiny-gemma3-mm",

@@ -132,6 +132,17 @@ fn tiny_qwen3_logits_match_transformers() {
     check_tiny_logits("tiny-qwen3");
 }
 
+/// Gemma 2: attention logits soft-capped (5 here), alternating sliding layers, no q/k norms.
+#[test]
+fn tiny_gemma2_logits_match_transformers() {
+    check_tiny_logits("tiny-gemma2");
+}
+
+#[test]
+fn tiny_gemma2_logits_on_the_test_device() {
+    on_the_test_device("tiny-gemma2");
+}
+
 /// Mistral's window over every layer (4 tokens here: dropping it moves the logits by 8).
 #[test]
 fn tiny_mistral_logits_match_transformers() {
@@ -161,6 +172,7 @@ fn kv_cache_matches_full_forward() {
         "tiny-qwen2",
         "tiny-qwen3",
         "tiny-mistral",
+        "tiny-gemma2",
     ] {
         let m = load_tiny_on(name, &Device::Cpu);
         let ids: Vec<u32> = (3..15).collect();
@@ -212,7 +224,13 @@ fn batched_scoring_matches_one_at_a_time_on_the_test_device() {
     let device = test_device();
     let tol = if device.is_cpu() { 1e-5 } else { 1e-4 };
     let convs = read_jsonl(common::fixtures().join("chats.jsonl")).unwrap();
-    for name in ["tiny-llama", "tiny-gemma3", "tiny-qwen3", "tiny-mistral"] {
+    for name in [
+        "tiny-llama",
+        "tiny-gemma3",
+        "tiny-qwen3",
+        "tiny-mistral",
+        "tiny-gemma2",
+    ] {
         let m = load_tiny_on(name, &device);
         let examples: Vec<_> = convs
             .iter()

@@ -165,6 +165,11 @@ fn tiny_mistral_training_matches_peft() {
     check_parity("tiny-mistral");
 }
 
+#[test]
+fn tiny_gemma2_training_matches_peft() {
+    check_parity("tiny-gemma2");
+}
+
 /// PEFT's own saved adapters score the same through our loader as through PEFT.
 #[test]
 fn peft_saved_adapters_score_the_same() {
@@ -174,6 +179,7 @@ fn peft_saved_adapters_score_the_same() {
         "tiny-qwen2",
         "tiny-qwen3",
         "tiny-mistral",
+        "tiny-gemma2",
     ] {
         let dir = common::fixtures().join("peft-train").join(name);
         for (adapter, score) in [

@@ -77,6 +77,18 @@ fn tiny_qwen_and_mistral_adapters_round_trip_through_peft() {
     }
 }
 
+/// Gemma 2's soft-capped attention.
+#[test]
+fn tiny_gemma2_adapter_round_trips_through_peft() {
+    check(
+        "tiny-gemma2",
+        common::fixtures()
+            .join("tiny-gemma2")
+            .to_string_lossy()
+            .into_owned(),
+    );
+}
+
 #[test]
 fn smollm2_gguf_adapter_round_trips_through_peft() {
     check("smollm2", common::real_model(common::SMOLLM2));

@@ -33,6 +33,7 @@ fn every_lora_parameter_gets_a_gradient() {
         "tiny-qwen2",
         "tiny-qwen3",
         "tiny-mistral",
+        "tiny-gemma2",
         "tiny-gemma3-mm",
     ] {
         let tmp = tempfile::tempdir().unwrap();
