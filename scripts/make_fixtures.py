@@ -3,19 +3,31 @@
 
 Run from the repository root (or anywhere; paths are resolved from this file):
 
-    /path/to/python scripts/make_fixtures.py [--models-dir models] [--skip-real]
+    /path/to/python scripts/make_fixtures.py [--models-dir models] [--skip-real] [--only NAME ...]
 
 Needs torch (CPU), transformers, tokenizers, safetensors, gguf, sentencepiece, numpy. The committed
 files were produced by: Python 3.11.7, torch 2.15.0 (CPU), transformers 5.23.0, tokenizers 0.23.3,
 safetensors 0.8.0, gguf 0.19.0, sentencepiece 0.2.3, numpy 2.4.6, jinja2 3.1.6
 (tests/fixtures/VERSIONS.json records the exact versions and the sha256 of both GGUF files). The run is
 seeded and deterministic (re-running rewrites identical files); it needs about 5 minutes of CPU time
-(2 cores), more wall time on a busy machine. --skip-real redoes only chats.jsonl and the tiny models.
+(2 cores), more wall time on a busy machine. --skip-real redoes only chats.jsonl and the tiny models;
+--only tiny-qwen2 tiny-qwen3 (say) redoes only those tiny models (and chats.jsonl, chats-think.jsonl).
+tiny-qwen2/ and tiny-qwen3/ were made with transformers 5.24.0 (the others with 5.23.0, above); their
+chat templates are Qwen2.5-Instruct's and Qwen3's own (QWEN25_TEMPLATE, QWEN3_TEMPLATE below).
 
 Writes, under tests/fixtures/:
   chats.jsonl                  test conversations (OpenAI messages format), defined below
-  tiny-llama/, tiny-gemma3/    seeded random HF models (f32 safetensors) with trained tiny tokenizers,
-                               expected.safetensors (input_ids, attention_mask, logits) and score.json
+  tiny-llama/, tiny-gemma3/,   seeded random HF models (f32 safetensors) with trained tiny tokenizers,
+  tiny-qwen2/, tiny-qwen3/,    expected.safetensors (input_ids, attention_mask, logits) and score.json
+  tiny-mistral/, tiny-gemma2/
+  tiny-gemma3-mm/              Gemma3ForConditionalGeneration: tiny-gemma3's text weights and tokenizer with a
+                               seeded tiny SigLIP vision tower, saved by transformers 5.24.0 (text tower under
+                               language_model.model.*); expected.safetensors are its text logits on
+                               tiny-gemma3's inputs, checked equal to those of the same weights as a
+                               Gemma3ForCausalLM. final_logit_softcapping is null, as in every real Gemma 3:
+                               transformers' Gemma3ForConditionalGeneration never applies it (5.24.0)
+  chats-think.jsonl            conversations with reasoning (reasoning_content, inline <think>); their
+  tiny-qwen3/think.json        renderings and last-assistant targets under Qwen3's template
   smollm2/expected.json        SmolLM2-135M-Instruct (GGUF, dequantized to fp32): template ids,
   gemma3/expected.json         plain encodes, losses, greedy continuations
   VERSIONS.json
@@ -29,7 +41,9 @@ add_special_tokens=False. k = index of the last assistant message; sequence = id
                   len(ids(template(messages[:j+1])))-1
   all:            targets = 1 .. len(sequence)-1
 When a prompt is not a token prefix, targets start at the longest common prefix (counted in
-"prefix_mismatches"). Loss at target t = -log softmax(logits[t-1])[ids[t]]; per-example loss is the
+"prefix_mismatches"); likewise, when template(messages[:j+1]) is not a token prefix of the sequence (Qwen3
+renders an assistant turn without its <think> block once a later user turn follows), that turn's targets end
+at the longest common prefix: lora-train's rule (src/data/mask.rs, mark_turn). Loss at target t = -log softmax(logits[t-1])[ids[t]]; per-example loss is the
 mean over its targets, mean_loss is the token-weighted mean over all examples. Each example runs alone
 (batch 1, no padding).
 """
@@ -60,7 +74,13 @@ from transformers import (
     GenerationConfig,
     LlamaConfig,
     LlamaForCausalLM,
+    MistralConfig,
+    MistralForCausalLM,
     PreTrainedTokenizerFast,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+    Qwen3Config,
+    Qwen3ForCausalLM,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -80,6 +100,245 @@ CHATML_TEMPLATE = (
     "{% endif %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
     "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
+
+# Mistral-7B-Instruct-v0.3's chat template (tokenizer_config.json), verbatim: the system message goes into
+# the last user turn, and there is no generation prompt (a prompt ends with "[/INST]").
+MISTRAL_V03_TEMPLATE = """{%- if messages[0]["role"] == "system" %}
+    {%- set system_message = messages[0]["content"] %}
+    {%- set loop_messages = messages[1:] %}
+{%- else %}
+    {%- set loop_messages = messages %}
+{%- endif %}
+{%- if not tools is defined %}
+    {%- set tools = none %}
+{%- endif %}
+{%- set user_messages = loop_messages | selectattr("role", "equalto", "user") | list %}
+
+{#- This block checks for alternating user/assistant messages, skipping tool calling messages #}
+{%- set ns = namespace() %}
+{%- set ns.index = 0 %}
+{%- for message in loop_messages %}
+    {%- if not (message.role == "tool" or message.role == "tool_results" or (message.tool_calls is defined and message.tool_calls is not none)) %}
+        {%- if (message["role"] == "user") != (ns.index % 2 == 0) %}
+            {{- raise_exception("After the optional system message, conversation roles must alternate user/assistant/user/assistant/...") }}
+        {%- endif %}
+        {%- set ns.index = ns.index + 1 %}
+    {%- endif %}
+{%- endfor %}
+
+{{- bos_token }}
+{%- for message in loop_messages %}
+    {%- if message["role"] == "user" %}
+        {%- if tools is not none and (message == user_messages[-1]) %}
+            {{- "[AVAILABLE_TOOLS] [" }}
+            {%- for tool in tools %}
+                {%- set tool = tool.function %}
+                {{- '{"type": "function", "function": {' }}
+                {%- for key, val in tool.items() if key != "return" %}
+                    {%- if val is string %}
+                        {{- '"' + key + '": "' + val + '"' }}
+                    {%- else %}
+                        {{- '"' + key + '": ' + val|tojson }}
+                    {%- endif %}
+                    {%- if not loop.last %}
+                        {{- ", " }}
+                    {%- endif %}
+                {%- endfor %}
+                {{- "}}" }}
+                {%- if not loop.last %}
+                    {{- ", " }}
+                {%- else %}
+                    {{- "]" }}
+                {%- endif %}
+            {%- endfor %}
+            {{- "[/AVAILABLE_TOOLS]" }}
+            {%- endif %}
+        {%- if loop.last and system_message is defined %}
+            {{- "[INST] " + system_message + "\\n\\n" + message["content"] + "[/INST]" }}
+        {%- else %}
+            {{- "[INST] " + message["content"] + "[/INST]" }}
+        {%- endif %}
+    {%- elif message.tool_calls is defined and message.tool_calls is not none %}
+        {{- "[TOOL_CALLS] [" }}
+        {%- for tool_call in message.tool_calls %}
+            {%- set out = tool_call.function|tojson %}
+            {{- out[:-1] }}
+            {%- if not tool_call.id is defined or tool_call.id|length != 9 %}
+                {{- raise_exception("Tool call IDs should be alphanumeric strings with length 9!") }}
+            {%- endif %}
+            {{- ', "id": "' + tool_call.id + '"}' }}
+            {%- if not loop.last %}
+                {{- ", " }}
+            {%- else %}
+                {{- "]" + eos_token }}
+            {%- endif %}
+        {%- endfor %}
+    {%- elif message["role"] == "assistant" %}
+        {{- " " + message["content"]|trim + eos_token}}
+    {%- elif message["role"] == "tool_results" or message["role"] == "tool" %}
+        {%- if message.content is defined and message.content.content is defined %}
+            {%- set content = message.content.content %}
+        {%- else %}
+            {%- set content = message.content %}
+        {%- endif %}
+        {{- '[TOOL_RESULTS] {"content": ' + content|string + ", " }}
+        {%- if not message.tool_call_id is defined or message.tool_call_id|length != 9 %}
+            {{- raise_exception("Tool call IDs should be alphanumeric strings with length 9!") }}
+        {%- endif %}
+        {{- '"call_id": "' + message.tool_call_id + '"}[/TOOL_RESULTS]' }}
+    {%- else %}
+        {{- raise_exception("Only user and assistant roles are supported, with the exception of an initial optional system message!") }}
+    {%- endif %}
+{%- endfor %}
+"""
+
+# Qwen2.5-Instruct's chat template (tokenizer_config.json of Qwen/Qwen2.5-*-Instruct), verbatim.
+QWEN25_TEMPLATE = """{%- if tools %}
+    {{- '<|im_start|>system\\n' }}
+    {%- if messages[0]['role'] == 'system' %}
+        {{- messages[0]['content'] }}
+    {%- else %}
+        {{- 'You are Qwen, created by Alibaba Cloud. You are a helpful assistant.' }}
+    {%- endif %}
+    {{- "\\n\\n# Tools\\n\\nYou may call one or more functions to assist with the user query.\\n\\nYou are provided with function signatures within <tools></tools> XML tags:\\n<tools>" }}
+    {%- for tool in tools %}
+        {{- "\\n" }}
+        {{- tool | tojson }}
+    {%- endfor %}
+    {{- "\\n</tools>\\n\\nFor each function call, return a json object with function name and arguments within <tool_call></tool_call> XML tags:\\n<tool_call>\\n{{\\"name\\": <function-name>, \\"arguments\\": <args-json-object>}}\\n</tool_call><|im_end|>\\n" }}
+{%- else %}
+    {%- if messages[0]['role'] == 'system' %}
+        {{- '<|im_start|>system\\n' + messages[0]['content'] + '<|im_end|>\\n' }}
+    {%- else %}
+        {{- '<|im_start|>system\\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\\n' }}
+    {%- endif %}
+{%- endif %}
+{%- for message in messages %}
+    {%- if (message.role == "user") or (message.role == "system" and not loop.first) or (message.role == "assistant" and not message.tool_calls) %}
+        {{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>' + '\\n' }}
+    {%- elif message.role == "assistant" %}
+        {{- '<|im_start|>' + message.role }}
+        {%- if message.content %}
+            {{- '\\n' + message.content }}
+        {%- endif %}
+        {%- for tool_call in message.tool_calls %}
+            {%- if tool_call.function is defined %}
+                {%- set tool_call = tool_call.function %}
+            {%- endif %}
+            {{- '\\n<tool_call>\\n{"name": "' }}
+            {{- tool_call.name }}
+            {{- '", "arguments": ' }}
+            {{- tool_call.arguments | tojson }}
+            {{- '}\\n</tool_call>' }}
+        {%- endfor %}
+        {{- '<|im_end|>\\n' }}
+    {%- elif message.role == "tool" %}
+        {%- if (loop.index0 == 0) or (messages[loop.index0 - 1].role != "tool") %}
+            {{- '<|im_start|>user' }}
+        {%- endif %}
+        {{- '\\n<tool_response>\\n' }}
+        {{- message.content }}
+        {{- '\\n</tool_response>' }}
+        {%- if loop.last or (messages[loop.index0 + 1].role != "tool") %}
+            {{- '<|im_end|>\\n' }}
+        {%- endif %}
+    {%- endif %}
+{%- endfor %}
+{%- if add_generation_prompt %}
+    {{- '<|im_start|>assistant\\n' }}
+{%- endif %}
+"""
+
+# Qwen3's chat template (tokenizer_config.json of Qwen/Qwen3-0.6B and the other dense Qwen3), verbatim.
+QWEN3_TEMPLATE = """{%- if tools %}
+    {{- '<|im_start|>system\\n' }}
+    {%- if messages[0].role == 'system' %}
+        {{- messages[0].content + '\\n\\n' }}
+    {%- endif %}
+    {{- "# Tools\\n\\nYou may call one or more functions to assist with the user query.\\n\\nYou are provided with function signatures within <tools></tools> XML tags:\\n<tools>" }}
+    {%- for tool in tools %}
+        {{- "\\n" }}
+        {{- tool | tojson }}
+    {%- endfor %}
+    {{- "\\n</tools>\\n\\nFor each function call, return a json object with function name and arguments within <tool_call></tool_call> XML tags:\\n<tool_call>\\n{\\"name\\": <function-name>, \\"arguments\\": <args-json-object>}\\n</tool_call><|im_end|>\\n" }}
+{%- else %}
+    {%- if messages[0].role == 'system' %}
+        {{- '<|im_start|>system\\n' + messages[0].content + '<|im_end|>\\n' }}
+    {%- endif %}
+{%- endif %}
+{%- set ns = namespace(multi_step_tool=true, last_query_index=messages|length - 1) %}
+{%- for message in messages[::-1] %}
+    {%- set index = (messages|length - 1) - loop.index0 %}
+    {%- if ns.multi_step_tool and message.role == "user" and message.content is string and not(message.content.startswith('<tool_response>') and message.content.endswith('</tool_response>')) %}
+        {%- set ns.multi_step_tool = false %}
+        {%- set ns.last_query_index = index %}
+    {%- endif %}
+{%- endfor %}
+{%- for message in messages %}
+    {%- if message.content is string %}
+        {%- set content = message.content %}
+    {%- else %}
+        {%- set content = '' %}
+    {%- endif %}
+    {%- if (message.role == "user") or (message.role == "system" and not loop.first) %}
+        {{- '<|im_start|>' + message.role + '\\n' + content + '<|im_end|>' + '\\n' }}
+    {%- elif message.role == "assistant" %}
+        {%- set reasoning_content = '' %}
+        {%- if message.reasoning_content is string %}
+            {%- set reasoning_content = message.reasoning_content %}
+        {%- else %}
+            {%- if '</think>' in content %}
+                {%- set reasoning_content = content.split('</think>')[0].rstrip('\\n').split('<think>')[-1].lstrip('\\n') %}
+                {%- set content = content.split('</think>')[-1].lstrip('\\n') %}
+            {%- endif %}
+        {%- endif %}
+        {%- if loop.index0 > ns.last_query_index %}
+            {%- if loop.last or (not loop.last and reasoning_content) %}
+                {{- '<|im_start|>' + message.role + '\\n<think>\\n' + reasoning_content.strip('\\n') + '\\n</think>\\n\\n' + content.lstrip('\\n') }}
+            {%- else %}
+                {{- '<|im_start|>' + message.role + '\\n' + content }}
+            {%- endif %}
+        {%- else %}
+            {{- '<|im_start|>' + message.role + '\\n' + content }}
+        {%- endif %}
+        {%- if message.tool_calls %}
+            {%- for tool_call in message.tool_calls %}
+                {%- if (loop.first and content) or (not loop.first) %}
+                    {{- '\\n' }}
+                {%- endif %}
+                {%- if tool_call.function %}
+                    {%- set tool_call = tool_call.function %}
+                {%- endif %}
+                {{- '<tool_call>\\n{"name": "' }}
+                {{- tool_call.name }}
+                {{- '", "arguments": ' }}
+                {%- if tool_call.arguments is string %}
+                    {{- tool_call.arguments }}
+                {%- else %}
+                    {{- tool_call.arguments | tojson }}
+                {%- endif %}
+                {{- '}\\n</tool_call>' }}
+            {%- endfor %}
+        {%- endif %}
+        {{- '<|im_end|>\\n' }}
+    {%- elif message.role == "tool" %}
+        {%- if loop.first or (messages[loop.index0 - 1].role != "tool") %}
+            {{- '<|im_start|>user' }}
+        {%- endif %}
+        {{- '\\n<tool_response>\\n' }}
+        {{- content }}
+        {{- '\\n</tool_response>' }}
+        {%- if loop.last or (messages[loop.index0 + 1].role != "tool") %}
+            {{- '<|im_end|>\\n' }}
+        {%- endif %}
+    {%- endif %}
+{%- endfor %}
+{%- if add_generation_prompt %}
+    {{- '<|im_start|>assistant\\n' }}
+    {%- if enable_thinking is defined and enable_thinking is false %}
+        {{- '<think>\\n\\n</think>\\n\\n' }}
+    {%- endif %}
+{%- endif %}"""
 
 # The real SmolLM2 tokenizer.json splits every digit off before the GPT-2 byte-level regex.
 SMOLLM2_PRE_TOKENIZER = pre_tokenizers.Sequence(
@@ -173,6 +432,33 @@ ENCODE_STRINGS = [
     "nbsp\u00a0and zero\u200bwidth",
 ]
 
+def asst_thinking(content, reasoning):
+    return {"role": "assistant", "content": content, "reasoning_content": reasoning}
+
+
+# Conversations with reasoning, for Qwen3's template: the `reasoning_content` field, inline <think> blocks
+# (with and without newlines), earlier turns whose reasoning the template drops, and both at once.
+THINK_CHATS = [
+    [user("What is 2 + 3?"), asst_thinking("2 + 3 = 5.", "Add two and three: five.")],
+    [user("Name a primary color."), asst("<think>\nThe sky is blue.\n</think>\n\nBlue.")],
+    [
+        sys_("Answer briefly."),
+        user("Hi!"),
+        asst_thinking("Hello!", "A greeting; greet back."),
+        user("What is 4 * 2?"),
+        asst_thinking("8", "Four times two is eight."),
+    ],
+    [user("Capital of Italy?"), asst("<think>Rome is the capital.</think>Rome.")],
+    [user("Say yes."), asst_thinking("<think>\ninline\n</think>\n\nYes.", "The field wins.")],
+    [user("And no reasoning?"), asst("None at all.")],
+    [
+        user("First question?"),
+        asst("<think>\nthink one\n</think>\n\nFirst answer."),
+        user("Second question?"),
+        asst("Second answer."),
+    ],
+]
+
 GREEDY_PROMPTS = [
     [user("What is the capital of France?")],
     [sys_("You are a concise assistant."), user("List three colors.")],
@@ -264,13 +550,16 @@ def target_spans(tok, messages, loss_on):
         nonlocal mismatches
         prompt = ids_of(tok, messages[:j], gen=True)
         full = ids_of(tok, messages[: j + 1])
-        if full != seq[: len(full)]:
-            raise RuntimeError(f"template of messages[:{j + 1}] is not a token prefix of the sequence")
-        start = len(prompt)
-        if full[:start] != prompt:
+        end = len(full)
+        if full != seq[:end]:
+            # lora-train's rule (src/data/mask.rs): the turn's targets end where the renderings differ.
             mismatches += 1
-            start = common_prefix_len(prompt, full)
-        return list(range(start, len(full)))
+            end = common_prefix_len(seq, full)
+        start = len(prompt)
+        if seq[:start] != prompt:
+            mismatches += 1
+            start = common_prefix_len(prompt, seq)
+        return list(range(max(start, 1), end))
 
     if loss_on == "last_assistant":
         targets = span(k)
@@ -285,6 +574,8 @@ def target_spans(tok, messages, loss_on):
         raise ValueError(loss_on)
     if not targets or targets[0] < 1:
         raise RuntimeError("empty target span or target at position 0")
+    if targets != sorted(set(targets)):
+        raise RuntimeError("overlapping target spans")
     return seq, targets, mismatches
 
 
@@ -387,6 +678,47 @@ def tiny_llama_tokenizer(vocab_size):
     )
 
 
+def tiny_qwen_tokenizer(vocab_size, template):
+    """Qwen-shaped tokenizer: byte-level BPE, ChatML and <think> specials, no BOS, eos <|im_end|>.
+
+    Normalizer and pre-tokenizer are Qwen's own (NFC, then Qwen2Tokenizer's split regex: one digit per
+    piece, then byte-level without its regex), which transformers' Qwen2Tokenizer rebuilds on load."""
+    from tokenizers import Regex
+    from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
+
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>"]
+    tk = Tokenizer(models.BPE())
+    tk.normalizer = normalizers.NFC()
+    tk.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    tk.decoder = decoders.ByteLevel()
+    texts = corpus() + ["You are Qwen, created by Alibaba Cloud. You are a helpful assistant."] * 3
+    texts += [m.get("reasoning_content") or m["content"] for c in THINK_CHATS for m in c]
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=2,
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tk.train_from_iterator(texts, trainer=trainer)
+    tk.post_processor = processors.ByteLevel(trim_offsets=False)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tk,
+        bos_token=None,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        unk_token=None,
+        chat_template=template,
+        clean_up_tokenization_spaces=False,
+        model_max_length=512,
+    )
+
+
 def tiny_gemma_tokenizer(vocab_size, template):
     """Gemma-3-shaped tokenizer: BPE with byte fallback, ' ' -> '▁' normalizer, no pre-tokenizer."""
     specials = ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>", "<start_of_turn>", "<end_of_turn>"]
@@ -424,6 +756,44 @@ def tiny_gemma_tokenizer(vocab_size, template):
         unk_token="<unk>",
         mask_token="<mask>",
         additional_special_tokens=["<start_of_turn>", "<end_of_turn>"],
+        chat_template=template,
+        clean_up_tokenization_spaces=False,
+        model_max_length=512,
+    )
+
+
+def tiny_mistral_tokenizer(vocab_size, template):
+    """Mistral-shaped tokenizer: sentencepiece-style BPE with byte fallback (as tiny_gemma_tokenizer) and
+    Mistral's specials <unk>, <s>, </s>, [INST], [/INST]."""
+    specials = ["<unk>", "<s>", "</s>", "[INST]", "[/INST]"]
+    byte_tokens = [f"<0x{b:02X}>" for b in range(256)]
+    trainer_tk = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True, fuse_unk=True))
+    trainer_tk.normalizer = normalizers.Replace(" ", "▁")
+    counts = Counter(ch for text in corpus() for ch in text.replace(" ", "▁"))
+    alphabet = [ch for ch, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:60]]
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size - len(byte_tokens),
+        min_frequency=2,
+        special_tokens=specials,
+        initial_alphabet=alphabet,
+        limit_alphabet=len(alphabet),
+        show_progress=False,
+    )
+    trainer_tk.train_from_iterator(corpus(), trainer=trainer)
+    trained = json.loads(trainer_tk.to_str())["model"]
+    learned = [t for t, _ in sorted(trained["vocab"].items(), key=lambda kv: kv[1]) if t not in specials]
+    vocab = {t: i for i, t in enumerate(specials + byte_tokens + learned)}
+    merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in trained["merges"]]
+    tk = Tokenizer(models.BPE(vocab=vocab, merges=merges, unk_token="<unk>", byte_fallback=True, fuse_unk=True))
+    tk.normalizer = normalizers.Replace(" ", "▁")
+    tk.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()])
+    tk.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in specials])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tk,
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="</s>",
+        unk_token="<unk>",
         chat_template=template,
         clean_up_tokenization_spaces=False,
         model_max_length=512,
@@ -671,6 +1041,296 @@ def make_tiny_gemma3(gemma_template):
     return tok
 
 
+def make_tiny_qwen(name, model_cls, config, template):
+    """A seeded tiny Qwen2/Qwen3 with a Qwen tokenizer: weights, logits, score.json (and think.json for Qwen3)."""
+    out = FIXTURES / name
+    out.mkdir(parents=True, exist_ok=True)
+    tok = tiny_qwen_tokenizer(400, template)
+    config.vocab_size = len(tok)
+    config.pad_token_id = tok.pad_token_id
+    config.eos_token_id = tok.eos_token_id
+    config.bos_token_id = None
+    config._attn_implementation = "eager"
+    torch.manual_seed(SEED)
+    model = model_cls(config).eval()
+    # Biases (q/k/v in Qwen2) get the same seeded noise as the weights: they must matter.
+    seeded_init(model, SEED + 4, norm_center=1.0)
+    model.save_pretrained(out, safe_serialization=True)
+    save_tokenizer_no_bos(tok, out)
+    GenerationConfig(eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id).save_pretrained(out)
+
+    fx = logits_fixture(model, tok, tok.pad_token_id)
+    save_file(fx, str(out / "expected.safetensors"), metadata={"model": name, "seed": str(SEED)})
+    print(f"wrote tests/fixtures/{name}/expected.safetensors ({(out / 'expected.safetensors').stat().st_size} bytes)")
+    reloaded_tok = check_reload(out, fx, model_cls)
+    if ids_of(reloaded_tok, CHATS[3]) != ids_of(tok, CHATS[3]):
+        raise RuntimeError(f"{name} tokenizer changed on reload")
+    sc = score(model, reloaded_tok, CHATS)
+    variants = {"no_attention_biases": None} if model_cls is Qwen2ForCausalLM else {"no_qk_norm": None}
+    sens = {}
+    for variant in variants:
+        state = {k: v.clone() for k, v in model.state_dict().items()}
+        for k in state:
+            if variant == "no_attention_biases" and k.endswith("_proj.bias"):
+                state[k].zero_()
+            if variant == "no_qk_norm" and (k.endswith("q_norm.weight") or k.endswith("k_norm.weight")):
+                state[k].fill_(1.0)
+        m = model_cls(config).eval()
+        m.load_state_dict(state)
+        with torch.no_grad():
+            lg = m(input_ids=fx["input_ids"], attention_mask=fx["attention_mask"]).logits.float()
+        sens[variant] = max_masked_diff(lg, fx["logits"], fx["attention_mask"])
+    if config.use_sliding_window:
+        sens.update(sensitivity(model_cls, config, model.state_dict(), fx, {"no_sliding_window": {"sliding_window": 512}}))
+    sc["sensitivity_max_abs_logit_change"] = sens
+    write_json(out / "score.json", sc)
+    return reloaded_tok
+
+
+def make_tiny_mistral(_gemma_template):
+    out = FIXTURES / "tiny-mistral"
+    out.mkdir(parents=True, exist_ok=True)
+    tok = tiny_mistral_tokenizer(400, MISTRAL_V03_TEMPLATE)
+    config = MistralConfig(
+        vocab_size=len(tok),
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        intermediate_size=128,
+        hidden_act="silu",
+        rms_norm_eps=1e-5,
+        rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0},
+        max_position_embeddings=512,
+        tie_word_embeddings=False,
+        # Mistral 7B v0.1 slides every layer over 4096 tokens; 4 makes the window matter here.
+        sliding_window=4,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
+    config._attn_implementation = "eager"
+    config.architectures = ["MistralForCausalLM"]
+    torch.manual_seed(SEED)
+    model = MistralForCausalLM(config).eval()
+    seeded_init(model, SEED + 6, norm_center=1.0)
+    model.save_pretrained(out, safe_serialization=True)
+    save_tokenizer(tok, out)
+    GenerationConfig(
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id
+    ).save_pretrained(out)
+    fx = logits_fixture(model, tok, tok.pad_token_id)
+    save_file(fx, str(out / "expected.safetensors"), metadata={"model": "tiny-mistral", "seed": str(SEED)})
+    print(f"wrote tests/fixtures/tiny-mistral/expected.safetensors ({(out / 'expected.safetensors').stat().st_size} bytes)")
+    reloaded_tok = check_reload(out, fx, MistralForCausalLM)
+    if ids_of(reloaded_tok, CHATS[3]) != ids_of(tok, CHATS[3]):
+        raise RuntimeError("tiny-mistral tokenizer changed on reload")
+    sc = score(model, reloaded_tok, CHATS)
+    sc["sensitivity_max_abs_logit_change"] = sensitivity(
+        MistralForCausalLM, config, model.state_dict(), fx, {"no_sliding_window": {"sliding_window": None}}
+    )
+    write_json(out / "score.json", sc)
+
+
+def make_tiny_gemma2(gemma_template):
+    """A seeded tiny Gemma 2 with the tiny Gemma tokenizer (Gemma 3's template: Gemma 2's own refuses system turns)."""
+    from transformers import Gemma2Config, Gemma2ForCausalLM
+
+    out = FIXTURES / "tiny-gemma2"
+    out.mkdir(parents=True, exist_ok=True)
+    tok = tiny_gemma_tokenizer(400, gemma_template)
+    config = Gemma2Config(
+        vocab_size=len(tok),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        hidden_activation="gelu_pytorch_tanh",
+        max_position_embeddings=512,
+        rms_norm_eps=1e-6,
+        pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.eos_token_id,
+        bos_token_id=tok.bos_token_id,
+        tie_word_embeddings=True,
+        rope_parameters={"rope_type": "default", "rope_theta": 10_000.0},
+        query_pre_attn_scalar=24,
+        sliding_window=4,
+        final_logit_softcapping=30.0,
+        # Real Gemma 2 caps at 50; 5 makes the cap move these small logits well beyond tolerances.
+        attn_logit_softcapping=5.0,
+    )
+    config._attn_implementation = "eager"
+    config.architectures = ["Gemma2ForCausalLM"]
+    torch.manual_seed(SEED)
+    model = Gemma2ForCausalLM(config).eval()
+    seeded_init(model, SEED + 7, norm_center=0.0)
+    with torch.no_grad():
+        model.model.norm.weight.add_(1.0)
+    model.save_pretrained(out, safe_serialization=True)
+    save_tokenizer(tok, out)
+    GenerationConfig(
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id
+    ).save_pretrained(out)
+    fx = logits_fixture(model, tok, tok.pad_token_id)
+    save_file(fx, str(out / "expected.safetensors"), metadata={"model": "tiny-gemma2", "seed": str(SEED)})
+    print(f"wrote tests/fixtures/tiny-gemma2/expected.safetensors ({(out / 'expected.safetensors').stat().st_size} bytes)")
+    reloaded_tok = check_reload(out, fx, Gemma2ForCausalLM)
+    if ids_of(reloaded_tok, CHATS[3]) != ids_of(tok, CHATS[3]):
+        raise RuntimeError("tiny-gemma2 tokenizer changed on reload")
+    sc = score(model, reloaded_tok, CHATS)
+    sc["sensitivity_max_abs_logit_change"] = sensitivity(
+        Gemma2ForCausalLM,
+        config,
+        model.state_dict(),
+        fx,
+        {
+            "no_attn_softcap": {"attn_logit_softcapping": None},
+            "no_final_softcap": {"final_logit_softcapping": None},
+            "no_sliding_window": {"sliding_window": 512},
+        },
+    )
+    write_json(out / "score.json", sc)
+
+
+def make_tiny_gemma3_mm(_gemma_template):
+    """tiny-gemma3's text model inside a Gemma3ForConditionalGeneration with a tiny seeded vision tower."""
+    from transformers import Gemma3Config, Gemma3ForConditionalGeneration, SiglipVisionConfig
+
+    src = FIXTURES / "tiny-gemma3"
+    out = FIXTURES / "tiny-gemma3-mm"
+    out.mkdir(parents=True, exist_ok=True)
+    text = Gemma3ForCausalLM.from_pretrained(src, dtype=torch.float32, attn_implementation="eager").eval()
+    text.config.final_logit_softcapping = None
+    vision = SiglipVisionConfig(
+        hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=28, patch_size=14
+    )
+    # <mask> (id 4) never occurs in the test chats: the image and its boundary tokens point at it.
+    mask_id = 4
+    config = Gemma3Config(
+        text_config=text.config.to_dict(),
+        vision_config=vision.to_dict(),
+        mm_tokens_per_image=4,
+        image_token_index=mask_id,
+        boi_token_index=mask_id,
+        eoi_token_index=mask_id,
+        tie_word_embeddings=True,
+    )
+    config.architectures = ["Gemma3ForConditionalGeneration"]
+    config._attn_implementation = "eager"
+    torch.manual_seed(SEED)
+    model = Gemma3ForConditionalGeneration(config).eval()
+    seeded_init(model, SEED + 5, norm_center=0.0)
+    missing, unexpected = model.model.language_model.load_state_dict(text.model.state_dict(), strict=True)
+    if missing or unexpected:
+        raise RuntimeError(f"text tower: missing {missing}, unexpected {unexpected}")
+    model.save_pretrained(out, safe_serialization=True)
+    tok = AutoTokenizer.from_pretrained(src)
+    save_tokenizer(tok, out)
+    GenerationConfig.from_pretrained(src).save_pretrained(out)
+
+    want = load_file_st(src / "expected.safetensors")
+    with torch.no_grad():
+        logits = model(input_ids=want["input_ids"], attention_mask=want["attention_mask"]).logits.float().contiguous()
+        as_causal = text(input_ids=want["input_ids"], attention_mask=want["attention_mask"]).logits.float()
+    d = max_masked_diff(logits, as_causal, want["attention_mask"])
+    if d > 1e-5:
+        raise RuntimeError(f"tiny-gemma3-mm: text logits differ from tiny-gemma3's by {d}")
+    save_file(
+        {"input_ids": want["input_ids"], "attention_mask": want["attention_mask"], "logits": logits},
+        str(out / "expected.safetensors"),
+        metadata={"model": "tiny-gemma3-mm", "seed": str(SEED), "max_abs_diff_to_tiny_gemma3": repr(d)},
+    )
+    print(f"wrote tests/fixtures/tiny-gemma3-mm (text logits {d:.1e} from tiny-gemma3's)")
+    reloaded = Gemma3ForConditionalGeneration.from_pretrained(out, dtype=torch.float32, attn_implementation="eager").eval()
+    with torch.no_grad():
+        again = reloaded(input_ids=want["input_ids"], attention_mask=want["attention_mask"]).logits.float()
+    if max_masked_diff(again, logits, want["attention_mask"]) != 0.0:
+        raise RuntimeError("tiny-gemma3-mm changed on reload")
+
+
+def load_file_st(path: Path):
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
+
+
+def save_tokenizer_no_bos(tok, out: Path):
+    """save_tokenizer for a tokenizer without a BOS (Qwen's): the config must still carry the template and EOS."""
+    (out / "special_tokens_map.json").unlink(missing_ok=True)
+    tok.save_pretrained(out, save_jinja_files=False)
+    cfg = json.loads((out / "tokenizer_config.json").read_text(encoding="utf-8"))
+    stm = out / "special_tokens_map.json"
+    if not stm.exists():
+        stm.write_text(compact_json(dict(tok.special_tokens_map)) + "\n", encoding="utf-8")
+    for key in ("chat_template", "eos_token"):
+        if key not in cfg:
+            raise RuntimeError(f"{out}/tokenizer_config.json lacks {key}")
+
+
+def make_tiny_qwen2():
+    config = Qwen2Config(
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=128,
+        hidden_act="silu",
+        rms_norm_eps=1e-6,
+        rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0},
+        max_position_embeddings=512,
+        # Qwen2.5 up to 3B ties the head to the embeddings.
+        tie_word_embeddings=True,
+        use_sliding_window=False,
+    )
+    config.architectures = ["Qwen2ForCausalLM"]
+    make_tiny_qwen("tiny-qwen2", Qwen2ForCausalLM, config, QWEN25_TEMPLATE)
+
+
+def make_tiny_qwen3():
+    config = Qwen3Config(
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        # Not hidden / heads, as in the real Qwen3 (0.6B: hidden 1024, 16 heads of 128).
+        head_dim=24,
+        intermediate_size=128,
+        hidden_act="silu",
+        rms_norm_eps=1e-6,
+        rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0},
+        max_position_embeddings=512,
+        tie_word_embeddings=False,
+        attention_bias=False,
+        # Real Qwen3 configs leave the window off; the fixture turns it on for layer 1 so the
+        # windowed path of the family's decoder is compared with transformers too.
+        use_sliding_window=True,
+        sliding_window=4,
+        max_window_layers=1,
+    )
+    config.architectures = ["Qwen3ForCausalLM"]
+    tok = make_tiny_qwen("tiny-qwen3", Qwen3ForCausalLM, config, QWEN3_TEMPLATE)
+    # Reasoning conversations: renderings and last-assistant targets (prefix rule) under transformers.
+    cases = []
+    for i, messages in enumerate(THINK_CHATS):
+        k = last_assistant_index(messages)
+        seq, targets, mismatches = target_spans(tok, messages, "last_assistant")
+        cases.append(
+            {
+                "index": i,
+                "k": k,
+                "full_text": render(tok, messages),
+                "prompt_text": render(tok, messages[:k], gen=True),
+                "input_ids": seq,
+                "target_positions": targets,
+                "prefix_mismatches": mismatches,
+            }
+        )
+    write_json(FIXTURES / "tiny-qwen3" / "think.json", {"template": "QWEN3_TEMPLATE", "cases": cases})
+
+
 # ----------------------------------------------------------------------------- real models
 
 
@@ -888,10 +1548,23 @@ def _dist_version(name):
     return version(name)
 
 
+TINY_MAKERS = {
+    "tiny-llama": make_tiny_llama,
+    "tiny-gemma3": make_tiny_gemma3,
+    "tiny-qwen2": lambda _gemma_template: make_tiny_qwen2(),
+    "tiny-qwen3": lambda _gemma_template: make_tiny_qwen3(),
+    "tiny-mistral": make_tiny_mistral,
+    "tiny-gemma2": make_tiny_gemma2,
+    # Reads tiny-gemma3 (made first in sorted order).
+    "tiny-gemma3-mm": make_tiny_gemma3_mm,
+}
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--models-dir", default="models", help="folder holding the two GGUF files (relative to repo root)")
     ap.add_argument("--skip-real", action="store_true", help="only chats.jsonl and the tiny models")
+    ap.add_argument("--only", nargs="+", choices=sorted(TINY_MAKERS), help="only these tiny models (implies --skip-real)")
     args = ap.parse_args()
     models_dir = Path(args.models_dir)
     if not models_dir.is_absolute():
@@ -909,12 +1582,17 @@ def main():
         "".join(json.dumps({"messages": c}, ensure_ascii=False) + "\n" for c in CHATS), encoding="utf-8"
     )
     print(f"wrote {chats_path.relative_to(ROOT)}")
+    think_path = FIXTURES / "chats-think.jsonl"
+    think_path.write_text(
+        "".join(json.dumps({"messages": c}, ensure_ascii=False) + "\n" for c in THINK_CHATS), encoding="utf-8"
+    )
+    print(f"wrote {think_path.relative_to(ROOT)}")
     gemma_template = GEMMA_TEMPLATE_PATH.read_text(encoding="utf-8")
 
-    make_tiny_llama(gemma_template)
-    make_tiny_gemma3(gemma_template)
+    for name in args.only or sorted(TINY_MAKERS):
+        TINY_MAKERS[name](gemma_template)
     model_files = {}
-    if not args.skip_real:
+    if not (args.skip_real or args.only):
         model_files["smollm2"] = make_real("smollm2", SMOLLM2_GGUF, models_dir, gemma_template)
         model_files["gemma3"] = make_real("gemma3", GEMMA3_GGUF, models_dir, gemma_template)
         write_json(FIXTURES / "VERSIONS.json", versions(model_files))

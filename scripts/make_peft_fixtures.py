@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """PyTorch + PEFT reference for lora-train's training parity tests (CPU, fp32, seeded, deterministic).
 
-Fixture mode (default) writes, for tiny-llama and tiny-gemma3, tests/fixtures/peft-train/<model>/:
+Fixture mode (default) writes, for tiny-llama, tiny-gemma3, tiny-qwen2, tiny-qwen3, tiny-mistral and tiny-gemma2, tests/fixtures/peft-train/<model>/:
   init_adapter/     PEFT LoRA adapter (save_pretrained) the run starts from: r=4, alpha=8, dropout 0, all 7
                     projections; lora_A = PEFT's kaiming-uniform default, lora_B = seeded N(0,1)*0.02 (not 0)
   batches.json      10 optimizer steps x grad_accum 2 micro-batches x micro_batch_size 2 examples
@@ -10,7 +10,7 @@ Fixture mode (default) writes, for tiny-llama and tiny-gemma3, tests/fixtures/pe
   score_init.json,  --roundtrip scores of init_adapter/ and final_adapter/ (masked CE over chats.jsonl)
   score_final.json
 
-    /work/pyenv/bin/python scripts/make_peft_fixtures.py [--only tiny-llama|tiny-gemma3]
+    /work/pyenv/bin/python scripts/make_peft_fixtures.py [--only tiny-llama|tiny-gemma3|tiny-qwen2|tiny-qwen3|tiny-mistral|tiny-gemma2]
 
 (about 2-5 minutes on 2 cores; byte-identical output on every run). The fixtures are only valid for the tiny
 base models and chats.jsonl that scripts/make_fixtures.py wrote: expected.json records the base files' sha256
@@ -20,7 +20,7 @@ the per-step losses and final weights move under typical training-loop mistakes,
 Round-trip mode scores an adapter (e.g. one exported by the Rust code) on tests/fixtures/chats.jsonl:
 
     /work/pyenv/bin/python scripts/make_peft_fixtures.py --roundtrip ADAPTER_DIR \
-        --model {tiny-llama,tiny-gemma3,smollm2,gemma3} --out FILE [--models-dir models]
+        --model {tiny-llama,tiny-gemma3,tiny-qwen2,tiny-qwen3,tiny-mistral,tiny-gemma2,tiny-gemma3-mm,smollm2,gemma3} --out FILE [--models-dir models]
 
 It loads the base in fp32 (HF folder for the tiny models; models/<gguf> for the real ones, dequantized by
 transformers), applies ADAPTER_DIR with PeftModel.from_pretrained, checks that every tensor of the adapter
@@ -65,7 +65,10 @@ CHATS_PATH = FIXTURES / "chats.jsonl"
 GEMMA_TEMPLATE_PATH = ROOT / "src" / "data" / "templates" / "gemma.jinja"
 
 SEED = 20250612
-TINY = ["tiny-llama", "tiny-gemma3"]
+TINY = ["tiny-llama", "tiny-gemma3", "tiny-qwen2", "tiny-qwen3", "tiny-mistral", "tiny-gemma2"]
+# Round-trip bases only (no training fixture): tiny-gemma3's text weights in a Gemma3ForConditionalGeneration,
+# loaded as that class so PEFT sees the vision tower's projections beside the language model's.
+ROUNDTRIP_ONLY = ["tiny-gemma3-mm"]
 REAL_GGUF = {"smollm2": "smollm2-135m-instruct.Q4_1.gguf", "gemma3": "gemma-3-270m.Q4_K_M.gguf"}
 
 TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -169,7 +172,7 @@ def last_assistant_example(tok, messages):
 
 
 def load_tokenizer(model, models_dir: Path):
-    if model in TINY:
+    if model in TINY + ROUNDTRIP_ONLY:
         return AutoTokenizer.from_pretrained(str(FIXTURES / model))
     tok = AutoTokenizer.from_pretrained(str(models_dir), gguf_file=REAL_GGUF[model])
     if model == "smollm2":
@@ -183,7 +186,13 @@ def load_tokenizer(model, models_dir: Path):
 
 
 def load_base(model, models_dir: Path):
-    if model in TINY:
+    if model in ROUNDTRIP_ONLY:
+        from transformers import Gemma3ForConditionalGeneration
+
+        m = Gemma3ForConditionalGeneration.from_pretrained(
+            str(FIXTURES / model), dtype=torch.float32, attn_implementation="eager"
+        )
+    elif model in TINY:
         m = AutoModelForCausalLM.from_pretrained(
             str(FIXTURES / model), dtype=torch.float32, attn_implementation="eager"
         )
@@ -565,7 +574,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--only", choices=TINY, help="make the training fixture of one tiny model only")
     ap.add_argument("--roundtrip", metavar="ADAPTER_DIR", help="score a PEFT adapter instead of making fixtures")
-    ap.add_argument("--model", choices=TINY + list(REAL_GGUF), help="base model for --roundtrip")
+    ap.add_argument("--model", choices=TINY + ROUNDTRIP_ONLY + list(REAL_GGUF), help="base model for --roundtrip")
     ap.add_argument("--out", metavar="FILE", help="output JSON for --roundtrip")
     ap.add_argument("--models-dir", default="models", help="folder with the GGUF files (relative to repo root)")
     args = ap.parse_args()

@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-python3}"
 cargo build --release
-for name in tiny-gemma3 smollm2; do
+for name in tiny-gemma3 tiny-gemma3-mm tiny-qwen2 tiny-qwen3 tiny-mistral tiny-gemma2 smollm2; do
   out="/tmp/lora-train-roundtrip/$name"
   rm -rf "$out"
   ./target/release/lora-train --config "tests/fixtures/roundtrip/$name.toml" --no-report

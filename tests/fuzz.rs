@@ -607,6 +607,7 @@ fn message() -> impl Strategy<Value = Message> {
             role,
             content,
             weight,
+            reasoning_content: None,
         }
     })
 }

@@ -1,13 +1,16 @@
 //! The HF-style model config a GGUF file's metadata describes: llama.cpp's keys
-//! (`llama.embedding_length`, `gemma3.attention.sliding_window`, ...) mapped onto
-//! [`LlamaConfig`] and [`Gemma3Config`], with the defaults llama.cpp assumes where a key is
-//! absent, so a GGUF base builds the same model as its HF folder.
+//! (`llama.embedding_length`, `qwen2.block_count`, `gemma3.attention.sliding_window`, ...)
+//! mapped onto [`LlamaConfig`] (architectures `llama`, `qwen2`, `qwen3`) and [`Gemma3Config`],
+//! with the defaults llama.cpp assumes where a key is absent, so a GGUF base builds the same
+//! model as its HF folder.
 
 use std::path::Path;
 
 use candle_core::quantized::gguf_file::{Content, Value};
 
-use super::hf::{Gemma3Config, LlamaConfig, ModelConfig, RopeScaling, SUPPORTED_ARCHITECTURES};
+use super::hf::{
+    Gemma3Config, LlamaConfig, LlamaFlavor, ModelConfig, RopeScaling, SUPPORTED_ARCHITECTURES,
+};
 use crate::{Error, Result};
 
 /// The GGUF metadata key that holds `config.json` field `field` of architecture `arch`.
@@ -58,14 +61,16 @@ impl<'a> GgufMeta<'a> {
                 .ok_or_else(|| Error::model(self.path, "no token_embd.weight tensor with rows"))?,
         };
         let config = match arch {
-            "llama" => ModelConfig::Llama(self.llama_config(vocab)?),
+            "llama" => ModelConfig::Llama(self.llama_config(arch, LlamaFlavor::Llama, vocab)?),
+            "qwen2" => ModelConfig::Llama(self.llama_config(arch, LlamaFlavor::Qwen2, vocab)?),
+            "qwen3" => ModelConfig::Llama(self.llama_config(arch, LlamaFlavor::Qwen3, vocab)?),
             "gemma3" => ModelConfig::Gemma3(self.gemma3_config(vocab)?),
             other => {
                 return Err(Error::UnsupportedArchitecture {
                     path: self.path.to_path_buf(),
                     arch: format!("{other} (GGUF general.architecture)"),
                     supported: format!(
-                        "{} (GGUF: llama, gemma3)",
+                        "{} (GGUF: llama, qwen2, qwen3, gemma3)",
                         SUPPORTED_ARCHITECTURES.join(", ")
                     ),
                 })
@@ -103,37 +108,54 @@ impl<'a> GgufMeta<'a> {
         v.to_f32().map(|x| x as f64).or_else(|_| v.to_f64()).ok()
     }
 
-    fn llama_config(&self, vocab: usize) -> Result<LlamaConfig> {
-        let hidden = self.u32("llama.embedding_length")?;
-        let heads = self.u32("llama.attention.head_count")?;
+    /// A Llama-family config from the keys under `arch` (`llama`, `qwen2`, `qwen3`: the same
+    /// keys in llama.cpp's `LLM_KV` table).
+    fn llama_config(&self, arch: &str, flavor: LlamaFlavor, vocab: usize) -> Result<LlamaConfig> {
+        let key = |k: &str| format!("{arch}.{k}");
+        let hidden = self.u32(&key("embedding_length"))?;
+        let heads = self.u32(&key("attention.head_count"))?;
         let head_dim = self
-            .opt_u32("llama.attention.key_length")
-            .or_else(|| self.opt_u32("llama.rope.dimension_count"))
+            .opt_u32(&key("attention.key_length"))
+            .or_else(|| self.opt_u32(&key("rope.dimension_count")))
             .map(|x| x as usize)
             .unwrap_or(hidden / heads.max(1));
         let has_head = self.content.tensor_infos.contains_key("output.weight");
+        // Qwen2's q/k/v biases come with the flavor (its o_proj has none); elsewhere a bias
+        // tensor means `attention_bias`.
+        let attention_bias = flavor != LlamaFlavor::Qwen2
+            && self.content.tensor_infos.contains_key("blk.0.attn_q.bias");
+        let eps_default = if flavor == LlamaFlavor::Llama {
+            1e-5
+        } else {
+            1e-6
+        };
         Ok(LlamaConfig {
             vocab_size: vocab,
             hidden_size: hidden,
-            intermediate_size: self.u32("llama.feed_forward_length")?,
-            num_hidden_layers: self.u32("llama.block_count")?,
+            intermediate_size: self.u32(&key("feed_forward_length"))?,
+            num_hidden_layers: self.u32(&key("block_count"))?,
             num_attention_heads: heads,
             num_key_value_heads: self
-                .opt_u32("llama.attention.head_count_kv")
+                .opt_u32(&key("attention.head_count_kv"))
                 .map(|x| x as usize),
             head_dim: Some(head_dim),
             rms_norm_eps: self
-                .opt_f64("llama.attention.layer_norm_rms_epsilon")
-                .unwrap_or(1e-5),
-            rope_theta: self.opt_f64("llama.rope.freq_base").unwrap_or(10_000.0),
+                .opt_f64(&key("attention.layer_norm_rms_epsilon"))
+                .unwrap_or(eps_default),
+            rope_theta: self.opt_f64(&key("rope.freq_base")).unwrap_or(10_000.0),
             // llama3 scaling comes as the `rope_freqs.weight` tensor; linear as metadata.
-            rope_scaling: self.linear_rope_scaling("llama"),
-            max_position_embeddings: self.opt_u32("llama.context_length").unwrap_or(2048) as usize,
+            rope_scaling: self.linear_rope_scaling(arch),
+            max_position_embeddings: self.opt_u32(&key("context_length")).unwrap_or(2048) as usize,
             tie_word_embeddings: !has_head,
-            attention_bias: self.content.tensor_infos.contains_key("blk.0.attn_q.bias"),
+            attention_bias,
             mlp_bias: false,
             hidden_act: "silu".into(),
             rope_parameters: None,
+            flavor,
+            use_sliding_window: false,
+            sliding_window: None,
+            max_window_layers: None,
+            layer_types: None,
         })
     }
 
@@ -156,6 +178,8 @@ impl<'a> GgufMeta<'a> {
     fn gemma3_config(&self, vocab: usize) -> Result<Gemma3Config> {
         let head_dim = self.u32("gemma3.attention.key_length")?;
         Ok(Gemma3Config {
+            conditional_generation: false,
+            gemma2: false,
             vocab_size: vocab,
             hidden_size: self.u32("gemma3.embedding_length")?,
             intermediate_size: self.u32("gemma3.feed_forward_length")?,

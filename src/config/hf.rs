@@ -1,6 +1,8 @@
-//! Hugging Face `config.json` for Llama and Gemma 3, deserialized as transformers writes it.
+//! Hugging Face `config.json` for the Llama family (Llama, Mistral, Qwen2, Qwen3) and Gemma 3,
+//! deserialized as transformers writes it.
 //!
-//! Field names and defaults follow `LlamaConfig` and `Gemma3TextConfig` in transformers.
+//! Field names and defaults follow `LlamaConfig`, `MistralConfig`, `Qwen2Config`,
+//! `Qwen3Config` and `Gemma3TextConfig` in transformers.
 //! [`ModelConfig::validate`] checks the fields a model is built from (HF and GGUF alike), so a
 //! zero, a non-dividing head count or a non-positive epsilon is an error naming the field.
 
@@ -11,7 +13,53 @@ use serde::{Deserialize, Serialize};
 use crate::{Error, Result};
 
 /// The architectures this crate implements, as `architectures[0]` names them.
-pub const SUPPORTED_ARCHITECTURES: &[&str] = &["LlamaForCausalLM", "Gemma3ForCausalLM"];
+pub const SUPPORTED_ARCHITECTURES: &[&str] = &[
+    "LlamaForCausalLM",
+    "MistralForCausalLM",
+    "Qwen2ForCausalLM",
+    "Qwen3ForCausalLM",
+    "Gemma2ForCausalLM",
+    "Gemma3ForCausalLM",
+    "Gemma3ForConditionalGeneration",
+];
+
+/// The members of the Llama family: one decoder (`model::llama`) whose attention differs by
+/// biases, per-head q/k norms and a sliding window, so each is a [`LlamaConfig`] with a flavor
+/// rather than a file of its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LlamaFlavor {
+    /// `LlamaForCausalLM`: every projection biased or none (`attention_bias`).
+    #[default]
+    Llama,
+    /// `MistralForCausalLM`: every layer attends within `sliding_window`, where it is set.
+    Mistral,
+    /// `Qwen2ForCausalLM`: q/k/v always biased, o_proj never.
+    Qwen2,
+    /// `Qwen3ForCausalLM`: RMSNorm over each q and k head before the rotation.
+    Qwen3,
+}
+
+impl LlamaFlavor {
+    /// `architectures[0]` of this flavor.
+    pub fn architecture(self) -> &'static str {
+        match self {
+            LlamaFlavor::Llama => "LlamaForCausalLM",
+            LlamaFlavor::Mistral => "MistralForCausalLM",
+            LlamaFlavor::Qwen2 => "Qwen2ForCausalLM",
+            LlamaFlavor::Qwen3 => "Qwen3ForCausalLM",
+        }
+    }
+
+    /// `model_type` of this flavor.
+    pub fn model_type(self) -> &'static str {
+        match self {
+            LlamaFlavor::Llama => "llama",
+            LlamaFlavor::Mistral => "mistral",
+            LlamaFlavor::Qwen2 => "qwen2",
+            LlamaFlavor::Qwen3 => "qwen3",
+        }
+    }
+}
 
 /// `rope_scaling` as transformers writes it (`rope_type` or the older `type`).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -41,9 +89,13 @@ fn default_hidden_act() -> String {
     "silu".into()
 }
 
-/// `LlamaForCausalLM` (Llama 2/3/3.1/3.2, SmolLM2).
+/// `LlamaForCausalLM` (Llama 2/3/3.1/3.2, SmolLM2), and with its [`LlamaFlavor`]
+/// `Qwen2ForCausalLM` (Qwen2, Qwen2.5) and `Qwen3ForCausalLM` (dense Qwen3).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LlamaConfig {
+    /// Which member of the family (from `architectures`, not a field of the file).
+    #[serde(skip)]
+    pub flavor: LlamaFlavor,
     pub vocab_size: usize,
     pub hidden_size: usize,
     pub intermediate_size: usize,
@@ -72,6 +124,19 @@ pub struct LlamaConfig {
     /// transformers v5 writes rope settings here (`rope_theta`, `rope_type`, factors).
     #[serde(default)]
     pub rope_parameters: Option<serde_json::Value>,
+    /// Qwen2/Qwen3: whether any layer uses the sliding window.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub use_sliding_window: bool,
+    /// Mistral: the window of every layer (`null`: none; absent: transformers' 4096). Qwen2/Qwen3:
+    /// the window of the sliding layers (ignored unless `use_sliding_window`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sliding_window: Option<usize>,
+    /// Qwen2/Qwen3 without `layer_types`: layers from this index on slide (transformers: 28).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_window_layers: Option<usize>,
+    /// Qwen2/Qwen3, transformers v5: "sliding_attention" or "full_attention" per layer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layer_types: Option<Vec<String>>,
 }
 
 /// Reads a transformers-v5 `rope_parameters` entry: its theta and any non-default scaling.
@@ -101,6 +166,42 @@ impl LlamaConfig {
     pub fn num_kv_heads(&self) -> usize {
         self.num_key_value_heads.unwrap_or(self.num_attention_heads)
     }
+
+    /// Whether q, k and v carry biases (and o_proj: [`Self::o_bias`]).
+    pub fn qkv_bias(&self) -> bool {
+        self.flavor == LlamaFlavor::Qwen2 || self.attention_bias
+    }
+
+    /// Whether o_proj carries a bias: Qwen2 never has one.
+    pub fn o_bias(&self) -> bool {
+        self.flavor != LlamaFlavor::Qwen2 && self.attention_bias
+    }
+
+    /// Whether each q and k head is RMS-normalised before the rotation (Qwen3).
+    pub fn qk_norm(&self) -> bool {
+        self.flavor == LlamaFlavor::Qwen3
+    }
+
+    /// The sliding window of layer `i`, if it has one: Mistral's applies to every layer;
+    /// transformers' `Qwen2Config` gives one only with `use_sliding_window`, to the layers
+    /// `layer_types` marks (or, without it, from `max_window_layers` on).
+    pub fn layer_window(&self, i: usize) -> Option<usize> {
+        match self.flavor {
+            LlamaFlavor::Llama => None,
+            LlamaFlavor::Mistral => self.sliding_window,
+            LlamaFlavor::Qwen2 | LlamaFlavor::Qwen3 => {
+                if !self.use_sliding_window {
+                    return None;
+                }
+                let window = self.sliding_window?;
+                let sliding = match &self.layer_types {
+                    Some(types) => types.get(i).is_some_and(|t| t == "sliding_attention"),
+                    None => i >= self.max_window_layers.unwrap_or(28),
+                };
+                sliding.then_some(window)
+            }
+        }
+    }
     pub fn head_dim(&self) -> usize {
         self.head_dim
             .unwrap_or(self.hidden_size / self.num_attention_heads)
@@ -125,16 +226,55 @@ fn default_true() -> bool {
 fn default_gemma_theta() -> f64 {
     1_000_000.0
 }
+// transformers' `Gemma3TextConfig` defaults (a Gemma 3 4B-like shape), for sparse `text_config`s.
+fn default_gemma_vocab() -> usize {
+    262_208
+}
+fn default_gemma_hidden() -> usize {
+    2304
+}
+fn default_gemma_intermediate() -> usize {
+    9216
+}
+fn default_gemma_layers() -> usize {
+    26
+}
+fn default_gemma_heads() -> usize {
+    8
+}
+fn default_gemma_kv_heads() -> usize {
+    4
+}
+fn default_gemma_head_dim() -> usize {
+    256
+}
 
-/// `Gemma3ForCausalLM` (text), `model_type` "gemma3_text".
+/// `Gemma3ForCausalLM` (text), `model_type` "gemma3_text", or the `text_config` of a
+/// `Gemma3ForConditionalGeneration` checkpoint (`model_type` "gemma3"), whose fields the Hub's
+/// files mostly leave to `Gemma3TextConfig`'s defaults (those below).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Gemma3Config {
+    /// Whether this is the text tower of a `Gemma3ForConditionalGeneration` checkpoint (not a
+    /// field of the file): its tensors and adapter modules sit under the language model.
+    #[serde(skip)]
+    pub conditional_generation: bool,
+    /// `Gemma2ForCausalLM` (not a field of the file): no q/k norms, attention logits
+    /// soft-capped, one rope base for every layer.
+    #[serde(skip)]
+    pub gemma2: bool,
+    #[serde(default = "default_gemma_vocab")]
     pub vocab_size: usize,
+    #[serde(default = "default_gemma_hidden")]
     pub hidden_size: usize,
+    #[serde(default = "default_gemma_intermediate")]
     pub intermediate_size: usize,
+    #[serde(default = "default_gemma_layers")]
     pub num_hidden_layers: usize,
+    #[serde(default = "default_gemma_heads")]
     pub num_attention_heads: usize,
+    #[serde(default = "default_gemma_kv_heads")]
     pub num_key_value_heads: usize,
+    #[serde(default = "default_gemma_head_dim")]
     pub head_dim: usize,
     #[serde(default = "default_rms_eps")]
     pub rms_norm_eps: f64,
@@ -238,7 +378,11 @@ impl ModelConfig {
         let arch = match (arch.as_deref(), model_type) {
             (Some(a), _) => a.to_string(),
             (None, "llama") => "LlamaForCausalLM".into(),
+            (None, "mistral") => "MistralForCausalLM".into(),
+            (None, "qwen2") => "Qwen2ForCausalLM".into(),
+            (None, "qwen3") => "Qwen3ForCausalLM".into(),
             (None, "gemma3_text") => "Gemma3ForCausalLM".into(),
+            (None, "gemma3") => "Gemma3ForConditionalGeneration".into(),
             (None, other) => {
                 return Err(Error::model(
                     path,
@@ -248,11 +392,28 @@ impl ModelConfig {
         };
         let parse_err = |e: serde_json::Error| Error::model(path, format!("{arch}: {e}"));
         let config = match arch.as_str() {
-            "LlamaForCausalLM" => Ok(ModelConfig::Llama(
-                serde_json::from_value::<LlamaConfig>(value)
+            "LlamaForCausalLM" | "MistralForCausalLM" | "Qwen2ForCausalLM" | "Qwen3ForCausalLM" => {
+                // transformers' MistralConfig slides over 4096 tokens unless the file says `null`.
+                let mistral_window = value.get("sliding_window").is_none().then_some(4096);
+                let flavor = match arch.as_str() {
+                    "MistralForCausalLM" => LlamaFlavor::Mistral,
+                    "Qwen2ForCausalLM" => LlamaFlavor::Qwen2,
+                    "Qwen3ForCausalLM" => LlamaFlavor::Qwen3,
+                    _ => LlamaFlavor::Llama,
+                };
+                let mut c = serde_json::from_value::<LlamaConfig>(value)
                     .map_err(parse_err)?
-                    .normalize(),
-            )),
+                    .normalize();
+                c.flavor = flavor;
+                if flavor == LlamaFlavor::Mistral && c.sliding_window.is_none() {
+                    c.sliding_window = mistral_window;
+                }
+                // transformers' Qwen3Config defaults head_dim to 128, not hidden / heads.
+                if flavor == LlamaFlavor::Qwen3 && c.head_dim.is_none() {
+                    c.head_dim = Some(128);
+                }
+                Ok(ModelConfig::Llama(c))
+            }
             "Gemma3ForCausalLM" => {
                 // A multimodal Gemma 3 config nests the text model under `text_config`.
                 let v = value.get("text_config").cloned().unwrap_or(value);
@@ -261,6 +422,66 @@ impl ModelConfig {
                         .map_err(parse_err)?
                         .normalize(),
                 ))
+            }
+            "Gemma2ForCausalLM" => {
+                // transformers' Gemma2Config defaults where Gemma 3's differ.
+                let absent = |k: &str| value.get(k).is_none();
+                let (no_theta, no_final, no_attn) = (
+                    absent("rope_theta") && absent("rope_parameters"),
+                    absent("final_logit_softcapping"),
+                    absent("attn_logit_softcapping"),
+                );
+                let no_window = absent("sliding_window");
+                let mut c = serde_json::from_value::<Gemma3Config>(value)
+                    .map_err(parse_err)?
+                    .normalize();
+                c.gemma2 = true;
+                // transformers v5 writes Gemma 2's one rope as a flat `rope_parameters`.
+                let flat_theta = c
+                    .rope_parameters
+                    .as_ref()
+                    .and_then(|p| p.get("rope_theta"))
+                    .and_then(|t| t.as_f64());
+                if let Some(t) = flat_theta {
+                    c.rope_theta = t;
+                } else if no_theta {
+                    c.rope_theta = 10_000.0;
+                }
+                if no_final {
+                    c.final_logit_softcapping = Some(30.0);
+                }
+                if no_attn {
+                    c.attn_logit_softcapping = Some(50.0);
+                }
+                if no_window {
+                    c.sliding_window = 4096;
+                }
+                // Every other layer slides, starting with the first.
+                if c.layer_types.is_none() {
+                    c.sliding_window_pattern = Some(2);
+                }
+                // One rope base: the local layers use the global one.
+                c.rope_local_base_freq = c.rope_theta;
+                Ok(ModelConfig::Gemma3(c))
+            }
+            "Gemma3ForConditionalGeneration" => {
+                // The text tower only; the vision tower's config and tensors are never read.
+                let v = match value.get("text_config") {
+                    Some(v @ serde_json::Value::Object(_)) => v.clone(),
+                    Some(_) => {
+                        return Err(Error::model_field(
+                            path,
+                            "text_config",
+                            "must be an object (the language model's config)",
+                        ))
+                    }
+                    None => serde_json::json!({}),
+                };
+                let mut c = serde_json::from_value::<Gemma3Config>(v)
+                    .map_err(|e| Error::model(path, format!("{arch} text_config: {e}")))?
+                    .normalize();
+                c.conditional_generation = true;
+                Ok(ModelConfig::Gemma3(c))
             }
             other => Err(Error::UnsupportedArchitecture {
                 path: path.to_path_buf(),
@@ -349,10 +570,12 @@ impl ModelConfig {
                 return bad(name, format!("= {value}; it must be a positive number"));
             }
         }
-        if let ModelConfig::Gemma3(c) = self {
-            if c.sliding_window == 0 {
-                return bad("sliding_window", "is 0; it must be at least 1".into());
-            }
+        let window = match self {
+            ModelConfig::Gemma3(c) => Some(c.sliding_window),
+            ModelConfig::Llama(c) => c.sliding_window,
+        };
+        if window == Some(0) {
+            return bad("sliding_window", "is 0; it must be at least 1".into());
         }
         Ok(())
     }
@@ -364,10 +587,12 @@ impl ModelConfig {
         }
     }
 
-    /// The HF architecture name.
+    /// The HF architecture name of the model that is built: a multimodal checkpoint's text
+    /// tower is a `Gemma3ForCausalLM` (what a merged export writes).
     pub fn architecture(&self) -> &'static str {
         match self {
-            ModelConfig::Llama(_) => "LlamaForCausalLM",
+            ModelConfig::Llama(c) => c.flavor.architecture(),
+            ModelConfig::Gemma3(c) if c.gemma2 => "Gemma2ForCausalLM",
             ModelConfig::Gemma3(_) => "Gemma3ForCausalLM",
         }
     }
@@ -375,7 +600,10 @@ impl ModelConfig {
     /// `config.json` as transformers writes it, for merged exports.
     pub fn to_hf_json(&self, torch_dtype: &str) -> serde_json::Value {
         let (mut v, model_type) = match self {
-            ModelConfig::Llama(c) => (serde_json::to_value(c).unwrap_or_default(), "llama"),
+            ModelConfig::Llama(c) => (
+                serde_json::to_value(c).unwrap_or_default(),
+                c.flavor.model_type(),
+            ),
             ModelConfig::Gemma3(c) => {
                 let mut c = c.clone();
                 // Spell out every layer's attention type; transformers v4 and v5 both read it.
@@ -391,7 +619,8 @@ impl ModelConfig {
                         })
                         .collect(),
                 );
-                (serde_json::to_value(&c).unwrap_or_default(), "gemma3_text")
+                let model_type = if c.gemma2 { "gemma2" } else { "gemma3_text" };
+                (serde_json::to_value(&c).unwrap_or_default(), model_type)
             }
         };
         if let Some(obj) = v.as_object_mut() {
@@ -409,7 +638,11 @@ impl ModelConfig {
     /// The short family name used to pick a built-in chat template.
     pub fn family(&self) -> &'static str {
         match self {
-            ModelConfig::Llama(_) => "llama",
+            ModelConfig::Llama(c) => match c.flavor {
+                LlamaFlavor::Llama => "llama",
+                LlamaFlavor::Mistral => "mistral",
+                LlamaFlavor::Qwen2 | LlamaFlavor::Qwen3 => "qwen",
+            },
             ModelConfig::Gemma3(_) => "gemma",
         }
     }
@@ -422,12 +655,12 @@ mod tests {
     #[test]
     fn unsupported_architecture_is_named() {
         let err = ModelConfig::from_json_str(
-            r#"{"architectures":["MistralForCausalLM"],"vocab_size":1}"#,
+            r#"{"architectures":["PhiForCausalLM"],"vocab_size":1}"#,
             Path::new("x/config.json"),
         )
         .unwrap_err()
         .to_string();
-        assert!(err.contains("MistralForCausalLM"), "{err}");
+        assert!(err.contains("PhiForCausalLM"), "{err}");
         assert!(err.contains("LlamaForCausalLM"), "{err}");
         assert!(err.starts_with("x/config.json"), "{err}");
     }
@@ -508,6 +741,88 @@ mod tests {
             assert!(text.starts_with("m/config.json: `"), "{text}");
             assert!(text.contains(want), "{field} = {value}: {text}");
         }
+    }
+
+    #[test]
+    fn qwen_flavors_set_biases_norms_and_windows() {
+        let parse = |arch: &str, extra: &str| {
+            let text = format!(
+                r#"{{"architectures":["{arch}"],"vocab_size":8,"hidden_size":64,
+                "intermediate_size":8,"num_hidden_layers":4,"num_attention_heads":4{extra}}}"#
+            );
+            match ModelConfig::from_json_str(&text, Path::new("q/config.json")).unwrap() {
+                ModelConfig::Llama(c) => c,
+                other => panic!("{other:?}"),
+            }
+        };
+        let q2 = parse("Qwen2ForCausalLM", r#","sliding_window":4096"#);
+        assert_eq!(q2.flavor, LlamaFlavor::Qwen2);
+        assert!(q2.qkv_bias() && !q2.o_bias() && !q2.qk_norm());
+        // Off unless use_sliding_window, as transformers' Qwen2Config.
+        assert_eq!(q2.layer_window(3), None);
+        let q2 = parse(
+            "Qwen2ForCausalLM",
+            r#","use_sliding_window":true,"sliding_window":16,"max_window_layers":2"#,
+        );
+        let windows: Vec<_> = (0..4).map(|i| q2.layer_window(i)).collect();
+        assert_eq!(windows, [None, None, Some(16), Some(16)]);
+        let q3 = parse("Qwen3ForCausalLM", "");
+        assert!(!q3.qkv_bias() && q3.qk_norm());
+        assert_eq!(q3.head_dim(), 128, "transformers' Qwen3Config default");
+        let q3 = parse(
+            "Qwen3ForCausalLM",
+            r#","use_sliding_window":true,"sliding_window":8,"layer_types":["sliding_attention","full_attention","full_attention","sliding_attention"]"#,
+        );
+        let windows: Vec<_> = (0..4).map(|i| q3.layer_window(i)).collect();
+        assert_eq!(windows, [Some(8), None, None, Some(8)]);
+        let llama = parse("LlamaForCausalLM", r#","sliding_window":8"#);
+        assert_eq!(llama.layer_window(0), None);
+        let mistral = parse("MistralForCausalLM", r#","sliding_window":8"#);
+        assert_eq!(mistral.layer_window(0), Some(8));
+        assert!(!mistral.qkv_bias() && !mistral.qk_norm());
+        assert_eq!(parse("MistralForCausalLM", "").layer_window(3), Some(4096));
+        let mistral = parse("MistralForCausalLM", r#","sliding_window":null"#);
+        assert_eq!(mistral.layer_window(3), None);
+        let json = ModelConfig::Llama(q3).to_hf_json("float32");
+        assert_eq!(json["architectures"][0], "Qwen3ForCausalLM");
+        assert_eq!(json["model_type"], "qwen3");
+    }
+
+    #[test]
+    fn gemma3_conditional_generation_reads_its_text_config() {
+        // The Hub's files leave most of text_config to Gemma3TextConfig's defaults.
+        let c = ModelConfig::from_json_str(
+            r#"{"architectures":["Gemma3ForConditionalGeneration"],"model_type":"gemma3",
+                "text_config":{"hidden_size":2560,"intermediate_size":10240,
+                "model_type":"gemma3_text","num_hidden_layers":34,"sliding_window":1024},
+                "vision_config":{"hidden_size":1152}}"#,
+            Path::new("g/config.json"),
+        )
+        .unwrap();
+        let ModelConfig::Gemma3(g) = &c else {
+            panic!("{c:?}")
+        };
+        assert!(g.conditional_generation);
+        assert_eq!((g.hidden_size, g.num_hidden_layers), (2560, 34));
+        assert_eq!(
+            (g.vocab_size, g.head_dim, g.num_attention_heads),
+            (262_208, 256, 8)
+        );
+        // A merged export is the text model.
+        assert_eq!(
+            c.to_hf_json("bfloat16")["architectures"][0],
+            "Gemma3ForCausalLM"
+        );
+        let e = ModelConfig::from_json_str(
+            r#"{"architectures":["Gemma3ForConditionalGeneration"],"text_config":3}"#,
+            Path::new("g/config.json"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("g/config.json") && e.contains("text_config"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -6,5 +6,7 @@ pub mod gguf;
 pub mod hf;
 pub mod job;
 
-pub use hf::{Gemma3Config, LlamaConfig, ModelConfig, RopeScaling, SUPPORTED_ARCHITECTURES};
+pub use hf::{
+    Gemma3Config, LlamaConfig, LlamaFlavor, ModelConfig, RopeScaling, SUPPORTED_ARCHITECTURES,
+};
 pub use job::{DeviceName, DtypeName, JobConfig, ReportSection, WrittenKeys};

@@ -2,7 +2,9 @@
 //!
 //! One conversation per line, `{"messages": [{"role": ..., "content": ..., "weight": 0|1}, ...]}`,
 //! as in OpenAI's chat fine-tuning format. Roles are `system`, `user` and `assistant`;
-//! `weight` (assistant turns only) set to 0 keeps a turn out of the loss. Other keys are ignored.
+//! `weight` (assistant turns only) set to 0 keeps a turn out of the loss; `reasoning_content`
+//! (assistant turns only) is the turn's reasoning, which templates that know it (Qwen3's) render
+//! in a `<think>` block, as do inline `<think>…</think>` blocks in `content`. Other keys are ignored.
 //! Every error names the file, the 1-based line and the field at fault. A file in another format
 //! of [`crate::data::formats`] is read through that table.
 
@@ -57,6 +59,10 @@ pub struct Message {
     /// OpenAI's per-turn weight: `Some(0)` keeps this assistant turn out of the loss.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub weight: Option<u8>,
+    /// An assistant turn's reasoning (transformers' and vLLM's `reasoning_content`), passed to
+    /// the chat template as that field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reasoning_content: Option<String>,
 }
 
 impl Message {
@@ -66,6 +72,7 @@ impl Message {
             role,
             content: content.into(),
             weight: None,
+            reasoning_content: None,
         }
     }
 
@@ -349,10 +356,26 @@ fn parse_message(i: usize, item: &Value) -> std::result::Result<Message, String>
             Some(w)
         }
     };
+    let reasoning_content = match obj.get("reasoning_content") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) if role == Role::Assistant => Some(s.clone()),
+        Some(Value::String(_)) => {
+            return Err(format!(
+                "messages[{i}].reasoning_content: only assistant messages take reasoning (this one is {role})"
+            ))
+        }
+        Some(other) => {
+            return Err(format!(
+                "messages[{i}].reasoning_content: expected a string, got {}",
+                json_type(other)
+            ))
+        }
+    };
     Ok(Message {
         role,
         content,
         weight,
+        reasoning_content,
     })
 }
 

@@ -756,6 +756,7 @@ fn read_sharegpt(value: &Value) -> std::result::Result<Vec<Message>, String> {
             role,
             content,
             weight,
+            reasoning_content: None,
         });
     }
     Ok(out)

@@ -140,13 +140,17 @@ impl LoraSpec {
 /// The `target_modules` value that selects every name in [`PROJECTIONS`] (PEFT's spelling).
 pub const ALL_LINEAR: &str = "all-linear";
 
-/// The module names `target_modules` selects: `"all-linear"` expanded to [`PROJECTIONS`], in
-/// order, without duplicates.
+/// The module names `target_modules` selects: `"all-linear"` expanded to [`PROJECTIONS`], the
+/// language-model regex of a multimodal checkpoint's adapter to its names, in order, without
+/// duplicates.
 pub fn target_names(targets: &TargetModules) -> Vec<String> {
     let mut names: Vec<String> = Vec::new();
     for name in targets.written() {
+        let in_language_model = super::peft::language_model_target_names(name);
         let expanded: Vec<&str> = if name == ALL_LINEAR {
             PROJECTIONS.to_vec()
+        } else if let Some(listed) = &in_language_model {
+            listed.iter().map(String::as_str).collect()
         } else {
             vec![name]
         };

@@ -85,9 +85,33 @@ pub fn peft_tensor_names(module: &str) -> (String, String) {
     )
 }
 
+/// What a `target_modules` regex for a multimodal checkpoint's language model starts with: a
+/// plain `q_proj` would also match the vision tower's projections.
+const LANGUAGE_MODEL_TARGETS: &str = r"model\.language_model\.layers\.\d+\.(self_attn|mlp)\.(";
+
+/// The `target_modules` regex that selects the projections named `names` in the language model
+/// only (PEFT matches a string `target_modules` with `re.fullmatch` on module names).
+pub fn language_model_targets(names: &[String]) -> String {
+    format!("{LANGUAGE_MODEL_TARGETS}{})", names.join("|"))
+}
+
+/// The projection names a [`language_model_targets`] regex selects, or `None` for any other
+/// string.
+pub fn language_model_target_names(regex: &str) -> Option<Vec<String>> {
+    let names = regex
+        .strip_prefix(LANGUAGE_MODEL_TARGETS)?
+        .strip_suffix(')')?;
+    let names: Vec<String> = names.split('|').map(str::to_string).collect();
+    names
+        .iter()
+        .all(|n| !n.is_empty() && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
+        .then_some(names)
+}
+
 impl PeftAdapterConfig {
     /// The config PEFT would write for `params`, whose base model is named `base`: the targets
-    /// are the adapted modules' last path segments.
+    /// are the adapted modules' last path segments, as a list, or, when the modules sit in a
+    /// multimodal checkpoint's language model, as a regex limited to it.
     pub fn for_params(params: &LoraParams, base: &str) -> Self {
         let mut targets: Vec<String> = params
             .params
@@ -97,13 +121,23 @@ impl PeftAdapterConfig {
             .collect();
         targets.sort_unstable();
         targets.dedup();
+        let in_language_model = !params.params.is_empty()
+            && params
+                .params
+                .iter()
+                .all(|p| p.module.starts_with("model.language_model.layers."));
+        let target_modules = if in_language_model {
+            TargetModules::One(language_model_targets(&targets))
+        } else {
+            TargetModules::List(targets)
+        };
         Self {
             peft_type: Some("LORA".into()),
             task_type: Some("CAUSAL_LM".into()),
             r: params.spec.r,
             lora_alpha: params.spec.alpha,
             lora_dropout: params.spec.dropout,
-            target_modules: TargetModules::List(targets),
+            target_modules,
             use_rslora: params.spec.use_rslora,
             use_dora: false,
             bias: Some("none".into()),
@@ -231,4 +265,27 @@ pub fn load_peft_adapter(
         return Err(Error::model(&st_path, "the adapter holds no LoRA weights"));
     }
     Ok(adapted)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn language_model_targets_read_back_as_their_names() {
+        let names: Vec<String> = ["down_proj", "q_proj"].map(String::from).to_vec();
+        let regex = language_model_targets(&names);
+        assert_eq!(
+            regex,
+            r"model\.language_model\.layers\.\d+\.(self_attn|mlp)\.(down_proj|q_proj)"
+        );
+        assert_eq!(language_model_target_names(&regex), Some(names));
+        assert_eq!(language_model_target_names("q_proj"), None);
+        assert_eq!(
+            language_model_target_names(
+                r"model\.language_model\.layers\.\d+\.(self_attn|mlp)\.(.*)"
+            ),
+            None
+        );
+    }
 }

@@ -1,6 +1,10 @@
 //! `Gemma3ForCausalLM` (text): q/k norms, sliding-window and global layers with their own
 //! rope bases, scaled embeddings, four norms per layer, `query_pre_attn_scalar`, and
 //! attention/final logit softcapping. Follows transformers' `models/gemma3/modeling_gemma3.py`.
+//! `Gemma2ForCausalLM` is the same decoder without the q/k norms, with its attention logits
+//! soft-capped and one rope base (`models/gemma2/modeling_gemma2.py`).
+//! A `Gemma3ForConditionalGeneration` checkpoint loads as its text tower: the same decoder, whose
+//! projections PEFT names `model.language_model.layers.…` there.
 
 use candle_core::Tensor;
 
@@ -11,7 +15,7 @@ use super::mask::{pass_padding, AttnMask, Segments};
 use super::mlp::GatedMlp;
 use super::norm::RmsNorm;
 use super::projections::{
-    layer_projections, layer_projections_mut, name_projections, AttnProjections,
+    layer_projections, layer_projections_mut, name_projections_under, AttnProjections,
 };
 use super::rope::{apply_rotary, Rotary};
 use super::weights::Weights;
@@ -25,8 +29,8 @@ use crate::Result;
 #[derive(Clone)]
 struct Attention {
     proj: AttnProjections,
-    q_norm: RmsNorm,
-    k_norm: RmsNorm,
+    /// Gemma 3's per-head q/k norms (Gemma 2 has none).
+    qk_norm: Option<(RmsNorm, RmsNorm)>,
     n_head: usize,
     n_kv_head: usize,
     head_dim: usize,
@@ -97,9 +101,16 @@ impl Gemma3 {
                         h,
                         (nh, nkv, hd),
                         ab,
+                        ab,
                     )?,
-                    q_norm: norm(&format!("{p}.self_attn.q_norm.weight"), hd)?,
-                    k_norm: norm(&format!("{p}.self_attn.k_norm.weight"), hd)?,
+                    qk_norm: if cfg.gemma2 {
+                        None
+                    } else {
+                        Some((
+                            norm(&format!("{p}.self_attn.q_norm.weight"), hd)?,
+                            norm(&format!("{p}.self_attn.k_norm.weight"), hd)?,
+                        ))
+                    },
                     n_head: nh,
                     n_kv_head: nkv,
                     head_dim: hd,
@@ -159,7 +170,7 @@ impl Layer {
 
 impl DecoderLayer for Layer {
     fn norms(&self) -> Vec<(&'static str, &RmsNorm)> {
-        vec![
+        let mut norms = vec![
             ("input_layernorm", &self.input_layernorm),
             ("post_attention_layernorm", &self.post_attention_layernorm),
             ("pre_feedforward_layernorm", &self.pre_feedforward_layernorm),
@@ -167,9 +178,11 @@ impl DecoderLayer for Layer {
                 "post_feedforward_layernorm",
                 &self.post_feedforward_layernorm,
             ),
-            ("self_attn.q_norm", &self.self_attn.q_norm),
-            ("self_attn.k_norm", &self.self_attn.k_norm),
-        ]
+        ];
+        if let Some((q, k)) = &self.self_attn.qk_norm {
+            norms.extend([("self_attn.q_norm", q), ("self_attn.k_norm", k)]);
+        }
+        norms
     }
 
     fn projections(&self) -> [&Linear; 7] {
@@ -225,14 +238,16 @@ impl Attention {
             Ok(l.forward_recomputed(x, true, remake)?
                 .reshape((b, t, n, self.head_dim))?)
         };
-        let q = self
-            .q_norm
-            .forward(&heads(&self.proj.q_proj, self.n_head)?)?
-            .transpose(1, 2)?;
-        let k = self
-            .k_norm
-            .forward(&heads(&self.proj.k_proj, self.n_kv_head)?)?
-            .transpose(1, 2)?;
+        let (q, k) = (
+            heads(&self.proj.q_proj, self.n_head)?,
+            heads(&self.proj.k_proj, self.n_kv_head)?,
+        );
+        let (q, k) = match &self.qk_norm {
+            Some((qn, kn)) => (qn.forward(&q)?, kn.forward(&k)?),
+            None => (q, k),
+        };
+        let q = q.transpose(1, 2)?;
+        let k = k.transpose(1, 2)?;
         let v_in = heads(&self.proj.v_proj, self.n_kv_head)?.transpose(1, 2)?;
         let v = v_in.contiguous()?;
         // The copy is the projection's last reader (and reads nothing in backward).
@@ -364,7 +379,14 @@ impl CausalLm for Gemma3 {
 
 impl Adaptable for Gemma3 {
     fn linears_mut(&mut self) -> Vec<(String, &mut Linear)> {
-        name_projections(self.layers.iter_mut().map(Layer::projections_mut))
+        // Inside a multimodal checkpoint the text model is `model.language_model` (PEFT's and
+        // vLLM's module names for Gemma3ForConditionalGeneration).
+        let model = if self.cfg.conditional_generation {
+            "model.language_model"
+        } else {
+            "model"
+        };
+        name_projections_under(model, self.layers.iter_mut().map(Layer::projections_mut))
     }
 
     fn set_gradient_checkpointing(&mut self, checkpointing: Option<Checkpointing>) {

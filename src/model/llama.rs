@@ -1,5 +1,10 @@
-//! `LlamaForCausalLM` (Llama 2/3/3.1/3.2, SmolLM2): grouped-query attention, llama3 rope
-//! scaling, tied or untied head. Follows transformers' `models/llama/modeling_llama.py`.
+//! The Llama family: `LlamaForCausalLM` (Llama 2/3/3.1/3.2, SmolLM2), `MistralForCausalLM`
+//! (a sliding window over every layer), `Qwen2ForCausalLM`
+//! (Qwen2, Qwen2.5: frozen q/k/v biases) and `Qwen3ForCausalLM` (dense Qwen3: per-head q/k
+//! RMSNorm before the rotation). Grouped-query attention, llama3 rope scaling, tied or untied
+//! head, and the sliding window of Qwen's `use_sliding_window` layers. Follows transformers'
+//! `models/{llama,mistral,qwen2,qwen3}/modeling_*.py`; the members differ only in their attention, so
+//! they are one decoder with a [`crate::config::LlamaFlavor`] rather than three files.
 
 use candle_core::Tensor;
 
@@ -24,6 +29,8 @@ use crate::Result;
 #[derive(Clone)]
 struct Attention {
     proj: AttnProjections,
+    /// Qwen3: RMSNorm over each head of q and k, before the rotation.
+    qk_norm: Option<(RmsNorm, RmsNorm)>,
     n_head: usize,
     n_kv_head: usize,
     head_dim: usize,
@@ -35,6 +42,8 @@ struct Layer {
     self_attn: Attention,
     post_attention_layernorm: RmsNorm,
     mlp: GatedMlp,
+    /// The sliding window of this layer's attention, if it has one.
+    window: Option<usize>,
 }
 
 /// A Llama decoder with a causal-LM head.
@@ -72,8 +81,16 @@ impl Llama {
         let mut layers = Vec::new();
         for i in 0..cfg.num_hidden_layers {
             let p = format!("model.layers.{i}");
-            let ab = cfg.attention_bias;
             let mb = cfg.mlp_bias;
+            let head_norm = |which: &str| -> Result<RmsNorm> {
+                let name = format!("{p}.self_attn.{which}.weight");
+                Ok(RmsNorm::new(w.get(&name, &[hd])?, cfg.rms_norm_eps, false))
+            };
+            let qk_norm = if cfg.qk_norm() {
+                Some((head_norm("q_norm")?, head_norm("k_norm")?))
+            } else {
+                None
+            };
             layers.push(Layer {
                 input_layernorm: RmsNorm::new(
                     w.get(&format!("{p}.input_layernorm.weight"), &[h])?,
@@ -86,8 +103,10 @@ impl Llama {
                         &format!("{p}.self_attn"),
                         h,
                         (nh, nkv, hd),
-                        ab,
+                        cfg.qkv_bias(),
+                        cfg.o_bias(),
                     )?,
+                    qk_norm,
                     n_head: nh,
                     n_kv_head: nkv,
                     head_dim: hd,
@@ -105,6 +124,7 @@ impl Llama {
                     mb,
                     MlpActivation::Silu,
                 )?,
+                window: cfg.layer_window(i),
             });
         }
         let norm = RmsNorm::new(w.get("model.norm.weight", &[h])?, cfg.rms_norm_eps, false);
@@ -131,6 +151,31 @@ impl Llama {
     pub fn config(&self) -> &LlamaConfig {
         &self.cfg
     }
+
+    /// The full mask, and the sliding one when some layer has a window (all windowed layers
+    /// share the config's one window).
+    fn masks(&self, make: impl Fn(Option<usize>) -> Result<AttnMask>) -> Result<Masks> {
+        let window = self.layers.iter().find_map(|l| l.window);
+        Ok(Masks {
+            full: make(None)?,
+            sliding: window.map(|w| make(Some(w))).transpose()?,
+        })
+    }
+}
+
+/// A pass's attention masks: the full one and, if any layer slides, the windowed one.
+struct Masks {
+    full: AttnMask,
+    sliding: Option<AttnMask>,
+}
+
+impl Masks {
+    fn of(&self, window: Option<usize>) -> &AttnMask {
+        match (window, &self.sliding) {
+            (Some(_), Some(m)) => m,
+            _ => &self.full,
+        }
+    }
 }
 
 impl Layer {
@@ -141,10 +186,14 @@ impl Layer {
 
 impl DecoderLayer for Layer {
     fn norms(&self) -> Vec<(&'static str, &RmsNorm)> {
-        vec![
+        let mut norms = vec![
             ("input_layernorm", &self.input_layernorm),
             ("post_attention_layernorm", &self.post_attention_layernorm),
-        ]
+        ];
+        if let Some((q, k)) = &self.self_attn.qk_norm {
+            norms.extend([("self_attn.q_norm", q), ("self_attn.k_norm", k)]);
+        }
+        norms
     }
 
     fn projections(&self) -> [&Linear; 7] {
@@ -197,24 +246,23 @@ impl Attention {
         pass: Pass<'_>,
     ) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
-        let q = self
-            .proj
-            .q_proj
-            .forward_recomputed(x, true, remake)?
-            .reshape((b, t, self.n_head, self.head_dim))?
-            .transpose(1, 2)?;
-        let k = self
-            .proj
-            .k_proj
-            .forward_recomputed(x, true, remake)?
-            .reshape((b, t, self.n_kv_head, self.head_dim))?
-            .transpose(1, 2)?;
-        let v = self
-            .proj
-            .v_proj
-            .forward_recomputed(x, true, remake)?
-            .reshape((b, t, self.n_kv_head, self.head_dim))?
-            .transpose(1, 2)?;
+        let heads = |l: &Linear, n: usize| -> Result<Tensor> {
+            Ok(l.forward_recomputed(x, true, remake)?
+                .reshape((b, t, n, self.head_dim))?)
+        };
+        let (q, k) = (
+            heads(&self.proj.q_proj, self.n_head)?,
+            heads(&self.proj.k_proj, self.n_kv_head)?,
+        );
+        // Qwen3 normalises each head over D before the transpose (transformers' order); the
+        // norm reads its input, not its output, in backward.
+        let (q, k) = match &self.qk_norm {
+            Some((qn, kn)) => (qn.forward(&q)?, kn.forward(&k)?),
+            None => (q, k),
+        };
+        let q = q.transpose(1, 2)?;
+        let k = k.transpose(1, 2)?;
+        let v = heads(&self.proj.v_proj, self.n_kv_head)?.transpose(1, 2)?;
         // The transposed views go in as they are: the rope kernel reads them through their
         // strides and writes contiguous heads. Rotation and copy are their inputs' last readers,
         // and neither they nor the projections read them in backward: free them.
@@ -250,7 +298,8 @@ impl CausalLm for Llama {
         let device = self.embed_tokens.device();
         let mut x = self.embed(input_ids)?;
         let pad = pass_padding(attention_mask_01, cache.as_deref_mut(), b, t)?;
-        let mask = AttnMask::new(b, t, offset, pad.as_deref(), None, dtype, device)?;
+        let masks = self
+            .masks(|window| AttnMask::new(b, t, offset, pad.as_deref(), window, dtype, device))?;
         let rope = self.rotary.cos_sin(offset, t, dtype, device)?;
         for (i, layer) in self.layers.iter().enumerate() {
             let layer_cache = cache.as_deref_mut().map(|c| &mut c.layers[i]);
@@ -258,7 +307,7 @@ impl CausalLm for Llama {
                 layer,
                 &x,
                 &rope,
-                &mask,
+                masks.of(layer.window),
                 self.checkpointing.as_ref(),
                 layer_cache,
             )?;
@@ -274,12 +323,14 @@ impl CausalLm for Llama {
         let dtype = self.embed_tokens.dtype();
         let device = self.embed_tokens.device();
         let mut x = self.embed(input_ids)?;
-        let mask = AttnMask::packed(segments, None, dtype, device)?;
+        // The sliding window counts within each conversation.
+        let masks = self.masks(|window| AttnMask::packed(segments, window, dtype, device))?;
         let rope = self
             .rotary
             .cos_sin_at(&segments.positions(), (b, t), dtype, device)?;
         for layer in &self.layers {
-            x = run_layer(layer, &x, &rope, &mask, self.checkpointing.as_ref(), None)?;
+            let mask = masks.of(layer.window);
+            x = run_layer(layer, &x, &rope, mask, self.checkpointing.as_ref(), None)?;
         }
         self.norm.forward(&x)
     }

@@ -1,9 +1,10 @@
 //! Models: where they come from (HF folder, hub cache, GGUF), how they load, and the
 //! [`CausalLm`] interface the trainer, scorer and generator use.
 //!
-//! One file per architecture ([`llama`], [`gemma3`]) over shared layers, one concept per
-//! file ([`norm`], [`rope`], [`mask`], [`attention`], [`mlp`], [`cache`], [`decoder`]). Every
-//! projection is a [`crate::lora::Linear`], so adapters attach without forking model files.
+//! One file per architecture ([`llama`] with its Mistral, Qwen2 and Qwen3 flavors, [`gemma3`]
+//! with Gemma 2) over shared layers, one concept per file ([`norm`], [`rope`], [`mask`],
+//! [`attention`], [`mlp`], [`cache`], [`decoder`]). Every projection is a
+//! [`crate::lora::Linear`], so adapters attach without forking model files.
 
 pub mod attention;
 pub mod cache;
@@ -26,7 +27,7 @@ pub use cache::KvCache;
 pub use source::ModelSource;
 
 use crate::config::gguf::GgufMeta;
-use crate::config::ModelConfig;
+use crate::config::{LlamaFlavor, ModelConfig};
 use crate::data::{ChatTemplate, ChatTokenizer};
 use crate::lora::Adaptable;
 use crate::quant::{FrozenWeight, Quantize};
@@ -263,7 +264,10 @@ fn load_hf_dir(dir: &Path, opts: &LoadOptions) -> Result<Parts> {
              use nf4, q4_0, q4k or q8_0 to quantize it at load",
         ));
     }
-    let w = Weights::from_hf_dir(dir, opts.dtype, &opts.device)?.with_quantize(opts.quantize);
+    let mut w = Weights::from_hf_dir(dir, opts.dtype, &opts.device)?.with_quantize(opts.quantize);
+    if matches!(&config, ModelConfig::Gemma3(c) if c.conditional_generation) {
+        w = w.with_text_tower()?;
+    }
     check_embedding_rows(&config, &w, &cfg_path, "vocab_size")?;
     let model = build(&config, &w, None)?;
     Ok((model, config, tokenizer))
@@ -288,6 +292,9 @@ fn load_gguf(path: &Path, opts: &LoadOptions) -> Result<Parts> {
     let config = meta.model_config(&arch)?;
     check_vocab(&tokenizer, &config, path)?;
     let flavor = match &config {
+        ModelConfig::Llama(c) if matches!(c.flavor, LlamaFlavor::Qwen2 | LlamaFlavor::Qwen3) => {
+            GgufFlavor::Qwen
+        }
         ModelConfig::Llama(c) => GgufFlavor::Llama {
             n_head: c.num_attention_heads,
             n_kv_head: c.num_kv_heads(),

@@ -30,20 +30,22 @@ pub struct AttnProjections {
 }
 
 impl AttnProjections {
-    /// Loads `{prefix}.{q,k,v,o}_proj` for `n_head`/`n_kv_head` heads of `head_dim`.
+    /// Loads `{prefix}.{q,k,v,o}_proj` for `n_head`/`n_kv_head` heads of `head_dim`, q/k/v
+    /// with biases when `qkv_bias` (Qwen2's frozen biases), o_proj when `o_bias`.
     pub fn load(
         w: &Weights,
         prefix: &str,
         hidden: usize,
         (n_head, n_kv_head, head_dim): (usize, usize, usize),
-        bias: bool,
+        qkv_bias: bool,
+        o_bias: bool,
     ) -> Result<Self> {
         let (q, kv) = (n_head * head_dim, n_kv_head * head_dim);
         Ok(Self {
-            q_proj: w.projection(&format!("{prefix}.q_proj"), q, hidden, bias)?,
-            k_proj: w.projection(&format!("{prefix}.k_proj"), kv, hidden, bias)?,
-            v_proj: w.projection(&format!("{prefix}.v_proj"), kv, hidden, bias)?,
-            o_proj: w.projection(&format!("{prefix}.o_proj"), hidden, q, bias)?,
+            q_proj: w.projection(&format!("{prefix}.q_proj"), q, hidden, qkv_bias)?,
+            k_proj: w.projection(&format!("{prefix}.k_proj"), kv, hidden, qkv_bias)?,
+            v_proj: w.projection(&format!("{prefix}.v_proj"), kv, hidden, qkv_bias)?,
+            o_proj: w.projection(&format!("{prefix}.o_proj"), hidden, q, o_bias)?,
         })
     }
 }
@@ -79,6 +81,15 @@ pub fn layer_projections_mut<'a>(
 
 /// Names each layer's projections `model.layers.{i}.{path}`.
 pub fn name_projections<T>(layers: impl IntoIterator<Item = [T; 7]>) -> Vec<(String, T)> {
+    name_projections_under("model", layers)
+}
+
+/// Names each layer's projections `{model}.layers.{i}.{path}`: `model` is the text model's
+/// module path (`model.language_model` inside a multimodal checkpoint).
+pub fn name_projections_under<T>(
+    model: &str,
+    layers: impl IntoIterator<Item = [T; 7]>,
+) -> Vec<(String, T)> {
     layers
         .into_iter()
         .enumerate()
@@ -86,7 +97,7 @@ pub fn name_projections<T>(layers: impl IntoIterator<Item = [T; 7]>) -> Vec<(Str
             PROJECTION_PATHS
                 .iter()
                 .zip(ps)
-                .map(move |(p, l)| (format!("model.layers.{i}.{p}"), l))
+                .map(move |(p, l)| (format!("{model}.layers.{i}.{p}"), l))
         })
         .collect()
 }

@@ -4,6 +4,8 @@
 //! Llama's q/k rows for interleaved rope (`convert_hf_to_gguf.py`, `LlamaModel.permute`) and
 //! stores Gemma's norm weights with the `+1` folded in. Undoing both here means the model
 //! code, and every adapter trained on it, sees one layout: the one PEFT and vLLM expect.
+//! Qwen2 and Qwen3 (`Qwen2Model`, `Qwen3Model`) are written as HF stores them: no permutation
+//! (transformers' GGUF reader, too, reverses it for `llama` only).
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -25,8 +27,38 @@ use crate::{Error, Result};
 pub enum GgufFlavor {
     /// `llama`: q/k permuted, `ffn_norm` is `post_attention_layernorm`.
     Llama { n_head: usize, n_kv_head: usize },
+    /// `qwen2`, `qwen3`: Llama's names (and `attn_{q,k}_norm`, biases), nothing permuted.
+    Qwen,
     /// `gemma3`: norms stored as `1 + w`, four norms per layer.
     Gemma3,
+}
+
+/// Where a multimodal checkpoint (`Gemma3ForConditionalGeneration`) keeps its text tower: the
+/// model code asks for `model.layers.…` and `lm_head.weight`, and these names are looked up
+/// under the tower's prefix instead. Other towers' tensors are never read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TextTower {
+    /// What the Hub's checkpoints and transformers' `save_pretrained` write:
+    /// `language_model.model.*` (and `language_model.lm_head.weight` when untied).
+    LanguageModel,
+    /// transformers v5's module names: `model.language_model.*` (and `lm_head.weight`).
+    ModelLanguageModel,
+}
+
+impl TextTower {
+    /// The stored names that may hold HF text-model tensor `name`, in the order tried.
+    fn stored_names(self, name: &str) -> Vec<String> {
+        match (self, name.strip_prefix("model.")) {
+            (TextTower::LanguageModel, Some(rest)) => vec![format!("language_model.model.{rest}")],
+            (TextTower::ModelLanguageModel, Some(rest)) => {
+                vec![format!("model.language_model.{rest}")]
+            }
+            (TextTower::LanguageModel, None) => {
+                vec![format!("language_model.{name}"), name.to_string()]
+            }
+            (TextTower::ModelLanguageModel, None) => vec![name.to_string()],
+        }
+    }
 }
 
 enum Backend {
@@ -45,6 +77,7 @@ pub struct Weights {
     dtype: DType,
     device: Device,
     quantize: Quantize,
+    text_tower: Option<TextTower>,
 }
 
 impl Weights {
@@ -77,6 +110,7 @@ impl Weights {
             dtype,
             device: device.clone(),
             quantize: Quantize::None,
+            text_tower: None,
         })
     }
 
@@ -99,6 +133,44 @@ impl Weights {
             dtype,
             device: device.clone(),
             quantize: Quantize::None,
+            text_tower: None,
+        }
+    }
+
+    /// Reads the text model's tensors from a multimodal checkpoint's language-model tower,
+    /// whichever of the two [`TextTower`] layouts the file uses.
+    pub fn with_text_tower(mut self) -> Result<Self> {
+        let found = [TextTower::LanguageModel, TextTower::ModelLanguageModel]
+            .into_iter()
+            .find(|tower| {
+                self.text_tower = Some(*tower);
+                self.contains("model.embed_tokens.weight")
+            });
+        self.text_tower = found;
+        match found {
+            Some(_) => Ok(self),
+            None => Err(Error::model(
+                &self.path,
+                "a multimodal checkpoint without a text tower: neither \
+                 `language_model.model.embed_tokens.weight` nor \
+                 `model.language_model.embed_tokens.weight` is in it",
+            )),
+        }
+    }
+
+    /// The stored name of HF text-model tensor `name` in a safetensors checkpoint: under the
+    /// text tower's prefix when there is one.
+    fn stored_name(&self, st: &MmapedSafetensors, name: &str) -> String {
+        match self.text_tower {
+            None => name.to_string(),
+            Some(tower) => {
+                let names = tower.stored_names(name);
+                names
+                    .iter()
+                    .find(|n| st.get(n).is_ok())
+                    .unwrap_or(&names[0])
+                    .clone()
+            }
         }
     }
 
@@ -124,7 +196,7 @@ impl Weights {
     /// Whether a tensor with this HF name exists.
     pub fn contains(&self, name: &str) -> bool {
         match &self.backend {
-            Backend::Safetensors(st) => st.get(name).is_ok(),
+            Backend::Safetensors(st) => st.get(&self.stored_name(st, name)).is_ok(),
             Backend::Gguf {
                 content, flavor, ..
             } => gguf_name(name, *flavor)
@@ -137,7 +209,10 @@ impl Weights {
     /// reading it; `None` where there is no such tensor.
     pub fn dims(&self, name: &str) -> Option<Vec<usize>> {
         match &self.backend {
-            Backend::Safetensors(st) => st.get(name).ok().map(|v| v.shape().to_vec()),
+            Backend::Safetensors(st) => st
+                .get(&self.stored_name(st, name))
+                .ok()
+                .map(|v| v.shape().to_vec()),
             Backend::Gguf {
                 content, flavor, ..
             } => gguf_name(name, *flavor)
@@ -266,9 +341,10 @@ impl Weights {
     pub fn get_raw(&self, name: &str) -> Result<Tensor> {
         match &self.backend {
             Backend::Safetensors(st) => {
-                let view = st
-                    .get(name)
-                    .map_err(|_| Error::model(&self.path, format!("tensor `{name}` is missing")))?;
+                let stored = self.stored_name(st, name);
+                let view = st.get(&stored).map_err(|_| {
+                    Error::model(&self.path, format!("tensor `{stored}` is missing"))
+                })?;
                 let t = candle_core::safetensors::Load::load(&view, &self.device).map_err(|e| {
                     Error::model(&self.path, format!("tensor `{name}` cannot be read: {e}"))
                 })?;
@@ -328,7 +404,7 @@ pub fn gguf_name(hf: &str, flavor: GgufFlavor) -> Option<String> {
         ("mlp.up_proj", _) => "ffn_up",
         ("mlp.down_proj", _) => "ffn_down",
         ("input_layernorm", _) => "attn_norm",
-        ("post_attention_layernorm", GgufFlavor::Llama { .. }) => "ffn_norm",
+        ("post_attention_layernorm", GgufFlavor::Llama { .. } | GgufFlavor::Qwen) => "ffn_norm",
         ("post_attention_layernorm", GgufFlavor::Gemma3) => "post_attention_norm",
         ("pre_feedforward_layernorm", GgufFlavor::Gemma3) => "ffn_norm",
         ("post_feedforward_layernorm", GgufFlavor::Gemma3) => "post_ffw_norm",
@@ -351,6 +427,7 @@ fn to_hf_layout(hf: &str, t: Tensor, flavor: GgufFlavor) -> Result<Tensor> {
                 Ok(t)
             }
         }
+        GgufFlavor::Qwen => Ok(t),
         GgufFlavor::Gemma3 => {
             if hf.ends_with("norm.weight") {
                 Ok((t - 1.0)?)

@@ -104,12 +104,12 @@ fn unsupported_architecture() {
     let cfg = std::fs::read_to_string(dir.join("config.json")).unwrap();
     std::fs::write(
         dir.join("config.json"),
-        cfg.replace("LlamaForCausalLM", "MistralForCausalLM"),
+        cfg.replace("LlamaForCausalLM", "PhiForCausalLM"),
     )
     .unwrap();
     let e = run_score(&dir);
     assert!(e.contains("config.json"), "{e}");
-    assert!(e.contains("MistralForCausalLM"), "{e}");
+    assert!(e.contains("PhiForCausalLM"), "{e}");
     assert!(
         e.contains("LlamaForCausalLM") && e.contains("Gemma3ForCausalLM"),
         "{e}"

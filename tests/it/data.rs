@@ -716,6 +716,97 @@ fn tokenized_chats_match_transformers_tiny_gemma3() {
     check_tokenized_against_transformers("tiny-gemma3", "gemma3_text");
 }
 
+#[test]
+fn tokenized_chats_match_transformers_tiny_gemma2() {
+    check_tokenized_against_transformers("tiny-gemma2", "gemma2");
+}
+
+/// Mistral-7B-Instruct-v0.3's template: the system message inside the last user turn, no
+/// generation prompt.
+#[test]
+fn tokenized_chats_match_transformers_tiny_mistral() {
+    check_tokenized_against_transformers("tiny-mistral", "mistral");
+}
+
+/// Qwen2.5's template (its default system prompt when a chat has none) and a Qwen tokenizer
+/// (NFC, one digit per piece, no BOS).
+#[test]
+fn tokenized_chats_match_transformers_tiny_qwen2() {
+    check_tokenized_against_transformers("tiny-qwen2", "qwen2");
+}
+
+/// Qwen3's template: the last assistant turn gets an empty `<think>` block; with
+/// `all_assistant`, an earlier turn rendered last (with the block) is not a token prefix of the
+/// conversation, so by the prefix rule it adds no targets, as score.json records.
+#[test]
+fn tokenized_chats_match_transformers_tiny_qwen3() {
+    check_tokenized_against_transformers("tiny-qwen3", "qwen3");
+}
+
+/// Reasoning under Qwen3's template (tests/fixtures/chats-think.jsonl, `tiny-qwen3/think.json`):
+/// `reasoning_content` and inline `<think>…</think>` render as transformers renders them, earlier
+/// turns' reasoning is dropped, and the last assistant turn's targets follow the prefix rule.
+#[test]
+fn reasoning_renders_and_masks_as_transformers_qwen3() {
+    let dir = fixture("tiny-qwen3");
+    let tok = ChatTokenizer::from_hf_dir(&dir).unwrap();
+    let template = ChatTemplate::for_model("qwen3", &tok).unwrap();
+    let chats = read_jsonl(fixture("chats-think.jsonl")).unwrap();
+    let think = read_json(&dir.join("think.json"));
+    let cases = think["cases"].as_array().unwrap();
+    assert_eq!(cases.len(), chats.len());
+    assert!(
+        chats
+            .iter()
+            .any(|c| c.messages.iter().any(|m| m.reasoning_content.is_some())),
+        "the fixture must carry reasoning_content"
+    );
+    for (i, (conv, case)) in chats.iter().zip(cases).enumerate() {
+        let k = case["k"].as_u64().unwrap() as usize;
+        assert_eq!(
+            template.render(&conv.messages, false).unwrap(),
+            case["full_text"].as_str().unwrap(),
+            "chat {i}: full text"
+        );
+        assert_eq!(
+            template.render(&conv.messages[..k], true).unwrap(),
+            case["prompt_text"].as_str().unwrap(),
+            "chat {i}: prompt text"
+        );
+        let ex = tokenize_conversation(conv, &template, &tok, LossOn::LastAssistant).unwrap();
+        let want_ids: Vec<u32> = serde_json::from_value(case["input_ids"].clone()).unwrap();
+        let want_targets: Vec<usize> =
+            serde_json::from_value(case["target_positions"].clone()).unwrap();
+        assert_eq!(ex.input_ids, want_ids, "chat {i}: input_ids");
+        assert_eq!(ex.target_positions(), want_targets, "chat {i}: targets");
+    }
+}
+
+#[test]
+fn reasoning_content_is_read_on_assistant_turns_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("d.jsonl");
+    let good = r#"{"messages":[{"role":"user","content":"q"},{"role":"assistant","content":"a","reasoning_content":"r"}]}"#;
+    std::fs::write(&path, format!("{good}\n")).unwrap();
+    let convs = read_jsonl(&path).unwrap();
+    assert_eq!(convs[0].messages[1].reasoning_content.as_deref(), Some("r"));
+    for (bad, want) in [
+        (
+            r#"{"messages":[{"role":"user","content":"q","reasoning_content":"r"},{"role":"assistant","content":"a"}]}"#,
+            "messages[0].reasoning_content: only assistant messages",
+        ),
+        (
+            r#"{"messages":[{"role":"user","content":"q"},{"role":"assistant","content":"a","reasoning_content":3}]}"#,
+            "messages[1].reasoning_content: expected a string",
+        ),
+    ] {
+        std::fs::write(&path, format!("{bad}\n")).unwrap();
+        let e = read_jsonl(&path).unwrap_err().to_string();
+        assert!(e.contains(want), "{e}");
+        assert!(e.contains("d.jsonl"), "{e}");
+    }
+}
+
 /// Our renderings of tests/fixtures/chats.jsonl equal transformers' for the real models'
 /// templates (`template_ids` in `tests/fixtures/<name>/expected.json`).
 fn check_rendering_against_transformers(name: &str) -> Value {

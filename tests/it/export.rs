@@ -38,6 +38,28 @@ fn merged_export_equals_base_plus_adapter() {
             "tiny-gemma3",
             common::fixtures().join("peft-train/tiny-gemma3/final_adapter"),
         ),
+        // Qwen2's frozen q/k/v biases must reach the merged file; Qwen3's q/k norms too.
+        (
+            "tiny-qwen2",
+            common::fixtures().join("peft-train/tiny-qwen2/final_adapter"),
+        ),
+        (
+            "tiny-qwen3",
+            common::fixtures().join("peft-train/tiny-qwen3/final_adapter"),
+        ),
+        (
+            "tiny-mistral",
+            common::fixtures().join("peft-train/tiny-mistral/final_adapter"),
+        ),
+        (
+            "tiny-gemma2",
+            common::fixtures().join("peft-train/tiny-gemma2/final_adapter"),
+        ),
+        // A conditional-generation checkpoint merges into its text model.
+        (
+            "tiny-gemma3-mm",
+            common::fixtures().join("roundtrip/tiny-gemma3-mm/adapter"),
+        ),
     ] {
         let tmp = tempfile::tempdir().unwrap();
         let out = tmp.path().join("merged");

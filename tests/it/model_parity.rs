@@ -1,5 +1,6 @@
 //! The forward pass against transformers (fixtures from scripts/make_fixtures.py):
-//! full-sequence logits of the tiny random Llama and Gemma 3 models, with padding.
+//! full-sequence logits of the tiny random Llama, Gemma 3, Qwen2, Qwen3 and Mistral models, with
+//! padding, and of Gemma 3's text tower inside a conditional-generation checkpoint.
 
 use crate::common;
 
@@ -110,6 +111,50 @@ fn tiny_gemma3_logits_on_the_test_device() {
 }
 
 #[test]
+fn tiny_qwen2_logits_on_the_test_device() {
+    on_the_test_device("tiny-qwen2");
+}
+
+#[test]
+fn tiny_qwen3_logits_on_the_test_device() {
+    on_the_test_device("tiny-qwen3");
+}
+
+/// Qwen2's frozen q/k/v biases (tied head) and Qwen3's per-head q/k norms (a sliding layer,
+/// head_dim 24 ≠ hidden / heads): each moves the fixture's logits by more than 3 (score.json).
+#[test]
+fn tiny_qwen2_logits_match_transformers() {
+    check_tiny_logits("tiny-qwen2");
+}
+
+#[test]
+fn tiny_qwen3_logits_match_transformers() {
+    check_tiny_logits("tiny-qwen3");
+}
+
+/// Gemma 2: attention logits soft-capped (5 here), alternating sliding layers, no q/k norms.
+#[test]
+fn tiny_gemma2_logits_match_transformers() {
+    check_tiny_logits("tiny-gemma2");
+}
+
+#[test]
+fn tiny_gemma2_logits_on_the_test_device() {
+    on_the_test_device("tiny-gemma2");
+}
+
+/// Mistral's window over every layer (4 tokens here: dropping it moves the logits by 8).
+#[test]
+fn tiny_mistral_logits_match_transformers() {
+    check_tiny_logits("tiny-mistral");
+}
+
+#[test]
+fn tiny_mistral_logits_on_the_test_device() {
+    on_the_test_device("tiny-mistral");
+}
+
+#[test]
 fn tiny_llama_logits_match_transformers() {
     check_tiny_logits("tiny-llama");
 }
@@ -121,7 +166,14 @@ fn tiny_gemma3_logits_match_transformers() {
 
 #[test]
 fn kv_cache_matches_full_forward() {
-    for name in ["tiny-llama", "tiny-gemma3"] {
+    for name in [
+        "tiny-llama",
+        "tiny-gemma3",
+        "tiny-qwen2",
+        "tiny-qwen3",
+        "tiny-mistral",
+        "tiny-gemma2",
+    ] {
         let m = load_tiny_on(name, &Device::Cpu);
         let ids: Vec<u32> = (3..15).collect();
         let full = m
@@ -172,7 +224,13 @@ fn batched_scoring_matches_one_at_a_time_on_the_test_device() {
     let device = test_device();
     let tol = if device.is_cpu() { 1e-5 } else { 1e-4 };
     let convs = read_jsonl(common::fixtures().join("chats.jsonl")).unwrap();
-    for name in ["tiny-llama", "tiny-gemma3"] {
+    for name in [
+        "tiny-llama",
+        "tiny-gemma3",
+        "tiny-qwen3",
+        "tiny-mistral",
+        "tiny-gemma2",
+    ] {
         let m = load_tiny_on(name, &device);
         let examples: Vec<_> = convs
             .iter()
@@ -252,4 +310,111 @@ fn batched_generation_matches_one_at_a_time_on_the_test_device() {
             assert_eq!(seen, alone.iter().map(Vec::len).collect::<Vec<_>>());
         }
     }
+}
+
+/// The tiny Qwen2 and Qwen3 as GGUF files (scripts/make_gguf_fixtures.py: f32 tensors under
+/// llama.cpp's names, q/k not permuted, the tokenizer as gpt2 BPE with the `qwen2` split) give
+/// the HF folder's logits and token ids. llama.cpp keeps no sliding window for Qwen3, whose HF
+/// fixture slides layer 1 over 4 tokens: its rows are 4 tokens long, which no window reaches.
+#[test]
+fn tiny_qwen_gguf_matches_the_hf_folder() {
+    for (name, len) in [("tiny-qwen2", 16u32), ("tiny-qwen3", 4)] {
+        let hf = load_tiny_on(name, &Device::Cpu);
+        let path = common::fixtures().join("gguf").join(format!("{name}.gguf"));
+        let gg = load(path.to_str().unwrap(), &LoadOptions::default()).unwrap();
+        assert_eq!(gg.config.architecture(), hf.config.architecture());
+        let rows: Vec<u32> = (0..3)
+            .flat_map(|r| (0..len).map(move |i| 3 + 7 * r + 5 * i))
+            .collect();
+        let ids = Tensor::from_vec(rows, (3, len as usize), &Device::Cpu).unwrap();
+        let want = hf.model.forward(&ids, None).unwrap();
+        let got = gg.model.forward(&ids, None).unwrap();
+        let d = (got - &want)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        let scale = want
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(
+            d < 1e-5 * scale.max(1.0),
+            "{name}: GGUF logits differ by {d} (largest {scale})"
+        );
+        let chats =
+            lora_train::data::dataset::read_jsonl(common::fixtures().join("chats.jsonl")).unwrap();
+        for (i, conv) in chats.iter().enumerate() {
+            let tokenize = |m: &lora_train::model::LoadedModel| {
+                lora_train::data::mask::tokenize_conversation(
+                    conv,
+                    &m.template,
+                    &m.tokenizer,
+                    Default::default(),
+                )
+                .unwrap()
+            };
+            assert_eq!(tokenize(&gg), tokenize(&hf), "{name} chat {i}");
+        }
+    }
+}
+
+/// A `Gemma3ForConditionalGeneration` checkpoint (tiny-gemma3's text weights beside a tiny
+/// vision tower, the text tower stored under `language_model.model.*`) loads as its text model:
+/// logits within 1e-4 of transformers' with padding, equal to those of the same weights as a
+/// `Gemma3ForCausalLM` (tiny-gemma3 with the fixture's null final softcap), and LoRA targets
+/// named as PEFT names them in the conditional-generation model.
+#[test]
+fn tiny_gemma3_conditional_generation_loads_its_text_tower() {
+    check_tiny_logits("tiny-gemma3-mm");
+    let causal = tempfile::tempdir().unwrap();
+    let src = common::fixtures().join("tiny-gemma3");
+    for f in [
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+    ] {
+        std::fs::copy(src.join(f), causal.path().join(f)).unwrap();
+    }
+    let mut cfg = common::read_json(&src.join("config.json"));
+    cfg["final_logit_softcapping"] = serde_json::Value::Null;
+    std::fs::write(causal.path().join("config.json"), cfg.to_string()).unwrap();
+    let causal = load(causal.path().to_str().unwrap(), &LoadOptions::default()).unwrap();
+    let mut mm = load_tiny_on("tiny-gemma3-mm", &Device::Cpu);
+    let expected = candle_core::safetensors::load(
+        common::fixtures().join("tiny-gemma3/expected.safetensors"),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let ids = expected["input_ids"].to_dtype(DType::U32).unwrap();
+    let mask = &expected["attention_mask"];
+    let a = causal.model.forward(&ids, Some(mask)).unwrap();
+    let b = mm.model.forward(&ids, Some(mask)).unwrap();
+    let d = (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert_eq!(
+        d, 0.0,
+        "the text tower's logits differ from Gemma3ForCausalLM's"
+    );
+    let names: Vec<String> = mm.model.linears_mut().into_iter().map(|(n, _)| n).collect();
+    assert_eq!(names.len(), 4 * 7);
+    assert!(
+        names
+            .iter()
+            .all(|n| n.starts_with("model.language_model.layers.")),
+        "{names:?}"
+    );
 }

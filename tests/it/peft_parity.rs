@@ -150,10 +150,37 @@ fn tiny_gemma3_training_matches_peft() {
     check_parity("tiny-gemma3");
 }
 
+#[test]
+fn tiny_qwen2_training_matches_peft() {
+    check_parity("tiny-qwen2");
+}
+
+#[test]
+fn tiny_qwen3_training_matches_peft() {
+    check_parity("tiny-qwen3");
+}
+
+#[test]
+fn tiny_mistral_training_matches_peft() {
+    check_parity("tiny-mistral");
+}
+
+#[test]
+fn tiny_gemma2_training_matches_peft() {
+    check_parity("tiny-gemma2");
+}
+
 /// PEFT's own saved adapters score the same through our loader as through PEFT.
 #[test]
 fn peft_saved_adapters_score_the_same() {
-    for name in ["tiny-llama", "tiny-gemma3"] {
+    for name in [
+        "tiny-llama",
+        "tiny-gemma3",
+        "tiny-qwen2",
+        "tiny-qwen3",
+        "tiny-mistral",
+        "tiny-gemma2",
+    ] {
         let dir = common::fixtures().join("peft-train").join(name);
         for (adapter, score) in [
             ("init_adapter", "score_init.json"),

@@ -45,6 +45,50 @@ fn tiny_gemma3_adapter_round_trips_through_peft() {
     );
 }
 
+/// A Gemma3ForConditionalGeneration checkpoint: the adapter names the language model's modules
+/// (`model.language_model.layers.…`) with a `target_modules` regex that leaves the vision tower
+/// alone, and PEFT loads it on the conditional-generation model (every tensor placed).
+#[test]
+fn tiny_gemma3_conditional_generation_adapter_round_trips_through_peft() {
+    let dir = common::fixtures().join("roundtrip/tiny-gemma3-mm/adapter");
+    let cfg = common::read_json(&dir.join("adapter_config.json"));
+    let targets = cfg["target_modules"].as_str().unwrap();
+    assert!(
+        targets.starts_with(r"model\.language_model\.layers\."),
+        "{targets}"
+    );
+    check(
+        "tiny-gemma3-mm",
+        common::fixtures()
+            .join("tiny-gemma3-mm")
+            .to_string_lossy()
+            .into_owned(),
+    );
+}
+
+/// Qwen2's biased q/k/v (the biases stay in the base), Qwen3's q/k norms, Mistral's window.
+#[test]
+fn tiny_qwen_and_mistral_adapters_round_trip_through_peft() {
+    for name in ["tiny-qwen2", "tiny-qwen3", "tiny-mistral"] {
+        check(
+            name,
+            common::fixtures().join(name).to_string_lossy().into_owned(),
+        );
+    }
+}
+
+/// Gemma 2's soft-capped attention.
+#[test]
+fn tiny_gemma2_adapter_round_trips_through_peft() {
+    check(
+        "tiny-gemma2",
+        common::fixtures()
+            .join("tiny-gemma2")
+            .to_string_lossy()
+            .into_owned(),
+    );
+}
+
 #[test]
 fn smollm2_gguf_adapter_round_trips_through_peft() {
     check("smollm2", common::real_model(common::SMOLLM2));

@@ -27,7 +27,15 @@ fn no_stop() -> Arc<AtomicBool> {
 
 #[test]
 fn every_lora_parameter_gets_a_gradient() {
-    for model in ["tiny-llama", "tiny-gemma3"] {
+    for model in [
+        "tiny-llama",
+        "tiny-gemma3",
+        "tiny-qwen2",
+        "tiny-qwen3",
+        "tiny-mistral",
+        "tiny-gemma2",
+        "tiny-gemma3-mm",
+    ] {
         let tmp = tempfile::tempdir().unwrap();
         let t = Trainer::new(job(model, tmp.path())).unwrap();
         // B starts at zero, which zeroes A's gradient: give B values first.

@@ -3,7 +3,8 @@
 //! `lstrip_blocks` and Jinja's trailing-newline rule, loop controls, `tojson` as Python's
 //! `json.dumps(ensure_ascii=False)`, `raise_exception`, `strftime_now` and Python's string and dict
 //! methods (`minijinja_contrib::pycompat`). Templates see `messages`, `add_generation_prompt`,
-//! `bos_token`, `eos_token`, and `tools` and `documents` as none.
+//! `bos_token`, `eos_token`, and `tools` and `documents` as none; an assistant message with
+//! reasoning also has `reasoning_content` (Qwen3's template renders it in a `<think>` block).
 
 use std::fmt;
 
@@ -57,11 +58,14 @@ impl fmt::Debug for ChatTemplate {
     }
 }
 
-/// What a template sees of a message: only `role` and `content`, as in an OpenAI request.
+/// What a template sees of a message: `role` and `content`, as in an OpenAI request, and
+/// `reasoning_content` only where the message has it (templates test `is string`/`is defined`).
 #[derive(Serialize)]
 struct TemplateMessage<'a> {
     role: &'a str,
     content: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reasoning_content: Option<&'a str>,
 }
 
 impl ChatTemplate {
@@ -156,6 +160,7 @@ impl ChatTemplate {
             .map(|m| TemplateMessage {
                 role: m.role.as_str(),
                 content: &m.content,
+                reasoning_content: m.reasoning_content.as_deref(),
             })
             .collect();
         let mut ctx: Vec<(&str, Value)> = vec![
@@ -194,6 +199,9 @@ pub fn builtin_template_name(arch: &str, tokenizer: &ChatTokenizer) -> Result<&'
     let arch_lower = arch.to_ascii_lowercase();
     if arch_lower.starts_with("gemma") {
         return Ok("gemma");
+    }
+    if arch_lower.starts_with("qwen") && tokenizer.token_to_id("<|im_start|>").is_some() {
+        return Ok("chatml");
     }
     if arch_lower.starts_with("llama") {
         if tokenizer.token_to_id("<|start_header_id|>").is_some() {
