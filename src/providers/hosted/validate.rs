@@ -387,7 +387,8 @@ fn check_pair_line(object: &Map<String, Value>) -> std::result::Result<(), Strin
             return Err(
                 "a prompt/chosen/rejected pair (dpo-trl or dpo-seed): hosted DPO uploads \
                         the provider's shape, input/preferred_output/non_preferred_output \
-                        (dpo-openai); convert the file first"
+                        (dpo-openai); convert the file first: lora-train data convert FILE \
+                        -o OUT.jsonl --to dpo-openai"
                     .to_string(),
             );
         }
