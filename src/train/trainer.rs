@@ -907,8 +907,8 @@ impl Trainer {
     }
 }
 
-/// Reads, splits, tokenizes and fits the job's data with the model's template and tokenizer.
-fn prepare_data(job: &JobConfig, model: &LoadedModel) -> Result<PreparedData> {
+/// Where the job's held-out data comes from, and how its data is prepared.
+fn data_options(job: &JobConfig) -> (HeldOut<'_>, PrepareOptions) {
     let held_out = match &job.data.validation {
         Some(ValidationSpec::File(path)) => HeldOut::File(path),
         Some(ValidationSpec::Fraction(fraction)) => HeldOut::Fraction(*fraction),
@@ -919,6 +919,12 @@ fn prepare_data(job: &JobConfig, model: &LoadedModel) -> Result<PreparedData> {
         max_seq_len: job.data.max_seq_len,
         split_seed: job.train.seed,
     };
+    (held_out, opts)
+}
+
+/// Reads, splits, tokenizes and fits the job's data with the model's template and tokenizer.
+fn prepare_data(job: &JobConfig, model: &LoadedModel) -> Result<PreparedData> {
+    let (held_out, opts) = data_options(job);
     let data = prepare_dataset(
         &job.data.train,
         held_out,
@@ -962,16 +968,7 @@ fn prepare_data(job: &JobConfig, model: &LoadedModel) -> Result<PreparedData> {
 
 /// Reads, splits, tokenizes and fits a DPO job's preference pairs.
 fn prepare_pair_data(job: &JobConfig, model: &LoadedModel) -> Result<PreparedPairs> {
-    let held_out = match &job.data.validation {
-        Some(ValidationSpec::File(path)) => HeldOut::File(path),
-        Some(ValidationSpec::Fraction(fraction)) => HeldOut::Fraction(*fraction),
-        None => HeldOut::None,
-    };
-    let opts = PrepareOptions {
-        loss_on: job.data.loss_on,
-        max_seq_len: job.data.max_seq_len,
-        split_seed: job.train.seed,
-    };
+    let (held_out, opts) = data_options(job);
     let pairs = prepare_pairs(
         &job.data.train,
         held_out,
