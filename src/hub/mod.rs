@@ -1,5 +1,5 @@
 //! Models from the Hugging Face Hub: `org/name[@revision]` becomes a snapshot folder in the
-//! standard cache ([`cache`]), downloading what the cache lacks: `config.json`, the tokenizer
+//! standard cache (`cache.rs`), downloading what the cache lacks: `config.json`, the tokenizer
 //! files ([`TOKENIZER_FILES`], each when the repo has it) and the safetensors weights
 //! (`model.safetensors`, or `model.safetensors.index.json` and every shard its `weight_map`
 //! lists). Later runs, and Python's `huggingface_hub`, find them there.
@@ -21,7 +21,7 @@
 //! repo, a missing repo and a missing file cannot be told apart (the Hub says which in
 //! `X-Error-Code`); it checks neither the size nor the SHA-256 of what it downloaded, and
 //! appends a `200` reply to a resumed partial file when a server ignores the range. So this
-//! module speaks the resolve protocol itself ([`client`]) on the stack the providers' transport
+//! module speaks the resolve protocol itself (`client.rs`) on the stack the providers' transport
 //! uses: `ureq` 3, the retry policy of [`crate::net::retry`] and the never-printed keys of
 //! [`crate::net::secret`], which moved below the model layer for it.
 

@@ -1,5 +1,5 @@
 //! The blocking HTTP transport under every provider: auth headers, per-request
-//! timeouts, client-side limits and the retry loop of [`super::retry`].
+//! timeouts, client-side limits and the retry loop of [`crate::net::retry`].
 //!
 //! Keys go into headers here and nowhere else. Logs and errors carry the method,
 //! the path and the status, never a header; text a server sends back is scrubbed
