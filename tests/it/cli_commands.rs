@@ -218,28 +218,7 @@ fn sharded_safetensors_and_hub_cache_load_the_same_model() {
         std::fs::copy(src.join(f), snap.join(f)).unwrap();
     }
     let all = candle_core::safetensors::load(src.join("model.safetensors"), &Device::Cpu).unwrap();
-    let mut names: Vec<&String> = all.keys().collect();
-    names.sort();
-    let (a, b) = names.split_at(names.len() / 2);
-    let mut map = serde_json::Map::new();
-    for (part, file) in [
-        (a, "model-00001-of-00002.safetensors"),
-        (b, "model-00002-of-00002.safetensors"),
-    ] {
-        let shard: std::collections::HashMap<String, Tensor> = part
-            .iter()
-            .map(|n| ((*n).clone(), all[*n].clone()))
-            .collect();
-        candle_core::safetensors::save(&shard, snap.join(file)).unwrap();
-        for n in part {
-            map.insert((*n).clone(), file.into());
-        }
-    }
-    std::fs::write(
-        snap.join("model.safetensors.index.json"),
-        serde_json::json!({"metadata": {}, "weight_map": map}).to_string(),
-    )
-    .unwrap();
+    common::write_two_shards(&all, &snap);
     let dir = lora_train::model::source::resolve_hub_id("org/tiny", tmp.path()).unwrap();
     assert_eq!(dir, snap);
     let got = logits(dir.to_str().unwrap(), DType::F32);

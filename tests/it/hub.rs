@@ -327,32 +327,14 @@ fn the_first_run_downloads_and_the_second_works_offline() {
 
 #[test]
 fn sharded_weights_are_listed_from_the_index() {
-    use candle_core::{Device, Tensor};
+    use candle_core::Device;
     let tmp = tempfile::tempdir().unwrap();
     let mut files = tiny_files();
     let weights = files.remove("model.safetensors").unwrap();
     let all = candle_core::safetensors::load_buffer(&weights, &Device::Cpu).unwrap();
-    let mut names: Vec<&String> = all.keys().collect();
-    names.sort();
-    let (a, b) = names.split_at(names.len() / 2);
-    let mut map = serde_json::Map::new();
-    for (part, file) in [
-        (a, "model-00001-of-00002.safetensors"),
-        (b, "model-00002-of-00002.safetensors"),
-    ] {
-        let shard: std::collections::HashMap<String, Tensor> = part
-            .iter()
-            .map(|n| ((*n).clone(), all[*n].clone()))
-            .collect();
-        let path = tmp.path().join(file);
-        candle_core::safetensors::save(&shard, &path).unwrap();
-        files.insert(file.to_string(), std::fs::read(&path).unwrap());
-        for n in part {
-            map.insert((*n).clone(), file.into());
-        }
+    for file in crate::common::write_two_shards(&all, tmp.path()) {
+        files.insert(file.clone(), std::fs::read(tmp.path().join(&file)).unwrap());
     }
-    let index = serde_json::json!({"metadata": {}, "weight_map": map}).to_string();
-    files.insert("model.safetensors.index.json".into(), index.into_bytes());
     let mock = MockHub::start(one_repo("org/sharded", files.clone()));
 
     let stdout = succeeded(

@@ -115,3 +115,39 @@ dir = "{out}"
     let overrides: Vec<String> = overrides.iter().map(|s| s.to_string()).collect();
     lora_train::config::JobConfig::load_str(&text, &out.join("job.toml"), &overrides).unwrap()
 }
+
+/// Writes `weights` into `dir` as two safetensors shards with their
+/// `model.safetensors.index.json`, as transformers saves a large model; returns the three file
+/// names written.
+pub fn write_two_shards(
+    weights: &std::collections::HashMap<String, candle_core::Tensor>,
+    dir: &std::path::Path,
+) -> Vec<String> {
+    let mut names: Vec<&String> = weights.keys().collect();
+    names.sort();
+    let (a, b) = names.split_at(names.len() / 2);
+    let mut map = serde_json::Map::new();
+    let mut written = Vec::new();
+    for (part, file) in [
+        (a, "model-00001-of-00002.safetensors"),
+        (b, "model-00002-of-00002.safetensors"),
+    ] {
+        let shard: std::collections::HashMap<String, candle_core::Tensor> = part
+            .iter()
+            .map(|n| ((*n).clone(), weights[*n].clone()))
+            .collect();
+        candle_core::safetensors::save(&shard, dir.join(file)).unwrap();
+        for n in part {
+            map.insert((*n).clone(), file.into());
+        }
+        written.push(file.to_string());
+    }
+    let index = "model.safetensors.index.json";
+    std::fs::write(
+        dir.join(index),
+        serde_json::json!({"metadata": {}, "weight_map": map}).to_string(),
+    )
+    .unwrap();
+    written.push(index.to_string());
+    written
+}
