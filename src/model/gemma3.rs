@@ -230,25 +230,15 @@ impl Attention {
         mask: &AttnMask,
         pass: Pass<'_>,
     ) -> Result<Tensor> {
-        let (b, t, _) = x.dims3()?;
         // `[B, T, heads, D]`, contiguous: q and k are normalised per head before the transpose
         // (the norm is over D), and the rope kernel reads the transposed views through their
         // strides, so only v is copied into `[B, heads, T, D]`.
-        let heads = |l: &Linear, n: usize| -> Result<Tensor> {
-            Ok(l.forward_recomputed(x, true, remake)?
-                .reshape((b, t, n, self.head_dim))?)
-        };
-        let (q, k) = (
-            heads(&self.proj.q_proj, self.n_head)?,
-            heads(&self.proj.k_proj, self.n_kv_head)?,
-        );
-        let (q, k) = match &self.qk_norm {
-            Some((qn, kn)) => (qn.forward(&q)?, kn.forward(&k)?),
-            None => (q, k),
-        };
-        let q = q.transpose(1, 2)?;
-        let k = k.transpose(1, 2)?;
-        let v_in = heads(&self.proj.v_proj, self.n_kv_head)?.transpose(1, 2)?;
+        let (q, k, v_in) = self.proj.heads(
+            x,
+            remake,
+            (self.n_head, self.n_kv_head, self.head_dim),
+            self.qk_norm.as_ref(),
+        )?;
         let v = v_in.contiguous()?;
         // The copy is the projection's last reader (and reads nothing in backward).
         if !v_in.is_contiguous() {

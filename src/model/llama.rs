@@ -245,24 +245,14 @@ impl Attention {
         mask: &AttnMask,
         pass: Pass<'_>,
     ) -> Result<Tensor> {
-        let (b, t, _) = x.dims3()?;
-        let heads = |l: &Linear, n: usize| -> Result<Tensor> {
-            Ok(l.forward_recomputed(x, true, remake)?
-                .reshape((b, t, n, self.head_dim))?)
-        };
-        let (q, k) = (
-            heads(&self.proj.q_proj, self.n_head)?,
-            heads(&self.proj.k_proj, self.n_kv_head)?,
-        );
         // Qwen3 normalises each head over D before the transpose (transformers' order); the
         // norm reads its input, not its output, in backward.
-        let (q, k) = match &self.qk_norm {
-            Some((qn, kn)) => (qn.forward(&q)?, kn.forward(&k)?),
-            None => (q, k),
-        };
-        let q = q.transpose(1, 2)?;
-        let k = k.transpose(1, 2)?;
-        let v = heads(&self.proj.v_proj, self.n_kv_head)?.transpose(1, 2)?;
+        let (q, k, v) = self.proj.heads(
+            x,
+            remake,
+            (self.n_head, self.n_kv_head, self.head_dim),
+            self.qk_norm.as_ref(),
+        )?;
         // The transposed views go in as they are: the rope kernel reads them through their
         // strides and writes contiguous heads. Rotation and copy are their inputs' last readers,
         // and neither they nor the projections read them in backward: free them.

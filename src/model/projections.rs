@@ -5,8 +5,9 @@
 use candle_core::Tensor;
 
 use super::mlp::GatedMlp;
+use super::norm::RmsNorm;
 use super::weights::Weights;
-use crate::lora::Linear;
+use crate::lora::{Linear, Recompute};
 use crate::Result;
 
 /// HF paths of a decoder layer's seven projections, in PEFT's order.
@@ -47,6 +48,34 @@ impl AttnProjections {
             v_proj: w.projection(&format!("{prefix}.v_proj"), kv, hidden, qkv_bias)?,
             o_proj: w.projection(&format!("{prefix}.o_proj"), hidden, q, o_bias)?,
         })
+    }
+
+    /// The query, key and value heads of `x` (`[B, T, hidden]`), each a `[B, heads, T, D]`
+    /// transposed view of a contiguous `[B, T, heads, D]`. With `qk_norm` (Qwen3, Gemma 3), q
+    /// and k are normalised per head first, over D, as transformers orders it. `remake` makes
+    /// `x` again for the projections' backward.
+    pub fn heads(
+        &self,
+        x: &Tensor,
+        remake: &Recompute,
+        (n_head, n_kv_head, head_dim): (usize, usize, usize),
+        qk_norm: Option<&(RmsNorm, RmsNorm)>,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
+        let (b, t, _) = x.dims3()?;
+        let heads = |l: &Linear, n: usize| -> Result<Tensor> {
+            Ok(l.forward_recomputed(x, true, remake)?
+                .reshape((b, t, n, head_dim))?)
+        };
+        let (q, k) = (
+            heads(&self.q_proj, n_head)?,
+            heads(&self.k_proj, n_kv_head)?,
+        );
+        let (q, k) = match qk_norm {
+            Some((qn, kn)) => (qn.forward(&q)?, kn.forward(&k)?),
+            None => (q, k),
+        };
+        let v = heads(&self.v_proj, n_kv_head)?;
+        Ok((q.transpose(1, 2)?, k.transpose(1, 2)?, v.transpose(1, 2)?))
     }
 }
 
