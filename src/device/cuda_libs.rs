@@ -136,6 +136,11 @@ fn dl_error(e: &libloading::Error) -> String {
     }
 }
 
+/// Whether the driver (`libcuda.so.1`) loaded.
+pub fn driver_loaded() -> bool {
+    load().first().is_some_and(|l| l.loaded)
+}
+
 /// Why CUDA cannot be used, naming the first library that did not load and the variable that
 /// points at it; `None` when all loaded.
 pub fn missing() -> Option<String> {

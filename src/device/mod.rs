@@ -31,7 +31,7 @@ pub fn open(name: DeviceName) -> Result<Device> {
                             return Ok(single_stream(d));
                         }
                     }
-                    Some(why) if why.starts_with("no CUDA driver") => {
+                    Some(_) if !cuda_libs::driver_loaded() => {
                         tracing::info!("no CUDA driver found, using cpu")
                     }
                     Some(why) => tracing::warn!("{why}; using cpu"),
