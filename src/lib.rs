@@ -4,7 +4,8 @@
 //! Modules are layered, each using only those below it: [`error`], [`net`] and the Hugging Face
 //! [`hub`] downloads, [`data`] and the tensor ops
 //! ([`gemm`], [`autograd`], [`kernels`], [`quant`]) at the bottom, up to [`train`] and
-//! [`providers`], the evaluation [`harness`] and the synthetic-data tools ([`synth`]); `tests/it/layering.rs` states the order. DEVELOPERS.md opens with a map.
+//! [`providers`], the evaluation [`harness`], the synthetic-data tools ([`synth`]) and the
+//! server ([`serve`]) over the SQLite [`registry`]; `tests/it/layering.rs` states the order. DEVELOPERS.md opens with a map.
 
 pub mod alloc;
 pub mod autograd;
@@ -26,6 +27,8 @@ pub mod model;
 pub mod net;
 pub mod providers;
 pub mod quant;
+pub mod registry;
+pub mod serve;
 pub mod synth;
 #[cfg(test)]
 mod testutil;

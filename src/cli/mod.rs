@@ -13,7 +13,9 @@ mod export;
 mod generate;
 mod hosted;
 mod inspect;
+mod record;
 mod score;
+mod serve;
 mod shell;
 mod train;
 
@@ -65,6 +67,15 @@ pub struct Cli {
     /// Log more (repeat for debug output); RUST_LOG overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
+
+    /// The registry file runs are recorded in [default: $LORA_TRAIN_HOME/registry.db, else
+    /// ~/.lora-train/registry.db].
+    #[arg(long, global = true, value_name = "FILE")]
+    pub db: Option<PathBuf>,
+
+    /// Record nothing in the registry.
+    #[arg(long, global = true, conflicts_with = "db")]
+    pub no_registry: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -91,6 +102,8 @@ pub enum Command {
     Download(download::DownloadArgs),
     /// Measure a job's training speed, memory and MFU on this machine; sweep sizes.
     Bench(bench::BenchArgs),
+    /// Serve the registry's REST API, a job queue and the dashboard (loopback by default).
+    Serve(serve::ServeArgs),
 }
 
 /// A run that a signal stopped, its checkpoint saved: no error, but the process exits with the
@@ -163,6 +176,7 @@ fn parse_float(s: &str, min: f64, min_open: bool, max: f64, valid: &str) -> Resu
 
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
+    record::init(cli.db.clone(), cli.no_registry);
     match cli.command {
         Some(Command::Generate(a)) => generate::run(a),
         Some(Command::Score(a)) => score::run(a),
@@ -174,6 +188,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Some(Command::Doctor(a)) => doctor::run(&a),
         Some(Command::Download(a)) => download::run(a),
         Some(Command::Bench(a)) => bench::run(&a),
+        Some(Command::Serve(a)) => serve::run(&a),
         None => match &cli.config {
             Some(path) => train::run(path, &cli),
             None => bail!("nothing to do: give --config job.toml, or a command (see --help)"),

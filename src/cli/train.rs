@@ -27,6 +27,24 @@ pub fn run(path: &Path, cli: &Cli) -> anyhow::Result<()> {
     // Before the model loads: a refused output folder is reported at once.
     let start = lora_train::train::output_dir::Start::from_flags(cli.resume, cli.overwrite)?;
     lora_train::train::output_dir::check(&job.output.dir, start)?;
+    let mut record = super::record::TrainRecord::begin(&job, path, cli.resume);
+    let recorded_job = job.clone();
+    let trained = train(path, cli, job, &env, &mut record);
+    if let (Err(e), Some(record)) = (&trained, record.take()) {
+        record.finish(&recorded_job, super::record::TrainEnd::Failed(e));
+    }
+    trained
+}
+
+/// Loads, trains and reports; `record` is finished once training ends.
+fn train(
+    path: &Path,
+    cli: &Cli,
+    job: lora_train::config::JobConfig,
+    env: &Env,
+    record: &mut Option<super::record::TrainRecord>,
+) -> anyhow::Result<()> {
+    let recorded_job = job.clone();
     let mut trainer = lora_train::train::Trainer::new(job)?;
     let opts = lora_train::train::RunOptions {
         resume: cli.resume,
@@ -53,8 +71,19 @@ pub fn run(path: &Path, cli: &Cli) -> anyhow::Result<()> {
         trainer.params().num_parameters()
     );
     let stop = lora_train::train::install_stop_handler();
+    if let Some(r) = record.as_mut() {
+        let metrics = trainer.job().output.dir.join("metrics.jsonl");
+        r.training(trainer.plan().total_steps, &metrics);
+    }
     let summary = trainer.run(&opts, stop.clone())?;
     print_summary(&summary);
+    if let Some(r) = record.take() {
+        let end = match summary.interrupted {
+            true => super::record::TrainEnd::Stopped(lora_train::train::stop_signal(), &summary),
+            false => super::record::TrainEnd::Completed(&summary),
+        };
+        r.finish(&recorded_job, end);
+    }
     if summary.interrupted {
         let (again, resume) = match summary.steps {
             0 => ("start again with", false),
@@ -69,7 +98,7 @@ pub fn run(path: &Path, cli: &Cli) -> anyhow::Result<()> {
         return stopped();
     }
     if !cli.no_report {
-        match evaluate_run(&mut trainer, &summary, &env, &stop) {
+        match evaluate_run(&mut trainer, &summary, env, &stop) {
             Ok(Some(done)) => match &done.behaviour {
                 Some(report) => println!("{}", report.render()),
                 None => {

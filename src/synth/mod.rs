@@ -130,22 +130,7 @@ impl Call {
     }
 }
 
-/// The current time as RFC 3339 UTC with milliseconds (`2026-12-03T05:04:00.123Z`).
-pub fn utc_now() -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    let secs = now.as_secs() as i64;
-    let (y, m, d) = crate::data::template::civil_from_days(secs.div_euclid(86_400));
-    let t = secs.rem_euclid(86_400);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
-        t / 3600,
-        t / 60 % 60,
-        t % 60,
-        now.subsec_millis()
-    )
-}
+pub use crate::data::template::utc_now;
 
 /// The hex SHA-256 of a value's JSON.
 pub fn hash_json(value: &serde_json::Value) -> String {

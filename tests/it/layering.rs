@@ -13,6 +13,7 @@ const LAYERS: &[&[&str]] = &[
     &["testutil", "fsutil", "alloc", "threads", "net"],
     &["hub"],
     &["data"],
+    &["registry"],
     &["gemm"],
     &["autograd"],
     &["kernels"],
@@ -27,7 +28,7 @@ const LAYERS: &[&[&str]] = &[
     &["train"],
     &["providers", "bench"],
     &["harness"],
-    &["synth"],
+    &["synth", "serve"],
     &["cli"],
 ];
 

@@ -126,7 +126,17 @@ impl JobConfig {
         extra: impl Fn(&JobConfig) -> std::result::Result<(), (String, String)>,
     ) -> Result<JobConfig> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        Ok(Self::load_str_checked(&text, path, overrides, extra)?.0)
+        Self::load_str_checked(&text, path, overrides, extra)
+    }
+
+    /// [`JobConfig::load_checked`] on text already read (a job posted to the server).
+    pub fn load_str_checked(
+        text: &str,
+        path: &Path,
+        overrides: &[String],
+        extra: impl Fn(&JobConfig) -> std::result::Result<(), (String, String)>,
+    ) -> Result<JobConfig> {
+        Ok(Self::load_written_checked(text, path, overrides, extra)?.0)
     }
 
     fn load_str_written(
@@ -134,10 +144,10 @@ impl JobConfig {
         path: &Path,
         overrides: &[String],
     ) -> Result<(JobConfig, WrittenKeys)> {
-        Self::load_str_checked(text, path, overrides, |_| Ok(()))
+        Self::load_written_checked(text, path, overrides, |_| Ok(()))
     }
 
-    fn load_str_checked(
+    fn load_written_checked(
         text: &str,
         path: &Path,
         overrides: &[String],

@@ -17,7 +17,7 @@ use crate::{Error, Result};
 
 mod python;
 
-pub use python::civil_from_days;
+pub use python::{civil_from_days, utc_now};
 use python::{python_formatter, raise_exception, strftime_now, tojson, Raised};
 
 const TEMPLATE_NAME: &str = "chat_template";

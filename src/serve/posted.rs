@@ -1,0 +1,144 @@
+//! Jobs posted to the API: a job file (`application/toml`), or the seeds' JSON shape
+//! (`{name, base_model, dataset_path, training_config: {...}}`) mapped onto our job keys. Both
+//! are checked as `lora-train --config` checks a file, with relative paths taken from the
+//! server's working directory.
+
+use std::path::Path;
+
+use serde::Deserialize;
+
+use crate::config::JobConfig;
+
+use super::error::ApiError;
+
+/// A posted job before it is checked: its text as a job file, and the name it was given.
+#[derive(Debug, Clone)]
+pub struct PostedJob {
+    pub name: Option<String>,
+    pub toml: String,
+    /// Whether the job's output folder is the server's to choose (JSON jobs have none).
+    pub server_output_dir: bool,
+}
+
+/// The seeds' job shape.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SeedJob {
+    name: String,
+    base_model: String,
+    dataset_path: String,
+    #[serde(default)]
+    training_config: SeedTrainingConfig,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SeedTrainingConfig {
+    lora_r: Option<u64>,
+    lora_alpha: Option<f64>,
+    lora_dropout: Option<f64>,
+    num_epochs: Option<f64>,
+    batch_size: Option<u64>,
+    learning_rate: Option<f64>,
+    max_seq_length: Option<u64>,
+    quantization: Option<String>,
+    gradient_checkpointing: Option<bool>,
+}
+
+/// The output folder a JSON job is given before its id is known; replaced once it is.
+pub const PENDING_OUTPUT: &str = "pending-output";
+
+/// Reads the seeds' JSON shape into a job file.
+pub fn from_json(body: &[u8]) -> Result<PostedJob, ApiError> {
+    let seed: SeedJob = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request("invalid_json", format!("request body: {e}")))?;
+    let t = seed.training_config;
+    let mut model = toml::Table::new();
+    model.insert("source".into(), seed.base_model.into());
+    if let Some(q) = t.quantization.as_deref() {
+        let ours = match q {
+            "4bit" => "nf4",
+            "8bit" => "q8_0",
+            "none" => "none",
+            other => {
+                return Err(ApiError::bad_request(
+                    "invalid_job",
+                    format!(
+                        "training_config.quantization: `{other}` is not one of 4bit, 8bit, none"
+                    ),
+                ))
+            }
+        };
+        model.insert("quantize".into(), ours.into());
+    }
+    let mut lora = toml::Table::new();
+    put(
+        &mut lora,
+        "r",
+        t.lora_r.map(|v| toml::Value::Integer(v as i64)),
+    );
+    put(&mut lora, "alpha", t.lora_alpha.map(toml::Value::Float));
+    put(&mut lora, "dropout", t.lora_dropout.map(toml::Value::Float));
+    let mut data = toml::Table::new();
+    data.insert("train".into(), seed.dataset_path.into());
+    put(
+        &mut data,
+        "max_seq_len",
+        t.max_seq_length.map(|v| toml::Value::Integer(v as i64)),
+    );
+    let mut train = toml::Table::new();
+    put(&mut train, "epochs", t.num_epochs.map(toml::Value::Float));
+    put(
+        &mut train,
+        "micro_batch_size",
+        t.batch_size.map(|v| toml::Value::Integer(v as i64)),
+    );
+    put(&mut train, "lr", t.learning_rate.map(toml::Value::Float));
+    put(
+        &mut train,
+        "gradient_checkpointing",
+        t.gradient_checkpointing.map(toml::Value::Boolean),
+    );
+    let mut output = toml::Table::new();
+    output.insert("dir".into(), PENDING_OUTPUT.into());
+    let mut doc = toml::Table::new();
+    for (section, table) in [
+        ("model", model),
+        ("lora", lora),
+        ("data", data),
+        ("train", train),
+        ("output", output),
+    ] {
+        if !table.is_empty() {
+            doc.insert(section.into(), toml::Value::Table(table));
+        }
+    }
+    let toml = toml::to_string(&doc).map_err(ApiError::internal)?;
+    Ok(PostedJob {
+        name: Some(seed.name),
+        toml,
+        server_output_dir: true,
+    })
+}
+
+fn put(table: &mut toml::Table, key: &str, value: Option<toml::Value>) {
+    if let Some(v) = value {
+        table.insert(key.into(), v);
+    }
+}
+
+/// Checks a posted job as the CLI checks a job file (`posted.toml` in the server's working
+/// directory, for errors and relative paths), and that the files it reads exist.
+pub fn check(posted: &PostedJob, cwd: &Path) -> Result<JobConfig, ApiError> {
+    let path = cwd.join("posted.toml");
+    let invalid = |e: crate::Error| ApiError::bad_request("invalid_job", e.to_string());
+    let job = JobConfig::load_str_checked(
+        &posted.toml,
+        &path,
+        &[],
+        crate::harness::training::check_job,
+    )
+    .map_err(invalid)?;
+    job.check_files().map_err(invalid)?;
+    Ok(job)
+}
