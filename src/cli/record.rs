@@ -66,6 +66,8 @@ pub struct TrainRecord {
     id: i64,
     /// The server's worker reads the metrics of the runs it started; a CLI run reads its own.
     tail: Option<(Arc<AtomicBool>, std::thread::JoinHandle<MetricsTail>)>,
+    /// The run's `metrics.jsonl`, once training has started.
+    metrics: Option<PathBuf>,
     from_server: bool,
 }
 
@@ -109,6 +111,7 @@ impl TrainRecord {
             reg: Arc::new(Mutex::new(reg)),
             id,
             tail: None,
+            metrics: None,
             from_server: given.is_some(),
         })
     }
@@ -134,6 +137,7 @@ impl TrainRecord {
                 },
             )
         });
+        self.metrics = Some(metrics.to_path_buf());
         if self.from_server {
             return;
         }
@@ -161,11 +165,16 @@ impl TrainRecord {
     /// Records how the run ended; a completed run's adapter becomes a new model version.
     pub fn finish(mut self, job: &JobConfig, end: TrainEnd) {
         let id = self.id;
-        if let Some((stop, handle)) = self.tail.take() {
-            stop.store(true, Ordering::Relaxed);
-            if let Ok(mut tail) = handle.join() {
-                self.with(|r| tail.poll(r));
+        // Every line is in the registry before the end is: whoever sees the end sees them.
+        let tail = match self.tail.take() {
+            Some((stop, handle)) => {
+                stop.store(true, Ordering::Relaxed);
+                handle.join().ok()
             }
+            None => self.metrics.as_deref().map(|m| MetricsTail::new(id, m)),
+        };
+        if let Some(mut tail) = tail {
+            self.with(|r| tail.poll(r));
         }
         let (status, error) = match &end {
             TrainEnd::Completed(_) => (JobStatus::Completed, None),

@@ -81,7 +81,10 @@ impl JobStatus {
         matches!(
             (self, to),
             (Queued, Preparing | Cancelled | Failed)
-                | (Preparing, Training | Completed | Failed | Cancelling | Cancelled)
+                | (
+                    Preparing,
+                    Training | Completed | Failed | Cancelling | Cancelled
+                )
                 | (Training, Completed | Failed | Cancelling | Cancelled)
                 | (Cancelling, Cancelled | Failed | Completed)
                 | (Failed | Cancelled, Queued)

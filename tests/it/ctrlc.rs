@@ -38,6 +38,7 @@ fn train_until(
     args: &[&str],
 ) -> (Option<i32>, String, usize) {
     let mut child = Command::new(bin())
+        .env("LORA_TRAIN_HOME", common::cli::shared_home())
         .arg("--config")
         .arg(job)
         .args(args)
@@ -87,6 +88,7 @@ fn train_until(
 /// Runs the binary on `job` with `args`, expecting success.
 fn run_ok(job: &Path, args: &[&str]) {
     let out = Command::new(bin())
+        .env("LORA_TRAIN_HOME", common::cli::shared_home())
         .arg("--config")
         .arg(job)
         .args(args)

@@ -34,6 +34,7 @@ mod providers_hosted;
 mod qlora;
 mod real_models;
 mod roundtrip;
+mod serve;
 mod tokenizer;
 mod train;
 mod train_eval;

@@ -9,7 +9,7 @@ use assert_cmd::Command;
 
 /// The home every test command shares unless it asks for its own: a fresh folder per test
 /// process under cargo's temp dir for integration tests.
-fn shared_home() -> &'static Path {
+pub fn shared_home() -> &'static Path {
     static HOME: OnceLock<PathBuf> = OnceLock::new();
     HOME.get_or_init(|| {
         let dir =
