@@ -19,12 +19,12 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::registry::{
-    Backend, Job, JobFilter, JobStatus, Method, NewJob, Registry, RegistryError, VersionRef,
+    Job, JobFilter, JobStatus, Registry, RegistryError, VersionRef,
 };
 
 use super::error::ApiError;
 use super::posted::{self, PostedJob};
-use super::worker::{job_dir, log_path};
+use super::worker::log_path;
 use super::AppState;
 
 /// Every API route as (method, path) in OpenAPI's spelling; `docs/openapi.json` lists the
@@ -148,71 +148,8 @@ async fn create_job(
     };
     let name = q.name.or(posted.name.clone());
     let autostart = q.start.unwrap_or(true);
-    let cfg = s.cfg.clone();
-    let db = s.db.clone();
-    let job = tokio::task::spawn_blocking(move || -> Result<Job, ApiError> {
-        let mut job = posted::check(&posted, &cfg.cwd)?;
-        let name = name
-            .filter(|n| !n.trim().is_empty())
-            .unwrap_or_else(|| default_name(&job.output.dir));
-        let backend = match job.hosted.as_ref() {
-            None => Backend::Local,
-            Some(_) => {
-                return Err(ApiError::bad_request(
-                    "hosted_job",
-                    "this server runs local jobs; submit a [hosted] job with \
-                     `lora-train hosted submit`, which records it in the same registry",
-                ))
-            }
-        };
-        let method = match job.is_dpo() {
-            true => Method::Dpo,
-            false => Method::Sft,
-        };
-        let id = db.write_now(|r| {
-            r.create_job(&NewJob {
-                name,
-                backend,
-                method,
-                config_toml: posted.toml.clone(),
-                config_path: None,
-                status: JobStatus::Queued,
-                autostart: false,
-                output_dir: None,
-                total_steps: None,
-            })
-        })?;
-        let dir = job_dir(&cfg.jobs_root, id);
-        if posted.server_output_dir {
-            job.output.dir = dir.join("output");
-        }
-        let resolved = job.to_toml_string().map_err(ApiError::internal)?;
-        let config = dir.join("job.toml");
-        crate::fsutil::write_atomic(&config, resolved.as_bytes()).map_err(ApiError::internal)?;
-        let output = job.output.dir.to_string_lossy().into_owned();
-        let config = config.to_string_lossy().into_owned();
-        db.write_now(|r| -> Result<Job, RegistryError> {
-            r.set_job_outputs(id, Some(&output), None)?;
-            r.set_config_path(id, &config)?;
-            match autostart {
-                true => r.request_start(id),
-                false => r.job(id),
-            }
-        })
-        .map_err(ApiError::from)
-    })
-    .await
-    .map_err(ApiError::internal)??;
-    s.worker.wake();
+    let job = posted::create(&s, posted, name, autostart).await?;
     Ok((StatusCode::CREATED, Json(job)))
-}
-
-/// A job's name when none is given: its output folder's name.
-fn default_name(output: &FsPath) -> String {
-    output
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "job".into())
 }
 
 async fn get_job(State(s): State<AppState>, Path(id): Path<String>) -> Result<Json<Job>, ApiError> {

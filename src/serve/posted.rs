@@ -8,8 +8,11 @@ use std::path::Path;
 use serde::Deserialize;
 
 use crate::config::JobConfig;
+use crate::registry::{Backend, Job, JobStatus, Method, NewJob, RegistryError};
 
 use super::error::ApiError;
+use super::worker::job_dir;
+use super::AppState;
 
 /// A posted job before it is checked: its text as a job file, and the name it was given.
 #[derive(Debug, Clone)]
@@ -141,4 +144,80 @@ pub fn check(posted: &PostedJob, cwd: &Path) -> Result<JobConfig, ApiError> {
     .map_err(invalid)?;
     job.check_files().map_err(invalid)?;
     Ok(job)
+}
+
+/// Checks a posted job, creates its row, writes the resolved job file into the job's folder
+/// (the worker runs that file), and queues it; held until started when `autostart` is false.
+/// The worker is woken.
+pub async fn create(
+    state: &AppState,
+    posted: PostedJob,
+    name: Option<String>,
+    autostart: bool,
+) -> Result<Job, ApiError> {
+    let cfg = state.cfg.clone();
+    let db = state.db.clone();
+    let job = tokio::task::spawn_blocking(move || -> Result<Job, ApiError> {
+        let mut job = check(&posted, &cfg.cwd)?;
+        let name = name
+            .filter(|n| !n.trim().is_empty())
+            .unwrap_or_else(|| default_name(&job.output.dir));
+        let backend = match job.hosted.as_ref() {
+            None => Backend::Local,
+            Some(_) => {
+                return Err(ApiError::bad_request(
+                    "hosted_job",
+                    "this server runs local jobs; submit a [hosted] job with \
+                     `lora-train hosted submit`, which records it in the same registry",
+                ))
+            }
+        };
+        let method = match job.is_dpo() {
+            true => Method::Dpo,
+            false => Method::Sft,
+        };
+        let id = db.write_now(|r| {
+            r.create_job(&NewJob {
+                name,
+                backend,
+                method,
+                config_toml: posted.toml.clone(),
+                config_path: None,
+                status: JobStatus::Queued,
+                autostart: false,
+                output_dir: None,
+                total_steps: None,
+            })
+        })?;
+        let dir = job_dir(&cfg.jobs_root, id);
+        if posted.server_output_dir {
+            job.output.dir = dir.join("output");
+        }
+        let resolved = job.to_toml_string().map_err(ApiError::internal)?;
+        let config = dir.join("job.toml");
+        crate::fsutil::write_atomic(&config, resolved.as_bytes()).map_err(ApiError::internal)?;
+        let output = job.output.dir.to_string_lossy().into_owned();
+        let config = config.to_string_lossy().into_owned();
+        db.write_now(|r| -> Result<Job, RegistryError> {
+            r.set_job_outputs(id, Some(&output), None)?;
+            r.set_config_path(id, &config)?;
+            match autostart {
+                true => r.request_start(id),
+                false => r.job(id),
+            }
+        })
+        .map_err(ApiError::from)
+    })
+    .await
+    .map_err(ApiError::internal)??;
+    state.worker.wake();
+    Ok(job)
+}
+
+/// A job's name when none is given: its output folder's name.
+fn default_name(output: &Path) -> String {
+    output
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "job".into())
 }
