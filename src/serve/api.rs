@@ -18,9 +18,7 @@ use futures_util::stream::{self, Stream, StreamExt};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::registry::{
-    Job, JobFilter, JobStatus, Registry, RegistryError, VersionRef,
-};
+use crate::registry::{Job, JobFilter, JobStatus, Registry, RegistryError, VersionRef};
 
 use super::error::ApiError;
 use super::posted::{self, PostedJob};
@@ -218,7 +216,7 @@ async fn job_artifacts(
 }
 
 /// Files under `dir`, by relative path, with size and type; at most 2,000.
-fn list_files(dir: &FsPath) -> Vec<Value> {
+pub(super) fn list_files(dir: &FsPath) -> Vec<Value> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
@@ -327,13 +325,34 @@ async fn job_log(
         .into_response())
 }
 
-/// The last `n` lines of a log, each progress-bar redraw (`\r`) reduced to its last state.
+/// The last `n` lines of a log, each progress-bar redraw (`\r`) reduced to its last state and
+/// terminal colour codes removed.
 pub fn log_tail(text: &str, n: usize) -> String {
-    let lines: Vec<&str> = text
+    let lines: Vec<String> = text
         .lines()
         .map(|l| l.rsplit('\r').find(|p| !p.trim().is_empty()).unwrap_or(""))
+        .map(strip_ansi)
         .collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// `text` without ANSI escape sequences (`ESC [ ... letter`).
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' && chars.peek() == Some(&'[') {
+            chars.next();
+            for d in chars.by_ref() {
+                if d.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// Progress and metrics as server-sent events: `progress` (the job row) when it changes,
@@ -547,4 +566,26 @@ async fn stats(State(s): State<AppState>) -> Result<Json<Value>, ApiError> {
         })
         .await?;
     Ok(Json(stats))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_log_tail_keeps_the_last_state_of_each_line_without_colours() {
+        let log = "one\n\u{1b}[33m WARN\u{1b}[0m two\n10%\r50%\r100%\nlast";
+        assert_eq!(log_tail(log, 3), " WARN two\n100%\nlast");
+        assert_eq!(log_tail(log, 10).lines().count(), 4);
+    }
+
+    #[test]
+    fn only_plain_relative_paths_are_inside() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("adapter")).unwrap();
+        assert!(inside(dir.path(), "adapter/x.json").is_ok());
+        for bad in ["../x", "/etc/passwd", "adapter/../../x", "", "a\\b", "./x"] {
+            assert!(inside(dir.path(), bad).is_err(), "{bad}");
+        }
+    }
 }

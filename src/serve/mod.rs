@@ -4,6 +4,7 @@
 //! that fits, and the registry keeps one writer connection in this process.
 
 mod api;
+mod dashboard;
 mod db;
 mod error;
 mod posted;
@@ -150,6 +151,7 @@ pub fn app(state: AppState) -> Router {
     let token = state.cfg.token.clone();
     Router::new()
         .merge(api::router())
+        .merge(dashboard::router())
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(middleware::from_fn_with_state(token, require_token))
         .layer(middleware::from_fn(json_errors))
@@ -178,9 +180,25 @@ async fn require_token(
         .flat_map(|v| v.split(';'))
         .filter_map(|c| c.trim().strip_prefix("lora_train_token="))
         .next();
-    let given = bearer.or(cookie);
+    // A browser signs in once with `/?token=TOKEN`, which sets the cookie.
+    let query = request
+        .uri()
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("token="))
+        .map(String::from);
+    let given = bearer.or(cookie).map(String::from);
     if given.is_some_and(|g| same(g.trim(), &token)) {
         return next.run(request).await;
+    }
+    if query.as_deref().is_some_and(|q| same(q, &token)) {
+        let mut response = next.run(request).await;
+        let cookie = format!("lora_train_token={token}; HttpOnly; SameSite=Strict; Path=/");
+        if let Ok(v) = header::HeaderValue::from_str(&cookie) {
+            response.headers_mut().insert(header::SET_COOKIE, v);
+        }
+        return response;
     }
     let mut response = ApiError::new(
         StatusCode::UNAUTHORIZED,
@@ -208,7 +226,7 @@ fn same(a: &str, b: &str) -> bool {
 async fn json_errors(request: Request, next: Next) -> Response {
     let response = next.run(request).await;
     let status = response.status();
-    let is_json = response
+    let keep = response
         .headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -217,7 +235,7 @@ async fn json_errors(request: Request, next: Next) -> Response {
                 || v.starts_with("text/html")
                 || v.starts_with("text/event-stream")
         });
-    if !(status.is_client_error() || status.is_server_error()) || is_json {
+    if !(status.is_client_error() || status.is_server_error()) || keep {
         return response;
     }
     let code = match status {

@@ -11,6 +11,7 @@ mod cli_commands;
 mod cli_errors;
 mod cli_hosted;
 mod ctrlc;
+mod dashboard;
 mod data;
 mod data_synth;
 mod data_tools;

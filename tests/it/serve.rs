@@ -14,15 +14,15 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 /// A running `lora-train serve`, stopped (SIGTERM) when dropped.
-struct Served {
+pub struct Served {
     child: Child,
-    base: String,
+    pub base: String,
     token: Option<String>,
 }
 
 impl Served {
     /// Starts a server on a free port with its registry and jobs under `home`.
-    fn start(home: &Path, extra: &[&str]) -> Served {
+    pub fn start(home: &Path, extra: &[&str]) -> Served {
         let mut child = Command::new(assert_cmd::cargo::cargo_bin("lora-train"))
             .args(["serve", "--port", "0"])
             .args(extra)
@@ -53,13 +53,13 @@ impl Served {
         }
     }
 
-    fn call(&self, method: &str, path: &str, body: Option<(&str, &[u8])>) -> (u16, Value) {
+    pub fn call(&self, method: &str, path: &str, body: Option<(&str, &[u8])>) -> (u16, Value) {
         let (status, text) = self.call_text(method, path, body, self.token.as_deref());
         let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
         (status, value)
     }
 
-    fn call_text(
+    pub fn call_text(
         &self,
         method: &str,
         path: &str,
@@ -69,13 +69,13 @@ impl Served {
         http(&self.base, method, path, body, token)
     }
 
-    fn get(&self, path: &str) -> Value {
+    pub fn get(&self, path: &str) -> Value {
         let (status, v) = self.call("GET", path, None);
         assert_eq!(status, 200, "GET {path}: {v}");
         v
     }
 
-    fn post_job(&self, toml: &str, query: &str) -> Value {
+    pub fn post_job(&self, toml: &str, query: &str) -> Value {
         let (status, v) = self.call(
             "POST",
             &format!("/api/jobs{query}"),
@@ -86,7 +86,7 @@ impl Served {
     }
 
     /// Waits until job `id` satisfies `done`, returning it.
-    fn wait_job(&self, id: i64, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+    pub fn wait_job(&self, id: i64, what: &str, done: impl Fn(&Value) -> bool) -> Value {
         let start = Instant::now();
         loop {
             let job = self.get(&format!("/api/jobs/{id}"));
@@ -119,7 +119,7 @@ impl Drop for Served {
 }
 
 /// One request to the server at `base`: its status and body.
-fn http(
+pub fn http(
     base: &str,
     method: &str,
     path: &str,
@@ -144,14 +144,18 @@ fn http(
         }
         None => Vec::new(),
     };
-    let mut resp = agent.run(req.body(bytes).unwrap()).unwrap();
+    let mut resp = match agent.run(req.body(bytes).unwrap()) {
+        Ok(r) => r,
+        // Nothing listening (yet): status 0.
+        Err(e) => return (0, e.to_string()),
+    };
     let status = resp.status().as_u16();
     let text = resp.body_mut().read_to_string().unwrap_or_default();
     (status, text)
 }
 
 /// A job of the tiny model on the fixture chats, writing to `out`.
-fn job_toml(out: &Path, steps: usize, save_every: usize) -> String {
+pub fn job_toml(out: &Path, steps: usize, save_every: usize) -> String {
     format!(
         "[model]\nsource = \"{}\"\ndevice = \"cpu\"\n[lora]\nr = 4\nalpha = 8\n[data]\n\
          train = \"{}\"\nmax_seq_len = 128\n[train]\nmax_steps = {steps}\nmicro_batch_size = 2\n\
@@ -162,7 +166,7 @@ fn job_toml(out: &Path, steps: usize, save_every: usize) -> String {
     )
 }
 
-fn id_of(job: &Value) -> i64 {
+pub fn id_of(job: &Value) -> i64 {
     job["id"].as_i64().unwrap()
 }
 
