@@ -504,12 +504,14 @@ impl Registry {
         Ok(())
     }
 
-    /// Records where the job file the run reads was written.
-    pub fn set_config_path(&self, id: i64, path: &str) -> Result<()> {
+    /// Records where the job file the run reads was written, and (for a job that was not
+    /// given as a file) that file's text as the job's configuration.
+    pub fn set_config_path(&self, id: i64, path: &str, toml: Option<&str>) -> Result<()> {
         self.conn
             .execute(
-                "UPDATE jobs SET config_path = ?1, updated_at = ?2 WHERE id = ?3",
-                params![path, now(), id],
+                "UPDATE jobs SET config_path = ?1, config_toml = COALESCE(?2, config_toml), \
+                 updated_at = ?3 WHERE id = ?4",
+                params![path, toml, now(), id],
             )
             .map_err(|e| self.err(e))?;
         Ok(())

@@ -200,7 +200,11 @@ pub async fn create(
         let config = config.to_string_lossy().into_owned();
         db.write_now(|r| -> Result<Job, RegistryError> {
             r.set_job_outputs(id, Some(&output), None)?;
-            r.set_config_path(id, &config)?;
+            r.set_config_path(
+                id,
+                &config,
+                posted.server_output_dir.then_some(resolved.as_str()),
+            )?;
             match autostart {
                 true => r.request_start(id),
                 false => r.job(id),

@@ -200,7 +200,9 @@ fn spawn_job(db_path: &Path, cfg: &WorkerConfig, job: &Job) -> std::io::Result<C
             false => "--overwrite",
         });
     }
+    // The log is a file: no terminal colour codes in it.
     cmd.env(JOB_ID_VAR, job.id.to_string())
+        .env("NO_COLOR", "1")
         .current_dir(&dir)
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
