@@ -12,7 +12,8 @@ safetensors 0.8.0, gguf 0.19.0, sentencepiece 0.2.3, numpy 2.4.6, jinja2 3.1.6
 seeded and deterministic (re-running rewrites identical files); it needs about 5 minutes of CPU time
 (2 cores), more wall time on a busy machine. --skip-real redoes only chats.jsonl and the tiny models;
 --only tiny-qwen2 tiny-qwen3 (say) redoes only those tiny models (and chats.jsonl, chats-think.jsonl).
-tiny-qwen2/ and tiny-qwen3/ were made with transformers 5.24.0 (the others with 5.23.0, above); their
+tiny-qwen2/, tiny-qwen3/, tiny-mistral/, tiny-gemma2/ and tiny-gemma3-mm/ were made with transformers 5.24.0 (VERSIONS.json
+"tiny_models" records each); tiny-qwen2 and tiny-qwen3's
 chat templates are Qwen2.5-Instruct's and Qwen3's own (QWEN25_TEMPLATE, QWEN3_TEMPLATE below).
 
 Writes, under tests/fixtures/:
@@ -30,7 +31,8 @@ Writes, under tests/fixtures/:
   tiny-qwen3/think.json        renderings and last-assistant targets under Qwen3's template
   smollm2/expected.json        SmolLM2-135M-Instruct (GGUF, dequantized to fp32): template ids,
   gemma3/expected.json         plain encodes, losses, greedy continuations
-  VERSIONS.json
+  VERSIONS.json                library versions of the last full run, and under "tiny_models" the
+                               transformers and torch each tiny model was made with
 and reads src/data/templates/gemma.jinja (the official Gemma 3 chat template, which the Rust code
 embeds too): the Gemma 3 270M base GGUF carries no chat template.
 
@@ -1589,13 +1591,23 @@ def main():
     print(f"wrote {think_path.relative_to(ROOT)}")
     gemma_template = GEMMA_TEMPLATE_PATH.read_text(encoding="utf-8")
 
-    for name in args.only or sorted(TINY_MAKERS):
+    made = args.only or sorted(TINY_MAKERS)
+    for name in made:
         TINY_MAKERS[name](gemma_template)
-    model_files = {}
+    versions_path = FIXTURES / "VERSIONS.json"
+    recorded = json.loads(versions_path.read_text()) if versions_path.exists() else {}
     if not (args.skip_real or args.only):
-        model_files["smollm2"] = make_real("smollm2", SMOLLM2_GGUF, models_dir, gemma_template)
-        model_files["gemma3"] = make_real("gemma3", GEMMA3_GGUF, models_dir, gemma_template)
-        write_json(FIXTURES / "VERSIONS.json", versions(model_files))
+        model_files = {
+            "smollm2": make_real("smollm2", SMOLLM2_GGUF, models_dir, gemma_template),
+            "gemma3": make_real("gemma3", GEMMA3_GGUF, models_dir, gemma_template),
+        }
+        recorded = {**versions(model_files), "tiny_models": recorded.get("tiny_models", {})}
+    # Each tiny model keeps the versions it was made with: a run with --only updates its own.
+    tiny = recorded.setdefault("tiny_models", {})
+    for name in made:
+        tiny[name] = {"transformers": transformers.__version__, "torch": torch.__version__}
+    recorded["tiny_models"] = dict(sorted(tiny.items()))
+    write_json(versions_path, recorded)
     print(f"done in {time.time() - t0:.0f}s")
 
 

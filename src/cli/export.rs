@@ -45,7 +45,7 @@ pub fn run(a: &ExportArgs) -> anyhow::Result<()> {
         let base = a
             .model
             .clone()
-            .or_else(|| cfg.base_model_name_or_path.clone())
+            .or_else(|| cfg.base_model())
             .with_context(|| {
                 format!(
                     "{}: no base_model_name_or_path; give --model",

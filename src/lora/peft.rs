@@ -108,6 +108,17 @@ pub fn language_model_target_names(regex: &str) -> Option<Vec<String>> {
         .then_some(names)
 }
 
+/// A Hub id's revision goes in PEFT's own `revision` field, not in the name
+/// (`org/name@v2` → `org/name`, `v2`); a local path or a plain id stays as it is.
+fn split_revision(base: &str) -> (String, Option<String>) {
+    match crate::hub::HubSpec::parse(base) {
+        Some(spec) if base.contains('@') && !Path::new(base).exists() => {
+            (spec.repo, Some(spec.revision))
+        }
+        _ => (base.to_string(), None),
+    }
+}
+
 impl PeftAdapterConfig {
     /// The config PEFT would write for `params`, whose base model is named `base`: the targets
     /// are the adapted modules' last path segments, as a list, or, when the modules sit in a
@@ -131,6 +142,7 @@ impl PeftAdapterConfig {
         } else {
             TargetModules::List(targets)
         };
+        let (base, revision) = split_revision(base);
         Self {
             peft_type: Some("LORA".into()),
             task_type: Some("CAUSAL_LM".into()),
@@ -145,13 +157,23 @@ impl PeftAdapterConfig {
             modules_to_save: None,
             init_lora_weights: init_lora_weights_default(),
             inference_mode: true,
-            base_model_name_or_path: Some(base.to_string()),
-            revision: None,
+            base_model_name_or_path: Some(base),
+            revision,
             layers_to_transform: None,
             layers_pattern: None,
             rank_pattern: HashMap::new(),
             alpha_pattern: HashMap::new(),
         }
+    }
+
+    /// The base model as `lora-train` names it: `base_model_name_or_path`, with `@revision`
+    /// when the config pins one.
+    pub fn base_model(&self) -> Option<String> {
+        let base = self.base_model_name_or_path.clone()?;
+        Some(match self.revision.as_deref().filter(|r| !r.is_empty()) {
+            Some(rev) => format!("{base}@{rev}"),
+            None => base,
+        })
     }
 
     /// The LoRA scale of this adapter ([`lora_scale`]).
@@ -270,6 +292,29 @@ pub fn load_peft_adapter(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_hub_revision_goes_in_peft_s_revision_field() {
+        assert_eq!(
+            split_revision("Qwen/Qwen2.5-0.5B-Instruct@v1.0"),
+            (
+                "Qwen/Qwen2.5-0.5B-Instruct".to_string(),
+                Some("v1.0".to_string())
+            )
+        );
+        assert_eq!(split_revision("org/name"), ("org/name".to_string(), None));
+        assert_eq!(
+            split_revision("models/smollm2.gguf"),
+            ("models/smollm2.gguf".to_string(), None)
+        );
+        let cfg = PeftAdapterConfig {
+            base_model_name_or_path: Some("org/name".into()),
+            revision: Some("refs/pr/1".into()),
+            ..serde_json::from_str(r#"{"r": 4, "lora_alpha": 8, "target_modules": ["q_proj"]}"#)
+                .unwrap()
+        };
+        assert_eq!(cfg.base_model().unwrap(), "org/name@refs/pr/1");
+    }
 
     #[test]
     fn language_model_targets_read_back_as_their_names() {
