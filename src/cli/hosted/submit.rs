@@ -43,12 +43,56 @@ pub(super) fn load_hosted_job(path: &Path, overrides: &[String]) -> anyhow::Resu
         );
     };
     let cfg = HostedConfig::from_table(hosted).with_context(|| path.display().to_string())?;
-    let spec = HostedJobSpec::from_job(&job, &written);
+    let mut spec = HostedJobSpec::from_job(&job, &written);
+    if spec.is_dpo() {
+        spec.train_file = in_provider_pair_shape(&spec.train_file)?;
+        if let Some(v) = spec.validation_file.take() {
+            spec.validation_file = Some(in_provider_pair_shape(&v)?);
+        }
+    }
     // Bad timings would otherwise surface only after the job was created.
     cfg.http_settings()
         .and_then(|_| cfg.poll_interval())
         .with_context(|| path.display().to_string())?;
     Ok(HostedJob { cfg, spec })
+}
+
+/// A pair file in the shape both providers take (`dpo-openai`): the file itself when it is in
+/// that shape (or unreadable: the dataset checks then name the problem), else its conversion,
+/// written once per content under `$LORA_TRAIN_HOME/hosted/uploads/` and named on stderr.
+fn in_provider_pair_shape(path: &Path) -> anyhow::Result<std::path::PathBuf> {
+    use lora_train::data::formats::{convert_file, read_records, Format};
+    let Ok(file) = read_records(path, None) else {
+        return Ok(path.to_path_buf());
+    };
+    if !matches!(file.format, Format::DpoTrl | Format::DpoSeed) {
+        return Ok(path.to_path_buf());
+    }
+    let converted = convert_file(path, Some(file.format), Format::DpoOpenAi)?;
+    let digest = {
+        use sha2::Digest;
+        let d = sha2::Sha256::digest(converted.text.as_bytes());
+        d.iter().take(8).map(|b| format!("{b:02x}")).collect::<String>()
+    };
+    let stem = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "pairs".into());
+    let dir = lora_train::fsutil::home()
+        .context("no home folder for the converted pair file: set LORA_TRAIN_HOME")?
+        .join("hosted")
+        .join("uploads");
+    let out = dir.join(format!("{stem}-{digest}.dpo-openai.jsonl"));
+    if !out.is_file() {
+        lora_train::fsutil::write_atomic(&out, converted.text.as_bytes())?;
+    }
+    eprintln!(
+        "{} is {} pairs: uploading its conversion to the providers' shape (dpo-openai), {}",
+        path.display(),
+        file.format,
+        out.display()
+    );
+    Ok(out)
 }
 
 /// Prints what a submission would send and what the dataset checks found; sends nothing.
