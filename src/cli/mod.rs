@@ -6,6 +6,7 @@
 
 mod bench;
 mod data;
+mod deploy;
 mod doctor;
 mod download;
 mod eval;
@@ -104,6 +105,9 @@ pub enum Command {
     Bench(bench::BenchArgs),
     /// Serve the registry's REST API, a job queue and the dashboard (loopback by default).
     Serve(serve::ServeArgs),
+    /// Deploy a registered version to a vLLM server, roll a deployment back, or print the
+    /// `vllm serve` command for one.
+    Deploy(deploy::DeployArgs),
 }
 
 /// A run that a signal stopped, its checkpoint saved: no error, but the process exits with the
@@ -189,6 +193,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Some(Command::Download(a)) => download::run(a),
         Some(Command::Bench(a)) => bench::run(&a),
         Some(Command::Serve(a)) => serve::run(&a),
+        Some(Command::Deploy(a)) => deploy::run(&a),
         None => match &cli.config {
             Some(path) => train::run(path, &cli),
             None => bail!("nothing to do: give --config job.toml, or a command (see --help)"),
