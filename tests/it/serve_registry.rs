@@ -367,3 +367,31 @@ fn a_dataset_export_converts_and_records_its_output() {
         (400, Some("missing_file"))
     );
 }
+
+#[test]
+fn data_tools_record_what_they_write_with_the_command() {
+    let home = tempfile::tempdir().unwrap();
+    let db = home.path().join("reg.db");
+    let input = common::fixtures().join("chats.jsonl");
+    let out = home.path().join("sg.jsonl");
+    let done = common::cli::lora_train_at(home.path())
+        .args(["data", "convert"])
+        .arg(&input)
+        .arg("-o")
+        .arg(&out)
+        .args(["--to", "sharegpt", "--db"])
+        .arg(&db)
+        .output()
+        .unwrap();
+    common::cli::succeeded(&done);
+    let reg = Registry::open(&db).unwrap();
+    let d = &reg.datasets().unwrap()[0];
+    assert_eq!(Path::new(&d.path), out.as_path());
+    assert_eq!(d.format.as_deref(), Some("sharegpt"));
+    let provenance = d.provenance.as_deref().unwrap();
+    assert!(
+        provenance.starts_with("lora-train data convert "),
+        "{provenance}"
+    );
+    assert_eq!(d.sha256.len(), 64);
+}
