@@ -1,7 +1,8 @@
 //! Every run records itself in the registry (`--db FILE`, default
 //! `$LORA_TRAIN_HOME/registry.db`; `--no-registry` opts out): a training run as a job row
 //! with its progress, metrics, training data and, once complete, a new version of its model;
-//! an evaluation with its comparisons; the files the data tools write as datasets. A run the
+//! an evaluation with its comparisons; a hosted job as the provider reports it; the files
+//! the data tools write as datasets. A run the
 //! server's worker started updates the row it was given (`LORA_TRAIN_JOB_ID`) instead of
 //! creating one. The registry never stops a run: a registry that cannot be written is a
 //! warning.
@@ -15,6 +16,7 @@ use std::time::Duration;
 use lora_train::config::JobConfig;
 use lora_train::harness::record::{record_evaluation, EvalSource};
 use lora_train::harness::report::EvalReport;
+use lora_train::providers::hosted::{HostedProvider, JobRecord};
 use lora_train::registry::{
     Backend, JobKind, JobStatus, Method, MetricsTail, NewDataset, NewJob, NewModelVersion,
     Progress, Registry,
@@ -359,6 +361,106 @@ pub fn datasets<'a>(paths: impl IntoIterator<Item = &'a Path>, provenance: &str)
             warn(e);
         }
     }
+}
+
+/// Follows a hosted job in the registry: its row (backend, provider's id) is made at
+/// submission and moved as the provider reports; once it succeeds, the provider's fine-tuned
+/// model becomes a version of the job's model (`remote_model`).
+pub fn hosted(record: &JobRecord) {
+    let Some(reg) = open() else {
+        return;
+    };
+    if let Err(e) = follow_hosted(&reg, record) {
+        warn(e);
+    }
+}
+
+fn follow_hosted(reg: &Registry, r: &JobRecord) -> lora_train::registry::Result<()> {
+    use lora_train::providers::hosted::JobStatus as Remote;
+    let backend = match r.provider {
+        HostedProvider::Together => Backend::Together,
+        HostedProvider::OpenAi => Backend::OpenAi,
+    };
+    let id = match reg.job_by_remote(backend, &r.job_id)? {
+        Some(job) => job.id,
+        None => {
+            let text = r
+                .job_file
+                .as_deref()
+                .and_then(|p| std::fs::read_to_string(p).ok());
+            let table: Option<toml::Table> = text.as_deref().and_then(|t| t.parse().ok());
+            // The job's name as a local run's: its output folder's name.
+            let name = table
+                .as_ref()
+                .and_then(|t| t.get("output")?.get("dir")?.as_str().map(PathBuf::from))
+                .and_then(|d| d.file_name().map(|n| n.to_string_lossy().into_owned()))
+                .unwrap_or_else(|| r.job_id.clone());
+            let dpo = table
+                .as_ref()
+                .and_then(|t| t.get("train")?.get("method")?.as_str().map(|m| m == "dpo"))
+                .unwrap_or(false);
+            let id = reg.create_job(&NewJob {
+                name,
+                kind: JobKind::Train,
+                backend,
+                method: match dpo {
+                    true => Method::Dpo,
+                    false => Method::Sft,
+                },
+                config_toml: text.unwrap_or_else(|| r.request.to_string()),
+                config_path: r
+                    .job_file
+                    .as_ref()
+                    .map(|p| p.to_string_lossy().into_owned()),
+                status: JobStatus::Queued,
+                autostart: false,
+                output_dir: None,
+                total_steps: r.total_steps.map(|t| t as i64),
+            })?;
+            reg.set_job_outputs(id, None, Some(&r.job_id))?;
+            let train = NewDataset::from_file(&r.train_file, Some(format!("job:{id}")))?;
+            reg.record_dataset(&train)?;
+            id
+        }
+    };
+    if let Some(done) = r.steps_completed {
+        reg.set_progress(
+            id,
+            &Progress {
+                current_step: done as i64,
+                total_steps: r.total_steps.map(|t| t as i64),
+                ..Default::default()
+            },
+        )?;
+    }
+    let to = match r.status {
+        Remote::Queued | Remote::Unknown => JobStatus::Queued,
+        Remote::Running => JobStatus::Training,
+        Remote::Cancelling => JobStatus::Cancelling,
+        Remote::Succeeded => JobStatus::Completed,
+        Remote::Failed => JobStatus::Failed,
+        Remote::Cancelled => JobStatus::Cancelled,
+    };
+    reg.advance_job(id, to, r.error.as_deref())?;
+    if let (Remote::Succeeded, Some(model)) = (r.status, &r.output_model) {
+        let job = reg.job(id)?;
+        let known = match reg.model_versions(&job.name) {
+            Ok(versions) => versions.iter().any(|v| v.job_id == Some(id)),
+            Err(lora_train::registry::RegistryError::NotFound { .. }) => false,
+            Err(e) => return Err(e),
+        };
+        if !known {
+            let v = reg.register_model(&NewModelVersion {
+                name: job.name,
+                base_model: r.model.clone(),
+                remote_model: Some(model.clone()),
+                job_id: Some(id),
+                ..Default::default()
+            })?;
+            tracing::info!("registered {}@{} in the registry", v.name, v.version);
+        }
+    }
+    Ok(())
 }
 
 /// A server-run evaluation's job row, moved to running while the harness works.

@@ -563,6 +563,42 @@ impl Registry {
             .map_err(|e| self.err(e))
     }
 
+    /// The job a provider knows as `remote_id` on `backend`.
+    pub fn job_by_remote(&self, backend: Backend, remote_id: &str) -> Result<Option<Job>> {
+        self.conn
+            .query_row(
+                &format!(
+                    "SELECT {JOB_COLUMNS} FROM jobs WHERE backend = ?1 AND remote_id = ?2 \
+                     ORDER BY id DESC LIMIT 1"
+                ),
+                params![backend.as_str(), remote_id],
+                Job::from_row,
+            )
+            .optional()
+            .map_err(|e| self.err(e))
+    }
+
+    /// Moves job `id` towards `to` through the statuses between (`queued → preparing →
+    /// training`), as a remote job's status is followed; a finished job stays as it is.
+    pub fn advance_job(&self, id: i64, to: JobStatus, error: Option<&str>) -> Result<()> {
+        use JobStatus::*;
+        let now = self.job(id)?.status;
+        if now == to || now.is_terminal() {
+            return Ok(());
+        }
+        let path: &[JobStatus] = match (now, to) {
+            (Queued, Training) => &[Preparing, Training],
+            (Queued, Completed) => &[Preparing, Completed],
+            (Queued, Cancelling) => &[Preparing, Cancelling],
+            _ => std::slice::from_ref(&to),
+        };
+        for step in path {
+            let err = (*step == to).then_some(error).flatten();
+            self.move_job(id, *step, err)?;
+        }
+        Ok(())
+    }
+
     /// The number of jobs in each status (every status present, 0 when none).
     pub fn status_counts(&self) -> Result<StatusCounts> {
         let mut counts: std::collections::BTreeMap<_, _> =

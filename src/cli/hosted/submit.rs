@@ -163,6 +163,7 @@ pub(super) fn submit_and_maybe_watch(
         job.cfg.provider
     );
     let record = jobs.submit(&job.cfg, &job.spec, &opts).map_err(explain)?;
+    crate::cli::record::hosted(&record);
     println!(
         "submitted {} job {} (base model {}, status {})",
         record.provider, record.job_id, record.model, record.provider_status
@@ -212,9 +213,17 @@ pub(super) fn watch_until_done(
             }
         }
     };
-    let record = jobs
-        .watch(&record.job_id, opts, &mut on_update)
-        .map_err(explain)?;
+    let watched = jobs.watch(&record.job_id, opts, &mut on_update);
+    // A failed job ends the watch with an error; its stored record has the reason.
+    match &watched {
+        Ok(r) => crate::cli::record::hosted(r),
+        Err(_) => {
+            if let Ok(r) = jobs.store().find(&record.job_id) {
+                crate::cli::record::hosted(&r);
+            }
+        }
+    }
+    let record = watched.map_err(explain)?;
     match record.status {
         JobStatus::Succeeded => {
             println!(
