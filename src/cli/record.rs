@@ -494,16 +494,18 @@ impl EvalJob {
             }
             Err(e) => (JobStatus::Failed, Some(format!("{e:#}"))),
         };
-        let moved = self
-            .reg
-            .job(self.id)
-            .and_then(|j| match j.status.is_terminal() {
-                true => Ok(()),
-                false => self
-                    .reg
-                    .move_job(self.id, status, error.as_deref())
-                    .map(|_| ()),
-            });
+        let moved = self.reg.job(self.id).and_then(|j| match j.status {
+            s if s.is_terminal() => Ok(()),
+            // A cancel request stopped it: cancelled, not failed.
+            JobStatus::Cancelling if status == JobStatus::Failed => self
+                .reg
+                .move_job(self.id, JobStatus::Cancelled, None)
+                .map(|_| ()),
+            _ => self
+                .reg
+                .move_job(self.id, status, error.as_deref())
+                .map(|_| ()),
+        });
         if let Err(e) = moved {
             warn(e);
         }

@@ -232,6 +232,9 @@ pub async fn export_dataset(
                     format!("source: no file {}", source.display()),
                 ));
             }
+            // The API never replaces a file: the CLI needs --force for that.
+            crate::fsutil::check_new_file(&output, false)
+                .map_err(|e| ApiError::conflict(e.to_string()))?;
             let bad = |e: crate::Error| ApiError::bad_request("invalid_dataset", e.to_string());
             let converted = convert_file(&source, None, to).map_err(bad)?;
             crate::fsutil::write_atomic(&output, converted.text.as_bytes()).map_err(bad)?;

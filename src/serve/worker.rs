@@ -1,6 +1,7 @@
 //! The job worker: a thread that starts queued local jobs one at a time, each as a child
-//! process of this binary (`lora-train --config JOB --db REGISTRY`, told its row by
-//! `LORA_TRAIN_JOB_ID`), so a crashed run cannot take the server down. It reads the run's
+//! process of this binary (`lora-train --config JOB --db REGISTRY`, or `lora-train eval
+//! --config EVAL --db REGISTRY` for an eval job, told its row by `LORA_TRAIN_JOB_ID`), so a
+//! crashed run cannot take the server down. It reads the run's
 //! `metrics.jsonl` as it grows, turns a cancel request into the SIGINT that Ctrl-C sends
 //! (checkpoint, then exit 130), and maps the exit code: 0 completed, 130 cancelled, 143
 //! failed (terminated), anything else failed with the log's last error line.

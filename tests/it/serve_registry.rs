@@ -354,6 +354,9 @@ fn a_dataset_export_converts_and_records_its_output() {
     let written = std::fs::read_to_string(home.path().join("sg.jsonl")).unwrap();
     assert!(written.contains("conversations"), "{written}");
     assert_eq!(server.get("/api/datasets")[0]["id"], d["id"]);
+    let (status, _) =
+        export(json!({"source": "chat.jsonl", "format": "alpaca", "output": "sg.jsonl"}));
+    assert_eq!(status, 409, "an existing file is never replaced");
     let (status, v) =
         export(json!({"source": "chat.jsonl", "format": "nope", "output": "x.jsonl"}));
     assert_eq!(
