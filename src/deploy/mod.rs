@@ -208,11 +208,11 @@ pub fn deploy(
         .deployments()?
         .into_iter()
         .any(|d| d.target == target && d.lora_name == lora_name && d.status == "active");
-    let result = match serving {
+    let unloaded = match serving {
         true => client.unload(&target, &lora_name),
         false => Ok(()),
-    }
-    .and_then(|()| client.load(&target, &lora_name, &path));
+    };
+    let result = replace(unloaded, client.load(&target, &lora_name, &path));
     record(
         reg,
         v,
@@ -247,9 +247,8 @@ pub fn rollback(
     })?;
     let v = reg.model_version(&prev.model, prev.version)?;
     let path = adapter_of(&v)?.to_string();
-    let result = client
-        .unload(&d.target, &d.lora_name)
-        .and_then(|()| client.load(&d.target, &d.lora_name, &path));
+    let unloaded = client.unload(&d.target, &d.lora_name);
+    let result = replace(unloaded, client.load(&d.target, &d.lora_name, &path));
     let req = DeployRequest {
         target: d.target.clone(),
         lora_name: Some(d.lora_name.clone()),
@@ -265,6 +264,20 @@ pub fn rollback(
         &req,
         result,
     )
+}
+
+/// The outcome of an unload followed by a load under the same name. A target that restarted
+/// has forgotten its runtime adapters and refuses the unload; the load still decides.
+fn replace(unloaded: Result<(), String>, loaded: Result<(), String>) -> Result<(), String> {
+    match (unloaded, loaded) {
+        (Ok(()), Ok(())) => Ok(()),
+        (Err(u), Ok(())) => {
+            tracing::warn!("the unload before the load was refused: {u}");
+            Ok(())
+        }
+        (Ok(()), Err(l)) => Err(l),
+        (Err(u), Err(l)) => Err(format!("{l} (and before it, {u})")),
+    }
 }
 
 fn record(

@@ -398,3 +398,37 @@ fn data_tools_record_what_they_write_with_the_command() {
     );
     assert_eq!(d.sha256.len(), 64);
 }
+
+#[test]
+fn a_target_that_forgot_its_adapter_still_takes_the_new_one() {
+    let home = tempfile::tempdir().unwrap();
+    // A restarted vLLM: nothing to unload (404), but loads work.
+    let target = MockServer::start(|r| match r.path() {
+        "/v1/unload_lora_adapter" => Reply::json(
+            404,
+            json!({"object": "error", "message": "The lora adapter 'pirate' cannot be found."}),
+        ),
+        _ => Reply::bytes(200, "text/plain", b"Success"),
+    });
+    let db = home.path().join("reg.db");
+    let reg = Registry::open(&db).unwrap();
+    version(&reg, "pirate", &home.path().join("a1"));
+    version(&reg, "pirate", &home.path().join("a2"));
+    let client = lora_train::deploy::VllmClient::new(None);
+    let req = lora_train::deploy::DeployRequest {
+        target: target.url(),
+        ..Default::default()
+    };
+    for v in [1, 2] {
+        let v = reg.model_version("pirate", v).unwrap();
+        let d = lora_train::deploy::deploy(&reg, &client, &v, &req).unwrap();
+        assert_eq!(d.status, "active");
+    }
+    assert_eq!(target.count("POST", "/v1/unload_lora_adapter"), 1);
+    assert_eq!(target.count("POST", "/v1/load_lora_adapter"), 2);
+    let rows = reg.deployments().unwrap();
+    assert_eq!(
+        (rows[0].status.as_str(), rows[1].status.as_str()),
+        ("active", "replaced")
+    );
+}
