@@ -1,11 +1,8 @@
-//! Every run records itself in the registry (`--db FILE`, default
-//! `$LORA_TRAIN_HOME/registry.db`; `--no-registry` opts out): a training run as a job row
-//! with its progress, metrics, training data and, once complete, a new version of its model;
-//! an evaluation with its comparisons; a hosted job as the provider reports it; the files
-//! the data tools write as datasets. A run the
-//! server's worker started updates the row it was given (`LORA_TRAIN_JOB_ID`) instead of
-//! creating one. The registry never stops a run: a registry that cannot be written is a
-//! warning.
+//! Every run records itself in the registry (`--db FILE`, default `$LORA_TRAIN_HOME/registry.db`;
+//! `--no-registry` opts out): a training run as a job row with its progress, metrics, data and
+//! model version; an evaluation with its comparisons; a hosted job as its provider reports it;
+//! data-tool outputs as datasets. A run the server's worker started updates the row it was given
+//! (`LORA_TRAIN_JOB_ID`). The registry never stops a run: a failed write is a warning.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

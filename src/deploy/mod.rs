@@ -1,10 +1,8 @@
-//! Deployments of registered adapters to a running vLLM server, through its runtime LoRA API
-//! (`POST /v1/load_lora_adapter` with `lora_name` and `lora_path`, `POST
-//! /v1/unload_lora_adapter` with `lora_name`; the server needs `--enable-lora` and
-//! `VLLM_ALLOW_RUNTIME_LORA_UPDATING=True`). Every attempt is recorded in the registry, a
-//! refused one as `failed` with the target's message; a rollback unloads a deployment's
-//! adapter and loads the version the target served before it. Both the CLI and the server
-//! deploy through here.
+//! Deployments of registered adapters to a running vLLM server through its runtime LoRA API
+//! (`POST /v1/load_lora_adapter` with `lora_name` and `lora_path`, `POST /v1/unload_lora_adapter`
+//! with `lora_name`). Every attempt is recorded in the registry, a refused one as `failed` with
+//! the target's message; a rollback unloads a deployment's adapter and loads the version the
+//! target served before it. Both the CLI and the server deploy through here.
 
 use std::time::Duration;
 

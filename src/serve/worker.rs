@@ -1,10 +1,9 @@
-//! The job worker: a thread that starts queued local jobs one at a time, each as a child
-//! process of this binary (`lora-train --config JOB --db REGISTRY`, or `lora-train eval
-//! --config EVAL --db REGISTRY` for an eval job, told its row by `LORA_TRAIN_JOB_ID`), so a
-//! crashed run cannot take the server down. It reads the run's
-//! `metrics.jsonl` as it grows, turns a cancel request into the SIGINT that Ctrl-C sends
-//! (checkpoint, then exit 130), and maps the exit code: 0 completed, 130 cancelled, 143
-//! failed (terminated), anything else failed with the log's last error line.
+//! The job worker: a thread that starts queued local jobs one at a time, each as a child process
+//! of this binary (`lora-train --config JOB`, or `lora-train eval --config EVAL` for an eval job,
+//! with `--db REGISTRY` and its row in `LORA_TRAIN_JOB_ID`), so a crashed run cannot take the
+//! server down. It tails the run's `metrics.jsonl`, turns a cancel request into SIGINT (checkpoint,
+//! then exit 130), and maps the exit code: 0 completed, 130 cancelled, else failed with the
+//! log's last error line (143: terminated).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
