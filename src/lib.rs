@@ -12,6 +12,7 @@ pub mod autograd;
 pub mod bench;
 pub mod config;
 pub mod data;
+pub mod deploy;
 pub mod device;
 pub mod error;
 pub mod eval;

@@ -1,6 +1,7 @@
 //! `lora-train eval`: run an eval file, or compare two models on a prompts file in one line.
 //! The quick form builds the same eval file in memory: each model is a path, `run:DIR` or
-//! `PROVIDER:MODEL`, and the judge is `PROVIDER:MODEL` or a local model.
+//! `PROVIDER:MODEL`, and the judge is `PROVIDER:MODEL` or a local model. The report is
+//! recorded in the registry as an evaluation with its comparisons.
 
 use std::path::PathBuf;
 
@@ -10,7 +11,7 @@ use lora_train::harness::config::{
     CandidateSection, EvalConfig, EvalDataSection, EvalOutputSection, GenerationSection,
     JudgeSection,
 };
-use lora_train::harness::run::run_eval;
+use lora_train::harness::run::{run_eval, Outcome};
 use lora_train::providers::chat::ChatProviderKind;
 use lora_train::providers::Env;
 
@@ -55,15 +56,34 @@ pub struct EvalArgs {
 }
 
 pub fn run(a: &EvalArgs) -> anyhow::Result<()> {
+    // A run the server's worker started reports into the job row it was given.
+    let job = super::record::EvalJob::begin();
+    let done = evaluate(a);
+    match (job, &done) {
+        (Some(job), Ok((cfg, outcome))) => job.finish(Ok((&outcome.report, &cfg.output.dir))),
+        (Some(job), Err(e)) => job.finish(Err(e)),
+        (None, Ok((cfg, outcome))) => {
+            if let Some(reg) = super::record::open() {
+                let dir = &cfg.output.dir;
+                super::record::record_eval(&reg, &outcome.report, dir, None, Default::default());
+            }
+        }
+        (None, Err(_)) => {}
+    }
+    let (cfg, outcome) = done?;
+    print!("{}", lora_train::harness::report::render(&outcome.report));
+    println!("\nwrote {}", cfg.output.dir.display());
+    Ok(())
+}
+
+fn evaluate(a: &EvalArgs) -> anyhow::Result<(EvalConfig, Outcome)> {
     let cfg = match (&a.config, &a.model1) {
         (Some(file), _) => EvalConfig::load(file, &a.set)?.0,
         (None, Some(m1)) => quick(a, m1)?,
         (None, None) => bail!("give --config eval.toml, or --model1 A --model2 B --data FILE"),
     };
     let outcome = run_eval(&cfg, &Env::from_process(), a.force)?;
-    print!("{}", lora_train::harness::report::render(&outcome.report));
-    println!("\nwrote {}", cfg.output.dir.display());
-    Ok(())
+    Ok((cfg, outcome))
 }
 
 fn quick(a: &EvalArgs, m1: &str) -> anyhow::Result<EvalConfig> {

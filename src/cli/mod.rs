@@ -6,6 +6,7 @@
 
 mod bench;
 mod data;
+mod deploy;
 mod doctor;
 mod download;
 mod eval;
@@ -31,7 +32,7 @@ use lora_train::model::{load_with_adapter, LoadOptions, LoadedModel};
 /// Train:    lora-train --config job.toml [--set train.lr=1e-4] [--resume]
 /// Use:      lora-train generate --model M --adapter runs/x/adapter --prompt "Hi"
 #[derive(Debug, Parser)]
-#[command(name = "lora-train", version, about, long_about = None, args_conflicts_with_subcommands = true)]
+#[command(name = "lora-train", version, about, long_about = None)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -104,6 +105,9 @@ pub enum Command {
     Bench(bench::BenchArgs),
     /// Serve the registry's REST API, a job queue and the dashboard (loopback by default).
     Serve(serve::ServeArgs),
+    /// Deploy a registered version to a vLLM server, roll a deployment back, or print the
+    /// `vllm serve` command for one.
+    Deploy(deploy::DeployArgs),
 }
 
 /// A run that a signal stopped, its checkpoint saved: no error, but the process exits with the
@@ -177,6 +181,14 @@ fn parse_float(s: &str, min: f64, min_open: bool, max: f64, valid: &str) -> Resu
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     record::init(cli.db.clone(), cli.no_registry);
+    // The training flags belong to `--config` runs; the global ones (--db, -v) go anywhere.
+    if let (Some(_), Some(config)) = (&cli.command, &cli.config) {
+        bail!(
+            "--config {} trains; it does not go with a command (commands that read a job file \
+             take their own --config after the command's name)",
+            config.display()
+        );
+    }
     match cli.command {
         Some(Command::Generate(a)) => generate::run(a),
         Some(Command::Score(a)) => score::run(a),
@@ -189,6 +201,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Some(Command::Download(a)) => download::run(a),
         Some(Command::Bench(a)) => bench::run(&a),
         Some(Command::Serve(a)) => serve::run(&a),
+        Some(Command::Deploy(a)) => deploy::run(&a),
         None => match &cli.config {
             Some(path) => train::run(path, &cli),
             None => bail!("nothing to do: give --config job.toml, or a command (see --help)"),

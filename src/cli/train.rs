@@ -6,6 +6,7 @@
 
 use std::path::Path;
 
+use lora_train::config::eval::JOB_EVAL_CANDIDATES;
 use lora_train::harness::training::{check_job, evaluate_run, preflight};
 use lora_train::harness::EvalError;
 use lora_train::providers::Env;
@@ -77,12 +78,13 @@ fn train(
     }
     let summary = trainer.run(&opts, stop.clone())?;
     print_summary(&summary);
+    let mut recorded = None;
     if let Some(r) = record.take() {
         let end = match summary.interrupted {
             true => super::record::TrainEnd::Stopped(lora_train::train::stop_signal(), &summary),
             false => super::record::TrainEnd::Completed(&summary),
         };
-        r.finish(&recorded_job, end);
+        recorded = Some(r.finish(&recorded_job, end));
     }
     if summary.interrupted {
         let (again, resume) = match summary.steps {
@@ -99,16 +101,21 @@ fn train(
     }
     if !cli.no_report {
         match evaluate_run(&mut trainer, &summary, env, &stop) {
-            Ok(Some(done)) => match &done.behaviour {
-                Some(report) => println!("{}", report.render()),
-                None => {
-                    print!(
-                        "{}",
-                        lora_train::harness::report::render(&done.outcome.report)
-                    );
-                    println!("\neval: {}", done.dir.display());
+            Ok(Some(done)) => {
+                if let Some((id, version)) = recorded {
+                    record_run_eval(&done, id, version);
                 }
-            },
+                match &done.behaviour {
+                    Some(report) => println!("{}", report.render()),
+                    None => {
+                        print!(
+                            "{}",
+                            lora_train::harness::report::render(&done.outcome.report)
+                        );
+                        println!("\neval: {}", done.dir.display());
+                    }
+                }
+            }
             Ok(None) => {}
             Err(EvalError::Core(lora_train::Error::Interrupted(_))) => {
                 eprintln!("stopped during the report; the training run is complete");
@@ -118,6 +125,23 @@ fn train(
         }
     }
     Ok(())
+}
+
+/// Records the end-of-run evaluation under the run's job, its adapter candidate as the
+/// version the run registered (the base stays unmapped).
+fn record_run_eval(
+    done: &lora_train::harness::training::RunEvaluation,
+    job: i64,
+    version: Option<String>,
+) {
+    let Some(reg) = super::record::open() else {
+        return;
+    };
+    let known = version
+        .map(|v| (JOB_EVAL_CANDIDATES[1].to_string(), v))
+        .into_iter()
+        .collect();
+    super::record::record_eval(&reg, &done.outcome.report, &done.dir, Some(job), known);
 }
 
 /// The end of a run that stopped before its end: exit with the signal's code, or succeed after

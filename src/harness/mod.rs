@@ -12,6 +12,7 @@ pub mod local;
 pub mod plots;
 pub mod pool;
 pub mod prompts;
+pub mod record;
 pub mod report;
 pub mod run;
 pub mod stats;

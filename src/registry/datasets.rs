@@ -2,10 +2,12 @@
 //! row count and where it came from (the command that wrote it, or the job that read it).
 //! The same file with the same content is one row, however often it is used.
 
-use rusqlite::{params, Row};
+use std::path::Path;
+
+use rusqlite::{params, OptionalExtension, Row};
 use serde::Serialize;
 
-use super::{now, Registry, Result};
+use super::{now, Registry, RegistryError, Result};
 
 /// A dataset to record.
 #[derive(Debug, Clone, Default)]
@@ -15,6 +17,41 @@ pub struct NewDataset {
     pub format: Option<String>,
     pub rows: Option<i64>,
     pub provenance: Option<String>,
+}
+
+impl NewDataset {
+    /// A JSONL file as a dataset: its absolute path, sha256, rows (non-empty lines) and the
+    /// format its first record shows (`None` when no format fits).
+    pub fn from_file(path: &Path, provenance: Option<String>) -> Result<NewDataset> {
+        use sha2::Digest;
+        let bytes = std::fs::read(path).map_err(|source| RegistryError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let sha256 = sha2::Sha256::digest(&bytes)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let text = String::from_utf8_lossy(&bytes);
+        let mut lines = text.lines().filter(|l| !l.trim().is_empty());
+        let format = lines
+            .clone()
+            .next()
+            .and_then(|l| {
+                serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(l).ok()
+            })
+            .and_then(|obj| crate::data::formats::Format::detect(&obj))
+            .map(|(f, _)| f.name().to_string());
+        let rows = lines.by_ref().count() as i64;
+        let path = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+        Ok(NewDataset {
+            path: path.to_string_lossy().into_owned(),
+            sha256,
+            format,
+            rows: Some(rows),
+            provenance,
+        })
+    }
 }
 
 /// A dataset row.
@@ -59,6 +96,23 @@ impl Registry {
                 |r| r.get(0),
             )
             .map_err(|e| self.err(e))
+    }
+
+    /// Dataset `id`.
+    pub fn dataset(&self, id: i64) -> Result<Dataset> {
+        self.conn
+            .query_row(
+                "SELECT id, path, sha256, format, rows, provenance, created_at FROM datasets \
+                 WHERE id = ?1",
+                [id],
+                from_row,
+            )
+            .optional()
+            .map_err(|e| self.err(e))?
+            .ok_or_else(|| RegistryError::NotFound {
+                what: "dataset",
+                id: id.to_string(),
+            })
     }
 
     /// Every dataset, newest first.

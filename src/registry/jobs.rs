@@ -121,6 +121,34 @@ impl Backend {
     }
 }
 
+/// What a job runs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobKind {
+    /// A training run (`lora-train --config JOB`).
+    #[default]
+    Train,
+    /// An evaluation (`lora-train eval --config EVAL`).
+    Eval,
+}
+
+impl JobKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobKind::Train => "train",
+            JobKind::Eval => "eval",
+        }
+    }
+
+    fn parse(name: &str) -> rusqlite::Result<JobKind> {
+        match name {
+            "train" => Ok(JobKind::Train),
+            "eval" => Ok(JobKind::Eval),
+            _ => Err(bad_text("kind", name)),
+        }
+    }
+}
+
 /// The training method.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -159,6 +187,7 @@ fn bad_text(column: &str, value: &str) -> rusqlite::Error {
 pub struct Job {
     pub id: i64,
     pub name: String,
+    pub kind: JobKind,
     pub backend: Backend,
     pub method: Method,
     /// The job file as written (for posted jobs: with its paths resolved).
@@ -191,7 +220,7 @@ pub struct Job {
 const JOB_COLUMNS: &str =
     "id, name, backend, method, config_toml, config_path, status, autostart, \
     resume, progress, current_step, total_steps, epoch, latest_loss, output_dir, remote_id, error, \
-    pid, pid_start, created_at, started_at, finished_at, updated_at";
+    pid, pid_start, created_at, started_at, finished_at, updated_at, kind";
 
 impl Job {
     fn from_row(r: &Row) -> rusqlite::Result<Job> {
@@ -199,6 +228,7 @@ impl Job {
         Ok(Job {
             id: r.get(0)?,
             name: r.get(1)?,
+            kind: JobKind::parse(&r.get::<_, String>(23)?)?,
             backend: Backend::parse(&r.get::<_, String>(2)?)?,
             method: Method::parse(&r.get::<_, String>(3)?)?,
             config_toml: r.get(4)?,
@@ -228,6 +258,7 @@ impl Job {
 #[derive(Debug, Clone)]
 pub struct NewJob {
     pub name: String,
+    pub kind: JobKind,
     pub backend: Backend,
     pub method: Method,
     pub config_toml: String,
@@ -267,8 +298,8 @@ impl Registry {
         self.conn
             .execute(
                 "INSERT INTO jobs (name, backend, method, config_toml, config_path, status, \
-                 autostart, output_dir, total_steps, created_at, updated_at) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?10)",
+                 autostart, output_dir, total_steps, created_at, updated_at, kind) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?10, ?11)",
                 params![
                     job.name,
                     job.backend.as_str(),
@@ -280,6 +311,7 @@ impl Registry {
                     job.output_dir,
                     job.total_steps,
                     t,
+                    job.kind.as_str(),
                 ],
             )
             .map_err(|e| self.err(e))?;
@@ -533,6 +565,42 @@ impl Registry {
             .map_err(|e| self.err(e))
     }
 
+    /// The job a provider knows as `remote_id` on `backend`.
+    pub fn job_by_remote(&self, backend: Backend, remote_id: &str) -> Result<Option<Job>> {
+        self.conn
+            .query_row(
+                &format!(
+                    "SELECT {JOB_COLUMNS} FROM jobs WHERE backend = ?1 AND remote_id = ?2 \
+                     ORDER BY id DESC LIMIT 1"
+                ),
+                params![backend.as_str(), remote_id],
+                Job::from_row,
+            )
+            .optional()
+            .map_err(|e| self.err(e))
+    }
+
+    /// Moves job `id` towards `to` through the statuses between (`queued → preparing →
+    /// training`), as a remote job's status is followed; a finished job stays as it is.
+    pub fn advance_job(&self, id: i64, to: JobStatus, error: Option<&str>) -> Result<()> {
+        use JobStatus::*;
+        let now = self.job(id)?.status;
+        if now == to || now.is_terminal() {
+            return Ok(());
+        }
+        let path: &[JobStatus] = match (now, to) {
+            (Queued, Training) => &[Preparing, Training],
+            (Queued, Completed) => &[Preparing, Completed],
+            (Queued, Cancelling) => &[Preparing, Cancelling],
+            _ => std::slice::from_ref(&to),
+        };
+        for step in path {
+            let err = (*step == to).then_some(error).flatten();
+            self.move_job(id, *step, err)?;
+        }
+        Ok(())
+    }
+
     /// The number of jobs in each status (every status present, 0 when none).
     pub fn status_counts(&self) -> Result<StatusCounts> {
         let mut counts: std::collections::BTreeMap<_, _> =
@@ -567,6 +635,7 @@ mod tests {
     pub fn new_job(name: &str) -> NewJob {
         NewJob {
             name: name.into(),
+            kind: JobKind::Train,
             backend: Backend::Local,
             method: Method::Sft,
             config_toml: "[model]\n".into(),

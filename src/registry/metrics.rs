@@ -196,6 +196,7 @@ mod tests {
         let id = reg
             .create_job(&NewJob {
                 name: "m".into(),
+                kind: super::super::JobKind::Train,
                 backend: Backend::Local,
                 method: Method::Sft,
                 config_toml: String::new(),

@@ -20,12 +20,17 @@ use rusqlite::{Connection, OpenFlags};
 pub use datasets::{Dataset, NewDataset};
 pub use deployments::{Deployment, DeploymentAction, NewDeployment};
 pub use evaluations::{Comparison, Evaluation, NewComparison, NewEvaluation};
-pub use jobs::{Backend, Job, JobFilter, JobStatus, Method, NewJob, Progress, StatusCounts};
+pub use jobs::{
+    Backend, Job, JobFilter, JobKind, JobStatus, Method, NewJob, Progress, StatusCounts,
+};
 pub use metrics::{MetricPoint, MetricsTail};
 pub use models::{ModelSummary, ModelVersion, NewModelVersion, VersionRef};
 
 /// The schema, one script per version; `user_version` counts the scripts applied.
-const MIGRATIONS: &[&str] = &[include_str!("migrations/0001_registry.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("migrations/0001_registry.sql"),
+    include_str!("migrations/0002_job_kind.sql"),
+];
 
 /// How long a statement waits for another process's write to finish before it fails.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(30);

@@ -1,6 +1,7 @@
 //! The REST API under `/api`: JSON in and out, errors as `{"error": {"code", "message"}}`.
 //! Jobs are created, started, cancelled and watched here (server-sent events for progress);
-//! models, aliases, comparisons, deployments and datasets are read from the registry. The
+//! models, aliases, comparisons, deployments and datasets are read from the registry;
+//! evaluations, deployments and dataset exports are started through [`actions`]. The
 //! routes are listed once, in [`ROUTES`], which `docs/openapi.json` is checked against.
 
 use std::convert::Infallible;
@@ -20,6 +21,7 @@ use serde_json::{json, Value};
 
 use crate::registry::{Job, JobFilter, JobStatus, Registry, RegistryError, VersionRef};
 
+use super::actions;
 use super::error::ApiError;
 use super::posted::{self, PostedJob};
 use super::worker::log_path;
@@ -42,10 +44,14 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/api/models"),
     ("get", "/api/models/{name}/versions"),
     ("put", "/api/models/{name}/aliases/{alias}"),
+    ("post", "/api/models/{name}/versions/{version}/deploy"),
+    ("post", "/api/evaluations"),
     ("get", "/api/evaluations/{id}"),
     ("get", "/api/comparisons"),
     ("get", "/api/deployments"),
+    ("post", "/api/deployments/{id}/rollback"),
     ("get", "/api/datasets"),
+    ("post", "/api/datasets/export"),
     ("get", "/api/formats"),
     ("get", "/api/stats"),
 ];
@@ -65,10 +71,20 @@ pub fn router() -> Router<AppState> {
         .route("/api/models", get(list_models))
         .route("/api/models/{name}/versions", get(model_versions))
         .route("/api/models/{name}/aliases/{alias}", put(set_alias))
+        .route(
+            "/api/models/{name}/versions/{version}/deploy",
+            post(actions::deploy_version),
+        )
+        .route("/api/evaluations", post(actions::create_evaluation))
         .route("/api/evaluations/{id}", get(get_evaluation))
         .route("/api/comparisons", get(list_comparisons))
         .route("/api/deployments", get(list_deployments))
+        .route(
+            "/api/deployments/{id}/rollback",
+            post(actions::rollback_deployment),
+        )
         .route("/api/datasets", get(list_datasets))
+        .route("/api/datasets/export", post(actions::export_dataset))
         .route("/api/formats", get(formats))
         .route("/api/stats", get(stats))
         .fallback(|| async { ApiError::not_found("no such API route") })

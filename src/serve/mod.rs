@@ -3,6 +3,7 @@
 //! route requires a bearer token. Bodies are size-limited, errors are JSON with the status
 //! that fits, and the registry keeps one writer connection in this process.
 
+mod actions;
 mod api;
 mod dashboard;
 mod db;

@@ -8,7 +8,7 @@ use std::path::Path;
 use serde::Deserialize;
 
 use crate::config::JobConfig;
-use crate::registry::{Backend, Job, JobStatus, Method, NewJob, RegistryError};
+use crate::registry::{Backend, Job, JobKind, JobStatus, Method, NewJob, RegistryError};
 
 use super::error::ApiError;
 use super::worker::job_dir;
@@ -179,6 +179,7 @@ pub async fn create(
         let id = db.write_now(|r| {
             r.create_job(&NewJob {
                 name,
+                kind: JobKind::Train,
                 backend,
                 method,
                 config_toml: posted.toml.clone(),

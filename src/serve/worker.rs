@@ -1,9 +1,9 @@
-//! The job worker: a thread that starts queued local jobs one at a time, each as a child
-//! process of this binary (`lora-train --config JOB --db REGISTRY`, told its row by
-//! `LORA_TRAIN_JOB_ID`), so a crashed run cannot take the server down. It reads the run's
-//! `metrics.jsonl` as it grows, turns a cancel request into the SIGINT that Ctrl-C sends
-//! (checkpoint, then exit 130), and maps the exit code: 0 completed, 130 cancelled, 143
-//! failed (terminated), anything else failed with the log's last error line.
+//! The job worker: a thread that starts queued local jobs one at a time, each as a child process
+//! of this binary (`lora-train --config JOB`, or `lora-train eval --config EVAL` for an eval job,
+//! with `--db REGISTRY` and its row in `LORA_TRAIN_JOB_ID`), so a crashed run cannot take the
+//! server down. It tails the run's `metrics.jsonl`, turns a cancel request into SIGINT (checkpoint,
+//! then exit 130), and maps the exit code: 0 completed, 130 cancelled, else failed with the
+//! log's last error line (143: terminated).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -11,13 +11,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::registry::{Job, JobStatus, MetricsTail, Registry, Result};
+use crate::registry::{Job, JobKind, JobStatus, MetricsTail, Registry, Result};
 
 use super::db::Db;
 use super::process;
 
 /// The environment variable that gives a child its job row.
 pub const JOB_ID_VAR: &str = "LORA_TRAIN_JOB_ID";
+
+/// The eval file of an evaluation job, in its folder.
+pub const EVAL_FILE: &str = "eval.toml";
 
 /// How often the worker looks at its child and the queue when nothing wakes it.
 const POLL: Duration = Duration::from_millis(250);
@@ -188,9 +191,14 @@ fn spawn_job(db_path: &Path, cfg: &WorkerConfig, job: &Job) -> std::io::Result<C
         .append(true)
         .open(log_path(&cfg.jobs_root, job.id))?;
     let mut cmd = Command::new(&cfg.exe);
-    cmd.arg("--config").arg(dir.join("job.toml"));
+    if job.kind == JobKind::Eval {
+        // An evaluation: its eval file, which records the evaluation and this row's end.
+        cmd.arg("eval").arg("--config").arg(dir.join(EVAL_FILE));
+    } else {
+        cmd.arg("--config").arg(dir.join("job.toml"));
+    }
     cmd.arg("--db").arg(db_path);
-    if job.resume {
+    if job.resume && job.kind == JobKind::Train {
         let has_checkpoint = job.output_dir.as_deref().is_some_and(|d| {
             crate::train::checkpoint::list_checkpoints(Path::new(d)).is_ok_and(|c| !c.is_empty())
         });

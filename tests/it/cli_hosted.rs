@@ -227,6 +227,19 @@ fn config_on_a_hosted_job_submits_and_watches_to_completion_then_the_commands_wo
     ] {
         assert!(stdout.contains(&want), "missing {want:?} in:\n{stdout}");
     }
+    // The registry follows the job: its row, and the provider's model as a version.
+    let reg =
+        lora_train::registry::Registry::open(&dir.path().join(".lora-train/registry.db")).unwrap();
+    let row = reg
+        .job_by_remote(lora_train::registry::Backend::Together, TOGETHER_JOB)
+        .unwrap()
+        .unwrap();
+    assert_eq!(row.status, lora_train::registry::JobStatus::Completed);
+    assert_eq!(row.name, "x");
+    let v = &reg.model_versions("x").unwrap()[0];
+    assert_eq!(v.remote_model.as_deref(), Some(TOGETHER_OUTPUT));
+    assert_eq!(v.job_id, Some(row.id));
+    assert!(v.adapter_path.is_none());
     let sent = api
         .server
         .requests()
@@ -406,6 +419,15 @@ fn a_failed_job_ends_with_its_reason_on_one_error_line() {
     );
     assert!(stdout.contains("status     failed (failed)"), "{stdout}");
     assert!(stdout.contains("error      The job failed"), "{stdout}");
+    let reg =
+        lora_train::registry::Registry::open(&dir.path().join(".lora-train/registry.db")).unwrap();
+    let row = reg
+        .job_by_remote(lora_train::registry::Backend::OpenAi, OPENAI_JOB)
+        .unwrap()
+        .unwrap();
+    assert_eq!(row.status, lora_train::registry::JobStatus::Failed);
+    assert!(row.error.unwrap().contains("invalid training file"));
+    assert!(reg.models().unwrap().is_empty());
 
     // Together reports the reason in its last error event.
     let api = apis::together(Outcome::Fail);

@@ -8,10 +8,10 @@ use crate::providers_support::{completion, MockServer, Recorded, Reply};
 
 use std::path::Path;
 
-const KEY: &str = "sk-eval-test-5e1f";
+pub(crate) const KEY: &str = "sk-eval-test-5e1f";
 
 /// The remote candidate: "good" answers, but "bad" for the prompts that mention "hard".
-fn candidate_reply(req: &Recorded) -> Reply {
+pub(crate) fn candidate_reply(req: &Recorded) -> Reply {
     let body = req.json();
     let last = body["messages"]
         .as_array()
@@ -22,7 +22,7 @@ fn candidate_reply(req: &Recorded) -> Reply {
     Reply::json(200, completion(&format!("{answer} answer. — Byte"), 20, 4))
 }
 
-fn write_inputs(
+pub(crate) fn write_inputs(
     dir: &Path,
     candidate: &MockServer,
     judge: &MockServer,

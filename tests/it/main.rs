@@ -36,6 +36,7 @@ mod qlora;
 mod real_models;
 mod roundtrip;
 mod serve;
+mod serve_registry;
 mod tokenizer;
 mod train;
 mod train_eval;

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 /// A running `lora-train serve`, stopped (SIGTERM) when dropped.
-pub struct Served {
+pub(crate) struct Served {
     child: Child,
     pub base: String,
     token: Option<String>,
@@ -22,10 +22,17 @@ pub struct Served {
 
 impl Served {
     /// Starts a server on a free port with its registry and jobs under `home`.
-    pub fn start(home: &Path, extra: &[&str]) -> Served {
+    pub(crate) fn start(home: &Path, extra: &[&str]) -> Served {
+        Served::start_env(home, extra, &[])
+    }
+
+    /// [`Served::start`] with more environment variables (a provider's key) for the server and
+    /// the jobs it runs.
+    pub(crate) fn start_env(home: &Path, extra: &[&str], env: &[(&str, &str)]) -> Served {
         let mut child = Command::new(assert_cmd::cargo::cargo_bin("lora-train"))
             .args(["serve", "--port", "0"])
             .args(extra)
+            .envs(env.iter().copied())
             .env("LORA_TRAIN_HOME", home)
             .env("RUST_LOG", "warn")
             .current_dir(home)
@@ -53,13 +60,18 @@ impl Served {
         }
     }
 
-    pub fn call(&self, method: &str, path: &str, body: Option<(&str, &[u8])>) -> (u16, Value) {
+    pub(crate) fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<(&str, &[u8])>,
+    ) -> (u16, Value) {
         let (status, text) = self.call_text(method, path, body, self.token.as_deref());
         let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
         (status, value)
     }
 
-    pub fn call_text(
+    pub(crate) fn call_text(
         &self,
         method: &str,
         path: &str,
@@ -69,13 +81,13 @@ impl Served {
         http(&self.base, method, path, body, token)
     }
 
-    pub fn get(&self, path: &str) -> Value {
+    pub(crate) fn get(&self, path: &str) -> Value {
         let (status, v) = self.call("GET", path, None);
         assert_eq!(status, 200, "GET {path}: {v}");
         v
     }
 
-    pub fn post_job(&self, toml: &str, query: &str) -> Value {
+    pub(crate) fn post_job(&self, toml: &str, query: &str) -> Value {
         let (status, v) = self.call(
             "POST",
             &format!("/api/jobs{query}"),
@@ -86,7 +98,7 @@ impl Served {
     }
 
     /// Waits until job `id` satisfies `done`, returning it.
-    pub fn wait_job(&self, id: i64, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+    pub(crate) fn wait_job(&self, id: i64, what: &str, done: impl Fn(&Value) -> bool) -> Value {
         let start = Instant::now();
         loop {
             let job = self.get(&format!("/api/jobs/{id}"));

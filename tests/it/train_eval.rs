@@ -314,9 +314,40 @@ fn a_judge_in_the_eval_section_judges_both_orders_and_needs_its_key_first() {
     assert!(!tmp.path().join("run").exists());
     assert_eq!(judge.requests().len(), 0);
 
-    let stdout = common::cli::succeeded(&train(&job));
+    let db = tmp.path().join("reg.db");
+    let trained = common::cli::lora_train()
+        .arg("--config")
+        .arg(&job)
+        .arg("--db")
+        .arg(&db)
+        .env("OPENAI_API_KEY", KEY)
+        .env("RUST_LOG", "off")
+        .output()
+        .unwrap();
+    let stdout = common::cli::succeeded(&trained);
     assert!(stdout.contains("## Pairwise"), "{stdout}");
     assert!(!stdout.contains(KEY));
+    // The report is recorded under the run's job, its adapter as the version it registered.
+    let reg = lora_train::registry::Registry::open(&db).unwrap();
+    let c = &reg.comparisons(None).unwrap()[0];
+    assert_eq!(
+        (c.model_a.as_deref(), c.model_b.as_deref()),
+        (Some("run@1"), None)
+    );
+    let version = reg.model_version("run", 1).unwrap();
+    assert_eq!(
+        reg.evaluation(c.evaluation_id).unwrap().job_id,
+        version.job_id
+    );
+    assert_eq!(version.metrics["win_rate"].as_f64(), Some(c.win_rate));
+    assert!(version.metrics.contains_key("eval_val_loss"));
+    let data = &reg.datasets().unwrap()[0];
+    assert!(data.path.ends_with("chats.jsonl"), "{data:?}");
+    assert_eq!(
+        data.provenance,
+        version.job_id.map(|id| format!("job:{id}"))
+    );
+    assert_eq!(data.format.as_deref(), Some("openai"));
     let report = common::read_json(&tmp.path().join("run/eval/report.json"));
     assert_eq!(report["prompts"], 4);
     let pair = &report["pairwise"][0];

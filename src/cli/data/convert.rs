@@ -49,6 +49,7 @@ pub fn run(a: &ConvertArgs) -> anyhow::Result<()> {
         );
     }
     write_atomic(&a.out, converted.text.as_bytes())?;
+    crate::cli::record::datasets([a.out.as_path()], &crate::cli::record::command_line());
     if a.json {
         println!("{}", serde_json::to_string_pretty(&converted)?);
     } else {

@@ -114,6 +114,14 @@ pub fn run(a: &ProcessArgs) -> anyhow::Result<()> {
     };
     let outcome = run_process(&cfg, &Env::from_process(), &opts)?;
     let m = &outcome.metadata;
+    let written = m
+        .files
+        .values()
+        .filter(|p| p.extension().is_some_and(|e| e == "jsonl") && p.is_file());
+    crate::cli::record::datasets(
+        written.map(|p| p.as_path()),
+        &crate::cli::record::command_line(),
+    );
     if a.json {
         println!("{}", serde_json::to_string_pretty(m)?);
     } else {

@@ -49,6 +49,10 @@ fn valid_fraction(s: &str) -> Result<f64, String> {
 
 pub fn run(a: &SplitArgs) -> anyhow::Result<()> {
     let r = split_file(&a.file, a.valid, a.seed, a.out.as_deref(), a.force)?;
+    crate::cli::record::datasets(
+        [r.train.as_path(), r.valid.as_path()],
+        &crate::cli::record::command_line(),
+    );
     if a.json {
         println!("{}", serde_json::to_string_pretty(&r)?);
         return Ok(());

@@ -87,6 +87,10 @@ pub fn run(a: &SynthArgs) -> anyhow::Result<()> {
     };
     let outcome = run_synth(&cfg, &Env::from_process(), &opts)?;
     let m = &outcome.metadata;
+    let (train, _, _) = cfg.output_paths();
+    if train.is_file() {
+        crate::cli::record::datasets([train.as_path()], &crate::cli::record::command_line());
+    }
     if a.json {
         println!("{}", serde_json::to_string_pretty(m)?);
     } else {
@@ -104,7 +108,7 @@ pub fn run(a: &SynthArgs) -> anyhow::Result<()> {
                 u.replies, u.cache_hits, u.failures, u.input_tokens, u.output_tokens, u.cost_usd
             );
         }
-        let (train, detailed, meta) = cfg.output_paths();
+        let (_, detailed, meta) = cfg.output_paths();
         println!(
             "wrote {}, {}, {}",
             train.display(),

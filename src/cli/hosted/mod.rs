@@ -254,6 +254,7 @@ pub fn run(cmd: HostedCommand) -> anyhow::Result<()> {
         HostedCommand::Status { id, json, jobs } => {
             let records = Records::open(&jobs)?;
             let record = records.jobs().status(&id).map_err(explain)?;
+            crate::cli::record::hosted(&record);
             if json {
                 println!("{}", serde_json::to_string_pretty(&record)?);
             } else {
@@ -278,6 +279,7 @@ pub fn run(cmd: HostedCommand) -> anyhow::Result<()> {
         HostedCommand::Cancel { id, jobs } => {
             let records = Records::open(&jobs)?;
             let record = records.jobs().cancel(&id).map_err(explain)?;
+            crate::cli::record::hosted(&record);
             println!(
                 "cancel requested for {} job {}: now {} ({})",
                 record.provider, record.job_id, record.status, record.provider_status

@@ -72,7 +72,10 @@ fn in_provider_pair_shape(path: &Path) -> anyhow::Result<std::path::PathBuf> {
     let digest = {
         use sha2::Digest;
         let d = sha2::Sha256::digest(converted.text.as_bytes());
-        d.iter().take(8).map(|b| format!("{b:02x}")).collect::<String>()
+        d.iter()
+            .take(8)
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
     };
     let stem = path
         .file_stem()
@@ -207,6 +210,7 @@ pub(super) fn submit_and_maybe_watch(
         job.cfg.provider
     );
     let record = jobs.submit(&job.cfg, &job.spec, &opts).map_err(explain)?;
+    crate::cli::record::hosted(&record);
     println!(
         "submitted {} job {} (base model {}, status {})",
         record.provider, record.job_id, record.model, record.provider_status
@@ -256,9 +260,17 @@ pub(super) fn watch_until_done(
             }
         }
     };
-    let record = jobs
-        .watch(&record.job_id, opts, &mut on_update)
-        .map_err(explain)?;
+    let watched = jobs.watch(&record.job_id, opts, &mut on_update);
+    // A failed job ends the watch with an error; its stored record has the reason.
+    match &watched {
+        Ok(r) => crate::cli::record::hosted(r),
+        Err(_) => {
+            if let Ok(r) = jobs.store().find(&record.job_id) {
+                crate::cli::record::hosted(&r);
+            }
+        }
+    }
+    let record = watched.map_err(explain)?;
     match record.status {
         JobStatus::Succeeded => {
             println!(
