@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use rusqlite::{params, OptionalExtension, Row};
+use rusqlite::{params, Row};
 use serde::Serialize;
 
 use super::{now, Registry, RegistryError, Result};
@@ -100,34 +100,23 @@ impl Registry {
 
     /// Dataset `id`.
     pub fn dataset(&self, id: i64) -> Result<Dataset> {
-        self.conn
-            .query_row(
-                "SELECT id, path, sha256, format, rows, provenance, created_at FROM datasets \
+        self.one(
+            "SELECT id, path, sha256, format, rows, provenance, created_at FROM datasets \
                  WHERE id = ?1",
-                [id],
-                from_row,
-            )
-            .optional()
-            .map_err(|e| self.err(e))?
-            .ok_or_else(|| RegistryError::NotFound {
-                what: "dataset",
-                id: id.to_string(),
-            })
+            [id],
+            from_row,
+            "dataset",
+            id,
+        )
     }
 
     /// Every dataset, newest first.
     pub fn datasets(&self) -> Result<Vec<Dataset>> {
-        let mut stmt = self
-            .conn
-            .prepare_cached(
-                "SELECT id, path, sha256, format, rows, provenance, created_at FROM datasets \
+        self.all(
+            "SELECT id, path, sha256, format, rows, provenance, created_at FROM datasets \
                  ORDER BY id DESC",
-            )
-            .map_err(|e| self.err(e))?;
-        let rows = stmt
-            .query_map([], from_row)
-            .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
-            .map_err(|e| self.err(e))?;
-        Ok(rows)
+            [],
+            from_row,
+        )
     }
 }

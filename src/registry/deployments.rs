@@ -2,10 +2,10 @@
 //! server), with who asked and what happened. The newest `active` row of a target and LoRA
 //! name is what the target serves; a rollback reads the row before it.
 
-use rusqlite::{params, OptionalExtension, Row};
+use rusqlite::{params, Row};
 use serde::Serialize;
 
-use super::{now, Registry, RegistryError, Result};
+use super::{now, Registry, Result};
 
 /// What a deployment row did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -123,51 +123,37 @@ impl Registry {
 
     /// Deployment `id`.
     pub fn deployment(&self, id: i64) -> Result<Deployment> {
-        self.conn
-            .query_row(
-                &format!("SELECT {COLUMNS} FROM deployments WHERE id = ?1"),
-                [id],
-                from_row,
-            )
-            .optional()
-            .map_err(|e| self.err(e))?
-            .ok_or_else(|| RegistryError::NotFound {
-                what: "deployment",
-                id: id.to_string(),
-            })
+        self.one(
+            &format!("SELECT {COLUMNS} FROM deployments WHERE id = ?1"),
+            [id],
+            from_row,
+            "deployment",
+            id,
+        )
     }
 
     /// Every deployment, newest first.
     pub fn deployments(&self) -> Result<Vec<Deployment>> {
-        let mut stmt = self
-            .conn
-            .prepare_cached(&format!(
-                "SELECT {COLUMNS} FROM deployments ORDER BY id DESC"
-            ))
-            .map_err(|e| self.err(e))?;
-        let rows = stmt
-            .query_map([], from_row)
-            .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
-            .map_err(|e| self.err(e))?;
-        Ok(rows)
+        self.all(
+            &format!("SELECT {COLUMNS} FROM deployments ORDER BY id DESC"),
+            [],
+            from_row,
+        )
     }
 
     /// The version a target served under `lora_name` before deployment `id`: the newest
     /// earlier successful deploy or rollback of that name with another version.
     pub fn previous_deployment(&self, id: i64) -> Result<Option<Deployment>> {
         let d = self.deployment(id)?;
-        self.conn
-            .query_row(
-                &format!(
-                    "SELECT {COLUMNS} FROM deployments WHERE target = ?1 AND lora_name = ?2 \
+        self.first(
+            &format!(
+                "SELECT {COLUMNS} FROM deployments WHERE target = ?1 AND lora_name = ?2 \
                      AND id < ?3 AND status != 'failed' AND action != 'archive' \
                      AND NOT (model = ?4 AND version = ?5) ORDER BY id DESC LIMIT 1"
-                ),
-                params![d.target, d.lora_name, id, d.model, d.version],
-                from_row,
-            )
-            .optional()
-            .map_err(|e| self.err(e))
+            ),
+            params![d.target, d.lora_name, id, d.model, d.version],
+            from_row,
+        )
     }
 
     /// The number of active deployments (the overview's "deployed models").

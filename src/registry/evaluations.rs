@@ -179,18 +179,14 @@ impl Registry {
 
     /// Comparisons, newest first; those of one model (`name`, any version) when given.
     pub fn comparisons(&self, model: Option<&str>) -> Result<Vec<Comparison>> {
-        let mut stmt = self
-            .conn
-            .prepare_cached(&format!(
+        self.all(
+            &format!(
                 "SELECT {COMPARISON_COLUMNS} FROM comparisons WHERE ?1 IS NULL \
                  OR model_a LIKE ?1 || '@%' OR model_b LIKE ?1 || '@%' ORDER BY id DESC"
-            ))
-            .map_err(|e| self.err(e))?;
-        let rows = stmt
-            .query_map([model], comparison_from_row)
-            .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
-            .map_err(|e| self.err(e))?;
-        Ok(rows)
+            ),
+            [model],
+            comparison_from_row,
+        )
     }
 
     /// The newest comparison between two registered versions (`name@version`), oriented so

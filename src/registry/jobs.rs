@@ -3,7 +3,7 @@
 //! `cancelling → cancelled` on a stop; only the moves [`JobStatus::can_move_to`] allows are
 //! made, each in one conditional UPDATE, so two writers never both win a transition.
 
-use rusqlite::{params, OptionalExtension, Row};
+use rusqlite::{params, Row};
 use serde::Serialize;
 
 use super::{now, Registry, RegistryError, Result};
@@ -320,18 +320,13 @@ impl Registry {
 
     /// The job `id`.
     pub fn job(&self, id: i64) -> Result<Job> {
-        self.conn
-            .query_row(
-                &format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?1"),
-                [id],
-                Job::from_row,
-            )
-            .optional()
-            .map_err(|e| self.err(e))?
-            .ok_or_else(|| RegistryError::NotFound {
-                what: "job",
-                id: id.to_string(),
-            })
+        self.one(
+            &format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?1"),
+            [id],
+            Job::from_row,
+            "job",
+            id,
+        )
     }
 
     /// Jobs matching `filter`, newest first.
@@ -456,17 +451,14 @@ impl Registry {
 
     /// The oldest queued job the worker may start.
     pub fn next_queued(&self) -> Result<Option<Job>> {
-        self.conn
-            .query_row(
-                &format!(
-                    "SELECT {JOB_COLUMNS} FROM jobs WHERE status = 'queued' AND autostart = 1 \
+        self.first(
+            &format!(
+                "SELECT {JOB_COLUMNS} FROM jobs WHERE status = 'queued' AND autostart = 1 \
                      AND backend = 'local' ORDER BY id LIMIT 1"
-                ),
-                [],
-                Job::from_row,
-            )
-            .optional()
-            .map_err(|e| self.err(e))
+            ),
+            [],
+            Job::from_row,
+        )
     }
 
     /// Jobs a process works on (preparing, training or cancelling).
@@ -552,32 +544,26 @@ impl Registry {
     /// The newest job that wrote to `output_dir` and did not complete: the row a `--resume`
     /// run continues.
     pub fn unfinished_job_in(&self, output_dir: &str) -> Result<Option<Job>> {
-        self.conn
-            .query_row(
-                &format!(
-                    "SELECT {JOB_COLUMNS} FROM jobs WHERE output_dir = ?1 AND backend = 'local' \
+        self.first(
+            &format!(
+                "SELECT {JOB_COLUMNS} FROM jobs WHERE output_dir = ?1 AND backend = 'local' \
                      AND status IN ('failed', 'cancelled') ORDER BY id DESC LIMIT 1"
-                ),
-                [output_dir],
-                Job::from_row,
-            )
-            .optional()
-            .map_err(|e| self.err(e))
+            ),
+            [output_dir],
+            Job::from_row,
+        )
     }
 
     /// The job a provider knows as `remote_id` on `backend`.
     pub fn job_by_remote(&self, backend: Backend, remote_id: &str) -> Result<Option<Job>> {
-        self.conn
-            .query_row(
-                &format!(
-                    "SELECT {JOB_COLUMNS} FROM jobs WHERE backend = ?1 AND remote_id = ?2 \
+        self.first(
+            &format!(
+                "SELECT {JOB_COLUMNS} FROM jobs WHERE backend = ?1 AND remote_id = ?2 \
                      ORDER BY id DESC LIMIT 1"
-                ),
-                params![backend.as_str(), remote_id],
-                Job::from_row,
-            )
-            .optional()
-            .map_err(|e| self.err(e))
+            ),
+            params![backend.as_str(), remote_id],
+            Job::from_row,
+        )
     }
 
     /// Moves job `id` towards `to` through the statuses between (`queued → preparing →

@@ -188,6 +188,51 @@ impl Registry {
         tx.commit().map_err(err)
     }
 
+    /// Every row `sql` selects, through `from_row`.
+    fn all<T>(
+        &self,
+        sql: &str,
+        params: impl rusqlite::Params,
+        from_row: impl FnMut(&rusqlite::Row) -> rusqlite::Result<T>,
+    ) -> Result<Vec<T>> {
+        let mut stmt = self.conn.prepare_cached(sql).map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map(params, from_row)
+            .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
+            .map_err(|e| self.err(e))?;
+        Ok(rows)
+    }
+
+    /// The row `sql` selects, if any.
+    fn first<T>(
+        &self,
+        sql: &str,
+        params: impl rusqlite::Params,
+        from_row: impl FnOnce(&rusqlite::Row) -> rusqlite::Result<T>,
+    ) -> Result<Option<T>> {
+        use rusqlite::OptionalExtension;
+        self.conn
+            .query_row(sql, params, from_row)
+            .optional()
+            .map_err(|e| self.err(e))
+    }
+
+    /// The row `sql` selects, or [`RegistryError::NotFound`] naming `what` and `id`.
+    fn one<T>(
+        &self,
+        sql: &str,
+        params: impl rusqlite::Params,
+        from_row: impl FnOnce(&rusqlite::Row) -> rusqlite::Result<T>,
+        what: &'static str,
+        id: impl ToString,
+    ) -> Result<T> {
+        self.first(sql, params, from_row)?
+            .ok_or_else(|| RegistryError::NotFound {
+                what,
+                id: id.to_string(),
+            })
+    }
+
     fn err(&self, source: rusqlite::Error) -> RegistryError {
         RegistryError::Sqlite {
             path: self.path.clone(),

@@ -291,30 +291,23 @@ impl Registry {
 
     /// The aliases of model `name`: (alias, version), by alias.
     pub fn aliases(&self, name: &str) -> Result<Vec<(String, i64)>> {
-        let mut stmt = self
-            .conn
-            .prepare_cached("SELECT alias, version FROM aliases WHERE model = ?1 ORDER BY alias")
-            .map_err(|e| self.err(e))?;
-        let rows = stmt
-            .query_map([name], |r| Ok((r.get(0)?, r.get(1)?)))
-            .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
-            .map_err(|e| self.err(e))?;
-        Ok(rows)
+        self.all(
+            "SELECT alias, version FROM aliases WHERE model = ?1 ORDER BY alias",
+            [name],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
     }
 
     /// The newest version whose adapter is at `path` (how an eval candidate is recognised).
     pub fn version_with_adapter(&self, path: &str) -> Result<Option<ModelVersion>> {
-        self.conn
-            .query_row(
-                &format!(
-                    "SELECT {VERSION_COLUMNS} FROM models WHERE adapter_path = ?1 \
+        self.first(
+            &format!(
+                "SELECT {VERSION_COLUMNS} FROM models WHERE adapter_path = ?1 \
                      ORDER BY id DESC LIMIT 1"
-                ),
-                [path],
-                version_from_row,
-            )
-            .optional()
-            .map_err(|e| self.err(e))
+            ),
+            [path],
+            version_from_row,
+        )
     }
 
     /// Adds measures to a version's metrics (replacing those of the same name).

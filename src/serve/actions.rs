@@ -37,7 +37,7 @@ impl From<DeployError> for ApiError {
 }
 
 /// The body's media type, lower-cased, without parameters.
-fn content_type(headers: &HeaderMap) -> String {
+pub(super) fn content_type(headers: &HeaderMap) -> String {
     headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())

@@ -128,16 +128,7 @@ async fn create_job(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<(StatusCode, Json<Job>), ApiError> {
-    let content_type = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
-    let posted = match content_type.as_str() {
+    let posted = match actions::content_type(&headers).as_str() {
         "application/json" => posted::from_json(&body)?,
         "application/toml" | "text/toml" | "text/plain" | "text/x-toml" => {
             let text = String::from_utf8(body.to_vec()).map_err(|_| {
