@@ -468,3 +468,86 @@ fn a_dpo_job_benches_its_pairs_and_refuses_synthetic_rows() {
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("DPO"), "{stderr}");
 }
+
+/// The child processes of `parent` whose command line holds every one of `words`.
+#[cfg(target_os = "linux")]
+fn children_with(parent: u32, words: &[&str]) -> Vec<u32> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let ppid = stat
+            .rfind(')')
+            .and_then(|i| stat[i + 1..].split_whitespace().nth(1))
+            .and_then(|p| p.parse::<u32>().ok());
+        let args = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let args: Vec<String> = args
+            .split(|b| *b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        let has = |w: &str| args.iter().any(|a| a == w);
+        if ppid == Some(parent) && words.iter().all(|w| has(w)) {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+/// A point whose process the kernel kills (SIGKILL, as the out-of-memory killer does) is
+/// recorded as such, and the sweep goes on to the next point.
+#[test]
+#[cfg(target_os = "linux")]
+fn a_point_killed_by_the_os_is_recorded_and_the_sweep_goes_on() {
+    use std::process::Stdio;
+    use std::time::{Duration, Instant};
+    let tmp = tempfile::tempdir().unwrap();
+    let job = write_job(tmp.path());
+    let mut sweep = std::process::Command::new(assert_cmd::cargo::cargo_bin("lora-train"))
+        .arg("bench")
+        .arg("--config")
+        .arg(&job)
+        .args(["--synthetic", "--sweep", "seq=16,32,48", "--steps", "500"])
+        .args(["--warmup", "0", "--json"])
+        .env("LORA_TRAIN_HOME", common::cli::shared_home())
+        .env("RUST_LOG", "off")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Kill the seq=32 point's process once it runs, as the OOM killer would.
+    let start = Instant::now();
+    let victim = loop {
+        if let Some(pid) = children_with(sweep.id(), &["--point", "32"]).first() {
+            break *pid;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(300),
+            "the seq=32 point never started"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    std::process::Command::new("kill")
+        .args(["-KILL", &victim.to_string()])
+        .status()
+        .unwrap();
+    let out = sweep.wait_with_output().unwrap();
+    assert!(out.status.success(), "the sweep itself ends normally");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let statuses: Vec<(u64, &str)> = v["points"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p["seq"].as_u64().unwrap(), p["status"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        statuses,
+        vec![
+            (16, "measured"),
+            (32, "out of memory (killed)"),
+            (48, "measured")
+        ],
+        "{v}"
+    );
+}
