@@ -378,9 +378,16 @@ fn follow_hosted(reg: &Registry, r: &JobRecord) -> lora_train::registry::Result<
         HostedProvider::Together => Backend::Together,
         HostedProvider::OpenAi => Backend::OpenAi,
     };
-    let id = match reg.job_by_remote(backend, &r.job_id)? {
-        Some(job) => job.id,
-        None => {
+    let id = match (reg.job_by_remote(backend, &r.job_id)?, given_job(reg)) {
+        (Some(job), _) => job.id,
+        // The server's worker runs this submission for a row of its own.
+        (None, Some(id)) => {
+            reg.set_job_outputs(id, None, Some(&r.job_id))?;
+            let train = NewDataset::from_file(&r.train_file, Some(format!("job:{id}")))?;
+            reg.record_dataset(&train)?;
+            id
+        }
+        (None, None) => {
             let text = r
                 .job_file
                 .as_deref()

@@ -404,6 +404,12 @@ impl Registry {
     pub fn request_start(&self, id: i64) -> Result<Job> {
         let job = self.job(id)?;
         match job.status {
+            JobStatus::Queued if job.remote_id.is_some() => {
+                return Err(RegistryError::Conflict(format!(
+                    "job {id} was submitted to {} already; `lora-train hosted watch` follows it",
+                    job.backend.as_str()
+                )))
+            }
             JobStatus::Queued => {}
             JobStatus::Failed | JobStatus::Cancelled if job.backend == Backend::Local => {
                 self.move_job(id, JobStatus::Queued, None)?;
@@ -435,6 +441,15 @@ impl Registry {
             JobStatus::Queued => {
                 self.move_job(id, JobStatus::Cancelled, None)?;
             }
+            JobStatus::Preparing | JobStatus::Training
+                if job.backend != Backend::Local && job.pid.is_none() =>
+            {
+                return Err(RegistryError::Conflict(format!(
+                    "job {id} runs on {} and no process here follows it; \
+                     `lora-train hosted cancel` cancels it",
+                    job.backend.as_str()
+                )))
+            }
             JobStatus::Preparing | JobStatus::Training => {
                 self.move_job(id, JobStatus::Cancelling, None)?;
             }
@@ -454,7 +469,7 @@ impl Registry {
         self.first(
             &format!(
                 "SELECT {JOB_COLUMNS} FROM jobs WHERE status = 'queued' AND autostart = 1 \
-                     AND backend = 'local' ORDER BY id LIMIT 1"
+                     AND remote_id IS NULL ORDER BY id LIMIT 1"
             ),
             [],
             Job::from_row,
@@ -571,7 +586,8 @@ impl Registry {
     pub fn advance_job(&self, id: i64, to: JobStatus, error: Option<&str>) -> Result<()> {
         use JobStatus::*;
         let now = self.job(id)?.status;
-        if now == to || now.is_terminal() {
+        // A row a process already works on (the server's watcher) does not go back to queued.
+        if now == to || now.is_terminal() || (to == Queued && now.is_active()) {
             return Ok(());
         }
         let path: &[JobStatus] = match (now, to) {

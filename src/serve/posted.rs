@@ -162,14 +162,17 @@ pub async fn create(
         let name = name
             .filter(|n| !n.trim().is_empty())
             .unwrap_or_else(|| default_name(&job.output.dir));
+        // A `[hosted]` job runs as `lora-train --config`, which submits it and follows it.
         let backend = match job.hosted.as_ref() {
             None => Backend::Local,
-            Some(_) => {
-                return Err(ApiError::bad_request(
-                    "hosted_job",
-                    "this server runs local jobs; submit a [hosted] job with \
-                     `lora-train hosted submit`, which records it in the same registry",
-                ))
+            Some(table) => {
+                use crate::providers::hosted::{HostedConfig, HostedProvider};
+                let cfg = HostedConfig::from_table(table.clone())
+                    .map_err(|e| ApiError::bad_request("invalid_job", e.to_string()))?;
+                match cfg.provider {
+                    HostedProvider::Together => Backend::Together,
+                    HostedProvider::OpenAi => Backend::OpenAi,
+                }
             }
         };
         let method = match job.is_dpo() {
@@ -194,7 +197,11 @@ pub async fn create(
         if posted.server_output_dir {
             job.output.dir = dir.join("output");
         }
-        let resolved = job.to_toml_string().map_err(ApiError::internal)?;
+        // A hosted job's mapping reads which keys were written: it keeps the posted keys only.
+        let resolved = match backend {
+            Backend::Local => job.to_toml_string().map_err(ApiError::internal)?,
+            _ => written_with_resolved_paths(&posted.toml, &job)?,
+        };
         let config = dir.join("job.toml");
         crate::fsutil::write_atomic(&config, resolved.as_bytes()).map_err(ApiError::internal)?;
         let output = job.output.dir.to_string_lossy().into_owned();
@@ -217,6 +224,41 @@ pub async fn create(
     .map_err(ApiError::internal)??;
     state.worker.wake();
     Ok(job)
+}
+
+/// The posted job file with only its own keys, its file paths made absolute as `job`
+/// resolved them (the worker runs the file from the job's folder).
+fn written_with_resolved_paths(posted: &str, job: &JobConfig) -> Result<String, ApiError> {
+    use crate::config::job::ValidationSpec;
+    let mut table: toml::Table = posted
+        .parse()
+        .map_err(|e| ApiError::bad_request("invalid_job", format!("posted job: {e}")))?;
+    let path = |p: &Path| toml::Value::String(p.to_string_lossy().into_owned());
+    let mut paths = vec![
+        (
+            "model",
+            "source",
+            toml::Value::String(job.model.source.clone()),
+        ),
+        ("data", "train", path(&job.data.train)),
+        ("output", "dir", path(&job.output.dir)),
+    ];
+    if let Some(ValidationSpec::File(f)) = &job.data.validation {
+        paths.push(("data", "validation", path(f)));
+    }
+    if let Some(dir) = &job.lora.init_adapter {
+        paths.push(("lora", "init_adapter", path(dir)));
+    }
+    for (section, key, value) in paths {
+        if let Some(slot) = table
+            .get_mut(section)
+            .and_then(|s| s.as_table_mut())
+            .and_then(|t| t.get_mut(key))
+        {
+            *slot = value;
+        }
+    }
+    toml::to_string(&table).map_err(ApiError::internal)
 }
 
 /// A job's name when none is given: its output folder's name.

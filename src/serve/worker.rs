@@ -91,9 +91,10 @@ struct Running {
 pub fn recover(db: &Db) -> Result<usize> {
     let active = db.write_now(|r| r.active_jobs())?;
     let mut n = 0;
+    // Hosted rows this server did not run (no pid) follow their own watcher.
     for job in active
         .into_iter()
-        .filter(|j| j.backend == crate::registry::Backend::Local)
+        .filter(|j| j.backend == crate::registry::Backend::Local || j.pid.is_some())
     {
         if let Some(pid) = job.pid.and_then(|p| u32::try_from(p).ok()) {
             let start = job.pid_start.map(|s| s as u64);
@@ -111,18 +112,25 @@ pub fn recover(db: &Db) -> Result<usize> {
         }
         let current = db.write_now(|r| r.job(job.id))?;
         if !current.status.is_terminal() {
-            db.write_now(|r| {
-                r.move_job(
-                    job.id,
-                    JobStatus::Failed,
-                    Some("interrupted: the server stopped while it ran; start it again to resume"),
-                )
-            })?;
+            let why = interrupted(&current);
+            db.write_now(|r| r.move_job(job.id, JobStatus::Failed, Some(&why)))?;
             n += 1;
         }
         db.write_now(|r| r.set_process(job.id, None, None))?;
     }
     Ok(n)
+}
+
+/// Why a job the server stopped while it ran failed, and how to go on.
+fn interrupted(job: &Job) -> String {
+    match &job.remote_id {
+        Some(remote) => format!(
+            "interrupted: the server stopped while it followed {} job {remote}, which runs on; \
+             `lora-train hosted watch {remote}` follows it",
+            job.backend.as_str()
+        ),
+        None => "interrupted: the server stopped while it ran; start it again to resume".into(),
+    }
 }
 
 /// Runs the worker until `handle.stop()`.
@@ -303,12 +311,9 @@ fn stop_for_shutdown(db: &Db, mut r: Running) {
     let id = r.id;
     let _ = db.write_now(|reg| -> Result<()> {
         r.tail.poll(reg)?;
-        if !reg.job(id)?.status.is_terminal() {
-            reg.move_job(
-                id,
-                JobStatus::Failed,
-                Some("interrupted: the server stopped while it ran; start it again to resume"),
-            )?;
+        let job = reg.job(id)?;
+        if !job.status.is_terminal() {
+            reg.move_job(id, JobStatus::Failed, Some(&interrupted(&job)))?;
         }
         reg.set_process(id, None, None)
     });

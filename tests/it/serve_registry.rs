@@ -432,3 +432,55 @@ fn a_target_that_forgot_its_adapter_still_takes_the_new_one() {
         ("active", "replaced")
     );
 }
+
+/// A `[hosted]` job file posted to the server runs as `lora-train --config`: submitted to the
+/// (mock) provider once, followed on the same row, and its model registered.
+#[test]
+fn a_posted_hosted_job_is_submitted_followed_and_registered() {
+    use crate::providers_support::apis::{self, Outcome, TOGETHER_JOB, TOGETHER_OUTPUT};
+    let home = tempfile::tempdir().unwrap();
+    let data = home.path().join("data/train.jsonl");
+    std::fs::create_dir_all(data.parent().unwrap()).unwrap();
+    let line = r#"{"messages":[{"role":"user","content":"Capital of France?"},{"role":"assistant","content":"Paris."}]}"#;
+    std::fs::write(&data, format!("{line}\n{line}\n")).unwrap();
+    let job = |out: &str| {
+        format!(
+            "[model]\nsource = \"meta-llama/Llama-3.1-8B-Instruct\"\n[data]\ntrain = \"{}\"\n\
+             [train]\nepochs = 1\n[output]\ndir = \"{}\"\n[hosted]\nprovider = \"together\"\n\
+             model = \"meta-llama/Meta-Llama-3.1-8B-Instruct-Reference\"\n\
+             poll_interval_secs = 0.01\ntimeout_secs = 20\n",
+            data.display(),
+            home.path().join(out).display()
+        )
+    };
+    let api = apis::together(Outcome::Succeed);
+    let base = api.base_url();
+    let server = Served::start_env(
+        home.path(),
+        &[],
+        &[
+            ("TOGETHER_API_KEY", "tg-test"),
+            ("TOGETHER_BASE_URL", &base),
+        ],
+    );
+    let posted = server.post_job(&job("runs/remote"), "?name=remote");
+    assert_eq!(posted["backend"], "together");
+    let id = posted["id"].as_i64().unwrap();
+    let done = server.wait_job(id, "completed", |j| {
+        j["status"] == "completed" || j["status"] == "failed"
+    });
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(done["remote_id"], TOGETHER_JOB);
+    let versions = server.get("/api/models/remote/versions");
+    assert_eq!(versions[0]["remote_model"], TOGETHER_OUTPUT);
+    assert_eq!(versions[0]["job_id"], id);
+    assert_eq!(
+        server.get("/api/jobs").as_array().unwrap().len(),
+        1,
+        "one row"
+    );
+    // A finished remote job is not submitted again.
+    let (status, _) = server.call("POST", &format!("/api/jobs/{id}/start"), None);
+    assert_eq!(status, 409);
+    assert_eq!(api.server.count("POST", "/v1/fine-tunes"), 1);
+}

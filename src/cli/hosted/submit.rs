@@ -241,9 +241,22 @@ pub(super) fn watch_until_done(
         record.provider, record.job_id
     );
     // The library's watch blocks between polls, so Ctrl-C ends the process here; the record
-    // on disk is always whole (written atomically), so a later watch resumes from it.
+    // on disk is always whole (written atomically), so a later watch resumes from it. Run by
+    // the server's worker, the stop is a cancel request: the remote job is cancelled first.
+    let server_job = std::env::var_os(lora_train::serve::JOB_ID_VAR).is_some();
+    let (canceller, remote) = (records.jobs(), record.job_id.clone());
     if let Err(e) = ctrlc::set_handler(move || {
-        eprintln!("\n{stopped}");
+        if server_job {
+            match canceller.cancel(&remote) {
+                Ok(r) => eprintln!(
+                    "\ncancel requested: {} job {} is {}",
+                    r.provider, r.job_id, r.status
+                ),
+                Err(e) => eprintln!("\ncould not cancel {remote}: {}", explain(e)),
+            }
+        } else {
+            eprintln!("\n{stopped}");
+        }
         std::process::exit(130);
     }) {
         tracing::debug!("Ctrl-C handler not installed: {e}");
