@@ -1,18 +1,24 @@
 #!/usr/bin/env python3
 """PyTorch + PEFT reference for lora-train's training parity tests (CPU, fp32, seeded, deterministic).
 
-Fixture mode (default) writes, for tiny-llama, tiny-gemma3, tiny-qwen2, tiny-qwen3, tiny-mistral and tiny-gemma2, tests/fixtures/peft-train/<model>/:
+Fixture mode (default) writes, for tiny-llama, tiny-gemma3, tiny-qwen2, tiny-qwen3, tiny-mistral, tiny-gemma2 and
+tiny-gemma3-mm, tests/fixtures/peft-train/<model>/:
   init_adapter/     PEFT LoRA adapter (save_pretrained) the run starts from: r=4, alpha=8, dropout 0, all 7
-                    projections; lora_A = PEFT's kaiming-uniform default, lora_B = seeded N(0,1)*0.02 (not 0)
+                    projections; lora_A = PEFT's kaiming-uniform default, lora_B = seeded N(0,1)*0.02 (not 0).
+                    tiny-gemma3-mm (tiny-gemma3's text weights in a Gemma3ForConditionalGeneration, loaded as
+                    that class) gets them on its language model only: target_modules is the regex
+                    model\.language_model\.layers\.\d+\.(self_attn|mlp)\.(down_proj|...|v_proj), so the vision
+                    tower's projections get none, and the tensors are named base_model.model.model.language_model.*
   batches.json      10 optimizer steps x grad_accum 2 micro-batches x micro_batch_size 2 examples
   expected.json     hyperparameters and, per step, loss / target_tokens / grad_norm (before clipping) / lr
   final_adapter/    the adapter after the 10th AdamW step
   score_init.json,  --roundtrip scores of init_adapter/ and final_adapter/ (masked CE over chats.jsonl)
   score_final.json
 
-    /work/pyenv/bin/python scripts/make_peft_fixtures.py [--only tiny-llama|tiny-gemma3|tiny-qwen2|tiny-qwen3|tiny-mistral|tiny-gemma2]
+    /work/pyenv/bin/python scripts/make_peft_fixtures.py \
+        [--only tiny-llama|tiny-gemma3|tiny-qwen2|tiny-qwen3|tiny-mistral|tiny-gemma2|tiny-gemma3-mm]
 
-(about 2-5 minutes on 2 cores; byte-identical output on every run). The fixtures are only valid for the tiny
+(about 2-5 minutes a model on 2 cores; byte-identical output on every run). The fixtures are only valid for the tiny
 base models and chats.jsonl that scripts/make_fixtures.py wrote: expected.json records the base files' sha256
 (base_files_sha256); rerun this script whenever those change. expected.json also has "sensitivity": how far
 the per-step losses and final weights move under typical training-loop mistakes, and the f32 noise floor.
@@ -66,12 +72,16 @@ GEMMA_TEMPLATE_PATH = ROOT / "src" / "data" / "templates" / "gemma.jinja"
 
 SEED = 20250612
 TINY = ["tiny-llama", "tiny-gemma3", "tiny-qwen2", "tiny-qwen3", "tiny-mistral", "tiny-gemma2"]
-# Round-trip bases only (no training fixture): tiny-gemma3's text weights in a Gemma3ForConditionalGeneration,
-# loaded as that class so PEFT sees the vision tower's projections beside the language model's.
-ROUNDTRIP_ONLY = ["tiny-gemma3-mm"]
+# tiny-gemma3's text weights in a Gemma3ForConditionalGeneration, loaded as that class so PEFT sees the vision
+# tower's projections beside the language model's; LoRA goes on the language model only (LANGUAGE_MODEL_TARGETS).
+CONDITIONAL_GENERATION = ["tiny-gemma3-mm"]
+TRAINED = TINY + CONDITIONAL_GENERATION
 REAL_GGUF = {"smollm2": "smollm2-135m-instruct.Q4_1.gguf", "gemma3": "gemma-3-270m.Q4_K_M.gguf"}
 
 TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+# PEFT re.fullmatch-es a string target_modules against module names; this is the regex lora-train exports for a
+# conditional-generation checkpoint (src/lora/peft.rs: language_model_targets, names sorted).
+LANGUAGE_MODEL_TARGETS = r"model\.language_model\.layers\.\d+\.(self_attn|mlp)\.(" + "|".join(sorted(TARGET_MODULES)) + ")"
 LORA = {"r": 4, "lora_alpha": 8, "lora_dropout": 0.0, "bias": "none", "use_rslora": False}
 LORA_B_INIT_STD = 0.02
 
@@ -172,7 +182,7 @@ def last_assistant_example(tok, messages):
 
 
 def load_tokenizer(model, models_dir: Path):
-    if model in TINY + ROUNDTRIP_ONLY:
+    if model in TRAINED:
         return AutoTokenizer.from_pretrained(str(FIXTURES / model))
     tok = AutoTokenizer.from_pretrained(str(models_dir), gguf_file=REAL_GGUF[model])
     if model == "smollm2":
@@ -186,7 +196,7 @@ def load_tokenizer(model, models_dir: Path):
 
 
 def load_base(model, models_dir: Path):
-    if model in ROUNDTRIP_ONLY:
+    if model in CONDITIONAL_GENERATION:
         from transformers import Gemma3ForConditionalGeneration
 
         m = Gemma3ForConditionalGeneration.from_pretrained(
@@ -444,39 +454,53 @@ def sensitivity(model, params, init_state, batches, pad_id, reference):
     return out
 
 
-def lora_config():
+def target_modules(name):
+    """The target_modules given to PEFT: the projection names, or the language-model regex."""
+    return LANGUAGE_MODEL_TARGETS if name in CONDITIONAL_GENERATION else list(TARGET_MODULES)
+
+
+def layers_prefix(name):
+    """Where the decoder layers sit in the base model's module tree."""
+    return "model.language_model.layers" if name in CONDITIONAL_GENERATION else "model.layers"
+
+
+def lora_config(name):
     return LoraConfig(
         r=LORA["r"],
         lora_alpha=LORA["lora_alpha"],
         lora_dropout=LORA["lora_dropout"],
         bias=LORA["bias"],
         use_rslora=LORA["use_rslora"],
-        target_modules=list(TARGET_MODULES),
+        target_modules=target_modules(name),
         task_type="CAUSAL_LM",
         init_lora_weights=True,
     )
 
 
 def save_adapter(model, path: Path, name: str, n_layers: int):
-    """PEFT save_pretrained, then made reproducible: relative base path, sorted target_modules, no model card."""
+    """PEFT save_pretrained, then made reproducible: relative base path, sorted target_modules (a list; a regex
+    string stays as it is), no model card."""
     model.save_pretrained(str(path))
     cfg_path = path / "adapter_config.json"
     cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
     cfg["base_model_name_or_path"] = f"tests/fixtures/{name}"
-    cfg["target_modules"] = sorted(cfg["target_modules"])
+    if isinstance(cfg["target_modules"], list):
+        cfg["target_modules"] = sorted(cfg["target_modules"])
+    elif cfg["target_modules"] != target_modules(name):
+        raise RuntimeError(f"{path}: PEFT saved target_modules {cfg['target_modules']!r}")
     cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     (path / "README.md").unlink(missing_ok=True)
-    check_saved_names(path, n_layers)
+    check_saved_names(path, n_layers, layers_prefix(name))
 
 
-def check_saved_names(adapter_dir: Path, n_layers: int):
+def check_saved_names(adapter_dir: Path, n_layers: int, prefix: str):
     keys = set(lora_keys_of_file(adapter_dir))
     want = set()
     for i in range(n_layers):
         for mod in TARGET_MODULES:
             parent = "self_attn" if mod in ("q_proj", "k_proj", "v_proj", "o_proj") else "mlp"
             for ab in ("lora_A", "lora_B"):
-                want.add(f"base_model.model.model.layers.{i}.{parent}.{mod}.{ab}.weight")
+                want.add(f"base_model.model.{prefix}.{i}.{parent}.{mod}.{ab}.weight")
     if keys != want:
         raise RuntimeError(f"{adapter_dir}: unexpected tensor names {sorted(keys ^ want)[:6]}")
 
@@ -491,15 +515,19 @@ def make_training_fixture(name, chats):
     hashes = base_hashes(name)
     tok = load_tokenizer(name, Path("."))
     base = load_base(name, Path("."))
-    n_layers = base.config.num_hidden_layers
-    model = get_peft_model(base, lora_config())
+    n_layers = base.config.get_text_config().num_hidden_layers
+    model = get_peft_model(base, lora_config(name))
     gen = torch.Generator().manual_seed(SEED + 1)
     with torch.no_grad():
         for pname, p in sorted(model.named_parameters(), key=lambda kv: kv[0]):
             if "lora_B" in pname:
                 p.copy_(torch.randn(p.shape, generator=gen, dtype=torch.float32) * LORA_B_INIT_STD)
     lora = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    if not lora or any("lora_" not in n for n, _ in lora) or len(lora) != 2 * len(TARGET_MODULES) * n_layers:
+    if (
+        not lora
+        or any("lora_" not in n or f".{layers_prefix(name)}." not in n for n, _ in lora)
+        or len(lora) != 2 * len(TARGET_MODULES) * n_layers
+    ):
         raise RuntimeError(f"{name}: unexpected trainable parameters {[n for n, _ in lora][:6]}")
     params = [p for _, p in lora]
     save_adapter(model, out / "init_adapter", name, n_layers)
@@ -541,7 +569,7 @@ def make_training_fixture(name, chats):
             "model": name,
             "dtype": "float32",
             "hyperparameters": HPARAMS,
-            "lora": dict(LORA, target_modules=TARGET_MODULES, scaling=LORA["lora_alpha"] / LORA["r"]),
+            "lora": dict(LORA, target_modules=target_modules(name), scaling=LORA["lora_alpha"] / LORA["r"]),
             "init": (
                 f"torch.manual_seed({SEED}) before get_peft_model: lora_A = PEFT default kaiming_uniform_(a=sqrt(5)); "
                 f"then lora_B = torch.randn(shape, generator=torch.Generator().manual_seed({SEED + 1})) * "
@@ -572,9 +600,9 @@ def make_training_fixture(name, chats):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--only", choices=TINY, help="make the training fixture of one tiny model only")
+    ap.add_argument("--only", choices=TRAINED, help="make the training fixture of one tiny model only")
     ap.add_argument("--roundtrip", metavar="ADAPTER_DIR", help="score a PEFT adapter instead of making fixtures")
-    ap.add_argument("--model", choices=TINY + ROUNDTRIP_ONLY + list(REAL_GGUF), help="base model for --roundtrip")
+    ap.add_argument("--model", choices=TRAINED + list(REAL_GGUF), help="base model for --roundtrip")
     ap.add_argument("--out", metavar="FILE", help="output JSON for --roundtrip")
     ap.add_argument("--models-dir", default="models", help="folder with the GGUF files (relative to repo root)")
     args = ap.parse_args()
@@ -590,7 +618,7 @@ def main():
         return 0
 
     chats = read_chats()
-    for name in [args.only] if args.only else TINY:
+    for name in [args.only] if args.only else TRAINED:
         make_training_fixture(name, chats)
     return 0
 
