@@ -504,7 +504,7 @@ fn a_point_killed_by_the_os_is_recorded_and_the_sweep_goes_on() {
     use std::time::{Duration, Instant};
     let tmp = tempfile::tempdir().unwrap();
     let job = write_job(tmp.path());
-    let mut sweep = std::process::Command::new(assert_cmd::cargo::cargo_bin("lora-train"))
+    let sweep = std::process::Command::new(assert_cmd::cargo::cargo_bin("lora-train"))
         .arg("bench")
         .arg("--config")
         .arg(&job)
