@@ -4,8 +4,9 @@
 //! Modules are layered, each using only those below it: [`error`], [`net`] and the Hugging Face
 //! [`hub`] downloads, [`data`] and the tensor ops
 //! ([`gemm`], [`autograd`], [`kernels`], [`quant`]) at the bottom, up to [`train`] and
-//! [`providers`], the evaluation [`harness`], the synthetic-data tools ([`synth`]) and the
-//! server ([`serve`]) over the SQLite [`registry`]; `tests/it/layering.rs` states the order. DEVELOPERS.md opens with a map.
+//! [`providers`], the evaluation [`harness`], the synthetic-data tools ([`synth`]), vLLM
+//! [`deploy`]ments and the server ([`serve`]) over the SQLite [`registry`];
+//! `tests/it/layering.rs` states the order. DEVELOPERS.md opens with a map.
 
 pub mod alloc;
 pub mod autograd;
