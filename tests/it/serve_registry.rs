@@ -484,3 +484,43 @@ fn a_posted_hosted_job_is_submitted_followed_and_registered() {
     assert_eq!(status, 409);
     assert_eq!(api.server.count("POST", "/v1/fine-tunes"), 1);
 }
+
+/// Cancelling a posted `[hosted]` job while the worker's child follows it cancels the
+/// provider's job, and the row ends cancelled.
+#[test]
+fn cancelling_a_posted_hosted_job_cancels_the_remote_job() {
+    use crate::providers_support::apis::{self, Outcome, TOGETHER_JOB};
+    let home = tempfile::tempdir().unwrap();
+    let data = home.path().join("train.jsonl");
+    let line =
+        r#"{"messages":[{"role":"user","content":"Hi?"},{"role":"assistant","content":"Hello."}]}"#;
+    std::fs::write(&data, format!("{line}\n{line}\n")).unwrap();
+    let job = format!(
+        "[model]\nsource = \"meta-llama/Llama-3.1-8B-Instruct\"\n[data]\ntrain = \"{}\"\n\
+         [output]\ndir = \"{}\"\n[hosted]\nprovider = \"together\"\n\
+         model = \"meta-llama/Meta-Llama-3.1-8B-Instruct-Reference\"\n\
+         poll_interval_secs = 5\ntimeout_secs = 60\n",
+        data.display(),
+        home.path().join("runs/slow").display()
+    );
+    let api = apis::together(Outcome::Succeed);
+    let base = api.base_url();
+    let server = Served::start_env(
+        home.path(),
+        &[],
+        &[
+            ("TOGETHER_API_KEY", "tg-test"),
+            ("TOGETHER_BASE_URL", &base),
+        ],
+    );
+    let id = server.post_job(&job, "")["id"].as_i64().unwrap();
+    server.wait_job(id, "submitted", |j| j["remote_id"] == TOGETHER_JOB);
+    let (status, v) = server.call("POST", &format!("/api/jobs/{id}/cancel"), None);
+    assert_eq!(status, 200, "{v}");
+    let done = server.wait_job(id, "ended", |j| {
+        ["cancelled", "failed", "completed"].contains(&j["status"].as_str().unwrap_or(""))
+    });
+    assert_eq!(done["status"], "cancelled", "{done}");
+    let cancel = format!("/v1/fine-tunes/{TOGETHER_JOB}/cancel");
+    assert_eq!(api.server.count("POST", &cancel), 1);
+}
