@@ -25,6 +25,17 @@ pub fn home() -> Option<PathBuf> {
         .map(|home| PathBuf::from(home).join(".lora-train"))
 }
 
+/// Lower-case hex of `bytes` (a digest).
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The SHA-256 of `bytes`, as lower-case hex.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex(&sha2::Sha256::digest(bytes))
+}
+
 /// A temporary path in the same folder as `target` (same filesystem, so the rename is atomic),
 /// unique to this write: the process id and a counter, never a guessable sibling.
 pub fn temp_path_for(target: &Path) -> PathBuf {

@@ -274,15 +274,7 @@ fn register_adapter(
         return Ok(None);
     };
     let adapter = std::path::absolute(adapter).unwrap_or_else(|_| adapter.clone());
-    let weights = adapter.join("adapter_model.safetensors");
-    let sha256 = std::fs::read(&weights).ok().map(|bytes| {
-        use sha2::Digest;
-        let digest = sha2::Sha256::digest(&bytes);
-        digest
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<String>()
-    });
+    let sha256 = lora_train::export::peft::adapter_sha256(&adapter);
     let name = reg.job(id)?.name;
     let parent = match &job.lora.init_adapter {
         Some(dir) => {

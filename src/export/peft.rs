@@ -32,6 +32,12 @@ pub const ADAPTER_CONFIG: &str = "adapter_config.json";
 /// The adapter's tensors.
 pub const ADAPTER_WEIGHTS: &str = "adapter_model.safetensors";
 
+/// The SHA-256 of an adapter folder's weights file, hex; `None` when it cannot be read.
+pub fn adapter_sha256(dir: &Path) -> Option<String> {
+    let bytes = std::fs::read(dir.join(ADAPTER_WEIGHTS)).ok()?;
+    Some(crate::fsutil::sha256_hex(&bytes))
+}
+
 /// Writes the adapter folder atomically (a temp folder, then a rename); a folder there that
 /// holds anything but an adapter is refused (see [`Artifact::write`]).
 pub fn write_adapter(params: &LoraParams, dir: &Path, export: &AdapterExport) -> Result<()> {

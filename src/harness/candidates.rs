@@ -11,7 +11,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use crate::config::job::{DeviceName, DtypeName, JobConfig};
 use crate::data::dataset::line_id;
@@ -68,7 +67,9 @@ impl LocalModel {
         dtype: DtypeName,
         device: DeviceName,
     ) -> Self {
-        let adapter_sha256 = adapter.as_deref().and_then(adapter_sha256);
+        let adapter_sha256 = adapter
+            .as_deref()
+            .and_then(crate::export::peft::adapter_sha256);
         LocalModel {
             model,
             adapter,
@@ -155,16 +156,6 @@ impl Candidate {
             Source::Responses(file) => ("responses".into(), file.display().to_string(), None),
         }
     }
-}
-
-/// The SHA-256 of an adapter's weights file, hex.
-fn adapter_sha256(dir: &Path) -> Option<String> {
-    let bytes = std::fs::read(dir.join("adapter_model.safetensors")).ok()?;
-    Some(hex(&Sha256::digest(bytes)))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// A candidate's answers, and for a local one its validation loss on the references.

@@ -446,7 +446,7 @@ impl Client {
             retry += 1;
         }
         if let Some(want) = remote.sha256() {
-            let got = hex(&hasher.finalize());
+            let got = crate::fsutil::hex(&hasher.finalize());
             if !got.eq_ignore_ascii_case(want) {
                 drop(file);
                 let _ = std::fs::remove_file(part);
@@ -661,10 +661,6 @@ fn plain_name(text: &str) -> bool {
 fn range_start(content_range: &str) -> Option<u64> {
     let spec = content_range.trim().strip_prefix("bytes")?.trim_start();
     spec.split('-').next()?.trim().parse().ok()
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]

@@ -23,15 +23,11 @@ impl NewDataset {
     /// A JSONL file as a dataset: its absolute path, sha256, rows (non-empty lines) and the
     /// format its first record shows (`None` when no format fits).
     pub fn from_file(path: &Path, provenance: Option<String>) -> Result<NewDataset> {
-        use sha2::Digest;
         let bytes = std::fs::read(path).map_err(|source| RegistryError::Io {
             path: path.to_path_buf(),
             source,
         })?;
-        let sha256 = sha2::Sha256::digest(&bytes)
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let sha256 = crate::fsutil::sha256_hex(&bytes);
         let text = String::from_utf8_lossy(&bytes);
         let mut lines = text.lines().filter(|l| !l.trim().is_empty());
         let format = lines

@@ -70,7 +70,7 @@ impl ReferenceCache {
         for e in [&pair.chosen, &pair.rejected] {
             hash_example(&mut h, e);
         }
-        hex(&h.finalize())
+        crate::fsutil::hex(&h.finalize())
     }
 
     /// The cached values of `pair`.
@@ -100,10 +100,6 @@ fn hash_example(h: &mut Sha256, e: &TokenizedExample) {
         h.update(id.to_le_bytes());
         h.update([*target as u8]);
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// What the reference log-probabilities depend on beyond the pair: the base weight files
@@ -142,7 +138,10 @@ pub fn model_key(source: &ModelSource, settings: &str, reference: Option<&Path>)
                 h.update((bytes.len() as u64).to_le_bytes());
                 h.update(&bytes);
             }
-            key += &format!("reference=adapter sha256:{}\n", hex(&h.finalize()));
+            key += &format!(
+                "reference=adapter sha256:{}\n",
+                crate::fsutil::hex(&h.finalize())
+            );
         }
     }
     Ok(key)

@@ -61,12 +61,7 @@ pub fn data_hash(train: &Path, validation: Option<&Path>) -> Result<String> {
         hasher.update((bytes.len() as u64).to_le_bytes());
         hasher.update(&bytes);
     }
-    let hex: String = hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    Ok(format!("sha256:{hex}"))
+    Ok(format!("sha256:{}", crate::fsutil::hex(&hasher.finalize())))
 }
 
 /// What the resuming run expects of a checkpoint's state.

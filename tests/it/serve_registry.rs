@@ -6,6 +6,7 @@
 use crate::common;
 use crate::harness_eval::{candidate_reply, write_inputs, KEY};
 use crate::harness_judge::judge_reply;
+use crate::providers_support::apis::{self, FakeApi, Outcome, TOGETHER_JOB, TOGETHER_OUTPUT};
 use crate::providers_support::{MockServer, Reply};
 use crate::serve::Served;
 
@@ -433,37 +434,46 @@ fn a_target_that_forgot_its_adapter_still_takes_the_new_one() {
     );
 }
 
-/// A `[hosted]` job file posted to the server runs as `lora-train --config`: submitted to the
-/// (mock) provider once, followed on the same row, and its model registered.
-#[test]
-fn a_posted_hosted_job_is_submitted_followed_and_registered() {
-    use crate::providers_support::apis::{self, Outcome, TOGETHER_JOB, TOGETHER_OUTPUT};
-    let home = tempfile::tempdir().unwrap();
-    let data = home.path().join("data/train.jsonl");
+/// A server whose jobs reach a mock Together API, and a `[hosted]` job file training on two
+/// conversations into `home/out`, polling every `poll_secs`.
+fn hosted_setup(
+    home: &Path,
+    out: &str,
+    poll_secs: &str,
+    timeout_secs: u32,
+) -> (FakeApi, Served, String) {
+    let data = home.join("data/train.jsonl");
     std::fs::create_dir_all(data.parent().unwrap()).unwrap();
     let line = r#"{"messages":[{"role":"user","content":"Capital of France?"},{"role":"assistant","content":"Paris."}]}"#;
     std::fs::write(&data, format!("{line}\n{line}\n")).unwrap();
-    let job = |out: &str| {
-        format!(
-            "[model]\nsource = \"meta-llama/Llama-3.1-8B-Instruct\"\n[data]\ntrain = \"{}\"\n\
-             [train]\nepochs = 1\n[output]\ndir = \"{}\"\n[hosted]\nprovider = \"together\"\n\
-             model = \"meta-llama/Meta-Llama-3.1-8B-Instruct-Reference\"\n\
-             poll_interval_secs = 0.01\ntimeout_secs = 20\n",
-            data.display(),
-            home.path().join(out).display()
-        )
-    };
+    let job = format!(
+        "[model]\nsource = \"meta-llama/Llama-3.1-8B-Instruct\"\n[data]\ntrain = \"{}\"\n\
+         [train]\nepochs = 1\n[output]\ndir = \"{}\"\n[hosted]\nprovider = \"together\"\n\
+         model = \"meta-llama/Meta-Llama-3.1-8B-Instruct-Reference\"\n\
+         poll_interval_secs = {poll_secs}\ntimeout_secs = {timeout_secs}\n",
+        data.display(),
+        home.join(out).display()
+    );
     let api = apis::together(Outcome::Succeed);
     let base = api.base_url();
     let server = Served::start_env(
-        home.path(),
+        home,
         &[],
         &[
             ("TOGETHER_API_KEY", "tg-test"),
             ("TOGETHER_BASE_URL", &base),
         ],
     );
-    let posted = server.post_job(&job("runs/remote"), "?name=remote");
+    (api, server, job)
+}
+
+/// A `[hosted]` job file posted to the server runs as `lora-train --config`: submitted to the
+/// (mock) provider once, followed on the same row, and its model registered.
+#[test]
+fn a_posted_hosted_job_is_submitted_followed_and_registered() {
+    let home = tempfile::tempdir().unwrap();
+    let (api, server, job) = hosted_setup(home.path(), "runs/remote", "0.01", 20);
+    let posted = server.post_job(&job, "?name=remote");
     assert_eq!(posted["backend"], "together");
     let id = posted["id"].as_i64().unwrap();
     let done = server.wait_job(id, "completed", |j| {
@@ -489,30 +499,8 @@ fn a_posted_hosted_job_is_submitted_followed_and_registered() {
 /// provider's job, and the row ends cancelled.
 #[test]
 fn cancelling_a_posted_hosted_job_cancels_the_remote_job() {
-    use crate::providers_support::apis::{self, Outcome, TOGETHER_JOB};
     let home = tempfile::tempdir().unwrap();
-    let data = home.path().join("train.jsonl");
-    let line =
-        r#"{"messages":[{"role":"user","content":"Hi?"},{"role":"assistant","content":"Hello."}]}"#;
-    std::fs::write(&data, format!("{line}\n{line}\n")).unwrap();
-    let job = format!(
-        "[model]\nsource = \"meta-llama/Llama-3.1-8B-Instruct\"\n[data]\ntrain = \"{}\"\n\
-         [output]\ndir = \"{}\"\n[hosted]\nprovider = \"together\"\n\
-         model = \"meta-llama/Meta-Llama-3.1-8B-Instruct-Reference\"\n\
-         poll_interval_secs = 5\ntimeout_secs = 60\n",
-        data.display(),
-        home.path().join("runs/slow").display()
-    );
-    let api = apis::together(Outcome::Succeed);
-    let base = api.base_url();
-    let server = Served::start_env(
-        home.path(),
-        &[],
-        &[
-            ("TOGETHER_API_KEY", "tg-test"),
-            ("TOGETHER_BASE_URL", &base),
-        ],
-    );
+    let (api, server, job) = hosted_setup(home.path(), "runs/slow", "5", 60);
     let id = server.post_job(&job, "")["id"].as_i64().unwrap();
     server.wait_job(id, "submitted", |j| j["remote_id"] == TOGETHER_JOB);
     let (status, v) = server.call("POST", &format!("/api/jobs/{id}/cancel"), None);

@@ -69,14 +69,8 @@ fn in_provider_pair_shape(path: &Path) -> anyhow::Result<std::path::PathBuf> {
         return Ok(path.to_path_buf());
     }
     let converted = convert_file(path, Some(file.format), Format::DpoOpenAi)?;
-    let digest = {
-        use sha2::Digest;
-        let d = sha2::Sha256::digest(converted.text.as_bytes());
-        d.iter()
-            .take(8)
-            .map(|b| format!("{b:02x}"))
-            .collect::<String>()
-    };
+    // Named by its content: 16 hex digits of its SHA-256.
+    let digest = &lora_train::fsutil::sha256_hex(converted.text.as_bytes())[..16];
     let stem = path
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
