@@ -148,6 +148,19 @@ fn candidate_metrics(
             .find(|c| c.name == name)
             .and_then(|c| c.val_loss),
     );
+    // The models page's "average trait": the mean of the candidate's trait means.
+    let traits: Vec<f64> = report
+        .traits
+        .iter()
+        .filter(|t| t.candidate == name)
+        .filter_map(|t| t.mean)
+        .collect();
+    if !traits.is_empty() {
+        put(
+            "trait_mean".into(),
+            Some(traits.iter().sum::<f64>() / traits.len() as f64),
+        );
+    }
     for c in report.checks.iter().filter(|c| c.candidate == name) {
         put(format!("check_{}", c.check), c.rate);
     }
@@ -166,7 +179,7 @@ fn candidate_metrics(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::harness::report::{CandidateRow, EloRow, PairRow};
+    use crate::harness::report::{CandidateRow, EloRow, PairRow, TraitRow};
     use crate::registry::NewModelVersion;
 
     fn candidate(name: &str, adapter: Option<&str>) -> CandidateRow {
@@ -219,6 +232,20 @@ mod tests {
                 name: "adapter".into(),
                 rating: 1040.0,
             }],
+            traits: ["pirate", "helpful"]
+                .iter()
+                .zip([8.0, 6.0])
+                .map(|(t, mean)| TraitRow {
+                    candidate: "adapter".into(),
+                    name: t.to_string(),
+                    mean: Some(mean),
+                    std: None,
+                    ci95: None,
+                    n: 10,
+                    diff_vs_baseline: None,
+                    diff_ci95: None,
+                })
+                .collect(),
             judge: crate::harness::report::JudgeRow {
                 models: vec!["openai:judge".into()],
                 ..Default::default()
@@ -247,6 +274,7 @@ mod tests {
         assert_eq!(v.metrics["win_rate"], 0.85);
         assert_eq!(v.metrics["win_rate_ci_low"], 0.62);
         assert_eq!(v.metrics["elo"], 1040.0);
+        assert_eq!(v.metrics["trait_mean"], 7.0);
         assert_eq!(v.metrics["win_rate_vs"], "base");
         assert!(reg.model_version("pirate", 1).unwrap().metrics.is_empty());
     }

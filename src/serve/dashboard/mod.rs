@@ -539,17 +539,18 @@ fn all_versions(r: &Registry) -> Result<Vec<String>, RegistryError> {
     Ok(out)
 }
 
-/// The report's trait means of the two candidates, scaled to the largest.
+/// The report's trait means of the two candidates, scaled to the largest (`report.json` names
+/// a trait row's trait `trait`).
 fn trait_bars(report: &serde_json::Value, a: &str, b: &str) -> Vec<TraitBars> {
     let rows = report["traits"].as_array().cloned().unwrap_or_default();
     let mean = |cand: &str, name: &str| {
         rows.iter()
-            .find(|t| t["candidate"] == cand && t["name"] == name)
+            .find(|t| t["candidate"] == cand && t["trait"] == name)
             .and_then(|t| t["mean"].as_f64())
     };
     let mut names: Vec<String> = rows
         .iter()
-        .filter_map(|t| t["name"].as_str().map(String::from))
+        .filter_map(|t| t["trait"].as_str().map(String::from))
         .collect();
     names.dedup();
     names.sort();
@@ -655,9 +656,9 @@ mod tests {
     #[test]
     fn trait_bars_pair_the_candidates_and_scale_to_the_largest() {
         let report = serde_json::json!({"traits": [
-            {"candidate": "adapter", "name": "pirate", "mean": 8.0},
-            {"candidate": "base", "name": "pirate", "mean": 2.0},
-            {"candidate": "adapter", "name": "helpful", "mean": 4.0},
+            {"candidate": "adapter", "trait": "pirate", "mean": 8.0},
+            {"candidate": "base", "trait": "pirate", "mean": 2.0},
+            {"candidate": "adapter", "trait": "helpful", "mean": 4.0},
         ]});
         let bars = trait_bars(&report, "adapter", "base");
         assert_eq!(bars.len(), 2);
