@@ -82,6 +82,15 @@ pub struct TrainBench {
     pub hfu: f64,
     /// The loss of every step, warm-up included.
     pub losses: Vec<f64>,
+    /// A DPO job's reference: `live` (a forward with the adapter off in every step) or
+    /// `precomputed` (`dpo.precompute_reference`: before the timed steps, no reference
+    /// forward in them); absent for SFT.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dpo_reference: Option<String>,
+    /// Seconds spent precomputing the training pairs' reference log-probabilities, all of
+    /// them, as a training run does before step 1 (not in the step times).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reference_precompute_s: Option<f64>,
     /// Batched generation, with `--generate`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub generate: Option<generation::GenerateBench>,
@@ -190,6 +199,14 @@ pub fn bench_training(trainer: &Trainer, opts: &BenchOptions) -> Result<TrainBen
         hfu: hardware_flops / seconds / peak_flops,
         peak_probe: peak,
         losses,
+        dpo_reference: job.is_dpo().then(|| {
+            match trainer.reference_precomputed() {
+                true => "precomputed",
+                false => "live",
+            }
+            .to_string()
+        }),
+        reference_precompute_s: None,
         generate: None,
         peft: None,
     })
@@ -287,6 +304,12 @@ pub fn render_markdown(r: &TrainBench) -> String {
         ),
         ("peak RSS", format!("{} MiB", opt(r.peak_rss_mib))),
     ];
+    if let Some(reference) = &r.dpo_reference {
+        let precompute = r
+            .reference_precompute_s
+            .map_or(String::new(), |s| format!(", {s:.1} s before the steps"));
+        rows.push(("DPO reference", format!("{reference}{precompute}")));
+    }
     if r.peak_gpu_mib.is_some() || r.gpu_driver_used_mib.is_some() {
         rows.push((
             "peak GPU (pool) / driver used",

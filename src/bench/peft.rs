@@ -3,6 +3,7 @@
 //! for an f32 GGUF base on the CPU, `scripts/bench_gpu_peft.py train` for an HF folder in
 //! bf16 (CPU or CUDA, dense or NF4). The twins train LoRA r=16, alpha=32 on all seven
 //! projections without accumulation or packing, so only such a job compares like with like.
+//! A DPO job's twin is `scripts/bench_dpo_trl.py`: TRL's `DPOTrainer` on the same pairs.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -11,7 +12,7 @@ use std::process::Command;
 use serde::{Deserialize, Serialize};
 
 use super::TrainBench;
-use crate::data::TokenizedExample;
+use crate::data::{TokenizedExample, TokenizedPair};
 use crate::model::ModelSource;
 use crate::quant::Quantize;
 use crate::train::Trainer;
@@ -143,10 +144,7 @@ pub fn twin_command(
 ) -> Result<(PathBuf, Vec<OsString>)> {
     let job = trainer.job();
     if job.is_dpo() {
-        return Err(Error::unsupported(
-            "--compare peft",
-            "the Python twins train supervised LoRA; a DPO job has no twin",
-        ));
+        return dpo_twin_command(trainer, warmup, steps, scripts, work);
     }
     let fix = mismatches(trainer);
     if !fix.is_empty() {
@@ -213,6 +211,117 @@ pub fn twin_command(
         num(job.data.max_seq_len),
     ]);
     Ok((script, args))
+}
+
+/// The DPO twin, `scripts/bench_dpo_trl.py` (TRL's `DPOTrainer` with a fresh PEFT adapter),
+/// for an f32 GGUF base on the CPU. It reads the training pairs as tokenized here, those of the
+/// bench's steps first and in their order, then the rest (which a precomputed reference also
+/// covers), and takes the job's adapter shape and loss.
+fn dpo_twin_command(
+    trainer: &Trainer,
+    warmup: usize,
+    steps: usize,
+    scripts: &Path,
+    work: &Path,
+) -> Result<(PathBuf, Vec<OsString>)> {
+    let job = trainer.job();
+    let dpo = job.dpo();
+    let refuse = |why: &str| Err(Error::unsupported("--compare peft", why.to_string()));
+    let model = match (&trainer.model().source, trainer.device().is_cuda()) {
+        (ModelSource::Gguf(path), false)
+            if job.model.dtype.as_str() == "f32"
+                && matches!(job.model.quantize, Quantize::None | Quantize::Gguf) =>
+        {
+            path.clone()
+        }
+        _ => {
+            return refuse(
+                "the DPO twin (bench_dpo_trl.py) runs an f32 GGUF base on the CPU; set \
+                 model.dtype, model.device and model.source to those",
+            )
+        }
+    };
+    if job.lora.init_adapter.is_some() {
+        return refuse(
+            "the DPO twin starts from a fresh adapter with the base model as reference; \
+             unset lora.init_adapter",
+        );
+    }
+    if job.train.grad_accum != 1 {
+        return refuse(
+            "the DPO twin runs one micro-batch per step; run with --set train.grad_accum=1",
+        );
+    }
+    // The job's checks allow `normalize_by_length` with the sigmoid loss only.
+    let loss = match dpo.normalize_by_length {
+        true => "sigmoid_norm",
+        false => dpo.loss.name(),
+    };
+    let total = trainer.plan().total_steps.max(1);
+    let mut lines = String::new();
+    let mut used = std::collections::HashSet::new();
+    let pairs = trainer
+        .pairs()
+        .ok_or_else(|| Error::Msg("a DPO job without pairs".into()))?;
+    for step in 0..warmup + steps {
+        for p in trainer.step_pairs(step % total) {
+            used.insert(p as *const TokenizedPair);
+            lines += &pair_line(p)?;
+        }
+    }
+    for p in pairs
+        .train
+        .iter()
+        .filter(|p| !used.contains(&(*p as *const _)))
+    {
+        lines += &pair_line(p)?;
+    }
+    let tokens = work.join("trl-pairs.jsonl");
+    crate::fsutil::write_atomic(&tokens, lines.as_bytes())?;
+    let num = |n: f64| OsString::from(n.to_string());
+    let mut args: Vec<OsString> = vec![
+        "--model".into(),
+        model.into_os_string(),
+        "--pairs".into(),
+        tokens.into_os_string(),
+        "--steps".into(),
+        num((warmup + steps) as f64),
+        "--warmup".into(),
+        num(warmup as f64),
+        "--batch-size".into(),
+        num(job.train.micro_batch_size as f64),
+        "--r".into(),
+        num(job.lora.r as f64),
+        "--alpha".into(),
+        num(job.lora.alpha),
+        "--targets".into(),
+        job.target_module_names().join(",").into(),
+        "--lr".into(),
+        num(job.train.lr),
+        "--beta".into(),
+        num(dpo.beta),
+        "--loss".into(),
+        loss.into(),
+        "--label-smoothing".into(),
+        num(dpo.label_smoothing),
+        "--sft-weight".into(),
+        num(dpo.sft_weight),
+    ];
+    if dpo.precompute_reference {
+        args.push("--precompute-reference".into());
+    }
+    Ok((scripts.join("bench_dpo_trl.py"), args))
+}
+
+/// A pair as TRL's tokenized columns: the prompt, then each reply without it.
+fn pair_line(p: &TokenizedPair) -> Result<String> {
+    let n = p.prompt_len();
+    let line = serde_json::json!({
+        "prompt_ids": &p.chosen.input_ids[..n],
+        "chosen_ids": &p.chosen.input_ids[n..],
+        "rejected_ids": &p.rejected.input_ids[n..],
+    });
+    Ok(format!("{line}\n"))
 }
 
 fn token_line(e: &TokenizedExample) -> Result<String> {

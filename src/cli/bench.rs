@@ -5,6 +5,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::atomic::AtomicBool;
 
 use anyhow::{bail, Context};
 use clap::Args;
@@ -120,7 +121,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         Some(s) => Trainer::with_synthetic_data(job, s),
         None => Trainer::new(job),
     };
-    let trainer = match trainer {
+    let mut trainer = match trainer {
         Err(lora_train::Error::DoesNotFit { place, msg }) if args.point => {
             let skipped = PointOutcome::Skipped {
                 reason: format!("{place}{msg}"),
@@ -156,7 +157,10 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         steps: args.steps,
         progress: !args.point,
     };
+    // A DPO job's precomputed reference is computed before the timed steps, as in training.
+    let precompute = trainer.precompute_reference_in(None, &AtomicBool::new(false))?;
     let mut report = bench_training(&trainer, &opts)?;
+    report.reference_precompute_s = precompute;
     if args.generate {
         report.generate = Some(lora_train::bench::generation::bench_generate(
             trainer.model(),

@@ -1,8 +1,8 @@
 //! The HF-style model config a GGUF file's metadata describes: llama.cpp's keys
 //! (`llama.embedding_length`, `qwen2.block_count`, `gemma3.attention.sliding_window`, ...)
-//! mapped onto [`LlamaConfig`] (architectures `llama`, `qwen2`, `qwen3`) and [`Gemma3Config`],
-//! with the defaults llama.cpp assumes where a key is absent, so a GGUF base builds the same
-//! model as its HF folder.
+//! mapped onto [`LlamaConfig`] (architectures `llama`, `qwen2`, `qwen3`) and [`Gemma3Config`]
+//! (`gemma2`, `gemma3`), with the defaults llama.cpp assumes where a key is absent and what it
+//! infers where there is none (the attention scale), so a GGUF base builds its HF folder's model.
 
 use std::path::Path;
 
@@ -64,13 +64,13 @@ impl<'a> GgufMeta<'a> {
             "llama" => ModelConfig::Llama(self.llama_config(arch, LlamaFlavor::Llama, vocab)?),
             "qwen2" => ModelConfig::Llama(self.llama_config(arch, LlamaFlavor::Qwen2, vocab)?),
             "qwen3" => ModelConfig::Llama(self.llama_config(arch, LlamaFlavor::Qwen3, vocab)?),
-            "gemma3" => ModelConfig::Gemma3(self.gemma3_config(vocab)?),
+            "gemma2" | "gemma3" => ModelConfig::Gemma3(self.gemma_config(arch, vocab)?),
             other => {
                 return Err(Error::UnsupportedArchitecture {
                     path: self.path.to_path_buf(),
                     arch: format!("{other} (GGUF general.architecture)"),
                     supported: format!(
-                        "{} (GGUF: llama, qwen2, qwen3, gemma3)",
+                        "{} (GGUF: llama, qwen2, qwen3, gemma2, gemma3)",
                         SUPPORTED_ARCHITECTURES.join(", ")
                     ),
                 })
@@ -175,36 +175,55 @@ impl<'a> GgufMeta<'a> {
         })
     }
 
-    fn gemma3_config(&self, vocab: usize) -> Result<Gemma3Config> {
-        let head_dim = self.u32("gemma3.attention.key_length")?;
+    /// A Gemma 2 or Gemma 3 config from the keys under `arch`, with llama.cpp's defaults
+    /// (`llama-model.cpp`, `LLM_ARCH_GEMMA2` / `LLM_ARCH_GEMMA3`).
+    fn gemma_config(&self, arch: &str, vocab: usize) -> Result<Gemma3Config> {
+        let key = |k: &str| format!("{arch}.{k}");
+        let gemma2 = arch == "gemma2";
+        let hidden = self.u32(&key("embedding_length"))?;
+        let heads = self.u32(&key("attention.head_count"))?;
+        let layers = self.u32(&key("block_count"))?;
+        let head_dim = self.u32(&key("attention.key_length"))?;
+        // Gemma 2 has one rope base (10k unless stored); Gemma 3's local layers fix theirs at 10k.
+        let rope_theta = self.opt_f64(&key("rope.freq_base")).unwrap_or(if gemma2 {
+            10_000.0
+        } else {
+            1_000_000.0
+        });
+        let softcap = |k: &str, gemma2_default: f64| {
+            self.opt_f64(&key(k))
+                .or_else(|| gemma2.then_some(gemma2_default))
+        };
         Ok(Gemma3Config {
             conditional_generation: false,
-            gemma2: false,
+            gemma2,
             vocab_size: vocab,
-            hidden_size: self.u32("gemma3.embedding_length")?,
-            intermediate_size: self.u32("gemma3.feed_forward_length")?,
-            num_hidden_layers: self.u32("gemma3.block_count")?,
-            num_attention_heads: self.u32("gemma3.attention.head_count")?,
-            num_key_value_heads: self.u32("gemma3.attention.head_count_kv")?,
+            hidden_size: hidden,
+            intermediate_size: self.u32(&key("feed_forward_length"))?,
+            num_hidden_layers: layers,
+            num_attention_heads: heads,
+            num_key_value_heads: self.u32(&key("attention.head_count_kv"))?,
             head_dim,
             rms_norm_eps: self
-                .opt_f64("gemma3.attention.layer_norm_rms_epsilon")
+                .opt_f64(&key("attention.layer_norm_rms_epsilon"))
                 .unwrap_or(1e-6),
-            rope_theta: self.opt_f64("gemma3.rope.freq_base").unwrap_or(1_000_000.0),
-            // llama.cpp fixes the local base at 10k for Gemma 3.
-            rope_local_base_freq: 10_000.0,
-            rope_scaling: self.linear_rope_scaling("gemma3"),
+            rope_theta,
+            rope_local_base_freq: if gemma2 { rope_theta } else { 10_000.0 },
+            rope_scaling: self.linear_rope_scaling(arch),
             sliding_window: self
-                .opt_u32("gemma3.attention.sliding_window")
-                .unwrap_or(512) as usize,
-            sliding_window_pattern: Some(6),
+                .opt_u32(&key("attention.sliding_window"))
+                .unwrap_or(if gemma2 { 4096 } else { 512 }) as usize,
+            // Gemma 2 slides on even layers, Gemma 3 on five of every six.
+            sliding_window_pattern: Some(if gemma2 { 2 } else { 6 }),
             layer_types: None,
-            // Every Gemma 3 size but 27B scales by head_dim (llama.cpp `f_attention_scale`).
-            query_pre_attn_scalar: head_dim as f64,
-            final_logit_softcapping: self.opt_f64("gemma3.final_logit_softcapping"),
-            attn_logit_softcapping: self.opt_f64("gemma3.attn_logit_softcapping"),
-            max_position_embeddings: self.opt_u32("gemma3.context_length").unwrap_or(32768)
-                as usize,
+            query_pre_attn_scalar: query_pre_attn_scalar(gemma2, layers, hidden, heads, head_dim),
+            final_logit_softcapping: softcap("final_logit_softcapping", 30.0),
+            attn_logit_softcapping: softcap("attn_logit_softcapping", 50.0),
+            max_position_embeddings: self.opt_u32(&key("context_length")).unwrap_or(if gemma2 {
+                8192
+            } else {
+                32768
+            }) as usize,
             tie_word_embeddings: !self.content.tensor_infos.contains_key("output.weight"),
             attention_bias: false,
             hidden_activation: "gelu_pytorch_tanh".into(),
@@ -213,9 +232,37 @@ impl<'a> GgufMeta<'a> {
     }
 }
 
+/// The attention scale's `query_pre_attn_scalar`, which GGUF does not store: llama.cpp's
+/// `f_attention_scale` takes `hidden / heads` for the 27B sizes (Gemma 2's 46 layers, Gemma 3's
+/// 62) and `head_dim` for every other size, as their HF configs do.
+fn query_pre_attn_scalar(
+    gemma2: bool,
+    layers: usize,
+    hidden: usize,
+    heads: usize,
+    head_dim: usize,
+) -> f64 {
+    let is_27b = layers == if gemma2 { 46 } else { 62 };
+    if is_27b && heads > 0 {
+        (hidden / heads) as f64
+    } else {
+        head_dim as f64
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_27b_gemmas_scale_attention_by_hidden_over_heads() {
+        // Gemma 2 27B: 4608 / 32 = 144; Gemma 3 27B: 5376 / 32 = 168 (their HF configs).
+        assert_eq!(query_pre_attn_scalar(true, 46, 4608, 32, 128), 144.0);
+        assert_eq!(query_pre_attn_scalar(false, 62, 5376, 32, 128), 168.0);
+        // Gemma 2 9B and Gemma 3 12B: head_dim 256.
+        assert_eq!(query_pre_attn_scalar(true, 42, 3584, 16, 256), 256.0);
+        assert_eq!(query_pre_attn_scalar(false, 48, 3840, 16, 256), 256.0);
+    }
 
     #[test]
     fn a_bad_field_is_named_by_its_gguf_key() {

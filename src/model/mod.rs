@@ -299,7 +299,7 @@ fn load_gguf(path: &Path, opts: &LoadOptions) -> Result<Parts> {
             n_head: c.num_attention_heads,
             n_kv_head: c.num_kv_heads(),
         },
-        ModelConfig::Gemma3(_) => GgufFlavor::Gemma3,
+        ModelConfig::Gemma3(_) => GgufFlavor::Gemma,
     };
     let has_rope_freqs = content.tensor_infos.contains_key("rope_freqs.weight");
     let w = Weights::from_gguf(content, file, path, flavor, opts.dtype, &opts.device)

@@ -2,7 +2,7 @@
 //!
 //! GGUF tensors are dequantized and converted to the HF layout at load: llama.cpp permutes
 //! Llama's q/k rows for interleaved rope (`convert_hf_to_gguf.py`, `LlamaModel.permute`) and
-//! stores Gemma's norm weights with the `+1` folded in. Undoing both here means the model
+//! stores Gemma's (2 and 3) norm weights with the `+1` folded in. Undoing both here means the model
 //! code, and every adapter trained on it, sees one layout: the one PEFT and vLLM expect.
 //! Qwen2 and Qwen3 (`Qwen2Model`, `Qwen3Model`) are written as HF stores them: no permutation
 //! (transformers' GGUF reader, too, reverses it for `llama` only).
@@ -29,8 +29,8 @@ pub enum GgufFlavor {
     Llama { n_head: usize, n_kv_head: usize },
     /// `qwen2`, `qwen3`: Llama's names (and `attn_{q,k}_norm`, biases), nothing permuted.
     Qwen,
-    /// `gemma3`: norms stored as `1 + w`, four norms per layer.
-    Gemma3,
+    /// `gemma2`, `gemma3`: norms stored as `1 + w`, four norms per layer.
+    Gemma,
 }
 
 /// Where a multimodal checkpoint (`Gemma3ForConditionalGeneration`) keeps its text tower: the
@@ -405,9 +405,9 @@ pub fn gguf_name(hf: &str, flavor: GgufFlavor) -> Option<String> {
         ("mlp.down_proj", _) => "ffn_down",
         ("input_layernorm", _) => "attn_norm",
         ("post_attention_layernorm", GgufFlavor::Llama { .. } | GgufFlavor::Qwen) => "ffn_norm",
-        ("post_attention_layernorm", GgufFlavor::Gemma3) => "post_attention_norm",
-        ("pre_feedforward_layernorm", GgufFlavor::Gemma3) => "ffn_norm",
-        ("post_feedforward_layernorm", GgufFlavor::Gemma3) => "post_ffw_norm",
+        ("post_attention_layernorm", GgufFlavor::Gemma) => "post_attention_norm",
+        ("pre_feedforward_layernorm", GgufFlavor::Gemma) => "ffn_norm",
+        ("post_feedforward_layernorm", GgufFlavor::Gemma) => "post_ffw_norm",
         _ => return None,
     };
     Some(format!("blk.{layer}.{g}.{suffix}"))
@@ -428,7 +428,7 @@ fn to_hf_layout(hf: &str, t: Tensor, flavor: GgufFlavor) -> Result<Tensor> {
             }
         }
         GgufFlavor::Qwen => Ok(t),
-        GgufFlavor::Gemma3 => {
+        GgufFlavor::Gemma => {
             if hf.ends_with("norm.weight") {
                 Ok((t - 1.0)?)
             } else {
@@ -599,7 +599,7 @@ mod tests {
         assert_eq!(
             gguf_name(
                 "model.layers.3.pre_feedforward_layernorm.weight",
-                GgufFlavor::Gemma3
+                GgufFlavor::Gemma
             )
             .as_deref(),
             Some("blk.3.ffn_norm.weight")

@@ -370,6 +370,27 @@ impl Trainer {
         Ok((batches, reference))
     }
 
+    /// Whether a DPO run's reference log-probabilities are precomputed (no reference forward
+    /// in its steps).
+    pub fn reference_precomputed(&self) -> bool {
+        self.dpo.as_ref().is_some_and(|d| d.reference.is_some())
+    }
+
+    /// The training pairs of DPO step `step`, in the order its micro-batches take them; empty
+    /// for an SFT run.
+    pub fn step_pairs(&self, step: usize) -> Vec<&TokenizedPair> {
+        let Some(dpo) = &self.dpo else {
+            return Vec::new();
+        };
+        let plan = self
+            .plan
+            .step_batches(step, self.job.train.seed, self.job.data.shuffle);
+        plan.into_iter()
+            .flatten()
+            .map(|i| &dpo.pairs.train[i])
+            .collect()
+    }
+
     /// Token-weighted validation loss (no dropout), or None without validation data; a DPO
     /// run's is the mean DPO loss of its pairs, and its tokens their replies'.
     pub fn validation_loss(&self) -> Result<Option<(f64, usize)>> {
@@ -822,11 +843,23 @@ impl Trainer {
     /// output folder's cache where it has them and computed (then cached) where not; before
     /// step 1, so no reference forward runs during training.
     fn precompute_reference(&mut self, log: &RunLog, stop: &AtomicBool) -> Result<()> {
+        self.precompute_reference_in(Some(log.dir()), stop)
+            .map(|_| ())
+    }
+
+    /// [`Self::precompute_reference`] with the cache in `dir`, or with none (every pair computed
+    /// afresh, nothing written: what `bench` times). Returns the seconds spent on the training
+    /// pairs, or None when the job precomputes nothing.
+    pub fn precompute_reference_in(
+        &mut self,
+        dir: Option<&Path>,
+        stop: &AtomicBool,
+    ) -> Result<Option<f64>> {
         let Some(dpo) = &self.dpo else {
-            return Ok(());
+            return Ok(None);
         };
         if !self.job.dpo().precompute_reference || dpo.reference.is_some() {
-            return Ok(());
+            return Ok(None);
         }
         let settings = format!(
             "dtype={} quantize={}",
@@ -838,11 +871,11 @@ impl Trainer {
             false => None,
         };
         let key = model_key(&self.model.source, &settings, adapter)?;
-        let mut cache = ReferenceCache::open(log.dir(), &key);
+        let mut cache = dir.map(|d| ReferenceCache::open(d, &key));
         let mut lookup = |pairs: &[TokenizedPair]| -> Result<(Vec<PairLogps>, usize)> {
             let missing: Vec<TokenizedPair> = pairs
                 .iter()
-                .filter(|p| cache.get(p).is_none())
+                .filter(|p| cache.as_ref().and_then(|c| c.get(p)).is_none())
                 .cloned()
                 .collect();
             let computed = all_reference_logps(
@@ -853,6 +886,9 @@ impl Trainer {
                 self.pad_id,
                 stop,
             )?;
+            let Some(cache) = cache.as_mut() else {
+                return Ok((computed, missing.len()));
+            };
             for (p, v) in missing.iter().zip(&computed) {
                 cache.insert(p, *v);
             }
@@ -868,24 +904,29 @@ impl Trainer {
         };
         let clock = Instant::now();
         let (train, computed_train) = lookup(&dpo.pairs.train)?;
+        let train_seconds = clock.elapsed().as_secs_f64();
         let (validation, computed_val) = lookup(&dpo.pairs.validation)?;
         let computed = computed_train + computed_val;
-        if computed > 0 {
+        if let Some(cache) = cache.as_mut().filter(|_| computed > 0) {
             cache.save()?;
         }
+        let from = match dir {
+            Some(d) => format!(
+                "the rest from {}",
+                d.join(super::reference_cache::REFERENCE_CACHE).display()
+            ),
+            None => "none cached".into(),
+        };
         tracing::info!(
             "dpo.precompute_reference: {} pairs' reference log-probabilities, {computed} computed \
-             ({:.1}s), the rest from {}",
+             ({:.1}s), {from}",
             train.len() + validation.len(),
             clock.elapsed().as_secs_f64(),
-            log.dir()
-                .join(super::reference_cache::REFERENCE_CACHE)
-                .display()
         );
         if let Some(dpo) = &mut self.dpo {
             dpo.reference = Some((train, validation));
         }
-        Ok(())
+        Ok(Some(train_seconds))
     }
 
     /// Gives [`ChosenWatch`]'s warning, once: the chosen replies fall while the margins grow.

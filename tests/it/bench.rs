@@ -450,6 +450,97 @@ fn gemma3_sliding_layers_count_the_keys_in_their_window() {
     );
 }
 
+/// A DPO job's twin is TRL's `DPOTrainer` (`bench_dpo_trl.py`): it gets the job's adapter and
+/// loss and every training pair as tokenized here, the bench's steps' pairs first and in their
+/// order (their tokens are the bench's own count). With `dpo.precompute_reference` the
+/// reference is computed before the timed steps and timed apart, and the twin is told to
+/// precompute too; length normalization is TRL's `sigmoid_norm`; what the twin cannot run alike
+/// is refused.
+#[cfg(unix)]
+#[test]
+fn a_dpo_job_compares_with_trl_on_the_same_pairs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let seen = tmp.path().join("seen");
+    std::fs::create_dir(&seen).unwrap();
+    let python = tmp.path().join("python");
+    write_script(
+        &python,
+        &format!(
+            "#!/bin/sh\nif [ \"$1\" = \"-c\" ]; then exit 0; fi\necho \"$@\" > {seen}/args.txt\n\
+             for a in \"$@\"; do case \"$a\" in *.jsonl) cp \"$a\" {seen}/pairs.jsonl;; esac; done\n\
+             echo '{{\"impl\": \"trl\", \"tokens_per_second\": 100.0, \"peak_rss_mib\": 50}}'\n",
+            seen = seen.display()
+        ),
+    );
+    let data = common::fixtures().join("dpo/pairs.jsonl");
+    let job = write_job_of(
+        tmp.path(),
+        "gguf/tiny-qwen2.gguf",
+        &data,
+        "method = \"dpo\"\n[dpo]\nbeta = 0.2",
+    );
+    let run = |extra: &[&str]| {
+        let mut cmd = bench(
+            &job,
+            &["--compare", "peft", "--steps", "2", "--warmup", "1"],
+        );
+        cmd.env("PYTHON", &python).args(extra);
+        cmd
+    };
+    for precompute in [false, true] {
+        let set = format!("dpo.precompute_reference={precompute}");
+        let v = json(&mut run(&["--json", "--set", &set]));
+        assert_sane(&v);
+        let want = if precompute { "precomputed" } else { "live" };
+        assert_eq!(v["dpo_reference"], want, "{v}");
+        assert_eq!(v.get("reference_precompute_s").is_some(), precompute, "{v}");
+        if precompute {
+            assert!(num(&v, "reference_precompute_s") > 0.0, "{v}");
+        }
+        assert_eq!(v["peft"]["script"], "scripts/bench_dpo_trl.py");
+        let args = std::fs::read_to_string(seen.join("args.txt")).unwrap();
+        for want in [
+            "--steps 3 --warmup 1 --batch-size 2 --r 4 --alpha 8",
+            "--targets q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj",
+            "--beta 0.2 --loss sigmoid --label-smoothing 0 --sft-weight 0",
+        ] {
+            assert!(args.contains(want), "{want:?} not in {args}");
+        }
+        assert_eq!(
+            args.contains("--precompute-reference"),
+            precompute,
+            "{args}"
+        );
+        // Every pair once; the two timed steps' pairs (lines 3 to 6) hold the bench's tokens.
+        let lines = std::fs::read_to_string(seen.join("pairs.jsonl")).unwrap();
+        let rows: Vec<serde_json::Value> = lines
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let distinct: std::collections::HashSet<&str> = lines.lines().collect();
+        assert_eq!(rows.len(), 40);
+        assert_eq!(distinct.len(), 40);
+        let len = |r: &serde_json::Value, k: &str| r[k].as_array().unwrap().len();
+        let timed: usize = rows[2..6]
+            .iter()
+            .map(|r| 2 * len(r, "prompt_ids") + len(r, "chosen_ids") + len(r, "rejected_ids"))
+            .sum();
+        assert_eq!(timed as f64, 2.0 * num(&v, "tokens_per_step"), "{v}");
+    }
+    let v = json(&mut run(&[
+        "--json",
+        "--set",
+        "dpo.normalize_by_length=true",
+    ]));
+    let args = std::fs::read_to_string(seen.join("args.txt")).unwrap();
+    assert!(args.contains("--loss sigmoid_norm"), "{args}");
+    assert_eq!(v["dpo_reference"], "live");
+    let out = run(&["--set", "train.grad_accum=2"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("--set train.grad_accum=1"), "{stderr}");
+}
+
 #[test]
 fn a_dpo_job_benches_its_pairs_and_refuses_synthetic_rows() {
     let tmp = tempfile::tempdir().unwrap();

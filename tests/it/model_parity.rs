@@ -320,48 +320,79 @@ fn batched_generation_matches_one_at_a_time_on_the_test_device() {
 fn tiny_qwen_gguf_matches_the_hf_folder() {
     for (name, len) in [("tiny-qwen2", 16u32), ("tiny-qwen3", 4)] {
         let hf = load_tiny_on(name, &Device::Cpu);
-        let path = common::fixtures().join("gguf").join(format!("{name}.gguf"));
-        let gg = load(path.to_str().unwrap(), &LoadOptions::default()).unwrap();
-        assert_eq!(gg.config.architecture(), hf.config.architecture());
-        let rows: Vec<u32> = (0..3)
-            .flat_map(|r| (0..len).map(move |i| 3 + 7 * r + 5 * i))
-            .collect();
-        let ids = Tensor::from_vec(rows, (3, len as usize), &Device::Cpu).unwrap();
-        let want = hf.model.forward(&ids, None).unwrap();
-        let got = gg.model.forward(&ids, None).unwrap();
-        let d = (got - &want)
+        check_gguf_matches(name, &hf, len);
+    }
+}
+
+/// The tiny Gemma 2 as GGUF (norms stored as `1 + w`, no `lm_head`, both softcaps and the
+/// 4-token window under `gemma2.`, a SentencePiece vocabulary) gives the HF folder's logits over
+/// 16-token rows, where the window bites, and its token ids. GGUF has no
+/// `query_pre_attn_scalar`: llama.cpp takes head_dim (16) below 27B, so the HF side is the
+/// fixture with that value (its own is 24).
+#[test]
+fn tiny_gemma2_gguf_matches_the_hf_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = common::fixtures().join("tiny-gemma2");
+    for f in [
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+    ] {
+        std::fs::copy(src.join(f), dir.path().join(f)).unwrap();
+    }
+    let mut cfg = common::read_json(&src.join("config.json"));
+    cfg["query_pre_attn_scalar"] = cfg["head_dim"].clone();
+    std::fs::write(dir.path().join("config.json"), cfg.to_string()).unwrap();
+    let hf = load(dir.path().to_str().unwrap(), &LoadOptions::default()).unwrap();
+    check_gguf_matches("tiny-gemma2", &hf, 16);
+}
+
+/// `tests/fixtures/gguf/{name}.gguf` against the HF model `hf`: the same architecture, logits
+/// within 1e-5 (relative) over three rows of `len` tokens, and the same token ids for every
+/// conversation of `chats.jsonl`.
+fn check_gguf_matches(name: &str, hf: &lora_train::model::LoadedModel, len: u32) {
+    let path = common::fixtures().join("gguf").join(format!("{name}.gguf"));
+    let gg = load(path.to_str().unwrap(), &LoadOptions::default()).unwrap();
+    assert_eq!(gg.config.architecture(), hf.config.architecture());
+    let rows: Vec<u32> = (0..3)
+        .flat_map(|r| (0..len).map(move |i| 3 + 7 * r + 5 * i))
+        .collect();
+    let ids = Tensor::from_vec(rows, (3, len as usize), &Device::Cpu).unwrap();
+    let want = hf.model.forward(&ids, None).unwrap();
+    let got = gg.model.forward(&ids, None).unwrap();
+    let d = (got - &want)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    let scale = want
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert!(
+        d < 1e-5 * scale.max(1.0),
+        "{name}: GGUF logits differ by {d} (largest {scale})"
+    );
+    let chats =
+        lora_train::data::dataset::read_jsonl(common::fixtures().join("chats.jsonl")).unwrap();
+    for (i, conv) in chats.iter().enumerate() {
+        let tokenize = |m: &lora_train::model::LoadedModel| {
+            lora_train::data::mask::tokenize_conversation(
+                conv,
+                &m.template,
+                &m.tokenizer,
+                Default::default(),
+            )
             .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
-        let scale = want
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
-        assert!(
-            d < 1e-5 * scale.max(1.0),
-            "{name}: GGUF logits differ by {d} (largest {scale})"
-        );
-        let chats =
-            lora_train::data::dataset::read_jsonl(common::fixtures().join("chats.jsonl")).unwrap();
-        for (i, conv) in chats.iter().enumerate() {
-            let tokenize = |m: &lora_train::model::LoadedModel| {
-                lora_train::data::mask::tokenize_conversation(
-                    conv,
-                    &m.template,
-                    &m.tokenizer,
-                    Default::default(),
-                )
-                .unwrap()
-            };
-            assert_eq!(tokenize(&gg), tokenize(&hf), "{name} chat {i}");
-        }
+        };
+        assert_eq!(tokenize(&gg), tokenize(hf), "{name} chat {i}");
     }
 }
 
