@@ -5,7 +5,8 @@ turn kept whole, examples where it does not fit dropped), in file order, --batch
 
 The model is the GGUF file dequantized by transformers to float32, with the default attention
 implementation (sdpa; the one used is printed). LoRA r=16, alpha=32, dropout 0 on all seven
-projections; AdamW lr 1e-4, no weight decay, gradients clipped to norm 1 (lora-train's job
+projections unless --r, --alpha, --dropout and --targets say otherwise (`lora-train bench
+--compare peft` passes the job's, and --checkpointing with the job's); AdamW lr 1e-4, no weight decay, gradients clipped to norm 1 (lora-train's job
 defaults); loss is transformers' causal-LM loss with labels -100 off the targets, the mean over
 the step's targets, as lora-train's. Prints one JSON line; step 1 is warm-up and not timed.
 """
@@ -66,6 +67,11 @@ def main():
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--seq-len", type=int, default=1024)
+    p.add_argument("--r", type=int, default=16)
+    p.add_argument("--alpha", type=float, default=32.0)
+    p.add_argument("--dropout", type=float, default=0.0)
+    p.add_argument("--targets", default=",".join(TARGETS), help="comma-separated module names")
+    p.add_argument("--checkpointing", action="store_true", help="gradient checkpointing (non-reentrant)")
     a = p.parse_args()
 
     torch.set_num_threads(os.cpu_count())
@@ -81,7 +87,11 @@ def main():
                                                  gguf_file=os.path.basename(a.model), dtype=torch.float32)
     model.config.use_cache = False
     load_peak = peak_rss_mib()
-    model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules=TARGETS))
+    if a.checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
+    model = get_peft_model(model, LoraConfig(r=a.r, lora_alpha=a.alpha, lora_dropout=a.dropout,
+                                             target_modules=a.targets.split(",")))
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.0)
@@ -105,7 +115,7 @@ def main():
     timed = slice(1, None) if a.steps > 1 else slice(0, None)
     secs, toks = sum(times[timed]), sum(tokens[timed])
     print(json.dumps({
-        "impl": "peft", "model": os.path.basename(a.model), "steps": a.steps,
+        "impl": "peft", "model": os.path.basename(a.model), "steps": a.steps, "lora_r": a.r, "gradient_checkpointing": a.checkpointing,
         "timed_steps": len(times[timed]), "tokens_per_step": tokens[0],
         "tokens_per_second": round(toks / secs, 1), "s_per_step": round(secs / len(times[timed]), 3),
         "losses": losses, "peak_rss_mib": peak_rss_mib(), "load_peak_rss_mib": load_peak,

@@ -1,8 +1,8 @@
 //! `bench --compare peft`: the same batches through PyTorch + transformers + PEFT in the same
 //! run, by the existing Python twins rather than a copy of them: `scripts/bench_memory_peft.py`
 //! for an f32 GGUF base on the CPU, `scripts/bench_gpu_peft.py train` for an HF folder in
-//! bf16 (CPU or CUDA, dense or NF4). The twins train LoRA r=16, alpha=32 on all seven
-//! projections without accumulation or packing, so only such a job compares like with like.
+//! bf16 (CPU or CUDA, dense or NF4). Both run one micro-batch per step, unpacked; the GPU twin
+//! trains LoRA r=16, alpha=32 on all seven projections, the CPU one the job's adapter.
 //! A DPO job's twin is `scripts/bench_dpo_trl.py`: TRL's `DPOTrainer` on the same pairs.
 
 use std::ffi::OsString;
@@ -104,25 +104,30 @@ pub fn scripts_dir() -> Result<PathBuf> {
     ))
 }
 
-/// What keeps `trainer`'s job from matching the twins' fixed setup, as `--set` advice.
-fn mismatches(trainer: &Trainer) -> Vec<String> {
+/// What keeps `trainer`'s job from matching a twin's setup, as `--set` advice: every twin
+/// runs one micro-batch per step, unpacked; `bench_gpu_peft.py` also fixes the adapter (LoRA
+/// r=16, alpha=32, dropout 0 on all seven projections), where `bench_memory_peft.py` takes the
+/// job's.
+fn mismatches(trainer: &Trainer, fixed_adapter: bool) -> Vec<String> {
     let job = trainer.job();
     let mut out = Vec::new();
-    if job.lora.r != 16 {
-        out.push("lora.r=16".to_string());
-    }
-    if job.lora.alpha != 32.0 {
-        out.push("lora.alpha=32".to_string());
-    }
-    if job.lora.dropout != 0.0 {
-        out.push("lora.dropout=0".to_string());
-    }
-    let mut targets = job.target_module_names();
-    targets.sort();
-    let mut seven: Vec<String> = SEVEN.iter().map(|s| s.to_string()).collect();
-    seven.sort();
-    if targets != seven {
-        out.push("lora.target_modules=all-linear".to_string());
+    if fixed_adapter {
+        if job.lora.r != 16 {
+            out.push("lora.r=16".to_string());
+        }
+        if job.lora.alpha != 32.0 {
+            out.push("lora.alpha=32".to_string());
+        }
+        if job.lora.dropout != 0.0 {
+            out.push("lora.dropout=0".to_string());
+        }
+        let mut targets = job.target_module_names();
+        targets.sort();
+        let mut seven: Vec<String> = SEVEN.iter().map(|s| s.to_string()).collect();
+        seven.sort();
+        if targets != seven {
+            out.push("lora.target_modules=all-linear".to_string());
+        }
     }
     if job.train.grad_accum != 1 {
         out.push("train.grad_accum=1".to_string());
@@ -146,13 +151,33 @@ pub fn twin_command(
     if job.is_dpo() {
         return dpo_twin_command(trainer, warmup, steps, scripts, work);
     }
-    let fix = mismatches(trainer);
+    let cuda = trainer.device().is_cuda();
+    let dtype = job.model.dtype.as_str();
+    let memory_twin = match (&trainer.model().source, cuda, dtype, job.model.quantize) {
+        (ModelSource::Gguf(_), false, "f32", Quantize::None | Quantize::Gguf) => true,
+        (ModelSource::HfDir(_), _, "bf16", Quantize::None | Quantize::Nf4) => false,
+        _ => {
+            return Err(Error::unsupported(
+                "--compare peft",
+                "the twins run an f32 GGUF base on the CPU (bench_memory_peft.py) or an HF \
+                 folder in bf16, dense or NF4 (bench_gpu_peft.py); set model.dtype and \
+                 model.source to one of those",
+            ))
+        }
+    };
+    let fix = mismatches(trainer, !memory_twin);
     if !fix.is_empty() {
+        let what = match memory_twin {
+            true => "bench_memory_peft.py trains",
+            false => {
+                "bench_gpu_peft.py trains LoRA r=16, alpha=32, dropout 0 on all seven \
+                      projections,"
+            }
+        };
         return Err(Error::unsupported(
             "--compare peft",
             format!(
-                "the Python twins train LoRA r=16, alpha=32, dropout 0 on all seven projections, \
-                 one micro-batch per step, unpacked; run with --set {}",
+                "{what} one micro-batch per step, unpacked; run with --set {}",
                 fix.join(" --set ")
             ),
         ));
@@ -166,15 +191,27 @@ pub fn twin_command(
     }
     crate::fsutil::write_atomic(&tokens, lines.as_bytes())?;
     let num = |n: usize| OsString::from(n.to_string());
-    let cuda = trainer.device().is_cuda();
-    let dtype = job.model.dtype.as_str();
     let mut args: Vec<OsString> = Vec::new();
-    let script = match (&trainer.model().source, cuda, dtype, job.model.quantize) {
-        (ModelSource::Gguf(path), false, "f32", Quantize::None | Quantize::Gguf) => {
-            args.extend([OsString::from("--model"), path.clone().into_os_string()]);
+    let script = match (&trainer.model().source, job.model.quantize) {
+        (ModelSource::Gguf(path), _) => {
+            args.extend([
+                OsString::from("--model"),
+                path.clone().into_os_string(),
+                "--r".into(),
+                num(job.lora.r),
+                "--alpha".into(),
+                job.lora.alpha.to_string().into(),
+                "--dropout".into(),
+                job.lora.dropout.to_string().into(),
+                "--targets".into(),
+                job.target_module_names().join(",").into(),
+            ]);
+            if job.train.gradient_checkpointing {
+                args.push("--checkpointing".into());
+            }
             scripts.join("bench_memory_peft.py")
         }
-        (ModelSource::HfDir(path), _, "bf16", q @ (Quantize::None | Quantize::Nf4)) => {
+        (ModelSource::HfDir(path), q) => {
             args.extend([
                 OsString::from("train"),
                 "--model".into(),
@@ -190,14 +227,6 @@ pub fn twin_command(
                 args.push("--checkpointing".into());
             }
             scripts.join("bench_gpu_peft.py")
-        }
-        _ => {
-            return Err(Error::unsupported(
-                "--compare peft",
-                "the twins run an f32 GGUF base on the CPU (bench_memory_peft.py) or an HF \
-                 folder in bf16, dense or NF4 (bench_gpu_peft.py); set model.dtype and \
-                 model.source to one of those",
-            ))
         }
     };
     args.extend([
@@ -352,9 +381,9 @@ pub fn compare(
             let stderr = String::from_utf8_lossy(&out.stderr);
             let last = stderr.lines().rev().find(|l| !l.trim().is_empty());
             return Err(Error::Msg(format!(
-                "{} printed no result (exit {:?}): {}",
+                "{} printed no result ({}): {}",
                 script.display(),
-                out.status.code(),
+                exit_reason(&out.status),
                 last.unwrap_or("no message").trim()
             )));
         }
@@ -394,6 +423,26 @@ pub fn compare(
         },
         peft,
     })
+}
+
+/// How a twin ended, in words: its exit code, or the signal that killed it.
+fn exit_reason(status: &std::process::ExitStatus) -> String {
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::ExitStatusExt;
+        if let Some(signal) = status.signal() {
+            let oom = if signal == 9 {
+                ", as the kernel's out-of-memory killer does"
+            } else {
+                ""
+            };
+            return format!("killed by signal {signal}{oom}");
+        }
+    }
+    match status.code() {
+        Some(code) => format!("exit {code}"),
+        None => "no exit code".to_string(),
+    }
 }
 
 /// The rows of a comparison in `bench.md`.

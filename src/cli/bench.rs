@@ -169,6 +169,11 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
             args.new_tokens,
         )?);
     }
+    if twin.is_some() {
+        // The twin runs beside this process: what the trainer held would count against it.
+        drop(trainer);
+        lora_train::alloc::release_free_memory();
+    }
     if let Some((python, script, twin_args, _work)) = &twin {
         if !args.json {
             eprintln!("bench: the same batches through {}", script.display());

@@ -276,6 +276,26 @@ fn write_script(path: &Path, text: &str) {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
 }
 
+/// A stand-in for Python in `dir`: it passes the import check, records its arguments in
+/// `seen/args.txt` and the JSONL file it is given in `seen/input.jsonl`, and prints a twin's
+/// JSON line (100 tokens/s, 50 MiB). Returns (the script, `seen`).
+#[cfg(unix)]
+fn fake_twin(dir: &Path) -> (PathBuf, PathBuf) {
+    let seen = dir.join("seen");
+    std::fs::create_dir(&seen).unwrap();
+    let python = dir.join("python");
+    write_script(
+        &python,
+        &format!(
+            "#!/bin/sh\nif [ \"$1\" = \"-c\" ]; then exit 0; fi\necho \"$@\" > {seen}/args.txt\n\
+             for a in \"$@\"; do case \"$a\" in *.jsonl) cp \"$a\" {seen}/input.jsonl;; esac; done\n\
+             echo '{{\"impl\": \"twin\", \"tokens_per_second\": 100.0, \"peak_rss_mib\": 50}}'\n",
+            seen = seen.display()
+        ),
+    );
+    (python, seen)
+}
+
 #[cfg(unix)]
 #[test]
 fn compare_peft_without_a_usable_python_says_how_to_get_one() {
@@ -320,18 +340,22 @@ fn compare_peft_without_a_usable_python_says_how_to_get_one() {
 fn compare_peft_hands_the_twin_the_same_batches_and_prints_the_ratio() {
     let tmp = tempfile::tempdir().unwrap();
     let job = write_job(tmp.path());
-    let seen = tmp.path().join("seen");
-    std::fs::create_dir(&seen).unwrap();
-    let python = tmp.path().join("python");
-    write_script(
-        &python,
-        &format!(
-            "#!/bin/sh\nif [ \"$1\" = \"-c\" ]; then exit 0; fi\necho \"$@\" > {seen}/args.txt\n\
-             for a in \"$@\"; do case \"$a\" in *.jsonl) cp \"$a\" {seen}/tokens.jsonl;; esac; done\n\
-             echo '{{\"impl\": \"peft\", \"tokens_per_second\": 100.0, \"peak_rss_mib\": 50}}'\n",
-            seen = seen.display()
-        ),
+    let (python, seen) = fake_twin(tmp.path());
+    let out = bench(
+        &job,
+        &["--compare", "peft", "--steps", "1", "--warmup", "0"],
+    )
+    .env("PYTHON", &python)
+    .args(["--set", "model.dtype=bf16"])
+    .output()
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("--set lora.r=16 --set lora.alpha=32"),
+        "{stderr}"
     );
+    // An f32 HF folder has no twin.
     let out = bench(
         &job,
         &["--compare", "peft", "--steps", "1", "--warmup", "0"],
@@ -340,9 +364,8 @@ fn compare_peft_hands_the_twin_the_same_batches_and_prints_the_ratio() {
     .output()
     .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
     assert!(
-        stderr.contains("--set lora.r=16 --set lora.alpha=32"),
+        stderr.contains("set model.dtype and model.source"),
         "{stderr}"
     );
     let v = json(
@@ -380,7 +403,7 @@ fn compare_peft_hands_the_twin_the_same_batches_and_prints_the_ratio() {
         assert!(args.contains(&want), "{want:?} not in {args}");
     }
     // Three steps of two examples, each as the trainer tokenized it.
-    let tokens = std::fs::read_to_string(seen.join("tokens.jsonl")).unwrap();
+    let tokens = std::fs::read_to_string(seen.join("input.jsonl")).unwrap();
     let rows: Vec<serde_json::Value> = tokens
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
@@ -450,6 +473,80 @@ fn gemma3_sliding_layers_count_the_keys_in_their_window() {
     );
 }
 
+/// A twin the OS kills (as the out-of-memory killer does) is a clear error that says so.
+#[cfg(unix)]
+#[test]
+fn a_twin_killed_by_a_signal_is_named_as_such() {
+    let tmp = tempfile::tempdir().unwrap();
+    let python = tmp.path().join("python");
+    write_script(
+        &python,
+        "#!/bin/sh\nif [ \"$1\" = \"-c\" ]; then exit 0; fi\necho loading >&2\nkill -9 $$\n",
+    );
+    let job = write_job_of(
+        tmp.path(),
+        "gguf/tiny-qwen2.gguf",
+        &common::fixtures().join("chats.jsonl"),
+        "",
+    );
+    let out = bench(
+        &job,
+        &["--compare", "peft", "--steps", "1", "--warmup", "0"],
+    )
+    .env("PYTHON", &python)
+    .output()
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(
+            "bench_memory_peft.py printed no result (killed by signal 9, as the \
+                         kernel's out-of-memory killer does): loading"
+        ),
+        "{stderr}"
+    );
+}
+
+/// An f32 GGUF job's twin (`bench_memory_peft.py`) trains the job's own adapter: its rank,
+/// alpha, dropout, targets and checkpointing are passed, not refused.
+#[cfg(unix)]
+#[test]
+fn compare_peft_on_a_gguf_job_passes_the_jobs_adapter() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (python, seen) = fake_twin(tmp.path());
+    let job = write_job_of(
+        tmp.path(),
+        "gguf/tiny-qwen2.gguf",
+        &common::fixtures().join("chats.jsonl"),
+        "gradient_checkpointing = true",
+    );
+    let v = json(
+        bench(
+            &job,
+            &[
+                "--compare",
+                "peft",
+                "--steps",
+                "1",
+                "--warmup",
+                "0",
+                "--json",
+            ],
+        )
+        .env("PYTHON", &python)
+        .args(["--set", "lora.target_modules=[\"q_proj\", \"v_proj\"]"])
+        .args(["--set", "lora.dropout=0.05"]),
+    );
+    assert_eq!(v["peft"]["script"], "scripts/bench_memory_peft.py");
+    let args = std::fs::read_to_string(seen.join("args.txt")).unwrap();
+    let want = "--r 4 --alpha 8 --dropout 0.05 --targets q_proj,v_proj --checkpointing --tokens";
+    assert!(args.contains(want), "{want:?} not in {args}");
+    assert!(
+        args.contains("--steps 1 --batch-size 2 --seq-len 128"),
+        "{args}"
+    );
+}
+
 /// A DPO job's twin is TRL's `DPOTrainer` (`bench_dpo_trl.py`): it gets the job's adapter and
 /// loss and every training pair as tokenized here, the bench's steps' pairs first and in their
 /// order (their tokens are the bench's own count). With `dpo.precompute_reference` the
@@ -460,18 +557,7 @@ fn gemma3_sliding_layers_count_the_keys_in_their_window() {
 #[test]
 fn a_dpo_job_compares_with_trl_on_the_same_pairs() {
     let tmp = tempfile::tempdir().unwrap();
-    let seen = tmp.path().join("seen");
-    std::fs::create_dir(&seen).unwrap();
-    let python = tmp.path().join("python");
-    write_script(
-        &python,
-        &format!(
-            "#!/bin/sh\nif [ \"$1\" = \"-c\" ]; then exit 0; fi\necho \"$@\" > {seen}/args.txt\n\
-             for a in \"$@\"; do case \"$a\" in *.jsonl) cp \"$a\" {seen}/pairs.jsonl;; esac; done\n\
-             echo '{{\"impl\": \"trl\", \"tokens_per_second\": 100.0, \"peak_rss_mib\": 50}}'\n",
-            seen = seen.display()
-        ),
-    );
+    let (python, seen) = fake_twin(tmp.path());
     let data = common::fixtures().join("dpo/pairs.jsonl");
     let job = write_job_of(
         tmp.path(),
@@ -512,7 +598,7 @@ fn a_dpo_job_compares_with_trl_on_the_same_pairs() {
             "{args}"
         );
         // Every pair once; the two timed steps' pairs (lines 3 to 6) hold the bench's tokens.
-        let lines = std::fs::read_to_string(seen.join("pairs.jsonl")).unwrap();
+        let lines = std::fs::read_to_string(seen.join("input.jsonl")).unwrap();
         let rows: Vec<serde_json::Value> = lines
             .lines()
             .map(|l| serde_json::from_str(l).unwrap())
