@@ -847,9 +847,10 @@ impl Trainer {
             .map(|_| ())
     }
 
-    /// [`Self::precompute_reference`] with the cache in `dir`, or with none (every pair computed
-    /// afresh, nothing written: what `bench` times). Returns the seconds spent on the training
-    /// pairs, or None when the job precomputes nothing.
+    /// With `dpo.precompute_reference`, every pair's reference log-probabilities before step 1,
+    /// from and into the cache in `dir` (a run's output folder), or with none (every pair
+    /// computed afresh, nothing written: what `bench` times). Returns the seconds spent on the
+    /// training pairs, or None when the job precomputes nothing.
     pub fn precompute_reference_in(
         &mut self,
         dir: Option<&Path>,
