@@ -8,7 +8,9 @@
 #      off, and 4-bit) and of a small random Llama with head_dim 64, whose bf16 runs go through the
 #      flash-attention kernel (scripts/make_random_llama.py --shape small; needs torch, as the host
 #      has); packed rows (data.packing) on both, through the flash kernel's packed form on the small
-#      one; the step losses side by side, each CUDA run bounded against its CPU f32 run.
+#      one; the step losses side by side, each CUDA run bounded against its CPU f32 run;
+#   4. `lora-train bench` of the small Llama in bf16: its JSON, the memory pool's peak and the
+#      driver's figure, and an MFU between 0 and 1.
 # Everything goes to $OUT/gpu-check.txt (or bench-results/gpu-check.txt without $OUT).
 #
 # Needs dist/ from scripts/build-cuda.sh --tests on the host (the binary and the integration tests,
@@ -162,6 +164,29 @@ for line in open(os.path.join(runs, "expected.txt")):
     print(f"{name}: worst relative loss difference vs CPU f32 {worst:.2e} (bound {tol:g}) {'ok' if ok else 'FAIL'}")
 sys.exit(bad)
 PYEOF
+
+note "4. lora-train bench on $DEV (the small Llama, synthetic rows): its JSON, the pool's peak, MFU"
+bench_dtype=bf16
+[ "$DEV" = cpu ] && bench_dtype=f32
+if "$BIN" bench --config "$RUNS/small-llama.toml" --set "model.device=$DEV" --set "model.dtype=$bench_dtype" \
+        --synthetic --seq 256 --batch 2 --steps 3 --warmup 1 --json >"$RUNS/bench.json" 2>"$RUNS/bench.log"; then
+    python3 - "$RUNS/bench.json" "$DEV" <<'PYEOF' || fail=1
+# On CUDA the pool's peak and the driver's figure must be there; MFU must be a fraction.
+import json, sys
+v = json.load(open(sys.argv[1]))
+keys = ["device", "dtype", "tokens_per_second", "step_time_p50_s", "peak_rss_mib", "peak_gpu_mib",
+        "gpu_driver_used_mib", "estimated_peak_mib", "peak_tflops", "mfu", "hfu"]
+print(" ".join(f"{k}={v.get(k)}" for k in keys))
+bad = not (v["tokens_per_second"] > 0 and 0 < v["mfu"] <= 1.05 and v["hfu"] >= v["mfu"])
+if sys.argv[2] != "cpu":
+    bad |= not (v["peak_gpu_mib"] and v["gpu_driver_used_mib"])
+print("bench:", "FAIL" if bad else "ok")
+sys.exit(bad)
+PYEOF
+else
+    fail=1
+    echo "bench FAILED: $(tail -n 3 "$RUNS/bench.log" | tr '\n' ' ')"
+fi
 
 note "result"
 if [ "$fail" = 0 ]; then echo "gpu-check: all passed"; else echo "gpu-check: FAILURES above"; fi
