@@ -332,20 +332,31 @@ fn tiny_qwen_gguf_matches_the_hf_folder() {
 #[test]
 fn tiny_gemma2_gguf_matches_the_hf_folder() {
     let dir = tempfile::tempdir().unwrap();
-    let src = common::fixtures().join("tiny-gemma2");
+    let hf = load_with_config(dir.path(), "tiny-gemma2", |cfg| {
+        cfg["query_pre_attn_scalar"] = cfg["head_dim"].clone();
+    });
+    check_gguf_matches("tiny-gemma2", &hf, 16);
+}
+
+/// The fixture model `name` copied into `dir` with its `config.json` changed by `edit`, loaded.
+fn load_with_config(
+    dir: &std::path::Path,
+    name: &str,
+    edit: impl FnOnce(&mut serde_json::Value),
+) -> lora_train::model::LoadedModel {
+    let src = common::fixtures().join(name);
     for f in [
         "model.safetensors",
         "tokenizer.json",
         "tokenizer_config.json",
         "special_tokens_map.json",
     ] {
-        std::fs::copy(src.join(f), dir.path().join(f)).unwrap();
+        std::fs::copy(src.join(f), dir.join(f)).unwrap();
     }
     let mut cfg = common::read_json(&src.join("config.json"));
-    cfg["query_pre_attn_scalar"] = cfg["head_dim"].clone();
-    std::fs::write(dir.path().join("config.json"), cfg.to_string()).unwrap();
-    let hf = load(dir.path().to_str().unwrap(), &LoadOptions::default()).unwrap();
-    check_gguf_matches("tiny-gemma2", &hf, 16);
+    edit(&mut cfg);
+    std::fs::write(dir.join("config.json"), cfg.to_string()).unwrap();
+    load(dir.to_str().unwrap(), &LoadOptions::default()).unwrap()
 }
 
 /// `tests/fixtures/gguf/{name}.gguf` against the HF model `hf`: the same architecture, logits
@@ -361,21 +372,8 @@ fn check_gguf_matches(name: &str, hf: &lora_train::model::LoadedModel, len: u32)
     let ids = Tensor::from_vec(rows, (3, len as usize), &Device::Cpu).unwrap();
     let want = hf.model.forward(&ids, None).unwrap();
     let got = gg.model.forward(&ids, None).unwrap();
-    let d = (got - &want)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
-    let scale = want
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
+    let d = common::max_abs_diff(&got, &want);
+    let scale = common::max_abs(&want);
     assert!(
         d < 1e-5 * scale.max(1.0),
         "{name}: GGUF logits differ by {d} (largest {scale})"
@@ -404,20 +402,10 @@ fn check_gguf_matches(name: &str, hf: &lora_train::model::LoadedModel, len: u32)
 #[test]
 fn tiny_gemma3_conditional_generation_loads_its_text_tower() {
     check_tiny_logits("tiny-gemma3-mm");
-    let causal = tempfile::tempdir().unwrap();
-    let src = common::fixtures().join("tiny-gemma3");
-    for f in [
-        "model.safetensors",
-        "tokenizer.json",
-        "tokenizer_config.json",
-        "special_tokens_map.json",
-    ] {
-        std::fs::copy(src.join(f), causal.path().join(f)).unwrap();
-    }
-    let mut cfg = common::read_json(&src.join("config.json"));
-    cfg["final_logit_softcapping"] = serde_json::Value::Null;
-    std::fs::write(causal.path().join("config.json"), cfg.to_string()).unwrap();
-    let causal = load(causal.path().to_str().unwrap(), &LoadOptions::default()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let causal = load_with_config(dir.path(), "tiny-gemma3", |cfg| {
+        cfg["final_logit_softcapping"] = serde_json::Value::Null;
+    });
     let mut mm = load_tiny_on("tiny-gemma3-mm", &Device::Cpu);
     let expected = candle_core::safetensors::load(
         common::fixtures().join("tiny-gemma3/expected.safetensors"),
