@@ -76,9 +76,17 @@ impl StepPlan {
         let mut warnings = Vec::new();
         let micro = self.examples.div_ceil(self.micro_batch_size);
         if self.grad_accum > micro {
+            // What a micro-batch counts: packed rows, preference pairs or conversations.
+            let units = if job.is_dpo() {
+                "preference pairs"
+            } else if job.data.packing {
+                "packed rows"
+            } else {
+                "conversations"
+            };
             warnings.push(format!(
                 "train.grad_accum = {} is more than the {micro} micro-batches of an epoch \
-                 ({} examples, train.micro_batch_size = {}): each step accumulates {micro}",
+                 ({} {units}, train.micro_batch_size = {}): each step accumulates {micro}",
                 self.grad_accum, self.examples, self.micro_batch_size
             ));
         }
@@ -128,6 +136,11 @@ mod tests {
             w[0]
         );
         assert_eq!(plan.step_batches(0, 0, false).len(), 5);
+        assert!(w[0].contains("(9 conversations,"), "{}", w[0]);
+        let mut packed = job("max_steps = 8\nmicro_batch_size = 2\ngrad_accum = 16");
+        packed.data.packing = true;
+        let w = StepPlan::new(&packed, 9).unwrap().warnings(&packed);
+        assert!(w[0].contains("(9 packed rows,"), "{}", w[0]);
     }
 
     #[test]
