@@ -212,6 +212,21 @@ pub fn bench_training(trainer: &Trainer, opts: &BenchOptions) -> Result<TrainBen
     })
 }
 
+/// The signal that ended a child process (a sweep point, a Python twin), if one did; 9 is what
+/// the kernel's out-of-memory killer sends.
+pub fn killed_by_signal(status: &std::process::ExitStatus) -> Option<i32> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::ExitStatusExt;
+        status.signal()
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = status;
+        None
+    }
+}
+
 /// The nearest-rank `q`-quantile of ascending `sorted` (0 when empty).
 pub fn percentile(sorted: &[f64], q: f64) -> f64 {
     if sorted.is_empty() {

@@ -427,17 +427,13 @@ pub fn compare(
 
 /// How a twin ended, in words: its exit code, or the signal that killed it.
 fn exit_reason(status: &std::process::ExitStatus) -> String {
-    #[cfg(unix)]
-    {
-        use std::os::unix::process::ExitStatusExt;
-        if let Some(signal) = status.signal() {
-            let oom = if signal == 9 {
-                ", as the kernel's out-of-memory killer does"
-            } else {
-                ""
-            };
-            return format!("killed by signal {signal}{oom}");
-        }
+    if let Some(signal) = super::killed_by_signal(status) {
+        let oom = if signal == 9 {
+            ", as the kernel's out-of-memory killer does"
+        } else {
+            ""
+        };
+        return format!("killed by signal {signal}{oom}");
     }
     match status.code() {
         Some(code) => format!("exit {code}"),

@@ -306,7 +306,7 @@ fn run_point(exe: &Path, args: &BenchArgs, point: SweepPoint) -> anyhow::Result<
     let out = cmd
         .output()
         .with_context(|| format!("cannot run {} for a sweep point", exe.display()))?;
-    if killed_by_sigkill(&out.status) {
+    if lora_train::bench::killed_by_signal(&out.status) == Some(9) {
         return Ok(PointOutcome::OutOfMemory);
     }
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -335,17 +335,6 @@ fn run_point(exe: &Path, args: &BenchArgs, point: SweepPoint) -> anyhow::Result<
             reason: format!("its output is not a bench result ({e})"),
         }),
     }
-}
-
-#[cfg(unix)]
-fn killed_by_sigkill(status: &std::process::ExitStatus) -> bool {
-    use std::os::unix::process::ExitStatusExt;
-    status.signal() == Some(9)
-}
-
-#[cfg(not(unix))]
-fn killed_by_sigkill(_status: &std::process::ExitStatus) -> bool {
-    false
 }
 
 /// A folder of this process under the system's temp folder, removed when dropped: where the
