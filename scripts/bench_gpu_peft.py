@@ -160,6 +160,26 @@ def cmd_train(a):
     if cuda:
         info["max_memory_allocated_mib"] = round(torch.cuda.max_memory_allocated(a.device) / MIB)
         info["max_memory_reserved_mib"] = round(torch.cuda.max_memory_reserved(a.device) / MIB)
+    # The last step once more, phase by phase as `lora-train bench` splits it (its `phases`):
+    # forward with the loss, backward, then clipping and AdamW, each ended by a synchronization.
+    ids, mask, labels, _ = batch(examples[k * a.batch_size:(k + 1) * a.batch_size], pad_id)
+    ids, labels = ids.to(a.device), labels.to(a.device)
+    mask = mask.to(a.device) if mask is not None else None
+    try:
+        sync()
+        marks = [time.perf_counter()]
+        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        sync(); marks.append(time.perf_counter())
+        loss.backward()
+        sync(); marks.append(time.perf_counter())
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        sync(); marks.append(time.perf_counter())
+        info["phases"] = {name: round(marks[i + 1] - marks[i], 4)
+                          for i, name in enumerate(["forward_s", "backward_s", "update_s"])}
+    except torch.cuda.OutOfMemoryError as e:
+        info["phases_error"] = f"CUDA out of memory: {str(e).splitlines()[0][:200]}"
     print(json.dumps(info))
 
 

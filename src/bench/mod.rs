@@ -12,9 +12,12 @@ pub mod sweep;
 
 use std::time::Instant;
 
+use candle_core::Tensor;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 
+use crate::train::optimizer::AdamW;
+use crate::train::step::{micro_batch_grads, update};
 use crate::train::Trainer;
 use crate::Result;
 use flops::FlopsCounter;
@@ -97,6 +100,24 @@ pub struct TrainBench {
     /// PyTorch + PEFT on the same batches, with `--compare peft`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub peft: Option<peft::PeftComparison>,
+    /// Where an SFT step's time goes, from one extra step timed phase by phase.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phases: Option<PhaseTimes>,
+}
+
+/// The last timed SFT step run once more, split into phases that each end at a device
+/// synchronization: the forwards with the loss, the backwards (forward and backward timed
+/// together, less the forward alone, which runs once more for this) and the update (gradient
+/// norm, clipping, AdamW). Their sum is a little above the unsplit step, whose queue never
+/// drains between phases.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PhaseTimes {
+    /// Forward passes with the loss, over the step's micro-batches.
+    pub forward_s: f64,
+    /// Backward passes, over the step's micro-batches.
+    pub backward_s: f64,
+    /// The gradient norm, clipping and AdamW.
+    pub update_s: f64,
 }
 
 /// Runs `opts.warmup` untimed and `opts.steps` timed optimizer steps of `trainer`'s job
@@ -138,6 +159,15 @@ pub fn bench_training(trainer: &Trainer, opts: &BenchOptions) -> Result<TrainBen
         bar.inc(1);
     }
     bar.finish_and_clear();
+    // Again the last timed step, split into phases.
+    let phases = match job.is_dpo() {
+        true => None,
+        false => Some(phase_times(
+            trainer,
+            (opts.warmup + opts.steps - 1) % total,
+            &mut opt,
+        )?),
+    };
     // Read before the probe, whose matrices would count in the pool's peak.
     let peak_gpu_mib = crate::device::peak_reserved_bytes(device).map(|b| b >> 20);
     let gpu_driver_used_mib = crate::device::driver_used_bytes(device).map(|b| b >> 20);
@@ -209,6 +239,45 @@ pub fn bench_training(trainer: &Trainer, opts: &BenchOptions) -> Result<TrainBen
         reference_precompute_s: None,
         generate: None,
         peft: None,
+        phases,
+    })
+}
+
+/// Runs optimizer step `step` once more, phase by phase (see [`PhaseTimes`]), applying it
+/// with `opt` as a timed step would.
+fn phase_times(trainer: &Trainer, step: usize, opt: &mut AdamW) -> Result<PhaseTimes> {
+    let device = trainer.device();
+    let model = trainer.model().model.as_ref();
+    let params = trainer.params();
+    let batches = trainer.step_micro_batches(step)?;
+    let divisor: usize = batches.iter().map(|m| m.num_targets()).sum();
+    let mut grads: Vec<Option<Tensor>> = vec![None; params.vars().len()];
+    let (mut forward, mut both, mut loss_sum) = (0.0, 0.0, 0.0);
+    for mb in &batches {
+        device.synchronize()?;
+        let clock = Instant::now();
+        let nll = crate::train::loss::micro_batch_nll_sum(model, mb)?;
+        device.synchronize()?;
+        forward += clock.elapsed().as_secs_f64();
+        drop(nll);
+        let clock = Instant::now();
+        let (nll_sum, mb_grads) = micro_batch_grads(model, params, mb, divisor.max(1))?;
+        for (slot, g) in grads.iter_mut().zip(mb_grads).filter_map(|(s, g)| Some((s, g?))) {
+            crate::autograd::accumulate(slot, g)?;
+        }
+        device.synchronize()?;
+        both += clock.elapsed().as_secs_f64();
+        loss_sum += nll_sum;
+    }
+    let clock = Instant::now();
+    let loss = loss_sum / divisor.max(1) as f64;
+    let lr = trainer.schedule().lr_at(step);
+    update(params, opt, grads, loss, lr, trainer.job().train.max_grad_norm)?;
+    device.synchronize()?;
+    Ok(PhaseTimes {
+        forward_s: forward,
+        backward_s: (both - forward).max(0.0),
+        update_s: clock.elapsed().as_secs_f64(),
     })
 }
 
@@ -360,6 +429,15 @@ pub fn render_markdown(r: &TrainBench) -> String {
             format!("{:.2}% / {:.2}%", 100.0 * r.mfu, 100.0 * r.hfu),
         ),
     ]);
+    if let Some(p) = &r.phases {
+        rows.push((
+            "step phases (forward / backward / update)",
+            format!(
+                "{:.3} s / {:.3} s / {:.3} s",
+                p.forward_s, p.backward_s, p.update_s
+            ),
+        ));
+    }
     if let Some(g) = &r.generate {
         rows.extend(generation::markdown_rows(g));
     }
