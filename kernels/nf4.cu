@@ -16,10 +16,11 @@ __device__ void nf4_dequant(const uint8_t* codes, const uint8_t* absmax_codes, c
     for (size_t k = blockIdx.x * (size_t)blockDim.x + threadIdx.x; k < n_bytes; k += (size_t)gridDim.x * blockDim.x) {
         const size_t e = 2 * k;
         const size_t b = first + e / 64;
-        const float absmax = tables[16 + absmax_codes[b]] * scales[b / 256] + offset;
+        // Rounded step by step as the host does: a fused multiply-add would differ in the last bit.
+        const float absmax = __fadd_rn(__fmul_rn(tables[16 + absmax_codes[b]], scales[b / 256]), offset);
         const uint8_t byte = codes[first * 32 + k];
-        out[e] = from_f<T>(tables[byte >> 4] * absmax);
-        out[e + 1] = from_f<T>(tables[byte & 15] * absmax);
+        out[e] = from_f<T>(__fmul_rn(tables[byte >> 4], absmax));
+        out[e + 1] = from_f<T>(__fmul_rn(tables[byte & 15], absmax));
     }
 }
 
