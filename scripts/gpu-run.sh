@@ -7,6 +7,8 @@
 #   q4        the 8B shape in QLoRA nf4, ours and PEFT + bitsandbytes (rows q4 peft-q4)
 #   phases    `lora-train bench` on the 8B job: where a step's time goes (forward/backward/update),
 #             with the fused kernels on and off (GPU_RUN_PHASE_KERNELS)
+#   profile   every kernel of one 1B step (micro-batch 1) under Nsight Compute, summed by name:
+#             which kernels a step's time goes to (profile-kernels.csv, and the top 25 printed)
 #   smollm    SmolLM2-135M on configs/quickstart.toml in bf16: the loss falls, the adapter exports
 #   packing   `lora-train bench` of the same SmolLM2 job, unpacked (micro-batch 4) against packed
 #             rows of up to 280 tokens (about as many conversations per step), real tokens/s
@@ -25,7 +27,7 @@ OUTDIR="${OUT:-bench-results/gpu}"
 mkdir -p "$OUTDIR"
 export OUT="$OUTDIR"
 exec > >(tee -a "$OUTDIR/run.log") 2>&1
-PARTS="${GPU_RUN_PARTS:-smoke 8b 1b q4 phases smollm packing check}"
+PARTS="${GPU_RUN_PARTS:-smoke 8b 1b q4 phases profile smollm packing check}"
 BUDGET="${GPU_RUN_BUDGET_S:-480}"
 WORK="${BENCH_WORK:-/tmp/lora-train-bench-gpu}"
 DEV="${GPU_RUN_DEVICE:-cuda:0}"   # "cpu" only tries this script on a machine without a GPU
@@ -93,6 +95,45 @@ for p in $PARTS; do
             python3 -c 'import json,sys; v=json.load(open(sys.argv[1])); print(sys.argv[2], {k: v.get(k) for k in ("tokens_per_second","step_time_p50_s","peak_gpu_mib","mfu","phases")})' \
                 "$OUTDIR/bench-8b-kernels-$k.json" "kernels $k" 2>&1 | tail -n 1
         done
+        ;;
+    profile)
+        part "1B bf16 step under ncu: time per kernel"
+        fits 90 || continue
+        NCU="$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -n 1)"
+        [ -x "$NCU" ] || { echo "-- no ncu on this host"; continue; }
+        # No rows: bench-gpu.sh only writes the 1B model, its data and its job.
+        [ -f "$WORK/jobs/1b.toml" ] || bench 1b " " "$(left)"
+        [ -f "$WORK/jobs/1b.toml" ] || { echo "-- no 1B job"; continue; }
+        # Loading and one step (GPU time per kernel does not depend on warm-up); the phase split and
+        # the matmul probe after it are cut off by --launch-count.
+        timeout "$(( $(left) - 10 ))" "$NCU" --clock-control none --cache-control none \
+            --metrics gpu__time_duration.sum --print-units base --csv --page raw --launch-count "${GPU_RUN_NCU_LAUNCHES:-8000}" \
+            "$BIN" bench --config "$WORK/jobs/1b.toml" --set train.micro_batch_size=1 --steps 1 --warmup 0 \
+            >"$WORK/ncu.csv" 2>"$WORK/ncu.log" || tail -n 3 "$WORK/ncu.log"
+        python3 - "$WORK/ncu.csv" "$OUTDIR/profile-kernels.csv" <<'PYEOF'
+# Sums gpu__time_duration by kernel name over every profiled launch; prints the top 25.
+import csv, sys
+rows = [l for l in open(sys.argv[1], encoding="utf-8", errors="replace") if l.startswith('"')]
+tot, cnt = {}, {}
+for r in csv.DictReader(rows):
+    v = (r.get("gpu__time_duration.sum") or "").replace(",", "")
+    try:
+        ns = float(v)
+    except ValueError:
+        continue
+    name = (r.get("Kernel Name") or "?")[:90]
+    tot[name] = tot.get(name, 0.0) + ns
+    cnt[name] = cnt.get(name, 0) + 1
+all_ns = sum(tot.values())
+with open(sys.argv[2], "w", newline="") as f:
+    w = csv.writer(f)
+    w.writerow(["kernel", "launches", "total_ms", "share"])
+    for k in sorted(tot, key=tot.get, reverse=True):
+        w.writerow([k, cnt[k], round(tot[k] / 1e6, 3), round(tot[k] / max(all_ns, 1), 4)])
+print(f"{sum(cnt.values())} launches, {all_ns / 1e6:.1f} ms of kernel time (time units as ncu reports them)")
+for k in sorted(tot, key=tot.get, reverse=True)[:25]:
+    print(f"{tot[k] / max(all_ns, 1):6.1%} {cnt[k]:6d} x  {k}")
+PYEOF
         ;;
     smollm)
         part "SmolLM2-135M, configs/quickstart.toml in bf16 on $DEV"
