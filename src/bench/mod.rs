@@ -262,7 +262,11 @@ fn phase_times(trainer: &Trainer, step: usize, opt: &mut AdamW) -> Result<PhaseT
         drop(nll);
         let clock = Instant::now();
         let (nll_sum, mb_grads) = micro_batch_grads(model, params, mb, divisor.max(1))?;
-        for (slot, g) in grads.iter_mut().zip(mb_grads).filter_map(|(s, g)| Some((s, g?))) {
+        for (slot, g) in grads
+            .iter_mut()
+            .zip(mb_grads)
+            .filter_map(|(s, g)| Some((s, g?)))
+        {
             crate::autograd::accumulate(slot, g)?;
         }
         device.synchronize()?;
@@ -272,7 +276,14 @@ fn phase_times(trainer: &Trainer, step: usize, opt: &mut AdamW) -> Result<PhaseT
     let clock = Instant::now();
     let loss = loss_sum / divisor.max(1) as f64;
     let lr = trainer.schedule().lr_at(step);
-    update(params, opt, grads, loss, lr, trainer.job().train.max_grad_norm)?;
+    update(
+        params,
+        opt,
+        grads,
+        loss,
+        lr,
+        trainer.job().train.max_grad_norm,
+    )?;
     device.synchronize()?;
     Ok(PhaseTimes {
         forward_s: forward,

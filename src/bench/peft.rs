@@ -288,21 +288,18 @@ fn dpo_twin_command(
     };
     let total = trainer.plan().total_steps.max(1);
     let mut lines = String::new();
-    let mut used = std::collections::HashSet::new();
     let pairs = trainer
         .pairs()
         .ok_or_else(|| Error::Msg("a DPO job without pairs".into()))?;
+    // The pairs in step order, then the ones no step takes (TRL's loader may read them).
+    let mut used = vec![false; pairs.train.len()];
     for step in 0..warmup + steps {
-        for p in trainer.step_pairs(step % total) {
-            used.insert(p as *const TokenizedPair);
-            lines += &pair_line(p)?;
+        for i in trainer.step_pair_indices(step % total) {
+            used[i] = true;
+            lines += &pair_line(&pairs.train[i])?;
         }
     }
-    for p in pairs
-        .train
-        .iter()
-        .filter(|p| !used.contains(&(*p as *const _)))
-    {
+    for (p, _) in pairs.train.iter().zip(&used).filter(|(_, u)| !**u) {
         lines += &pair_line(p)?;
     }
     let tokens = work.join("trl-pairs.jsonl");

@@ -128,7 +128,9 @@ pub fn suffix(dtype: DType) -> candle_core::Result<&'static str> {
         DType::F32 => "f32",
         DType::BF16 => "bf16",
         DType::F16 => "f16",
-        other => candle_core::bail!("unsupported dtype {other:?}: CUDA kernels take f32, bf16 or f16"),
+        other => {
+            candle_core::bail!("unsupported dtype {other:?}: CUDA kernels take f32, bf16 or f16")
+        }
     })
 }
 

@@ -323,11 +323,17 @@ impl Trainer {
         self.packed_rows.as_deref()
     }
 
+    /// The units (examples, packed rows or pairs) of each micro-batch of optimizer step `step`,
+    /// as indices into the training set.
+    fn step_plan(&self, step: usize) -> Vec<Vec<usize>> {
+        self.plan
+            .step_batches(step, self.job.train.seed, self.job.data.shuffle)
+    }
+
     /// The micro-batches of optimizer step `step` (of packed rows with `data.packing`).
     pub fn step_micro_batches(&self, step: usize) -> Result<Vec<MicroBatch>> {
         let example = |i: &usize| &self.data.train[*i];
-        self.plan
-            .step_batches(step, self.job.train.seed, self.job.data.shuffle)
+        self.step_plan(step)
             .iter()
             .map(|idx| match &self.packed_rows {
                 Some(rows) => {
@@ -352,9 +358,7 @@ impl Trainer {
             .dpo
             .as_ref()
             .ok_or_else(|| Error::Msg("not a DPO run".into()))?;
-        let plan = self
-            .plan
-            .step_batches(step, self.job.train.seed, self.job.data.shuffle);
+        let plan = self.step_plan(step);
         let batches = plan
             .iter()
             .map(|idx| {
@@ -376,19 +380,13 @@ impl Trainer {
         self.dpo.as_ref().is_some_and(|d| d.reference.is_some())
     }
 
-    /// The training pairs of DPO step `step`, in the order its micro-batches take them; empty
-    /// for an SFT run.
-    pub fn step_pairs(&self, step: usize) -> Vec<&TokenizedPair> {
-        let Some(dpo) = &self.dpo else {
-            return Vec::new();
-        };
-        let plan = self
-            .plan
-            .step_batches(step, self.job.train.seed, self.job.data.shuffle);
-        plan.into_iter()
-            .flatten()
-            .map(|i| &dpo.pairs.train[i])
-            .collect()
+    /// The training pairs of DPO step `step`, as indices into [`Trainer::pairs`]' training
+    /// pairs, in the order its micro-batches take them; empty for an SFT run.
+    pub fn step_pair_indices(&self, step: usize) -> Vec<usize> {
+        match &self.dpo {
+            Some(_) => self.step_plan(step).into_iter().flatten().collect(),
+            None => Vec::new(),
+        }
     }
 
     /// Token-weighted validation loss (no dropout), or None without validation data; a DPO
@@ -508,9 +506,7 @@ impl Trainer {
     /// The lengths of the sequences optimizer step `step` trains on: each conversation (also
     /// inside a packed row), or a DPO pair's chosen and rejected sequences.
     pub fn step_sequence_lengths(&self, step: usize) -> Vec<usize> {
-        let plan = self
-            .plan
-            .step_batches(step, self.job.train.seed, self.job.data.shuffle);
+        let plan = self.step_plan(step);
         let units = plan.iter().flatten();
         match (&self.dpo, &self.packed_rows) {
             (Some(d), _) => units
@@ -532,9 +528,7 @@ impl Trainer {
         if self.dpo.is_some() {
             return Vec::new();
         }
-        let plan = self
-            .plan
-            .step_batches(step, self.job.train.seed, self.job.data.shuffle);
+        let plan = self.step_plan(step);
         let units = plan.into_iter().flatten();
         match &self.packed_rows {
             Some(rows) => units

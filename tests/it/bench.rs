@@ -100,9 +100,15 @@ fn a_bench_of_the_jobs_data_reports_sane_fields_and_writes_its_folder() {
     assert!(num(&v, "hfu") > num(&v, "mfu"), "{v}");
     let written = common::read_json(&out.join("bench.json"));
     assert_eq!(written, v);
+    // The last step again, phase by phase: each phase took time.
+    for phase in ["forward_s", "backward_s", "update_s"] {
+        assert!(num(&v["phases"], phase) > 0.0, "{phase} in {v}");
+    }
     let md = std::fs::read_to_string(out.join("bench.md")).unwrap();
     assert!(
-        md.contains("MFU / HFU") && md.contains("lora-train bench --config"),
+        md.contains("MFU / HFU")
+            && md.contains("lora-train bench --config")
+            && md.contains("step phases (forward / backward / update)"),
         "{md}"
     );
 }
@@ -638,6 +644,8 @@ fn a_dpo_job_benches_its_pairs_and_refuses_synthetic_rows() {
     ));
     assert_sane(&v);
     assert!(num(&v, "tokens_per_step") > 0.0);
+    // The phase split is for SFT steps only.
+    assert!(v.get("phases").is_none(), "{v}");
     let out = bench(&job, &["--synthetic", "--seq", "16", "--steps", "1"])
         .output()
         .unwrap();
