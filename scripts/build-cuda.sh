@@ -138,7 +138,7 @@ export CUDA_ROOT="$ROOT" CUDA_HOME="$ROOT" CUDA_PATH="$ROOT" PATH="$ROOT/bin:$PA
 export CUDA_COMPUTE_CAP="$CAP" CUDARC_CUDA_VERSION=13000
 export LIBRARY_PATH="$ROOT/lib:$ROOT/lib/stubs${LIBRARY_PATH:+:$LIBRARY_PATH}"
 export RUSTFLAGS="${RUSTFLAGS:-} -L native=$ROOT/lib -L native=$ROOT/lib/stubs"
-export LORA_TRAIN_COMMIT="${LORA_TRAIN_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}"
+export LORA_TRAIN_COMMIT="${LORA_TRAIN_COMMIT:-$(git describe --always --dirty 2>/dev/null || echo unknown)}"
 PATCHED="$(patched_candle_core)"
 PATCH=(--config "patch.crates-io.candle-core.path=\"$PATCHED\"")
 # The patch rewrites candle-core's lock entry (a path has no checksum): keep the committed one.

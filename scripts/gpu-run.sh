@@ -45,7 +45,6 @@ fits() {
 
 part "host"
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv,noheader 2>&1
-git rev-parse --short HEAD 2>/dev/null
 for f in lora-train-cuda test-it; do
     [ -x "dist/$f" ] || { [ -f "dist/$f.xz" ] && xz -dkf "dist/$f.xz" && chmod +x "dist/$f"; }
     [ -x "dist/$f" ] || { echo "gpu-run.sh: no dist/$f (scripts/build-cuda.sh --tests, carry dist)"; exit 1; }
@@ -56,7 +55,7 @@ LIBS="${LORA_TRAIN_CUDA_LIBS:-$(python3 scripts/bench_gpu_peft.py libdir 2>/dev/
 export LORA_TRAIN_CUDA_LIBS="$LIBS"
 export LD_LIBRARY_PATH="$LIBS${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 BIN="$PWD/dist/lora-train-cuda"
-"$BIN" doctor 2>&1 | tail -n 12
+"$BIN" doctor 2>&1   # its first line names the commit the binary was built from
 
 bench() {  # models rows seconds
     BENCH_MODELS="$1" BENCH_ROWS="$2" BENCH_BUDGET_S="$3" BENCH_ROW_TIMEOUT_S="${4:-240}" \
