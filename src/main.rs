@@ -5,7 +5,7 @@ mod cli;
 use cli::run;
 
 fn main() -> std::process::ExitCode {
-    // First, while this is the only thread: it sets RAYON_NUM_THREADS.
+    // First, while this is the only thread: it sets RAYON_NUM_THREADS and CANDLE_NUM_THREADS.
     let threads = lora_train::threads::settle();
     // `lora-train ... | head` ends quietly, as other command-line tools do, instead of a panic
     // at the next print.

@@ -6,6 +6,7 @@
 fn main() {
     use lora_train::threads::{count, settle};
 
+    let candle_threads = std::env::var("CANDLE_NUM_THREADS").ok();
     if std::env::var_os("RAYON_NUM_THREADS").is_some() {
         assert_eq!(
             settle(),
@@ -26,6 +27,11 @@ fn main() {
     );
     // candle now takes the count from the variable (no /proc/cpuinfo read), and it is the same.
     assert_eq!(candle_core::utils::get_num_threads(), want);
+    // candle's elementwise pool stays on the calling thread unless the user chose otherwise.
+    assert_eq!(
+        std::env::var("CANDLE_NUM_THREADS").ok().as_deref(),
+        Some(candle_threads.as_deref().unwrap_or("1"))
+    );
     assert_eq!(settle(), None, "a second call changes nothing");
-    println!("threads: RAYON_NUM_THREADS={want} ... ok");
+    println!("threads: RAYON_NUM_THREADS={want}, CANDLE_NUM_THREADS={candle_threads:?} -> 1 unless set ... ok");
 }
