@@ -17,7 +17,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 
 use crate::train::optimizer::AdamW;
-use crate::train::step::{micro_batch_grads, update};
+use crate::train::step::{add_micro_batch_grads, set_micro_batch_dropout, update};
 use crate::train::Trainer;
 use crate::Result;
 use flops::FlopsCounter;
@@ -244,35 +244,29 @@ pub fn bench_training(trainer: &Trainer, opts: &BenchOptions) -> Result<TrainBen
 }
 
 /// Runs optimizer step `step` once more, phase by phase (see [`PhaseTimes`]), applying it
-/// with `opt` as a timed step would.
+/// with `opt` as a timed step would, with the same dropout masks.
 fn phase_times(trainer: &Trainer, step: usize, opt: &mut AdamW) -> Result<PhaseTimes> {
     let device = trainer.device();
     let model = trainer.model().model.as_ref();
     let params = trainer.params();
     let batches = trainer.step_micro_batches(step)?;
     let divisor: usize = batches.iter().map(|m| m.num_targets()).sum();
+    let seed = trainer.dropout_seed(step);
     let mut grads: Vec<Option<Tensor>> = vec![None; params.vars().len()];
     let (mut forward, mut both, mut loss_sum) = (0.0, 0.0, 0.0);
-    for mb in &batches {
+    for (i, mb) in batches.iter().enumerate() {
+        set_micro_batch_dropout(params, seed, i);
         device.synchronize()?;
         let clock = Instant::now();
-        let nll = crate::train::loss::micro_batch_nll_sum(model, mb)?;
+        drop(crate::train::loss::micro_batch_nll_sum(model, mb)?);
         device.synchronize()?;
         forward += clock.elapsed().as_secs_f64();
-        drop(nll);
         let clock = Instant::now();
-        let (nll_sum, mb_grads) = micro_batch_grads(model, params, mb, divisor.max(1))?;
-        for (slot, g) in grads
-            .iter_mut()
-            .zip(mb_grads)
-            .filter_map(|(s, g)| Some((s, g?)))
-        {
-            crate::autograd::accumulate(slot, g)?;
-        }
+        loss_sum += add_micro_batch_grads(model, params, mb, divisor.max(1), &mut grads)?;
         device.synchronize()?;
         both += clock.elapsed().as_secs_f64();
-        loss_sum += nll_sum;
     }
+    params.set_dropout_seed(0);
     let clock = Instant::now();
     let loss = loss_sum / divisor.max(1) as f64;
     let lr = trainer.schedule().lr_at(step);

@@ -74,6 +74,36 @@ pub struct StepOutcome {
     pub preference: Option<PreferenceMetrics>,
 }
 
+/// Seeds the LoRA dropout masks of micro-batch `i` of a step whose seed is `dropout_seed`
+/// (0: no dropout).
+pub fn set_micro_batch_dropout(params: &LoraParams, dropout_seed: u64, i: usize) {
+    params.set_dropout_seed(if dropout_seed == 0 {
+        0
+    } else {
+        dropout_seed
+            .wrapping_mul(1_000_003)
+            .wrapping_add(i as u64 + 1)
+    });
+}
+
+/// Adds the gradients of micro-batch `mb`'s `nll / divisor` into `grads` (in
+/// [`LoraParams::vars`] order) and returns its summed target NLL.
+pub fn add_micro_batch_grads(
+    model: &dyn CausalLm,
+    params: &LoraParams,
+    mb: &MicroBatch,
+    divisor: usize,
+    grads: &mut [Option<Tensor>],
+) -> Result<f64> {
+    let (nll_sum, mb_grads) = micro_batch_grads(model, params, mb, divisor)?;
+    for (slot, g) in grads.iter_mut().zip(mb_grads) {
+        if let Some(g) = g {
+            accumulate(slot, g)?;
+        }
+    }
+    Ok(nll_sum)
+}
+
 /// Forward, backward and update over `micro_batches`, normalising the loss by the total
 /// number of target tokens of the whole step. `dropout_seed` (non-zero) seeds the LoRA
 /// dropout masks of this step. A non-finite loss or gradient returns an error before any
@@ -99,21 +129,9 @@ pub fn train_step(
     let mut loss_sum = 0f64;
     let mut tokens = 0;
     for (i, mb) in micro_batches.iter().enumerate() {
-        params.set_dropout_seed(if dropout_seed == 0 {
-            0
-        } else {
-            dropout_seed
-                .wrapping_mul(1_000_003)
-                .wrapping_add(i as u64 + 1)
-        });
-        let (nll_sum, mb_grads) = micro_batch_grads(model, params, mb, total_targets)?;
-        loss_sum += nll_sum;
+        set_micro_batch_dropout(params, dropout_seed, i);
+        loss_sum += add_micro_batch_grads(model, params, mb, total_targets, &mut grads)?;
         tokens += mb.tokens;
-        for (slot, g) in grads.iter_mut().zip(mb_grads) {
-            if let Some(g) = g {
-                accumulate(slot, g)?;
-            }
-        }
     }
     params.set_dropout_seed(0);
     let loss = loss_sum / total_targets as f64;

@@ -731,12 +731,6 @@ impl Trainer {
             );
         }
         let batches = self.step_micro_batches(step)?;
-        let seed = self
-            .job
-            .train
-            .seed
-            .wrapping_mul(1_000_000_007)
-            .wrapping_add(step as u64 + 1);
         train_step(
             self.model.model.as_ref(),
             &self.params,
@@ -744,8 +738,21 @@ impl Trainer {
             &batches,
             lr,
             self.job.train.max_grad_norm,
-            if self.job.lora.dropout > 0.0 { seed } else { 0 },
+            self.dropout_seed(step),
         )
+    }
+
+    /// The LoRA dropout seed of SFT step `step` (0 when the job has no dropout).
+    pub fn dropout_seed(&self, step: usize) -> u64 {
+        match self.job.lora.dropout > 0.0 {
+            true => self
+                .job
+                .train
+                .seed
+                .wrapping_mul(1_000_000_007)
+                .wrapping_add(step as u64 + 1),
+            false => 0,
+        }
     }
 
     /// Whether to validate after `step` steps (the final validation comes after the loop).
