@@ -18,8 +18,9 @@
 #
 # Needs dist/ from `scripts/build-cuda.sh --tests`; the q4 rows, bench-results/bnb
 # (`scripts/bench-gpu.sh --fetch-bnb`); smollm, models/smollm2-135m-instruct.Q4_1.gguf, or its
-# pieces .gpu/smollm.gguf.* (`split -b`), joined and checked here. Writes run.log and
-# bench-gpu.{jsonl,md,log}, gpu-check.txt, bench-8b*.json to $OUT (default bench-results/gpu).
+# pieces .gpu/smollm.gguf.* (`split -b`), joined and checked here. Writes run.log,
+# bench-gpu.{jsonl,md,log}, bench-8b-kernels-*.json, profile-kernels.csv, bench-smollm-*.json and
+# gpu-check.txt to $OUT (default bench-results/gpu).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -31,10 +32,18 @@ PARTS="${GPU_RUN_PARTS:-smoke 8b 1b q4 phases profile smollm packing check}"
 BUDGET="${GPU_RUN_BUDGET_S:-480}"
 WORK="${BENCH_WORK:-/tmp/lora-train-bench-gpu}"
 DEV="${GPU_RUN_DEVICE:-cuda:0}"   # "cpu" only tries this script on a machine without a GPU
+mkdir -p "$WORK"
 SMOL=models/smollm2-135m-instruct.Q4_1.gguf
 SMOL_SHA=b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53
 left() { echo $((BUDGET - SECONDS)); }
 part() { echo; echo "== $(date -u +%T) +${SECONDS}s: $*"; }
+# Whether $SMOL is there with the expected content.
+have_smol() { [ "$(sha256sum "$SMOL" 2>/dev/null | cut -d' ' -f1)" = "$SMOL_SHA" ]; }
+# One line of a `bench --json` result: label file keys...
+show() {
+    python3 -c 'import json,sys; v=json.load(open(sys.argv[2])); print(sys.argv[1], {k: v.get(k) for k in sys.argv[3:]})' \
+        "$@" 2>&1 | tail -n 1
+}
 # Starts a part only with at least $1 seconds left; says so otherwise.
 fits() {
     if [ "$(left)" -lt "$1" ]; then
@@ -65,7 +74,7 @@ bench() {  # models rows seconds
 for p in $PARTS; do
     case "$p" in
     smoke)
-        part "smoke: kernel tests and logit parity on cuda:0"
+        part "smoke: kernel tests and logit parity on $DEV"
         fits 60 || continue
         LORA_TRAIN_TEST_DEVICE=$DEV timeout 150 dist/test-it --test-threads=1 kernels:: 2>&1 | tail -n 25
         LORA_TRAIN_TEST_DEVICE=$DEV timeout 90 dist/test-it --test-threads=1 on_the_test_device 2>&1 | tail -n 12
@@ -91,8 +100,8 @@ for p in $PARTS; do
                 --config "$WORK/jobs/8b.toml" --steps 3 --warmup 1 --json \
                 >"$OUTDIR/bench-8b-kernels-$k.json" 2>"$WORK/bench-8b-$k.log" \
                 || tail -n 5 "$WORK/bench-8b-$k.log"
-            python3 -c 'import json,sys; v=json.load(open(sys.argv[1])); print(sys.argv[2], {k: v.get(k) for k in ("tokens_per_second","step_time_p50_s","peak_gpu_mib","mfu","phases")})' \
-                "$OUTDIR/bench-8b-kernels-$k.json" "kernels $k" 2>&1 | tail -n 1
+            show "kernels $k" "$OUTDIR/bench-8b-kernels-$k.json" tokens_per_second step_time_p50_s \
+                peak_gpu_mib mfu phases
         done
         ;;
     profile)
@@ -140,8 +149,7 @@ PYEOF
         if [ ! -f "$SMOL" ] && compgen -G ".gpu/smollm.gguf.*" >/dev/null; then
             mkdir -p models && cat .gpu/smollm.gguf.* >"$SMOL"
         fi
-        [ "$(sha256sum "$SMOL" 2>/dev/null | cut -d' ' -f1)" = "$SMOL_SHA" ] \
-            || { echo "-- no $SMOL with the expected sha256"; continue; }
+        have_smol || { echo "-- no $SMOL with the expected sha256"; continue; }
         run=/tmp/gpu-run-smollm
         rm -rf "$run" "$run-adapter"
         timeout "$(left)" "$BIN" --config configs/quickstart.toml --set model.device=$DEV \
@@ -167,7 +175,7 @@ PYEOF
         ;;
     packing)
         part "SmolLM2 bf16: unpacked against packed, about 4 conversations per step"
-        [ "$(sha256sum "$SMOL" 2>/dev/null | cut -d' ' -f1)" = "$SMOL_SHA" ] || { echo "-- no $SMOL"; continue; }
+        have_smol || { echo "-- no $SMOL with the expected sha256"; continue; }
         for v in unpacked packed; do
             fits 40 || break
             extra=()
@@ -175,8 +183,8 @@ PYEOF
             timeout "$(( $(left) < 120 ? $(left) : 120 ))" "$BIN" bench --config configs/quickstart.toml \
                 --set "model.device=$DEV" --set model.dtype=bf16 "${extra[@]}" --steps 20 --warmup 3 --json \
                 >"$OUTDIR/bench-smollm-$v.json" 2>"$WORK/bench-smollm-$v.log" || tail -n 5 "$WORK/bench-smollm-$v.log"
-            python3 -c 'import json,sys; v=json.load(open(sys.argv[1])); print(sys.argv[2], {k: v.get(k) for k in ("real_tokens_per_second","padded_tokens_per_second","step_time_p50_s","peak_gpu_mib","phases")})' \
-                "$OUTDIR/bench-smollm-$v.json" "$v" 2>&1 | tail -n 1
+            show "$v" "$OUTDIR/bench-smollm-$v.json" real_tokens_per_second padded_tokens_per_second \
+                step_time_p50_s peak_gpu_mib phases
         done
         ;;
     check)
