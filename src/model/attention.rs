@@ -21,8 +21,8 @@ use crate::Result;
 /// f32 elements of one block of scores: 8 Mi (32 MiB).
 const BLOCK_SCORES: usize = 8 << 20;
 
-/// Queries per block at most in packed rows, whose blocks read keys from their first query's
-/// conversation start only.
+/// Queries per block at most in a packed row's conversation: a block reads the keys up to its
+/// last query, so shorter blocks skip more of the causal mask's upper triangle.
 const PACKED_QUERY_BLOCK: usize = 128;
 
 /// Queries per block for `[b, h, _, tk]` scores.
@@ -107,9 +107,11 @@ pub fn attend(
     }
     let (b, h, _, _) = q.dims4()?;
     let mut block = query_block(b, h, k.dim(2)?);
-    if mask.segments.is_some() {
-        // Packed rows: blocks about a short conversation long skip most keys of the others.
-        block = block.min(PACKED_QUERY_BLOCK);
+    let conversations = mask.segments.as_ref().map(|s| Arc::new(s.conversations()));
+    if conversations.is_some() {
+        // Packed rows run one conversation at a time; long ones in blocks that skip the keys
+        // after their last query.
+        block = query_block(1, h, k.dim(2)?).min(PACKED_QUERY_BLOCK);
     }
     let blocks = Blocks {
         scale,
@@ -119,8 +121,8 @@ pub fn attend(
         causal: Some(Causal {
             offset: mask.offset,
             window: mask.window,
-            first_keys: mask.segments.as_ref().map(|s| Arc::new(s.first_keys())),
         }),
+        conversations,
     };
     let (o, lse) = match kept {
         Some(t) => (t[0].clone(), t[1].clone()),
@@ -213,6 +215,7 @@ pub fn attention(
         mask: mask.clone(),
         block: query_block(b, h, k.dim(2)?),
         causal: None,
+        conversations: None,
     };
     blocks.attention(q, k, v)
 }
@@ -228,6 +231,27 @@ struct Blocks {
     /// `Some` when the mask is causal (see [`Causal`]): a block of queries then reads only the
     /// keys its queries may see, and the products and the softmax skip the rest.
     causal: Option<Causal>,
+    /// Packed rows' conversations (token ranges per row, see
+    /// [`Segments::conversations`](super::mask::Segments::conversations)): each row then runs
+    /// on its own, in blocks within one conversation that read that conversation's keys only.
+    conversations: Option<Arc<Vec<Vec<Range<usize>>>>>,
+}
+
+/// The work of one pass of [`Blocks`]: groups of rows, each with spans of keys whose
+/// gradients are summed apart, each with its blocks of queries. Concatenated in order, a
+/// group's blocks are all its queries and its spans all its keys.
+struct Group {
+    rows: Range<usize>,
+    spans: Vec<Span>,
+}
+
+/// A block's queries and the keys they read.
+type QueryBlock = (Range<usize>, Range<usize>);
+
+struct Span {
+    keys: Range<usize>,
+    /// The queries of each block, and the keys they read (within `keys`).
+    blocks: Vec<QueryBlock>,
 }
 
 /// The structure of a causal mask: its first query sits at position `offset` (keys from 0), and
@@ -237,33 +261,60 @@ struct Blocks {
 /// masked for all of them: about half of a long sequence's work without a window, and with one,
 /// every key but the `window + block` or so nearest the block. A query whose every key is masked
 /// (padding, nothing reads its result) attends evenly to the keys its block reads, rather than to
-/// all keys as eager attention's does. In packed rows a block also skips the keys before its first
-/// query's conversation (`first_keys`, per query index, non-decreasing; see
-/// [`Segments::first_keys`](super::mask::Segments::first_keys)).
+/// all keys as eager attention's does.
 #[derive(Clone, Debug)]
 struct Causal {
     offset: usize,
     window: Option<usize>,
-    first_keys: Option<Arc<Vec<usize>>>,
 }
 
 impl Blocks {
-    /// The keys that queries `start..start + n` of `tk` keys read.
-    fn keys(&self, start: usize, n: usize, tk: usize) -> Range<usize> {
+    /// The keys that queries `start..start + n` of `tk` keys read, none before `first`.
+    fn keys(&self, start: usize, n: usize, tk: usize, first: usize) -> Range<usize> {
         match &self.causal {
-            Some(Causal {
-                offset,
-                window,
-                first_keys,
-            }) => {
+            Some(Causal { offset, window }) => {
                 let end = (offset + start + n).min(tk);
-                let mut first = window.map_or(0, |w| (offset + start + 1).saturating_sub(w));
-                if let Some(fk) = first_keys {
-                    first = first.max(fk.get(start).copied().unwrap_or(0));
-                }
+                let first = window
+                    .map_or(0, |w| (offset + start + 1).saturating_sub(w))
+                    .max(first);
                 first.min(end.saturating_sub(1))..end
             }
             None => 0..tk,
+        }
+    }
+
+    /// The blocks of `queries` of `tk` keys, which read no key before `keys.start`.
+    fn span(&self, queries: Range<usize>, keys: Range<usize>, tk: usize) -> Span {
+        let blocks = queries
+            .clone()
+            .step_by(self.block.max(1))
+            .map(|start| {
+                let n = self.block.min(queries.end - start);
+                (start..start + n, self.keys(start, n, tk, keys.start))
+            })
+            .collect();
+        Span { keys, blocks }
+    }
+
+    /// A pass over `b` rows of `tq` queries and `tk` keys: all rows at once, or each packed row
+    /// on its own, one span per conversation (packed rows have no cache: `tq == tk`).
+    fn plan(&self, b: usize, tq: usize, tk: usize) -> Vec<Group> {
+        match &self.conversations {
+            Some(rows) => rows
+                .iter()
+                .enumerate()
+                .map(|(r, convs)| Group {
+                    rows: r..r + 1,
+                    spans: convs
+                        .iter()
+                        .map(|c| self.span(c.clone(), c.clone(), tk))
+                        .collect(),
+                })
+                .collect(),
+            None => vec![Group {
+                rows: 0..b,
+                spans: vec![self.span(0..tq, 0..tk, tk)],
+            }],
         }
     }
 
@@ -272,28 +323,31 @@ impl Blocks {
         self.op(o, lse, q, k, v)
     }
 
-    /// The scores of queries `start..start + n` (of `q`, whole) against `keys`, after
-    /// scaling, soft-capping and masking, in f32, and the soft-capped scores before masking
-    /// when soft-capping is on (for its derivative).
+    /// The scores of `queries` (of `q`, whole but for its rows) against `keys`, after scaling,
+    /// soft-capping and masking (the mask's `rows`), in f32, and the soft-capped scores before
+    /// masking when soft-capping is on (for its derivative).
     fn scores(
         &self,
         q: &Tensor,
         k: &Tensor,
-        start: usize,
-        n: usize,
+        rows: &Range<usize>,
+        queries: &Range<usize>,
         keys: &Range<usize>,
     ) -> Result<(Tensor, Option<Tensor>)> {
-        let q = q.narrow(2, start, n)?;
+        let q = q.narrow(2, queries.start, queries.len())?;
         let mut s = (gemm::matmul(&q, &narrow_keys(k, keys)?.t()?)? * self.scale)?;
         let mut capped = None;
         if let Some(cap) = self.softcap {
             s = ((s / cap)?.tanh()? * cap)?;
             capped = Some(s.to_dtype(DType::F32)?);
         }
-        let mask = self
-            .mask
-            .narrow(2, start, n)?
-            .narrow(3, keys.start, keys.len())?;
+        let mut mask = self.mask.clone();
+        if mask.dim(0)? > 1 && mask.dim(0)? != rows.len() {
+            mask = mask.narrow(0, rows.start, rows.len())?;
+        }
+        let mask =
+            mask.narrow(2, queries.start, queries.len())?
+                .narrow(3, keys.start, keys.len())?;
         let s = s.broadcast_add(&mask)?.to_dtype(DType::F32)?;
         Ok((s, capped))
     }
@@ -301,20 +355,24 @@ impl Blocks {
     /// The output over blocks of queries, and each row's softmax statistics `[.., 2]` (row
     /// max and sum of exp).
     fn forward(&self, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
-        let (tq, tk) = (q.dim(2)?, k.dim(2)?);
-        let (qd, kd, vd) = (q.detach(), k.detach(), v.detach());
-        let mut outs = Vec::new();
-        let mut lses = Vec::new();
-        for start in (0..tq).step_by(self.block) {
-            let n = self.block.min(tq - start);
-            let keys = self.keys(start, n, tk);
-            let (s, _) = self.scores(&qd, &kd, start, n, &keys)?;
-            let (p, stats) = softmax::forward(&s)?;
-            lses.push(stats);
-            let p = p.to_dtype(vd.dtype())?;
-            outs.push(gemm::matmul(&p, &narrow_keys(&vd, &keys)?)?);
+        let (b, _, tq, _) = q.dims4()?;
+        let tk = k.dim(2)?;
+        let (q, k, v) = (q.detach(), k.detach(), v.detach());
+        let (mut outs, mut lses) = (Vec::new(), Vec::new());
+        for group in self.plan(b, tq, tk) {
+            let [q, k, v] = rows_of(&group.rows, b, [&q, &k, &v])?;
+            let (mut o, mut lse) = (Vec::new(), Vec::new());
+            for (queries, keys) in group.spans.iter().flat_map(|s| &s.blocks) {
+                let (s, _) = self.scores(&q, &k, &group.rows, queries, keys)?;
+                let (p, stats) = softmax::forward(&s)?;
+                lse.push(stats);
+                let p = p.to_dtype(v.dtype())?;
+                o.push(gemm::matmul(&p, &narrow_keys(&v, keys)?)?);
+            }
+            outs.push(Tensor::cat(&o, 2)?);
+            lses.push(Tensor::cat(&lse, 2)?);
         }
-        Ok((Tensor::cat(&outs, 2)?, Tensor::cat(&lses, 2)?))
+        Ok((Tensor::cat(&outs, 0)?, Tensor::cat(&lses, 0)?))
     }
 
     /// `o` as the result of the blocked attention op, whose backward recomputes the
@@ -333,42 +391,61 @@ impl Blocks {
         lse: &Tensor,
     ) -> Result<Vec<Option<Tensor>>> {
         let (q, k, v) = (inputs[0].detach(), inputs[1].detach(), inputs[2].detach());
-        let (tq, tk) = (q.dim(2)?, k.dim(2)?);
+        let (b, _, tq, _) = q.dims4()?;
+        let tk = k.dim(2)?;
         let kf = k.to_dtype(DType::F32)?;
         let vf = v.to_dtype(DType::F32)?;
         let grad = grad.to_dtype(DType::F32)?;
-        let mut dq = Vec::new();
-        let mut dk: Option<Tensor> = None;
-        let mut dv: Option<Tensor> = None;
-        for start in (0..tq).step_by(self.block) {
-            let n = self.block.min(tq - start);
-            let keys = self.keys(start, n, tk);
-            let (s, capped) = self.scores(&q, &k, start, n, &keys)?;
-            let p = softmax::probs(&s, &lse.narrow(2, start, n)?)?;
-            let go = grad.narrow(2, start, n)?;
-            let dp = gemm::matmul(&go, &narrow_keys(&vf, &keys)?.t()?)?;
-            let mut ds = softmax::scores_grad(&p, &dp, self.scale)?;
-            if let (Some(cap), Some(t)) = (self.softcap, capped) {
-                let tanh = (t / cap)?;
-                ds = (ds * (1.0 - tanh.sqr()?)?)?;
+        let (mut dqs, mut dks, mut dvs) = (Vec::new(), Vec::new(), Vec::new());
+        for group in self.plan(b, tq, tk) {
+            let [q, k, kf, vf, grad, lse] =
+                rows_of(&group.rows, b, [&q, &k, &kf, &vf, &grad, lse])?;
+            let (mut dq, mut dk, mut dv) = (Vec::new(), Vec::new(), Vec::new());
+            for span in &group.spans {
+                let (mut dk_span, mut dv_span): (Option<Tensor>, Option<Tensor>) = (None, None);
+                for (queries, keys) in &span.blocks {
+                    let (start, n) = (queries.start, queries.len());
+                    let (s, capped) = self.scores(&q, &k, &group.rows, queries, keys)?;
+                    let p = softmax::probs(&s, &lse.narrow(2, start, n)?)?;
+                    let go = grad.narrow(2, start, n)?;
+                    let dp = gemm::matmul(&go, &narrow_keys(&vf, keys)?.t()?)?;
+                    let mut ds = softmax::scores_grad(&p, &dp, self.scale)?;
+                    if let (Some(cap), Some(t)) = (self.softcap, capped) {
+                        let tanh = (t / cap)?;
+                        ds = (ds * (1.0 - tanh.sqr()?)?)?;
+                    }
+                    dq.push(gemm::matmul(&ds, &narrow_keys(&kf, keys)?)?);
+                    let qf = q.narrow(2, start, n)?.to_dtype(DType::F32)?;
+                    // The span's keys outside `keys` got nothing from this block.
+                    let in_span = |g: Tensor| {
+                        g.pad_with_zeros(2, keys.start - span.keys.start, span.keys.end - keys.end)
+                    };
+                    accumulate(&mut dk_span, in_span(gemm::matmul(&ds.t()?, &qf)?)?)?;
+                    accumulate(&mut dv_span, in_span(gemm::matmul(&p.t()?, &go)?)?)?;
+                }
+                dk.extend(dk_span);
+                dv.extend(dv_span);
             }
-            dq.push(gemm::matmul(&ds, &narrow_keys(&kf, &keys)?)?);
-            let qf = q.narrow(2, start, n)?.to_dtype(DType::F32)?;
-            // Keys outside `keys` got nothing from this block.
-            let all_keys = |g: Tensor| g.pad_with_zeros(2, keys.start, tk - keys.end);
-            accumulate(&mut dk, all_keys(gemm::matmul(&ds.t()?, &qf)?)?)?;
-            accumulate(&mut dv, all_keys(gemm::matmul(&p.t()?, &go)?)?)?;
+            dqs.push(Tensor::cat(&dq, 2)?);
+            dks.push(Tensor::cat(&dk, 2)?);
+            dvs.push(Tensor::cat(&dv, 2)?);
         }
-        let dq = Tensor::cat(&dq, 2)?;
-        let back = |t: Option<Tensor>, like: &Tensor| -> Result<Option<Tensor>> {
-            t.map(|t| Ok(t.to_dtype(like.dtype())?)).transpose()
+        let back = |parts: Vec<Tensor>, like: &Tensor| -> Result<Option<Tensor>> {
+            Ok(Some(Tensor::cat(&parts, 0)?.to_dtype(like.dtype())?))
         };
-        Ok(vec![
-            Some(dq.to_dtype(q.dtype())?),
-            back(dk, &k)?,
-            back(dv, &v)?,
-        ])
+        Ok(vec![back(dqs, &q)?, back(dks, &k)?, back(dvs, &v)?])
     }
+}
+
+/// `xs` narrowed to `rows` of their `b` (each whole when `rows` is).
+fn rows_of<const N: usize>(rows: &Range<usize>, b: usize, xs: [&Tensor; N]) -> Result<[Tensor; N]> {
+    let mut out = xs.map(Tensor::clone);
+    if rows.len() != b {
+        for x in out.iter_mut() {
+            *x = x.narrow(0, rows.start, rows.len())?;
+        }
+    }
+    Ok(out)
 }
 
 /// Keys or values `[.., Tk, D]` at positions `keys`.
@@ -464,7 +541,6 @@ mod tests {
         let causal = Causal {
             offset,
             window: Some(window),
-            first_keys: None,
         };
         for (causal, rows) in [(None, &every), (Some(causal), &live)] {
             let eager = || {
@@ -484,6 +560,7 @@ mod tests {
                 mask: mask.clone(),
                 block: block.unwrap_or(query_block(b, h, tk)),
                 causal: causal.clone(),
+                conversations: None,
             };
             // Strict: the key ranges of a block are products CUDA's GEMM takes as they are.
             let (of, gf) = crate::gemm::with_strict_gemm(|| {
@@ -629,31 +706,72 @@ mod tests {
             let (oe, ge) = grads(eager)?;
             let kv = KeyValues::Own((k.as_tensor() * 1.0)?, (v.as_tensor() * 1.0)?);
             let blocked = attend(q.as_tensor(), kv, 0.5, None, &mask, None)?;
-            let (ob, gb) = grads(blocked)?;
-            assert!(
-                max_abs_diff(&oe, &ob)? < 1e-5,
-                "outputs differ ({window:?})"
-            );
-            for (a, c) in ge.iter().zip(&gb) {
-                let diff = max_abs_diff(a, c)?;
-                assert!(diff < 1e-5, "gradients differ by {diff} ({window:?})");
+            // Conversations of up to 6 tokens in blocks of 3: a conversation's second block
+            // reads its first's keys too.
+            let small = Blocks {
+                scale: 0.5,
+                softcap: None,
+                mask: mask.additive()?.clone(),
+                block: 3,
+                causal: Some(Causal { offset: 0, window }),
+                conversations: Some(Arc::new(seg.conversations())),
+            };
+            // Strict: CUDA's GEMM takes the products of one row's blocks as they are.
+            let small = crate::gemm::with_strict_gemm(|| {
+                grads(small.attention(q.as_tensor(), &kr, &vr)?)
+            })?;
+            for (how, (ob, gb)) in [("attend", grads(blocked)?), ("blocks of 3", small)] {
+                assert!(
+                    max_abs_diff(&oe, &ob)? < 1e-5,
+                    "{how}: outputs differ ({window:?})"
+                );
+                for (a, c) in ge.iter().zip(&gb) {
+                    let diff = max_abs_diff(a, c)?;
+                    assert!(
+                        diff < 1e-5,
+                        "{how}: gradients differ by {diff} ({window:?})"
+                    );
+                }
             }
         }
-        // Blocks of 2 queries: the block of queries 4, 5 starts at the first row's
-        // conversation start 4 and the second row's 2, so it reads keys from 2.
-        let blocks = Blocks {
+        // Blocks of at most 3 queries within each row's conversations, reading the keys from
+        // their conversation's start (or window's) to their last query.
+        let blocks = |window| Blocks {
             scale: 1.0,
             softcap: None,
-            mask: Tensor::zeros(1, DType::F32, &dev)?,
-            block: 2,
-            causal: Some(Causal {
-                offset: 0,
-                window: None,
-                first_keys: Some(Arc::new(seg.first_keys())),
-            }),
+            mask: Tensor::zeros(1, DType::F32, &dev).unwrap(),
+            block: 3,
+            causal: Some(Causal { offset: 0, window }),
+            conversations: Some(Arc::new(seg.conversations())),
         };
-        assert_eq!(blocks.keys(4, 2, t), 2..6);
-        assert_eq!(blocks.keys(8, 1, t), 7..9);
+        type Tiles = Vec<(Range<usize>, Vec<Range<usize>>, Vec<QueryBlock>)>;
+        let tiles = |window| -> Tiles {
+            blocks(window)
+                .plan(b, t, t)
+                .into_iter()
+                .map(|g| {
+                    let keys = g.spans.iter().map(|s| s.keys.clone()).collect();
+                    let blocks = g.spans.into_iter().flat_map(|s| s.blocks).collect();
+                    (g.rows, keys, blocks)
+                })
+                .collect()
+        };
+        assert_eq!(
+            tiles(None),
+            vec![
+                (
+                    0..1,
+                    vec![0..4, 4..7, 7..9],
+                    vec![(0..3, 0..3), (3..4, 0..4), (4..7, 4..7), (7..9, 7..9)]
+                ),
+                (
+                    1..2,
+                    vec![0..2, 2..8, 8..9],
+                    vec![(0..2, 0..2), (2..5, 2..5), (5..8, 2..8), (8..9, 8..9)]
+                ),
+            ]
+        );
+        assert_eq!(tiles(Some(2))[1].2[2], (5..8, 4..8));
         Ok(())
     }
 
@@ -664,19 +782,18 @@ mod tests {
             softcap: None,
             mask: Tensor::zeros(1, DType::F32, &Device::Cpu).unwrap(),
             block: 4,
-            causal: Some(Causal {
-                offset,
-                window,
-                first_keys: None,
-            }),
+            causal: Some(Causal { offset, window }),
+            conversations: None,
         };
         // Queries 8..12 at positions 10..14 see keys up to 13; with a window of 3, from 8.
-        assert_eq!(blocks(2, None).keys(8, 4, 14), 0..14);
-        assert_eq!(blocks(2, Some(3)).keys(8, 4, 14), 8..14);
-        assert_eq!(blocks(0, Some(3)).keys(0, 4, 14), 0..4);
-        assert_eq!(blocks(0, Some(100)).keys(8, 4, 14), 0..12);
+        assert_eq!(blocks(2, None).keys(8, 4, 14, 0), 0..14);
+        assert_eq!(blocks(2, Some(3)).keys(8, 4, 14, 0), 8..14);
+        assert_eq!(blocks(0, Some(3)).keys(0, 4, 14, 0), 0..4);
+        assert_eq!(blocks(0, Some(100)).keys(8, 4, 14, 0), 0..12);
+        // A packed conversation's blocks read from its start.
+        assert_eq!(blocks(0, Some(100)).keys(8, 4, 14, 6), 6..12);
         // Never an empty range, even for keys that end before the block's queries.
-        assert_eq!(blocks(2, Some(1)).keys(8, 4, 5), 4..5);
+        assert_eq!(blocks(2, Some(1)).keys(8, 4, 5, 0), 4..5);
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! FlashAttention's varlen form and transformers' `DataCollatorWithFlattening` do) and positions
 //! restart at 0 for each conversation.
 
+use std::ops::Range;
 use std::sync::{Arc, OnceLock};
 
 use candle_core::{DType, Device, Tensor};
@@ -249,16 +250,19 @@ impl Segments {
             .collect()
     }
 
-    /// For each query index, the first key any row's query there may see: the smallest start
-    /// over the rows. Non-decreasing, as each row's starts are.
-    pub fn first_keys(&self) -> Vec<usize> {
-        (0..self.len)
-            .map(|i| {
-                self.starts
-                    .iter()
-                    .map(|row| row[i] as usize)
-                    .min()
-                    .unwrap_or(0)
+    /// Each row's conversations as token ranges, in order; together they cover the row.
+    pub fn conversations(&self) -> Vec<Vec<Range<usize>>> {
+        self.starts
+            .iter()
+            .map(|row| {
+                let mut spans: Vec<Range<usize>> = Vec::new();
+                for (i, &s) in row.iter().enumerate() {
+                    match spans.last_mut() {
+                        Some(last) if last.start == s as usize => last.end = i + 1,
+                        _ => spans.push(i..i + 1),
+                    }
+                }
+                spans
             })
             .collect()
     }
@@ -357,7 +361,7 @@ mod tests {
         );
         assert_eq!(allowed(Some(2))?[2], vec![f, t, t, f, f, f]);
         assert_eq!(allowed(Some(2))?[4], vec![f, f, f, t, t, f]);
-        assert_eq!(seg.first_keys(), vec![0, 0, 0, 3, 3, 5]);
+        assert_eq!(seg.conversations(), vec![vec![0..3, 3..5, 5..6]]);
         Ok(())
     }
 
