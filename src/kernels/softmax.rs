@@ -244,6 +244,11 @@ impl Rows<'_> {
         } else {
             candle_core::utils::get_num_threads().clamp(1, n_rows.max(1))
         };
+        if threads == 1 {
+            // No thread to spawn for one chunk (a decoding step's rows, a small block).
+            self.run(tk, 0..n_rows, &mut out);
+            return out;
+        }
         let per = n_rows.div_ceil(threads).max(1);
         std::thread::scope(|scope| {
             for (i, chunk) in out.chunks_mut(per * width).enumerate() {
