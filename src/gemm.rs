@@ -88,14 +88,19 @@ pub fn matmul(a: &Tensor, b: &Tensor) -> candle_core::Result<Tensor> {
 /// Rows of `x` below which [`matmul_t`] runs the product the other way round on the CPU.
 const FEW_ROWS: usize = 256;
 
-/// `x · wᵀ` for `x: [m, k]` and a row-major `w: [n, k]` (a linear layer's weight). With few
-/// rows on the CPU (decoding, small batches), the gemm crate packs all of `wᵀ` on every call,
-/// which costs as much as the product; `(w · xᵀ)ᵀ` packs only `xᵀ` and runs several times faster.
+/// `x · wᵀ` for `x: [m, k]` and a linear layer's weight `w: [n, k]`, row-major or the view of a
+/// row-major `wᵀ` (which the product then reads as it is). With few rows on the CPU (decoding,
+/// small batches) and a row-major `w`, the gemm crate packs all of `wᵀ` on every call, which
+/// costs as much as the product; `(w · xᵀ)ᵀ` packs only `xᵀ` and runs several times faster.
 pub fn matmul_t(x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
+    let wt = w.t()?;
+    if wt.is_contiguous() {
+        return matmul(x, &wt);
+    }
     if x.device().is_cpu() && x.rank() == 2 && x.dim(0)? < FEW_ROWS {
         return matmul(w, &x.t()?)?.t()?.contiguous();
     }
-    matmul(x, &w.t()?)
+    matmul(x, &wt)
 }
 
 /// `a · b` with the batch dimensions broadcast (candle's `broadcast_matmul`), in layouts

@@ -231,7 +231,7 @@ impl Weights {
     /// A dense frozen [`Linear`] from `{prefix}.weight` (`[out, inp]`) and optionally
     /// `{prefix}.bias`, whatever [`Self::with_quantize`] says (the head stays dense).
     pub fn linear(&self, prefix: &str, out: usize, inp: usize, bias: bool) -> Result<Linear> {
-        let weight = FrozenWeight::Dense(self.get(&format!("{prefix}.weight"), &[out, inp])?);
+        let weight = FrozenWeight::dense(self.get(&format!("{prefix}.weight"), &[out, inp])?)?;
         self.with_bias(weight, prefix, out, bias)
     }
 
@@ -240,7 +240,7 @@ impl Weights {
     pub fn projection(&self, prefix: &str, out: usize, inp: usize, bias: bool) -> Result<Linear> {
         let name = format!("{prefix}.weight");
         let weight = match self.quantize {
-            Quantize::None => FrozenWeight::Dense(self.get(&name, &[out, inp])?),
+            Quantize::None => FrozenWeight::dense(self.get(&name, &[out, inp])?)?,
             Quantize::Gguf => self.gguf_blocks(&name, &[out, inp])?,
             q => {
                 let w = self.get_raw(&name)?;
@@ -308,7 +308,7 @@ impl Weights {
         let (q, flavor) = self.gguf_tensor(name, &Device::Cpu)?;
         self.check_shape(name, q.shape().dims(), shape)?;
         if matches!(q.dtype(), GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16) {
-            return Ok(FrozenWeight::Dense(self.get(name, shape)?));
+            return FrozenWeight::dense(self.get(name, shape)?);
         }
         let heads = match flavor {
             GgufFlavor::Llama { n_head, .. } if name.ends_with("self_attn.q_proj.weight") => {

@@ -16,11 +16,25 @@ const DENSE_BLOCK_ROWS: usize = 32768;
 
 #[derive(Debug, Clone)]
 pub enum FrozenWeight {
+    /// `[out, in]`: row-major, or (see [`FrozenWeight::dense`]) a view of an `[in, out]` buffer.
     Dense(Tensor),
     Quant(Arc<QuantWeight>),
 }
 
 impl FrozenWeight {
+    /// A dense `[out, in]` weight, kept as the view of an `[in, out]` buffer on the CPU when it
+    /// has more inputs than outputs (a down projection). The gemm crate repacks a transposed
+    /// right operand on every call, and for such a shape that costs as much as the product:
+    /// `x Wᵀ` then reads `Wᵀ` as it is stored, and the backward's `g W` pays the cheaper
+    /// repacking of the wide side (BENCHMARKS.md, "Down projections stored transposed").
+    pub fn dense(w: Tensor) -> Result<Self> {
+        let (out, inp) = w.dims2()?;
+        if w.device().is_cpu() && inp > out {
+            return Ok(Self::Dense(w.t()?.contiguous()?.t()?));
+        }
+        Ok(Self::Dense(w))
+    }
+
     /// `(out, in)`.
     pub fn shape(&self) -> Result<(usize, usize)> {
         match self {
@@ -41,10 +55,10 @@ impl FrozenWeight {
         matches!(self, Self::Quant(_))
     }
 
-    /// The full weight in the compute dtype (dequantized if needed).
+    /// The full weight in the compute dtype (dequantized if needed), row-major.
     pub fn to_dense(&self) -> Result<Tensor> {
         match self {
-            Self::Dense(w) => Ok(w.clone()),
+            Self::Dense(w) => Ok(w.contiguous()?),
             Self::Quant(q) => q.dequantize(),
         }
     }
@@ -118,5 +132,48 @@ impl FrozenWeight {
             let gx = w.grad_input(g)?;
             Ok(vec![Some(gx)])
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{Device, Var};
+
+    use super::*;
+    use crate::testutil::max_abs_diff;
+
+    /// A weight with more inputs than outputs is stored transposed on the CPU, and its products,
+    /// input gradient and dense form are those of the row-major weight.
+    #[test]
+    fn a_down_projection_stored_transposed_gives_the_same_products() -> Result<()> {
+        let dev = Device::Cpu;
+        for (out, inp) in [(3, 7), (7, 3), (4, 4)] {
+            let w = Tensor::randn(0f32, 1., (out, inp), &dev)?;
+            let (rows, dense) = (
+                FrozenWeight::Dense(w.clone()),
+                FrozenWeight::dense(w.clone())?,
+            );
+            let FrozenWeight::Dense(stored) = &dense else {
+                panic!("a dense weight came back quantized");
+            };
+            assert_eq!(stored.is_contiguous(), inp <= out, "{out}x{inp}");
+            assert_eq!(dense.shape()?, (out, inp));
+            assert!(dense.to_dense()?.is_contiguous());
+            assert_eq!(max_abs_diff(&dense.to_dense()?, &w)?, 0.0);
+            for m in [1, 5, 300] {
+                let x = Var::from_tensor(&Tensor::randn(0f32, 1., (m, inp), &dev)?)?;
+                let g = Tensor::randn(0f32, 1., (m, out), &dev)?;
+                let run = |fw: &FrozenWeight| -> Result<(Tensor, Tensor)> {
+                    let y = fw.matmul_t(x.as_tensor())?;
+                    let grads = (&y * &g)?.sum_all()?.backward()?;
+                    let gx = grads.get(x.as_tensor()).cloned();
+                    Ok((y, gx.ok_or(crate::Error::Msg("no gradient".into()))?))
+                };
+                let ((y0, g0), (y1, g1)) = (run(&rows)?, run(&dense)?);
+                assert!(max_abs_diff(&y0, &y1)? < 1e-5, "{out}x{inp}, m = {m}");
+                assert!(max_abs_diff(&g0, &g1)? < 1e-5, "{out}x{inp}, m = {m}");
+            }
+        }
+        Ok(())
     }
 }
