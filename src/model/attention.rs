@@ -106,13 +106,13 @@ pub fn attend(
         release(v_in)?;
     }
     let (b, h, _, _) = q.dims4()?;
-    let mut block = query_block(b, h, k.dim(2)?);
     let conversations = mask.segments.as_ref().map(|s| Arc::new(s.conversations()));
-    if conversations.is_some() {
+    let block = match conversations {
         // Packed rows run one conversation at a time; long ones in blocks that skip the keys
         // after their last query.
-        block = query_block(1, h, k.dim(2)?).min(PACKED_QUERY_BLOCK);
-    }
+        Some(_) => query_block(1, h, k.dim(2)?).min(PACKED_QUERY_BLOCK),
+        None => query_block(b, h, k.dim(2)?),
+    };
     let blocks = Blocks {
         scale,
         softcap,
@@ -318,19 +318,28 @@ impl Blocks {
         }
     }
 
+    /// The rows of [`Blocks::mask`] for `group` of `b` rows: all of a mask broadcast over rows.
+    fn group_mask(&self, group: &Group, b: usize) -> Result<Tensor> {
+        if self.mask.dim(0)? != b {
+            return Ok(self.mask.clone());
+        }
+        let [mask] = rows_of(&group.rows, b, [&self.mask])?;
+        Ok(mask)
+    }
+
     fn attention(self, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
         let (o, lse) = self.forward(q, k, v)?;
         self.op(o, lse, q, k, v)
     }
 
-    /// The scores of `queries` (of `q`, whole but for its rows) against `keys`, after scaling,
-    /// soft-capping and masking (the mask's `rows`), in f32, and the soft-capped scores before
-    /// masking when soft-capping is on (for its derivative).
+    /// The scores of `queries` (of `q`, whole) against `keys`, after scaling, soft-capping and
+    /// masking with `mask` (the group's rows of [`Blocks::mask`]), in f32, and the soft-capped
+    /// scores before masking when soft-capping is on (for its derivative).
     fn scores(
         &self,
         q: &Tensor,
         k: &Tensor,
-        rows: &Range<usize>,
+        mask: &Tensor,
         queries: &Range<usize>,
         keys: &Range<usize>,
     ) -> Result<(Tensor, Option<Tensor>)> {
@@ -340,10 +349,6 @@ impl Blocks {
         if let Some(cap) = self.softcap {
             s = ((s / cap)?.tanh()? * cap)?;
             capped = Some(s.to_dtype(DType::F32)?);
-        }
-        let mut mask = self.mask.clone();
-        if mask.dim(0)? > 1 && mask.dim(0)? != rows.len() {
-            mask = mask.narrow(0, rows.start, rows.len())?;
         }
         let mask =
             mask.narrow(2, queries.start, queries.len())?
@@ -361,9 +366,10 @@ impl Blocks {
         let (mut outs, mut lses) = (Vec::new(), Vec::new());
         for group in self.plan(b, tq, tk) {
             let [q, k, v] = rows_of(&group.rows, b, [&q, &k, &v])?;
+            let mask = self.group_mask(&group, b)?;
             let (mut o, mut lse) = (Vec::new(), Vec::new());
             for (queries, keys) in group.spans.iter().flat_map(|s| &s.blocks) {
-                let (s, _) = self.scores(&q, &k, &group.rows, queries, keys)?;
+                let (s, _) = self.scores(&q, &k, &mask, queries, keys)?;
                 let (p, stats) = softmax::forward(&s)?;
                 lse.push(stats);
                 let p = p.to_dtype(v.dtype())?;
@@ -400,12 +406,13 @@ impl Blocks {
         for group in self.plan(b, tq, tk) {
             let [q, k, kf, vf, grad, lse] =
                 rows_of(&group.rows, b, [&q, &k, &kf, &vf, &grad, lse])?;
+            let mask = self.group_mask(&group, b)?;
             let (mut dq, mut dk, mut dv) = (Vec::new(), Vec::new(), Vec::new());
             for span in &group.spans {
                 let (mut dk_span, mut dv_span): (Option<Tensor>, Option<Tensor>) = (None, None);
                 for (queries, keys) in &span.blocks {
                     let (start, n) = (queries.start, queries.len());
-                    let (s, capped) = self.scores(&q, &k, &group.rows, queries, keys)?;
+                    let (s, capped) = self.scores(&q, &k, &mask, queries, keys)?;
                     let p = softmax::probs(&s, &lse.narrow(2, start, n)?)?;
                     let go = grad.narrow(2, start, n)?;
                     let dp = gemm::matmul(&go, &narrow_keys(&vf, keys)?.t()?)?;

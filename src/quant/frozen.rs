@@ -23,7 +23,7 @@ pub enum FrozenWeight {
 
 impl FrozenWeight {
     /// A dense `[out, in]` weight, kept as the view of an `[in, out]` buffer on the CPU when it
-    /// has more inputs than outputs (a down projection). The gemm crate repacks a transposed
+    /// has more inputs than outputs (a down projection; k and v under grouped-query attention). The gemm crate repacks a transposed
     /// right operand on every call, and for such a shape that costs as much as the product:
     /// `x Wᵀ` then reads `Wᵀ` as it is stored, and the backward's `g W` pays the cheaper
     /// repacking of the wide side (BENCHMARKS.md, "Down projections stored transposed").
